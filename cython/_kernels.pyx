@@ -1,0 +1,324 @@
+# cython: language_level=3
+"""Python bindings of the C kernels in ``src/`` (specification: docs/kernels.md).
+
+Every function checks dtype, shape, contiguity and writability of its arrays
+and raises ``ValueError`` with a sentence naming the offending argument; the
+C call itself runs without the GIL, so callers may split a point list into
+``[start, stop)`` chunks and run them on threads.
+"""
+
+import numpy as np
+
+cimport numpy as cnp
+from libc.stdint cimport int64_t, uint8_t
+
+from _ppir_c cimport (
+    PPIR_BAD_DIMENSION,
+    PPIR_BAD_INDEX,
+    PPIR_BAD_RANGE,
+    PPIR_BAD_SIZE,
+    PPIR_NULL_POINTER,
+    PPIR_OK,
+    ppir_affine_gram,
+    ppir_affine_moments,
+    ppir_central_gradient_f32,
+    ppir_central_gradient_f64,
+    ppir_index,
+    ppir_status,
+    ppir_warp_f32,
+    ppir_warp_f64,
+)
+
+cnp.import_array()
+
+__all__ = ["affine_gram", "affine_moments", "central_gradient", "warp"]
+
+_FLOAT32 = np.dtype(np.float32)
+_FLOAT64 = np.dtype(np.float64)
+_INT64 = np.dtype(np.int64)
+_UINT8 = np.dtype(np.uint8)
+_INT64_MAX = 2**63 - 1
+
+_STATUS_MESSAGES = {
+    PPIR_BAD_DIMENSION: "the dimension must be 2 or 3",
+    PPIR_BAD_INDEX: "an entry of indices[start:stop] lies outside [0, prod(fixed_size))",
+    PPIR_BAD_RANGE: "start and stop must satisfy 0 <= start <= stop <= number of points",
+    PPIR_BAD_SIZE: "every size must be >= 1 and the number of grid points must fit in int64",
+    PPIR_NULL_POINTER: "a required array is missing",
+}
+
+
+cdef int _raise_for_status(ppir_status status, str kernel) except -1:
+    if status == PPIR_OK:
+        return 0
+    message = _STATUS_MESSAGES.get(status, f"unknown status {<int>status}")
+    raise ValueError(f"{kernel}: {message}.")
+
+
+cdef object _array(object a, str name, tuple dtypes, object shape, bint writeable=False):
+    """Return a after checking its type, dtype, shape, contiguity (and writability)."""
+    if not isinstance(a, np.ndarray):
+        raise ValueError(f"{name} must be a numpy.ndarray, got {type(a).__name__}.")
+    if a.dtype not in dtypes:
+        wanted = " or ".join(str(t) for t in dtypes)
+        raise ValueError(f"{name} must have dtype {wanted} (native byte order), got {a.dtype}.")
+    if shape is not None and a.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {a.shape}.")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous.")
+    if writeable and not a.flags.writeable:
+        raise ValueError(f"{name} must be writeable.")
+    return a
+
+
+cdef inline void *_ptr(object a):
+    """Data pointer of a checked ndarray."""
+    return cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef int _check_dimension(int d, str what) except -1:
+    if d != 2 and d != 3:
+        raise ValueError(f"{what} must be 2-D or 3-D, got {d}-D.")
+    return 0
+
+
+cdef int _check_disjoint(outputs, inputs) except -1:
+    """Raise if an output array may overlap an input or another output."""
+    cdef Py_ssize_t i, j
+    for i in range(len(outputs)):
+        out_name, out = outputs[i]
+        for j in range(i + 1, len(outputs)):
+            other_name, other = outputs[j]
+            if np.may_share_memory(out, other):
+                raise ValueError(f"{out_name} and {other_name} must not overlap.")
+        for in_name, inp in inputs:
+            if inp is not None and np.may_share_memory(out, inp):
+                raise ValueError(f"{out_name} must not overlap {in_name}.")
+    return 0
+
+
+cdef Py_ssize_t _grid_count(object size, str name) except -1:
+    """Number of points of a grid of ITK-order `size`, checking every size >= 1."""
+    count = 1
+    for s in size.tolist():
+        if s < 1:
+            raise ValueError(f"every entry of {name} must be >= 1, got {size.tolist()}.")
+        count *= s
+    if count > _INT64_MAX:
+        raise ValueError(f"the grid of {name} = {size.tolist()} has too many points.")
+    return count
+
+
+cdef Py_ssize_t _point_count(object fixed_size, object indices) except -1:
+    """Length n of the point list (whole grid when indices is None)."""
+    cdef Py_ssize_t count = _grid_count(fixed_size, "fixed_size")
+    if indices is None:
+        return count
+    return indices.shape[0]
+
+
+cdef int _check_range(Py_ssize_t start, Py_ssize_t stop, Py_ssize_t n) except -1:
+    if not (0 <= start <= stop <= n):
+        raise ValueError(
+            f"start and stop must satisfy 0 <= start <= stop <= {n} (the number of points), "
+            f"got start={start}, stop={stop}."
+        )
+    return 0
+
+
+cdef int _fixed_dimension(object fixed_size) except -1:
+    """Dimension d = len(fixed_size), checked to be 2 or 3."""
+    if not isinstance(fixed_size, np.ndarray):
+        raise ValueError(f"fixed_size must be a numpy.ndarray, got {type(fixed_size).__name__}.")
+    if fixed_size.ndim != 1:
+        raise ValueError(f"fixed_size must be 1-D, got {fixed_size.ndim}-D.")
+    _check_dimension(fixed_size.shape[0], "the fixed grid (len(fixed_size))")
+    return fixed_size.shape[0]
+
+
+cdef object _fixed_grid(int d, fixed_size, fixed_index_to_physical, fixed_origin, indices,
+                        Py_ssize_t start, Py_ssize_t stop):
+    """Check the fixed grid arguments; return (size, A, origin, indices, n)."""
+    size = _array(fixed_size, "fixed_size", (_INT64,), (d,))
+    A = _array(fixed_index_to_physical, "fixed_index_to_physical", (_FLOAT64,), (d, d))
+    origin = _array(fixed_origin, "fixed_origin", (_FLOAT64,), (d,))
+    if indices is not None:
+        indices = _array(indices, "indices", (_INT64,), None)
+        if indices.ndim != 1:
+            raise ValueError(f"indices must be 1-D, got {indices.ndim}-D.")
+    n = _point_count(size, indices)
+    _check_range(start, stop, n)
+    return size, A, origin, indices, n
+
+
+def central_gradient(image, out):
+    """Index-space gradient of a 2-D/3-D float32/float64 image into ``out``.
+
+    ``out`` is float64 of shape ``image.shape + (d,)``; ``out[..., k]`` is the
+    derivative along ITK axis k (NumPy axis d-1-k): central differences inside,
+    one-sided at the borders, 0 along an axis of size 1.
+    """
+    img = _array(image, "image", (_FLOAT32, _FLOAT64), None)
+    cdef int d = img.ndim
+    _check_dimension(d, "image")
+    if img.size == 0:
+        raise ValueError(f"image must not be empty, got shape {img.shape}.")
+    o = _array(out, "out", (_FLOAT64,), img.shape + (d,), writeable=True)
+    _check_disjoint((("out", o),), (("image", img),))
+    cdef int64_t size[3]
+    cdef int k
+    for k in range(d):
+        size[k] = img.shape[d - 1 - k]
+    cdef bint single = img.dtype == _FLOAT32
+    cdef void *src = _ptr(img)
+    cdef double *dst = <double *>_ptr(o)
+    cdef ppir_status status
+    with nogil:
+        if single:
+            status = ppir_central_gradient_f32(d, size, <const float *>src, dst)
+        else:
+            status = ppir_central_gradient_f64(d, size, <const double *>src, dst)
+    _raise_for_status(status, "central_gradient")
+
+
+def warp(moving, moving_gradient, moving_physical_to_index, moving_origin, fixed_size,
+         fixed_index_to_physical, fixed_origin, matrix, offset, indices, Py_ssize_t start,
+         Py_ssize_t stop, out_values, out_gradient, out_valid):
+    """Linearly resample ``moving`` and its gradient at mapped fixed points.
+
+    For positions ``[start, stop)`` of the point list: ``y = matrix @ x + offset``,
+    ``u = moving_physical_to_index @ (y - moving_origin)``; valid iff
+    ``0 <= u_k <= size_k - 1``.  Writes the interpolated value, the physical
+    gradient ``P.T @ interp(moving_gradient, u)`` and 1 (0, 0, 0 if invalid)
+    and returns the number of valid points.  See docs/kernels.md.
+    """
+    mov = _array(moving, "moving", (_FLOAT32, _FLOAT64), None)
+    cdef int d = mov.ndim
+    _check_dimension(d, "moving")
+    if mov.size == 0:
+        raise ValueError(f"moving must not be empty, got shape {mov.shape}.")
+    mgrad = _array(moving_gradient, "moving_gradient", (_FLOAT64,),
+                                    mov.shape + (d,))
+    P = _array(moving_physical_to_index, "moving_physical_to_index",
+                                (_FLOAT64,), (d, d))
+    o_m = _array(moving_origin, "moving_origin", (_FLOAT64,), (d,))
+    M = _array(matrix, "matrix", (_FLOAT64,), (d, d))
+    t = _array(offset, "offset", (_FLOAT64,), (d,))
+    size, A, o_f, idx, n = _fixed_grid(d, fixed_size, fixed_index_to_physical, fixed_origin,
+                                       indices, start, stop)
+    values = _array(out_values, "out_values", (_FLOAT64,), (n,), True)
+    grad = _array(out_gradient, "out_gradient", (_FLOAT64,), (n, d), True)
+    valid = _array(out_valid, "out_valid", (_UINT8,), (n,), True)
+    _check_disjoint(
+        (("out_values", values), ("out_gradient", grad), ("out_valid", valid)),
+        (("moving", mov), ("moving_gradient", mgrad), ("indices", idx)),
+    )
+
+    cdef int64_t msize[3]
+    cdef int k
+    for k in range(d):
+        msize[k] = mov.shape[d - 1 - k]
+    cdef bint single = mov.dtype == _FLOAT32
+    cdef const void *mov_p = _ptr(mov)
+    cdef const double *mgrad_p = <const double *>_ptr(mgrad)
+    cdef const double *P_p = <const double *>_ptr(P)
+    cdef const double *o_m_p = <const double *>_ptr(o_m)
+    cdef const ppir_index *size_p = <const ppir_index *>_ptr(size)
+    cdef const double *A_p = <const double *>_ptr(A)
+    cdef const double *o_f_p = <const double *>_ptr(o_f)
+    cdef const double *M_p = <const double *>_ptr(M)
+    cdef const double *t_p = <const double *>_ptr(t)
+    cdef const ppir_index *idx_p = NULL
+    cdef ppir_index n_idx = 0
+    if idx is not None:
+        idx_p = <const ppir_index *>_ptr(idx)
+        n_idx = n
+    cdef double *values_p = <double *>_ptr(values)
+    cdef double *grad_p = <double *>_ptr(grad)
+    cdef uint8_t *valid_p = <uint8_t *>_ptr(valid)
+    cdef ppir_index n_valid = 0
+    cdef ppir_status status
+    with nogil:
+        if single:
+            status = ppir_warp_f32(d, msize, <const float *>mov_p, mgrad_p, P_p, o_m_p, size_p,
+                                   A_p, o_f_p, M_p, t_p, idx_p, n_idx, start, stop, values_p,
+                                   grad_p, valid_p, &n_valid)
+        else:
+            status = ppir_warp_f64(d, msize, <const double *>mov_p, mgrad_p, P_p, o_m_p,
+                                   size_p, A_p, o_f_p, M_p, t_p, idx_p, n_idx, start, stop,
+                                   values_p, grad_p, valid_p, &n_valid)
+    _raise_for_status(status, "warp")
+    return n_valid
+
+
+def affine_gram(fixed_size, fixed_index_to_physical, fixed_origin, reference, indices,
+                Py_ssize_t start, Py_ssize_t stop, gradient, out):
+    """Overwrite ``out`` (m x m, m = d(d+1)) with sum of v v^T over ``[start, stop)``.
+
+    ``v[k*(d+1) + j] = gradient[pos, k] * phi_j(x)``, ``phi(x) = (x - reference, 1)``.
+    Points with an all-zero gradient are skipped; ``out`` is exactly symmetric.
+    """
+    cdef int d = _fixed_dimension(fixed_size)
+    size, A, o_f, idx, n = _fixed_grid(d, fixed_size, fixed_index_to_physical, fixed_origin,
+                                       indices, start, stop)
+    c = _array(reference, "reference", (_FLOAT64,), (d,))
+    g = _array(gradient, "gradient", (_FLOAT64,), (n, d))
+    cdef int m = d * (d + 1)
+    o = _array(out, "out", (_FLOAT64,), (m, m), True)
+    _check_disjoint((("out", o),), (("gradient", g), ("indices", idx)))
+
+    cdef const ppir_index *size_p = <const ppir_index *>_ptr(size)
+    cdef const double *A_p = <const double *>_ptr(A)
+    cdef const double *o_f_p = <const double *>_ptr(o_f)
+    cdef const double *c_p = <const double *>_ptr(c)
+    cdef const ppir_index *idx_p = NULL
+    cdef ppir_index n_idx = 0
+    if idx is not None:
+        idx_p = <const ppir_index *>_ptr(idx)
+        n_idx = n
+    cdef const double *g_p = <const double *>_ptr(g)
+    cdef double *o_p = <double *>_ptr(o)
+    cdef ppir_status status
+    with nogil:
+        status = ppir_affine_gram(d, size_p, A_p, o_f_p, c_p, idx_p, n_idx, start, stop, g_p,
+                                  o_p)
+    _raise_for_status(status, "affine_gram")
+
+
+def affine_moments(fixed_size, fixed_index_to_physical, fixed_origin, reference, indices,
+                   Py_ssize_t start, Py_ssize_t stop, field, weights, out):
+    """Overwrite ``out`` (d x (d+1)) with sum of field[pos, k] w[pos] phi_j(x).
+
+    Sums over positions ``[start, stop)``; ``w = 1`` when ``weights`` is None;
+    ``phi(x) = (x - reference, 1)``.
+    """
+    cdef int d = _fixed_dimension(fixed_size)
+    size, A, o_f, idx, n = _fixed_grid(d, fixed_size, fixed_index_to_physical, fixed_origin,
+                                       indices, start, stop)
+    c = _array(reference, "reference", (_FLOAT64,), (d,))
+    f = _array(field, "field", (_FLOAT64,), (n, d))
+    w = None
+    if weights is not None:
+        w = _array(weights, "weights", (_FLOAT64,), (n,))
+    o = _array(out, "out", (_FLOAT64,), (d, d + 1), True)
+    _check_disjoint((("out", o),), (("field", f), ("weights", w), ("indices", idx)))
+
+    cdef const ppir_index *size_p = <const ppir_index *>_ptr(size)
+    cdef const double *A_p = <const double *>_ptr(A)
+    cdef const double *o_f_p = <const double *>_ptr(o_f)
+    cdef const double *c_p = <const double *>_ptr(c)
+    cdef const ppir_index *idx_p = NULL
+    cdef ppir_index n_idx = 0
+    if idx is not None:
+        idx_p = <const ppir_index *>_ptr(idx)
+        n_idx = n
+    cdef const double *f_p = <const double *>_ptr(f)
+    cdef const double *w_p = NULL
+    if w is not None:
+        w_p = <const double *>_ptr(w)
+    cdef double *o_p = <double *>_ptr(o)
+    cdef ppir_status status
+    with nogil:
+        status = ppir_affine_moments(d, size_p, A_p, o_f_p, c_p, idx_p, n_idx, start, stop, f_p,
+                                     w_p, o_p)
+    _raise_for_status(status, "affine_moments")

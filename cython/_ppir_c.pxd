@@ -1,0 +1,61 @@
+# Declarations of the C kernels in src/, mirroring the headers.  This is the
+# only place that declares C symbols; _kernels.pyx cimports from here.
+
+from libc.stdint cimport int64_t, uint8_t
+
+
+cdef extern from "ppir_common.h" nogil:
+    ctypedef int64_t ppir_index
+
+    ctypedef enum ppir_status:
+        PPIR_OK
+        PPIR_BAD_DIMENSION
+        PPIR_BAD_INDEX
+        PPIR_BAD_RANGE
+        PPIR_BAD_SIZE
+        PPIR_NULL_POINTER
+
+    int PPIR_MAX_DIM
+
+
+cdef extern from "ppir_gradient.h" nogil:
+    ppir_status ppir_central_gradient_f32(int d, const ppir_index *size, const float *image,
+                                          double *out)
+    ppir_status ppir_central_gradient_f64(int d, const ppir_index *size, const double *image,
+                                          double *out)
+
+
+cdef extern from "ppir_warp.h" nogil:
+    ppir_status ppir_warp_f32(int d, const ppir_index *moving_size, const float *moving,
+                              const double *moving_gradient,
+                              const double *moving_physical_to_index,
+                              const double *moving_origin, const ppir_index *fixed_size,
+                              const double *fixed_index_to_physical, const double *fixed_origin,
+                              const double *matrix, const double *offset,
+                              const ppir_index *indices, ppir_index n_indices, ppir_index start,
+                              ppir_index stop, double *out_values, double *out_gradient,
+                              uint8_t *out_valid, ppir_index *out_n_valid)
+    ppir_status ppir_warp_f64(int d, const ppir_index *moving_size, const double *moving,
+                              const double *moving_gradient,
+                              const double *moving_physical_to_index,
+                              const double *moving_origin, const ppir_index *fixed_size,
+                              const double *fixed_index_to_physical, const double *fixed_origin,
+                              const double *matrix, const double *offset,
+                              const ppir_index *indices, ppir_index n_indices, ppir_index start,
+                              ppir_index stop, double *out_values, double *out_gradient,
+                              uint8_t *out_valid, ppir_index *out_n_valid)
+
+
+cdef extern from "ppir_affine.h" nogil:
+    ppir_status ppir_affine_gram(int d, const ppir_index *fixed_size,
+                                 const double *fixed_index_to_physical,
+                                 const double *fixed_origin, const double *reference,
+                                 const ppir_index *indices, ppir_index n_indices,
+                                 ppir_index start, ppir_index stop, const double *gradient,
+                                 double *out)
+    ppir_status ppir_affine_moments(int d, const ppir_index *fixed_size,
+                                    const double *fixed_index_to_physical,
+                                    const double *fixed_origin, const double *reference,
+                                    const ppir_index *indices, ppir_index n_indices,
+                                    ppir_index start, ppir_index stop, const double *field,
+                                    const double *weights, double *out)

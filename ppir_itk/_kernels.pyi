@@ -1,0 +1,113 @@
+"""Type stub of ppir_itk._kernels: the C kernels of src/ (spec: docs/kernels.md).
+
+Conventions shared by every kernel:
+
+- Arrays are NumPy C-contiguous arrays in NumPy axis order (``[z, y, x]`` in
+  3-D); geometry is in ITK order (``size[0]`` is x).  A grid point's flat
+  index is ``x + size[0] * (y + size[1] * z)``, as in ``array.ravel()``.
+- A grid is ``size`` (int64, d), ``index_to_physical`` (float64, d x d,
+  ``direction @ diag(spacing)``) and ``origin`` (float64, d):
+  ``p = origin + index_to_physical @ idx``.
+- A point list is the whole fixed grid (``indices=None``, n = prod(size)) or
+  an int64 array of n flat indices.  Kernels work on positions
+  ``[start, stop)`` and write per-point outputs at those positions only;
+  reductions return the chunk's partial sums.
+- Dtypes are exact: ``moving``/``image`` may be float32 or float64, sizes and
+  indices are int64, ``out_valid`` is uint8, everything else float64 (native
+  byte order).  Wrong dtype, shape, dimension (only 2-D and 3-D), contiguity,
+  a read-only or overlapping output, a bad ``[start, stop)`` or an index
+  outside the grid raise ``ValueError``.
+- Every kernel releases the GIL while it computes.
+"""
+
+import numpy as np
+import numpy.typing as npt
+
+FloatImage = npt.NDArray[np.float32] | npt.NDArray[np.float64]
+Float64 = npt.NDArray[np.float64]
+Int64 = npt.NDArray[np.int64]
+UInt8 = npt.NDArray[np.uint8]
+
+__all__ = ["affine_gram", "affine_moments", "central_gradient", "warp"]
+
+def central_gradient(image: FloatImage, out: Float64) -> None:
+    """Index-space gradient of a 2-D or 3-D image, written to ``out``.
+
+    ``out`` has shape ``image.shape + (d,)``; ``out[..., k]`` is the derivative
+    along ITK axis k (NumPy axis d-1-k), per unit index: ``(f[i+1] - f[i-1]) / 2``
+    inside, ``f[1] - f[0]`` and ``f[n-1] - f[n-2]`` at the borders, 0 along an
+    axis of size 1.
+    """
+
+def warp(
+    moving: FloatImage,
+    moving_gradient: Float64,
+    moving_physical_to_index: Float64,
+    moving_origin: Float64,
+    fixed_size: Int64,
+    fixed_index_to_physical: Float64,
+    fixed_origin: Float64,
+    matrix: Float64,
+    offset: Float64,
+    indices: Int64 | None,
+    start: int,
+    stop: int,
+    out_values: Float64,
+    out_gradient: Float64,
+    out_valid: UInt8,
+) -> int:
+    """Resample the moving image and its gradient at mapped fixed-grid points.
+
+    For each position in ``[start, stop)`` with fixed point x:
+    ``y = matrix @ x + offset`` and ``u = P @ (y - moving_origin)`` (ITK order,
+    ``P = moving_physical_to_index``).  The point is valid iff
+    ``0 <= u_k <= size_k - 1`` for every k (``size = moving.shape[::-1]``); then
+    ``out_values`` gets the (bi/tri)linear interpolation of ``moving`` at u and
+    ``out_gradient`` the physical gradient ``P.T @ interp(moving_gradient, u)``,
+    and ``out_valid`` 1.  Invalid points get 0, 0, 0.
+
+    Shapes: ``moving_gradient`` ``moving.shape + (d,)`` (index-space, as from
+    :func:`central_gradient`); ``out_values`` (n,), ``out_gradient`` (n, d),
+    ``out_valid`` (n,), n the length of the point list.
+
+    Returns the number of valid points in ``[start, stop)``.
+    """
+
+def affine_gram(
+    fixed_size: Int64,
+    fixed_index_to_physical: Float64,
+    fixed_origin: Float64,
+    reference: Float64,
+    indices: Int64 | None,
+    start: int,
+    stop: int,
+    gradient: Float64,
+    out: Float64,
+) -> None:
+    """Gram matrix of the gradient over the affine basis, written to ``out``.
+
+    ``out`` (m x m, m = d (d + 1)) is overwritten with the sum over positions
+    ``[start, stop)`` of ``v v^T``, ``v[k*(d+1) + j] = gradient[pos, k] * phi_j(x)``,
+    ``phi(x) = (x - reference, 1)``.  ``gradient`` has shape (n, d).  Points
+    with an all-zero gradient contribute nothing; ``out`` is exactly symmetric.
+    """
+
+def affine_moments(
+    fixed_size: Int64,
+    fixed_index_to_physical: Float64,
+    fixed_origin: Float64,
+    reference: Float64,
+    indices: Int64 | None,
+    start: int,
+    stop: int,
+    field: Float64,
+    weights: Float64 | None,
+    out: Float64,
+) -> None:
+    """Moments of a field over the affine basis, written to ``out``.
+
+    ``out`` (d x (d + 1)) is overwritten with
+    ``out[k, j] = sum field[pos, k] * w[pos] * phi_j(x)`` over positions
+    ``[start, stop)``, ``phi(x) = (x - reference, 1)``; ``field`` has shape
+    (n, d), ``weights`` shape (n,) or None (w = 1).
+    """

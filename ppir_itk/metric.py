@@ -1,0 +1,241 @@
+"""``PrivateMeanSquaresImageToImageMetric``: the SSD metric, split between two parties.
+
+ITK's ``MeanSquaresImageToImageMetricv4`` computes, over the fixed grid,
+``value = sum (I(W(x)) - J(x))^2 / n_valid``. Here the moving party holds I
+and the fixed party holds J, so the metric is split (DESIGN.md §2):
+
+- local to the moving party, by the C kernels: the warped image ``I_w``, its
+  gradient ``g``, the valid-point mask, ``S^T S`` and ``S^T I_w`` (through the
+  affine-basis Gram matrix and moments, then the transform's small
+  coefficient matrix ``C``: ``S^T S = C G C^T``);
+- joint, through a backend: ``S^T J = C moments``, ``I_w^T J`` and
+  ``sum_valid J^2`` (:mod:`ppir_itk.backends.base`).
+
+The metric never reads J. Derivatives follow ITK's v4 convention:
+:meth:`GetDerivative` returns the *negative* gradient of the value (the
+direction that decreases it), like ITK's mean squares metric.
+
+Examples
+--------
+A minimal clear run (the fixed party in-process)::
+
+    fixed_party = ppir_itk.FixedParty(fixed_grid)
+    metric = PrivateMeanSquaresImageToImageMetric(backend="clear", session=fixed_party)
+    metric.SetMovingImage(moving)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ppir_itk import _kernels
+from ppir_itk.backends import JointTermBackend, MovingFields, make_backend
+from ppir_itk.errors import InputError
+from ppir_itk.fixed_party import FixedParty, PointSet, PointSetRequest
+from ppir_itk.image import GridGeometry, ImageGrid
+from ppir_itk.parallel import for_chunks, sum_chunks
+from ppir_itk.pyramid import Level, moving_level_image
+from ppir_itk.sampling import GMS, URS, NoSampling
+from ppir_itk.transforms import LinearTransform
+from ppir_itk.wrapping.images import as_image_grid
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What the Gauss-Newton optimizer consumes: value, gradient and Gauss-Newton Hessian."""
+
+    value: float
+    gradient: np.ndarray  # d value / d theta
+    hessian: np.ndarray  # Gauss-Newton approximation of d2 value / d theta2
+    number_of_valid_points: int
+
+
+class PrivateMeanSquaresImageToImageMetric:
+    """Mean squares between the warped moving image and the fixed image, privately.
+
+    Parameters
+    ----------
+    backend : str or JointTermBackend
+        The joint-term backend, or its name (``"clear"``).
+    session : FixedParty, optional
+        The fixed party to talk to, when ``backend`` is a name.
+    """
+
+    def __init__(self, backend: str | JointTermBackend = "clear", session: Any = None) -> None:
+        if isinstance(backend, str):
+            if not isinstance(session, FixedParty):
+                raise InputError(f"backend '{backend}' needs a session with the fixed party")
+            backend = make_backend(backend, session)
+        self.backend = backend
+        self._moving: ImageGrid | None = None
+        self._transform: LinearTransform | None = None
+        self._level: _LevelData | None = None
+
+    # -- set-up ---------------------------------------------------------------
+    def SetMovingImage(self, moving: Any) -> None:  # noqa: N802
+        self._moving = as_image_grid(moving, name="moving image")
+
+    def GetMovingImage(self) -> ImageGrid | None:  # noqa: N802
+        return self._moving
+
+    def SetTransform(self, transform: LinearTransform) -> None:  # noqa: N802
+        self._transform = transform
+
+    def GetTransform(self) -> LinearTransform:  # noqa: N802
+        if self._transform is None:
+            raise RuntimeError("the metric has no transform: call SetTransform first")
+        return self._transform
+
+    def GetNumberOfParameters(self) -> int:  # noqa: N802
+        return self.GetTransform().number_of_parameters
+
+    def GetParameters(self) -> np.ndarray:  # noqa: N802
+        return self.GetTransform().parameters
+
+    def SetParameters(self, parameters: np.ndarray) -> None:  # noqa: N802
+        self.GetTransform().parameters = parameters
+
+    def UpdateTransformParameters(self, delta: np.ndarray) -> None:  # noqa: N802
+        self.GetTransform().update(delta)
+
+    @property
+    def fixed_geometry(self) -> GridGeometry:
+        return self.backend.fixed_geometry
+
+    def initialize_level(self, level_index: int, level: Level, sampling: Any) -> PointSet:
+        """Open a level with the fixed party and agree its point set."""
+        if self._moving is None:
+            raise RuntimeError("the metric has no moving image: call SetMovingImage first")
+        if self._moving.dimension != self.fixed_geometry.dimension:
+            raise InputError(
+                f"the fixed image is {self.fixed_geometry.dimension}-D and the moving image is "
+                f"{self._moving.dimension}-D; both must have the same dimension"
+            )
+        fixed_level = self.backend.begin_level(level_index, level)
+        moving = moving_level_image(self._moving, level)
+        gradient = np.empty(moving.array.shape + (moving.dimension,))
+        _kernels.central_gradient(moving.array, gradient)
+        self._level = _LevelData(moving, gradient, PointSet(fixed_level, None), None)
+
+        private_sample = None
+        if isinstance(sampling, NoSampling) or sampling is None:
+            request = PointSetRequest("all")
+        elif isinstance(sampling, URS):
+            request = PointSetRequest("urs", sampling.fraction, sampling.seed)
+        elif isinstance(sampling, GMS):
+            magnitude = np.linalg.norm(self._warp()[1], axis=1)
+            drawn = sampling.draw(magnitude, level_index)
+            if sampling.reveal_indices:
+                request = PointSetRequest("revealed", indices=drawn)
+            else:
+                request = PointSetRequest("all")
+                private_sample = np.zeros(fixed_level.number_of_points, dtype=np.uint8)
+                private_sample[drawn] = 1
+        else:
+            raise InputError(f"unknown sampling {sampling!r}")
+        points = self.backend.use_points(request)
+        self._level = _LevelData(moving, gradient, points, private_sample)
+        return points
+
+    # -- evaluation -----------------------------------------------------------
+    def _warp(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """I_w, g and the valid mask on the point set, at the current transform."""
+        level = self._require_level()
+        points = level.points
+        fixed = points.geometry
+        moving = level.moving
+        matrix, offset = self.GetTransform().matrix_offset()
+        n, d = points.size, fixed.dimension
+        values = np.empty(n)
+        gradient = np.empty((n, d))
+        valid = np.empty(n, dtype=np.uint8)
+
+        def warp(start: int, stop: int) -> int:
+            return _kernels.warp(
+                moving.array, level.moving_gradient, moving.geometry.physical_to_index,
+                moving.geometry.origin_array, fixed.size_array, fixed.index_to_physical,
+                fixed.origin_array, matrix, offset, points.indices, start, stop,
+                values, gradient, valid,
+            )
+
+        n_valid = sum(for_chunks(warp, n))
+        if level.private_sample is not None:
+            valid &= level.private_sample
+            values *= level.private_sample
+            gradient *= level.private_sample[:, None]
+            n_valid = int(np.count_nonzero(valid))
+        return values, gradient, valid, n_valid
+
+    def evaluate(self) -> Evaluation:
+        """Value, gradient and Gauss-Newton Hessian at the current parameters."""
+        level = self._require_level()
+        points = level.points
+        geometry = points.geometry
+        d = geometry.dimension
+        m = d * (d + 1)
+        values, gradient, valid, n_valid = self._warp()
+        if n_valid == 0:
+            raise InputError(
+                "no fixed-grid point maps inside the moving image: the images do not overlap "
+                "under the current transform (try the 'geometry' or 'moments' initialiser)"
+            )
+        basis = (geometry.size_array, geometry.index_to_physical, geometry.origin_array,
+                 points.reference, points.indices)
+        gram = sum_chunks(
+            lambda start, stop, out: _kernels.affine_gram(*basis, start, stop, gradient, out),
+            points.size, (m, m),
+        )
+        moments = sum_chunks(
+            lambda start, stop, out: _kernels.affine_moments(
+                *basis, start, stop, gradient, values, out
+            ),
+            points.size, (d, d + 1),
+        )
+        joint = self.backend.joint_term(MovingFields(gradient, values, valid))
+
+        coefficients = self.GetTransform().jacobian_in_affine_basis(points.reference)
+        coefficients = coefficients.reshape(coefficients.shape[0], m)
+        ssd = float(np.dot(values, values)) - 2.0 * joint.warped_dot_fixed + joint.fixed_squared
+        scale = 2.0 / n_valid
+        return Evaluation(
+            value=max(ssd, 0.0) / n_valid,
+            gradient=scale * coefficients @ (moments.ravel() - joint.moments.ravel()),
+            hessian=scale * coefficients @ gram @ coefficients.T,
+            number_of_valid_points=n_valid,
+        )
+
+    def GetValue(self) -> float:  # noqa: N802
+        return self.evaluate().value
+
+    def GetDerivative(self) -> np.ndarray:  # noqa: N802
+        """Negative gradient of the value (ITK v4's convention)."""
+        return -self.evaluate().gradient
+
+    def GetValueAndDerivative(self) -> tuple[float, np.ndarray]:  # noqa: N802
+        evaluation = self.evaluate()
+        return evaluation.value, -evaluation.gradient
+
+    def maximum_physical_shift(self, delta: np.ndarray) -> float:
+        """Largest move of a fixed-grid corner if the parameters changed by ``delta`` (mm)."""
+        transform = self.GetTransform()
+        trial = transform.copy()
+        trial.update(delta)
+        corners = self._require_level().points.geometry.corners()
+        moved = trial.transform_points(corners) - transform.transform_points(corners)
+        return float(np.max(np.linalg.norm(moved, axis=1)))
+
+    def _require_level(self) -> _LevelData:
+        if self._level is None:
+            raise RuntimeError("no level is open: call initialize_level first")
+        return self._level
+
+
+@dataclass(frozen=True)
+class _LevelData:
+    moving: ImageGrid
+    moving_gradient: np.ndarray
+    points: PointSet
+    private_sample: np.ndarray | None

@@ -1,0 +1,384 @@
+"""``ImageRegistrationMethod`` and the one-call :func:`register`.
+
+The method drives a registration on the moving party's side, as ITK's
+``ImageRegistrationMethodv4``: for each level of the multi-resolution
+schedule it opens the level with the fixed party (through the metric's
+backend), agrees the sample, runs the optimizer and carries the parameters
+on in physical space (no rescaling between levels).
+
+Examples
+--------
+In ten lines, with the fixed party in-process (clear backend)::
+
+    import ppir_itk
+    result = ppir_itk.register("fixed.nii.gz", "moving.nii.gz", transform="affine",
+                               shrink_factors=[4, 2, 1], smoothing_sigmas=[2, 1, 0])
+    print(result.final_metric, result.iterations)
+    itk_transform = result.itk_transform()
+
+or piece by piece, ITK style::
+
+    metric = ppir_itk.PrivateMeanSquaresImageToImageMetric("clear", session=ppir_itk.FixedParty(f))
+    metric.SetMovingImage(moving)
+    reg = ppir_itk.ImageRegistrationMethod(metric=metric, initial_transform="rigid",
+                                           shrink_factors=[2, 1], smoothing_sigmas=[1, 0])
+    reg.AddObserver(itk.IterationEvent(), lambda: print(reg.GetMetricValue()))
+    transform = reg.Execute()   # an itk transform
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ppir_itk import parallel
+from ppir_itk.backends import make_backend
+from ppir_itk.errors import InputError
+from ppir_itk.events import Event, Observable
+from ppir_itk.fixed_party import FixedParty
+from ppir_itk.image import GridGeometry, ImageGrid, center_of_mass
+from ppir_itk.metric import PrivateMeanSquaresImageToImageMetric
+from ppir_itk.optimizer import GaussNewtonOptimizer
+from ppir_itk.pyramid import LevelSchedule
+from ppir_itk.sampling import NoSampling, make_sampling
+from ppir_itk.transforms import LinearTransform, make_transform
+from ppir_itk.wrapping import transforms as transform_io
+from ppir_itk.wrapping.images import as_image_grid, to_sitk
+
+INITIALIZERS = ("none", "geometry", "moments")
+
+
+@dataclass(frozen=True)
+class LevelReport:
+    """What happened at one resolution level."""
+
+    level: int
+    shrink_factor: int
+    smoothing_sigma: float
+    grid_size: tuple[int, ...]
+    points: int
+    iterations: int
+    final_metric: float
+    seconds: float
+    stop_condition: str
+
+
+@dataclass
+class RegistrationResult:
+    """The outcome of a registration, with everything a run reports (DESIGN.md §9)."""
+
+    transform: LinearTransform
+    fixed_geometry: GridGeometry
+    backend: str
+    private: bool
+    sampling: str
+    levels: list[LevelReport] = field(default_factory=list)
+    metric_values: list[float] = field(default_factory=list)
+    parties: dict[str, dict] = field(default_factory=dict)
+    disclosures: dict[str, list[str]] = field(default_factory=dict)
+    seconds: float = 0.0
+    seed: int | None = None
+    threads: int = 1
+
+    @property
+    def iterations(self) -> int:
+        return sum(level.iterations for level in self.levels)
+
+    @property
+    def final_metric(self) -> float:
+        return self.levels[-1].final_metric if self.levels else float("nan")
+
+    def itk_transform(self) -> Any:
+        """The result as an ITK transform object (fixed points to moving points)."""
+        return transform_io.to_itk(self.transform)
+
+    def sitk_transform(self) -> Any:
+        """The result as a SimpleITK transform."""
+        return transform_io.to_sitk(self.transform)
+
+    def resample(self, moving: Any) -> ImageGrid:
+        """The moving image resampled onto the fixed grid (linear, 0 outside)."""
+        return resample(as_image_grid(moving, name="moving image"), self.transform,
+                        self.fixed_geometry)
+
+    def report(self) -> dict[str, Any]:
+        """The machine-readable report (``--report`` JSON)."""
+        return {
+            "backend": self.backend,
+            "private": self.private,
+            "transform_type": self.transform.kind,
+            "itk_transform": self.transform.itk_name,
+            "parameters": self.transform.parameters.tolist(),
+            "fixed_parameters": self.transform.fixed_parameters.tolist(),
+            "sampling": self.sampling,
+            "seed": self.seed,
+            "threads": self.threads,
+            "iterations": self.iterations,
+            "final_metric": self.final_metric,
+            "seconds": self.seconds,
+            "levels": [dict(level.__dict__) for level in self.levels],
+            "metric_values": self.metric_values,
+            "parties": self.parties,
+            "disclosures": self.disclosures,
+        }
+
+
+def resample(moving: ImageGrid, transform: LinearTransform, geometry: GridGeometry) -> ImageGrid:
+    """Resample ``moving`` through ``transform`` onto the grid ``geometry`` with ITK."""
+    import SimpleITK as sitk
+
+    reference = sitk.Image([int(s) for s in geometry.size], sitk.sitkFloat64)
+    reference.SetSpacing(geometry.spacing)
+    reference.SetOrigin(geometry.origin)
+    reference.SetDirection(geometry.direction)
+    warped = sitk.Resample(to_sitk(moving), reference, transform_io.to_sitk(transform),
+                           sitk.sitkLinear, 0.0, sitk.sitkFloat64)
+    return as_image_grid(warped, check=False)
+
+
+class ImageRegistrationMethod(Observable):
+    """Multi-resolution registration driven by the moving party.
+
+    Parameters
+    ----------
+    metric : PrivateMeanSquaresImageToImageMetric
+        The metric, with its moving image and backend set.
+    optimizer : GaussNewtonOptimizer, optional
+        Defaults to ``GaussNewtonOptimizer()``.
+    initial_transform : str, LinearTransform, itk or SimpleITK transform
+        The transform to optimise (its type is the output type), or a kind:
+        ``translation``, ``rigid``, ``similarity``, ``affine``.
+    shrink_factors, smoothing_sigmas : sequence
+        One value per level, coarsest first; sigmas in physical units.
+    sampling : NoSampling, URS or GMS
+        Which fixed-grid points each level uses.
+    initializer : {"none", "geometry", "moments"}
+        Centre the transform on the fixed image and align the image centres
+        (``geometry``) or centres of mass (``moments``: the fixed party
+        discloses its centre of mass, and the report says so).
+    threads : int, optional
+        Kernel threads; results are bit-identical for any value.
+    """
+
+    def __init__(
+        self,
+        metric: PrivateMeanSquaresImageToImageMetric,
+        optimizer: GaussNewtonOptimizer | None = None,
+        initial_transform: Any = "affine",
+        *,
+        shrink_factors: Sequence[int] = (1,),
+        smoothing_sigmas: Sequence[float] = (0.0,),
+        sampling: Any = None,
+        initializer: str = "none",
+        threads: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.metric = metric
+        self.optimizer = optimizer if optimizer is not None else GaussNewtonOptimizer()
+        self.schedule = LevelSchedule.from_lists(shrink_factors, smoothing_sigmas)
+        self.sampling = sampling if sampling is not None else NoSampling()
+        if initializer not in INITIALIZERS:
+            raise InputError(
+                f"unknown initializer '{initializer}': choose one of {', '.join(INITIALIZERS)}"
+            )
+        self.initializer = initializer
+        self.threads = threads
+        self._initial_transform = initial_transform
+        self._level = -1
+        self._stop_requested = False
+        self._result: RegistrationResult | None = None
+        self.optimizer.AddObserver(Event.ITERATION, lambda: self.InvokeEvent(Event.ITERATION))
+
+    # -- live measurements (valid inside observers) -----------------------------
+    def GetCurrentLevel(self) -> int:  # noqa: N802
+        return self._level
+
+    def GetOptimizerIteration(self) -> int:  # noqa: N802
+        return self.optimizer.GetCurrentIteration()
+
+    def GetMetricValue(self) -> float:  # noqa: N802
+        return self.optimizer.GetValue()
+
+    def GetOptimizerPosition(self) -> np.ndarray:  # noqa: N802
+        return self.optimizer.GetCurrentPosition()
+
+    def GetOptimizerStopConditionDescription(self) -> str:  # noqa: N802
+        return self.optimizer.GetStopConditionDescription()
+
+    def StopRegistration(self) -> None:  # noqa: N802
+        self._stop_requested = True
+        self.optimizer.StopOptimization()
+
+    def GetResult(self) -> RegistrationResult:  # noqa: N802
+        if self._result is None:
+            raise RuntimeError("Execute() has not run")
+        return self._result
+
+    # -- the run ----------------------------------------------------------------
+    def Execute(self) -> Any:  # noqa: N802
+        """Run every level; returns the result as an ITK transform."""
+        return self.run().itk_transform()
+
+    def run(self) -> RegistrationResult:
+        """Run every level; returns the full :class:`RegistrationResult`."""
+        start = time.perf_counter()
+        previous_threads = parallel.get_number_of_threads()
+        parallel.set_number_of_threads(self.threads)
+        try:
+            result = self._run()
+        finally:
+            parallel.set_number_of_threads(previous_threads)
+        result.seconds = time.perf_counter() - start
+        self._result = result
+        return result
+
+    def _run(self) -> RegistrationResult:
+        metric, backend = self.metric, self.metric.backend
+        moving = metric.GetMovingImage()
+        if moving is None:
+            raise RuntimeError("the metric has no moving image: call SetMovingImage first")
+        transform = _as_transform(self._initial_transform, moving.dimension)
+        if transform.dimension != moving.dimension:
+            raise InputError(
+                f"the initial transform is {transform.dimension}-D but the images are "
+                f"{moving.dimension}-D"
+            )
+        self._initialize(transform, moving)
+        metric.SetTransform(transform)
+        self.optimizer.SetMetric(metric)
+        result = RegistrationResult(
+            transform=transform,
+            fixed_geometry=backend.fixed_geometry,
+            backend=backend.name,
+            private=backend.private,
+            sampling=self.sampling.describe(),
+            seed=getattr(self.sampling, "seed", None),
+            threads=parallel.get_number_of_threads(),
+        )
+        self._stop_requested = False
+        self.InvokeEvent(Event.START)
+        for level_index, level in enumerate(self.schedule.levels):
+            self._level = level_index
+            level_start = time.perf_counter()
+            points = metric.initialize_level(level_index, level, self.sampling)
+            self.InvokeEvent(Event.MULTI_RESOLUTION_ITERATION)
+            self.optimizer.StartOptimization()
+            result.metric_values.extend(self.optimizer.values)
+            result.levels.append(
+                LevelReport(
+                    level=level_index,
+                    shrink_factor=level.shrink_factor,
+                    smoothing_sigma=level.smoothing_sigma,
+                    grid_size=points.geometry.size,
+                    points=points.size,
+                    iterations=self.optimizer.GetCurrentIteration(),
+                    final_metric=self.optimizer.GetValue(),
+                    seconds=time.perf_counter() - level_start,
+                    stop_condition=self.optimizer.GetStopConditionDescription(),
+                )
+            )
+            if self._stop_requested:
+                break
+        result.parties = backend.traffic.as_dict()
+        result.disclosures = backend.disclosures()
+        self.InvokeEvent(Event.END)
+        return result
+
+    def _initialize(self, transform: LinearTransform, moving: ImageGrid) -> None:
+        if self.initializer == "none":
+            return
+        backend = self.metric.backend
+        if self.initializer == "geometry":
+            fixed_center = backend.fixed_geometry.center()
+            moving_center = moving.geometry.center()
+        else:
+            fixed_center = backend.fixed_center_of_mass()
+            moving_center = center_of_mass(moving)
+        if transform.center is not None:
+            transform.center = fixed_center
+        transform.translation = moving_center - fixed_center
+
+
+def _as_transform(initial: Any, dimension: int) -> LinearTransform:
+    if isinstance(initial, LinearTransform):
+        return initial.copy()
+    if isinstance(initial, str):
+        return make_transform(initial, dimension)
+    module = type(initial).__module__
+    if module.startswith("SimpleITK"):
+        return transform_io.from_sitk(initial)
+    if module.startswith("itk"):
+        return transform_io.from_itk(initial)
+    raise InputError(f"initial transform of type {type(initial).__name__} is not supported")
+
+
+def register(
+    fixed: Any,
+    moving: Any,
+    *,
+    transform: Any = "affine",
+    backend: str = "clear",
+    sampling: Any = "none",
+    sampling_fraction: float = 0.05,
+    seed: int = 0,
+    reveal_gms_indices: bool = False,
+    shrink_factors: Sequence[int] = (4, 2, 1),
+    smoothing_sigmas: Sequence[float] = (2.0, 1.0, 0.0),
+    initializer: str = "geometry",
+    iterations: int = 100,
+    minimum_step_length: float = 1e-4,
+    relative_value_tolerance: float = 1e-6,
+    threads: int | None = None,
+    observers: dict[Any, Any] | None = None,
+) -> RegistrationResult:
+    """Register ``moving`` onto ``fixed`` in one call.
+
+    Parameters
+    ----------
+    fixed, moving : itk.Image, SimpleITK.Image or path
+        The two images (2-D or 3-D, same dimension).
+    transform : str or transform
+        ``translation``, ``rigid``, ``similarity``, ``affine`` or an initial
+        ITK/SimpleITK transform.
+    backend : str
+        The joint-term backend (``clear``).
+    sampling : str or sampling object
+        ``none``, ``urs`` or ``gms`` (with ``sampling_fraction`` and ``seed``).
+
+    Returns
+    -------
+    RegistrationResult
+        ``result.itk_transform()`` maps fixed points to moving points.
+    """
+    fixed_grid = as_image_grid(fixed, name="fixed image")
+    moving_grid = as_image_grid(moving, name="moving image")
+    if fixed_grid.dimension != moving_grid.dimension:
+        raise InputError(
+            f"the fixed image is {fixed_grid.dimension}-D and the moving image is "
+            f"{moving_grid.dimension}-D; both must have the same dimension"
+        )
+    if isinstance(sampling, str):
+        sampling = make_sampling(sampling, sampling_fraction, seed, reveal=reveal_gms_indices)
+    metric = PrivateMeanSquaresImageToImageMetric(make_backend(backend, FixedParty(fixed_grid)))
+    metric.SetMovingImage(moving_grid)
+    method = ImageRegistrationMethod(
+        metric,
+        GaussNewtonOptimizer(
+            NumberOfIterations=iterations,
+            MinimumStepLength=minimum_step_length,
+            RelativeValueTolerance=relative_value_tolerance,
+        ),
+        transform,
+        shrink_factors=shrink_factors,
+        smoothing_sigmas=smoothing_sigmas,
+        sampling=sampling,
+        initializer=initializer,
+        threads=threads,
+    )
+    for event, callback in (observers or {}).items():
+        method.AddObserver(event, lambda callback=callback: callback(method))
+    return method.run()

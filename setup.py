@@ -1,0 +1,40 @@
+"""Build the C kernels (src/) and their Cython bindings (cython/) as ppir_itk._kernels."""
+
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+kernels = Extension(
+    "ppir_itk._kernels",
+    sources=[
+        "cython/_kernels.pyx",
+        "src/ppir_gradient.c",
+        "src/ppir_warp.c",
+        "src/ppir_affine.c",
+    ],
+    depends=[
+        "cython/_ppir_c.pxd",
+        "src/ppir_common.h",
+        "src/ppir_gradient.h",
+        "src/ppir_gradient_body.inc",
+        "src/ppir_warp.h",
+        "src/ppir_warp_body.inc",
+        "src/ppir_affine.h",
+        "src/ppir_points.inc",
+    ],
+    include_dirs=["src", numpy.get_include()],
+    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    extra_compile_args=["-O3", "-std=c99", "-fno-fast-math"],
+)
+
+setup(
+    ext_modules=cythonize(
+        [kernels],
+        compiler_directives={
+            "language_level": "3",
+            "boundscheck": False,
+            "wraparound": False,
+            "cdivision": True,
+        },
+    )
+)

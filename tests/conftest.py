@@ -1,0 +1,49 @@
+"""Shared fixtures: phantom pairs with known transforms, real images from nibabel."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+
+from ppir_itk.backends import InsecureBackendWarning
+from ppir_itk.image import ImageGrid
+from ppir_itk.phantoms import head_phantom, moved_copy
+from ppir_itk.transforms import LinearTransform, make_transform
+
+
+@pytest.fixture(autouse=True)
+def _quiet_clear_backend():
+    """The clear backend warns on every run; the tests know it is not private."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", InsecureBackendWarning)
+        yield
+
+
+def known_pair(
+    fixed: ImageGrid, kind: str, parameters: list[float]
+) -> tuple[ImageGrid, LinearTransform]:
+    """A moving image and the transform ``truth`` registration must find (centred on fixed)."""
+    truth = make_transform(kind, fixed.dimension)
+    if truth.has_center:
+        truth.center = fixed.geometry.center()
+    truth.parameters = parameters
+    return moved_copy(fixed, truth), truth
+
+
+@pytest.fixture(scope="session")
+def phantom_2d() -> ImageGrid:
+    return head_phantom((96, 88), spacing=(1.1, 0.9))
+
+
+@pytest.fixture(scope="session")
+def phantom_3d() -> ImageGrid:
+    return head_phantom((40, 44, 40), spacing=(1.0, 1.2, 1.1))
+
+
+@pytest.fixture(scope="session")
+def nibabel_data() -> str:
+    import nibabel
+
+    return os.path.join(os.path.dirname(nibabel.__file__), "tests", "data")

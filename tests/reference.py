@@ -1,0 +1,150 @@
+"""NumPy reference implementations of the C kernels (docs/kernels.md).
+
+Plain vectorised NumPy, written to be obviously correct rather than fast.
+They are the oracle of tests/test_kernels.py and the baseline of the
+benchmarks.  Unlike the kernels they *return* their results; per-point
+outputs cover positions ``[start, stop)`` of the point list only.
+
+Conventions: arrays in NumPy axis order, geometry in ITK order (``size[0]``
+is the fastest axis); ``p = origin + index_to_physical @ idx``.
+"""
+
+import itertools
+
+import numpy as np
+
+
+def central_gradient(image):
+    """Index-space gradient of ``image``, shape ``image.shape + (d,)``.
+
+    ``out[..., k]`` is the derivative along ITK axis k (NumPy axis d-1-k):
+    ``(f[i+1] - f[i-1]) / 2`` inside, one-sided at the borders, 0 along an
+    axis of size 1.
+    """
+    f = np.asarray(image, dtype=np.float64)
+    d = f.ndim
+    out = np.zeros(f.shape + (d,))
+    for k in range(d):
+        axis = d - 1 - k
+        if f.shape[axis] == 1:
+            continue
+        fa = np.moveaxis(f, axis, 0)
+        ga = np.empty_like(fa)
+        ga[1:-1] = (fa[2:] - fa[:-2]) / 2
+        ga[0] = fa[1] - fa[0]
+        ga[-1] = fa[-1] - fa[-2]
+        out[..., k] = np.moveaxis(ga, 0, axis)
+    return out
+
+
+def point_list(fixed_size, indices, start, stop):
+    """Flat indices of positions ``[start, stop)`` of a point list."""
+    if indices is None:
+        return np.arange(start, stop, dtype=np.int64)
+    return np.asarray(indices, dtype=np.int64)[start:stop]
+
+
+def grid_indices(fixed_size, flat):
+    """ITK-order grid indices (shape (len(flat), d)) of flat indices."""
+    numpy_shape = tuple(int(s) for s in fixed_size[::-1])
+    numpy_order = np.unravel_index(flat, numpy_shape)
+    return np.stack(numpy_order[::-1], axis=1)
+
+
+def physical_points(fixed_size, fixed_index_to_physical, fixed_origin, indices, start, stop):
+    """Physical points (ITK order, shape (stop - start, d)) of a point list."""
+    idx = grid_indices(fixed_size, point_list(fixed_size, indices, start, stop))
+    return fixed_origin + idx @ np.asarray(fixed_index_to_physical).T
+
+
+def affine_basis(points, reference):
+    """phi(x) = (x - c, 1) for each point, shape (n, d + 1)."""
+    return np.hstack([points - reference, np.ones((len(points), 1))])
+
+
+def linear_interpolate(moving, moving_gradient, u):
+    """(Bi/tri)linear interpolation at continuous indices u (ITK order, all inside).
+
+    Returns (values (n,), index-space gradients (n, d)).
+    """
+    d = moving.ndim
+    size = np.array(moving.shape[::-1])
+    lower = np.floor(u).astype(np.int64)
+    upper = np.minimum(lower + 1, size - 1)  # u on the upper border: clamp
+    frac = u - lower
+    image = moving.astype(np.float64)
+    values = np.zeros(len(u))
+    gradients = np.zeros((len(u), d))
+    for corner in itertools.product((False, True), repeat=d):
+        corner = np.array(corner)
+        idx = np.where(corner, upper, lower)  # ITK order
+        weight = np.prod(np.where(corner, frac, 1.0 - frac), axis=1)
+        numpy_index = tuple(idx[:, ::-1].T)
+        values += weight * image[numpy_index]
+        gradients += weight[:, None] * moving_gradient[numpy_index]
+    return values, gradients
+
+
+def warp(
+    moving,
+    moving_gradient,
+    moving_physical_to_index,
+    moving_origin,
+    fixed_size,
+    fixed_index_to_physical,
+    fixed_origin,
+    matrix,
+    offset,
+    indices,
+    start,
+    stop,
+):
+    """Reference of ``warp``: returns (values, gradient, valid, n_valid) for [start, stop)."""
+    d = moving.ndim
+    P = np.asarray(moving_physical_to_index)
+    x = physical_points(fixed_size, fixed_index_to_physical, fixed_origin, indices, start, stop)
+    y = x @ np.asarray(matrix).T + offset
+    u = (y - moving_origin) @ P.T
+    size = np.array(moving.shape[::-1])
+    # ITK's IsInsideBuffer: half a pixel beyond the border centres, sampled on the border.
+    valid = np.all((u >= -0.5) & (u < size - 0.5), axis=1)
+    u = np.clip(u, 0, size - 1)
+
+    values = np.zeros(len(x))
+    gradient = np.zeros((len(x), d))
+    v, g = linear_interpolate(moving, moving_gradient, u[valid])
+    values[valid] = v
+    gradient[valid] = g @ P  # row-wise P^T @ g
+    return values, gradient, valid.astype(np.uint8), int(valid.sum())
+
+
+def affine_gram(
+    fixed_size, fixed_index_to_physical, fixed_origin, reference, indices, start, stop, gradient
+):
+    """Reference of ``affine_gram``: sum over [start, stop) of v v^T."""
+    x = physical_points(fixed_size, fixed_index_to_physical, fixed_origin, indices, start, stop)
+    phi = affine_basis(x, reference)
+    g = np.asarray(gradient)[start:stop]
+    d = g.shape[1]
+    v = (g[:, :, None] * phi[:, None, :]).reshape(len(x), d * (d + 1))  # v[k*(d+1)+j]
+    return v.T @ v
+
+
+def affine_moments(
+    fixed_size,
+    fixed_index_to_physical,
+    fixed_origin,
+    reference,
+    indices,
+    start,
+    stop,
+    field,
+    weights,
+):
+    """Reference of ``affine_moments``: out[k, j] = sum field[., k] w[.] phi_j."""
+    x = physical_points(fixed_size, fixed_index_to_physical, fixed_origin, indices, start, stop)
+    phi = affine_basis(x, reference)
+    f = np.asarray(field)[start:stop]
+    if weights is not None:
+        f = f * np.asarray(weights)[start:stop, None]
+    return f.T @ phi

@@ -1,0 +1,185 @@
+"""The ``ppir`` command: outputs readable by ITK and SimpleITK, and bad input refused."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import known_pair
+
+from ppir_itk.cli import main
+from ppir_itk.evaluation import displacement_rmse
+from ppir_itk.image import ImageGrid
+from ppir_itk.wrapping.images import as_image_grid, write_image
+from ppir_itk.wrapping.transforms import from_itk, from_sitk
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory, phantom_2d):
+    folder = tmp_path_factory.mktemp("pair")
+    moving, truth = known_pair(phantom_2d, "affine", [1.04, 0.05, -0.04, 0.97, 2.0, -1.0])
+    write_image(phantom_2d, folder / "fixed.nii.gz")
+    write_image(moving, folder / "moving.mha")
+    return folder / "fixed.nii.gz", folder / "moving.mha", truth
+
+
+def _register(pair, out, *extra):
+    fixed, moving, _ = pair
+    return main(["register", "--fixed", str(fixed), "--moving", str(moving), "--quiet",
+                 "--output-transform", str(out), *extra])
+
+
+@pytest.mark.parametrize("suffix", [".tfm", ".h5", ".mat"])
+def test_output_transform_is_read_by_itk_and_simpleitk(pair, tmp_path, suffix):
+    import itk
+
+    out = tmp_path / f"result{suffix}"
+    assert _register(pair, out) == 0
+    geometry = as_image_grid(pair[0]).geometry
+    by_sitk = from_sitk(sitk.ReadTransform(str(out)))
+    by_itk = from_itk(itk.transformread(str(out))[0])
+    for transform in (by_sitk, by_itk):
+        assert displacement_rmse(transform, pair[2], geometry) < 0.1
+
+
+def test_warped_output_and_report(pair, tmp_path):
+    out, warped, report = tmp_path / "t.tfm", tmp_path / "w.nii.gz", tmp_path / "r.json"
+    assert _register(pair, out, "--output-warped", str(warped), "--report", str(report),
+                     "--transform", "rigid", "--shrink-factors", "2", "1",
+                     "--smoothing-sigmas", "1", "0") == 0
+    data = json.loads(report.read_text())
+    assert data["transform_type"] == "rigid" and data["backend"] == "clear"
+    assert len(data["levels"]) == 2
+    assert set(data["parties"]) == {"moving", "fixed"}
+    fixed = sitk.ReadImage(str(pair[0]))
+    resampled = sitk.Resample(sitk.ReadImage(str(pair[1])), fixed, sitk.ReadTransform(str(out)),
+                              sitk.sitkLinear, 0.0, sitk.sitkFloat64)
+    written = sitk.ReadImage(str(warped))
+    assert written.GetSize() == fixed.GetSize()
+    np.testing.assert_allclose(sitk.GetArrayFromImage(written),
+                               sitk.GetArrayFromImage(resampled), atol=1e-4)
+
+
+def test_demo_runs_on_installed_data(tmp_path, capsys):
+    assert main(["demo", "--output-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "displacement RMSE against the known transform" in out
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "demo_transform.tfm", "demo_warped.nii.gz", "demo_report.json"}
+
+
+# -- bad input: one sentence, exit status 2, no output file --------------------------------------
+def _palette_png(path, grey=True):
+    """A minimal palette (colour type 3) PNG written by hand."""
+    height, width = 12, 10
+    palette = [(i, i, i) if grey else (i, 255 - i, 3 * i % 256) for i in range(256)]
+    rows = b"".join(b"\x00" + bytes((x * 7 + y * 3) % 256 for x in range(width))
+                    for y in range(height))
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0))
+        + chunk(b"PLTE", bytes(v for rgb in palette for v in rgb))
+        + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def _nonorthonormal_nifti(path):
+    nibabel = pytest.importorskip("nibabel")
+    shear = np.array([[1, 0.5, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])
+    image = nibabel.Nifti1Image(np.random.default_rng(0).random((8, 9, 10), np.float32), shear)
+    image.set_qform(None, code=0)
+    image.set_sform(shear, code=1)
+    nibabel.save(image, str(path))
+    return path
+
+
+def _image(path, array):
+    write_image(ImageGrid(array), path)
+    return path
+
+
+def _bad_inputs(tmp_path, pair):
+    rng = np.random.default_rng(1)
+    nan_image = rng.random((20, 20))
+    nan_image[3, 4] = np.nan
+    colour = sitk.Compose(*[sitk.GetImageFromArray(rng.integers(0, 255, (12, 10), np.uint8))
+                            for _ in range(3)])
+    sitk.WriteImage(colour, str(tmp_path / "colour.png"))
+    (tmp_path / "empty.nii").write_bytes(b"")
+    volume = str(_image(tmp_path / "volume.mha", rng.random((6, 20, 20))))
+    shrink = ["--shrink-factors", "4", "2", "1", "--smoothing-sigmas", "1", "0"]
+    # case: (options replacing the defaults, extra options, what the sentence must say)
+    return {
+        "missing file": ({"--fixed": str(tmp_path / "nope.nii")}, [], "does not exist"),
+        "empty file": ({"--fixed": str(tmp_path / "empty.nii")}, [], "cannot read"),
+        "colour image": ({"--moving": str(tmp_path / "colour.png")}, [], "colour image"),
+        "dimension mismatch": ({"--moving": volume}, [], "same dimension"),
+        "NaN pixels": ({"--fixed": str(_image(tmp_path / "nan.mha", nan_image))}, [], "NaN"),
+        "constant image": ({"--moving": str(_image(tmp_path / "c.mha", np.full((9, 9), 3.0)))},
+                           [], "constant"),
+        "non-orthonormal NIfTI": ({"--fixed": str(_nonorthonormal_nifti(tmp_path / "s.nii")),
+                                   "--moving": volume}, [], "not orthonormal"),
+        "unknown transform": ({}, ["--transform", "bspline-ish"], "transform"),
+        "unknown backend": ({}, ["--backend", "magic"], "unknown backend 'magic'"),
+        "unknown sampling": ({}, ["--sampling", "some"], "unknown sampling"),
+        "levels mismatch": ({}, shrink, "one value per level"),
+        "bad transform suffix": ({"--output-transform": str(tmp_path / "t.xyz")}, [],
+                                 "must end in"),
+    }
+
+
+BAD = ["missing file", "empty file", "colour image", "dimension mismatch", "NaN pixels",
+       "constant image", "non-orthonormal NIfTI", "unknown transform", "unknown backend",
+       "unknown sampling", "levels mismatch", "bad transform suffix"]
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_is_one_sentence_and_no_output(case, tmp_path, pair, capsys):
+    overrides, extra, expected = _bad_inputs(tmp_path, pair)[case]
+    out = tmp_path / "out.tfm"
+    args = {"--fixed": str(pair[0]), "--moving": str(pair[1]), "--output-transform": str(out),
+            "--report": str(tmp_path / "r.json"), **overrides}
+    flat = [item for option, value in args.items() for item in (option, value)]
+    status = main(["register", "--quiet", *flat, *extra])
+    err = capsys.readouterr().err
+    assert status == 2
+    errors = [line for line in err.splitlines() if line.startswith("ppir: error:")]
+    assert len(errors) == 1 and expected in errors[0], err
+    assert "Traceback" not in err
+    assert not out.exists() and not (tmp_path / "r.json").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_palette_png_is_read_as_grey_and_says_so(tmp_path, capsys):
+    png = _palette_png(tmp_path / "palette.png")
+    with pytest.warns(UserWarning, match="read as grey levels"):
+        grey = as_image_grid(str(png), name="moving image")
+    assert grey.dimension == 2 and grey.array.shape == (12, 10)
+    assert grey.array[0, 1] == 7
+    colour = _palette_png(tmp_path / "colour_palette.png", grey=False)
+    status = main(["register", "--quiet", "--fixed", str(png), "--moving", str(colour),
+                   "--output-transform", str(tmp_path / "t.tfm")])
+    assert status == 2 and "colour image" in capsys.readouterr().err
+
+
+def test_command_line_exits_non_zero_without_traceback(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, "-m", "ppir_itk.cli", "register", "--fixed", str(tmp_path / "a.nii"),
+         "--moving", str(tmp_path / "b.nii"), "--output-transform", str(tmp_path / "t.tfm")],
+        capture_output=True, text=True, check=False,
+    )
+    assert completed.returncode == 2
+    assert completed.stderr.strip().startswith("ppir: error: fixed image")
+    assert "Traceback" not in completed.stderr

@@ -1,0 +1,38 @@
+"""Docstring examples run, and the source tree is ruff clean."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import pkgutil
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import ppir_itk
+
+MODULES = sorted(
+    name for _, name, _ in pkgutil.walk_packages(ppir_itk.__path__, "ppir_itk.")
+    if not name.endswith("_kernels")
+)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+    failures, _ = doctest.testmod(module, optionflags=flags)
+    assert failures == 0
+
+
+def test_source_tree_is_ruff_clean():
+    if not (ROOT / "pyproject.toml").exists():
+        pytest.skip("the tests run outside the source tree")
+    ruff = shutil.which("ruff")
+    assert ruff is not None, "ruff is a test dependency: pip install '.[test]'"
+    completed = subprocess.run([ruff, "check", str(ROOT)], capture_output=True, text=True,
+                               check=False, cwd=ROOT)
+    assert completed.returncode == 0, completed.stdout

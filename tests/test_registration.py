@@ -1,0 +1,131 @@
+"""Clear registrations: known transforms recovered, agreement with SimpleITK's own."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from conftest import known_pair
+
+import ppir_itk
+from ppir_itk.evaluation import displacement_rmse, sitk_reference_registration
+from ppir_itk.transforms import make_transform
+from ppir_itk.wrapping.images import as_image_grid
+
+KNOWN = {
+    (2, "rigid"): [0.08, 2.5, -1.5],
+    (2, "similarity"): [1.04, -0.06, 1.5, 2.0],
+    (2, "affine"): [1.04, 0.06, -0.05, 0.96, 2.0, -1.0],
+    (2, "translation"): [2.7, -1.9],
+    (3, "rigid"): [0.05, -0.04, 0.07, 1.5, -1.0, 2.0],
+    (3, "affine"): [1.03, 0.04, -0.02, -0.03, 0.97, 0.05, 0.02, -0.04, 1.02, 1.0, -1.5, 2.0],
+}
+
+
+@pytest.mark.parametrize(("dimension", "kind"), sorted(KNOWN))
+def test_known_transform_is_recovered(dimension, kind, phantom_2d, phantom_3d):
+    fixed = phantom_2d if dimension == 2 else phantom_3d
+    moving, truth = known_pair(fixed, kind, KNOWN[dimension, kind])
+    result = ppir_itk.register(fixed, moving, transform=kind, shrink_factors=[2, 1],
+                               smoothing_sigmas=[1.0, 0.0])
+    voxel = min(fixed.geometry.spacing)
+    error = displacement_rmse(result.transform, truth, fixed.geometry)
+    assert error < 0.1 * voxel, f"{kind} {dimension}-D: RMSE {error:.4f} mm"
+    assert result.transform.kind == kind
+
+
+def test_identical_images_do_not_move(phantom_2d):
+    result = ppir_itk.register(phantom_2d, phantom_2d, transform="affine", shrink_factors=[1],
+                               smoothing_sigmas=[0.0])
+    identity = make_transform("affine", 2)
+    assert displacement_rmse(result.transform, identity, phantom_2d.geometry) < 1e-6
+    assert result.final_metric < 1e-10
+
+
+def _sitk_agreement(fixed, moving, kind, shrink, sigmas):
+    result = ppir_itk.register(fixed, moving, transform=kind, shrink_factors=shrink,
+                               smoothing_sigmas=sigmas)
+    initial = make_transform(kind, fixed.dimension)
+    initial.center = fixed.geometry.center()
+    initial.translation = moving.geometry.center() - fixed.geometry.center()
+    reference = sitk_reference_registration(fixed, moving, initial, shrink_factors=shrink,
+                                            smoothing_sigmas=sigmas)
+    return displacement_rmse(result.transform, reference, fixed.geometry)
+
+
+@pytest.mark.parametrize("kind", ["rigid", "affine"])
+def test_clear_agrees_with_simpleitk_on_real_mri(kind, nibabel_data):
+    """nibabel's T1 volume and its reoriented, resampled, moved copy (a real pair)."""
+    fixed = as_image_grid(os.path.join(nibabel_data, "anatomical.nii"))
+    moving = as_image_grid(os.path.join(nibabel_data, "reoriented_anat_moved.nii"))
+    error = _sitk_agreement(fixed, moving, kind, [2, 1], [2.0, 0.0])
+    assert error < 0.5 * min(fixed.geometry.spacing), f"RMSE {error:.3f} mm"
+
+
+def test_clear_agrees_with_simpleitk_on_real_mri_slice(nibabel_data):
+    volume = as_image_grid(os.path.join(nibabel_data, "anatomical.nii"))
+    fixed = ppir_itk.ImageGrid(volume.array[12], spacing=volume.geometry.spacing[:2])
+    moving, _ = known_pair(fixed, "affine", [1.05, 0.05, -0.04, 0.97, 2.0, -1.5])
+    error = _sitk_agreement(fixed, moving, "affine", [2, 1], [1.0, 0.0])
+    assert error < 0.5 * min(fixed.geometry.spacing), f"RMSE {error:.3f} mm"
+
+
+@pytest.mark.parametrize("kind", ["rigid", "affine"])
+def test_clear_agrees_with_simpleitk_on_phantom(kind, phantom_3d):
+    moving, _ = known_pair(phantom_3d, kind, KNOWN[3, kind])
+    error = _sitk_agreement(phantom_3d, moving, kind, [2, 1], [1.0, 0.0])
+    assert error < 0.5 * min(phantom_3d.geometry.spacing), f"RMSE {error:.3f} mm"
+
+
+def test_same_seed_gives_bit_identical_transforms_for_any_thread_count(phantom_2d):
+    moving, _ = known_pair(phantom_2d, "affine", KNOWN[2, "affine"])
+    runs = [
+        ppir_itk.register(phantom_2d, moving, sampling="urs", sampling_fraction=0.3, seed=7,
+                          threads=threads, shrink_factors=[2, 1], smoothing_sigmas=[1, 0])
+        for threads in (1, 2, 2)
+    ]
+    for run in runs[1:]:
+        np.testing.assert_array_equal(run.transform.parameters, runs[0].transform.parameters)
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [ppir_itk.URS(0.25, seed=1), ppir_itk.GMS(0.25, seed=1),
+     ppir_itk.GMS(0.25, seed=1, reveal_indices=True)],
+    ids=["urs", "gms-hidden", "gms-revealed"],
+)
+def test_sampled_registrations_recover_the_transform(sampling, phantom_2d):
+    moving, truth = known_pair(phantom_2d, "affine", KNOWN[2, "affine"])
+    result = ppir_itk.register(phantom_2d, moving, sampling=sampling, shrink_factors=[2, 1],
+                               smoothing_sigmas=[1.0, 0.0])
+    assert displacement_rmse(result.transform, truth, phantom_2d.geometry) < 0.2
+    revealed = [line for line in result.disclosures["fixed"] if "GMS" in line]
+    assert bool(revealed) == sampling.reveals_indices
+    full = phantom_2d.geometry.number_of_points
+    assert result.levels[-1].points == (full if sampling.name == "gms" and not
+                                        sampling.reveals_indices else round(0.25 * full))
+
+
+def test_moments_initializer_is_reported_as_a_disclosure(phantom_2d):
+    moving, truth = known_pair(phantom_2d, "translation", [6.0, -4.0])
+    result = ppir_itk.register(phantom_2d, moving, transform="translation",
+                               initializer="moments", shrink_factors=[1], smoothing_sigmas=[0])
+    assert any("centre of mass" in line for line in result.disclosures["moving"])
+    assert displacement_rmse(result.transform, truth, phantom_2d.geometry) < 0.1
+
+
+def test_report_holds_the_required_fields(phantom_2d):
+    moving, _ = known_pair(phantom_2d, "rigid", KNOWN[2, "rigid"])
+    report = ppir_itk.register(phantom_2d, moving, transform="rigid").report()
+    for key in ("backend", "transform_type", "iterations", "final_metric", "levels", "parties"):
+        assert key in report
+    assert report["backend"] == "clear" and report["private"] is False
+    assert report["iterations"] == sum(level["iterations"] for level in report["levels"])
+    for level in report["levels"]:
+        assert {"iterations", "final_metric", "seconds"} <= set(level)
+    for party in ("moving", "fixed"):
+        assert {"seconds", "bytes_sent", "bytes_received"} <= set(report["parties"][party])
+    # Clear sends J once per level: the fixed party's bytes are the level images.
+    assert report["parties"]["fixed"]["bytes_sent"] >= 8 * phantom_2d.geometry.number_of_points
+    assert any("in the clear" in line for line in report["disclosures"]["moving"])

@@ -1,0 +1,1 @@
+"""ITK and SimpleITK adapters (installed as ``ppir_itk.wrapping``): images and transforms."""

@@ -1,0 +1,354 @@
+"""Conversions between :mod:`ppir_itk.transforms` and ITK / SimpleITK, and transform files.
+
+``itk`` and ``SimpleITK`` are imported inside the functions, because importing
+``itk`` is slow.
+
+Examples
+--------
+>>> from ppir_itk.transforms import Euler2DTransform
+>>> from ppir_itk.wrapping.transforms import read_transform, to_sitk, write_transform
+>>> t = Euler2DTransform(2, [0.1, 1.0, 2.0], center=[5.0, 5.0])
+>>> to_sitk(t).GetName()
+'Euler2DTransform'
+>>> write_transform(t, "rigid.tfm")  # doctest: +SKIP
+>>> read_transform("rigid.tfm")  # doctest: +SKIP
+Euler2DTransform(dimension=2, parameters=[0.1, 1.0, 2.0], center=[5.0, 5.0])
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from ppir_itk.errors import InputError
+from ppir_itk.transforms import (
+    AffineTransform,
+    Euler2DTransform,
+    Euler3DTransform,
+    LinearTransform,
+    Similarity2DTransform,
+    Similarity3DTransform,
+    TranslationTransform,
+)
+from ppir_itk.wrapping.images import write_atomically
+
+__all__ = [
+    "TRANSFORM_FILE_SUFFIXES",
+    "from_itk",
+    "from_sitk",
+    "read_transform",
+    "to_itk",
+    "to_sitk",
+    "write_transform",
+]
+
+#: File suffixes accepted by :func:`write_transform` (ITK picks the writer by suffix,
+#: case-sensitively): text (``.tfm``, ``.txt``), HDF5 (``.h5``, ``.hdf5``), Matlab (``.mat``).
+TRANSFORM_FILE_SUFFIXES: tuple[str, ...] = (".tfm", ".txt", ".h5", ".hdf5", ".mat")
+
+# Transforms with the same parameters here and in ITK; the class name is the key.
+_CLASSES_BY_NAME: dict[str, type[LinearTransform]] = {
+    "TranslationTransform": TranslationTransform,
+    "Euler2DTransform": Euler2DTransform,
+    "Euler3DTransform": Euler3DTransform,
+    "Similarity2DTransform": Similarity2DTransform,
+    "Similarity3DTransform": Similarity3DTransform,
+    "AffineTransform": AffineTransform,
+}
+
+# ITK templates taking (pixel type, dimension); the others take the pixel type only.
+_DIMENSION_TEMPLATED = ("TranslationTransform", "AffineTransform")
+
+
+def _check_linear(transform: object) -> LinearTransform:
+    if not isinstance(transform, LinearTransform):
+        raise TypeError(
+            f"Expected a ppir_itk.transforms.LinearTransform, not {type(transform).__name__}."
+        )
+    return transform
+
+
+def _build(
+    name: str,
+    dimension: int,
+    parameters: np.ndarray,
+    fixed: np.ndarray,
+    matrix: np.ndarray,
+) -> LinearTransform:
+    """Build a LinearTransform from an ITK class name and its (fixed) parameters.
+
+    ``matrix`` is only used for an Euler3DTransform with ITK's ``ComputeZYX`` on,
+    whose angles are converted to this package's (ITK's default) ZXY order.
+    """
+    cls = _CLASSES_BY_NAME[name]
+    if cls is TranslationTransform:
+        return TranslationTransform(dimension, parameters)
+    center = fixed[:dimension]
+    if cls is Euler3DTransform and fixed.size > 3 and fixed[3] != 0:
+        angles = Euler3DTransform.angles_from_matrix(matrix)
+        return Euler3DTransform(3, np.concatenate([angles, parameters[3:6]]), center)
+    return cls(dimension, parameters, center)
+
+
+# ------------------------------------------------------------------------------ ITK
+
+
+def to_itk(transform: LinearTransform) -> Any:
+    """Return the matching ``itk.<Name>Transform[itk.D, ...]`` with the same parameters.
+
+    Parameters
+    ----------
+    transform : LinearTransform
+
+    Returns
+    -------
+    itk transform
+        e.g. ``itk.Euler3DTransform[itk.D]`` or ``itk.AffineTransform[itk.D, 2]``,
+        with the same parameters and fixed parameters (centre; for Euler3D the
+        ``ComputeZYX`` flag is off).
+    """
+    import itk
+
+    transform = _check_linear(transform)
+    name = transform.itk_name
+    template = getattr(itk, name)
+    if name in _DIMENSION_TEMPLATED:
+        obj = template[itk.D, transform.dimension].New()
+    else:
+        obj = template[itk.D].New()
+    fixed = transform.fixed_parameters
+    if fixed.size:
+        obj.SetFixedParameters(itk.OptimizerParameters[itk.D]([float(v) for v in fixed]))
+    obj.SetParameters(itk.OptimizerParameters[itk.D]([float(v) for v in transform.parameters]))
+    return obj
+
+
+def from_itk(obj: Any) -> LinearTransform:
+    """Convert an ITK transform to a :class:`~ppir_itk.transforms.LinearTransform`.
+
+    Parameters
+    ----------
+    obj : itk transform
+        A ``TranslationTransform``, ``Euler2DTransform``, ``Euler3DTransform``,
+        ``Similarity2DTransform``, ``Similarity3DTransform`` or ``AffineTransform``
+        (converted to the same class with the same parameters); any other
+        ``MatrixOffsetTransformBase`` subclass (e.g. ``VersorRigid3DTransform``,
+        ``ScaleSkewVersor3DTransform``), converted to an
+        :class:`~ppir_itk.transforms.AffineTransform` with the same matrix,
+        offset and centre; or a ``CompositeTransform`` holding exactly one of these.
+
+    Raises
+    ------
+    ValueError
+        For any other object, a composite of several transforms, or a
+        dimension other than 2 or 3.
+
+    Notes
+    -----
+    An ``Euler3DTransform`` with ``ComputeZYX`` on becomes an
+    ``Euler3DTransform`` with the same matrix, centre and translation, its
+    angles converted to ITK's default order (``Rz @ Rx @ Ry``).
+    """
+    import itk
+
+    if not hasattr(obj, "GetNameOfClass") or not hasattr(obj, "GetParameters"):
+        raise ValueError(f"Cannot convert a {type(obj).__name__} to a linear transform.")
+    name = obj.GetNameOfClass()
+    if name == "CompositeTransform":
+        count = obj.GetNumberOfTransforms()
+        if count != 1:
+            raise ValueError(
+                f"Only a CompositeTransform holding exactly one transform can be converted; "
+                f"this one holds {count}."
+            )
+        return from_itk(itk.down_cast(obj.GetNthTransform(0)))
+    obj = itk.down_cast(obj)
+    dimension = int(obj.GetInputSpaceDimension())
+    if int(obj.GetOutputSpaceDimension()) != dimension or dimension not in (2, 3):
+        raise ValueError(
+            f"Only 2-D and 3-D transforms are supported; the {name} maps "
+            f"{dimension}-D to {obj.GetOutputSpaceDimension()}-D points."
+        )
+    is_matrix_offset = isinstance(obj, tuple(itk.MatrixOffsetTransformBase.values()))
+    matrix = (
+        np.array(itk.array_from_matrix(obj.GetMatrix()), dtype=np.float64)
+        if is_matrix_offset
+        else None
+    )
+    if name in _CLASSES_BY_NAME:
+        parameters = np.array(list(obj.GetParameters()), dtype=np.float64)
+        fixed = np.array(list(obj.GetFixedParameters()), dtype=np.float64)
+        return _build(name, dimension, parameters, fixed, matrix)
+    if is_matrix_offset:
+        offset = np.array(list(obj.GetOffset()), dtype=np.float64)
+        center = np.array(list(obj.GetCenter()), dtype=np.float64)
+        return AffineTransform.from_matrix_offset(matrix, offset, center)
+    raise ValueError(
+        f"Cannot convert an ITK {name} ({type(obj).__name__}) to a linear transform; "
+        "expected a translation, Euler, similarity, affine or other "
+        "MatrixOffsetTransformBase transform."
+    )
+
+
+# ------------------------------------------------------------------------ SimpleITK
+
+
+def to_sitk(transform: LinearTransform) -> Any:
+    """Return the matching SimpleITK transform with the same parameters.
+
+    Parameters
+    ----------
+    transform : LinearTransform
+
+    Returns
+    -------
+    SimpleITK transform
+        ``TranslationTransform``, ``Euler2DTransform``, ``Euler3DTransform``,
+        ``Similarity2DTransform``, ``Similarity3DTransform`` or ``AffineTransform``.
+    """
+    import SimpleITK as sitk
+
+    transform = _check_linear(transform)
+    name = transform.itk_name
+    if name in _DIMENSION_TEMPLATED:
+        obj = getattr(sitk, name)(transform.dimension)
+    else:
+        obj = getattr(sitk, name)()
+    fixed = transform.fixed_parameters
+    if fixed.size:
+        obj.SetFixedParameters(tuple(float(v) for v in fixed))
+    obj.SetParameters(tuple(float(v) for v in transform.parameters))
+    return obj
+
+
+def from_sitk(obj: Any) -> LinearTransform:
+    """Convert a SimpleITK transform to a :class:`~ppir_itk.transforms.LinearTransform`.
+
+    Parameters
+    ----------
+    obj : SimpleITK.Transform
+        One of the six classes of :func:`to_sitk` (possibly as a plain
+        ``sitk.Transform``, which is downcast); another transform with a
+        matrix and centre (``VersorRigid3DTransform``, ``ScaleTransform``, ...),
+        converted to an :class:`~ppir_itk.transforms.AffineTransform`; or a
+        ``CompositeTransform`` holding exactly one of these.
+
+    Raises
+    ------
+    ValueError
+        For any other object, a composite of several transforms, or a
+        dimension other than 2 or 3.
+    """
+    import SimpleITK as sitk
+
+    if not isinstance(obj, sitk.Transform):
+        raise ValueError(
+            f"Cannot convert a {type(obj).__name__} to a linear transform; "
+            "expected a SimpleITK.Transform."
+        )
+    obj = obj.Downcast()
+    name = obj.GetName()
+    if name == "CompositeTransform":
+        count = obj.GetNumberOfTransforms()
+        if count != 1:
+            raise ValueError(
+                f"Only a CompositeTransform holding exactly one transform can be converted; "
+                f"this one holds {count}."
+            )
+        return from_sitk(obj.GetNthTransform(0))
+    dimension = int(obj.GetDimension())
+    if dimension not in (2, 3):
+        raise ValueError(f"Only 2-D and 3-D transforms are supported; the {name} is {dimension}-D.")
+    has_matrix = hasattr(obj, "GetMatrix") and hasattr(obj, "GetCenter")
+    matrix = (
+        np.array(obj.GetMatrix(), dtype=np.float64).reshape(dimension, dimension)
+        if has_matrix
+        else None
+    )
+    if name in _CLASSES_BY_NAME:
+        parameters = np.array(obj.GetParameters(), dtype=np.float64)
+        fixed = np.array(obj.GetFixedParameters(), dtype=np.float64)
+        return _build(name, dimension, parameters, fixed, matrix)
+    if has_matrix:
+        # W(0) is exactly the offset of a matrix-offset transform.
+        offset = np.array(obj.TransformPoint((0.0,) * dimension), dtype=np.float64)
+        center = np.array(obj.GetCenter(), dtype=np.float64)
+        return AffineTransform.from_matrix_offset(matrix, offset, center)
+    raise ValueError(
+        f"Cannot convert a SimpleITK {name} to a linear transform; expected a translation, "
+        "Euler, similarity, affine or other matrix-offset transform."
+    )
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def write_transform(transform: LinearTransform, path: str | os.PathLike[str]) -> None:
+    """Write a transform with ``SimpleITK.WriteTransform``, atomically.
+
+    Through :func:`ppir_itk.wrapping.images.write_atomically`: on failure nothing
+    is left behind and an existing ``path`` is untouched.
+
+    Parameters
+    ----------
+    transform : LinearTransform
+    path : str or os.PathLike
+        Must end with one of :data:`TRANSFORM_FILE_SUFFIXES` (lower case).
+
+    Raises
+    ------
+    ValueError
+        If the suffix is not supported.
+    OSError
+        If the file cannot be written.
+    """
+    import SimpleITK as sitk
+
+    transform = _check_linear(transform)
+    target = os.fspath(path)
+    directory, name = os.path.split(os.path.abspath(target))
+    suffix = os.path.splitext(name)[1]
+    if suffix not in TRANSFORM_FILE_SUFFIXES:
+        raise InputError(
+            f"Cannot write a transform to {target!r}: the file name must end with one of "
+            f"{', '.join(TRANSFORM_FILE_SUFFIXES)}."
+        )
+    obj = to_sitk(transform)
+
+    def write(temporary: str) -> None:
+        try:
+            sitk.WriteTransform(obj, temporary)
+        except RuntimeError as exc:
+            raise OSError(f"SimpleITK could not write the transform to {target!r}: {exc}") from exc
+
+    write_atomically(write, target)
+
+
+def read_transform(path: str | os.PathLike[str]) -> LinearTransform:
+    """Read a transform file with ``SimpleITK.ReadTransform``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Any transform file SimpleITK reads, holding one linear transform (see
+        :func:`from_sitk`).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ValueError
+        If SimpleITK cannot read it or it does not hold a single linear transform.
+    """
+    import SimpleITK as sitk
+
+    source = os.fspath(path)
+    if not os.path.isfile(source):
+        raise FileNotFoundError(f"No transform file at {source!r}.")
+    try:
+        obj = sitk.ReadTransform(source)
+    except RuntimeError as exc:
+        raise ValueError(f"SimpleITK could not read a transform from {source!r}: {exc}") from exc
+    return from_sitk(obj)
