@@ -178,7 +178,7 @@ def test_command_line_exits_non_zero_without_traceback(tmp_path):
     completed = subprocess.run(
         [sys.executable, "-m", "ppir_itk.cli", "register", "--fixed", str(tmp_path / "a.nii"),
          "--moving", str(tmp_path / "b.nii"), "--output-transform", str(tmp_path / "t.tfm")],
-        capture_output=True, text=True, check=False,
+        capture_output=True, text=True, check=False, cwd=tmp_path,  # not the source tree
     )
     assert completed.returncode == 2
     assert completed.stderr.strip().startswith("ppir: error: fixed image")
