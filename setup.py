@@ -1,8 +1,20 @@
-"""Build the C kernels (src/) and their Cython bindings (cython/) as ppir_itk._kernels."""
+"""Build the C kernels (src/) and their Cython bindings (cython/) as ppir_itk._kernels.
+
+Also compiles the wire protocol (ppir_itk/protocol/ppir.proto) to ppir_pb2.py
+with the protoc that grpcio-tools ships (a build requirement).
+"""
+
+from pathlib import Path
 
 import numpy
 from Cython.Build import cythonize
+from grpc_tools import protoc
 from setuptools import Extension, setup
+
+PROTOCOL = Path(__file__).resolve().parent / "ppir_itk" / "protocol"
+if protoc.main(["protoc", f"-I{PROTOCOL}", f"--python_out={PROTOCOL}",
+                str(PROTOCOL / "ppir.proto")]) != 0:
+    raise SystemExit("protoc could not compile ppir_itk/protocol/ppir.proto")
 
 kernels = Extension(
     "ppir_itk._kernels",

@@ -35,7 +35,7 @@ import reference  # noqa: E402
 import ppir_itk  # noqa: E402
 from ppir_itk import parallel  # noqa: E402
 from ppir_itk.phantoms import head_phantom  # noqa: E402
-from ppir_itk.pyramid import Level  # noqa: E402
+from ppir_itk.pyramid import Level, LevelSchedule  # noqa: E402
 from ppir_itk.transforms import make_transform  # noqa: E402
 
 
@@ -63,9 +63,10 @@ def ours(fixed, moving, transform):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         metric = ppir_itk.PrivateMeanSquaresImageToImageMetric(
-            "clear", session=ppir_itk.FixedParty(fixed))
+            "clear", session=ppir_itk.in_process_session(fixed))
     metric.SetMovingImage(moving)
     metric.SetTransform(transform)
+    metric.backend.start(LevelSchedule.from_lists([1], [0.0]), ppir_itk.NoSampling())
     metric.initialize_level(0, Level(1, 0.0), None)
     return metric.evaluate
 

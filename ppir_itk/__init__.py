@@ -8,11 +8,13 @@ that needs both images goes through a joint-term backend.
 Main entry points
 -----------------
 register
-    One call: both images on this machine, the fixed party in its own role.
+    One call: both images on this machine, the fixed party in its own process.
+serve, connect
+    The fixed party's server and the moving party's session, gRPC with mutual TLS.
 ImageRegistrationMethod, PrivateMeanSquaresImageToImageMetric, GaussNewtonOptimizer
     The ITK-style pieces (metric / optimizer / method).
-FixedParty
-    The fixed image's owner.
+FixedPartySession, in_process_session
+    The fixed party's side of a session; a session with it in this process.
 NoSampling, URS, GMS
     Sampling strategies.
 """
@@ -20,10 +22,14 @@ NoSampling, URS, GMS
 from ppir_itk.backends import BACKENDS, InsecureBackendWarning, make_backend
 from ppir_itk.errors import InputError
 from ppir_itk.events import Event
-from ppir_itk.fixed_party import FixedParty
+from ppir_itk.fixed_party import FixedPartySession, FixedPolicy
 from ppir_itk.image import GridGeometry, ImageGrid
 from ppir_itk.metric import PrivateMeanSquaresImageToImageMetric
 from ppir_itk.optimizer import GaussNewtonOptimizer, StopCondition
+from ppir_itk.protocol.channel import PeerError
+from ppir_itk.protocol.session import connect, in_process_session
+from ppir_itk.protocol.tls import TLS, init_pki
+from ppir_itk.protocol.transport import FixedPartyServer, serve
 from ppir_itk.registration import (
     ImageRegistrationMethod,
     RegistrationResult,
@@ -41,7 +47,9 @@ __all__ = [
     "TRANSFORM_KINDS",
     "URS",
     "Event",
-    "FixedParty",
+    "FixedPartyServer",
+    "FixedPartySession",
+    "FixedPolicy",
     "GaussNewtonOptimizer",
     "GridGeometry",
     "ImageGrid",
@@ -50,11 +58,17 @@ __all__ = [
     "InsecureBackendWarning",
     "LinearTransform",
     "NoSampling",
+    "PeerError",
     "PrivateMeanSquaresImageToImageMetric",
     "RegistrationResult",
     "StopCondition",
+    "TLS",
+    "connect",
+    "in_process_session",
+    "init_pki",
     "make_backend",
     "make_transform",
     "register",
     "resample",
+    "serve",
 ]

@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from ppir_itk.errors import InputError
+from ppir_itk.protocol.channel import PeerError
 
 EXIT_INPUT_ERROR = 2
+EXIT_PEER_ERROR = 3
 TRANSFORM_OUTPUT_SUFFIXES = (".tfm", ".txt", ".h5", ".hdf5", ".mat")
 
 
@@ -33,14 +35,42 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    register = commands.add_parser("register", help="register a moving image onto a fixed image")
-    register.add_argument("--fixed", required=True, help="fixed image (any format ITK reads)")
+    register = commands.add_parser(
+        "register", help="register a moving image onto a fixed image",
+        description="With --fixed and --moving, both images are on this machine and the fixed "
+                    "party runs as a separate local process; with --peer, the fixed party is "
+                    "'ppir serve' on another machine.")
+    register.add_argument("--fixed", help="fixed image (any format ITK reads), local mode")
+    register.add_argument("--peer", help="HOST:PORT of the fixed party's 'ppir serve'")
     register.add_argument("--moving", required=True, help="moving image")
     _add_registration_options(register)
+    _add_tls_options(register, "moving-party")
+    register.add_argument("--server-name", default="fixed-party",
+                          help="name the fixed party's certificate must carry")
+    register.add_argument("--in-process", action="store_true",
+                          help="local mode only: keep the fixed party in this process")
     register.add_argument("--output-transform", required=True,
                           help="result transform (.tfm, .txt, .h5, .mat); maps fixed to moving")
     register.add_argument("--output-warped", help="moving image resampled onto the fixed grid")
     register.add_argument("--report", help="JSON report of the run")
+
+    serve = commands.add_parser("serve", help="serve a fixed image to moving parties (mutual TLS)")
+    serve.add_argument("--fixed", required=True, help="fixed image")
+    serve.add_argument("--listen", required=True, help="HOST:PORT (port 0: any free port)")
+    _add_tls_options(serve, "fixed-party")
+    serve.add_argument("--backends", nargs="+", default=["clear"], help="backends offered")
+    serve.add_argument("--max-sessions", type=int, default=1,
+                       help="sessions served at the same time (default 1)")
+    serve.add_argument("--budget", type=int, default=5000,
+                       help="joint-term evaluations allowed per session")
+    serve.add_argument("--deadline", type=float, default=60.0,
+                       help="seconds to wait for the moving party's next message")
+
+    pki = commands.add_parser("pki", help="throw-away certificates for local runs and tests")
+    pki_commands = pki.add_subparsers(dest="pki_command", required=True)
+    pki_init = pki_commands.add_parser("init", help="make a CA and a certificate per role")
+    pki_init.add_argument("directory")
+    pki_init.add_argument("--days", type=int, default=30)
 
     demo = commands.add_parser("demo", help="register the example pair shipped with the package")
     demo.add_argument("--backend", default="clear", help="joint-term backend (default: clear)")
@@ -68,19 +98,44 @@ def _add_registration_options(parser: argparse.ArgumentParser) -> None:
                         help="maximum iterations per level")
     parser.add_argument("--threads", type=int, default=None,
                         help="kernel threads (results are identical for any value)")
+    parser.add_argument("--deadline", type=float, default=60.0,
+                        help="seconds to wait for the fixed party's next answer")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_tls_options(parser: argparse.ArgumentParser, role: str) -> None:
+    parser.add_argument("--tls-dir", help=f"directory made by 'ppir pki init' ({role}.pem/.key, "
+                                          "ca.pem)")
+    parser.add_argument("--cert", help="this party's certificate (PEM), instead of --tls-dir")
+    parser.add_argument("--key", help="this party's private key (PEM)")
+    parser.add_argument("--ca", help="the CA certificate the peer must be signed by (PEM)")
+    parser.set_defaults(tls_role=role)
+
+
+def _tls(args: argparse.Namespace) -> Any:
+    from ppir_itk.protocol.tls import TLS
+
+    if args.tls_dir:
+        return TLS.for_role(args.tls_dir, args.tls_role)
+    if args.cert and args.key and args.ca:
+        return TLS.from_files(args.cert, args.key, args.ca)
+    raise InputError("give --tls-dir, or all of --cert, --key and --ca")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    commands = {"register": _register, "demo": _demo, "serve": _serve, "pki": _pki}
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = _show_warning
         try:
-            return _register(args) if args.command == "register" else _demo(args)
+            return commands[args.command](args)
         except InputError as error:
             print(f"ppir: error: {error}", file=sys.stderr)
             return EXIT_INPUT_ERROR
+        except PeerError as error:
+            print(f"ppir: error: {error}", file=sys.stderr)
+            return EXIT_PEER_ERROR
 
 
 def _show_warning(message: Warning | str, *_: Any, **__: Any) -> None:
@@ -89,7 +144,12 @@ def _show_warning(message: Warning | str, *_: Any, **__: Any) -> None:
 
 def _register(args: argparse.Namespace) -> int:
     _check_outputs(args)
-    result, moving = _run(args.fixed, args.moving, args)
+    if (args.fixed is None) == (args.peer is None):
+        raise InputError("give either --fixed (local mode) or --peer (remote fixed party)")
+    if args.peer is not None:
+        result, moving = _run_with_peer(args)
+    else:
+        result, moving = _run(args.fixed, args.moving, args)
     _write_outputs(result, moving, args.output_transform, args.output_warped, args.report)
     _summary(result, args.output_transform)
     return 0
@@ -107,24 +167,68 @@ def _run(fixed: Any, moving: Any, args: argparse.Namespace) -> tuple[Any, Any]:
     moving_grid = as_image_grid(moving, name=f"moving image '{moving}'")
     progress = _Progress(enabled=not args.quiet and sys.stderr.isatty(),
                          levels=len(args.shrink_factors), iterations=args.iterations)
-    result = register(
-        fixed_grid,
-        moving_grid,
-        transform=args.transform,
-        backend=args.backend,
-        sampling=args.sampling,
-        sampling_fraction=args.sampling_fraction,
-        seed=args.seed,
-        reveal_gms_indices=args.reveal_gms_indices,
-        shrink_factors=args.shrink_factors,
-        smoothing_sigmas=args.smoothing_sigmas,
-        initializer=args.initializer,
-        iterations=args.iterations,
-        threads=args.threads,
-        observers=progress.observers(),
-    )
-    progress.close()
+    try:
+        result = register(fixed_grid, moving_grid, **_registration_options(args),
+                          transport="in-process" if args.in_process else "process",
+                          observers=progress.observers())
+    finally:
+        progress.close()
     return result, moving_grid
+
+
+def _registration_options(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(
+        transform=args.transform, backend=args.backend, sampling=args.sampling,
+        sampling_fraction=args.sampling_fraction, seed=args.seed,
+        reveal_gms_indices=args.reveal_gms_indices, shrink_factors=args.shrink_factors,
+        smoothing_sigmas=args.smoothing_sigmas, initializer=args.initializer,
+        iterations=args.iterations, threads=args.threads, deadline=args.deadline,
+    )
+
+
+def _run_with_peer(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The moving party alone: the fixed party is 'ppir serve' at --peer."""
+    from ppir_itk.protocol.session import connect
+    from ppir_itk.protocol.transport import parse_address
+    from ppir_itk.registration import register_with
+    from ppir_itk.wrapping.images import as_image_grid
+
+    parse_address(args.peer)
+    moving_grid = as_image_grid(args.moving, name=f"moving image '{args.moving}'")
+    session = connect(args.peer, _tls(args), deadline=args.deadline, server_name=args.server_name)
+    progress = _Progress(enabled=not args.quiet and sys.stderr.isatty(),
+                         levels=len(args.shrink_factors), iterations=args.iterations)
+    options = _registration_options(args)
+    options.pop("deadline")
+    try:
+        return register_with(session, moving_grid, **options,
+                             observers=progress.observers()), moving_grid
+    finally:
+        progress.close()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ppir_itk.backends import check_backend_name
+    from ppir_itk.protocol.transport import parse_address, serve
+
+    parse_address(args.listen)
+    if args.max_sessions < 1 or args.budget < 1 or args.deadline <= 0:
+        raise InputError("--max-sessions, --budget and --deadline must be positive")
+    serve(args.fixed, args.listen, _tls(args),
+          backends=tuple(check_backend_name(name) for name in args.backends),
+          evaluation_budget=args.budget, max_sessions=args.max_sessions,
+          deadline=args.deadline)
+    return 0
+
+
+def _pki(args: argparse.Namespace) -> int:
+    from ppir_itk.protocol.tls import init_pki
+
+    if args.days < 1:
+        raise InputError(f"--days {args.days} must be at least 1")
+    folder = init_pki(args.directory, days=args.days)
+    print(f"CA and certificates for fixed-party, moving-party and dealer written to {folder}")
+    return 0
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
@@ -179,6 +283,7 @@ def _demo(args: argparse.Namespace) -> int:
                                         str(moving), "--output-transform", "x.tfm"])
         options.backend = args.backend
         options.threads = args.threads
+        options.in_process = False
         result, moving_grid = _run(fixed, moving, options)
     _summary(result, None)
     error = displacement_rmse(result.transform, truth, result.fixed_geometry)

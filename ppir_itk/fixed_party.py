@@ -1,30 +1,55 @@
-"""The fixed party (P2): holds the fixed image J and never sees the moving image.
+"""The fixed party (P2): holds the fixed image J, answers one session's requests.
 
-What the fixed party does on its own, whatever the backend:
+This module is the fixed party's whole side of the protocol. A
+:class:`FixedPartySession` takes the moving party's envelopes one at a time
+(:meth:`FixedPartySession.handle`) and answers each; the transport (in
+process or gRPC with mutual TLS, :mod:`ppir_itk.protocol`) only carries them.
 
-- publishes the geometry of its image (size, spacing, origin, direction);
-- at each level, smooths and shrinks J (:mod:`ppir_itk.pyramid`) and publishes
-  the level grid's geometry;
-- agrees the level's point set: every point, the URS draw it makes itself from
-  the public seed, or GMS indices the moving party chose to reveal;
-- on request, discloses its centre of mass (for the ``moments`` initialiser
-  only; a named disclosure).
+What the fixed party sends, and why it reveals nothing about J beyond what
+is named:
 
-How J then enters the joint term is the backend's business
-(:mod:`ppir_itk.backends`).
+============================  ===================================================
+request (moving -> fixed)     answer (fixed -> moving)
+============================  ===================================================
+``Hello`` (backend, levels,   ``Welcome``: the fixed image's geometry (public by
+sampling, seed)               the security model) and the evaluation budget
+``CenterOfMassRequest``       ``CenterOfMass``: d numbers; only if agreed in
+                              ``Hello``, reported as a disclosure
+``OpenLevel`` (index)         ``LevelOpened``: the level grid's geometry (public)
+``SelectPoints``              ``PointsSelected``: the number of points. URS points
+                              are drawn here from the public seed; revealed GMS
+                              indices are the moving party's disclosure
+``BackendMessage``            the backend's answer (:mod:`ppir_itk.backends`):
+                              ``clear`` sends J in the clear (NOT private)
+``Close``                     ``Closed``: the fixed party's own accounting
+============================  ===================================================
+
+Requests out of order, outside the agreed session, or past the evaluation
+budget end the session with ``Abort``; the fixed party's server lives on.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ppir_itk.image import GridGeometry, ImageGrid, center_of_mass
+from ppir_itk.protocol import ppir_pb2 as pb
+from ppir_itk.protocol.messages import (
+    PROTOCOL_VERSION,
+    ProtocolError,
+    array_from_pb,
+    body,
+    geometry_to_pb,
+)
 from ppir_itk.pyramid import Level, fixed_level_image
 from ppir_itk.sampling import URS
 from ppir_itk.wrapping.images import as_image_grid
+
+SAMPLING_KINDS = {"none": "all", "gms-hidden": "all", "urs": "urs", "gms-revealed": "revealed"}
 
 
 @dataclass(frozen=True)
@@ -46,72 +71,168 @@ class PointSet:
     def reference(self) -> np.ndarray:
         return self.geometry.center()
 
-    def physical_points(self) -> np.ndarray:
-        flat = np.arange(self.geometry.number_of_points) if self.indices is None else self.indices
-        return self.geometry.physical_points(self.geometry.flat_to_index(flat))
+
+def draw_points(geometry: GridGeometry, level: int, request: pb.SelectPoints,
+                fraction: float, seed: int) -> PointSet:
+    """The point set a ``SelectPoints`` request stands for (either party computes it)."""
+    if request.kind == "all":
+        return PointSet(geometry, None)
+    if request.kind == "urs":
+        return PointSet(geometry, URS(fraction, seed).draw(geometry.number_of_points, level))
+    indices = array_from_pb(request.indices, max_elements=geometry.number_of_points)
+    if indices.ndim != 1 or indices.dtype != np.int64 or indices.size == 0:
+        raise ProtocolError("the revealed sample indices are not a list of grid indices")
+    if indices.min() < 0 or indices.max() >= geometry.number_of_points:
+        raise ProtocolError("a revealed sample index lies outside the level grid")
+    return PointSet(geometry, indices)
 
 
-@dataclass(frozen=True)
-class PointSetRequest:
-    """What the moving party asks for: ``all`` points, a ``urs`` draw, or ``revealed`` indices."""
+@dataclass
+class FixedPolicy:
+    """What the fixed party's operator allows."""
 
-    kind: str = "all"
-    fraction: float = 1.0
-    seed: int = 0
-    indices: np.ndarray | None = None
+    backends: tuple[str, ...] = ("clear",)
+    evaluation_budget: int = 5000
+    max_levels: int = 10
+    allow_center_of_mass: bool = True
 
 
-class FixedParty:
-    """Holds the fixed image (an itk/SimpleITK image, a path or an ImageGrid).
+@dataclass
+class _LevelStats:
+    seconds: float = 0.0
 
-    Computes only what needs the fixed image alone.
+
+@dataclass
+class FixedPartySession:
+    """One registration session, from the fixed party's side.
+
+    Parameters
+    ----------
+    image : itk/SimpleITK image, path or ImageGrid
+        The fixed image J; it never leaves this object except through the
+        ``clear`` backend.
+    policy : FixedPolicy
+        The operator's limits.
     """
 
-    def __init__(self, fixed: Any) -> None:
-        self._image = as_image_grid(fixed, name="fixed image")
-        self._level_image: ImageGrid | None = None
-        self._points: PointSet | None = None
+    image: Any
+    policy: FixedPolicy = field(default_factory=FixedPolicy)
+
+    def __post_init__(self) -> None:
+        self.image = as_image_grid(self.image, name="fixed image")
+        self.hello: pb.Hello | None = None
+        self.backend_side: Any = None
+        self.level_index = -1
+        self.level_image: ImageGrid | None = None
+        self.points: PointSet | None = None
+        self.seconds = 0.0
+        self.level_seconds: list[float] = []
+        self.closed = False
+        self.learned: list[str] = []  # what this party received in the clear
 
     @property
     def geometry(self) -> GridGeometry:
-        return self._image.geometry
+        return self.image.geometry
 
-    def center_of_mass(self) -> np.ndarray:
-        """Intensity centre (physical). Disclosed only for the moments initialiser."""
-        return center_of_mass(self._image)
+    def handle(self, envelope: pb.Envelope) -> pb.Envelope:
+        """Answer one request; raises :class:`ProtocolError` for one that does not fit."""
+        start = time.perf_counter()
+        try:
+            kind = body(envelope)
+            if self.closed:
+                raise ProtocolError("the session is closed")
+            if self.hello is None and kind != "hello":
+                raise ProtocolError(f"'{kind}' arrived before 'hello'")
+            handler = getattr(self, f"_on_{kind}", None)
+            if handler is None:
+                raise ProtocolError(f"'{kind}' is not a request the fixed party answers")
+            return handler(getattr(envelope, kind))
+        finally:
+            elapsed = time.perf_counter() - start
+            self.seconds += elapsed
+            if self.level_seconds:
+                self.level_seconds[-1] += elapsed
 
-    def open_level(self, level: Level) -> GridGeometry:
-        self._level_image = fixed_level_image(self._image, level)
-        self._points = None
-        return self._level_image.geometry
+    # -- the requests, in the order a session makes them ---------------------------------
+    def _on_hello(self, hello: pb.Hello) -> pb.Envelope:
+        from ppir_itk.backends import make_fixed_side
 
-    def select_points(self, level_index: int, request: PointSetRequest) -> PointSet:
-        """Agree the level's point set from the moving party's request."""
-        geometry = self.level_image.geometry
+        if self.hello is not None:
+            raise ProtocolError("a second 'hello' arrived")
+        if hello.protocol_version != PROTOCOL_VERSION:
+            raise ProtocolError(f"protocol version {hello.protocol_version} is not "
+                                f"{PROTOCOL_VERSION}, the version this fixed party speaks")
+        if hello.backend not in self.policy.backends:
+            raise ProtocolError(f"backend '{hello.backend[:40]}' is not offered here "
+                                f"(offered: {', '.join(self.policy.backends)})")
+        if not 1 <= len(hello.levels) <= self.policy.max_levels:
+            raise ProtocolError(f"{len(hello.levels)} levels asked; this fixed party allows "
+                                f"1 to {self.policy.max_levels}")
+        for level in hello.levels:
+            if level.shrink_factor < 1 or not 0 <= level.smoothing_sigma < 1e3:
+                raise ProtocolError("a level's shrink factor or smoothing sigma is out of range")
+        if hello.sampling not in SAMPLING_KINDS:
+            raise ProtocolError(f"sampling '{hello.sampling[:40]}' is unknown")
+        if hello.sampling == "urs" and not 0 < hello.sampling_fraction <= 1:
+            raise ProtocolError("the URS fraction must be in (0, 1]")
+        if hello.wants_center_of_mass and not self.policy.allow_center_of_mass:
+            raise ProtocolError("this fixed party does not disclose its centre of mass")
+        self.backend_side = make_fixed_side(hello.backend, dict(hello.backend_parameters))
+        self.hello = hello
+        return pb.Envelope(welcome=pb.Welcome(
+            protocol_version=PROTOCOL_VERSION,
+            fixed_geometry=geometry_to_pb(self.geometry),
+            evaluation_budget=self.policy.evaluation_budget,
+        ))
+
+    def _on_center_of_mass_request(self, _: pb.CenterOfMassRequest) -> pb.Envelope:
+        if not self.hello.wants_center_of_mass:
+            raise ProtocolError("the centre of mass was not agreed in 'hello'")
+        return pb.Envelope(center_of_mass=pb.CenterOfMass(
+            center=center_of_mass(self.image).tolist()))
+
+    def _on_open_level(self, request: pb.OpenLevel) -> pb.Envelope:
+        if request.level != self.level_index + 1 or request.level >= len(self.hello.levels):
+            raise ProtocolError(f"level {request.level} asked out of the agreed order")
+        level = self.hello.levels[request.level]
+        self.level_index = request.level
+        self.level_image = fixed_level_image(
+            self.image, Level(level.shrink_factor, level.smoothing_sigma))
+        self.points = None
+        self.level_seconds.append(0.0)
+        return pb.Envelope(level_opened=pb.LevelOpened(
+            geometry=geometry_to_pb(self.level_image.geometry)))
+
+    def _on_select_points(self, request: pb.SelectPoints) -> pb.Envelope:
+        if self.level_image is None or self.points is not None:
+            raise ProtocolError("points asked outside a freshly opened level")
+        if request.kind != SAMPLING_KINDS[self.hello.sampling]:
+            raise ProtocolError(f"points of kind '{request.kind[:20]}' do not fit the agreed "
+                                f"sampling '{self.hello.sampling}'")
+        self.points = draw_points(self.level_image.geometry, self.level_index, request,
+                                  self.hello.sampling_fraction, self.hello.sampling_seed)
         if request.kind == "revealed":
-            indices = np.asarray(request.indices, dtype=np.int64)
-            if indices.ndim != 1 or indices.size == 0 or indices.min() < 0 or (
-                indices.max() >= geometry.number_of_points
-            ):
-                raise ValueError("the revealed sample indices do not fit the level grid")
-        elif request.kind == "urs":
-            indices = URS(request.fraction, request.seed).draw(
-                geometry.number_of_points, level_index
-            )
-        else:
-            indices = None
-        self._points = PointSet(geometry, indices)
-        return self._points
-
-    @property
-    def level_image(self) -> ImageGrid:
-        if self._level_image is None:
-            raise RuntimeError("no level is open")
-        return self._level_image
-
-    def level_values(self) -> np.ndarray:
-        """J at the agreed points, float64. Stays in this process except in ``clear``."""
-        if self._points is None:
-            raise RuntimeError("no point set was agreed for this level")
+            self.learned.append(f"GMS sample indices revealed at level {self.level_index}: "
+                                  f"{self.points.size}")
         values = self.level_image.array.ravel().astype(np.float64)
-        return values if self._points.indices is None else values[self._points.indices]
+        if self.points.indices is not None:
+            values = values[self.points.indices]
+        self.backend_side.on_points(values, self.points)
+        return pb.Envelope(points_selected=pb.PointsSelected(count=self.points.size))
+
+    def _on_backend(self, message: pb.BackendMessage) -> pb.Envelope:
+        if self.points is None:
+            raise ProtocolError("a backend request arrived before the points were agreed")
+        if self.backend_side.evaluations >= self.policy.evaluation_budget:
+            raise ProtocolError(f"the evaluation budget of {self.policy.evaluation_budget} "
+                                "joint-term evaluations is used up")
+        return pb.Envelope(backend=self.backend_side.handle(message))
+
+    def _on_close(self, _: pb.Close) -> pb.Envelope:
+        self.closed = True
+        learned = self.learned + (self.backend_side.learned() if self.backend_side else [])
+        return pb.Envelope(closed=pb.Closed(
+            stats=pb.PartyStats(seconds=self.seconds),
+            levels=[pb.PartyStats(seconds=s) for s in self.level_seconds],
+            learned=learned,
+        ))

@@ -19,8 +19,8 @@ Examples
 --------
 A minimal clear run (the fixed party in-process)::
 
-    fixed_party = ppir_itk.FixedParty(fixed_grid)
-    metric = PrivateMeanSquaresImageToImageMetric(backend="clear", session=fixed_party)
+    session = ppir_itk.in_process_session(fixed_grid)   # or ppir_itk.connect(...)
+    metric = PrivateMeanSquaresImageToImageMetric(backend="clear", session=session)
     metric.SetMovingImage(moving)
 """
 
@@ -34,9 +34,12 @@ import numpy as np
 from ppir_itk import _kernels
 from ppir_itk.backends import JointTermBackend, MovingFields, make_backend
 from ppir_itk.errors import InputError
-from ppir_itk.fixed_party import FixedParty, PointSet, PointSetRequest
+from ppir_itk.fixed_party import PointSet
 from ppir_itk.image import GridGeometry, ImageGrid
 from ppir_itk.parallel import for_chunks, sum_chunks
+from ppir_itk.protocol import ppir_pb2 as pb
+from ppir_itk.protocol.messages import array_to_pb
+from ppir_itk.protocol.session import Session
 from ppir_itk.pyramid import Level, moving_level_image
 from ppir_itk.sampling import GMS, URS, NoSampling
 from ppir_itk.transforms import LinearTransform
@@ -60,13 +63,15 @@ class PrivateMeanSquaresImageToImageMetric:
     ----------
     backend : str or JointTermBackend
         The joint-term backend, or its name (``"clear"``).
-    session : FixedParty, optional
-        The fixed party to talk to, when ``backend`` is a name.
+    session : Session, optional
+        The session with the fixed party (:func:`ppir_itk.connect` or
+        :func:`ppir_itk.in_process_session`), when ``backend`` is a name.
     """
 
-    def __init__(self, backend: str | JointTermBackend = "clear", session: Any = None) -> None:
+    def __init__(self, backend: str | JointTermBackend = "clear",
+                 session: Session | None = None) -> None:
         if isinstance(backend, str):
-            if not isinstance(session, FixedParty):
+            if not isinstance(session, Session):
                 raise InputError(f"backend '{backend}' needs a session with the fixed party")
             backend = make_backend(backend, session)
         self.backend = backend
@@ -103,6 +108,8 @@ class PrivateMeanSquaresImageToImageMetric:
 
     @property
     def fixed_geometry(self) -> GridGeometry:
+        if self.backend.fixed_geometry is None:
+            raise RuntimeError("the session has not started: the fixed geometry is unknown")
         return self.backend.fixed_geometry
 
     def initialize_level(self, level_index: int, level: Level, sampling: Any) -> PointSet:
@@ -114,7 +121,7 @@ class PrivateMeanSquaresImageToImageMetric:
                 f"the fixed image is {self.fixed_geometry.dimension}-D and the moving image is "
                 f"{self._moving.dimension}-D; both must have the same dimension"
             )
-        fixed_level = self.backend.begin_level(level_index, level)
+        fixed_level = self.backend.begin_level(level_index)
         moving = moving_level_image(self._moving, level)
         gradient = np.empty(moving.array.shape + (moving.dimension,))
         _kernels.central_gradient(moving.array, gradient)
@@ -122,21 +129,21 @@ class PrivateMeanSquaresImageToImageMetric:
 
         private_sample = None
         if isinstance(sampling, NoSampling) or sampling is None:
-            request = PointSetRequest("all")
+            request = pb.SelectPoints(kind="all")
         elif isinstance(sampling, URS):
-            request = PointSetRequest("urs", sampling.fraction, sampling.seed)
+            request = pb.SelectPoints(kind="urs")
         elif isinstance(sampling, GMS):
             magnitude = np.linalg.norm(self._warp()[1], axis=1)
             drawn = sampling.draw(magnitude, level_index)
             if sampling.reveal_indices:
-                request = PointSetRequest("revealed", indices=drawn)
+                request = pb.SelectPoints(kind="revealed", indices=array_to_pb(drawn))
             else:
-                request = PointSetRequest("all")
+                request = pb.SelectPoints(kind="all")
                 private_sample = np.zeros(fixed_level.number_of_points, dtype=np.uint8)
                 private_sample[drawn] = 1
         else:
             raise InputError(f"unknown sampling {sampling!r}")
-        points = self.backend.use_points(request)
+        points = self.backend.use_points(fixed_level, request)
         self._level = _LevelData(moving, gradient, points, private_sample)
         return points
 

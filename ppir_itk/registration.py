@@ -18,7 +18,8 @@ In ten lines, with the fixed party in-process (clear backend)::
 
 or piece by piece, ITK style::
 
-    metric = ppir_itk.PrivateMeanSquaresImageToImageMetric("clear", session=ppir_itk.FixedParty(f))
+    session = ppir_itk.connect("fixed-site:7443", tls=ppir_itk.TLS.for_role("pki", "moving-party"))
+    metric = ppir_itk.PrivateMeanSquaresImageToImageMetric("clear", session=session)
     metric.SetMovingImage(moving)
     reg = ppir_itk.ImageRegistrationMethod(metric=metric, initial_transform="rigid",
                                            shrink_factors=[2, 1], smoothing_sigmas=[1, 0])
@@ -28,6 +29,7 @@ or piece by piece, ITK style::
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,10 +41,10 @@ from ppir_itk import parallel
 from ppir_itk.backends import make_backend
 from ppir_itk.errors import InputError
 from ppir_itk.events import Event, Observable
-from ppir_itk.fixed_party import FixedParty
 from ppir_itk.image import GridGeometry, ImageGrid, center_of_mass
 from ppir_itk.metric import PrivateMeanSquaresImageToImageMetric
 from ppir_itk.optimizer import GaussNewtonOptimizer
+from ppir_itk.protocol.session import Counters, LocalSession, in_process_session
 from ppir_itk.pyramid import LevelSchedule
 from ppir_itk.sampling import NoSampling, make_sampling
 from ppir_itk.transforms import LinearTransform, make_transform
@@ -65,6 +67,7 @@ class LevelReport:
     final_metric: float
     seconds: float
     stop_condition: str
+    parties: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass
@@ -79,8 +82,10 @@ class RegistrationResult:
     levels: list[LevelReport] = field(default_factory=list)
     metric_values: list[float] = field(default_factory=list)
     parties: dict[str, dict] = field(default_factory=dict)
-    disclosures: dict[str, list[str]] = field(default_factory=dict)
+    learned: dict[str, list[str]] = field(default_factory=dict)
     seconds: float = 0.0
+    transport: str = "in-process"
+    fixed_startup_seconds: float | None = None
     seed: int | None = None
     threads: int = 1
 
@@ -122,8 +127,10 @@ class RegistrationResult:
             "seconds": self.seconds,
             "levels": [dict(level.__dict__) for level in self.levels],
             "metric_values": self.metric_values,
+            "transport": self.transport,
+            "fixed_startup_seconds": self.fixed_startup_seconds,
             "parties": self.parties,
-            "disclosures": self.disclosures,
+            "learned_in_the_clear": self.learned,
         }
 
 
@@ -247,26 +254,51 @@ class ImageRegistrationMethod(Observable):
                 f"the initial transform is {transform.dimension}-D but the images are "
                 f"{moving.dimension}-D"
             )
-        self._initialize(transform, moving)
-        metric.SetTransform(transform)
-        self.optimizer.SetMetric(metric)
-        result = RegistrationResult(
-            transform=transform,
-            fixed_geometry=backend.fixed_geometry,
-            backend=backend.name,
-            private=backend.private,
-            sampling=self.sampling.describe(),
-            seed=getattr(self.sampling, "seed", None),
-            threads=parallel.get_number_of_threads(),
-        )
+        session = backend.session
+        try:
+            fixed_geometry = backend.start(self.schedule, self.sampling,
+                                           wants_center_of_mass=self.initializer == "moments")
+            result = RegistrationResult(
+                transform=transform,
+                fixed_geometry=fixed_geometry,
+                backend=backend.name,
+                private=backend.private,
+                sampling=self.sampling.describe(),
+                seed=getattr(self.sampling, "seed", None),
+                threads=parallel.get_number_of_threads(),
+                transport="in-process" if isinstance(session, LocalSession) else "grpc+mtls",
+            )
+            self._initialize(transform, moving)
+            metric.SetTransform(transform)
+            self.optimizer.SetMetric(metric)
+            self._run_levels(result)
+            closed = backend.close()
+        except BaseException as error:
+            session.abort(f"the moving party stopped: {type(error).__name__}")
+            raise
+        result.parties = {
+            "moving": _party(session.counters(), sum(level.seconds for level in result.levels)),
+            "fixed": _party(Counters.from_pb(closed.stats), closed.stats.seconds),
+        }
+        for level, fixed_level in zip(result.levels, closed.levels, strict=False):
+            level.parties["fixed"] = _party(Counters.from_pb(fixed_level), fixed_level.seconds)
+        result.learned = {"moving": backend.learned(), "fixed": list(closed.learned)}
+        self.InvokeEvent(Event.END)
+        return result
+
+    def _run_levels(self, result: RegistrationResult) -> None:
+        metric = self.metric
+        session = metric.backend.session
         self._stop_requested = False
         self.InvokeEvent(Event.START)
         for level_index, level in enumerate(self.schedule.levels):
             self._level = level_index
             level_start = time.perf_counter()
+            mark = session.counters()
             points = metric.initialize_level(level_index, level, self.sampling)
             self.InvokeEvent(Event.MULTI_RESOLUTION_ITERATION)
             self.optimizer.StartOptimization()
+            seconds = time.perf_counter() - level_start
             result.metric_values.extend(self.optimizer.values)
             result.levels.append(
                 LevelReport(
@@ -277,16 +309,13 @@ class ImageRegistrationMethod(Observable):
                     points=points.size,
                     iterations=self.optimizer.GetCurrentIteration(),
                     final_metric=self.optimizer.GetValue(),
-                    seconds=time.perf_counter() - level_start,
+                    seconds=seconds,
                     stop_condition=self.optimizer.GetStopConditionDescription(),
+                    parties={"moving": _party(session.counters() - mark, seconds)},
                 )
             )
             if self._stop_requested:
                 break
-        result.parties = backend.traffic.as_dict()
-        result.disclosures = backend.disclosures()
-        self.InvokeEvent(Event.END)
-        return result
 
     def _initialize(self, transform: LinearTransform, moving: ImageGrid) -> None:
         if self.initializer == "none":
@@ -303,6 +332,16 @@ class ImageRegistrationMethod(Observable):
         transform.translation = moving_center - fixed_center
 
 
+def _party(counters: Counters, seconds: float) -> dict[str, float | int]:
+    """One party's figures for a report; ``bytes_*`` are on the wire when there is one."""
+    figures: dict[str, float | int] = {"seconds": seconds, **counters.as_dict()}
+    on_wire = counters.wire_bytes_sent or counters.wire_bytes_received
+    figures["bytes_sent"] = counters.wire_bytes_sent if on_wire else counters.payload_bytes_sent
+    figures["bytes_received"] = (counters.wire_bytes_received if on_wire
+                                 else counters.payload_bytes_received)
+    return figures
+
+
 def _as_transform(initial: Any, dimension: int) -> LinearTransform:
     if isinstance(initial, LinearTransform):
         return initial.copy()
@@ -316,8 +355,8 @@ def _as_transform(initial: Any, dimension: int) -> LinearTransform:
     raise InputError(f"initial transform of type {type(initial).__name__} is not supported")
 
 
-def register(
-    fixed: Any,
+def register_with(
+    session: Any,
     moving: Any,
     *,
     transform: Any = "affine",
@@ -335,25 +374,71 @@ def register(
     threads: int | None = None,
     observers: dict[Any, Any] | None = None,
 ) -> RegistrationResult:
-    """Register ``moving`` onto ``fixed`` in one call.
+    """Register ``moving`` with the fixed party at the other end of ``session``.
+
+    The moving party's whole job in one call: ``session`` comes from
+    :func:`ppir_itk.connect` (another machine) or
+    :func:`ppir_itk.in_process_session`. The options are those of
+    :func:`register`; ``observers`` maps events to callables taking the
+    :class:`ImageRegistrationMethod`.
+    """
+    from ppir_itk.backends import check_backend_name
+
+    moving_grid = as_image_grid(moving, name="moving image")
+    if isinstance(sampling, str):
+        sampling = make_sampling(sampling, sampling_fraction, seed, reveal=reveal_gms_indices)
+    metric = PrivateMeanSquaresImageToImageMetric(make_backend(check_backend_name(backend),
+                                                               session))
+    metric.SetMovingImage(moving_grid)
+    optimizer = GaussNewtonOptimizer(NumberOfIterations=iterations,
+                                     MinimumStepLength=minimum_step_length,
+                                     RelativeValueTolerance=relative_value_tolerance)
+    method = ImageRegistrationMethod(metric, optimizer, transform,
+                                     shrink_factors=shrink_factors,
+                                     smoothing_sigmas=smoothing_sigmas, sampling=sampling,
+                                     initializer=initializer, threads=threads)
+    for event, callback in (observers or {}).items():
+        method.AddObserver(event, lambda callback=callback: callback(method))
+    return method.run()
+
+
+def register(
+    fixed: Any,
+    moving: Any,
+    *,
+    transport: str = "process",
+    deadline: float = 60.0,
+    **options: Any,
+) -> RegistrationResult:
+    """Register ``moving`` onto ``fixed`` in one call, both images on this machine.
 
     Parameters
     ----------
     fixed, moving : itk.Image, SimpleITK.Image or path
         The two images (2-D or 3-D, same dimension).
-    transform : str or transform
-        ``translation``, ``rigid``, ``similarity``, ``affine`` or an initial
-        ITK/SimpleITK transform.
-    backend : str
-        The joint-term backend (``clear``).
-    sampling : str or sampling object
-        ``none``, ``urs`` or ``gms`` (with ``sampling_fraction`` and ``seed``).
+    transport : {"process", "in-process"}
+        ``process`` (default) runs the fixed party as a separate OS process
+        over gRPC with mutual TLS on loopback, exactly as two machines would;
+        ``in-process`` keeps it in this process (same messages, no socket).
+    deadline : float
+        Seconds to wait for the fixed party's next answer.
+    **options
+        As :func:`register_with`: ``transform`` (``translation``, ``rigid``,
+        ``similarity``, ``affine`` or an ITK/SimpleITK transform), ``backend``
+        (``clear``), ``sampling`` (``none``, ``urs``, ``gms``),
+        ``sampling_fraction``, ``seed``, ``reveal_gms_indices``,
+        ``shrink_factors``, ``smoothing_sigmas``, ``initializer``,
+        ``iterations``, ``threads``, ``observers``.
 
     Returns
     -------
     RegistrationResult
         ``result.itk_transform()`` maps fixed points to moving points.
     """
+    from ppir_itk.backends import check_backend_name
+    from ppir_itk.protocol.local import spawn_fixed_party
+    from ppir_itk.protocol.session import RemoteSession
+
     fixed_grid = as_image_grid(fixed, name="fixed image")
     moving_grid = as_image_grid(moving, name="moving image")
     if fixed_grid.dimension != moving_grid.dimension:
@@ -361,24 +446,22 @@ def register(
             f"the fixed image is {fixed_grid.dimension}-D and the moving image is "
             f"{moving_grid.dimension}-D; both must have the same dimension"
         )
-    if isinstance(sampling, str):
-        sampling = make_sampling(sampling, sampling_fraction, seed, reveal=reveal_gms_indices)
-    metric = PrivateMeanSquaresImageToImageMetric(make_backend(backend, FixedParty(fixed_grid)))
-    metric.SetMovingImage(moving_grid)
-    method = ImageRegistrationMethod(
-        metric,
-        GaussNewtonOptimizer(
-            NumberOfIterations=iterations,
-            MinimumStepLength=minimum_step_length,
-            RelativeValueTolerance=relative_value_tolerance,
-        ),
-        transform,
-        shrink_factors=shrink_factors,
-        smoothing_sigmas=smoothing_sigmas,
-        sampling=sampling,
-        initializer=initializer,
-        threads=threads,
-    )
-    for event, callback in (observers or {}).items():
-        method.AddObserver(event, lambda callback=callback: callback(method))
-    return method.run()
+    # Options that are wrong fail here, before a fixed party is started.
+    backend = check_backend_name(options.get("backend", "clear"))
+    LevelSchedule.from_lists(options.get("shrink_factors", (4, 2, 1)),
+                             options.get("smoothing_sigmas", (2.0, 1.0, 0.0)))
+    if options.get("initializer", "geometry") not in INITIALIZERS:
+        raise InputError(f"unknown initializer '{options['initializer']}': choose one of "
+                         f"{', '.join(INITIALIZERS)}")
+    if isinstance(options.get("sampling"), str):
+        make_sampling(options["sampling"], options.get("sampling_fraction", 0.05))
+    if transport == "in-process":
+        return register_with(in_process_session(fixed_grid), moving_grid, **options)
+    if transport != "process":
+        raise InputError(f"unknown transport '{transport}': choose process or in-process")
+    source = fixed if isinstance(fixed, (str, os.PathLike)) else fixed_grid
+    with spawn_fixed_party(source, backends=(backend,), deadline=deadline) as fixed_party:
+        session = RemoteSession(fixed_party.address, fixed_party.client_tls, deadline=deadline)
+        result = register_with(session, moving_grid, **options)
+    result.fixed_startup_seconds = fixed_party.startup_seconds
+    return result

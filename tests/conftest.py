@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 
+import ppir_itk
 from ppir_itk.backends import InsecureBackendWarning
 from ppir_itk.image import ImageGrid
 from ppir_itk.phantoms import head_phantom, moved_copy
@@ -30,6 +31,11 @@ def known_pair(
         truth.center = fixed.geometry.center()
     truth.parameters = parameters
     return moved_copy(fixed, truth), truth
+
+
+def register_in_process(fixed, moving, **options):
+    """``ppir_itk.register`` with the fixed party in this process (same protocol, no socket)."""
+    return ppir_itk.register(fixed, moving, transport="in-process", **options)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import known_pair
+from conftest import known_pair, register_in_process
 
 import ppir_itk
 from ppir_itk.errors import InputError
@@ -17,7 +17,7 @@ from ppir_itk.wrapping.transforms import to_itk as transform_to_itk
 
 def _method(fixed, moving, **options):
     metric = ppir_itk.PrivateMeanSquaresImageToImageMetric(
-        "clear", session=ppir_itk.FixedParty(fixed))
+        "clear", session=ppir_itk.in_process_session(fixed))
     metric.SetMovingImage(moving)
     optimizer = ppir_itk.GaussNewtonOptimizer(NumberOfIterations=options.pop("iterations", 50))
     return ppir_itk.ImageRegistrationMethod(metric, optimizer, options.pop("transform", "affine"),
@@ -98,7 +98,7 @@ def test_images_and_initial_transforms_from_itk_simpleitk_and_paths(kind, phanto
         write_image(phantom_2d, fixed_in)
         write_image(moving, moving_in)
         initial = "rigid"
-    result = ppir_itk.register(fixed_in, moving_in, transform=initial,
+    result = register_in_process(fixed_in, moving_in, transform=initial,
                                shrink_factors=[2, 1], smoothing_sigmas=[1, 0])
     from ppir_itk.evaluation import displacement_rmse
 
@@ -108,20 +108,20 @@ def test_images_and_initial_transforms_from_itk_simpleitk_and_paths(kind, phanto
 
 def test_bad_api_arguments_raise_input_errors(phantom_2d):
     with pytest.raises(InputError, match="one value per level"):
-        ppir_itk.register(phantom_2d, phantom_2d, shrink_factors=[2, 1], smoothing_sigmas=[1])
+        register_in_process(phantom_2d, phantom_2d, shrink_factors=[2, 1], smoothing_sigmas=[1])
     with pytest.raises(InputError, match="unknown backend"):
-        ppir_itk.register(phantom_2d, phantom_2d, backend="nope")
+        register_in_process(phantom_2d, phantom_2d, backend="nope")
     with pytest.raises(InputError, match="initializer"):
-        ppir_itk.register(phantom_2d, phantom_2d, initializer="magic")
+        register_in_process(phantom_2d, phantom_2d, initializer="magic")
     with pytest.raises(InputError, match="sampling fraction"):
-        ppir_itk.register(phantom_2d, phantom_2d, sampling="urs", sampling_fraction=1.5)
+        register_in_process(phantom_2d, phantom_2d, sampling="urs", sampling_fraction=1.5)
     with pytest.raises(InputError, match="must be an itk.Image"):
-        ppir_itk.register([[1, 2], [3, 4]], phantom_2d)
+        register_in_process([[1, 2], [3, 4]], phantom_2d)
 
 
 def test_no_overlap_is_an_input_error(phantom_2d):
     far = ppir_itk.ImageGrid(phantom_2d.array, spacing=phantom_2d.geometry.spacing,
                              origin=(1e4, 1e4))
     with pytest.raises(InputError, match="do not overlap"):
-        ppir_itk.register(phantom_2d, far, initializer="none", shrink_factors=[1],
+        register_in_process(phantom_2d, far, initializer="none", shrink_factors=[1],
                           smoothing_sigmas=[0])

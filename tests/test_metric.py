@@ -9,7 +9,7 @@ import reference
 import ppir_itk
 from ppir_itk.image import ImageGrid
 from ppir_itk.phantoms import head_phantom
-from ppir_itk.pyramid import Level
+from ppir_itk.pyramid import Level, LevelSchedule
 from ppir_itk.transforms import make_transform
 
 ROTATION_2D = np.array([[np.cos(0.3), -np.sin(0.3)], [np.sin(0.3), np.cos(0.3)]])
@@ -36,9 +36,10 @@ def _scene(dimension: int):
 
 def _metric(fixed, moving, transform):
     metric = ppir_itk.PrivateMeanSquaresImageToImageMetric(
-        "clear", session=ppir_itk.FixedParty(fixed))
+        "clear", session=ppir_itk.in_process_session(fixed))
     metric.SetMovingImage(moving)
     metric.SetTransform(transform)
+    metric.backend.start(LevelSchedule.from_lists([1], [0.0]), ppir_itk.NoSampling())
     metric.initialize_level(0, Level(1, 0.0), ppir_itk.NoSampling())
     return metric
 

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import known_pair
+from conftest import known_pair, register_in_process
 
 import ppir_itk
 from ppir_itk.evaluation import displacement_rmse, sitk_reference_registration
@@ -27,7 +27,7 @@ KNOWN = {
 def test_known_transform_is_recovered(dimension, kind, phantom_2d, phantom_3d):
     fixed = phantom_2d if dimension == 2 else phantom_3d
     moving, truth = known_pair(fixed, kind, KNOWN[dimension, kind])
-    result = ppir_itk.register(fixed, moving, transform=kind, shrink_factors=[2, 1],
+    result = register_in_process(fixed, moving, transform=kind, shrink_factors=[2, 1],
                                smoothing_sigmas=[1.0, 0.0])
     voxel = min(fixed.geometry.spacing)
     error = displacement_rmse(result.transform, truth, fixed.geometry)
@@ -36,7 +36,7 @@ def test_known_transform_is_recovered(dimension, kind, phantom_2d, phantom_3d):
 
 
 def test_identical_images_do_not_move(phantom_2d):
-    result = ppir_itk.register(phantom_2d, phantom_2d, transform="affine", shrink_factors=[1],
+    result = register_in_process(phantom_2d, phantom_2d, transform="affine", shrink_factors=[1],
                                smoothing_sigmas=[0.0])
     identity = make_transform("affine", 2)
     assert displacement_rmse(result.transform, identity, phantom_2d.geometry) < 1e-6
@@ -44,7 +44,7 @@ def test_identical_images_do_not_move(phantom_2d):
 
 
 def _sitk_agreement(fixed, moving, kind, shrink, sigmas):
-    result = ppir_itk.register(fixed, moving, transform=kind, shrink_factors=shrink,
+    result = register_in_process(fixed, moving, transform=kind, shrink_factors=shrink,
                                smoothing_sigmas=sigmas)
     initial = make_transform(kind, fixed.dimension)
     initial.center = fixed.geometry.center()
@@ -81,7 +81,7 @@ def test_clear_agrees_with_simpleitk_on_phantom(kind, phantom_3d):
 def test_same_seed_gives_bit_identical_transforms_for_any_thread_count(phantom_2d):
     moving, _ = known_pair(phantom_2d, "affine", KNOWN[2, "affine"])
     runs = [
-        ppir_itk.register(phantom_2d, moving, sampling="urs", sampling_fraction=0.3, seed=7,
+        register_in_process(phantom_2d, moving, sampling="urs", sampling_fraction=0.3, seed=7,
                           threads=threads, shrink_factors=[2, 1], smoothing_sigmas=[1, 0])
         for threads in (1, 2, 2)
     ]
@@ -97,10 +97,10 @@ def test_same_seed_gives_bit_identical_transforms_for_any_thread_count(phantom_2
 )
 def test_sampled_registrations_recover_the_transform(sampling, phantom_2d):
     moving, truth = known_pair(phantom_2d, "affine", KNOWN[2, "affine"])
-    result = ppir_itk.register(phantom_2d, moving, sampling=sampling, shrink_factors=[2, 1],
+    result = register_in_process(phantom_2d, moving, sampling=sampling, shrink_factors=[2, 1],
                                smoothing_sigmas=[1.0, 0.0])
     assert displacement_rmse(result.transform, truth, phantom_2d.geometry) < 0.2
-    revealed = [line for line in result.disclosures["fixed"] if "GMS" in line]
+    revealed = [line for line in result.learned["fixed"] if "GMS" in line]
     assert bool(revealed) == sampling.reveals_indices
     full = phantom_2d.geometry.number_of_points
     assert result.levels[-1].points == (full if sampling.name == "gms" and not
@@ -109,15 +109,15 @@ def test_sampled_registrations_recover_the_transform(sampling, phantom_2d):
 
 def test_moments_initializer_is_reported_as_a_disclosure(phantom_2d):
     moving, truth = known_pair(phantom_2d, "translation", [6.0, -4.0])
-    result = ppir_itk.register(phantom_2d, moving, transform="translation",
+    result = register_in_process(phantom_2d, moving, transform="translation",
                                initializer="moments", shrink_factors=[1], smoothing_sigmas=[0])
-    assert any("centre of mass" in line for line in result.disclosures["moving"])
+    assert any("centre of mass" in line for line in result.learned["moving"])
     assert displacement_rmse(result.transform, truth, phantom_2d.geometry) < 0.1
 
 
 def test_report_holds_the_required_fields(phantom_2d):
     moving, _ = known_pair(phantom_2d, "rigid", KNOWN[2, "rigid"])
-    report = ppir_itk.register(phantom_2d, moving, transform="rigid").report()
+    report = register_in_process(phantom_2d, moving, transform="rigid").report()
     for key in ("backend", "transform_type", "iterations", "final_metric", "levels", "parties"):
         assert key in report
     assert report["backend"] == "clear" and report["private"] is False
@@ -128,4 +128,4 @@ def test_report_holds_the_required_fields(phantom_2d):
         assert {"seconds", "bytes_sent", "bytes_received"} <= set(report["parties"][party])
     # Clear sends J once per level: the fixed party's bytes are the level images.
     assert report["parties"]["fixed"]["bytes_sent"] >= 8 * phantom_2d.geometry.number_of_points
-    assert any("in the clear" in line for line in report["disclosures"]["moving"])
+    assert any("in the clear" in line for line in report["learned_in_the_clear"]["moving"])

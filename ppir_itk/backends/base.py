@@ -17,24 +17,27 @@ The only private-by-private products are the d + 2 element-wise vectors
 linear map. A backend gets the moving party's fields (:class:`MovingFields`)
 and returns a :class:`JointTerm` revealed to the moving party only.
 
-Each backend also reports what each party received in the clear
-(:meth:`JointTermBackend.disclosures`) and what it cost (:class:`PartyStats`).
+A backend has two halves: :class:`JointTermBackend` runs on the moving party
+and :class:`FixedSide` on the fixed party; they talk only through the
+session's ``BackendMessage`` envelopes. Each half says what its party
+received in the clear (``learned()``).
 """
 
 from __future__ import annotations
 
 import abc
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
-from ppir_itk.fixed_party import FixedParty, PointSet, PointSetRequest
+from ppir_itk.fixed_party import PointSet, draw_points
 from ppir_itk.image import GridGeometry
-from ppir_itk.pyramid import Level
+from ppir_itk.protocol import ppir_pb2 as pb
+from ppir_itk.protocol.messages import PROTOCOL_VERSION, geometry_from_pb
+from ppir_itk.protocol.session import Session
+from ppir_itk.pyramid import LevelSchedule
+from ppir_itk.sampling import GMS, URS
 
 
 @dataclass(frozen=True)
@@ -55,106 +58,94 @@ class JointTerm:
     fixed_squared: float
 
 
-@dataclass
-class PartyStats:
-    """One party's cost: wall time in the joint-term protocol, payload bytes, messages."""
-
-    seconds: float = 0.0
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    messages_sent: int = 0
-    messages_received: int = 0
-
-    def as_dict(self) -> dict[str, float | int]:
-        return dict(self.__dict__)
-
-
-@dataclass
-class Traffic:
-    """Accounting for both parties of an in-process run."""
-
-    moving: PartyStats = field(default_factory=PartyStats)
-    fixed: PartyStats = field(default_factory=PartyStats)
-
-    def send(self, sender: str, payload_bytes: int) -> None:
-        """Count one message from ``sender`` ('moving' or 'fixed') to the other party."""
-        source, target = (self.moving, self.fixed) if sender == "moving" else (
-            self.fixed, self.moving
-        )
-        source.bytes_sent += payload_bytes
-        source.messages_sent += 1
-        target.bytes_received += payload_bytes
-        target.messages_received += 1
-
-    @contextmanager
-    def timing(self, party: str) -> Iterator[None]:
-        stats = self.moving if party == "moving" else self.fixed
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            stats.seconds += time.perf_counter() - start
-
-    def as_dict(self) -> dict[str, dict]:
-        return {"moving": self.moving.as_dict(), "fixed": self.fixed.as_dict()}
+def sampling_name(sampling: Any) -> str:
+    """How ``Hello`` names a sampling strategy."""
+    if isinstance(sampling, URS):
+        return "urs"
+    if isinstance(sampling, GMS):
+        return "gms-revealed" if sampling.reveal_indices else "gms-hidden"
+    return "none"
 
 
 class JointTermBackend(abc.ABC):
     """Moving-party side of a joint-term protocol with one fixed party.
 
-    The calls, in order: :meth:`begin_level` (the fixed party prepares its level
-    image and publishes the level grid), :meth:`use_points` (both agree the
-    point set), then :meth:`joint_term` once per metric evaluation.
+    The calls, in order: :meth:`start` (the handshake), :meth:`begin_level`
+    (the fixed party prepares its level image and publishes the level grid),
+    :meth:`use_points` (both agree the point set), :meth:`joint_term` once per
+    metric evaluation, and :meth:`close`.
     """
 
     name: ClassVar[str]
     private: ClassVar[bool]
 
-    def __init__(self, fixed_party: FixedParty) -> None:
-        self._fixed_party = fixed_party
-        self.traffic = Traffic()
-        self._level_index = -1
+    def __init__(self, session: Session, parameters: dict[str, str] | None = None) -> None:
+        self.session = session
+        self.parameters = dict(parameters or {})
+        self.fixed_geometry: GridGeometry | None = None
         self.points: PointSet | None = None
         self.evaluations = 0
-        self.revealed_indices = 0
-        self.disclosed_center_of_mass = False
+        self._level_index = -1
+        self._sampling: tuple[float, int] = (1.0, 0)
+        self._learned: list[str] = []
 
-    @property
-    def fixed_geometry(self) -> GridGeometry:
-        """The full-resolution fixed grid, published at the start of the session."""
-        return self._fixed_party.geometry
+    def start(self, schedule: LevelSchedule, sampling: Any, *,
+              wants_center_of_mass: bool = False) -> GridGeometry:
+        """The handshake: agree backend, levels and sampling; learn the fixed geometry."""
+        fraction = getattr(sampling, "fraction", 1.0)
+        seed = getattr(sampling, "seed", 0)
+        self._sampling = (fraction, seed)
+        welcome = self.session.start(pb.Hello(
+            protocol_version=PROTOCOL_VERSION,
+            backend=self.name,
+            backend_parameters=self.parameters,
+            levels=[pb.Level(shrink_factor=level.shrink_factor,
+                             smoothing_sigma=level.smoothing_sigma) for level in schedule.levels],
+            sampling=sampling_name(sampling),
+            sampling_fraction=fraction,
+            sampling_seed=seed,
+            wants_center_of_mass=wants_center_of_mass,
+        ))
+        self.fixed_geometry = geometry_from_pb(welcome.fixed_geometry)
+        return self.fixed_geometry
 
     def fixed_center_of_mass(self) -> np.ndarray:
-        """Ask the fixed party to disclose its centre of mass (moments initialiser)."""
-        with self.traffic.timing("fixed"):
-            center = self._fixed_party.center_of_mass()
-        self.traffic.send("fixed", center.nbytes)
-        self.disclosed_center_of_mass = True
-        return center
+        """The fixed party's centre of mass (agreed in the handshake; a disclosure)."""
+        reply = self.session.request(
+            pb.Envelope(center_of_mass_request=pb.CenterOfMassRequest()), "center_of_mass")
+        self._learned.append("the fixed image's centre of mass (moments initialiser)")
+        return np.asarray(reply.center_of_mass.center, dtype=np.float64)
 
-    def begin_level(self, level_index: int, level: Level) -> GridGeometry:
+    def begin_level(self, level_index: int) -> GridGeometry:
         self._level_index = level_index
-        self.traffic.send("moving", 16)
-        with self.traffic.timing("fixed"):
-            geometry = self._fixed_party.open_level(level)
-        self.traffic.send("fixed", _geometry_bytes(geometry))
-        return geometry
+        reply = self.session.request(pb.Envelope(open_level=pb.OpenLevel(level=level_index)),
+                                     "level_opened")
+        self.points = None
+        return geometry_from_pb(reply.level_opened.geometry)
 
-    def use_points(self, request: PointSetRequest) -> PointSet:
-        sent = 24 if request.indices is None else 24 + request.indices.nbytes
-        if request.kind == "revealed":
-            self.revealed_indices += int(request.indices.size)
-        self.traffic.send("moving", sent)
-        with self.traffic.timing("fixed"):
-            self.points = self._fixed_party.select_points(self._level_index, request)
-        self._on_points(self.points)
-        return self.points
+    def use_points(self, geometry: GridGeometry, request: pb.SelectPoints) -> PointSet:
+        """Agree the level's points; both parties derive the same set from the request."""
+        reply = self.session.request(pb.Envelope(select_points=request), "points_selected")
+        points = draw_points(geometry, self._level_index, request, *self._sampling)
+        if reply.points_selected.count != points.size:
+            raise RuntimeError("the fixed party agreed a different number of points")
+        self.points = points
+        self._on_points(points)
+        return points
 
     def joint_term(self, fields: MovingFields) -> JointTerm:
         if self.points is None:
             raise RuntimeError("use_points() must come before joint_term()")
+        self.session.check()
         self.evaluations += 1
         return self._joint_term(fields)
+
+    def close(self) -> pb.Closed:
+        return self.session.close()
+
+    def learned(self) -> list[str]:
+        """What the moving party received in the clear."""
+        return list(self._learned)
 
     @abc.abstractmethod
     def _on_points(self, points: PointSet) -> None:
@@ -164,17 +155,22 @@ class JointTermBackend(abc.ABC):
     def _joint_term(self, fields: MovingFields) -> JointTerm:
         """One evaluation of the joint term."""
 
-    def disclosures(self) -> dict[str, list[str]]:
-        """What each party received in the clear during the run, in words."""
-        moving: list[str] = []
-        fixed: list[str] = []
-        if self.disclosed_center_of_mass:
-            moving.append("the fixed image's centre of mass (moments initialiser)")
-        if self.revealed_indices:
-            fixed.append(f"GMS sample indices revealed: {self.revealed_indices}")
-        return {"moving": moving, "fixed": fixed}
 
+class FixedSide(abc.ABC):
+    """Fixed-party side of a backend: answers the backend's messages for one session."""
 
-def _geometry_bytes(geometry: GridGeometry) -> int:
-    d = geometry.dimension
-    return 8 * (d + d + d + d * d)
+    def __init__(self, parameters: dict[str, str]) -> None:
+        self.parameters = parameters
+        self.evaluations = 0
+
+    @abc.abstractmethod
+    def on_points(self, values: np.ndarray, points: PointSet) -> None:
+        """The level's J on the agreed points (float64), once per level."""
+
+    @abc.abstractmethod
+    def handle(self, message: pb.BackendMessage) -> pb.BackendMessage:
+        """Answer one backend message (raise ProtocolError for one that does not fit)."""
+
+    def learned(self) -> list[str]:
+        """What the fixed party received in the clear."""
+        return []

@@ -2,8 +2,9 @@
 
 The insecure baseline of the paper's "Clear" rows and of the tests. Once per
 level the fixed party sends its level image's values on the agreed point set
-to the moving party, which then computes the joint term alone. Every run
-with this backend warns, and its report says the fixed image was disclosed.
+(one ``clear.fixed_values`` message); the moving party then computes the
+joint term alone, with no message per iteration. Every run with this backend
+warns, and its report says the fixed image was disclosed.
 """
 
 from __future__ import annotations
@@ -13,9 +14,13 @@ import warnings
 import numpy as np
 
 from ppir_itk import _kernels
-from ppir_itk.backends.base import JointTerm, JointTermBackend, MovingFields
-from ppir_itk.fixed_party import FixedParty, PointSet
+from ppir_itk.backends.base import FixedSide, JointTerm, JointTermBackend, MovingFields
+from ppir_itk.fixed_party import PointSet
 from ppir_itk.parallel import sum_chunks
+from ppir_itk.protocol import ppir_pb2 as pb
+from ppir_itk.protocol.messages import ProtocolError, array_from_pb, array_to_pb
+
+FIXED_VALUES = "clear.fixed_values"
 
 
 class InsecureBackendWarning(UserWarning):
@@ -28,47 +33,57 @@ class ClearBackend(JointTermBackend):
     name = "clear"
     private = False
 
-    def __init__(self, fixed_party: FixedParty) -> None:
-        super().__init__(fixed_party)
+    def __init__(self, session, parameters=None) -> None:
+        super().__init__(session, parameters)
         warnings.warn(
             "backend 'clear' is NOT private: the fixed party sends its image in the clear",
             InsecureBackendWarning,
             stacklevel=2,
         )
         self._fixed_values: np.ndarray | None = None
-        self.disclosed_values = 0
+        self._received = 0
 
     def _on_points(self, points: PointSet) -> None:
-        # The one message of this backend: J on the point set, in the clear.
-        with self.traffic.timing("fixed"):
-            values = self._fixed_party.level_values()
-        self.traffic.send("fixed", values.nbytes)
-        self.disclosed_values += values.size
+        reply = self.session.request(
+            pb.Envelope(backend=pb.BackendMessage(kind=FIXED_VALUES)), "backend")
+        if reply.backend.kind != FIXED_VALUES or len(reply.backend.arrays) != 1:
+            raise ProtocolError("the fixed party's clear values are missing")
+        values = array_from_pb(reply.backend.arrays[0], max_elements=points.size)
+        if values.shape != (points.size,) or values.dtype != np.float64:
+            raise ProtocolError("the fixed party's clear values do not fit the point set")
+        self._received += values.size
         self._fixed_values = values
 
     def _joint_term(self, fields: MovingFields) -> JointTerm:
         points = self.points
         fixed = self._fixed_values
-        with self.traffic.timing("moving"):
-            geometry = points.geometry
+        geometry = points.geometry
 
-            def moments(start: int, stop: int, out: np.ndarray) -> None:
-                _kernels.affine_moments(
-                    geometry.size_array, geometry.index_to_physical, geometry.origin_array,
-                    points.reference, points.indices, start, stop, fields.gradient, fixed, out,
-                )
-
-            dimension = geometry.dimension
-            result = JointTerm(
-                moments=sum_chunks(moments, points.size, (dimension, dimension + 1)),
-                warped_dot_fixed=float(np.dot(fields.warped, fixed)),
-                fixed_squared=float(np.dot(fields.valid.astype(np.float64), fixed * fixed)),
+        def moments(start: int, stop: int, out: np.ndarray) -> None:
+            _kernels.affine_moments(
+                geometry.size_array, geometry.index_to_physical, geometry.origin_array,
+                points.reference, points.indices, start, stop, fields.gradient, fixed, out,
             )
-        return result
 
-    def disclosures(self) -> dict[str, list[str]]:
-        told = super().disclosures()
-        told["moving"].insert(
-            0, f"the fixed image itself, in the clear: {self.disclosed_values} pixel values"
+        dimension = geometry.dimension
+        return JointTerm(
+            moments=sum_chunks(moments, points.size, (dimension, dimension + 1)),
+            warped_dot_fixed=float(np.dot(fields.warped, fixed)),
+            fixed_squared=float(np.dot(fields.valid.astype(np.float64), fixed * fixed)),
         )
-        return told
+
+    def learned(self) -> list[str]:
+        return [f"the fixed image itself, in the clear: {self._received} pixel values",
+                *super().learned()]
+
+
+class ClearFixedSide(FixedSide):
+    """Sends J on the agreed points when asked; nothing per iteration."""
+
+    def on_points(self, values: np.ndarray, points: PointSet) -> None:
+        self._values = values
+
+    def handle(self, message: pb.BackendMessage) -> pb.BackendMessage:
+        if message.kind != FIXED_VALUES:
+            raise ProtocolError(f"'{message.kind[:40]}' is not a clear-backend message")
+        return pb.BackendMessage(kind=FIXED_VALUES, arrays=[array_to_pb(self._values)])

@@ -1,0 +1,137 @@
+"""One side of a session's gRPC stream: send and receive envelopes, with a deadline.
+
+Both parties use a :class:`Channel`: frames going out are queued for gRPC's
+writer, frames coming in are read by a thread and reassembled into envelopes
+(:class:`~ppir_itk.protocol.messages.Reassembler`), so that waiting for the
+peer has a deadline whatever the peer does. A peer that closes, stalls past
+the deadline, aborts or sends something malformed ends the session with a
+:class:`PeerError` that names the peer and what happened.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from ppir_itk.protocol import ppir_pb2 as pb
+from ppir_itk.protocol.messages import ProtocolError, Reassembler, body, to_frames
+
+_END = object()
+
+
+class PeerError(Exception):
+    """The session with the other party ended abnormally (one sentence for the user)."""
+
+
+@dataclass
+class PayloadCounters:
+    """Application payload: serialised frames and envelopes, each direction."""
+
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    messages_sent: int = 0
+    messages_received: int = 0
+
+
+class Channel:
+    """Envelopes to and from one peer over a stream of frames.
+
+    Parameters
+    ----------
+    peer : str
+        How messages name the other party (``"fixed party at 10.0.0.2:7443"``).
+    deadline : float
+        Seconds to wait for the peer's next message.
+    max_envelope : int
+        Largest message accepted from the peer, in bytes.
+    """
+
+    def __init__(self, peer: str, deadline: float, max_envelope: int) -> None:
+        self.peer = peer
+        self.deadline = deadline
+        self.counters = PayloadCounters()
+        self._outgoing: queue.Queue = queue.Queue()
+        self._incoming: queue.Queue = queue.Queue()
+        self._reassembler = Reassembler(max_envelope)
+        self._closed = False
+
+    # -- outgoing -----------------------------------------------------------
+    def outgoing(self) -> Iterator[pb.Frame]:
+        """The frames to hand to gRPC, until :meth:`close`."""
+        while True:
+            frame = self._outgoing.get()
+            if frame is _END:
+                return
+            yield frame
+
+    def send(self, envelope: pb.Envelope) -> None:
+        if self._closed:
+            raise PeerError(f"the session with the {self.peer} is already closed")
+        for frame in to_frames(envelope):
+            self.counters.bytes_sent += frame.ByteSize()
+            self._outgoing.put(frame)
+        self.counters.messages_sent += 1
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._outgoing.put(_END)
+
+    # -- incoming -----------------------------------------------------------
+    def read_from(self, frames: Iterator[pb.Frame]) -> None:
+        """Start a thread that reads ``frames`` (gRPC's iterator) into the inbox."""
+
+        def read() -> None:
+            try:
+                for frame in frames:
+                    self.counters.bytes_received += frame.ByteSize()
+                    envelope = self._reassembler.push(frame)
+                    if envelope is not None:
+                        self.counters.messages_received += 1
+                        self._incoming.put(envelope)
+                self._incoming.put(PeerError(f"the {self.peer} closed the session"))
+            except ProtocolError as error:
+                self._incoming.put(PeerError(f"the {self.peer} sent a malformed message: {error}"))
+            except Exception as error:  # gRPC's RpcError and connection failures
+                self._incoming.put(PeerError(f"the connection to the {self.peer} failed: "
+                                             f"{_rpc_reason(error)}"))
+
+        threading.Thread(target=read, name="ppir-reader", daemon=True).start()
+
+    def raise_if_failed(self) -> None:
+        """Raise now if the peer already failed (between requests nothing else may arrive)."""
+        try:
+            item = self._incoming.get_nowait()
+        except queue.Empty:
+            return
+        if isinstance(item, PeerError):
+            raise item
+        raise PeerError(f"the {self.peer} sent '{body(item)}' without being asked")
+
+    def receive(self, expected: str | None = None) -> pb.Envelope:
+        """The peer's next message; ``expected`` names the body it must hold."""
+        try:
+            item = self._incoming.get(timeout=self.deadline)
+        except queue.Empty:
+            raise PeerError(
+                f"the {self.peer} sent nothing for {self.deadline:g} s (deadline passed)"
+            ) from None
+        if isinstance(item, PeerError):
+            raise item
+        kind = body(item)
+        if kind == "abort":
+            raise PeerError(f"the {self.peer} ended the session: {item.abort.reason}")
+        if expected is not None and kind != expected:
+            raise PeerError(f"the {self.peer} sent '{kind}' where '{expected}' was due")
+        return item
+
+
+def _rpc_reason(error: Exception) -> str:
+    details = getattr(error, "details", None)
+    if callable(details):
+        text = details()
+        if text:
+            return str(text).splitlines()[0]
+    return str(error).splitlines()[0] if str(error) else type(error).__name__

@@ -1,0 +1,139 @@
+"""Typed messages on the wire: numpy arrays and geometry in, framing with size limits.
+
+Everything that crosses between the parties is a ``ppir.v1.Envelope``
+(``ppir.proto``). This module converts arrays and geometry to and from their
+protobuf form and cuts envelopes into frames:
+
+- an envelope that fits in one frame travels as ``Frame(envelope=...)``;
+- a larger one travels as ``Chunk`` frames; the first declares the total size,
+  which the receiver checks against its limit *before* allocating anything.
+
+Arrays are rebuilt with ``numpy.frombuffer`` from a whitelist of dtypes after
+checking that the byte count matches the declared shape: nothing received is
+executed or unpickled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from ppir_itk.image import GridGeometry
+from ppir_itk.protocol import ppir_pb2 as pb
+
+PROTOCOL_VERSION = 1
+FRAME_BYTES = 1 << 20  # payload per gRPC message
+MAX_GRPC_MESSAGE = FRAME_BYTES + (64 << 10)  # gRPC refuses anything larger before parsing it
+DEFAULT_MAX_ENVELOPE = 2 << 30  # a whole message (e.g. a 3-D level image in clear)
+DTYPES = {"float64": np.float64, "float32": np.float32, "int64": np.int64, "uint8": np.uint8}
+
+
+class ProtocolError(Exception):
+    """The peer sent something that does not fit the protocol (one sentence)."""
+
+
+def array_to_pb(array: np.ndarray) -> pb.Array:
+    array = np.ascontiguousarray(array)
+    name = array.dtype.name
+    if name not in DTYPES:
+        raise TypeError(f"arrays of dtype {name} are not sent on the wire")
+    return pb.Array(dtype=name, shape=list(array.shape), data=array.tobytes())
+
+
+def array_from_pb(message: pb.Array, *, max_elements: int | None = None) -> np.ndarray:
+    """The array a peer sent, checked against its declared dtype and shape."""
+    dtype = DTYPES.get(message.dtype)
+    if dtype is None:
+        raise ProtocolError(f"an array has the unknown dtype '{message.dtype[:20]}'")
+    shape = tuple(int(s) for s in message.shape)
+    if any(s < 0 for s in shape) or len(shape) > 4:
+        raise ProtocolError(f"an array has the impossible shape {shape}")
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if max_elements is not None and count > max_elements:
+        raise ProtocolError(f"an array has {count} elements; at most {max_elements} fit here")
+    if len(message.data) != count * np.dtype(dtype).itemsize:
+        raise ProtocolError(
+            f"an array declares shape {shape} of {message.dtype} but carries "
+            f"{len(message.data)} bytes"
+        )
+    return np.frombuffer(message.data, dtype=dtype).reshape(shape)
+
+
+def geometry_to_pb(geometry: GridGeometry) -> pb.Geometry:
+    return pb.Geometry(size=list(geometry.size), spacing=list(geometry.spacing),
+                       origin=list(geometry.origin), direction=list(geometry.direction))
+
+
+def geometry_from_pb(message: pb.Geometry) -> GridGeometry:
+    try:
+        return GridGeometry(
+            size=tuple(int(s) for s in message.size),
+            spacing=tuple(float(s) for s in message.spacing),
+            origin=tuple(float(o) for o in message.origin),
+            direction=tuple(float(v) for v in message.direction),
+        )
+    except ValueError as error:
+        raise ProtocolError(f"the peer's grid geometry is invalid: {error}") from None
+
+
+def body(envelope: pb.Envelope) -> str:
+    """The name of the message an envelope holds (``"hello"``, ``"backend"``, ...)."""
+    return envelope.WhichOneof("body") or "nothing"
+
+
+def to_frames(envelope: pb.Envelope) -> Iterator[pb.Frame]:
+    """The frames that carry ``envelope``."""
+    size = envelope.ByteSize()
+    if size <= FRAME_BYTES:
+        yield pb.Frame(envelope=envelope)
+        return
+    data = envelope.SerializeToString()
+    for start in range(0, size, FRAME_BYTES):
+        yield pb.Frame(chunk=pb.Chunk(total_size=size, data=data[start:start + FRAME_BYTES],
+                                      last=start + FRAME_BYTES >= size))
+
+
+class Reassembler:
+    """Turns incoming frames back into envelopes, enforcing the size limit."""
+
+    def __init__(self, max_envelope: int = DEFAULT_MAX_ENVELOPE) -> None:
+        self.max_envelope = max_envelope
+        self._buffer: bytearray | None = None
+        self._expected = 0
+
+    def push(self, frame: pb.Frame) -> pb.Envelope | None:
+        """Add a frame; returns the envelope once it is complete."""
+        kind = frame.WhichOneof("kind")
+        if kind == "envelope":
+            if self._buffer is not None:
+                raise ProtocolError("a message arrived in the middle of a chunked message")
+            return frame.envelope
+        if kind != "chunk":
+            raise ProtocolError("an empty frame arrived")
+        chunk = frame.chunk
+        if self._buffer is None:
+            if chunk.total_size > self.max_envelope:
+                raise ProtocolError(
+                    f"a message of {chunk.total_size} bytes exceeds the limit of "
+                    f"{self.max_envelope} bytes"
+                )
+            self._buffer = bytearray()
+            self._expected = chunk.total_size
+        elif chunk.total_size != self._expected:
+            raise ProtocolError("the chunks of a message disagree on its size")
+        if len(self._buffer) + len(chunk.data) > self._expected:
+            raise ProtocolError("a chunked message is longer than it declared")
+        self._buffer += chunk.data
+        if not chunk.last:
+            return None
+        if len(self._buffer) != self._expected:
+            raise ProtocolError("a chunked message is shorter than it declared")
+        envelope = pb.Envelope()
+        try:
+            envelope.ParseFromString(bytes(self._buffer))
+        except Exception:  # protobuf's DecodeError and friends
+            raise ProtocolError("a chunked message is not a valid protocol message") from None
+        finally:
+            self._buffer = None
+        return envelope

@@ -1,0 +1,223 @@
+"""Sessions: how the moving party talks to the fixed party.
+
+A :class:`Session` carries envelopes to the fixed party and back, strictly
+request then answer, and counts what crossed. Two transports, one protocol:
+
+- :class:`LocalSession`: the fixed party's :class:`FixedEndpoint` in this
+  process (tests, and ``transport="in-process"``). The same envelopes are
+  built and counted; nothing touches a socket.
+- :class:`RemoteSession`: gRPC over mutual TLS to ``ppir serve``
+  (:func:`connect`). On-the-wire bytes are counted by a relay on the
+  connection (:mod:`ppir_itk.protocol.relay`).
+
+:class:`FixedEndpoint` is the fixed party's bookkeeping around its
+:class:`~ppir_itk.fixed_party.FixedPartySession`, shared by both transports:
+it turns protocol errors into ``Abort`` and fills the fixed party's
+accounting into ``Closed``.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
+
+from ppir_itk.fixed_party import FixedPartySession
+from ppir_itk.protocol import ppir_pb2 as pb
+from ppir_itk.protocol.channel import Channel, PeerError
+from ppir_itk.protocol.messages import DEFAULT_MAX_ENVELOPE, ProtocolError, body
+
+
+@dataclass
+class Counters:
+    """One party's traffic: application payload and bytes on the wire, each direction."""
+
+    payload_bytes_sent: int = 0
+    payload_bytes_received: int = 0
+    wire_bytes_sent: int = 0
+    wire_bytes_received: int = 0
+    messages_sent: int = 0
+    messages_received: int = 0
+
+    def __sub__(self, other: Counters) -> Counters:
+        return Counters(*(getattr(self, f.name) - getattr(other, f.name) for f in fields(self)))
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def to_pb(self, seconds: float) -> pb.PartyStats:
+        return pb.PartyStats(seconds=seconds, **self.as_dict())
+
+    @classmethod
+    def from_pb(cls, stats: pb.PartyStats) -> Counters:
+        return cls(**{f.name: getattr(stats, f.name) for f in fields(cls)})
+
+
+class FixedEndpoint:
+    """The fixed party's answers plus its accounting, for any transport.
+
+    ``counters`` returns the transport's traffic so far, as seen by the fixed party.
+    """
+
+    def __init__(self, session: FixedPartySession, counters: Callable[[], Counters]) -> None:
+        self.session = session
+        self.counters = counters
+        self._level_marks: list[Counters] = []
+
+    def answer(self, envelope: pb.Envelope) -> pb.Envelope:
+        kind = body(envelope)
+        try:
+            reply = self.session.handle(envelope)
+        except ProtocolError as error:
+            return pb.Envelope(abort=pb.Abort(reason=str(error)))
+        if kind == "open_level":
+            self._level_marks.append(self.counters())
+        elif kind == "close":
+            now = self.counters()
+            marks = self._level_marks + [now]
+            reply.closed.stats.CopyFrom(now.to_pb(self.session.seconds))
+            for level, (begin, end) in enumerate(zip(marks[:-1], marks[1:], strict=True)):
+                reply.closed.levels[level].CopyFrom(
+                    (end - begin).to_pb(self.session.level_seconds[level]))
+        return reply
+
+
+class Session(abc.ABC):
+    """The moving party's end of a session with one fixed party."""
+
+    peer: str = "fixed party"
+
+    def __init__(self) -> None:
+        self.welcome: pb.Welcome | None = None
+        self.closed: pb.Closed | None = None
+        self.seconds_waiting = 0.0
+
+    def start(self, hello: pb.Hello) -> pb.Welcome:
+        self.welcome = self.request(pb.Envelope(hello=hello), "welcome").welcome
+        return self.welcome
+
+    def request(self, envelope: pb.Envelope, expected: str) -> pb.Envelope:
+        """Send one request and wait for its answer (which must hold ``expected``)."""
+        start = time.perf_counter()
+        try:
+            return self._exchange(envelope, expected)
+        finally:
+            self.seconds_waiting += time.perf_counter() - start
+
+    def close(self) -> pb.Closed:
+        if self.closed is None:
+            self.closed = self.request(pb.Envelope(close=pb.Close()), "closed").closed
+            self._shutdown()
+        return self.closed
+
+    def abort(self, reason: str) -> None:
+        """End the session early, telling the fixed party why (best effort)."""
+        self._shutdown(reason)
+
+    def check(self) -> None:  # noqa: B027 - an in-process fixed party cannot vanish
+        """Raise :class:`PeerError` now if the fixed party is already gone."""
+
+    @abc.abstractmethod
+    def counters(self) -> Counters:
+        """The moving party's traffic so far."""
+
+    @abc.abstractmethod
+    def _exchange(self, envelope: pb.Envelope, expected: str) -> pb.Envelope: ...
+
+    def _shutdown(self, reason: str | None = None) -> None:  # noqa: B027 - nothing to free in-process
+        """Release the transport."""
+
+
+class LocalSession(Session):
+    """The fixed party in this process: same envelopes, no socket."""
+
+    peer = "fixed party (in-process)"
+
+    def __init__(self, fixed: FixedPartySession) -> None:
+        super().__init__()
+        self._counters = Counters()
+        self._endpoint = FixedEndpoint(fixed, self._fixed_counters)
+
+    def _fixed_counters(self) -> Counters:
+        mine = self._counters
+        return Counters(mine.payload_bytes_received, mine.payload_bytes_sent, 0, 0,
+                        mine.messages_received, mine.messages_sent)
+
+    def counters(self) -> Counters:
+        return Counters(**self._counters.as_dict())
+
+    def _exchange(self, envelope: pb.Envelope, expected: str) -> pb.Envelope:
+        self._counters.payload_bytes_sent += envelope.ByteSize()
+        self._counters.messages_sent += 1
+        reply = self._endpoint.answer(envelope)
+        self._counters.payload_bytes_received += reply.ByteSize()
+        self._counters.messages_received += 1
+        kind = body(reply)
+        if kind == "abort":
+            raise PeerError(f"the {self.peer} ended the session: {reply.abort.reason}")
+        if kind != expected:
+            raise PeerError(f"the {self.peer} sent '{kind}' where '{expected}' was due")
+        return reply
+
+
+class RemoteSession(Session):
+    """gRPC over mutual TLS to a fixed party's ``ppir serve``."""
+
+    def __init__(self, target: str, tls: Any, *, deadline: float = 60.0,
+                 max_envelope: int = DEFAULT_MAX_ENVELOPE,
+                 server_name: str = "fixed-party") -> None:
+        from ppir_itk.protocol.transport import open_client
+
+        super().__init__()
+        self.peer = f"fixed party at {target}"
+        self._channel = Channel(self.peer, deadline, max_envelope)
+        self._connection = open_client(target, tls, server_name, self._channel)
+
+    def counters(self) -> Counters:
+        payload = self._channel.counters
+        wire = self._connection.relay_counters()
+        return Counters(payload.bytes_sent, payload.bytes_received, wire.sent, wire.received,
+                        payload.messages_sent, payload.messages_received)
+
+    def check(self) -> None:
+        try:
+            self._channel.raise_if_failed()
+        except PeerError as error:
+            raise self._explained(error) from None
+
+    def _exchange(self, envelope: pb.Envelope, expected: str) -> pb.Envelope:
+        try:
+            self._channel.send(envelope)
+            return self._channel.receive(expected)
+        except PeerError as error:
+            raise self._explained(error) from None
+
+    def _explained(self, error: PeerError) -> PeerError:
+        refused = self._connection.connect_error()
+        if refused:
+            return PeerError(f"cannot reach the {self.peer}: {refused}")
+        return error
+
+    def _shutdown(self, reason: str | None = None) -> None:
+        if reason is not None:
+            try:
+                self._channel.send(pb.Envelope(abort=pb.Abort(reason=reason)))
+            except PeerError:
+                pass
+        self._channel.close()
+        self._connection.close()
+
+
+def in_process_session(fixed: Any, policy: Any = None) -> LocalSession:
+    """A session with a fixed party living in this process (tests, demos)."""
+    from ppir_itk.fixed_party import FixedPolicy
+
+    return LocalSession(FixedPartySession(fixed, policy or FixedPolicy()))
+
+
+def connect(target: str, tls: Any, *, deadline: float = 60.0,
+            server_name: str = "fixed-party") -> RemoteSession:
+    """A session with the fixed party's ``ppir serve`` at ``target`` (``HOST:PORT``)."""
+    return RemoteSession(target, tls, deadline=deadline, server_name=server_name)
