@@ -121,10 +121,11 @@ class PrivateMeanSquaresImageToImageMetric:
                 f"the fixed image is {self.fixed_geometry.dimension}-D and the moving image is "
                 f"{self._moving.dimension}-D; both must have the same dimension"
             )
-        fixed_level = self.backend.begin_level(level_index)
-        moving = moving_level_image(self._moving, level)
+        fixed_level_ready = self.backend.begin_level(level_index)
+        moving = moving_level_image(self._moving, level)  # while the fixed party does its own
         gradient = np.empty(moving.array.shape + (moving.dimension,))
         _kernels.central_gradient(moving.array, gradient)
+        fixed_level = fixed_level_ready()
         self._level = _LevelData(moving, gradient, PointSet(fixed_level, None), None)
 
         private_sample = None

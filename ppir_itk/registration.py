@@ -66,6 +66,7 @@ class LevelReport:
     iterations: int
     final_metric: float
     seconds: float
+    setup_seconds: float
     stop_condition: str
     parties: dict[str, dict] = field(default_factory=dict)
 
@@ -282,6 +283,11 @@ class ImageRegistrationMethod(Observable):
         }
         for level, fixed_level in zip(result.levels, closed.levels, strict=False):
             level.parties["fixed"] = _party(Counters.from_pb(fixed_level), fixed_level.seconds)
+        for level in result.levels:
+            for figures in level.parties.values():
+                figures["per_iteration"] = {
+                    key: figures[key] / max(level.iterations, 1)
+                    for key in ("seconds", "bytes_sent", "bytes_received", "messages_sent")}
         result.learned = {"moving": backend.learned(), "fixed": list(closed.learned)}
         self.InvokeEvent(Event.END)
         return result
@@ -296,6 +302,7 @@ class ImageRegistrationMethod(Observable):
             level_start = time.perf_counter()
             mark = session.counters()
             points = metric.initialize_level(level_index, level, self.sampling)
+            setup_seconds = time.perf_counter() - level_start
             self.InvokeEvent(Event.MULTI_RESOLUTION_ITERATION)
             self.optimizer.StartOptimization()
             seconds = time.perf_counter() - level_start
@@ -310,6 +317,7 @@ class ImageRegistrationMethod(Observable):
                     iterations=self.optimizer.GetCurrentIteration(),
                     final_metric=self.optimizer.GetValue(),
                     seconds=seconds,
+                    setup_seconds=setup_seconds,
                     stop_condition=self.optimizer.GetStopConditionDescription(),
                     parties={"moving": _party(session.counters() - mark, seconds)},
                 )

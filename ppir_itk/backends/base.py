@@ -26,6 +26,7 @@ received in the clear (``learned()``).
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -116,12 +117,16 @@ class JointTermBackend(abc.ABC):
         self._learned.append("the fixed image's centre of mass (moments initialiser)")
         return np.asarray(reply.center_of_mass.center, dtype=np.float64)
 
-    def begin_level(self, level_index: int) -> GridGeometry:
+    def begin_level(self, level_index: int) -> Callable[[], GridGeometry]:
+        """Ask the fixed party to open a level; the returned call waits for its grid.
+
+        The fixed party smooths and shrinks its image meanwhile, so the moving
+        party can prepare its own level image before waiting.
+        """
         self._level_index = level_index
-        reply = self.session.request(pb.Envelope(open_level=pb.OpenLevel(level=level_index)),
-                                     "level_opened")
         self.points = None
-        return geometry_from_pb(reply.level_opened.geometry)
+        answer = self.session.post(pb.Envelope(open_level=pb.OpenLevel(level=level_index)))
+        return lambda: geometry_from_pb(answer("level_opened").level_opened.geometry)
 
     def use_points(self, geometry: GridGeometry, request: pb.SelectPoints) -> PointSet:
         """Agree the level's points; both parties derive the same set from the request."""

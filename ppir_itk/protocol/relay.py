@@ -76,6 +76,8 @@ class Relay:
             try:
                 upstream = socket.create_connection(self.target, timeout=self.connect_timeout)
                 upstream.settimeout(None)
+                for sock in (downstream, upstream):  # small messages must not wait for Nagle
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError as error:
                 counters.error = error.strerror or str(error)
                 with self._lock:

@@ -93,6 +93,7 @@ class Session(abc.ABC):
         self.welcome: pb.Welcome | None = None
         self.closed: pb.Closed | None = None
         self.seconds_waiting = 0.0
+        self._pending = False
 
     def start(self, hello: pb.Hello) -> pb.Welcome:
         self.welcome = self.request(pb.Envelope(hello=hello), "welcome").welcome
@@ -100,11 +101,28 @@ class Session(abc.ABC):
 
     def request(self, envelope: pb.Envelope, expected: str) -> pb.Envelope:
         """Send one request and wait for its answer (which must hold ``expected``)."""
-        start = time.perf_counter()
-        try:
-            return self._exchange(envelope, expected)
-        finally:
-            self.seconds_waiting += time.perf_counter() - start
+        return self.post(envelope)(expected)
+
+    def post(self, envelope: pb.Envelope) -> Callable[[str], pb.Envelope]:
+        """Send one request now; the returned call waits for its answer.
+
+        Lets the moving party do its own work while the fixed party works
+        (e.g. both smooth their level images at once). One request at a time.
+        """
+        if self._pending:
+            raise RuntimeError("a request is already waiting for its answer")
+        self._pending = True
+        self._send(envelope)
+
+        def answer(expected: str) -> pb.Envelope:
+            start = time.perf_counter()
+            try:
+                return self._receive(expected)
+            finally:
+                self._pending = False
+                self.seconds_waiting += time.perf_counter() - start
+
+        return answer
 
     def close(self) -> pb.Closed:
         if self.closed is None:
@@ -124,7 +142,10 @@ class Session(abc.ABC):
         """The moving party's traffic so far."""
 
     @abc.abstractmethod
-    def _exchange(self, envelope: pb.Envelope, expected: str) -> pb.Envelope: ...
+    def _send(self, envelope: pb.Envelope) -> None: ...
+
+    @abc.abstractmethod
+    def _receive(self, expected: str) -> pb.Envelope: ...
 
     def _shutdown(self, reason: str | None = None) -> None:  # noqa: B027 - nothing to free in-process
         """Release the transport."""
@@ -139,6 +160,7 @@ class LocalSession(Session):
         super().__init__()
         self._counters = Counters()
         self._endpoint = FixedEndpoint(fixed, self._fixed_counters)
+        self._reply: pb.Envelope | None = None
 
     def _fixed_counters(self) -> Counters:
         mine = self._counters
@@ -148,12 +170,15 @@ class LocalSession(Session):
     def counters(self) -> Counters:
         return Counters(**self._counters.as_dict())
 
-    def _exchange(self, envelope: pb.Envelope, expected: str) -> pb.Envelope:
+    def _send(self, envelope: pb.Envelope) -> None:
         self._counters.payload_bytes_sent += envelope.ByteSize()
         self._counters.messages_sent += 1
-        reply = self._endpoint.answer(envelope)
-        self._counters.payload_bytes_received += reply.ByteSize()
+        self._reply = self._endpoint.answer(envelope)
+        self._counters.payload_bytes_received += self._reply.ByteSize()
         self._counters.messages_received += 1
+
+    def _receive(self, expected: str) -> pb.Envelope:
+        reply, self._reply = self._reply, None
         kind = body(reply)
         if kind == "abort":
             raise PeerError(f"the {self.peer} ended the session: {reply.abort.reason}")
@@ -187,9 +212,14 @@ class RemoteSession(Session):
         except PeerError as error:
             raise self._explained(error) from None
 
-    def _exchange(self, envelope: pb.Envelope, expected: str) -> pb.Envelope:
+    def _send(self, envelope: pb.Envelope) -> None:
         try:
             self._channel.send(envelope)
+        except PeerError as error:
+            raise self._explained(error) from None
+
+    def _receive(self, expected: str) -> pb.Envelope:
+        try:
             return self._channel.receive(expected)
         except PeerError as error:
             raise self._explained(error) from None
