@@ -66,6 +66,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--deadline", type=float, default=60.0,
                        help="seconds to wait for the moving party's next message")
 
+    dealer = commands.add_parser("dealer", help="deal Beaver triples to SPDZ sessions (mutual TLS)")
+    dealer.add_argument("--listen", required=True, help="HOST:PORT (port 0: any free port)")
+    _add_tls_options(dealer, "dealer")
+    dealer.add_argument("--max-sessions", type=int, default=8,
+                        help="party sessions served at the same time (default 8)")
+    dealer.add_argument("--deadline", type=float, default=60.0,
+                        help="seconds to wait for a party's next message")
+
     pki = commands.add_parser("pki", help="throw-away certificates for local runs and tests")
     pki_commands = pki.add_subparsers(dest="pki_command", required=True)
     pki_init = pki_commands.add_parser("init", help="make a CA and a certificate per role")
@@ -124,7 +132,8 @@ def _tls(args: argparse.Namespace) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"register": _register, "demo": _demo, "serve": _serve, "pki": _pki}
+    commands = {"register": _register, "demo": _demo, "serve": _serve, "dealer": _dealer,
+                "pki": _pki}
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = _show_warning
@@ -218,6 +227,16 @@ def _serve(args: argparse.Namespace) -> int:
           backends=tuple(check_backend_name(name) for name in args.backends),
           evaluation_budget=args.budget, max_sessions=args.max_sessions,
           deadline=args.deadline)
+    return 0
+
+
+def _dealer(args: argparse.Namespace) -> int:
+    from ppir_itk.protocol.transport import parse_address, serve_dealer
+
+    parse_address(args.listen)
+    if args.max_sessions < 1 or args.deadline <= 0:
+        raise InputError("--max-sessions and --deadline must be positive")
+    serve_dealer(args.listen, _tls(args), max_sessions=args.max_sessions, deadline=args.deadline)
     return 0
 
 

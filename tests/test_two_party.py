@@ -241,3 +241,22 @@ def test_register_against_ppir_serve_on_the_command_line(pki, tmp_path, phantom_
     assert report["parties"]["fixed"]["bytes_sent"] > 8 * phantom_2d.geometry.number_of_points
     result = read_transform(tmp_path / "t.h5")
     assert displacement_rmse(result, truth, phantom_2d.geometry) < 0.1
+
+
+def test_a_stalled_fixed_party_ends_the_session_within_the_deadline(pki, tmp_path, phantom_2d):
+    write_image(phantom_2d, tmp_path / "fixed.nrrd")
+    server, address = _serve_process(pki, tmp_path / "fixed.nrrd")
+    try:
+        session = ppir_itk.connect(address, ppir_itk.TLS.for_role(pki, "moving-party"),
+                                   deadline=2.0)
+        session.start(_hello().hello)
+        server.send_signal(signal.SIGSTOP)
+        start = time.monotonic()
+        with pytest.raises(ppir_itk.PeerError, match="sent nothing for 2 s"):
+            session.request(pb.Envelope(open_level=pb.OpenLevel(level=0)), "level_opened")
+        assert time.monotonic() - start < 4
+        session.abort("test over")
+    finally:
+        server.send_signal(signal.SIGCONT)
+        server.terminate()
+        server.wait()

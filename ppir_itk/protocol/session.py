@@ -3,14 +3,14 @@
 A :class:`Session` carries envelopes to the fixed party and back, strictly
 request then answer, and counts what crossed. Two transports, one protocol:
 
-- :class:`LocalSession`: the fixed party's :class:`FixedEndpoint` in this
+- :class:`LocalSession`: the fixed party's :class:`Endpoint` in this
   process (tests, and ``transport="in-process"``). The same envelopes are
   built and counted; nothing touches a socket.
 - :class:`RemoteSession`: gRPC over mutual TLS to ``ppir serve``
   (:func:`connect`). On-the-wire bytes are counted by a relay on the
   connection (:mod:`ppir_itk.protocol.relay`).
 
-:class:`FixedEndpoint` is the fixed party's bookkeeping around its
+:class:`Endpoint` is the fixed party's bookkeeping around its
 :class:`~ppir_itk.fixed_party.FixedPartySession`, shared by both transports:
 it turns protocol errors into ``Abort`` and fills the fixed party's
 accounting into ``Closed``.
@@ -55,13 +55,15 @@ class Counters:
         return cls(**{f.name: getattr(stats, f.name) for f in fields(cls)})
 
 
-class FixedEndpoint:
-    """The fixed party's answers plus its accounting, for any transport.
+class Endpoint:
+    """A serving party's answers plus its accounting, for any transport.
 
-    ``counters`` returns the transport's traffic so far, as seen by the fixed party.
+    ``session`` answers envelopes (:class:`~ppir_itk.fixed_party.FixedPartySession`
+    or :class:`~ppir_itk.dealer.DealerSession`); ``counters`` returns the
+    transport's traffic so far, as seen by the serving party.
     """
 
-    def __init__(self, session: FixedPartySession, counters: Callable[[], Counters]) -> None:
+    def __init__(self, session: Any, counters: Callable[[], Counters]) -> None:
         self.session = session
         self.counters = counters
         self._level_marks: list[Counters] = []
@@ -159,7 +161,7 @@ class LocalSession(Session):
     def __init__(self, fixed: FixedPartySession) -> None:
         super().__init__()
         self._counters = Counters()
-        self._endpoint = FixedEndpoint(fixed, self._fixed_counters)
+        self._endpoint = Endpoint(fixed, self._fixed_counters)
         self._reply: pb.Envelope | None = None
 
     def _fixed_counters(self) -> Counters:
@@ -188,17 +190,18 @@ class LocalSession(Session):
 
 
 class RemoteSession(Session):
-    """gRPC over mutual TLS to a fixed party's ``ppir serve``."""
+    """gRPC over mutual TLS to a fixed party's ``ppir serve`` (or, with
+    ``service="ppir.v1.Dealer"``, to a dealer)."""
 
     def __init__(self, target: str, tls: Any, *, deadline: float = 60.0,
-                 max_envelope: int = DEFAULT_MAX_ENVELOPE,
-                 server_name: str = "fixed-party") -> None:
+                 max_envelope: int = DEFAULT_MAX_ENVELOPE, server_name: str = "fixed-party",
+                 service: str = "ppir.v1.FixedParty", role: str = "fixed party") -> None:
         from ppir_itk.protocol.transport import open_client
 
         super().__init__()
-        self.peer = f"fixed party at {target}"
+        self.peer = f"{role} at {target}"
         self._channel = Channel(self.peer, deadline, max_envelope)
-        self._connection = open_client(target, tls, server_name, self._channel)
+        self._connection = open_client(target, tls, server_name, self._channel, service)
 
     def counters(self) -> Counters:
         payload = self._channel.counters

@@ -4,27 +4,31 @@ One RPC, ``/ppir.v1.FixedParty/Session``, a bidirectional stream of
 ``Frame`` messages per registration session. gRPC's message limit
 (``MAX_GRPC_MESSAGE``) is enforced by gRPC before a frame is parsed; whole
 envelopes are limited by the :class:`~ppir_itk.protocol.messages.Reassembler`.
-The server runs each session on its own thread and survives any one of them
-failing; it serves ``max_sessions`` at a time and refuses more with a
-sentence.
+Two servers share :class:`PartyServer`: the fixed party's
+(:class:`FixedPartyServer`, ``ppir serve``) and the dealer's
+(:class:`DealerServer`, ``ppir dealer``). Each runs every session on its own
+thread and survives any one of them failing; it serves ``max_sessions`` at
+a time and refuses more with a sentence.
 """
 
 from __future__ import annotations
 
+import abc
 import sys
 import threading
 from collections.abc import Callable
 from concurrent import futures
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 
+from ppir_itk.dealer import PARTIES, DealerSession, TriplePool
 from ppir_itk.fixed_party import FixedPartySession, FixedPolicy
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.channel import Channel, PeerError
 from ppir_itk.protocol.messages import DEFAULT_MAX_ENVELOPE, MAX_GRPC_MESSAGE
 from ppir_itk.protocol.relay import Relay, WireCounters
-from ppir_itk.protocol.session import Counters, FixedEndpoint
+from ppir_itk.protocol.session import Counters, Endpoint
 from ppir_itk.protocol.tls import TLS
 
 METHOD = "/ppir.v1.FixedParty/Session"
@@ -65,8 +69,9 @@ class ClientConnection:
         self._relay.close()
 
 
-def open_client(target: str, tls: TLS, server_name: str, channel: Channel) -> ClientConnection:
-    """Connect to the fixed party at ``target`` and start the session stream."""
+def open_client(target: str, tls: TLS, server_name: str, channel: Channel,
+                service: str = "ppir.v1.FixedParty") -> ClientConnection:
+    """Connect to the party serving ``service`` at ``target`` and start the session stream."""
     relay = Relay(("127.0.0.1", 0), parse_address(target), outbound=True)
     credentials = grpc.ssl_channel_credentials(root_certificates=tls.ca, private_key=tls.key,
                                                certificate_chain=tls.certificate)
@@ -74,45 +79,42 @@ def open_client(target: str, tls: TLS, server_name: str, channel: Channel) -> Cl
         f"127.0.0.1:{relay.address[1]}", credentials,
         options=[*_OPTIONS, ("grpc.ssl_target_name_override", server_name)],
     )
-    stream = grpc_channel.stream_stream(METHOD, request_serializer=pb.Frame.SerializeToString,
+    stream = grpc_channel.stream_stream(f"/{service}/Session",
+                                        request_serializer=pb.Frame.SerializeToString,
                                         response_deserializer=pb.Frame.FromString)
     call = stream(channel.outgoing(), wait_for_ready=False)
     channel.read_from(call)
     return ClientConnection(relay, grpc_channel, call)
 
 
-class FixedPartyServer:
-    """``ppir serve``: the fixed party's gRPC server with mutual TLS.
+class PartyServer(abc.ABC):
+    """A serving party (fixed party or dealer): gRPC with mutual TLS, one thread per session.
 
     Parameters
     ----------
-    fixed : image-like
-        The fixed image, loaded once and used by every session.
     listen : str
         ``HOST:PORT`` to listen on (port 0 picks a free one: see ``address``).
     tls : TLS
-        The fixed party's certificate and key, and the CA its clients must come from.
-    policy : FixedPolicy
-        Backends offered, evaluation budget, level limit.
+        This party's certificate and key, and the CA its clients must come from.
     max_sessions : int
         Sessions served at the same time; one more is refused with a sentence.
     deadline : float
-        Seconds a session may wait for the moving party's next message.
+        Seconds a session may wait for its client's next message.
     log : callable
         Where one line per session event goes (stderr by default).
     """
 
-    def __init__(self, fixed: Any, listen: str, tls: TLS, *, policy: FixedPolicy | None = None,
-                 max_sessions: int = 1, deadline: float = 60.0,
+    service: ClassVar[str]
+    role: ClassVar[str]
+    client_names: ClassVar[tuple[str, ...]]
+
+    def __init__(self, listen: str, tls: TLS, *, max_sessions: int = 1, deadline: float = 60.0,
                  max_envelope: int = DEFAULT_MAX_ENVELOPE,
                  log: Callable[[str], None] | None = None) -> None:
-        from ppir_itk.wrapping.images import as_image_grid
-
-        self.image = as_image_grid(fixed, name="fixed image")
-        self.policy = policy or FixedPolicy()
         self.deadline = deadline
         self.max_envelope = max_envelope
-        self.log = log or (lambda line: print(f"ppir serve: {line}", file=sys.stderr, flush=True))
+        prefix = f"ppir {self.role}"
+        self.log = log or (lambda line: print(f"{prefix}: {line}", file=sys.stderr, flush=True))
         self._slots = threading.BoundedSemaphore(max_sessions)
         self.max_sessions = max_sessions
         self.sessions_started = 0
@@ -122,15 +124,23 @@ class FixedPartyServer:
             self._session, request_deserializer=pb.Frame.FromString,
             response_serializer=pb.Frame.SerializeToString)
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-            "ppir.v1.FixedParty", {"Session": handler}),))
+            self.service, {"Session": handler}),))
         credentials = grpc.ssl_server_credentials(
             [(tls.key, tls.certificate)], root_certificates=tls.ca, require_client_auth=True)
         internal_port = self._server.add_secure_port("127.0.0.1:0", credentials)
         self._relay = Relay(parse_address(listen), ("127.0.0.1", internal_port), outbound=False)
         self.address = f"{self._relay.address[0]}:{self._relay.address[1]}"
 
-    def start(self) -> FixedPartyServer:
+    @abc.abstractmethod
+    def _new_session(self, client_name: str) -> Any:
+        """The object that answers one client's envelopes (``handle``)."""
+
+    def _ended(self, session: Any, clean: bool) -> None:  # noqa: B027 - nothing to release
+        """A session ended (``clean``: with Close)."""
+
+    def start(self) -> PartyServer:
         self._server.start()
+        self.log(f"listening on {self.address}")
         return self
 
     def wait(self) -> None:
@@ -141,32 +151,33 @@ class FixedPartyServer:
         self._server.stop(grace).wait()
 
     def _session(self, frames: Any, context: grpc.ServicerContext) -> Any:
-        peer = _peer_name(context)
-        if peer != CLIENT_NAME:
+        client = _peer_name(context)
+        if client not in self.client_names:
             context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                          f"certificate name '{peer}' is not '{CLIENT_NAME}'")
+                          f"certificate name '{client}' is not one of {self.client_names}")
         if not self._slots.acquire(blocking=False):
-            self.log(f"refused a session from {context.peer()}: busy")
+            self.log(f"refused a session from {client}: busy")
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"the fixed party is busy: it serves {self.max_sessions} session(s) "
+                          f"the {self.role} is busy: it serves {self.max_sessions} session(s) "
                           "at a time")
         self.sessions_started += 1
         number = self.sessions_started
-        channel = Channel(f"moving party (session {number})", self.deadline, self.max_envelope)
+        channel = Channel(f"{client} (session {number})", self.deadline, self.max_envelope)
         channel.read_from(frames)
         wire = self._wire_counters(context)
-        endpoint = FixedEndpoint(
-            FixedPartySession(self.image, self.policy),
+        endpoint = Endpoint(
+            self._new_session(client),
             lambda: Counters(channel.counters.bytes_sent, channel.counters.bytes_received,
                              wire.sent, wire.received, channel.counters.messages_sent,
                              channel.counters.messages_received),
         )
         threading.Thread(target=self._serve_session, args=(number, channel, endpoint),
                          name=f"ppir-session-{number}", daemon=True).start()
-        self.log(f"session {number} opened")
+        self.log(f"session {number} opened by {client}")
         return channel.outgoing()
 
-    def _serve_session(self, number: int, channel: Channel, endpoint: FixedEndpoint) -> None:
+    def _serve_session(self, number: int, channel: Channel, endpoint: Endpoint) -> None:
+        clean = False
         try:
             while True:
                 reply = endpoint.answer(channel.receive())
@@ -175,23 +186,66 @@ class FixedPartyServer:
                     self.log(f"session {number} aborted: {reply.abort.reason}")
                     return
                 if reply.WhichOneof("body") == "closed":
-                    self.log(f"session {number} closed after "
-                             f"{endpoint.session.backend_side.evaluations} evaluations")
+                    clean = True
+                    self.log(f"session {number} closed")
                     return
         except PeerError as error:
             self.log(f"session {number} ended: {error}")
             _tell(channel, str(error))
         except Exception as error:  # a bug must not take the server down; say so
             self.log(f"session {number} failed: {type(error).__name__}: {error}")
-            _tell(channel, "the fixed party failed")
+            _tell(channel, f"the {self.role} failed")
         finally:
             channel.close()
+            self._ended(endpoint.session, clean)
             self._slots.release()
 
     def _wire_counters(self, context: grpc.ServicerContext) -> WireCounters:
         # The gRPC peer is our relay's upstream socket: its port finds the connection.
         port = int(context.peer().rsplit(":", 1)[1])
         return self._relay.counters_for(port) or WireCounters()
+
+
+class FixedPartyServer(PartyServer):
+    """``ppir serve``: the fixed party's server (see :class:`PartyServer`).
+
+    ``fixed`` is loaded once and used by every session; ``policy`` says which
+    backends are offered, the evaluation budget and the level limit.
+    """
+
+    service = "ppir.v1.FixedParty"
+    role = "fixed party"
+    client_names = (CLIENT_NAME,)
+
+    def __init__(self, fixed: Any, listen: str, tls: TLS, *, policy: FixedPolicy | None = None,
+                 **options: Any) -> None:
+        from ppir_itk.wrapping.images import as_image_grid
+
+        self.image = as_image_grid(fixed, name="fixed image")
+        self.policy = policy or FixedPolicy()
+        super().__init__(listen, tls, **options)
+
+    def _new_session(self, client_name: str) -> FixedPartySession:
+        return FixedPartySession(self.image, self.policy)
+
+
+class DealerServer(PartyServer):
+    """``ppir dealer``: Beaver triples for both parties of SPDZ sessions."""
+
+    service = "ppir.v1.Dealer"
+    role = "dealer"
+    client_names = tuple(PARTIES)
+
+    def __init__(self, listen: str, tls: TLS, *, max_sessions: int = 8, **options: Any) -> None:
+        self.pool = TriplePool()
+        super().__init__(listen, tls, max_sessions=max_sessions, **options)
+
+    def _new_session(self, client_name: str) -> DealerSession:
+        return DealerSession(self.pool, client_name)
+
+    def _ended(self, session: DealerSession, clean: bool) -> None:
+        if not clean and session.token is not None:
+            self.pool.forget(session.token)
 
 
 def _tell(channel: Channel, reason: str) -> None:
@@ -210,10 +264,18 @@ def _peer_name(context: grpc.ServicerContext) -> str:
 def serve(fixed: Any, listen: str, tls: TLS, *, backends: tuple[str, ...] | list[str] = ("clear",),
           evaluation_budget: int = 5000, max_sessions: int = 1, deadline: float = 60.0) -> None:
     """Serve the fixed image until interrupted (``ppir serve``)."""
-    server = FixedPartyServer(fixed, listen, tls, max_sessions=max_sessions, deadline=deadline,
-                              policy=FixedPolicy(backends=tuple(backends),
-                                                 evaluation_budget=evaluation_budget)).start()
-    server.log(f"listening on {server.address}")
+    policy = FixedPolicy(backends=tuple(backends), evaluation_budget=evaluation_budget)
+    _run_until_interrupted(FixedPartyServer(fixed, listen, tls, policy=policy,
+                                            max_sessions=max_sessions, deadline=deadline))
+
+
+def serve_dealer(listen: str, tls: TLS, *, max_sessions: int = 8, deadline: float = 60.0) -> None:
+    """Deal Beaver triples until interrupted (``ppir dealer``)."""
+    _run_until_interrupted(DealerServer(listen, tls, max_sessions=max_sessions, deadline=deadline))
+
+
+def _run_until_interrupted(server: PartyServer) -> None:
+    server.start()
     try:
         server.wait()
     except KeyboardInterrupt:
