@@ -44,7 +44,8 @@ from ppir_itk.events import Event, Observable
 from ppir_itk.image import GridGeometry, ImageGrid, center_of_mass
 from ppir_itk.metric import PrivateMeanSquaresImageToImageMetric
 from ppir_itk.optimizer import GaussNewtonOptimizer
-from ppir_itk.protocol.session import Counters, LocalSession, in_process_session
+from ppir_itk.protocol.channel import Counters
+from ppir_itk.protocol.session import LocalSession, in_process_session
 from ppir_itk.pyramid import LevelSchedule
 from ppir_itk.sampling import NoSampling, make_sampling
 from ppir_itk.transforms import LinearTransform, make_transform

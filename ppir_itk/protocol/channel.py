@@ -13,7 +13,8 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import ProtocolError, Reassembler, body, to_frames
@@ -26,13 +27,32 @@ class PeerError(Exception):
 
 
 @dataclass
-class PayloadCounters:
-    """Application payload: serialised frames and envelopes, each direction."""
+class Counters:
+    """One party's traffic: application payload and bytes on the wire, each direction."""
 
-    bytes_sent: int = 0
-    bytes_received: int = 0
+    payload_bytes_sent: int = 0
+    payload_bytes_received: int = 0
+    wire_bytes_sent: int = 0
+    wire_bytes_received: int = 0
     messages_sent: int = 0
     messages_received: int = 0
+
+    def __sub__(self, other: Counters) -> Counters:
+        return Counters(*(getattr(self, f.name) - getattr(other, f.name) for f in fields(self)))
+
+    def with_wire(self, wire: Any) -> Counters:
+        """These payload counts with a relay's on-the-wire counts (``wire.sent``/``received``)."""
+        return replace(self, wire_bytes_sent=wire.sent, wire_bytes_received=wire.received)
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def to_pb(self, seconds: float) -> pb.PartyStats:
+        return pb.PartyStats(seconds=seconds, **self.as_dict())
+
+    @classmethod
+    def from_pb(cls, stats: pb.PartyStats) -> Counters:
+        return cls(**{f.name: getattr(stats, f.name) for f in fields(cls)})
 
 
 class Channel:
@@ -51,7 +71,7 @@ class Channel:
     def __init__(self, peer: str, deadline: float, max_envelope: int) -> None:
         self.peer = peer
         self.deadline = deadline
-        self.counters = PayloadCounters()
+        self.counters = Counters()  # payload only: the transport adds the wire
         self._outgoing: queue.Queue = queue.Queue()
         self._incoming: queue.Queue = queue.Queue()
         self._reassembler = Reassembler(max_envelope)
@@ -70,7 +90,7 @@ class Channel:
         if self._closed:
             raise PeerError(f"the session with the {self.peer} is already closed")
         for frame in to_frames(envelope):
-            self.counters.bytes_sent += frame.ByteSize()
+            self.counters.payload_bytes_sent += frame.ByteSize()
             self._outgoing.put(frame)
         self.counters.messages_sent += 1
 
@@ -86,7 +106,7 @@ class Channel:
         def read() -> None:
             try:
                 for frame in frames:
-                    self.counters.bytes_received += frame.ByteSize()
+                    self.counters.payload_bytes_received += frame.ByteSize()
                     envelope = self._reassembler.push(frame)
                     if envelope is not None:
                         self.counters.messages_received += 1

@@ -21,38 +21,12 @@ from __future__ import annotations
 import abc
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
 from typing import Any
 
 from ppir_itk.fixed_party import FixedPartySession
 from ppir_itk.protocol import ppir_pb2 as pb
-from ppir_itk.protocol.channel import Channel, PeerError
+from ppir_itk.protocol.channel import Channel, Counters, PeerError
 from ppir_itk.protocol.messages import DEFAULT_MAX_ENVELOPE, ProtocolError, body
-
-
-@dataclass
-class Counters:
-    """One party's traffic: application payload and bytes on the wire, each direction."""
-
-    payload_bytes_sent: int = 0
-    payload_bytes_received: int = 0
-    wire_bytes_sent: int = 0
-    wire_bytes_received: int = 0
-    messages_sent: int = 0
-    messages_received: int = 0
-
-    def __sub__(self, other: Counters) -> Counters:
-        return Counters(*(getattr(self, f.name) - getattr(other, f.name) for f in fields(self)))
-
-    def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    def to_pb(self, seconds: float) -> pb.PartyStats:
-        return pb.PartyStats(seconds=seconds, **self.as_dict())
-
-    @classmethod
-    def from_pb(cls, stats: pb.PartyStats) -> Counters:
-        return cls(**{f.name: getattr(stats, f.name) for f in fields(cls)})
 
 
 class Endpoint:
@@ -204,10 +178,7 @@ class RemoteSession(Session):
         self._connection = open_client(target, tls, server_name, self._channel, service)
 
     def counters(self) -> Counters:
-        payload = self._channel.counters
-        wire = self._connection.relay_counters()
-        return Counters(payload.bytes_sent, payload.bytes_received, wire.sent, wire.received,
-                        payload.messages_sent, payload.messages_received)
+        return self._channel.counters.with_wire(self._connection.relay_counters())
 
     def check(self) -> None:
         try:

@@ -28,7 +28,7 @@ from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.channel import Channel, PeerError
 from ppir_itk.protocol.messages import DEFAULT_MAX_ENVELOPE, MAX_GRPC_MESSAGE
 from ppir_itk.protocol.relay import Relay, WireCounters
-from ppir_itk.protocol.session import Counters, Endpoint
+from ppir_itk.protocol.session import Endpoint
 from ppir_itk.protocol.tls import TLS
 
 METHOD = "/ppir.v1.FixedParty/Session"
@@ -167,9 +167,7 @@ class PartyServer(abc.ABC):
         wire = self._wire_counters(context)
         endpoint = Endpoint(
             self._new_session(client),
-            lambda: Counters(channel.counters.bytes_sent, channel.counters.bytes_received,
-                             wire.sent, wire.received, channel.counters.messages_sent,
-                             channel.counters.messages_received),
+            lambda: channel.counters.with_wire(wire),
         )
         threading.Thread(target=self._serve_session, args=(number, channel, endpoint),
                          name=f"ppir-session-{number}", daemon=True).start()
