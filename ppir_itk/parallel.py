@@ -39,7 +39,8 @@ def _ranges(n: int) -> list[tuple[int, int]]:
     return [(start, min(start + CHUNK, n)) for start in range(0, n, CHUNK)]
 
 
-def _map(task: Callable[[int, int], object], n: int) -> list:
+def for_chunks(task: Callable[[int, int], object], n: int) -> list:
+    """Call ``task(start, stop)`` for every chunk of ``range(n)``; results in chunk order."""
     global _pool
     ranges = _ranges(n)
     if _threads == 1 or len(ranges) == 1:
@@ -47,11 +48,6 @@ def _map(task: Callable[[int, int], object], n: int) -> list:
     if _pool is None:
         _pool = ThreadPoolExecutor(_threads, thread_name_prefix="ppir-kernel")
     return list(_pool.map(lambda r: task(*r), ranges))
-
-
-def for_chunks(task: Callable[[int, int], object], n: int) -> list:
-    """Call ``task(start, stop)`` for every chunk of ``range(n)``; results in chunk order."""
-    return _map(task, n)
 
 
 def sum_chunks(task: Callable[[int, int, np.ndarray], None], n: int, shape: tuple) -> np.ndarray:
@@ -63,6 +59,6 @@ def sum_chunks(task: Callable[[int, int, np.ndarray], None], n: int, shape: tupl
         return out
 
     total = np.zeros(shape)
-    for partial in _map(run, n):
+    for partial in for_chunks(run, n):
         total += partial
     return total
