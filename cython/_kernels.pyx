@@ -151,6 +151,29 @@ cdef object _fixed_grid(int d, fixed_size, fixed_index_to_physical, fixed_origin
     return size, A, origin, indices, n
 
 
+cdef struct _GridPointers:
+    # A fixed grid and its point list, as the C kernels take them.
+    const ppir_index *size
+    const double *index_to_physical
+    const double *origin
+    const ppir_index *indices
+    ppir_index n_indices
+
+
+cdef _GridPointers _grid_pointers(size, A, o_f, idx, Py_ssize_t n):
+    """Pointers into the arrays of ``_fixed_grid`` (which the caller keeps alive)."""
+    cdef _GridPointers grid
+    grid.size = <const ppir_index *>_ptr(size)
+    grid.index_to_physical = <const double *>_ptr(A)
+    grid.origin = <const double *>_ptr(o_f)
+    grid.indices = NULL
+    grid.n_indices = 0
+    if idx is not None:
+        grid.indices = <const ppir_index *>_ptr(idx)
+        grid.n_indices = n
+    return grid
+
+
 def central_gradient(image, out):
     """Index-space gradient of a 2-D/3-D float32/float64 image into ``out``.
 
@@ -188,7 +211,8 @@ def warp(moving, moving_gradient, moving_physical_to_index, moving_origin, fixed
 
     For positions ``[start, stop)`` of the point list: ``y = matrix @ x + offset``,
     ``u = moving_physical_to_index @ (y - moving_origin)``; valid iff
-    ``0 <= u_k <= size_k - 1``.  Writes the interpolated value, the physical
+    ``-0.5 <= u_k < size_k - 0.5`` (ITK's ``IsInsideBuffer``; u is clamped onto the
+    border to interpolate).  Writes the interpolated value, the physical
     gradient ``P.T @ interp(moving_gradient, u)`` and 1 (0, 0, 0 if invalid)
     and returns the number of valid points.  See docs/kernels.md.
     """
@@ -223,16 +247,9 @@ def warp(moving, moving_gradient, moving_physical_to_index, moving_origin, fixed
     cdef const double *mgrad_p = <const double *>_ptr(mgrad)
     cdef const double *P_p = <const double *>_ptr(P)
     cdef const double *o_m_p = <const double *>_ptr(o_m)
-    cdef const ppir_index *size_p = <const ppir_index *>_ptr(size)
-    cdef const double *A_p = <const double *>_ptr(A)
-    cdef const double *o_f_p = <const double *>_ptr(o_f)
+    cdef _GridPointers grid = _grid_pointers(size, A, o_f, idx, n)
     cdef const double *M_p = <const double *>_ptr(M)
     cdef const double *t_p = <const double *>_ptr(t)
-    cdef const ppir_index *idx_p = NULL
-    cdef ppir_index n_idx = 0
-    if idx is not None:
-        idx_p = <const ppir_index *>_ptr(idx)
-        n_idx = n
     cdef double *values_p = <double *>_ptr(values)
     cdef double *grad_p = <double *>_ptr(grad)
     cdef uint8_t *valid_p = <uint8_t *>_ptr(valid)
@@ -240,13 +257,15 @@ def warp(moving, moving_gradient, moving_physical_to_index, moving_origin, fixed
     cdef ppir_status status
     with nogil:
         if single:
-            status = ppir_warp_f32(d, msize, <const float *>mov_p, mgrad_p, P_p, o_m_p, size_p,
-                                   A_p, o_f_p, M_p, t_p, idx_p, n_idx, start, stop, values_p,
+            status = ppir_warp_f32(d, msize, <const float *>mov_p, mgrad_p, P_p, o_m_p,
+                                   grid.size, grid.index_to_physical, grid.origin, M_p, t_p,
+                                   grid.indices, grid.n_indices, start, stop, values_p,
                                    grad_p, valid_p, &n_valid)
         else:
             status = ppir_warp_f64(d, msize, <const double *>mov_p, mgrad_p, P_p, o_m_p,
-                                   size_p, A_p, o_f_p, M_p, t_p, idx_p, n_idx, start, stop,
-                                   values_p, grad_p, valid_p, &n_valid)
+                                   grid.size, grid.index_to_physical, grid.origin, M_p, t_p,
+                                   grid.indices, grid.n_indices, start, stop, values_p,
+                                   grad_p, valid_p, &n_valid)
     _raise_for_status(status, "warp")
     return n_valid
 
@@ -267,21 +286,14 @@ def affine_gram(fixed_size, fixed_index_to_physical, fixed_origin, reference, in
     o = _array(out, "out", (_FLOAT64,), (m, m), True)
     _check_disjoint((("out", o),), (("gradient", g), ("indices", idx)))
 
-    cdef const ppir_index *size_p = <const ppir_index *>_ptr(size)
-    cdef const double *A_p = <const double *>_ptr(A)
-    cdef const double *o_f_p = <const double *>_ptr(o_f)
+    cdef _GridPointers grid = _grid_pointers(size, A, o_f, idx, n)
     cdef const double *c_p = <const double *>_ptr(c)
-    cdef const ppir_index *idx_p = NULL
-    cdef ppir_index n_idx = 0
-    if idx is not None:
-        idx_p = <const ppir_index *>_ptr(idx)
-        n_idx = n
     cdef const double *g_p = <const double *>_ptr(g)
     cdef double *o_p = <double *>_ptr(o)
     cdef ppir_status status
     with nogil:
-        status = ppir_affine_gram(d, size_p, A_p, o_f_p, c_p, idx_p, n_idx, start, stop, g_p,
-                                  o_p)
+        status = ppir_affine_gram(d, grid.size, grid.index_to_physical, grid.origin, c_p,
+                                  grid.indices, grid.n_indices, start, stop, g_p, o_p)
     _raise_for_status(status, "affine_gram")
 
 
@@ -303,15 +315,8 @@ def affine_moments(fixed_size, fixed_index_to_physical, fixed_origin, reference,
     o = _array(out, "out", (_FLOAT64,), (d, d + 1), True)
     _check_disjoint((("out", o),), (("field", f), ("weights", w), ("indices", idx)))
 
-    cdef const ppir_index *size_p = <const ppir_index *>_ptr(size)
-    cdef const double *A_p = <const double *>_ptr(A)
-    cdef const double *o_f_p = <const double *>_ptr(o_f)
+    cdef _GridPointers grid = _grid_pointers(size, A, o_f, idx, n)
     cdef const double *c_p = <const double *>_ptr(c)
-    cdef const ppir_index *idx_p = NULL
-    cdef ppir_index n_idx = 0
-    if idx is not None:
-        idx_p = <const ppir_index *>_ptr(idx)
-        n_idx = n
     cdef const double *f_p = <const double *>_ptr(f)
     cdef const double *w_p = NULL
     if w is not None:
@@ -319,6 +324,6 @@ def affine_moments(fixed_size, fixed_index_to_physical, fixed_origin, reference,
     cdef double *o_p = <double *>_ptr(o)
     cdef ppir_status status
     with nogil:
-        status = ppir_affine_moments(d, size_p, A_p, o_f_p, c_p, idx_p, n_idx, start, stop, f_p,
-                                     w_p, o_p)
+        status = ppir_affine_moments(d, grid.size, grid.index_to_physical, grid.origin, c_p,
+                                     grid.indices, grid.n_indices, start, stop, f_p, w_p, o_p)
     _raise_for_status(status, "affine_moments")

@@ -61,7 +61,8 @@ def warp(
     For each position in ``[start, stop)`` with fixed point x:
     ``y = matrix @ x + offset`` and ``u = P @ (y - moving_origin)`` (ITK order,
     ``P = moving_physical_to_index``).  The point is valid iff
-    ``0 <= u_k <= size_k - 1`` for every k (``size = moving.shape[::-1]``); then
+    ``-0.5 <= u_k < size_k - 0.5`` for every k (ITK's ``IsInsideBuffer``, u clamped
+    onto the border to interpolate) (``size = moving.shape[::-1]``); then
     ``out_values`` gets the (bi/tri)linear interpolation of ``moving`` at u and
     ``out_gradient`` the physical gradient ``P.T @ interp(moving_gradient, u)``,
     and ``out_valid`` 1.  Invalid points get 0, 0, 0.

@@ -19,7 +19,8 @@ extern "C" {
  *   y = matrix @ x + offset
  *   u = moving_physical_to_index @ (y - moving_origin)     (continuous index)
  *
- * The point is valid iff 0 <= u_k <= moving_size[k] - 1 for every k.  A valid
+ * The point is valid iff -0.5 <= u_k < moving_size[k] - 0.5 for every k (ITK's
+ * IsInsideBuffer; u is clamped onto [0, moving_size[k] - 1] to interpolate).  A valid
  * point gets the (bi/tri)linear interpolation I(u) of the moving image and
  * the physical gradient P^T @ interp(moving_gradient, u); an invalid point
  * gets 0, 0 and valid 0.  The composition x -> u is folded into one affine
