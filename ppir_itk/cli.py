@@ -58,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--fixed", required=True, help="fixed image")
     serve.add_argument("--listen", required=True, help="HOST:PORT (port 0: any free port)")
     _add_tls_options(serve, "fixed-party")
-    serve.add_argument("--backends", nargs="+", default=["clear"], help="backends offered")
+    serve.add_argument("--backends", nargs="+", default=["ckks"],
+                       help="backends offered (default: ckks; 'clear' sends the image openly)")
     serve.add_argument("--max-sessions", type=int, default=1,
                        help="sessions served at the same time (default 1)")
     serve.add_argument("--budget", type=int, default=5000,
@@ -81,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     pki_init.add_argument("--days", type=int, default=30)
 
     demo = commands.add_parser("demo", help="register the example pair shipped with the package")
-    demo.add_argument("--backend", default="clear", help="joint-term backend (default: clear)")
+    demo.add_argument("--backend", default="ckks",
+                      help="joint-term backend (default: ckks; clear is NOT private)")
     demo.add_argument("--output-dir", help="also write transform, warped image and report here")
     demo.add_argument("--threads", type=int, default=None)
     return parser
@@ -90,7 +92,11 @@ def _parser() -> argparse.ArgumentParser:
 def _add_registration_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--transform", default="affine",
                         help="translation, rigid, similarity or affine (default: affine)")
-    parser.add_argument("--backend", default="clear", help="joint-term backend (default: clear)")
+    parser.add_argument("--backend", default="ckks",
+                        help="joint-term backend: ckks (private, default) or clear (NOT private)")
+    parser.add_argument("--backend-parameter", action="append", default=[], metavar="KEY=VALUE",
+                        help="backend option, repeatable (ckks: protocol=packed, "
+                             "poly_modulus_degree=8192, security_bits=128)")
     parser.add_argument("--sampling", default="none", help="none, urs or gms (default: none)")
     parser.add_argument("--sampling-fraction", type=float, default=0.05,
                         help="fraction of fixed-grid points sampled (default: 0.05)")
@@ -186,8 +192,15 @@ def _run(fixed: Any, moving: Any, args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _registration_options(args: argparse.Namespace) -> dict[str, Any]:
+    parameters = {}
+    for item in args.backend_parameter:
+        key, equals, value = item.partition("=")
+        if not equals or not key:
+            raise InputError(f"--backend-parameter '{item}' is not KEY=VALUE")
+        parameters[key] = value
     return dict(
-        transform=args.transform, backend=args.backend, sampling=args.sampling,
+        transform=args.transform, backend=args.backend, backend_parameters=parameters,
+        sampling=args.sampling,
         sampling_fraction=args.sampling_fraction, seed=args.seed,
         reveal_gms_indices=args.reveal_gms_indices, shrink_factors=args.shrink_factors,
         smoothing_sigmas=args.smoothing_sigmas, initializer=args.initializer,

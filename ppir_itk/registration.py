@@ -41,6 +41,7 @@ from ppir_itk import parallel
 from ppir_itk.backends import make_backend
 from ppir_itk.errors import InputError
 from ppir_itk.events import Event, Observable
+from ppir_itk.fixed_party import FixedPolicy
 from ppir_itk.image import GridGeometry, ImageGrid, center_of_mass
 from ppir_itk.metric import PrivateMeanSquaresImageToImageMetric
 from ppir_itk.optimizer import GaussNewtonOptimizer
@@ -369,7 +370,8 @@ def register_with(
     moving: Any,
     *,
     transform: Any = "affine",
-    backend: str = "clear",
+    backend: str = "ckks",
+    backend_parameters: dict[str, str] | None = None,
     sampling: Any = "none",
     sampling_fraction: float = 0.05,
     seed: int = 0,
@@ -396,8 +398,8 @@ def register_with(
     moving_grid = as_image_grid(moving, name="moving image")
     if isinstance(sampling, str):
         sampling = make_sampling(sampling, sampling_fraction, seed, reveal=reveal_gms_indices)
-    metric = PrivateMeanSquaresImageToImageMetric(make_backend(check_backend_name(backend),
-                                                               session))
+    metric = PrivateMeanSquaresImageToImageMetric(
+        make_backend(check_backend_name(backend), session, backend_parameters))
     metric.SetMovingImage(moving_grid)
     optimizer = GaussNewtonOptimizer(NumberOfIterations=iterations,
                                      MinimumStepLength=minimum_step_length,
@@ -434,7 +436,8 @@ def register(
     **options
         As :func:`register_with`: ``transform`` (``translation``, ``rigid``,
         ``similarity``, ``affine`` or an ITK/SimpleITK transform), ``backend``
-        (``clear``), ``sampling`` (``none``, ``urs``, ``gms``),
+        (``ckks`` private; ``clear`` NOT private), ``backend_parameters`` (e.g.
+        ``{"poly_modulus_degree": "16384"}``), ``sampling`` (``none``, ``urs``, ``gms``),
         ``sampling_fraction``, ``seed``, ``reveal_gms_indices``,
         ``shrink_factors``, ``smoothing_sigmas``, ``initializer``,
         ``iterations``, ``threads``, ``observers``.
@@ -456,7 +459,7 @@ def register(
             f"{moving_grid.dimension}-D; both must have the same dimension"
         )
     # Options that are wrong fail here, before a fixed party is started.
-    backend = check_backend_name(options.get("backend", "clear"))
+    backend = check_backend_name(options.get("backend", "ckks"))
     LevelSchedule.from_lists(options.get("shrink_factors", (4, 2, 1)),
                              options.get("smoothing_sigmas", (2.0, 1.0, 0.0)))
     if options.get("initializer", "geometry") not in INITIALIZERS:
@@ -465,7 +468,8 @@ def register(
     if isinstance(options.get("sampling"), str):
         make_sampling(options["sampling"], options.get("sampling_fraction", 0.05))
     if transport == "in-process":
-        return register_with(in_process_session(fixed_grid), moving_grid, **options)
+        session = in_process_session(fixed_grid, FixedPolicy(backends=(backend,)))
+        return register_with(session, moving_grid, **options)
     if transport != "process":
         raise InputError(f"unknown transport '{transport}': choose process or in-process")
     source = fixed if isinstance(fixed, (str, os.PathLike)) else fixed_grid

@@ -34,7 +34,12 @@ def known_pair(
 
 
 def register_in_process(fixed, moving, **options):
-    """``ppir_itk.register`` with the fixed party in this process (same protocol, no socket)."""
+    """``ppir_itk.register`` with the fixed party in this process (same protocol, no socket).
+
+    The clear backend unless a test asks for another: these tests are about the
+    registration, and the private backends have their own.
+    """
+    options.setdefault("backend", "clear")
     return ppir_itk.register(fixed, moving, transport="in-process", **options)
 
 

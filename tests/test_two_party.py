@@ -42,7 +42,8 @@ def server(pki, phantom_2d):
     """A fixed party's server in this process (its sessions run on threads)."""
     log: list[str] = []
     server = FixedPartyServer(phantom_2d, "127.0.0.1:0", ppir_itk.TLS.for_role(pki, "fixed-party"),
-                              deadline=3.0, log=log.append).start()
+                              policy=ppir_itk.FixedPolicy(backends=("clear",)), deadline=3.0,
+                              log=log.append).start()
     server.lines = log
     yield server
     server.stop(grace=None)
@@ -57,7 +58,7 @@ def test_clear_over_the_wire_equals_in_process(phantom_2d):
     moving, _ = known_pair(phantom_2d, "affine", AFFINE)
     options = dict(shrink_factors=[2, 1], smoothing_sigmas=[1.0, 0.0], sampling="urs",
                    sampling_fraction=0.5, seed=3)
-    remote = ppir_itk.register(phantom_2d, moving, **options)
+    remote = ppir_itk.register(phantom_2d, moving, backend="clear", **options)
     local = register_in_process(phantom_2d, moving, **options)
     assert remote.transport == "grpc+mtls" and local.transport == "in-process"
     np.testing.assert_allclose(remote.transform.parameters, local.transform.parameters,
@@ -78,7 +79,7 @@ def test_sessions_one_after_another_and_a_second_concurrent_one_refused(server, 
     tls = ppir_itk.TLS.for_role(pki, "moving-party")
     for _ in range(2):
         session = ppir_itk.connect(server.address, tls)
-        result = register_with(session, moving, transform="rigid",
+        result = register_with(session, moving, backend="clear", transform="rigid",
                                                      shrink_factors=[1], smoothing_sigmas=[0])
         assert result.iterations > 0
     first = ppir_itk.connect(server.address, tls, deadline=5)
@@ -167,7 +168,7 @@ def test_malformed_or_oversized_messages_end_only_that_session(case, server, pki
     # The server lives on and serves the next session.
     moving, _ = known_pair(phantom_2d, "translation", [1.0, 0.5])
     session = ppir_itk.connect(server.address, ppir_itk.TLS.for_role(pki, "moving-party"))
-    result = register_with(session, moving, transform="translation",
+    result = register_with(session, moving, backend="clear", transform="translation",
                                                  shrink_factors=[1], smoothing_sigmas=[0])
     assert result.iterations > 0
 
@@ -184,7 +185,7 @@ def test_a_stalled_moving_party_is_dropped_after_the_deadline(server, pki):
 def _serve_process(pki, image, *extra):
     process = subprocess.Popen(
         [sys.executable, "-m", "ppir_itk.cli", "serve", "--fixed", str(image), "--listen",
-         "127.0.0.1:0", "--tls-dir", str(pki), *extra],
+         "127.0.0.1:0", "--tls-dir", str(pki), "--backends", "clear", *extra],
         stderr=subprocess.PIPE, text=True, cwd=pki)
     line = process.stderr.readline()
     assert "listening on" in line, line
@@ -203,7 +204,7 @@ def test_killing_the_fixed_party_ends_ppir_register_cleanly(pki, tmp_path):
         [sys.executable, "-m", "ppir_itk.cli", "register", "--peer", address, "--moving",
          str(tmp_path / "moving.nrrd"), "--tls-dir", str(pki), "--output-transform", str(output),
          "--shrink-factors", "4", "2", "1", "--smoothing-sigmas", "2", "1", "0",
-         "--deadline", "10", "--quiet"],
+         "--deadline", "10", "--quiet", "--backend", "clear"],
         stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=tmp_path)
     opened = server.stderr.readline()
     assert "session 1 opened" in opened
@@ -230,7 +231,8 @@ def test_register_against_ppir_serve_on_the_command_line(pki, tmp_path, phantom_
         completed = subprocess.run(
             [sys.executable, "-m", "ppir_itk.cli", "register", "--peer", address, "--moving",
              str(tmp_path / "moving.nii.gz"), "--tls-dir", str(pki), "--output-transform",
-             str(tmp_path / "t.h5"), "--report", str(tmp_path / "r.json"), "--quiet"],
+             str(tmp_path / "t.h5"), "--report", str(tmp_path / "r.json"), "--quiet",
+             "--backend", "clear"],
             capture_output=True, text=True, cwd=tmp_path, timeout=120, check=False)
     finally:
         server.terminate()

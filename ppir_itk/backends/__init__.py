@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ppir_itk.backends.base import FixedSide, JointTerm, JointTermBackend, MovingFields
+from ppir_itk.backends.ckks import CKKSBackend, CKKSFixedSide
 from ppir_itk.backends.clear import ClearBackend, ClearFixedSide, InsecureBackendWarning
 from ppir_itk.errors import InputError
 from ppir_itk.protocol.messages import ProtocolError
@@ -10,6 +11,7 @@ from ppir_itk.protocol.session import Session
 
 BACKENDS: dict[str, tuple[type[JointTermBackend], type[FixedSide]]] = {
     "clear": (ClearBackend, ClearFixedSide),
+    "ckks": (CKKSBackend, CKKSFixedSide),
 }
 
 
@@ -36,6 +38,7 @@ def make_fixed_side(name: str, parameters: dict[str, str]) -> FixedSide:
 
 __all__ = [
     "BACKENDS",
+    "CKKSBackend",
     "ClearBackend",
     "FixedSide",
     "InsecureBackendWarning",

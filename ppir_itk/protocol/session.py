@@ -215,10 +215,15 @@ class RemoteSession(Session):
 
 
 def in_process_session(fixed: Any, policy: Any = None) -> LocalSession:
-    """A session with a fixed party living in this process (tests, demos)."""
+    """A session with a fixed party living in this process (tests, benchmarks).
+
+    Whoever runs it holds both images already, so by default every backend,
+    ``clear`` included, is offered.
+    """
+    from ppir_itk.backends import BACKENDS
     from ppir_itk.fixed_party import FixedPolicy
 
-    return LocalSession(FixedPartySession(fixed, policy or FixedPolicy()))
+    return LocalSession(FixedPartySession(fixed, policy or FixedPolicy(backends=tuple(BACKENDS))))
 
 
 def connect(target: str, tls: Any, *, deadline: float = 60.0,

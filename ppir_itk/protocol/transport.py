@@ -259,7 +259,7 @@ def _peer_name(context: grpc.ServicerContext) -> str:
     return names[0].decode(errors="replace")
 
 
-def serve(fixed: Any, listen: str, tls: TLS, *, backends: tuple[str, ...] | list[str] = ("clear",),
+def serve(fixed: Any, listen: str, tls: TLS, *, backends: tuple[str, ...] | list[str] = ("ckks",),
           evaluation_budget: int = 5000, max_sessions: int = 1, deadline: float = 60.0) -> None:
     """Serve the fixed image until interrupted (``ppir serve``)."""
     policy = FixedPolicy(backends=tuple(backends), evaluation_budget=evaluation_budget)

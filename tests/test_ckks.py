@@ -1,0 +1,124 @@
+"""The homomorphic-encryption backend: parameters, ciphertexts, agreement with Clear, leakage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import known_pair, register_in_process
+
+import ppir_itk
+from ppir_itk.backends.ckks import HEContext, he_settings, unpack
+from ppir_itk.cli import main
+from ppir_itk.errors import InputError
+from ppir_itk.evaluation import displacement_rmse
+from ppir_itk.fixed_party import FixedPartySession
+from ppir_itk.phantoms import head_phantom
+from ppir_itk.protocol import ppir_pb2 as pb
+from ppir_itk.protocol.channel import Counters
+from ppir_itk.protocol.messages import PROTOCOL_VERSION, ProtocolError
+from ppir_itk.protocol.session import Endpoint, LocalSession
+
+
+@pytest.mark.parametrize(
+    ("parameters", "says"),
+    [({"poly_modulus_degree": "4096"}, "poly_modulus_degree=4096 is refused"),
+     ({"poly_modulus_degree": "2048"}, "poly_modulus_degree=2048 is refused"),
+     ({"security_bits": "80"}, "security_bits=80 is refused"),
+     ({"poly_modulus_degree": "lots"}, "whole numbers")],
+)
+def test_weaker_parameters_are_refused_with_a_sentence(parameters, says):
+    with pytest.raises(InputError, match=says):
+        he_settings(parameters)
+
+
+def test_the_fixed_party_refuses_weak_parameters_too(phantom_2d):
+    endpoint = Endpoint(FixedPartySession(phantom_2d), Counters)
+    reply = endpoint.answer(pb.Envelope(hello=pb.Hello(
+        protocol_version=PROTOCOL_VERSION, backend="ckks", levels=[pb.Level(shrink_factor=1)],
+        sampling="none", backend_parameters={"poly_modulus_degree": "4096"})))
+    assert reply.WhichOneof("body") == "abort"
+    assert "poly_modulus_degree=4096 is refused" in reply.abort.reason
+
+
+def test_command_line_refuses_weak_parameters(tmp_path, capsys, phantom_2d):
+    from ppir_itk.wrapping.images import write_image
+
+    write_image(phantom_2d, tmp_path / "f.mha")
+    status = main(["register", "--quiet", "--in-process", "--fixed", str(tmp_path / "f.mha"),
+                   "--moving", str(tmp_path / "f.mha"), "--output-transform",
+                   str(tmp_path / "t.tfm"), "--backend-parameter", "poly_modulus_degree=4096"])
+    assert status == 2
+    assert "poly_modulus_degree=4096 is refused" in capsys.readouterr().err
+    assert not (tmp_path / "t.tfm").exists()
+
+
+def test_ciphertexts_round_trip_exactly_and_garbage_is_refused():
+    he = HEContext(8192, 128)
+    seal = he.seal
+    keys = seal.KeyGenerator(he.context)
+    public = seal.PublicKey()
+    keys.create_public_key(public)
+    values = np.random.default_rng(0).integers(-(2**40), 2**40, he.slots)
+    ciphertext = seal.Ciphertext()
+    seal.Encryptor(he.context, public).encrypt(he.encode(values), ciphertext)
+    back = he.from_bytes("Ciphertext", he.to_bytes(ciphertext))
+    plain = seal.Plaintext()
+    seal.Decryptor(he.context, keys.secret_key()).decrypt(back, plain)
+    np.testing.assert_array_equal(np.array(he.encoder.decode_int64(plain)), values)
+    with pytest.raises(ProtocolError, match="invalid"):
+        he.from_bytes("Ciphertext", b"\x5e\xa1" + bytes(200))
+
+
+@pytest.mark.parametrize("dimension", [2, 3])
+def test_packed_protocol_lands_on_the_clear_result(dimension):
+    if dimension == 2:
+        fixed = head_phantom((64, 60), spacing=(1.1, 0.9))
+        parameters = [1.04, 0.05, -0.04, 0.97, 2.0, -1.0]
+    else:
+        fixed = head_phantom((24, 28, 26), spacing=(1.0, 1.1, 1.2))
+        parameters = [1.03, 0.02, 0.0, -0.02, 0.98, 0.01, 0.0, 0.01, 1.0, 1.0, -1.0, 0.5]
+    moving, truth = known_pair(fixed, "affine", parameters)
+    options = dict(shrink_factors=[2, 1], smoothing_sigmas=[1.0, 0.0])
+    clear = register_in_process(fixed, moving, **options)
+    private = register_in_process(fixed, moving, backend="ckks", **options)
+    voxel = min(fixed.geometry.spacing)
+    assert displacement_rmse(private.transform, clear.transform, fixed.geometry) < 0.01 * voxel
+    assert displacement_rmse(private.transform, truth, fixed.geometry) < 0.1 * voxel
+    assert private.private and private.learned["fixed"] == []
+
+
+class _RecordingSession(LocalSession):
+    """An in-process session that keeps every envelope the fixed party receives."""
+
+    def __init__(self, fixed) -> None:
+        super().__init__(FixedPartySession(fixed, ppir_itk.FixedPolicy(backends=("ckks",))))
+        self.received: list[pb.Envelope] = []
+
+    def _send(self, envelope: pb.Envelope) -> None:
+        self.received.append(envelope)
+        super()._send(envelope)
+
+
+def test_the_fixed_party_receives_only_ciphertexts_and_requests():
+    from ppir_itk.registration import register_with
+
+    fixed = head_phantom((40, 36))
+    moving, _ = known_pair(fixed, "rigid", [0.05, 1.0, -0.5])
+    session = _RecordingSession(fixed)
+    register_with(session, moving, backend="ckks", transform="rigid", shrink_factors=[1],
+                  smoothing_sigmas=[0.0])
+    he = HEContext(8192, 128)
+    sums = [e.backend for e in session.received if e.WhichOneof("body") == "backend"
+            and e.backend.kind == "ckks.sums"]
+    assert sums, "no joint-term evaluation reached the fixed party"
+    for envelope in session.received:
+        kind = envelope.WhichOneof("body")
+        assert kind in {"hello", "open_level", "select_points", "backend", "close"}
+        if kind == "backend" and envelope.backend.kind != "ckks.sums":
+            assert not envelope.backend.arrays and not envelope.backend.blob
+    for message in sums:
+        assert not message.values
+        for part in unpack(message.arrays[0], message.blob, 2 * 3 + 2):
+            he.from_bytes("Ciphertext", part)  # each part is a valid SEAL ciphertext
+    # The sums the fixed party decrypts are masked afresh every time.
+    assert len({m.blob for m in sums}) == len(sums)
