@@ -3,23 +3,24 @@
 Protocol ``packed`` (the default), per level and per iteration:
 
 1. Once per session the fixed party sends its public key and encryption
-   parameters; once per level it encrypts, block by block (8192 slots), the
-   integer vectors ``q(phi_j) q(J)`` (j < d), ``q(J)`` and ``q(J)^2`` of its
-   level image on the agreed points, and sends them. ``q`` is fixed-point:
-   ``q(J) = round(J 2^e_J)`` with a power-of-two exponent ``e_J`` the fixed
-   party publishes, ``q(phi) = round(phi 2^e_phi)`` with an exponent both
-   parties derive from the public grid.
-2. Each iteration, the moving party multiplies those ciphertexts by its own
-   fixed-point vectors (``q(g_k)``, ``q(I_w)``, the valid mask) - plaintext x
-   ciphertext products only, no rotations - and adds the products of all
-   blocks into ``d (d + 1) + 2`` accumulators. To each it adds a mask vector
-   drawn uniformly mod t, adds a fresh encryption of zero under the fixed
-   party's key (so the ciphertext no longer depends on its own vectors) and
-   switches the modulus down twice (which also shrinks what it sends and
-   drowns the product noise). It sends the accumulators.
-3. The fixed party decrypts each accumulator and returns the sum of its slots
-   mod t. Those sums are uniformly random to it: the masks hide them exactly.
-   The moving party removes its masks (it knows their slot totals), gets the
+   parameters. Once per level it encrypts and sends its fixed-point vectors
+   ``q(phi_j) q(J)`` (j < d), ``q(J)`` and ``q(J)^2`` on the agreed points,
+   interleaved so that each of the ``d (d + 1) + 2`` sums the joint term needs
+   has its own range of slots in every ciphertext (:func:`interleave`).
+   ``q`` is fixed-point: ``q(J) = round(J 2^e_J)`` with a power-of-two exponent
+   ``e_J`` the fixed party publishes, ``q(phi) = round(phi 2^e_phi)`` with an
+   exponent both parties derive from the public grid.
+2. Each iteration, the moving party lays its own fixed-point vectors
+   (``q(g_k)``, ``q(I_w)``, the valid mask) out the same way, multiplies each
+   ciphertext by its plaintext row - plaintext x ciphertext products only, no
+   rotations - and adds the products into one accumulator. It adds a mask
+   drawn uniformly mod t in every slot, switches the modulus down twice (which
+   shrinks what it sends and drowns the product noise) and adds a fresh
+   encryption of zero under the fixed party's key, so that the ciphertext no
+   longer depends on its own vectors. It sends that one ciphertext.
+3. The fixed party decrypts it and returns the total of each slot range mod
+   t. Those totals are uniformly random to it: the masks hide them exactly.
+   The moving party removes its masks (it knows their range totals), gets the
    exact integer sums and divides out the fixed-point exponents: the affine
    moments, ``I_w . J`` and ``sum_valid J^2``.
 
@@ -156,6 +157,13 @@ def unpack(sizes: pb.Array, blob: bytes, count: int) -> list[bytes]:
     return [blob[offsets[i]:offsets[i + 1]] for i in range(count)]
 
 
+def slot_total(values: np.ndarray) -> int:
+    """Exact sum of up to 2^16 non-negative integers below 2^60 (two 30-bit halves)."""
+    low = int((values & np.uint64((1 << 30) - 1)).sum(dtype=np.uint64))
+    high = int((values >> np.uint64(30)).sum(dtype=np.uint64))
+    return (high << 30) + low
+
+
 def exponent(largest: float, bits: int) -> int:
     """The power-of-two scale that puts ``largest`` just below ``2^(bits - 1)``."""
     if largest <= 0 or not math.isfinite(largest):
@@ -172,15 +180,41 @@ def basis_coordinates(points: PointSet) -> tuple[np.ndarray, int]:
     return np.round(phi * 2.0**scale).astype(np.int64), scale
 
 
-def _blocks(values: np.ndarray, slots: int) -> list[np.ndarray]:
-    padded = np.zeros(-(-values.size // slots) * slots, dtype=np.int64)
-    padded[:values.size] = values
-    return list(padded.reshape(-1, slots))
+def sum_pairs(d: int) -> list[tuple[int, int]]:
+    """(moving vector, fixed vector) of each of the ``d (d + 1) + 2`` sums.
+
+    Moving vectors: ``q(g_1) .. q(g_d), q(I_w), valid``; fixed vectors:
+    ``q(phi_1) q(J) .. q(phi_d) q(J), q(J), q(J)^2``.
+    """
+    return [(k, j) for k in range(d) for j in range(d + 1)] + [(d, d), (d + 1, d + 1)]
+
+
+def interleave(vectors: list[np.ndarray], slots: int) -> np.ndarray:
+    """Rows of ``slots`` integers: row b, slot ``a L + i`` holds ``vectors[a][b L + i]``.
+
+    Every sum gets its own range of ``L = slots // len(vectors)`` slots, so one
+    ciphertext per row carries all the sums and one accumulator collects them.
+    """
+    count = len(vectors)
+    width = slots // count
+    rows = -(-vectors[0].size // width)
+    out = np.zeros((rows, slots), dtype=np.int64)
+    for a, vector in enumerate(vectors):
+        padded = np.zeros(rows * width, dtype=np.int64)
+        padded[:vector.size] = vector
+        out[:, a * width:(a + 1) * width] = padded.reshape(rows, width)
+    return out
+
+
+def range_totals(values: np.ndarray, count: int) -> list[int]:
+    """The exact total of each sum's slot range (see :func:`interleave`)."""
+    width = values.size // count
+    return [slot_total(values[a * width:(a + 1) * width]) for a in range(count)]
 
 
 @dataclass
 class _Level:
-    ciphertexts: list[list[Any]]  # [vector][block], NTT form
+    ciphertexts: list[Any]  # one per row of the interleaved layout, NTT form
     exponent_j: int
     exponent_phi: int
     n: int
@@ -213,20 +247,18 @@ class CKKSBackend(JointTermBackend):
             self._encryptor = seal.Encryptor(he.context, self._public_key)
         reply = self.session.request(
             pb.Envelope(backend=pb.BackendMessage(kind=LEVEL)), "backend").backend
-        d = points.geometry.dimension
-        blocks = -(-points.size // he.slots)
-        count = (d + 2) * blocks
+        sums = len(sum_pairs(points.geometry.dimension))
+        rows = -(-points.size // (he.slots // sums))
         if reply.kind != LEVEL or len(reply.values) != 1 or len(reply.arrays) != 1:
             raise ProtocolError("the fixed party's level ciphertexts are malformed")
         ciphertexts = [he.from_bytes("Ciphertext", data)
-                       for data in unpack(reply.arrays[0], reply.blob, count)]
+                       for data in unpack(reply.arrays[0], reply.blob, rows)]
         for ciphertext in ciphertexts:
             he.evaluator.transform_to_ntt_inplace(ciphertext)
         _, exponent_phi = basis_coordinates(points)
         level_exponent = int(reply.values[0])
-        self._level = _Level(
-            ciphertexts=[ciphertexts[v * blocks:(v + 1) * blocks] for v in range(d + 2)],
-            exponent_j=level_exponent, exponent_phi=exponent_phi, n=points.size)
+        self._level = _Level(ciphertexts=ciphertexts, exponent_j=level_exponent,
+                             exponent_phi=exponent_phi, n=points.size)
         self._learned.append(f"level {self._level_index}: the power of two bounding the fixed "
                              f"image's values, 2^{J_BITS - 1 - level_exponent}")
 
@@ -241,37 +273,31 @@ class CKKSBackend(JointTermBackend):
                        SUM_BITS - log_n - J_BITS + 1)
         vectors = [np.round(fields.gradient[:, k] * 2.0**e_g) for k in range(d)]
         vectors += [np.round(fields.warped * 2.0**e_w), fields.valid.astype(np.float64)]
-        blocks = [_blocks(vector.astype(np.int64), he.slots) for vector in vectors]
-        # (moving vector, fixed ciphertext vector) of each accumulator
-        pairs = [(k, j) for k in range(d) for j in range(d + 1)] + [(d, d), (d + 1, d + 1)]
-        accumulators: list[Any] = [None] * len(pairs)
-        parms_id = level.ciphertexts[0][0].parms_id()
-        for b in range(len(blocks[0])):
-            plains = []
-            for v in range(d + 2):
-                plain = he.encode(blocks[v][b])
-                he.evaluator.transform_to_ntt_inplace(plain, parms_id)
-                plains.append(plain)
-            for a, (v, c) in enumerate(pairs):
-                product = he.seal.Ciphertext()
-                he.evaluator.multiply_plain(level.ciphertexts[c][b], plains[v], product)
-                if accumulators[a] is None:
-                    accumulators[a] = product
-                else:
-                    he.evaluator.add_inplace(accumulators[a], product)
-        masks = []
-        blobs = []
-        for accumulator in accumulators:
-            he.evaluator.transform_from_ntt_inplace(accumulator)
-            mask = self._rng.integers(0, he.t, he.slots, dtype=np.uint64)
-            masks.append(int(mask.sum(dtype=object)) % he.t)
-            he.evaluator.add_plain_inplace(accumulator, he.encode(mask.astype(np.int64)))
-            zero = he.seal.Ciphertext()
-            self._encryptor.encrypt_zero(zero)
-            he.evaluator.add_inplace(accumulator, zero)
-            for _ in range(MOD_SWITCHES):
-                he.evaluator.mod_switch_to_next_inplace(accumulator)
-            blobs.append(he.to_bytes(accumulator))
+        pairs = sum_pairs(d)
+        rows = interleave([vectors[v].astype(np.int64) for v, _ in pairs], he.slots)
+        accumulator = None
+        for row, ciphertext in zip(rows, level.ciphertexts, strict=True):
+            plain = he.encode(row)
+            he.evaluator.transform_to_ntt_inplace(plain, ciphertext.parms_id())
+            product = he.seal.Ciphertext()
+            he.evaluator.multiply_plain(ciphertext, plain, product)
+            if accumulator is None:
+                accumulator = product
+            else:
+                he.evaluator.add_inplace(accumulator, product)
+        he.evaluator.transform_from_ntt_inplace(accumulator)
+        mask = self._rng.integers(0, he.t, he.slots, dtype=np.uint64)
+        masks = range_totals(mask, len(pairs))
+        he.evaluator.add_plain_inplace(accumulator, he.encode(mask.astype(np.int64)))
+        for _ in range(MOD_SWITCHES):
+            he.evaluator.mod_switch_to_next_inplace(accumulator)
+        # A fresh encryption of zero under the fixed party's key: the ciphertext no
+        # longer depends on the moving party's vectors (added at the small modulus,
+        # where encrypting is cheaper).
+        zero = he.seal.Ciphertext()
+        self._encryptor.encrypt_zero(accumulator.parms_id(), zero)
+        he.evaluator.add_inplace(accumulator, zero)
+        blobs = [he.to_bytes(accumulator)]
         sizes, blob = pack(blobs)
         reply = self.session.request(pb.Envelope(backend=pb.BackendMessage(
             kind=SUMS, arrays=[sizes], blob=blob)), "backend").backend
@@ -308,7 +334,7 @@ class CKKSFixedSide(FixedSide):
         keys.create_public_key(self._public_key)
         self._encryptor = seal.Encryptor(self.he.context, self._public_key)
         self._decryptor = seal.Decryptor(self.he.context, self._secret_key)
-        self._accumulators = 0
+        self._sums = 0
 
     def on_points(self, values: np.ndarray, points: PointSet) -> None:
         d = points.geometry.dimension
@@ -316,13 +342,12 @@ class CKKSFixedSide(FixedSide):
         fixed = np.round(values * 2.0**self._exponent_j).astype(np.int64)
         phi, _ = basis_coordinates(points)
         vectors = [phi[:, j] * fixed for j in range(d)] + [fixed, fixed * fixed]
-        self._accumulators = d * (d + 1) + 2
+        self._sums = len(sum_pairs(d))
         self._level_blobs: list[bytes] = []
-        for vector in vectors:
-            for block in _blocks(vector, self.he.slots):
-                ciphertext = self.he.seal.Ciphertext()
-                self._encryptor.encrypt(self.he.encode(block), ciphertext)
-                self._level_blobs.append(self.he.to_bytes(ciphertext))
+        for row in interleave([vectors[c] for _, c in sum_pairs(d)], self.he.slots):
+            ciphertext = self.he.seal.Ciphertext()
+            self._encryptor.encrypt(self.he.encode(row), ciphertext)
+            self._level_blobs.append(self.he.to_bytes(ciphertext))
 
     def handle(self, message: pb.BackendMessage) -> pb.BackendMessage:
         if message.kind == PUBLIC_KEY:
@@ -333,13 +358,11 @@ class CKKSFixedSide(FixedSide):
                                      values=[float(self._exponent_j)])
         if message.kind == SUMS and message.arrays:
             self.evaluations += 1
-            totals = []
-            for data in unpack(message.arrays[0], message.blob, self._accumulators):
-                ciphertext = self.he.from_bytes("Ciphertext", data)
-                plain = self.he.seal.Plaintext()
-                self._decryptor.decrypt(ciphertext, plain)
-                slots = np.array(self.he.encoder.decode_uint64(plain), dtype=np.uint64)
-                totals.append(int(slots.sum(dtype=object)) % self.he.t)
+            (data,) = unpack(message.arrays[0], message.blob, 1)
+            plain = self.he.seal.Plaintext()
+            self._decryptor.decrypt(self.he.from_bytes("Ciphertext", data), plain)
+            slots = np.array(self.he.encoder.decode_uint64(plain), dtype=np.uint64)
+            totals = [total % self.he.t for total in range_totals(slots, self._sums)]
             return pb.BackendMessage(kind=SUMS, arrays=[array_to_pb(np.array(totals,
                                                                              dtype=np.int64))])
         raise ProtocolError(f"'{message.kind[:40]}' is not a ckks-backend message")
