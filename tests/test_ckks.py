@@ -122,3 +122,27 @@ def test_the_fixed_party_receives_only_ciphertexts_and_requests():
         he.from_bytes("Ciphertext", part)  # one valid SEAL ciphertext, nothing else
     # The sums the fixed party decrypts are masked afresh every time.
     assert len({m.blob for m in sums}) == len(sums)
+
+
+def _evaluation(backend, fixed, moving):
+    from ppir_itk.pyramid import Level, LevelSchedule
+
+    metric = ppir_itk.PrivateMeanSquaresImageToImageMetric(
+        backend, session=ppir_itk.in_process_session(fixed))
+    metric.SetMovingImage(moving)
+    metric.SetTransform(ppir_itk.make_transform("affine", 2))
+    metric.backend.start(LevelSchedule.from_lists([1], [0.0]), ppir_itk.NoSampling())
+    metric.initialize_level(0, Level(1, 0.0), ppir_itk.NoSampling())
+    return metric.evaluate()
+
+
+def test_rows_of_points_outside_the_moving_image_are_skipped_exactly():
+    """Points that map outside the moving image give all-zero plaintext rows."""
+    fixed = head_phantom((64, 64))
+    # The first 20 rows of the fixed grid (more than one ciphertext row) map outside.
+    moving = ppir_itk.ImageGrid(fixed.array, origin=(0.0, 20.0))
+    clear, private = _evaluation("clear", fixed, moving), _evaluation("ckks", fixed, moving)
+    assert private.number_of_valid_points == clear.number_of_valid_points < 64 * 44 + 1
+    np.testing.assert_allclose(private.value, clear.value, rtol=1e-5)  # fixed-point J
+    np.testing.assert_allclose(private.gradient, clear.gradient, rtol=0,
+                               atol=1e-4 * np.abs(clear.gradient).max())

@@ -57,7 +57,6 @@ POLY_MODULUS_DEGREES = (8192, 16384, 32768)
 SECURITY_LEVELS = {128: "TC128", 192: "TC192", 256: "TC256"}
 PLAIN_BITS = 60
 SUM_BITS = PLAIN_BITS - 2  # every exact sum stays below 2^SUM_BITS in absolute value
-J_BITS = 12
 PHI_BITS = 12
 MOD_SWITCHES = 2
 PUBLIC_KEY, LEVEL, SUMS = "ckks.public_key", "ckks.level", "ckks.sums"
@@ -164,6 +163,20 @@ def slot_total(values: np.ndarray) -> int:
     return (high << 30) + low
 
 
+def fixed_point_bits(points: int) -> tuple[int, int]:
+    """Bits for ``q(J)`` and for ``q(g)``, so that any sum of ``points`` products is exact.
+
+    ``log2(points) + bits(g) + PHI_BITS + bits(J) <= SUM_BITS + 1``; the rest
+    after the point count and the basis is split evenly between J and g. Both
+    parties compute it from the public number of points.
+    """
+    spare = SUM_BITS + 1 - math.ceil(math.log2(max(points, 2))) - PHI_BITS
+    if spare < 16:
+        raise InputError(f"{points} points are too many for exact sums at this plain modulus: "
+                         "sample them (URS) or use fewer")
+    return spare // 2, spare - spare // 2
+
+
 def exponent(largest: float, bits: int) -> int:
     """The power-of-two scale that puts ``largest`` just below ``2^(bits - 1)``."""
     if largest <= 0 or not math.isfinite(largest):
@@ -259,24 +272,25 @@ class CKKSBackend(JointTermBackend):
         level_exponent = int(reply.values[0])
         self._level = _Level(ciphertexts=ciphertexts, exponent_j=level_exponent,
                              exponent_phi=exponent_phi, n=points.size)
+        j_bits, _ = fixed_point_bits(points.size)
         self._learned.append(f"level {self._level_index}: the power of two bounding the fixed "
-                             f"image's values, 2^{J_BITS - 1 - level_exponent}")
+                             f"image's values, 2^{j_bits - 1 - level_exponent}")
 
     def _joint_term(self, fields: MovingFields) -> JointTerm:
         he, level = self.he, self._level
         d = fields.gradient.shape[1]
-        log_n = math.ceil(math.log2(max(level.n, 2)))
+        j_bits, g_bits = fixed_point_bits(level.n)
         # Fixed-point exponents for this iteration's vectors (private to the moving party).
-        e_g = exponent(float(np.abs(fields.gradient).max(initial=0.0)),
-                       SUM_BITS - log_n - PHI_BITS - J_BITS + 1)
-        e_w = exponent(float(np.abs(fields.warped).max(initial=0.0)),
-                       SUM_BITS - log_n - J_BITS + 1)
+        e_g = exponent(float(np.abs(fields.gradient).max(initial=0.0)), g_bits)
+        e_w = exponent(float(np.abs(fields.warped).max(initial=0.0)), g_bits + PHI_BITS)
         vectors = [np.round(fields.gradient[:, k] * 2.0**e_g) for k in range(d)]
         vectors += [np.round(fields.warped * 2.0**e_w), fields.valid.astype(np.float64)]
         pairs = sum_pairs(d)
         rows = interleave([vectors[v].astype(np.int64) for v, _ in pairs], he.slots)
         accumulator = None
         for row, ciphertext in zip(rows, level.ciphertexts, strict=True):
+            if not row.any():  # a zero product adds nothing (and SEAL refuses to form it)
+                continue
             plain = he.encode(row)
             he.evaluator.transform_to_ntt_inplace(plain, ciphertext.parms_id())
             product = he.seal.Ciphertext()
@@ -285,7 +299,11 @@ class CKKSBackend(JointTermBackend):
                 accumulator = product
             else:
                 he.evaluator.add_inplace(accumulator, product)
-        he.evaluator.transform_from_ntt_inplace(accumulator)
+        if accumulator is None:
+            accumulator = he.seal.Ciphertext()
+            self._encryptor.encrypt_zero(level.ciphertexts[0].parms_id(), accumulator)
+        else:
+            he.evaluator.transform_from_ntt_inplace(accumulator)
         mask = self._rng.integers(0, he.t, he.slots, dtype=np.uint64)
         masks = range_totals(mask, len(pairs))
         he.evaluator.add_plain_inplace(accumulator, he.encode(mask.astype(np.int64)))
@@ -338,7 +356,8 @@ class CKKSFixedSide(FixedSide):
 
     def on_points(self, values: np.ndarray, points: PointSet) -> None:
         d = points.geometry.dimension
-        self._exponent_j = exponent(float(np.abs(values).max(initial=0.0)), J_BITS)
+        self._exponent_j = exponent(float(np.abs(values).max(initial=0.0)),
+                                    fixed_point_bits(points.size)[0])
         fixed = np.round(values * 2.0**self._exponent_j).astype(np.int64)
         phi, _ = basis_coordinates(points)
         vectors = [phi[:, j] * fixed for j in range(d)] + [fixed, fixed * fixed]
