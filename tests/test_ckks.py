@@ -146,3 +146,21 @@ def test_rows_of_points_outside_the_moving_image_are_skipped_exactly():
     np.testing.assert_allclose(private.value, clear.value, rtol=1e-5)  # fixed-point J
     np.testing.assert_allclose(private.gradient, clear.gradient, rtol=0,
                                atol=1e-4 * np.abs(clear.gradient).max())
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [ppir_itk.URS(0.3, seed=2), ppir_itk.GMS(0.3, seed=2),
+     ppir_itk.GMS(0.3, seed=2, reveal_indices=True)],
+    ids=["urs", "gms-hidden", "gms-revealed"],
+)
+def test_sampled_private_registration_follows_the_clear_one(sampling):
+    fixed = head_phantom((56, 52))
+    moving, _ = known_pair(fixed, "rigid", [0.05, 1.0, -0.5])
+    options = dict(transform="rigid", shrink_factors=[1], smoothing_sigmas=[0.0],
+                   sampling=sampling)
+    clear = register_in_process(fixed, moving, **options)
+    private = register_in_process(fixed, moving, backend="ckks", **options)
+    assert displacement_rmse(private.transform, clear.transform, fixed.geometry) < 0.01
+    revealed = [line for line in private.learned["fixed"] if "GMS" in line]
+    assert bool(revealed) == sampling.reveals_indices
