@@ -202,15 +202,16 @@ class PrivateMeanSquaresImageToImageMetric:
             ),
             points.size, (d, d + 1),
         )
-        joint = self.backend.joint_term(MovingFields(gradient, values, valid))
-
         coefficients = self.GetTransform().jacobian_in_affine_basis(points.reference)
         coefficients = coefficients.reshape(coefficients.shape[0], m)
+        joint = self.backend.joint_term(MovingFields(gradient, values, valid, coefficients))
+        joint_r = (joint.parameter_term if joint.parameter_term is not None
+                   else coefficients @ joint.moments.ravel())
         ssd = float(np.dot(values, values)) - 2.0 * joint.warped_dot_fixed + joint.fixed_squared
         scale = 2.0 / n_valid
         return Evaluation(
             value=max(ssd, 0.0) / n_valid,
-            gradient=scale * coefficients @ (moments.ravel() - joint.moments.ravel()),
+            gradient=scale * (coefficients @ moments.ravel() - joint_r),
             hessian=scale * coefficients @ gram @ coefficients.T,
             number_of_valid_points=n_valid,
         )

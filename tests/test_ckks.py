@@ -164,3 +164,21 @@ def test_sampled_private_registration_follows_the_clear_one(sampling):
     assert displacement_rmse(private.transform, clear.transform, fixed.geometry) < 0.01
     revealed = [line for line in private.learned["fixed"] if "GMS" in line]
     assert bool(revealed) == sampling.reveals_indices
+
+
+def test_paper_v1_reproduces_the_paper_and_reports_what_the_fixed_party_learns():
+    fixed = head_phantom((40, 36))
+    moving, _ = known_pair(fixed, "rigid", [0.05, 1.0, -0.5])
+    options = dict(transform="rigid", shrink_factors=[1], smoothing_sigmas=[0.0])
+    clear = register_in_process(fixed, moving, **options)
+    paper = register_in_process(fixed, moving, backend="ckks",
+                                backend_parameters={"protocol": "paper-v1"}, **options)
+    assert displacement_rmse(paper.transform, clear.transform, fixed.geometry) < 1e-3
+    (learned,) = paper.learned["fixed"]
+    assert learned.startswith("paper-v1: R = S^T J") and "5 numbers per evaluation" in learned
+
+
+def test_unknown_protocols_are_refused():
+    with pytest.raises(InputError, match="no protocol 'paper-v9'"):
+        register_in_process(head_phantom((20, 20)), head_phantom((20, 20)), backend="ckks",
+                            backend_parameters={"protocol": "paper-v9"})

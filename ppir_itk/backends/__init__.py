@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from ppir_itk.backends.base import FixedSide, JointTerm, JointTermBackend, MovingFields
 from ppir_itk.backends.ckks import CKKSBackend, CKKSFixedSide
+from ppir_itk.backends.ckks_paper import PaperV1Backend, PaperV1FixedSide
 from ppir_itk.backends.clear import ClearBackend, ClearFixedSide, InsecureBackendWarning
 from ppir_itk.errors import InputError
 from ppir_itk.protocol.messages import ProtocolError
 from ppir_itk.protocol.session import Session
 
-BACKENDS: dict[str, tuple[type[JointTermBackend], type[FixedSide]]] = {
-    "clear": (ClearBackend, ClearFixedSide),
-    "ckks": (CKKSBackend, CKKSFixedSide),
+# backend name -> protocol name -> (moving-party side, fixed-party side); first is the default.
+BACKENDS: dict[str, dict[str, tuple[type[JointTermBackend], type[FixedSide]]]] = {
+    "ckks": {"packed": (CKKSBackend, CKKSFixedSide),
+             "paper-v1": (PaperV1Backend, PaperV1FixedSide)},
+    "clear": {"clear": (ClearBackend, ClearFixedSide)},
 }
 
 
@@ -23,17 +26,30 @@ def check_backend_name(name: str) -> str:
     return name.lower()
 
 
+def _sides(name: str, parameters: dict[str, str]) -> tuple[type, type]:
+    protocols = BACKENDS[name]
+    protocol = parameters.get("protocol", next(iter(protocols)))
+    if protocol not in protocols:
+        raise InputError(f"backend '{name}' has no protocol '{protocol}': choose one of "
+                         f"{', '.join(protocols)}")
+    return protocols[protocol]
+
+
 def make_backend(name: str, session: Session,
                  parameters: dict[str, str] | None = None) -> JointTermBackend:
     """The moving-party side of backend ``name``, talking through ``session``."""
-    return BACKENDS[check_backend_name(name)][0](session, parameters)
+    parameters = dict(parameters or {})
+    return _sides(check_backend_name(name), parameters)[0](session, parameters)
 
 
 def make_fixed_side(name: str, parameters: dict[str, str]) -> FixedSide:
     """The fixed-party side of backend ``name`` (for a session that asked for it)."""
     if name not in BACKENDS:
         raise ProtocolError(f"backend '{name[:40]}' is unknown")
-    return BACKENDS[name][1](parameters)
+    try:
+        return _sides(name, parameters)[1](parameters)
+    except InputError as error:
+        raise ProtocolError(str(error)) from None
 
 
 __all__ = [
@@ -44,6 +60,7 @@ __all__ = [
     "InsecureBackendWarning",
     "JointTerm",
     "JointTermBackend",
+    "PaperV1Backend",
     "MovingFields",
     "check_backend_name",
     "make_backend",

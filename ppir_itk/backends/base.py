@@ -48,15 +48,31 @@ class MovingFields:
     gradient: np.ndarray  # (n, d) physical gradient of I at W(x); 0 where invalid
     warped: np.ndarray  # (n,) I(W(x)); 0 where invalid
     valid: np.ndarray  # (n,) uint8, 1 where W(x) falls inside the moving image
+    coefficients: np.ndarray  # (|theta|, d(d+1)): dW/dtheta in the affine basis (theta-dependent)
+
+    def steepest_descent(self, points: Any) -> np.ndarray:
+        """S = g . dW/dtheta, shape (n, |theta|): the paper's matrix (O(n |theta|) memory)."""
+        d = self.gradient.shape[1]
+        geometry = points.geometry
+        flat = np.arange(geometry.number_of_points) if points.indices is None else points.indices
+        phi = geometry.physical_points(geometry.flat_to_index(flat)) - points.reference
+        basis = np.concatenate([phi, np.ones((len(phi), 1))], axis=1)  # (n, d+1)
+        per_point = (self.gradient[:, :, None] * basis[:, None, :]).reshape(-1, d * (d + 1))
+        return per_point @ self.coefficients.T
 
 
 @dataclass(frozen=True)
 class JointTerm:
-    """The joint quantities, known to the moving party only."""
+    """The joint quantities, known to the moving party (and, in the paper's protocols, more).
 
-    moments: np.ndarray  # (d, d+1)
+    Either ``moments`` (affine basis, (d, d+1)) or ``parameter_term`` (R = S^T J
+    directly in parameter space, as the paper's protocols compute it).
+    """
+
     warped_dot_fixed: float
     fixed_squared: float
+    moments: np.ndarray | None = None
+    parameter_term: np.ndarray | None = None
 
 
 def sampling_name(sampling: Any) -> str:

@@ -240,10 +240,6 @@ class CKKSBackend(JointTermBackend):
     private = True
 
     def __init__(self, session: Any, parameters: dict[str, str] | None = None) -> None:
-        parameters = dict(parameters or {})
-        protocol = parameters.setdefault("protocol", "packed")
-        if protocol != "packed":
-            raise InputError(f"ckks protocol '{protocol}' is not available: use 'packed'")
         super().__init__(session, parameters)
         self.he = HEContext(*he_settings(parameters))
         self._public_key: Any = None
@@ -339,8 +335,6 @@ class CKKSFixedSide(FixedSide):
 
     def __init__(self, parameters: dict[str, str]) -> None:
         super().__init__(parameters)
-        if parameters.get("protocol", "packed") != "packed":
-            raise ProtocolError(f"ckks protocol '{parameters.get('protocol')}' is not offered")
         try:
             self.he = HEContext(*he_settings(parameters))
         except InputError as error:
