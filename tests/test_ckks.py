@@ -166,16 +166,21 @@ def test_sampled_private_registration_follows_the_clear_one(sampling):
     assert bool(revealed) == sampling.reveals_indices
 
 
-def test_paper_v1_reproduces_the_paper_and_reports_what_the_fixed_party_learns():
+@pytest.mark.parametrize("protocol", ["paper-v1", "paper-v2"])
+def test_the_paper_protocols_follow_clear_and_report_what_they_reveal(protocol):
     fixed = head_phantom((40, 36))
     moving, _ = known_pair(fixed, "rigid", [0.05, 1.0, -0.5])
     options = dict(transform="rigid", shrink_factors=[1], smoothing_sigmas=[0.0])
     clear = register_in_process(fixed, moving, **options)
     paper = register_in_process(fixed, moving, backend="ckks",
-                                backend_parameters={"protocol": "paper-v1"}, **options)
+                                backend_parameters={"protocol": protocol}, **options)
     assert displacement_rmse(paper.transform, clear.transform, fixed.geometry) < 1e-3
-    (learned,) = paper.learned["fixed"]
-    assert learned.startswith("paper-v1: R = S^T J") and "5 numbers per evaluation" in learned
+    (fixed_learned,) = paper.learned["fixed"]
+    assert fixed_learned.startswith(f"{protocol}: ")
+    if protocol == "paper-v1":
+        assert "R = S^T J" in fixed_learned and "5 numbers per evaluation" in fixed_learned
+    else:  # v2: each party decrypts slot-wise partial sums of the other's data
+        assert any("partial sums of S_2 * J_2" in line for line in paper.learned["moving"])
 
 
 def test_unknown_protocols_are_refused():

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from ppir_itk.backends.base import FixedSide, JointTerm, JointTermBackend, MovingFields
 from ppir_itk.backends.ckks import CKKSBackend, CKKSFixedSide
-from ppir_itk.backends.ckks_paper import PaperV1Backend, PaperV1FixedSide
+from ppir_itk.backends.ckks_paper import (
+    PaperV1Backend,
+    PaperV1FixedSide,
+    PaperV2Backend,
+    PaperV2FixedSide,
+)
 from ppir_itk.backends.clear import ClearBackend, ClearFixedSide, InsecureBackendWarning
 from ppir_itk.errors import InputError
 from ppir_itk.protocol.messages import ProtocolError
@@ -13,7 +18,8 @@ from ppir_itk.protocol.session import Session
 # backend name -> protocol name -> (moving-party side, fixed-party side); first is the default.
 BACKENDS: dict[str, dict[str, tuple[type[JointTermBackend], type[FixedSide]]]] = {
     "ckks": {"packed": (CKKSBackend, CKKSFixedSide),
-             "paper-v1": (PaperV1Backend, PaperV1FixedSide)},
+             "paper-v1": (PaperV1Backend, PaperV1FixedSide),
+             "paper-v2": (PaperV2Backend, PaperV2FixedSide)},
     "clear": {"clear": (ClearBackend, ClearFixedSide)},
 }
 

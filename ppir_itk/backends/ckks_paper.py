@@ -1,8 +1,12 @@
-"""The paper's CKKS protocol v1 (Taiello et al., MedIA 2024, section 5.4.2), for comparison.
+"""The paper's CKKS protocols v1 and v2 (Taiello et al., MedIA 2024, section 5.4.2).
 
-``paper-v1``: the fixed party encrypts J, cut into sub-arrays of N/2 values,
-under its own CKKS key, and sends them once per level together with a public
-context (public key and the Galois keys that DotProduct's rotations need).
+Kept to reproduce the paper's table: both reveal more than the joint term
+(see each class), and the run reports it. Use ``packed`` for registrations.
+
+
+``paper-v1`` (:class:`PaperV1Backend`): the fixed party encrypts J, cut into
+sub-arrays of N/2 values, under its own CKKS key, and sends them once per level
+together with a public context (public key and the Galois keys that DotProduct's rotations need).
 Each iteration the moving party forms S = g . dW/dtheta (n x |theta|, O(n
 |theta|) work, as in the paper) and computes, for every column, the sum over
 sub-arrays of DotProduct(S_i column, [[J_i]]); likewise ``I_w . J`` and
@@ -152,3 +156,194 @@ class PaperV1FixedSide(FixedSide):
         return [f"paper-v1: R = S^T J, I_w . J and sum of J^2 over the overlap, in the clear: "
                 f"{self._numbers // self.evaluations} numbers per evaluation, "
                 f"{self._numbers} in total"]
+
+
+V2_CONTEXT, V2_LEVEL, V2_PRODUCTS = "paper-v2.context", "paper-v2.level", "paper-v2.products"
+
+
+def _new_context() -> Any:
+    ts = _tenseal()
+    context = ts.context(ts.SCHEME_TYPE.CKKS, POLY_MODULUS_DEGREE,
+                         coeff_mod_bit_sizes=list(COEFF_MOD_BIT_SIZES))
+    context.global_scale = 2.0**SCALE_BITS
+    return context
+
+
+def _public(context: Any) -> bytes:
+    return context.serialize(save_public_key=True, save_secret_key=False,
+                             save_galois_keys=False, save_relin_keys=False)
+
+
+def _load_public(blob: bytes) -> Any:
+    ts = _tenseal()
+    try:
+        context = ts.context_from(blob)
+    except Exception:  # TenSEAL raises bare exceptions on bad bytes
+        raise ProtocolError("the peer's CKKS context is invalid") from None
+    if context.is_private():
+        raise ProtocolError("the peer sent its secret key; refusing it")
+    return context
+
+
+def _halves(n: int) -> tuple[slice, slice]:
+    half = -(-n // 2)
+    return slice(0, half), slice(half, n)
+
+
+def _slot_products(ciphers: list[Any], plains: np.ndarray) -> Any:
+    """Sum over chunks of the element-wise products (no rotations)."""
+    total = None
+    for cipher, block in zip(ciphers, _split(plains, POLY_MODULUS_DEGREE // 2), strict=True):
+        term = cipher * block
+        total = term if total is None else total + term
+    return total
+
+
+class PaperV2Backend(JointTermBackend):
+    """Moving-party side of the paper's protocol v2 (balanced work, both parties encrypt).
+
+    Reconstructed from the text of section 5.4.2 (the paper's Fig. A4 was not
+    at hand): the moving party splits the columns of S (and I_w, the valid mask)
+    into two halves of the points. It multiplies the first half by the fixed
+    party's encrypted J_1 (element-wise, chunk by chunk, summed per column) and
+    sends the results for the fixed party to decrypt; it encrypts the second
+    half under its own key and sends it; the fixed party multiplies it by its
+    plain J_2, sums per column and sends the results back for the moving party
+    to decrypt. R = R_1 + R_2.
+
+    What it reveals: each party decrypts slot-wise partial sums, not only totals.
+    The fixed party learns the partial sums of S_1 * J_1 (and R_1); the moving
+    party learns the partial sums of S_2 * J_2 - single products, hence J_2
+    itself, where a column half fits in one ciphertext (n <= N). The report
+    says so.
+    """
+
+    name = "ckks"
+    private = True
+
+    def __init__(self, session: Any, parameters: dict[str, str] | None = None) -> None:
+        parameters = dict(parameters or {})
+        if set(parameters) - {"protocol"}:
+            raise InputError("ckks protocol 'paper-v2' runs the paper's parameters only "
+                             f"(N={POLY_MODULUS_DEGREE}); it takes no other option")
+        super().__init__(session, parameters)
+        self._context = _new_context()  # the moving party's own keys
+        self._fixed_context: Any = None
+        self._fixed_first_half: list[list[Any]] = []
+        self._slots_seen = 0
+
+    def _on_points(self, points: PointSet) -> None:
+        if self._fixed_context is None:
+            reply = self.session.request(pb.Envelope(backend=pb.BackendMessage(
+                kind=V2_CONTEXT, blob=_public(self._context))), "backend").backend
+            self._fixed_context = _load_public(reply.blob)
+        self._fixed_first_half = []  # fetched at the level's first evaluation
+
+    def _fetch_level(self, columns: int) -> None:
+        """The fixed party's encrypted, replicated J_1: one copy per column (public count)."""
+        ts = _tenseal()
+        self._columns = columns
+        reply = self.session.request(pb.Envelope(backend=pb.BackendMessage(
+            kind=V2_LEVEL, values=[float(columns)])), "backend").backend
+        first, _ = _halves(self.points.size)
+        chunks = -(-(first.stop - first.start) // (POLY_MODULUS_DEGREE // 2))
+        parts = unpack(reply.arrays[0], reply.blob, columns * chunks)
+        vectors = [ts.ckks_vector_from(self._fixed_context, data) for data in parts]
+        self._fixed_first_half = [vectors[c * chunks:(c + 1) * chunks] for c in range(columns)]
+
+    def _joint_term(self, fields: MovingFields) -> JointTerm:
+        ts = _tenseal()
+        # |theta| + 2 columns: S, then I_w (times J) and the valid mask (times J^2).
+        columns = np.column_stack([fields.steepest_descent(self.points), fields.warped,
+                                   fields.valid.astype(np.float64)])
+        if not self._fixed_first_half:
+            self._fetch_level(columns.shape[1])
+        first, second = _halves(columns.shape[0])
+        mine = [_slot_products(self._fixed_first_half[c], columns[first, c])
+                for c in range(self._columns)]
+        theirs = [ts.ckks_vector(self._context, block)
+                  for c in range(self._columns)
+                  for block in _split(columns[second, c], POLY_MODULUS_DEGREE // 2)]
+        sizes, blob = pack([v.serialize() for v in mine + theirs])
+        reply = self.session.request(pb.Envelope(backend=pb.BackendMessage(
+            kind=V2_PRODUCTS, arrays=[sizes], blob=blob)), "backend").backend
+        first_sums = array_from_pb(reply.arrays[0], max_elements=self._columns)
+        second_parts = unpack(reply.arrays[1], reply.blob, self._columns)
+        second_sums = []
+        for data in second_parts:
+            slots = np.array(ts.ckks_vector_from(self._context, data).decrypt())
+            self._slots_seen += slots.size
+            second_sums.append(float(slots.sum()))
+        totals = first_sums + np.array(second_sums)
+        return JointTerm(parameter_term=totals[:-2], warped_dot_fixed=float(totals[-2]),
+                         fixed_squared=float(totals[-1]))
+
+    def learned(self) -> list[str]:
+        told = super().learned()
+        if self._slots_seen:
+            told.append(f"paper-v2: slot-wise partial sums of S_2 * J_2 (J_2 itself where a "
+                        f"column half fits one ciphertext): {self._slots_seen} values in total")
+        return told
+
+
+class PaperV2FixedSide(FixedSide):
+    """Fixed-party side of the paper's protocol v2."""
+
+    def __init__(self, parameters: dict[str, str]) -> None:
+        super().__init__(parameters)
+        self._context = _new_context()  # the fixed party's own keys
+        self._moving_context: Any = None
+        self._numbers = 0
+
+    def on_points(self, values: np.ndarray, points: PointSet) -> None:
+        first, second = _halves(values.size)
+        self._values = values
+        self._first, self._second = first, second
+
+    def handle(self, message: pb.BackendMessage) -> pb.BackendMessage:
+        ts = _tenseal()
+        if message.kind == V2_CONTEXT:
+            self._moving_context = _load_public(message.blob)
+            return pb.BackendMessage(kind=V2_CONTEXT, blob=_public(self._context))
+        if message.kind == V2_LEVEL and len(message.values) == 1:
+            self._columns = int(message.values[0])
+            if not 3 <= self._columns <= 64:
+                raise ProtocolError("paper-v2: the number of columns is out of range")
+            blobs = [ts.ckks_vector(self._context, block).serialize()
+                     for vector in self._replicated(self._first)
+                     for block in _split(vector, POLY_MODULUS_DEGREE // 2)]
+            sizes, blob = pack(blobs)
+            return pb.BackendMessage(kind=V2_LEVEL, arrays=[sizes], blob=blob)
+        if message.kind == V2_PRODUCTS and message.arrays and self._moving_context is not None:
+            self.evaluations += 1
+            chunk = POLY_MODULUS_DEGREE // 2
+            second_chunks = -(-(self._second.stop - self._second.start) // chunk)
+            parts = unpack(message.arrays[0], message.blob,
+                           self._columns * (1 + second_chunks))
+            try:
+                first_sums = []
+                for data in parts[:self._columns]:
+                    slots = np.array(ts.ckks_vector_from(self._context, data).decrypt())
+                    self._numbers += slots.size
+                    first_sums.append(float(slots.sum()))
+                theirs = [ts.ckks_vector_from(self._moving_context, data)
+                          for data in parts[self._columns:]]
+            except Exception:  # TenSEAL raises bare exceptions on bad bytes
+                raise ProtocolError("a ciphertext from the moving party is invalid") from None
+            products = [_slot_products(theirs[c * second_chunks:(c + 1) * second_chunks], vector)
+                        for c, vector in enumerate(self._replicated(self._second))]
+            sizes, blob = pack([product.serialize() for product in products])
+            return pb.BackendMessage(kind=V2_PRODUCTS, blob=blob, arrays=[
+                array_to_pb(np.array(first_sums, dtype=np.float64)), sizes])
+        raise ProtocolError(f"'{message.kind[:40]}' is not a paper-v2 message")
+
+    def _replicated(self, half: slice) -> list[np.ndarray]:
+        """J on a half, once per column of S and for I_w; J^2 for the valid mask."""
+        values = self._values[half]
+        return [values] * (self._columns - 1) + [values * values]
+
+    def learned(self) -> list[str]:
+        if not self.evaluations:
+            return []
+        return [f"paper-v2: slot-wise partial sums of S_1 * J_1 and R_1, in the clear: "
+                f"{self._numbers} values in total"]
