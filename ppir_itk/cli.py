@@ -292,6 +292,13 @@ def _write_outputs(result: Any, moving: Any, transform_path: str | None, warped_
 
 
 def _summary(result: Any, transform_path: str | None) -> None:
+    moving, fixed = result.parties["moving"], result.parties["fixed"]
+    print(f"backend {result.backend} ({'private' if result.private else 'NOT private'}), "
+          f"two parties over {result.transport}; moving party sent "
+          f"{moving['bytes_sent'] / 1e6:.2f} MB, fixed party {fixed['bytes_sent'] / 1e6:.2f} MB")
+    for party, lines in result.learned.items():
+        for line in lines:
+            print(f"{party} party received in the clear: {line}")
     print(f"{result.transform.itk_name}: {result.iterations} iterations over "
           f"{len(result.levels)} levels, final metric {result.final_metric:.6g}, "
           f"{result.seconds:.2f} s")

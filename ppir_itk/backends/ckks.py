@@ -246,6 +246,8 @@ class CKKSBackend(JointTermBackend):
         self._encryptor: Any = None
         self._level: _Level | None = None
         self._rng = np.random.default_rng()
+        self._bounds: list[int] = []  # per level: log2 of the bound on J's values
+        self._sums_received = 0
 
     def _on_points(self, points: PointSet) -> None:
         he, seal = self.he, self.he.seal
@@ -269,8 +271,7 @@ class CKKSBackend(JointTermBackend):
         self._level = _Level(ciphertexts=ciphertexts, exponent_j=level_exponent,
                              exponent_phi=exponent_phi, n=points.size)
         j_bits, _ = fixed_point_bits(points.size)
-        self._learned.append(f"level {self._level_index}: the power of two bounding the fixed "
-                             f"image's values, 2^{j_bits - 1 - level_exponent}")
+        self._bounds.append(j_bits - 1 - level_exponent)
 
     def _joint_term(self, fields: MovingFields) -> JointTerm:
         he, level = self.he, self._level
@@ -319,6 +320,7 @@ class CKKSBackend(JointTermBackend):
         if reply.kind != SUMS or totals is None or totals.shape != (len(pairs),):
             raise ProtocolError("the fixed party's sums are malformed")
         sums = [he.signed(int(total) - mask) for total, mask in zip(totals, masks, strict=True)]
+        self._sums_received += len(sums)
         scale_phi = 2.0 ** (e_g + level.exponent_phi + level.exponent_j)
         scale_one = 2.0 ** (e_g + level.exponent_j)
         moments = np.array([[sums[k * (d + 1) + j] / (scale_phi if j < d else scale_one)
@@ -328,6 +330,18 @@ class CKKSBackend(JointTermBackend):
             warped_dot_fixed=sums[-2] / 2.0 ** (e_w + level.exponent_j),
             fixed_squared=sums[-1] / 2.0 ** (2 * level.exponent_j),
         )
+
+
+    def learned(self) -> list[str]:
+        told = super().learned()
+        if self._sums_received:
+            per = len(sum_pairs(self.points.geometry.dimension))
+            told.insert(0, f"the joint term: {per} sums per evaluation (affine-basis moments, "
+                           f"I_w.J, sum of J^2 over the overlap), {self._sums_received} in total")
+        if self._bounds:
+            told.append("the power of two bounding the fixed image's values, per level: "
+                        + ", ".join(f"2^{bound}" for bound in self._bounds))
+        return told
 
 
 class CKKSFixedSide(FixedSide):
