@@ -48,17 +48,69 @@ def _split(values: np.ndarray, length: int) -> list[list[float]]:
     return [values[i:i + length].tolist() for i in range(0, values.size, length)]
 
 
-class PaperV1Backend(JointTermBackend):
-    """Moving-party side of the paper's protocol v1."""
+V2_CONTEXT, V2_LEVEL, V2_PRODUCTS = "paper-v2.context", "paper-v2.level", "paper-v2.products"
+
+
+def _new_context() -> Any:
+    ts = _tenseal()
+    context = ts.context(ts.SCHEME_TYPE.CKKS, POLY_MODULUS_DEGREE,
+                         coeff_mod_bit_sizes=list(COEFF_MOD_BIT_SIZES))
+    context.global_scale = 2.0**SCALE_BITS
+    return context
+
+
+def _public(context: Any) -> bytes:
+    return context.serialize(save_public_key=True, save_secret_key=False,
+                             save_galois_keys=False, save_relin_keys=False)
+
+
+def _load_public(blob: bytes) -> Any:
+    ts = _tenseal()
+    try:
+        context = ts.context_from(blob)
+    except Exception:  # TenSEAL raises bare exceptions on bad bytes
+        raise ProtocolError("the peer's CKKS context is invalid") from None
+    if context.is_private():
+        raise ProtocolError("the peer sent its secret key; refusing it")
+    return context
+
+
+def _halves(n: int) -> tuple[slice, slice]:
+    half = -(-n // 2)
+    return slice(0, half), slice(half, n)
+
+
+def _summed(ciphers: list[Any], plains: np.ndarray, dot: bool = False) -> Any:
+    """Sum over chunks of the products with ``plains``: DotProducts (v1, rotations) or
+    element-wise products (v2, none)."""
+    total = None
+    for cipher, block in zip(ciphers, _split(plains, POLY_MODULUS_DEGREE // 2), strict=True):
+        term = cipher.dot(block) if dot else cipher * block
+        total = term if total is None else total + term
+    return total
+
+
+class _PaperBackend(JointTermBackend):
+    """What the paper's protocols share on the moving party's side: fixed parameters."""
 
     name = "ckks"
     private = True
+    protocol: str
 
     def __init__(self, session: Any, parameters: dict[str, str] | None = None) -> None:
         parameters = dict(parameters or {})
         if set(parameters) - {"protocol"}:
-            raise InputError("ckks protocol 'paper-v1' runs the paper's parameters only "
-                             f"(N={POLY_MODULUS_DEGREE}); it takes no other option")
+            raise InputError(f"ckks protocol '{self.protocol}' runs the paper's parameters "
+                             f"only (N={POLY_MODULUS_DEGREE}); it takes no other option")
+        super().__init__(session, parameters)
+
+
+class PaperV1Backend(_PaperBackend):
+    """Moving-party side of the paper's protocol v1."""
+
+    protocol = "paper-v1"
+
+    def __init__(self, session: Any, parameters: dict[str, str] | None = None) -> None:
         super().__init__(session, parameters)
         self._context: Any = None
         self._fixed: list[Any] = []
@@ -69,12 +121,7 @@ class PaperV1Backend(JointTermBackend):
         if self._context is None:
             reply = self.session.request(
                 pb.Envelope(backend=pb.BackendMessage(kind=CONTEXT)), "backend").backend
-            try:
-                self._context = ts.context_from(reply.blob)
-            except Exception:  # TenSEAL raises bare exceptions on bad bytes
-                raise ProtocolError("the fixed party's CKKS context is invalid") from None
-            if self._context.is_private():
-                raise ProtocolError("the fixed party sent its secret key; refusing it")
+            self._context = _load_public(reply.blob)
         reply = self.session.request(
             pb.Envelope(backend=pb.BackendMessage(kind=LEVEL)), "backend").backend
         parts = -(-points.size // (POLY_MODULUS_DEGREE // 2))
@@ -83,21 +130,9 @@ class PaperV1Backend(JointTermBackend):
         self._fixed, self._fixed_squared = vectors[:parts], vectors[parts:]
 
     def _joint_term(self, fields: MovingFields) -> JointTerm:
-        length = POLY_MODULUS_DEGREE // 2
         columns = list(fields.steepest_descent(self.points).T) + [fields.warped]
-        results = []
-        for column in columns:
-            total = None
-            for cipher, block in zip(self._fixed, _split(column, length), strict=True):
-                term = cipher.dot(block)
-                total = term if total is None else total + term
-            results.append(total)
-        total = None
-        for cipher, block in zip(self._fixed_squared,
-                                 _split(fields.valid.astype(np.float64), length), strict=True):
-            term = cipher.dot(block)
-            total = term if total is None else total + term
-        results.append(total)
+        results = [_summed(self._fixed, column, dot=True) for column in columns]
+        results.append(_summed(self._fixed_squared, fields.valid.astype(np.float64), dot=True))
         sizes, blob = pack([result.serialize() for result in results])
         reply = self.session.request(pb.Envelope(backend=pb.BackendMessage(
             kind=PRODUCTS, arrays=[sizes], blob=blob)), "backend").backend
@@ -113,11 +148,8 @@ class PaperV1FixedSide(FixedSide):
 
     def __init__(self, parameters: dict[str, str]) -> None:
         super().__init__(parameters)
-        ts = _tenseal()
-        self._context = ts.context(ts.SCHEME_TYPE.CKKS, POLY_MODULUS_DEGREE,
-                                   coeff_mod_bit_sizes=list(COEFF_MOD_BIT_SIZES))
-        self._context.global_scale = 2.0**SCALE_BITS
-        self._context.generate_galois_keys()
+        self._context = _new_context()
+        self._context.generate_galois_keys()  # DotProduct rotates
         self._numbers = 0
 
     def on_points(self, values: np.ndarray, points: PointSet) -> None:
@@ -158,48 +190,7 @@ class PaperV1FixedSide(FixedSide):
                 f"{self._numbers} in total"]
 
 
-V2_CONTEXT, V2_LEVEL, V2_PRODUCTS = "paper-v2.context", "paper-v2.level", "paper-v2.products"
-
-
-def _new_context() -> Any:
-    ts = _tenseal()
-    context = ts.context(ts.SCHEME_TYPE.CKKS, POLY_MODULUS_DEGREE,
-                         coeff_mod_bit_sizes=list(COEFF_MOD_BIT_SIZES))
-    context.global_scale = 2.0**SCALE_BITS
-    return context
-
-
-def _public(context: Any) -> bytes:
-    return context.serialize(save_public_key=True, save_secret_key=False,
-                             save_galois_keys=False, save_relin_keys=False)
-
-
-def _load_public(blob: bytes) -> Any:
-    ts = _tenseal()
-    try:
-        context = ts.context_from(blob)
-    except Exception:  # TenSEAL raises bare exceptions on bad bytes
-        raise ProtocolError("the peer's CKKS context is invalid") from None
-    if context.is_private():
-        raise ProtocolError("the peer sent its secret key; refusing it")
-    return context
-
-
-def _halves(n: int) -> tuple[slice, slice]:
-    half = -(-n // 2)
-    return slice(0, half), slice(half, n)
-
-
-def _slot_products(ciphers: list[Any], plains: np.ndarray) -> Any:
-    """Sum over chunks of the element-wise products (no rotations)."""
-    total = None
-    for cipher, block in zip(ciphers, _split(plains, POLY_MODULUS_DEGREE // 2), strict=True):
-        term = cipher * block
-        total = term if total is None else total + term
-    return total
-
-
-class PaperV2Backend(JointTermBackend):
+class PaperV2Backend(_PaperBackend):
     """Moving-party side of the paper's protocol v2 (balanced work, both parties encrypt).
 
     Reconstructed from the text of section 5.4.2 (the paper's Fig. A4 was not
@@ -218,14 +209,9 @@ class PaperV2Backend(JointTermBackend):
     says so.
     """
 
-    name = "ckks"
-    private = True
+    protocol = "paper-v2"
 
     def __init__(self, session: Any, parameters: dict[str, str] | None = None) -> None:
-        parameters = dict(parameters or {})
-        if set(parameters) - {"protocol"}:
-            raise InputError("ckks protocol 'paper-v2' runs the paper's parameters only "
-                             f"(N={POLY_MODULUS_DEGREE}); it takes no other option")
         super().__init__(session, parameters)
         self._context = _new_context()  # the moving party's own keys
         self._fixed_context: Any = None
@@ -259,7 +245,7 @@ class PaperV2Backend(JointTermBackend):
         if not self._fixed_first_half:
             self._fetch_level(columns.shape[1])
         first, second = _halves(columns.shape[0])
-        mine = [_slot_products(self._fixed_first_half[c], columns[first, c])
+        mine = [_summed(self._fixed_first_half[c], columns[first, c])
                 for c in range(self._columns)]
         theirs = [ts.ckks_vector(self._context, block)
                   for c in range(self._columns)
@@ -330,7 +316,7 @@ class PaperV2FixedSide(FixedSide):
                           for data in parts[self._columns:]]
             except Exception:  # TenSEAL raises bare exceptions on bad bytes
                 raise ProtocolError("a ciphertext from the moving party is invalid") from None
-            products = [_slot_products(theirs[c * second_chunks:(c + 1) * second_chunks], vector)
+            products = [_summed(theirs[c * second_chunks:(c + 1) * second_chunks], vector)
                         for c, vector in enumerate(self._replicated(self._second))]
             sizes, blob = pack([product.serialize() for product in products])
             return pb.BackendMessage(kind=V2_PRODUCTS, blob=blob, arrays=[
