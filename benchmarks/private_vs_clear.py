@@ -1,6 +1,7 @@
 """A private backend against Clear on the paper's 2-D brain pair, in one run.
 
-    python benchmarks/private_vs_clear.py [--backend ckks] [--sampling none urs]
+    python benchmarks/private_vs_clear.py [--backend ckks] [--protocol packed]
+        [--sampling none urs]
         [--data ../shared/data/brain-affine-pair]
 
 For each sampling mode: displacement RMSE between the private and the Clear
@@ -33,6 +34,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--backend", default="ckks")
+    parser.add_argument("--protocol", help="the backend's protocol (ckks: packed, paper-v1, "
+                                           "paper-v2)")
     parser.add_argument("--sampling", nargs="+", default=["none", "urs"])
     parser.add_argument("--fraction", type=float, default=0.05)
     args = parser.parse_args()
@@ -45,11 +48,13 @@ def main() -> None:
     for sampling in args.sampling:
         clear = ppir_itk.register(fixed, moving, backend="clear", sampling=sampling, **options)
         start = time.perf_counter()
+        parameters = {"protocol": args.protocol} if args.protocol else {}
         private = ppir_itk.register(fixed, moving, backend=args.backend, sampling=sampling,
-                                    **options)
+                                    backend_parameters=parameters, **options)
         seconds = time.perf_counter() - start
         rmse = displacement_rmse(private.transform, clear.transform, fixed.geometry)
-        print(f"{args.backend} vs clear, sampling {sampling}: displacement RMSE "
+        name = f"{args.backend} {args.protocol or ''}".strip()
+        print(f"{name} vs clear, sampling {sampling}: displacement RMSE "
               f"{rmse / min(fixed.geometry.spacing):.6f} pixel; iterations {private.iterations} "
               f"(clear {clear.iterations}); whole registration {seconds:.1f} s")
         for ours, theirs in zip(private.levels, clear.levels, strict=True):
