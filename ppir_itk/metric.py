@@ -17,10 +17,11 @@ direction that decreases it), like ITK's mean squares metric.
 
 Examples
 --------
-A minimal clear run (the fixed party in-process)::
+Against a fixed party's ``ppir serve`` (or ``ppir_itk.in_process_session(fixed)``
+in tests)::
 
-    session = ppir_itk.in_process_session(fixed_grid)   # or ppir_itk.connect(...)
-    metric = PrivateMeanSquaresImageToImageMetric(backend="clear", session=session)
+    session = ppir_itk.connect("fixed-site:7443", tls=ppir_itk.TLS.for_role("pki", "moving-party"))
+    metric = PrivateMeanSquaresImageToImageMetric(backend="ckks", session=session)
     metric.SetMovingImage(moving)
 """
 
@@ -62,13 +63,13 @@ class PrivateMeanSquaresImageToImageMetric:
     Parameters
     ----------
     backend : str or JointTermBackend
-        The joint-term backend, or its name (``"clear"``).
+        The joint-term backend, or its name (``"ckks"``; ``"clear"`` is NOT private).
     session : Session, optional
         The session with the fixed party (:func:`ppir_itk.connect` or
         :func:`ppir_itk.in_process_session`), when ``backend`` is a name.
     """
 
-    def __init__(self, backend: str | JointTermBackend = "clear",
+    def __init__(self, backend: str | JointTermBackend = "ckks",
                  session: Session | None = None) -> None:
         if isinstance(backend, str):
             if not isinstance(session, Session):

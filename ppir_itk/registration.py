@@ -8,7 +8,7 @@ on in physical space (no rescaling between levels).
 
 Examples
 --------
-In ten lines, with the fixed party in-process (clear backend)::
+In a few lines, the fixed party in its own local process (private ckks backend)::
 
     import ppir_itk
     result = ppir_itk.register("fixed.nii.gz", "moving.nii.gz", transform="affine",
@@ -19,7 +19,7 @@ In ten lines, with the fixed party in-process (clear backend)::
 or piece by piece, ITK style::
 
     session = ppir_itk.connect("fixed-site:7443", tls=ppir_itk.TLS.for_role("pki", "moving-party"))
-    metric = ppir_itk.PrivateMeanSquaresImageToImageMetric("clear", session=session)
+    metric = ppir_itk.PrivateMeanSquaresImageToImageMetric("ckks", session=session)
     metric.SetMovingImage(moving)
     reg = ppir_itk.ImageRegistrationMethod(metric=metric, initial_transform="rigid",
                                            shrink_factors=[2, 1], smoothing_sigmas=[1, 0])
