@@ -43,14 +43,16 @@ def main() -> None:
     private = ppir_itk.register(fixed, moving, backend=args.backend, **options)
     seconds = time.perf_counter() - start
     voxel = min(fixed.geometry.spacing)
+    versus_clear = displacement_rmse(private.transform, clear.transform, fixed.geometry) / voxel
+    versus_truth = displacement_rmse(private.transform, truth, fixed.geometry) / voxel
     print(f"{args.size}^3 affine, fraction {args.fraction}: clear {clear_seconds:.1f} s "
           f"({clear.iterations} iterations); {args.backend} {seconds:.1f} s "
-          f"({private.iterations} iterations); RMSE vs clear "
-          f"{displacement_rmse(private.transform, clear.transform, fixed.geometry) / voxel:.5f}"
-          f" voxel, vs truth {displacement_rmse(private.transform, truth, fixed.geometry) / voxel:.4f}")
+          f"({private.iterations} iterations); RMSE vs clear {versus_clear:.5f} voxel, "
+          f"vs truth {versus_truth:.4f}")
     for name, party in private.parties.items():
-        print(f"  {name} party: {party['seconds']:.1f} s, sent "
-              f"{party['bytes_sent'] / 1e6:.1f} MB, received {party['bytes_received'] / 1e6:.1f} MB")
+        sent, received = party["bytes_sent"] / 1e6, party["bytes_received"] / 1e6
+        print(f"  {name} party: {party['seconds']:.1f} s, sent {sent:.1f} MB, "
+              f"received {received:.1f} MB")
     for level in private.levels:
         moving_party, fixed_party = level.parties["moving"], level.parties["fixed"]
         print(f"  level {level.level}: {level.points} points, {level.iterations} iterations, "
