@@ -9,8 +9,9 @@ Main entry points
 -----------------
 register
     One call: both images on this machine, the fixed party in its own process.
-serve, connect
-    The fixed party's server and the moving party's session, gRPC with mutual TLS.
+serve, connect, register_with
+    The fixed party's server, the moving party's session (gRPC with mutual
+    TLS) and its registration against it.
 ImageRegistrationMethod, PrivateMeanSquaresImageToImageMetric, GaussNewtonOptimizer
     The ITK-style pieces (metric / optimizer / method).
 FixedPartySession, in_process_session
@@ -34,6 +35,7 @@ from ppir_itk.registration import (
     ImageRegistrationMethod,
     RegistrationResult,
     register,
+    register_with,
     resample,
 )
 from ppir_itk.sampling import GMS, URS, NoSampling
@@ -69,6 +71,7 @@ __all__ = [
     "make_backend",
     "make_transform",
     "register",
+    "register_with",
     "resample",
     "serve",
 ]

@@ -45,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     register.add_argument("--moving", required=True, help="moving image")
     _add_registration_options(register)
     _add_tls_options(register, "moving-party")
+    register.add_argument("--dealer", help="--peer only: HOST:PORT of 'ppir dealer' (spdz)")
     register.add_argument("--server-name", default="fixed-party",
                           help="name the fixed party's certificate must carry")
     register.add_argument("--in-process", action="store_true",
@@ -60,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_tls_options(serve, "fixed-party")
     serve.add_argument("--backends", nargs="+", default=["ckks"],
                        help="backends offered (default: ckks; 'clear' sends the image openly)")
+    serve.add_argument("--dealer", help="HOST:PORT of the 'ppir dealer' this party trusts (spdz)")
     serve.add_argument("--max-sessions", type=int, default=1,
                        help="sessions served at the same time (default 1)")
     serve.add_argument("--budget", type=int, default=5000,
@@ -93,10 +95,12 @@ def _add_registration_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--transform", default="affine",
                         help="translation, rigid, similarity or affine (default: affine)")
     parser.add_argument("--backend", default="ckks",
-                        help="joint-term backend: ckks (private, default) or clear (NOT private)")
+                        help="joint-term backend: ckks (private, default), spdz (private, "
+                             "with a dealer) or clear (NOT private)")
     parser.add_argument("--backend-parameter", action="append", default=[], metavar="KEY=VALUE",
                         help="backend option, repeatable (ckks: protocol=packed, "
-                             "poly_modulus_degree=8192, security_bits=128)")
+                             "poly_modulus_degree=8192, security_bits=128; spdz: "
+                             "provider=dealer)")
     parser.add_argument("--sampling", default="none", help="none, urs or gms (default: none)")
     parser.add_argument("--sampling-fraction", type=float, default=0.05,
                         help="fraction of fixed-grid points sampled (default: 0.05)")
@@ -161,6 +165,8 @@ def _register(args: argparse.Namespace) -> int:
     _check_outputs(args)
     if (args.fixed is None) == (args.peer is None):
         raise InputError("give either --fixed (local mode) or --peer (remote fixed party)")
+    if args.dealer is not None and args.peer is None:
+        raise InputError("--dealer goes with --peer; local mode starts its own dealer")
     if args.peer is not None:
         result, moving = _run_with_peer(args)
     else:
@@ -216,8 +222,11 @@ def _run_with_peer(args: argparse.Namespace) -> tuple[Any, Any]:
     from ppir_itk.wrapping.images import as_image_grid
 
     parse_address(args.peer)
+    if args.dealer is not None:
+        parse_address(args.dealer)
     moving_grid = as_image_grid(args.moving, name=f"moving image '{args.moving}'")
-    session = connect(args.peer, _tls(args), deadline=args.deadline, server_name=args.server_name)
+    session = connect(args.peer, _tls(args), deadline=args.deadline, server_name=args.server_name,
+                      dealer=args.dealer)
     progress = _Progress(enabled=not args.quiet and sys.stderr.isatty(),
                          levels=len(args.shrink_factors), iterations=args.iterations)
     options = _registration_options(args)
@@ -236,10 +245,14 @@ def _serve(args: argparse.Namespace) -> int:
     parse_address(args.listen)
     if args.max_sessions < 1 or args.budget < 1 or args.deadline <= 0:
         raise InputError("--max-sessions, --budget and --deadline must be positive")
-    serve(args.fixed, args.listen, _tls(args),
-          backends=tuple(check_backend_name(name) for name in args.backends),
+    backends = tuple(check_backend_name(name) for name in args.backends)
+    if args.dealer is not None:
+        parse_address(args.dealer)
+    elif "spdz" in backends:
+        raise InputError("backend 'spdz' needs --dealer HOST:PORT (the dealer this party trusts)")
+    serve(args.fixed, args.listen, _tls(args), backends=backends,
           evaluation_budget=args.budget, max_sessions=args.max_sessions,
-          deadline=args.deadline)
+          deadline=args.deadline, dealer=args.dealer)
     return 0
 
 
@@ -296,6 +309,8 @@ def _summary(result: Any, transform_path: str | None) -> None:
     print(f"backend {result.backend} ({'private' if result.private else 'NOT private'}), "
           f"two parties over {result.transport}; moving party sent "
           f"{moving['bytes_sent'] / 1e6:.2f} MB, fixed party {fixed['bytes_sent'] / 1e6:.2f} MB")
+    if "dealer" in result.parties:
+        print(f"dealer sent {result.parties['dealer']['bytes_sent'] / 1e6:.2f} MB to the parties")
     for party, lines in result.learned.items():
         for line in lines:
             print(f"{party} party received in the clear: {line}")

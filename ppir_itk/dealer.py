@@ -1,34 +1,53 @@
 """The dealer (D): correlated randomness for the SPDZ backend, and nothing else.
 
-The dealer holds no image and learns nothing about either: it draws Beaver
-triples ``(a, b, c = a * b)`` uniformly over the ring Z_2^64 and hands each
-party its own additive shares. A party's shares are uniformly random on
-their own, so neither party learns a, b or c.
+The dealer holds no image and learns nothing about either. For each
+registration session it deals, over the ring Z_2^64:
+
+- **masks** ``b`` (``rows x count`` uniform values), one per level, to the
+  fixed party only: it opens ``F = Y - b`` for its own values ``Y`` once, and
+  ``b`` hides ``Y`` from the moving party;
+- **triples** for every iteration: a fresh uniform ``a`` to the moving party
+  only (it opens ``E = X - a`` for its own values ``X``; ``a`` hides ``X`` from
+  the fixed party), and ``c = a * b[mask_rows]`` split into additive shares,
+  ``c0`` to the moving party and ``c1`` to the fixed party.
+
+So ``X * Y[rows] = (c0 + X * F) + (c1 + E * b)``: each party computes one
+term from what it holds, and neither learns the other's values (Beaver's
+multiplication, with each operand's mask held by the party that owns the
+operand). To keep the dealer's traffic small, every value that is uniformly
+random on its own travels as a 32-byte seed expanded with AES-256 in counter
+mode (:func:`expand`); only ``c1`` travels in full.
 
 Each party opens its own session with the dealer (gRPC, mutual TLS: the
 certificate says which party it is) and names the registration session by a
-random token the moving party chose. Triples are numbered by the parties;
-the dealer draws batch ``sequence`` once, gives each party its shares once,
-and forgets the batch when both have them.
+random token the moving party chose. Both parties number their triple
+requests the same way; the dealer draws batch ``sequence`` once, gives each
+party its part once, and forgets the batch when both have it.
 
 What the dealer sends, and to whom:
 
-==========================  ==============================================
-request (party -> dealer)   answer (dealer -> that party)
-==========================  ==============================================
-``DealerHello`` (token)     ``DealerWelcome`` (which party the dealer saw)
-``TripleRequest`` (seq, n)  ``Triples``: this party's shares of n triples
-``Close``                   ``Closed``: the dealer's accounting
-==========================  ==============================================
+==============================  =============================================
+request (party -> dealer)       answer (dealer -> that party)
+==============================  =============================================
+``DealerHello`` (token)         ``DealerWelcome`` (which party the dealer saw)
+``MaskRequest`` (seq, rows, n)  fixed party only. ``Masks``: a seed for b
+``TripleRequest`` (seq, n,      ``Triples``: moving party, a seed for a and
+mask, mask rows)                c0; fixed party, c1
+``Close``                       ``Closed``: the dealer's accounting
+==============================  =============================================
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import (
@@ -39,66 +58,117 @@ from ppir_itk.protocol.messages import (
     body,
 )
 
-PARTIES = {"moving-party": 0, "fixed-party": 1}
-MAX_TRIPLES = 1 << 24  # per request
+MOVING, FIXED = 0, 1
+PARTIES = {"moving-party": MOVING, "fixed-party": FIXED}
+MAX_VALUES = 1 << 25  # ring elements per request (a 3-D level of 128^3 points, 5 rows, fits)
+MAX_ROWS = 16
 MAX_PENDING = 8  # batches one party may be ahead of the other, per token
+MASKS_KEPT = 2  # per token: the current level's mask and the one before
 TOKEN_BYTES = (16, 64)
+SEED_BYTES = 32
 
 
-def beaver_triples(count: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-    """Shares of ``count`` triples: ``(a0, b0, c0), (a1, b1, c1)`` with c = a * b mod 2^64."""
-    draw = lambda: rng.integers(0, 2**64, size=count, dtype=np.uint64)  # noqa: E731
-    a, b = draw(), draw()
-    c = a * b  # uint64 arithmetic wraps: the ring Z_2^64
-    a0, b0, c0 = draw(), draw(), draw()
-    shares = (a0, b0, c0), (a - a0, b - b0, c - c0)
-    return tuple(tuple(x.view(np.int64) for x in party) for party in shares)
+def expand(seed: bytes, count: int) -> np.ndarray:
+    """``count`` uniform int64 values (ring Z_2^64) from a 32-byte seed: AES-256-CTR keystream."""
+    if len(seed) != SEED_BYTES:
+        raise ProtocolError(f"a seed must be {SEED_BYTES} bytes")
+    encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
+    return np.frombuffer(encryptor.update(bytes(8 * count)), dtype=np.int64)
+
+
+def mask_values(seed: bytes, rows: int, count: int) -> np.ndarray:
+    """The fixed party's mask b, shape ``(rows, count)``."""
+    return expand(seed, rows * count).reshape(rows, count)
+
+
+def moving_triples(seed: bytes, rows: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The moving party's ``(a, c0)``, each ``(rows, count)``."""
+    stream = expand(seed, 2 * rows * count).reshape(2, rows, count)
+    return stream[0], stream[1]
 
 
 @dataclass
 class _Batch:
-    count: int
-    shares: tuple
+    request: tuple  # what was asked, so that both parties ask the same
+    seed: bytes  # the moving party's a and c0
+    mask: np.ndarray  # b[mask_rows], for the fixed party's c1
     taken: set[int] = field(default_factory=set)
 
 
 class TriplePool:
-    """Triples drawn for each session token, until both parties took their shares."""
+    """Masks and triples drawn for each session token, until both parties took their shares."""
 
-    def __init__(self, seed: int | None = None) -> None:
-        self._rng = np.random.default_rng(seed)
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._batches: dict[tuple[bytes, int], _Batch] = {}
-        self.triples_dealt = 0
+        self._masks: dict[bytes, dict[int, np.ndarray]] = {}
+        self.values_dealt = 0
 
-    def take(self, token: bytes, party: int, sequence: int, count: int) -> tuple[np.ndarray, ...]:
-        if not 0 < count <= MAX_TRIPLES:
-            raise ProtocolError(f"{count} triples asked; one request may ask 1 to {MAX_TRIPLES}")
-        key = (token, sequence)
+    def masks(self, token: bytes, party: int, request: pb.MaskRequest) -> pb.Masks:
+        rows, count = int(request.rows), int(request.count)
+        _check_size(rows, count)
+        if party != FIXED:
+            raise ProtocolError("masks go to the fixed party only")
+        with self._lock:
+            kept = self._masks.setdefault(token, {})
+            if int(request.sequence) in kept:
+                raise ProtocolError(f"mask {request.sequence} was already dealt")
+            seed = os.urandom(SEED_BYTES)
+            kept[int(request.sequence)] = mask_values(seed, rows, count).view(np.uint64)
+            for old in sorted(kept)[:-MASKS_KEPT]:
+                del kept[old]
+            self.values_dealt += rows * count
+        return pb.Masks(sequence=request.sequence, seed=seed)
+
+    def triples(self, token: bytes, party: int, request: pb.TripleRequest) -> pb.Triples:
+        rows, count = len(request.mask_rows), int(request.count)
+        _check_size(rows, count)
+        asked = (count, int(request.mask_sequence), tuple(request.mask_rows))
+
+        key = (token, int(request.sequence))
         with self._lock:
             batch = self._batches.get(key)
             if batch is None:
                 pending = sum(1 for (other, _), b in self._batches.items()
                               if other == token and party in b.taken)
                 if pending >= MAX_PENDING:
-                    raise ProtocolError("too many triple batches ahead of the other party")
-                batch = _Batch(count, beaver_triples(count, self._rng))
+                    raise ProtocolError("too many batches ahead of the other party")
+                mask = self._masks.get(token, {}).get(int(request.mask_sequence))
+                if mask is None or mask.shape[1] != count or max(request.mask_rows) >= len(mask):
+                    raise ProtocolError(f"triples asked for mask {request.mask_sequence}, which "
+                                        "the dealer does not hold in that size")
+                batch = _Batch(asked, os.urandom(SEED_BYTES), mask[list(request.mask_rows)])
                 self._batches[key] = batch
-                self.triples_dealt += count
-            if batch.count != count:
-                raise ProtocolError(f"batch {sequence} has {batch.count} triples, not {count}")
+                self.values_dealt += rows * count
+            if batch.request != asked:
+                raise ProtocolError(f"triple batch {request.sequence} was asked differently by "
+                                    "the other party")
             if party in batch.taken:
-                raise ProtocolError(f"batch {sequence} was already taken by this party")
+                raise ProtocolError(f"triple batch {request.sequence} was already taken by "
+                                    "this party")
             batch.taken.add(party)
             if len(batch.taken) == 2:
                 del self._batches[key]
-            return batch.shares[party]
+        if party == MOVING:
+            return pb.Triples(sequence=request.sequence, seed=batch.seed)
+        # The fixed party's c1 = a * b - c0, computed outside the lock: the moving party's
+        # seed goes out at once, whoever asks first.
+        a, c_moving = moving_triples(batch.seed, rows, count)
+        c_fixed = a.view(np.uint64) * batch.mask - c_moving.view(np.uint64)
+        return pb.Triples(sequence=request.sequence, c=array_to_pb(c_fixed.view(np.int64)))
 
     def forget(self, token: bytes) -> None:
-        """Drop a session's batches (one of its parties ended abnormally)."""
+        """Drop a session's batches and masks (it ended)."""
         with self._lock:
             for key in [key for key in self._batches if key[0] == token]:
                 del self._batches[key]
+            self._masks.pop(token, None)
+
+
+def _check_size(rows: int, count: int) -> None:
+    if not (0 < rows <= MAX_ROWS and 0 < count and rows * count <= MAX_VALUES):
+        raise ProtocolError(f"{rows} x {count} values asked; one request may ask 1 to "
+                            f"{MAX_ROWS} rows and at most {MAX_VALUES} values")
 
 
 class DealerSession:
@@ -129,12 +199,12 @@ class DealerSession:
                 return pb.Envelope(dealer_welcome=pb.DealerWelcome(party=self.party))
             if self.token is None or self.closed:
                 raise ProtocolError(f"'{kind}' arrived outside an open dealer session")
+            if kind == "mask_request":
+                return pb.Envelope(masks=self.pool.masks(self.token, self.party,
+                                                         envelope.mask_request))
             if kind == "triple_request":
-                request = envelope.triple_request
-                a, b, c = self.pool.take(self.token, self.party, request.sequence, request.count)
-                return pb.Envelope(triples=pb.Triples(
-                    sequence=request.sequence, a=array_to_pb(a), b=array_to_pb(b),
-                    c=array_to_pb(c)))
+                return pb.Envelope(triples=self.pool.triples(self.token, self.party,
+                                                             envelope.triple_request))
             if kind == "close":
                 self.closed = True
                 return pb.Envelope(closed=pb.Closed(stats=pb.PartyStats(seconds=self.seconds)))
@@ -144,36 +214,70 @@ class DealerSession:
 
 
 class DealerClient:
-    """A party's session with the dealer (``ppir dealer`` at ``target``).
+    """A party's session with the dealer.
 
     Parameters
     ----------
-    target : str
-        ``HOST:PORT`` of the dealer.
-    tls : TLS
-        This party's certificate (its name tells the dealer which party it is).
+    session : Session
+        A session whose peer is the dealer: ``RemoteSession`` to ``ppir dealer``
+        (:func:`open_dealer`) or, in one process, a ``LocalSession`` on a
+        :class:`DealerSession`.
     token : bytes
         The registration session's token, the same for both parties.
     """
 
-    def __init__(self, target: str, tls, token: bytes, *, deadline: float = 60.0,
-                 server_name: str = "dealer") -> None:
-        from ppir_itk.protocol.session import RemoteSession
-
-        self.session = RemoteSession(target, tls, deadline=deadline, server_name=server_name,
-                                     service="ppir.v1.Dealer", role="dealer")
-        welcome = self.session.request(pb.Envelope(dealer_hello=pb.DealerHello(
+    def __init__(self, session: Any, token: bytes) -> None:
+        self.session = session
+        welcome = session.request(pb.Envelope(dealer_hello=pb.DealerHello(
             protocol_version=PROTOCOL_VERSION, session_token=token)), "dealer_welcome")
         self.party = welcome.dealer_welcome.party
+        self.closed: pb.Closed | None = None
 
-    def triples(self, sequence: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """This party's shares (int64, ring Z_2^64) of triple batch ``sequence``."""
-        reply = self.session.request(pb.Envelope(triple_request=pb.TripleRequest(
-            sequence=sequence, count=count)), "triples").triples
-        shares = tuple(array_from_pb(x, max_elements=count) for x in (reply.a, reply.b, reply.c))
-        if any(x.shape != (count,) or x.dtype != np.int64 for x in shares):
-            raise ProtocolError("the dealer's shares do not fit the request")
+    def masks(self, sequence: int, rows: int, count: int) -> np.ndarray:
+        """The fixed party's mask ``sequence`` (int64, ``(rows, count)``)."""
+        reply = self.session.request(pb.Envelope(mask_request=pb.MaskRequest(
+            sequence=sequence, rows=rows, count=count)), "masks").masks
+        return mask_values(reply.seed, rows, count)
+
+    def post_triples(self, sequence: int, count: int, mask_sequence: int,
+                     mask_rows: list[int]) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
+        """Ask for triple batch ``sequence`` now; the returned call waits for this party's
+        part, each ``(len(mask_rows), count)``: ``(a, c0)`` for the moving party,
+        ``(None, c1)`` for the fixed party."""
+        answer = self.session.post(pb.Envelope(triple_request=pb.TripleRequest(
+            sequence=sequence, count=count, mask_sequence=mask_sequence, mask_rows=mask_rows)))
+        rows = len(mask_rows)
+
+        def shares() -> tuple[np.ndarray | None, np.ndarray]:
+            reply = answer("triples").triples
+            if self.party == MOVING:
+                return moving_triples(reply.seed, rows, count)
+            c = array_from_pb(reply.c, max_elements=rows * count)
+            if c.shape != (rows, count) or c.dtype != np.int64:
+                raise ProtocolError("the dealer's shares do not fit the request")
+            return None, c
+
         return shares
 
-    def close(self) -> None:
-        self.session.close()
+    def close(self) -> pb.Closed:
+        """End the session; the dealer's own accounting of it."""
+        if self.closed is None:
+            self.closed = self.session.close()
+        return self.closed
+
+
+def local_dealer(pool: TriplePool, party_name: str) -> Callable[[bytes], DealerClient]:
+    """Sessions with a dealer living in this process (single-process runs and tests)."""
+    from ppir_itk.protocol.session import LocalSession
+
+    return lambda token: DealerClient(
+        LocalSession(DealerSession(pool, party_name), peer="dealer (in-process)"), token)
+
+
+def open_dealer(target: str, tls: Any, token: bytes, *, deadline: float = 60.0,
+                server_name: str = "dealer") -> DealerClient:
+    """This party's session with ``ppir dealer`` at ``target`` (``HOST:PORT``)."""
+    from ppir_itk.protocol.session import RemoteSession
+
+    return DealerClient(RemoteSession(target, tls, deadline=deadline, server_name=server_name,
+                                      service="ppir.v1.Dealer", role="dealer"), token)

@@ -20,7 +20,9 @@ sampling, seed)               the security model) and the evaluation budget
                               are drawn here from the public seed; revealed GMS
                               indices are the moving party's disclosure
 ``BackendMessage``            the backend's answer (:mod:`ppir_itk.backends`):
-                              ``clear`` sends J in the clear (NOT private)
+                              ``clear`` sends J in the clear (NOT private);
+                              ``ckks`` and ``spdz`` send only what is uniform
+                              to the moving party, and the joint term
 ``Close``                     ``Closed``: the fixed party's own accounting
 ============================  ===================================================
 
@@ -95,6 +97,8 @@ class FixedPolicy:
     evaluation_budget: int = 5000
     max_levels: int = 10
     allow_center_of_mass: bool = True
+    dealer: Any = None  # SPDZ: token -> DealerClient, to the dealer the operator trusts
+    single_process: bool = False  # both parties in one process (tests): allows provider=tfp
 
 
 @dataclass
@@ -177,7 +181,8 @@ class FixedPartySession:
             raise ProtocolError("the URS fraction must be in (0, 1]")
         if hello.wants_center_of_mass and not self.policy.allow_center_of_mass:
             raise ProtocolError("this fixed party does not disclose its centre of mass")
-        self.backend_side = make_fixed_side(hello.backend, dict(hello.backend_parameters))
+        self.backend_side = make_fixed_side(hello.backend, dict(hello.backend_parameters),
+                                            self.policy)
         self.hello = hello
         return pb.Envelope(welcome=pb.Welcome(
             protocol_version=PROTOCOL_VERSION,
@@ -230,9 +235,11 @@ class FixedPartySession:
 
     def _on_close(self, _: pb.Close) -> pb.Envelope:
         self.closed = True
-        learned = self.learned + (self.backend_side.learned() if self.backend_side else [])
+        learned = self.learned + self.backend_side.learned()
+        dealer = self.backend_side.close()
         return pb.Envelope(closed=pb.Closed(
             stats=pb.PartyStats(seconds=self.seconds),
             levels=[pb.PartyStats(seconds=s) for s in self.level_seconds],
             learned=learned,
+            dealer=dealer,
         ))

@@ -208,7 +208,9 @@ class PrivateMeanSquaresImageToImageMetric:
         joint = self.backend.joint_term(MovingFields(gradient, values, valid, coefficients))
         joint_r = (joint.parameter_term if joint.parameter_term is not None
                    else coefficients @ joint.moments.ravel())
-        ssd = float(np.dot(values, values)) - 2.0 * joint.warped_dot_fixed + joint.fixed_squared
+        # Not np.dot: BLAS would start threads that spin against the other party's process.
+        warped_squared = float(np.square(values).sum())
+        ssd = warped_squared - 2.0 * joint.warped_dot_fixed + joint.fixed_squared
         scale = 2.0 / n_valid
         return Evaluation(
             value=max(ssd, 0.0) / n_valid,

@@ -283,6 +283,8 @@ class ImageRegistrationMethod(Observable):
             "moving": _party(session.counters(), sum(level.seconds for level in result.levels)),
             "fixed": _party(Counters.from_pb(closed.stats), closed.stats.seconds),
         }
+        for name, (counters, seconds) in backend.other_parties(closed).items():
+            result.parties[name] = _party(counters, seconds)
         for level, fixed_level in zip(result.levels, closed.levels, strict=False):
             level.parties["fixed"] = _party(Counters.from_pb(fixed_level), fixed_level.seconds)
         for level in result.levels:
@@ -449,7 +451,7 @@ def register(
     """
     from ppir_itk.backends import check_backend_name
     from ppir_itk.protocol.local import spawn_fixed_party
-    from ppir_itk.protocol.session import RemoteSession
+    from ppir_itk.protocol.session import connect
 
     fixed_grid = as_image_grid(fixed, name="fixed image")
     moving_grid = as_image_grid(moving, name="moving image")
@@ -474,7 +476,8 @@ def register(
         raise InputError(f"unknown transport '{transport}': choose process or in-process")
     source = fixed if isinstance(fixed, (str, os.PathLike)) else fixed_grid
     with spawn_fixed_party(source, backends=(backend,), deadline=deadline) as fixed_party:
-        session = RemoteSession(fixed_party.address, fixed_party.client_tls, deadline=deadline)
+        session = connect(fixed_party.address, fixed_party.client_tls, deadline=deadline,
+                          dealer=fixed_party.dealer_address)
         result = register_with(session, moving_grid, **options)
     result.fixed_startup_seconds = fixed_party.startup_seconds
     return result

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import ssl
 import warnings
 
 import pytest
@@ -41,6 +43,24 @@ def register_in_process(fixed, moving, **options):
     """
     options.setdefault("backend", "clear")
     return ppir_itk.register(fixed, moving, transport="in-process", **options)
+
+
+def speaks_to_unauthenticated(address: str, pki, client_pki=None) -> bool:
+    """Whether the TLS server at ``address`` answers a client with no certificate (or with
+    ``client_pki``'s moving-party certificate, from another CA)."""
+    host, port = address.rsplit(":", 1)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(pki / "ca.pem")
+    context.check_hostname = False
+    if client_pki is not None:
+        context.load_cert_chain(client_pki / "moving-party.pem", client_pki / "moving-party.key")
+    with socket.create_connection((host, int(port)), timeout=5) as raw:
+        try:
+            with context.wrap_socket(raw) as tls_socket:
+                tls_socket.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+                return tls_socket.recv(1) != b""  # TLS 1.3 reports a refused certificate here
+        except (ssl.SSLError, ConnectionError):
+            return False
 
 
 @pytest.fixture(scope="session")

@@ -66,6 +66,22 @@ def test_warped_output_and_report(pair, tmp_path):
                                sitk.GetArrayFromImage(resampled), atol=1e-4)
 
 
+def test_spdz_in_local_mode_starts_a_dealer_and_reports_it(pair, tmp_path, capsys):
+    out, report = tmp_path / "t.tfm", tmp_path / "r.json"
+    assert _register(pair, out, "--backend", "spdz", "--report", str(report)) == 0
+    assert "dealer sent" in capsys.readouterr().out
+    data = json.loads(report.read_text())
+    assert data["private"] and set(data["parties"]) == {"moving", "fixed", "dealer"}
+    geometry = as_image_grid(pair[0]).geometry
+    assert displacement_rmse(from_sitk(sitk.ReadTransform(str(out))), pair[2], geometry) < 0.1
+
+
+def test_serving_spdz_needs_a_dealer(pair, tmp_path, capsys):
+    status = main(["serve", "--fixed", str(pair[0]), "--listen", "127.0.0.1:0",
+                   "--tls-dir", str(tmp_path), "--backends", "spdz"])
+    assert status == 2 and "needs --dealer" in capsys.readouterr().err
+
+
 def test_demo_runs_on_installed_data(tmp_path, capsys):
     assert main(["demo", "--output-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -137,12 +153,16 @@ def _bad_inputs(tmp_path, pair):
         "levels mismatch": ({}, shrink, "one value per level"),
         "bad transform suffix": ({"--output-transform": str(tmp_path / "t.xyz")}, [],
                                  "must end in"),
+        "unknown spdz provider": ({}, ["--backend", "spdz", "--backend-parameter",
+                                       "provider=mine"], "no provider 'mine'"),
+        "dealer without a peer": ({}, ["--dealer", "127.0.0.1:1"], "--dealer goes with --peer"),
     }
 
 
 BAD = ["missing file", "empty file", "colour image", "dimension mismatch", "NaN pixels",
        "constant image", "non-orthonormal NIfTI", "unknown transform", "unknown backend",
-       "unknown sampling", "levels mismatch", "bad transform suffix"]
+       "unknown sampling", "levels mismatch", "bad transform suffix", "unknown spdz provider",
+       "dealer without a peer"]
 
 
 @pytest.mark.parametrize("case", BAD)

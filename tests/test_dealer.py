@@ -1,4 +1,4 @@
-"""The dealer: Beaver triples over Z_2^64, shares to each party, over mutual TLS."""
+"""The dealer: masks and Beaver triples over Z_2^64, each party's part, over mutual TLS."""
 
 from __future__ import annotations
 
@@ -10,40 +10,75 @@ import numpy as np
 import pytest
 
 import ppir_itk
-from ppir_itk.dealer import DealerClient, TriplePool, beaver_triples
-from ppir_itk.protocol.messages import ProtocolError
+from ppir_itk.dealer import (
+    FIXED,
+    MOVING,
+    TriplePool,
+    expand,
+    mask_values,
+    moving_triples,
+    open_dealer,
+)
+from ppir_itk.protocol import ppir_pb2 as pb
+from ppir_itk.protocol.messages import ProtocolError, array_from_pb
 from ppir_itk.protocol.transport import DealerServer
 
-
-def _open(shares_0, shares_1):
-    """Reconstruct a, b, c from both parties' shares (uint64 arithmetic wraps mod 2^64)."""
-    return [x.view(np.uint64) + y.view(np.uint64) for x, y in zip(shares_0, shares_1, strict=True)]
+ROWS = [0, 0, 0, 1]  # three rows on the first mask row, one on the second (as spdz in 2-D)
 
 
-def test_triples_reconstruct_and_shares_hide_them():
-    first, second = beaver_triples(10000, np.random.default_rng(1))
-    a, b, c = _open(first, second)
-    np.testing.assert_array_equal(a * b, c)
-    # A share alone is uniform: about half of the top bits set, and never the secret itself.
-    for share, secret in zip(first, (a, b, c), strict=True):
-        top = (share.view(np.uint64) >> np.uint64(63)).mean()
-        assert 0.47 < top < 0.53
-        assert not np.any(share.view(np.uint64) == secret)
+def _assert_uniform(values: np.ndarray) -> None:
+    """About half of the top bits set, as for uniform ring elements."""
+    assert 0.47 < (values.view(np.uint64) >> np.uint64(63)).mean() < 0.53
 
 
-def test_pool_pairs_the_parties_and_refuses_misuse():
-    pool = TriplePool(seed=0)
-    token = os.urandom(16)
-    moving = pool.take(token, 0, sequence=0, count=5)
+def _assert_triple(mask: np.ndarray, moving: tuple, fixed_c: np.ndarray) -> None:
+    a, c_moving = (x.view(np.uint64) for x in moving)
+    np.testing.assert_array_equal(a * mask.view(np.uint64)[ROWS],
+                                  c_moving + fixed_c.view(np.uint64))
+
+
+def test_expand_is_a_deterministic_uniform_stream():
+    seed = os.urandom(32)
+    np.testing.assert_array_equal(expand(seed, 1000), expand(seed, 2000)[:1000])
+    _assert_uniform(expand(seed, 20000))
+    assert not np.array_equal(expand(seed, 100), expand(os.urandom(32), 100))
+    with pytest.raises(ProtocolError, match="32 bytes"):
+        expand(b"short", 10)
+
+
+def test_masks_and_triples_reconstruct_and_each_part_is_uniform():
+    pool, token, count = TriplePool(), os.urandom(16), 5000
+    masks = pool.masks(token, FIXED, pb.MaskRequest(sequence=0, rows=2, count=count))
+    mask = mask_values(masks.seed, 2, count)
+    request = pb.TripleRequest(sequence=0, count=count, mask_sequence=0, mask_rows=ROWS)
+    moving = moving_triples(pool.triples(token, MOVING, request).seed, len(ROWS), count)
+    fixed_c = array_from_pb(pool.triples(token, FIXED, request).c)
+    _assert_triple(mask, moving, fixed_c)
+    for part in (mask, *moving, fixed_c):
+        _assert_uniform(part)
+
+
+def test_pool_refuses_misuse():
+    pool, token = TriplePool(), os.urandom(16)
+    with pytest.raises(ProtocolError, match="fixed party only"):
+        pool.masks(token, MOVING, pb.MaskRequest(sequence=0, rows=2, count=5))
+    with pytest.raises(ProtocolError, match="does not hold"):
+        pool.triples(token, MOVING, pb.TripleRequest(sequence=0, count=5, mask_sequence=0,
+                                                     mask_rows=[0]))
+    pool.masks(token, FIXED, pb.MaskRequest(sequence=0, rows=2, count=5))
+    with pytest.raises(ProtocolError, match="already dealt"):
+        pool.masks(token, FIXED, pb.MaskRequest(sequence=0, rows=2, count=5))
+    request = pb.TripleRequest(sequence=0, count=5, mask_sequence=0, mask_rows=[0, 1])
+    pool.triples(token, MOVING, request)
     with pytest.raises(ProtocolError, match="already taken"):
-        pool.take(token, 0, sequence=0, count=5)
-    with pytest.raises(ProtocolError, match="has 5 triples"):
-        pool.take(token, 1, sequence=0, count=6)
-    fixed = pool.take(token, 1, sequence=0, count=5)
-    a, b, c = _open(moving, fixed)
-    np.testing.assert_array_equal(a * b, c)
-    with pytest.raises(ProtocolError, match="1 to"):
-        pool.take(token, 0, sequence=1, count=0)
+        pool.triples(token, MOVING, request)
+    with pytest.raises(ProtocolError, match="asked differently"):
+        pool.triples(token, FIXED, pb.TripleRequest(sequence=0, count=5, mask_sequence=0,
+                                                    mask_rows=[1, 1]))
+    with pytest.raises(ProtocolError, match="rows"):
+        pool.masks(token, FIXED, pb.MaskRequest(sequence=1, rows=0, count=5))
+    with pytest.raises(ProtocolError, match="rows"):
+        pool.masks(token, FIXED, pb.MaskRequest(sequence=1, rows=2, count=1 << 30))
 
 
 @pytest.fixture
@@ -57,28 +92,30 @@ def dealer(tmp_path):
     server.stop(grace=None)
 
 
-def test_both_parties_get_matching_shares_over_the_wire(dealer):
+def test_both_parties_get_matching_parts_over_the_wire(dealer):
     token = os.urandom(32)
-    clients = [DealerClient(dealer.address, ppir_itk.TLS.for_role(dealer.pki, role), token)
-               for role in ("moving-party", "fixed-party")]
-    assert [client.party for client in clients] == [0, 1]
-    for sequence, count in ((0, 1000), (1, 70000)):  # the second batch travels in chunks
-        shares = [client.triples(sequence, count) for client in clients]
-        a, b, c = _open(*shares)
-        np.testing.assert_array_equal(a * b, c)
-    for client in clients:
-        client.close()
-    assert dealer.pool.triples_dealt == 71000
+    moving, fixed = (open_dealer(dealer.address, ppir_itk.TLS.for_role(dealer.pki, role), token)
+                     for role in ("moving-party", "fixed-party"))
+    assert (moving.party, fixed.party) == (MOVING, FIXED)
+    for level, count in ((0, 1000), (1, 70000)):  # the second level's c travels in chunks
+        mask = fixed.masks(level, 2, count)
+        for sequence in (2 * level, 2 * level + 1):
+            moving_part = moving.post_triples(sequence, count, level, ROWS)
+            fixed_part = fixed.post_triples(sequence, count, level, ROWS)
+            _assert_triple(mask, moving_part(), fixed_part()[1])
+    moving.close()
+    fixed.close()
+    assert dealer.pool.values_dealt == 2 * (1000 + 70000) + 2 * len(ROWS) * (1000 + 70000)
 
 
 def test_only_the_two_parties_from_the_ca_are_served(dealer, tmp_path):
     with pytest.raises(ppir_itk.PeerError):
-        DealerClient(dealer.address, ppir_itk.TLS.for_role(dealer.pki, "dealer"), os.urandom(16),
-                     deadline=5)
+        open_dealer(dealer.address, ppir_itk.TLS.for_role(dealer.pki, "dealer"), os.urandom(16),
+                    deadline=5)
     other = ppir_itk.init_pki(tmp_path / "other", ca_name="another CA")
     with pytest.raises(ppir_itk.PeerError):
-        DealerClient(dealer.address, ppir_itk.TLS.for_role(other, "moving-party"),
-                     os.urandom(16), deadline=5)
+        open_dealer(dealer.address, ppir_itk.TLS.for_role(other, "moving-party"),
+                    os.urandom(16), deadline=5)
     assert not [line for line in dealer.lines if "opened" in line]
 
 
@@ -91,8 +128,8 @@ def test_ppir_dealer_command_listens(tmp_path):
         line = process.stderr.readline()
         assert "ppir dealer: listening on 127.0.0.1:" in line
         address = line.rsplit(" ", 1)[1].strip()
-        client = DealerClient(address, ppir_itk.TLS.for_role(pki, "moving-party"), os.urandom(16))
-        assert client.triples(0, 10)[0].shape == (10,)
+        client = open_dealer(address, ppir_itk.TLS.for_role(pki, "fixed-party"), os.urandom(16))
+        assert client.masks(0, 2, 10).shape == (2, 10)
         client.close()
     finally:
         process.terminate()

@@ -12,7 +12,7 @@ import time
 import grpc
 import numpy as np
 import pytest
-from conftest import known_pair, register_in_process
+from conftest import known_pair, register_in_process, speaks_to_unauthenticated
 
 import ppir_itk
 from ppir_itk.evaluation import displacement_rmse
@@ -95,20 +95,8 @@ def test_sessions_one_after_another_and_a_second_concurrent_one_refused(server, 
 
 @pytest.mark.parametrize("kind", ["other CA", "no certificate"])
 def test_clients_without_a_certificate_from_the_ca_are_refused(kind, server, pki, other_pki):
-    host, port = server.address.split(":")
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.load_verify_locations(pki / "ca.pem")
-    context.check_hostname = False
-    if kind == "other CA":
-        context.load_cert_chain(other_pki / "moving-party.pem", other_pki / "moving-party.key")
-    with socket.create_connection((host, int(port)), timeout=5) as raw:
-        try:
-            with context.wrap_socket(raw, server_hostname="fixed-party") as tls_socket:
-                tls_socket.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-                answer = tls_socket.recv(1)  # TLS 1.3 reports a refused certificate here
-        except (ssl.SSLError, ConnectionError):
-            answer = b""
-    assert answer == b"", "the server must not speak to a client it did not authenticate"
+    assert not speaks_to_unauthenticated(server.address, pki,
+                                         other_pki if kind == "other CA" else None)
     # Through gRPC too: the session never starts.
     session = ppir_itk.connect(server.address, ppir_itk.TLS.for_role(other_pki, "moving-party"),
                                deadline=5)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ppir_itk.backends.base import FixedSide, JointTerm, JointTermBackend, MovingFields
 from ppir_itk.backends.ckks import CKKSBackend, CKKSFixedSide
 from ppir_itk.backends.ckks_paper import (
@@ -11,6 +13,7 @@ from ppir_itk.backends.ckks_paper import (
     PaperV2FixedSide,
 )
 from ppir_itk.backends.clear import ClearBackend, ClearFixedSide, InsecureBackendWarning
+from ppir_itk.backends.spdz import SPDZBackend, SPDZFixedSide
 from ppir_itk.errors import InputError
 from ppir_itk.protocol.messages import ProtocolError
 from ppir_itk.protocol.session import Session
@@ -21,6 +24,7 @@ BACKENDS: dict[str, dict[str, tuple[type[JointTermBackend], type[FixedSide]]]] =
              "paper-v1": (PaperV1Backend, PaperV1FixedSide),
              "paper-v2": (PaperV2Backend, PaperV2FixedSide)},
     "clear": {"clear": (ClearBackend, ClearFixedSide)},
+    "spdz": {"spdz": (SPDZBackend, SPDZFixedSide)},
 }
 
 
@@ -48,12 +52,12 @@ def make_backend(name: str, session: Session,
     return _sides(check_backend_name(name), parameters)[0](session, parameters)
 
 
-def make_fixed_side(name: str, parameters: dict[str, str]) -> FixedSide:
+def make_fixed_side(name: str, parameters: dict[str, str], policy: Any) -> FixedSide:
     """The fixed-party side of backend ``name`` (for a session that asked for it)."""
     if name not in BACKENDS:
         raise ProtocolError(f"backend '{name[:40]}' is unknown")
     try:
-        return _sides(name, parameters)[1](parameters)
+        return _sides(name, parameters)[1](parameters, policy)
     except InputError as error:
         raise ProtocolError(str(error)) from None
 
@@ -68,6 +72,7 @@ __all__ = [
     "JointTermBackend",
     "PaperV1Backend",
     "MovingFields",
+    "SPDZBackend",
     "check_backend_name",
     "make_backend",
     "make_fixed_side",

@@ -26,6 +26,7 @@ received in the clear (``learned()``).
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -39,6 +40,39 @@ from ppir_itk.protocol.messages import PROTOCOL_VERSION, geometry_from_pb
 from ppir_itk.protocol.session import Session
 from ppir_itk.pyramid import LevelSchedule
 from ppir_itk.sampling import GMS, URS
+
+PHI_BITS = 12  # fixed-point bits of the affine basis coordinates
+
+
+def exponent(largest: float, bits: int) -> int:
+    """The power-of-two scale that puts ``largest`` just below ``2^(bits - 1)``."""
+    if largest <= 0 or not math.isfinite(largest):
+        return bits - 1
+    return bits - 1 - math.ceil(math.log2(largest * (1 + 1e-12)))
+
+
+def basis_coordinates(points: PointSet) -> tuple[np.ndarray, int]:
+    """``phi_j(x) = (x - reference)_j`` on the points as integers, and their exponent (public)."""
+    geometry = points.geometry
+    flat = np.arange(geometry.number_of_points) if points.indices is None else points.indices
+    phi = geometry.physical_points(geometry.flat_to_index(flat)) - points.reference
+    scale = exponent(float(np.abs(phi).max(initial=0.0)), PHI_BITS)
+    return np.round(phi * 2.0**scale).astype(np.int64), scale
+
+
+def fixed_point_disclosures(points: PointSet | None, sums_received: int, bounds: list[int],
+                            others: list[str]) -> list[str]:
+    """What a moving party learns from a private backend that returns the exact sums:
+    the joint term itself, and the power of two bounding J (the fixed-point exponent)."""
+    told = list(others)
+    if sums_received:
+        d = points.geometry.dimension
+        told.insert(0, f"the joint term: {d * (d + 1) + 2} sums per evaluation (affine-basis "
+                       f"moments, I_w.J, sum of J^2 over the overlap), {sums_received} in total")
+    if bounds:
+        told.append("the power of two bounding the fixed image's values, per level: "
+                    + ", ".join(f"2^{bound}" for bound in bounds))
+    return told
 
 
 @dataclass(frozen=True)
@@ -168,6 +202,10 @@ class JointTermBackend(abc.ABC):
         """What the moving party received in the clear."""
         return list(self._learned)
 
+    def other_parties(self, closed: pb.Closed) -> dict[str, tuple[Any, float]]:
+        """Figures of parties other than the two (e.g. a dealer): name -> (Counters, seconds)."""
+        return {}
+
     @abc.abstractmethod
     def _on_points(self, points: PointSet) -> None:
         """Per-level set-up once the point set is agreed (e.g. J encrypted once)."""
@@ -180,8 +218,9 @@ class JointTermBackend(abc.ABC):
 class FixedSide(abc.ABC):
     """Fixed-party side of a backend: answers the backend's messages for one session."""
 
-    def __init__(self, parameters: dict[str, str]) -> None:
+    def __init__(self, parameters: dict[str, str], policy: Any) -> None:
         self.parameters = parameters
+        self.policy = policy  # the operator's FixedPolicy
         self.evaluations = 0
 
     @abc.abstractmethod
@@ -195,3 +234,7 @@ class FixedSide(abc.ABC):
     def learned(self) -> list[str]:
         """What the fixed party received in the clear."""
         return []
+
+    def close(self) -> pb.PartyStats | None:
+        """End the session's side work; this party's traffic with a dealer, if it had one."""
+        return None

@@ -47,7 +47,16 @@ from typing import Any
 
 import numpy as np
 
-from ppir_itk.backends.base import FixedSide, JointTerm, JointTermBackend, MovingFields
+from ppir_itk.backends.base import (
+    PHI_BITS,
+    FixedSide,
+    JointTerm,
+    JointTermBackend,
+    MovingFields,
+    basis_coordinates,
+    exponent,
+    fixed_point_disclosures,
+)
 from ppir_itk.errors import InputError
 from ppir_itk.fixed_party import PointSet
 from ppir_itk.protocol import ppir_pb2 as pb
@@ -57,7 +66,6 @@ POLY_MODULUS_DEGREES = (8192, 16384, 32768)
 SECURITY_LEVELS = {128: "TC128", 192: "TC192", 256: "TC256"}
 PLAIN_BITS = 60
 SUM_BITS = PLAIN_BITS - 2  # every exact sum stays below 2^SUM_BITS in absolute value
-PHI_BITS = 12
 MOD_SWITCHES = 2
 PUBLIC_KEY, LEVEL, SUMS = "ckks.public_key", "ckks.level", "ckks.sums"
 
@@ -175,22 +183,6 @@ def fixed_point_bits(points: int) -> tuple[int, int]:
         raise InputError(f"{points} points are too many for exact sums at this plain modulus: "
                          "sample them (URS) or use fewer")
     return spare // 2, spare - spare // 2
-
-
-def exponent(largest: float, bits: int) -> int:
-    """The power-of-two scale that puts ``largest`` just below ``2^(bits - 1)``."""
-    if largest <= 0 or not math.isfinite(largest):
-        return bits - 1
-    return bits - 1 - math.ceil(math.log2(largest * (1 + 1e-12)))
-
-
-def basis_coordinates(points: PointSet) -> tuple[np.ndarray, int]:
-    """``phi_j(x) = (x - reference)_j`` on the points as integers, and their exponent (public)."""
-    geometry = points.geometry
-    flat = np.arange(geometry.number_of_points) if points.indices is None else points.indices
-    phi = geometry.physical_points(geometry.flat_to_index(flat)) - points.reference
-    scale = exponent(float(np.abs(phi).max(initial=0.0)), PHI_BITS)
-    return np.round(phi * 2.0**scale).astype(np.int64), scale
 
 
 def sum_pairs(d: int) -> list[tuple[int, int]]:
@@ -333,22 +325,15 @@ class CKKSBackend(JointTermBackend):
 
 
     def learned(self) -> list[str]:
-        told = super().learned()
-        if self._sums_received:
-            per = len(sum_pairs(self.points.geometry.dimension))
-            told.insert(0, f"the joint term: {per} sums per evaluation (affine-basis moments, "
-                           f"I_w.J, sum of J^2 over the overlap), {self._sums_received} in total")
-        if self._bounds:
-            told.append("the power of two bounding the fixed image's values, per level: "
-                        + ", ".join(f"2^{bound}" for bound in self._bounds))
-        return told
+        return fixed_point_disclosures(self.points, self._sums_received, self._bounds,
+                                       super().learned())
 
 
 class CKKSFixedSide(FixedSide):
     """Fixed-party side: holds the secret key; encrypts J once per level; sums masked slots."""
 
-    def __init__(self, parameters: dict[str, str]) -> None:
-        super().__init__(parameters)
+    def __init__(self, parameters: dict[str, str], policy: Any) -> None:
+        super().__init__(parameters, policy)
         try:
             self.he = HEContext(*he_settings(parameters))
         except InputError as error:

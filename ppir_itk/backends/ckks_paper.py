@@ -146,8 +146,8 @@ class PaperV1Backend(_PaperBackend):
 class PaperV1FixedSide(FixedSide):
     """Fixed-party side of the paper's protocol v1: encrypts J, decrypts (and learns) R."""
 
-    def __init__(self, parameters: dict[str, str]) -> None:
-        super().__init__(parameters)
+    def __init__(self, parameters: dict[str, str], policy: Any) -> None:
+        super().__init__(parameters, policy)
         self._context = _new_context()
         self._context.generate_galois_keys()  # DotProduct rotates
         self._numbers = 0
@@ -275,8 +275,8 @@ class PaperV2Backend(_PaperBackend):
 class PaperV2FixedSide(FixedSide):
     """Fixed-party side of the paper's protocol v2."""
 
-    def __init__(self, parameters: dict[str, str]) -> None:
-        super().__init__(parameters)
+    def __init__(self, parameters: dict[str, str], policy: Any) -> None:
+        super().__init__(parameters, policy)
         self._context = _new_context()  # the fixed party's own keys
         self._moving_context: Any = None
         self._numbers = 0

@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,13 +28,15 @@ READY = "listening on "
 
 @dataclass
 class FixedPartyProcess:
-    """A running local fixed party."""
+    """A running local fixed party (and, for ``spdz``, its dealer)."""
 
     process: subprocess.Popen
     address: str
     client_tls: TLS
     startup_seconds: float
     directory: Path
+    dealer_address: str | None = None
+    dealer_process: subprocess.Popen | None = None
 
 
 @contextmanager
@@ -43,11 +45,12 @@ def spawn_fixed_party(fixed: Any, *, backends: tuple[str, ...] = ("clear",),
                       extra_arguments: tuple[str, ...] = ()) -> Iterator[FixedPartyProcess]:
     """Start ``ppir serve`` for ``fixed`` on 127.0.0.1 with fresh certificates.
 
-    The process is stopped when the context exits.
+    With ``spdz`` among ``backends``, ``ppir dealer`` starts first, as a third
+    process on the same PKI. The processes are stopped when the context exits.
     """
     from ppir_itk.wrapping.images import as_image_grid, write_image
 
-    with tempfile.TemporaryDirectory(prefix="ppir-local-") as folder:
+    with tempfile.TemporaryDirectory(prefix="ppir-local-") as folder, ExitStack() as processes:
         directory = Path(folder)
         init_pki(directory / "pki")
         if isinstance(fixed, (str, os.PathLike)):
@@ -55,30 +58,44 @@ def spawn_fixed_party(fixed: Any, *, backends: tuple[str, ...] = ("clear",),
         else:
             image_path = directory / "fixed.nrrd"
             write_image(as_image_grid(fixed, name="fixed image"), image_path)
-        command = [sys.executable, "-m", "ppir_itk.cli", "serve", "--fixed", str(image_path),
-                   "--listen", "127.0.0.1:0", "--tls-dir", str(directory / "pki"),
-                   "--deadline", str(deadline), "--backends", *backends, *extra_arguments]
+        common = ["--listen", "127.0.0.1:0", "--tls-dir", str(directory / "pki"),
+                  "--deadline", str(deadline)]
         start = time.perf_counter()
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   text=True, cwd=directory)
-        try:
-            address = _wait_until_listening(process, startup_timeout)
-            yield FixedPartyProcess(process, address, TLS.for_role(directory / "pki",
-                                                                   "moving-party"),
-                                    time.perf_counter() - start, directory)
-        finally:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
-            for stream in (process.stdout, process.stderr):
-                stream.close()
+        dealer_address, dealer_process = None, None
+        if "spdz" in backends:
+            dealer_process, dealer_address = processes.enter_context(_child(
+                ["dealer", *common], directory, "dealer", startup_timeout))
+            extra_arguments = (*extra_arguments, "--dealer", dealer_address)
+        process, address = processes.enter_context(_child(
+            ["serve", "--fixed", str(image_path), *common, "--backends", *backends,
+             *extra_arguments], directory, "fixed party", startup_timeout))
+        yield FixedPartyProcess(process, address, TLS.for_role(directory / "pki", "moving-party"),
+                                time.perf_counter() - start, directory, dealer_address,
+                                dealer_process)
 
 
-def _wait_until_listening(process: subprocess.Popen, timeout: float) -> str:
+@contextmanager
+def _child(arguments: list[str], directory: Path, role: str,
+           startup_timeout: float) -> Iterator[tuple[subprocess.Popen, str]]:
+    """``ppir ARGUMENTS`` as a child process, until it says where it listens."""
+    process = subprocess.Popen([sys.executable, "-m", "ppir_itk.cli", *arguments],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=directory)
+    try:
+        yield process, _wait_until_listening(process, startup_timeout, role)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for stream in (process.stdout, process.stderr):
+            stream.close()
+
+
+def _wait_until_listening(process: subprocess.Popen, timeout: float, role: str) -> str:
     """Read the child's stderr until it says where it listens."""
     selector = selectors.DefaultSelector()
     selector.register(process.stderr, selectors.EVENT_READ)
@@ -95,4 +112,4 @@ def _wait_until_listening(process: subprocess.Popen, timeout: float) -> str:
             return line.split(READY, 1)[1].strip()
     process.kill()
     said = lines[-1] if lines else "nothing"
-    raise PeerError(f"the local fixed party did not start (it said: {said})")
+    raise PeerError(f"the local {role} did not start (it said: {said})")

@@ -22,7 +22,7 @@ import numpy as np
 from ppir_itk.image import GridGeometry
 from ppir_itk.protocol import ppir_pb2 as pb
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 FRAME_BYTES = 1 << 20  # payload per gRPC message
 MAX_GRPC_MESSAGE = FRAME_BYTES + (64 << 10)  # gRPC refuses anything larger before parsing it
 DEFAULT_MAX_ENVELOPE = 2 << 30  # a whole message (e.g. a 3-D level image in clear)

@@ -61,11 +61,17 @@ class Endpoint:
 
 
 class Session(abc.ABC):
-    """The moving party's end of a session with one fixed party."""
+    """The moving party's end of a session with one fixed party.
+
+    ``dealer``, when set, opens this party's session with the SPDZ dealer
+    (token -> :class:`~ppir_itk.dealer.DealerClient`).
+    """
 
     peer: str = "fixed party"
+    single_process = False
 
     def __init__(self) -> None:
+        self.dealer: Callable[[bytes], Any] | None = None
         self.welcome: pb.Welcome | None = None
         self.closed: pb.Closed | None = None
         self.seconds_waiting = 0.0
@@ -128,15 +134,29 @@ class Session(abc.ABC):
 
 
 class LocalSession(Session):
-    """The fixed party in this process: same envelopes, no socket."""
+    """The serving party in this process (a fixed party, or a dealer): same envelopes, no socket."""
 
-    peer = "fixed party (in-process)"
+    single_process = True
 
-    def __init__(self, fixed: FixedPartySession) -> None:
+    def __init__(self, serving: Any, peer: str = "fixed party (in-process)") -> None:
         super().__init__()
+        self.peer = peer
+        self.serving = serving
         self._counters = Counters()
-        self._endpoint = Endpoint(fixed, self._fixed_counters)
+        self._endpoint = Endpoint(serving, self._fixed_counters)
         self._reply: pb.Envelope | None = None
+
+    def deal_as_first_party(self) -> Callable[[bytes], Any]:
+        """SPDZ's trusted-first-party mode: this (moving) party draws every mask and triple.
+
+        It hands the in-process fixed party its shares directly, so it could
+        open the fixed image: single-process tests only.
+        """
+        from ppir_itk.dealer import TriplePool, local_dealer
+
+        pool = TriplePool()
+        self.serving.policy.dealer = local_dealer(pool, "fixed-party")
+        return local_dealer(pool, "moving-party")
 
     def _fixed_counters(self) -> Counters:
         mine = self._counters
@@ -218,15 +238,32 @@ def in_process_session(fixed: Any, policy: Any = None) -> LocalSession:
     """A session with a fixed party living in this process (tests, benchmarks).
 
     Whoever runs it holds both images already, so by default every backend,
-    ``clear`` included, is offered.
+    ``clear`` included, is offered; SPDZ gets a dealer in this process too.
     """
     from ppir_itk.backends import BACKENDS
+    from ppir_itk.dealer import TriplePool, local_dealer
     from ppir_itk.fixed_party import FixedPolicy
 
-    return LocalSession(FixedPartySession(fixed, policy or FixedPolicy(backends=tuple(BACKENDS))))
+    policy = policy or FixedPolicy(backends=tuple(BACKENDS))
+    policy.single_process = True
+    pool = TriplePool()
+    if policy.dealer is None:
+        policy.dealer = local_dealer(pool, "fixed-party")
+    session = LocalSession(FixedPartySession(fixed, policy))
+    session.dealer = local_dealer(pool, "moving-party")
+    return session
 
 
-def connect(target: str, tls: Any, *, deadline: float = 60.0,
-            server_name: str = "fixed-party") -> RemoteSession:
-    """A session with the fixed party's ``ppir serve`` at ``target`` (``HOST:PORT``)."""
-    return RemoteSession(target, tls, deadline=deadline, server_name=server_name)
+def connect(target: str, tls: Any, *, deadline: float = 60.0, server_name: str = "fixed-party",
+            dealer: str | None = None) -> RemoteSession:
+    """A session with the fixed party's ``ppir serve`` at ``target`` (``HOST:PORT``).
+
+    ``dealer`` (``HOST:PORT`` of ``ppir dealer``) is needed by the ``spdz`` backend;
+    this party reaches it with the same certificate.
+    """
+    from ppir_itk.dealer import open_dealer
+
+    session = RemoteSession(target, tls, deadline=deadline, server_name=server_name)
+    if dealer is not None:
+        session.dealer = lambda token: open_dealer(dealer, tls, token, deadline=deadline)
+    return session

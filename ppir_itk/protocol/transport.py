@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import grpc
 
-from ppir_itk.dealer import PARTIES, DealerSession, TriplePool
+from ppir_itk.dealer import PARTIES, DealerSession, TriplePool, open_dealer
 from ppir_itk.fixed_party import FixedPartySession, FixedPolicy
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.channel import Channel, PeerError
@@ -242,7 +242,9 @@ class DealerServer(PartyServer):
         return DealerSession(self.pool, client_name)
 
     def _ended(self, session: DealerSession, clean: bool) -> None:
-        if not clean and session.token is not None:
+        # Both parties are done with a token once either ends: a clean end comes after the
+        # last iteration, an unclean one ends the registration.
+        if session.token is not None:
             self.pool.forget(session.token)
 
 
@@ -260,9 +262,16 @@ def _peer_name(context: grpc.ServicerContext) -> str:
 
 
 def serve(fixed: Any, listen: str, tls: TLS, *, backends: tuple[str, ...] | list[str] = ("ckks",),
-          evaluation_budget: int = 5000, max_sessions: int = 1, deadline: float = 60.0) -> None:
-    """Serve the fixed image until interrupted (``ppir serve``)."""
+          evaluation_budget: int = 5000, max_sessions: int = 1, deadline: float = 60.0,
+          dealer: str | None = None) -> None:
+    """Serve the fixed image until interrupted (``ppir serve``).
+
+    ``dealer`` (``HOST:PORT``) is the ``ppir dealer`` this party trusts for
+    ``spdz`` sessions; it is reached with this party's own certificate.
+    """
     policy = FixedPolicy(backends=tuple(backends), evaluation_budget=evaluation_budget)
+    if dealer is not None:
+        policy.dealer = lambda token: open_dealer(dealer, tls, token, deadline=deadline)
     _run_until_interrupted(FixedPartyServer(fixed, listen, tls, policy=policy,
                                             max_sessions=max_sessions, deadline=deadline))
 

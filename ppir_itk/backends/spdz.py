@@ -1,0 +1,459 @@
+"""The ``spdz`` backend: the joint term on additive secret shares (CrypTen), with a dealer.
+
+Values enter the computation as additive shares over the ring Z_2^64
+(CrypTen's ``ArithmeticSharedTensor``, precision 0; moving party rank 0,
+fixed party rank 1); the dealer (:mod:`ppir_itk.dealer`) supplies the masks
+and Beaver triples. The protocol, which both halves below run step by step in
+the same order (:class:`SharedProducts`):
+
+Once per level, for the fixed party's ``Y = (q(J), q(J)^2)`` (2 x n):
+
+1. the fixed party takes a mask ``b`` (2 x n, uniform) from the dealer;
+2. ``[Y - b]`` is opened to the moving party: the fixed party sends
+   ``F = Y - b`` (2n ring elements), uniform to the moving party, which never
+   sees ``b``.
+
+Each iteration, for the moving party's ``X = (q(g_1) .. q(g_d), q(I_w), m)``
+((d + 2) x n; ``m`` the valid mask; rows 0..d pair with ``q(J)``, row d + 1
+with ``q(J)^2``):
+
+3. both take the iteration's triples: the moving party ``a`` (uniform) and
+   ``c0``, the fixed party ``c1``, with ``c0 + c1 = a * b[rows]``;
+4. ``[X - a]`` is opened to the fixed party: the moving party sends
+   ``E = X - a`` ((d + 2) n ring elements), uniform to the fixed party, which
+   never sees ``a`` (fresh every iteration);
+5. Beaver's identity ``X * Y = (E + a) * (F + b)`` splits into shares each
+   party computes from what it holds: the moving party ``c0 + X * F``, the
+   fixed party ``c1 + E * b``;
+6. the public linear map of DESIGN.md §2 on the shares, locally: the affine
+   moments ``Z[:d] (q(phi), 1)``, ``sum Z[d]`` (I_w . J) and ``sum Z[d+1]``
+   (sum_valid J^2). The fixed party sends its shares of these d (d + 1) + 2
+   values, which the moving party adds to its own: only it learns them.
+
+One round trip per iteration: the moving party sends (d + 2) n ring elements
+and receives d (d + 1) + 2, whatever the transform (rigid and affine cost the
+same). The secure work is d + 2 element-wise products per point, O(d n).
+
+Fixed point: values are integers before they are shared, with power-of-two
+scales chosen so that every sum of ``n`` products stays below 2^63
+(:func:`fixed_point_bits`); no product is ever truncated. (CrypTen's default
+16-bit encoding truncates every product by a local division, which for two
+parties fails by about 2^48 with probability near |x|/2^64 per element: a few
+elements of every 10^5-point iteration.)
+
+Communication: CrypTen's openings (``reduce``) go through
+:class:`MailboxCommunicator` into the session's ``BackendMessage``
+envelopes, i.e. over the runtime's mutual-TLS channel: SPDZ opens no port of
+its own, and nothing received is unpickled.
+
+``provider=tfp`` (CrypTen's trusted-first-party idea: the moving party deals
+the masks and triples itself, so it could open J) exists for single-process
+tests and is refused anywhere else, by both halves.
+
+What each party learns: the moving party, the joint term and the power of
+two bounding J per level; the fixed party, nothing (uniform openings).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ppir_itk.backends.base import (
+    PHI_BITS,
+    FixedSide,
+    JointTerm,
+    JointTermBackend,
+    MovingFields,
+    basis_coordinates,
+    exponent,
+    fixed_point_disclosures,
+)
+from ppir_itk.backends.crypten_compat import acting_as, load_crypten
+from ppir_itk.dealer import FIXED, MOVING, DealerClient
+from ppir_itk.errors import InputError
+from ppir_itk.fixed_party import PointSet
+from ppir_itk.protocol import ppir_pb2 as pb
+from ppir_itk.protocol.messages import ProtocolError, array_from_pb, array_to_pb
+
+LEVEL, ITERATION = "spdz.level", "spdz.iteration"
+PROVIDERS = ("dealer", "tfp")
+RING_BITS = 64
+
+
+def fixed_point_bits(points: int) -> tuple[int, int]:
+    """Bits for ``q(J)`` and for ``q(g)``: any sum of ``points`` products with the basis
+    stays below 2^63. Both parties compute it from the public number of points."""
+    spare = RING_BITS - math.ceil(math.log2(max(points, 2))) - PHI_BITS
+    if spare < 16:
+        raise InputError(f"{points} points are too many for exact sums in the 64-bit ring: "
+                         "sample them (URS) or use fewer")
+    return spare // 2, spare - spare // 2
+
+
+def provider_of(parameters: dict[str, str]) -> str:
+    provider = parameters.get("provider", PROVIDERS[0])
+    if provider not in PROVIDERS:
+        raise InputError(f"backend 'spdz' has no provider '{provider[:20]}': choose one of "
+                         f"{', '.join(PROVIDERS)}")
+    return provider
+
+
+TFP_REFUSED = ("the trusted-first-party provider lets the moving party see every triple and "
+               "mask (and so the fixed image); it runs only in single-process tests")
+
+
+class MailboxCommunicator:
+    """CrypTen's ``Communicator`` interface for two parties, over a ppir session.
+
+    CrypTen's sharing code calls ``all_reduce``, ``reduce``, ``send`` and
+    ``recv``; tensors to the peer go to ``outbox`` and the peer's come from
+    ``inbox``. The moving party's ``flush`` sends the outbox as one request
+    and fills the inbox from the answer; the fixed party's inbox is filled
+    from the request and its outbox becomes the answer. Tensors travel as
+    typed int64 arrays; CrypTen's object transfer (pickle) is refused.
+    """
+
+    def __init__(self, rank: int, flush: Callable[[], None] | None = None) -> None:
+        self.rank = rank
+        self.outbox: list[np.ndarray] = []
+        self.inbox: deque[np.ndarray] = deque()
+        self._flush = flush
+        self.reset_communication_stats()
+
+    # -- the part of CrypTen's interface its arithmetic sharing uses -------------
+    def get_world_size(self) -> int:
+        return 2
+
+    def get_rank(self) -> int:
+        return self.rank
+
+    def get_name(self) -> str:
+        return "moving party" if self.rank == MOVING else "fixed party"
+
+    def reset_communication_stats(self) -> None:
+        self.comm_rounds = 0
+        self.comm_bytes = 0
+        self.comm_time = 0.0
+
+    def send(self, tensor: Any, dst: int) -> None:
+        if dst == self.rank:
+            raise ValueError("a party does not send to itself")
+        self.outbox.append(tensor.numpy().astype(np.int64, copy=True))
+        self.comm_bytes += tensor.numel() * 8
+
+    def recv(self, tensor: Any, src: int | None = None) -> Any:
+        if not self.inbox:
+            if self._flush is None:
+                raise ProtocolError("the moving party's message lacks a share this step needs")
+            self._flush()
+            self.comm_rounds += 1
+        received = self.inbox.popleft()
+        if received.shape != tuple(tensor.shape):
+            raise ProtocolError(f"a share of shape {received.shape} arrived where "
+                                f"{tuple(tensor.shape)} was due")
+        tensor.numpy()[...] = received
+        return tensor
+
+    def all_reduce(self, tensor: Any, op: Any = None, batched: bool = False) -> Any:
+        import torch
+
+        tensors = tensor if batched else [tensor]
+        for own in tensors:
+            self.send(own, 1 - self.rank)
+        totals = [own + self.recv(torch.empty_like(own)) for own in tensors]
+        return totals if batched else totals[0]
+
+    def reduce(self, tensor: Any, dst: int, op: Any = None, batched: bool = False) -> Any:
+        import torch
+
+        tensors = tensor if batched else [tensor]
+        if self.rank != dst:
+            for own in tensors:
+                self.send(own, dst)
+            return None
+        totals = [own + self.recv(torch.empty_like(own)) for own in tensors]
+        return totals if batched else totals[0]
+
+    def send_obj(self, *_: Any) -> None:
+        raise NotImplementedError("objects are not sent between the parties (nothing received "
+                                  "is unpickled)")
+
+    recv_obj = broadcast_obj = send_obj
+
+    # -- the envelope side -------------------------------------------------------
+    def take_outbox(self) -> list[pb.Array]:
+        arrays, self.outbox = [array_to_pb(array) for array in self.outbox], []
+        return arrays
+
+    def fill_inbox(self, arrays: Any, max_elements: int) -> None:
+        if self.inbox:
+            raise ProtocolError("a share was left unread")
+        for array in arrays:
+            value = array_from_pb(array, max_elements=max_elements)
+            if value.dtype != np.int64:
+                raise ProtocolError("a share is not a ring element array (int64)")
+            self.inbox.append(value)
+
+
+class SharedProducts:
+    """One party's side of steps 1-6 (module docstring); both parties call the same methods.
+
+    ``dealer`` gives this party's masks and triples; ``communicator`` carries
+    the openings.
+    """
+
+    def __init__(self, rank: int, dealer: DealerClient, communicator: MailboxCommunicator) -> None:
+        load_crypten()
+        from crypten.mpc.primitives import ArithmeticSharedTensor
+
+        self.shared = ArithmeticSharedTensor
+        self.rank = rank
+        self.dealer = dealer
+        self.communicator = communicator
+        self._mask: Any = None  # the fixed party's b
+        self._opened: Any = None  # F = Y - b, public
+        self._mask_sequence = -1
+        self._sequence = 0
+        self._next: Callable[[], tuple[np.ndarray | None, np.ndarray]] | None = None
+        self._rows: Any = None
+
+    def _share(self, values: np.ndarray) -> Any:
+        import torch
+
+        return self.shared.from_shares(torch.from_numpy(values), precision=0)
+
+    def open_fixed_operand(self, level: int, fixed_rows: np.ndarray | None, count: int,
+                           dimension: int) -> None:
+        """Steps 1-2; ``fixed_rows`` is the fixed party's ``Y`` (``None`` on the moving party)."""
+        import torch
+
+        self._drain()
+        self._mask_sequence = level
+        self._rows = torch.tensor([0] * (dimension + 1) + [1])
+        if self.rank == FIXED:
+            self._mask = torch.from_numpy(self.dealer.masks(level, 2, count).copy())
+            own = fixed_rows - self._mask.numpy()
+        else:
+            own = np.zeros((2, count), dtype=np.int64)  # the moving party's share of Y - b
+        with acting_as(self.communicator):
+            self._opened = self._share(own).reveal(dst=MOVING)
+        self._prefetch(count)
+
+    def _prefetch(self, count: int) -> None:
+        """Ask the dealer for the next triples now, so they are here when needed."""
+        self._next = self.dealer.post_triples(self._sequence, count, self._mask_sequence,
+                                              self._rows.tolist())
+        self._sequence += 1
+
+    def _drain(self) -> None:
+        # The batch asked ahead for an iteration that did not come (the level ended):
+        # both parties take it and drop it, so their sequence numbers stay in step.
+        if self._next is not None:
+            self._next()
+            self._next = None
+
+    def close(self) -> pb.Closed:
+        """End the dealer session; the dealer's accounting of it."""
+        self._drain()
+        return self.dealer.close()
+
+    def sums(self, moving_rows: np.ndarray | None, basis: np.ndarray) -> Any:
+        """Steps 3-6: the d (d + 1) + 2 sums on the moving party, ``None`` on the fixed party.
+
+        ``basis`` is the public ``(n, d + 1)`` matrix ``(q(phi), 1)``.
+        """
+        import torch
+
+        a, c = self._next()
+        count = c.shape[1]
+        self._prefetch(count)
+        d = len(self._rows) - 2
+        with acting_as(self.communicator):
+            if self.rank == MOVING:
+                x = torch.from_numpy(moving_rows)
+                masked = self._share(moving_rows - a).reveal(dst=FIXED)  # sends E
+                share = x * self._opened[self._rows]  # c0 + X * F
+            else:
+                masked = self._share(np.zeros_like(c)).reveal(dst=FIXED)  # receives E
+                share = masked * self._mask[self._rows]  # c1 + E * b
+            np.add(share.numpy(), c, out=share.numpy())
+            product = self._share(share.numpy())
+            moments = product[:d].matmul(torch.from_numpy(basis))
+            sums = product[d:].sum(dim=1)
+            return self.shared.reveal_batch([moments, sums], dst=MOVING)
+
+
+def _basis(points: PointSet) -> tuple[np.ndarray, int]:
+    phi, exponent_phi = basis_coordinates(points)
+    return np.concatenate([phi, np.ones((len(phi), 1), dtype=np.int64)], axis=1), exponent_phi
+
+
+def _session_token(parameters: dict[str, str]) -> bytes:
+    try:
+        token = bytes.fromhex(parameters.get("session_token", ""))
+    except ValueError:
+        token = b""
+    if len(token) < 16:
+        raise ProtocolError("the SPDZ session token is missing or too short")
+    return token
+
+
+class SPDZBackend(JointTermBackend):
+    """Moving-party side (rank 0)."""
+
+    name = "spdz"
+    private = True
+
+    def __init__(self, session: Any, parameters: dict[str, str] | None = None) -> None:
+        parameters = dict(parameters or {})
+        provider = provider_of(parameters)
+        if provider == "tfp" and not getattr(session, "single_process", False):
+            raise InputError(TFP_REFUSED)
+        connect = session.dealer
+        if provider == "tfp":
+            connect = session.deal_as_first_party()
+        if connect is None:
+            raise InputError("backend 'spdz' needs a dealer: give its address (--dealer "
+                             "HOST:PORT, or connect(..., dealer=...))")
+        parameters["session_token"] = os.urandom(32).hex()
+        super().__init__(session, parameters)
+        self._connect_dealer = connect
+        self._communicator = MailboxCommunicator(MOVING, self._flush)
+        self._products: SharedProducts | None = None
+        self._step = LEVEL
+        self._answer: pb.BackendMessage | None = None
+        self._exponent_j = 0
+        self._bounds: list[int] = []
+        self._sums_received = 0
+        self.dealer_closed: pb.Closed | None = None
+
+    def _flush(self) -> None:
+        reply = self.session.request(pb.Envelope(backend=pb.BackendMessage(
+            kind=self._step, arrays=self._communicator.take_outbox())), "backend").backend
+        if reply.kind != self._step:
+            raise ProtocolError(f"the fixed party answered '{reply.kind[:40]}' to '{self._step}'")
+        self._answer = reply
+        self._communicator.fill_inbox(reply.arrays, max_elements=self.points.size * 16)
+
+    def _on_points(self, points: PointSet) -> None:
+        if self._products is None:
+            self._products = SharedProducts(
+                MOVING, self._connect_dealer(bytes.fromhex(self.parameters["session_token"])),
+                self._communicator)
+        self._step = LEVEL
+        self._products.open_fixed_operand(self._level_index, None, points.size,
+                                          points.geometry.dimension)
+        if len(self._answer.values) != 1:
+            raise ProtocolError("the fixed party's fixed-point exponent is missing")
+        self._exponent_j = int(self._answer.values[0])
+        self._basis, self._exponent_phi = _basis(points)
+        self._bounds.append(fixed_point_bits(points.size)[0] - 1 - self._exponent_j)
+
+    def _joint_term(self, fields: MovingFields) -> JointTerm:
+        d = fields.gradient.shape[1]
+        _, g_bits = fixed_point_bits(self.points.size)
+        e_g = exponent(float(np.abs(fields.gradient).max(initial=0.0)), g_bits)
+        e_w = exponent(float(np.abs(fields.warped).max(initial=0.0)), g_bits + PHI_BITS)
+        rows = np.empty((d + 2, self.points.size), dtype=np.int64)
+        rows[:d] = np.round(fields.gradient.T * 2.0**e_g)
+        rows[d] = np.round(fields.warped * 2.0**e_w)
+        rows[d + 1] = fields.valid
+        self._step = ITERATION
+        moments, sums = (x.numpy() for x in self._products.sums(rows, self._basis))
+        self._sums_received += moments.size + sums.size
+        scale = 2.0 ** (e_g + self._exponent_j)
+        return JointTerm(
+            moments=moments / (scale * np.array([2.0**self._exponent_phi] * d + [1.0])),
+            warped_dot_fixed=float(sums[0]) / 2.0 ** (e_w + self._exponent_j),
+            fixed_squared=float(sums[1]) / 2.0 ** (2 * self._exponent_j),
+        )
+
+    def close(self) -> pb.Closed:
+        closed = super().close()
+        if self._products is not None:
+            self.dealer_closed = self._products.close()
+        return closed
+
+    def other_parties(self, closed: pb.Closed) -> dict[str, tuple[Any, float]]:
+        """The dealer's figures: what it sent both parties, and its time for both."""
+        from ppir_itk.protocol.channel import Counters
+
+        if self._products is None:
+            return {}
+        moving = self._products.dealer.session.counters()
+        fixed = Counters.from_pb(closed.dealer)
+        # The dealer sends what the parties receive, and receives what they send.
+        dealer = Counters(*(getattr(moving, name) + getattr(fixed, name) for name in (
+            "payload_bytes_received", "payload_bytes_sent", "wire_bytes_received",
+            "wire_bytes_sent", "messages_received", "messages_sent")))
+        return {"dealer": (dealer, self.dealer_closed.stats.seconds + closed.dealer.seconds)}
+
+    def learned(self) -> list[str]:
+        return fixed_point_disclosures(self.points, self._sums_received, self._bounds,
+                                       super().learned())
+
+
+class SPDZFixedSide(FixedSide):
+    """Fixed-party side (rank 1): answers each step with its openings and shares."""
+
+    def __init__(self, parameters: dict[str, str], policy: Any) -> None:
+        super().__init__(parameters, policy)
+        try:
+            provider = provider_of(parameters)
+        except InputError as error:
+            raise ProtocolError(str(error)) from None
+        if provider == "tfp" and not policy.single_process:
+            raise ProtocolError(TFP_REFUSED)
+        if policy.dealer is None:
+            raise ProtocolError("this fixed party has no dealer configured for backend 'spdz'")
+        self._token = _session_token(parameters)
+        self._connect_dealer = policy.dealer
+        self._communicator = MailboxCommunicator(FIXED)
+        self._products: SharedProducts | None = None
+        self._level_index = -1
+
+    def on_points(self, values: np.ndarray, points: PointSet) -> None:
+        if self._products is None:
+            self._products = SharedProducts(FIXED, self._connect_dealer(self._token),
+                                            self._communicator)
+        self._points = points
+        self._level_index += 1
+        self._exponent_j = exponent(float(np.abs(values).max(initial=0.0)),
+                                    fixed_point_bits(points.size)[0])
+        fixed = np.round(values * 2.0**self._exponent_j).astype(np.int64)
+        self._fixed_rows = np.stack([fixed, fixed * fixed])
+        self._basis, _ = _basis(points)
+        self._level_pending = True
+
+    def handle(self, message: pb.BackendMessage) -> pb.BackendMessage:
+        communicator = self._communicator
+        points = self._points
+        communicator.fill_inbox(message.arrays, max_elements=points.size * 16)
+        if message.kind == LEVEL and self._level_pending:
+            self._level_pending = False
+            self._products.open_fixed_operand(self._level_index, self._fixed_rows, points.size,
+                                              points.geometry.dimension)
+            values = [float(self._exponent_j)]
+        elif message.kind == ITERATION and not self._level_pending:
+            self.evaluations += 1
+            self._products.sums(None, self._basis)
+            values = []
+        else:
+            raise ProtocolError(f"'{message.kind[:40]}' does not fit this point of the SPDZ "
+                                "protocol")
+        if communicator.inbox:
+            raise ProtocolError("the moving party sent more shares than this step uses")
+        return pb.BackendMessage(kind=message.kind, arrays=communicator.take_outbox(),
+                                 values=values)
+
+    def close(self) -> pb.PartyStats | None:
+        if self._products is None:
+            return None
+        closed = self._products.close()
+        return self._products.dealer.session.counters().to_pb(closed.stats.seconds)
