@@ -4,7 +4,7 @@ Values enter the computation as additive shares over the ring Z_2^64
 (CrypTen's ``ArithmeticSharedTensor``, precision 0; moving party rank 0,
 fixed party rank 1); the dealer (:mod:`ppir_itk.dealer`) supplies the masks
 and Beaver triples. The protocol, which both halves below run step by step in
-the same order (:class:`SharedProducts`):
+the same order (``SharedProducts``):
 
 Once per level, for the fixed party's ``Y = (q(J), q(J)^2)`` (2 x n):
 
@@ -41,8 +41,12 @@ scales chosen so that every sum of ``n`` products stays below 2^63
 parties fails by about 2^48 with probability near |x|/2^64 per element: a few
 elements of every 10^5-point iteration.)
 
+The steps are :class:`~ppir_itk.backends.spdz_shares.SharedProducts`, in a
+module of their own because importing CrypTen takes seconds and only SPDZ
+sessions need it.
+
 Communication: CrypTen's openings (``reduce``) go through
-:class:`MailboxCommunicator` into the session's ``BackendMessage``
+:class:`~ppir_itk.backends.spdz_shares.MailboxCommunicator` into the session's ``BackendMessage``
 envelopes, i.e. over the runtime's mutual-TLS channel: SPDZ opens no port of
 its own, and nothing received is unpickled.
 
@@ -58,8 +62,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -74,12 +76,11 @@ from ppir_itk.backends.base import (
     exponent,
     fixed_point_disclosures,
 )
-from ppir_itk.backends.crypten_compat import acting_as, load_crypten
-from ppir_itk.dealer import FIXED, MOVING, DealerClient
+from ppir_itk.dealer import FIXED, MOVING
 from ppir_itk.errors import InputError
 from ppir_itk.fixed_party import PointSet
 from ppir_itk.protocol import ppir_pb2 as pb
-from ppir_itk.protocol.messages import ProtocolError, array_from_pb, array_to_pb
+from ppir_itk.protocol.messages import ProtocolError
 
 LEVEL, ITERATION = "spdz.level", "spdz.iteration"
 PROVIDERS = ("dealer", "tfp")
@@ -106,187 +107,6 @@ def provider_of(parameters: dict[str, str]) -> str:
 
 TFP_REFUSED = ("the trusted-first-party provider lets the moving party see every triple and "
                "mask (and so the fixed image); it runs only in single-process tests")
-
-
-class MailboxCommunicator:
-    """CrypTen's ``Communicator`` interface for two parties, over a ppir session.
-
-    CrypTen's sharing code calls ``all_reduce``, ``reduce``, ``send`` and
-    ``recv``; tensors to the peer go to ``outbox`` and the peer's come from
-    ``inbox``. The moving party's ``flush`` sends the outbox as one request
-    and fills the inbox from the answer; the fixed party's inbox is filled
-    from the request and its outbox becomes the answer. Tensors travel as
-    typed int64 arrays; CrypTen's object transfer (pickle) is refused.
-    """
-
-    def __init__(self, rank: int, flush: Callable[[], None] | None = None) -> None:
-        self.rank = rank
-        self.outbox: list[np.ndarray] = []
-        self.inbox: deque[np.ndarray] = deque()
-        self._flush = flush
-        self.reset_communication_stats()
-
-    # -- the part of CrypTen's interface its arithmetic sharing uses -------------
-    def get_world_size(self) -> int:
-        return 2
-
-    def get_rank(self) -> int:
-        return self.rank
-
-    def get_name(self) -> str:
-        return "moving party" if self.rank == MOVING else "fixed party"
-
-    def reset_communication_stats(self) -> None:
-        self.comm_rounds = 0
-        self.comm_bytes = 0
-        self.comm_time = 0.0
-
-    def send(self, tensor: Any, dst: int) -> None:
-        if dst == self.rank:
-            raise ValueError("a party does not send to itself")
-        self.outbox.append(tensor.numpy().astype(np.int64, copy=True))
-        self.comm_bytes += tensor.numel() * 8
-
-    def recv(self, tensor: Any, src: int | None = None) -> Any:
-        if not self.inbox:
-            if self._flush is None:
-                raise ProtocolError("the moving party's message lacks a share this step needs")
-            self._flush()
-            self.comm_rounds += 1
-        received = self.inbox.popleft()
-        if received.shape != tuple(tensor.shape):
-            raise ProtocolError(f"a share of shape {received.shape} arrived where "
-                                f"{tuple(tensor.shape)} was due")
-        tensor.numpy()[...] = received
-        return tensor
-
-    def all_reduce(self, tensor: Any, op: Any = None, batched: bool = False) -> Any:
-        import torch
-
-        tensors = tensor if batched else [tensor]
-        for own in tensors:
-            self.send(own, 1 - self.rank)
-        totals = [own + self.recv(torch.empty_like(own)) for own in tensors]
-        return totals if batched else totals[0]
-
-    def reduce(self, tensor: Any, dst: int, op: Any = None, batched: bool = False) -> Any:
-        import torch
-
-        tensors = tensor if batched else [tensor]
-        if self.rank != dst:
-            for own in tensors:
-                self.send(own, dst)
-            return None
-        totals = [own + self.recv(torch.empty_like(own)) for own in tensors]
-        return totals if batched else totals[0]
-
-    def send_obj(self, *_: Any) -> None:
-        raise NotImplementedError("objects are not sent between the parties (nothing received "
-                                  "is unpickled)")
-
-    recv_obj = broadcast_obj = send_obj
-
-    # -- the envelope side -------------------------------------------------------
-    def take_outbox(self) -> list[pb.Array]:
-        arrays, self.outbox = [array_to_pb(array) for array in self.outbox], []
-        return arrays
-
-    def fill_inbox(self, arrays: Any, max_elements: int) -> None:
-        if self.inbox:
-            raise ProtocolError("a share was left unread")
-        for array in arrays:
-            value = array_from_pb(array, max_elements=max_elements)
-            if value.dtype != np.int64:
-                raise ProtocolError("a share is not a ring element array (int64)")
-            self.inbox.append(value)
-
-
-class SharedProducts:
-    """One party's side of steps 1-6 (module docstring); both parties call the same methods.
-
-    ``dealer`` gives this party's masks and triples; ``communicator`` carries
-    the openings.
-    """
-
-    def __init__(self, rank: int, dealer: DealerClient, communicator: MailboxCommunicator) -> None:
-        load_crypten()
-        from crypten.mpc.primitives import ArithmeticSharedTensor
-
-        self.shared = ArithmeticSharedTensor
-        self.rank = rank
-        self.dealer = dealer
-        self.communicator = communicator
-        self._mask: Any = None  # the fixed party's b
-        self._opened: Any = None  # F = Y - b, public
-        self._mask_sequence = -1
-        self._sequence = 0
-        self._next: Callable[[], tuple[np.ndarray | None, np.ndarray]] | None = None
-        self._rows: Any = None
-
-    def _share(self, values: np.ndarray) -> Any:
-        import torch
-
-        return self.shared.from_shares(torch.from_numpy(values), precision=0)
-
-    def open_fixed_operand(self, level: int, fixed_rows: np.ndarray | None, count: int,
-                           dimension: int) -> None:
-        """Steps 1-2; ``fixed_rows`` is the fixed party's ``Y`` (``None`` on the moving party)."""
-        import torch
-
-        self._drain()
-        self._mask_sequence = level
-        self._rows = torch.tensor([0] * (dimension + 1) + [1])
-        if self.rank == FIXED:
-            self._mask = torch.from_numpy(self.dealer.masks(level, 2, count).copy())
-            own = fixed_rows - self._mask.numpy()
-        else:
-            own = np.zeros((2, count), dtype=np.int64)  # the moving party's share of Y - b
-        with acting_as(self.communicator):
-            self._opened = self._share(own).reveal(dst=MOVING)
-        self._prefetch(count)
-
-    def _prefetch(self, count: int) -> None:
-        """Ask the dealer for the next triples now, so they are here when needed."""
-        self._next = self.dealer.post_triples(self._sequence, count, self._mask_sequence,
-                                              self._rows.tolist())
-        self._sequence += 1
-
-    def _drain(self) -> None:
-        # The batch asked ahead for an iteration that did not come (the level ended):
-        # both parties take it and drop it, so their sequence numbers stay in step.
-        if self._next is not None:
-            self._next()
-            self._next = None
-
-    def close(self) -> pb.Closed:
-        """End the dealer session; the dealer's accounting of it."""
-        self._drain()
-        return self.dealer.close()
-
-    def sums(self, moving_rows: np.ndarray | None, basis: np.ndarray) -> Any:
-        """Steps 3-6: the d (d + 1) + 2 sums on the moving party, ``None`` on the fixed party.
-
-        ``basis`` is the public ``(n, d + 1)`` matrix ``(q(phi), 1)``.
-        """
-        import torch
-
-        a, c = self._next()
-        count = c.shape[1]
-        self._prefetch(count)
-        d = len(self._rows) - 2
-        with acting_as(self.communicator):
-            if self.rank == MOVING:
-                x = torch.from_numpy(moving_rows)
-                masked = self._share(moving_rows - a).reveal(dst=FIXED)  # sends E
-                share = x * self._opened[self._rows]  # c0 + X * F
-            else:
-                masked = self._share(np.zeros_like(c)).reveal(dst=FIXED)  # receives E
-                share = masked * self._mask[self._rows]  # c1 + E * b
-            np.add(share.numpy(), c, out=share.numpy())
-            product = self._share(share.numpy())
-            moments = product[:d].matmul(torch.from_numpy(basis))
-            sums = product[d:].sum(dim=1)
-            return self.shared.reveal_batch([moments, sums], dst=MOVING)
 
 
 def _basis(points: PointSet) -> tuple[np.ndarray, int]:
@@ -323,9 +143,11 @@ class SPDZBackend(JointTermBackend):
                              "HOST:PORT, or connect(..., dealer=...))")
         parameters["session_token"] = os.urandom(32).hex()
         super().__init__(session, parameters)
+        from ppir_itk.backends.spdz_shares import MailboxCommunicator  # imports CrypTen
+
         self._connect_dealer = connect
         self._communicator = MailboxCommunicator(MOVING, self._flush)
-        self._products: SharedProducts | None = None
+        self._products: Any = None
         self._step = LEVEL
         self._answer: pb.BackendMessage | None = None
         self._exponent_j = 0
@@ -343,6 +165,8 @@ class SPDZBackend(JointTermBackend):
 
     def _on_points(self, points: PointSet) -> None:
         if self._products is None:
+            from ppir_itk.backends.spdz_shares import SharedProducts
+
             self._products = SharedProducts(
                 MOVING, self._connect_dealer(bytes.fromhex(self.parameters["session_token"])),
                 self._communicator)
@@ -413,13 +237,17 @@ class SPDZFixedSide(FixedSide):
         if policy.dealer is None:
             raise ProtocolError("this fixed party has no dealer configured for backend 'spdz'")
         self._token = _session_token(parameters)
+        from ppir_itk.backends.spdz_shares import MailboxCommunicator  # imports CrypTen
+
         self._connect_dealer = policy.dealer
         self._communicator = MailboxCommunicator(FIXED)
-        self._products: SharedProducts | None = None
+        self._products: Any = None
         self._level_index = -1
 
     def on_points(self, values: np.ndarray, points: PointSet) -> None:
         if self._products is None:
+            from ppir_itk.backends.spdz_shares import SharedProducts
+
             self._products = SharedProducts(FIXED, self._connect_dealer(self._token),
                                             self._communicator)
         self._points = points

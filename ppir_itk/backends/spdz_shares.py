@@ -1,0 +1,189 @@
+"""The share arithmetic of the ``spdz`` backend, on CrypTen (protocol: :mod:`.spdz`).
+
+:class:`MailboxCommunicator` is CrypTen's ``Communicator`` for two parties
+whose messages ride a ppir session; :class:`SharedProducts` is one party's
+side of the protocol's steps. Importing this module imports CrypTen
+(:func:`~ppir_itk.backends.crypten_compat.load_crypten`).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from ppir_itk.backends.crypten_compat import acting_as, load_crypten
+from ppir_itk.dealer import FIXED, MOVING, DealerClient
+from ppir_itk.protocol import ppir_pb2 as pb
+from ppir_itk.protocol.messages import ProtocolError, array_from_pb, array_to_pb
+
+crypten = load_crypten()
+Communicator = crypten.communicator.Communicator
+
+
+class MailboxCommunicator(Communicator):
+    """CrypTen's ``Communicator`` interface for two parties, over a ppir session.
+
+    CrypTen's sharing code calls ``all_reduce``, ``reduce``, ``send`` and
+    ``recv``; tensors to the peer go to ``outbox`` and the peer's come from
+    ``inbox``. The moving party's ``flush`` sends the outbox as one request
+    and fills the inbox from the answer; the fixed party's inbox is filled
+    from the request and its outbox becomes the answer. Tensors travel as
+    typed int64 arrays; CrypTen's object transfer (pickle) is refused.
+    """
+
+    def __init__(self, rank: int, flush: Callable[[], None] | None = None) -> None:
+        super().__init__()
+        self.rank = rank
+        self.outbox: list[np.ndarray] = []
+        self.inbox: deque[np.ndarray] = deque()
+        self._flush = flush
+        self.reset_communication_stats()
+
+    # -- the part of CrypTen's interface its arithmetic sharing uses -------------
+    def get_world_size(self) -> int:
+        return 2
+
+    def get_rank(self) -> int:
+        return self.rank
+
+    def get_name(self) -> str:
+        return "moving party" if self.rank == MOVING else "fixed party"
+
+    def send(self, tensor: Any, dst: int) -> None:
+        if dst == self.rank:
+            raise ValueError("a party does not send to itself")
+        self.outbox.append(tensor.numpy().astype(np.int64, copy=True))
+        self.comm_bytes += tensor.numel() * 8
+
+    def recv(self, tensor: Any, src: int | None = None) -> Any:
+        if not self.inbox:
+            if self._flush is None:
+                raise ProtocolError("the moving party's message lacks a share this step needs")
+            self._flush()
+            self.comm_rounds += 1
+        received = self.inbox.popleft()
+        if received.shape != tuple(tensor.shape):
+            raise ProtocolError(f"a share of shape {received.shape} arrived where "
+                                f"{tuple(tensor.shape)} was due")
+        tensor.numpy()[...] = received
+        return tensor
+
+    def all_reduce(self, tensor: Any, op: Any = None, batched: bool = False) -> Any:
+        tensors = tensor if batched else [tensor]
+        for own in tensors:
+            self.send(own, 1 - self.rank)
+        totals = [own + self.recv(torch.empty_like(own)) for own in tensors]
+        return totals if batched else totals[0]
+
+    def reduce(self, tensor: Any, dst: int, op: Any = None, batched: bool = False) -> Any:
+        tensors = tensor if batched else [tensor]
+        if self.rank != dst:
+            for own in tensors:
+                self.send(own, dst)
+            return None
+        totals = [own + self.recv(torch.empty_like(own)) for own in tensors]
+        return totals if batched else totals[0]
+
+    def send_obj(self, *_: Any) -> None:
+        raise NotImplementedError("objects are not sent between the parties (nothing received "
+                                  "is unpickled)")
+
+    recv_obj = broadcast_obj = send_obj
+
+    # -- the envelope side -------------------------------------------------------
+    def take_outbox(self) -> list[pb.Array]:
+        arrays, self.outbox = [array_to_pb(array) for array in self.outbox], []
+        return arrays
+
+    def fill_inbox(self, arrays: Any, max_elements: int) -> None:
+        if self.inbox:
+            raise ProtocolError("a share was left unread")
+        for array in arrays:
+            value = array_from_pb(array, max_elements=max_elements)
+            if value.dtype != np.int64:
+                raise ProtocolError("a share is not a ring element array (int64)")
+            self.inbox.append(value)
+
+
+class SharedProducts:
+    """One party's side of steps 1-6 (:mod:`ppir_itk.backends.spdz`); both parties call the
+    same methods in the same order.
+
+    ``dealer`` gives this party's masks and triples; ``communicator`` carries
+    the openings.
+    """
+
+    def __init__(self, rank: int, dealer: DealerClient, communicator: MailboxCommunicator) -> None:
+        self.shared = crypten.mpc.primitives.ArithmeticSharedTensor
+        self.rank = rank
+        self.dealer = dealer
+        self.communicator = communicator
+        self._mask: Any = None  # the fixed party's b
+        self._opened: Any = None  # F = Y - b, public
+        self._mask_sequence = -1
+        self._sequence = 0
+        self._next: Callable[[], tuple[np.ndarray | None, np.ndarray]] | None = None
+        self._rows: Any = None
+
+    def _share(self, values: np.ndarray) -> Any:
+        return self.shared.from_shares(torch.from_numpy(values), precision=0)
+
+    def open_fixed_operand(self, level: int, fixed_rows: np.ndarray | None, count: int,
+                           dimension: int) -> None:
+        """Steps 1-2; ``fixed_rows`` is the fixed party's ``Y`` (``None`` on the moving party)."""
+        self._drain()
+        self._mask_sequence = level
+        self._rows = torch.tensor([0] * (dimension + 1) + [1])
+        if self.rank == FIXED:
+            self._mask = torch.from_numpy(self.dealer.masks(level, 2, count).copy())
+            own = fixed_rows - self._mask.numpy()
+        else:
+            own = np.zeros((2, count), dtype=np.int64)  # the moving party's share of Y - b
+        with acting_as(self.communicator):
+            self._opened = self._share(own).reveal(dst=MOVING)
+        self._prefetch(count)
+
+    def _prefetch(self, count: int) -> None:
+        """Ask the dealer for the next triples now, so they are here when needed."""
+        self._next = self.dealer.post_triples(self._sequence, count, self._mask_sequence,
+                                              self._rows.tolist())
+        self._sequence += 1
+
+    def _drain(self) -> None:
+        # The batch asked ahead for an iteration that did not come (the level ended):
+        # both parties take it and drop it, so their sequence numbers stay in step.
+        if self._next is not None:
+            self._next()
+            self._next = None
+
+    def close(self) -> pb.Closed:
+        """End the dealer session; the dealer's accounting of it."""
+        self._drain()
+        return self.dealer.close()
+
+    def sums(self, moving_rows: np.ndarray | None, basis: np.ndarray) -> Any:
+        """Steps 3-6: the d (d + 1) + 2 sums on the moving party, ``None`` on the fixed party.
+
+        ``basis`` is the public ``(n, d + 1)`` matrix ``(q(phi), 1)``.
+        """
+        a, c = self._next()
+        count = c.shape[1]
+        self._prefetch(count)
+        d = len(self._rows) - 2
+        with acting_as(self.communicator):
+            if self.rank == MOVING:
+                x = torch.from_numpy(moving_rows)
+                masked = self._share(moving_rows - a).reveal(dst=FIXED)  # sends E
+                share = x * self._opened[self._rows]  # c0 + X * F
+            else:
+                masked = self._share(np.zeros_like(c)).reveal(dst=FIXED)  # receives E
+                share = masked * self._mask[self._rows]  # c1 + E * b
+            np.add(share.numpy(), c, out=share.numpy())
+            product = self._share(share.numpy())
+            moments = product[:d].matmul(torch.from_numpy(basis))
+            sums = product[d:].sum(dim=1)
+            return self.shared.reveal_batch([moments, sums], dst=MOVING)
