@@ -23,6 +23,7 @@ kernels = Extension(
         "src/ppir_gradient.c",
         "src/ppir_warp.c",
         "src/ppir_affine.c",
+        "src/ppir_bspline.c",
     ],
     depends=[
         "cython/_ppir_c.pxd",
@@ -32,11 +33,13 @@ kernels = Extension(
         "src/ppir_warp.h",
         "src/ppir_warp_body.inc",
         "src/ppir_affine.h",
+        "src/ppir_bspline.h",
         "src/ppir_points.inc",
     ],
     include_dirs=["src", numpy.get_include()],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     extra_compile_args=["-O3", "-std=c99", "-fno-fast-math"],
+    libraries=["m"],
 )
 
 setup(

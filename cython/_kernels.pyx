@@ -21,6 +21,10 @@ from _ppir_c cimport (
     PPIR_OK,
     ppir_affine_gram,
     ppir_affine_moments,
+    ppir_bspline_displacement,
+    ppir_bspline_hessian,
+    ppir_bspline_scatter,
+    ppir_bspline_scatter_ring,
     ppir_central_gradient_f32,
     ppir_central_gradient_f64,
     ppir_index,
@@ -31,7 +35,8 @@ from _ppir_c cimport (
 
 cnp.import_array()
 
-__all__ = ["affine_gram", "affine_moments", "central_gradient", "warp"]
+__all__ = ["affine_gram", "affine_moments", "bspline_displacement", "bspline_hessian",
+           "bspline_scatter", "central_gradient", "warp"]
 
 _FLOAT32 = np.dtype(np.float32)
 _FLOAT64 = np.dtype(np.float64)
@@ -139,16 +144,22 @@ cdef int _fixed_dimension(object fixed_size) except -1:
 cdef object _fixed_grid(int d, fixed_size, fixed_index_to_physical, fixed_origin, indices,
                         Py_ssize_t start, Py_ssize_t stop):
     """Check the fixed grid arguments; return (size, A, origin, indices, n)."""
-    size = _array(fixed_size, "fixed_size", (_INT64,), (d,))
+    size, indices, n = _point_list(d, fixed_size, indices, start, stop)
     A = _array(fixed_index_to_physical, "fixed_index_to_physical", (_FLOAT64,), (d, d))
     origin = _array(fixed_origin, "fixed_origin", (_FLOAT64,), (d,))
+    return size, A, origin, indices, n
+
+
+cdef object _point_list(int d, fixed_size, indices, Py_ssize_t start, Py_ssize_t stop):
+    """Check a fixed grid's point list; return (size, indices, n)."""
+    size = _array(fixed_size, "fixed_size", (_INT64,), (d,))
     if indices is not None:
         indices = _array(indices, "indices", (_INT64,), None)
         if indices.ndim != 1:
             raise ValueError(f"indices must be 1-D, got {indices.ndim}-D.")
     n = _point_count(size, indices)
     _check_range(start, stop, n)
-    return size, A, origin, indices, n
+    return size, indices, n
 
 
 cdef struct _GridPointers:
@@ -161,11 +172,15 @@ cdef struct _GridPointers:
 
 
 cdef _GridPointers _grid_pointers(size, A, o_f, idx, Py_ssize_t n):
-    """Pointers into the arrays of ``_fixed_grid`` (which the caller keeps alive)."""
+    """Pointers into the arrays of ``_fixed_grid`` (which the caller keeps alive); the
+    B-spline kernels pass no geometry (``A``, ``o_f`` None): their map is the control's."""
     cdef _GridPointers grid
     grid.size = <const ppir_index *>_ptr(size)
-    grid.index_to_physical = <const double *>_ptr(A)
-    grid.origin = <const double *>_ptr(o_f)
+    grid.index_to_physical = NULL
+    grid.origin = NULL
+    if A is not None:
+        grid.index_to_physical = <const double *>_ptr(A)
+        grid.origin = <const double *>_ptr(o_f)
     grid.indices = NULL
     grid.n_indices = 0
     if idx is not None:
@@ -206,10 +221,11 @@ def central_gradient(image, out):
 
 def warp(moving, moving_gradient, moving_physical_to_index, moving_origin, fixed_size,
          fixed_index_to_physical, fixed_origin, matrix, offset, indices, Py_ssize_t start,
-         Py_ssize_t stop, out_values, out_gradient, out_valid):
+         Py_ssize_t stop, out_values, out_gradient, out_valid, displacement=None):
     """Linearly resample ``moving`` and its gradient at mapped fixed points.
 
-    For positions ``[start, stop)`` of the point list: ``y = matrix @ x + offset``,
+    For positions ``[start, stop)`` of the point list:
+    ``y = matrix @ (x + displacement[pos]) + offset`` (no displacement when None),
     ``u = moving_physical_to_index @ (y - moving_origin)``; valid iff
     ``-0.5 <= u_k < size_k - 0.5`` (ITK's ``IsInsideBuffer``; u is clamped onto the
     border to interpolate).  Writes the interpolated value, the physical
@@ -233,9 +249,13 @@ def warp(moving, moving_gradient, moving_physical_to_index, moving_origin, fixed
     values = _array(out_values, "out_values", (_FLOAT64,), (n,), True)
     grad = _array(out_gradient, "out_gradient", (_FLOAT64,), (n, d), True)
     valid = _array(out_valid, "out_valid", (_UINT8,), (n,), True)
+    shift = None
+    if displacement is not None:
+        shift = _array(displacement, "displacement", (_FLOAT64,), (n, d))
     _check_disjoint(
         (("out_values", values), ("out_gradient", grad), ("out_valid", valid)),
-        (("moving", mov), ("moving_gradient", mgrad), ("indices", idx)),
+        (("moving", mov), ("moving_gradient", mgrad), ("indices", idx),
+         ("displacement", shift)),
     )
 
     cdef int64_t msize[3]
@@ -250,6 +270,9 @@ def warp(moving, moving_gradient, moving_physical_to_index, moving_origin, fixed
     cdef _GridPointers grid = _grid_pointers(size, A, o_f, idx, n)
     cdef const double *M_p = <const double *>_ptr(M)
     cdef const double *t_p = <const double *>_ptr(t)
+    cdef const double *shift_p = NULL
+    if shift is not None:
+        shift_p = <const double *>_ptr(shift)
     cdef double *values_p = <double *>_ptr(values)
     cdef double *grad_p = <double *>_ptr(grad)
     cdef uint8_t *valid_p = <uint8_t *>_ptr(valid)
@@ -259,12 +282,12 @@ def warp(moving, moving_gradient, moving_physical_to_index, moving_origin, fixed
         if single:
             status = ppir_warp_f32(d, msize, <const float *>mov_p, mgrad_p, P_p, o_m_p,
                                    grid.size, grid.index_to_physical, grid.origin, M_p, t_p,
-                                   grid.indices, grid.n_indices, start, stop, values_p,
+                                   shift_p, grid.indices, grid.n_indices, start, stop, values_p,
                                    grad_p, valid_p, &n_valid)
         else:
             status = ppir_warp_f64(d, msize, <const double *>mov_p, mgrad_p, P_p, o_m_p,
                                    grid.size, grid.index_to_physical, grid.origin, M_p, t_p,
-                                   grid.indices, grid.n_indices, start, stop, values_p,
+                                   shift_p, grid.indices, grid.n_indices, start, stop, values_p,
                                    grad_p, valid_p, &n_valid)
     _raise_for_status(status, "warp")
     return n_valid
@@ -327,3 +350,126 @@ def affine_moments(fixed_size, fixed_index_to_physical, fixed_origin, reference,
         status = ppir_affine_moments(d, grid.size, grid.index_to_physical, grid.origin, c_p,
                                      grid.indices, grid.n_indices, start, stop, f_p, w_p, o_p)
     _raise_for_status(status, "affine_moments")
+
+
+cdef struct _Control:
+    # A B-spline control grid as the C kernels take it.
+    const ppir_index *size
+    const double *point_to_control
+    const double *offset
+    Py_ssize_t count
+
+
+cdef object _control_arrays(int d, control):
+    """Check ``control = (control_size, point_to_control, control_offset)``."""
+    size = _array(control[0], "control_size", (_INT64,), (d,))
+    if any(s < 4 for s in size.tolist()):
+        raise ValueError(f"a control grid needs >= 4 points per axis, got {size.tolist()}.")
+    matrix = _array(control[1], "point_to_control", (_FLOAT64,), (d, d))
+    offset = _array(control[2], "control_offset", (_FLOAT64,), (d,))
+    return size, matrix, offset
+
+
+cdef object _bspline_inputs(int d, fixed_size, indices, Py_ssize_t start, Py_ssize_t stop,
+                            control):
+    """Check a B-spline kernel's point list and control grid; return
+    (size, indices, n, control arrays)."""
+    size, idx, n = _point_list(d, fixed_size, indices, start, stop)
+    return size, idx, n, _control_arrays(d, control)
+
+
+cdef _Control _control_pointers(arrays):
+    """Pointers into ``_control_arrays``'s arrays (which the caller keeps alive)."""
+    size, matrix, offset = arrays
+    cdef _Control c
+    c.size = <const ppir_index *>_ptr(size)
+    c.point_to_control = <const double *>_ptr(matrix)
+    c.offset = <const double *>_ptr(offset)
+    c.count = _grid_count(size, "control_size")
+    return c
+
+
+def bspline_displacement(fixed_size, indices, Py_ssize_t start, Py_ssize_t stop, control,
+                         coefficients, out):
+    """Overwrite ``out[start:stop]`` (n x d) with the B-spline displacement at each point.
+
+    ``control`` is ``(control_size, point_to_control, control_offset)``;
+    ``coefficients`` are ITK's parameters, shape (d, M).
+    """
+    cdef int d = _fixed_dimension(fixed_size)
+    size, idx, n, arrays = _bspline_inputs(d, fixed_size, indices, start, stop, control)
+    cdef _Control c = _control_pointers(arrays)
+    coef = _array(coefficients, "coefficients", (_FLOAT64,), (d, c.count))
+    o = _array(out, "out", (_FLOAT64,), (n, d), True)
+    _check_disjoint((("out", o),), (("coefficients", coef), ("indices", idx)))
+    cdef _GridPointers grid = _grid_pointers(size, None, None, idx, n)
+    cdef const double *coef_p = <const double *>_ptr(coef)
+    cdef double *o_p = <double *>_ptr(o)
+    cdef ppir_status status
+    with nogil:
+        status = ppir_bspline_displacement(d, grid.size, grid.indices, grid.n_indices, start,
+                                           stop, c.size, c.point_to_control, c.offset, coef_p,
+                                           o_p)
+    _raise_for_status(status, "bspline_displacement")
+
+
+def bspline_scatter(fixed_size, indices, Py_ssize_t start, Py_ssize_t stop, control, values,
+                    out, int weight_bits=0):
+    """Overwrite ``out`` (M x m) with sum over ``[start, stop)`` of w_c(x) values[pos, j].
+
+    float64 ``values``: ``weight_bits`` > 0 rounds the weights to the ring's
+    fixed point (0: exact).  int64 ``values``: the sums over the ring Z_2^64
+    (wrapping), with integer weights ``prod_k round(beta3 2^weight_bits)``,
+    ``weight_bits`` in [1, 20].
+    """
+    cdef int d = _fixed_dimension(fixed_size)
+    size, idx, n, arrays = _bspline_inputs(d, fixed_size, indices, start, stop, control)
+    cdef _Control c = _control_pointers(arrays)
+    v = _array(values, "values", (_FLOAT64, _INT64), None)
+    cdef bint ring = v.dtype == _INT64
+    if not (1 if ring else 0) <= weight_bits <= 20:
+        raise ValueError(f"weight_bits must be in [{1 if ring else 0}, 20] for {v.dtype} "
+                         f"values, got {weight_bits}.")
+    if v.ndim != 2 or v.shape[0] != n:
+        raise ValueError(f"values must have shape ({n}, m), got {v.shape}.")
+    cdef int m = v.shape[1]
+    o = _array(out, "out", (v.dtype,), (c.count, m), True)
+    _check_disjoint((("out", o),), (("values", v), ("indices", idx)))
+    cdef _GridPointers grid = _grid_pointers(size, None, None, idx, n)
+    cdef const void *v_p = _ptr(v)
+    cdef void *o_p = _ptr(o)
+    cdef ppir_status status
+    with nogil:
+        if ring:
+            status = ppir_bspline_scatter_ring(d, grid.size, grid.indices, grid.n_indices,
+                                               start, stop, c.size, c.point_to_control,
+                                               c.offset, m, weight_bits,
+                                               <const int64_t *>v_p, <int64_t *>o_p)
+        else:
+            status = ppir_bspline_scatter(d, grid.size, grid.indices, grid.n_indices, start,
+                                          stop, c.size, c.point_to_control, c.offset, m,
+                                          weight_bits, <const double *>v_p, <double *>o_p)
+    _raise_for_status(status, "bspline_scatter")
+
+
+def bspline_hessian(fixed_size, indices, Py_ssize_t start, Py_ssize_t stop, control, gradient,
+                    out):
+    """Overwrite ``out`` (M, 7^d, d, d) with the blocks of S^T S, S[x, (c, k)] = g_k w_c.
+
+    Block ``[c, o]`` couples control point c with c + offset o, o in {-3..3}^d,
+    ``o = (o_0 + 3) + 7 (o_1 + 3) + 49 (o_2 + 3)``.
+    """
+    cdef int d = _fixed_dimension(fixed_size)
+    size, idx, n, arrays = _bspline_inputs(d, fixed_size, indices, start, stop, control)
+    cdef _Control c = _control_pointers(arrays)
+    g = _array(gradient, "gradient", (_FLOAT64,), (n, d))
+    o = _array(out, "out", (_FLOAT64,), (c.count, 7 ** d, d, d), True)
+    _check_disjoint((("out", o),), (("gradient", g), ("indices", idx)))
+    cdef _GridPointers grid = _grid_pointers(size, None, None, idx, n)
+    cdef const double *g_p = <const double *>_ptr(g)
+    cdef double *o_p = <double *>_ptr(o)
+    cdef ppir_status status
+    with nogil:
+        status = ppir_bspline_hessian(d, grid.size, grid.indices, grid.n_indices, start, stop,
+                                      c.size, c.point_to_control, c.offset, g_p, o_p)
+    _raise_for_status(status, "bspline_hessian")

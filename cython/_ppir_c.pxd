@@ -32,7 +32,8 @@ cdef extern from "ppir_warp.h" nogil:
                               const double *moving_origin, const ppir_index *fixed_size,
                               const double *fixed_index_to_physical, const double *fixed_origin,
                               const double *matrix, const double *offset,
-                              const ppir_index *indices, ppir_index n_indices, ppir_index start,
+                              const double *displacement, const ppir_index *indices,
+                              ppir_index n_indices, ppir_index start,
                               ppir_index stop, double *out_values, double *out_gradient,
                               uint8_t *out_valid, ppir_index *out_n_valid)
     ppir_status ppir_warp_f64(int d, const ppir_index *moving_size, const double *moving,
@@ -41,7 +42,8 @@ cdef extern from "ppir_warp.h" nogil:
                               const double *moving_origin, const ppir_index *fixed_size,
                               const double *fixed_index_to_physical, const double *fixed_origin,
                               const double *matrix, const double *offset,
-                              const ppir_index *indices, ppir_index n_indices, ppir_index start,
+                              const double *displacement, const ppir_index *indices,
+                              ppir_index n_indices, ppir_index start,
                               ppir_index stop, double *out_values, double *out_gradient,
                               uint8_t *out_valid, ppir_index *out_n_valid)
 
@@ -59,3 +61,34 @@ cdef extern from "ppir_affine.h" nogil:
                                     const ppir_index *indices, ppir_index n_indices,
                                     ppir_index start, ppir_index stop, const double *field,
                                     const double *weights, double *out)
+
+
+cdef extern from "ppir_bspline.h" nogil:
+    ppir_status ppir_bspline_displacement(int d, const ppir_index *fixed_size,
+                                          const ppir_index *indices, ppir_index n_indices,
+                                          ppir_index start, ppir_index stop,
+                                          const ppir_index *control_size,
+                                          const double *point_to_control,
+                                          const double *control_offset,
+                                          const double *coefficients, double *out)
+    ppir_status ppir_bspline_scatter(int d, const ppir_index *fixed_size,
+                                     const ppir_index *indices, ppir_index n_indices,
+                                     ppir_index start, ppir_index stop,
+                                     const ppir_index *control_size,
+                                     const double *point_to_control,
+                                     const double *control_offset, int m, int weight_bits,
+                                     const double *values, double *out)
+    ppir_status ppir_bspline_scatter_ring(int d, const ppir_index *fixed_size,
+                                          const ppir_index *indices, ppir_index n_indices,
+                                          ppir_index start, ppir_index stop,
+                                          const ppir_index *control_size,
+                                          const double *point_to_control,
+                                          const double *control_offset, int m,
+                                          int weight_bits, const int64_t *values, int64_t *out)
+    ppir_status ppir_bspline_hessian(int d, const ppir_index *fixed_size,
+                                     const ppir_index *indices, ppir_index n_indices,
+                                     ppir_index start, ppir_index stop,
+                                     const ppir_index *control_size,
+                                     const double *point_to_control,
+                                     const double *control_offset, const double *gradient,
+                                     double *out)

@@ -28,7 +28,10 @@ Float64 = npt.NDArray[np.float64]
 Int64 = npt.NDArray[np.int64]
 UInt8 = npt.NDArray[np.uint8]
 
-__all__ = ["affine_gram", "affine_moments", "central_gradient", "warp"]
+Control = tuple[Int64, Float64, Float64]  # (control_size, point_to_control, control_offset)
+
+__all__ = ["affine_gram", "affine_moments", "bspline_displacement", "bspline_hessian",
+           "bspline_scatter", "central_gradient", "warp"]
 
 def central_gradient(image: FloatImage, out: Float64) -> None:
     """Index-space gradient of a 2-D or 3-D image, written to ``out``.
@@ -55,6 +58,7 @@ def warp(
     out_values: Float64,
     out_gradient: Float64,
     out_valid: UInt8,
+    displacement: Float64 | None = None,
 ) -> int:
     """Resample the moving image and its gradient at mapped fixed-grid points.
 
@@ -111,4 +115,52 @@ def affine_moments(
     ``out[k, j] = sum field[pos, k] * w[pos] * phi_j(x)`` over positions
     ``[start, stop)``, ``phi(x) = (x - reference, 1)``; ``field`` has shape
     (n, d), ``weights`` shape (n,) or None (w = 1).
+    """
+
+def bspline_displacement(
+    fixed_size: Int64,
+    indices: Int64 | None,
+    start: int,
+    stop: int,
+    control: Control,
+    coefficients: Float64,
+    out: Float64,
+) -> None:
+    """Cubic B-spline displacement (n x d) at positions ``[start, stop)``.
+
+    ``control`` maps a fixed-grid index to the continuous control index
+    ``u = control_offset + point_to_control @ idx``; a point is inside iff
+    ``1 <= u_k <= control_size[k] - 2`` (else displacement 0). ``coefficients``
+    are ITK's parameters, shape (d, prod(control_size)).
+    """
+
+def bspline_scatter(
+    fixed_size: Int64,
+    indices: Int64 | None,
+    start: int,
+    stop: int,
+    control: Control,
+    values: Float64 | Int64,
+    out: Float64 | Int64,
+    weight_bits: int = 0,
+) -> None:
+    """``out (M x m) = sum_x w_c(x) values[x]``: the transposed B-spline basis.
+
+    float64 values: exact weights, or (``weight_bits`` > 0) weights rounded to
+    ``prod_k round(beta3 2^bits) / 2^(d bits)``. int64 values: the same sums over
+    the ring Z_2^64 with the integer weights (``weight_bits`` in [1, 20]).
+    """
+
+def bspline_hessian(
+    fixed_size: Int64,
+    indices: Int64 | None,
+    start: int,
+    stop: int,
+    control: Control,
+    gradient: Float64,
+    out: Float64,
+) -> None:
+    """Blocks of ``S^T S``, ``S[x, (k, c)] = gradient_k(x) w_c(x)``: ``out`` has shape
+    (M, 7^d, d, d); block ``[c, o]`` couples c with c + offset, offset in {-3..3}^d,
+    ``o = (o_0 + 3) + 7 (o_1 + 3) + 49 (o_2 + 3)``.
     """

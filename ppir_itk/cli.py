@@ -93,7 +93,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_registration_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--transform", default="affine",
-                        help="translation, rigid, similarity or affine (default: affine)")
+                        help="translation, rigid, similarity, affine (default) or bspline")
+    parser.add_argument("--grid-spacing", type=float, nargs="+", metavar="MM",
+                        help="bspline: control-point spacing in physical units (one value, "
+                             "or one per axis)")
+    parser.add_argument("--refine-grid", action="store_true",
+                        help="bspline: start with a grid twice as coarse per level, ending "
+                             "at --grid-spacing")
+    parser.add_argument("--bending-weight", type=float, default=0.0,
+                        help="bspline: weight of the bending-energy penalty (default 0)")
+    parser.add_argument("--initial-transform", metavar="FILE",
+                        help="bspline: a linear transform file (e.g. an affine result) the "
+                             "B-spline is composed with")
     parser.add_argument("--backend", default="ckks",
                         help="joint-term backend: ckks (private, default), spdz (private, "
                              "with a dealer) or clear (NOT private)")
@@ -204,8 +215,22 @@ def _registration_options(args: argparse.Namespace) -> dict[str, Any]:
         if not equals or not key:
             raise InputError(f"--backend-parameter '{item}' is not KEY=VALUE")
         parameters[key] = value
+    bulk = None
+    if args.initial_transform is not None:
+        from ppir_itk.wrapping.transforms import read_transform
+
+        if args.transform != "bspline":
+            raise InputError("--initial-transform goes with --transform bspline")
+        try:
+            bulk = read_transform(args.initial_transform)
+        except (OSError, ValueError) as error:
+            raise InputError(f"--initial-transform '{args.initial_transform}': {error}") from None
+    grid = args.grid_spacing[0] if args.grid_spacing and len(args.grid_spacing) == 1 \
+        else args.grid_spacing
     return dict(
         transform=args.transform, backend=args.backend, backend_parameters=parameters,
+        grid_spacing=grid, refine_grid=args.refine_grid,
+        bending_energy_weight=args.bending_weight, bulk_transform=bulk,
         sampling=args.sampling,
         sampling_fraction=args.sampling_fraction, seed=args.seed,
         reveal_gms_indices=args.reveal_gms_indices, shrink_factors=args.shrink_factors,
@@ -317,7 +342,14 @@ def _summary(result: Any, transform_path: str | None) -> None:
     print(f"{result.transform.itk_name}: {result.iterations} iterations over "
           f"{len(result.levels)} levels, final metric {result.final_metric:.6g}, "
           f"{result.seconds:.2f} s")
-    print("parameters: " + " ".join(f"{p:.6g}" for p in result.transform.parameters))
+    import numpy as np
+
+    parameters = result.transform.parameters
+    if parameters.size > 12:  # a B-spline: thousands of coefficients say little here
+        print(f"parameters: {parameters.size} control-point coefficients, largest "
+              f"{np.abs(parameters).max():.4g} mm")
+    else:
+        print("parameters: " + " ".join(f"{p:.6g}" for p in parameters))
     if transform_path:
         print(f"transform written to {transform_path}")
 

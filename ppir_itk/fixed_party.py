@@ -45,12 +45,14 @@ from ppir_itk.protocol.messages import (
     ProtocolError,
     array_from_pb,
     body,
+    geometry_from_pb,
     geometry_to_pb,
 )
 from ppir_itk.pyramid import Level, fixed_level_image
 from ppir_itk.sampling import URS
 from ppir_itk.wrapping.images import as_image_grid
 
+MAX_CONTROL_POINTS = 1 << 22  # a B-spline grid's points: bounds the fixed party's memory
 SAMPLING_KINDS = {"none": "all", "gms-hidden": "all", "urs": "urs", "gms-revealed": "revealed"}
 
 
@@ -59,11 +61,14 @@ class PointSet:
     """The fixed-grid points a level's joint term sums over (public to both parties).
 
     ``indices`` is ``None`` for the whole grid. ``reference`` is the point the
-    affine basis ``phi(x) = (x - reference, 1)`` is centred on.
+    affine basis ``phi(x) = (x - reference, 1)`` is centred on. ``control`` is
+    a B-spline transform's control grid (its points' geometry), whose cubic
+    B-spline basis then replaces the affine one.
     """
 
     geometry: GridGeometry
     indices: np.ndarray | None
+    control: GridGeometry | None = None
 
     @property
     def size(self) -> int:
@@ -77,16 +82,23 @@ class PointSet:
 def draw_points(geometry: GridGeometry, level: int, request: pb.SelectPoints,
                 fraction: float, seed: int) -> PointSet:
     """The point set a ``SelectPoints`` request stands for (either party computes it)."""
+    control = None
+    if request.HasField("control_grid"):
+        control = geometry_from_pb(request.control_grid)
+        if control.dimension != geometry.dimension or min(control.size) < 4 or \
+                control.number_of_points > MAX_CONTROL_POINTS:
+            raise ProtocolError("the B-spline control grid does not fit the level grid")
     if request.kind == "all":
-        return PointSet(geometry, None)
+        return PointSet(geometry, None, control)
     if request.kind == "urs":
-        return PointSet(geometry, URS(fraction, seed).draw(geometry.number_of_points, level))
+        return PointSet(geometry, URS(fraction, seed).draw(geometry.number_of_points, level),
+                        control)
     indices = array_from_pb(request.indices, max_elements=geometry.number_of_points)
     if indices.ndim != 1 or indices.dtype != np.int64 or indices.size == 0:
         raise ProtocolError("the revealed sample indices are not a list of grid indices")
     if indices.min() < 0 or indices.max() >= geometry.number_of_points:
         raise ProtocolError("a revealed sample index lies outside the level grid")
-    return PointSet(geometry, indices)
+    return PointSet(geometry, indices, control)
 
 
 @dataclass
@@ -216,6 +228,9 @@ class FixedPartySession:
                                 f"sampling '{self.hello.sampling}'")
         self.points = draw_points(self.level_image.geometry, self.level_index, request,
                                   self.hello.sampling_fraction, self.hello.sampling_seed)
+        if self.points.control is not None and not self.backend_side.bspline:
+            raise ProtocolError(f"backend '{self.hello.backend}' does not take B-spline "
+                                "transforms")
         if request.kind == "revealed":
             self.learned.append(f"GMS sample indices revealed at level {self.level_index}: "
                                   f"{self.points.size}")

@@ -34,12 +34,13 @@ import numpy as np
 
 from ppir_itk import _kernels
 from ppir_itk.backends import JointTermBackend, MovingFields, make_backend
+from ppir_itk.bspline import BSplineTransform
 from ppir_itk.errors import InputError
 from ppir_itk.fixed_party import PointSet
 from ppir_itk.image import GridGeometry, ImageGrid
 from ppir_itk.parallel import for_chunks, sum_chunks
 from ppir_itk.protocol import ppir_pb2 as pb
-from ppir_itk.protocol.messages import array_to_pb
+from ppir_itk.protocol.messages import array_to_pb, geometry_to_pb
 from ppir_itk.protocol.session import Session
 from ppir_itk.pyramid import Level, moving_level_image
 from ppir_itk.sampling import GMS, URS, NoSampling
@@ -67,10 +68,24 @@ class PrivateMeanSquaresImageToImageMetric:
     session : Session, optional
         The session with the fixed party (:func:`ppir_itk.connect` or
         :func:`ppir_itk.in_process_session`), when ``backend`` is a name.
+    bending_energy_weight : float
+        B-spline transforms only: ``w`` in ``value + w var(I) theta^T E theta / |Omega|``,
+        with ``E`` the thin-plate bending energy of the deformation
+        (:meth:`ppir_itk.bspline.BSplineTransform.bending_energy`), ``|Omega|``
+        the area (volume) of the control grid's domain and ``var(I)`` the
+        moving image's intensity variance, so that ``w`` (mm^2, a smoothing
+        length squared) does not depend on the intensity scale or the image
+        size. 0 (the default) adds nothing; around the squared control-point
+        spacing is a strong regulariser.
     """
 
     def __init__(self, backend: str | JointTermBackend = "ckks",
-                 session: Session | None = None) -> None:
+                 session: Session | None = None, *,
+                 bending_energy_weight: float = 0.0) -> None:
+        if not bending_energy_weight >= 0:
+            raise InputError(f"the bending-energy weight must be >= 0, got "
+                             f"{bending_energy_weight}")
+        self.bending_energy_weight = float(bending_energy_weight)
         if isinstance(backend, str):
             if not isinstance(session, Session):
                 raise InputError(f"backend '{backend}' needs a session with the fixed party")
@@ -83,6 +98,7 @@ class PrivateMeanSquaresImageToImageMetric:
     # -- set-up ---------------------------------------------------------------
     def SetMovingImage(self, moving: Any) -> None:  # noqa: N802
         self._moving = as_image_grid(moving, name="moving image")
+        self._moving_variance = float(np.var(self._moving.array, dtype=np.float64))
 
     def GetMovingImage(self) -> ImageGrid | None:  # noqa: N802
         return self._moving
@@ -145,6 +161,9 @@ class PrivateMeanSquaresImageToImageMetric:
                 private_sample[drawn] = 1
         else:
             raise InputError(f"unknown sampling {sampling!r}")
+        transform = self.GetTransform()
+        if isinstance(transform, BSplineTransform):  # the basis both parties will use
+            request.control_grid.CopyFrom(geometry_to_pb(transform.control_grid))
         points = self.backend.use_points(fixed_level, request)
         self._level = _LevelData(moving, gradient, points, private_sample)
         return points
@@ -156,7 +175,11 @@ class PrivateMeanSquaresImageToImageMetric:
         points = level.points
         fixed = points.geometry
         moving = level.moving
-        matrix, offset = self.GetTransform().matrix_offset()
+        transform = self.GetTransform()
+        matrix, offset = transform.matrix_offset()
+        displacement = None
+        if isinstance(transform, BSplineTransform):
+            displacement = transform.displacement(fixed, points.indices)
         n, d = points.size, fixed.dimension
         values = np.empty(n)
         gradient = np.empty((n, d))
@@ -167,7 +190,7 @@ class PrivateMeanSquaresImageToImageMetric:
                 moving.array, level.moving_gradient, moving.geometry.physical_to_index,
                 moving.geometry.origin_array, fixed.size_array, fixed.index_to_physical,
                 fixed.origin_array, matrix, offset, points.indices, start, stop,
-                values, gradient, valid,
+                values, gradient, valid, displacement,
             )
 
         n_valid = sum(for_chunks(warp, n))
@@ -182,42 +205,35 @@ class PrivateMeanSquaresImageToImageMetric:
         """Value, gradient and Gauss-Newton Hessian at the current parameters."""
         level = self._require_level()
         points = level.points
-        geometry = points.geometry
-        d = geometry.dimension
-        m = d * (d + 1)
         values, gradient, valid, n_valid = self._warp()
         if n_valid == 0:
             raise InputError(
                 "no fixed-grid point maps inside the moving image: the images do not overlap "
                 "under the current transform (try the 'geometry' or 'moments' initialiser)"
             )
-        basis = (geometry.size_array, geometry.index_to_physical, geometry.origin_array,
-                 points.reference, points.indices)
-        gram = sum_chunks(
-            lambda start, stop, out: _kernels.affine_gram(*basis, start, stop, gradient, out),
-            points.size, (m, m),
-        )
-        moments = sum_chunks(
-            lambda start, stop, out: _kernels.affine_moments(
-                *basis, start, stop, gradient, values, out
-            ),
-            points.size, (d, d + 1),
-        )
-        coefficients = self.GetTransform().jacobian_in_affine_basis(points.reference)
-        coefficients = coefficients.reshape(coefficients.shape[0], m)
+        jacobian = _jacobian(self.GetTransform(), points,
+                             self.bending_energy_weight * self._moving_variance)
+        gradient = jacobian.parameter_gradient(gradient)
+        coefficients = jacobian.coefficients()
         joint = self.backend.joint_term(MovingFields(gradient, values, valid, coefficients))
         joint_r = (joint.parameter_term if joint.parameter_term is not None
-                   else coefficients @ joint.moments.ravel())
+                   else jacobian.from_moments(joint.moments))
         # Not np.dot: BLAS would start threads that spin against the other party's process.
         warped_squared = float(np.square(values).sum())
         ssd = warped_squared - 2.0 * joint.warped_dot_fixed + joint.fixed_squared
         scale = 2.0 / n_valid
-        return Evaluation(
-            value=max(ssd, 0.0) / n_valid,
-            gradient=scale * (coefficients @ moments.ravel() - joint_r),
-            hessian=scale * coefficients @ gram @ coefficients.T,
-            number_of_valid_points=n_valid,
-        )
+        value = max(ssd, 0.0) / n_valid
+        own = jacobian.moments(gradient, values, joint.basis_weight_bits)
+        derivative = scale * (jacobian.from_moments(own) - joint_r)
+        hessian = scale * jacobian.hessian(gradient)
+        penalty = jacobian.penalty()
+        if penalty is not None:  # the bending energy, weight already in it
+            theta = self.GetTransform().parameters
+            value += float(theta @ (penalty @ theta))
+            derivative = derivative + 2.0 * (penalty @ theta)
+            hessian = hessian + 2.0 * penalty
+        return Evaluation(value=value, gradient=derivative, hessian=hessian,
+                          number_of_valid_points=n_valid)
 
     def GetValue(self) -> float:  # noqa: N802
         return self.evaluate().value
@@ -231,8 +247,12 @@ class PrivateMeanSquaresImageToImageMetric:
         return evaluation.value, -evaluation.gradient
 
     def maximum_physical_shift(self, delta: np.ndarray) -> float:
-        """Largest move of a fixed-grid corner if the parameters changed by ``delta`` (mm)."""
+        """Largest move of a fixed-grid corner if the parameters changed by ``delta`` (mm);
+        for a B-spline, the largest control-point move (it bounds every point's)."""
         transform = self.GetTransform()
+        if isinstance(transform, BSplineTransform):
+            moves = np.asarray(delta).reshape(transform.dimension, -1)
+            return float(np.max(np.linalg.norm(moves, axis=0)))
         trial = transform.copy()
         trial.update(delta)
         corners = self._require_level().points.geometry.corners()
@@ -251,3 +271,82 @@ class _LevelData:
     moving_gradient: np.ndarray
     points: PointSet
     private_sample: np.ndarray | None
+
+
+class _LinearJacobian:
+    """dW/dtheta of a linear transform: ``C`` in the affine basis (d (d + 1) columns)."""
+
+    def __init__(self, transform: LinearTransform, points: PointSet) -> None:
+        geometry = points.geometry
+        self._points = points
+        self._basis = (geometry.size_array, geometry.index_to_physical, geometry.origin_array,
+                       points.reference, points.indices)
+        d = geometry.dimension
+        self._d = d
+        coefficients = transform.jacobian_in_affine_basis(points.reference)
+        self._coefficients = coefficients.reshape(coefficients.shape[0], d * (d + 1))
+
+    def parameter_gradient(self, gradient: np.ndarray) -> np.ndarray:
+        return gradient
+
+    def coefficients(self) -> np.ndarray:
+        return self._coefficients
+
+    def moments(self, gradient: np.ndarray, values: np.ndarray, weight_bits: int) -> np.ndarray:
+        d = self._d
+        return sum_chunks(lambda start, stop, out: _kernels.affine_moments(
+            *self._basis, start, stop, gradient, values, out), self._points.size, (d, d + 1))
+
+    def from_moments(self, moments: np.ndarray) -> np.ndarray:
+        return self._coefficients @ moments.ravel()
+
+    def hessian(self, gradient: np.ndarray) -> np.ndarray:
+        m = self._d * (self._d + 1)
+        gram = sum_chunks(lambda start, stop, out: _kernels.affine_gram(
+            *self._basis, start, stop, gradient, out), self._points.size, (m, m))
+        return self._coefficients @ gram @ self._coefficients.T
+
+    def penalty(self) -> None:
+        return None
+
+
+class _BSplineJacobian:
+    """dW/dtheta of ``bulk(x + D(x))``: ``M e_k beta_c(x)`` for parameter (k, c), M the
+    bulk matrix; so S = (M^T g)_k beta_c, and the basis is the control grid's B-spline."""
+
+    def __init__(self, transform: BSplineTransform, points: PointSet, weight: float) -> None:
+        self._transform = transform
+        self._points = points
+        self._weight = weight
+
+    def parameter_gradient(self, gradient: np.ndarray) -> np.ndarray:
+        matrix, _ = self._transform.matrix_offset()
+        return gradient @ matrix  # row x: M^T g(x)
+
+    def coefficients(self) -> None:
+        return None  # the identity: R in ITK order is the B-spline moments, raveled
+
+    def moments(self, gradient: np.ndarray, values: np.ndarray, weight_bits: int) -> np.ndarray:
+        points = self._points
+        return self._transform.scatter(points.geometry, points.indices,
+                                       gradient * values[:, None], weight_bits).T
+
+    def from_moments(self, moments: np.ndarray) -> np.ndarray:
+        return moments.ravel()
+
+    def hessian(self, gradient: np.ndarray) -> Any:
+        points = self._points
+        return self._transform.gauss_newton_hessian(points.geometry, points.indices, gradient)
+
+    def penalty(self) -> Any:
+        if self._weight == 0:
+            return None
+        transform = self._transform
+        domain = float(np.prod((np.asarray(transform.size) - 3) * transform.spacing))
+        return (self._weight / domain) * transform.bending_energy()
+
+
+def _jacobian(transform: Any, points: PointSet, bending_energy_weight: float) -> Any:
+    if isinstance(transform, BSplineTransform):
+        return _BSplineJacobian(transform, points, bending_energy_weight)
+    return _LinearJacobian(transform, points)

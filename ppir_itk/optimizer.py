@@ -27,6 +27,8 @@ import numpy as np
 
 from ppir_itk.events import Event, Observable
 
+SPARSE_DAMPING_FLOOR = 1e-2  # x the mean diagonal of a sparse (B-spline) Gauss-Newton matrix
+
 
 class StopCondition(enum.Enum):
     MAXIMUM_NUMBER_OF_ITERATIONS = "maximum number of iterations reached"
@@ -149,7 +151,9 @@ class GaussNewtonOptimizer(Observable):
                 self._stop = StopCondition.TOO_MANY_BAD_STEPS
         self.InvokeEvent(Event.END)
 
-    def _solve(self, hessian: np.ndarray, gradient: np.ndarray) -> np.ndarray:
+    def _solve(self, hessian: Any, gradient: np.ndarray) -> np.ndarray:
+        if not isinstance(hessian, np.ndarray):  # sparse (B-spline): banded, thousands wide
+            return self._solve_sparse(hessian, gradient)
         diagonal = np.diag(hessian).copy()
         floor = 1e-12 * max(float(diagonal.max(initial=0.0)), 1e-300)
         damped = hessian + np.diag(self._damping * np.maximum(diagonal, floor))
@@ -157,3 +161,15 @@ class GaussNewtonOptimizer(Observable):
             return np.linalg.solve(damped, -gradient)
         except np.linalg.LinAlgError:
             return np.linalg.lstsq(damped, -gradient, rcond=None)[0]
+
+    def _solve_sparse(self, hessian: Any, gradient: np.ndarray) -> np.ndarray:
+        import scipy.sparse as sparse
+        from scipy.sparse.linalg import spsolve
+
+        diagonal = hessian.diagonal()
+        # Control points over flat image regions see little curvature: a floor on the
+        # Marquardt scaling, relative to the mean curvature, keeps their steps in check
+        # and lets the damping shrink every step when a trial is rejected.
+        floor = SPARSE_DAMPING_FLOOR * max(float(diagonal.mean()), 1e-300)
+        damped = hessian + sparse.diags(np.maximum(self._damping * diagonal, floor))
+        return spsolve(damped.tocsc(), -gradient)

@@ -39,6 +39,7 @@ import numpy as np
 
 from ppir_itk import parallel
 from ppir_itk.backends import make_backend
+from ppir_itk.bspline import BSplineTransform
 from ppir_itk.errors import InputError
 from ppir_itk.events import Event, Observable
 from ppir_itk.fixed_party import FixedPolicy
@@ -185,6 +186,9 @@ class ImageRegistrationMethod(Observable):
         sampling: Any = None,
         initializer: str = "none",
         threads: int | None = None,
+        grid_spacing: float | Sequence[float] | None = None,
+        refine_grid: bool = False,
+        bulk_transform: Any = None,
     ) -> None:
         super().__init__()
         self.metric = metric
@@ -197,6 +201,9 @@ class ImageRegistrationMethod(Observable):
             )
         self.initializer = initializer
         self.threads = threads
+        self.grid_spacing = grid_spacing
+        self.refine_grid = refine_grid
+        self.bulk = bulk_transform
         self._initial_transform = initial_transform
         self._level = -1
         self._stop_requested = False
@@ -251,7 +258,13 @@ class ImageRegistrationMethod(Observable):
         moving = metric.GetMovingImage()
         if moving is None:
             raise RuntimeError("the metric has no moving image: call SetMovingImage first")
-        transform = _as_transform(self._initial_transform, moving.dimension)
+        bspline = self._initial_transform == "bspline"
+        if bspline and self.grid_spacing is None:
+            raise InputError("a B-spline transform needs a control-point spacing "
+                             "(grid_spacing, in physical units; --grid-spacing MM)")
+        # A B-spline's grid covers the fixed image, known once the session started.
+        transform = _as_transform("translation" if bspline else self._initial_transform,
+                                  moving.dimension)
         if transform.dimension != moving.dimension:
             raise InputError(
                 f"the initial transform is {transform.dimension}-D but the images are "
@@ -261,6 +274,14 @@ class ImageRegistrationMethod(Observable):
         try:
             fixed_geometry = backend.start(self.schedule, self.sampling,
                                            wants_center_of_mass=self.initializer == "moments")
+            if bspline:
+                spacing = np.asarray(self.grid_spacing, dtype=np.float64)
+                if self.refine_grid:  # doubled back to grid_spacing by the last level
+                    spacing = spacing * 2.0 ** (len(self.schedule.levels) - 1)
+                bulk = None
+                if self.bulk is not None:
+                    bulk = _as_transform(self.bulk, moving.dimension)
+                transform = BSplineTransform.over(fixed_geometry, spacing, bulk=bulk)
             result = RegistrationResult(
                 transform=transform,
                 fixed_geometry=fixed_geometry,
@@ -271,7 +292,8 @@ class ImageRegistrationMethod(Observable):
                 threads=parallel.get_number_of_threads(),
                 transport="in-process" if isinstance(session, LocalSession) else "grpc+mtls",
             )
-            self._initialize(transform, moving)
+            if not bspline:  # a B-spline starts at zero, after its bulk transform
+                self._initialize(transform, moving)
             metric.SetTransform(transform)
             self.optimizer.SetMetric(metric)
             self._run_levels(result)
@@ -304,6 +326,10 @@ class ImageRegistrationMethod(Observable):
         for level_index, level in enumerate(self.schedule.levels):
             self._level = level_index
             level_start = time.perf_counter()
+            transform = metric.GetTransform()
+            if level_index > 0 and self.refine_grid and isinstance(transform, BSplineTransform):
+                result.transform = transform.refined()  # the same deformation, finer grid
+                metric.SetTransform(result.transform)
             mark = session.counters()
             points = metric.initialize_level(level_index, level, self.sampling)
             setup_seconds = time.perf_counter() - level_start
@@ -386,6 +412,10 @@ def register_with(
     relative_value_tolerance: float = 1e-6,
     threads: int | None = None,
     observers: dict[Any, Any] | None = None,
+    grid_spacing: float | Sequence[float] | None = None,
+    refine_grid: bool = False,
+    bending_energy_weight: float = 0.0,
+    bulk_transform: Any = None,
 ) -> RegistrationResult:
     """Register ``moving`` with the fixed party at the other end of ``session``.
 
@@ -401,7 +431,8 @@ def register_with(
     if isinstance(sampling, str):
         sampling = make_sampling(sampling, sampling_fraction, seed, reveal=reveal_gms_indices)
     metric = PrivateMeanSquaresImageToImageMetric(
-        make_backend(check_backend_name(backend), session, backend_parameters))
+        make_backend(check_backend_name(backend), session, backend_parameters),
+        bending_energy_weight=bending_energy_weight)
     metric.SetMovingImage(moving_grid)
     optimizer = GaussNewtonOptimizer(NumberOfIterations=iterations,
                                      MinimumStepLength=minimum_step_length,
@@ -409,7 +440,9 @@ def register_with(
     method = ImageRegistrationMethod(metric, optimizer, transform,
                                      shrink_factors=shrink_factors,
                                      smoothing_sigmas=smoothing_sigmas, sampling=sampling,
-                                     initializer=initializer, threads=threads)
+                                     initializer=initializer, threads=threads,
+                                     grid_spacing=grid_spacing, refine_grid=refine_grid,
+                                     bulk_transform=bulk_transform)
     for event, callback in (observers or {}).items():
         method.AddObserver(event, lambda callback=callback: callback(method))
     return method.run()
@@ -437,7 +470,12 @@ def register(
         Seconds to wait for the fixed party's next answer.
     **options
         As :func:`register_with`: ``transform`` (``translation``, ``rigid``,
-        ``similarity``, ``affine`` or an ITK/SimpleITK transform), ``backend``
+        ``similarity``, ``affine``, an ITK/SimpleITK transform, or ``bspline`` with
+        ``grid_spacing`` (control-point spacing, physical units), ``refine_grid``
+        (start 2^(levels - 1) times as coarse, halve the spacing at each level:
+        the last grid is at most ``grid_spacing``),
+        ``bending_energy_weight`` and ``bulk_transform`` (a linear transform the
+        B-spline is composed with: ``W = bulk(x + D(x))``)), ``backend``
         (``ckks`` private; ``clear`` NOT private), ``backend_parameters`` (e.g.
         ``{"poly_modulus_degree": "16384"}``), ``sampling`` (``none``, ``urs``, ``gms``),
         ``sampling_fraction``, ``seed``, ``reveal_gms_indices``,
@@ -462,6 +500,9 @@ def register(
         )
     # Options that are wrong fail here, before a fixed party is started.
     backend = check_backend_name(options.get("backend", "ckks"))
+    if options.get("transform") == "bspline" and options.get("grid_spacing") is None:
+        raise InputError("a B-spline transform needs a control-point spacing (grid_spacing, "
+                         "in physical units; --grid-spacing MM)")
     LevelSchedule.from_lists(options.get("shrink_factors", (4, 2, 1)),
                              options.get("smoothing_sigmas", (2.0, 1.0, 0.0)))
     if options.get("initializer", "geometry") not in INITIALIZERS:

@@ -19,6 +19,7 @@
 typedef struct ppir_warp_geom_ {
     double B[PPIR_MAX_DIM * PPIR_MAX_DIM]; /* u = B @ idx + b */
     double b[PPIR_MAX_DIM];
+    double PM[PPIR_MAX_DIM * PPIR_MAX_DIM]; /* u += PM @ displacement */
     double P[PPIR_MAX_DIM * PPIR_MAX_DIM]; /* moving physical -> index */
     double hi[PPIR_MAX_DIM];               /* moving_size - 1 */
     ppir_index n[PPIR_MAX_DIM];            /* moving_size */
@@ -85,6 +86,11 @@ static ppir_status ppir_warp_prepare_(
             }
             g->B[i * d + j] = s;
             g->P[i * d + j] = P[i * d + j];
+            s = 0.0;
+            for (int k = 0; k < d; ++k) {
+                s += P[i * d + k] * M[k * d + j];
+            }
+            g->PM[i * d + j] = s;
         }
         {
             double s = 0.0;

@@ -16,7 +16,7 @@ extern "C" {
  * physical point of grid index idx:
  *
  *   x = fixed_origin + fixed_index_to_physical @ idx
- *   y = matrix @ x + offset
+ *   y = matrix @ (x + displacement[pos]) + offset
  *   u = moving_physical_to_index @ (y - moving_origin)     (continuous index)
  *
  * The point is valid iff -0.5 <= u_k < moving_size[k] - 0.5 for every k (ITK's
@@ -37,6 +37,8 @@ extern "C" {
  *   fixed_index_to_physical  : d x d row-major (direction @ diag(spacing))
  *   fixed_origin             : d
  *   matrix, offset           : d x d row-major, d
+ *   displacement             : NULL (none) or n * d doubles, a per-point shift
+ *                              applied before the matrix (a B-spline's D(x))
  *   indices                  : NULL (whole fixed grid, n = prod(fixed_size))
  *                              or n_indices flat indices in [0, prod(fixed_size))
  *   n_indices                : length of indices (ignored when NULL)
@@ -53,7 +55,8 @@ ppir_status ppir_warp_f32(int d, const ppir_index *moving_size, const float *mov
                           const double *moving_gradient, const double *moving_physical_to_index,
                           const double *moving_origin, const ppir_index *fixed_size,
                           const double *fixed_index_to_physical, const double *fixed_origin,
-                          const double *matrix, const double *offset, const ppir_index *indices,
+                          const double *matrix, const double *offset,
+                          const double *displacement, const ppir_index *indices,
                           ppir_index n_indices, ppir_index start, ppir_index stop,
                           double *out_values, double *out_gradient, uint8_t *out_valid,
                           ppir_index *out_n_valid);
@@ -62,7 +65,8 @@ ppir_status ppir_warp_f64(int d, const ppir_index *moving_size, const double *mo
                           const double *moving_gradient, const double *moving_physical_to_index,
                           const double *moving_origin, const ppir_index *fixed_size,
                           const double *fixed_index_to_physical, const double *fixed_origin,
-                          const double *matrix, const double *offset, const ppir_index *indices,
+                          const double *matrix, const double *offset,
+                          const double *displacement, const ppir_index *indices,
                           ppir_index n_indices, ppir_index start, ppir_index stop,
                           double *out_values, double *out_gradient, uint8_t *out_valid,
                           ppir_index *out_n_valid);

@@ -148,3 +148,73 @@ def affine_moments(
     if weights is not None:
         f = f * np.asarray(weights)[start:stop, None]
     return f.T @ phi
+
+
+def bspline_support(fixed_size, indices, start, stop, control, weight_bits=0):
+    """Each point's 4^d control points: flat indices and weights, shapes (n, 4^d).
+
+    ``control = (control_size, point_to_control, control_offset)``: the
+    continuous control index is ``u = offset + point_to_control @ idx``. A point
+    is inside iff ``1 <= u_k <= size_k - 2`` (outside: weight 0, index 0). With
+    ``weight_bits`` the per-axis weights are ``round(beta3 2^bits) / 2^bits``.
+    """
+    size, matrix, offset = (np.asarray(a) for a in control)
+    d = len(size)
+    idx = grid_indices(fixed_size, point_list(fixed_size, indices, start, stop)).astype(float)
+    # u = offset + matrix @ idx, added in the kernels' order (ppir_points.inc), so that
+    # rounding ties of the fixed-point weights break the same way.
+    u = np.empty_like(idx)
+    for k in range(d):
+        u[:, k] = offset[k] + matrix[k, 1] * idx[:, 1]
+        if d == 3:
+            u[:, k] += matrix[k, 2] * idx[:, 2]
+        u[:, k] += matrix[k, 0] * idx[:, 0]
+    inside = np.all((u >= 1) & (u <= size - 2), axis=1)
+    floor = np.minimum(np.floor(u), size - 3)
+    t = u - floor
+    base = floor.astype(np.int64) - 1
+    # The same operations in the same order as the kernel: fixed-point weights round
+    # exact ties (e.g. 4.5 / 2^9 at t = 0.375) the same way.
+    s, t2 = 1.0 - t, t * t
+    t3 = t2 * t
+    axis_weights = np.stack([s * s * s / 6.0, (3.0 * t3 - 6.0 * t2 + 4.0) / 6.0,
+                             (-3.0 * t3 + 3.0 * t2 + 3.0 * t + 1.0) / 6.0, t3 / 6.0], axis=-1)
+    if weight_bits:  # half away from zero, as C's llround (weights are >= 0)
+        axis_weights = np.floor(axis_weights * 2.0**weight_bits + 0.5) / 2.0**weight_bits
+    flat, weight = [], []
+    for shift in itertools.product(range(4), repeat=d):
+        s = np.array(shift[::-1])  # s[0] varies fastest, as the kernels order the support
+        c = np.clip(base + s, 0, size - 1)
+        flat.append(sum(c[:, k] * int(np.prod(size[:k])) for k in range(d)))
+        weight.append(np.prod([axis_weights[:, k, s[k]] for k in range(d)], axis=0))
+    flat, weight = np.stack(flat, axis=1), np.stack(weight, axis=1)
+    weight[~inside] = 0.0
+    return flat, weight
+
+
+def bspline_displacement(fixed_size, indices, start, stop, control, coefficients):
+    """D(x) (n x d) from ITK-ordered coefficients (d x M)."""
+    flat, weight = bspline_support(fixed_size, indices, start, stop, control)
+    return np.stack([(weight * c[flat]).sum(axis=1) for c in coefficients], axis=1)
+
+
+def bspline_scatter(fixed_size, indices, start, stop, control, values, weight_bits=0):
+    """out (M x m) = sum_x w_c(x) values[x]."""
+    flat, weight = bspline_support(fixed_size, indices, start, stop, control, weight_bits)
+    count = int(np.prod(control[0]))
+    out = np.zeros((count, values.shape[1]))
+    for j in range(values.shape[1]):
+        np.add.at(out[:, j], flat.ravel(), (weight * values[start:stop, j, None]).ravel())
+    return out
+
+
+def bspline_hessian(fixed_size, indices, start, stop, control, gradient):
+    """Dense S^T S, S[x, (k, c)] = gradient_k(x) w_c(x), in ITK parameter order."""
+    flat, weight = bspline_support(fixed_size, indices, start, stop, control)
+    count = int(np.prod(control[0]))
+    basis = np.zeros((stop - start, count))
+    np.add.at(basis, (np.repeat(np.arange(stop - start), flat.shape[1]), flat.ravel()),
+              weight.ravel())
+    s = np.concatenate([gradient[start:stop, k, None] * basis
+                        for k in range(gradient.shape[1])], axis=1)
+    return s.T @ s

@@ -76,6 +76,17 @@ def test_spdz_in_local_mode_starts_a_dealer_and_reports_it(pair, tmp_path, capsy
     assert displacement_rmse(from_sitk(sitk.ReadTransform(str(out))), pair[2], geometry) < 0.1
 
 
+def test_bspline_after_an_affine_written_and_read_back(pair, tmp_path):
+    affine, result = tmp_path / "affine.tfm", tmp_path / "bspline.h5"
+    assert _register(pair, affine) == 0
+    assert _register(pair, result, "--transform", "bspline", "--grid-spacing", "16",
+                     "--initial-transform", str(affine), "--bending-weight", "100") == 0
+    read = sitk.ReadTransform(str(result))
+    assert read.GetName() == "CompositeTransform" and read.GetNumberOfTransforms() == 2
+    geometry = as_image_grid(pair[0]).geometry
+    assert displacement_rmse(from_sitk(read), pair[2], geometry) < 0.2
+
+
 def test_serving_spdz_needs_a_dealer(pair, tmp_path, capsys):
     status = main(["serve", "--fixed", str(pair[0]), "--listen", "127.0.0.1:0",
                    "--tls-dir", str(tmp_path), "--backends", "spdz"])
@@ -156,13 +167,16 @@ def _bad_inputs(tmp_path, pair):
         "unknown spdz provider": ({}, ["--backend", "spdz", "--backend-parameter",
                                        "provider=mine"], "no provider 'mine'"),
         "dealer without a peer": ({}, ["--dealer", "127.0.0.1:1"], "--dealer goes with --peer"),
+        "bspline without a grid": ({}, ["--transform", "bspline"], "--grid-spacing"),
+        "initial transform without bspline": ({}, ["--initial-transform", str(tmp_path)],
+                                               "goes with --transform bspline"),
     }
 
 
 BAD = ["missing file", "empty file", "colour image", "dimension mismatch", "NaN pixels",
        "constant image", "non-orthonormal NIfTI", "unknown transform", "unknown backend",
        "unknown sampling", "levels mismatch", "bad transform suffix", "unknown spdz provider",
-       "dealer without a peer"]
+       "dealer without a peer", "bspline without a grid", "initial transform without bspline"]
 
 
 @pytest.mark.parametrize("case", BAD)

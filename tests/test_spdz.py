@@ -13,7 +13,7 @@ from conftest import known_pair, register_in_process, speaks_to_unauthenticated
 
 import ppir_itk
 from ppir_itk.backends.crypten_compat import CONVERTER, acting_as, load_crypten
-from ppir_itk.backends.spdz import fixed_point_bits
+from ppir_itk.backends.spdz import ring_basis
 from ppir_itk.backends.spdz_shares import MailboxCommunicator
 from ppir_itk.dealer import FIXED, MOVING
 from ppir_itk.evaluation import displacement_rmse
@@ -109,13 +109,28 @@ def test_a_share_of_the_wrong_shape_is_refused():
 
 
 def test_fixed_point_bits_keep_every_sum_in_the_ring():
-    for points in (10, 56797, 128**3):
-        j_bits, g_bits = fixed_point_bits(points)
-        # n * |q(J)| * |q(g)| * |q(phi)| < 2^63
-        assert np.log2(points) + (j_bits - 1) + (g_bits - 1) + 11 < 63
-        assert min(j_bits, g_bits) >= 13
-    with pytest.raises(ppir_itk.InputError, match="too many"):
-        fixed_point_bits(1 << 40)
+    from ppir_itk.bspline import BSplineTransform, points_per_control_point
+    from ppir_itk.fixed_party import PointSet
+    from ppir_itk.image import GridGeometry
+
+    for size in ((64, 64), (256, 222), (128, 128, 128)):
+        d = len(size)
+        grid = GridGeometry(size=size, spacing=(1.0,) * d, origin=(0.0,) * d,
+                            direction=tuple(np.eye(d).ravel()))
+        n = grid.number_of_points
+        linear = ring_basis(PointSet(grid, None))
+        # n * |q(J)| * |q(g)| * |q(phi)| < 2^63, and the same for I_w and J^2
+        assert np.log2(n) + (linear.j_bits - 1) + (linear.g_bits - 1) + 11 < 63
+        assert np.log2(n) + (linear.j_bits - 1) + (linear.w_bits - 1) < 63
+        control = BSplineTransform.over(grid, 4.0).control_grid
+        bspline = ring_basis(PointSet(grid, None, control))
+        support = points_per_control_point(control, grid)
+        assert support < n
+        weight_bits = int(bspline.column_bits[0])
+        assert np.log2(support) + (bspline.j_bits - 1) + (bspline.g_bits - 1) + weight_bits < 63
+        assert np.log2(n) + 2 * (bspline.j_bits - 1) < 63
+        assert np.log2(n) + (bspline.j_bits - 1) + (bspline.w_bits - 1) < 63
+        assert min(linear.j_bits, linear.g_bits, bspline.j_bits, bspline.g_bits) >= 11
 
 
 # -- the backend equals Clear to crypto precision ---------------------------------------

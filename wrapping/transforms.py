@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ppir_itk.bspline import BSplineTransform
 from ppir_itk.errors import InputError
 from ppir_itk.transforms import (
     AffineTransform,
@@ -70,6 +71,23 @@ def _check_linear(transform: object) -> LinearTransform:
     return transform
 
 
+def _composite_parts(parts: list[Any], convert: Any, bspline_name: str) -> Any:
+    """A composite's parts in order of addition: one linear transform, a B-spline, or a
+    linear ``bulk`` then a B-spline (applied first: ``W = bulk(x + D(x))``)."""
+    names = [part.GetNameOfClass() if hasattr(part, "GetNameOfClass") else part.GetName()
+             for part in parts]
+    if len(parts) == 1:
+        return convert(parts[0])
+    if len(parts) == 2 and bspline_name in names[1]:
+        bspline = convert(parts[1])
+        bspline.bulk = convert(parts[0])
+        return bspline
+    raise ValueError(
+        f"Only a CompositeTransform of one transform, or of a linear transform then a "
+        f"B-spline, can be converted; this one holds {', '.join(names)}."
+    )
+
+
 def _build(
     name: str,
     dimension: int,
@@ -111,6 +129,8 @@ def to_itk(transform: LinearTransform) -> Any:
     """
     import itk
 
+    if isinstance(transform, BSplineTransform):
+        return _bspline_to_itk(transform)
     transform = _check_linear(transform)
     name = transform.itk_name
     template = getattr(itk, name)
@@ -157,14 +177,12 @@ def from_itk(obj: Any) -> LinearTransform:
         raise ValueError(f"Cannot convert a {type(obj).__name__} to a linear transform.")
     name = obj.GetNameOfClass()
     if name == "CompositeTransform":
-        count = obj.GetNumberOfTransforms()
-        if count != 1:
-            raise ValueError(
-                f"Only a CompositeTransform holding exactly one transform can be converted; "
-                f"this one holds {count}."
-            )
-        return from_itk(itk.down_cast(obj.GetNthTransform(0)))
+        parts = [itk.down_cast(obj.GetNthTransform(i)) for i in range(obj.GetNumberOfTransforms())]
+        return _composite_parts(parts, from_itk, "BSpline")
     obj = itk.down_cast(obj)
+    if name == "BSplineTransform":
+        return BSplineTransform.from_fixed_parameters(list(obj.GetFixedParameters()),
+                                                      list(obj.GetParameters()))
     dimension = int(obj.GetInputSpaceDimension())
     if int(obj.GetOutputSpaceDimension()) != dimension or dimension not in (2, 3):
         raise ValueError(
@@ -210,6 +228,8 @@ def to_sitk(transform: LinearTransform) -> Any:
     """
     import SimpleITK as sitk
 
+    if isinstance(transform, BSplineTransform):
+        return _bspline_to_sitk(transform)
     transform = _check_linear(transform)
     name = transform.itk_name
     if name in _DIMENSION_TEMPLATED:
@@ -251,13 +271,11 @@ def from_sitk(obj: Any) -> LinearTransform:
     obj = obj.Downcast()
     name = obj.GetName()
     if name == "CompositeTransform":
-        count = obj.GetNumberOfTransforms()
-        if count != 1:
-            raise ValueError(
-                f"Only a CompositeTransform holding exactly one transform can be converted; "
-                f"this one holds {count}."
-            )
-        return from_sitk(obj.GetNthTransform(0))
+        parts = [obj.GetNthTransform(i).Downcast() for i in range(obj.GetNumberOfTransforms())]
+        return _composite_parts(parts, from_sitk, "BSpline")
+    if name == "BSplineTransform":
+        return BSplineTransform.from_fixed_parameters(obj.GetFixedParameters(),
+                                                      obj.GetParameters())
     dimension = int(obj.GetDimension())
     if dimension not in (2, 3):
         raise ValueError(f"Only 2-D and 3-D transforms are supported; the {name} is {dimension}-D.")
@@ -280,6 +298,35 @@ def from_sitk(obj: Any) -> LinearTransform:
         f"Cannot convert a SimpleITK {name} to a linear transform; expected a translation, "
         "Euler, similarity, affine or other matrix-offset transform."
     )
+
+
+def _bspline_to_sitk(transform: BSplineTransform) -> Any:
+    import SimpleITK as sitk
+
+    bspline = sitk.BSplineTransform(transform.dimension, 3)
+    bspline.SetFixedParameters(tuple(float(v) for v in transform.fixed_parameters))
+    bspline.SetParameters(tuple(float(v) for v in transform.parameters))
+    if transform.bulk is None:
+        return bspline
+    composite = sitk.CompositeTransform(to_sitk(transform.bulk))
+    composite.AddTransform(bspline)  # the last added is applied first
+    return composite
+
+
+def _bspline_to_itk(transform: BSplineTransform) -> Any:
+    import itk
+
+    d = transform.dimension
+    bspline = itk.BSplineTransform[itk.D, d, 3].New()
+    bspline.SetFixedParameters(
+        itk.OptimizerParameters[itk.D]([float(v) for v in transform.fixed_parameters]))
+    bspline.SetParameters(itk.OptimizerParameters[itk.D]([float(v) for v in transform.parameters]))
+    if transform.bulk is None:
+        return bspline
+    composite = itk.CompositeTransform[itk.D, d].New()
+    composite.AddTransform(to_itk(transform.bulk))
+    composite.AddTransform(bspline)  # the last added is applied first
+    return composite
 
 
 # ----------------------------------------------------------------------------- files
@@ -306,7 +353,8 @@ def write_transform(transform: LinearTransform, path: str | os.PathLike[str]) ->
     """
     import SimpleITK as sitk
 
-    transform = _check_linear(transform)
+    if not isinstance(transform, BSplineTransform):
+        _check_linear(transform)
     target = os.fspath(path)
     directory, name = os.path.split(os.path.abspath(target))
     suffix = os.path.splitext(name)[1]

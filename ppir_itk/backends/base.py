@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ppir_itk.errors import InputError
 from ppir_itk.fixed_party import PointSet, draw_points
 from ppir_itk.image import GridGeometry
 from ppir_itk.protocol import ppir_pb2 as pb
@@ -67,8 +68,12 @@ def fixed_point_disclosures(points: PointSet | None, sums_received: int, bounds:
     told = list(others)
     if sums_received:
         d = points.geometry.dimension
-        told.insert(0, f"the joint term: {d * (d + 1) + 2} sums per evaluation (affine-basis "
-                       f"moments, I_w.J, sum of J^2 over the overlap), {sums_received} in total")
+        if points.control is None:
+            per, basis = d * (d + 1) + 2, "affine-basis"
+        else:
+            per, basis = d * points.control.number_of_points + 2, "B-spline-basis"
+        told.insert(0, f"the joint term: {per} sums per evaluation ({basis} moments, I_w.J, "
+                       f"sum of J^2 over the overlap), {sums_received} in total")
     if bounds:
         told.append("the power of two bounding the fixed image's values, per level: "
                     + ", ".join(f"2^{bound}" for bound in bounds))
@@ -107,6 +112,9 @@ class JointTerm:
     fixed_squared: float
     moments: np.ndarray | None = None
     parameter_term: np.ndarray | None = None
+    # B-spline moments computed with fixed-point weights (bits per axis; 0: exact): the
+    # moving party uses the same weights for its own S^T I_w, so the gradient stays exact.
+    basis_weight_bits: int = 0
 
 
 def sampling_name(sampling: Any) -> str:
@@ -129,6 +137,8 @@ class JointTermBackend(abc.ABC):
 
     name: ClassVar[str]
     private: ClassVar[bool]
+    #: Whether the backend computes the joint term on a B-spline basis (a control grid).
+    bspline: ClassVar[bool] = False
 
     def __init__(self, session: Session, parameters: dict[str, str] | None = None) -> None:
         self.session = session
@@ -180,6 +190,11 @@ class JointTermBackend(abc.ABC):
 
     def use_points(self, geometry: GridGeometry, request: pb.SelectPoints) -> PointSet:
         """Agree the level's points; both parties derive the same set from the request."""
+        if request.HasField("control_grid") and not self.bspline:
+            protocol = self.parameters.get("protocol")
+            named = f"'{self.name}'" + (f" (protocol {protocol})" if protocol else "")
+            raise InputError(f"backend {named} computes the joint term of linear transforms "
+                             "only; register B-spline transforms with backend spdz or clear")
         reply = self.session.request(pb.Envelope(select_points=request), "points_selected")
         points = draw_points(geometry, self._level_index, request, *self._sampling)
         if reply.points_selected.count != points.size:
@@ -217,6 +232,9 @@ class JointTermBackend(abc.ABC):
 
 class FixedSide(abc.ABC):
     """Fixed-party side of a backend: answers the backend's messages for one session."""
+
+    #: Whether this side computes on a B-spline basis (a control grid in the points).
+    bspline: ClassVar[bool] = False
 
     def __init__(self, parameters: dict[str, str], policy: Any) -> None:
         self.parameters = parameters

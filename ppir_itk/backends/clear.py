@@ -15,6 +15,7 @@ import numpy as np
 
 from ppir_itk import _kernels
 from ppir_itk.backends.base import FixedSide, JointTerm, JointTermBackend, MovingFields
+from ppir_itk.bspline import scatter
 from ppir_itk.fixed_party import PointSet
 from ppir_itk.parallel import sum_chunks
 from ppir_itk.protocol import ppir_pb2 as pb
@@ -32,6 +33,7 @@ class ClearBackend(JointTermBackend):
 
     name = "clear"
     private = False
+    bspline = True
 
     def __init__(self, session, parameters=None) -> None:
         super().__init__(session, parameters)
@@ -58,6 +60,14 @@ class ClearBackend(JointTermBackend):
         points = self.points
         fixed = self._fixed_values
         geometry = points.geometry
+        dimension = geometry.dimension
+        common = dict(
+            warped_dot_fixed=float(np.dot(fields.warped, fixed)),
+            fixed_squared=float(np.dot(fields.valid.astype(np.float64), fixed * fixed)),
+        )
+        if points.control is not None:  # B-spline basis
+            return JointTerm(moments=scatter(points.control, geometry, points.indices,
+                                             fields.gradient * fixed[:, None]).T, **common)
 
         def moments(start: int, stop: int, out: np.ndarray) -> None:
             _kernels.affine_moments(
@@ -65,12 +75,8 @@ class ClearBackend(JointTermBackend):
                 points.reference, points.indices, start, stop, fields.gradient, fixed, out,
             )
 
-        dimension = geometry.dimension
-        return JointTerm(
-            moments=sum_chunks(moments, points.size, (dimension, dimension + 1)),
-            warped_dot_fixed=float(np.dot(fields.warped, fixed)),
-            fixed_squared=float(np.dot(fields.valid.astype(np.float64), fixed * fixed)),
-        )
+        return JointTerm(moments=sum_chunks(moments, points.size, (dimension, dimension + 1)),
+                         **common)
 
     def learned(self) -> list[str]:
         return [f"the fixed image itself, in the clear: {self._received} pixel values",
@@ -79,6 +85,8 @@ class ClearBackend(JointTermBackend):
 
 class ClearFixedSide(FixedSide):
     """Sends J on the agreed points when asked; nothing per iteration."""
+
+    bspline = True
 
     def on_points(self, values: np.ndarray, points: PointSet) -> None:
         self._values = values

@@ -36,7 +36,7 @@ same). The secure work is d + 2 element-wise products per point, O(d n).
 
 Fixed point: values are integers before they are shared, with power-of-two
 scales chosen so that every sum of ``n`` products stays below 2^63
-(:func:`fixed_point_bits`); no product is ever truncated. (CrypTen's default
+(:func:`ring_basis`); no product is ever truncated. (CrypTen's default
 16-bit encoding truncates every product by a local division, which for two
 parties fails by about 2^48 with probability near |x|/2^64 per element: a few
 elements of every 10^5-point iteration.)
@@ -62,6 +62,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -76,6 +78,7 @@ from ppir_itk.backends.base import (
     exponent,
     fixed_point_disclosures,
 )
+from ppir_itk.bspline import points_per_control_point, scatter_ring
 from ppir_itk.dealer import FIXED, MOVING
 from ppir_itk.errors import InputError
 from ppir_itk.fixed_party import PointSet
@@ -87,14 +90,63 @@ PROVIDERS = ("dealer", "tfp")
 RING_BITS = 64
 
 
-def fixed_point_bits(points: int) -> tuple[int, int]:
-    """Bits for ``q(J)`` and for ``q(g)``: any sum of ``points`` products with the basis
-    stays below 2^63. Both parties compute it from the public number of points."""
-    spare = RING_BITS - math.ceil(math.log2(max(points, 2))) - PHI_BITS
-    if spare < 16:
-        raise InputError(f"{points} points are too many for exact sums in the 64-bit ring: "
-                         "sample them (URS) or use fewer")
-    return spare // 2, spare - spare // 2
+BSPLINE_WEIGHT_BITS = {2: 10, 3: 7}  # per axis: fixed-point B-spline weights on shares
+
+
+@dataclass(frozen=True)
+class RingBasis:
+    """The public linear map of step 6 on shares, and the fixed-point bits it leaves.
+
+    ``apply`` maps a share of ``Z[:d]`` (d x n, int64) to a share of the moments
+    (d x columns); ``column_bits[j]`` is the power of two column j carries from
+    the basis. ``j_bits``, ``g_bits`` and ``w_bits`` bound ``q(J)``, ``q(g)``
+    and ``q(I_w)`` so that every opened sum stays below 2^63. Both parties
+    derive it from the public point set.
+    """
+
+    j_bits: int
+    g_bits: int
+    w_bits: int
+    column_bits: np.ndarray
+    apply: Callable[[Any], Any]
+    weight_bits: int = 0  # B-spline: fixed-point bits per axis of the weights
+
+
+def ring_basis(points: PointSet) -> RingBasis:
+    """The affine basis ``(q(phi), 1)``, or a B-spline control grid's basis."""
+    import torch
+
+    log_n = math.ceil(math.log2(max(points.size, 2)))
+    d = points.geometry.dimension
+    if points.control is None:
+        phi, exponent_phi = basis_coordinates(points)
+        matrix = torch.from_numpy(np.concatenate(
+            [phi, np.ones((len(phi), 1), dtype=np.int64)], axis=1))
+        spare = RING_BITS - log_n - PHI_BITS
+        j_bits = spare // 2
+        g_bits = spare - j_bits
+        basis = RingBasis(j_bits, g_bits, g_bits + PHI_BITS,
+                          np.array([exponent_phi] * d + [0]), lambda share: share @ matrix)
+    else:
+        weight_bits = BSPLINE_WEIGHT_BITS[d]
+        # Each moment sums only over one control point's support, not over all n points.
+        support = math.ceil(math.log2(max(points_per_control_point(
+            points.control, points.geometry), 2)))
+        spare = RING_BITS - support - d * weight_bits
+        j_bits = min(spare // 2, (RING_BITS - 2 - log_n) // 2)
+
+        def apply(share: Any) -> Any:
+            sums = scatter_ring(points.control, points.geometry, points.indices,
+                                np.ascontiguousarray(share.numpy().T), weight_bits)
+            return torch.from_numpy(np.ascontiguousarray(sums.T))
+
+        basis = RingBasis(j_bits, spare - j_bits, RING_BITS - 2 - log_n - j_bits,
+                          np.full(points.control.number_of_points, d * weight_bits), apply,
+                          weight_bits)
+    if min(basis.j_bits, basis.g_bits, basis.w_bits) < 8:
+        raise InputError(f"{points.size} points are too many for exact sums in the 64-bit "
+                         "ring: sample them (URS) or use fewer")
+    return basis
 
 
 def provider_of(parameters: dict[str, str]) -> str:
@@ -107,11 +159,6 @@ def provider_of(parameters: dict[str, str]) -> str:
 
 TFP_REFUSED = ("the trusted-first-party provider lets the moving party see every triple and "
                "mask (and so the fixed image); it runs only in single-process tests")
-
-
-def _basis(points: PointSet) -> tuple[np.ndarray, int]:
-    phi, exponent_phi = basis_coordinates(points)
-    return np.concatenate([phi, np.ones((len(phi), 1), dtype=np.int64)], axis=1), exponent_phi
 
 
 def _session_token(parameters: dict[str, str]) -> bytes:
@@ -129,6 +176,7 @@ class SPDZBackend(JointTermBackend):
 
     name = "spdz"
     private = True
+    bspline = True
 
     def __init__(self, session: Any, parameters: dict[str, str] | None = None) -> None:
         parameters = dict(parameters or {})
@@ -176,26 +224,27 @@ class SPDZBackend(JointTermBackend):
         if len(self._answer.values) != 1:
             raise ProtocolError("the fixed party's fixed-point exponent is missing")
         self._exponent_j = int(self._answer.values[0])
-        self._basis, self._exponent_phi = _basis(points)
-        self._bounds.append(fixed_point_bits(points.size)[0] - 1 - self._exponent_j)
+        self._basis = ring_basis(points)
+        self._bounds.append(self._basis.j_bits - 1 - self._exponent_j)
 
     def _joint_term(self, fields: MovingFields) -> JointTerm:
         d = fields.gradient.shape[1]
-        _, g_bits = fixed_point_bits(self.points.size)
-        e_g = exponent(float(np.abs(fields.gradient).max(initial=0.0)), g_bits)
-        e_w = exponent(float(np.abs(fields.warped).max(initial=0.0)), g_bits + PHI_BITS)
+        basis = self._basis
+        e_g = exponent(float(np.abs(fields.gradient).max(initial=0.0)), basis.g_bits)
+        e_w = exponent(float(np.abs(fields.warped).max(initial=0.0)), basis.w_bits)
         rows = np.empty((d + 2, self.points.size), dtype=np.int64)
         rows[:d] = np.round(fields.gradient.T * 2.0**e_g)
         rows[d] = np.round(fields.warped * 2.0**e_w)
         rows[d + 1] = fields.valid
         self._step = ITERATION
-        moments, sums = (x.numpy() for x in self._products.sums(rows, self._basis))
+        moments, sums = (x.numpy() for x in self._products.sums(rows, basis.apply))
         self._sums_received += moments.size + sums.size
         scale = 2.0 ** (e_g + self._exponent_j)
         return JointTerm(
-            moments=moments / (scale * np.array([2.0**self._exponent_phi] * d + [1.0])),
+            moments=moments / (scale * 2.0**basis.column_bits),
             warped_dot_fixed=float(sums[0]) / 2.0 ** (e_w + self._exponent_j),
             fixed_squared=float(sums[1]) / 2.0 ** (2 * self._exponent_j),
+            basis_weight_bits=basis.weight_bits,
         )
 
     def close(self) -> pb.Closed:
@@ -226,6 +275,8 @@ class SPDZBackend(JointTermBackend):
 class SPDZFixedSide(FixedSide):
     """Fixed-party side (rank 1): answers each step with its openings and shares."""
 
+    bspline = True
+
     def __init__(self, parameters: dict[str, str], policy: Any) -> None:
         super().__init__(parameters, policy)
         try:
@@ -252,11 +303,13 @@ class SPDZFixedSide(FixedSide):
                                             self._communicator)
         self._points = points
         self._level_index += 1
-        self._exponent_j = exponent(float(np.abs(values).max(initial=0.0)),
-                                    fixed_point_bits(points.size)[0])
+        try:
+            self._basis = ring_basis(points)
+        except InputError as error:
+            raise ProtocolError(str(error)) from None
+        self._exponent_j = exponent(float(np.abs(values).max(initial=0.0)), self._basis.j_bits)
         fixed = np.round(values * 2.0**self._exponent_j).astype(np.int64)
         self._fixed_rows = np.stack([fixed, fixed * fixed])
-        self._basis, _ = _basis(points)
         self._level_pending = True
 
     def handle(self, message: pb.BackendMessage) -> pb.BackendMessage:
@@ -270,7 +323,7 @@ class SPDZFixedSide(FixedSide):
             values = [float(self._exponent_j)]
         elif message.kind == ITERATION and not self._level_pending:
             self.evaluations += 1
-            self._products.sums(None, self._basis)
+            self._products.sums(None, self._basis.apply)
             values = []
         else:
             raise ProtocolError(f"'{message.kind[:40]}' does not fit this point of the SPDZ "

@@ -165,10 +165,12 @@ class SharedProducts:
         self._drain()
         return self.dealer.close()
 
-    def sums(self, moving_rows: np.ndarray | None, basis: np.ndarray) -> Any:
-        """Steps 3-6: the d (d + 1) + 2 sums on the moving party, ``None`` on the fixed party.
+    def sums(self, moving_rows: np.ndarray | None, moments_map: Callable[[Any], Any]) -> Any:
+        """Steps 3-6: the moments and the two sums on the moving party, ``None`` on the fixed
+        party.
 
-        ``basis`` is the public ``(n, d + 1)`` matrix ``(q(phi), 1)``.
+        ``moments_map`` is the public linear map of step 6 on a share of ``Z[:d]``
+        (:class:`~ppir_itk.backends.spdz.RingBasis`).
         """
         a, c = self._next()
         count = c.shape[1]
@@ -184,6 +186,6 @@ class SharedProducts:
                 share = masked * self._mask[self._rows]  # c1 + E * b
             np.add(share.numpy(), c, out=share.numpy())
             product = self._share(share.numpy())
-            moments = product[:d].matmul(torch.from_numpy(basis))
+            moments = self._share(moments_map(product.share[:d]).numpy())
             sums = product[d:].sum(dim=1)
             return self.shared.reveal_batch([moments, sums], dst=MOVING)
