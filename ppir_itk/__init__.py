@@ -18,9 +18,12 @@ FixedPartySession, in_process_session
     The fixed party's side of a session; a session with it in this process.
 NoSampling, URS, GMS
     Sampling strategies.
+BSplineTransform
+    ITK's cubic B-spline transform, for non-linear registration.
 """
 
 from ppir_itk.backends import BACKENDS, InsecureBackendWarning, make_backend
+from ppir_itk.bspline import BSplineTransform
 from ppir_itk.errors import InputError
 from ppir_itk.events import Event
 from ppir_itk.fixed_party import FixedPartySession, FixedPolicy
@@ -45,6 +48,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS",
+    "BSplineTransform",
     "GMS",
     "TRANSFORM_KINDS",
     "URS",

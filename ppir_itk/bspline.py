@@ -25,6 +25,7 @@ Examples
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -218,6 +219,12 @@ class BSplineTransform:
         return _assemble(blocks, self.size)
 
     def bending_energy(self) -> Any:
+        key = (self.size, tuple(self.spacing))
+        if getattr(self, "_energy_key", None) != key:  # depends on the grid only
+            self._energy, self._energy_key = self._bending_energy(), key
+        return self._energy
+
+    def _bending_energy(self) -> Any:
         """``E`` with ``theta^T E theta`` the thin-plate bending energy
         ``sum_k integral sum_ij (d2 D_k / dx_i dx_j)^2 dx`` over the control grid's valid
         region (physical units for an axis-aligned grid; sparse, ITK order)."""
@@ -307,27 +314,34 @@ def _assemble(blocks: np.ndarray, size: tuple[int, ...]) -> Any:
     """Sparse d M x d M matrix from the kernel's (M, 7^d, d, d) neighbour blocks."""
     import scipy.sparse as sparse
 
+    order, indices, indptr = _hessian_layout(size)
+    count = math.prod(size) * len(size)
+    return sparse.csr_matrix((blocks.ravel()[order], indices, indptr), shape=(count, count))
+
+
+@functools.lru_cache(maxsize=8)
+def _hessian_layout(size: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where each entry of the blocks goes in a CSR matrix (the same for every iteration
+    on one control grid): block entries in CSR order, column indices, row pointers."""
     d = len(size)
-    count = blocks.shape[0]
+    count = math.prod(size)
     grid = np.indices(size[::-1]).reshape(d, -1)[::-1].T  # control index per flat (ITK order)
     offsets = np.indices((REACH,) * d).reshape(d, -1)[::-1].T - ORDER  # offset per index
-    rows, cols, vals = [], [], []
+    rows, cols, positions = [], [], []
     for o, offset in enumerate(offsets):
         neighbour = grid + offset
         inside = np.all((neighbour >= 0) & (neighbour < np.asarray(size)), axis=1)
         source = np.flatnonzero(inside)
         target = (neighbour[inside] * np.cumprod((1,) + size[:-1])).sum(axis=1)
-        block = blocks[source, o]
-        keep = np.any(block != 0.0, axis=(1, 2))
-        source, target, block = source[keep], target[keep], block[keep]
         for k in range(d):
             for j in range(d):
                 rows.append(k * count + source)
                 cols.append(j * count + target)
-                vals.append(block[:, k, j])
-    return sparse.csr_matrix((np.concatenate(vals), (np.concatenate(rows),
-                                                      np.concatenate(cols))),
-                             shape=(d * count, d * count))
+                positions.append(((source * REACH ** d + o) * d + k) * d + j)
+    rows, cols, positions = (np.concatenate(a) for a in (rows, cols, positions))
+    order = np.lexsort((cols, rows))
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=d * count))])
+    return positions[order], cols[order].astype(np.int32), indptr.astype(np.int32)
 
 
 def _second_derivative_orders(d: int) -> list[tuple[int, ...]]:

@@ -18,7 +18,8 @@ sampling, seed)               the security model) and the evaluation budget
 ``OpenLevel`` (index)         ``LevelOpened``: the level grid's geometry (public)
 ``SelectPoints``              ``PointsSelected``: the number of points. URS points
                               are drawn here from the public seed; revealed GMS
-                              indices are the moving party's disclosure
+                              indices are the moving party's disclosure; a
+                              B-spline's control grid is public
 ``BackendMessage``            the backend's answer (:mod:`ppir_itk.backends`):
                               ``clear`` sends J in the clear (NOT private);
                               ``ckks`` and ``spdz`` send only what is uniform

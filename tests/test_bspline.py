@@ -13,7 +13,7 @@ from conftest import register_in_process
 
 import ppir_itk
 from ppir_itk import _kernels
-from ppir_itk.bspline import BSplineTransform, _assemble, scatter_ring
+from ppir_itk.bspline import BSplineTransform, _assemble, control_map, scatter_ring
 from ppir_itk.image import GridGeometry
 from ppir_itk.phantoms import head_phantom
 from ppir_itk.registration import resample
@@ -194,14 +194,24 @@ BSPLINE = dict(transform="bspline", grid_spacing=8.0, shrink_factors=[4, 2, 1],
                smoothing_sigmas=[2.0, 1.0, 0.0], iterations=60, bending_energy_weight=100.0)
 
 
-def test_clear_recovers_a_known_deformation_and_spdz_follows_it(deformed_slice):
-    fixed, moving, truth, brain = deformed_slice
-    clear = register_in_process(fixed, moving, **BSPLINE)
+@pytest.fixture(scope="module")
+def clear_result(deformed_slice):
+    fixed, moving, _, _ = deformed_slice
+    return register_in_process(fixed, moving, **BSPLINE)
+
+
+def test_clear_recovers_a_known_deformation(deformed_slice, clear_result):
+    fixed, _, truth, brain = deformed_slice
     before = _rms(make_transform("translation", 2), truth, fixed.geometry, brain)
-    error = _rms(clear.transform, truth, fixed.geometry, brain)
+    error = _rms(clear_result.transform, truth, fixed.geometry, brain)
     assert error < 0.5 < before, (error, before)
-    private = register_in_process(fixed, moving, backend="spdz", **BSPLINE)
-    assert _rms(private.transform, clear.transform, fixed.geometry, brain) < 0.05
+
+
+@pytest.mark.parametrize("backend", ["spdz", "ckks"])
+def test_private_backends_follow_clear(deformed_slice, clear_result, backend):
+    fixed, moving, _, brain = deformed_slice
+    private = register_in_process(fixed, moving, backend=backend, **BSPLINE)
+    assert _rms(private.transform, clear_result.transform, fixed.geometry, brain) < 0.05
     assert "B-spline-basis moments" in private.learned["moving"][0]
 
 
@@ -220,13 +230,34 @@ def test_refined_grid_and_bending_energy_and_an_affine_bulk(deformed_slice):
     assert _rms(without.transform, truth, fixed.geometry, brain) > 0.5  # the regulariser helps
 
 
-def test_ckks_refuses_b_splines_with_one_sentence(deformed_slice):
+def test_the_paper_protocols_refuse_b_splines_with_one_sentence(deformed_slice):
     fixed, moving, _, _ = deformed_slice
     with pytest.raises(ppir_itk.InputError, match="linear transforms only"):
-        register_in_process(fixed, moving, backend="ckks", **BSPLINE)
+        register_in_process(fixed, moving, backend="ckks",
+                            backend_parameters={"protocol": "paper-v1"}, **BSPLINE)
 
 
 def test_a_b_spline_needs_a_grid_spacing(deformed_slice):
     fixed, moving, _, _ = deformed_slice
     with pytest.raises(ppir_itk.InputError, match="grid_spacing"):
         ppir_itk.register(fixed, moving, transform="bspline")
+
+
+def test_the_ckks_map_mod_t_is_exact():
+    from ppir_itk.backends.ckks import map_mod_t
+    from ppir_itk.fixed_party import PointSet
+
+    grid = _grid(2, seed=9)
+    control = BSplineTransform.over(grid, 4.0).control_grid
+    points = PointSet(grid, None, control)
+    t = (1 << 60) - 93  # any modulus below 2^60
+    values = np.random.default_rng(3).integers(0, t, size=(grid.number_of_points, 2),
+                                               dtype=np.uint64)
+    flat, weight = ref.bspline_support(grid.size_array, None, 0, grid.number_of_points,
+                                       control_map(control, grid), 10)
+    integer_weight = np.rint(weight * 2.0 ** 20).astype(np.int64).astype(object)
+    expected = np.zeros((control.number_of_points, 2), dtype=object)
+    for x in range(grid.number_of_points):
+        for c, w in zip(flat[x], integer_weight[x], strict=True):
+            expected[c] += w * values[x].astype(object)
+    assert map_mod_t(points, values, 10, t).tolist() == (expected % t).tolist()

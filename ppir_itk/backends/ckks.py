@@ -24,6 +24,18 @@ Protocol ``packed`` (the default), per level and per iteration:
    exact integer sums and divides out the fixed-point exponents: the affine
    moments, ``I_w . J`` and ``sum_valid J^2``.
 
+B-spline transforms (a control grid in the points): the joint term's public
+map has one output per control point, too many for slot ranges, so the map
+moves to the fixed party's side of the masking. Per level the fixed party
+encrypts ``q(J)`` and ``q(J)^2`` one point per slot. Per iteration the moving
+party sends, for each k, the products ``q(J) q(g_k)`` (ceil(n / slots)
+ciphertexts), and the two accumulated products ``q(J) q(I_w)`` and
+``q(J)^2 m``, each masked uniformly mod t per slot, switched down and
+re-randomised as above. The fixed party decrypts the uniformly masked values,
+applies the public B-spline map mod t (fixed-point weights, :func:`map_mod_t`)
+and totals the two sums; the moving party applies the same map to its masks
+and subtracts. The moving party's own ``S^T I_w`` uses the same weights.
+
 The scheme is BFV (exact integers mod t), not CKKS: a mask drawn uniformly mod
 t hides a BFV message perfectly, while a CKKS mask only hides it statistically
 and costs precision. The backend keeps the name ``ckks`` of the issue that
@@ -57,6 +69,7 @@ from ppir_itk.backends.base import (
     exponent,
     fixed_point_disclosures,
 )
+from ppir_itk.bspline import points_per_control_point, scatter_ring
 from ppir_itk.errors import InputError
 from ppir_itk.fixed_party import PointSet
 from ppir_itk.protocol import ppir_pb2 as pb
@@ -217,6 +230,58 @@ def range_totals(values: np.ndarray, count: int) -> list[int]:
     return [slot_total(values[a * width:(a + 1) * width]) for a in range(count)]
 
 
+BSPLINE_WEIGHT_BITS = {2: 10, 3: 7}  # per axis: fixed-point B-spline weights of the map
+LIMB_BITS = 20  # map_mod_t splits values below 2^60 into three limbs
+
+
+@dataclass(frozen=True)
+class MappedBits:
+    """Fixed-point bits of the B-spline protocol: every mapped moment (a sum over one
+    control point's support) and both totals stay below 2^SUM_BITS."""
+
+    j_bits: int
+    g_bits: int
+    w_bits: int
+    weight_bits: int
+
+
+def mapped_bits(points: PointSet) -> MappedBits:
+    d = points.geometry.dimension
+    weight_bits = BSPLINE_WEIGHT_BITS[d]
+    log_n = math.ceil(math.log2(max(points.size, 2)))
+    support = math.ceil(math.log2(max(points_per_control_point(points.control,
+                                                                points.geometry), 2)))
+    spare = SUM_BITS + 1 - support - d * weight_bits
+    j_bits = min(spare // 2, (SUM_BITS - log_n) // 2)
+    bits = MappedBits(j_bits, spare - j_bits, SUM_BITS + 1 - log_n - j_bits, weight_bits)
+    if min(bits.j_bits, bits.g_bits, bits.w_bits) < 8:
+        raise InputError(f"{points.size} points and this control grid leave too few bits for "
+                         "exact sums at this plain modulus: sample the points (URS)")
+    return bits
+
+
+def chunk(vector: np.ndarray, row: int, slots: int) -> np.ndarray:
+    """Row ``row`` of ``vector`` laid out ``slots`` points a row, zero-padded."""
+    out = np.zeros(slots, dtype=np.int64)
+    part = vector[row * slots:(row + 1) * slots]
+    out[:part.size] = part
+    return out
+
+
+def map_mod_t(points: PointSet, values: np.ndarray, weight_bits: int, t: int) -> np.ndarray:
+    """The B-spline map ``sum_x q_c(x) values[x]`` mod t, exactly, for values in [0, t)
+    (n x m): three 20-bit limbs, each mapped exactly in 64-bit integers."""
+    values = np.ascontiguousarray(values, dtype=np.uint64)
+    total = None
+    for limb in range(3):
+        part = ((values >> np.uint64(LIMB_BITS * limb)) & np.uint64((1 << LIMB_BITS) - 1))
+        mapped = scatter_ring(points.control, points.geometry, points.indices,
+                              part.astype(np.int64), weight_bits).astype(object)
+        term = mapped * (1 << (LIMB_BITS * limb))
+        total = term if total is None else total + term
+    return (total % t).astype(np.int64)
+
+
 @dataclass
 class _Level:
     ciphertexts: list[Any]  # one per row of the interleaved layout, NTT form
@@ -230,6 +295,7 @@ class CKKSBackend(JointTermBackend):
 
     name = "ckks"
     private = True
+    bspline = True
 
     def __init__(self, session: Any, parameters: dict[str, str] | None = None) -> None:
         super().__init__(session, parameters)
@@ -250,8 +316,13 @@ class CKKSBackend(JointTermBackend):
             self._encryptor = seal.Encryptor(he.context, self._public_key)
         reply = self.session.request(
             pb.Envelope(backend=pb.BackendMessage(kind=LEVEL)), "backend").backend
-        sums = len(sum_pairs(points.geometry.dimension))
-        rows = -(-points.size // (he.slots // sums))
+        if points.control is None:
+            sums = len(sum_pairs(points.geometry.dimension))
+            rows = -(-points.size // (he.slots // sums))
+            j_bits = fixed_point_bits(points.size)[0]
+        else:  # one row of q(J) and one of q(J)^2 per slots points
+            rows = 2 * -(-points.size // he.slots)
+            j_bits = mapped_bits(points).j_bits
         if reply.kind != LEVEL or len(reply.values) != 1 or len(reply.arrays) != 1:
             raise ProtocolError("the fixed party's level ciphertexts are malformed")
         ciphertexts = [he.from_bytes("Ciphertext", data)
@@ -262,10 +333,11 @@ class CKKSBackend(JointTermBackend):
         level_exponent = int(reply.values[0])
         self._level = _Level(ciphertexts=ciphertexts, exponent_j=level_exponent,
                              exponent_phi=exponent_phi, n=points.size)
-        j_bits, _ = fixed_point_bits(points.size)
         self._bounds.append(j_bits - 1 - level_exponent)
 
     def _joint_term(self, fields: MovingFields) -> JointTerm:
+        if self.points.control is not None:
+            return self._bspline_joint_term(fields)
         he, level = self.he, self._level
         d = fields.gradient.shape[1]
         j_bits, g_bits = fixed_point_bits(level.n)
@@ -278,34 +350,14 @@ class CKKSBackend(JointTermBackend):
         rows = interleave([vectors[v].astype(np.int64) for v, _ in pairs], he.slots)
         accumulator = None
         for row, ciphertext in zip(rows, level.ciphertexts, strict=True):
-            if not row.any():  # a zero product adds nothing (and SEAL refuses to form it)
-                continue
-            plain = he.encode(row)
-            he.evaluator.transform_to_ntt_inplace(plain, ciphertext.parms_id())
-            product = he.seal.Ciphertext()
-            he.evaluator.multiply_plain(ciphertext, plain, product)
-            if accumulator is None:
-                accumulator = product
+            product = self._product(ciphertext, row)
+            if accumulator is None or product is None:
+                accumulator = accumulator or product
             else:
                 he.evaluator.add_inplace(accumulator, product)
-        if accumulator is None:
-            accumulator = he.seal.Ciphertext()
-            self._encryptor.encrypt_zero(level.ciphertexts[0].parms_id(), accumulator)
-        else:
-            he.evaluator.transform_from_ntt_inplace(accumulator)
         mask = self._rng.integers(0, he.t, he.slots, dtype=np.uint64)
         masks = range_totals(mask, len(pairs))
-        he.evaluator.add_plain_inplace(accumulator, he.encode(mask.astype(np.int64)))
-        for _ in range(MOD_SWITCHES):
-            he.evaluator.mod_switch_to_next_inplace(accumulator)
-        # A fresh encryption of zero under the fixed party's key: the ciphertext no
-        # longer depends on the moving party's vectors (added at the small modulus,
-        # where encrypting is cheaper).
-        zero = he.seal.Ciphertext()
-        self._encryptor.encrypt_zero(accumulator.parms_id(), zero)
-        he.evaluator.add_inplace(accumulator, zero)
-        blobs = [he.to_bytes(accumulator)]
-        sizes, blob = pack(blobs)
+        sizes, blob = pack([self._masked(accumulator, mask)])
         reply = self.session.request(pb.Envelope(backend=pb.BackendMessage(
             kind=SUMS, arrays=[sizes], blob=blob)), "backend").backend
         totals = array_from_pb(reply.arrays[0], max_elements=len(pairs)) if reply.arrays else None
@@ -324,6 +376,87 @@ class CKKSBackend(JointTermBackend):
         )
 
 
+    def _product(self, ciphertext: Any, row: np.ndarray) -> Any:
+        """``ciphertext * row`` (both in NTT form), or None for an all-zero row (SEAL
+        refuses to form a product that is zero)."""
+        he = self.he
+        if not row.any():
+            return None
+        plain = he.encode(row)
+        he.evaluator.transform_to_ntt_inplace(plain, ciphertext.parms_id())
+        product = he.seal.Ciphertext()
+        he.evaluator.multiply_plain(ciphertext, plain, product)
+        return product
+
+    def _masked(self, ciphertext: Any, mask: np.ndarray) -> bytes:
+        """What leaves the moving party: ``ciphertext + mask`` (uniform mod t per slot),
+        switched down twice and re-randomised with a fresh encryption of zero, so that
+        it no longer depends on the moving party's vectors."""
+        he = self.he
+        if ciphertext is None:
+            ciphertext = he.seal.Ciphertext()
+            self._encryptor.encrypt_zero(self._level.ciphertexts[0].parms_id(), ciphertext)
+        else:
+            he.evaluator.transform_from_ntt_inplace(ciphertext)
+        he.evaluator.add_plain_inplace(ciphertext, he.encode(mask.astype(np.int64)))
+        for _ in range(MOD_SWITCHES):
+            he.evaluator.mod_switch_to_next_inplace(ciphertext)
+        zero = he.seal.Ciphertext()  # added at the small modulus, where encrypting is cheaper
+        self._encryptor.encrypt_zero(ciphertext.parms_id(), zero)
+        he.evaluator.add_inplace(ciphertext, zero)
+        return he.to_bytes(ciphertext)
+
+    def _bspline_joint_term(self, fields: MovingFields) -> JointTerm:
+        """The B-spline basis (protocol docstring, "B-spline transforms")."""
+        he, level, points = self.he, self._level, self.points
+        d = fields.gradient.shape[1]
+        bits = mapped_bits(points)
+        e_g = exponent(float(np.abs(fields.gradient).max(initial=0.0)), bits.g_bits)
+        e_w = exponent(float(np.abs(fields.warped).max(initial=0.0)), bits.w_bits)
+        gradient = np.round(fields.gradient * 2.0**e_g).astype(np.int64)  # (n, d)
+        warped = np.round(fields.warped * 2.0**e_w).astype(np.int64)
+        rows = len(level.ciphertexts) // 2
+        fixed, squared = level.ciphertexts[:rows], level.ciphertexts[rows:]
+        masks = self._rng.integers(0, he.t, (d + 2, rows * he.slots), dtype=np.uint64)
+        blobs = []
+        for k in range(d):
+            for r, ciphertext in enumerate(fixed):
+                blobs.append(self._masked(self._product(ciphertext, chunk(gradient[:, k], r,
+                                                                          he.slots)),
+                                          masks[k, r * he.slots:(r + 1) * he.slots]))
+        for k, (ciphertexts, vector) in enumerate(((fixed, warped),
+                                                   (squared, fields.valid.astype(np.int64)))):
+            total = None
+            for r, ciphertext in enumerate(ciphertexts):
+                product = self._product(ciphertext, chunk(vector, r, he.slots))
+                if total is None or product is None:
+                    total = total or product
+                else:
+                    he.evaluator.add_inplace(total, product)
+            blobs.append(self._masked(total, masks[d + k, :he.slots]))
+        sizes, blob = pack(blobs)
+        reply = self.session.request(pb.Envelope(backend=pb.BackendMessage(
+            kind=SUMS, arrays=[sizes], blob=blob)), "backend").backend
+        count = points.control.number_of_points
+        if reply.kind != SUMS or len(reply.arrays) != 2:
+            raise ProtocolError("the fixed party's sums are malformed")
+        mapped = array_from_pb(reply.arrays[0], max_elements=count * d)
+        totals = array_from_pb(reply.arrays[1], max_elements=2)
+        if mapped.shape != (count, d) or totals.shape != (2,):
+            raise ProtocolError("the fixed party's sums do not fit the control grid")
+        own = map_mod_t(points, masks[:d, :points.size].T, bits.weight_bits, he.t)
+        moments = np.array([[he.signed(int(v) - int(m)) for v, m in zip(a, b, strict=True)]
+                            for a, b in zip(mapped.T, own.T, strict=True)], dtype=np.float64)
+        sums = [he.signed(int(totals[0]) - int(masks[d, :he.slots].sum(dtype=object))),
+                he.signed(int(totals[1]) - int(masks[d + 1, :he.slots].sum(dtype=object)))]
+        self._sums_received += moments.size + 2
+        return JointTerm(
+            moments=moments / 2.0 ** (e_g + level.exponent_j + d * bits.weight_bits),
+            warped_dot_fixed=sums[0] / 2.0 ** (e_w + level.exponent_j),
+            fixed_squared=sums[1] / 2.0 ** (2 * level.exponent_j),
+            basis_weight_bits=bits.weight_bits,
+        )
+
     def learned(self) -> list[str]:
         return fixed_point_disclosures(self.points, self._sums_received, self._bounds,
                                        super().learned())
@@ -331,6 +464,8 @@ class CKKSBackend(JointTermBackend):
 
 class CKKSFixedSide(FixedSide):
     """Fixed-party side: holds the secret key; encrypts J once per level; sums masked slots."""
+
+    bspline = True
 
     def __init__(self, parameters: dict[str, str], policy: Any) -> None:
         super().__init__(parameters, policy)
@@ -349,14 +484,26 @@ class CKKSFixedSide(FixedSide):
 
     def on_points(self, values: np.ndarray, points: PointSet) -> None:
         d = points.geometry.dimension
-        self._exponent_j = exponent(float(np.abs(values).max(initial=0.0)),
-                                    fixed_point_bits(points.size)[0])
+        self._points = points
+        try:
+            j_bits = (fixed_point_bits(points.size)[0] if points.control is None
+                      else mapped_bits(points).j_bits)
+        except InputError as error:
+            raise ProtocolError(str(error)) from None
+        self._exponent_j = exponent(float(np.abs(values).max(initial=0.0)), j_bits)
         fixed = np.round(values * 2.0**self._exponent_j).astype(np.int64)
-        phi, _ = basis_coordinates(points)
-        vectors = [phi[:, j] * fixed for j in range(d)] + [fixed, fixed * fixed]
-        self._sums = len(sum_pairs(d))
+        slots = self.he.slots
+        if points.control is None:
+            phi, _ = basis_coordinates(points)
+            vectors = [phi[:, j] * fixed for j in range(d)] + [fixed, fixed * fixed]
+            self._sums = len(sum_pairs(d))
+            rows = list(interleave([vectors[c] for _, c in sum_pairs(d)], slots))
+        else:  # per point: q(J) rows, then q(J)^2 rows
+            count = -(-points.size // slots)
+            rows = [chunk(vector, r, slots) for vector in (fixed, fixed * fixed)
+                    for r in range(count)]
         self._level_blobs: list[bytes] = []
-        for row in interleave([vectors[c] for _, c in sum_pairs(d)], self.he.slots):
+        for row in rows:
             ciphertext = self.he.seal.Ciphertext()
             self._encryptor.encrypt(self.he.encode(row), ciphertext)
             self._level_blobs.append(self.he.to_bytes(ciphertext))
@@ -368,6 +515,9 @@ class CKKSFixedSide(FixedSide):
             sizes, blob = pack(self._level_blobs)
             return pb.BackendMessage(kind=LEVEL, arrays=[sizes], blob=blob,
                                      values=[float(self._exponent_j)])
+        if message.kind == SUMS and message.arrays and self._points.control is not None:
+            self.evaluations += 1
+            return self._bspline_sums(message)
         if message.kind == SUMS and message.arrays:
             self.evaluations += 1
             (data,) = unpack(message.arrays[0], message.blob, 1)
@@ -378,3 +528,23 @@ class CKKSFixedSide(FixedSide):
             return pb.BackendMessage(kind=SUMS, arrays=[array_to_pb(np.array(totals,
                                                                              dtype=np.int64))])
         raise ProtocolError(f"'{message.kind[:40]}' is not a ckks-backend message")
+
+    def _decrypt(self, data: bytes) -> np.ndarray:
+        plain = self.he.seal.Plaintext()
+        self._decryptor.decrypt(self.he.from_bytes("Ciphertext", data), plain)
+        return np.array(self.he.encoder.decode_uint64(plain), dtype=np.uint64)
+
+    def _bspline_sums(self, message: pb.BackendMessage) -> pb.BackendMessage:
+        """Decrypt the masked per-point products (uniform mod t: nothing about the moving
+        party's vectors), apply the public B-spline map mod t, total the two sums."""
+        points, slots, t = self._points, self.he.slots, self.he.t
+        d = points.geometry.dimension
+        rows = -(-points.size // slots)
+        blobs = unpack(message.arrays[0], message.blob, d * rows + 2)
+        products = np.stack([np.concatenate([self._decrypt(blobs[k * rows + r])
+                                             for r in range(rows)])[:points.size]
+                             for k in range(d)], axis=1)
+        mapped = map_mod_t(points, products, mapped_bits(points).weight_bits, t)
+        totals = [int(self._decrypt(data).sum(dtype=object)) % t for data in blobs[d * rows:]]
+        return pb.BackendMessage(kind=SUMS, arrays=[array_to_pb(mapped),
+                                                    array_to_pb(np.array(totals, np.int64))])

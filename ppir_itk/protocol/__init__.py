@@ -5,7 +5,8 @@ Sequence of one registration (moving party M drives, fixed party F answers)::
     M -> F  Hello(backend, levels, sampling, seed)      F -> M  Welcome(fixed geometry, budget)
     for each level l:
       M -> F  OpenLevel(l)                              F -> M  LevelOpened(level grid geometry)
-      M -> F  SelectPoints(all | urs | revealed GMS)    F -> M  PointsSelected(count)
+      M -> F  SelectPoints(all | urs | revealed GMS,    F -> M  PointsSelected(count)
+                           B-spline control grid)
       backend set-up, once per level (clear: F -> M the level image, NOT private;
         ckks: F -> M the encrypted level image; spdz: F -> M the masked level image)
       for each iteration: backend messages (clear: none; ckks: M -> F one ciphertext,
