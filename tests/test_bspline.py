@@ -261,3 +261,20 @@ def test_the_ckks_map_mod_t_is_exact():
         for c, w in zip(flat[x], integer_weight[x], strict=True):
             expected[c] += w * values[x].astype(object)
     assert map_mod_t(points, values, 10, t).tolist() == (expected % t).tolist()
+
+
+@pytest.mark.parametrize("backend", ["ckks", "spdz"])
+def test_private_b_spline_through_the_two_party_runtime(backend, phantom_2d):
+    """Separate processes (and a dealer for spdz), mutual TLS: same result as in-process."""
+    truth = BSplineTransform.over(phantom_2d.geometry, 32.0)
+    truth.parameters = np.random.default_rng(2).normal(scale=1.5,
+                                                       size=truth.number_of_parameters)
+    fixed = resample(phantom_2d, truth, phantom_2d.geometry)
+    options = dict(BSPLINE, grid_spacing=16.0, shrink_factors=[2, 1],
+                   smoothing_sigmas=[1.0, 0.0], iterations=15)
+    over_the_wire = ppir_itk.register(fixed, phantom_2d, backend=backend, **options)
+    in_process = register_in_process(fixed, phantom_2d, backend=backend, **options)
+    assert over_the_wire.transport == "grpc+mtls"
+    everywhere = np.arange(fixed.geometry.number_of_points)
+    assert _rms(over_the_wire.transform, in_process.transform, fixed.geometry,
+                everywhere) < 1e-6
