@@ -98,10 +98,12 @@ def _add_registration_options(parser: argparse.ArgumentParser) -> None:
                         help="bspline: control-point spacing in physical units (one value, "
                              "or one per axis)")
     parser.add_argument("--refine-grid", action="store_true",
-                        help="bspline: start with a grid twice as coarse per level, ending "
-                             "at --grid-spacing")
+                        help="bspline: start 2^(levels-1) times as coarse and halve the "
+                             "spacing per level, ending at --grid-spacing or a little finer")
     parser.add_argument("--bending-weight", type=float, default=0.0,
-                        help="bspline: weight of the bending-energy penalty (default 0)")
+                        help="bspline: weight of the bending-energy penalty in mm^2, relative "
+                             "to the moving image's variance (about the squared grid "
+                             "spacing is strong; default 0)")
     parser.add_argument("--initial-transform", metavar="FILE",
                         help="bspline: a linear transform file (e.g. an affine result) the "
                              "B-spline is composed with")
