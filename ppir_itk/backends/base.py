@@ -230,6 +230,20 @@ class JointTermBackend(abc.ABC):
         """One evaluation of the joint term."""
 
 
+class ExactSumsBackend(JointTermBackend):
+    """A private backend whose moving party learns the joint term's exact fixed-point sums
+    and, per level, the power of two bounding J (the fixed-point exponent)."""
+
+    def __init__(self, session: Session, parameters: dict[str, str] | None = None) -> None:
+        super().__init__(session, parameters)
+        self._bounds: list[int] = []  # per level: log2 of the bound on J's values
+        self._sums_received = 0
+
+    def learned(self) -> list[str]:
+        return fixed_point_disclosures(self.points, self._sums_received, self._bounds,
+                                       super().learned())
+
+
 class FixedSide(abc.ABC):
     """Fixed-party side of a backend: answers the backend's messages for one session."""
 

@@ -61,13 +61,12 @@ import numpy as np
 
 from ppir_itk.backends.base import (
     PHI_BITS,
+    ExactSumsBackend,
     FixedSide,
     JointTerm,
-    JointTermBackend,
     MovingFields,
     basis_coordinates,
     exponent,
-    fixed_point_disclosures,
 )
 from ppir_itk.bspline import points_per_control_point, scatter_ring
 from ppir_itk.errors import InputError
@@ -290,7 +289,7 @@ class _Level:
     n: int
 
 
-class CKKSBackend(JointTermBackend):
+class CKKSBackend(ExactSumsBackend):
     """Moving-party side of the packed protocol."""
 
     name = "ckks"
@@ -304,8 +303,6 @@ class CKKSBackend(JointTermBackend):
         self._encryptor: Any = None
         self._level: _Level | None = None
         self._rng = np.random.default_rng()
-        self._bounds: list[int] = []  # per level: log2 of the bound on J's values
-        self._sums_received = 0
 
     def _on_points(self, points: PointSet) -> None:
         he, seal = self.he, self.he.seal
@@ -456,11 +453,6 @@ class CKKSBackend(JointTermBackend):
             fixed_squared=sums[1] / 2.0 ** (2 * level.exponent_j),
             basis_weight_bits=bits.weight_bits,
         )
-
-    def learned(self) -> list[str]:
-        return fixed_point_disclosures(self.points, self._sums_received, self._bounds,
-                                       super().learned())
-
 
 class CKKSFixedSide(FixedSide):
     """Fixed-party side: holds the secret key; encrypts J once per level; sums masked slots."""

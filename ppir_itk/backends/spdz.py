@@ -70,13 +70,12 @@ import numpy as np
 
 from ppir_itk.backends.base import (
     PHI_BITS,
+    ExactSumsBackend,
     FixedSide,
     JointTerm,
-    JointTermBackend,
     MovingFields,
     basis_coordinates,
     exponent,
-    fixed_point_disclosures,
 )
 from ppir_itk.bspline import points_per_control_point, scatter_ring
 from ppir_itk.dealer import FIXED, MOVING
@@ -171,7 +170,7 @@ def _session_token(parameters: dict[str, str]) -> bytes:
     return token
 
 
-class SPDZBackend(JointTermBackend):
+class SPDZBackend(ExactSumsBackend):
     """Moving-party side (rank 0)."""
 
     name = "spdz"
@@ -199,8 +198,6 @@ class SPDZBackend(JointTermBackend):
         self._step = LEVEL
         self._answer: pb.BackendMessage | None = None
         self._exponent_j = 0
-        self._bounds: list[int] = []
-        self._sums_received = 0
         self.dealer_closed: pb.Closed | None = None
 
     def _flush(self) -> None:
@@ -266,11 +263,6 @@ class SPDZBackend(JointTermBackend):
             "payload_bytes_received", "payload_bytes_sent", "wire_bytes_received",
             "wire_bytes_sent", "messages_received", "messages_sent")))
         return {"dealer": (dealer, self.dealer_closed.stats.seconds + closed.dealer.seconds)}
-
-    def learned(self) -> list[str]:
-        return fixed_point_disclosures(self.points, self._sums_received, self._bounds,
-                                       super().learned())
-
 
 class SPDZFixedSide(FixedSide):
     """Fixed-party side (rank 1): answers each step with its openings and shares."""
