@@ -74,6 +74,10 @@ def run(fixed, moving, truth, grids, backends, options) -> None:
                 f"from clear, x{per_iteration(result) / per_iteration(clear):.1f} its time")
             sent = " ".join(f"{party} {last_level_bytes(result, party) / 1e6:.3f} MB"
                             for party in ("moving", "fixed"))
+            if "dealer" in result.parties:
+                dealer = result.parties["dealer"]
+                sent += (f"; dealer in all: {dealer['bytes_sent'] / 1e6:.1f} MB sent, "
+                         f"{dealer['seconds']:.1f} s")
             print(f"grid {grid} px ({result.transform.number_of_parameters} parameters), "
                   f"{backend}: error {rms(result.transform, truth, fixed.geometry, brain):.3f} "
                   f"px{versus}; {result.iterations} iterations, {seconds:.1f} s, moving party "

@@ -26,16 +26,19 @@ with ``q(J)^2``):
    party computes from what it holds: the moving party ``c0 + X * F``, the
    fixed party ``c1 + E * b``;
 6. the public linear map of DESIGN.md §2 on the shares, locally: the affine
-   moments ``Z[:d] (q(phi), 1)``, ``sum Z[d]`` (I_w . J) and ``sum Z[d+1]``
-   (sum_valid J^2). The fixed party sends its shares of these d (d + 1) + 2
-   values, which the moving party adds to its own: only it learns them.
+   moments ``Z[:d] (q(phi), 1)`` (for a B-spline transform, the control
+   grid's basis with fixed-point weights instead, :class:`RingBasis`),
+   ``sum Z[d]`` (I_w . J) and ``sum Z[d+1]`` (sum_valid J^2). The fixed party
+   sends its shares of these values, which the moving party adds to its own:
+   only it learns them.
 
 One round trip per iteration: the moving party sends (d + 2) n ring elements
-and receives d (d + 1) + 2, whatever the transform (rigid and affine cost the
-same). The secure work is d + 2 element-wise products per point, O(d n).
+and receives d (d + 1) + 2 (a B-spline: d M + 2), whatever the transform
+(rigid and affine cost the same). The secure work is d + 2 element-wise
+products per point, O(d n).
 
 Fixed point: values are integers before they are shared, with power-of-two
-scales chosen so that every sum of ``n`` products stays below 2^63
+scales chosen so that every opened sum stays below 2^63
 (:func:`ring_basis`); no product is ever truncated. (CrypTen's default
 16-bit encoding truncates every product by a local division, which for two
 parties fails by about 2^48 with probability near |x|/2^64 per element: a few
