@@ -98,11 +98,8 @@ def main() -> None:
     if args.volume:
         moving = head_phantom((args.volume,) * 3)
         fixed, truth = deformed(moving, 32.0, 2.0)
-        # clear talks to the fixed party once per level: a long 3-D level must not look
-        # like a stalled peer to it.
         run(fixed, moving, truth, [8.0], args.backends,
-            {**options, "iterations": 30, "sampling": "urs", "sampling_fraction": 0.1,
-             "deadline": 1800.0})
+            {**options, "iterations": 30, "sampling": "urs", "sampling_fraction": 0.1})
         return
     moving = as_image_grid(args.data / "template.png", name="template")
     moving = ppir_itk.ImageGrid(moving.array.astype(np.float64), spacing=moving.geometry.spacing)

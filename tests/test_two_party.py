@@ -105,6 +105,17 @@ def test_clients_without_a_certificate_from_the_ca_are_refused(kind, server, pki
     assert not [line for line in server.lines if "opened" in line]
 
 
+def test_a_moving_party_busy_longer_than_the_deadline_is_not_dropped(server, pki):
+    """Heartbeats: silence between requests, longer than the server's 3 s deadline, is fine
+    while the moving party's process is alive."""
+    session = ppir_itk.connect(server.address, ppir_itk.TLS.for_role(pki, "moving-party"),
+                               deadline=5)
+    session.start(_hello().hello)
+    time.sleep(7.0)  # long local work, e.g. a level of the clear backend
+    session.close()
+    assert [line for line in server.lines if "closed" in line]
+
+
 def test_tls_is_1_3_with_a_good_certificate(server, pki):
     host, port = server.address.split(":")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

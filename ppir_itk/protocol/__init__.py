@@ -15,5 +15,6 @@ Sequence of one registration (moving party M drives, fixed party F answers)::
     M -> F  Close                                       F -> M  Closed(F's accounting)
 
 What each message reveals is tabled in :mod:`ppir_itk.fixed_party`; the
-backend modules say what their own messages reveal.
+backend modules say what their own messages reveal. Either side also sends
+an empty ``Heartbeat`` frame after a third of its deadline of silence.
 """

@@ -5,13 +5,17 @@ writer, frames coming in are read by a thread and reassembled into envelopes
 (:class:`~ppir_itk.protocol.messages.Reassembler`), so that waiting for the
 peer has a deadline whatever the peer does. A peer that closes, stalls past
 the deadline, aborts or sends something malformed ends the session with a
-:class:`PeerError` that names the peer and what happened.
+:class:`PeerError` that names the peer and what happened. A side that has
+sent nothing for a third of its deadline sends a heartbeat frame, so that a
+peer busy with long local work (a level of the clear backend, say) is not
+taken for a stalled one; a stalled or stopped process sends none.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -20,6 +24,7 @@ from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import ProtocolError, Reassembler, body, to_frames
 
 _END = object()
+_ALIVE = object()  # the peer sent a heartbeat: it is alive, the wait starts again
 
 
 class PeerError(Exception):
@@ -76,6 +81,20 @@ class Channel:
         self._incoming: queue.Queue = queue.Queue()
         self._reassembler = Reassembler(max_envelope)
         self._closed = False
+        self._last_sent = time.monotonic()
+        threading.Thread(target=self._heartbeats, name="ppir-heartbeat", daemon=True).start()
+
+    def _heartbeats(self) -> None:
+        interval = self.deadline / 3
+        while not self._closed:
+            idle = time.monotonic() - self._last_sent
+            if idle < interval:
+                time.sleep(interval - idle)
+                continue
+            frame = pb.Frame(heartbeat=pb.Heartbeat())
+            self.counters.payload_bytes_sent += frame.ByteSize()
+            self._outgoing.put(frame)
+            self._last_sent = time.monotonic()
 
     # -- outgoing -----------------------------------------------------------
     def outgoing(self) -> Iterator[pb.Frame]:
@@ -93,6 +112,7 @@ class Channel:
             self.counters.payload_bytes_sent += frame.ByteSize()
             self._outgoing.put(frame)
         self.counters.messages_sent += 1
+        self._last_sent = time.monotonic()
 
     def close(self) -> None:
         if not self._closed:
@@ -107,6 +127,9 @@ class Channel:
             try:
                 for frame in frames:
                     self.counters.payload_bytes_received += frame.ByteSize()
+                    if frame.WhichOneof("kind") == "heartbeat":
+                        self._incoming.put(_ALIVE)
+                        continue
                     envelope = self._reassembler.push(frame)
                     if envelope is not None:
                         self.counters.messages_received += 1
@@ -124,6 +147,8 @@ class Channel:
         """Raise now if the peer already failed (between requests nothing else may arrive)."""
         try:
             item = self._incoming.get_nowait()
+            while item is _ALIVE:
+                item = self._incoming.get_nowait()
         except queue.Empty:
             return
         if isinstance(item, PeerError):
@@ -134,6 +159,8 @@ class Channel:
         """The peer's next message; ``expected`` names the body it must hold."""
         try:
             item = self._incoming.get(timeout=self.deadline)
+            while item is _ALIVE:
+                item = self._incoming.get(timeout=self.deadline)
         except queue.Empty:
             raise PeerError(
                 f"the {self.peer} sent nothing for {self.deadline:g} s (deadline passed)"
