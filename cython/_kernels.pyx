@@ -457,7 +457,8 @@ def bspline_hessian(fixed_size, indices, Py_ssize_t start, Py_ssize_t stop, cont
     """Overwrite ``out`` (M, 7^d, d, d) with the blocks of S^T S, S[x, (c, k)] = g_k w_c.
 
     Block ``[c, o]`` couples control point c with c + offset o, o in {-3..3}^d,
-    ``o = (o_0 + 3) + 7 (o_1 + 3) + 49 (o_2 + 3)``.
+    ``o = (o_0 + 3) + 7 (o_1 + 3) + 49 (o_2 + 3)``; only offsets with
+    ``o_0 + 4 o_1 + 16 o_2 >= 0`` are filled (the others: those blocks transposed).
     """
     cdef int d = _fixed_dimension(fixed_size)
     size, idx, n, arrays = _bspline_inputs(d, fixed_size, indices, start, stop, control)

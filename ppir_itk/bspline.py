@@ -322,22 +322,31 @@ def _assemble(blocks: np.ndarray, size: tuple[int, ...]) -> Any:
 @functools.lru_cache(maxsize=8)
 def _hessian_layout(size: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Where each entry of the blocks goes in a CSR matrix (the same for every iteration
-    on one control grid): block entries in CSR order, column indices, row pointers."""
+    on one control grid): block entries in CSR order, column indices, row pointers. The
+    kernel fills half the offsets; each of those blocks also lands transposed."""
     d = len(size)
     count = math.prod(size)
     grid = np.indices(size[::-1]).reshape(d, -1)[::-1].T  # control index per flat (ITK order)
     offsets = np.indices((REACH,) * d).reshape(d, -1)[::-1].T - ORDER  # offset per index
     rows, cols, positions = [], [], []
     for o, offset in enumerate(offsets):
+        forward = int(offset @ (4 ** np.arange(d)))  # the kernel fills offsets with >= 0
+        if forward < 0:
+            continue
         neighbour = grid + offset
         inside = np.all((neighbour >= 0) & (neighbour < np.asarray(size)), axis=1)
         source = np.flatnonzero(inside)
         target = (neighbour[inside] * np.cumprod((1,) + size[:-1])).sum(axis=1)
         for k in range(d):
             for j in range(d):
+                position = ((source * REACH ** d + o) * d + k) * d + j
                 rows.append(k * count + source)
                 cols.append(j * count + target)
-                positions.append(((source * REACH ** d + o) * d + k) * d + j)
+                positions.append(position)
+                if forward > 0:  # the symmetric block, (c + o, c), is this one transposed
+                    rows.append(j * count + target)
+                    cols.append(k * count + source)
+                    positions.append(position)
     rows, cols, positions = (np.concatenate(a) for a in (rows, cols, positions))
     order = np.lexsort((cols, rows))
     indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=d * count))])

@@ -322,10 +322,12 @@ ppir_status ppir_bspline_hessian(int d, const ppir_index *fixed_size, const ppir
         if (!any) {
             continue;
         }
+        /* S^T S is symmetric: each pair of support points once (bb >= a); the block of
+         * the pair the other way round is the transpose, added when assembling. */
         for (int a = 0; a < K; ++a) {
             double *row = out + sp.flat[a] * R * dd;
             const int *offsets = offset_index[a];
-            for (int bb = 0; bb < K; ++bb) {
+            for (int bb = a; bb < K; ++bb) {
                 const double w = sp.weight[a] * sp.weight[bb];
                 double *block = row + offsets[bb] * dd;
                 for (int e = 0; e < dd; ++e) {

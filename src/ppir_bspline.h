@@ -74,6 +74,9 @@ ppir_status ppir_bspline_scatter_ring(int d, const ppir_index *fixed_size,
  * out (M x R x d x d, R = 7^d) = sum over positions of w_c w_c' g g^T with
  * c' = c + o, o in {-3..3}^d at offset index (o_0 + 3) + 7 (o_1 + 3) + 49 (o_2 + 3):
  * the blocks of S^T S for S[x, (c, k)] = g_k(x) w_c(x).  gradient is n x d.
+ * S^T S is symmetric, so only offsets with o_0 + 4 o_1 + 16 o_2 >= 0 are
+ * accumulated (the others are left 0): the block at (c + o, -o) is the
+ * transpose of the block at (c, o).
  */
 ppir_status ppir_bspline_hessian(int d, const ppir_index *fixed_size, const ppir_index *indices,
                                  ppir_index n_indices, ppir_index start, ppir_index stop,
