@@ -40,6 +40,9 @@ from ppir_itk.transforms import LinearTransform
 
 ORDER = 3
 REACH = 2 * ORDER + 1  # neighbouring control points per axis in S^T S
+# Fixed-point bits per axis of the weights when a private backend applies the basis to
+# integers (spdz's shares, ckks's masked values): what the 64-bit sums leave room for.
+WEIGHT_BITS = {2: 10, 3: 7}
 
 
 class BSplineTransform:

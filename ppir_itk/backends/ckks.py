@@ -68,7 +68,7 @@ from ppir_itk.backends.base import (
     basis_coordinates,
     exponent,
 )
-from ppir_itk.bspline import points_per_control_point, scatter_ring
+from ppir_itk.bspline import WEIGHT_BITS, points_per_control_point, scatter_ring
 from ppir_itk.errors import InputError
 from ppir_itk.fixed_party import PointSet
 from ppir_itk.protocol import ppir_pb2 as pb
@@ -229,7 +229,6 @@ def range_totals(values: np.ndarray, count: int) -> list[int]:
     return [slot_total(values[a * width:(a + 1) * width]) for a in range(count)]
 
 
-BSPLINE_WEIGHT_BITS = {2: 10, 3: 7}  # per axis: fixed-point B-spline weights of the map
 LIMB_BITS = 20  # map_mod_t splits values below 2^60 into three limbs
 
 
@@ -246,7 +245,7 @@ class MappedBits:
 
 def mapped_bits(points: PointSet) -> MappedBits:
     d = points.geometry.dimension
-    weight_bits = BSPLINE_WEIGHT_BITS[d]
+    weight_bits = WEIGHT_BITS[d]
     log_n = math.ceil(math.log2(max(points.size, 2)))
     support = math.ceil(math.log2(max(points_per_control_point(points.control,
                                                                 points.geometry), 2)))

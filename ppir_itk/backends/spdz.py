@@ -80,7 +80,7 @@ from ppir_itk.backends.base import (
     basis_coordinates,
     exponent,
 )
-from ppir_itk.bspline import points_per_control_point, scatter_ring
+from ppir_itk.bspline import WEIGHT_BITS, points_per_control_point, scatter_ring
 from ppir_itk.dealer import FIXED, MOVING
 from ppir_itk.errors import InputError
 from ppir_itk.fixed_party import PointSet
@@ -92,7 +92,6 @@ PROVIDERS = ("dealer", "tfp")
 RING_BITS = 64
 
 
-BSPLINE_WEIGHT_BITS = {2: 10, 3: 7}  # per axis: fixed-point B-spline weights on shares
 
 
 @dataclass(frozen=True)
@@ -130,7 +129,7 @@ def ring_basis(points: PointSet) -> RingBasis:
         basis = RingBasis(j_bits, g_bits, g_bits + PHI_BITS,
                           np.array([exponent_phi] * d + [0]), lambda share: share @ matrix)
     else:
-        weight_bits = BSPLINE_WEIGHT_BITS[d]
+        weight_bits = WEIGHT_BITS[d]
         # Each moment sums only over one control point's support, not over all n points.
         support = math.ceil(math.log2(max(points_per_control_point(
             points.control, points.geometry), 2)))
