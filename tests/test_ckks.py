@@ -187,3 +187,15 @@ def test_unknown_protocols_are_refused():
     with pytest.raises(InputError, match="no protocol 'paper-v9'"):
         register_in_process(head_phantom((20, 20)), head_phantom((20, 20)), backend="ckks",
                             backend_parameters={"protocol": "paper-v9"})
+
+
+def test_paper_v2_sums_columns_longer_than_one_ciphertext():
+    # Halves of 4,600 points span two ciphertexts of N/2 = 4,096 slots each.
+    fixed = head_phantom((100, 92))
+    moving, _ = known_pair(fixed, "rigid", [0.02, 0.5, -0.5])
+    options = dict(transform="rigid", shrink_factors=[1], smoothing_sigmas=[0.0], iterations=2)
+    clear = register_in_process(fixed, moving, **options)
+    paper = register_in_process(fixed, moving, backend="ckks",
+                                backend_parameters={"protocol": "paper-v2"}, **options)
+    assert paper.iterations == clear.iterations == 2
+    assert displacement_rmse(paper.transform, clear.transform, fixed.geometry) < 1e-3

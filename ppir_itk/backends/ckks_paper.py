@@ -45,7 +45,11 @@ def _tenseal() -> Any:
 
 
 def _split(values: np.ndarray, length: int) -> list[list[float]]:
-    return [values[i:i + length].tolist() for i in range(0, values.size, length)]
+    """``values`` in blocks of ``length``, the last one padded with zeros: ciphertexts of
+    one column are summed slot-wise (v2), which needs them all of one size."""
+    padded = np.zeros(-(-values.size // length) * length)
+    padded[:values.size] = values
+    return [padded[i:i + length].tolist() for i in range(0, padded.size, length)]
 
 
 V2_CONTEXT, V2_LEVEL, V2_PRODUCTS = "paper-v2.context", "paper-v2.level", "paper-v2.products"
