@@ -21,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ppir_itk.bench import SOLUTIONS as BENCH_SOLUTIONS
 from ppir_itk.errors import InputError
 from ppir_itk.protocol.channel import PeerError
 
@@ -83,6 +84,30 @@ def _parser() -> argparse.ArgumentParser:
     pki_init.add_argument("directory")
     pki_init.add_argument("--days", type=int, default=30)
 
+    bench = commands.add_parser(
+        "bench", help="the paper's table for an image pair: every backend and sampling mode",
+        description="Runs Clear and each private backend/protocol with each sampling mode "
+                    "through the two-party runtime on this machine, --repeats times each with "
+                    "new keys and shares, and writes table.md, table.csv, results.json and "
+                    "PNG figures into --out.")
+    bench.add_argument("--fixed", help="fixed image (default: the demo pair shipped with the "
+                                       "package)")
+    bench.add_argument("--moving", help="moving image (with --fixed)")
+    bench.add_argument("--out", required=True, help="output directory (made if missing)")
+    bench.add_argument("--repeats", type=int, default=3, help="runs per row (default 3)")
+    bench.add_argument("--backends", nargs="+", default=list(BENCH_SOLUTIONS),
+                       metavar="BACKEND[/PROTOCOL]",
+                       help=f"solutions to run (default: {' '.join(BENCH_SOLUTIONS)}); "
+                            "clear always runs, as the reference")
+    bench.add_argument("--sampling", nargs="+", default=["none", "urs", "gms"],
+                       help="sampling modes (default: none urs gms)")
+    bench.add_argument("--time-cap", type=float, default=60.0,
+                       help="seconds a run may take before its row is marked infeasible "
+                            "(default 60)")
+    _add_registration_options(bench, bench=True)
+    bench.set_defaults(backend="clear", backend_parameter=[], reveal_gms_indices=False,
+                       deadline=60.0)
+
     demo = commands.add_parser("demo", help="register the example pair shipped with the package")
     demo.add_argument("--backend", default="ckks",
                       help="joint-term backend (default: ckks; clear is NOT private)")
@@ -91,7 +116,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_registration_options(parser: argparse.ArgumentParser) -> None:
+def _add_registration_options(parser: argparse.ArgumentParser, bench: bool = False) -> None:
+    """The options of a registration; ``bench`` leaves out those it sets per row."""
     parser.add_argument("--transform", default="affine",
                         help="translation, rigid, similarity, affine (default) or bspline")
     parser.add_argument("--grid-spacing", type=float, nargs="+", metavar="MM",
@@ -107,18 +133,23 @@ def _add_registration_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--initial-transform", metavar="FILE",
                         help="bspline: a linear transform file (e.g. an affine result) the "
                              "B-spline is composed with")
-    parser.add_argument("--backend", default="ckks",
-                        help="joint-term backend: ckks (private, default), spdz (private, "
-                             "with a dealer) or clear (NOT private)")
-    parser.add_argument("--backend-parameter", action="append", default=[], metavar="KEY=VALUE",
-                        help="backend option, repeatable (ckks: protocol=packed, "
-                             "poly_modulus_degree=8192, security_bits=128; spdz: "
-                             "provider=dealer)")
-    parser.add_argument("--sampling", default="none", help="none, urs or gms (default: none)")
+    if not bench:
+        parser.add_argument("--backend", default="ckks",
+                            help="joint-term backend: ckks (private, default), spdz (private, "
+                                 "with a dealer) or clear (NOT private)")
+        parser.add_argument("--backend-parameter", action="append", default=[],
+                            metavar="KEY=VALUE",
+                            help="backend option, repeatable (ckks: protocol=packed, "
+                                 "poly_modulus_degree=8192, security_bits=128; spdz: "
+                                 "provider=dealer)")
+        parser.add_argument("--sampling", default="none",
+                            help="none, urs or gms (default: none)")
     parser.add_argument("--sampling-fraction", type=float, default=0.05,
                         help="fraction of fixed-grid points sampled (default: 0.05)")
-    parser.add_argument("--reveal-gms-indices", action="store_true",
-                        help="GMS only: send the sample indices to the fixed party (leaks them)")
+    if not bench:
+        parser.add_argument("--reveal-gms-indices", action="store_true",
+                            help="GMS only: send the sample indices to the fixed party "
+                                 "(leaks them)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (public)")
     parser.add_argument("--shrink-factors", type=int, nargs="+", default=[4, 2, 1])
     parser.add_argument("--smoothing-sigmas", type=float, nargs="+", default=[2.0, 1.0, 0.0],
@@ -129,9 +160,10 @@ def _add_registration_options(parser: argparse.ArgumentParser) -> None:
                         help="maximum iterations per level")
     parser.add_argument("--threads", type=int, default=None,
                         help="kernel threads (results are identical for any value)")
-    parser.add_argument("--deadline", type=float, default=60.0,
-                        help="seconds to wait for the fixed party's next answer")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    if not bench:
+        parser.add_argument("--deadline", type=float, default=60.0,
+                            help="seconds to wait for the fixed party's next answer")
+        parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _add_tls_options(parser: argparse.ArgumentParser, role: str) -> None:
@@ -155,8 +187,8 @@ def _tls(args: argparse.Namespace) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"register": _register, "demo": _demo, "serve": _serve, "dealer": _dealer,
-                "pki": _pki}
+    commands = {"register": _register, "demo": _demo, "bench": _bench, "serve": _serve,
+                "dealer": _dealer, "pki": _pki}
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = _show_warning
@@ -193,10 +225,6 @@ def _run(fixed: Any, moving: Any, args: argparse.Namespace) -> tuple[Any, Any]:
     from ppir_itk.registration import register
     from ppir_itk.wrapping.images import as_image_grid
 
-    if args.threads is not None and args.threads < 1:
-        raise InputError(f"--threads {args.threads} must be at least 1")
-    if args.iterations < 1:
-        raise InputError(f"--iterations {args.iterations} must be at least 1")
     fixed_grid = as_image_grid(fixed, name=f"fixed image '{fixed}'")
     moving_grid = as_image_grid(moving, name=f"moving image '{moving}'")
     progress = _Progress(enabled=not args.quiet and sys.stderr.isatty(),
@@ -211,6 +239,10 @@ def _run(fixed: Any, moving: Any, args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _registration_options(args: argparse.Namespace) -> dict[str, Any]:
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads {args.threads} must be at least 1")
+    if args.iterations < 1:
+        raise InputError(f"--iterations {args.iterations} must be at least 1")
     parameters = {}
     for item in args.backend_parameter:
         key, equals, value = item.partition("=")
@@ -354,6 +386,43 @@ def _summary(result: Any, transform_path: str | None) -> None:
         print("parameters: " + " ".join(f"{p:.6g}" for p in parameters))
     if transform_path:
         print(f"transform written to {transform_path}")
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from ppir_itk.bench import BenchSettings, run_bench, write_outputs
+    from ppir_itk.wrapping.images import as_image_grid
+
+    if (args.fixed is None) != (args.moving is None):
+        raise InputError("give both --fixed and --moving, or neither (the demo pair)")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out '{out}' is a file, not a directory")
+    options = _registration_options(args)
+    for per_row in ("backend", "backend_parameters", "sampling", "reveal_gms_indices",
+                    "deadline"):
+        options.pop(per_row)
+    settings = BenchSettings(repeats=args.repeats, time_cap=args.time_cap,
+                             solutions=args.backends, samplings=args.sampling,
+                             registration=options)
+    with resources.as_file(resources.files("ppir_itk") / "data") as folder:
+        fixed_path = args.fixed or str(folder / "demo_fixed.mha")
+        moving_path = args.moving or str(folder / "demo_moving.mha")
+        fixed = as_image_grid(fixed_path, name=f"fixed image '{fixed_path}'")
+        moving = as_image_grid(moving_path, name=f"moving image '{moving_path}'")
+    if fixed.dimension != moving.dimension:
+        raise InputError(f"the fixed image is {fixed.dimension}-D and the moving image is "
+                         f"{moving.dimension}-D; both must have the same dimension")
+    results = run_bench(fixed, moving, settings,
+                        say=lambda line: print(f"ppir bench: {line}", file=sys.stderr))
+    images = {role: {"path": str(path), "size": list(grid.geometry.size),
+                     "spacing": list(grid.geometry.spacing)}
+              for role, path, grid in (("fixed", fixed_path, fixed),
+                                       ("moving", moving_path, moving))}
+    out.mkdir(parents=True, exist_ok=True)
+    written = write_outputs(results, settings, fixed, moving, images, out)
+    print((out / "table.md").read_text(encoding="utf-8"))
+    print(f"{len(written)} files written to {out}")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -138,8 +138,10 @@ class RegistrationResult:
         }
 
 
-def resample(moving: ImageGrid, transform: LinearTransform, geometry: GridGeometry) -> ImageGrid:
-    """Resample ``moving`` through ``transform`` onto the grid ``geometry`` with ITK."""
+def resample(moving: ImageGrid, transform: LinearTransform, geometry: GridGeometry,
+             outside: float = 0.0) -> ImageGrid:
+    """Resample ``moving`` through ``transform`` onto the grid ``geometry`` with ITK
+    (linear; ``outside`` where a point maps outside the moving image)."""
     import SimpleITK as sitk
 
     reference = sitk.Image([int(s) for s in geometry.size], sitk.sitkFloat64)
@@ -147,7 +149,7 @@ def resample(moving: ImageGrid, transform: LinearTransform, geometry: GridGeomet
     reference.SetOrigin(geometry.origin)
     reference.SetDirection(geometry.direction)
     warped = sitk.Resample(to_sitk(moving), reference, transform_io.to_sitk(transform),
-                           sitk.sitkLinear, 0.0, sitk.sitkFloat64)
+                           sitk.sitkLinear, outside, sitk.sitkFloat64)
     return as_image_grid(warped, check=False)
 
 

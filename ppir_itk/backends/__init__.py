@@ -36,13 +36,19 @@ def check_backend_name(name: str) -> str:
     return name.lower()
 
 
-def _sides(name: str, parameters: dict[str, str]) -> tuple[type, type]:
+def check_protocol(name: str, protocol: str | None) -> str:
+    """``protocol`` of backend ``name`` (a checked name), or its default for None."""
     protocols = BACKENDS[name]
-    protocol = parameters.get("protocol", next(iter(protocols)))
+    if protocol is None:
+        return next(iter(protocols))
     if protocol not in protocols:
         raise InputError(f"backend '{name}' has no protocol '{protocol}': choose one of "
                          f"{', '.join(protocols)}")
-    return protocols[protocol]
+    return protocol
+
+
+def _sides(name: str, parameters: dict[str, str]) -> tuple[type, type]:
+    return BACKENDS[name][check_protocol(name, parameters.get("protocol"))]
 
 
 def make_backend(name: str, session: Session,
@@ -74,6 +80,7 @@ __all__ = [
     "MovingFields",
     "SPDZBackend",
     "check_backend_name",
+    "check_protocol",
     "make_backend",
     "make_fixed_side",
 ]

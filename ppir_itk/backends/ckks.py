@@ -131,10 +131,14 @@ class HEContext:
         self.encoder = seal.BatchEncoder(self.context)
         self.evaluator = seal.Evaluator(self.context)
         self.slots = self.encoder.slot_count()
-        # Removed when this object goes (TemporaryDirectory's finaliser).
+        # Removed by close(), or when this object goes (TemporaryDirectory's finaliser).
         self._directory = tempfile.TemporaryDirectory(
             prefix="ppir-he-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
         self._folder = self._directory.name
+
+    def close(self) -> None:
+        """Remove the folder SEAL's save/load go through."""
+        self._directory.cleanup()
 
     def to_bytes(self, obj: Any) -> bytes:
         path = os.path.join(self._folder, "out")
@@ -302,6 +306,12 @@ class CKKSBackend(ExactSumsBackend):
         self._encryptor: Any = None
         self._level: _Level | None = None
         self._rng = np.random.default_rng()
+
+    def close(self) -> pb.Closed:
+        try:
+            return super().close()
+        finally:
+            self.he.close()
 
     def _on_points(self, points: PointSet) -> None:
         he, seal = self.he, self.he.seal
@@ -519,6 +529,9 @@ class CKKSFixedSide(FixedSide):
             return pb.BackendMessage(kind=SUMS, arrays=[array_to_pb(np.array(totals,
                                                                              dtype=np.int64))])
         raise ProtocolError(f"'{message.kind[:40]}' is not a ckks-backend message")
+
+    def close(self) -> None:
+        self.he.close()
 
     def _decrypt(self, data: bytes) -> np.ndarray:
         plain = self.he.seal.Plaintext()

@@ -60,7 +60,8 @@ def load_crypten() -> types.ModuleType:
 def acting_as(communicator: Any) -> Iterator[None]:
     """Within the block, CrypTen's ``comm.get()`` in this thread returns ``communicator``.
 
-    PyTorch runs on one thread meanwhile: share arithmetic is element-wise and
+    It also sets PyTorch to one thread, for the rest of the process (a party
+    process does nothing else with PyTorch): share arithmetic is element-wise and
     memory-bound, and OpenMP workers spinning between operations would take the
     cores from the other party's process (measured: 2.5x slower iterations).
     """

@@ -14,6 +14,7 @@ a time and refuses more with a sentence.
 from __future__ import annotations
 
 import abc
+import importlib
 import sys
 import threading
 from collections.abc import Callable
@@ -221,6 +222,9 @@ class FixedPartyServer(PartyServer):
 
         self.image = as_image_grid(fixed, name="fixed image")
         self.policy = policy or FixedPolicy()
+        if "spdz" in self.policy.backends:
+            # CrypTen's import (seconds) at start-up, not in the first session's time.
+            importlib.import_module("ppir_itk.backends.spdz_shares")
         super().__init__(listen, tls, **options)
 
     def _new_session(self, client_name: str) -> FixedPartySession:
