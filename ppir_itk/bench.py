@@ -308,7 +308,7 @@ def markdown_table(results: Sequence[RowResult]) -> str:
     headers = ["solution", "sampling", *(header for _, _, header, _ in COLUMNS), "time × Clear"]
     formats = {name: spec for name, _, _, spec in COLUMNS} | {"time_vs_clear": ".3g"}
     out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    notes = []
+    notes: dict[str, list[str]] = {}
     for outcome, line in zip(results, table_rows(results), strict=True):
         cells = [outcome.row.solution, outcome.row.sampling.upper()]
         for name in [*(name for name, _, _, _ in COLUMNS), "time_vs_clear"]:
@@ -323,11 +323,12 @@ def markdown_table(results: Sequence[RowResult]) -> str:
                 cells.append(f"{mean:{formats[name]}}")
         out.append("| " + " | ".join(cells) + " |")
         if outcome.status != "ok":
-            notes.append(f"- {outcome.row.label}: ✗ {outcome.reason}"
-                         + ("; its per-iteration figures are one iteration at full "
-                            "resolution, the level's set-up included"
-                            if outcome.status == "capped" else ""))
-    return "\n".join(out + ([""] + notes if notes else [])) + "\n"
+            reason = outcome.reason + ("; its per-iteration figures are one iteration at full "
+                                       "resolution, the level's set-up included"
+                                       if outcome.status == "capped" else "")
+            notes.setdefault(reason, []).append(outcome.row.label)
+    lines = [f"- ✗ {', '.join(labels)}: {reason}" for reason, labels in notes.items()]
+    return "\n".join(out + ([""] + lines if lines else [])) + "\n"
 
 
 def csv_table(results: Sequence[RowResult]) -> str:
