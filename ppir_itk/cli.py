@@ -23,11 +23,16 @@ from typing import Any
 
 from ppir_itk.bench import SOLUTIONS as BENCH_SOLUTIONS
 from ppir_itk.errors import InputError
+from ppir_itk.fixed_party import DEFAULT_EVALUATION_BUDGET
 from ppir_itk.protocol.channel import PeerError
+from ppir_itk.protocol.transport import DEFAULT_SESSION_LIMIT
 
 EXIT_INPUT_ERROR = 2
 EXIT_PEER_ERROR = 3
 TRANSFORM_OUTPUT_SUFFIXES = (".tfm", ".txt", ".h5", ".hdf5", ".mat")
+# Formats ITK writes in one file with float64 pixels (ITK picks the writer by suffix).
+IMAGE_OUTPUT_SUFFIXES = (".nii", ".nii.gz", ".mha", ".nrrd", ".vtk", ".h5", ".hdf5")
+TRANSFORMS = ("translation", "rigid", "similarity", "affine", "bspline")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,10 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--dealer", help="HOST:PORT of the 'ppir dealer' this party trusts (spdz)")
     serve.add_argument("--max-sessions", type=int, default=1,
                        help="sessions served at the same time (default 1)")
-    serve.add_argument("--budget", type=int, default=5000,
-                       help="joint-term evaluations allowed per session")
+    serve.add_argument("--budget", type=int, default=DEFAULT_EVALUATION_BUDGET,
+                       help="joint-term evaluations allowed per session, each a few linear "
+                            f"measurements of the image (default {DEFAULT_EVALUATION_BUDGET})")
     serve.add_argument("--deadline", type=float, default=60.0,
                        help="seconds to wait for the moving party's next message")
+    _add_session_limit(serve)
 
     dealer = commands.add_parser("dealer", help="deal Beaver triples to SPDZ sessions (mutual TLS)")
     dealer.add_argument("--listen", required=True, help="HOST:PORT (port 0: any free port)")
@@ -77,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="party sessions served at the same time (default 8)")
     dealer.add_argument("--deadline", type=float, default=60.0,
                         help="seconds to wait for a party's next message")
+    _add_session_limit(dealer)
 
     pki = commands.add_parser("pki", help="throw-away certificates for local runs and tests")
     pki_commands = pki.add_subparsers(dest="pki_command", required=True)
@@ -166,6 +174,12 @@ def _add_registration_options(parser: argparse.ArgumentParser, bench: bool = Fal
         parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _add_session_limit(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--session-limit", type=float, default=DEFAULT_SESSION_LIMIT,
+                        metavar="SECONDS", help="longest a session may last, alive or not "
+                                                f"(default {DEFAULT_SESSION_LIMIT:g})")
+
+
 def _add_tls_options(parser: argparse.ArgumentParser, role: str) -> None:
     parser.add_argument("--tls-dir", help=f"directory made by 'ppir pki init' ({role}.pem/.key, "
                                           "ca.pem)")
@@ -182,7 +196,18 @@ def _tls(args: argparse.Namespace) -> Any:
         return TLS.for_role(args.tls_dir, args.tls_role)
     if args.cert and args.key and args.ca:
         return TLS.from_files(args.cert, args.key, args.ca)
-    raise InputError("give --tls-dir, or all of --cert, --key and --ca")
+    raise InputError("mutual TLS needs this party's certificate: give --tls-dir, or all of "
+                     "--cert, --key and --ca")
+
+
+def _address(option: str, address: str) -> None:
+    """Refuse an address that is not HOST:PORT, naming the option."""
+    from ppir_itk.protocol.transport import parse_address
+
+    try:
+        parse_address(address)
+    except InputError:
+        raise InputError(f"{option} '{address}' is not HOST:PORT (e.g. 127.0.0.1:50051)") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -209,7 +234,8 @@ def _show_warning(message: Warning | str, *_: Any, **__: Any) -> None:
 def _register(args: argparse.Namespace) -> int:
     _check_outputs(args)
     if (args.fixed is None) == (args.peer is None):
-        raise InputError("give either --fixed (local mode) or --peer (remote fixed party)")
+        raise InputError("give either --fixed (local mode) or --peer (remote fixed party)"
+                         + (", not both" if args.fixed is not None else ""))
     if args.dealer is not None and args.peer is None:
         raise InputError("--dealer goes with --peer; local mode starts its own dealer")
     if args.peer is not None:
@@ -227,10 +253,11 @@ def _run(fixed: Any, moving: Any, args: argparse.Namespace) -> tuple[Any, Any]:
 
     fixed_grid = as_image_grid(fixed, name=f"fixed image '{fixed}'")
     moving_grid = as_image_grid(moving, name=f"moving image '{moving}'")
+    options = _registration_options(args, fixed_grid.dimension)
     progress = _Progress(enabled=not args.quiet and sys.stderr.isatty(),
                          levels=len(args.shrink_factors), iterations=args.iterations)
     try:
-        result = register(fixed_grid, moving_grid, **_registration_options(args),
+        result = register(fixed_grid, moving_grid, **options,
                           transport="in-process" if args.in_process else "process",
                           observers=progress.observers())
     finally:
@@ -238,27 +265,56 @@ def _run(fixed: Any, moving: Any, args: argparse.Namespace) -> tuple[Any, Any]:
     return result, moving_grid
 
 
-def _registration_options(args: argparse.Namespace) -> dict[str, Any]:
+def _registration_options(args: argparse.Namespace, dimension: int) -> dict[str, Any]:
+    """register()'s options; wrong ones are refused here, before a fixed party starts."""
+    if args.transform not in TRANSFORMS:
+        raise InputError(f"unknown transform '{args.transform}': choose one of "
+                         f"{', '.join(TRANSFORMS)}")
     if args.threads is not None and args.threads < 1:
         raise InputError(f"--threads {args.threads} must be at least 1")
     if args.iterations < 1:
         raise InputError(f"--iterations {args.iterations} must be at least 1")
+    if not 0 <= args.seed < 2**64:
+        raise InputError(f"--seed {args.seed} must be between 0 and 2^64 - 1")
+    if not args.deadline > 0:
+        raise InputError(f"--deadline {args.deadline:g} must be positive")
+    if not args.bending_weight >= 0:
+        raise InputError(f"--bending-weight {args.bending_weight:g} must be at least 0")
+    if args.grid_spacing is not None:
+        if len(args.grid_spacing) not in (1, dimension):
+            raise InputError(f"--grid-spacing has {len(args.grid_spacing)} values; give one, or "
+                             f"one per axis of the {dimension}-D images")
+        if not all(0 < spacing < float("inf") for spacing in args.grid_spacing):
+            raise InputError(f"--grid-spacing {' '.join(f'{s:g}' for s in args.grid_spacing)} "
+                             "must be positive and finite")
     parameters = {}
     for item in args.backend_parameter:
         key, equals, value = item.partition("=")
         if not equals or not key:
             raise InputError(f"--backend-parameter '{item}' is not KEY=VALUE")
         parameters[key] = value
+    _check_backend_parameters(args, parameters)
     bulk = None
     if args.initial_transform is not None:
+        from ppir_itk.transforms import LinearTransform
         from ppir_itk.wrapping.transforms import read_transform
 
         if args.transform != "bspline":
             raise InputError("--initial-transform goes with --transform bspline")
+        path = Path(args.initial_transform)
+        if not path.is_file():
+            raise InputError(f"--initial-transform '{path}' "
+                             + ("is not a file" if path.exists() else "does not exist"))
         try:
-            bulk = read_transform(args.initial_transform)
+            bulk = read_transform(path)
         except (OSError, ValueError) as error:
-            raise InputError(f"--initial-transform '{args.initial_transform}': {error}") from None
+            raise InputError(f"--initial-transform '{path}': {str(error).rstrip('.')}") from None
+        if not isinstance(bulk, LinearTransform):
+            raise InputError(f"--initial-transform '{path}' holds a B-spline; the B-spline is "
+                             "composed with a linear transform only")
+        if bulk.dimension != dimension:
+            raise InputError(f"--initial-transform '{path}' is {bulk.dimension}-D but the images "
+                             f"are {dimension}-D")
     grid = args.grid_spacing[0] if args.grid_spacing and len(args.grid_spacing) == 1 \
         else args.grid_spacing
     return dict(
@@ -273,23 +329,36 @@ def _registration_options(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
+def _check_backend_parameters(args: argparse.Namespace, parameters: dict[str, str]) -> None:
+    """The backend's own checks of its parameters, before a fixed party (and dealer) start."""
+    from ppir_itk.backends import check_backend_name, check_protocol
+    from ppir_itk.backends.ckks import he_settings
+    from ppir_itk.backends.spdz import TFP_REFUSED, provider_of
+
+    backend = check_backend_name(args.backend)
+    if check_protocol(backend, parameters.get("protocol")) == "packed":
+        he_settings(parameters)
+    if backend == "spdz" and provider_of(parameters) == "tfp" \
+            and not getattr(args, "in_process", False):
+        raise InputError(TFP_REFUSED)
+
+
 def _run_with_peer(args: argparse.Namespace) -> tuple[Any, Any]:
     """The moving party alone: the fixed party is 'ppir serve' at --peer."""
     from ppir_itk.protocol.session import connect
-    from ppir_itk.protocol.transport import parse_address
     from ppir_itk.registration import register_with
     from ppir_itk.wrapping.images import as_image_grid
 
-    parse_address(args.peer)
+    _address("--peer", args.peer)
     if args.dealer is not None:
-        parse_address(args.dealer)
+        _address("--dealer", args.dealer)
     moving_grid = as_image_grid(args.moving, name=f"moving image '{args.moving}'")
+    options = _registration_options(args, moving_grid.dimension)
+    options.pop("deadline")
     session = connect(args.peer, _tls(args), deadline=args.deadline, server_name=args.server_name,
                       dealer=args.dealer)
     progress = _Progress(enabled=not args.quiet and sys.stderr.isatty(),
                          levels=len(args.shrink_factors), iterations=args.iterations)
-    options = _registration_options(args)
-    options.pop("deadline")
     try:
         return register_with(session, moving_grid, **options,
                              observers=progress.observers()), moving_grid
@@ -299,29 +368,34 @@ def _run_with_peer(args: argparse.Namespace) -> tuple[Any, Any]:
 
 def _serve(args: argparse.Namespace) -> int:
     from ppir_itk.backends import check_backend_name
-    from ppir_itk.protocol.transport import parse_address, serve
+    from ppir_itk.protocol.transport import serve
+    from ppir_itk.wrapping.images import as_image_grid
 
-    parse_address(args.listen)
-    if args.max_sessions < 1 or args.budget < 1 or args.deadline <= 0:
-        raise InputError("--max-sessions, --budget and --deadline must be positive")
+    _address("--listen", args.listen)
+    if args.max_sessions < 1 or args.budget < 1 or args.deadline <= 0 or args.session_limit <= 0:
+        raise InputError("--max-sessions, --budget, --deadline and --session-limit must be "
+                         "positive")
     backends = tuple(check_backend_name(name) for name in args.backends)
     if args.dealer is not None:
-        parse_address(args.dealer)
+        _address("--dealer", args.dealer)
     elif "spdz" in backends:
         raise InputError("backend 'spdz' needs --dealer HOST:PORT (the dealer this party trusts)")
-    serve(args.fixed, args.listen, _tls(args), backends=backends,
+    tls = _tls(args)
+    fixed = as_image_grid(args.fixed, name=f"fixed image '{args.fixed}'")
+    serve(fixed, args.listen, tls, backends=backends,
           evaluation_budget=args.budget, max_sessions=args.max_sessions,
-          deadline=args.deadline, dealer=args.dealer)
+          deadline=args.deadline, session_limit=args.session_limit, dealer=args.dealer)
     return 0
 
 
 def _dealer(args: argparse.Namespace) -> int:
-    from ppir_itk.protocol.transport import parse_address, serve_dealer
+    from ppir_itk.protocol.transport import serve_dealer
 
-    parse_address(args.listen)
-    if args.max_sessions < 1 or args.deadline <= 0:
-        raise InputError("--max-sessions and --deadline must be positive")
-    serve_dealer(args.listen, _tls(args), max_sessions=args.max_sessions, deadline=args.deadline)
+    _address("--listen", args.listen)
+    if args.max_sessions < 1 or args.deadline <= 0 or args.session_limit <= 0:
+        raise InputError("--max-sessions, --deadline and --session-limit must be positive")
+    serve_dealer(args.listen, _tls(args), max_sessions=args.max_sessions, deadline=args.deadline,
+                 session_limit=args.session_limit)
     return 0
 
 
@@ -330,6 +404,8 @@ def _pki(args: argparse.Namespace) -> int:
 
     if args.days < 1:
         raise InputError(f"--days {args.days} must be at least 1")
+    if Path(args.directory).exists() and not Path(args.directory).is_dir():
+        raise InputError(f"pki init directory '{args.directory}' is a file, not a directory")
     folder = init_pki(args.directory, days=args.days)
     print(f"CA and certificates for fixed-party, moving-party and dealer written to {folder}")
     return 0
@@ -337,14 +413,18 @@ def _pki(args: argparse.Namespace) -> int:
 
 def _check_outputs(args: argparse.Namespace) -> None:
     """Refuse bad output paths before any work is done."""
-    suffix = Path(args.output_transform).suffix.lower()
-    if suffix not in TRANSFORM_OUTPUT_SUFFIXES:
+    if Path(args.output_transform).suffix not in TRANSFORM_OUTPUT_SUFFIXES:  # ITK: case matters
         raise InputError(
             f"--output-transform '{args.output_transform}' must end in one of "
             f"{', '.join(TRANSFORM_OUTPUT_SUFFIXES)}"
         )
+    if args.output_warped is not None and not args.output_warped.endswith(IMAGE_OUTPUT_SUFFIXES):
+        raise InputError(f"--output-warped '{args.output_warped}' must end in one of "
+                         f"{', '.join(IMAGE_OUTPUT_SUFFIXES)}")
     for option, path in (("--output-transform", args.output_transform),
                          ("--output-warped", args.output_warped), ("--report", args.report)):
+        if path is not None and Path(path).is_dir():
+            raise InputError(f"{option} '{path}' is a directory; give a file name")
         if path is not None and not Path(path).absolute().parent.is_dir():
             raise InputError(f"{option} '{path}': directory '{Path(path).parent}' does not exist")
 
@@ -371,7 +451,7 @@ def _summary(result: Any, transform_path: str | None) -> None:
     if "dealer" in result.parties:
         print(f"dealer sent {result.parties['dealer']['bytes_sent'] / 1e6:.2f} MB to the parties")
     for party, lines in result.learned.items():
-        for line in lines:
+        for line in lines or ["nothing"]:
             print(f"{party} party received in the clear: {line}")
     print(f"{result.transform.itk_name}: {result.iterations} iterations over "
           f"{len(result.levels)} levels, final metric {result.final_metric:.6g}, "
@@ -397,13 +477,6 @@ def _bench(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out '{out}' is a file, not a directory")
-    options = _registration_options(args)
-    for per_row in ("backend", "backend_parameters", "sampling", "reveal_gms_indices",
-                    "deadline"):
-        options.pop(per_row)
-    settings = BenchSettings(repeats=args.repeats, time_cap=args.time_cap,
-                             solutions=args.backends, samplings=args.sampling,
-                             registration=options)
     with resources.as_file(resources.files("ppir_itk") / "data") as folder:
         fixed_path = args.fixed or str(folder / "demo_fixed.mha")
         moving_path = args.moving or str(folder / "demo_moving.mha")
@@ -412,6 +485,13 @@ def _bench(args: argparse.Namespace) -> int:
     if fixed.dimension != moving.dimension:
         raise InputError(f"the fixed image is {fixed.dimension}-D and the moving image is "
                          f"{moving.dimension}-D; both must have the same dimension")
+    options = _registration_options(args, fixed.dimension)
+    for per_row in ("backend", "backend_parameters", "sampling", "reveal_gms_indices",
+                    "deadline"):
+        options.pop(per_row)
+    settings = BenchSettings(repeats=args.repeats, time_cap=args.time_cap,
+                             solutions=args.backends, samplings=args.sampling,
+                             registration=options)
     results = run_bench(fixed, moving, settings,
                         say=lambda line: print(f"ppir bench: {line}", file=sys.stderr))
     images = {role: {"path": str(path), "size": list(grid.geometry.size),
@@ -431,6 +511,8 @@ def _demo(args: argparse.Namespace) -> int:
     from ppir_itk.evaluation import displacement_rmse
     from ppir_itk.wrapping.transforms import read_transform
 
+    if args.output_dir and not Path(args.output_dir).is_dir():
+        raise InputError(f"--output-dir '{args.output_dir}' is not a directory")
     data = resources.files("ppir_itk") / "data"
     with resources.as_file(data) as folder:
         fixed, moving = folder / "demo_fixed.mha", folder / "demo_moving.mha"
@@ -448,8 +530,6 @@ def _demo(args: argparse.Namespace) -> int:
           f"(pixel spacing {np.min(result.fixed_geometry.spacing):g} mm)")
     if args.output_dir:
         out = Path(args.output_dir)
-        if not out.is_dir():
-            raise InputError(f"--output-dir '{out}' is not a directory")
         _write_outputs(result, moving_grid, str(out / "demo_transform.tfm"),
                        str(out / "demo_warped.nii.gz"), str(out / "demo_report.json"))
         print(f"outputs written to {out}")

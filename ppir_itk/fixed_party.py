@@ -33,6 +33,7 @@ budget end the session with ``Abort``; the fixed party's server lives on.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +55,7 @@ from ppir_itk.sampling import URS
 from ppir_itk.wrapping.images import as_image_grid
 
 MAX_CONTROL_POINTS = 1 << 22  # a B-spline grid's points: bounds the fixed party's memory
+MAX_SPACING_RATIO = 1 << 20  # control grid vs level grid spacing: past it the map overflows
 SAMPLING_KINDS = {"none": "all", "gms-hidden": "all", "urs": "urs", "gms-revealed": "revealed"}
 
 
@@ -86,8 +88,12 @@ def draw_points(geometry: GridGeometry, level: int, request: pb.SelectPoints,
     control = None
     if request.HasField("control_grid"):
         control = geometry_from_pb(request.control_grid)
+        # An exact count (GridGeometry's int64 product can wrap round to a small one), and
+        # spacings not absurdly far from the level grid's (the index map would overflow).
         if control.dimension != geometry.dimension or min(control.size) < 4 or \
-                control.number_of_points > MAX_CONTROL_POINTS:
+                math.prod(control.size) > MAX_CONTROL_POINTS or \
+                min(control.spacing) * MAX_SPACING_RATIO < min(geometry.spacing) or \
+                max(control.spacing) > MAX_SPACING_RATIO * max(geometry.spacing):
             raise ProtocolError("the B-spline control grid does not fit the level grid")
     if request.kind == "all":
         return PointSet(geometry, None, control)
@@ -102,12 +108,19 @@ def draw_points(geometry: GridGeometry, level: int, request: pb.SelectPoints,
     return PointSet(geometry, indices, control)
 
 
+# Each evaluation gives the moving party a few linear measurements of J (d(d+1) + 2 for
+# an affine, d K + 2 for a B-spline of K control points; docs/privacy.md). 1,000 covers
+# the registrations ppir offers (an evaluation per iteration and one per level: 4 levels
+# of 100 iterations need 404) and keeps an affine session's measurements to 8,000.
+DEFAULT_EVALUATION_BUDGET = 1000
+
+
 @dataclass
 class FixedPolicy:
     """What the fixed party's operator allows."""
 
     backends: tuple[str, ...] = ("ckks",)  # private only, unless the operator adds "clear"
-    evaluation_budget: int = 5000
+    evaluation_budget: int = DEFAULT_EVALUATION_BUDGET
     max_levels: int = 10
     allow_center_of_mass: bool = True
     dealer: Any = None  # SPDZ: token -> DealerClient, to the dealer the operator trusts
@@ -164,11 +177,24 @@ class FixedPartySession:
             if handler is None:
                 raise ProtocolError(f"'{kind}' is not a request the fixed party answers")
             return handler(getattr(envelope, kind))
+        except ProtocolError:
+            self.abandon()
+            raise
         finally:
             elapsed = time.perf_counter() - start
             self.seconds += elapsed
             if self.level_seconds:
                 self.level_seconds[-1] += elapsed
+
+    def abandon(self) -> None:
+        """End the session after an error (a request that did not fit, or, called by a
+        transport, a moving party that vanished): refuse what follows, and release the
+        backend's side work now (SPDZ's dealer session would otherwise keep one of the
+        dealer's session slots alive with its heartbeats)."""
+        if not self.closed:
+            self.closed = True
+            if self.backend_side is not None:
+                self.backend_side.abort()
 
     # -- the requests, in the order a session makes them ---------------------------------
     def _on_hello(self, hello: pb.Hello) -> pb.Envelope:
@@ -245,8 +271,9 @@ class FixedPartySession:
         if self.points is None:
             raise ProtocolError("a backend request arrived before the points were agreed")
         if self.backend_side.evaluations >= self.policy.evaluation_budget:
-            raise ProtocolError(f"the evaluation budget of {self.policy.evaluation_budget} "
-                                "joint-term evaluations is used up")
+            raise ProtocolError(f"this registration used up the fixed party's budget of "
+                                f"{self.policy.evaluation_budget} joint-term evaluations per "
+                                "session (its operator sets it: ppir serve --budget)")
         return pb.Envelope(backend=self.backend_side.handle(message))
 
     def _on_close(self, _: pb.Close) -> pb.Envelope:

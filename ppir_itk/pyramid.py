@@ -56,7 +56,7 @@ class LevelSchedule:
             if int(factor) != factor or factor < 1:
                 raise InputError(f"shrink factor {factor} must be a whole number of at least 1")
             if not np.isfinite(sigma) or sigma < 0:
-                raise InputError(f"smoothing sigma {sigma} must be finite and not negative")
+                raise InputError(f"smoothing sigma {sigma:g} must be finite and not negative")
             levels.append(Level(int(factor), float(sigma)))
         return cls(tuple(levels))
 

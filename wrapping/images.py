@@ -17,6 +17,7 @@ Examples
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -72,7 +73,12 @@ def read_sitk_image(path: str | os.PathLike, *, name: str = "image") -> sitk.Ima
     if not path.exists():
         raise InputError(f"{name}: file '{path}' does not exist")
     if path.is_dir():
-        series = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path))
+        warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+        sitk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM's own "No Series" warning
+        try:
+            series = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path))
+        finally:
+            sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
         if not series:
             raise InputError(f"{name}: directory '{path}' holds no DICOM series")
         reader: Any = sitk.ImageSeriesReader()
@@ -83,35 +89,51 @@ def read_sitk_image(path: str | os.PathLike, *, name: str = "image") -> sitk.Ima
     try:
         return reader.Execute()
     except RuntimeError as error:
-        raise InputError(f"{name}: cannot read '{path}': {_itk_reason(str(error))}") from None
+        dimension = re.search(r"unsupported image dimension of (\d+)", str(error))
+        if dimension:
+            raise _wrong_dimension(name, int(dimension.group(1))) from None
+        raise InputError(f"{name}: cannot read '{path}': {itk_reason(str(error))}") from None
 
 
-def _itk_reason(message: str) -> str:
-    """The one informative line of an ITK exception message."""
-    if "orthonormal" in message.lower() or "orthogonal" in message.lower():
+def itk_reason(message: str) -> str:
+    """What an ITK exception message says, in words: no source paths, addresses or line breaks."""
+    lower = message.lower()
+    if "orthonormal" in lower or "orthogonal" in lower:
         return "its direction cosines are not orthonormal (ITK refuses such a NIfTI header)"
-    for line in message.splitlines()[::-1]:
-        line = line.strip()
-        if line and not line.startswith(("/", "in ", "sitk::ERROR")):
-            return line.rstrip(".")
+    if "unable to determine imageio reader" in lower:
+        return "ITK knows no image format for it (an unsupported format, or not an image file)"
+    reader = re.search(r"(\w+ImageIO)\(0x[0-9a-f]+\)", message)
+    if reader:
+        return f"ITK's {reader.group(1)} could not read it; the file may be corrupt or truncated"
+    said = re.search(r"ERROR: (?:\w+\(0x[0-9a-f]+\): )?(.+)", message)
+    if said:  # e.g. ITK refusing a zero spacing or a singular direction matrix
+        reason = said.group(1).split(". ")[0].strip().rstrip(".")
+        return reason[:1].lower() + reason[1:]
     return "ITK could not read it (unknown format or corrupt file)"
+
+
+def _wrong_dimension(name: str, dimension: int) -> InputError:
+    return InputError(f"{name} is {dimension}-D; only 2-D and 3-D images register")
 
 
 def _from_sitk(image: sitk.Image, *, name: str) -> ImageGrid:
     dimension = image.GetDimension()
     if dimension not in (2, 3):
-        raise InputError(f"{name} has {dimension} dimensions; only 2-D and 3-D images register")
+        raise _wrong_dimension(name, dimension)
     if image.GetNumberOfComponentsPerPixel() > 1:
         image = _grey_from_channels(image, name=name)
     array = sitk.GetArrayFromImage(image)
     if np.iscomplexobj(array):
         raise InputError(f"{name} has complex pixels; registration needs real grey levels")
-    return ImageGrid(
-        array,
-        spacing=image.GetSpacing(),
-        origin=image.GetOrigin(),
-        direction=image.GetDirection(),
-    )
+    try:
+        return ImageGrid(
+            array,
+            spacing=image.GetSpacing(),
+            origin=image.GetOrigin(),
+            direction=image.GetDirection(),
+        )
+    except ValueError as error:  # the geometry's own check: an empty axis, a bad spacing
+        raise InputError(f"{name}: {error}") from None
 
 
 def _from_itk(image: Any, *, name: str) -> ImageGrid:
@@ -131,7 +153,7 @@ def _from_itk(image: Any, *, name: str) -> ImageGrid:
         sitk_image = sitk.GetImageFromArray(array, isVector=True)
         array = sitk.GetArrayFromImage(_grey_from_channels(sitk_image, name=name))
     if dimension not in (2, 3):
-        raise InputError(f"{name} has {dimension} dimensions; only 2-D and 3-D images register")
+        raise _wrong_dimension(name, dimension)
     return ImageGrid(array, **geometry)
 
 

@@ -33,7 +33,7 @@ from ppir_itk.transforms import (
     Similarity3DTransform,
     TranslationTransform,
 )
-from ppir_itk.wrapping.images import write_atomically
+from ppir_itk.wrapping.images import itk_reason, write_atomically
 
 __all__ = [
     "TRANSFORM_FILE_SUFFIXES",
@@ -398,5 +398,7 @@ def read_transform(path: str | os.PathLike[str]) -> LinearTransform:
     try:
         obj = sitk.ReadTransform(source)
     except RuntimeError as exc:
-        raise ValueError(f"SimpleITK could not read a transform from {source!r}: {exc}") from exc
+        raise ValueError(
+            f"SimpleITK could not read a transform from {source!r}: {itk_reason(str(exc))}"
+        ) from exc
     return from_sitk(obj)

@@ -270,3 +270,6 @@ class FixedSide(abc.ABC):
     def close(self) -> pb.PartyStats | None:
         """End the session's side work; this party's traffic with a dealer, if it had one."""
         return None
+
+    def abort(self) -> None:  # noqa: B027 - most sides hold nothing outside the process
+        """The session ended with an error: drop what outlives it (a dealer session) now."""

@@ -174,7 +174,10 @@ def pack(blobs: list[bytes]) -> tuple[pb.Array, bytes]:
 
 def unpack(sizes: pb.Array, blob: bytes, count: int) -> list[bytes]:
     lengths = array_from_pb(sizes, max_elements=count)
-    if lengths.shape != (count,) or lengths.min(initial=0) < 0 or lengths.sum() != len(blob):
+    # int64 only (a float length cannot slice), each within the blob (so the sum cannot wrap)
+    if lengths.dtype != np.int64 or lengths.shape != (count,) or \
+            lengths.min(initial=0) < 0 or lengths.max(initial=0) > len(blob) or \
+            lengths.sum() != len(blob):
         raise ProtocolError("the ciphertext sizes do not fit the message")
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     return [blob[offsets[i]:offsets[i + 1]] for i in range(count)]
@@ -522,9 +525,7 @@ class CKKSFixedSide(FixedSide):
         if message.kind == SUMS and message.arrays:
             self.evaluations += 1
             (data,) = unpack(message.arrays[0], message.blob, 1)
-            plain = self.he.seal.Plaintext()
-            self._decryptor.decrypt(self.he.from_bytes("Ciphertext", data), plain)
-            slots = np.array(self.he.encoder.decode_uint64(plain), dtype=np.uint64)
+            slots = self._decrypt(data)
             totals = [total % self.he.t for total in range_totals(slots, self._sums)]
             return pb.BackendMessage(kind=SUMS, arrays=[array_to_pb(np.array(totals,
                                                                              dtype=np.int64))])
@@ -534,8 +535,13 @@ class CKKSFixedSide(FixedSide):
         self.he.close()
 
     def _decrypt(self, data: bytes) -> np.ndarray:
+        ciphertext = self.he.from_bytes("Ciphertext", data)
         plain = self.he.seal.Plaintext()
-        self._decryptor.decrypt(self.he.from_bytes("Ciphertext", data), plain)
+        try:
+            self._decryptor.decrypt(ciphertext, plain)
+        except (RuntimeError, ValueError) as error:  # SEAL loads, e.g., NTT form, and refuses it
+            raise ProtocolError(f"a ciphertext from the peer cannot be decrypted: {error}") \
+                from None
         return np.array(self.he.encoder.decode_uint64(plain), dtype=np.uint64)
 
     def _bspline_sums(self, message: pb.BackendMessage) -> pb.BackendMessage:

@@ -289,6 +289,7 @@ class PaperV2FixedSide(FixedSide):
         first, second = _halves(values.size)
         self._values = values
         self._first, self._second = first, second
+        self._columns = 0  # until the level's V2_LEVEL request says how many
 
     def handle(self, message: pb.BackendMessage) -> pb.BackendMessage:
         ts = _tenseal()
@@ -304,7 +305,8 @@ class PaperV2FixedSide(FixedSide):
                      for block in _split(vector, POLY_MODULUS_DEGREE // 2)]
             sizes, blob = pack(blobs)
             return pb.BackendMessage(kind=V2_LEVEL, arrays=[sizes], blob=blob)
-        if message.kind == V2_PRODUCTS and message.arrays and self._moving_context is not None:
+        if message.kind == V2_PRODUCTS and message.arrays and self._moving_context is not None \
+                and self._columns:
             self.evaluations += 1
             chunk = POLY_MODULUS_DEGREE // 2
             second_chunks = -(-(self._second.stop - self._second.start) // chunk)
@@ -318,10 +320,11 @@ class PaperV2FixedSide(FixedSide):
                     first_sums.append(float(slots.sum()))
                 theirs = [ts.ckks_vector_from(self._moving_context, data)
                           for data in parts[self._columns:]]
+                # inside the try: a vector of the wrong length loads, then cannot multiply
+                products = [_summed(theirs[c * second_chunks:(c + 1) * second_chunks], vector)
+                            for c, vector in enumerate(self._replicated(self._second))]
             except Exception:  # TenSEAL raises bare exceptions on bad bytes
                 raise ProtocolError("a ciphertext from the moving party is invalid") from None
-            products = [_summed(theirs[c * second_chunks:(c + 1) * second_chunks], vector)
-                        for c, vector in enumerate(self._replicated(self._second))]
             sizes, blob = pack([product.serialize() for product in products])
             return pb.BackendMessage(kind=V2_PRODUCTS, blob=blob, arrays=[
                 array_to_pb(np.array(first_sums, dtype=np.float64)), sizes])

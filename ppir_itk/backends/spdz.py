@@ -65,7 +65,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +86,7 @@ from ppir_itk.dealer import FIXED, MOVING
 from ppir_itk.errors import InputError
 from ppir_itk.fixed_party import PointSet
 from ppir_itk.protocol import ppir_pb2 as pb
+from ppir_itk.protocol.channel import PeerError
 from ppir_itk.protocol.messages import ProtocolError
 
 LEVEL, ITERATION = "spdz.level", "spdz.iteration"
@@ -293,8 +295,9 @@ class SPDZFixedSide(FixedSide):
         if self._products is None:
             from ppir_itk.backends.spdz_shares import SharedProducts
 
-            self._products = SharedProducts(FIXED, self._connect_dealer(self._token),
-                                            self._communicator)
+            with self._dealer_step():
+                self._products = SharedProducts(FIXED, self._connect_dealer(self._token),
+                                                self._communicator)
         self._points = points
         self._level_index += 1
         try:
@@ -312,12 +315,14 @@ class SPDZFixedSide(FixedSide):
         communicator.fill_inbox(message.arrays, max_elements=points.size * 16)
         if message.kind == LEVEL and self._level_pending:
             self._level_pending = False
-            self._products.open_fixed_operand(self._level_index, self._fixed_rows, points.size,
-                                              points.geometry.dimension)
+            with self._dealer_step():
+                self._products.open_fixed_operand(self._level_index, self._fixed_rows,
+                                                  points.size, points.geometry.dimension)
             values = [float(self._exponent_j)]
         elif message.kind == ITERATION and not self._level_pending:
             self.evaluations += 1
-            self._products.sums(None, self._basis.apply)
+            with self._dealer_step():
+                self._products.sums(None, self._basis.apply)
             values = []
         else:
             raise ProtocolError(f"'{message.kind[:40]}' does not fit this point of the SPDZ "
@@ -330,5 +335,22 @@ class SPDZFixedSide(FixedSide):
     def close(self) -> pb.PartyStats | None:
         if self._products is None:
             return None
-        closed = self._products.close()
+        with self._dealer_step():
+            closed = self._products.close()
         return self._products.dealer.session.counters().to_pb(closed.stats.seconds)
+
+    def abort(self) -> None:
+        products, self._products = self._products, None
+        if products is not None:  # the dealer forgets the session's masks and triples
+            products.dealer.session.abort("the registration session ended with an error")
+
+    @contextmanager
+    def _dealer_step(self) -> Iterator[None]:
+        """A step that talks to the dealer. A dealer that refuses or fails ends the session
+        as a protocol error rather than a fixed-party failure: the moving party can cause it
+        (e.g. by asking a triple batch differently through its own dealer session)."""
+        try:
+            yield
+        except PeerError as error:
+            self.abort()
+            raise ProtocolError(f"the dealer ended this session: {error}") from None

@@ -9,6 +9,14 @@ the deadline, aborts or sends something malformed ends the session with a
 sent nothing for a third of its deadline sends a heartbeat frame, so that a
 peer busy with long local work (a level of the clear backend, say) is not
 taken for a stalled one; a stalled or stopped process sends none.
+
+:func:`tapped` is the seam for traffic audits (``tests/audit.py``): while it
+is open, every frame any channel of this process sends or receives is also
+handed, serialised, to a tap. Every byte a party exchanges over gRPC passes
+through a channel of its process (the moving party's sessions with the fixed
+party and with the dealer each have one; an in-process ``LocalSession`` has
+none), so the frames a tap sees add up to the channels' payload counters.
+With no tap installed the cost is one check of an empty list per frame.
 """
 
 from __future__ import annotations
@@ -16,7 +24,8 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -25,6 +34,32 @@ from ppir_itk.protocol.messages import ProtocolError, Reassembler, body, to_fram
 
 _END = object()
 _ALIVE = object()  # the peer sent a heartbeat: it is alive, the wait starts again
+
+Tap = Callable[[str, str, bytes], None]
+"""Called as ``tap(direction, peer, frame)``: ``"sent"`` or ``"received"``, the channel's
+peer (:attr:`Channel.peer`) and one serialised ``Frame``; from any of the channel's threads."""
+
+_taps: list[Tap] = []
+
+
+@contextmanager
+def tapped(tap: Tap) -> Iterator[Tap]:
+    """Hand ``tap`` every frame that any channel of this process sends or receives.
+
+    For tests and audits only: a tap sees the plaintext of the traffic (TLS
+    is below the channel), which is exactly what the other party receives.
+    """
+    _taps.append(tap)
+    try:
+        yield tap
+    finally:
+        _taps.remove(tap)
+
+
+def _tap(direction: str, peer: str, frame: pb.Frame) -> None:
+    data = frame.SerializeToString()
+    for tap in tuple(_taps):
+        tap(direction, peer, data)
 
 
 class PeerError(Exception):
@@ -93,6 +128,8 @@ class Channel:
                 continue
             frame = pb.Frame(heartbeat=pb.Heartbeat())
             self.counters.payload_bytes_sent += frame.ByteSize()
+            if _taps:
+                _tap("sent", self.peer, frame)
             self._outgoing.put(frame)
             self._last_sent = time.monotonic()
 
@@ -110,6 +147,8 @@ class Channel:
             raise PeerError(f"the session with the {self.peer} is already closed")
         for frame in to_frames(envelope):
             self.counters.payload_bytes_sent += frame.ByteSize()
+            if _taps:
+                _tap("sent", self.peer, frame)
             self._outgoing.put(frame)
         self.counters.messages_sent += 1
         self._last_sent = time.monotonic()
@@ -127,6 +166,8 @@ class Channel:
             try:
                 for frame in frames:
                     self.counters.payload_bytes_received += frame.ByteSize()
+                    if _taps:
+                        _tap("received", self.peer, frame)
                     if frame.WhichOneof("kind") == "heartbeat":
                         self._incoming.put(_ALIVE)
                         continue
@@ -142,6 +183,11 @@ class Channel:
                                              f"{_rpc_reason(error)}"))
 
         threading.Thread(target=read, name="ppir-reader", daemon=True).start()
+
+    def fail(self, reason: str) -> None:
+        """End the wait for the peer: the next :meth:`receive` raises ``PeerError(reason)``
+        (a session time limit, say, which the peer's heartbeats would otherwise defer)."""
+        self._incoming.put(PeerError(reason))
 
     def raise_if_failed(self) -> None:
         """Raise now if the peer already failed (between requests nothing else may arrive)."""

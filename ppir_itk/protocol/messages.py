@@ -15,6 +15,7 @@ executed or unpickled.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -47,12 +48,16 @@ def array_from_pb(message: pb.Array, *, max_elements: int | None = None) -> np.n
     if dtype is None:
         raise ProtocolError(f"an array has the unknown dtype '{message.dtype[:20]}'")
     shape = tuple(int(s) for s in message.shape)
-    if any(s < 0 for s in shape) or len(shape) > 4:
-        raise ProtocolError(f"an array has the impossible shape {shape}")
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    itemsize = np.dtype(dtype).itemsize
+    # Exact products (an int64 one wraps round to a small count); numpy refuses dimensions
+    # spanning more bytes than it addresses even when another dimension is 0.
+    if any(s < 0 for s in shape) or len(shape) > 4 or \
+            math.prod(max(s, 1) for s in shape) * itemsize >= 1 << 63:
+        raise ProtocolError(f"an array has the impossible shape {shape[:5]}")  # one short line
+    count = math.prod(shape)
     if max_elements is not None and count > max_elements:
         raise ProtocolError(f"an array has {count} elements; at most {max_elements} fit here")
-    if len(message.data) != count * np.dtype(dtype).itemsize:
+    if len(message.data) != count * itemsize:
         raise ProtocolError(
             f"an array declares shape {shape} of {message.dtype} but carries "
             f"{len(message.data)} bytes"

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import grpc
 
 from ppir_itk.dealer import PARTIES, DealerSession, TriplePool, open_dealer
-from ppir_itk.fixed_party import FixedPartySession, FixedPolicy
+from ppir_itk.fixed_party import DEFAULT_EVALUATION_BUDGET, FixedPartySession, FixedPolicy
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.channel import Channel, PeerError
 from ppir_itk.protocol.messages import DEFAULT_MAX_ENVELOPE, MAX_GRPC_MESSAGE
@@ -33,6 +33,7 @@ from ppir_itk.protocol.session import Endpoint
 from ppir_itk.protocol.tls import TLS
 
 METHOD = "/ppir.v1.FixedParty/Session"
+DEFAULT_SESSION_LIMIT = 4 * 3600.0  # seconds: far past any registration ppir runs
 CLIENT_NAME = "moving-party"
 _OPTIONS = [
     ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE),
@@ -101,6 +102,9 @@ class PartyServer(abc.ABC):
         Sessions served at the same time; one more is refused with a sentence.
     deadline : float
         Seconds a session may wait for its client's next message.
+    session_limit : float
+        Seconds a session may last in all: a client that stays alive (heartbeats) but
+        never finishes cannot hold a session slot for ever.
     log : callable
         Where one line per session event goes (stderr by default).
     """
@@ -110,9 +114,11 @@ class PartyServer(abc.ABC):
     client_names: ClassVar[tuple[str, ...]]
 
     def __init__(self, listen: str, tls: TLS, *, max_sessions: int = 1, deadline: float = 60.0,
+                 session_limit: float = DEFAULT_SESSION_LIMIT,
                  max_envelope: int = DEFAULT_MAX_ENVELOPE,
                  log: Callable[[str], None] | None = None) -> None:
         self.deadline = deadline
+        self.session_limit = session_limit
         self.max_envelope = max_envelope
         prefix = f"ppir {self.role}"
         self.log = log or (lambda line: print(f"{prefix}: {line}", file=sys.stderr, flush=True))
@@ -177,6 +183,10 @@ class PartyServer(abc.ABC):
 
     def _serve_session(self, number: int, channel: Channel, endpoint: Endpoint) -> None:
         clean = False
+        limit = threading.Timer(self.session_limit, channel.fail, args=(
+            f"the session passed the {self.role}'s limit of {self.session_limit:g} s",))
+        limit.daemon = True
+        limit.start()
         try:
             while True:
                 reply = endpoint.answer(channel.receive())
@@ -195,6 +205,7 @@ class PartyServer(abc.ABC):
             self.log(f"session {number} failed: {type(error).__name__}: {error}")
             _tell(channel, f"the {self.role} failed")
         finally:
+            limit.cancel()
             channel.close()
             self._ended(endpoint.session, clean)
             self._slots.release()
@@ -229,6 +240,10 @@ class FixedPartyServer(PartyServer):
 
     def _new_session(self, client_name: str) -> FixedPartySession:
         return FixedPartySession(self.image, self.policy)
+
+    def _ended(self, session: FixedPartySession, clean: bool) -> None:
+        if not clean:  # the moving party vanished or failed: release its dealer session too
+            session.abandon()
 
 
 class DealerServer(PartyServer):
@@ -266,7 +281,8 @@ def _peer_name(context: grpc.ServicerContext) -> str:
 
 
 def serve(fixed: Any, listen: str, tls: TLS, *, backends: tuple[str, ...] | list[str] = ("ckks",),
-          evaluation_budget: int = 5000, max_sessions: int = 1, deadline: float = 60.0,
+          evaluation_budget: int = DEFAULT_EVALUATION_BUDGET, max_sessions: int = 1,
+          deadline: float = 60.0, session_limit: float = DEFAULT_SESSION_LIMIT,
           dealer: str | None = None) -> None:
     """Serve the fixed image until interrupted (``ppir serve``).
 
@@ -277,12 +293,15 @@ def serve(fixed: Any, listen: str, tls: TLS, *, backends: tuple[str, ...] | list
     if dealer is not None:
         policy.dealer = lambda token: open_dealer(dealer, tls, token, deadline=deadline)
     _run_until_interrupted(FixedPartyServer(fixed, listen, tls, policy=policy,
-                                            max_sessions=max_sessions, deadline=deadline))
+                                            max_sessions=max_sessions, deadline=deadline,
+                                            session_limit=session_limit))
 
 
-def serve_dealer(listen: str, tls: TLS, *, max_sessions: int = 8, deadline: float = 60.0) -> None:
+def serve_dealer(listen: str, tls: TLS, *, max_sessions: int = 8, deadline: float = 60.0,
+                 session_limit: float = DEFAULT_SESSION_LIMIT) -> None:
     """Deal Beaver triples until interrupted (``ppir dealer``)."""
-    _run_until_interrupted(DealerServer(listen, tls, max_sessions=max_sessions, deadline=deadline))
+    _run_until_interrupted(DealerServer(listen, tls, max_sessions=max_sessions, deadline=deadline,
+                                        session_limit=session_limit))
 
 
 def _run_until_interrupted(server: PartyServer) -> None:

@@ -1,0 +1,292 @@
+"""docs/errors.md is true: each row's example ends with exactly its message, exit status 2.
+
+The rows are read from the page; each row's first cell names a case below, which
+makes the files the example needs. The example (upper-case names standing for
+paths in a temporary directory) runs through ``ppir_itk.cli.main`` in this
+process; stderr must be ``ppir: error: <message>`` and nothing else, and no file
+may appear. A row without a case, or a case without a row, fails.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from ppir_itk.cli import main
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "errors.md"
+
+# ---------------------------------------------------------------- files the examples name
+
+
+def _image(array: np.ndarray, **options: bool) -> Callable[[Path], None]:
+    return lambda path: sitk.WriteImage(sitk.GetImageFromArray(array, **options), str(path))
+
+
+def _noise(*shape: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random(shape).astype(np.float32)
+
+
+def _noise_with(values: dict[tuple[int, ...], float]) -> np.ndarray:
+    array = _noise(32, 32, seed=2).astype(np.float64)
+    for index, value in values.items():
+        array[index] = value
+    return array
+
+
+def _metaimage(header: str, values: int) -> Callable[[Path], None]:
+    """A MetaImage written by hand: headers ITK refuses, or that its writers never make."""
+    text = (f"ObjectType = Image\n{header}\nElementType = MET_FLOAT\n"
+            "ElementDataFile = LOCAL\n")
+    return lambda path: path.write_bytes(text.encode() + _noise(values).astype("<f4").tobytes())
+
+
+def _truncated_png(path: Path) -> None:
+    sitk.WriteImage(sitk.GetImageFromArray((_noise(16, 16) * 255).astype(np.uint8)), str(path))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _sheared_nifti(path: Path) -> None:
+    import nibabel
+
+    shear = np.array([[1, 0.5, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])
+    image = nibabel.Nifti1Image(_noise(8, 9, 10), shear)
+    image.set_qform(None, code=0)
+    image.set_sform(shear, code=1)
+    nibabel.save(image, str(path))
+
+
+def _time_series(path: Path) -> None:
+    volumes = [sitk.GetImageFromArray(_noise(4, 5, 6, seed=k)) for k in range(3)]
+    sitk.WriteImage(sitk.JoinSeries(volumes), str(path))
+
+
+def _complex(path: Path) -> None:
+    array = _noise(16, 16) + 1j * _noise(16, 16, seed=1)
+    sitk.WriteImage(sitk.GetImageFromArray(array.astype(np.complex64)), str(path))
+
+
+def _transform(make: Callable[[], sitk.Transform]) -> Callable[[Path], None]:
+    return lambda path: sitk.WriteTransform(make(), str(path))
+
+
+def _bspline() -> sitk.Transform:
+    bspline = sitk.BSplineTransform(2, 3)
+    bspline.SetFixedParameters([4, 4, 0, 0, 10, 10, 1, 0, 0, 1])
+    return bspline
+
+
+def _pki(path: Path) -> None:
+    from ppir_itk.protocol.tls import init_pki
+
+    init_pki(path)
+
+
+FILES: dict[str, Callable[[Path], None]] = {
+    "fixed.mha": _image(_noise(32, 32)),
+    "moving.mha": _image(_noise(32, 32, seed=1)),
+    "volume.mha": _image(_noise(8, 16, 16)),
+    "folder": lambda path: path.mkdir(),
+    "folder.tfm": lambda path: path.mkdir(),
+    "notes.txt": lambda path: path.write_text("not an image\n"),
+    "empty.nii": lambda path: path.write_bytes(b""),
+    "truncated.png": _truncated_png,
+    "zero_spacing.mha": _metaimage("NDims = 2\nDimSize = 10 10\nElementSpacing = 0 1", 100),
+    "singular.mha": _metaimage("NDims = 2\nDimSize = 10 10\nTransformMatrix = 1 0 0 0", 100),
+    "sheared.mha": _metaimage("NDims = 2\nDimSize = 10 10\nTransformMatrix = 1 0.5 0 1", 100),
+    "sheared.nii": _sheared_nifti,
+    "empty_axis.mha": _metaimage("NDims = 2\nDimSize = 0 10", 0),
+    "line.mha": _metaimage("NDims = 1\nDimSize = 5", 5),
+    "time_series.mha": _time_series,
+    "colour.png": _image((_noise(12, 10, 3) * 255).astype(np.uint8), isVector=True),
+    "vector.mha": _image(_noise(12, 10, 2), isVector=True),
+    "complex.nii": _complex,
+    "nan.mha": _image(_noise_with({(3, 4): np.nan})),
+    "inf.mha": _image(_noise_with({(3, 4): np.inf, (5, 6): -np.inf})),
+    "constant.mha": _image(np.full((9, 9), 3.0)),
+    "affine.tfm": _transform(lambda: sitk.AffineTransform(2)),
+    "affine_3d.tfm": _transform(lambda: sitk.AffineTransform(3)),
+    "bspline.tfm": _transform(_bspline),
+    "garbage.tfm": lambda path: path.write_text("not a transform\n"),
+    "pki": _pki,
+}
+# The page's upper-case path names: the files above, and outputs or paths that never exist.
+PATH_NAMES = {name.split(".")[0].upper() for name in FILES} | {
+    "OUT", "WARPED", "REPORT", "RESULTS", "MISSING"}
+PLACEHOLDER = re.compile(r"(?<![.\w])(" + "|".join(sorted(PATH_NAMES)) + r")\b")
+
+# ------------------------------------------------------------------------- the cases
+# Each row of the page, by its first cell: the files its example reads (beyond
+# fixed.mha and moving.mha, which every case has).
+
+IMAGES = {
+    "image file missing": [],
+    "directory that is not a DICOM series (FOLDER is empty)": ["folder"],
+    "unsupported format (NOTES.txt is text)": ["notes.txt"],
+    "empty file": ["empty.nii"],
+    "corrupt file (a PNG cut in half)": ["truncated.png"],
+    "zero pixel spacing in the header": ["zero_spacing.mha"],
+    "singular direction matrix in the header": ["singular.mha"],
+    "sheared (not orthonormal) direction matrix, MetaImage": ["sheared.mha"],
+    "sheared (not orthonormal) direction matrix, NIfTI": ["sheared.nii", "volume.mha"],
+    "zero-size image (an axis of 0 pixels)": ["empty_axis.mha"],
+    "1-D image": ["line.mha"],
+    "4-D image": ["time_series.mha"],
+    "colour image (RGB channels that differ)": ["colour.png"],
+    "vector image (2 components per pixel)": ["vector.mha"],
+    "complex pixels": ["complex.nii"],
+    "NaN pixel": ["nan.mha"],
+    "infinite pixels": ["inf.mha"],
+    "constant image": ["constant.mha"],
+    "constant moving image": ["constant.mha"],
+    "fixed (2-D) and moving (3-D) of different dimensions": ["volume.mha"],
+}
+OUTPUTS = {
+    "transform suffix ITK cannot write": [],
+    "transform suffix in capitals (ITK's suffixes are case-sensitive)": [],
+    "output transform's directory missing": [],
+    "output transform is a directory (FOLDER.tfm)": ["folder.tfm"],
+    "warped-image suffix ITK cannot write as float": [],
+    "warped image's directory missing": [],
+    "report's directory missing": [],
+}
+MODES = {
+    "neither --fixed nor --peer": [],
+    "both --fixed and --peer": [],
+    "--dealer without --peer": [],
+    "--peer not HOST:PORT": [],
+    "--dealer not HOST:PORT": [],
+    "--peer without TLS credentials": [],
+    "--tls-dir without the certificates (FOLDER is empty)": ["folder"],
+    "--cert that is not PEM": ["notes.txt"],
+}
+OPTIONS = {
+    "--threads 0": [],
+    "--iterations 0": [],
+    "negative --seed": [],
+    "--deadline 0": [],
+    "--shrink-factors and --smoothing-sigmas of different lengths": [],
+    "shrink factor 0": [],
+    "negative smoothing sigma": [],
+    "unknown transform": [],
+    "unknown backend": [],
+    "unknown sampling": [],
+    "--sampling-fraction 0": [],
+    "--sampling-fraction above 1": [],
+    "unknown initializer": [],
+    "bspline without --grid-spacing": [],
+    "--grid-spacing 0": [],
+    "--grid-spacing with more values than axes": [],
+    "negative --bending-weight": [],
+    "--initial-transform without bspline": ["affine.tfm"],
+    "--initial-transform missing": [],
+    "--initial-transform a directory": ["folder"],
+    "--initial-transform unreadable (GARBAGE.tfm is text)": ["garbage.tfm"],
+    "--initial-transform holding a B-spline": ["bspline.tfm"],
+    "--initial-transform of another dimension": ["affine_3d.tfm"],
+    "--backend-parameter not KEY=VALUE": [],
+    # These start the fixed party (and for spdz a dealer): the backend checks them.
+    "ckks parameter not a whole number": [],
+    "ckks security level refused": [],
+    "ckks degree refused": [],
+    "unknown ckks protocol": [],
+    "the paper's protocol with another option": [],
+    "the paper's protocol with a B-spline": [],
+    "unknown spdz provider": [],
+    "spdz's test-only provider": [],
+}
+SERVE_DEALER_PKI = {
+    "serve: --listen not HOST:PORT": [],
+    "serve: --max-sessions 0": [],
+    "serve: unknown backend": [],
+    "serve: spdz without --dealer": [],
+    "serve: --dealer not HOST:PORT": [],
+    "serve: no TLS credentials": [],
+    "serve: --tls-dir without the certificates (FOLDER is empty)": ["folder"],
+    "serve: fixed image with a NaN pixel": ["nan.mha", "pki"],
+    "dealer: --listen port out of range": [],
+    "dealer: --deadline 0": [],
+    "dealer: no TLS credentials": [],
+    "dealer: --cert that is not PEM": ["notes.txt"],
+    "pki: --days 0": [],
+    "pki: directory that is a file": ["notes.txt"],
+}
+BENCH_DEMO = {
+    "bench: --fixed without --moving": [],
+    "bench: --out is a file": ["notes.txt"],
+    "bench: fixed image with a NaN pixel": ["nan.mha"],
+    "bench: images of different dimensions": ["volume.mha"],
+    "bench: --threads 0": [],
+    "bench: --repeats 0": [],
+    "bench: --time-cap 0": [],
+    "bench: unknown sampling": [],
+    "bench: unknown backend": [],
+    "bench: unknown protocol": [],
+    "demo: unknown backend": [],
+    "demo: --threads 0": [],
+    "demo: --output-dir missing": [],
+}
+CASES: dict[str, list[str]] = {**IMAGES, **OUTPUTS, **MODES, **OPTIONS, **SERVE_DEALER_PKI,
+                               **BENCH_DEMO}
+
+# -------------------------------------------------------------------------- the page
+
+
+def _rows() -> dict[str, tuple[str, str]]:
+    """``bad input -> (example, message)`` for every table row of the page."""
+    rows: dict[str, tuple[str, str]] = {}
+    for line in DOC.read_text(encoding="utf-8").splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if not line.startswith("|") or cells[0] in ("bad input", "---"):
+            continue
+        assert len(cells) == 3, f"a row of docs/errors.md has {len(cells)} cells: {line}"
+        bad_input, example, message = cells
+        assert bad_input not in rows, f"docs/errors.md has two rows '{bad_input}'"
+        assert example.startswith("`ppir ") and example.endswith("`"), example
+        assert message.startswith("`") and message.endswith("`"), message
+        rows[bad_input] = (example.strip("`"), message.strip("`"))
+    return rows
+
+
+ROWS = _rows() if DOC.exists() else {}
+
+
+def _paths(text: str, folder: Path) -> str:
+    """Names as paths in ``folder``: ``MISSING/OUT.tfm`` is ``folder/missing/out.tfm``."""
+    def path(match: re.Match[str]) -> str:
+        inner = match.start() > 0 and text[match.start() - 1] == "/"
+        return match.group(1).lower() if inner else str(folder / match.group(1).lower())
+
+    return PLACEHOLDER.sub(path, text)
+
+
+def _files(folder: Path) -> set[Path]:
+    return set(folder.rglob("*"))
+
+
+@pytest.mark.skipif(not DOC.exists(), reason="the tests run outside the source tree")
+@pytest.mark.parametrize("bad_input", sorted(set(ROWS) | set(CASES)))
+def test_documented_message(bad_input, tmp_path, capfd):
+    assert bad_input in ROWS, f"case '{bad_input}' has no row in docs/errors.md"
+    assert bad_input in CASES, f"row '{bad_input}' of docs/errors.md has no case in this test"
+    example, message = ROWS[bad_input]
+    for name in ("fixed.mha", "moving.mha", *CASES[bad_input]):
+        FILES[name](tmp_path / name)
+    argv = [_paths(word, tmp_path) for word in shlex.split(example)[1:]]
+    before = _files(tmp_path)
+    capfd.readouterr()
+
+    status = main(argv)
+
+    err = capfd.readouterr().err
+    assert status == 2, err
+    assert err == f"ppir: error: {_paths(message, tmp_path)}\n"
+    assert _files(tmp_path) == before  # no output, and no temporary file left behind
+
