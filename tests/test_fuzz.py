@@ -968,13 +968,15 @@ def _dealer_process(pki_dir: Any) -> _Served:
 
 
 @pytest.fixture(scope="module")
-def wire(pki, tmp_path_factory):  # noqa: F811 - the fixture imported from test_two_party
+def wire(pki: Any, tmp_path_factory: Any) -> Iterator[SimpleNamespace]:  # noqa: F811
     """``ppir dealer`` and ``ppir serve`` (clear, ckks, spdz with that dealer) as processes
-    serving the fuzz image; one normal session of each kind has run."""
+    serving the fuzz image, with test_two_party's ``pki``; one normal session of each kind
+    has run."""
     image = tmp_path_factory.mktemp("fuzz") / "fixed.nrrd"
     write_image(_fixed_image(), image)
     dealer = _dealer_process(pki)
     try:
+        # test_two_party's helper runs `ppir serve ... --backends clear`: two backends more
         fixed = _Served(*_serve_process(pki, image, "ckks", "spdz", "--dealer", dealer.address,
                                         "--deadline", "5"))
     except BaseException:
@@ -1002,7 +1004,9 @@ def _registers(servers: SimpleNamespace, backend: str) -> None:
                                    smoothing_sigmas=[0.0], iterations=2)
         except ppir_itk.PeerError as error:
             if "busy" not in str(error) or time.monotonic() > give_up:
-                raise
+                told = [line for line in servers.fixed.lines if "refused" not in line][-10:]
+                raise AssertionError(f"{error}; the servers' last lines:\n" +
+                                     "\n".join(told + servers.dealer.lines[-6:])) from None
             time.sleep(0.1)
             continue
         assert result.iterations > 0
@@ -1142,6 +1146,17 @@ def test_hostile_streams_leave_both_server_processes_serving(wire):
 @pytest.mark.slow
 def test_hostile_streams_leave_both_server_processes_serving_at_volume(wire):
     _fuzz_wire(wire, 300)
+
+
+def test_a_client_gone_before_its_session_started_gives_its_slot_back(wire):
+    """Found by the wire fuzzing: a frame gRPC refuses unread ends the call before the
+    session starts; gRPC then names no peer (''), the transport's wire-counter lookup
+    raised after the session slot was taken, and ``ppir serve`` (one slot by default)
+    answered "busy" to every later session. Racy, so tried a few times."""
+    for _ in range(10):
+        _raw_stream(SimpleNamespace(address=wire.fixed.address), wire.pki,
+                    [_envelope_frame(bytes(MAX_GRPC_MESSAGE + 1))])
+        _next_session_works(wire, "clear")
 
 
 def _spdz_session_to_the_points(servers: SimpleNamespace) -> list[bytes]:

@@ -167,17 +167,21 @@ class PartyServer(abc.ABC):
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                           f"the {self.role} is busy: it serves {self.max_sessions} session(s) "
                           "at a time")
-        self.sessions_started += 1
-        number = self.sessions_started
-        channel = Channel(f"{client} (session {number})", self.deadline, self.max_envelope)
-        channel.read_from(frames)
-        wire = self._wire_counters(context)
-        endpoint = Endpoint(
-            self._new_session(client),
-            lambda: channel.counters.with_wire(wire),
-        )
-        threading.Thread(target=self._serve_session, args=(number, channel, endpoint),
-                         name=f"ppir-session-{number}", daemon=True).start()
+        try:  # the slot is given back by the session's thread, or here if it never starts
+            self.sessions_started += 1
+            number = self.sessions_started
+            channel = Channel(f"{client} (session {number})", self.deadline, self.max_envelope)
+            wire = self._wire_counters(context)
+            channel.read_from(frames)
+            endpoint = Endpoint(
+                self._new_session(client),
+                lambda: channel.counters.with_wire(wire),
+            )
+            threading.Thread(target=self._serve_session, args=(number, channel, endpoint),
+                             name=f"ppir-session-{number}", daemon=True).start()
+        except BaseException:
+            self._slots.release()
+            raise
         self.log(f"session {number} opened by {client}")
         return channel.outgoing()
 
@@ -211,9 +215,12 @@ class PartyServer(abc.ABC):
             self._slots.release()
 
     def _wire_counters(self, context: grpc.ServicerContext) -> WireCounters:
-        # The gRPC peer is our relay's upstream socket: its port finds the connection.
-        port = int(context.peer().rsplit(":", 1)[1])
-        return self._relay.counters_for(port) or WireCounters()
+        # The gRPC peer is our relay's upstream socket: its port finds the connection. A call
+        # that gRPC already ended (a refused first frame) names no peer.
+        _, _, port = context.peer().rpartition(":")
+        if not port.isdigit():
+            return WireCounters()
+        return self._relay.counters_for(int(port)) or WireCounters()
 
 
 class FixedPartyServer(PartyServer):
