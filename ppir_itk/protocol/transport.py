@@ -180,6 +180,8 @@ class PartyServer(abc.ABC):
             threading.Thread(target=self._serve_session, args=(number, channel, endpoint),
                              name=f"ppir-session-{number}", daemon=True).start()
         except BaseException:
+            if "channel" in locals():  # its heartbeat thread would otherwise linger
+                channel.close()
             self._slots.release()
             raise
         self.log(f"session {number} opened by {client}")
