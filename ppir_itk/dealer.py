@@ -57,9 +57,8 @@ from ppir_itk.protocol.messages import (
     array_to_pb,
     body,
 )
+from ppir_itk.roles import FIXED, MOVING, PARTIES
 
-MOVING, FIXED = 0, 1
-PARTIES = {"moving-party": MOVING, "fixed-party": FIXED}
 MAX_VALUES = 1 << 25  # ring elements per request (a 3-D level of 128^3 points, 5 rows, fits)
 MAX_ROWS = 16
 MAX_PENDING = 8  # batches one party may be ahead of the other, per token

@@ -33,7 +33,6 @@ budget end the session with ``Abort``; the fixed party's server lives on.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,72 +40,16 @@ from typing import Any
 import numpy as np
 
 from ppir_itk.image import GridGeometry, ImageGrid, center_of_mass
+from ppir_itk.points import SAMPLING_KINDS, PointSet, draw_points
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import (
     PROTOCOL_VERSION,
     ProtocolError,
-    array_from_pb,
     body,
-    geometry_from_pb,
     geometry_to_pb,
 )
 from ppir_itk.pyramid import Level, fixed_level_image
-from ppir_itk.sampling import URS
 from ppir_itk.wrapping.images import as_image_grid
-
-MAX_CONTROL_POINTS = 1 << 22  # a B-spline grid's points: bounds the fixed party's memory
-MAX_SPACING_RATIO = 1 << 20  # control grid vs level grid spacing: past it the map overflows
-SAMPLING_KINDS = {"none": "all", "gms-hidden": "all", "urs": "urs", "gms-revealed": "revealed"}
-
-
-@dataclass(frozen=True)
-class PointSet:
-    """The fixed-grid points a level's joint term sums over (public to both parties).
-
-    ``indices`` is ``None`` for the whole grid. ``reference`` is the point the
-    affine basis ``phi(x) = (x - reference, 1)`` is centred on. ``control`` is
-    a B-spline transform's control grid (its points' geometry), whose cubic
-    B-spline basis then replaces the affine one.
-    """
-
-    geometry: GridGeometry
-    indices: np.ndarray | None
-    control: GridGeometry | None = None
-
-    @property
-    def size(self) -> int:
-        return self.geometry.number_of_points if self.indices is None else int(self.indices.size)
-
-    @property
-    def reference(self) -> np.ndarray:
-        return self.geometry.center()
-
-
-def draw_points(geometry: GridGeometry, level: int, request: pb.SelectPoints,
-                fraction: float, seed: int) -> PointSet:
-    """The point set a ``SelectPoints`` request stands for (either party computes it)."""
-    control = None
-    if request.HasField("control_grid"):
-        control = geometry_from_pb(request.control_grid)
-        # An exact count (GridGeometry's int64 product can wrap round to a small one), and
-        # spacings not absurdly far from the level grid's (the index map would overflow).
-        if control.dimension != geometry.dimension or min(control.size) < 4 or \
-                math.prod(control.size) > MAX_CONTROL_POINTS or \
-                min(control.spacing) * MAX_SPACING_RATIO < min(geometry.spacing) or \
-                max(control.spacing) > MAX_SPACING_RATIO * max(geometry.spacing):
-            raise ProtocolError("the B-spline control grid does not fit the level grid")
-    if request.kind == "all":
-        return PointSet(geometry, None, control)
-    if request.kind == "urs":
-        return PointSet(geometry, URS(fraction, seed).draw(geometry.number_of_points, level),
-                        control)
-    indices = array_from_pb(request.indices, max_elements=geometry.number_of_points)
-    if indices.ndim != 1 or indices.dtype != np.int64 or indices.size == 0:
-        raise ProtocolError("the revealed sample indices are not a list of grid indices")
-    if indices.min() < 0 or indices.max() >= geometry.number_of_points:
-        raise ProtocolError("a revealed sample index lies outside the level grid")
-    return PointSet(geometry, indices, control)
-
 
 # Each evaluation gives the moving party a few linear measurements of J (d(d+1) + 2 for
 # an affine, d K + 2 for a B-spline of K control points; docs/privacy.md). 1,000 covers
@@ -125,11 +68,6 @@ class FixedPolicy:
     allow_center_of_mass: bool = True
     dealer: Any = None  # SPDZ: token -> DealerClient, to the dealer the operator trusts
     single_process: bool = False  # both parties in one process (tests): allows provider=tfp
-
-
-@dataclass
-class _LevelStats:
-    seconds: float = 0.0
 
 
 @dataclass

@@ -36,9 +36,9 @@ from ppir_itk import _kernels
 from ppir_itk.backends import JointTermBackend, MovingFields, make_backend
 from ppir_itk.bspline import BSplineTransform
 from ppir_itk.errors import InputError
-from ppir_itk.fixed_party import PointSet
 from ppir_itk.image import GridGeometry, ImageGrid
 from ppir_itk.parallel import for_chunks, sum_chunks
+from ppir_itk.points import PointSet
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import array_to_pb, geometry_to_pb
 from ppir_itk.protocol.session import Session

@@ -248,7 +248,7 @@ def test_a_b_spline_needs_a_grid_spacing(deformed_slice):
 
 def test_the_ckks_map_mod_t_is_exact():
     from ppir_itk.backends.ckks import map_mod_t
-    from ppir_itk.fixed_party import PointSet
+    from ppir_itk.points import PointSet
 
     grid = _grid(2, seed=9)
     control = BSplineTransform.over(grid, 4.0).control_grid

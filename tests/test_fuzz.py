@@ -71,9 +71,10 @@ from ppir_itk.dealer import (
     local_dealer,
     open_dealer,
 )
-from ppir_itk.fixed_party import SAMPLING_KINDS, FixedPartySession, FixedPolicy
+from ppir_itk.fixed_party import FixedPartySession, FixedPolicy
 from ppir_itk.image import ImageGrid
 from ppir_itk.phantoms import head_phantom
+from ppir_itk.points import SAMPLING_KINDS
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import (
     DEFAULT_MAX_ENVELOPE,

@@ -15,11 +15,11 @@ import ppir_itk
 from ppir_itk.backends.crypten_compat import CONVERTER, acting_as, load_crypten
 from ppir_itk.backends.spdz import ring_basis
 from ppir_itk.backends.spdz_shares import MailboxCommunicator
-from ppir_itk.dealer import FIXED, MOVING
 from ppir_itk.evaluation import displacement_rmse
 from ppir_itk.protocol.local import spawn_fixed_party
 from ppir_itk.protocol.messages import ProtocolError
 from ppir_itk.protocol.transport import FixedPartyServer
+from ppir_itk.roles import FIXED, MOVING
 
 AFFINE = [1.03, 0.04, -0.05, 0.98, 1.5, -2.0]
 CRYPTO_PRECISION = 1e-3  # voxel: fixed-point with >= 14 bits per factor, exact ring sums
@@ -110,8 +110,8 @@ def test_a_share_of_the_wrong_shape_is_refused():
 
 def test_fixed_point_bits_keep_every_sum_in_the_ring():
     from ppir_itk.bspline import BSplineTransform, points_per_control_point
-    from ppir_itk.fixed_party import PointSet
     from ppir_itk.image import GridGeometry
+    from ppir_itk.points import PointSet
 
     for size in ((64, 64), (256, 222), (128, 128, 128)):
         d = len(size)

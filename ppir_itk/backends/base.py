@@ -34,8 +34,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ppir_itk.errors import InputError
-from ppir_itk.fixed_party import PointSet, draw_points
 from ppir_itk.image import GridGeometry
+from ppir_itk.points import PointSet, draw_points
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import PROTOCOL_VERSION, geometry_from_pb
 from ppir_itk.protocol.session import Session

@@ -70,7 +70,7 @@ from ppir_itk.backends.base import (
 )
 from ppir_itk.bspline import WEIGHT_BITS, points_per_control_point, scatter_ring
 from ppir_itk.errors import InputError
-from ppir_itk.fixed_party import PointSet
+from ppir_itk.points import PointSet
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import ProtocolError, array_from_pb, array_to_pb
 

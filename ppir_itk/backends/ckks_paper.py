@@ -28,7 +28,7 @@ import numpy as np
 from ppir_itk.backends.base import FixedSide, JointTerm, JointTermBackend, MovingFields
 from ppir_itk.backends.ckks import pack, unpack
 from ppir_itk.errors import InputError
-from ppir_itk.fixed_party import PointSet
+from ppir_itk.points import PointSet
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import ProtocolError, array_from_pb, array_to_pb
 

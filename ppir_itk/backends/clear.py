@@ -16,8 +16,8 @@ import numpy as np
 from ppir_itk import _kernels
 from ppir_itk.backends.base import FixedSide, JointTerm, JointTermBackend, MovingFields
 from ppir_itk.bspline import scatter
-from ppir_itk.fixed_party import PointSet
 from ppir_itk.parallel import sum_chunks
+from ppir_itk.points import PointSet
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import ProtocolError, array_from_pb, array_to_pb
 

@@ -82,12 +82,12 @@ from ppir_itk.backends.base import (
     exponent,
 )
 from ppir_itk.bspline import WEIGHT_BITS, points_per_control_point, scatter_ring
-from ppir_itk.dealer import FIXED, MOVING
 from ppir_itk.errors import InputError
-from ppir_itk.fixed_party import PointSet
+from ppir_itk.points import PointSet
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.channel import PeerError
 from ppir_itk.protocol.messages import ProtocolError
+from ppir_itk.roles import FIXED, MOVING
 
 LEVEL, ITERATION = "spdz.level", "spdz.iteration"
 PROVIDERS = ("dealer", "tfp")

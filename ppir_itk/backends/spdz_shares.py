@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 from ppir_itk.backends.crypten_compat import acting_as, load_crypten
-from ppir_itk.dealer import FIXED, MOVING, DealerClient
+from ppir_itk.dealer import DealerClient
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import ProtocolError, array_from_pb, array_to_pb
+from ppir_itk.roles import FIXED, MOVING
 
 crypten = load_crypten()
 Communicator = crypten.communicator.Communicator

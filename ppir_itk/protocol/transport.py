@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import grpc
 
-from ppir_itk.dealer import PARTIES, DealerSession, TriplePool, open_dealer
+from ppir_itk.dealer import DealerSession, TriplePool, open_dealer
 from ppir_itk.fixed_party import DEFAULT_EVALUATION_BUDGET, FixedPartySession, FixedPolicy
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.channel import Channel, PeerError
@@ -31,6 +31,7 @@ from ppir_itk.protocol.messages import DEFAULT_MAX_ENVELOPE, MAX_GRPC_MESSAGE
 from ppir_itk.protocol.relay import Relay, WireCounters
 from ppir_itk.protocol.session import Endpoint
 from ppir_itk.protocol.tls import TLS
+from ppir_itk.roles import PARTIES
 
 METHOD = "/ppir.v1.FixedParty/Session"
 DEFAULT_SESSION_LIMIT = 4 * 3600.0  # seconds: far past any registration ppir runs
