@@ -66,7 +66,7 @@ def ours(fixed, moving, transform):
             "clear", session=ppir_itk.in_process_session(fixed))
     metric.SetMovingImage(moving)
     metric.SetTransform(transform)
-    metric.backend.start(LevelSchedule.from_lists([1], [0.0]), ppir_itk.NoSampling())
+    metric.moving_party.start(LevelSchedule.from_lists([1], [0.0]), ppir_itk.NoSampling())
     metric.initialize_level(0, Level(1, 0.0), None)
     return metric.evaluate
 

@@ -258,7 +258,8 @@ class _Pair:
 
     def __init__(self, count: int) -> None:
         from ppir_itk.backends.spdz_shares import MailboxCommunicator, SharedProducts
-        from ppir_itk.dealer import TriplePool, local_dealer
+        from ppir_itk.compose import local_dealer
+        from ppir_itk.dealer import TriplePool
         from ppir_itk.roles import FIXED, MOVING
 
         token = os.urandom(32)
@@ -295,9 +296,11 @@ def spdz_rows(repeats: int) -> tuple[str, list[Row]]:
     """The SPDZ backend's share arithmetic, dealer and openings."""
     from ppir_itk.backends.crypten_compat import acting_as, load_crypten
     from ppir_itk.backends.spdz import ring_basis
-    from ppir_itk.dealer import SEED_BYTES, TriplePool, expand, local_dealer
+    from ppir_itk.compose import local_dealer
+    from ppir_itk.dealer import TriplePool
     from ppir_itk.image import GridGeometry
     from ppir_itk.points import PointSet
+    from ppir_itk.randomness import SEED_BYTES, expand
     from ppir_itk.roles import MOVING
 
     shared = load_crypten().mpc.primitives.ArithmeticSharedTensor

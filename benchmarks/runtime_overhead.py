@@ -25,8 +25,8 @@ import warnings
 from pathlib import Path
 
 import ppir_itk
-from ppir_itk.protocol.local import spawn_fixed_party
-from ppir_itk.protocol.session import RemoteSession, in_process_session
+from ppir_itk.compose import in_process_session, spawn_fixed_party
+from ppir_itk.protocol.session import RemoteSession
 from ppir_itk.registration import register_with
 from ppir_itk.wrapping.images import as_image_grid
 

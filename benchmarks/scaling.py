@@ -116,7 +116,7 @@ def run_one(label: str, side: int, iterations: int, deadline: float) -> dict[str
     marks: dict[str, Any] = {}
 
     def mark(name: str) -> Any:
-        return lambda method: marks.__setitem__(name, method.metric.backend.session.counters())
+        return lambda method: marks.__setitem__(name, method.metric.moving_party.counters())
 
     start = time.perf_counter()
     result = ppir_itk.register(

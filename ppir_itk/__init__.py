@@ -14,48 +14,66 @@ serve, connect, register_with
     TLS) and its registration against it.
 ImageRegistrationMethod, PrivateMeanSquaresImageToImageMetric, GaussNewtonOptimizer
     The ITK-style pieces (metric / optimizer / method).
-FixedPartySession, in_process_session
-    The fixed party's side of a session; a session with it in this process.
+FixedPartySession, MovingPartySession, in_process_session
+    Each party's side of a session; a session with the fixed party in this process.
 NoSampling, URS, GMS
     Sampling strategies.
 BSplineTransform
     ITK's cubic B-spline transform, for non-linear registration.
+Importing the package is cheap: each name loads its module (and that module's
+heavy dependencies: ITK, gRPC, TenSEAL, CrypTen) the first time it is used.
 """
 
-from ppir_itk.backends import BACKENDS, InsecureBackendWarning, make_backend
-from ppir_itk.bspline import BSplineTransform
-from ppir_itk.errors import InputError
-from ppir_itk.events import Event
-from ppir_itk.fixed_party import FixedPartySession, FixedPolicy
-from ppir_itk.image import GridGeometry, ImageGrid
-from ppir_itk.metric import PrivateMeanSquaresImageToImageMetric
-from ppir_itk.optimizer import GaussNewtonOptimizer, StopCondition
-from ppir_itk.protocol.channel import PeerError
-from ppir_itk.protocol.session import connect, in_process_session
-from ppir_itk.protocol.tls import TLS, init_pki
-from ppir_itk.protocol.transport import FixedPartyServer, serve
-from ppir_itk.registration import (
-    ImageRegistrationMethod,
-    RegistrationResult,
-    register,
-    register_with,
-    resample,
-)
-from ppir_itk.sampling import GMS, URS, NoSampling
-from ppir_itk.transforms import TRANSFORM_KINDS, LinearTransform, make_transform
+from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ppir_itk._version import __version__
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "BACKENDS": "ppir_itk.backends",
+    "InsecureBackendWarning": "ppir_itk.backends",
+    "BSplineTransform": "ppir_itk.bspline",
+    "connect": "ppir_itk.compose",
+    "in_process_session": "ppir_itk.compose",
+    "serve": "ppir_itk.compose",
+    "InputError": "ppir_itk.errors",
+    "Event": "ppir_itk.events",
+    "FixedPartyServer": "ppir_itk.fixed_party",
+    "FixedPartySession": "ppir_itk.fixed_party",
+    "GridGeometry": "ppir_itk.image",
+    "ImageGrid": "ppir_itk.image",
+    "PrivateMeanSquaresImageToImageMetric": "ppir_itk.metric",
+    "MovingPartySession": "ppir_itk.moving_party",
+    "GaussNewtonOptimizer": "ppir_itk.optimizer",
+    "StopCondition": "ppir_itk.optimizer",
+    "FixedPolicy": "ppir_itk.policy",
+    "PeerError": "ppir_itk.protocol.channel",
+    "TLS": "ppir_itk.protocol.tls",
+    "init_pki": "ppir_itk.protocol.tls",
+    "ImageRegistrationMethod": "ppir_itk.registration",
+    "RegistrationResult": "ppir_itk.registration",
+    "register": "ppir_itk.registration",
+    "register_with": "ppir_itk.registration",
+    "resample": "ppir_itk.registration",
+    "GMS": "ppir_itk.sampling",
+    "NoSampling": "ppir_itk.sampling",
+    "URS": "ppir_itk.sampling",
+    "LinearTransform": "ppir_itk.transforms",
+    "TRANSFORM_KINDS": "ppir_itk.transforms",
+    "make_transform": "ppir_itk.transforms",
+}
 
 __all__ = [
     "BACKENDS",
     "BSplineTransform",
-    "GMS",
-    "TRANSFORM_KINDS",
-    "URS",
     "Event",
     "FixedPartyServer",
     "FixedPartySession",
     "FixedPolicy",
+    "GMS",
     "GaussNewtonOptimizer",
     "GridGeometry",
     "ImageGrid",
@@ -63,19 +81,60 @@ __all__ = [
     "InputError",
     "InsecureBackendWarning",
     "LinearTransform",
+    "MovingPartySession",
     "NoSampling",
     "PeerError",
     "PrivateMeanSquaresImageToImageMetric",
     "RegistrationResult",
     "StopCondition",
     "TLS",
+    "TRANSFORM_KINDS",
+    "URS",
+    "__version__",
     "connect",
     "in_process_session",
     "init_pki",
-    "make_backend",
     "make_transform",
     "register",
     "register_with",
     "resample",
     "serve",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ppir_itk' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # the next lookup does not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+if TYPE_CHECKING:  # what type checkers and editors see
+    from ppir_itk.backends import BACKENDS, InsecureBackendWarning
+    from ppir_itk.bspline import BSplineTransform
+    from ppir_itk.compose import connect, in_process_session, serve
+    from ppir_itk.errors import InputError
+    from ppir_itk.events import Event
+    from ppir_itk.fixed_party import FixedPartyServer, FixedPartySession
+    from ppir_itk.image import GridGeometry, ImageGrid
+    from ppir_itk.metric import PrivateMeanSquaresImageToImageMetric
+    from ppir_itk.moving_party import MovingPartySession
+    from ppir_itk.optimizer import GaussNewtonOptimizer, StopCondition
+    from ppir_itk.policy import FixedPolicy
+    from ppir_itk.protocol.channel import PeerError
+    from ppir_itk.protocol.tls import TLS, init_pki
+    from ppir_itk.registration import (
+        ImageRegistrationMethod,
+        RegistrationResult,
+        register,
+        register_with,
+        resample,
+    )
+    from ppir_itk.sampling import GMS, URS, NoSampling
+    from ppir_itk.transforms import TRANSFORM_KINDS, LinearTransform, make_transform

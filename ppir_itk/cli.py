@@ -23,7 +23,7 @@ from typing import Any
 
 from ppir_itk.bench import SOLUTIONS as BENCH_SOLUTIONS
 from ppir_itk.errors import InputError
-from ppir_itk.fixed_party import DEFAULT_EVALUATION_BUDGET
+from ppir_itk.policy import DEFAULT_EVALUATION_BUDGET
 from ppir_itk.protocol.channel import PeerError
 from ppir_itk.protocol.transport import DEFAULT_SESSION_LIMIT
 
@@ -345,7 +345,7 @@ def _check_backend_parameters(args: argparse.Namespace, parameters: dict[str, st
 
 def _run_with_peer(args: argparse.Namespace) -> tuple[Any, Any]:
     """The moving party alone: the fixed party is 'ppir serve' at --peer."""
-    from ppir_itk.protocol.session import connect
+    from ppir_itk.compose import connect
     from ppir_itk.registration import register_with
     from ppir_itk.wrapping.images import as_image_grid
 
@@ -368,7 +368,7 @@ def _run_with_peer(args: argparse.Namespace) -> tuple[Any, Any]:
 
 def _serve(args: argparse.Namespace) -> int:
     from ppir_itk.backends import check_backend_name
-    from ppir_itk.protocol.transport import serve
+    from ppir_itk.compose import serve
     from ppir_itk.wrapping.images import as_image_grid
 
     _address("--listen", args.listen)
@@ -389,7 +389,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _dealer(args: argparse.Namespace) -> int:
-    from ppir_itk.protocol.transport import serve_dealer
+    from ppir_itk.compose import serve_dealer
 
     _address("--listen", args.listen)
     if args.max_sessions < 1 or args.deadline <= 0 or args.session_limit <= 0:

@@ -39,24 +39,19 @@ mask, mask rows)                c0; fixed party, c1
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from ppir_itk.dealer_client import mask_values, moving_triples
 from ppir_itk.protocol import ppir_pb2 as pb
-from ppir_itk.protocol.messages import (
-    PROTOCOL_VERSION,
-    ProtocolError,
-    array_from_pb,
-    array_to_pb,
-    body,
-)
+from ppir_itk.protocol.messages import PROTOCOL_VERSION, ProtocolError, array_to_pb, body
+from ppir_itk.protocol.tls import TLS
+from ppir_itk.protocol.transport import PartyServer
+from ppir_itk.randomness import secret_seed
 from ppir_itk.roles import FIXED, MOVING, PARTIES
 
 MAX_VALUES = 1 << 25  # ring elements per request (a 3-D level of 128^3 points, 5 rows, fits)
@@ -64,26 +59,6 @@ MAX_ROWS = 16
 MAX_PENDING = 8  # batches one party may be ahead of the other, per token
 MASKS_KEPT = 2  # per token: the current level's mask and the one before
 TOKEN_BYTES = (16, 64)
-SEED_BYTES = 32
-
-
-def expand(seed: bytes, count: int) -> np.ndarray:
-    """``count`` uniform int64 values (ring Z_2^64) from a 32-byte seed: AES-256-CTR keystream."""
-    if len(seed) != SEED_BYTES:
-        raise ProtocolError(f"a seed must be {SEED_BYTES} bytes")
-    encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
-    return np.frombuffer(encryptor.update(bytes(8 * count)), dtype=np.int64)
-
-
-def mask_values(seed: bytes, rows: int, count: int) -> np.ndarray:
-    """The fixed party's mask b, shape ``(rows, count)``."""
-    return expand(seed, rows * count).reshape(rows, count)
-
-
-def moving_triples(seed: bytes, rows: int, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """The moving party's ``(a, c0)``, each ``(rows, count)``."""
-    stream = expand(seed, 2 * rows * count).reshape(2, rows, count)
-    return stream[0], stream[1]
 
 
 @dataclass
@@ -112,7 +87,7 @@ class TriplePool:
             kept = self._masks.setdefault(token, {})
             if int(request.sequence) in kept:
                 raise ProtocolError(f"mask {request.sequence} was already dealt")
-            seed = os.urandom(SEED_BYTES)
+            seed = secret_seed()
             kept[int(request.sequence)] = mask_values(seed, rows, count).view(np.uint64)
             for old in sorted(kept)[:-MASKS_KEPT]:
                 del kept[old]
@@ -136,7 +111,7 @@ class TriplePool:
                 if mask is None or mask.shape[1] != count or max(request.mask_rows) >= len(mask):
                     raise ProtocolError(f"triples asked for mask {request.mask_sequence}, which "
                                         "the dealer does not hold in that size")
-                batch = _Batch(asked, os.urandom(SEED_BYTES), mask[list(request.mask_rows)])
+                batch = _Batch(asked, secret_seed(), mask[list(request.mask_rows)])
                 self._batches[key] = batch
                 self.values_dealt += rows * count
             if batch.request != asked:
@@ -212,71 +187,22 @@ class DealerSession:
             self.seconds += time.perf_counter() - start
 
 
-class DealerClient:
-    """A party's session with the dealer.
+class DealerServer(PartyServer):
+    """``ppir dealer``: Beaver triples for both parties of SPDZ sessions."""
 
-    Parameters
-    ----------
-    session : Session
-        A session whose peer is the dealer: ``RemoteSession`` to ``ppir dealer``
-        (:func:`open_dealer`) or, in one process, a ``LocalSession`` on a
-        :class:`DealerSession`.
-    token : bytes
-        The registration session's token, the same for both parties.
-    """
+    service = "ppir.v1.Dealer"
+    role = "dealer"
+    client_names = tuple(PARTIES)
 
-    def __init__(self, session: Any, token: bytes) -> None:
-        self.session = session
-        welcome = session.request(pb.Envelope(dealer_hello=pb.DealerHello(
-            protocol_version=PROTOCOL_VERSION, session_token=token)), "dealer_welcome")
-        self.party = welcome.dealer_welcome.party
-        self.closed: pb.Closed | None = None
+    def __init__(self, listen: str, tls: TLS, *, max_sessions: int = 8, **options: Any) -> None:
+        self.pool = TriplePool()
+        super().__init__(listen, tls, max_sessions=max_sessions, **options)
 
-    def masks(self, sequence: int, rows: int, count: int) -> np.ndarray:
-        """The fixed party's mask ``sequence`` (int64, ``(rows, count)``)."""
-        reply = self.session.request(pb.Envelope(mask_request=pb.MaskRequest(
-            sequence=sequence, rows=rows, count=count)), "masks").masks
-        return mask_values(reply.seed, rows, count)
+    def _new_session(self, client_name: str) -> DealerSession:
+        return DealerSession(self.pool, client_name)
 
-    def post_triples(self, sequence: int, count: int, mask_sequence: int,
-                     mask_rows: list[int]) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
-        """Ask for triple batch ``sequence`` now; the returned call waits for this party's
-        part, each ``(len(mask_rows), count)``: ``(a, c0)`` for the moving party,
-        ``(None, c1)`` for the fixed party."""
-        answer = self.session.post(pb.Envelope(triple_request=pb.TripleRequest(
-            sequence=sequence, count=count, mask_sequence=mask_sequence, mask_rows=mask_rows)))
-        rows = len(mask_rows)
-
-        def shares() -> tuple[np.ndarray | None, np.ndarray]:
-            reply = answer("triples").triples
-            if self.party == MOVING:
-                return moving_triples(reply.seed, rows, count)
-            c = array_from_pb(reply.c, max_elements=rows * count)
-            if c.shape != (rows, count) or c.dtype != np.int64:
-                raise ProtocolError("the dealer's shares do not fit the request")
-            return None, c
-
-        return shares
-
-    def close(self) -> pb.Closed:
-        """End the session; the dealer's own accounting of it."""
-        if self.closed is None:
-            self.closed = self.session.close()
-        return self.closed
-
-
-def local_dealer(pool: TriplePool, party_name: str) -> Callable[[bytes], DealerClient]:
-    """Sessions with a dealer living in this process (single-process runs and tests)."""
-    from ppir_itk.protocol.session import LocalSession
-
-    return lambda token: DealerClient(
-        LocalSession(DealerSession(pool, party_name), peer="dealer (in-process)"), token)
-
-
-def open_dealer(target: str, tls: Any, token: bytes, *, deadline: float = 60.0,
-                server_name: str = "dealer") -> DealerClient:
-    """This party's session with ``ppir dealer`` at ``target`` (``HOST:PORT``)."""
-    from ppir_itk.protocol.session import RemoteSession
-
-    return DealerClient(RemoteSession(target, tls, deadline=deadline, server_name=server_name,
-                                      service="ppir.v1.Dealer", role="dealer"), token)
+    def _ended(self, session: DealerSession, clean: bool) -> None:
+        # Both parties are done with a token once either ends: a clean end comes after the
+        # last iteration, an unclean one ends the registration.
+        if session.token is not None:
+            self.pool.forget(session.token)

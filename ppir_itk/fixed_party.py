@@ -33,14 +33,18 @@ budget end the session with ``Abort``; the fixed party's server lives on.
 
 from __future__ import annotations
 
+import importlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from ppir_itk.backends import make_fixed_side
+from ppir_itk.backends.base import FixedSide
 from ppir_itk.image import GridGeometry, ImageGrid, center_of_mass
 from ppir_itk.points import SAMPLING_KINDS, PointSet, draw_points
+from ppir_itk.policy import FixedPolicy
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import (
     PROTOCOL_VERSION,
@@ -48,26 +52,11 @@ from ppir_itk.protocol.messages import (
     body,
     geometry_to_pb,
 )
+from ppir_itk.protocol.tls import TLS
+from ppir_itk.protocol.transport import PartyServer
 from ppir_itk.pyramid import Level, fixed_level_image
+from ppir_itk.roles import MOVING_PARTY
 from ppir_itk.wrapping.images import as_image_grid
-
-# Each evaluation gives the moving party a few linear measurements of J (d(d+1) + 2 for
-# an affine, d K + 2 for a B-spline of K control points; docs/privacy.md). 1,000 covers
-# the registrations ppir offers (an evaluation per iteration and one per level: 4 levels
-# of 100 iterations need 404) and keeps an affine session's measurements to 8,000.
-DEFAULT_EVALUATION_BUDGET = 1000
-
-
-@dataclass
-class FixedPolicy:
-    """What the fixed party's operator allows."""
-
-    backends: tuple[str, ...] = ("ckks",)  # private only, unless the operator adds "clear"
-    evaluation_budget: int = DEFAULT_EVALUATION_BUDGET
-    max_levels: int = 10
-    allow_center_of_mass: bool = True
-    dealer: Any = None  # SPDZ: token -> DealerClient, to the dealer the operator trusts
-    single_process: bool = False  # both parties in one process (tests): allows provider=tfp
 
 
 @dataclass
@@ -89,7 +78,7 @@ class FixedPartySession:
     def __post_init__(self) -> None:
         self.image = as_image_grid(self.image, name="fixed image")
         self.hello: pb.Hello | None = None
-        self.backend_side: Any = None
+        self.backend_side: FixedSide | None = None
         self.level_index = -1
         self.level_image: ImageGrid | None = None
         self.points: PointSet | None = None
@@ -136,8 +125,6 @@ class FixedPartySession:
 
     # -- the requests, in the order a session makes them ---------------------------------
     def _on_hello(self, hello: pb.Hello) -> pb.Envelope:
-        from ppir_itk.backends import make_fixed_side
-
         if self.hello is not None:
             raise ProtocolError("a second 'hello' arrived")
         if hello.protocol_version != PROTOCOL_VERSION:
@@ -224,3 +211,31 @@ class FixedPartySession:
             learned=learned,
             dealer=dealer,
         ))
+
+
+class FixedPartyServer(PartyServer):
+    """``ppir serve``: the fixed party's server (see :class:`PartyServer`).
+
+    ``fixed`` is loaded once and used by every session; ``policy`` says which
+    backends are offered, the evaluation budget and the level limit.
+    """
+
+    service = "ppir.v1.FixedParty"
+    role = "fixed party"
+    client_names = (MOVING_PARTY,)
+
+    def __init__(self, fixed: Any, listen: str, tls: TLS, *, policy: FixedPolicy | None = None,
+                 **options: Any) -> None:
+        self.image = as_image_grid(fixed, name="fixed image")
+        self.policy = policy or FixedPolicy()
+        if "spdz" in self.policy.backends:
+            # CrypTen's import (seconds) at start-up, not in the first session's time.
+            importlib.import_module("ppir_itk.backends.spdz_shares")
+        super().__init__(listen, tls, **options)
+
+    def _new_session(self, client_name: str) -> FixedPartySession:
+        return FixedPartySession(self.image, self.policy)
+
+    def _ended(self, session: FixedPartySession, clean: bool) -> None:
+        if not clean:  # the moving party vanished or failed: release its dealer session too
+            session.abandon()

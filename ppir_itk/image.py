@@ -115,14 +115,6 @@ class GridGeometry:
         """Physical centre of the grid (middle of the first and last pixel centres)."""
         return self.physical_points((np.asarray(self.size, dtype=np.float64) - 1.0) / 2.0)
 
-    def to_dict(self) -> dict[str, list]:
-        return {
-            "size": list(self.size),
-            "spacing": list(self.spacing),
-            "origin": list(self.origin),
-            "direction": list(self.direction),
-        }
-
 
 class ImageGrid:
     """Pixels (NumPy order) and geometry (ITK order) of one party's image.

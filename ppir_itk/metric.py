@@ -33,14 +33,13 @@ from typing import Any
 import numpy as np
 
 from ppir_itk import _kernels
-from ppir_itk.backends import JointTermBackend, MovingFields, make_backend
+from ppir_itk.backends import MovingFields
 from ppir_itk.bspline import BSplineTransform
 from ppir_itk.errors import InputError
 from ppir_itk.image import GridGeometry, ImageGrid
+from ppir_itk.moving_party import MovingPartySession
 from ppir_itk.parallel import for_chunks, sum_chunks
 from ppir_itk.points import PointSet
-from ppir_itk.protocol import ppir_pb2 as pb
-from ppir_itk.protocol.messages import array_to_pb, geometry_to_pb
 from ppir_itk.protocol.session import Session
 from ppir_itk.pyramid import Level, moving_level_image
 from ppir_itk.sampling import GMS, URS, NoSampling
@@ -63,11 +62,14 @@ class PrivateMeanSquaresImageToImageMetric:
 
     Parameters
     ----------
-    backend : str or JointTermBackend
-        The joint-term backend, or its name (``"ckks"``; ``"clear"`` is NOT private).
+    backend : str or MovingPartySession
+        The joint-term backend's name (``"ckks"``; ``"clear"`` is NOT private), or
+        the moving party's session already made with one.
     session : Session, optional
         The session with the fixed party (:func:`ppir_itk.connect` or
         :func:`ppir_itk.in_process_session`), when ``backend`` is a name.
+    backend_parameters : dict, optional
+        The backend's parameters, when ``backend`` is a name.
     bending_energy_weight : float
         B-spline transforms only: ``w`` in ``value + w var(I) theta^T E theta / |Omega|``,
         with ``E`` the thin-plate bending energy of the deformation
@@ -79,8 +81,9 @@ class PrivateMeanSquaresImageToImageMetric:
         spacing is a strong regulariser.
     """
 
-    def __init__(self, backend: str | JointTermBackend = "ckks",
+    def __init__(self, backend: str | MovingPartySession = "ckks",
                  session: Session | None = None, *,
+                 backend_parameters: dict[str, str] | None = None,
                  bending_energy_weight: float = 0.0) -> None:
         if not bending_energy_weight >= 0:
             raise InputError(f"the bending-energy weight must be >= 0, got "
@@ -89,8 +92,8 @@ class PrivateMeanSquaresImageToImageMetric:
         if isinstance(backend, str):
             if not isinstance(session, Session):
                 raise InputError(f"backend '{backend}' needs a session with the fixed party")
-            backend = make_backend(backend, session)
-        self.backend = backend
+            backend = MovingPartySession(session, backend, backend_parameters)
+        self.moving_party = backend
         self._moving: ImageGrid | None = None
         self._transform: LinearTransform | None = None
         self._level: _LevelData | None = None
@@ -125,9 +128,9 @@ class PrivateMeanSquaresImageToImageMetric:
 
     @property
     def fixed_geometry(self) -> GridGeometry:
-        if self.backend.fixed_geometry is None:
+        if self.moving_party.fixed_geometry is None:
             raise RuntimeError("the session has not started: the fixed geometry is unknown")
-        return self.backend.fixed_geometry
+        return self.moving_party.fixed_geometry
 
     def initialize_level(self, level_index: int, level: Level, sampling: Any) -> PointSet:
         """Open a level with the fixed party and agree its point set."""
@@ -138,33 +141,30 @@ class PrivateMeanSquaresImageToImageMetric:
                 f"the fixed image is {self.fixed_geometry.dimension}-D and the moving image is "
                 f"{self._moving.dimension}-D; both must have the same dimension"
             )
-        fixed_level_ready = self.backend.begin_level(level_index)
+        fixed_level_ready = self.moving_party.begin_level(level_index)
         moving = moving_level_image(self._moving, level)  # while the fixed party does its own
         gradient = np.empty(moving.array.shape + (moving.dimension,))
         _kernels.central_gradient(moving.array, gradient)
         fixed_level = fixed_level_ready()
         self._level = _LevelData(moving, gradient, PointSet(fixed_level, None), None)
 
-        private_sample = None
-        if isinstance(sampling, NoSampling) or sampling is None:
-            request = pb.SelectPoints(kind="all")
-        elif isinstance(sampling, URS):
-            request = pb.SelectPoints(kind="urs")
-        elif isinstance(sampling, GMS):
+        private_sample, revealed = None, None
+        if isinstance(sampling, GMS):
             magnitude = np.linalg.norm(self._warp()[1], axis=1)
             drawn = sampling.draw(magnitude, level_index)
             if sampling.reveal_indices:
-                request = pb.SelectPoints(kind="revealed", indices=array_to_pb(drawn))
+                revealed = drawn
             else:
-                request = pb.SelectPoints(kind="all")
                 private_sample = np.zeros(fixed_level.number_of_points, dtype=np.uint8)
                 private_sample[drawn] = 1
-        else:
+        elif not (sampling is None or isinstance(sampling, NoSampling | URS)):
             raise InputError(f"unknown sampling {sampling!r}")
         transform = self.GetTransform()
+        control_grid = None
         if isinstance(transform, BSplineTransform):  # the basis both parties will use
-            request.control_grid.CopyFrom(geometry_to_pb(transform.control_grid))
-        points = self.backend.use_points(fixed_level, request)
+            control_grid = transform.control_grid
+        points = self.moving_party.select_points(fixed_level, revealed=revealed,
+                                                 control_grid=control_grid)
         self._level = _LevelData(moving, gradient, points, private_sample)
         return points
 
@@ -215,7 +215,7 @@ class PrivateMeanSquaresImageToImageMetric:
                              self.bending_energy_weight * self._moving_variance)
         gradient = jacobian.parameter_gradient(gradient)
         coefficients = jacobian.coefficients()
-        joint = self.backend.joint_term(MovingFields(gradient, values, valid, coefficients))
+        joint = self.moving_party.joint_term(MovingFields(gradient, values, valid, coefficients))
         joint_r = (joint.parameter_term if joint.parameter_term is not None
                    else jacobian.from_moments(joint.moments))
         # Not np.dot: BLAS would start threads that spin against the other party's process.

@@ -38,16 +38,16 @@ from typing import Any
 import numpy as np
 
 from ppir_itk import parallel
-from ppir_itk.backends import make_backend
 from ppir_itk.bspline import BSplineTransform
+from ppir_itk.compose import connect, in_process_session, spawn_fixed_party
 from ppir_itk.errors import InputError
 from ppir_itk.events import Event, Observable
-from ppir_itk.fixed_party import FixedPolicy
 from ppir_itk.image import GridGeometry, ImageGrid, center_of_mass
 from ppir_itk.metric import PrivateMeanSquaresImageToImageMetric
+from ppir_itk.moving_party import MovingPartySession
 from ppir_itk.optimizer import GaussNewtonOptimizer
+from ppir_itk.policy import FixedPolicy
 from ppir_itk.protocol.channel import Counters
-from ppir_itk.protocol.session import LocalSession, in_process_session
 from ppir_itk.pyramid import LevelSchedule
 from ppir_itk.sampling import NoSampling, make_sampling
 from ppir_itk.transforms import LinearTransform, make_transform
@@ -256,7 +256,7 @@ class ImageRegistrationMethod(Observable):
         return result
 
     def _run(self) -> RegistrationResult:
-        metric, backend = self.metric, self.metric.backend
+        metric, moving_party = self.metric, self.metric.moving_party
         moving = metric.GetMovingImage()
         if moving is None:
             raise RuntimeError("the metric has no moving image: call SetMovingImage first")
@@ -272,10 +272,9 @@ class ImageRegistrationMethod(Observable):
                 f"the initial transform is {transform.dimension}-D but the images are "
                 f"{moving.dimension}-D"
             )
-        session = backend.session
         try:
-            fixed_geometry = backend.start(self.schedule, self.sampling,
-                                           wants_center_of_mass=self.initializer == "moments")
+            fixed_geometry = moving_party.start(
+                self.schedule, self.sampling, wants_center_of_mass=self.initializer == "moments")
             if bspline:
                 spacing = np.asarray(self.grid_spacing, dtype=np.float64)
                 if self.refine_grid:  # doubled back to grid_spacing by the last level
@@ -287,27 +286,28 @@ class ImageRegistrationMethod(Observable):
             result = RegistrationResult(
                 transform=transform,
                 fixed_geometry=fixed_geometry,
-                backend=backend.name,
-                private=backend.private,
+                backend=moving_party.name,
+                private=moving_party.private,
                 sampling=self.sampling.describe(),
                 seed=getattr(self.sampling, "seed", None),
                 threads=parallel.get_number_of_threads(),
-                transport="in-process" if isinstance(session, LocalSession) else "grpc+mtls",
+                transport=moving_party.transport,
             )
             if not bspline:  # a B-spline starts at zero, after its bulk transform
                 self._initialize(transform, moving)
             metric.SetTransform(transform)
             self.optimizer.SetMetric(metric)
             self._run_levels(result)
-            closed = backend.close()
+            closed = moving_party.close()
         except BaseException as error:
-            session.abort(f"the moving party stopped: {type(error).__name__}")
+            moving_party.abort(f"the moving party stopped: {type(error).__name__}")
             raise
         result.parties = {
-            "moving": _party(session.counters(), sum(level.seconds for level in result.levels)),
+            "moving": _party(moving_party.counters(),
+                             sum(level.seconds for level in result.levels)),
             "fixed": _party(Counters.from_pb(closed.stats), closed.stats.seconds),
         }
-        for name, (counters, seconds) in backend.other_parties(closed).items():
+        for name, (counters, seconds) in moving_party.other_parties(closed).items():
             result.parties[name] = _party(counters, seconds)
         for level, fixed_level in zip(result.levels, closed.levels, strict=False):
             level.parties["fixed"] = _party(Counters.from_pb(fixed_level), fixed_level.seconds)
@@ -316,13 +316,13 @@ class ImageRegistrationMethod(Observable):
                 figures["per_iteration"] = {
                     key: figures[key] / max(level.iterations, 1)
                     for key in ("seconds", "bytes_sent", "bytes_received", "messages_sent")}
-        result.learned = {"moving": backend.learned(), "fixed": list(closed.learned)}
+        result.learned = {"moving": moving_party.learned(), "fixed": list(closed.learned)}
         self.InvokeEvent(Event.END)
         return result
 
     def _run_levels(self, result: RegistrationResult) -> None:
         metric = self.metric
-        session = metric.backend.session
+        moving_party = metric.moving_party
         self._stop_requested = False
         self.InvokeEvent(Event.START)
         for level_index, level in enumerate(self.schedule.levels):
@@ -332,7 +332,7 @@ class ImageRegistrationMethod(Observable):
             if level_index > 0 and self.refine_grid and isinstance(transform, BSplineTransform):
                 result.transform = transform.refined()  # the same deformation, finer grid
                 metric.SetTransform(result.transform)
-            mark = session.counters()
+            mark = moving_party.counters()
             points = metric.initialize_level(level_index, level, self.sampling)
             setup_seconds = time.perf_counter() - level_start
             self.InvokeEvent(Event.MULTI_RESOLUTION_ITERATION)
@@ -351,7 +351,7 @@ class ImageRegistrationMethod(Observable):
                     seconds=seconds,
                     setup_seconds=setup_seconds,
                     stop_condition=self.optimizer.GetStopConditionDescription(),
-                    parties={"moving": _party(session.counters() - mark, seconds)},
+                    parties={"moving": _party(moving_party.counters() - mark, seconds)},
                 )
             )
             if self._stop_requested:
@@ -360,12 +360,12 @@ class ImageRegistrationMethod(Observable):
     def _initialize(self, transform: LinearTransform, moving: ImageGrid) -> None:
         if self.initializer == "none":
             return
-        backend = self.metric.backend
+        moving_party = self.metric.moving_party
         if self.initializer == "geometry":
-            fixed_center = backend.fixed_geometry.center()
+            fixed_center = moving_party.fixed_geometry.center()
             moving_center = moving.geometry.center()
         else:
-            fixed_center = backend.fixed_center_of_mass()
+            fixed_center = moving_party.fixed_center_of_mass()
             moving_center = center_of_mass(moving)
         if transform.center is not None:
             transform.center = fixed_center
@@ -433,7 +433,7 @@ def register_with(
     if isinstance(sampling, str):
         sampling = make_sampling(sampling, sampling_fraction, seed, reveal=reveal_gms_indices)
     metric = PrivateMeanSquaresImageToImageMetric(
-        make_backend(check_backend_name(backend), session, backend_parameters),
+        MovingPartySession(session, check_backend_name(backend), backend_parameters),
         bending_energy_weight=bending_energy_weight)
     metric.SetMovingImage(moving_grid)
     optimizer = GaussNewtonOptimizer(NumberOfIterations=iterations,
@@ -490,8 +490,6 @@ def register(
         ``result.itk_transform()`` maps fixed points to moving points.
     """
     from ppir_itk.backends import check_backend_name
-    from ppir_itk.protocol.local import spawn_fixed_party
-    from ppir_itk.protocol.session import connect
 
     fixed_grid = as_image_grid(fixed, name="fixed image")
     moving_grid = as_image_grid(moving, name="moving image")

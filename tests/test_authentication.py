@@ -35,14 +35,16 @@ import pytest
 from conftest import known_pair
 
 import ppir_itk
-from ppir_itk.dealer import open_dealer
+from ppir_itk.compose import spawn_fixed_party
+from ppir_itk.dealer import DealerServer
+from ppir_itk.dealer_client import open_dealer
+from ppir_itk.fixed_party import FixedPartyServer
 from ppir_itk.image import ImageGrid
 from ppir_itk.phantoms import head_phantom
 from ppir_itk.protocol import ppir_pb2 as pb
-from ppir_itk.protocol.local import spawn_fixed_party
 from ppir_itk.protocol.messages import PROTOCOL_VERSION
 from ppir_itk.protocol.tls import ROLES, TLS, issue_certificate
-from ppir_itk.protocol.transport import DealerServer, FixedPartyServer, PartyServer
+from ppir_itk.protocol.transport import PartyServer
 from ppir_itk.registration import register_with
 
 # HTTP/2's client preface: a gRPC server that accepted the client answers it with SETTINGS.

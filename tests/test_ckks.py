@@ -15,8 +15,9 @@ from ppir_itk.fixed_party import FixedPartySession
 from ppir_itk.phantoms import head_phantom
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.channel import Counters
+from ppir_itk.protocol.endpoint import Endpoint
 from ppir_itk.protocol.messages import PROTOCOL_VERSION, ProtocolError
-from ppir_itk.protocol.session import Endpoint, LocalSession
+from ppir_itk.protocol.session import LocalSession
 
 
 @pytest.mark.parametrize(
@@ -131,7 +132,7 @@ def _evaluation(backend, fixed, moving):
         backend, session=ppir_itk.in_process_session(fixed))
     metric.SetMovingImage(moving)
     metric.SetTransform(ppir_itk.make_transform("affine", 2))
-    metric.backend.start(LevelSchedule.from_lists([1], [0.0]), ppir_itk.NoSampling())
+    metric.moving_party.start(LevelSchedule.from_lists([1], [0.0]), ppir_itk.NoSampling())
     metric.initialize_level(0, Level(1, 0.0), ppir_itk.NoSampling())
     return metric.evaluate()
 

@@ -10,18 +10,12 @@ import numpy as np
 import pytest
 
 import ppir_itk
-from ppir_itk.dealer import (
-    FIXED,
-    MOVING,
-    TriplePool,
-    expand,
-    mask_values,
-    moving_triples,
-    open_dealer,
-)
+from ppir_itk.dealer import DealerServer, TriplePool
+from ppir_itk.dealer_client import mask_values, moving_triples, open_dealer
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import ProtocolError, array_from_pb
-from ppir_itk.protocol.transport import DealerServer
+from ppir_itk.randomness import expand
+from ppir_itk.roles import FIXED, MOVING
 
 ROWS = [0, 0, 0, 1]  # three rows on the first mask row, one on the second (as spdz in 2-D)
 

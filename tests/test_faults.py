@@ -27,8 +27,8 @@ import pytest
 from conftest import known_pair
 
 import ppir_itk
+from ppir_itk.compose import _child
 from ppir_itk.phantoms import head_phantom
-from ppir_itk.protocol.local import _child
 from ppir_itk.wrapping.images import write_image
 
 DEADLINE = 4.0  # seconds every role waits for its peer

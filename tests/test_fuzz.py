@@ -60,17 +60,14 @@ import ppir_itk
 from ppir_itk import dealer as dealer_module
 from ppir_itk.backends import BACKENDS, ckks, ckks_paper, clear, spdz
 from ppir_itk.backends.ckks import HEContext, pack, unpack
+from ppir_itk.compose import local_dealer
 from ppir_itk.dealer import (
-    FIXED,
     MASKS_KEPT,
     MAX_PENDING,
-    MOVING,
-    DealerClient,
     DealerSession,
     TriplePool,
-    local_dealer,
-    open_dealer,
 )
+from ppir_itk.dealer_client import DealerClient, open_dealer
 from ppir_itk.fixed_party import FixedPartySession, FixedPolicy
 from ppir_itk.image import ImageGrid
 from ppir_itk.phantoms import head_phantom
@@ -90,6 +87,7 @@ from ppir_itk.protocol.messages import (
 )
 from ppir_itk.protocol.session import LocalSession
 from ppir_itk.registration import register_with
+from ppir_itk.roles import FIXED, MOVING
 from ppir_itk.wrapping.images import write_image
 
 CASE_SECONDS = 30.0  # per case; the slowest valid prefix (paper-v1's keys) takes about 1 s

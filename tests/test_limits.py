@@ -8,9 +8,9 @@ import pytest
 from conftest import known_pair
 
 import ppir_itk
+from ppir_itk.fixed_party import FixedPartyServer
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import PROTOCOL_VERSION
-from ppir_itk.protocol.transport import FixedPartyServer
 from ppir_itk.registration import register_with
 
 

@@ -15,10 +15,10 @@ import ppir_itk
 from ppir_itk.backends.crypten_compat import CONVERTER, acting_as, load_crypten
 from ppir_itk.backends.spdz import ring_basis
 from ppir_itk.backends.spdz_shares import MailboxCommunicator
+from ppir_itk.compose import spawn_fixed_party
 from ppir_itk.evaluation import displacement_rmse
-from ppir_itk.protocol.local import spawn_fixed_party
+from ppir_itk.fixed_party import FixedPartyServer
 from ppir_itk.protocol.messages import ProtocolError
-from ppir_itk.protocol.transport import FixedPartyServer
 from ppir_itk.roles import FIXED, MOVING
 
 AFFINE = [1.03, 0.04, -0.05, 0.98, 1.5, -2.0]

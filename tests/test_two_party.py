@@ -16,10 +16,10 @@ from conftest import known_pair, register_in_process, speaks_to_unauthenticated
 
 import ppir_itk
 from ppir_itk.evaluation import displacement_rmse
+from ppir_itk.fixed_party import FixedPartyServer
 from ppir_itk.phantoms import head_phantom
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import PROTOCOL_VERSION
-from ppir_itk.protocol.transport import METHOD, FixedPartyServer
 from ppir_itk.registration import register_with
 from ppir_itk.wrapping.images import write_image
 from ppir_itk.wrapping.transforms import read_transform
@@ -132,7 +132,8 @@ def _raw_stream(server, pki, frames):
     credentials = grpc.ssl_channel_credentials(tls.ca, tls.key, tls.certificate)
     with grpc.secure_channel(server.address, credentials,
                              options=[("grpc.ssl_target_name_override", "fixed-party")]) as channel:
-        stream = channel.stream_stream(METHOD, request_serializer=lambda raw: raw,
+        stream = channel.stream_stream(f"/{FixedPartyServer.service}/Session",
+                                       request_serializer=lambda raw: raw,
                                        response_deserializer=pb.Frame.FromString)
         try:
             return list(stream(iter(frames), timeout=10))

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from ppir_itk.backends.base import FixedSide, JointTerm, JointTermBackend, MovingFields
+from ppir_itk.backends.base import (
+    FixedSide,
+    JointTerm,
+    JointTermBackend,
+    MovingChannel,
+    MovingFields,
+)
 from ppir_itk.backends.ckks import CKKSBackend, CKKSFixedSide
 from ppir_itk.backends.ckks_paper import (
     PaperV1Backend,
@@ -15,8 +19,8 @@ from ppir_itk.backends.ckks_paper import (
 from ppir_itk.backends.clear import ClearBackend, ClearFixedSide, InsecureBackendWarning
 from ppir_itk.backends.spdz import SPDZBackend, SPDZFixedSide
 from ppir_itk.errors import InputError
+from ppir_itk.policy import FixedPolicy
 from ppir_itk.protocol.messages import ProtocolError
-from ppir_itk.protocol.session import Session
 
 # backend name -> protocol name -> (moving-party side, fixed-party side); first is the default.
 BACKENDS: dict[str, dict[str, tuple[type[JointTermBackend], type[FixedSide]]]] = {
@@ -51,14 +55,14 @@ def _sides(name: str, parameters: dict[str, str]) -> tuple[type, type]:
     return BACKENDS[name][check_protocol(name, parameters.get("protocol"))]
 
 
-def make_backend(name: str, session: Session,
+def make_backend(name: str, channel: MovingChannel,
                  parameters: dict[str, str] | None = None) -> JointTermBackend:
-    """The moving-party side of backend ``name``, talking through ``session``."""
+    """The moving-party half of backend ``name``, talking through ``channel``."""
     parameters = dict(parameters or {})
-    return _sides(check_backend_name(name), parameters)[0](session, parameters)
+    return _sides(check_backend_name(name), parameters)[0](channel, parameters)
 
 
-def make_fixed_side(name: str, parameters: dict[str, str], policy: Any) -> FixedSide:
+def make_fixed_side(name: str, parameters: dict[str, str], policy: FixedPolicy) -> FixedSide:
     """The fixed-party side of backend ``name`` (for a session that asked for it)."""
     if name not in BACKENDS:
         raise ProtocolError(f"backend '{name[:40]}' is unknown")
@@ -76,6 +80,7 @@ __all__ = [
     "InsecureBackendWarning",
     "JointTerm",
     "JointTermBackend",
+    "MovingChannel",
     "PaperV1Backend",
     "MovingFields",
     "SPDZBackend",

@@ -29,18 +29,14 @@ import abc
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from ppir_itk.errors import InputError
-from ppir_itk.image import GridGeometry
-from ppir_itk.points import PointSet, draw_points
+from ppir_itk.dealer_client import DealerClient
+from ppir_itk.points import PointSet
 from ppir_itk.protocol import ppir_pb2 as pb
-from ppir_itk.protocol.messages import PROTOCOL_VERSION, geometry_from_pb
-from ppir_itk.protocol.session import Session
-from ppir_itk.pyramid import LevelSchedule
-from ppir_itk.sampling import GMS, URS
+from ppir_itk.protocol.channel import Counters
 
 PHI_BITS = 12  # fixed-point bits of the affine basis coordinates
 
@@ -117,22 +113,30 @@ class JointTerm:
     basis_weight_bits: int = 0
 
 
-def sampling_name(sampling: Any) -> str:
-    """How ``Hello`` names a sampling strategy."""
-    if isinstance(sampling, URS):
-        return "urs"
-    if isinstance(sampling, GMS):
-        return "gms-revealed" if sampling.reveal_indices else "gms-hidden"
-    return "none"
+class MovingChannel(Protocol):
+    """What a backend's moving half needs from the moving party's session
+    (:class:`ppir_itk.moving_party.MovingPartySession`)."""
+
+    @property
+    def single_process(self) -> bool:
+        """Whether the fixed party lives in this process (tests): allows SPDZ's ``tfp``."""
+
+    def exchange(self, message: pb.BackendMessage) -> pb.BackendMessage:
+        """Send one backend message to the fixed party and return its answer."""
+
+    def connect_dealer(self, first_party: bool) -> Callable[[bytes], DealerClient]:
+        """This party's sessions with the SPDZ dealer (token -> client); ``first_party``:
+        the moving party deals for both (single-process tests only)."""
 
 
 class JointTermBackend(abc.ABC):
-    """Moving-party side of a joint-term protocol with one fixed party.
+    """Moving-party half of a joint-term protocol with one fixed party.
 
-    The calls, in order: :meth:`start` (the handshake), :meth:`begin_level`
-    (the fixed party prepares its level image and publishes the level grid),
-    :meth:`use_points` (both agree the point set), :meth:`joint_term` once per
-    metric evaluation, and :meth:`close`.
+    The moving party's session (:class:`~ppir_itk.moving_party.MovingPartySession`)
+    does the handshake, the levels and the point sets; the backend gets, per
+    level, the agreed points (:meth:`on_points`) and computes the joint term
+    once per metric evaluation (:meth:`joint_term`), talking to its fixed half
+    through :meth:`MovingChannel.exchange` only.
     """
 
     name: ClassVar[str]
@@ -140,90 +144,36 @@ class JointTermBackend(abc.ABC):
     #: Whether the backend computes the joint term on a B-spline basis (a control grid).
     bspline: ClassVar[bool] = False
 
-    def __init__(self, session: Session, parameters: dict[str, str] | None = None) -> None:
-        self.session = session
+    def __init__(self, channel: MovingChannel, parameters: dict[str, str] | None = None) -> None:
+        self.channel = channel
         self.parameters = dict(parameters or {})
-        self.fixed_geometry: GridGeometry | None = None
         self.points: PointSet | None = None
-        self.evaluations = 0
-        self._level_index = -1
-        self._sampling: tuple[float, int] = (1.0, 0)
         self._learned: list[str] = []
 
-    def start(self, schedule: LevelSchedule, sampling: Any, *,
-              wants_center_of_mass: bool = False) -> GridGeometry:
-        """The handshake: agree backend, levels and sampling; learn the fixed geometry."""
-        fraction = getattr(sampling, "fraction", 1.0)
-        seed = getattr(sampling, "seed", 0)
-        self._sampling = (fraction, seed)
-        welcome = self.session.start(pb.Hello(
-            protocol_version=PROTOCOL_VERSION,
-            backend=self.name,
-            backend_parameters=self.parameters,
-            levels=[pb.Level(shrink_factor=level.shrink_factor,
-                             smoothing_sigma=level.smoothing_sigma) for level in schedule.levels],
-            sampling=sampling_name(sampling),
-            sampling_fraction=fraction,
-            sampling_seed=seed,
-            wants_center_of_mass=wants_center_of_mass,
-        ))
-        self.fixed_geometry = geometry_from_pb(welcome.fixed_geometry)
-        return self.fixed_geometry
-
-    def fixed_center_of_mass(self) -> np.ndarray:
-        """The fixed party's centre of mass (agreed in the handshake; a disclosure)."""
-        reply = self.session.request(
-            pb.Envelope(center_of_mass_request=pb.CenterOfMassRequest()), "center_of_mass")
-        self._learned.append("the fixed image's centre of mass (moments initialiser)")
-        return np.asarray(reply.center_of_mass.center, dtype=np.float64)
-
-    def begin_level(self, level_index: int) -> Callable[[], GridGeometry]:
-        """Ask the fixed party to open a level; the returned call waits for its grid.
-
-        The fixed party smooths and shrinks its image meanwhile, so the moving
-        party can prepare its own level image before waiting.
-        """
-        self._level_index = level_index
-        self.points = None
-        answer = self.session.post(pb.Envelope(open_level=pb.OpenLevel(level=level_index)))
-        return lambda: geometry_from_pb(answer("level_opened").level_opened.geometry)
-
-    def use_points(self, geometry: GridGeometry, request: pb.SelectPoints) -> PointSet:
-        """Agree the level's points; both parties derive the same set from the request."""
-        if request.HasField("control_grid") and not self.bspline:
-            protocol = self.parameters.get("protocol")
-            named = f"'{self.name}'" + (f" (protocol {protocol})" if protocol else "")
-            raise InputError(f"backend {named} computes the joint term of linear transforms "
-                             "only; register B-spline transforms with backend spdz or clear")
-        reply = self.session.request(pb.Envelope(select_points=request), "points_selected")
-        points = draw_points(geometry, self._level_index, request, *self._sampling)
-        if reply.points_selected.count != points.size:
-            raise RuntimeError("the fixed party agreed a different number of points")
+    def on_points(self, points: PointSet) -> None:
+        """Per-level set-up once the point set is agreed (e.g. J encrypted once)."""
         self.points = points
         self._on_points(points)
-        return points
 
     def joint_term(self, fields: MovingFields) -> JointTerm:
         if self.points is None:
-            raise RuntimeError("use_points() must come before joint_term()")
-        self.session.check()
-        self.evaluations += 1
+            raise RuntimeError("on_points() must come before joint_term()")
         return self._joint_term(fields)
 
-    def close(self) -> pb.Closed:
-        return self.session.close()
+    def close(self) -> None:  # noqa: B027 - most backends hold nothing past the session
+        """The session closed: release what the backend holds (a dealer session, keys)."""
 
     def learned(self) -> list[str]:
-        """What the moving party received in the clear."""
+        """What the moving party received in the clear through this backend."""
         return list(self._learned)
 
-    def other_parties(self, closed: pb.Closed) -> dict[str, tuple[Any, float]]:
+    def other_parties(self, closed: pb.Closed) -> dict[str, tuple[Counters, float]]:
         """Figures of parties other than the two (e.g. a dealer): name -> (Counters, seconds)."""
         return {}
 
     @abc.abstractmethod
     def _on_points(self, points: PointSet) -> None:
-        """Per-level set-up once the point set is agreed (e.g. J encrypted once)."""
+        """Per-level set-up once the point set is agreed."""
 
     @abc.abstractmethod
     def _joint_term(self, fields: MovingFields) -> JointTerm:
@@ -234,8 +184,8 @@ class ExactSumsBackend(JointTermBackend):
     """A private backend whose moving party learns the joint term's exact fixed-point sums
     and, per level, the power of two bounding J (the fixed-point exponent)."""
 
-    def __init__(self, session: Session, parameters: dict[str, str] | None = None) -> None:
-        super().__init__(session, parameters)
+    def __init__(self, channel: MovingChannel, parameters: dict[str, str] | None = None) -> None:
+        super().__init__(channel, parameters)
         self._bounds: list[int] = []  # per level: log2 of the bound on J's values
         self._sums_received = 0
 

@@ -64,6 +64,7 @@ from ppir_itk.backends.base import (
     ExactSumsBackend,
     FixedSide,
     JointTerm,
+    MovingChannel,
     MovingFields,
     basis_coordinates,
     exponent,
@@ -302,29 +303,24 @@ class CKKSBackend(ExactSumsBackend):
     private = True
     bspline = True
 
-    def __init__(self, session: Any, parameters: dict[str, str] | None = None) -> None:
-        super().__init__(session, parameters)
+    def __init__(self, channel: MovingChannel, parameters: dict[str, str] | None = None) -> None:
+        super().__init__(channel, parameters)
         self.he = HEContext(*he_settings(parameters))
         self._public_key: Any = None
         self._encryptor: Any = None
         self._level: _Level | None = None
         self._rng = np.random.default_rng()
 
-    def close(self) -> pb.Closed:
-        try:
-            return super().close()
-        finally:
-            self.he.close()
+    def close(self) -> None:
+        self.he.close()
 
     def _on_points(self, points: PointSet) -> None:
         he, seal = self.he, self.he.seal
         if self._public_key is None:
-            reply = self.session.request(
-                pb.Envelope(backend=pb.BackendMessage(kind=PUBLIC_KEY)), "backend").backend
+            reply = self.channel.exchange(pb.BackendMessage(kind=PUBLIC_KEY))
             self._public_key = he.from_bytes("PublicKey", reply.blob)
             self._encryptor = seal.Encryptor(he.context, self._public_key)
-        reply = self.session.request(
-            pb.Envelope(backend=pb.BackendMessage(kind=LEVEL)), "backend").backend
+        reply = self.channel.exchange(pb.BackendMessage(kind=LEVEL))
         if points.control is None:
             sums = len(sum_pairs(points.geometry.dimension))
             rows = -(-points.size // (he.slots // sums))
@@ -367,8 +363,8 @@ class CKKSBackend(ExactSumsBackend):
         mask = self._rng.integers(0, he.t, he.slots, dtype=np.uint64)
         masks = range_totals(mask, len(pairs))
         sizes, blob = pack([self._masked(accumulator, mask)])
-        reply = self.session.request(pb.Envelope(backend=pb.BackendMessage(
-            kind=SUMS, arrays=[sizes], blob=blob)), "backend").backend
+        reply = self.channel.exchange(pb.BackendMessage(
+            kind=SUMS, arrays=[sizes], blob=blob))
         totals = array_from_pb(reply.arrays[0], max_elements=len(pairs)) if reply.arrays else None
         if reply.kind != SUMS or totals is None or totals.shape != (len(pairs),):
             raise ProtocolError("the fixed party's sums are malformed")
@@ -444,8 +440,8 @@ class CKKSBackend(ExactSumsBackend):
                     he.evaluator.add_inplace(total, product)
             blobs.append(self._masked(total, masks[d + k, :he.slots]))
         sizes, blob = pack(blobs)
-        reply = self.session.request(pb.Envelope(backend=pb.BackendMessage(
-            kind=SUMS, arrays=[sizes], blob=blob)), "backend").backend
+        reply = self.channel.exchange(pb.BackendMessage(
+            kind=SUMS, arrays=[sizes], blob=blob))
         count = points.control.number_of_points
         if reply.kind != SUMS or len(reply.arrays) != 2:
             raise ProtocolError("the fixed party's sums are malformed")

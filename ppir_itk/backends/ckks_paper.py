@@ -25,7 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from ppir_itk.backends.base import FixedSide, JointTerm, JointTermBackend, MovingFields
+from ppir_itk.backends.base import (
+    FixedSide,
+    JointTerm,
+    JointTermBackend,
+    MovingChannel,
+    MovingFields,
+)
 from ppir_itk.backends.ckks import pack, unpack
 from ppir_itk.errors import InputError
 from ppir_itk.points import PointSet
@@ -101,12 +107,12 @@ class _PaperBackend(JointTermBackend):
     private = True
     protocol: str
 
-    def __init__(self, session: Any, parameters: dict[str, str] | None = None) -> None:
+    def __init__(self, channel: MovingChannel, parameters: dict[str, str] | None = None) -> None:
         parameters = dict(parameters or {})
         if set(parameters) - {"protocol"}:
             raise InputError(f"ckks protocol '{self.protocol}' runs the paper's parameters "
                              f"only (N={POLY_MODULUS_DEGREE}); it takes no other option")
-        super().__init__(session, parameters)
+        super().__init__(channel, parameters)
 
 
 class PaperV1Backend(_PaperBackend):
@@ -114,8 +120,8 @@ class PaperV1Backend(_PaperBackend):
 
     protocol = "paper-v1"
 
-    def __init__(self, session: Any, parameters: dict[str, str] | None = None) -> None:
-        super().__init__(session, parameters)
+    def __init__(self, channel: MovingChannel, parameters: dict[str, str] | None = None) -> None:
+        super().__init__(channel, parameters)
         self._context: Any = None
         self._fixed: list[Any] = []
         self._fixed_squared: list[Any] = []
@@ -123,11 +129,9 @@ class PaperV1Backend(_PaperBackend):
     def _on_points(self, points: PointSet) -> None:
         ts = _tenseal()
         if self._context is None:
-            reply = self.session.request(
-                pb.Envelope(backend=pb.BackendMessage(kind=CONTEXT)), "backend").backend
+            reply = self.channel.exchange(pb.BackendMessage(kind=CONTEXT))
             self._context = _load_public(reply.blob)
-        reply = self.session.request(
-            pb.Envelope(backend=pb.BackendMessage(kind=LEVEL)), "backend").backend
+        reply = self.channel.exchange(pb.BackendMessage(kind=LEVEL))
         parts = -(-points.size // (POLY_MODULUS_DEGREE // 2))
         vectors = [ts.ckks_vector_from(self._context, data)
                    for data in unpack(reply.arrays[0], reply.blob, 2 * parts)]
@@ -138,8 +142,8 @@ class PaperV1Backend(_PaperBackend):
         results = [_summed(self._fixed, column, dot=True) for column in columns]
         results.append(_summed(self._fixed_squared, fields.valid.astype(np.float64), dot=True))
         sizes, blob = pack([result.serialize() for result in results])
-        reply = self.session.request(pb.Envelope(backend=pb.BackendMessage(
-            kind=PRODUCTS, arrays=[sizes], blob=blob)), "backend").backend
+        reply = self.channel.exchange(pb.BackendMessage(
+            kind=PRODUCTS, arrays=[sizes], blob=blob))
         values = array_from_pb(reply.arrays[0], max_elements=len(results))
         if values.shape != (len(results),):
             raise ProtocolError("the fixed party's decrypted products are malformed")
@@ -215,8 +219,8 @@ class PaperV2Backend(_PaperBackend):
 
     protocol = "paper-v2"
 
-    def __init__(self, session: Any, parameters: dict[str, str] | None = None) -> None:
-        super().__init__(session, parameters)
+    def __init__(self, channel: MovingChannel, parameters: dict[str, str] | None = None) -> None:
+        super().__init__(channel, parameters)
         self._context = _new_context()  # the moving party's own keys
         self._fixed_context: Any = None
         self._fixed_first_half: list[list[Any]] = []
@@ -224,8 +228,8 @@ class PaperV2Backend(_PaperBackend):
 
     def _on_points(self, points: PointSet) -> None:
         if self._fixed_context is None:
-            reply = self.session.request(pb.Envelope(backend=pb.BackendMessage(
-                kind=V2_CONTEXT, blob=_public(self._context))), "backend").backend
+            reply = self.channel.exchange(pb.BackendMessage(
+                kind=V2_CONTEXT, blob=_public(self._context)))
             self._fixed_context = _load_public(reply.blob)
         self._fixed_first_half = []  # fetched at the level's first evaluation
 
@@ -233,8 +237,8 @@ class PaperV2Backend(_PaperBackend):
         """The fixed party's encrypted, replicated J_1: one copy per column (public count)."""
         ts = _tenseal()
         self._columns = columns
-        reply = self.session.request(pb.Envelope(backend=pb.BackendMessage(
-            kind=V2_LEVEL, values=[float(columns)])), "backend").backend
+        reply = self.channel.exchange(pb.BackendMessage(
+            kind=V2_LEVEL, values=[float(columns)]))
         first, _ = _halves(self.points.size)
         chunks = -(-(first.stop - first.start) // (POLY_MODULUS_DEGREE // 2))
         parts = unpack(reply.arrays[0], reply.blob, columns * chunks)
@@ -255,8 +259,8 @@ class PaperV2Backend(_PaperBackend):
                   for c in range(self._columns)
                   for block in _split(columns[second, c], POLY_MODULUS_DEGREE // 2)]
         sizes, blob = pack([v.serialize() for v in mine + theirs])
-        reply = self.session.request(pb.Envelope(backend=pb.BackendMessage(
-            kind=V2_PRODUCTS, arrays=[sizes], blob=blob)), "backend").backend
+        reply = self.channel.exchange(pb.BackendMessage(
+            kind=V2_PRODUCTS, arrays=[sizes], blob=blob))
         first_sums = array_from_pb(reply.arrays[0], max_elements=self._columns)
         second_parts = unpack(reply.arrays[1], reply.blob, self._columns)
         second_sums = []

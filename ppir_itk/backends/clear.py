@@ -14,7 +14,13 @@ import warnings
 import numpy as np
 
 from ppir_itk import _kernels
-from ppir_itk.backends.base import FixedSide, JointTerm, JointTermBackend, MovingFields
+from ppir_itk.backends.base import (
+    FixedSide,
+    JointTerm,
+    JointTermBackend,
+    MovingChannel,
+    MovingFields,
+)
 from ppir_itk.bspline import scatter
 from ppir_itk.parallel import sum_chunks
 from ppir_itk.points import PointSet
@@ -35,8 +41,8 @@ class ClearBackend(JointTermBackend):
     private = False
     bspline = True
 
-    def __init__(self, session, parameters=None) -> None:
-        super().__init__(session, parameters)
+    def __init__(self, channel: MovingChannel, parameters: dict[str, str] | None = None) -> None:
+        super().__init__(channel, parameters)
         warnings.warn(
             "backend 'clear' is NOT private: the fixed party sends its image in the clear",
             InsecureBackendWarning,
@@ -46,11 +52,10 @@ class ClearBackend(JointTermBackend):
         self._received = 0
 
     def _on_points(self, points: PointSet) -> None:
-        reply = self.session.request(
-            pb.Envelope(backend=pb.BackendMessage(kind=FIXED_VALUES)), "backend")
-        if reply.backend.kind != FIXED_VALUES or len(reply.backend.arrays) != 1:
+        reply = self.channel.exchange(pb.BackendMessage(kind=FIXED_VALUES))
+        if reply.kind != FIXED_VALUES or len(reply.arrays) != 1:
             raise ProtocolError("the fixed party's clear values are missing")
-        values = array_from_pb(reply.backend.arrays[0], max_elements=points.size)
+        values = array_from_pb(reply.arrays[0], max_elements=points.size)
         if values.shape != (points.size,) or values.dtype != np.float64:
             raise ProtocolError("the fixed party's clear values do not fit the point set")
         self._received += values.size

@@ -64,7 +64,6 @@ two bounding J per level; the fixed party, nothing (uniform openings).
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -77,6 +76,7 @@ from ppir_itk.backends.base import (
     ExactSumsBackend,
     FixedSide,
     JointTerm,
+    MovingChannel,
     MovingFields,
     basis_coordinates,
     exponent,
@@ -85,8 +85,9 @@ from ppir_itk.bspline import WEIGHT_BITS, points_per_control_point, scatter_ring
 from ppir_itk.errors import InputError
 from ppir_itk.points import PointSet
 from ppir_itk.protocol import ppir_pb2 as pb
-from ppir_itk.protocol.channel import PeerError
+from ppir_itk.protocol.channel import Counters, PeerError
 from ppir_itk.protocol.messages import ProtocolError
+from ppir_itk.randomness import secret_seed
 from ppir_itk.roles import FIXED, MOVING
 
 LEVEL, ITERATION = "spdz.level", "spdz.iteration"
@@ -181,19 +182,14 @@ class SPDZBackend(ExactSumsBackend):
     private = True
     bspline = True
 
-    def __init__(self, session: Any, parameters: dict[str, str] | None = None) -> None:
+    def __init__(self, channel: MovingChannel, parameters: dict[str, str] | None = None) -> None:
         parameters = dict(parameters or {})
         provider = provider_of(parameters)
-        if provider == "tfp" and not getattr(session, "single_process", False):
+        if provider == "tfp" and not channel.single_process:
             raise InputError(TFP_REFUSED)
-        connect = session.dealer
-        if provider == "tfp":
-            connect = session.deal_as_first_party()
-        if connect is None:
-            raise InputError("backend 'spdz' needs a dealer: give its address (--dealer "
-                             "HOST:PORT, or connect(..., dealer=...))")
-        parameters["session_token"] = os.urandom(32).hex()
-        super().__init__(session, parameters)
+        connect = channel.connect_dealer(first_party=provider == "tfp")
+        parameters["session_token"] = secret_seed().hex()
+        super().__init__(channel, parameters)
         from ppir_itk.backends.spdz_shares import MailboxCommunicator  # imports CrypTen
 
         self._connect_dealer = connect
@@ -202,11 +198,12 @@ class SPDZBackend(ExactSumsBackend):
         self._step = LEVEL
         self._answer: pb.BackendMessage | None = None
         self._exponent_j = 0
+        self._level_index = -1
         self.dealer_closed: pb.Closed | None = None
 
     def _flush(self) -> None:
-        reply = self.session.request(pb.Envelope(backend=pb.BackendMessage(
-            kind=self._step, arrays=self._communicator.take_outbox())), "backend").backend
+        reply = self.channel.exchange(pb.BackendMessage(
+            kind=self._step, arrays=self._communicator.take_outbox()))
         if reply.kind != self._step:
             raise ProtocolError(f"the fixed party answered '{reply.kind[:40]}' to '{self._step}'")
         self._answer = reply
@@ -220,6 +217,7 @@ class SPDZBackend(ExactSumsBackend):
                 MOVING, self._connect_dealer(bytes.fromhex(self.parameters["session_token"])),
                 self._communicator)
         self._step = LEVEL
+        self._level_index += 1  # levels come in order: the fixed party counts them the same way
         self._products.open_fixed_operand(self._level_index, None, points.size,
                                           points.geometry.dimension)
         if len(self._answer.values) != 1:
@@ -248,16 +246,12 @@ class SPDZBackend(ExactSumsBackend):
             basis_weight_bits=basis.weight_bits,
         )
 
-    def close(self) -> pb.Closed:
-        closed = super().close()
+    def close(self) -> None:
         if self._products is not None:
             self.dealer_closed = self._products.close()
-        return closed
 
     def other_parties(self, closed: pb.Closed) -> dict[str, tuple[Any, float]]:
         """The dealer's figures: what it sent both parties, and its time for both."""
-        from ppir_itk.protocol.channel import Counters
-
         if self._products is None:
             return {}
         moving = self._products.dealer.session.counters()

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ppir_itk.backends.crypten_compat import acting_as, load_crypten
-from ppir_itk.dealer import DealerClient
+from ppir_itk.dealer_client import DealerClient
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import ProtocolError, array_from_pb, array_to_pb
 from ppir_itk.roles import FIXED, MOVING

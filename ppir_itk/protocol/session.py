@@ -10,10 +10,8 @@ request then answer, and counts what crossed. Two transports, one protocol:
   (:func:`connect`). On-the-wire bytes are counted by a relay on the
   connection (:mod:`ppir_itk.protocol.relay`).
 
-:class:`Endpoint` is the fixed party's bookkeeping around its
-:class:`~ppir_itk.fixed_party.FixedPartySession`, shared by both transports:
-it turns protocol errors into ``Abort`` and fills the fixed party's
-accounting into ``Closed``.
+Both wrap the serving party's answers in the same
+:class:`~ppir_itk.protocol.endpoint.Endpoint`.
 """
 
 from __future__ import annotations
@@ -23,41 +21,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ppir_itk.fixed_party import FixedPartySession
 from ppir_itk.protocol import ppir_pb2 as pb
-from ppir_itk.protocol.channel import Channel, Counters, PeerError
-from ppir_itk.protocol.messages import DEFAULT_MAX_ENVELOPE, ProtocolError, body
-
-
-class Endpoint:
-    """A serving party's answers plus its accounting, for any transport.
-
-    ``session`` answers envelopes (:class:`~ppir_itk.fixed_party.FixedPartySession`
-    or :class:`~ppir_itk.dealer.DealerSession`); ``counters`` returns the
-    transport's traffic so far, as seen by the serving party.
-    """
-
-    def __init__(self, session: Any, counters: Callable[[], Counters]) -> None:
-        self.session = session
-        self.counters = counters
-        self._level_marks: list[Counters] = []
-
-    def answer(self, envelope: pb.Envelope) -> pb.Envelope:
-        kind = body(envelope)
-        try:
-            reply = self.session.handle(envelope)
-        except ProtocolError as error:
-            return pb.Envelope(abort=pb.Abort(reason=str(error)))
-        if kind == "open_level":
-            self._level_marks.append(self.counters())
-        elif kind == "close":
-            now = self.counters()
-            marks = self._level_marks + [now]
-            reply.closed.stats.CopyFrom(now.to_pb(self.session.seconds))
-            for level, (begin, end) in enumerate(zip(marks[:-1], marks[1:], strict=True)):
-                reply.closed.levels[level].CopyFrom(
-                    (end - begin).to_pb(self.session.level_seconds[level]))
-        return reply
+from ppir_itk.protocol.channel import DEFAULT_DEADLINE, Channel, Counters, PeerError
+from ppir_itk.protocol.endpoint import Endpoint, Serving
+from ppir_itk.protocol.messages import DEFAULT_MAX_ENVELOPE, body
+from ppir_itk.protocol.tls import TLS
+from ppir_itk.protocol.transport import open_client
 
 
 class Session(abc.ABC):
@@ -72,6 +41,10 @@ class Session(abc.ABC):
 
     def __init__(self) -> None:
         self.dealer: Callable[[bytes], Any] | None = None
+        # SPDZ's trusted-first-party mode (single-process tests only): the moving party draws
+        # every mask and triple and hands the in-process fixed party its shares; set by
+        # ppir_itk.compose.in_process_session. Returns the moving party's dealer sessions.
+        self.deal_as_first_party: Callable[[], Callable[[bytes], Any]] | None = None
         self.welcome: pb.Welcome | None = None
         self.closed: pb.Closed | None = None
         self.seconds_waiting = 0.0
@@ -138,25 +111,13 @@ class LocalSession(Session):
 
     single_process = True
 
-    def __init__(self, serving: Any, peer: str = "fixed party (in-process)") -> None:
+    def __init__(self, serving: Serving, peer: str = "fixed party (in-process)") -> None:
         super().__init__()
         self.peer = peer
         self.serving = serving
         self._counters = Counters()
         self._endpoint = Endpoint(serving, self._fixed_counters)
         self._reply: pb.Envelope | None = None
-
-    def deal_as_first_party(self) -> Callable[[bytes], Any]:
-        """SPDZ's trusted-first-party mode: this (moving) party draws every mask and triple.
-
-        It hands the in-process fixed party its shares directly, so it could
-        open the fixed image: single-process tests only.
-        """
-        from ppir_itk.dealer import TriplePool, local_dealer
-
-        pool = TriplePool()
-        self.serving.policy.dealer = local_dealer(pool, "fixed-party")
-        return local_dealer(pool, "moving-party")
 
     def _fixed_counters(self) -> Counters:
         mine = self._counters
@@ -187,11 +148,9 @@ class RemoteSession(Session):
     """gRPC over mutual TLS to a fixed party's ``ppir serve`` (or, with
     ``service="ppir.v1.Dealer"``, to a dealer)."""
 
-    def __init__(self, target: str, tls: Any, *, deadline: float = 60.0,
+    def __init__(self, target: str, tls: TLS, *, deadline: float = DEFAULT_DEADLINE,
                  max_envelope: int = DEFAULT_MAX_ENVELOPE, server_name: str = "fixed-party",
                  service: str = "ppir.v1.FixedParty", role: str = "fixed party") -> None:
-        from ppir_itk.protocol.transport import open_client
-
         super().__init__()
         self.peer = f"{role} at {target}"
         self._channel = Channel(self.peer, deadline, max_envelope)
@@ -232,38 +191,3 @@ class RemoteSession(Session):
                 pass
         self._channel.close()
         self._connection.close()
-
-
-def in_process_session(fixed: Any, policy: Any = None) -> LocalSession:
-    """A session with a fixed party living in this process (tests, benchmarks).
-
-    Whoever runs it holds both images already, so by default every backend,
-    ``clear`` included, is offered; SPDZ gets a dealer in this process too.
-    """
-    from ppir_itk.backends import BACKENDS
-    from ppir_itk.dealer import TriplePool, local_dealer
-    from ppir_itk.fixed_party import FixedPolicy
-
-    policy = policy or FixedPolicy(backends=tuple(BACKENDS))
-    policy.single_process = True
-    pool = TriplePool()
-    if policy.dealer is None:
-        policy.dealer = local_dealer(pool, "fixed-party")
-    session = LocalSession(FixedPartySession(fixed, policy))
-    session.dealer = local_dealer(pool, "moving-party")
-    return session
-
-
-def connect(target: str, tls: Any, *, deadline: float = 60.0, server_name: str = "fixed-party",
-            dealer: str | None = None) -> RemoteSession:
-    """A session with the fixed party's ``ppir serve`` at ``target`` (``HOST:PORT``).
-
-    ``dealer`` (``HOST:PORT`` of ``ppir dealer``) is needed by the ``spdz`` backend;
-    this party reaches it with the same certificate.
-    """
-    from ppir_itk.dealer import open_dealer
-
-    session = RemoteSession(target, tls, deadline=deadline, server_name=server_name)
-    if dealer is not None:
-        session.dealer = lambda token: open_dealer(dealer, tls, token, deadline=deadline)
-    return session

@@ -14,7 +14,6 @@ a time and refuses more with a sentence.
 from __future__ import annotations
 
 import abc
-import importlib
 import sys
 import threading
 from collections.abc import Callable
@@ -23,19 +22,15 @@ from typing import Any, ClassVar
 
 import grpc
 
-from ppir_itk.dealer import DealerSession, TriplePool, open_dealer
-from ppir_itk.fixed_party import DEFAULT_EVALUATION_BUDGET, FixedPartySession, FixedPolicy
+from ppir_itk.errors import InputError
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.channel import Channel, PeerError
+from ppir_itk.protocol.endpoint import Endpoint
 from ppir_itk.protocol.messages import DEFAULT_MAX_ENVELOPE, MAX_GRPC_MESSAGE
 from ppir_itk.protocol.relay import Relay, WireCounters
-from ppir_itk.protocol.session import Endpoint
 from ppir_itk.protocol.tls import TLS
-from ppir_itk.roles import PARTIES
 
-METHOD = "/ppir.v1.FixedParty/Session"
 DEFAULT_SESSION_LIMIT = 4 * 3600.0  # seconds: far past any registration ppir runs
-CLIENT_NAME = "moving-party"
 _OPTIONS = [
     ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE),
     ("grpc.max_send_message_length", MAX_GRPC_MESSAGE),
@@ -44,8 +39,6 @@ _OPTIONS = [
 
 def parse_address(address: str) -> tuple[str, int]:
     """``HOST:PORT`` (or ``[v6]:PORT``) as a (host, port) pair."""
-    from ppir_itk.errors import InputError
-
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise InputError(f"address '{address}' is not HOST:PORT")
@@ -226,57 +219,6 @@ class PartyServer(abc.ABC):
         return self._relay.counters_for(int(port)) or WireCounters()
 
 
-class FixedPartyServer(PartyServer):
-    """``ppir serve``: the fixed party's server (see :class:`PartyServer`).
-
-    ``fixed`` is loaded once and used by every session; ``policy`` says which
-    backends are offered, the evaluation budget and the level limit.
-    """
-
-    service = "ppir.v1.FixedParty"
-    role = "fixed party"
-    client_names = (CLIENT_NAME,)
-
-    def __init__(self, fixed: Any, listen: str, tls: TLS, *, policy: FixedPolicy | None = None,
-                 **options: Any) -> None:
-        from ppir_itk.wrapping.images import as_image_grid
-
-        self.image = as_image_grid(fixed, name="fixed image")
-        self.policy = policy or FixedPolicy()
-        if "spdz" in self.policy.backends:
-            # CrypTen's import (seconds) at start-up, not in the first session's time.
-            importlib.import_module("ppir_itk.backends.spdz_shares")
-        super().__init__(listen, tls, **options)
-
-    def _new_session(self, client_name: str) -> FixedPartySession:
-        return FixedPartySession(self.image, self.policy)
-
-    def _ended(self, session: FixedPartySession, clean: bool) -> None:
-        if not clean:  # the moving party vanished or failed: release its dealer session too
-            session.abandon()
-
-
-class DealerServer(PartyServer):
-    """``ppir dealer``: Beaver triples for both parties of SPDZ sessions."""
-
-    service = "ppir.v1.Dealer"
-    role = "dealer"
-    client_names = tuple(PARTIES)
-
-    def __init__(self, listen: str, tls: TLS, *, max_sessions: int = 8, **options: Any) -> None:
-        self.pool = TriplePool()
-        super().__init__(listen, tls, max_sessions=max_sessions, **options)
-
-    def _new_session(self, client_name: str) -> DealerSession:
-        return DealerSession(self.pool, client_name)
-
-    def _ended(self, session: DealerSession, clean: bool) -> None:
-        # Both parties are done with a token once either ends: a clean end comes after the
-        # last iteration, an unclean one ends the registration.
-        if session.token is not None:
-            self.pool.forget(session.token)
-
-
 def _tell(channel: Channel, reason: str) -> None:
     """Best effort: tell the moving party why its session ends."""
     try:
@@ -288,35 +230,3 @@ def _tell(channel: Channel, reason: str) -> None:
 def _peer_name(context: grpc.ServicerContext) -> str:
     names = context.auth_context().get("x509_common_name") or [b""]
     return names[0].decode(errors="replace")
-
-
-def serve(fixed: Any, listen: str, tls: TLS, *, backends: tuple[str, ...] | list[str] = ("ckks",),
-          evaluation_budget: int = DEFAULT_EVALUATION_BUDGET, max_sessions: int = 1,
-          deadline: float = 60.0, session_limit: float = DEFAULT_SESSION_LIMIT,
-          dealer: str | None = None) -> None:
-    """Serve the fixed image until interrupted (``ppir serve``).
-
-    ``dealer`` (``HOST:PORT``) is the ``ppir dealer`` this party trusts for
-    ``spdz`` sessions; it is reached with this party's own certificate.
-    """
-    policy = FixedPolicy(backends=tuple(backends), evaluation_budget=evaluation_budget)
-    if dealer is not None:
-        policy.dealer = lambda token: open_dealer(dealer, tls, token, deadline=deadline)
-    _run_until_interrupted(FixedPartyServer(fixed, listen, tls, policy=policy,
-                                            max_sessions=max_sessions, deadline=deadline,
-                                            session_limit=session_limit))
-
-
-def serve_dealer(listen: str, tls: TLS, *, max_sessions: int = 8, deadline: float = 60.0,
-                 session_limit: float = DEFAULT_SESSION_LIMIT) -> None:
-    """Deal Beaver triples until interrupted (``ppir dealer``)."""
-    _run_until_interrupted(DealerServer(listen, tls, max_sessions=max_sessions, deadline=deadline,
-                                        session_limit=session_limit))
-
-
-def _run_until_interrupted(server: PartyServer) -> None:
-    server.start()
-    try:
-        server.wait()
-    except KeyboardInterrupt:
-        server.stop()
