@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from ppir_itk import __version__
+from ppir_itk._version import __version__
 from ppir_itk.errors import InputError
 from ppir_itk.evaluation import displacement_rmse, intensity_error
 from ppir_itk.image import ImageGrid
