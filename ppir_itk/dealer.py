@@ -48,7 +48,13 @@ import numpy as np
 
 from ppir_itk.dealer_client import mask_values, moving_triples
 from ppir_itk.protocol import ppir_pb2 as pb
-from ppir_itk.protocol.messages import PROTOCOL_VERSION, ProtocolError, array_to_pb, body
+from ppir_itk.protocol.messages import (
+    DEALER_SERVICE,
+    PROTOCOL_VERSION,
+    ProtocolError,
+    array_to_pb,
+    body,
+)
 from ppir_itk.protocol.tls import TLS
 from ppir_itk.protocol.transport import PartyServer
 from ppir_itk.randomness import secret_seed
@@ -190,7 +196,7 @@ class DealerSession:
 class DealerServer(PartyServer):
     """``ppir dealer``: Beaver triples for both parties of SPDZ sessions."""
 
-    service = "ppir.v1.Dealer"
+    service = DEALER_SERVICE
     role = "dealer"
     client_names = tuple(PARTIES)
 

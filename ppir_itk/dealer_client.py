@@ -14,7 +14,12 @@ from typing import Any
 import numpy as np
 
 from ppir_itk.protocol import ppir_pb2 as pb
-from ppir_itk.protocol.messages import PROTOCOL_VERSION, ProtocolError, array_from_pb
+from ppir_itk.protocol.messages import (
+    DEALER_SERVICE,
+    PROTOCOL_VERSION,
+    ProtocolError,
+    array_from_pb,
+)
 from ppir_itk.protocol.session import RemoteSession, Session
 from ppir_itk.randomness import expand
 from ppir_itk.roles import DEALER, MOVING
@@ -88,4 +93,4 @@ def open_dealer(target: str, tls: Any, token: bytes, *, deadline: float = 60.0,
                 server_name: str = DEALER) -> DealerClient:
     """This party's session with ``ppir dealer`` at ``target`` (``HOST:PORT``)."""
     return DealerClient(RemoteSession(target, tls, deadline=deadline, server_name=server_name,
-                                      service="ppir.v1.Dealer", role="dealer"), token)
+                                      service=DEALER_SERVICE, role="dealer"), token)

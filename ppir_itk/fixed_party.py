@@ -47,6 +47,7 @@ from ppir_itk.points import SAMPLING_KINDS, PointSet, draw_points
 from ppir_itk.policy import FixedPolicy
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import (
+    FIXED_PARTY_SERVICE,
     PROTOCOL_VERSION,
     ProtocolError,
     body,
@@ -220,7 +221,7 @@ class FixedPartyServer(PartyServer):
     backends are offered, the evaluation budget and the level limit.
     """
 
-    service = "ppir.v1.FixedParty"
+    service = FIXED_PARTY_SERVICE
     role = "fixed party"
     client_names = (MOVING_PARTY,)
 

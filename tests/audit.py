@@ -235,7 +235,7 @@ def _window_hits(data: bytes, windows: _WindowSet) -> list[int]:
 # -- numeric payloads ---------------------------------------------------------------------------
 def _describe(envelope: pb.Envelope) -> str:
     kind = body(envelope)
-    return f"backend:{envelope.backend.kind}" if kind == "backend" else kind
+    return f"backend:{envelope.backend.WhichOneof('body')}" if kind == "backend" else kind
 
 
 def _numeric_payloads(message: Any, path: str = "") -> Iterator[tuple[str, np.ndarray, tuple]]:

@@ -10,6 +10,8 @@ The clear backend must fail for J, which shows that the audit can fail.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from audit import CORRELATION_LIMIT, Secret, audit, recording
@@ -167,8 +169,19 @@ def made_up_secret() -> tuple[np.ndarray, Secret]:
     return image, Secret.of("made-up image", image, {})
 
 
-def backend_message(**fields) -> bytes:
-    return pb.Envelope(backend=pb.BackendMessage(kind="made-up", **fields)).SerializeToString()
+def made_up(*, blob: bytes | None = None, values: Any = None, arrays: Any = None) -> list[bytes]:
+    """Made-up traffic carrying ``blob`` as a ciphertext, ``values`` as a list of doubles (a
+    centre of mass) and ``arrays`` as shares: the three kinds of payload a party sends."""
+    envelopes = []
+    if blob is not None:
+        envelopes.append(pb.Envelope(backend=pb.BackendMessage(
+            he_masked_products=pb.HeMaskedProducts(ciphertexts=[blob]))))
+    if values is not None:
+        envelopes.append(pb.Envelope(center_of_mass=pb.CenterOfMass(center=values)))
+    if arrays is not None:
+        envelopes.append(pb.Envelope(backend=pb.BackendMessage(
+            spdz_iteration=pb.SpdzIteration(shares=arrays))))
+    return [envelope.SerializeToString() for envelope in envelopes]
 
 
 def test_audit_finds_raw_pixels_at_any_byte_offset(made_up_secret):
@@ -176,10 +189,10 @@ def test_audit_finds_raw_pixels_at_any_byte_offset(made_up_secret):
     rng = np.random.default_rng(6)
     piece = image.ravel()[1000:1003].tobytes()[1:]  # 11 bytes from inside three pixels
     blob = rng.bytes(501) + piece + rng.bytes(500)
-    report = audit([backend_message(blob=blob)], secret)
+    report = audit(made_up(blob=blob), secret)
     assert report.window_hits and not report.passed, str(report)
     as_float64 = image.ravel()[:4].astype(np.float64)
-    assert not audit([backend_message(values=as_float64)], secret).passed
+    assert not audit(made_up(values=as_float64), secret).passed
 
 
 def test_audit_finds_fixed_point_values_interleaved_with_others(made_up_secret):
@@ -189,7 +202,7 @@ def test_audit_finds_fixed_point_values_interleaved_with_others(made_up_secret):
     fixed_point = np.round(image.ravel().astype(np.float64) * 2.0**20).astype(np.int64)
     others = rng.integers(-2**62, 2**62, size=(2, fixed_point.size))
     packed = np.column_stack([others[0], fixed_point, others[1]])
-    report = audit([backend_message(arrays=[array_to_pb(packed)])], secret)
+    report = audit(made_up(arrays=[array_to_pb(packed)]), secret)
     assert not report.window_hits
     assert report.max_correlation > 0.99 and "stride 3" in report.where, str(report)
 
@@ -200,7 +213,7 @@ def test_audit_passes_uniformly_masked_values(made_up_secret):
     fixed_point = np.round(image.ravel().astype(np.float64) * 2.0**20).astype(np.int64)
     masked = fixed_point.view(np.uint64) - rng.integers(0, 2**64 - 1, size=(4, image.size),
                                                         dtype=np.uint64, endpoint=True)
-    report = audit([backend_message(arrays=[array_to_pb(masked.view(np.int64))],
-                                    blob=rng.bytes(8 * image.size))], secret)
+    report = audit(made_up(arrays=[array_to_pb(masked.view(np.int64))],
+                          blob=rng.bytes(8 * image.size)), secret)
     assert report.passed and report.views > 10, str(report)
     assert report.max_correlation < CORRELATION_LIMIT

@@ -7,7 +7,7 @@ import pytest
 from conftest import known_pair, register_in_process
 
 import ppir_itk
-from ppir_itk.backends.ckks import HEContext, he_settings, unpack
+from ppir_itk.backends.ckks import HEContext, he_settings
 from ppir_itk.cli import main
 from ppir_itk.errors import InputError
 from ppir_itk.evaluation import displacement_rmse
@@ -109,20 +109,19 @@ def test_the_fixed_party_receives_only_ciphertexts_and_requests():
     register_with(session, moving, backend="ckks", transform="rigid", shrink_factors=[1],
                   smoothing_sigmas=[0.0])
     he = HEContext(8192, 128)
-    sums = [e.backend for e in session.received if e.WhichOneof("body") == "backend"
-            and e.backend.kind == "ckks.sums"]
+    sums = [e.backend.he_masked_products for e in session.received
+            if e.WhichOneof("body") == "backend" and e.backend.HasField("he_masked_products")]
     assert sums, "no joint-term evaluation reached the fixed party"
     for envelope in session.received:
         kind = envelope.WhichOneof("body")
         assert kind in {"hello", "open_level", "select_points", "backend", "close"}
-        if kind == "backend" and envelope.backend.kind != "ckks.sums":
-            assert not envelope.backend.arrays and not envelope.backend.blob
+        if kind == "backend" and not envelope.backend.HasField("he_masked_products"):
+            assert envelope.backend.ByteSize() == 2  # an empty request
     for message in sums:
-        assert not message.values
-        (part,) = unpack(message.arrays[0], message.blob, 1)
+        (part,) = message.ciphertexts
         he.from_bytes("Ciphertext", part)  # one valid SEAL ciphertext, nothing else
     # The sums the fixed party decrypts are masked afresh every time.
-    assert len({m.blob for m in sums}) == len(sums)
+    assert len({m.ciphertexts[0] for m in sums}) == len(sums)
 
 
 def _evaluation(backend, fixed, moving):

@@ -58,12 +58,13 @@ from test_two_party import BAD_STREAMS, _raw_stream, _serve_process, pki  # noqa
 
 import ppir_itk
 from ppir_itk import dealer as dealer_module
-from ppir_itk.backends import BACKENDS, ckks, ckks_paper, clear, spdz
-from ppir_itk.backends.ckks import HEContext, pack, unpack
+from ppir_itk.backends import BACKENDS, ckks_paper, clear
+from ppir_itk.backends.ckks import HEContext
 from ppir_itk.compose import local_dealer
 from ppir_itk.dealer import (
     MASKS_KEPT,
     MAX_PENDING,
+    DealerServer,
     DealerSession,
     TriplePool,
 )
@@ -128,9 +129,7 @@ WIRE_SCENARIOS = ("clear", "ckks", "spdz", "paper-v2")  # paper-v2's requests tr
 
 WORDS = sorted({
     *BACKENDS, "packed", "paper-v1", "paper-v2", "dealer", "tfp", "", "00" * 16, "0", "-1",
-    ckks.PUBLIC_KEY, ckks.LEVEL, ckks.SUMS, ckks_paper.CONTEXT, ckks_paper.LEVEL,
-    ckks_paper.PRODUCTS, ckks_paper.V2_CONTEXT, ckks_paper.V2_LEVEL, ckks_paper.V2_PRODUCTS,
-    clear.FIXED_VALUES, spdz.LEVEL, spdz.ITERATION, *SAMPLING_KINDS, *SAMPLING_KINDS.values(),
+    *SAMPLING_KINDS, *SAMPLING_KINDS.values(),
     *DTYPES, "protocol", "poly_modulus_degree", "security_bits", "provider", "session_token",
     "4096", "8192", "16384", "32768", "65536", "128", "192", "256",
 })
@@ -141,6 +140,7 @@ FLOATS = st.one_of(st.sampled_from([0.0, -0.0, 0.5, 1.0, -1.0, 2.0, 999.0, 1e3, 
 SHAPES = [0, 1, 2, 3, 4, -1, 1 << 31, 1 << 32, 1 << 62, (1 << 63) - 1, -(1 << 63)]
 INT64 = range(-(1 << 63), 1 << 63)  # what an Array's shape can hold
 RANGES = {FieldDescriptor.TYPE_INT32: (-(1 << 31), (1 << 31) - 1),
+          FieldDescriptor.TYPE_SINT32: (-(1 << 31), (1 << 31) - 1),
           FieldDescriptor.TYPE_INT64: (-(1 << 63), (1 << 63) - 1),
           FieldDescriptor.TYPE_UINT32: (0, (1 << 32) - 1),
           FieldDescriptor.TYPE_UINT64: (0, (1 << 64) - 1)}
@@ -188,14 +188,24 @@ def _capture(name: str) -> tuple[pb.Envelope, ...]:
     return tuple(requests)
 
 
-def _parts(message: pb.BackendMessage) -> list[bytes] | None:
-    """The serialised ciphertexts a backend message packs, or None if it packs none."""
-    if not message.arrays or not message.blob or message.arrays[0].dtype != "int64":
-        return None
-    try:
-        return unpack(message.arrays[0], message.blob, len(message.arrays[0].data) // 8)
-    except ProtocolError:
-        return None
+def _bytes_fields(message: pb.BackendMessage) -> list[tuple[Any, Any]]:
+    """(body, field) of every bytes field in a backend message's body: its ciphertexts, keys
+    and contexts, as SEAL or TenSEAL serialised them."""
+    kind = message.WhichOneof("body")
+    if kind is None:
+        return []
+    inner = getattr(message, kind)
+    return [(inner, field) for field in inner.DESCRIPTOR.fields
+            if field.type == FieldDescriptor.TYPE_BYTES]
+
+
+def _parts(message: pb.BackendMessage) -> list[bytes]:
+    """Every serialised ciphertext, key or context a backend message carries."""
+    parts: list[bytes] = []
+    for inner, field in _bytes_fields(message):
+        value = getattr(inner, field.name)
+        parts.extend(value if field.is_repeated else [value])
+    return parts
 
 
 @functools.cache
@@ -203,7 +213,7 @@ def _crafted(name: str) -> tuple[bytes, ...]:
     """Wrong ciphertexts for scenario ``name``: those of its other messages, and ones that
     load but do not fit (other parameters, NTT form, three components, wrong length)."""
     blobs = {part for request in _capture(name) if request.HasField("backend")
-             for part in (_parts(request.backend) or [request.backend.blob]) if part}
+             for part in _parts(request.backend) if part}
     backend, parameters, _ = SCENARIOS[name]
     if backend == "ckks" and "protocol" not in parameters:
         blobs |= set(_seal_variants().values())
@@ -402,35 +412,31 @@ def _mutate_parts(draw: Callable, parts: list[bytes], crafted: tuple[bytes, ...]
 
 def _mutate_backend(draw: Callable, message: pb.BackendMessage,
                     crafted: tuple[bytes, ...]) -> None:
-    """A backend message (ciphertexts, share vectors) of the wrong size or kind, in place."""
-    parts = _parts(message)
-    how = draw(st.sampled_from(["parts", "array", "arrays", "kind", "values", "blob"]))
-    if how == "parts" and parts is not None:  # re-packed, so that they reach the HE library
-        _mutate_parts(draw, parts, crafted)
-        sizes, blob = pack(parts)
-        message.arrays[0].CopyFrom(sizes)
-        message.blob = blob
-    elif how in ("parts", "array") and message.arrays:
-        at = draw(st.integers(0, len(message.arrays) - 1))
-        message.arrays[at].CopyFrom(draw(_hostile_array(message.arrays[at])))
-    elif how in ("array", "arrays"):
-        arrays = list(message.arrays)
-        if arrays and draw(st.booleans()):
-            del arrays[draw(st.integers(0, len(arrays) - 1))]
+    """A backend message whose ciphertexts, keys or shares are wrong, or of another step's
+    type, in place."""
+    kind = message.WhichOneof("body")
+    fields = _bytes_fields(message)
+    how = draw(st.sampled_from(["parts", "shares", "type"]))
+    if how == "parts" and fields:  # they reach the HE library
+        inner, field = draw(st.sampled_from(fields))
+        if field.is_repeated:
+            parts = list(getattr(inner, field.name))
+            _mutate_parts(draw, parts, crafted)
+            del getattr(inner, field.name)[:]
+            getattr(inner, field.name).extend(parts)
         else:
-            base = arrays[0] if arrays else pb.Array(dtype="int64", shape=[2, 3], data=bytes(48))
-            arrays.insert(draw(st.integers(0, len(arrays))), draw(_hostile_array(base)))
-        del message.arrays[:]
-        message.arrays.extend(arrays)
-    elif how == "kind":
-        message.kind = draw(TEXT)
-    elif how == "values":
-        message.values[:] = draw(st.lists(FLOATS, max_size=4))
-    else:
-        options = [st.binary(max_size=64), _garbled(message.blob)]
-        if crafted:
-            options.append(st.sampled_from(crafted))
-        message.blob = draw(st.one_of(*options))
+            options = [st.binary(max_size=64), _garbled(getattr(inner, field.name))]
+            if crafted:
+                options.append(st.sampled_from(crafted))
+            setattr(inner, field.name, draw(st.one_of(*options)))
+    elif how in ("parts", "shares") and kind is not None:
+        _mutate_field(draw, getattr(message, kind), 0)  # arrays, shares, counts, exponents
+    else:  # the body of another step or backend, with this one's fields where they fit
+        other = draw(st.sampled_from(tuple(pb.BackendMessage.DESCRIPTOR.oneofs[0].fields)))
+        replacement = pb.BackendMessage()
+        getattr(replacement, other.name).SetInParent()
+        _mutate_field(draw, getattr(replacement, other.name), 0)
+        message.CopyFrom(replacement)
 
 
 def _mutate_field(draw: Callable, message: Any, depth: int) -> None:
@@ -605,21 +611,13 @@ def _regression(name: str, index: int, mutate: Callable[[pb.Envelope], None],
         [request, *_capture(name)[index + 1:index + 1 + then]]
 
 
-def _float_sizes(envelope: pb.Envelope) -> None:
-    sizes = envelope.backend.arrays[0]
-    count = len(sizes.data) // 8
-    lengths = np.frombuffer(sizes.data, dtype=np.int64).astype(np.float64)
-    sizes.CopyFrom(pb.Array(dtype="float64", shape=[count], data=lengths.tobytes()))
-
-
-def _crafted_part(variants: Callable[[], dict[str, bytes]], kind: str,
-                  at: int = 0) -> Callable[[pb.Envelope], None]:
-    """Replace a backend request's ciphertext ``at`` by variant ``kind`` (re-packed)."""
+def _crafted_part(variants: Callable[[], dict[str, bytes]], kind: str, at: int = 0,
+                  field: int = 0) -> Callable[[pb.Envelope], None]:
+    """Replace ciphertext ``at`` of a backend request's bytes field ``field`` by variant
+    ``kind``."""
     def mutate(envelope: pb.Envelope) -> None:
-        parts = _parts(envelope.backend)
-        parts[at] = variants()[kind]
-        sizes, envelope.backend.blob = pack(parts)
-        envelope.backend.arrays[0].CopyFrom(sizes)
+        inner, descriptor = _bytes_fields(envelope.backend)[field]
+        getattr(inner, descriptor.name)[at] = variants()[kind]
 
     return mutate
 
@@ -641,15 +639,15 @@ def _first(name: str, kind: str, nth: int = 0) -> int:
     (a backend message's kind, or a body)."""
     found = [i for i, request in enumerate(_capture(name))
              if body(request) == kind or (request.HasField("backend")
-                                          and request.backend.kind == kind)]
+                                          and request.backend.WhichOneof("body") == kind)]
     return found[nth]
 
 
 # Cases the fuzzer found, kept as regressions (scenario -> cases, built lazily).
 REGRESSIONS: dict[str, Callable[[], list[tuple[int, list[pb.Envelope | bytes]]]]] = {
     "ckks": lambda: [
-        _regression("ckks", _first("ckks", ckks.SUMS), _float_sizes),
-        _regression("ckks", _first("ckks", ckks.SUMS), _crafted_part(_seal_variants, "ntt")),
+        _regression("ckks", _first("ckks", "he_masked_products"),
+                    _crafted_part(_seal_variants, "ntt")),
     ],
     "ckks-bspline": lambda: [
         _regression("ckks-bspline", _first("ckks-bspline", "select_points"),
@@ -657,16 +655,13 @@ REGRESSIONS: dict[str, Callable[[], list[tuple[int, list[pb.Envelope | bytes]]]]
         _regression("ckks-bspline", _first("ckks-bspline", "select_points"),
                     _control_size(1 << 32, 1 << 32), then=3),
     ],
-    "paper-v1": lambda: [
-        _regression("paper-v1", _first("paper-v1", ckks_paper.PRODUCTS), _float_sizes),
-    ],
     "paper-v2": lambda: [
         # products before the level's replicated J_1 was asked for
-        _regression("paper-v2", _first("paper-v2", ckks_paper.V2_PRODUCTS), lambda _: None,
-                    prefix=_first("paper-v2", ckks_paper.V2_LEVEL)),
+        _regression("paper-v2", _first("paper-v2", "paper_v2_products"), lambda _: None,
+                    prefix=_first("paper-v2", "paper_v2_level_request")),
         # the moving party's own (last) vector one slot short: it loads, then cannot multiply
-        _regression("paper-v2", _first("paper-v2", ckks_paper.V2_PRODUCTS),
-                    _crafted_part(_tenseal_variants, "one slot short", at=-1)),
+        _regression("paper-v2", _first("paper-v2", "paper_v2_products"),
+                    _crafted_part(_tenseal_variants, "one slot short", at=-1, field=1)),
     ],
     "spdz-bspline": lambda: [
         _regression("spdz-bspline", _first("spdz-bspline", "select_points"),
@@ -713,7 +708,7 @@ def test_a_dealer_refusal_the_moving_party_caused_ends_the_session_as_a_protocol
     pool = _CompletingPool()
     session, links = _fixed_session(pool)
     requests = _capture("spdz")
-    first, second = (_first("spdz", spdz.ITERATION, nth) for nth in (0, 1))
+    first, second = (_first("spdz", "spdz_iteration", nth) for nth in (0, 1))
     for request in requests[:first]:
         session.handle(request)
     token = bytes.fromhex(requests[0].hello.backend_parameters["session_token"])
@@ -730,8 +725,8 @@ def test_the_fuzzer_finds_a_handler_that_raises_something_else():
     """The harness itself can fail: a fixed side whose handler raises TypeError is caught."""
     with mock.patch.object(clear.ClearFixedSide, "handle", side_effect=TypeError("bug")), \
             pytest.raises(TypeError, match="bug"):
-        _run_fixed_case("clear", _first("clear", clear.FIXED_VALUES),
-                        [_capture("clear")[_first("clear", clear.FIXED_VALUES)]])
+        _run_fixed_case("clear", _first("clear", "clear_level_request"),
+                        [_capture("clear")[_first("clear", "clear_level_request")]])
 
 
 # -- the dealer --------------------------------------------------------------------------
@@ -1100,7 +1095,7 @@ def _dealer_stream(servers: SimpleNamespace, role: str, frames: list[bytes]) -> 
     credentials = grpc.ssl_channel_credentials(tls.ca, tls.key, tls.certificate)
     with grpc.secure_channel(servers.dealer.address, credentials,
                              options=[("grpc.ssl_target_name_override", "dealer")]) as channel:
-        stream = channel.stream_stream("/ppir.v1.Dealer/Session",
+        stream = channel.stream_stream(f"/{DealerServer.service}/Session",
                                        request_serializer=lambda raw: raw,
                                        response_deserializer=pb.Frame.FromString)
         try:
@@ -1190,7 +1185,7 @@ def test_a_session_ended_by_a_protocol_error_releases_its_dealer_session(wire):
     protocol error, so eight bad sessions filled a default dealer's slots for good."""
     opened = _opened_by_fixed_party(wire)
     frames = _spdz_session_to_the_points(wire) + [_envelope_frame(pb.Envelope(
-        backend=pb.BackendMessage(kind="spdz.nonsense")).SerializeToString())]
+        backend=pb.BackendMessage(he_key_request=pb.HeKeyRequest())).SerializeToString())]
     answer = _raw_stream(SimpleNamespace(address=wire.fixed.address), wire.pki, frames)
     assert answer[-1].envelope.WhichOneof("body") == "abort"
     assert _dealer_sessions_ended(wire, opened)

@@ -153,7 +153,7 @@ BAD_STREAMS = {
     "unknown backend message": [
         _frame(hello=_hello().hello), _frame(open_level=pb.OpenLevel(level=0)),
         _frame(select_points=pb.SelectPoints(kind="all")),
-        _frame(backend=pb.BackendMessage(kind="clear.fixed_values; DROP"))],
+        _frame(backend=pb.BackendMessage(spdz_sums=pb.SpdzSums()))],
 }
 
 

@@ -54,6 +54,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,7 +81,6 @@ SECURITY_LEVELS = {128: "TC128", 192: "TC192", 256: "TC256"}
 PLAIN_BITS = 60
 SUM_BITS = PLAIN_BITS - 2  # every exact sum stays below 2^SUM_BITS in absolute value
 MOD_SWITCHES = 2
-PUBLIC_KEY, LEVEL, SUMS = "ckks.public_key", "ckks.level", "ckks.sums"
 
 
 def _seal() -> Any:
@@ -167,21 +167,6 @@ class HEContext:
         """The centred representative of ``value`` mod t."""
         value %= self.t
         return value - self.t if value > self.t // 2 else value
-
-
-def pack(blobs: list[bytes]) -> tuple[pb.Array, bytes]:
-    return array_to_pb(np.array([len(b) for b in blobs], dtype=np.int64)), b"".join(blobs)
-
-
-def unpack(sizes: pb.Array, blob: bytes, count: int) -> list[bytes]:
-    lengths = array_from_pb(sizes, max_elements=count)
-    # int64 only (a float length cannot slice), each within the blob (so the sum cannot wrap)
-    if lengths.dtype != np.int64 or lengths.shape != (count,) or \
-            lengths.min(initial=0) < 0 or lengths.max(initial=0) > len(blob) or \
-            lengths.sum() != len(blob):
-        raise ProtocolError("the ciphertext sizes do not fit the message")
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    return [blob[offsets[i]:offsets[i + 1]] for i in range(count)]
 
 
 def slot_total(values: np.ndarray) -> int:
@@ -317,10 +302,12 @@ class CKKSBackend(ExactSumsBackend):
     def _on_points(self, points: PointSet) -> None:
         he, seal = self.he, self.he.seal
         if self._public_key is None:
-            reply = self.channel.exchange(pb.BackendMessage(kind=PUBLIC_KEY))
-            self._public_key = he.from_bytes("PublicKey", reply.blob)
+            reply = self.channel.exchange(pb.BackendMessage(he_key_request=pb.HeKeyRequest()))
+            if reply.WhichOneof("body") != "he_key":
+                raise ProtocolError("the fixed party's public key is missing")
+            self._public_key = he.from_bytes("PublicKey", reply.he_key.public_key)
             self._encryptor = seal.Encryptor(he.context, self._public_key)
-        reply = self.channel.exchange(pb.BackendMessage(kind=LEVEL))
+        reply = self.channel.exchange(pb.BackendMessage(he_level_request=pb.HeLevelRequest()))
         if points.control is None:
             sums = len(sum_pairs(points.geometry.dimension))
             rows = -(-points.size // (he.slots // sums))
@@ -328,14 +315,13 @@ class CKKSBackend(ExactSumsBackend):
         else:  # one row of q(J) and one of q(J)^2 per slots points
             rows = 2 * -(-points.size // he.slots)
             j_bits = mapped_bits(points).j_bits
-        if reply.kind != LEVEL or len(reply.values) != 1 or len(reply.arrays) != 1:
+        if reply.WhichOneof("body") != "he_level" or len(reply.he_level.ciphertexts) != rows:
             raise ProtocolError("the fixed party's level ciphertexts are malformed")
-        ciphertexts = [he.from_bytes("Ciphertext", data)
-                       for data in unpack(reply.arrays[0], reply.blob, rows)]
+        ciphertexts = [he.from_bytes("Ciphertext", data) for data in reply.he_level.ciphertexts]
         for ciphertext in ciphertexts:
             he.evaluator.transform_to_ntt_inplace(ciphertext)
         _, exponent_phi = basis_coordinates(points)
-        level_exponent = int(reply.values[0])
+        level_exponent = reply.he_level.fixed_exponent
         self._level = _Level(ciphertexts=ciphertexts, exponent_j=level_exponent,
                              exponent_phi=exponent_phi, n=points.size)
         self._bounds.append(j_bits - 1 - level_exponent)
@@ -362,11 +348,12 @@ class CKKSBackend(ExactSumsBackend):
                 he.evaluator.add_inplace(accumulator, product)
         mask = self._rng.integers(0, he.t, he.slots, dtype=np.uint64)
         masks = range_totals(mask, len(pairs))
-        sizes, blob = pack([self._masked(accumulator, mask)])
-        reply = self.channel.exchange(pb.BackendMessage(
-            kind=SUMS, arrays=[sizes], blob=blob))
-        totals = array_from_pb(reply.arrays[0], max_elements=len(pairs)) if reply.arrays else None
-        if reply.kind != SUMS or totals is None or totals.shape != (len(pairs),):
+        reply = self.channel.exchange(pb.BackendMessage(he_masked_products=pb.HeMaskedProducts(
+            ciphertexts=[self._masked(accumulator, mask)])))
+        totals = None
+        if reply.WhichOneof("body") == "he_masked_totals":
+            totals = array_from_pb(reply.he_masked_totals.totals, max_elements=len(pairs))
+        if totals is None or totals.shape != (len(pairs),):
             raise ProtocolError("the fixed party's sums are malformed")
         sums = [he.signed(int(total) - mask) for total, mask in zip(totals, masks, strict=True)]
         self._sums_received += len(sums)
@@ -439,14 +426,13 @@ class CKKSBackend(ExactSumsBackend):
                 else:
                     he.evaluator.add_inplace(total, product)
             blobs.append(self._masked(total, masks[d + k, :he.slots]))
-        sizes, blob = pack(blobs)
         reply = self.channel.exchange(pb.BackendMessage(
-            kind=SUMS, arrays=[sizes], blob=blob))
+            he_masked_products=pb.HeMaskedProducts(ciphertexts=blobs)))
         count = points.control.number_of_points
-        if reply.kind != SUMS or len(reply.arrays) != 2:
+        if reply.WhichOneof("body") != "he_masked_totals":
             raise ProtocolError("the fixed party's sums are malformed")
-        mapped = array_from_pb(reply.arrays[0], max_elements=count * d)
-        totals = array_from_pb(reply.arrays[1], max_elements=2)
+        mapped = array_from_pb(reply.he_masked_totals.mapped_moments, max_elements=count * d)
+        totals = array_from_pb(reply.he_masked_totals.totals, max_elements=2)
         if mapped.shape != (count, d) or totals.shape != (2,):
             raise ProtocolError("the fixed party's sums do not fit the control grid")
         own = map_mod_t(points, masks[:d, :points.size].T, bits.weight_bits, he.t)
@@ -509,23 +495,25 @@ class CKKSFixedSide(FixedSide):
             self._level_blobs.append(self.he.to_bytes(ciphertext))
 
     def handle(self, message: pb.BackendMessage) -> pb.BackendMessage:
-        if message.kind == PUBLIC_KEY:
-            return pb.BackendMessage(kind=PUBLIC_KEY, blob=self.he.to_bytes(self._public_key))
-        if message.kind == LEVEL:
-            sizes, blob = pack(self._level_blobs)
-            return pb.BackendMessage(kind=LEVEL, arrays=[sizes], blob=blob,
-                                     values=[float(self._exponent_j)])
-        if message.kind == SUMS and message.arrays and self._points.control is not None:
-            self.evaluations += 1
-            return self._bspline_sums(message)
-        if message.kind == SUMS and message.arrays:
-            self.evaluations += 1
-            (data,) = unpack(message.arrays[0], message.blob, 1)
-            slots = self._decrypt(data)
-            totals = [total % self.he.t for total in range_totals(slots, self._sums)]
-            return pb.BackendMessage(kind=SUMS, arrays=[array_to_pb(np.array(totals,
-                                                                             dtype=np.int64))])
-        raise ProtocolError(f"'{message.kind[:40]}' is not a ckks-backend message")
+        kind = message.WhichOneof("body")
+        if kind == "he_key_request":
+            return pb.BackendMessage(he_key=pb.HeKey(
+                public_key=self.he.to_bytes(self._public_key)))
+        if kind == "he_level_request":
+            return pb.BackendMessage(he_level=pb.HeLevel(ciphertexts=self._level_blobs,
+                                                         fixed_exponent=self._exponent_j))
+        if kind != "he_masked_products":
+            raise ProtocolError(f"'{kind}' is not a request of the ckks backend")
+        ciphertexts = message.he_masked_products.ciphertexts
+        self.evaluations += 1
+        if self._points.control is not None:
+            return self._bspline_sums(ciphertexts)
+        if len(ciphertexts) != 1:
+            raise ProtocolError("the masked products are not one ciphertext")
+        slots = self._decrypt(ciphertexts[0])
+        totals = [total % self.he.t for total in range_totals(slots, self._sums)]
+        return pb.BackendMessage(he_masked_totals=pb.HeMaskedTotals(
+            totals=array_to_pb(np.array(totals, dtype=np.int64))))
 
     def close(self) -> None:
         self.he.close()
@@ -543,17 +531,19 @@ class CKKSFixedSide(FixedSide):
                 from None
         return np.array(self.he.encoder.decode_uint64(plain), dtype=np.uint64)
 
-    def _bspline_sums(self, message: pb.BackendMessage) -> pb.BackendMessage:
+    def _bspline_sums(self, ciphertexts: Sequence[bytes]) -> pb.BackendMessage:
         """Decrypt the masked per-point products (uniform mod t: nothing about the moving
         party's vectors), apply the public B-spline map mod t, total the two sums."""
         points, slots, t = self._points, self.he.slots, self.he.t
         d = points.geometry.dimension
         rows = -(-points.size // slots)
-        blobs = unpack(message.arrays[0], message.blob, d * rows + 2)
+        if len(ciphertexts) != d * rows + 2:
+            raise ProtocolError("the masked products do not fit the point set")
+        blobs = list(ciphertexts)
         products = np.stack([np.concatenate([self._decrypt(blobs[k * rows + r])
                                              for r in range(rows)])[:points.size]
                              for k in range(d)], axis=1)
         mapped = map_mod_t(points, products, mapped_bits(points).weight_bits, t)
         totals = [int(self._decrypt(data).sum(dtype=object)) % t for data in blobs[d * rows:]]
-        return pb.BackendMessage(kind=SUMS, arrays=[array_to_pb(mapped),
-                                                    array_to_pb(np.array(totals, np.int64))])
+        return pb.BackendMessage(he_masked_totals=pb.HeMaskedTotals(
+            totals=array_to_pb(np.array(totals, np.int64)), mapped_moments=array_to_pb(mapped)))

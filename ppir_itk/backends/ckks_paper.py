@@ -32,16 +32,22 @@ from ppir_itk.backends.base import (
     MovingChannel,
     MovingFields,
 )
-from ppir_itk.backends.ckks import pack, unpack
 from ppir_itk.errors import InputError
 from ppir_itk.points import PointSet
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import ProtocolError, array_from_pb, array_to_pb
 
+
+def _answer(reply: pb.BackendMessage, kind: str) -> Any:
+    """The body of the fixed party's answer, which must be a ``kind``."""
+    if reply.WhichOneof("body") != kind:
+        raise ProtocolError(f"the fixed party answered '{reply.WhichOneof('body')}' where "
+                            f"'{kind}' was due")
+    return getattr(reply, kind)
+
 POLY_MODULUS_DEGREE = 8192  # the paper's N; 128-bit security with these moduli
 COEFF_MOD_BIT_SIZES = (60, 40, 40, 60)
 SCALE_BITS = 40
-CONTEXT, LEVEL, PRODUCTS = "paper-v1.context", "paper-v1.level", "paper-v1.products"
 
 
 def _tenseal() -> Any:
@@ -56,9 +62,6 @@ def _split(values: np.ndarray, length: int) -> list[list[float]]:
     padded = np.zeros(-(-values.size // length) * length)
     padded[:values.size] = values
     return [padded[i:i + length].tolist() for i in range(0, padded.size, length)]
-
-
-V2_CONTEXT, V2_LEVEL, V2_PRODUCTS = "paper-v2.context", "paper-v2.level", "paper-v2.products"
 
 
 def _new_context() -> Any:
@@ -129,22 +132,26 @@ class PaperV1Backend(_PaperBackend):
     def _on_points(self, points: PointSet) -> None:
         ts = _tenseal()
         if self._context is None:
-            reply = self.channel.exchange(pb.BackendMessage(kind=CONTEXT))
-            self._context = _load_public(reply.blob)
-        reply = self.channel.exchange(pb.BackendMessage(kind=LEVEL))
+            reply = self.channel.exchange(pb.BackendMessage(
+                paper_v1_context_request=pb.PaperV1ContextRequest()))
+            self._context = _load_public(_answer(reply, "paper_v1_context").public_context)
+        reply = self.channel.exchange(pb.BackendMessage(
+            paper_v1_level_request=pb.PaperV1LevelRequest()))
         parts = -(-points.size // (POLY_MODULUS_DEGREE // 2))
-        vectors = [ts.ckks_vector_from(self._context, data)
-                   for data in unpack(reply.arrays[0], reply.blob, 2 * parts)]
+        level = _answer(reply, "paper_v1_level").ciphertexts
+        if len(level) != 2 * parts:
+            raise ProtocolError("the fixed party's level ciphertexts do not fit the point set")
+        vectors = [ts.ckks_vector_from(self._context, data) for data in level]
         self._fixed, self._fixed_squared = vectors[:parts], vectors[parts:]
 
     def _joint_term(self, fields: MovingFields) -> JointTerm:
         columns = list(fields.steepest_descent(self.points).T) + [fields.warped]
         results = [_summed(self._fixed, column, dot=True) for column in columns]
         results.append(_summed(self._fixed_squared, fields.valid.astype(np.float64), dot=True))
-        sizes, blob = pack([result.serialize() for result in results])
-        reply = self.channel.exchange(pb.BackendMessage(
-            kind=PRODUCTS, arrays=[sizes], blob=blob))
-        values = array_from_pb(reply.arrays[0], max_elements=len(results))
+        reply = self.channel.exchange(pb.BackendMessage(paper_v1_products=pb.PaperV1Products(
+            ciphertexts=[result.serialize() for result in results])))
+        values = array_from_pb(_answer(reply, "paper_v1_decrypted").values,
+                               max_elements=len(results))
         if values.shape != (len(results),):
             raise ProtocolError("the fixed party's decrypted products are malformed")
         return JointTerm(parameter_term=values[:-2].astype(np.float64),
@@ -169,26 +176,26 @@ class PaperV1FixedSide(FixedSide):
 
     def handle(self, message: pb.BackendMessage) -> pb.BackendMessage:
         ts = _tenseal()
-        if message.kind == CONTEXT:
-            return pb.BackendMessage(kind=CONTEXT, blob=self._context.serialize(
-                save_public_key=True, save_secret_key=False, save_galois_keys=True,
-                save_relin_keys=False))
-        if message.kind == LEVEL:
-            sizes, blob = pack(self._level)
-            return pb.BackendMessage(kind=LEVEL, arrays=[sizes], blob=blob)
-        if message.kind == PRODUCTS and message.arrays:
+        kind = message.WhichOneof("body")
+        if kind == "paper_v1_context_request":
+            return pb.BackendMessage(paper_v1_context=pb.PaperV1Context(
+                public_context=self._context.serialize(
+                    save_public_key=True, save_secret_key=False, save_galois_keys=True,
+                    save_relin_keys=False)))
+        if kind == "paper_v1_level_request":
+            return pb.BackendMessage(paper_v1_level=pb.PaperV1Level(ciphertexts=self._level))
+        if kind == "paper_v1_products" and 0 < len(message.paper_v1_products.ciphertexts) <= 64:
             self.evaluations += 1
-            count = int(array_from_pb(message.arrays[0], max_elements=64).size)
             values = []
-            for data in unpack(message.arrays[0], message.blob, count):
+            for data in message.paper_v1_products.ciphertexts:
                 try:
                     values.append(ts.ckks_vector_from(self._context, data).decrypt()[0])
                 except Exception:  # TenSEAL raises bare exceptions on bad bytes
                     raise ProtocolError("a ciphertext from the moving party is invalid") from None
             self._numbers += len(values)
-            return pb.BackendMessage(kind=PRODUCTS,
-                                     arrays=[array_to_pb(np.array(values, dtype=np.float64))])
-        raise ProtocolError(f"'{message.kind[:40]}' is not a paper-v1 message")
+            return pb.BackendMessage(paper_v1_decrypted=pb.PaperV1Decrypted(
+                values=array_to_pb(np.array(values, dtype=np.float64))))
+        raise ProtocolError(f"'{kind}' is not a request of protocol paper-v1")
 
     def learned(self) -> list[str]:
         if not self.evaluations:
@@ -229,8 +236,8 @@ class PaperV2Backend(_PaperBackend):
     def _on_points(self, points: PointSet) -> None:
         if self._fixed_context is None:
             reply = self.channel.exchange(pb.BackendMessage(
-                kind=V2_CONTEXT, blob=_public(self._context)))
-            self._fixed_context = _load_public(reply.blob)
+                paper_v2_context=pb.PaperV2Context(public_context=_public(self._context))))
+            self._fixed_context = _load_public(_answer(reply, "paper_v2_context").public_context)
         self._fixed_first_half = []  # fetched at the level's first evaluation
 
     def _fetch_level(self, columns: int) -> None:
@@ -238,10 +245,12 @@ class PaperV2Backend(_PaperBackend):
         ts = _tenseal()
         self._columns = columns
         reply = self.channel.exchange(pb.BackendMessage(
-            kind=V2_LEVEL, values=[float(columns)]))
+            paper_v2_level_request=pb.PaperV2LevelRequest(columns=columns)))
         first, _ = _halves(self.points.size)
         chunks = -(-(first.stop - first.start) // (POLY_MODULUS_DEGREE // 2))
-        parts = unpack(reply.arrays[0], reply.blob, columns * chunks)
+        parts = _answer(reply, "paper_v2_level").ciphertexts
+        if len(parts) != columns * chunks:
+            raise ProtocolError("the fixed party's level ciphertexts do not fit the point set")
         vectors = [ts.ckks_vector_from(self._fixed_context, data) for data in parts]
         self._fixed_first_half = [vectors[c * chunks:(c + 1) * chunks] for c in range(columns)]
 
@@ -258,11 +267,13 @@ class PaperV2Backend(_PaperBackend):
         theirs = [ts.ckks_vector(self._context, block)
                   for c in range(self._columns)
                   for block in _split(columns[second, c], POLY_MODULUS_DEGREE // 2)]
-        sizes, blob = pack([v.serialize() for v in mine + theirs])
-        reply = self.channel.exchange(pb.BackendMessage(
-            kind=V2_PRODUCTS, arrays=[sizes], blob=blob))
-        first_sums = array_from_pb(reply.arrays[0], max_elements=self._columns)
-        second_parts = unpack(reply.arrays[1], reply.blob, self._columns)
+        reply = self.channel.exchange(pb.BackendMessage(paper_v2_products=pb.PaperV2Products(
+            first_half=[v.serialize() for v in mine], second_half=[v.serialize() for v in theirs])))
+        answer = _answer(reply, "paper_v2_answer")
+        first_sums = array_from_pb(answer.first_half_sums, max_elements=self._columns)
+        second_parts = answer.second_half
+        if first_sums.shape != (self._columns,) or len(second_parts) != self._columns:
+            raise ProtocolError("the fixed party's answer does not fit the columns")
         second_sums = []
         for data in second_parts:
             slots = np.array(ts.ckks_vector_from(self._context, data).decrypt())
@@ -297,42 +308,44 @@ class PaperV2FixedSide(FixedSide):
 
     def handle(self, message: pb.BackendMessage) -> pb.BackendMessage:
         ts = _tenseal()
-        if message.kind == V2_CONTEXT:
-            self._moving_context = _load_public(message.blob)
-            return pb.BackendMessage(kind=V2_CONTEXT, blob=_public(self._context))
-        if message.kind == V2_LEVEL and len(message.values) == 1:
-            self._columns = int(message.values[0])
+        kind = message.WhichOneof("body")
+        if kind == "paper_v2_context":
+            self._moving_context = _load_public(message.paper_v2_context.public_context)
+            return pb.BackendMessage(paper_v2_context=pb.PaperV2Context(
+                public_context=_public(self._context)))
+        if kind == "paper_v2_level_request":
+            self._columns = int(message.paper_v2_level_request.columns)
             if not 3 <= self._columns <= 64:
                 raise ProtocolError("paper-v2: the number of columns is out of range")
             blobs = [ts.ckks_vector(self._context, block).serialize()
                      for vector in self._replicated(self._first)
                      for block in _split(vector, POLY_MODULUS_DEGREE // 2)]
-            sizes, blob = pack(blobs)
-            return pb.BackendMessage(kind=V2_LEVEL, arrays=[sizes], blob=blob)
-        if message.kind == V2_PRODUCTS and message.arrays and self._moving_context is not None \
-                and self._columns:
-            self.evaluations += 1
+            return pb.BackendMessage(paper_v2_level=pb.PaperV2Level(ciphertexts=blobs))
+        if kind == "paper_v2_products" and self._moving_context is not None and self._columns:
             chunk = POLY_MODULUS_DEGREE // 2
             second_chunks = -(-(self._second.stop - self._second.start) // chunk)
-            parts = unpack(message.arrays[0], message.blob,
-                           self._columns * (1 + second_chunks))
+            products = message.paper_v2_products
+            if len(products.first_half) != self._columns or \
+                    len(products.second_half) != self._columns * second_chunks:
+                raise ProtocolError("paper-v2: the products do not fit the columns")
+            self.evaluations += 1
             try:
                 first_sums = []
-                for data in parts[:self._columns]:
+                for data in products.first_half:
                     slots = np.array(ts.ckks_vector_from(self._context, data).decrypt())
                     self._numbers += slots.size
                     first_sums.append(float(slots.sum()))
                 theirs = [ts.ckks_vector_from(self._moving_context, data)
-                          for data in parts[self._columns:]]
+                          for data in products.second_half]
                 # inside the try: a vector of the wrong length loads, then cannot multiply
-                products = [_summed(theirs[c * second_chunks:(c + 1) * second_chunks], vector)
-                            for c, vector in enumerate(self._replicated(self._second))]
+                summed = [_summed(theirs[c * second_chunks:(c + 1) * second_chunks], vector)
+                          for c, vector in enumerate(self._replicated(self._second))]
             except Exception:  # TenSEAL raises bare exceptions on bad bytes
                 raise ProtocolError("a ciphertext from the moving party is invalid") from None
-            sizes, blob = pack([product.serialize() for product in products])
-            return pb.BackendMessage(kind=V2_PRODUCTS, blob=blob, arrays=[
-                array_to_pb(np.array(first_sums, dtype=np.float64)), sizes])
-        raise ProtocolError(f"'{message.kind[:40]}' is not a paper-v2 message")
+            return pb.BackendMessage(paper_v2_answer=pb.PaperV2Answer(
+                first_half_sums=array_to_pb(np.array(first_sums, dtype=np.float64)),
+                second_half=[product.serialize() for product in summed]))
+        raise ProtocolError(f"'{kind}' is not a request of protocol paper-v2")
 
     def _replicated(self, half: slice) -> list[np.ndarray]:
         """J on a half, once per column of S and for I_w; J^2 for the valid mask."""

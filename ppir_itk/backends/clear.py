@@ -2,7 +2,7 @@
 
 The insecure baseline of the paper's "Clear" rows and of the tests. Once per
 level the fixed party sends its level image's values on the agreed point set
-(one ``clear.fixed_values`` message); the moving party then computes the
+(one ``ClearLevel`` message); the moving party then computes the
 joint term alone, with no message per iteration. Every run with this backend
 warns, and its report says the fixed image was disclosed.
 """
@@ -27,8 +27,6 @@ from ppir_itk.points import PointSet
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import ProtocolError, array_from_pb, array_to_pb
 
-FIXED_VALUES = "clear.fixed_values"
-
 
 class InsecureBackendWarning(UserWarning):
     """The run discloses a party's image."""
@@ -52,10 +50,10 @@ class ClearBackend(JointTermBackend):
         self._received = 0
 
     def _on_points(self, points: PointSet) -> None:
-        reply = self.channel.exchange(pb.BackendMessage(kind=FIXED_VALUES))
-        if reply.kind != FIXED_VALUES or len(reply.arrays) != 1:
+        reply = self.channel.exchange(pb.BackendMessage(clear_level_request=pb.ClearLevelRequest()))
+        if reply.WhichOneof("body") != "clear_level":
             raise ProtocolError("the fixed party's clear values are missing")
-        values = array_from_pb(reply.arrays[0], max_elements=points.size)
+        values = array_from_pb(reply.clear_level.fixed_values, max_elements=points.size)
         if values.shape != (points.size,) or values.dtype != np.float64:
             raise ProtocolError("the fixed party's clear values do not fit the point set")
         self._received += values.size
@@ -97,6 +95,6 @@ class ClearFixedSide(FixedSide):
         self._values = values
 
     def handle(self, message: pb.BackendMessage) -> pb.BackendMessage:
-        if message.kind != FIXED_VALUES:
-            raise ProtocolError(f"'{message.kind[:40]}' is not a clear-backend message")
-        return pb.BackendMessage(kind=FIXED_VALUES, arrays=[array_to_pb(self._values)])
+        if message.WhichOneof("body") != "clear_level_request":
+            raise ProtocolError(f"'{message.WhichOneof('body')}' is not a clear-backend request")
+        return pb.BackendMessage(clear_level=pb.ClearLevel(fixed_values=array_to_pb(self._values)))

@@ -90,7 +90,8 @@ from ppir_itk.protocol.messages import ProtocolError
 from ppir_itk.randomness import secret_seed
 from ppir_itk.roles import FIXED, MOVING
 
-LEVEL, ITERATION = "spdz.level", "spdz.iteration"
+# The protocol's two steps: the moving party's message and the fixed party's answer.
+LEVEL, ITERATION = ("spdz_level", "spdz_level_opened"), ("spdz_iteration", "spdz_sums")
 PROVIDERS = ("dealer", "tfp")
 RING_BITS = 64
 
@@ -196,18 +197,23 @@ class SPDZBackend(ExactSumsBackend):
         self._communicator = MailboxCommunicator(MOVING, self._flush)
         self._products: Any = None
         self._step = LEVEL
-        self._answer: pb.BackendMessage | None = None
+        self._answer: Any = None  # the body of the fixed party's last answer
         self._exponent_j = 0
         self._level_index = -1
         self.dealer_closed: pb.Closed | None = None
 
     def _flush(self) -> None:
-        reply = self.channel.exchange(pb.BackendMessage(
-            kind=self._step, arrays=self._communicator.take_outbox()))
-        if reply.kind != self._step:
-            raise ProtocolError(f"the fixed party answered '{reply.kind[:40]}' to '{self._step}'")
-        self._answer = reply
-        self._communicator.fill_inbox(reply.arrays, max_elements=self.points.size * 16)
+        request, answer = self._step
+        message = pb.BackendMessage()
+        body = getattr(message, request)
+        body.SetInParent()  # the level step's request may carry no share
+        body.shares.extend(self._communicator.take_outbox())
+        reply = self.channel.exchange(message)
+        if reply.WhichOneof("body") != answer:
+            raise ProtocolError(f"the fixed party answered '{reply.WhichOneof('body')}' to "
+                                f"'{request}'")
+        self._answer = getattr(reply, answer)
+        self._communicator.fill_inbox(self._answer.shares, max_elements=self.points.size * 16)
 
     def _on_points(self, points: PointSet) -> None:
         if self._products is None:
@@ -220,9 +226,7 @@ class SPDZBackend(ExactSumsBackend):
         self._level_index += 1  # levels come in order: the fixed party counts them the same way
         self._products.open_fixed_operand(self._level_index, None, points.size,
                                           points.geometry.dimension)
-        if len(self._answer.values) != 1:
-            raise ProtocolError("the fixed party's fixed-point exponent is missing")
-        self._exponent_j = int(self._answer.values[0])
+        self._exponent_j = self._answer.fixed_exponent
         self._basis = ring_basis(points)
         self._bounds.append(self._basis.j_bits - 1 - self._exponent_j)
 
@@ -306,25 +310,28 @@ class SPDZFixedSide(FixedSide):
     def handle(self, message: pb.BackendMessage) -> pb.BackendMessage:
         communicator = self._communicator
         points = self._points
-        communicator.fill_inbox(message.arrays, max_elements=points.size * 16)
-        if message.kind == LEVEL and self._level_pending:
+        kind = message.WhichOneof("body")
+        step = LEVEL if self._level_pending else ITERATION
+        if kind != step[0]:
+            raise ProtocolError(f"'{kind}' does not fit this point of the SPDZ protocol")
+        communicator.fill_inbox(getattr(message, kind).shares, max_elements=points.size * 16)
+        reply = pb.BackendMessage()
+        answer = getattr(reply, step[1])
+        answer.SetInParent()
+        if step is LEVEL:
             self._level_pending = False
             with self._dealer_step():
                 self._products.open_fixed_operand(self._level_index, self._fixed_rows,
                                                   points.size, points.geometry.dimension)
-            values = [float(self._exponent_j)]
-        elif message.kind == ITERATION and not self._level_pending:
+            answer.fixed_exponent = self._exponent_j
+        else:
             self.evaluations += 1
             with self._dealer_step():
                 self._products.sums(None, self._basis.apply)
-            values = []
-        else:
-            raise ProtocolError(f"'{message.kind[:40]}' does not fit this point of the SPDZ "
-                                "protocol")
         if communicator.inbox:
             raise ProtocolError("the moving party sent more shares than this step uses")
-        return pb.BackendMessage(kind=message.kind, arrays=communicator.take_outbox(),
-                                 values=values)
+        answer.shares.extend(communicator.take_outbox())
+        return reply
 
     def close(self) -> pb.PartyStats | None:
         if self._products is None:

@@ -1,6 +1,6 @@
 """Typed messages on the wire: numpy arrays and geometry in, framing with size limits.
 
-Everything that crosses between the parties is a ``ppir.v1.Envelope``
+Everything that crosses between the parties is a ``ppir.v3.Envelope``
 (``ppir.proto``). This module converts arrays and geometry to and from their
 protobuf form and cuts envelopes into frames:
 
@@ -23,7 +23,10 @@ import numpy as np
 from ppir_itk.image import GridGeometry
 from ppir_itk.protocol import ppir_pb2 as pb
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3  # Hello's and DealerHello's version; also ppir.proto's package, ppir.v3
+SERVICE_PACKAGE = f"ppir.v{PROTOCOL_VERSION}"  # the gRPC services' package
+FIXED_PARTY_SERVICE = f"{SERVICE_PACKAGE}.FixedParty"
+DEALER_SERVICE = f"{SERVICE_PACKAGE}.Dealer"
 FRAME_BYTES = 1 << 20  # payload per gRPC message
 MAX_GRPC_MESSAGE = FRAME_BYTES + (64 << 10)  # gRPC refuses anything larger before parsing it
 DEFAULT_MAX_ENVELOPE = 2 << 30  # a whole message (e.g. a 3-D level image in clear)

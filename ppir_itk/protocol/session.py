@@ -24,7 +24,7 @@ from typing import Any
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.channel import DEFAULT_DEADLINE, Channel, Counters, PeerError
 from ppir_itk.protocol.endpoint import Endpoint, Serving
-from ppir_itk.protocol.messages import DEFAULT_MAX_ENVELOPE, body
+from ppir_itk.protocol.messages import DEFAULT_MAX_ENVELOPE, FIXED_PARTY_SERVICE, body
 from ppir_itk.protocol.tls import TLS
 from ppir_itk.protocol.transport import open_client
 
@@ -146,11 +146,11 @@ class LocalSession(Session):
 
 class RemoteSession(Session):
     """gRPC over mutual TLS to a fixed party's ``ppir serve`` (or, with
-    ``service="ppir.v1.Dealer"``, to a dealer)."""
+    ``service=DEALER_SERVICE``, to a dealer)."""
 
     def __init__(self, target: str, tls: TLS, *, deadline: float = DEFAULT_DEADLINE,
                  max_envelope: int = DEFAULT_MAX_ENVELOPE, server_name: str = "fixed-party",
-                 service: str = "ppir.v1.FixedParty", role: str = "fixed party") -> None:
+                 service: str = FIXED_PARTY_SERVICE, role: str = "fixed party") -> None:
         super().__init__()
         self.peer = f"{role} at {target}"
         self._channel = Channel(self.peer, deadline, max_envelope)

@@ -1,6 +1,6 @@
 """gRPC with mutual TLS: the fixed party's server and the moving party's client.
 
-One RPC, ``/ppir.v1.FixedParty/Session``, a bidirectional stream of
+One RPC, ``/ppir.v3.FixedParty/Session``, a bidirectional stream of
 ``Frame`` messages per registration session. gRPC's message limit
 (``MAX_GRPC_MESSAGE``) is enforced by gRPC before a frame is parsed; whole
 envelopes are limited by the :class:`~ppir_itk.protocol.messages.Reassembler`.
@@ -26,7 +26,11 @@ from ppir_itk.errors import InputError
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.channel import Channel, PeerError
 from ppir_itk.protocol.endpoint import Endpoint
-from ppir_itk.protocol.messages import DEFAULT_MAX_ENVELOPE, MAX_GRPC_MESSAGE
+from ppir_itk.protocol.messages import (
+    DEFAULT_MAX_ENVELOPE,
+    FIXED_PARTY_SERVICE,
+    MAX_GRPC_MESSAGE,
+)
 from ppir_itk.protocol.relay import Relay, WireCounters
 from ppir_itk.protocol.tls import TLS
 
@@ -66,7 +70,7 @@ class ClientConnection:
 
 
 def open_client(target: str, tls: TLS, server_name: str, channel: Channel,
-                service: str = "ppir.v1.FixedParty") -> ClientConnection:
+                service: str = FIXED_PARTY_SERVICE) -> ClientConnection:
     """Connect to the party serving ``service`` at ``target`` and start the session stream."""
     relay = Relay(("127.0.0.1", 0), parse_address(target), outbound=True)
     credentials = grpc.ssl_channel_credentials(root_certificates=tls.ca, private_key=tls.key,
