@@ -55,7 +55,7 @@ Z_2^64, int64 values; one Beaver product per value, laid out as a 2-D affine
 iteration lays them out (d + 2 = 4 rows of 250 000 points, rows paired with
 ``q(J)`` or ``q(J)^2`` by ``SharedProducts``'s row map):
 
-- expand a seed: ``dealer.expand`` (AES-256-CTR keystream to int64), how the
+- expand a seed: ``randomness.expand`` (AES-256-CTR keystream to int64), how the
   dealer's masks, ``a`` and ``c0`` reach the parties; MB: one 32-byte seed;
 - dealer triples, both parties: ``DealerClient.masks`` then
   ``DealerClient.post_triples`` for each party against ``TriplePool`` in this
@@ -295,14 +295,15 @@ def spdz_rows(repeats: int) -> tuple[str, list[Row]]:
     """The SPDZ backend's share arithmetic, dealer and openings."""
     from ppir_itk.backends.crypten_compat import acting_as, load_crypten
     from ppir_itk.backends.spdz import ring_basis
-    from ppir_itk.dealer import SEED_BYTES, TriplePool, expand, local_dealer
+    from ppir_itk.dealer import TriplePool, local_dealer
     from ppir_itk.image import GridGeometry
     from ppir_itk.points import PointSet
+    from ppir_itk.randomness import SEED_BYTES, expand, secret_seed
     from ppir_itk.roles import MOVING
 
     shared = load_crypten().mpc.primitives.ArithmeticSharedTensor
     rng = np.random.default_rng(0)
-    seed = os.urandom(SEED_BYTES)
+    seed = secret_seed()
     ring = np.iinfo(np.int64)
     points = MILLION // SPDZ_ROWS
     d = SPDZ_ROWS - 2

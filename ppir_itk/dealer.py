@@ -16,7 +16,7 @@ term from what it holds, and neither learns the other's values (Beaver's
 multiplication, with each operand's mask held by the party that owns the
 operand). To keep the dealer's traffic small, every value that is uniformly
 random on its own travels as a 32-byte seed expanded with AES-256 in counter
-mode (:func:`expand`); only ``c1`` travels in full.
+mode (:func:`~ppir_itk.randomness.expand`); only ``c1`` travels in full.
 
 Each party opens its own session with the dealer (gRPC, mutual TLS: the
 certificate says which party it is) and names the registration session by a
@@ -39,7 +39,6 @@ mask, mask rows)                c0; fixed party, c1
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -47,7 +46,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import (
@@ -57,6 +55,7 @@ from ppir_itk.protocol.messages import (
     array_to_pb,
     body,
 )
+from ppir_itk.randomness import expand, secret_seed
 from ppir_itk.roles import FIXED, MOVING, PARTIES
 
 MAX_VALUES = 1 << 25  # ring elements per request (a 3-D level of 128^3 points, 5 rows, fits)
@@ -64,15 +63,6 @@ MAX_ROWS = 16
 MAX_PENDING = 8  # batches one party may be ahead of the other, per token
 MASKS_KEPT = 2  # per token: the current level's mask and the one before
 TOKEN_BYTES = (16, 64)
-SEED_BYTES = 32
-
-
-def expand(seed: bytes, count: int) -> np.ndarray:
-    """``count`` uniform int64 values (ring Z_2^64) from a 32-byte seed: AES-256-CTR keystream."""
-    if len(seed) != SEED_BYTES:
-        raise ProtocolError(f"a seed must be {SEED_BYTES} bytes")
-    encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
-    return np.frombuffer(encryptor.update(bytes(8 * count)), dtype=np.int64)
 
 
 def mask_values(seed: bytes, rows: int, count: int) -> np.ndarray:
@@ -112,7 +102,7 @@ class TriplePool:
             kept = self._masks.setdefault(token, {})
             if int(request.sequence) in kept:
                 raise ProtocolError(f"mask {request.sequence} was already dealt")
-            seed = os.urandom(SEED_BYTES)
+            seed = secret_seed()
             kept[int(request.sequence)] = mask_values(seed, rows, count).view(np.uint64)
             for old in sorted(kept)[:-MASKS_KEPT]:
                 del kept[old]
@@ -136,7 +126,7 @@ class TriplePool:
                 if mask is None or mask.shape[1] != count or max(request.mask_rows) >= len(mask):
                     raise ProtocolError(f"triples asked for mask {request.mask_sequence}, which "
                                         "the dealer does not hold in that size")
-                batch = _Batch(asked, os.urandom(SEED_BYTES), mask[list(request.mask_rows)])
+                batch = _Batch(asked, secret_seed(), mask[list(request.mask_rows)])
                 self._batches[key] = batch
                 self.values_dealt += rows * count
             if batch.request != asked:
