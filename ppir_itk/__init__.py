@@ -22,6 +22,7 @@ BSplineTransform
     ITK's cubic B-spline transform, for non-linear registration.
 """
 
+from ppir_itk._version import __version__ as __version__  # re-exported
 from ppir_itk.backends import BACKENDS, InsecureBackendWarning, make_backend
 from ppir_itk.bspline import BSplineTransform
 from ppir_itk.errors import InputError
@@ -43,8 +44,6 @@ from ppir_itk.registration import (
 )
 from ppir_itk.sampling import GMS, URS, NoSampling
 from ppir_itk.transforms import TRANSFORM_KINDS, LinearTransform, make_transform
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS",
