@@ -1,4 +1,4 @@
-"""Secret randomness: exact uniformity mod t, and masks only from the operating system's CSPRNG."""
+"""Secret randomness: exact uniformity mod t; masks and shares only from the OS's CSPRNG."""
 
 from __future__ import annotations
 
@@ -49,16 +49,25 @@ def test_uniform_below_draws_afresh_and_without_repeats():
     assert not np.intersect1d(first, second).size
 
 
+# PyTorch's generators (CrypTen draws its own shares with them, through torch.randint).
+TORCH_DRAWS = ("Generator", "bernoulli", "multinomial", "normal", "poisson", "rand", "rand_like",
+               "randint", "randint_like", "randn", "randn_like", "randperm")
+TENSOR_DRAWS = ("bernoulli", "bernoulli_", "cauchy_", "exponential_", "geometric_",
+                "log_normal_", "normal_", "random_", "uniform_")
+
+
 def _refuse(name: str):
     def refused(*_, **__):
-        raise AssertionError(f"{name} was called while the packed protocol masked its sums")
+        raise AssertionError(f"{name} was called during a private joint-term evaluation")
 
     return refused
 
 
 def _without_non_cryptographic_generators(monkeypatch) -> None:
-    """Every NumPy and ``random`` generator raises from here on (``SystemRandom``, which reads
-    ``os.urandom``, stays)."""
+    """Every NumPy, ``random`` and PyTorch generator raises from here on (``SystemRandom``,
+    which reads ``os.urandom``, stays)."""
+    import torch
+
     for name in dir(np.random):
         if not name.startswith("_") and callable(getattr(np.random, name)):
             monkeypatch.setattr(np.random, name, _refuse(f"numpy.random.{name}"))
@@ -66,19 +75,28 @@ def _without_non_cryptographic_generators(monkeypatch) -> None:
         if not name.startswith("_") and name != "SystemRandom" and callable(
                 getattr(random, name)):
             monkeypatch.setattr(random, name, _refuse(f"random.{name}"))
+    for name in TORCH_DRAWS:
+        monkeypatch.setattr(torch, name, _refuse(f"torch.{name}"))
+    for name in TENSOR_DRAWS:
+        monkeypatch.setattr(torch.Tensor, name, _refuse(f"torch.Tensor.{name}"))
 
 
-def _packed_evaluations(monkeypatch, transform_kind: str, urandom) -> tuple[list, list]:
-    """Two evaluations of the same joint term by protocol ``packed``, in one process, with every
-    non-cryptographic generator refused and ``os.urandom`` replaced by ``urandom``. Returns
-    each evaluation's ``os.urandom`` calls and the fixed party's serialised answers."""
+EVALUATIONS = 3  # spdz's first evaluation uses the triples asked for when the level opened
+
+
+def _private_evaluations(monkeypatch, backend: str, transform_kind: str,
+                         urandom) -> tuple[list, list]:
+    """Evaluations of the same joint term by a private backend, in one process, with every
+    non-cryptographic generator refused and ``os.urandom`` replaced by ``urandom`` once the
+    level is open. Returns each evaluation's ``os.urandom`` calls and the fixed party's
+    serialised answers."""
     fixed = head_phantom((40, 36))
     moving = ppir_itk.ImageGrid(fixed.array, origin=(0.4, -0.3))
     transform = (BSplineTransform.over(fixed.geometry, 16.0) if transform_kind == "bspline"
                  else ppir_itk.make_transform(transform_kind, 2))
     _without_non_cryptographic_generators(monkeypatch)  # before the backend exists
     session = ppir_itk.in_process_session(fixed)
-    metric = ppir_itk.PrivateMeanSquaresImageToImageMetric("ckks", session=session)
+    metric = ppir_itk.PrivateMeanSquaresImageToImageMetric(backend, session=session)
     metric.SetMovingImage(moving)
     metric.SetTransform(transform)
     metric.backend.start(LevelSchedule.from_lists([1], [0.0]), ppir_itk.NoSampling())
@@ -105,7 +123,7 @@ def _packed_evaluations(monkeypatch, transform_kind: str, urandom) -> tuple[list
     monkeypatch.setattr(session, "post", recorded_post)
     monkeypatch.setattr(os, "urandom", counted_urandom)
     per_evaluation_calls, per_evaluation_answers = [], []
-    for _ in range(2):
+    for _ in range(EVALUATIONS):
         calls.clear()
         answers.clear()
         metric.evaluate()
@@ -116,17 +134,21 @@ def _packed_evaluations(monkeypatch, transform_kind: str, urandom) -> tuple[list
     return per_evaluation_calls, per_evaluation_answers
 
 
-@pytest.mark.parametrize("transform_kind", ["affine", "bspline"])
-def test_packed_masks_come_only_from_the_operating_system_csprng(monkeypatch, transform_kind):
+PRIVATE = [("ckks", "affine"), ("ckks", "bspline"), ("spdz", "affine"), ("spdz", "bspline")]
+
+
+@pytest.mark.parametrize(("backend", "transform_kind"), PRIVATE)
+def test_masks_come_only_from_the_operating_system_csprng(monkeypatch, backend, transform_kind):
     # A constant "os.urandom": if the masks come from it alone, the fixed party sees the same
-    # masked sums twice for the same fields; a mask from any other generator would differ.
-    calls, answers = _packed_evaluations(monkeypatch, transform_kind, lambda size: bytes(size))
+    # masked values twice for the same fields; a mask from any other generator would differ.
+    calls, answers = _private_evaluations(monkeypatch, backend, transform_kind,
+                                          lambda size: bytes(size))
     assert all(calls), "an evaluation drew its masks without os.urandom"
-    assert answers[0], "no evaluation reached the fixed party"
-    assert answers[0] == answers[1], "one seed gave different masks: another generator drew them"
+    assert answers[-1], "no evaluation reached the fixed party"
+    assert answers[-2] == answers[-1], "one seed gave different masks: another generator drew them"
 
 
-@pytest.mark.parametrize("transform_kind", ["affine", "bspline"])
-def test_packed_masks_are_fresh_every_evaluation(monkeypatch, transform_kind):
-    _, answers = _packed_evaluations(monkeypatch, transform_kind, os.urandom)
-    assert answers[0] != answers[1], "the fixed party saw the same masked sums twice"
+@pytest.mark.parametrize(("backend", "transform_kind"), PRIVATE)
+def test_masks_are_fresh_every_evaluation(monkeypatch, backend, transform_kind):
+    _, answers = _private_evaluations(monkeypatch, backend, transform_kind, os.urandom)
+    assert answers[-2] != answers[-1], "the fixed party saw the same masked values twice"
