@@ -438,8 +438,8 @@ class CKKSBackend(ExactSumsBackend):
         for k in range(d):
             for r, ciphertext in enumerate(fixed):
                 blobs.append(self.masked(self._product(ciphertext, chunk(gradient[:, k], r,
-                                                                          he.slots)),
-                                          masks[k, r * he.slots:(r + 1) * he.slots]))
+                                                                         he.slots)),
+                                         masks[k, r * he.slots:(r + 1) * he.slots]))
         for k, (ciphertexts, vector) in enumerate(((fixed, warped),
                                                    (squared, fields.valid.astype(np.int64)))):
             total = None
