@@ -26,7 +26,7 @@ fills d (d + 1) + 2 = 8 slots, so 10^6 points are 8 x 10^6 slot values.
 - ct x pt: ``CKKSBackend._product`` (encode the moving party's row, to NTT,
   ``multiply_plain``), once per ciphertext per iteration;
 - ct + ct: adding a product into the accumulator (``add_inplace``);
-- mask, switch down, re-randomise, save: ``CKKSBackend._masked`` on one
+- mask, switch down, re-randomise, save: ``CKKSBackend.masked`` on one
   product (once per iteration in the protocol); MB is its output;
 - load + decrypt + decode: ``CKKSFixedSide._decrypt``, the fixed party's
   per-iteration work on what it receives;
@@ -55,7 +55,7 @@ Z_2^64, int64 values; one Beaver product per value, laid out as a 2-D affine
 iteration lays them out (d + 2 = 4 rows of 250 000 points, rows paired with
 ``q(J)`` or ``q(J)^2`` by ``SharedProducts``'s row map):
 
-- expand a seed: ``dealer.expand`` (AES-256-CTR keystream to int64), how the
+- expand a seed: ``randomness.expand`` (AES-256-CTR keystream to int64), how the
   dealer's masks, ``a`` and ``c0`` reach the parties; MB: one 32-byte seed;
 - dealer triples, both parties: ``DealerClient.masks`` then
   ``DealerClient.post_triples`` for each party against ``TriplePool`` in this
@@ -118,6 +118,7 @@ def best_of(repeats: int, call: Callable[[Any], Any],
 def packed_rows(repeats: int, batch: int) -> tuple[str, list[Row]]:
     """BFV as protocol ``packed`` runs it, through the backend's own objects."""
     from ppir_itk.backends.ckks import CKKSBackend, CKKSFixedSide
+    from ppir_itk.randomness import uniform_below
 
     fixed = CKKSFixedSide({}, policy=None)  # holds the keys, as the fixed party does
     moving = CKKSBackend(session=None, parameters={})  # no session: local calls only
@@ -158,12 +159,12 @@ def packed_rows(repeats: int, batch: int) -> tuple[str, list[Row]]:
         for term in terms[1:]:
             he.evaluator.add_inplace(terms[0], term)
 
-    mask = rng.integers(0, he.t, slots, dtype=np.uint64)
-    sent = [moving._masked(product, mask) for product in products()]
+    mask = uniform_below(he.t, slots)
+    sent = [moving.masked(product, mask) for product in products()]
 
     def masked(terms: list[Any]) -> None:
         for term in terms:
-            moving._masked(term, mask)
+            moving.masked(term, mask)
 
     keys = seal.KeyGenerator(he.context)
     relin = seal.RelinKeys()
@@ -300,12 +301,12 @@ def spdz_rows(repeats: int) -> tuple[str, list[Row]]:
     from ppir_itk.dealer import TriplePool
     from ppir_itk.image import GridGeometry
     from ppir_itk.points import PointSet
-    from ppir_itk.randomness import SEED_BYTES, expand
+    from ppir_itk.randomness import SEED_BYTES, expand, secret_seed
     from ppir_itk.roles import MOVING
 
     shared = load_crypten().mpc.primitives.ArithmeticSharedTensor
     rng = np.random.default_rng(0)
-    seed = os.urandom(SEED_BYTES)
+    seed = secret_seed()
     ring = np.iinfo(np.int64)
     points = MILLION // SPDZ_ROWS
     d = SPDZ_ROWS - 2

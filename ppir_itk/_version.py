@@ -1,3 +1,3 @@
-"""The package's version: the one place it is written (pyproject reads it)."""
+"""The package version, in one place: ``pyproject.toml`` reads it, ``ppir_itk`` re-exports it."""
 
 __version__ = "0.1.0"

@@ -16,7 +16,7 @@ term from what it holds, and neither learns the other's values (Beaver's
 multiplication, with each operand's mask held by the party that owns the
 operand). To keep the dealer's traffic small, every value that is uniformly
 random on its own travels as a 32-byte seed expanded with AES-256 in counter
-mode (:func:`expand`); only ``c1`` travels in full.
+mode (:func:`~ppir_itk.randomness.expand`); only ``c1`` travels in full.
 
 Each party opens its own session with the dealer (gRPC, mutual TLS: the
 certificate says which party it is) and names the registration session by a

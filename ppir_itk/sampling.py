@@ -15,6 +15,9 @@
 
 Samples are drawn once per level from ``numpy.random.default_rng((seed, level))``,
 so the same seed gives the same points in the clear and in the private runs.
+The seed is not a secret and the draw hides nothing (a hidden GMS sample stays
+private because it never leaves the moving party), so NumPy's PCG64 is fine
+here; masks and shares come from :mod:`ppir_itk.randomness`.
 
 Examples
 --------

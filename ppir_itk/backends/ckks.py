@@ -14,7 +14,8 @@ Protocol ``packed`` (the default), per level and per iteration:
    (``q(g_k)``, ``q(I_w)``, the valid mask) out the same way, multiplies each
    ciphertext by its plaintext row - plaintext x ciphertext products only, no
    rotations - and adds the products into one accumulator. It adds a mask
-   drawn uniformly mod t in every slot, switches the modulus down twice (which
+   drawn uniformly mod t in every slot (from the operating system's CSPRNG,
+   :func:`~ppir_itk.randomness.uniform_below`), switches the modulus down twice (which
    shrinks what it sends and drowns the product noise) and adds a fresh
    encryption of zero under the fixed party's key, so that the ciphertext no
    longer depends on its own vectors. It sends that one ciphertext.
@@ -75,6 +76,7 @@ from ppir_itk.errors import InputError
 from ppir_itk.points import PointSet
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import ProtocolError, array_from_pb, array_to_pb
+from ppir_itk.randomness import uniform_below
 
 POLY_MODULUS_DEGREES = (8192, 16384, 32768)
 SECURITY_LEVELS = {128: "TC128", 192: "TC192", 256: "TC256"}
@@ -294,7 +296,6 @@ class CKKSBackend(ExactSumsBackend):
         self._public_key: Any = None
         self._encryptor: Any = None
         self._level: _Level | None = None
-        self._rng = np.random.default_rng()
 
     def close(self) -> None:
         self.he.close()
@@ -346,10 +347,10 @@ class CKKSBackend(ExactSumsBackend):
                 accumulator = accumulator or product
             else:
                 he.evaluator.add_inplace(accumulator, product)
-        mask = self._rng.integers(0, he.t, he.slots, dtype=np.uint64)
+        mask = uniform_below(he.t, he.slots)
         masks = range_totals(mask, len(pairs))
         reply = self.channel.exchange(pb.BackendMessage(he_masked_products=pb.HeMaskedProducts(
-            ciphertexts=[self._masked(accumulator, mask)])))
+            ciphertexts=[self.masked(accumulator, mask)])))
         totals = None
         if reply.WhichOneof("body") == "he_masked_totals":
             totals = array_from_pb(reply.he_masked_totals.totals, max_elements=len(pairs))
@@ -380,10 +381,16 @@ class CKKSBackend(ExactSumsBackend):
         he.evaluator.multiply_plain(ciphertext, plain, product)
         return product
 
-    def _masked(self, ciphertext: Any, mask: np.ndarray) -> bytes:
+    def masked(self, ciphertext: Any, mask: np.ndarray) -> bytes:
         """What leaves the moving party: ``ciphertext + mask`` (uniform mod t per slot),
         switched down twice and re-randomised with a fresh encryption of zero, so that
-        it no longer depends on the moving party's vectors."""
+        it no longer depends on the moving party's vectors.
+
+        ``ciphertext`` (NTT form, changed in place; ``None`` stands for an all-zero
+        product) is one accumulated product; ``mask`` holds one value per slot, drawn
+        with :func:`~ppir_itk.randomness.uniform_below` mod ``he.t``. Returns the
+        serialised ciphertext. Public for ``benchmarks/primitives.py``, which times it.
+        """
         he = self.he
         if ciphertext is None:
             ciphertext = he.seal.Ciphertext()
@@ -409,13 +416,13 @@ class CKKSBackend(ExactSumsBackend):
         warped = np.round(fields.warped * 2.0**e_w).astype(np.int64)
         rows = len(level.ciphertexts) // 2
         fixed, squared = level.ciphertexts[:rows], level.ciphertexts[rows:]
-        masks = self._rng.integers(0, he.t, (d + 2, rows * he.slots), dtype=np.uint64)
+        masks = uniform_below(he.t, (d + 2, rows * he.slots))
         blobs = []
         for k in range(d):
             for r, ciphertext in enumerate(fixed):
-                blobs.append(self._masked(self._product(ciphertext, chunk(gradient[:, k], r,
-                                                                          he.slots)),
-                                          masks[k, r * he.slots:(r + 1) * he.slots]))
+                blobs.append(self.masked(self._product(ciphertext, chunk(gradient[:, k], r,
+                                                                         he.slots)),
+                                         masks[k, r * he.slots:(r + 1) * he.slots]))
         for k, (ciphertexts, vector) in enumerate(((fixed, warped),
                                                    (squared, fields.valid.astype(np.int64)))):
             total = None
@@ -425,7 +432,7 @@ class CKKSBackend(ExactSumsBackend):
                     total = total or product
                 else:
                     he.evaluator.add_inplace(total, product)
-            blobs.append(self._masked(total, masks[d + k, :he.slots]))
+            blobs.append(self.masked(total, masks[d + k, :he.slots]))
         reply = self.channel.exchange(pb.BackendMessage(
             he_masked_products=pb.HeMaskedProducts(ciphertexts=blobs)))
         count = points.control.number_of_points
