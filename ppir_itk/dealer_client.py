@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ppir_itk.disclosure import Message, ProtocolTable
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import (
     DEALER_SERVICE,
@@ -22,7 +23,33 @@ from ppir_itk.protocol.messages import (
 )
 from ppir_itk.protocol.session import RemoteSession, Session
 from ppir_itk.randomness import expand
-from ppir_itk.roles import DEALER, MOVING
+from ppir_itk.roles import DEALER, FIXED_PARTY, MOVING, MOVING_PARTY
+
+DEALER_TABLE = ProtocolTable(
+    title="the SPDZ dealer (each party's own session with it)",
+    messages=(
+        *(Message("dealer_hello", party, "once per session",
+                  "the registration's random session token (both parties send the same)",
+                  "which registration the party belongs to") for party in (MOVING_PARTY,
+                                                                           FIXED_PARTY)),
+        Message("dealer_welcome", DEALER, "once per session",
+                "which party the dealer saw (from the certificate)", "nothing"),
+        Message("mask_request", FIXED_PARTY, "once per level", "rows and count of the mask",
+                "the level's size (public)"),
+        Message("masks", DEALER, "once per level", "a 32-byte seed for the fixed party's b",
+                "the fixed party's own mask"),
+        *(Message("triple_request", party, "per evaluation",
+                  "sequence, count, mask rows (both parties ask the same)",
+                  "the iteration's size (public)") for party in (MOVING_PARTY, FIXED_PARTY)),
+        Message("triples", DEALER, "per evaluation",
+                "the moving party: a seed for a and c0; the fixed party: c1 = a b - c0",
+                "each party's own shares, uniform on their own"),
+        *(Message("close", party, "once per session", "nothing", "nothing")
+          for party in (MOVING_PARTY, FIXED_PARTY)),
+        Message("closed", DEALER, "once per session", "the dealer's time for that party",
+                "the dealer's accounting"),
+    ),
+)
 
 
 def mask_values(seed: bytes, rows: int, count: int) -> np.ndarray:

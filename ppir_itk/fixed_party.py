@@ -42,6 +42,7 @@ import numpy as np
 
 from ppir_itk.backends import make_fixed_side
 from ppir_itk.backends.base import FixedSide
+from ppir_itk.disclosure import SESSION, Received
 from ppir_itk.image import GridGeometry, ImageGrid, center_of_mass
 from ppir_itk.points import SAMPLING_KINDS, PointSet, draw_points
 from ppir_itk.policy import FixedPolicy
@@ -56,7 +57,7 @@ from ppir_itk.protocol.messages import (
 from ppir_itk.protocol.tls import TLS
 from ppir_itk.protocol.transport import PartyServer
 from ppir_itk.pyramid import Level, fixed_level_image
-from ppir_itk.roles import MOVING_PARTY
+from ppir_itk.roles import FIXED_PARTY, MOVING_PARTY
 from ppir_itk.wrapping.images import as_image_grid
 
 
@@ -86,7 +87,7 @@ class FixedPartySession:
         self.seconds = 0.0
         self.level_seconds: list[float] = []
         self.closed = False
-        self.learned: list[str] = []  # what this party received in the clear
+        self.received = Received(FIXED_PARTY, [SESSION])  # what it received in the clear
 
     @property
     def geometry(self) -> GridGeometry:
@@ -185,8 +186,7 @@ class FixedPartySession:
             raise ProtocolError(f"backend '{self.hello.backend}' does not take B-spline "
                                 "transforms")
         if request.kind == "revealed":
-            self.learned.append(f"GMS sample indices revealed at level {self.level_index}: "
-                                  f"{self.points.size}")
+            self.received.add("gms_indices", self.points.size, detail=f"level {self.level_index}")
         values = self.level_image.array.ravel().astype(np.float64)
         if self.points.indices is not None:
             values = values[self.points.indices]
@@ -204,12 +204,13 @@ class FixedPartySession:
 
     def _on_close(self, _: pb.Close) -> pb.Envelope:
         self.closed = True
-        learned = self.learned + self.backend_side.learned()
+        learned = self.received.lines() + self.backend_side.learned()
         dealer = self.backend_side.close()
         return pb.Envelope(closed=pb.Closed(
             stats=pb.PartyStats(seconds=self.seconds),
             levels=[pb.PartyStats(seconds=s) for s in self.level_seconds],
             learned=learned,
+            masked=self.backend_side.received.lines(masked=True),
             dealer=dealer,
         ))
 

@@ -35,6 +35,7 @@ import numpy as np
 from ppir_itk.backends import check_backend_name, make_backend
 from ppir_itk.backends.base import JointTerm, MovingFields
 from ppir_itk.dealer_client import DealerClient
+from ppir_itk.disclosure import SESSION, Received
 from ppir_itk.errors import InputError
 from ppir_itk.image import GridGeometry
 from ppir_itk.points import PointSet, draw_points
@@ -48,6 +49,7 @@ from ppir_itk.protocol.messages import (
 )
 from ppir_itk.protocol.session import LocalSession, Session
 from ppir_itk.pyramid import LevelSchedule
+from ppir_itk.roles import MOVING_PARTY
 from ppir_itk.sampling import GMS, URS, Sampling
 
 # How Hello names a sampling strategy, and the kind of points SelectPoints then asks for.
@@ -88,7 +90,7 @@ class MovingPartySession:
         self._sampling = "none"
         self._fraction_seed: tuple[float, int] = (1.0, 0)
         self._level_index = -1
-        self._learned: list[str] = []
+        self.received = Received(MOVING_PARTY, [SESSION])
 
     # -- what the backend and the reports read ----------------------------------
     @property
@@ -129,8 +131,9 @@ class MovingPartySession:
         """The fixed party's centre of mass (agreed in the handshake; a disclosure)."""
         reply = self.session.request(
             pb.Envelope(center_of_mass_request=pb.CenterOfMassRequest()), "center_of_mass")
-        self._learned.append("the fixed image's centre of mass (moments initialiser)")
-        return np.asarray(reply.center_of_mass.center, dtype=np.float64)
+        center = np.asarray(reply.center_of_mass.center, dtype=np.float64)
+        self.received.add("center_of_mass", center.size)
+        return center
 
     def begin_level(self, level_index: int) -> Callable[[], GridGeometry]:
         """Ask the fixed party to open a level; the returned call waits for its grid.
@@ -196,8 +199,12 @@ class MovingPartySession:
         return self.session.counters()
 
     def learned(self) -> list[str]:
-        """What the moving party received in the clear."""
-        return self.backend.learned() + self._learned
+        """What the moving party learned: its protocol tables' disclosures, masked ones apart."""
+        return self.backend.learned() + self.received.lines()
+
+    def masked(self) -> list[str]:
+        """The uniformly masked values it opened or decrypted (it learns nothing from them)."""
+        return self.backend.received.lines(masked=True)
 
     def other_parties(self, closed: pb.Closed) -> dict[str, tuple[Counters, float]]:
         """Figures of parties other than the two (a dealer): name -> (Counters, seconds)."""

@@ -87,6 +87,8 @@ class RegistrationResult:
     metric_values: list[float] = field(default_factory=list)
     parties: dict[str, dict] = field(default_factory=dict)
     learned: dict[str, list[str]] = field(default_factory=dict)
+    # values each party opened or decrypted that a uniform mask hides from it
+    masked: dict[str, list[str]] = field(default_factory=dict)
     seconds: float = 0.0
     transport: str = "in-process"
     fixed_startup_seconds: float | None = None
@@ -135,6 +137,7 @@ class RegistrationResult:
             "fixed_startup_seconds": self.fixed_startup_seconds,
             "parties": self.parties,
             "learned_in_the_clear": self.learned,
+            "received_uniformly_masked": self.masked,
         }
 
 
@@ -317,6 +320,7 @@ class ImageRegistrationMethod(Observable):
                     key: figures[key] / max(level.iterations, 1)
                     for key in ("seconds", "bytes_sent", "bytes_received", "messages_sent")}
         result.learned = {"moving": moving_party.learned(), "fixed": list(closed.learned)}
+        result.masked = {"moving": moving_party.masked(), "fixed": list(closed.masked)}
         self.InvokeEvent(Event.END)
         return result
 

@@ -18,6 +18,8 @@ from ppir_itk.backends.ckks_paper import (
 )
 from ppir_itk.backends.clear import ClearBackend, ClearFixedSide, InsecureBackendWarning
 from ppir_itk.backends.spdz import SPDZBackend, SPDZFixedSide
+from ppir_itk.dealer_client import DEALER_TABLE
+from ppir_itk.disclosure import SESSION, ProtocolTable
 from ppir_itk.errors import InputError
 from ppir_itk.policy import FixedPolicy
 from ppir_itk.protocol.messages import ProtocolError
@@ -30,6 +32,16 @@ BACKENDS: dict[str, dict[str, tuple[type[JointTermBackend], type[FixedSide]]]] =
     "clear": {"clear": (ClearBackend, ClearFixedSide)},
     "spdz": {"spdz": (SPDZBackend, SPDZFixedSide)},
 }
+
+
+def protocol_tables() -> list[ProtocolTable]:
+    """Every protocol's table (:mod:`ppir_itk.disclosure`), the session's first."""
+    tables = [SESSION, DEALER_TABLE]
+    for protocols in BACKENDS.values():
+        for moving_half, _ in protocols.values():
+            if moving_half.table not in tables:
+                tables.append(moving_half.table)
+    return tables
 
 
 def check_backend_name(name: str) -> str:
@@ -88,4 +100,5 @@ __all__ = [
     "check_protocol",
     "make_backend",
     "make_fixed_side",
+    "protocol_tables",
 ]

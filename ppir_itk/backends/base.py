@@ -20,7 +20,8 @@ and returns a :class:`JointTerm` revealed to the moving party only.
 A backend has two halves: :class:`JointTermBackend` runs on the moving party
 and :class:`FixedSide` on the fixed party; they talk only through the
 session's ``BackendMessage`` envelopes. Each half says what its party
-received in the clear (``learned()``).
+received in the clear (``learned()``), counted against the backend module's
+:class:`~ppir_itk.disclosure.ProtocolTable`.
 """
 
 from __future__ import annotations
@@ -29,14 +30,17 @@ import abc
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 
 from ppir_itk.dealer_client import DealerClient
+from ppir_itk.disclosure import ProtocolTable, Received
 from ppir_itk.points import PointSet
+from ppir_itk.policy import FixedPolicy
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.channel import Counters
+from ppir_itk.roles import FIXED_PARTY, MOVING_PARTY
 
 PHI_BITS = 12  # fixed-point bits of the affine basis coordinates
 
@@ -57,25 +61,6 @@ def basis_coordinates(points: PointSet) -> tuple[np.ndarray, int]:
     return np.round(phi * 2.0**scale).astype(np.int64), scale
 
 
-def fixed_point_disclosures(points: PointSet | None, sums_received: int, bounds: list[int],
-                            others: list[str]) -> list[str]:
-    """What a moving party learns from a private backend that returns the exact sums:
-    the joint term itself, and the power of two bounding J (the fixed-point exponent)."""
-    told = list(others)
-    if sums_received:
-        d = points.geometry.dimension
-        if points.control is None:
-            per, basis = d * (d + 1) + 2, "affine-basis"
-        else:
-            per, basis = d * points.control.number_of_points + 2, "B-spline-basis"
-        told.insert(0, f"the joint term: {per} sums per evaluation ({basis} moments, I_w.J, "
-                       f"sum of J^2 over the overlap), {sums_received} in total")
-    if bounds:
-        told.append("the power of two bounding the fixed image's values, per level: "
-                    + ", ".join(f"2^{bound}" for bound in bounds))
-    return told
-
-
 @dataclass(frozen=True)
 class MovingFields:
     """The moving party's per-iteration fields on the level's point set (private to it)."""
@@ -85,7 +70,7 @@ class MovingFields:
     valid: np.ndarray  # (n,) uint8, 1 where W(x) falls inside the moving image
     coefficients: np.ndarray  # (|theta|, d(d+1)): dW/dtheta in the affine basis (theta-dependent)
 
-    def steepest_descent(self, points: Any) -> np.ndarray:
+    def steepest_descent(self, points: PointSet) -> np.ndarray:
         """S = g . dW/dtheta, shape (n, |theta|): the paper's matrix (O(n |theta|) memory)."""
         d = self.gradient.shape[1]
         geometry = points.geometry
@@ -141,6 +126,8 @@ class JointTermBackend(abc.ABC):
 
     name: ClassVar[str]
     private: ClassVar[bool]
+    #: The protocol's messages and disclosures (shared with the fixed half).
+    table: ClassVar[ProtocolTable]
     #: Whether the backend computes the joint term on a B-spline basis (a control grid).
     bspline: ClassVar[bool] = False
 
@@ -148,7 +135,7 @@ class JointTermBackend(abc.ABC):
         self.channel = channel
         self.parameters = dict(parameters or {})
         self.points: PointSet | None = None
-        self._learned: list[str] = []
+        self.received = Received(MOVING_PARTY, [self.table])
 
     def on_points(self, points: PointSet) -> None:
         """Per-level set-up once the point set is agreed (e.g. J encrypted once)."""
@@ -164,8 +151,8 @@ class JointTermBackend(abc.ABC):
         """The session closed: release what the backend holds (a dealer session, keys)."""
 
     def learned(self) -> list[str]:
-        """What the moving party received in the clear through this backend."""
-        return list(self._learned)
+        """What the moving party learned through this backend (its table's disclosures)."""
+        return self.received.lines()
 
     def other_parties(self, closed: pb.Closed) -> dict[str, tuple[Counters, float]]:
         """Figures of parties other than the two (e.g. a dealer): name -> (Counters, seconds)."""
@@ -184,26 +171,28 @@ class ExactSumsBackend(JointTermBackend):
     """A private backend whose moving party learns the joint term's exact fixed-point sums
     and, per level, the power of two bounding J (the fixed-point exponent)."""
 
-    def __init__(self, channel: MovingChannel, parameters: dict[str, str] | None = None) -> None:
-        super().__init__(channel, parameters)
-        self._bounds: list[int] = []  # per level: log2 of the bound on J's values
-        self._sums_received = 0
+    def _disclose_sums(self, count: int) -> None:
+        basis = "affine-basis moments" if self.points.control is None else \
+            "B-spline-basis moments"
+        self.received.add("joint_term", count, detail=basis)
 
-    def learned(self) -> list[str]:
-        return fixed_point_disclosures(self.points, self._sums_received, self._bounds,
-                                       super().learned())
+    def _disclose_bound(self, bound: int) -> None:
+        self.received.add("fixed_point_bound", 1, detail=f"2^{bound}")
 
 
 class FixedSide(abc.ABC):
     """Fixed-party side of a backend: answers the backend's messages for one session."""
 
+    #: The protocol's messages and disclosures (shared with the moving half).
+    table: ClassVar[ProtocolTable]
     #: Whether this side computes on a B-spline basis (a control grid in the points).
     bspline: ClassVar[bool] = False
 
-    def __init__(self, parameters: dict[str, str], policy: Any) -> None:
+    def __init__(self, parameters: dict[str, str], policy: FixedPolicy) -> None:
         self.parameters = parameters
-        self.policy = policy  # the operator's FixedPolicy
+        self.policy = policy  # the operator's
         self.evaluations = 0
+        self.received = Received(FIXED_PARTY, [self.table])
 
     @abc.abstractmethod
     def on_points(self, values: np.ndarray, points: PointSet) -> None:
@@ -214,8 +203,8 @@ class FixedSide(abc.ABC):
         """Answer one backend message (raise ProtocolError for one that does not fit)."""
 
     def learned(self) -> list[str]:
-        """What the fixed party received in the clear."""
-        return []
+        """What the fixed party learned (its table's disclosures, masked ones apart)."""
+        return self.received.lines()
 
     def close(self) -> pb.PartyStats | None:
         """End the session's side work; this party's traffic with a dealer, if it had one."""

@@ -72,17 +72,55 @@ from ppir_itk.backends.base import (
     exponent,
 )
 from ppir_itk.bspline import WEIGHT_BITS, points_per_control_point, scatter_ring
+from ppir_itk.disclosure import Disclosure, Message, ProtocolTable
 from ppir_itk.errors import InputError
 from ppir_itk.points import PointSet
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import ProtocolError, array_from_pb, array_to_pb
 from ppir_itk.randomness import uniform_below
+from ppir_itk.roles import FIXED_PARTY, MOVING_PARTY
 
 POLY_MODULUS_DEGREES = (8192, 16384, 32768)
 SECURITY_LEVELS = {128: "TC128", 192: "TC192", 256: "TC256"}
 PLAIN_BITS = 60
 SUM_BITS = PLAIN_BITS - 2  # every exact sum stays below 2^SUM_BITS in absolute value
 MOD_SWITCHES = 2
+
+
+TABLE = ProtocolTable(
+    title="he, protocol packed (BFV)",
+    messages=(
+        Message("he_key_request", MOVING_PARTY, "once per session", "nothing", "nothing"),
+        Message("he_key", FIXED_PARTY, "once per session", "the fixed party's BFV public key",
+                "nothing about J"),
+        Message("he_level_request", MOVING_PARTY, "once per level", "nothing", "nothing"),
+        Message("he_level", FIXED_PARTY, "once per level",
+                "BFV ciphertexts of q(phi_j) q(J), q(J) and q(J)^2 (a B-spline: q(J) and "
+                "q(J)^2, one point per slot), and the exponent e_J",
+                "e_J, the power of two bounding J; the ciphertexts hide J (IND-CPA)"),
+        Message("he_masked_products", MOVING_PARTY, "per evaluation",
+                "one ciphertext (a B-spline: d ceil(n / N) + 2) of the products with the "
+                "moving party's vectors, each slot masked uniformly mod t, switched down, "
+                "re-randomised",
+                "the decrypted slots are uniform mod t; the decryption noise is not flooded "
+                "and depends on the moving party's plaintexts (docs/privacy.md)"),
+        Message("he_masked_totals", FIXED_PARTY, "per evaluation",
+                "the masked slot-range totals mod t (a B-spline: the public map mod t of the "
+                "masked products, and two totals)",
+                "the joint term, once the moving party removes its masks"),
+    ),
+    disclosures=(
+        Disclosure("joint_term", MOVING_PARTY, "the joint term", "sums", "evaluation",
+                   note="the public linear map's moments of g_k J, I_w . J and the sum of J^2 "
+                        "over the overlap"),
+        Disclosure("fixed_point_bound", MOVING_PARTY,
+                   "the power of two bounding the fixed image's values (the exponent e_J)",
+                   "bound", "level"),
+        Disclosure("masked_slots", FIXED_PARTY,
+                   "slot totals mod t, each hidden by a uniform mask only the moving party "
+                   "knows", "values", "evaluation", masked=True),
+    ),
+)
 
 
 def _seal() -> Any:
@@ -288,6 +326,7 @@ class CKKSBackend(ExactSumsBackend):
 
     name = "ckks"
     private = True
+    table = TABLE
     bspline = True
 
     def __init__(self, channel: MovingChannel, parameters: dict[str, str] | None = None) -> None:
@@ -325,7 +364,7 @@ class CKKSBackend(ExactSumsBackend):
         level_exponent = reply.he_level.fixed_exponent
         self._level = _Level(ciphertexts=ciphertexts, exponent_j=level_exponent,
                              exponent_phi=exponent_phi, n=points.size)
-        self._bounds.append(j_bits - 1 - level_exponent)
+        self._disclose_bound(j_bits - 1 - level_exponent)
 
     def _joint_term(self, fields: MovingFields) -> JointTerm:
         if self.points.control is not None:
@@ -357,7 +396,7 @@ class CKKSBackend(ExactSumsBackend):
         if totals is None or totals.shape != (len(pairs),):
             raise ProtocolError("the fixed party's sums are malformed")
         sums = [he.signed(int(total) - mask) for total, mask in zip(totals, masks, strict=True)]
-        self._sums_received += len(sums)
+        self._disclose_sums(len(sums))
         scale_phi = 2.0 ** (e_g + level.exponent_phi + level.exponent_j)
         scale_one = 2.0 ** (e_g + level.exponent_j)
         moments = np.array([[sums[k * (d + 1) + j] / (scale_phi if j < d else scale_one)
@@ -447,7 +486,7 @@ class CKKSBackend(ExactSumsBackend):
                             for a, b in zip(mapped.T, own.T, strict=True)], dtype=np.float64)
         sums = [he.signed(int(totals[0]) - int(masks[d, :he.slots].sum(dtype=object))),
                 he.signed(int(totals[1]) - int(masks[d + 1, :he.slots].sum(dtype=object)))]
-        self._sums_received += moments.size + 2
+        self._disclose_sums(moments.size + 2)
         return JointTerm(
             moments=moments / 2.0 ** (e_g + level.exponent_j + d * bits.weight_bits),
             warped_dot_fixed=sums[0] / 2.0 ** (e_w + level.exponent_j),
@@ -458,6 +497,7 @@ class CKKSBackend(ExactSumsBackend):
 class CKKSFixedSide(FixedSide):
     """Fixed-party side: holds the secret key; encrypts J once per level; sums masked slots."""
 
+    table = TABLE
     bspline = True
 
     def __init__(self, parameters: dict[str, str], policy: Any) -> None:
@@ -519,6 +559,7 @@ class CKKSFixedSide(FixedSide):
             raise ProtocolError("the masked products are not one ciphertext")
         slots = self._decrypt(ciphertexts[0])
         totals = [total % self.he.t for total in range_totals(slots, self._sums)]
+        self.received.add("masked_slots", len(totals))
         return pb.BackendMessage(he_masked_totals=pb.HeMaskedTotals(
             totals=array_to_pb(np.array(totals, dtype=np.int64))))
 
@@ -550,6 +591,7 @@ class CKKSFixedSide(FixedSide):
         products = np.stack([np.concatenate([self._decrypt(blobs[k * rows + r])
                                              for r in range(rows)])[:points.size]
                              for k in range(d)], axis=1)
+        self.received.add("masked_slots", products.size + 2)
         mapped = map_mod_t(points, products, mapped_bits(points).weight_bits, t)
         totals = [int(self._decrypt(data).sum(dtype=object)) % t for data in blobs[d * rows:]]
         return pb.BackendMessage(he_masked_totals=pb.HeMaskedTotals(

@@ -32,10 +32,12 @@ from ppir_itk.backends.base import (
     MovingChannel,
     MovingFields,
 )
+from ppir_itk.disclosure import Disclosure, Message, ProtocolTable
 from ppir_itk.errors import InputError
 from ppir_itk.points import PointSet
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import ProtocolError, array_from_pb, array_to_pb
+from ppir_itk.roles import FIXED_PARTY, MOVING_PARTY
 
 
 def _answer(reply: pb.BackendMessage, kind: str) -> Any:
@@ -48,6 +50,61 @@ def _answer(reply: pb.BackendMessage, kind: str) -> Any:
 POLY_MODULUS_DEGREE = 8192  # the paper's N; 128-bit security with these moduli
 COEFF_MOD_BIT_SIZES = (60, 40, 40, 60)
 SCALE_BITS = 40
+
+
+PARAMETER_TERM = "R = S^T J, I_w . J and the sum of J^2 over the overlap"
+V1_TABLE = ProtocolTable(
+    title="he, protocol paper-v1 (CKKS, the paper's; reveals more than the joint term)",
+    messages=(
+        Message("paper_v1_context_request", MOVING_PARTY, "once per session", "nothing",
+                "nothing"),
+        Message("paper_v1_context", FIXED_PARTY, "once per session",
+                "a CKKS public context: public and Galois keys", "nothing about J"),
+        Message("paper_v1_level_request", MOVING_PARTY, "once per level", "nothing", "nothing"),
+        Message("paper_v1_level", FIXED_PARTY, "once per level", "[[J]] and [[J^2]] in blocks",
+                "nothing about J (IND-CPA)"),
+        Message("paper_v1_products", MOVING_PARTY, "per evaluation",
+                "|theta| + 2 ciphertexts: DotProducts of S's columns, I_w and the valid mask",
+                f"the fixed party decrypts {PARAMETER_TERM}"),
+        Message("paper_v1_decrypted", FIXED_PARTY, "per evaluation", "the decrypted numbers",
+                f"{PARAMETER_TERM}"),
+    ),
+    disclosures=(
+        Disclosure("parameter_term", FIXED_PARTY, f"paper-v1: {PARAMETER_TERM}, in the clear",
+                   "numbers", "evaluation"),
+        Disclosure("parameter_term", MOVING_PARTY, f"paper-v1: {PARAMETER_TERM}",
+                   "numbers", "evaluation"),
+    ),
+)
+V2_TABLE = ProtocolTable(
+    title="he, protocol paper-v2 (CKKS, reconstructed from the paper; reveals more)",
+    messages=(
+        Message("paper_v2_context", MOVING_PARTY, "once per session",
+                "the moving party's CKKS public context", "nothing about I"),
+        Message("paper_v2_context", FIXED_PARTY, "once per session",
+                "the fixed party's CKKS public context", "nothing about J"),
+        Message("paper_v2_level_request", MOVING_PARTY, "once per level",
+                "the number of columns, |theta| + 2", "nothing"),
+        Message("paper_v2_level", FIXED_PARTY, "once per level",
+                "[[J_1]] (the first half of the points), once per column",
+                "nothing about J (IND-CPA)"),
+        Message("paper_v2_products", MOVING_PARTY, "per evaluation",
+                "per column: S_1 * [[J_1]] summed over blocks; [[S_2]] under the moving key",
+                "the fixed party decrypts slot-wise partial sums of S_1 * J_1"),
+        Message("paper_v2_answer", FIXED_PARTY, "per evaluation",
+                "the decrypted first-half sums R_1; per column [[S_2]] * J_2 summed over blocks",
+                "R_1, and slot-wise partial sums of S_2 * J_2 (J_2 itself where a column half "
+                "fits one ciphertext)"),
+    ),
+    disclosures=(
+        Disclosure("partial_sums", FIXED_PARTY,
+                   "paper-v2: slot-wise partial sums of S_1 * J_1 and R_1, in the clear",
+                   "values", "evaluation"),
+        Disclosure("partial_sums", MOVING_PARTY,
+                   "paper-v2: slot-wise partial sums of S_2 * J_2 (J_2 itself where a column "
+                   "half fits one ciphertext)", "values", "evaluation"),
+    ),
+)
 
 
 def _tenseal() -> Any:
@@ -122,6 +179,7 @@ class PaperV1Backend(_PaperBackend):
     """Moving-party side of the paper's protocol v1."""
 
     protocol = "paper-v1"
+    table = V1_TABLE
 
     def __init__(self, channel: MovingChannel, parameters: dict[str, str] | None = None) -> None:
         super().__init__(channel, parameters)
@@ -154,6 +212,7 @@ class PaperV1Backend(_PaperBackend):
                                max_elements=len(results))
         if values.shape != (len(results),):
             raise ProtocolError("the fixed party's decrypted products are malformed")
+        self.received.add("parameter_term", values.size)
         return JointTerm(parameter_term=values[:-2].astype(np.float64),
                          warped_dot_fixed=float(values[-2]), fixed_squared=float(values[-1]))
 
@@ -161,11 +220,12 @@ class PaperV1Backend(_PaperBackend):
 class PaperV1FixedSide(FixedSide):
     """Fixed-party side of the paper's protocol v1: encrypts J, decrypts (and learns) R."""
 
+    table = V1_TABLE
+
     def __init__(self, parameters: dict[str, str], policy: Any) -> None:
         super().__init__(parameters, policy)
         self._context = _new_context()
         self._context.generate_galois_keys()  # DotProduct rotates
-        self._numbers = 0
 
     def on_points(self, values: np.ndarray, points: PointSet) -> None:
         ts = _tenseal()
@@ -192,17 +252,10 @@ class PaperV1FixedSide(FixedSide):
                     values.append(ts.ckks_vector_from(self._context, data).decrypt()[0])
                 except Exception:  # TenSEAL raises bare exceptions on bad bytes
                     raise ProtocolError("a ciphertext from the moving party is invalid") from None
-            self._numbers += len(values)
+            self.received.add("parameter_term", len(values))
             return pb.BackendMessage(paper_v1_decrypted=pb.PaperV1Decrypted(
                 values=array_to_pb(np.array(values, dtype=np.float64))))
         raise ProtocolError(f"'{kind}' is not a request of protocol paper-v1")
-
-    def learned(self) -> list[str]:
-        if not self.evaluations:
-            return []
-        return [f"paper-v1: R = S^T J, I_w . J and sum of J^2 over the overlap, in the clear: "
-                f"{self._numbers // self.evaluations} numbers per evaluation, "
-                f"{self._numbers} in total"]
 
 
 class PaperV2Backend(_PaperBackend):
@@ -225,13 +278,13 @@ class PaperV2Backend(_PaperBackend):
     """
 
     protocol = "paper-v2"
+    table = V2_TABLE
 
     def __init__(self, channel: MovingChannel, parameters: dict[str, str] | None = None) -> None:
         super().__init__(channel, parameters)
         self._context = _new_context()  # the moving party's own keys
         self._fixed_context: Any = None
         self._fixed_first_half: list[list[Any]] = []
-        self._slots_seen = 0
 
     def _on_points(self, points: PointSet) -> None:
         if self._fixed_context is None:
@@ -274,31 +327,26 @@ class PaperV2Backend(_PaperBackend):
         second_parts = answer.second_half
         if first_sums.shape != (self._columns,) or len(second_parts) != self._columns:
             raise ProtocolError("the fixed party's answer does not fit the columns")
-        second_sums = []
+        second_sums, seen = [], 0
         for data in second_parts:
             slots = np.array(ts.ckks_vector_from(self._context, data).decrypt())
-            self._slots_seen += slots.size
+            seen += slots.size
             second_sums.append(float(slots.sum()))
+        self.received.add("partial_sums", seen)
         totals = first_sums + np.array(second_sums)
         return JointTerm(parameter_term=totals[:-2], warped_dot_fixed=float(totals[-2]),
                          fixed_squared=float(totals[-1]))
-
-    def learned(self) -> list[str]:
-        told = super().learned()
-        if self._slots_seen:
-            told.append(f"paper-v2: slot-wise partial sums of S_2 * J_2 (J_2 itself where a "
-                        f"column half fits one ciphertext): {self._slots_seen} values in total")
-        return told
 
 
 class PaperV2FixedSide(FixedSide):
     """Fixed-party side of the paper's protocol v2."""
 
+    table = V2_TABLE
+
     def __init__(self, parameters: dict[str, str], policy: Any) -> None:
         super().__init__(parameters, policy)
         self._context = _new_context()  # the fixed party's own keys
         self._moving_context: Any = None
-        self._numbers = 0
 
     def on_points(self, values: np.ndarray, points: PointSet) -> None:
         first, second = _halves(values.size)
@@ -330,10 +378,10 @@ class PaperV2FixedSide(FixedSide):
                 raise ProtocolError("paper-v2: the products do not fit the columns")
             self.evaluations += 1
             try:
-                first_sums = []
+                first_sums, seen = [], 0
                 for data in products.first_half:
                     slots = np.array(ts.ckks_vector_from(self._context, data).decrypt())
-                    self._numbers += slots.size
+                    seen += slots.size
                     first_sums.append(float(slots.sum()))
                 theirs = [ts.ckks_vector_from(self._moving_context, data)
                           for data in products.second_half]
@@ -342,6 +390,7 @@ class PaperV2FixedSide(FixedSide):
                           for c, vector in enumerate(self._replicated(self._second))]
             except Exception:  # TenSEAL raises bare exceptions on bad bytes
                 raise ProtocolError("a ciphertext from the moving party is invalid") from None
+            self.received.add("partial_sums", seen)
             return pb.BackendMessage(paper_v2_answer=pb.PaperV2Answer(
                 first_half_sums=array_to_pb(np.array(first_sums, dtype=np.float64)),
                 second_half=[product.serialize() for product in summed]))
@@ -351,9 +400,3 @@ class PaperV2FixedSide(FixedSide):
         """J on a half, once per column of S and for I_w; J^2 for the valid mask."""
         values = self._values[half]
         return [values] * (self._columns - 1) + [values * values]
-
-    def learned(self) -> list[str]:
-        if not self.evaluations:
-            return []
-        return [f"paper-v2: slot-wise partial sums of S_1 * J_1 and R_1, in the clear: "
-                f"{self._numbers} values in total"]

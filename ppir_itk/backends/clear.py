@@ -22,10 +22,25 @@ from ppir_itk.backends.base import (
     MovingFields,
 )
 from ppir_itk.bspline import scatter
+from ppir_itk.disclosure import Disclosure, Message, ProtocolTable
 from ppir_itk.parallel import sum_chunks
 from ppir_itk.points import PointSet
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import ProtocolError, array_from_pb, array_to_pb
+from ppir_itk.roles import FIXED_PARTY, MOVING_PARTY
+
+TABLE = ProtocolTable(
+    title="clear (NOT private)",
+    messages=(
+        Message("clear_level_request", MOVING_PARTY, "once per level", "nothing", "nothing"),
+        Message("clear_level", FIXED_PARTY, "once per level",
+                "J on the agreed points (float64)", "the fixed image itself: NOT PRIVATE"),
+    ),
+    disclosures=(
+        Disclosure("fixed_image", MOVING_PARTY, "the fixed image itself, in the clear",
+                   "pixel values", "level"),
+    ),
+)
 
 
 class InsecureBackendWarning(UserWarning):
@@ -37,6 +52,7 @@ class ClearBackend(JointTermBackend):
 
     name = "clear"
     private = False
+    table = TABLE
     bspline = True
 
     def __init__(self, channel: MovingChannel, parameters: dict[str, str] | None = None) -> None:
@@ -47,7 +63,6 @@ class ClearBackend(JointTermBackend):
             stacklevel=2,
         )
         self._fixed_values: np.ndarray | None = None
-        self._received = 0
 
     def _on_points(self, points: PointSet) -> None:
         reply = self.channel.exchange(pb.BackendMessage(clear_level_request=pb.ClearLevelRequest()))
@@ -56,7 +71,7 @@ class ClearBackend(JointTermBackend):
         values = array_from_pb(reply.clear_level.fixed_values, max_elements=points.size)
         if values.shape != (points.size,) or values.dtype != np.float64:
             raise ProtocolError("the fixed party's clear values do not fit the point set")
-        self._received += values.size
+        self.received.add("fixed_image", values.size)
         self._fixed_values = values
 
     def _joint_term(self, fields: MovingFields) -> JointTerm:
@@ -81,14 +96,11 @@ class ClearBackend(JointTermBackend):
         return JointTerm(moments=sum_chunks(moments, points.size, (dimension, dimension + 1)),
                          **common)
 
-    def learned(self) -> list[str]:
-        return [f"the fixed image itself, in the clear: {self._received} pixel values",
-                *super().learned()]
-
 
 class ClearFixedSide(FixedSide):
     """Sends J on the agreed points when asked; nothing per iteration."""
 
+    table = TABLE
     bspline = True
 
     def on_points(self, values: np.ndarray, points: PointSet) -> None:

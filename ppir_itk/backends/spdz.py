@@ -82,17 +82,49 @@ from ppir_itk.backends.base import (
     exponent,
 )
 from ppir_itk.bspline import WEIGHT_BITS, points_per_control_point, scatter_ring
+from ppir_itk.disclosure import Disclosure, Message, ProtocolTable
 from ppir_itk.errors import InputError
 from ppir_itk.points import PointSet
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.channel import Counters, PeerError
 from ppir_itk.protocol.messages import ProtocolError
 from ppir_itk.randomness import secret_seed
-from ppir_itk.roles import FIXED, MOVING
+from ppir_itk.roles import FIXED, FIXED_PARTY, MOVING, MOVING_PARTY
 
 # The protocol's two steps: the moving party's message and the fixed party's answer.
 LEVEL, ITERATION = ("spdz_level", "spdz_level_opened"), ("spdz_iteration", "spdz_sums")
 PROVIDERS = ("dealer", "tfp")
+TABLE = ProtocolTable(
+    title="spdz (additive shares over Z_2^64, a trusted dealer; honest-but-curious, no MACs)",
+    messages=(
+        Message("spdz_level", MOVING_PARTY, "once per level",
+                "the moving party's part of opening F (no share: it holds none of Y)",
+                "nothing"),
+        Message("spdz_level_opened", FIXED_PARTY, "once per level",
+                "F = (q(J), q(J)^2) - b with the dealer's uniform b, and the exponent e_J",
+                "e_J; F is uniform to the moving party, which never sees b"),
+        Message("spdz_iteration", MOVING_PARTY, "per evaluation",
+                "E = X - a: the moving party's d + 2 fixed-point rows minus a fresh uniform a",
+                "nothing: E is uniform to the fixed party, which never sees a"),
+        Message("spdz_sums", FIXED_PARTY, "per evaluation",
+                "the fixed party's shares of the moments and the two sums",
+                "the joint term, once added to the moving party's own shares"),
+    ),
+    disclosures=(
+        Disclosure("joint_term", MOVING_PARTY, "the joint term", "sums", "evaluation",
+                   note="the public linear map's moments of g_k J, I_w . J and the sum of J^2 "
+                        "over the overlap"),
+        Disclosure("fixed_point_bound", MOVING_PARTY,
+                   "the power of two bounding the fixed image's values (the exponent e_J)",
+                   "bound", "level"),
+        Disclosure("opened_level", MOVING_PARTY,
+                   "F = (q(J), q(J)^2) - b, hidden by the dealer's uniform b", "ring elements",
+                   "level", masked=True),
+        Disclosure("opened_rows", FIXED_PARTY,
+                   "E = X - a, the moving party's rows hidden by a fresh uniform a",
+                   "ring elements", "evaluation", masked=True),
+    ),
+)
 RING_BITS = 64
 
 
@@ -181,6 +213,7 @@ class SPDZBackend(ExactSumsBackend):
 
     name = "spdz"
     private = True
+    table = TABLE
     bspline = True
 
     def __init__(self, channel: MovingChannel, parameters: dict[str, str] | None = None) -> None:
@@ -228,7 +261,8 @@ class SPDZBackend(ExactSumsBackend):
                                           points.geometry.dimension)
         self._exponent_j = self._answer.fixed_exponent
         self._basis = ring_basis(points)
-        self._bounds.append(self._basis.j_bits - 1 - self._exponent_j)
+        self._disclose_bound(self._basis.j_bits - 1 - self._exponent_j)
+        self.received.add("opened_level", 2 * points.size)
 
     def _joint_term(self, fields: MovingFields) -> JointTerm:
         d = fields.gradient.shape[1]
@@ -241,7 +275,7 @@ class SPDZBackend(ExactSumsBackend):
         rows[d + 1] = fields.valid
         self._step = ITERATION
         moments, sums = (x.numpy() for x in self._products.sums(rows, basis.apply))
-        self._sums_received += moments.size + sums.size
+        self._disclose_sums(moments.size + sums.size)
         scale = 2.0 ** (e_g + self._exponent_j)
         return JointTerm(
             moments=moments / (scale * 2.0**basis.column_bits),
@@ -269,6 +303,7 @@ class SPDZBackend(ExactSumsBackend):
 class SPDZFixedSide(FixedSide):
     """Fixed-party side (rank 1): answers each step with its openings and shares."""
 
+    table = TABLE
     bspline = True
 
     def __init__(self, parameters: dict[str, str], policy: Any) -> None:
@@ -326,6 +361,7 @@ class SPDZFixedSide(FixedSide):
             answer.fixed_exponent = self._exponent_j
         else:
             self.evaluations += 1
+            self.received.add("opened_rows", (points.geometry.dimension + 2) * points.size)
             with self._dealer_step():
                 self._products.sums(None, self._basis.apply)
         if communicator.inbox:
