@@ -26,7 +26,6 @@ received in the clear (``learned()``).
 from __future__ import annotations
 
 import abc
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -35,30 +34,13 @@ import numpy as np
 
 from ppir_itk.errors import InputError
 from ppir_itk.image import GridGeometry
+from ppir_itk.linear_map import AffineBasis
 from ppir_itk.points import PointSet, draw_points
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import PROTOCOL_VERSION, geometry_from_pb
 from ppir_itk.protocol.session import Session
 from ppir_itk.pyramid import LevelSchedule
 from ppir_itk.sampling import GMS, URS
-
-PHI_BITS = 12  # fixed-point bits of the affine basis coordinates
-
-
-def exponent(largest: float, bits: int) -> int:
-    """The power-of-two scale that puts ``largest`` just below ``2^(bits - 1)``."""
-    if largest <= 0 or not math.isfinite(largest):
-        return bits - 1
-    return bits - 1 - math.ceil(math.log2(largest * (1 + 1e-12)))
-
-
-def basis_coordinates(points: PointSet) -> tuple[np.ndarray, int]:
-    """``phi_j(x) = (x - reference)_j`` on the points as integers, and their exponent (public)."""
-    geometry = points.geometry
-    flat = np.arange(geometry.number_of_points) if points.indices is None else points.indices
-    phi = geometry.physical_points(geometry.flat_to_index(flat)) - points.reference
-    scale = exponent(float(np.abs(phi).max(initial=0.0)), PHI_BITS)
-    return np.round(phi * 2.0**scale).astype(np.int64), scale
 
 
 def fixed_point_disclosures(points: PointSet | None, sums_received: int, bounds: list[int],
@@ -67,13 +49,10 @@ def fixed_point_disclosures(points: PointSet | None, sums_received: int, bounds:
     the joint term itself, and the power of two bounding J (the fixed-point exponent)."""
     told = list(others)
     if sums_received:
-        d = points.geometry.dimension
-        if points.control is None:
-            per, basis = d * (d + 1) + 2, "affine-basis"
-        else:
-            per, basis = d * points.control.number_of_points + 2, "B-spline-basis"
-        told.insert(0, f"the joint term: {per} sums per evaluation ({basis} moments, I_w.J, "
-                       f"sum of J^2 over the overlap), {sums_received} in total")
+        basis = points.linear_map
+        told.insert(0, f"the joint term: {basis.sums_per_evaluation} sums per evaluation "
+                       f"({basis.name} moments, I_w.J, sum of J^2 over the overlap), "
+                       f"{sums_received} in total")
     if bounds:
         told.append("the power of two bounding the fixed image's values, per level: "
                     + ", ".join(f"2^{bound}" for bound in bounds))
@@ -89,12 +68,11 @@ class MovingFields:
     valid: np.ndarray  # (n,) uint8, 1 where W(x) falls inside the moving image
     coefficients: np.ndarray  # (|theta|, d(d+1)): dW/dtheta in the affine basis (theta-dependent)
 
-    def steepest_descent(self, points: Any) -> np.ndarray:
-        """S = g . dW/dtheta, shape (n, |theta|): the paper's matrix (O(n |theta|) memory)."""
+    def steepest_descent(self, points: PointSet) -> np.ndarray:
+        """S = g . dW/dtheta, shape (n, |theta|): the paper's matrix (O(n |theta|) memory);
+        linear transforms (the affine basis) only."""
         d = self.gradient.shape[1]
-        geometry = points.geometry
-        flat = np.arange(geometry.number_of_points) if points.indices is None else points.indices
-        phi = geometry.physical_points(geometry.flat_to_index(flat)) - points.reference
+        phi = AffineBasis(points).phi
         basis = np.concatenate([phi, np.ones((len(phi), 1))], axis=1)  # (n, d+1)
         per_point = (self.gradient[:, :, None] * basis[:, None, :]).reshape(-1, d * (d + 1))
         return per_point @ self.coefficients.T
