@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 
@@ -94,6 +95,10 @@ def encode(values: np.ndarray, scale: int) -> np.ndarray:
     return np.round(values * 2.0**scale).astype(np.int64)
 
 
+@overload
+def decode(values: float, scale: int) -> float: ...
+@overload
+def decode(values: np.ndarray, scale: int | np.ndarray) -> np.ndarray: ...
 def decode(values: np.ndarray | float, scale: int | np.ndarray) -> np.ndarray | float:
     """``values / 2^scale``: exact sums back to floats (``scale`` may be per column)."""
     return values / 2.0**scale

@@ -33,6 +33,7 @@ from ppir_itk.fixed_point import Bits, Modulus, budget, encode, exponent
 from ppir_itk.parallel import sum_chunks
 
 if TYPE_CHECKING:
+    from ppir_itk.image import GridGeometry
     from ppir_itk.points import PointSet
 
 PHI_BITS = 12  # fixed-point bits (sign included) of the affine basis coordinates
@@ -121,14 +122,13 @@ class PublicLinearMap(abc.ABC):
 
     def mod_t(self, values: np.ndarray, t: int) -> np.ndarray:
         """The integer map mod t of values in [0, t), t < 2^60: three 20-bit limbs, each
-        mapped exactly while ``support 2^(weight_bits + 20) < 2^63``."""
+        mapped exactly while (points per output) x 2^(weight_bits + 20) < 2^63."""
         values = np.ascontiguousarray(values, dtype=np.uint64)
-        total = None
-        for limb in range(3):
-            part = (values >> np.uint64(LIMB_BITS * limb)) & np.uint64((1 << LIMB_BITS) - 1)
-            term = self.ring(part.astype(np.int64)).astype(object) * (1 << (LIMB_BITS * limb))
-            total = term if total is None else total + term
-        return (total % t).astype(np.int64)
+        limb_mask = np.uint64((1 << LIMB_BITS) - 1)
+        low, middle, high = (
+            self.ring(((values >> np.uint64(LIMB_BITS * limb)) & limb_mask).astype(np.int64))
+            .astype(object) * (1 << (LIMB_BITS * limb)) for limb in range(3))
+        return ((low + middle + high) % t).astype(np.int64)
 
 
 class AffineBasis(PublicLinearMap):
@@ -208,9 +208,11 @@ class BSplineBasis(PublicLinearMap):
 
     name = "B-spline-basis"
 
-    @property
-    def control(self) -> Any:
-        return self.points.control
+    def __init__(self, points: PointSet) -> None:
+        if points.control is None:
+            raise ValueError("a B-spline basis needs the points' control grid")
+        super().__init__(points)
+        self.control: GridGeometry = points.control
 
     @property
     def outputs(self) -> int:
