@@ -296,9 +296,10 @@ class _Pair:
 def spdz_rows(repeats: int) -> tuple[str, list[Row]]:
     """The SPDZ backend's share arithmetic, dealer and openings."""
     from ppir_itk.backends.crypten_compat import acting_as, load_crypten
-    from ppir_itk.backends.spdz import ring_basis
+    from ppir_itk.backends.spdz import ring_map
     from ppir_itk.compose import local_dealer
     from ppir_itk.dealer import TriplePool
+    from ppir_itk.fixed_point import RING
     from ppir_itk.image import GridGeometry
     from ppir_itk.points import PointSet
     from ppir_itk.randomness import SEED_BYTES, expand, secret_seed
@@ -360,16 +361,17 @@ def spdz_rows(repeats: int) -> tuple[str, list[Row]]:
     size = int(round(np.sqrt(points)))
     geometry = GridGeometry(size=(size, size), spacing=(1.0, 1.0), origin=(0.0, 0.0),
                             direction=(1.0, 0.0, 0.0, 1.0))
-    basis = ring_basis(PointSet(geometry, None))
-    values = rng.integers(0, 1 << basis.j_bits, points)
+    basis = PointSet(geometry, None).linear_map
+    apply = ring_map(basis)
+    values = rng.integers(0, 1 << basis.budget(RING).j_bits, points)
     step = _Pair(geometry.number_of_points)
     step.fixed_step = lambda: step.fixed.open_fixed_operand(0, np.stack([values, values**2]),
                                                             geometry.number_of_points, d)
     step.moving.open_fixed_operand(0, None, geometry.number_of_points, d)
-    step.fixed_step = lambda: step.fixed.sums(None, basis.apply)
+    step.fixed_step = lambda: step.fixed.sums(None, apply)
     moving_rows = rng.integers(-(1 << 20), 1 << 20, (SPDZ_ROWS, geometry.number_of_points))
     mark = step.bytes + step.dealer_bytes()
-    step_seconds = best_of(repeats, lambda _: step.moving.sums(moving_rows, basis.apply))
+    step_seconds = best_of(repeats, lambda _: step.moving.sums(moving_rows, apply))
     step_bytes = (step.bytes + step.dealer_bytes() - mark) / repeats
     per_product = MILLION / (SPDZ_ROWS * geometry.number_of_points)
 

@@ -40,9 +40,6 @@ from ppir_itk.transforms import LinearTransform
 
 ORDER = 3
 REACH = 2 * ORDER + 1  # neighbouring control points per axis in S^T S
-# Fixed-point bits per axis of the weights when a private backend applies the basis to
-# integers (spdz's shares, ckks's masked values): what the 64-bit sums leave room for.
-WEIGHT_BITS = {2: 10, 3: 7}
 
 
 class BSplineTransform:
@@ -207,19 +204,10 @@ class BSplineTransform:
         return self.bulk.matrix_offset()
 
     # -- the registration's sparse pieces -------------------------------------
-    def scatter(self, geometry: GridGeometry, indices: np.ndarray | None,
-                values: np.ndarray, weight_bits: int = 0) -> np.ndarray:
-        return scatter(self.control_grid, geometry, indices, values, weight_bits)
-
     def gauss_newton_hessian(self, geometry: GridGeometry, indices: np.ndarray | None,
                              gradient: np.ndarray) -> Any:
-        """``S^T S`` for ``S[x, (k, c)] = gradient_k(x) beta_c(x)``, sparse, ITK order."""
-        d, count = self.dimension, self.control_points
-        control = self.control(geometry)
-        blocks = sum_chunks(lambda start, stop, out: _kernels.bspline_hessian(
-            geometry.size_array, indices, start, stop, control, gradient, out),
-            gradient.shape[0], (count, REACH ** d, d, d))
-        return _assemble(blocks, self.size)
+        """``S^T S`` on this transform's control grid (:func:`gauss_newton_hessian`)."""
+        return gauss_newton_hessian(self.control_grid, geometry, indices, gradient)
 
     def bending_energy(self) -> Any:
         key = (self.size, tuple(self.spacing))
@@ -279,6 +267,17 @@ def points_per_control_point(control_grid: GridGeometry, geometry: GridGeometry)
     per_axis = [min(size, math.floor((ORDER + 1) / abs(step)) + 1)
                 for size, step in zip(geometry.size, np.diag(matrix), strict=True)]
     return min(math.prod(per_axis), geometry.number_of_points)
+
+
+def gauss_newton_hessian(control_grid: GridGeometry, geometry: GridGeometry,
+                         indices: np.ndarray | None, gradient: np.ndarray) -> Any:
+    """``S^T S`` for ``S[x, (k, c)] = gradient_k(x) beta_c(x)``, sparse, ITK order."""
+    d, count = geometry.dimension, control_grid.number_of_points
+    control = control_map(control_grid, geometry)
+    blocks = sum_chunks(lambda start, stop, out: _kernels.bspline_hessian(
+        geometry.size_array, indices, start, stop, control, gradient, out),
+        gradient.shape[0], (count, REACH ** d, d, d))
+    return _assemble(blocks, tuple(int(s) for s in control_grid.size))
 
 
 def scatter(control_grid: GridGeometry, geometry: GridGeometry, indices: np.ndarray | None,

@@ -37,8 +37,9 @@ from ppir_itk.backends import MovingFields
 from ppir_itk.bspline import BSplineTransform
 from ppir_itk.errors import InputError
 from ppir_itk.image import GridGeometry, ImageGrid
+from ppir_itk.linear_map import PublicLinearMap
 from ppir_itk.moving_party import MovingPartySession
-from ppir_itk.parallel import for_chunks, sum_chunks
+from ppir_itk.parallel import for_chunks
 from ppir_itk.points import PointSet
 from ppir_itk.protocol.session import Session
 from ppir_itk.pyramid import Level, moving_level_image
@@ -214,8 +215,8 @@ class PrivateMeanSquaresImageToImageMetric:
         jacobian = _jacobian(self.GetTransform(), points,
                              self.bending_energy_weight * self._moving_variance)
         gradient = jacobian.parameter_gradient(gradient)
-        coefficients = jacobian.coefficients()
-        joint = self.moving_party.joint_term(MovingFields(gradient, values, valid, coefficients))
+        joint = self.moving_party.joint_term(MovingFields(gradient, values, valid,
+                                                          jacobian.coefficients))
         joint_r = (joint.parameter_term if joint.parameter_term is not None
                    else jacobian.from_moments(joint.moments))
         # Not np.dot: BLAS would start threads that spin against the other party's process.
@@ -226,7 +227,7 @@ class PrivateMeanSquaresImageToImageMetric:
         own = jacobian.moments(gradient, values, joint.basis_weight_bits)
         derivative = scale * (jacobian.from_moments(own) - joint_r)
         hessian = scale * jacobian.hessian(gradient)
-        penalty = jacobian.penalty()
+        penalty = jacobian.penalty
         if penalty is not None:  # the bending energy, weight already in it
             theta = self.GetTransform().parameters
             value += float(theta @ (penalty @ theta))
@@ -273,80 +274,48 @@ class _LevelData:
     private_sample: np.ndarray | None
 
 
-class _LinearJacobian:
-    """dW/dtheta of a linear transform: ``C`` in the affine basis (d (d + 1) columns)."""
+@dataclass(frozen=True)
+class _Jacobian:
+    """dW/dtheta on the level's points: the public map's basis (the float side of
+    :class:`~ppir_itk.linear_map.PublicLinearMap`) and the transform's own factor.
 
-    def __init__(self, transform: LinearTransform, points: PointSet) -> None:
-        geometry = points.geometry
-        self._points = points
-        self._basis = (geometry.size_array, geometry.index_to_physical, geometry.origin_array,
-                       points.reference, points.indices)
-        d = geometry.dimension
-        self._d = d
-        coefficients = transform.jacobian_in_affine_basis(points.reference)
-        self._coefficients = coefficients.reshape(coefficients.shape[0], d * (d + 1))
+    A linear transform: ``S = g . C phi``, with ``C`` (``coefficients``) its small
+    matrix in the affine basis. A B-spline ``bulk(x + D(x))``: ``M e_k beta_c(x)`` for
+    parameter (k, c), M the bulk matrix (``gradient_matrix``), so S = (M^T g)_k beta_c
+    and R in ITK order is the moments, raveled (``coefficients`` None: the identity).
+    """
 
-    def parameter_gradient(self, gradient: np.ndarray) -> np.ndarray:
-        return gradient
-
-    def coefficients(self) -> np.ndarray:
-        return self._coefficients
-
-    def moments(self, gradient: np.ndarray, values: np.ndarray, weight_bits: int) -> np.ndarray:
-        d = self._d
-        return sum_chunks(lambda start, stop, out: _kernels.affine_moments(
-            *self._basis, start, stop, gradient, values, out), self._points.size, (d, d + 1))
-
-    def from_moments(self, moments: np.ndarray) -> np.ndarray:
-        return self._coefficients @ moments.ravel()
-
-    def hessian(self, gradient: np.ndarray) -> np.ndarray:
-        m = self._d * (self._d + 1)
-        gram = sum_chunks(lambda start, stop, out: _kernels.affine_gram(
-            *self._basis, start, stop, gradient, out), self._points.size, (m, m))
-        return self._coefficients @ gram @ self._coefficients.T
-
-    def penalty(self) -> None:
-        return None
-
-
-class _BSplineJacobian:
-    """dW/dtheta of ``bulk(x + D(x))``: ``M e_k beta_c(x)`` for parameter (k, c), M the
-    bulk matrix; so S = (M^T g)_k beta_c, and the basis is the control grid's B-spline."""
-
-    def __init__(self, transform: BSplineTransform, points: PointSet, weight: float) -> None:
-        self._transform = transform
-        self._points = points
-        self._weight = weight
+    basis: PublicLinearMap
+    coefficients: np.ndarray | None
+    gradient_matrix: np.ndarray | None
+    penalty: Any  # the weighted bending energy (sparse), or None
 
     def parameter_gradient(self, gradient: np.ndarray) -> np.ndarray:
-        matrix, _ = self._transform.matrix_offset()
-        return gradient @ matrix  # row x: M^T g(x)
-
-    def coefficients(self) -> None:
-        return None  # the identity: R in ITK order is the B-spline moments, raveled
+        return gradient if self.gradient_matrix is None else gradient @ self.gradient_matrix
 
     def moments(self, gradient: np.ndarray, values: np.ndarray, weight_bits: int) -> np.ndarray:
-        points = self._points
-        return self._transform.scatter(points.geometry, points.indices,
-                                       gradient * values[:, None], weight_bits).T
+        return self.basis.moments(gradient, values, weight_bits)
 
     def from_moments(self, moments: np.ndarray) -> np.ndarray:
-        return moments.ravel()
+        if self.coefficients is None:
+            return moments.ravel()
+        return self.coefficients @ moments.ravel()
 
     def hessian(self, gradient: np.ndarray) -> Any:
-        points = self._points
-        return self._transform.gauss_newton_hessian(points.geometry, points.indices, gradient)
-
-    def penalty(self) -> Any:
-        if self._weight == 0:
-            return None
-        transform = self._transform
-        domain = float(np.prod((np.asarray(transform.size) - 3) * transform.spacing))
-        return (self._weight / domain) * transform.bending_energy()
+        gram = self.basis.gram(gradient)
+        if self.coefficients is None:
+            return gram
+        return self.coefficients @ gram @ self.coefficients.T
 
 
-def _jacobian(transform: Any, points: PointSet, bending_energy_weight: float) -> Any:
+def _jacobian(transform: Any, points: PointSet, bending_energy_weight: float) -> _Jacobian:
+    basis = points.linear_map
     if isinstance(transform, BSplineTransform):
-        return _BSplineJacobian(transform, points, bending_energy_weight)
-    return _LinearJacobian(transform, points)
+        penalty = None
+        if bending_energy_weight != 0:
+            domain = float(np.prod((np.asarray(transform.size) - 3) * transform.spacing))
+            penalty = (bending_energy_weight / domain) * transform.bending_energy()
+        return _Jacobian(basis, None, transform.matrix_offset()[0], penalty)
+    d = points.geometry.dimension
+    coefficients = transform.jacobian_in_affine_basis(points.reference)
+    return _Jacobian(basis, coefficients.reshape(coefficients.shape[0], d * (d + 1)), None, None)

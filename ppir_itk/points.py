@@ -8,12 +8,14 @@ same way on either side, so the parties never send the points themselves.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from ppir_itk.image import GridGeometry
+from ppir_itk.linear_map import PublicLinearMap, linear_map
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import ProtocolError, array_from_pb, geometry_from_pb
 from ppir_itk.sampling import URS
@@ -44,6 +46,11 @@ class PointSet:
     @property
     def reference(self) -> np.ndarray:
         return self.geometry.center()
+
+    @functools.cached_property
+    def linear_map(self) -> PublicLinearMap:
+        """The joint term's public map on these points (one per point set: it caches)."""
+        return linear_map(self)
 
 
 def draw_points(geometry: GridGeometry, level: int, request: pb.SelectPoints,

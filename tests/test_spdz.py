@@ -13,11 +13,11 @@ from conftest import known_pair, register_in_process, speaks_to_unauthenticated
 
 import ppir_itk
 from ppir_itk.backends.crypten_compat import CONVERTER, acting_as, load_crypten
-from ppir_itk.backends.spdz import ring_basis
 from ppir_itk.backends.spdz_shares import MailboxCommunicator
 from ppir_itk.compose import spawn_fixed_party
 from ppir_itk.evaluation import displacement_rmse
 from ppir_itk.fixed_party import FixedPartyServer
+from ppir_itk.fixed_point import RING
 from ppir_itk.protocol.messages import ProtocolError
 from ppir_itk.roles import FIXED, MOVING
 
@@ -118,15 +118,16 @@ def test_fixed_point_bits_keep_every_sum_in_the_ring():
         grid = GridGeometry(size=size, spacing=(1.0,) * d, origin=(0.0,) * d,
                             direction=tuple(np.eye(d).ravel()))
         n = grid.number_of_points
-        linear = ring_basis(PointSet(grid, None))
+        linear = PointSet(grid, None).linear_map.budget(RING)
         # n * |q(J)| * |q(g)| * |q(phi)| < 2^63, and the same for I_w and J^2
         assert np.log2(n) + (linear.j_bits - 1) + (linear.g_bits - 1) + 11 < 63
         assert np.log2(n) + (linear.j_bits - 1) + (linear.w_bits - 1) < 63
         control = BSplineTransform.over(grid, 4.0).control_grid
-        bspline = ring_basis(PointSet(grid, None, control))
+        bspline_map = PointSet(grid, None, control).linear_map
+        bspline = bspline_map.budget(RING)
         support = points_per_control_point(control, grid)
         assert support < n
-        weight_bits = int(bspline.column_bits[0])
+        weight_bits = int(bspline_map.column_bits[0])
         assert np.log2(support) + (bspline.j_bits - 1) + (bspline.g_bits - 1) + weight_bits < 63
         assert np.log2(n) + 2 * (bspline.j_bits - 1) < 63
         assert np.log2(n) + (bspline.j_bits - 1) + (bspline.w_bits - 1) < 63

@@ -27,7 +27,6 @@ received in the clear (``learned()``), counted against the backend module's
 from __future__ import annotations
 
 import abc
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
@@ -36,29 +35,12 @@ import numpy as np
 
 from ppir_itk.dealer_client import DealerClient
 from ppir_itk.disclosure import ProtocolTable, Received
+from ppir_itk.linear_map import AffineBasis
 from ppir_itk.points import PointSet
 from ppir_itk.policy import FixedPolicy
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.channel import Counters
 from ppir_itk.roles import FIXED_PARTY, MOVING_PARTY
-
-PHI_BITS = 12  # fixed-point bits of the affine basis coordinates
-
-
-def exponent(largest: float, bits: int) -> int:
-    """The power-of-two scale that puts ``largest`` just below ``2^(bits - 1)``."""
-    if largest <= 0 or not math.isfinite(largest):
-        return bits - 1
-    return bits - 1 - math.ceil(math.log2(largest * (1 + 1e-12)))
-
-
-def basis_coordinates(points: PointSet) -> tuple[np.ndarray, int]:
-    """``phi_j(x) = (x - reference)_j`` on the points as integers, and their exponent (public)."""
-    geometry = points.geometry
-    flat = np.arange(geometry.number_of_points) if points.indices is None else points.indices
-    phi = geometry.physical_points(geometry.flat_to_index(flat)) - points.reference
-    scale = exponent(float(np.abs(phi).max(initial=0.0)), PHI_BITS)
-    return np.round(phi * 2.0**scale).astype(np.int64), scale
 
 
 @dataclass(frozen=True)
@@ -71,11 +53,10 @@ class MovingFields:
     coefficients: np.ndarray  # (|theta|, d(d+1)): dW/dtheta in the affine basis (theta-dependent)
 
     def steepest_descent(self, points: PointSet) -> np.ndarray:
-        """S = g . dW/dtheta, shape (n, |theta|): the paper's matrix (O(n |theta|) memory)."""
+        """S = g . dW/dtheta, shape (n, |theta|): the paper's matrix (O(n |theta|) memory);
+        linear transforms (the affine basis) only."""
         d = self.gradient.shape[1]
-        geometry = points.geometry
-        flat = np.arange(geometry.number_of_points) if points.indices is None else points.indices
-        phi = geometry.physical_points(geometry.flat_to_index(flat)) - points.reference
+        phi = AffineBasis(points).phi
         basis = np.concatenate([phi, np.ones((len(phi), 1))], axis=1)  # (n, d+1)
         per_point = (self.gradient[:, :, None] * basis[:, None, :]).reshape(-1, d * (d + 1))
         return per_point @ self.coefficients.T
@@ -172,9 +153,7 @@ class ExactSumsBackend(JointTermBackend):
     and, per level, the power of two bounding J (the fixed-point exponent)."""
 
     def _disclose_sums(self, count: int) -> None:
-        basis = "affine-basis moments" if self.points.control is None else \
-            "B-spline-basis moments"
-        self.received.add("joint_term", count, detail=basis)
+        self.received.add("joint_term", count, detail=f"{self.points.linear_map.name} moments")
 
     def _disclose_bound(self, bound: int) -> None:
         self.received.add("fixed_point_bound", 1, detail=f"2^{bound}")

@@ -33,9 +33,10 @@ party sends, for each k, the products ``q(J) q(g_k)`` (ceil(n / slots)
 ciphertexts), and the two accumulated products ``q(J) q(I_w)`` and
 ``q(J)^2 m``, each masked uniformly mod t per slot, switched down and
 re-randomised as above. The fixed party decrypts the uniformly masked values,
-applies the public B-spline map mod t (fixed-point weights, :func:`map_mod_t`)
-and totals the two sums; the moving party applies the same map to its masks
-and subtracts. The moving party's own ``S^T I_w`` uses the same weights.
+applies the public B-spline map mod t (fixed-point weights,
+:meth:`~ppir_itk.linear_map.PublicLinearMap.mod_t`) and totals the two sums;
+the moving party applies the same map to its masks and subtracts. The moving
+party's own ``S^T I_w`` uses the same weights.
 
 The scheme is BFV (exact integers mod t), not CKKS: a mask drawn uniformly mod
 t hides a BFV message perfectly, while a CKKS mask only hides it statistically
@@ -52,7 +53,6 @@ anything weaker is refused.
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -62,18 +62,15 @@ from typing import Any
 import numpy as np
 
 from ppir_itk.backends.base import (
-    PHI_BITS,
     ExactSumsBackend,
     FixedSide,
     JointTerm,
     MovingChannel,
     MovingFields,
-    basis_coordinates,
-    exponent,
 )
-from ppir_itk.bspline import WEIGHT_BITS, points_per_control_point, scatter_ring
 from ppir_itk.disclosure import Disclosure, Message, ProtocolTable
 from ppir_itk.errors import InputError
+from ppir_itk.fixed_point import PLAIN_BITS, PLAIN_MODULUS, decode, encode, exponent
 from ppir_itk.points import PointSet
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import ProtocolError, array_from_pb, array_to_pb
@@ -82,8 +79,6 @@ from ppir_itk.roles import FIXED_PARTY, MOVING_PARTY
 
 POLY_MODULUS_DEGREES = (8192, 16384, 32768)
 SECURITY_LEVELS = {128: "TC128", 192: "TC192", 256: "TC256"}
-PLAIN_BITS = 60
-SUM_BITS = PLAIN_BITS - 2  # every exact sum stays below 2^SUM_BITS in absolute value
 MOD_SWITCHES = 2
 
 
@@ -216,27 +211,15 @@ def slot_total(values: np.ndarray) -> int:
     return (high << 30) + low
 
 
-def fixed_point_bits(points: int) -> tuple[int, int]:
-    """Bits for ``q(J)`` and for ``q(g)``, so that any sum of ``points`` products is exact.
+def sum_pairs(d: int, outputs: int) -> list[tuple[int, int]]:
+    """(moving vector, fixed vector) of each of the ``d outputs + 2`` sums.
 
-    ``log2(points) + bits(g) + PHI_BITS + bits(J) <= SUM_BITS + 1``; the rest
-    after the point count and the basis is split evenly between J and g. Both
-    parties compute it from the public number of points.
+    Moving vectors: ``q(g_1) .. q(g_d), q(I_w), valid``; fixed vectors: ``w_c q(J)``
+    for each of the map's ``outputs`` integer weights ``w_c`` (the affine basis:
+    ``q(phi_1) .. q(phi_d), 1``), then ``q(J)``, ``q(J)^2``.
     """
-    spare = SUM_BITS + 1 - math.ceil(math.log2(max(points, 2))) - PHI_BITS
-    if spare < 16:
-        raise InputError(f"{points} points are too many for exact sums at this plain modulus: "
-                         "sample them (URS) or use fewer")
-    return spare // 2, spare - spare // 2
-
-
-def sum_pairs(d: int) -> list[tuple[int, int]]:
-    """(moving vector, fixed vector) of each of the ``d (d + 1) + 2`` sums.
-
-    Moving vectors: ``q(g_1) .. q(g_d), q(I_w), valid``; fixed vectors:
-    ``q(phi_1) q(J) .. q(phi_d) q(J), q(J), q(J)^2``.
-    """
-    return [(k, j) for k in range(d) for j in range(d + 1)] + [(d, d), (d + 1, d + 1)]
+    return ([(k, c) for k in range(d) for c in range(outputs)]
+            + [(d, outputs), (d + 1, outputs + 1)])
 
 
 def interleave(vectors: list[np.ndarray], slots: int) -> np.ndarray:
@@ -262,35 +245,6 @@ def range_totals(values: np.ndarray, count: int) -> list[int]:
     return [slot_total(values[a * width:(a + 1) * width]) for a in range(count)]
 
 
-LIMB_BITS = 20  # map_mod_t splits values below 2^60 into three limbs
-
-
-@dataclass(frozen=True)
-class MappedBits:
-    """Fixed-point bits of the B-spline protocol: every mapped moment (a sum over one
-    control point's support) and both totals stay below 2^SUM_BITS."""
-
-    j_bits: int
-    g_bits: int
-    w_bits: int
-    weight_bits: int
-
-
-def mapped_bits(points: PointSet) -> MappedBits:
-    d = points.geometry.dimension
-    weight_bits = WEIGHT_BITS[d]
-    log_n = math.ceil(math.log2(max(points.size, 2)))
-    support = math.ceil(math.log2(max(points_per_control_point(points.control,
-                                                                points.geometry), 2)))
-    spare = SUM_BITS + 1 - support - d * weight_bits
-    j_bits = min(spare // 2, (SUM_BITS - log_n) // 2)
-    bits = MappedBits(j_bits, spare - j_bits, SUM_BITS + 1 - log_n - j_bits, weight_bits)
-    if min(bits.j_bits, bits.g_bits, bits.w_bits) < 8:
-        raise InputError(f"{points.size} points and this control grid leave too few bits for "
-                         "exact sums at this plain modulus: sample the points (URS)")
-    return bits
-
-
 def chunk(vector: np.ndarray, row: int, slots: int) -> np.ndarray:
     """Row ``row`` of ``vector`` laid out ``slots`` points a row, zero-padded."""
     out = np.zeros(slots, dtype=np.int64)
@@ -299,26 +253,10 @@ def chunk(vector: np.ndarray, row: int, slots: int) -> np.ndarray:
     return out
 
 
-def map_mod_t(points: PointSet, values: np.ndarray, weight_bits: int, t: int) -> np.ndarray:
-    """The B-spline map ``sum_x q_c(x) values[x]`` mod t, exactly, for values in [0, t)
-    (n x m): three 20-bit limbs, each mapped exactly in 64-bit integers."""
-    values = np.ascontiguousarray(values, dtype=np.uint64)
-    total = None
-    for limb in range(3):
-        part = ((values >> np.uint64(LIMB_BITS * limb)) & np.uint64((1 << LIMB_BITS) - 1))
-        mapped = scatter_ring(points.control, points.geometry, points.indices,
-                              part.astype(np.int64), weight_bits).astype(object)
-        term = mapped * (1 << (LIMB_BITS * limb))
-        total = term if total is None else total + term
-    return (total % t).astype(np.int64)
-
-
 @dataclass
 class _Level:
     ciphertexts: list[Any]  # one per row of the interleaved layout, NTT form
     exponent_j: int
-    exponent_phi: int
-    n: int
 
 
 class CKKSBackend(ExactSumsBackend):
@@ -348,37 +286,34 @@ class CKKSBackend(ExactSumsBackend):
             self._public_key = he.from_bytes("PublicKey", reply.he_key.public_key)
             self._encryptor = seal.Encryptor(he.context, self._public_key)
         reply = self.channel.exchange(pb.BackendMessage(he_level_request=pb.HeLevelRequest()))
-        if points.control is None:
-            sums = len(sum_pairs(points.geometry.dimension))
-            rows = -(-points.size // (he.slots // sums))
-            j_bits = fixed_point_bits(points.size)[0]
+        basis = points.linear_map
+        if basis.few_outputs:
+            rows = -(-points.size // (he.slots // basis.sums_per_evaluation))
         else:  # one row of q(J) and one of q(J)^2 per slots points
             rows = 2 * -(-points.size // he.slots)
-            j_bits = mapped_bits(points).j_bits
         if reply.WhichOneof("body") != "he_level" or len(reply.he_level.ciphertexts) != rows:
             raise ProtocolError("the fixed party's level ciphertexts are malformed")
         ciphertexts = [he.from_bytes("Ciphertext", data) for data in reply.he_level.ciphertexts]
         for ciphertext in ciphertexts:
             he.evaluator.transform_to_ntt_inplace(ciphertext)
-        _, exponent_phi = basis_coordinates(points)
         level_exponent = reply.he_level.fixed_exponent
-        self._level = _Level(ciphertexts=ciphertexts, exponent_j=level_exponent,
-                             exponent_phi=exponent_phi, n=points.size)
-        self._disclose_bound(j_bits - 1 - level_exponent)
+        self._level = _Level(ciphertexts=ciphertexts, exponent_j=level_exponent)
+        self._disclose_bound(basis.budget(PLAIN_MODULUS).j_bits - 1 - level_exponent)
 
     def _joint_term(self, fields: MovingFields) -> JointTerm:
-        if self.points.control is not None:
-            return self._bspline_joint_term(fields)
+        basis = self.points.linear_map
+        if not basis.few_outputs:
+            return self._mapped_joint_term(fields)
         he, level = self.he, self._level
         d = fields.gradient.shape[1]
-        j_bits, g_bits = fixed_point_bits(level.n)
+        bits = basis.budget(PLAIN_MODULUS)
         # Fixed-point exponents for this iteration's vectors (private to the moving party).
-        e_g = exponent(float(np.abs(fields.gradient).max(initial=0.0)), g_bits)
-        e_w = exponent(float(np.abs(fields.warped).max(initial=0.0)), g_bits + PHI_BITS)
-        vectors = [np.round(fields.gradient[:, k] * 2.0**e_g) for k in range(d)]
-        vectors += [np.round(fields.warped * 2.0**e_w), fields.valid.astype(np.float64)]
-        pairs = sum_pairs(d)
-        rows = interleave([vectors[v].astype(np.int64) for v, _ in pairs], he.slots)
+        e_g = exponent(float(np.abs(fields.gradient).max(initial=0.0)), bits.g_bits)
+        e_w = exponent(float(np.abs(fields.warped).max(initial=0.0)), bits.w_bits)
+        vectors = [encode(fields.gradient[:, k], e_g) for k in range(d)]
+        vectors += [encode(fields.warped, e_w), fields.valid.astype(np.int64)]
+        pairs = sum_pairs(d, basis.outputs)
+        rows = interleave([vectors[v] for v, _ in pairs], he.slots)
         accumulator = None
         for row, ciphertext in zip(rows, level.ciphertexts, strict=True):
             product = self._product(ciphertext, row)
@@ -397,16 +332,12 @@ class CKKSBackend(ExactSumsBackend):
             raise ProtocolError("the fixed party's sums are malformed")
         sums = [he.signed(int(total) - mask) for total, mask in zip(totals, masks, strict=True)]
         self._disclose_sums(len(sums))
-        scale_phi = 2.0 ** (e_g + level.exponent_phi + level.exponent_j)
-        scale_one = 2.0 ** (e_g + level.exponent_j)
-        moments = np.array([[sums[k * (d + 1) + j] / (scale_phi if j < d else scale_one)
-                             for j in range(d + 1)] for k in range(d)])
+        moments = np.array(sums[:-2], dtype=np.int64).reshape(d, basis.outputs)
         return JointTerm(
-            moments=moments,
-            warped_dot_fixed=sums[-2] / 2.0 ** (e_w + level.exponent_j),
-            fixed_squared=sums[-1] / 2.0 ** (2 * level.exponent_j),
+            moments=decode(moments, e_g + level.exponent_j + basis.column_bits),
+            warped_dot_fixed=decode(sums[-2], e_w + level.exponent_j),
+            fixed_squared=decode(sums[-1], 2 * level.exponent_j),
         )
-
 
     def _product(self, ciphertext: Any, row: np.ndarray) -> Any:
         """``ciphertext * row`` (both in NTT form), or None for an all-zero row (SEAL
@@ -444,15 +375,17 @@ class CKKSBackend(ExactSumsBackend):
         he.evaluator.add_inplace(ciphertext, zero)
         return he.to_bytes(ciphertext)
 
-    def _bspline_joint_term(self, fields: MovingFields) -> JointTerm:
-        """The B-spline basis (protocol docstring, "B-spline transforms")."""
+    def _mapped_joint_term(self, fields: MovingFields) -> JointTerm:
+        """A map with many outputs, applied by the fixed party (protocol docstring,
+        "B-spline transforms")."""
         he, level, points = self.he, self._level, self.points
+        basis = points.linear_map
         d = fields.gradient.shape[1]
-        bits = mapped_bits(points)
+        bits = basis.budget(PLAIN_MODULUS)
         e_g = exponent(float(np.abs(fields.gradient).max(initial=0.0)), bits.g_bits)
         e_w = exponent(float(np.abs(fields.warped).max(initial=0.0)), bits.w_bits)
-        gradient = np.round(fields.gradient * 2.0**e_g).astype(np.int64)  # (n, d)
-        warped = np.round(fields.warped * 2.0**e_w).astype(np.int64)
+        gradient = encode(fields.gradient, e_g)  # (n, d)
+        warped = encode(fields.warped, e_w)
         rows = len(level.ciphertexts) // 2
         fixed, squared = level.ciphertexts[:rows], level.ciphertexts[rows:]
         masks = uniform_below(he.t, (d + 2, rows * he.slots))
@@ -474,25 +407,26 @@ class CKKSBackend(ExactSumsBackend):
             blobs.append(self.masked(total, masks[d + k, :he.slots]))
         reply = self.channel.exchange(pb.BackendMessage(
             he_masked_products=pb.HeMaskedProducts(ciphertexts=blobs)))
-        count = points.control.number_of_points
+        count = basis.outputs
         if reply.WhichOneof("body") != "he_masked_totals":
             raise ProtocolError("the fixed party's sums are malformed")
         mapped = array_from_pb(reply.he_masked_totals.mapped_moments, max_elements=count * d)
         totals = array_from_pb(reply.he_masked_totals.totals, max_elements=2)
         if mapped.shape != (count, d) or totals.shape != (2,):
             raise ProtocolError("the fixed party's sums do not fit the control grid")
-        own = map_mod_t(points, masks[:d, :points.size].T, bits.weight_bits, he.t)
+        own = basis.mod_t(masks[:d, :points.size].T, he.t)  # (d, count)
         moments = np.array([[he.signed(int(v) - int(m)) for v, m in zip(a, b, strict=True)]
-                            for a, b in zip(mapped.T, own.T, strict=True)], dtype=np.float64)
+                            for a, b in zip(mapped.T, own, strict=True)], dtype=np.float64)
         sums = [he.signed(int(totals[0]) - int(masks[d, :he.slots].sum(dtype=object))),
                 he.signed(int(totals[1]) - int(masks[d + 1, :he.slots].sum(dtype=object)))]
-        self._disclose_sums(moments.size + 2)
+        self._disclose_sums(basis.sums_per_evaluation)
         return JointTerm(
-            moments=moments / 2.0 ** (e_g + level.exponent_j + d * bits.weight_bits),
-            warped_dot_fixed=sums[0] / 2.0 ** (e_w + level.exponent_j),
-            fixed_squared=sums[1] / 2.0 ** (2 * level.exponent_j),
-            basis_weight_bits=bits.weight_bits,
+            moments=decode(moments, e_g + level.exponent_j + basis.column_bits),
+            warped_dot_fixed=decode(sums[0], e_w + level.exponent_j),
+            fixed_squared=decode(sums[1], 2 * level.exponent_j),
+            basis_weight_bits=basis.axis_weight_bits,
         )
+
 
 class CKKSFixedSide(FixedSide):
     """Fixed-party side: holds the secret key; encrypts J once per level; sums masked slots."""
@@ -518,19 +452,21 @@ class CKKSFixedSide(FixedSide):
     def on_points(self, values: np.ndarray, points: PointSet) -> None:
         d = points.geometry.dimension
         self._points = points
+        basis = points.linear_map
         try:
-            j_bits = (fixed_point_bits(points.size)[0] if points.control is None
-                      else mapped_bits(points).j_bits)
+            j_bits = basis.budget(PLAIN_MODULUS).j_bits
         except InputError as error:
             raise ProtocolError(str(error)) from None
         self._exponent_j = exponent(float(np.abs(values).max(initial=0.0)), j_bits)
-        fixed = np.round(values * 2.0**self._exponent_j).astype(np.int64)
+        fixed = encode(values, self._exponent_j)
         slots = self.he.slots
-        if points.control is None:
-            phi, _ = basis_coordinates(points)
-            vectors = [phi[:, j] * fixed for j in range(d)] + [fixed, fixed * fixed]
-            self._sums = len(sum_pairs(d))
-            rows = list(interleave([vectors[c] for _, c in sum_pairs(d)], slots))
+        if basis.few_outputs:
+            weights = basis.dense_weights()
+            vectors = [weights[:, c] * fixed for c in range(basis.outputs)]
+            vectors += [fixed, fixed * fixed]
+            pairs = sum_pairs(d, basis.outputs)
+            self._sums = len(pairs)
+            rows = list(interleave([vectors[c] for _, c in pairs], slots))
         else:  # per point: q(J) rows, then q(J)^2 rows
             count = -(-points.size // slots)
             rows = [chunk(vector, r, slots) for vector in (fixed, fixed * fixed)
@@ -553,8 +489,8 @@ class CKKSFixedSide(FixedSide):
             raise ProtocolError(f"'{kind}' is not a request of the ckks backend")
         ciphertexts = message.he_masked_products.ciphertexts
         self.evaluations += 1
-        if self._points.control is not None:
-            return self._bspline_sums(ciphertexts)
+        if not self._points.linear_map.few_outputs:
+            return self._mapped_sums(ciphertexts)
         if len(ciphertexts) != 1:
             raise ProtocolError("the masked products are not one ciphertext")
         slots = self._decrypt(ciphertexts[0])
@@ -579,9 +515,9 @@ class CKKSFixedSide(FixedSide):
                 from None
         return np.array(self.he.encoder.decode_uint64(plain), dtype=np.uint64)
 
-    def _bspline_sums(self, ciphertexts: Sequence[bytes]) -> pb.BackendMessage:
+    def _mapped_sums(self, ciphertexts: Sequence[bytes]) -> pb.BackendMessage:
         """Decrypt the masked per-point products (uniform mod t: nothing about the moving
-        party's vectors), apply the public B-spline map mod t, total the two sums."""
+        party's vectors), apply the public map mod t, total the two sums."""
         points, slots, t = self._points, self.he.slots, self.he.t
         d = points.geometry.dimension
         rows = -(-points.size // slots)
@@ -592,7 +528,7 @@ class CKKSFixedSide(FixedSide):
                                              for r in range(rows)])[:points.size]
                              for k in range(d)], axis=1)
         self.received.add("masked_slots", products.size + 2)
-        mapped = map_mod_t(points, products, mapped_bits(points).weight_bits, t)
+        mapped = points.linear_map.mod_t(products, t).T  # (outputs, d) on the wire
         totals = [int(self._decrypt(data).sum(dtype=object)) % t for data in blobs[d * rows:]]
         return pb.BackendMessage(he_masked_totals=pb.HeMaskedTotals(
             totals=array_to_pb(np.array(totals, np.int64)), mapped_moments=array_to_pb(mapped)))

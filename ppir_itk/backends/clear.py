@@ -13,7 +13,6 @@ import warnings
 
 import numpy as np
 
-from ppir_itk import _kernels
 from ppir_itk.backends.base import (
     FixedSide,
     JointTerm,
@@ -21,9 +20,7 @@ from ppir_itk.backends.base import (
     MovingChannel,
     MovingFields,
 )
-from ppir_itk.bspline import scatter
 from ppir_itk.disclosure import Disclosure, Message, ProtocolTable
-from ppir_itk.parallel import sum_chunks
 from ppir_itk.points import PointSet
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import ProtocolError, array_from_pb, array_to_pb
@@ -75,26 +72,12 @@ class ClearBackend(JointTermBackend):
         self._fixed_values = values
 
     def _joint_term(self, fields: MovingFields) -> JointTerm:
-        points = self.points
         fixed = self._fixed_values
-        geometry = points.geometry
-        dimension = geometry.dimension
-        common = dict(
+        return JointTerm(
+            moments=self.points.linear_map.moments(fields.gradient, fixed),
             warped_dot_fixed=float(np.dot(fields.warped, fixed)),
             fixed_squared=float(np.dot(fields.valid.astype(np.float64), fixed * fixed)),
         )
-        if points.control is not None:  # B-spline basis
-            return JointTerm(moments=scatter(points.control, geometry, points.indices,
-                                             fields.gradient * fixed[:, None]).T, **common)
-
-        def moments(start: int, stop: int, out: np.ndarray) -> None:
-            _kernels.affine_moments(
-                geometry.size_array, geometry.index_to_physical, geometry.origin_array,
-                points.reference, points.indices, start, stop, fields.gradient, fixed, out,
-            )
-
-        return JointTerm(moments=sum_chunks(moments, points.size, (dimension, dimension + 1)),
-                         **common)
 
 
 class ClearFixedSide(FixedSide):

@@ -27,7 +27,8 @@ with ``q(J)^2``):
    fixed party ``c1 + E * b``;
 6. the public linear map of DESIGN.md §2 on the shares, locally: the affine
    moments ``Z[:d] (q(phi), 1)`` (for a B-spline transform, the control
-   grid's basis with fixed-point weights instead, :class:`RingBasis`),
+   grid's basis with fixed-point weights instead:
+   :meth:`~ppir_itk.linear_map.PublicLinearMap.ring`),
    ``sum Z[d]`` (I_w . J) and ``sum Z[d+1]`` (sum_valid J^2). The fixed party
    sends its shares of these values, which the moving party adds to its own:
    only it learns them.
@@ -39,7 +40,7 @@ products per point, O(d n).
 
 Fixed point: values are integers before they are shared, with power-of-two
 scales chosen so that every opened sum stays below 2^63
-(:func:`ring_basis`); no product is ever truncated. (CrypTen's default
+(:func:`ppir_itk.fixed_point.budget`); no product is ever truncated. (CrypTen's default
 16-bit encoding truncates every product by a local division, which for two
 parties fails by about 2^48 with probability near |x|/2^64 per element: a few
 elements of every 10^5-point iteration.)
@@ -63,27 +64,23 @@ two bounding J per level; the fixed party, nothing (uniform openings).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ppir_itk.backends.base import (
-    PHI_BITS,
     ExactSumsBackend,
     FixedSide,
     JointTerm,
     MovingChannel,
     MovingFields,
-    basis_coordinates,
-    exponent,
 )
-from ppir_itk.bspline import WEIGHT_BITS, points_per_control_point, scatter_ring
 from ppir_itk.disclosure import Disclosure, Message, ProtocolTable
 from ppir_itk.errors import InputError
+from ppir_itk.fixed_point import RING, decode, encode, exponent
+from ppir_itk.linear_map import PublicLinearMap
 from ppir_itk.points import PointSet
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.channel import Counters, PeerError
@@ -125,65 +122,13 @@ TABLE = ProtocolTable(
                    "ring elements", "evaluation", masked=True),
     ),
 )
-RING_BITS = 64
 
 
-
-
-@dataclass(frozen=True)
-class RingBasis:
-    """The public linear map of step 6 on shares, and the fixed-point bits it leaves.
-
-    ``apply`` maps a share of ``Z[:d]`` (d x n, int64) to a share of the moments
-    (d x columns); ``column_bits[j]`` is the power of two column j carries from
-    the basis. ``j_bits``, ``g_bits`` and ``w_bits`` bound ``q(J)``, ``q(g)``
-    and ``q(I_w)`` so that every opened sum stays below 2^63. Both parties
-    derive it from the public point set.
-    """
-
-    j_bits: int
-    g_bits: int
-    w_bits: int
-    column_bits: np.ndarray
-    apply: Callable[[Any], Any]
-    weight_bits: int = 0  # B-spline: fixed-point bits per axis of the weights
-
-
-def ring_basis(points: PointSet) -> RingBasis:
-    """The affine basis ``(q(phi), 1)``, or a B-spline control grid's basis."""
+def ring_map(basis: PublicLinearMap) -> Callable[[Any], Any]:
+    """Step 6's public map on a share of ``Z[:d]`` (d x n torch int64): d x outputs."""
     import torch
 
-    log_n = math.ceil(math.log2(max(points.size, 2)))
-    d = points.geometry.dimension
-    if points.control is None:
-        phi, exponent_phi = basis_coordinates(points)
-        matrix = torch.from_numpy(np.concatenate(
-            [phi, np.ones((len(phi), 1), dtype=np.int64)], axis=1))
-        spare = RING_BITS - log_n - PHI_BITS
-        j_bits = spare // 2
-        g_bits = spare - j_bits
-        basis = RingBasis(j_bits, g_bits, g_bits + PHI_BITS,
-                          np.array([exponent_phi] * d + [0]), lambda share: share @ matrix)
-    else:
-        weight_bits = WEIGHT_BITS[d]
-        # Each moment sums only over one control point's support, not over all n points.
-        support = math.ceil(math.log2(max(points_per_control_point(
-            points.control, points.geometry), 2)))
-        spare = RING_BITS - support - d * weight_bits
-        j_bits = min(spare // 2, (RING_BITS - 2 - log_n) // 2)
-
-        def apply(share: Any) -> Any:
-            sums = scatter_ring(points.control, points.geometry, points.indices,
-                                np.ascontiguousarray(share.numpy().T), weight_bits)
-            return torch.from_numpy(np.ascontiguousarray(sums.T))
-
-        basis = RingBasis(j_bits, spare - j_bits, RING_BITS - 2 - log_n - j_bits,
-                          np.full(points.control.number_of_points, d * weight_bits), apply,
-                          weight_bits)
-    if min(basis.j_bits, basis.g_bits, basis.w_bits) < 8:
-        raise InputError(f"{points.size} points are too many for exact sums in the 64-bit "
-                         "ring: sample them (URS) or use fewer")
-    return basis
+    return lambda share: torch.from_numpy(np.ascontiguousarray(basis.ring(share.numpy().T)))
 
 
 def provider_of(parameters: dict[str, str]) -> str:
@@ -260,28 +205,28 @@ class SPDZBackend(ExactSumsBackend):
         self._products.open_fixed_operand(self._level_index, None, points.size,
                                           points.geometry.dimension)
         self._exponent_j = self._answer.fixed_exponent
-        self._basis = ring_basis(points)
-        self._disclose_bound(self._basis.j_bits - 1 - self._exponent_j)
+        self._bits = points.linear_map.budget(RING)
+        self._map = ring_map(points.linear_map)
+        self._disclose_bound(self._bits.j_bits - 1 - self._exponent_j)
         self.received.add("opened_level", 2 * points.size)
 
     def _joint_term(self, fields: MovingFields) -> JointTerm:
         d = fields.gradient.shape[1]
-        basis = self._basis
-        e_g = exponent(float(np.abs(fields.gradient).max(initial=0.0)), basis.g_bits)
-        e_w = exponent(float(np.abs(fields.warped).max(initial=0.0)), basis.w_bits)
+        basis, bits = self.points.linear_map, self._bits
+        e_g = exponent(float(np.abs(fields.gradient).max(initial=0.0)), bits.g_bits)
+        e_w = exponent(float(np.abs(fields.warped).max(initial=0.0)), bits.w_bits)
         rows = np.empty((d + 2, self.points.size), dtype=np.int64)
-        rows[:d] = np.round(fields.gradient.T * 2.0**e_g)
-        rows[d] = np.round(fields.warped * 2.0**e_w)
+        rows[:d] = encode(fields.gradient.T, e_g)
+        rows[d] = encode(fields.warped, e_w)
         rows[d + 1] = fields.valid
         self._step = ITERATION
-        moments, sums = (x.numpy() for x in self._products.sums(rows, basis.apply))
+        moments, sums = (x.numpy() for x in self._products.sums(rows, self._map))
         self._disclose_sums(moments.size + sums.size)
-        scale = 2.0 ** (e_g + self._exponent_j)
         return JointTerm(
-            moments=moments / (scale * 2.0**basis.column_bits),
-            warped_dot_fixed=float(sums[0]) / 2.0 ** (e_w + self._exponent_j),
-            fixed_squared=float(sums[1]) / 2.0 ** (2 * self._exponent_j),
-            basis_weight_bits=basis.weight_bits,
+            moments=decode(moments, e_g + self._exponent_j + basis.column_bits),
+            warped_dot_fixed=decode(float(sums[0]), e_w + self._exponent_j),
+            fixed_squared=decode(float(sums[1]), 2 * self._exponent_j),
+            basis_weight_bits=basis.axis_weight_bits,
         )
 
     def close(self) -> None:
@@ -334,11 +279,12 @@ class SPDZFixedSide(FixedSide):
         self._points = points
         self._level_index += 1
         try:
-            self._basis = ring_basis(points)
+            j_bits = points.linear_map.budget(RING).j_bits
         except InputError as error:
             raise ProtocolError(str(error)) from None
-        self._exponent_j = exponent(float(np.abs(values).max(initial=0.0)), self._basis.j_bits)
-        fixed = np.round(values * 2.0**self._exponent_j).astype(np.int64)
+        self._map = ring_map(points.linear_map)
+        self._exponent_j = exponent(float(np.abs(values).max(initial=0.0)), j_bits)
+        fixed = encode(values, self._exponent_j)
         self._fixed_rows = np.stack([fixed, fixed * fixed])
         self._level_pending = True
 
@@ -363,7 +309,7 @@ class SPDZFixedSide(FixedSide):
             self.evaluations += 1
             self.received.add("opened_rows", (points.geometry.dimension + 2) * points.size)
             with self._dealer_step():
-                self._products.sums(None, self._basis.apply)
+                self._products.sums(None, self._map)
         if communicator.inbox:
             raise ProtocolError("the moving party sent more shares than this step uses")
         answer.shares.extend(communicator.take_outbox())

@@ -171,7 +171,7 @@ class SharedProducts:
         party.
 
         ``moments_map`` is the public linear map of step 6 on a share of ``Z[:d]``
-        (:class:`~ppir_itk.backends.spdz.RingBasis`).
+        (:meth:`~ppir_itk.linear_map.PublicLinearMap.ring`).
         """
         a, c = self._next()
         count = c.shape[1]

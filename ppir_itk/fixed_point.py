@@ -1,0 +1,132 @@
+"""Fixed-point encoding and the exactness budget of the private backends' sums.
+
+The private backends compute the joint term on integers: ``q(x) = round(x 2^e)``
+with a power-of-two exponent ``e`` chosen per vector (:func:`exponent`,
+:func:`encode`), and every sum they reveal is an exact integer sum, decoded by
+dividing out the exponents (:func:`decode`). A sum is exact when its true value
+fits the modulus it is computed in (the ring Z_2^64 of ``spdz``, read as signed
+integers; BFV's plain modulus ``t`` of ``ckks``, read as centred
+representatives). :func:`budget` gives every factor its bits so that it does.
+
+The argument, in one place
+--------------------------
+
+A factor encoded with ``b`` bits has ``|q| <= 2^(b - 1)`` (:func:`exponent` puts
+the largest value below ``2^(b - 1)``; rounding can reach it, not pass it). A
+public map's weights (:mod:`ppir_itk.linear_map`) satisfy ``|w| < 2^W``
+(``W = weight_bits``) and each of its outputs sums over at most ``s`` points
+(``s = support``). With ``n`` points, ``L(x) = ceil(log2(max(x, 2)))`` and the
+modulus's ``B = bits``:
+
+- a moment ``sum_x w(x) q(g(x)) q(J(x))`` over one output's points:
+  ``|.| <= 2^(L(s) + W + (b_g - 1) + (b_J - 1))``; the budget spends
+  ``L(s) + W + b_g + b_J = B``, so ``|.| < 2^(B - 2)``;
+- for a map whose every output sums over all n points (the affine basis), the
+  two totals ``sum_x q(I_w) q(J)`` and ``sum_x m q(J)^2`` (``m`` in {0, 1}) are
+  sums of the same shape with the weight 1: ``b_w = b_g + W`` gives
+  ``|sum q(I_w) q(J)| <= 2^(B - 2)``, and ``2 b_J <= B - L(n) - W`` keeps
+  ``sum q(J)^2`` below it;
+- for a map with local support (a B-spline's control points) the totals sum
+  over more points than any output, with the modulus's own limits:
+  ``L(n) + 2 b_J <= squared_bits`` and ``L(n) + b_w + b_J = warped_bits``, so
+  ``|sum q(J)^2| <= 2^(squared_bits - 2)`` and
+  ``|sum q(I_w) q(J)| <= 2^(warped_bits - 2)``.
+
+The moduli: :data:`PLAIN_MODULUS` (``ckks``: ``t`` is a 60-bit prime, so every
+``|sum| < 2^58 = 2^SUM_BITS`` is below ``t / 2``, and ``B = 59`` keeps the moments
+under ``2^57``) and :data:`RING` (``spdz``: ``B = 64`` keeps them under
+``2^62 < 2^63``). No product is ever truncated and the masks add modulo the same
+modulus, so the unmasked sum is the true integer sum; decoding divides by a
+power of two, exactly. ``b_J`` takes half of what the moments leave (less if a
+total binds), ``b_g`` the rest; fewer than :data:`MINIMUM_BITS` for any factor is
+refused. Both parties derive the bits from public figures (``n``, the map).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import overload
+
+import numpy as np
+
+from ppir_itk.errors import InputError
+
+PLAIN_BITS = 60  # BFV's batching plain modulus t: a prime of this many bits
+SUM_BITS = PLAIN_BITS - 2  # every exact sum mod t stays below 2^SUM_BITS in absolute value
+RING_BITS = 64
+MINIMUM_BITS = 8  # fewer bits for J, g or I_w would make the joint term too coarse
+
+
+@dataclass(frozen=True)
+class Modulus:
+    """Where a backend's exact sums live and the bits :func:`budget` may spend on them."""
+
+    where: str  # how the refusal names it ("in the 64-bit ring")
+    bits: int  # B: the moments' factors and support
+    squared_bits: int  # local-support maps: L(n) + 2 b_J at most this
+    warped_bits: int  # local-support maps: L(n) + b_w + b_J exactly this
+
+
+PLAIN_MODULUS = Modulus("at this plain modulus", SUM_BITS + 1, SUM_BITS, SUM_BITS + 1)
+# The ring's totals keep two bits more headroom than its moments (unlike the plain
+# modulus's): kept so that B-spline results stay bit-identical.
+RING = Modulus("in the 64-bit ring", RING_BITS, RING_BITS - 2, RING_BITS - 2)
+
+
+@dataclass(frozen=True)
+class Bits:
+    """Fixed-point bits (sign included) of ``q(J)``, ``q(g)`` and ``q(I_w)``."""
+
+    j_bits: int
+    g_bits: int
+    w_bits: int
+
+
+def exponent(largest: float, bits: int) -> int:
+    """The power-of-two scale that puts ``largest`` just below ``2^(bits - 1)``."""
+    if largest <= 0 or not math.isfinite(largest):
+        return bits - 1
+    return bits - 1 - math.ceil(math.log2(largest * (1 + 1e-12)))
+
+
+def encode(values: np.ndarray, scale: int) -> np.ndarray:
+    """``round(values 2^scale)`` as int64 (halves to even, as NumPy rounds)."""
+    return np.round(values * 2.0**scale).astype(np.int64)
+
+
+@overload
+def decode(values: float, scale: int) -> float: ...
+@overload
+def decode(values: np.ndarray, scale: int | np.ndarray) -> np.ndarray: ...
+def decode(values: np.ndarray | float, scale: int | np.ndarray) -> np.ndarray | float:
+    """``values / 2^scale``: exact sums back to floats (``scale`` may be per column)."""
+    return values / 2.0**scale
+
+
+def log2_ceiling(count: int) -> int:
+    """``L(count) = ceil(log2(max(count, 2)))``: the bits a sum over ``count`` terms adds."""
+    return math.ceil(math.log2(max(count, 2)))
+
+
+def budget(modulus: Modulus, points: int, weight_bits: int, support: int | None = None) -> Bits:
+    """The bits of ``q(J)``, ``q(g)`` and ``q(I_w)`` for exact sums (module docstring).
+
+    ``points`` is n; ``weight_bits`` bounds the map's weights (``|w| < 2^weight_bits``);
+    ``support`` bounds the points any one output sums over, or is None when every
+    output sums over all n (the affine basis). Raises :class:`InputError` when a
+    factor would get fewer than :data:`MINIMUM_BITS`.
+    """
+    log_n = log2_ceiling(points)
+    spare = modulus.bits - log2_ceiling(points if support is None else support) - weight_bits
+    if support is None:
+        j_bits = spare // 2
+        bits = Bits(j_bits, spare - j_bits, spare - j_bits + weight_bits)
+    else:
+        j_bits = min(spare // 2, (modulus.squared_bits - log_n) // 2)
+        bits = Bits(j_bits, spare - j_bits, modulus.warped_bits - log_n - j_bits)
+    if min(bits.j_bits, bits.g_bits, bits.w_bits) < MINIMUM_BITS:
+        fits = "are too many" if support is None else "and this control grid leave too few bits"
+        raise InputError(f"{points} points {fits} for exact sums {modulus.where}: sample them "
+                         "(URS) or use fewer")
+    return bits
