@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ppir_itk.image import ImageGrid
+from ppir_itk.registration import PARTIES
 
 if TYPE_CHECKING:
     from ppir_itk.bench import RowResult
@@ -94,8 +95,6 @@ def convergence_figure(results: Sequence[RowResult], path: Path) -> Path:
 def party_bars_figure(results: Sequence[RowResult], figure_name: str, unit: str, title: str,
                       path: Path) -> Path:
     """Per-iteration ``figure_name`` of each party per row: mean, with the sd as error bar."""
-    from ppir_itk.bench import PARTIES
-
     shown = [outcome for outcome in results if outcome.runs]
     figure = _figure(max(8.0, 0.55 * len(shown) + 2), 4.5)
     axes = figure.add_subplot()

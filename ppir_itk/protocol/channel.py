@@ -32,6 +32,7 @@ from typing import Any
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import ProtocolError, Reassembler, body, to_frames
 
+DEFAULT_DEADLINE = 60.0  # seconds a side waits for its peer's next message
 _END = object()
 _ALIVE = object()  # the peer sent a heartbeat: it is alive, the wait starts again
 
