@@ -231,7 +231,7 @@ class ImageRegistrationMethod(Observable):
 
     def GetResult(self) -> RegistrationResult:  # noqa: N802
         if self._result is None:
-            raise RuntimeError("Execute() has not run")
+            raise RuntimeError("no result yet: Execute() has not run")
         return self._result
 
     # -- the run ----------------------------------------------------------------
