@@ -11,8 +11,10 @@ Examples
 In a few lines, the fixed party in its own local process (private ckks backend)::
 
     import ppir_itk
-    result = ppir_itk.register("fixed.nii.gz", "moving.nii.gz", transform="affine",
-                               shrink_factors=[4, 2, 1], smoothing_sigmas=[2, 1, 0])
+    from ppir_itk.options import RegistrationOptions
+    options = RegistrationOptions(transform="affine", shrink_factors=[4, 2, 1],
+                                  smoothing_sigmas=[2, 1, 0])
+    result = ppir_itk.register("fixed.nii.gz", "moving.nii.gz", options)
     print(result.final_metric, result.iterations)
     itk_transform = result.itk_transform()
 
