@@ -107,7 +107,7 @@ class RegistrationOptions:
         ``grid_spacing``), or a transform to start from.
     backend, backend_parameters : str, mapping
         The joint-term backend (``ckks``, ``spdz``; ``clear`` is NOT private) and
-        its options, e.g. ``{"poly_modulus_degree": "16384"}``.
+        its options, e.g. ``{"poly_modulus_degree": "16384"}`` (None: none).
     sampling, sampling_fraction, seed, reveal_gms_indices
         ``none``, ``urs`` or ``gms`` (or a strategy object), the fraction sampled,
         the public seed, and whether GMS sends its indices to the fixed party.
@@ -128,7 +128,7 @@ class RegistrationOptions:
 
     transform: Any = "affine"
     backend: str = "ckks"
-    backend_parameters: Mapping[str, str] = field(default_factory=dict)
+    backend_parameters: Mapping[str, str] | None = field(default_factory=dict)
     sampling: str | Sampling = "none"
     sampling_fraction: float = 0.05
     seed: int = 0
@@ -160,8 +160,9 @@ class RegistrationOptions:
             raise InputError(f"--bending-weight {self.bending_energy_weight:g} must be at least 0")
         self._set("grid_spacing", check_grid_spacing(self.grid_spacing))
         check_bspline_grid(self.transform, self.grid_spacing)
-        self._set("backend_parameters", MappingProxyType(dict(self.backend_parameters)))
-        self._set("backend", _check_backend(self.backend, self.backend_parameters))
+        parameters = MappingProxyType(dict(self.backend_parameters or {}))
+        self._set("backend_parameters", parameters)
+        self._set("backend", _check_backend(self.backend, parameters))
         schedule = LevelSchedule.from_lists(self.shrink_factors, self.smoothing_sigmas)
         self._set("shrink_factors", tuple(level.shrink_factor for level in schedule.levels))
         self._set("smoothing_sigmas", tuple(level.smoothing_sigma for level in schedule.levels))

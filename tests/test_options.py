@@ -177,4 +177,5 @@ def test_the_options_are_frozen():
         options.backend_parameters["protocol"] = "paper-v1"  # type: ignore[index]
     parameters["protocol"] = "paper-v1"  # the caller's dict is not the options'
     assert options.backend_parameters == {"protocol": "packed"}
+    assert RegistrationOptions(backend_parameters=None).backend_parameters == {}
     assert options.shrink_factors == (2, 1) and options.smoothing_sigmas == (1.0, 0.0)
