@@ -36,6 +36,7 @@ the figures of :mod:`ppir_itk.figures`.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -49,15 +50,18 @@ from typing import Any
 
 import numpy as np
 
+from ppir_itk import figures
 from ppir_itk._version import __version__
 from ppir_itk.errors import InputError
 from ppir_itk.evaluation import displacement_rmse, intensity_error
 from ppir_itk.image import ImageGrid
-from ppir_itk.registration import RegistrationResult, register
+from ppir_itk.options import RegistrationOptions
+from ppir_itk.registration import PARTIES, RegistrationResult, register
+from ppir_itk.sampling import SAMPLINGS
 
 SOLUTIONS = ("clear", "ckks/packed", "ckks/paper-v1", "ckks/paper-v2", "spdz")
-SAMPLINGS = ("none", "urs", "gms")
-PARTIES = ("moving", "fixed", "dealer")
+# The options each row sets for itself; the settings' values of these are not used.
+PER_ROW = ("backend", "backend_parameters", "sampling")
 FIGURES = ("seconds", "mb_sent")
 VERSIONED = ("numpy", "itk", "SimpleITK", "tenseal", "crypten", "torch", "grpcio")
 
@@ -169,13 +173,14 @@ class RowResult:
 
 @dataclass
 class BenchSettings:
-    """What the bench runs; the registration options are those of :func:`register`."""
+    """What the bench runs: every row registers with ``registration``, its backend,
+    protocol and sampling set by the row (:data:`PER_ROW`)."""
 
     repeats: int = 3
     time_cap: float = 60.0
     solutions: Sequence[str] = SOLUTIONS
     samplings: Sequence[str] = SAMPLINGS
-    registration: dict[str, Any] = field(default_factory=dict)
+    registration: RegistrationOptions = field(default_factory=RegistrationOptions)
 
 
 def run_bench(fixed: ImageGrid, moving: ImageGrid, settings: BenchSettings,
@@ -200,10 +205,11 @@ def _run_row(row: Row, fixed: ImageGrid, moving: ImageGrid, settings: BenchSetti
              clear: RegistrationResult | None, say: Callable[[str], None]) -> RowResult:
     """The row's repeats; the first one that passes the cap makes the row ``capped``."""
     outcome = RowResult(row)
-    options = dict(settings.registration, backend=row.backend, sampling=row.sampling,
-                   backend_parameters=row.backend_parameters)
     for repeat in range(settings.repeats):
         try:
+            options = dataclasses.replace(settings.registration, backend=row.backend,
+                                          sampling=row.sampling,
+                                          backend_parameters=row.backend_parameters)
             result, capped = _register_capped(fixed, moving, options, settings.time_cap,
                                               one_iteration=outcome.status == "capped")
         except InputError as error:  # e.g. a protocol that takes linear transforms only
@@ -232,13 +238,13 @@ def _run_row(row: Row, fixed: ImageGrid, moving: ImageGrid, settings: BenchSetti
     return outcome
 
 
-def _register_capped(fixed: ImageGrid, moving: ImageGrid, options: dict[str, Any], cap: float,
-                     *, one_iteration: bool) -> tuple[RegistrationResult, bool]:
+def _register_capped(fixed: ImageGrid, moving: ImageGrid, options: RegistrationOptions,
+                     cap: float, *, one_iteration: bool) -> tuple[RegistrationResult, bool]:
     """One registration, stopped at the first iteration past ``cap`` seconds; and whether
     it was. ``one_iteration``: the finest level alone, for one iteration."""
     if one_iteration:
-        options = dict(options, shrink_factors=[1], iterations=1,
-                       smoothing_sigmas=[list(options.get("smoothing_sigmas", [0.0]))[-1]])
+        options = dataclasses.replace(options, shrink_factors=[1], iterations=1,
+                                      smoothing_sigmas=[options.smoothing_sigmas[-1]])
     start = time.perf_counter()
     stopped = []
 
@@ -247,8 +253,8 @@ def _register_capped(fixed: ImageGrid, moving: ImageGrid, options: dict[str, Any
             stopped.append(True)
             method.StopRegistration()
 
-    result = register(fixed, moving, observers={"IterationEvent": stop_at_cap},
-                      deadline=max(60.0, cap), **options)
+    result = register(fixed, moving, options, observers={"IterationEvent": stop_at_cap},
+                      deadline=max(options.deadline, cap))
     return result, bool(stopped)
 
 
@@ -348,7 +354,7 @@ def results_json(results: Sequence[RowResult], settings: BenchSettings,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "settings": {"repeats": settings.repeats, "time_cap_seconds": settings.time_cap,
                      "solutions": list(settings.solutions), "samplings": list(settings.samplings),
-                     "registration": _plain(settings.registration)},
+                     "registration": _plain(_shared_options(settings.registration))},
         "images": images,
         "versions": {"ppir_itk": __version__, **{name: _version(name) for name in VERSIONED}},
         "machine": machine(),
@@ -359,6 +365,12 @@ def results_json(results: Sequence[RowResult], settings: BenchSettings,
             for outcome, line in zip(results, table_rows(results), strict=True)
         ],
     }
+
+
+def _shared_options(options: RegistrationOptions) -> dict[str, Any]:
+    """The registration options every row shares (those :data:`PER_ROW` differ)."""
+    return {item.name: getattr(options, item.name) for item in dataclasses.fields(options)
+            if item.name not in PER_ROW}
 
 
 def machine() -> dict[str, Any]:
@@ -394,7 +406,6 @@ def _plain(value: Any) -> Any:
 def write_outputs(results: Sequence[RowResult], settings: BenchSettings, fixed: ImageGrid,
                   moving: ImageGrid, images: dict[str, Any], out: Path) -> list[Path]:
     """Write the table, the JSON and the figures into ``out``; returns the files."""
-    from ppir_itk import figures
     from ppir_itk.wrapping.images import write_atomically
 
     written = []

@@ -8,6 +8,10 @@ pair that installs with the package.
 Bad input ends with one sentence on stderr and exit status 2, without a
 traceback, and without any output file (outputs are written to a temporary
 file and renamed at the end).
+
+The subsystems a subcommand runs (the registration, the backends and what they
+import, the bench and its figures) are imported by that subcommand, so that
+``ppir --help`` and ``ppir pki init`` load none of them.
 """
 
 from __future__ import annotations
@@ -21,18 +25,20 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ppir_itk.bench import SOLUTIONS as BENCH_SOLUTIONS
 from ppir_itk.errors import InputError
+from ppir_itk.options import INITIALIZERS, RegistrationOptions
 from ppir_itk.policy import DEFAULT_EVALUATION_BUDGET
-from ppir_itk.protocol.channel import PeerError
+from ppir_itk.protocol.channel import DEFAULT_DEADLINE, PeerError
 from ppir_itk.protocol.transport import DEFAULT_SESSION_LIMIT
+from ppir_itk.sampling import SAMPLINGS
+from ppir_itk.transform_kinds import TRANSFORMS, transform_kind
+from ppir_itk.transforms import LinearTransform
+from ppir_itk.wrapping.transforms import TRANSFORM_FILE_SUFFIXES
 
 EXIT_INPUT_ERROR = 2
 EXIT_PEER_ERROR = 3
-TRANSFORM_OUTPUT_SUFFIXES = (".tfm", ".txt", ".h5", ".hdf5", ".mat")
 # Formats ITK writes in one file with float64 pixels (ITK picks the writer by suffix).
 IMAGE_OUTPUT_SUFFIXES = (".nii", ".nii.gz", ".mha", ".nrrd", ".vtk", ".h5", ".hdf5")
-TRANSFORMS = ("translation", "rigid", "similarity", "affine", "bspline")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--budget", type=int, default=DEFAULT_EVALUATION_BUDGET,
                        help="joint-term evaluations allowed per session, each a few linear "
                             f"measurements of the image (default {DEFAULT_EVALUATION_BUDGET})")
-    serve.add_argument("--deadline", type=float, default=60.0,
+    serve.add_argument("--deadline", type=float, default=DEFAULT_DEADLINE,
                        help="seconds to wait for the moving party's next message")
     _add_session_limit(serve)
 
@@ -82,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_tls_options(dealer, "dealer")
     dealer.add_argument("--max-sessions", type=int, default=8,
                         help="party sessions served at the same time (default 8)")
-    dealer.add_argument("--deadline", type=float, default=60.0,
+    dealer.add_argument("--deadline", type=float, default=DEFAULT_DEADLINE,
                         help="seconds to wait for a party's next message")
     _add_session_limit(dealer)
 
@@ -103,21 +109,18 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--moving", help="moving image (with --fixed)")
     bench.add_argument("--out", required=True, help="output directory (made if missing)")
     bench.add_argument("--repeats", type=int, default=3, help="runs per row (default 3)")
-    bench.add_argument("--backends", nargs="+", default=list(BENCH_SOLUTIONS),
-                       metavar="BACKEND[/PROTOCOL]",
-                       help=f"solutions to run (default: {' '.join(BENCH_SOLUTIONS)}); "
+    bench.add_argument("--backends", nargs="+", metavar="BACKEND[/PROTOCOL]",
+                       help="solutions to run (default: every backend, each of its protocols); "
                             "clear always runs, as the reference")
-    bench.add_argument("--sampling", nargs="+", default=["none", "urs", "gms"],
-                       help="sampling modes (default: none urs gms)")
+    bench.add_argument("--sampling", nargs="+", default=list(SAMPLINGS),
+                       help=f"sampling modes (default: {' '.join(SAMPLINGS)})")
     bench.add_argument("--time-cap", type=float, default=60.0,
                        help="seconds a run may take before its row is marked infeasible "
                             "(default 60)")
     _add_registration_options(bench, bench=True)
-    bench.set_defaults(backend="clear", backend_parameter=[], reveal_gms_indices=False,
-                       deadline=60.0)
 
     demo = commands.add_parser("demo", help="register the example pair shipped with the package")
-    demo.add_argument("--backend", default="ckks",
+    demo.add_argument("--backend", default=RegistrationOptions.backend,
                       help="joint-term backend (default: ckks; clear is NOT private)")
     demo.add_argument("--output-dir", help="also write transform, warped image and report here")
     demo.add_argument("--threads", type=int, default=None)
@@ -125,51 +128,56 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_registration_options(parser: argparse.ArgumentParser, bench: bool = False) -> None:
-    """The options of a registration; ``bench`` leaves out those it sets per row."""
-    parser.add_argument("--transform", default="affine",
-                        help="translation, rigid, similarity, affine (default) or bspline")
+    """The options of a registration (defaults: RegistrationOptions'); ``bench`` leaves out
+    those it sets per row."""
+    defaults = RegistrationOptions
+    parser.add_argument("--transform", default=defaults.transform,
+                        help=f"{', '.join(TRANSFORMS)} (default: {defaults.transform})")
     parser.add_argument("--grid-spacing", type=float, nargs="+", metavar="MM",
                         help="bspline: control-point spacing in physical units (one value, "
                              "or one per axis)")
     parser.add_argument("--refine-grid", action="store_true",
                         help="bspline: start 2^(levels-1) times as coarse and halve the "
                              "spacing per level, ending at --grid-spacing or a little finer")
-    parser.add_argument("--bending-weight", type=float, default=0.0,
+    parser.add_argument("--bending-weight", type=float, default=defaults.bending_energy_weight,
                         help="bspline: weight of the bending-energy penalty in mm^2, relative "
                              "to the moving image's variance (about the squared grid "
-                             "spacing is strong; default 0)")
+                             f"spacing is strong; default {defaults.bending_energy_weight:g})")
     parser.add_argument("--initial-transform", metavar="FILE",
                         help="bspline: a linear transform file (e.g. an affine result) the "
                              "B-spline is composed with")
     if not bench:
-        parser.add_argument("--backend", default="ckks",
-                            help="joint-term backend: ckks (private, default), spdz (private, "
-                                 "with a dealer) or clear (NOT private)")
+        parser.add_argument("--backend", default=defaults.backend,
+                            help="joint-term backend: ckks (private), spdz (private, with a "
+                                 f"dealer) or clear (NOT private); default: {defaults.backend}")
         parser.add_argument("--backend-parameter", action="append", default=[],
                             metavar="KEY=VALUE",
                             help="backend option, repeatable (ckks: protocol=packed, "
                                  "poly_modulus_degree=8192, security_bits=128; spdz: "
                                  "provider=dealer)")
-        parser.add_argument("--sampling", default="none",
-                            help="none, urs or gms (default: none)")
-    parser.add_argument("--sampling-fraction", type=float, default=0.05,
-                        help="fraction of fixed-grid points sampled (default: 0.05)")
+        parser.add_argument("--sampling", default=defaults.sampling,
+                            help=f"{', '.join(SAMPLINGS)} (default: {defaults.sampling})")
+    parser.add_argument("--sampling-fraction", type=float, default=defaults.sampling_fraction,
+                        help="fraction of fixed-grid points sampled "
+                             f"(default: {defaults.sampling_fraction:g})")
     if not bench:
         parser.add_argument("--reveal-gms-indices", action="store_true",
                             help="GMS only: send the sample indices to the fixed party "
                                  "(leaks them)")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (public)")
-    parser.add_argument("--shrink-factors", type=int, nargs="+", default=[4, 2, 1])
-    parser.add_argument("--smoothing-sigmas", type=float, nargs="+", default=[2.0, 1.0, 0.0],
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="sampling seed (public)")
+    parser.add_argument("--shrink-factors", type=int, nargs="+",
+                        default=list(defaults.shrink_factors))
+    parser.add_argument("--smoothing-sigmas", type=float, nargs="+",
+                        default=list(defaults.smoothing_sigmas),
                         help="per level, in physical units")
-    parser.add_argument("--initializer", default="geometry",
-                        help="none, geometry or moments (default: geometry)")
-    parser.add_argument("--iterations", type=int, default=100,
+    parser.add_argument("--initializer", default=defaults.initializer,
+                        help=f"{', '.join(INITIALIZERS)} (default: {defaults.initializer})")
+    parser.add_argument("--iterations", type=int, default=defaults.iterations,
                         help="maximum iterations per level")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=int, default=defaults.threads,
                         help="kernel threads (results are identical for any value)")
     if not bench:
-        parser.add_argument("--deadline", type=float, default=60.0,
+        parser.add_argument("--deadline", type=float, default=defaults.deadline,
                             help="seconds to wait for the fixed party's next answer")
         parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -254,10 +262,9 @@ def _run(fixed: Any, moving: Any, args: argparse.Namespace) -> tuple[Any, Any]:
     fixed_grid = as_image_grid(fixed, name=f"fixed image '{fixed}'")
     moving_grid = as_image_grid(moving, name=f"moving image '{moving}'")
     options = _registration_options(args, fixed_grid.dimension)
-    progress = _Progress(enabled=not args.quiet and sys.stderr.isatty(),
-                         levels=len(args.shrink_factors), iterations=args.iterations)
+    progress = _Progress(enabled=not args.quiet and sys.stderr.isatty(), options=options)
     try:
-        result = register(fixed_grid, moving_grid, **options,
+        result = register(fixed_grid, moving_grid, options,
                           transport="in-process" if args.in_process else "process",
                           observers=progress.observers())
     finally:
@@ -265,81 +272,69 @@ def _run(fixed: Any, moving: Any, args: argparse.Namespace) -> tuple[Any, Any]:
     return result, moving_grid
 
 
-def _registration_options(args: argparse.Namespace, dimension: int) -> dict[str, Any]:
-    """register()'s options; wrong ones are refused here, before a fixed party starts."""
-    if args.transform not in TRANSFORMS:
-        raise InputError(f"unknown transform '{args.transform}': choose one of "
-                         f"{', '.join(TRANSFORMS)}")
-    if args.threads is not None and args.threads < 1:
-        raise InputError(f"--threads {args.threads} must be at least 1")
-    if args.iterations < 1:
-        raise InputError(f"--iterations {args.iterations} must be at least 1")
-    if not 0 <= args.seed < 2**64:
-        raise InputError(f"--seed {args.seed} must be between 0 and 2^64 - 1")
-    if not args.deadline > 0:
-        raise InputError(f"--deadline {args.deadline:g} must be positive")
-    if not args.bending_weight >= 0:
-        raise InputError(f"--bending-weight {args.bending_weight:g} must be at least 0")
-    if args.grid_spacing is not None:
-        if len(args.grid_spacing) not in (1, dimension):
-            raise InputError(f"--grid-spacing has {len(args.grid_spacing)} values; give one, or "
-                             f"one per axis of the {dimension}-D images")
-        if not all(0 < spacing < float("inf") for spacing in args.grid_spacing):
-            raise InputError(f"--grid-spacing {' '.join(f'{s:g}' for s in args.grid_spacing)} "
-                             "must be positive and finite")
+def _registration_options(args: argparse.Namespace, dimension: int, *,
+                          bench: bool = False) -> RegistrationOptions:
+    """The options from the arguments, refused here if wrong, before a fixed party starts;
+    ``bench``: without those its rows set."""
+    per_run: dict[str, Any] = {} if bench else dict(
+        backend=args.backend, backend_parameters=_backend_parameters(args.backend_parameter),
+        sampling=args.sampling, reveal_gms_indices=args.reveal_gms_indices,
+        deadline=args.deadline)
+    options = RegistrationOptions(
+        transform=args.transform, grid_spacing=args.grid_spacing, refine_grid=args.refine_grid,
+        bending_energy_weight=args.bending_weight,
+        bulk_transform=_bulk_transform(args, dimension),
+        sampling_fraction=args.sampling_fraction, seed=args.seed,
+        shrink_factors=args.shrink_factors, smoothing_sigmas=args.smoothing_sigmas,
+        initializer=args.initializer, iterations=args.iterations, threads=args.threads,
+        **per_run)
+    options.check_dimension(dimension)
+    if not bench:
+        _refuse_test_only_provider(options, in_process=getattr(args, "in_process", False))
+    return options
+
+
+def _backend_parameters(items: Sequence[str]) -> dict[str, str]:
     parameters = {}
-    for item in args.backend_parameter:
+    for item in items:
         key, equals, value = item.partition("=")
         if not equals or not key:
             raise InputError(f"--backend-parameter '{item}' is not KEY=VALUE")
         parameters[key] = value
-    _check_backend_parameters(args, parameters)
-    bulk = None
-    if args.initial_transform is not None:
-        from ppir_itk.transforms import LinearTransform
-        from ppir_itk.wrapping.transforms import read_transform
-
-        if args.transform != "bspline":
-            raise InputError("--initial-transform goes with --transform bspline")
-        path = Path(args.initial_transform)
-        if not path.is_file():
-            raise InputError(f"--initial-transform '{path}' "
-                             + ("is not a file" if path.exists() else "does not exist"))
-        try:
-            bulk = read_transform(path)
-        except (OSError, ValueError) as error:
-            raise InputError(f"--initial-transform '{path}': {str(error).rstrip('.')}") from None
-        if not isinstance(bulk, LinearTransform):
-            raise InputError(f"--initial-transform '{path}' holds a B-spline; the B-spline is "
-                             "composed with a linear transform only")
-        if bulk.dimension != dimension:
-            raise InputError(f"--initial-transform '{path}' is {bulk.dimension}-D but the images "
-                             f"are {dimension}-D")
-    grid = args.grid_spacing[0] if args.grid_spacing and len(args.grid_spacing) == 1 \
-        else args.grid_spacing
-    return dict(
-        transform=args.transform, backend=args.backend, backend_parameters=parameters,
-        grid_spacing=grid, refine_grid=args.refine_grid,
-        bending_energy_weight=args.bending_weight, bulk_transform=bulk,
-        sampling=args.sampling,
-        sampling_fraction=args.sampling_fraction, seed=args.seed,
-        reveal_gms_indices=args.reveal_gms_indices, shrink_factors=args.shrink_factors,
-        smoothing_sigmas=args.smoothing_sigmas, initializer=args.initializer,
-        iterations=args.iterations, threads=args.threads, deadline=args.deadline,
-    )
+    return parameters
 
 
-def _check_backend_parameters(args: argparse.Namespace, parameters: dict[str, str]) -> None:
-    """The backend's own checks of its parameters, before a fixed party (and dealer) start."""
-    from ppir_itk.backends import check_backend_name, check_protocol
-    from ppir_itk.backends.ckks import he_settings
+def _bulk_transform(args: argparse.Namespace, dimension: int) -> LinearTransform | None:
+    """The linear transform of ``--initial-transform``, read and checked."""
+    from ppir_itk.wrapping.transforms import read_transform
+
+    if args.initial_transform is None:
+        return None
+    if transform_kind(args.transform).linear:
+        raise InputError("--initial-transform goes with --transform bspline")
+    path = Path(args.initial_transform)
+    if not path.is_file():
+        raise InputError(f"--initial-transform '{path}' "
+                         + ("is not a file" if path.exists() else "does not exist"))
+    try:
+        bulk = read_transform(path)
+    except (OSError, ValueError) as error:
+        raise InputError(f"--initial-transform '{path}': {str(error).rstrip('.')}") from None
+    if not isinstance(bulk, LinearTransform):
+        raise InputError(f"--initial-transform '{path}' holds a B-spline; the B-spline is "
+                         "composed with a linear transform only")
+    if bulk.dimension != dimension:
+        raise InputError(f"--initial-transform '{path}' is {bulk.dimension}-D but the images "
+                         f"are {dimension}-D")
+    return bulk
+
+
+def _refuse_test_only_provider(options: RegistrationOptions, *, in_process: bool) -> None:
+    """spdz's trusted-first-party provider, outside one process (before a dealer starts)."""
     from ppir_itk.backends.spdz import TFP_REFUSED, provider_of
 
-    backend = check_backend_name(args.backend)
-    if check_protocol(backend, parameters.get("protocol")) == "packed":
-        he_settings(parameters)
-    if backend == "spdz" and provider_of(parameters) == "tfp" \
-            and not getattr(args, "in_process", False):
+    if options.backend == "spdz" and provider_of(dict(options.backend_parameters)) == "tfp" \
+            and not in_process:
         raise InputError(TFP_REFUSED)
 
 
@@ -354,13 +349,11 @@ def _run_with_peer(args: argparse.Namespace) -> tuple[Any, Any]:
         _address("--dealer", args.dealer)
     moving_grid = as_image_grid(args.moving, name=f"moving image '{args.moving}'")
     options = _registration_options(args, moving_grid.dimension)
-    options.pop("deadline")
-    session = connect(args.peer, _tls(args), deadline=args.deadline, server_name=args.server_name,
-                      dealer=args.dealer)
-    progress = _Progress(enabled=not args.quiet and sys.stderr.isatty(),
-                         levels=len(args.shrink_factors), iterations=args.iterations)
+    session = connect(args.peer, _tls(args), deadline=options.deadline,
+                      server_name=args.server_name, dealer=args.dealer)
+    progress = _Progress(enabled=not args.quiet and sys.stderr.isatty(), options=options)
     try:
-        return register_with(session, moving_grid, **options,
+        return register_with(session, moving_grid, options,
                              observers=progress.observers()), moving_grid
     finally:
         progress.close()
@@ -413,10 +406,10 @@ def _pki(args: argparse.Namespace) -> int:
 
 def _check_outputs(args: argparse.Namespace) -> None:
     """Refuse bad output paths before any work is done."""
-    if Path(args.output_transform).suffix not in TRANSFORM_OUTPUT_SUFFIXES:  # ITK: case matters
+    if Path(args.output_transform).suffix not in TRANSFORM_FILE_SUFFIXES:  # ITK: case matters
         raise InputError(
             f"--output-transform '{args.output_transform}' must end in one of "
-            f"{', '.join(TRANSFORM_OUTPUT_SUFFIXES)}"
+            f"{', '.join(TRANSFORM_FILE_SUFFIXES)}"
         )
     if args.output_warped is not None and not args.output_warped.endswith(IMAGE_OUTPUT_SUFFIXES):
         raise InputError(f"--output-warped '{args.output_warped}' must end in one of "
@@ -469,7 +462,7 @@ def _summary(result: Any, transform_path: str | None) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from ppir_itk.bench import BenchSettings, run_bench, write_outputs
+    from ppir_itk.bench import SOLUTIONS, BenchSettings, run_bench, write_outputs
     from ppir_itk.wrapping.images import as_image_grid
 
     if (args.fixed is None) != (args.moving is None):
@@ -485,13 +478,10 @@ def _bench(args: argparse.Namespace) -> int:
     if fixed.dimension != moving.dimension:
         raise InputError(f"the fixed image is {fixed.dimension}-D and the moving image is "
                          f"{moving.dimension}-D; both must have the same dimension")
-    options = _registration_options(args, fixed.dimension)
-    for per_row in ("backend", "backend_parameters", "sampling", "reveal_gms_indices",
-                    "deadline"):
-        options.pop(per_row)
     settings = BenchSettings(repeats=args.repeats, time_cap=args.time_cap,
-                             solutions=args.backends, samplings=args.sampling,
-                             registration=options)
+                             solutions=args.backends or SOLUTIONS, samplings=args.sampling,
+                             registration=_registration_options(args, fixed.dimension,
+                                                                bench=True))
     results = run_bench(fixed, moving, settings,
                         say=lambda line: print(f"ppir bench: {line}", file=sys.stderr))
     images = {role: {"path": str(path), "size": list(grid.geometry.size),
@@ -539,10 +529,10 @@ def _demo(args: argparse.Namespace) -> int:
 class _Progress:
     """A tqdm progress bar per level, on a terminal only."""
 
-    def __init__(self, *, enabled: bool, levels: int, iterations: int) -> None:
+    def __init__(self, *, enabled: bool, options: RegistrationOptions) -> None:
         self.enabled = enabled
-        self.levels = levels
-        self.iterations = iterations
+        self.levels = len(options.shrink_factors)
+        self.iterations = options.iterations
         self.bar: Any = None
 
     def observers(self) -> dict[str, Any]:

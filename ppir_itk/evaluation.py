@@ -8,7 +8,9 @@ from typing import Any
 import numpy as np
 
 from ppir_itk.image import GridGeometry, ImageGrid
+from ppir_itk.options import RegistrationOptions
 from ppir_itk.transforms import LinearTransform
+from ppir_itk.wrapping.resample import resample
 
 _CHUNK = 1 << 18
 
@@ -51,8 +53,6 @@ def intensity_error(fixed: ImageGrid, moving: ImageGrid, transform: Any) -> floa
     >>> intensity_error(image, image, TranslationTransform(2, parameters=[1.0, 0.0]))
     1.0
     """
-    from ppir_itk.registration import resample
-
     warped = resample(moving, transform, fixed.geometry, outside=np.nan).array
     inside = np.isfinite(warped)
     if not inside.any():
@@ -66,16 +66,16 @@ def sitk_reference_registration(
     moving: Any,
     initial: LinearTransform,
     *,
-    shrink_factors: Sequence[int] = (4, 2, 1),
-    smoothing_sigmas: Sequence[float] = (2.0, 1.0, 0.0),
+    shrink_factors: Sequence[int] = RegistrationOptions.shrink_factors,
+    smoothing_sigmas: Sequence[float] = RegistrationOptions.smoothing_sigmas,
     iterations: int = 500,
 ) -> LinearTransform:
     """SimpleITK's own clear MeanSquares registration of the same pair (the reference).
 
     Regular-step gradient descent with scales from physical shift, linear
-    interpolation, every fixed-grid point, the same level schedule: what a
-    SimpleITK user would write. Used by the tests and benchmarks to check the
-    Clear backend against ITK.
+    interpolation, every fixed-grid point, the same level schedule (by default the
+    registration's own): what a SimpleITK user would write. Used by the tests and
+    benchmarks to check the Clear backend against ITK.
     """
     import SimpleITK as sitk
 

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from ppir_itk.image import ImageGrid
+from ppir_itk.registration import PARTIES
 
-if TYPE_CHECKING:
-    from ppir_itk.bench import RowResult
+# The figures draw bench's rows (bench.RowResult), which bench hands them: figures sit
+# below bench and do not import it.
+RowResult = Any
 
 PARTY_COLOURS = {"moving": "#1f77b4", "fixed": "#ff7f0e", "dealer": "#2ca02c"}
 SAMPLING_STYLES = {"none": "-", "urs": "--", "gms": ":"}
@@ -94,8 +96,6 @@ def convergence_figure(results: Sequence[RowResult], path: Path) -> Path:
 def party_bars_figure(results: Sequence[RowResult], figure_name: str, unit: str, title: str,
                       path: Path) -> Path:
     """Per-iteration ``figure_name`` of each party per row: mean, with the sd as error bar."""
-    from ppir_itk.bench import PARTIES
-
     shown = [outcome for outcome in results if outcome.runs]
     figure = _figure(max(8.0, 0.55 * len(shown) + 2), 4.5)
     axes = figure.add_subplot()

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ppir_itk.errors import InputError
 from ppir_itk.events import Event, Observable
 
 SPARSE_DAMPING_FLOOR = 1e-2  # x the mean diagonal of a sparse (B-spline) Gauss-Newton matrix
@@ -67,7 +68,8 @@ class GaussNewtonOptimizer(Observable):
     ) -> None:
         super().__init__()
         if NumberOfIterations < 1:
-            raise ValueError("NumberOfIterations must be at least 1")
+            raise InputError(f"the optimizer's NumberOfIterations {NumberOfIterations} must be "
+                             "at least 1")
         self.NumberOfIterations = int(NumberOfIterations)
         self.MinimumStepLength = float(MinimumStepLength)
         self.RelativeValueTolerance = float(RelativeValueTolerance)

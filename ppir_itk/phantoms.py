@@ -17,8 +17,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ppir_itk.errors import InputError
 from ppir_itk.image import ImageGrid
 from ppir_itk.transforms import AffineTransform, LinearTransform
+from ppir_itk.wrapping.resample import resample
 
 # (intensity, centre, semi-axes, angle in degrees) in a [-1, 1] box, Shepp-Logan style.
 _ELLIPSES = (
@@ -53,7 +55,7 @@ def head_phantom(
 
     shape = tuple(int(s) for s in shape)
     if len(shape) not in (2, 3):
-        raise ValueError("a phantom is 2-D or 3-D")
+        raise InputError(f"phantom shape {shape} has {len(shape)} axes; a phantom is 2-D or 3-D")
     axes = [np.linspace(-1.0, 1.0, n) for n in shape]
     grid = np.meshgrid(*axes, indexing="ij")
     x, y = grid[-1], -grid[-2]
@@ -81,8 +83,6 @@ def moved_copy(fixed: ImageGrid, truth: LinearTransform) -> ImageGrid:
     ``fixed`` is resampled through the inverse of ``truth``, so that
     ``moving(truth(x)) == fixed(x)`` (up to interpolation) on the fixed grid.
     """
-    from ppir_itk.registration import resample
-
     matrix, offset = truth.matrix_offset()
     inverse_matrix = np.linalg.inv(matrix)
     inverse = AffineTransform(fixed.dimension)

@@ -11,8 +11,10 @@ Examples
 In a few lines, the fixed party in its own local process (private ckks backend)::
 
     import ppir_itk
-    result = ppir_itk.register("fixed.nii.gz", "moving.nii.gz", transform="affine",
-                               shrink_factors=[4, 2, 1], smoothing_sigmas=[2, 1, 0])
+    from ppir_itk.options import RegistrationOptions
+    options = RegistrationOptions(transform="affine", shrink_factors=[4, 2, 1],
+                                  smoothing_sigmas=[2, 1, 0])
+    result = ppir_itk.register("fixed.nii.gz", "moving.nii.gz", options)
     print(result.final_metric, result.iterations)
     itk_transform = result.itk_transform()
 
@@ -29,6 +31,7 @@ or piece by piece, ITK style::
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Sequence
@@ -46,15 +49,26 @@ from ppir_itk.image import GridGeometry, ImageGrid, center_of_mass
 from ppir_itk.metric import PrivateMeanSquaresImageToImageMetric
 from ppir_itk.moving_party import MovingPartySession
 from ppir_itk.optimizer import GaussNewtonOptimizer
+from ppir_itk.options import (
+    RegistrationOptions,
+    check_bspline_grid,
+    check_grid_spacing,
+    check_initializer,
+    check_threads,
+)
 from ppir_itk.policy import FixedPolicy
 from ppir_itk.protocol.channel import Counters
 from ppir_itk.pyramid import LevelSchedule
-from ppir_itk.sampling import NoSampling, make_sampling
+from ppir_itk.sampling import NoSampling
+from ppir_itk.transform_kinds import transform_kind
 from ppir_itk.transforms import LinearTransform, make_transform
 from ppir_itk.wrapping import transforms as transform_io
-from ppir_itk.wrapping.images import as_image_grid, to_sitk
+from ppir_itk.wrapping.images import as_image_grid
+from ppir_itk.wrapping.resample import resample
 
-INITIALIZERS = ("none", "geometry", "moments")
+#: The parties a run reports figures for, in the order reports and tables show them
+#: (the dealer only with spdz).
+PARTIES = ("moving", "fixed", "dealer")
 
 
 @dataclass(frozen=True)
@@ -141,21 +155,6 @@ class RegistrationResult:
         }
 
 
-def resample(moving: ImageGrid, transform: LinearTransform, geometry: GridGeometry,
-             outside: float = 0.0) -> ImageGrid:
-    """Resample ``moving`` through ``transform`` onto the grid ``geometry`` with ITK
-    (linear; ``outside`` where a point maps outside the moving image)."""
-    import SimpleITK as sitk
-
-    reference = sitk.Image([int(s) for s in geometry.size], sitk.sitkFloat64)
-    reference.SetSpacing(geometry.spacing)
-    reference.SetOrigin(geometry.origin)
-    reference.SetDirection(geometry.direction)
-    warped = sitk.Resample(to_sitk(moving), reference, transform_io.to_sitk(transform),
-                           sitk.sitkLinear, outside, sitk.sitkFloat64)
-    return as_image_grid(warped, check=False)
-
-
 class ImageRegistrationMethod(Observable):
     """Multi-resolution registration driven by the moving party.
 
@@ -166,8 +165,8 @@ class ImageRegistrationMethod(Observable):
     optimizer : GaussNewtonOptimizer, optional
         Defaults to ``GaussNewtonOptimizer()``.
     initial_transform : str, LinearTransform, itk or SimpleITK transform
-        The transform to optimise (its type is the output type), or a kind:
-        ``translation``, ``rigid``, ``similarity``, ``affine``.
+        The transform to optimise (its type is the output type), or a kind of
+        :data:`ppir_itk.transform_kinds.TRANSFORMS` (``bspline`` needs ``grid_spacing``).
     shrink_factors, smoothing_sigmas : sequence
         One value per level, coarsest first; sigmas in physical units.
     sampling : NoSampling, URS or GMS
@@ -200,13 +199,13 @@ class ImageRegistrationMethod(Observable):
         self.optimizer = optimizer if optimizer is not None else GaussNewtonOptimizer()
         self.schedule = LevelSchedule.from_lists(shrink_factors, smoothing_sigmas)
         self.sampling = sampling if sampling is not None else NoSampling()
-        if initializer not in INITIALIZERS:
-            raise InputError(
-                f"unknown initializer '{initializer}': choose one of {', '.join(INITIALIZERS)}"
-            )
-        self.initializer = initializer
-        self.threads = threads
-        self.grid_spacing = grid_spacing
+        self.initializer = check_initializer(initializer)
+        self.threads = check_threads(threads)
+        # None for a transform given as an object: it is its own kind.
+        self._kind = transform_kind(initial_transform) if isinstance(initial_transform, str) \
+            else None
+        check_bspline_grid(initial_transform, grid_spacing)
+        self.grid_spacing = check_grid_spacing(grid_spacing)
         self.refine_grid = refine_grid
         self.bulk = bulk_transform
         self._initial_transform = initial_transform
@@ -237,7 +236,7 @@ class ImageRegistrationMethod(Observable):
 
     def GetResult(self) -> RegistrationResult:  # noqa: N802
         if self._result is None:
-            raise RuntimeError("Execute() has not run")
+            raise RuntimeError("no result yet: Execute() has not run")
         return self._result
 
     # -- the run ----------------------------------------------------------------
@@ -263,10 +262,7 @@ class ImageRegistrationMethod(Observable):
         moving = metric.GetMovingImage()
         if moving is None:
             raise RuntimeError("the metric has no moving image: call SetMovingImage first")
-        bspline = self._initial_transform == "bspline"
-        if bspline and self.grid_spacing is None:
-            raise InputError("a B-spline transform needs a control-point spacing "
-                             "(grid_spacing, in physical units; --grid-spacing MM)")
+        bspline = self._kind is not None and not self._kind.linear
         # A B-spline's grid covers the fixed image, known once the session started.
         transform = _as_transform("translation" if bspline else self._initial_transform,
                                   moving.dimension)
@@ -285,7 +281,8 @@ class ImageRegistrationMethod(Observable):
                 bulk = None
                 if self.bulk is not None:
                     bulk = _as_transform(self.bulk, moving.dimension)
-                transform = BSplineTransform.over(fixed_geometry, spacing, bulk=bulk)
+                transform = self._kind.build(moving.dimension, fixed_geometry=fixed_geometry,
+                                             grid_spacing=spacing, bulk=bulk)
             result = RegistrationResult(
                 transform=transform,
                 fixed_geometry=fixed_geometry,
@@ -399,56 +396,53 @@ def _as_transform(initial: Any, dimension: int) -> LinearTransform:
     raise InputError(f"initial transform of type {type(initial).__name__} is not supported")
 
 
+def _options(options: RegistrationOptions | None, overrides: dict[str, Any]) -> RegistrationOptions:
+    """``options`` (the defaults if None) with the keyword ``overrides``, checked."""
+    if options is None:
+        return RegistrationOptions(**overrides)
+    return dataclasses.replace(options, **overrides) if overrides else options
+
+
 def register_with(
     session: Any,
     moving: Any,
+    options: RegistrationOptions | None = None,
     *,
-    transform: Any = "affine",
-    backend: str = "ckks",
-    backend_parameters: dict[str, str] | None = None,
-    sampling: Any = "none",
-    sampling_fraction: float = 0.05,
-    seed: int = 0,
-    reveal_gms_indices: bool = False,
-    shrink_factors: Sequence[int] = (4, 2, 1),
-    smoothing_sigmas: Sequence[float] = (2.0, 1.0, 0.0),
-    initializer: str = "geometry",
-    iterations: int = 100,
-    minimum_step_length: float = 1e-4,
-    relative_value_tolerance: float = 1e-6,
-    threads: int | None = None,
     observers: dict[Any, Any] | None = None,
-    grid_spacing: float | Sequence[float] | None = None,
-    refine_grid: bool = False,
-    bending_energy_weight: float = 0.0,
-    bulk_transform: Any = None,
+    **overrides: Any,
 ) -> RegistrationResult:
     """Register ``moving`` with the fixed party at the other end of ``session``.
 
     The moving party's whole job in one call: ``session`` comes from
     :func:`ppir_itk.connect` (another machine) or
-    :func:`ppir_itk.in_process_session`. The options are those of
-    :func:`register`; ``observers`` maps events to callables taking the
+    :func:`ppir_itk.in_process_session`. ``options`` and the keyword
+    ``overrides`` are those of :func:`register` (the deadline is the session's);
+    ``observers`` maps events to callables taking the
     :class:`ImageRegistrationMethod`.
     """
-    from ppir_itk.backends import check_backend_name
-
+    options = _options(options, overrides)
     moving_grid = as_image_grid(moving, name="moving image")
-    if isinstance(sampling, str):
-        sampling = make_sampling(sampling, sampling_fraction, seed, reveal=reveal_gms_indices)
+    options.check_dimension(moving_grid.dimension)
+    return _register_with(session, moving_grid, options, observers)
+
+
+def _register_with(session: Any, moving: ImageGrid, options: RegistrationOptions,
+                   observers: dict[Any, Any] | None) -> RegistrationResult:
     metric = PrivateMeanSquaresImageToImageMetric(
-        MovingPartySession(session, check_backend_name(backend), backend_parameters),
-        bending_energy_weight=bending_energy_weight)
-    metric.SetMovingImage(moving_grid)
-    optimizer = GaussNewtonOptimizer(NumberOfIterations=iterations,
-                                     MinimumStepLength=minimum_step_length,
-                                     RelativeValueTolerance=relative_value_tolerance)
-    method = ImageRegistrationMethod(metric, optimizer, transform,
-                                     shrink_factors=shrink_factors,
-                                     smoothing_sigmas=smoothing_sigmas, sampling=sampling,
-                                     initializer=initializer, threads=threads,
-                                     grid_spacing=grid_spacing, refine_grid=refine_grid,
-                                     bulk_transform=bulk_transform)
+        MovingPartySession(session, options.backend, dict(options.backend_parameters)),
+        bending_energy_weight=options.bending_energy_weight)
+    metric.SetMovingImage(moving)
+    optimizer = GaussNewtonOptimizer(NumberOfIterations=options.iterations,
+                                     MinimumStepLength=options.minimum_step_length,
+                                     RelativeValueTolerance=options.relative_value_tolerance)
+    method = ImageRegistrationMethod(metric, optimizer, options.transform,
+                                     shrink_factors=options.shrink_factors,
+                                     smoothing_sigmas=options.smoothing_sigmas,
+                                     sampling=options.sampling_strategy(),
+                                     initializer=options.initializer, threads=options.threads,
+                                     grid_spacing=options.grid_spacing,
+                                     refine_grid=options.refine_grid,
+                                     bulk_transform=options.bulk_transform)
     for event, callback in (observers or {}).items():
         method.AddObserver(event, lambda callback=callback: callback(method))
     return method.run()
@@ -457,10 +451,11 @@ def register_with(
 def register(
     fixed: Any,
     moving: Any,
+    options: RegistrationOptions | None = None,
     *,
     transport: str = "process",
-    deadline: float = 60.0,
-    **options: Any,
+    observers: dict[Any, Any] | None = None,
+    **overrides: Any,
 ) -> RegistrationResult:
     """Register ``moving`` onto ``fixed`` in one call, both images on this machine.
 
@@ -468,33 +463,35 @@ def register(
     ----------
     fixed, moving : itk.Image, SimpleITK.Image or path
         The two images (2-D or 3-D, same dimension).
+    options : RegistrationOptions, optional
+        How to register (:class:`ppir_itk.options.RegistrationOptions`: transform,
+        backend, sampling, schedule, optimizer, B-spline grid, deadline); its
+        defaults if None.
     transport : {"process", "in-process"}
         ``process`` (default) runs the fixed party as a separate OS process
         over gRPC with mutual TLS on loopback, exactly as two machines would;
         ``in-process`` keeps it in this process (same messages, no socket).
-    deadline : float
-        Seconds to wait for the fixed party's next answer.
-    **options
-        As :func:`register_with`: ``transform`` (``translation``, ``rigid``,
+    observers : dict, optional
+        Events mapped to callables taking the :class:`ImageRegistrationMethod`.
+    **overrides
+        Any field of :class:`~ppir_itk.options.RegistrationOptions`, replacing
+        the one in ``options``: ``transform`` (``translation``, ``rigid``,
         ``similarity``, ``affine``, an ITK/SimpleITK transform, or ``bspline`` with
-        ``grid_spacing`` (control-point spacing, physical units), ``refine_grid``
-        (start 2^(levels - 1) times as coarse, halve the spacing at each level:
-        the last grid is at most ``grid_spacing``),
-        ``bending_energy_weight`` and ``bulk_transform`` (a linear transform the
-        B-spline is composed with: ``W = bulk(x + D(x))``)), ``backend``
-        (``ckks`` private; ``clear`` NOT private), ``backend_parameters`` (e.g.
-        ``{"poly_modulus_degree": "16384"}``), ``sampling`` (``none``, ``urs``, ``gms``),
-        ``sampling_fraction``, ``seed``, ``reveal_gms_indices``,
-        ``shrink_factors``, ``smoothing_sigmas``, ``initializer``,
-        ``iterations``, ``threads``, ``observers``.
+        ``grid_spacing``, ``refine_grid``, ``bending_energy_weight`` and
+        ``bulk_transform``), ``backend`` (``ckks`` private; ``clear`` NOT private),
+        ``backend_parameters``, ``sampling``, ``sampling_fraction``, ``seed``,
+        ``reveal_gms_indices``, ``shrink_factors``, ``smoothing_sigmas``,
+        ``initializer``, ``iterations``, ``threads``, ``deadline`` (seconds to wait
+        for the fixed party's next answer) ...
 
     Returns
     -------
     RegistrationResult
         ``result.itk_transform()`` maps fixed points to moving points.
     """
-    from ppir_itk.backends import check_backend_name
 
+    # Options that are wrong fail here, before a fixed party is started.
+    options = _options(options, overrides)
     fixed_grid = as_image_grid(fixed, name="fixed image")
     moving_grid = as_image_grid(moving, name="moving image")
     if fixed_grid.dimension != moving_grid.dimension:
@@ -502,27 +499,17 @@ def register(
             f"the fixed image is {fixed_grid.dimension}-D and the moving image is "
             f"{moving_grid.dimension}-D; both must have the same dimension"
         )
-    # Options that are wrong fail here, before a fixed party is started.
-    backend = check_backend_name(options.get("backend", "ckks"))
-    if options.get("transform") == "bspline" and options.get("grid_spacing") is None:
-        raise InputError("a B-spline transform needs a control-point spacing (grid_spacing, "
-                         "in physical units; --grid-spacing MM)")
-    LevelSchedule.from_lists(options.get("shrink_factors", (4, 2, 1)),
-                             options.get("smoothing_sigmas", (2.0, 1.0, 0.0)))
-    if options.get("initializer", "geometry") not in INITIALIZERS:
-        raise InputError(f"unknown initializer '{options['initializer']}': choose one of "
-                         f"{', '.join(INITIALIZERS)}")
-    if isinstance(options.get("sampling"), str):
-        make_sampling(options["sampling"], options.get("sampling_fraction", 0.05))
+    options.check_dimension(moving_grid.dimension)
     if transport == "in-process":
-        session = in_process_session(fixed_grid, FixedPolicy(backends=(backend,)))
-        return register_with(session, moving_grid, **options)
+        session = in_process_session(fixed_grid, FixedPolicy(backends=(options.backend,)))
+        return _register_with(session, moving_grid, options, observers)
     if transport != "process":
         raise InputError(f"unknown transport '{transport}': choose process or in-process")
     source = fixed if isinstance(fixed, (str, os.PathLike)) else fixed_grid
-    with spawn_fixed_party(source, backends=(backend,), deadline=deadline) as fixed_party:
-        session = connect(fixed_party.address, fixed_party.client_tls, deadline=deadline,
+    with spawn_fixed_party(source, backends=(options.backend,),
+                           deadline=options.deadline) as fixed_party:
+        session = connect(fixed_party.address, fixed_party.client_tls, deadline=options.deadline,
                           dealer=fixed_party.dealer_address)
-        result = register_with(session, moving_grid, **options)
+        result = _register_with(session, moving_grid, options, observers)
     result.fixed_startup_seconds = fixed_party.startup_seconds
     return result

@@ -125,11 +125,16 @@ class GMS:
         return f"GMS ({self.fraction:.1%} of the points, seed {self.seed}, {mode})"
 
 
+#: The names :func:`make_sampling` takes, as ITK calls the strategies.
+SAMPLINGS = ("none", "urs", "gms")
+
+#: A sampling strategy (what :func:`make_sampling` returns).
 Sampling = NoSampling | URS | GMS
 
 
-def make_sampling(name: str, fraction: float = 0.05, seed: int = 0, *, reveal: bool = False):
-    """Sampling strategy by its ITK-style name (``none``, ``urs``, ``gms``)."""
+def make_sampling(name: str, fraction: float, seed: int, *, reveal: bool = False) -> Sampling:
+    """Sampling strategy by its ITK-style name (``none``, ``urs``, ``gms``); the default
+    fraction and seed are :class:`ppir_itk.options.RegistrationOptions`'."""
     key = name.lower()
     if key in ("none", "full"):
         return NoSampling()

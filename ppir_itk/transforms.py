@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Callable
 from typing import ClassVar
 
 import numpy as np
@@ -72,9 +73,6 @@ __all__ = [
     "make_transform",
 ]
 
-#: Names accepted by :func:`make_transform`, from the most to the least constrained.
-TRANSFORM_KINDS: tuple[str, ...] = ("translation", "rigid", "similarity", "affine")
-
 _DIMENSIONS = (2, 3)
 
 # ITK's VersorRigid3DTransform::SetParameters rescales versor vectors whose norm is
@@ -84,9 +82,10 @@ _VERSOR_NORM_LIMIT = 1.0 - 1e-10
 
 def _check_dimension(dimension: object) -> int:
     if isinstance(dimension, bool) or not isinstance(dimension, (int, np.integer)):
-        raise InputError(f"The dimension must be the integer 2 or 3, not {dimension!r}.")
+        raise InputError(f"the dimension must be the integer 2 or 3, not {dimension!r}")
     if int(dimension) not in _DIMENSIONS:
-        raise InputError(f"Only 2-D and 3-D transforms are supported; got dimension {dimension}.")
+        raise InputError(f"dimension {dimension} is refused: only 2-D and 3-D transforms are "
+                         "supported")
     return int(dimension)
 
 
@@ -94,13 +93,13 @@ def _as_finite_vector(values: ArrayLike, length: int, what: str) -> np.ndarray:
     try:
         array = np.array(values, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise InputError(f"The {what} must be {length} real numbers.") from exc
+        raise InputError(f"the {what} must be {length} real numbers") from exc
     if array.ndim != 1 or array.shape[0] != length:
         raise InputError(
-            f"The {what} must be a vector of length {length}; got shape {array.shape}."
+            f"the {what} must be a vector of length {length}, not an array of shape {array.shape}"
         )
     if not np.all(np.isfinite(array)):
-        raise InputError(f"The {what} must be finite; got {array.tolist()}.")
+        raise InputError(f"the {what} must be finite, not {array.tolist()}")
     return array
 
 
@@ -177,7 +176,7 @@ class LinearTransform(abc.ABC):
 
     Raises
     ------
-    ValueError
+    InputError
         If the dimension is not 2 or 3 (or not supported by the class), or if
         the parameters or centre have the wrong length or are not finite.
 
@@ -206,7 +205,7 @@ class LinearTransform(abc.ABC):
         if dimension not in self.itk_names:
             supported = " or ".join(f"{d}-D" for d in sorted(self.itk_names))
             raise InputError(
-                f"{type(self).__name__} is {supported} only; got dimension {dimension}."
+                f"dimension {dimension} is refused: {type(self).__name__} is {supported} only"
             )
         self._dimension = dimension
         self._center = np.zeros(dimension)
@@ -294,7 +293,7 @@ class LinearTransform(abc.ABC):
             self._center = np.zeros(self._dimension)
             return
         if not self.has_center:
-            raise InputError(f"{type(self).__name__} has no centre; pass center=None.")
+            raise InputError(f"a {type(self).__name__} has no centre: pass center=None")
         self._center = _as_finite_vector(values, self._dimension, "center")
 
     @property
@@ -337,8 +336,8 @@ class LinearTransform(abc.ABC):
         array = np.asarray(points, dtype=np.float64)
         if array.ndim != 2 or array.shape[1] != self._dimension:
             raise InputError(
-                f"The points must be an array of shape (n, {self._dimension}); "
-                f"got shape {array.shape}."
+                f"the points must be an array of shape (n, {self._dimension}), "
+                f"not {array.shape}"
             )
         matrix, offset = self.matrix_offset()
         return array @ matrix.T + offset
@@ -382,7 +381,7 @@ class LinearTransform(abc.ABC):
 
         Raises
         ------
-        ValueError
+        InputError
             If ``delta`` has the wrong length or the result is not finite, or if
             the new versor vector of a :class:`Similarity3DTransform` would have
             norm >= 1.
@@ -502,7 +501,7 @@ class Euler3DTransform(LinearTransform):
         """
         m = np.asarray(matrix, dtype=np.float64)
         if m.shape != (3, 3) or not np.all(np.isfinite(m)):
-            raise InputError("The rotation matrix must be a finite 3 x 3 array.")
+            raise InputError("the rotation matrix must be a finite 3 x 3 array")
         angle_x = math.asin(min(1.0, max(-1.0, m[2, 1])))
         a = math.cos(angle_x)
         if abs(a) > 0.00005:
@@ -567,8 +566,8 @@ class Similarity3DTransform(LinearTransform):
         norm = float(np.linalg.norm(parameters[:3]))
         if norm >= _VERSOR_NORM_LIMIT:
             raise InputError(
-                "The versor vector (the first three Similarity3DTransform parameters) "
-                f"must have norm < 1; got norm {norm!r}."
+                "the versor vector (the first three Similarity3DTransform parameters) "
+                f"must have norm < 1, not {norm!r}"
             )
 
     def _matrix_and_derivatives(self) -> tuple[np.ndarray, np.ndarray]:
@@ -624,7 +623,7 @@ class AffineTransform(LinearTransform):
         """
         m = np.asarray(matrix, dtype=np.float64)
         if m.ndim != 2 or m.shape[0] != m.shape[1]:
-            raise InputError(f"The matrix must be square; got shape {m.shape}.")
+            raise InputError(f"the matrix must be square, not of shape {m.shape}")
         d = _check_dimension(m.shape[0])
         o = _as_finite_vector(offset, d, "offset")
         c = np.zeros(d) if center is None else _as_finite_vector(center, d, "center")
@@ -654,6 +653,18 @@ def SimilarityTransform(  # noqa: N802 - a factory named like the classes it ret
     return cls(dimension, parameters, center)
 
 
+#: What builds each kind :func:`make_transform` takes, from the most to the least constrained.
+_LINEAR_KINDS: dict[str, Callable[[int], LinearTransform]] = {
+    "translation": TranslationTransform,
+    "rigid": RigidTransform,
+    "similarity": SimilarityTransform,
+    "affine": AffineTransform,
+}
+
+#: Names accepted by :func:`make_transform` (:mod:`ppir_itk.transform_kinds` adds B-splines).
+TRANSFORM_KINDS: tuple[str, ...] = tuple(_LINEAR_KINDS)
+
+
 def make_transform(kind: str, dimension: int) -> LinearTransform:
     """Return the identity transform of a kind, centred at the origin.
 
@@ -667,19 +678,13 @@ def make_transform(kind: str, dimension: int) -> LinearTransform:
 
     Raises
     ------
-    ValueError
+    InputError
         For an unknown kind (the message lists the valid ones) or a dimension
         other than 2 or 3.
     """
     dimension = _check_dimension(dimension)
-    if kind == "translation":
-        return TranslationTransform(dimension)
-    if kind == "rigid":
-        return RigidTransform(dimension)
-    if kind == "similarity":
-        return SimilarityTransform(dimension)
-    if kind == "affine":
-        return AffineTransform(dimension)
-    raise InputError(
-        f"Unknown transform kind {kind!r}; valid kinds are {', '.join(TRANSFORM_KINDS)}."
-    )
+    if kind not in _LINEAR_KINDS:
+        raise InputError(
+            f"unknown linear transform '{kind}': choose one of {', '.join(TRANSFORM_KINDS)}"
+        )
+    return _LINEAR_KINDS[kind](dimension)

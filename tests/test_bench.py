@@ -11,6 +11,7 @@ from conftest import known_pair
 
 from ppir_itk.bench import SOLUTIONS, BenchSettings, markdown_table, rows_for, run_bench
 from ppir_itk.cli import main
+from ppir_itk.options import RegistrationOptions
 from ppir_itk.phantoms import head_phantom
 from ppir_itk.wrapping.images import write_image
 
@@ -79,8 +80,9 @@ def test_rows_past_the_time_cap_are_marked_and_cost_one_full_resolution_iteratio
     fixed, moving, _ = tiny_pair
     settings = BenchSettings(repeats=2, time_cap=1e-3, solutions=["ckks/paper-v1"],
                              samplings=["none"],
-                             registration=dict(shrink_factors=[2, 1],
-                                               smoothing_sigmas=[1.0, 0.0], iterations=4))
+                             registration=RegistrationOptions(shrink_factors=[2, 1],
+                                                              smoothing_sigmas=[1.0, 0.0],
+                                                              iterations=4))
     results = run_bench(fixed, moving, settings, say=lambda _: None)
     assert [outcome.row.solution for outcome in results] == ["clear", "ckks paper-v1"]
     for outcome in results:
@@ -98,9 +100,9 @@ def test_rows_past_the_time_cap_are_marked_and_cost_one_full_resolution_iteratio
 def test_a_protocol_that_refuses_the_transform_is_marked(tiny_pair):
     fixed, moving, _ = tiny_pair
     settings = BenchSettings(repeats=1, solutions=["ckks/paper-v2"], samplings=["none"],
-                             registration=dict(transform="bspline", grid_spacing=12.0,
-                                               shrink_factors=[1], smoothing_sigmas=[0.0],
-                                               iterations=2))
+                             registration=RegistrationOptions(
+                                 transform="bspline", grid_spacing=12.0, shrink_factors=[1],
+                                 smoothing_sigmas=[0.0], iterations=2))
     clear, paper = run_bench(fixed, moving, settings, say=lambda _: None)
     assert clear.status == "ok" and paper.status == "refused"
     assert "linear transforms only" in paper.reason and not paper.runs

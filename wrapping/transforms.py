@@ -66,7 +66,7 @@ _DIMENSION_TEMPLATED = ("TranslationTransform", "AffineTransform")
 def _check_linear(transform: object) -> LinearTransform:
     if not isinstance(transform, LinearTransform):
         raise TypeError(
-            f"Expected a ppir_itk.transforms.LinearTransform, not {type(transform).__name__}."
+            f"expected a ppir_itk.transforms.LinearTransform, not {type(transform).__name__}"
         )
     return transform
 
@@ -82,9 +82,9 @@ def _composite_parts(parts: list[Any], convert: Any, bspline_name: str) -> Any:
         bspline = convert(parts[1])
         bspline.bulk = convert(parts[0])
         return bspline
-    raise ValueError(
-        f"Only a CompositeTransform of one transform, or of a linear transform then a "
-        f"B-spline, can be converted; this one holds {', '.join(names)}."
+    raise InputError(
+        f"only a CompositeTransform of one transform, or of a linear transform then a "
+        f"B-spline, can be converted; this one holds {', '.join(names)}"
     )
 
 
@@ -161,7 +161,7 @@ def from_itk(obj: Any) -> LinearTransform:
 
     Raises
     ------
-    ValueError
+    InputError
         For any other object, a composite of several transforms, or a
         dimension other than 2 or 3.
 
@@ -174,7 +174,8 @@ def from_itk(obj: Any) -> LinearTransform:
     import itk
 
     if not hasattr(obj, "GetNameOfClass") or not hasattr(obj, "GetParameters"):
-        raise ValueError(f"Cannot convert a {type(obj).__name__} to a linear transform.")
+        raise InputError(f"a {type(obj).__name__} is not an ITK transform; it cannot be "
+                         "converted to a linear transform")
     name = obj.GetNameOfClass()
     if name == "CompositeTransform":
         parts = [itk.down_cast(obj.GetNthTransform(i)) for i in range(obj.GetNumberOfTransforms())]
@@ -185,9 +186,9 @@ def from_itk(obj: Any) -> LinearTransform:
                                                       list(obj.GetParameters()))
     dimension = int(obj.GetInputSpaceDimension())
     if int(obj.GetOutputSpaceDimension()) != dimension or dimension not in (2, 3):
-        raise ValueError(
-            f"Only 2-D and 3-D transforms are supported; the {name} maps "
-            f"{dimension}-D to {obj.GetOutputSpaceDimension()}-D points."
+        raise InputError(
+            f"the {name} maps {dimension}-D to {obj.GetOutputSpaceDimension()}-D points; only "
+            "2-D and 3-D transforms are supported"
         )
     is_matrix_offset = isinstance(obj, tuple(itk.MatrixOffsetTransformBase.values()))
     matrix = (
@@ -203,10 +204,10 @@ def from_itk(obj: Any) -> LinearTransform:
         offset = np.array(list(obj.GetOffset()), dtype=np.float64)
         center = np.array(list(obj.GetCenter()), dtype=np.float64)
         return AffineTransform.from_matrix_offset(matrix, offset, center)
-    raise ValueError(
-        f"Cannot convert an ITK {name} ({type(obj).__name__}) to a linear transform; "
+    raise InputError(
+        f"an ITK {name} ({type(obj).__name__}) cannot be converted to a linear transform; "
         "expected a translation, Euler, similarity, affine or other "
-        "MatrixOffsetTransformBase transform."
+        "MatrixOffsetTransformBase transform"
     )
 
 
@@ -257,16 +258,16 @@ def from_sitk(obj: Any) -> LinearTransform:
 
     Raises
     ------
-    ValueError
+    InputError
         For any other object, a composite of several transforms, or a
         dimension other than 2 or 3.
     """
     import SimpleITK as sitk
 
     if not isinstance(obj, sitk.Transform):
-        raise ValueError(
-            f"Cannot convert a {type(obj).__name__} to a linear transform; "
-            "expected a SimpleITK.Transform."
+        raise InputError(
+            f"a {type(obj).__name__} cannot be converted to a linear transform; "
+            "expected a SimpleITK.Transform"
         )
     obj = obj.Downcast()
     name = obj.GetName()
@@ -278,7 +279,8 @@ def from_sitk(obj: Any) -> LinearTransform:
                                                       obj.GetParameters())
     dimension = int(obj.GetDimension())
     if dimension not in (2, 3):
-        raise ValueError(f"Only 2-D and 3-D transforms are supported; the {name} is {dimension}-D.")
+        raise InputError(f"the {name} is {dimension}-D; only 2-D and 3-D transforms are "
+                         "supported")
     has_matrix = hasattr(obj, "GetMatrix") and hasattr(obj, "GetCenter")
     matrix = (
         np.array(obj.GetMatrix(), dtype=np.float64).reshape(dimension, dimension)
@@ -294,9 +296,9 @@ def from_sitk(obj: Any) -> LinearTransform:
         offset = np.array(obj.TransformPoint((0.0,) * dimension), dtype=np.float64)
         center = np.array(obj.GetCenter(), dtype=np.float64)
         return AffineTransform.from_matrix_offset(matrix, offset, center)
-    raise ValueError(
-        f"Cannot convert a SimpleITK {name} to a linear transform; expected a translation, "
-        "Euler, similarity, affine or other matrix-offset transform."
+    raise InputError(
+        f"a SimpleITK {name} cannot be converted to a linear transform; expected a translation, "
+        "Euler, similarity, affine or other matrix-offset transform"
     )
 
 
@@ -346,7 +348,7 @@ def write_transform(transform: LinearTransform, path: str | os.PathLike[str]) ->
 
     Raises
     ------
-    ValueError
+    InputError
         If the suffix is not supported.
     OSError
         If the file cannot be written.
@@ -360,8 +362,8 @@ def write_transform(transform: LinearTransform, path: str | os.PathLike[str]) ->
     suffix = os.path.splitext(name)[1]
     if suffix not in TRANSFORM_FILE_SUFFIXES:
         raise InputError(
-            f"Cannot write a transform to {target!r}: the file name must end with one of "
-            f"{', '.join(TRANSFORM_FILE_SUFFIXES)}."
+            f"cannot write a transform to {target!r}: the file name must end with one of "
+            f"{', '.join(TRANSFORM_FILE_SUFFIXES)}"
         )
     obj = to_sitk(transform)
 
@@ -387,18 +389,18 @@ def read_transform(path: str | os.PathLike[str]) -> LinearTransform:
     ------
     FileNotFoundError
         If the file does not exist.
-    ValueError
+    InputError
         If SimpleITK cannot read it or it does not hold a single linear transform.
     """
     import SimpleITK as sitk
 
     source = os.fspath(path)
     if not os.path.isfile(source):
-        raise FileNotFoundError(f"No transform file at {source!r}.")
+        raise FileNotFoundError(f"no transform file at {source!r}")
     try:
         obj = sitk.ReadTransform(source)
     except RuntimeError as exc:
-        raise ValueError(
+        raise InputError(
             f"SimpleITK could not read a transform from {source!r}: {itk_reason(str(exc))}"
         ) from exc
     return from_sitk(obj)

@@ -1,0 +1,189 @@
+"""The options of a registration: every default once, every check once.
+
+:class:`RegistrationOptions` is what ``ppir register`` builds from its
+arguments and what :func:`~ppir_itk.registration.register`,
+:func:`~ppir_itk.registration.register_with` and ``ppir bench`` take. A bad
+value is refused when the options are made, in one sentence naming it
+(:class:`~ppir_itk.errors.InputError`), before any party starts. The checks
+are also functions, so that :class:`~ppir_itk.registration.ImageRegistrationMethod`,
+which keeps ITK's own defaults, refuses the same values with the same sentences.
+
+Examples
+--------
+>>> options = RegistrationOptions(transform="rigid", backend="clear")
+>>> options.shrink_factors, options.deadline
+((4, 2, 1), 60.0)
+>>> RegistrationOptions(iterations=0)
+Traceback (most recent call last):
+...
+ppir_itk.errors.InputError: --iterations 0 must be at least 1
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+
+from ppir_itk.errors import InputError
+from ppir_itk.protocol.channel import DEFAULT_DEADLINE
+from ppir_itk.pyramid import LevelSchedule
+from ppir_itk.sampling import Sampling, make_sampling
+from ppir_itk.transform_kinds import transform_kind
+
+__all__ = [
+    "INITIALIZERS",
+    "RegistrationOptions",
+    "check_bspline_grid",
+    "check_grid_spacing",
+    "check_initializer",
+    "check_threads",
+]
+
+INITIALIZERS = ("none", "geometry", "moments")
+
+
+def check_initializer(initializer: str) -> str:
+    if initializer not in INITIALIZERS:
+        raise InputError(
+            f"unknown initializer '{initializer}': choose one of {', '.join(INITIALIZERS)}"
+        )
+    return initializer
+
+
+def check_threads(threads: int | None) -> int | None:
+    """``None`` (every core) or a positive count."""
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads {threads} must be at least 1")
+    return threads
+
+
+def check_grid_spacing(
+    grid_spacing: float | Sequence[float] | None,
+) -> float | tuple[float, ...] | None:
+    """A B-spline's control-point spacing: one value, or one per axis (a single value
+    in a sequence is that value)."""
+    if grid_spacing is None:
+        return None
+    values = tuple(float(value) for value in np.asarray(grid_spacing, dtype=np.float64).ravel())
+    if not all(0 < value < float("inf") for value in values):
+        raise InputError(f"--grid-spacing {' '.join(f'{value:g}' for value in values)} "
+                         "must be positive and finite")
+    return values[0] if len(values) == 1 else values
+
+
+def check_bspline_grid(transform: Any, grid_spacing: float | Sequence[float] | None) -> None:
+    """A B-spline kind has a control-point spacing."""
+    if isinstance(transform, str) and not transform_kind(transform).linear \
+            and grid_spacing is None:
+        raise InputError("a B-spline transform needs a control-point spacing (grid_spacing, "
+                         "in physical units; --grid-spacing MM)")
+
+
+def _check_backend(name: str, parameters: Mapping[str, str]) -> str:
+    """The backend's own checks of its name and parameters, before any party starts."""
+    # Imported here: the command line builds its parser from these options, and the
+    # backends (and what they import) are for the subcommands that register.
+    from ppir_itk.backends import check_backend_name, check_protocol
+    from ppir_itk.backends.ckks import he_settings
+
+    backend = check_backend_name(name)
+    if check_protocol(backend, parameters.get("protocol")) == "packed":
+        he_settings(dict(parameters))
+    return backend
+
+
+@dataclass(frozen=True)
+class RegistrationOptions:
+    """How to register: transform, backend, sampling, schedule, optimizer, deadline.
+
+    Parameters
+    ----------
+    transform : str, LinearTransform, itk or SimpleITK transform
+        A kind of :data:`ppir_itk.transform_kinds.TRANSFORMS` (``bspline`` needs
+        ``grid_spacing``), or a transform to start from.
+    backend, backend_parameters : str, mapping
+        The joint-term backend (``ckks``, ``spdz``; ``clear`` is NOT private) and
+        its options, e.g. ``{"poly_modulus_degree": "16384"}`` (None: none).
+    sampling, sampling_fraction, seed, reveal_gms_indices
+        ``none``, ``urs`` or ``gms`` (or a strategy object), the fraction sampled,
+        the public seed, and whether GMS sends its indices to the fixed party.
+    shrink_factors, smoothing_sigmas : sequence
+        One value per level, coarsest first; sigmas in physical units.
+    initializer : {"none", "geometry", "moments"}
+    iterations, minimum_step_length, relative_value_tolerance
+        The optimizer's stop conditions, per level.
+    threads : int, optional
+        Kernel threads (results are identical for any value); every core if None.
+    grid_spacing, refine_grid, bending_energy_weight, bulk_transform
+        B-spline only: control-point spacing (physical units; one value or one per
+        axis), whether to start coarser and halve it per level, the bending-energy
+        weight, and a linear transform the B-spline is composed with.
+    deadline : float
+        Seconds to wait for a peer's next answer.
+    """
+
+    transform: Any = "affine"
+    backend: str = "ckks"
+    backend_parameters: Mapping[str, str] | None = field(default_factory=dict)
+    sampling: str | Sampling = "none"
+    sampling_fraction: float = 0.05
+    seed: int = 0
+    reveal_gms_indices: bool = False
+    shrink_factors: Sequence[int] = (4, 2, 1)
+    smoothing_sigmas: Sequence[float] = (2.0, 1.0, 0.0)
+    initializer: str = "geometry"
+    iterations: int = 100
+    minimum_step_length: float = 1e-4
+    relative_value_tolerance: float = 1e-6
+    threads: int | None = None
+    grid_spacing: float | Sequence[float] | None = None
+    refine_grid: bool = False
+    bending_energy_weight: float = 0.0
+    bulk_transform: Any = None
+    deadline: float = DEFAULT_DEADLINE
+
+    def __post_init__(self) -> None:
+        if isinstance(self.transform, str):
+            transform_kind(self.transform)
+        check_threads(self.threads)
+        if self.iterations < 1:
+            raise InputError(f"--iterations {self.iterations} must be at least 1")
+        if not 0 <= self.seed < 2**64:
+            raise InputError(f"--seed {self.seed} must be between 0 and 2^64 - 1")
+        if not self.deadline > 0:
+            raise InputError(f"--deadline {self.deadline:g} must be positive")
+        if not self.bending_energy_weight >= 0:
+            raise InputError(f"--bending-weight {self.bending_energy_weight:g} must be at least 0")
+        self._set("grid_spacing", check_grid_spacing(self.grid_spacing))
+        check_bspline_grid(self.transform, self.grid_spacing)
+        parameters = MappingProxyType(dict(self.backend_parameters or {}))
+        self._set("backend_parameters", parameters)
+        self._set("backend", _check_backend(self.backend, parameters))
+        schedule = LevelSchedule.from_lists(self.shrink_factors, self.smoothing_sigmas)
+        self._set("shrink_factors", tuple(level.shrink_factor for level in schedule.levels))
+        self._set("smoothing_sigmas", tuple(level.smoothing_sigma for level in schedule.levels))
+        check_initializer(self.initializer)
+        self.sampling_strategy()
+
+    def _set(self, name: str, value: Any) -> None:
+        """Store a checked value in its normal form (the options are frozen)."""
+        object.__setattr__(self, name, value)
+
+    def sampling_strategy(self) -> Sampling:
+        """The strategy ``sampling`` names (with the fraction, seed and GMS mode), or the
+        strategy object given."""
+        if not isinstance(self.sampling, str):
+            return self.sampling
+        return make_sampling(self.sampling, self.sampling_fraction, self.seed,
+                             reveal=self.reveal_gms_indices)
+
+    def check_dimension(self, dimension: int) -> None:
+        """Refuse a grid spacing that does not fit ``dimension``-D images."""
+        spacing = self.grid_spacing
+        if isinstance(spacing, tuple) and len(spacing) != dimension:
+            raise InputError(f"--grid-spacing has {len(spacing)} values; give one, or one per "
+                             f"axis of the {dimension}-D images")
