@@ -55,7 +55,7 @@ from ppir_itk._version import __version__
 from ppir_itk.errors import InputError
 from ppir_itk.evaluation import displacement_rmse, intensity_error
 from ppir_itk.image import ImageGrid
-from ppir_itk.options import RegistrationOptions
+from ppir_itk.options import DEFAULT_TIME_CAP, RegistrationOptions
 from ppir_itk.registration import PARTIES, RegistrationResult, register
 from ppir_itk.sampling import SAMPLINGS
 
@@ -177,7 +177,7 @@ class BenchSettings:
     protocol and sampling set by the row (:data:`PER_ROW`)."""
 
     repeats: int = 3
-    time_cap: float = 60.0
+    time_cap: float = DEFAULT_TIME_CAP
     solutions: Sequence[str] = SOLUTIONS
     samplings: Sequence[str] = SAMPLINGS
     registration: RegistrationOptions = field(default_factory=RegistrationOptions)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ppir_itk.errors import InputError
-from ppir_itk.options import INITIALIZERS, RegistrationOptions
+from ppir_itk.options import DEFAULT_TIME_CAP, INITIALIZERS, RegistrationOptions
 from ppir_itk.policy import DEFAULT_EVALUATION_BUDGET
 from ppir_itk.protocol.channel import DEFAULT_DEADLINE, PeerError
 from ppir_itk.protocol.transport import DEFAULT_SESSION_LIMIT
@@ -114,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
                             "clear always runs, as the reference")
     bench.add_argument("--sampling", nargs="+", default=list(SAMPLINGS),
                        help=f"sampling modes (default: {' '.join(SAMPLINGS)})")
-    bench.add_argument("--time-cap", type=float, default=60.0,
+    bench.add_argument("--time-cap", type=float, default=DEFAULT_TIME_CAP,
                        help="seconds a run may take before its row is marked infeasible "
                             "(default 60)")
     _add_registration_options(bench, bench=True)

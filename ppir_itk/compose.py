@@ -120,6 +120,7 @@ def _run_until_interrupted(server: PartyServer) -> None:
 
 
 READY = "listening on "
+STARTUP_TIMEOUT = 60.0  # seconds a local party may take to say where it listens
 
 
 @dataclass
@@ -137,7 +138,7 @@ class FixedPartyProcess:
 
 @contextmanager
 def spawn_fixed_party(fixed: Any, *, backends: tuple[str, ...] = ("clear",),
-                      deadline: float = DEFAULT_DEADLINE, startup_timeout: float = 60.0,
+                      deadline: float = DEFAULT_DEADLINE, startup_timeout: float = STARTUP_TIMEOUT,
                       extra_arguments: tuple[str, ...] = ()) -> Iterator[FixedPartyProcess]:
     """Start ``ppir serve`` for ``fixed`` on 127.0.0.1 with fresh certificates.
 

@@ -9,12 +9,12 @@ triples over any session whose peer is the dealer.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
 from ppir_itk.disclosure import Message, ProtocolTable
 from ppir_itk.protocol import ppir_pb2 as pb
+from ppir_itk.protocol.channel import DEFAULT_DEADLINE
 from ppir_itk.protocol.messages import (
     DEALER_SERVICE,
     PROTOCOL_VERSION,
@@ -22,6 +22,7 @@ from ppir_itk.protocol.messages import (
     array_from_pb,
 )
 from ppir_itk.protocol.session import RemoteSession, Session
+from ppir_itk.protocol.tls import TLS
 from ppir_itk.randomness import expand
 from ppir_itk.roles import DEALER, FIXED_PARTY, MOVING, MOVING_PARTY
 
@@ -116,7 +117,7 @@ class DealerClient:
         return self.closed
 
 
-def open_dealer(target: str, tls: Any, token: bytes, *, deadline: float = 60.0,
+def open_dealer(target: str, tls: TLS, token: bytes, *, deadline: float = DEFAULT_DEADLINE,
                 server_name: str = DEALER) -> DealerClient:
     """This party's session with ``ppir dealer`` at ``target`` (``HOST:PORT``)."""
     return DealerClient(RemoteSession(target, tls, deadline=deadline, server_name=server_name,

@@ -44,6 +44,8 @@ __all__ = [
 ]
 
 INITIALIZERS = ("none", "geometry", "moments")
+# ppir bench: seconds a row may run before it is marked as the paper marked its infeasible rows
+DEFAULT_TIME_CAP = 60.0
 
 
 def check_initializer(initializer: str) -> str:

@@ -24,7 +24,7 @@ import grpc
 
 from ppir_itk.errors import InputError
 from ppir_itk.protocol import ppir_pb2 as pb
-from ppir_itk.protocol.channel import Channel, PeerError
+from ppir_itk.protocol.channel import DEFAULT_DEADLINE, Channel, PeerError
 from ppir_itk.protocol.endpoint import Endpoint
 from ppir_itk.protocol.messages import (
     DEFAULT_MAX_ENVELOPE,
@@ -111,7 +111,8 @@ class PartyServer(abc.ABC):
     role: ClassVar[str]
     client_names: ClassVar[tuple[str, ...]]
 
-    def __init__(self, listen: str, tls: TLS, *, max_sessions: int = 1, deadline: float = 60.0,
+    def __init__(self, listen: str, tls: TLS, *, max_sessions: int = 1,
+                 deadline: float = DEFAULT_DEADLINE,
                  session_limit: float = DEFAULT_SESSION_LIMIT,
                  max_envelope: int = DEFAULT_MAX_ENVELOPE,
                  log: Callable[[str], None] | None = None) -> None:
