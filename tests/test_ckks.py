@@ -15,7 +15,7 @@ from ppir_itk.fixed_party import FixedPartySession
 from ppir_itk.phantoms import head_phantom
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.channel import Counters
-from ppir_itk.protocol.messages import PROTOCOL_VERSION, ProtocolError
+from ppir_itk.protocol.messages import PROTOCOL_VERSION, ProtocolError, array_from_pb
 from ppir_itk.protocol.session import Endpoint, LocalSession
 
 
@@ -88,15 +88,26 @@ def test_packed_protocol_lands_on_the_clear_result(dimension):
 
 
 class _RecordingSession(LocalSession):
-    """An in-process session that keeps every envelope the fixed party receives."""
+    """An in-process session that keeps every envelope the fixed party receives and every
+    reply it sends."""
 
     def __init__(self, fixed) -> None:
         super().__init__(FixedPartySession(fixed, ppir_itk.FixedPolicy(backends=("ckks",))))
         self.received: list[pb.Envelope] = []
+        self.replies: list[pb.Envelope] = []
 
     def _send(self, envelope: pb.Envelope) -> None:
         self.received.append(envelope)
         super()._send(envelope)
+
+    def _receive(self, expected: str) -> pb.Envelope:
+        reply = super()._receive(expected)
+        self.replies.append(reply)
+        return reply
+
+    def backend_messages(self, kind: str, replies: bool = False) -> list[pb.BackendMessage]:
+        return [e.backend for e in (self.replies if replies else self.received)
+                if e.WhichOneof("body") == "backend" and e.backend.kind == kind]
 
 
 def test_the_fixed_party_receives_only_ciphertexts_and_requests():
@@ -108,8 +119,7 @@ def test_the_fixed_party_receives_only_ciphertexts_and_requests():
     register_with(session, moving, backend="ckks", transform="rigid", shrink_factors=[1],
                   smoothing_sigmas=[0.0])
     he = HEContext(8192, 128)
-    sums = [e.backend for e in session.received if e.WhichOneof("body") == "backend"
-            and e.backend.kind == "ckks.sums"]
+    sums = session.backend_messages("ckks.sums")
     assert sums, "no joint-term evaluation reached the fixed party"
     for envelope in session.received:
         kind = envelope.WhichOneof("body")
@@ -120,20 +130,66 @@ def test_the_fixed_party_receives_only_ciphertexts_and_requests():
         assert not message.values
         (part,) = unpack(message.arrays[0], message.blob, 1)
         he.from_bytes("Ciphertext", part)  # one valid SEAL ciphertext, nothing else
-    # The sums the fixed party decrypts are masked afresh every time.
-    assert len({m.blob for m in sums}) == len(sums)
 
 
-def _evaluation(backend, fixed, moving):
+def _metric(backend, session, moving):
+    """A metric on one full-resolution level (every point) of the session's fixed image."""
     from ppir_itk.pyramid import Level, LevelSchedule
 
-    metric = ppir_itk.PrivateMeanSquaresImageToImageMetric(
-        backend, session=ppir_itk.in_process_session(fixed))
+    metric = ppir_itk.PrivateMeanSquaresImageToImageMetric(backend, session=session)
     metric.SetMovingImage(moving)
     metric.SetTransform(ppir_itk.make_transform("affine", 2))
     metric.backend.start(LevelSchedule.from_lists([1], [0.0]), ppir_itk.NoSampling())
     metric.initialize_level(0, Level(1, 0.0), ppir_itk.NoSampling())
-    return metric.evaluate()
+    return metric
+
+
+def _evaluation(backend, fixed, moving):
+    return _metric(backend, ppir_itk.in_process_session(fixed), moving).evaluate()
+
+
+def _decrypt_as_the_fixed_party(session: _RecordingSession, message: pb.BackendMessage,
+                                count: int) -> list[np.ndarray]:
+    """The slots of each ciphertext in ``message``, decrypted with the fixed party's key."""
+    side = session.serving.backend_side
+    he = side.he
+    decryptor = he.seal.Decryptor(he.context, side._secret_key)
+    slots = []
+    for data in unpack(message.arrays[0], message.blob, count):
+        plain = he.seal.Plaintext()
+        decryptor.decrypt(he.from_bytes("Ciphertext", data), plain)
+        slots.append(np.array(he.encoder.decode_uint64(plain), dtype=np.uint64))
+    return slots
+
+
+def test_what_the_fixed_party_decrypts_is_masked_afresh_and_the_sums_come_out_exact():
+    """Two evaluations of identical fields. Unmasked, the accumulated products would be
+    the same twice, and 0 in every slot where all the fixed party's level rows are 0 (the
+    band of J = 0); masked uniformly mod t they are neither (a slot is 0 with probability
+    1/t, about 2^-60). The moving party still removes the masks exactly."""
+    fixed = head_phantom((40, 36))
+    fixed.array[12:28] = 0.0  # with the background, slots whose unmasked product is 0
+    moving, _ = known_pair(fixed, "rigid", [0.05, 1.0, -0.5])
+    session = _RecordingSession(fixed)
+    metric = _metric("ckks", session, moving)
+    first, second = metric.evaluate(), metric.evaluate()
+    (level,) = session.backend_messages("ckks.level", replies=True)
+    level_rows = _decrypt_as_the_fixed_party(session, level, array_from_pb(level.arrays[0]).size)
+    zero_product = np.all([row == 0 for row in level_rows], axis=0)
+    assert zero_product.sum() > 100
+    sums = session.backend_messages("ckks.sums")
+    assert len(sums) == 2
+    slots = [_decrypt_as_the_fixed_party(session, message, 1)[0] for message in sums]
+    for decrypted in slots:
+        assert np.all(decrypted[zero_product] != 0), "an unmasked product reached the fixed party"
+    assert np.mean(slots[0] != slots[1]) > 0.99, "the masks were not drawn afresh"
+    # The masks come off exactly: the same exact sums twice, and the clear backend's result.
+    assert first.value == second.value
+    np.testing.assert_array_equal(first.gradient, second.gradient)
+    clear = _evaluation("clear", fixed, moving)
+    np.testing.assert_allclose(first.value, clear.value, rtol=1e-5)  # fixed-point J
+    np.testing.assert_allclose(first.gradient, clear.gradient, rtol=0,
+                               atol=1e-4 * np.abs(clear.gradient).max())
 
 
 def test_rows_of_points_outside_the_moving_image_are_skipped_exactly():
