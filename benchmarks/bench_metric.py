@@ -9,8 +9,9 @@ times (best of ``--repeats``):
   clear backend: warp, gradient, valid mask, the affine Gram matrix (for the
   Gauss-Newton Hessian, which ITK does not compute), the local moments and
   the joint moments;
-- ``numpy``: the same computation with the NumPy reference kernels of
-  ``tests/reference.py``;
+- ``numpy``: the same computation in plain vectorised NumPy (``numpy_baseline``
+  below: the kernels' contract, docs/kernels.md, written one array operation
+  at a time; each step maps the fixed grid's points afresh, as each kernel does);
 - ``itk``: ``itk.MeanSquaresImageToImageMetricv4.GetValueAndDerivative`` with a
   linear interpolator, moving-image gradient from ITK's precomputed gradient
   filter (its default) and from its central-difference calculator.
@@ -21,22 +22,18 @@ Prints each time and the ratios measured in the same run.
 from __future__ import annotations
 
 import argparse
-import sys
+import itertools
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-import reference  # noqa: E402
-
-import ppir_itk  # noqa: E402
-from ppir_itk import parallel  # noqa: E402
-from ppir_itk.phantoms import head_phantom  # noqa: E402
-from ppir_itk.pyramid import Level, LevelSchedule  # noqa: E402
-from ppir_itk.transforms import make_transform  # noqa: E402
+import ppir_itk
+from ppir_itk import parallel
+from ppir_itk.image import GridGeometry
+from ppir_itk.phantoms import head_phantom
+from ppir_itk.pyramid import Level, LevelSchedule
+from ppir_itk.transforms import make_transform
 
 
 def best_of(repeats: int, call) -> float:
@@ -71,24 +68,65 @@ def ours(fixed, moving, transform):
     return metric.evaluate
 
 
-def numpy_reference(fixed, moving, transform):
-    geometry, moving_geometry = fixed.geometry, moving.geometry
-    gradient_image = reference.central_gradient(moving.array)
-    fixed_values = fixed.array.ravel().astype(np.float64)
-    n = geometry.number_of_points
-    center = geometry.center()
+def _physical_points(geometry: GridGeometry) -> np.ndarray:
+    """Every fixed-grid point in physical space, ITK order, shape (n, d)."""
+    flat = np.arange(geometry.number_of_points)
+    index = np.stack(np.unravel_index(flat, geometry.size[::-1])[::-1], axis=1)
+    return geometry.origin_array + index @ geometry.index_to_physical.T
+
+
+def _affine_basis(geometry: GridGeometry) -> np.ndarray:
+    """phi(x) = (x - c, 1) at every fixed-grid point, shape (n, d + 1)."""
+    points = _physical_points(geometry)
+    return np.hstack([points - geometry.center(), np.ones((len(points), 1))])
+
+
+def _warp(moving, index_gradient, geometry, matrix, offset):
+    """Warped values, physical gradient, valid mask: ITK's IsInsideBuffer, linear
+    interpolation of the image and of its central-difference gradient."""
+    moving_geometry = moving.geometry
     d = geometry.dimension
+    to_index = moving_geometry.physical_to_index
+    u = (_physical_points(geometry) @ matrix.T + offset - moving_geometry.origin_array) \
+        @ to_index.T
+    size = np.array(moving.array.shape[::-1])
+    valid = np.all((u >= -0.5) & (u < size - 0.5), axis=1)  # half a pixel beyond the centres
+    inside = np.clip(u[valid], 0, size - 1)  # sampled on the border
+    lower = np.floor(inside).astype(np.int64)
+    upper = np.minimum(lower + 1, size - 1)
+    fraction = inside - lower
+    image = moving.array.astype(np.float64)
+    values, gradient = np.zeros(len(u)), np.zeros((len(u), d))
+    inside_values, inside_gradient = np.zeros(len(inside)), np.zeros((len(inside), d))
+    for corner in itertools.product((False, True), repeat=d):
+        index = np.where(corner, upper, lower)[:, ::-1].T  # NumPy order
+        weight = np.prod(np.where(corner, fraction, 1.0 - fraction), axis=1)
+        inside_values += weight * image[tuple(index)]
+        inside_gradient += weight[:, None] * index_gradient[tuple(index)]
+    values[valid] = inside_values
+    gradient[valid] = inside_gradient @ to_index  # row-wise to_index^T g
+    return values, gradient, valid, int(valid.sum())
+
+
+def numpy_baseline(fixed, moving, transform):
+    geometry = fixed.geometry
+    d = geometry.dimension
+    n = geometry.number_of_points
+    # Index-space central differences along ITK axis k (NumPy axis d - 1 - k), one-sided
+    # at the borders: computed once, outside the timing, as the metric does per level.
+    index_gradient = np.stack(np.gradient(moving.array.astype(np.float64))[::-1], axis=-1)
+    fixed_values = fixed.array.ravel().astype(np.float64)
 
     def evaluate():
         matrix, offset = transform.matrix_offset()
-        basis = (geometry.size_array, geometry.index_to_physical, geometry.origin_array)
-        values, gradient, valid, n_valid = reference.warp(
-            moving.array, gradient_image, moving_geometry.physical_to_index,
-            moving_geometry.origin_array, *basis, matrix, offset, None, 0, n)
-        gram = reference.affine_gram(*basis, center, None, 0, n, gradient)
-        local = reference.affine_moments(*basis, center, None, 0, n, gradient, values)
-        joint = reference.affine_moments(*basis, center, None, 0, n, gradient, fixed_values)
-        coefficients = transform.jacobian_in_affine_basis(center).reshape(-1, d * (d + 1))
+        values, gradient, valid, n_valid = _warp(moving, index_gradient, geometry, matrix,
+                                                 offset)
+        rows = (gradient[:, :, None] * _affine_basis(geometry)[:, None, :]).reshape(n, -1)
+        gram = rows.T @ rows
+        local = gradient.T @ (values[:, None] * _affine_basis(geometry))
+        joint = gradient.T @ (fixed_values[:, None] * _affine_basis(geometry))
+        coefficients = transform.jacobian_in_affine_basis(geometry.center()).reshape(
+            -1, d * (d + 1))
         ssd = values @ values - 2 * values @ fixed_values + valid @ (fixed_values**2)
         return (ssd / n_valid, coefficients @ (local - joint).ravel(),
                 coefficients @ gram @ coefficients.T)
@@ -135,7 +173,7 @@ def main() -> None:
         fixed, moving, transform = case(shape)
         calls = {
             "ours": ours(fixed, moving, transform),
-            "numpy": numpy_reference(fixed, moving, transform),
+            "numpy": numpy_baseline(fixed, moving, transform),
             "itk_filter": itk_metric(fixed, moving, transform, True),
             "itk_cdiff": itk_metric(fixed, moving, transform, False),
         }

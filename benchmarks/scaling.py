@@ -103,7 +103,7 @@ def run_one(label: str, side: int, iterations: int, deadline: float) -> dict[str
     """One registration of a side x side pair with one backend; its figures (child process)."""
     import ppir_itk
     from ppir_itk.phantoms import head_phantom, moved_copy
-    from ppir_itk.registration import _party
+    from ppir_itk.registration import party_figures
     from ppir_itk.transforms import make_transform
 
     warnings.simplefilter("ignore")
@@ -133,7 +133,7 @@ def run_one(label: str, side: int, iterations: int, deadline: float) -> dict[str
 
     def traffic(since: str, until: str) -> tuple[float, float]:
         """(sent, received) by the moving party between two marks."""
-        figures = _party(marks[until] - marks[since], 0.0)
+        figures = party_figures(marks[until] - marks[since], 0.0)
         return figures["bytes_sent"], figures["bytes_received"]
 
     alone = traffic("setup", "last")

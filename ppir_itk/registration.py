@@ -303,14 +303,15 @@ class ImageRegistrationMethod(Observable):
             moving_party.abort(f"the moving party stopped: {type(error).__name__}")
             raise
         result.parties = {
-            "moving": _party(moving_party.counters(),
+            "moving": party_figures(moving_party.counters(),
                              sum(level.seconds for level in result.levels)),
-            "fixed": _party(Counters.from_pb(closed.stats), closed.stats.seconds),
+            "fixed": party_figures(Counters.from_pb(closed.stats), closed.stats.seconds),
         }
         for name, (counters, seconds) in moving_party.other_parties(closed).items():
-            result.parties[name] = _party(counters, seconds)
+            result.parties[name] = party_figures(counters, seconds)
         for level, fixed_level in zip(result.levels, closed.levels, strict=False):
-            level.parties["fixed"] = _party(Counters.from_pb(fixed_level), fixed_level.seconds)
+            level.parties["fixed"] = party_figures(Counters.from_pb(fixed_level),
+                                                   fixed_level.seconds)
         for level in result.levels:
             for figures in level.parties.values():
                 figures["per_iteration"] = {
@@ -352,7 +353,7 @@ class ImageRegistrationMethod(Observable):
                     seconds=seconds,
                     setup_seconds=setup_seconds,
                     stop_condition=self.optimizer.GetStopConditionDescription(),
-                    parties={"moving": _party(moving_party.counters() - mark, seconds)},
+                    parties={"moving": party_figures(moving_party.counters() - mark, seconds)},
                 )
             )
             if self._stop_requested:
@@ -373,8 +374,23 @@ class ImageRegistrationMethod(Observable):
         transform.translation = moving_center - fixed_center
 
 
-def _party(counters: Counters, seconds: float) -> dict[str, float | int]:
-    """One party's figures for a report; ``bytes_*`` are on the wire when there is one."""
+def party_figures(counters: Counters, seconds: float) -> dict[str, float | int]:
+    """One party's figures for a report (``RegistrationResult.parties``) from its counters.
+
+    Parameters
+    ----------
+    counters : Counters
+        The party's message and byte counts (e.g. a session's ``counters()``, or
+        the difference of two of them for a stretch of a session).
+    seconds : float
+        The party's busy time over the same stretch.
+
+    Returns
+    -------
+    dict
+        ``seconds``, every counter, and ``bytes_sent`` / ``bytes_received``: the
+        bytes on the wire when there is one, the payload bytes otherwise.
+    """
     figures: dict[str, float | int] = {"seconds": seconds, **counters.as_dict()}
     on_wire = counters.wire_bytes_sent or counters.wire_bytes_received
     figures["bytes_sent"] = counters.wire_bytes_sent if on_wire else counters.payload_bytes_sent

@@ -220,7 +220,7 @@ def test_private_backends_follow_clear(deformed_slice, clear_result, backend):
 
 def test_refined_grid_and_bending_energy_and_an_affine_bulk(deformed_slice):
     fixed, moving, truth, brain = deformed_slice
-    bulk = make_transform("affine", 2)  # identity: the composite must change nothing
+    bulk = make_transform("affine", 2)  # identity: the composite must change nothing (below)
     options = {**BSPLINE, "refine_grid": True, "bulk_transform": bulk}
     result = register_in_process(fixed, moving, **options)
     assert result.transform.bulk is not None
@@ -229,6 +229,10 @@ def test_refined_grid_and_bending_energy_and_an_affine_bulk(deformed_slice):
     ).size
     assert np.all(result.transform.spacing <= 8.0)
     assert _rms(result.transform, truth, fixed.geometry, brain) < 0.5
+    alone = register_in_process(fixed, moving, **{**BSPLINE, "refine_grid": True})
+    assert alone.transform.bulk is None and alone.iterations == result.iterations
+    np.testing.assert_allclose(result.transform.parameters, alone.transform.parameters,
+                               rtol=1e-12, atol=1e-12)
     without = register_in_process(fixed, moving, **{**BSPLINE, "bending_energy_weight": 0.0})
     assert _rms(without.transform, truth, fixed.geometry, brain) > 0.5  # the regulariser helps
 

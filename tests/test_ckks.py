@@ -89,15 +89,27 @@ def test_packed_protocol_lands_on_the_clear_result(dimension):
 
 
 class _RecordingSession(LocalSession):
-    """An in-process session that keeps every envelope the fixed party receives."""
+    """An in-process session that keeps every envelope the fixed party receives and every
+    reply it sends."""
 
     def __init__(self, fixed) -> None:
         super().__init__(FixedPartySession(fixed, ppir_itk.FixedPolicy(backends=("ckks",))))
         self.received: list[pb.Envelope] = []
+        self.replies: list[pb.Envelope] = []
 
     def _send(self, envelope: pb.Envelope) -> None:
         self.received.append(envelope)
         super()._send(envelope)
+
+    def _receive(self, expected: str) -> pb.Envelope:
+        reply = super()._receive(expected)
+        self.replies.append(reply)
+        return reply
+
+    def backend_messages(self, kind: str, replies: bool = False) -> list:
+        """The bodies of the backend messages of type ``kind`` (the oneof field's name)."""
+        return [getattr(e.backend, kind) for e in (self.replies if replies else self.received)
+                if e.WhichOneof("body") == "backend" and e.backend.WhichOneof("body") == kind]
 
 
 def test_the_fixed_party_receives_only_ciphertexts_and_requests():
@@ -109,8 +121,7 @@ def test_the_fixed_party_receives_only_ciphertexts_and_requests():
     register_with(session, moving, backend="ckks", transform="rigid", shrink_factors=[1],
                   smoothing_sigmas=[0.0])
     he = HEContext(8192, 128)
-    sums = [e.backend.he_masked_products for e in session.received
-            if e.WhichOneof("body") == "backend" and e.backend.HasField("he_masked_products")]
+    sums = session.backend_messages("he_masked_products")
     assert sums, "no joint-term evaluation reached the fixed party"
     for envelope in session.received:
         kind = envelope.WhichOneof("body")
@@ -120,20 +131,66 @@ def test_the_fixed_party_receives_only_ciphertexts_and_requests():
     for message in sums:
         (part,) = message.ciphertexts
         he.from_bytes("Ciphertext", part)  # one valid SEAL ciphertext, nothing else
-    # The sums the fixed party decrypts are masked afresh every time.
-    assert len({m.ciphertexts[0] for m in sums}) == len(sums)
 
 
-def _evaluation(backend, fixed, moving):
+def _metric(backend, session, moving):
+    """A metric on one full-resolution level (every point) of the session's fixed image."""
     from ppir_itk.pyramid import Level, LevelSchedule
 
-    metric = ppir_itk.PrivateMeanSquaresImageToImageMetric(
-        backend, session=ppir_itk.in_process_session(fixed))
+    metric = ppir_itk.PrivateMeanSquaresImageToImageMetric(backend, session=session)
     metric.SetMovingImage(moving)
     metric.SetTransform(ppir_itk.make_transform("affine", 2))
     metric.moving_party.start(LevelSchedule.from_lists([1], [0.0]), ppir_itk.NoSampling())
     metric.initialize_level(0, Level(1, 0.0), ppir_itk.NoSampling())
-    return metric.evaluate()
+    return metric
+
+
+def _evaluation(backend, fixed, moving):
+    return _metric(backend, ppir_itk.in_process_session(fixed), moving).evaluate()
+
+
+def _decrypt_as_the_fixed_party(session: _RecordingSession, message: pb.BackendMessage,
+                                count: int) -> list[np.ndarray]:
+    """The slots of each ciphertext in ``message``, decrypted with the fixed party's key."""
+    side = session.serving.backend_side
+    he = side.he
+    decryptor = he.seal.Decryptor(he.context, side._secret_key)
+    slots = []
+    for data in message.ciphertexts[:count]:
+        plain = he.seal.Plaintext()
+        decryptor.decrypt(he.from_bytes("Ciphertext", data), plain)
+        slots.append(np.array(he.encoder.decode_uint64(plain), dtype=np.uint64))
+    return slots
+
+
+def test_what_the_fixed_party_decrypts_is_masked_afresh_and_the_sums_come_out_exact():
+    """Two evaluations of identical fields. Unmasked, the accumulated products would be
+    the same twice, and 0 in every slot where all the fixed party's level rows are 0 (the
+    band of J = 0); masked uniformly mod t they are neither (a slot is 0 with probability
+    1/t, about 2^-60). The moving party still removes the masks exactly."""
+    fixed = head_phantom((40, 36))
+    fixed.array[12:28] = 0.0  # with the background, slots whose unmasked product is 0
+    moving, _ = known_pair(fixed, "rigid", [0.05, 1.0, -0.5])
+    session = _RecordingSession(fixed)
+    metric = _metric("ckks", session, moving)
+    first, second = metric.evaluate(), metric.evaluate()
+    (level,) = session.backend_messages("he_level", replies=True)
+    level_rows = _decrypt_as_the_fixed_party(session, level, len(level.ciphertexts))
+    zero_product = np.all([row == 0 for row in level_rows], axis=0)
+    assert zero_product.sum() > 100
+    sums = session.backend_messages("he_masked_products")
+    assert len(sums) == 2
+    slots = [_decrypt_as_the_fixed_party(session, message, 1)[0] for message in sums]
+    for decrypted in slots:
+        assert np.all(decrypted[zero_product] != 0), "an unmasked product reached the fixed party"
+    assert np.mean(slots[0] != slots[1]) > 0.99, "the masks were not drawn afresh"
+    # The masks come off exactly: the same exact sums twice, and the clear backend's result.
+    assert first.value == second.value
+    np.testing.assert_array_equal(first.gradient, second.gradient)
+    clear = _evaluation("clear", fixed, moving)
+    np.testing.assert_allclose(first.value, clear.value, rtol=1e-5)  # fixed-point J
+    np.testing.assert_allclose(first.gradient, clear.gradient, rtol=0,
+                               atol=1e-4 * np.abs(clear.gradient).max())
 
 
 def test_rows_of_points_outside_the_moving_image_are_skipped_exactly():

@@ -15,7 +15,6 @@ from conftest import known_pair
 
 from ppir_itk.cli import main
 from ppir_itk.evaluation import displacement_rmse
-from ppir_itk.image import ImageGrid
 from ppir_itk.wrapping.images import as_image_grid, write_image
 from ppir_itk.wrapping.transforms import from_itk, from_sitk
 
@@ -120,80 +119,6 @@ def _palette_png(path, grey=True):
         + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
     )
     return path
-
-
-def _nonorthonormal_nifti(path):
-    nibabel = pytest.importorskip("nibabel")
-    shear = np.array([[1, 0.5, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])
-    image = nibabel.Nifti1Image(np.random.default_rng(0).random((8, 9, 10), np.float32), shear)
-    image.set_qform(None, code=0)
-    image.set_sform(shear, code=1)
-    nibabel.save(image, str(path))
-    return path
-
-
-def _image(path, array):
-    write_image(ImageGrid(array), path)
-    return path
-
-
-def _bad_inputs(tmp_path, pair):
-    rng = np.random.default_rng(1)
-    nan_image = rng.random((20, 20))
-    nan_image[3, 4] = np.nan
-    colour = sitk.Compose(*[sitk.GetImageFromArray(rng.integers(0, 255, (12, 10), np.uint8))
-                            for _ in range(3)])
-    sitk.WriteImage(colour, str(tmp_path / "colour.png"))
-    (tmp_path / "empty.nii").write_bytes(b"")
-    volume = str(_image(tmp_path / "volume.mha", rng.random((6, 20, 20))))
-    shrink = ["--shrink-factors", "4", "2", "1", "--smoothing-sigmas", "1", "0"]
-    # case: (options replacing the defaults, extra options, what the sentence must say)
-    return {
-        "missing file": ({"--fixed": str(tmp_path / "nope.nii")}, [], "does not exist"),
-        "empty file": ({"--fixed": str(tmp_path / "empty.nii")}, [], "cannot read"),
-        "colour image": ({"--moving": str(tmp_path / "colour.png")}, [], "colour image"),
-        "dimension mismatch": ({"--moving": volume}, [], "same dimension"),
-        "NaN pixels": ({"--fixed": str(_image(tmp_path / "nan.mha", nan_image))}, [], "NaN"),
-        "constant image": ({"--moving": str(_image(tmp_path / "c.mha", np.full((9, 9), 3.0)))},
-                           [], "constant"),
-        "non-orthonormal NIfTI": ({"--fixed": str(_nonorthonormal_nifti(tmp_path / "s.nii")),
-                                   "--moving": volume}, [], "not orthonormal"),
-        "unknown transform": ({}, ["--transform", "bspline-ish"], "transform"),
-        "unknown backend": ({}, ["--backend", "magic"], "unknown backend 'magic'"),
-        "unknown sampling": ({}, ["--sampling", "some"], "unknown sampling"),
-        "levels mismatch": ({}, shrink, "one value per level"),
-        "bad transform suffix": ({"--output-transform": str(tmp_path / "t.xyz")}, [],
-                                 "must end in"),
-        "unknown spdz provider": ({}, ["--backend", "spdz", "--backend-parameter",
-                                       "provider=mine"], "no provider 'mine'"),
-        "dealer without a peer": ({}, ["--dealer", "127.0.0.1:1"], "--dealer goes with --peer"),
-        "bspline without a grid": ({}, ["--transform", "bspline"], "--grid-spacing"),
-        "initial transform without bspline": ({}, ["--initial-transform", str(tmp_path)],
-                                               "goes with --transform bspline"),
-    }
-
-
-BAD = ["missing file", "empty file", "colour image", "dimension mismatch", "NaN pixels",
-       "constant image", "non-orthonormal NIfTI", "unknown transform", "unknown backend",
-       "unknown sampling", "levels mismatch", "bad transform suffix", "unknown spdz provider",
-       "dealer without a peer", "bspline without a grid", "initial transform without bspline"]
-
-
-@pytest.mark.parametrize("case", BAD)
-def test_bad_input_is_one_sentence_and_no_output(case, tmp_path, pair, capsys):
-    overrides, extra, expected = _bad_inputs(tmp_path, pair)[case]
-    out = tmp_path / "out.tfm"
-    args = {"--fixed": str(pair[0]), "--moving": str(pair[1]), "--output-transform": str(out),
-            "--report": str(tmp_path / "r.json"), **overrides}
-    flat = [item for option, value in args.items() for item in (option, value)]
-    status = main(["register", "--quiet", *flat, *extra])
-    err = capsys.readouterr().err
-    assert status == 2
-    errors = [line for line in err.splitlines() if line.startswith("ppir: error:")]
-    assert len(errors) == 1 and expected in errors[0], err
-    assert "Traceback" not in err
-    assert not out.exists() and not (tmp_path / "r.json").exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_palette_png_is_read_as_grey_and_says_so(tmp_path, capsys):

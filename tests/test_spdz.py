@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import known_pair, register_in_process, speaks_to_unauthenticated
+from conftest import known_pair, register_in_process
 
 import ppir_itk
 from ppir_itk.backends.crypten_compat import CONVERTER, acting_as, load_crypten
 from ppir_itk.backends.spdz_shares import MailboxCommunicator
-from ppir_itk.compose import spawn_fixed_party
 from ppir_itk.evaluation import displacement_rmse
 from ppir_itk.fixed_party import FixedPartyServer
 from ppir_itk.fixed_point import RING
@@ -175,43 +172,6 @@ def test_two_processes_and_a_dealer_match_clear_and_report_every_party(phantom_2
     assert 4 * n * 8 < per_iteration < 2 * 3 * n * 8
     assert report["learned_in_the_clear"]["fixed"] == []
     assert "8 sums per evaluation" in report["learned_in_the_clear"]["moving"][0]
-
-
-def _listening_ports(pid: int) -> set[int]:
-    """TCP ports process ``pid`` listens on (from /proc)."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        target = os.readlink(fd) if fd.is_symlink() else ""
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A" and fields[9] in inodes:  # state LISTEN
-                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
-
-
-def test_no_port_of_any_party_speaks_to_an_unauthenticated_peer(phantom_2d, tmp_path):
-    """After an spdz session, every port the fixed party and the dealer listen on (the
-    public one and gRPC's own behind the byte-counting relay; SPDZ adds none) refuses
-    clients without a certificate from the CA."""
-    other_pki = ppir_itk.init_pki(tmp_path / "other", ca_name="another CA")
-    moving, _ = known_pair(phantom_2d, "translation", [1.0, -1.0])
-    with spawn_fixed_party(phantom_2d, backends=("spdz",)) as fixed_party:
-        session = ppir_itk.connect(fixed_party.address, fixed_party.client_tls,
-                                   dealer=fixed_party.dealer_address)
-        ppir_itk.register_with(session, moving, backend="spdz", transform="translation",
-                               shrink_factors=[2], smoothing_sigmas=[0.0], iterations=3)
-        pki = fixed_party.directory / "pki"
-        for process, address in ((fixed_party.process, fixed_party.address),
-                                 (fixed_party.dealer_process, fixed_party.dealer_address)):
-            ports = _listening_ports(process.pid)
-            assert int(address.rsplit(":", 1)[1]) in ports and len(ports) == 2
-            for port in ports:
-                assert not speaks_to_unauthenticated(f"127.0.0.1:{port}", pki)
-                assert not speaks_to_unauthenticated(f"127.0.0.1:{port}", pki, other_pki)
 
 
 # -- the trusted-first-party provider: single process only -------------------------------
