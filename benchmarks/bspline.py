@@ -1,6 +1,6 @@
 """B-spline registration through every backend, against a known deformation.
 
-    python benchmarks/bspline.py [--grids 4 16] [--backends clear ckks spdz]
+    python benchmarks/bspline.py [--grids 4 16] [--backends clear he spdz]
         [--volume 96] [--data ../shared/data/brain-affine-pair]
 
 2-D: the brain pair's template (256 x 221 pixels) is the moving image; the
@@ -89,7 +89,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--grids", type=float, nargs="+", default=[4.0, 16.0])
-    parser.add_argument("--backends", nargs="+", default=["clear", "ckks", "spdz"])
+    parser.add_argument("--backends", nargs="+", default=["clear", "he", "spdz"])
     parser.add_argument("--volume", type=int, help="also a 3-D phantom of this size")
     args = parser.parse_args()
     warnings.simplefilter("ignore")

@@ -11,31 +11,31 @@ seconds per 10^6 values: for HE, per 10^6 slot values, i.e. one call's time x
 ciphertexts, 8 bytes per int64 ring element for shares), left blank for local
 work.
 
-``ckks`` protocol ``packed`` (BFV under the name ckks, ``backends/ckks.py``):
+``he`` protocol ``packed`` (BFV under the name he, ``backends/he.py``):
 the backend's own ``HEContext`` with its default parameters (N = 8192,
 SEAL's HE-standard 128-bit coefficient modulus, 60-bit batching plain
 modulus; 8192 slots, all filled). In a 2-D affine iteration every point
 fills d (d + 1) + 2 = 8 slots, so 10^6 points are 8 x 10^6 slot values.
 
 - encode + encrypt: the fixed party's work per ciphertext of its level upload
-  (``CKKSFixedSide.on_points``, public-key encryption, serialisation apart);
+  (``HEPackedFixedSide.on_points``, public-key encryption, serialisation apart);
 - save (serialise): ``HEContext.to_bytes`` on a fresh ciphertext; MB is the
   level upload's size per 10^6 slot values;
 - load + to NTT: the moving party's per-level work on each received
-  ciphertext (``CKKSBackend._on_points``);
-- ct x pt: ``CKKSBackend._product`` (encode the moving party's row, to NTT,
+  ciphertext (``HEPackedBackend._on_points``);
+- ct x pt: ``HEPackedBackend._product`` (encode the moving party's row, to NTT,
   ``multiply_plain``), once per ciphertext per iteration;
 - ct + ct: adding a product into the accumulator (``add_inplace``);
-- mask, switch down, re-randomise, save: ``CKKSBackend.masked`` on one
+- mask, switch down, re-randomise, save: ``HEPackedBackend.masked`` on one
   product (once per iteration in the protocol); MB is its output;
-- load + decrypt + decode: ``CKKSFixedSide._decrypt``, the fixed party's
+- load + decrypt + decode: ``HEPackedFixedSide._decrypt``, the fixed party's
   per-iteration work on what it receives;
 - ct x ct + relinearise: NOT used by any protocol (no ct x ct product, no
   rotation in ``packed``); for reference, with relinearisation keys made for
   it.
 
-``ckks`` protocols ``paper-v1`` / ``paper-v2`` (real CKKS, TenSEAL,
-``backends/ckks_paper.py``): the context of ``_new_context()`` (N = 8192,
+``he`` protocols ``paper-v1`` / ``paper-v2`` (real CKKS, TenSEAL,
+``backends/he_paper.py``): the context of ``_new_context()`` (N = 8192,
 coefficient modulus 60, 40, 40, 60 bits, scale 2^40) with the Galois keys
 paper-v1's fixed party makes; 4096 slots (N / 2), all filled.
 
@@ -117,11 +117,11 @@ def best_of(repeats: int, call: Callable[[Any], Any],
 
 def packed_rows(repeats: int, batch: int) -> tuple[str, list[Row]]:
     """BFV as protocol ``packed`` runs it, through the backend's own objects."""
-    from ppir_itk.backends.ckks import CKKSBackend, CKKSFixedSide
+    from ppir_itk.backends.he import HEPackedBackend, HEPackedFixedSide
     from ppir_itk.randomness import uniform_below
 
-    fixed = CKKSFixedSide({}, policy=None)  # holds the keys, as the fixed party does
-    moving = CKKSBackend(session=None, parameters={})  # no session: local calls only
+    fixed = HEPackedFixedSide({}, policy=None)  # holds the keys, as the fixed party does
+    moving = HEPackedBackend(session=None, parameters={})  # no session: local calls only
     he, seal = moving.he, moving.he.seal
     moving._public_key = he.from_bytes("PublicKey", fixed.he.to_bytes(fixed._public_key))
     moving._encryptor = seal.Encryptor(he.context, moving._public_key)
@@ -193,7 +193,7 @@ def packed_rows(repeats: int, batch: int) -> tuple[str, list[Row]]:
         Row("ct x ct + relinearise (not used)", best_of(repeats, squares) * per),
     ]
     bits = [m.bit_count() for m in he.context.key_context_data().parms().coeff_modulus()]
-    title = (f"ckks packed (BFV, N={he.degree}, coefficient modulus {'+'.join(map(str, bits))} "
+    title = (f"he packed (BFV, N={he.degree}, coefficient modulus {'+'.join(map(str, bits))} "
              f"bits, plain modulus {he.t.bit_length()} bits; {slots} slots)")
     return title, rows
 
@@ -202,7 +202,7 @@ def paper_rows(repeats: int, batch: int) -> tuple[str, list[Row]]:
     """CKKS as protocols ``paper-v1`` and ``paper-v2`` run it (TenSEAL)."""
     import tenseal as ts
 
-    from ppir_itk.backends.ckks_paper import (
+    from ppir_itk.backends.he_paper import (
         COEFF_MOD_BIT_SIZES,
         POLY_MODULUS_DEGREE,
         SCALE_BITS,
@@ -239,7 +239,7 @@ def paper_rows(repeats: int, batch: int) -> tuple[str, list[Row]]:
             best_of(repeats, lambda _: [c * c for c in fresh]) * per),
         Row("decrypt", best_of(repeats, lambda _: [v.decrypt() for v in fresh]) * per),
     ]
-    title = (f"ckks paper-v1 / paper-v2 (CKKS, N={POLY_MODULUS_DEGREE}, coefficient modulus "
+    title = (f"he paper-v1 / paper-v2 (CKKS, N={POLY_MODULUS_DEGREE}, coefficient modulus "
              f"{'+'.join(map(str, COEFF_MOD_BIT_SIZES))} bits, scale 2^{SCALE_BITS}; "
              f"{slots} slots)")
     return title, rows

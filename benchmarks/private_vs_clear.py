@@ -1,6 +1,6 @@
 """A private backend against Clear on the paper's 2-D brain pair, in one run.
 
-    python benchmarks/private_vs_clear.py [--backend ckks] [--protocol packed]
+    python benchmarks/private_vs_clear.py [--backend he] [--protocol packed]
         [--sampling none urs] [--transform affine]
         [--data ../shared/data/brain-affine-pair]
 
@@ -42,8 +42,8 @@ def whole_registration(result) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--backend", default="ckks")
-    parser.add_argument("--protocol", help="the backend's protocol (ckks: packed, paper-v1, "
+    parser.add_argument("--backend", default="he")
+    parser.add_argument("--protocol", help="the backend's protocol (he: packed, paper-v1, "
                                            "paper-v2)")
     parser.add_argument("--sampling", nargs="+", default=["none", "urs"])
     parser.add_argument("--fraction", type=float, default=0.05)

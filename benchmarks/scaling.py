@@ -1,7 +1,7 @@
 """Per-iteration cost of each backend as the image grows, from 10^4 to 10^7 fixed-grid points.
 
     python benchmarks/scaling.py [--sizes 1e4 1e5 1e6 1e7]
-        [--backends clear ckks:packed ckks:paper-v1 ckks:paper-v2 spdz]
+        [--backends clear he:packed he:paper-v1 he:paper-v2 spdz]
         [--iterations 3] [--cap 300] [--max-points BACKEND=N ...]
         [--max-memory-gb 12] [--deadline 300]
 
@@ -19,7 +19,7 @@ Printed per run, from the result's report:
 
 - wall: the ``register`` call, start-up of the fixed party (and dealer) included;
 - set-up: the level's set-up (``level.setup_seconds``: the fixed party smooths,
-  the parties agree the points, the backend's per-level work, e.g. ckks packed's
+  the parties agree the points, the backend's per-level work, e.g. he packed's
   encrypted upload of J);
 - s/it: the moving party's ``(level.seconds - level.setup_seconds) /
   level.iterations``. A level of k iterations evaluates the joint term k + 1
@@ -29,7 +29,7 @@ Printed per run, from the result's report:
   (``result.parties["fixed"]["seconds"]``, its set-up included);
 - MB/it (report): ``level.parties[p]["per_iteration"]["bytes_sent"]`` for the
   moving and the fixed party. Note that ``registration.py`` divides the
-  *whole level's* traffic by the iterations, the set-up's included (for ckks
+  *whole level's* traffic by the iterations, the set-up's included (for he
   packed, the encrypted J; for spdz, F = Y - b);
 - MB/it alone: what each direction carried from the end of the set-up to the
   last iteration (observers on the method's events read the moving party's
@@ -55,15 +55,15 @@ the per-backend limits below, which exist because a larger run would fail or
 take far too long (figures from ``benchmarks/primitives.py``, 2-D):
 
 - clear: none;
-- ckks:packed, 4e6: the fixed party's encrypted level upload is one message of
+- he:packed, 4e6: the fixed party's encrypted level upload is one message of
   about 430 B per point (8 slots x 52.8 B; 43 MB measured at 10^5 points), and
   the runtime refuses messages over 2 GiB
   (``protocol.messages.DEFAULT_MAX_ENVELOPE``), i.e. beyond 5e6 points: 1e7
   points would be 4.3 GB (and each party holds two or three copies of it);
-- ckks:paper-v1, 2e6: eight DotProducts per 4096 points at ~38 ms each, about
+- he:paper-v1, 2e6: eight DotProducts per 4096 points at ~38 ms each, about
   80 s per iteration per 10^6 points (8.2 s measured at 10^5): at 1e7 points
   one run of 3 iterations (4 evaluations) would take about an hour;
-- ckks:paper-v2, 5e6: its replicated J_1 (fetched at the first evaluation, so
+- he:paper-v2, 5e6: its replicated J_1 (fetched at the first evaluation, so
   counted in the iterations, not the set-up) and every evaluation's upload are
   each about 8 x n/2 x 81 B = 324 B per point (36 MB measured per evaluation
   at 10^5 points), over 2 GiB beyond 6.6e6 points;
@@ -92,9 +92,9 @@ import numpy as np
 
 from ppir_itk.dealer import MAX_VALUES
 
-BACKENDS = ("clear", "ckks:packed", "ckks:paper-v1", "ckks:paper-v2", "spdz")
-MAX_POINTS = {"ckks:packed": 4_000_000, "ckks:paper-v1": 2_000_000,
-              "ckks:paper-v2": 5_000_000, "spdz": MAX_VALUES // 4}  # 4 = d + 2 rows
+BACKENDS = ("clear", "he:packed", "he:paper-v1", "he:paper-v2", "spdz")
+MAX_POINTS = {"he:packed": 4_000_000, "he:paper-v1": 2_000_000,
+              "he:paper-v2": 5_000_000, "spdz": MAX_VALUES // 4}  # 4 = d + 2 rows
 # The affine a registration should find (fixed to moving points, centred on the image).
 TRUTH = [1.02, 0.01, -0.015, 0.985, 1.5, -1.0]
 

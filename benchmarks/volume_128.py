@@ -1,6 +1,6 @@
 """A 3-D affine registration of a 128^3 volume through the two-party runtime.
 
-    python benchmarks/volume_128.py [--backend ckks] [--fraction 1.0] [--size 128]
+    python benchmarks/volume_128.py [--backend he] [--fraction 1.0] [--size 128]
 
 A generated head phantom and a copy moved by a known affine, levels 4, 2, 1;
 Clear first, then the private backend, both with the fixed party in its own
@@ -22,7 +22,7 @@ from ppir_itk.transforms import make_transform
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", default="ckks")
+    parser.add_argument("--backend", default="he")
     parser.add_argument("--fraction", type=float, default=1.0,
                         help="URS fraction (1.0: every voxel)")
     parser.add_argument("--size", type=int, default=128)

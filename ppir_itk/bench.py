@@ -59,7 +59,7 @@ from ppir_itk.options import DEFAULT_TIME_CAP, RegistrationOptions
 from ppir_itk.registration import PARTIES, RegistrationResult, register
 from ppir_itk.sampling import SAMPLINGS
 
-SOLUTIONS = ("clear", "ckks/packed", "ckks/paper-v1", "ckks/paper-v2", "spdz")
+SOLUTIONS = ("clear", "he/packed", "he/paper-v1", "he/paper-v2", "spdz")
 # The options each row sets for itself; the settings' values of these are not used.
 PER_ROW = ("backend", "backend_parameters", "sampling")
 FIGURES = ("seconds", "mb_sent")
@@ -93,7 +93,7 @@ class Row:
 
 
 def parse_solution(text: str) -> tuple[str, str | None]:
-    """``clear``, ``ckks`` (protocol ``packed``), ``ckks/paper-v1``, ``spdz`` ...: the
+    """``clear``, ``he`` (protocol ``packed``), ``he/paper-v1``, ``spdz`` ...: the
     backend, and its protocol where it has several."""
     from ppir_itk.backends import BACKENDS, check_backend_name, check_protocol
 

@@ -71,8 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--fixed", required=True, help="fixed image")
     serve.add_argument("--listen", required=True, help="HOST:PORT (port 0: any free port)")
     _add_tls_options(serve, "fixed-party")
-    serve.add_argument("--backends", nargs="+", default=["ckks"],
-                       help="backends offered (default: ckks; 'clear' sends the image openly)")
+    serve.add_argument("--backends", nargs="+", default=["he"],
+                       help="backends offered (default: he; 'clear' sends the image openly)")
     serve.add_argument("--dealer", help="HOST:PORT of the 'ppir dealer' this party trusts (spdz)")
     serve.add_argument("--max-sessions", type=int, default=1,
                        help="sessions served at the same time (default 1)")
@@ -121,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="register the example pair shipped with the package")
     demo.add_argument("--backend", default=RegistrationOptions.backend,
-                      help="joint-term backend (default: ckks; clear is NOT private)")
+                      help="joint-term backend (default: he; clear is NOT private)")
     demo.add_argument("--output-dir", help="also write transform, warped image and report here")
     demo.add_argument("--threads", type=int, default=None)
     return parser
@@ -148,11 +148,11 @@ def _add_registration_options(parser: argparse.ArgumentParser, bench: bool = Fal
                              "B-spline is composed with")
     if not bench:
         parser.add_argument("--backend", default=defaults.backend,
-                            help="joint-term backend: ckks (private), spdz (private, with a "
+                            help="joint-term backend: he (private), spdz (private, with a "
                                  f"dealer) or clear (NOT private); default: {defaults.backend}")
         parser.add_argument("--backend-parameter", action="append", default=[],
                             metavar="KEY=VALUE",
-                            help="backend option, repeatable (ckks: protocol=packed, "
+                            help="backend option, repeatable (he: protocol=packed, "
                                  "poly_modulus_degree=8192, security_bits=128; spdz: "
                                  "provider=dealer)")
         parser.add_argument("--sampling", default=defaults.sampling,
@@ -438,7 +438,8 @@ def _write_outputs(result: Any, moving: Any, transform_path: str | None, warped_
 
 def _summary(result: Any, transform_path: str | None) -> None:
     moving, fixed = result.parties["moving"], result.parties["fixed"]
-    print(f"backend {result.backend} ({'private' if result.private else 'NOT private'}), "
+    print(f"backend {result.backend}, protocol {result.protocol} ({result.scheme}; "
+          f"{'private' if result.private else 'NOT private'}), "
           f"two parties over {result.transport}; moving party sent "
           f"{moving['bytes_sent'] / 1e6:.2f} MB, fixed party {fixed['bytes_sent'] / 1e6:.2f} MB")
     if "dealer" in result.parties:

@@ -86,7 +86,7 @@ def in_process_session(fixed: Any, policy: FixedPolicy | None = None) -> LocalSe
     return session
 
 
-def serve(fixed: Any, listen: str, tls: TLS, *, backends: tuple[str, ...] | list[str] = ("ckks",),
+def serve(fixed: Any, listen: str, tls: TLS, *, backends: tuple[str, ...] | list[str] = ("he",),
           evaluation_budget: int = DEFAULT_EVALUATION_BUDGET, max_sessions: int = 1,
           deadline: float = DEFAULT_DEADLINE, session_limit: float = DEFAULT_SESSION_LIMIT,
           dealer: str | None = None) -> None:

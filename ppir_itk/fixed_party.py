@@ -22,7 +22,7 @@ sampling, seed)               the security model) and the evaluation budget
                               B-spline's control grid is public
 ``BackendMessage``            the backend's answer (:mod:`ppir_itk.backends`):
                               ``clear`` sends J in the clear (NOT private);
-                              ``ckks`` and ``spdz`` send only what is uniform
+                              ``he`` and ``spdz`` send only what is uniform
                               to the moving party, and the joint term
 ``Close``                     ``Closed``: the fixed party's own accounting
 ============================  ===================================================

@@ -5,7 +5,7 @@ with a power-of-two exponent ``e`` chosen per vector (:func:`exponent`,
 :func:`encode`), and every sum they reveal is an exact integer sum, decoded by
 dividing out the exponents (:func:`decode`). A sum is exact when its true value
 fits the modulus it is computed in (the ring Z_2^64 of ``spdz``, read as signed
-integers; BFV's plain modulus ``t`` of ``ckks``, read as centred
+integers; BFV's plain modulus ``t`` of ``he``, read as centred
 representatives). :func:`budget` gives every factor its bits so that it does.
 
 The argument, in one place
@@ -32,7 +32,7 @@ modulus's ``B = bits``:
   ``|sum q(J)^2| <= 2^(squared_bits - 2)`` and
   ``|sum q(I_w) q(J)| <= 2^(warped_bits - 2)``.
 
-The moduli: :data:`PLAIN_MODULUS` (``ckks``: ``t`` is a 60-bit prime, so every
+The moduli: :data:`PLAIN_MODULUS` (``he``: ``t`` is a 60-bit prime, so every
 ``|sum| < 2^58 = 2^SUM_BITS`` is below ``t / 2``, and ``B = 59`` keeps the moments
 under ``2^57``) and :data:`RING` (``spdz``: ``B = 64`` keeps them under
 ``2^62 < 2^63``). No product is ever truncated and the masks add modulo the same

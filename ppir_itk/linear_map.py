@@ -56,7 +56,7 @@ class PointSet(Protocol):
 
 PHI_BITS = 12  # fixed-point bits (sign included) of the affine basis coordinates
 # Fixed-point bits per axis of the B-spline weights when a party applies the basis to
-# integers (spdz's shares, ckks's masked values): what the 64-bit sums leave room for.
+# integers (spdz's shares, he's masked values): what the 64-bit sums leave room for.
 WEIGHT_BITS = {2: 10, 3: 7}
 LIMB_BITS = 20  # mod_t splits values below 2^60 into three limbs
 
@@ -110,7 +110,7 @@ class PublicLinearMap(abc.ABC):
         """Per output, the power of two its integer weights carry (divided out on decoding)."""
 
     #: Whether the outputs are few enough for each of the d x outputs moments to have its
-    #: own range of slots in one ciphertext (ckks's packed layout, which then needs
+    #: own range of slots in one ciphertext (he's packed layout, which then needs
     #: :meth:`dense_weights`); else a party applies the map itself (:meth:`mod_t`).
     few_outputs: ClassVar[bool] = False
 

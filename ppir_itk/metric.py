@@ -21,7 +21,7 @@ Against a fixed party's ``ppir serve`` (or ``ppir_itk.in_process_session(fixed)`
 in tests)::
 
     session = ppir_itk.connect("fixed-site:7443", tls=ppir_itk.TLS.for_role("pki", "moving-party"))
-    metric = PrivateMeanSquaresImageToImageMetric(backend="ckks", session=session)
+    metric = PrivateMeanSquaresImageToImageMetric(backend="he", session=session)
     metric.SetMovingImage(moving)
 """
 
@@ -64,7 +64,7 @@ class PrivateMeanSquaresImageToImageMetric:
     Parameters
     ----------
     backend : str or MovingPartySession
-        The joint-term backend's name (``"ckks"``; ``"clear"`` is NOT private), or
+        The joint-term backend's name (``"he"``; ``"clear"`` is NOT private), or
         the moving party's session already made with one.
     session : Session, optional
         The session with the fixed party (:func:`ppir_itk.connect` or
@@ -82,7 +82,7 @@ class PrivateMeanSquaresImageToImageMetric:
         spacing is a strong regulariser.
     """
 
-    def __init__(self, backend: str | MovingPartySession = "ckks",
+    def __init__(self, backend: str | MovingPartySession = "he",
                  session: Session | None = None, *,
                  backend_parameters: dict[str, str] | None = None,
                  bending_energy_weight: float = 0.0) -> None:

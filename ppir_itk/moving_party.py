@@ -75,12 +75,12 @@ class MovingPartySession:
         The transport to the fixed party (:func:`ppir_itk.connect` or
         :func:`ppir_itk.in_process_session`).
     backend : str
-        The joint-term backend (``"ckks"``; ``"clear"`` is NOT private).
+        The joint-term backend (``"he"``; ``"clear"`` is NOT private).
     parameters : dict, optional
         The backend's parameters (e.g. ``{"protocol": "paper-v1"}``).
     """
 
-    def __init__(self, session: Session, backend: str = "ckks",
+    def __init__(self, session: Session, backend: str = "he",
                  parameters: dict[str, str] | None = None) -> None:
         self.session = session
         self.backend = make_backend(check_backend_name(backend), self, parameters)

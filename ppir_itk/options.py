@@ -90,7 +90,7 @@ def _check_backend(name: str, parameters: Mapping[str, str]) -> str:
     # Imported here: the command line builds its parser from these options, and the
     # backends (and what they import) are for the subcommands that register.
     from ppir_itk.backends import check_backend_name, check_protocol
-    from ppir_itk.backends.ckks import he_settings
+    from ppir_itk.backends.he import he_settings
 
     backend = check_backend_name(name)
     if check_protocol(backend, parameters.get("protocol")) == "packed":
@@ -108,7 +108,7 @@ class RegistrationOptions:
         A kind of :data:`ppir_itk.transform_kinds.TRANSFORMS` (``bspline`` needs
         ``grid_spacing``), or a transform to start from.
     backend, backend_parameters : str, mapping
-        The joint-term backend (``ckks``, ``spdz``; ``clear`` is NOT private) and
+        The joint-term backend (``he``, ``spdz``; ``clear`` is NOT private) and
         its options, e.g. ``{"poly_modulus_degree": "16384"}`` (None: none).
     sampling, sampling_fraction, seed, reveal_gms_indices
         ``none``, ``urs`` or ``gms`` (or a strategy object), the fraction sampled,
@@ -129,7 +129,7 @@ class RegistrationOptions:
     """
 
     transform: Any = "affine"
-    backend: str = "ckks"
+    backend: str = "he"
     backend_parameters: Mapping[str, str] | None = field(default_factory=dict)
     sampling: str | Sampling = "none"
     sampling_fraction: float = 0.05

@@ -22,7 +22,7 @@ DEFAULT_EVALUATION_BUDGET = 1000
 class FixedPolicy:
     """What the fixed party's operator allows."""
 
-    backends: tuple[str, ...] = ("ckks",)  # private only, unless the operator adds "clear"
+    backends: tuple[str, ...] = ("he",)  # private only, unless the operator adds "clear"
     evaluation_budget: int = DEFAULT_EVALUATION_BUDGET
     max_levels: int = 10
     allow_center_of_mass: bool = True

@@ -8,7 +8,7 @@ on in physical space (no rescaling between levels).
 
 Examples
 --------
-In a few lines, the fixed party in its own local process (private ckks backend)::
+In a few lines, the fixed party in its own local process (private he backend)::
 
     import ppir_itk
     from ppir_itk.options import RegistrationOptions
@@ -21,7 +21,7 @@ In a few lines, the fixed party in its own local process (private ckks backend):
 or piece by piece, ITK style::
 
     session = ppir_itk.connect("fixed-site:7443", tls=ppir_itk.TLS.for_role("pki", "moving-party"))
-    metric = ppir_itk.PrivateMeanSquaresImageToImageMetric("ckks", session=session)
+    metric = ppir_itk.PrivateMeanSquaresImageToImageMetric("he", session=session)
     metric.SetMovingImage(moving)
     reg = ppir_itk.ImageRegistrationMethod(metric=metric, initial_transform="rigid",
                                            shrink_factors=[2, 1], smoothing_sigmas=[1, 0])
@@ -97,6 +97,8 @@ class RegistrationResult:
     backend: str
     private: bool
     sampling: str
+    protocol: str = ""
+    scheme: str = ""
     levels: list[LevelReport] = field(default_factory=list)
     metric_values: list[float] = field(default_factory=list)
     parties: dict[str, dict] = field(default_factory=dict)
@@ -134,6 +136,8 @@ class RegistrationResult:
         """The machine-readable report (``--report`` JSON)."""
         return {
             "backend": self.backend,
+            "protocol": self.protocol,
+            "scheme": self.scheme,
             "private": self.private,
             "transform_type": self.transform.kind,
             "itk_transform": self.transform.itk_name,
@@ -287,6 +291,8 @@ class ImageRegistrationMethod(Observable):
                 transform=transform,
                 fixed_geometry=fixed_geometry,
                 backend=moving_party.name,
+                protocol=moving_party.backend.protocol,
+                scheme=moving_party.backend.scheme,
                 private=moving_party.private,
                 sampling=self.sampling.describe(),
                 seed=getattr(self.sampling, "seed", None),
@@ -494,7 +500,7 @@ def register(
         the one in ``options``: ``transform`` (``translation``, ``rigid``,
         ``similarity``, ``affine``, an ITK/SimpleITK transform, or ``bspline`` with
         ``grid_spacing``, ``refine_grid``, ``bending_energy_weight`` and
-        ``bulk_transform``), ``backend`` (``ckks`` private; ``clear`` NOT private),
+        ``bulk_transform``), ``backend`` (``he`` private; ``clear`` NOT private),
         ``backend_parameters``, ``sampling``, ``sampling_fraction``, ``seed``,
         ``reveal_gms_indices``, ``shrink_factors``, ``smoothing_sigmas``,
         ``initializer``, ``iterations``, ``threads``, ``deadline`` (seconds to wait

@@ -28,9 +28,9 @@ from ppir_itk.transforms import make_transform
 LEVELS = (Level(2, 1.0), Level(1, 0.0))
 RUNS = {
     "clear": ("clear", None),
-    "ckks packed": ("ckks", {"protocol": "packed"}),
-    "ckks paper-v1": ("ckks", {"protocol": "paper-v1"}),
-    "ckks paper-v2": ("ckks", {"protocol": "paper-v2"}),
+    "he packed": ("he", {"protocol": "packed"}),
+    "he paper-v1": ("he", {"protocol": "paper-v1"}),
+    "he paper-v2": ("he", {"protocol": "paper-v2"}),
     "spdz": ("spdz", None),
 }
 
@@ -102,9 +102,9 @@ def audit_both_ways(traffic, secrets, name):
             audit(recorder.envelopes("sent"), secrets["I"]))
 
 
-@pytest.mark.parametrize("name", ["ckks packed", "spdz"])
+@pytest.mark.parametrize("name", ["he packed", "spdz"])
 def test_private_defaults_pass_the_audit_both_ways(traffic, secrets, name):
-    """ckks packed sends image-sized data only inside ciphertexts (searched byte by byte);
+    """he packed sends image-sized data only inside ciphertexts (searched byte by byte);
     spdz sends masked openings, compared value by value too."""
     fixed_image, moving_image = audit_both_ways(traffic, secrets, name)
     assert fixed_image.passed, str(fixed_image)
@@ -114,13 +114,13 @@ def test_private_defaults_pass_the_audit_both_ways(traffic, secrets, name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["ckks paper-v1", "ckks paper-v2"])
+@pytest.mark.parametrize("name", ["he paper-v1", "he paper-v2"])
 def test_paper_protocols_pass_the_traffic_audit(traffic, secrets, name):
     """Their documented leaks are out of a traffic audit's sight: paper-v1's fixed party
     decrypts |theta| + 2 sums per iteration (far shorter than an image), paper-v2's
     parties decrypt slot-wise partial sums (S_1 * J_1 for the fixed party, S_2 * J_2 for
     the moving party) from ciphertexts under their own keys, and at this size each slot
-    sums several products. Like ckks packed, they send image-sized data only inside
+    sums several products. Like he packed, they send image-sized data only inside
     ciphertexts, searched byte by byte: what crosses the wire shows neither image."""
     fixed_image, moving_image = audit_both_ways(traffic, secrets, name)
     assert fixed_image.passed, str(fixed_image)
@@ -137,7 +137,7 @@ def test_clear_fails_the_audit_for_the_fixed_image(traffic, secrets):
     assert moving_image.passed, str(moving_image)
 
 
-@pytest.mark.parametrize("name", ["clear", "ckks packed", "spdz"])
+@pytest.mark.parametrize("name", ["clear", "he packed", "spdz"])
 def test_recorder_sees_every_byte(traffic, name):
     """The recorded frames add up to the moving party's payload counters, and to what the
     fixed party (another process) counted it received and sent: nothing bypasses the tap."""

@@ -78,13 +78,13 @@ def test_bench_writes_every_file_and_column(tiny_pair, tmp_path, capsys):
 
 def test_rows_past_the_time_cap_are_marked_and_cost_one_full_resolution_iteration(tiny_pair):
     fixed, moving, _ = tiny_pair
-    settings = BenchSettings(repeats=2, time_cap=1e-3, solutions=["ckks/paper-v1"],
+    settings = BenchSettings(repeats=2, time_cap=1e-3, solutions=["he/paper-v1"],
                              samplings=["none"],
                              registration=RegistrationOptions(shrink_factors=[2, 1],
                                                               smoothing_sigmas=[1.0, 0.0],
                                                               iterations=4))
     results = run_bench(fixed, moving, settings, say=lambda _: None)
-    assert [outcome.row.solution for outcome in results] == ["clear", "ckks paper-v1"]
+    assert [outcome.row.solution for outcome in results] == ["clear", "he paper-v1"]
     for outcome in results:
         assert outcome.status == "capped" and "cap" in outcome.reason
         assert outcome.first.iterations == 1 and len(outcome.first.levels) == 1
@@ -92,14 +92,14 @@ def test_rows_past_the_time_cap_are_marked_and_cost_one_full_resolution_iteratio
         assert all(run.iterations == 1 and run.ssd is None for run in outcome.runs)
     line = markdown_table(results).splitlines()[3]
     cells = [cell.strip() for cell in line.strip("|").split("|")]
-    assert cells[:5] == ["ckks paper-v1", "NONE", "✗", "✗", "✗"]
+    assert cells[:5] == ["he paper-v1", "NONE", "✗", "✗", "✗"]
     assert "±" in cells[5] and "✗" not in cells[5]  # moving party s/it, measured
     assert "one iteration at full resolution" in markdown_table(results)
 
 
 def test_a_protocol_that_refuses_the_transform_is_marked(tiny_pair):
     fixed, moving, _ = tiny_pair
-    settings = BenchSettings(repeats=1, solutions=["ckks/paper-v2"], samplings=["none"],
+    settings = BenchSettings(repeats=1, solutions=["he/paper-v2"], samplings=["none"],
                              registration=RegistrationOptions(
                                  transform="bspline", grid_spacing=12.0, shrink_factors=[1],
                                  smoothing_sigmas=[0.0], iterations=2))
@@ -110,7 +110,7 @@ def test_a_protocol_that_refuses_the_transform_is_marked(tiny_pair):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--backends", "ckks/paper-v9"], "no protocol 'paper-v9'"),
+    (["--backends", "he/paper-v9"], "no protocol 'paper-v9'"),
     (["--backends", "spdz/fast"], "backend 'spdz' has no protocol 'fast'"),
     (["--sampling", "lhs"], "unknown sampling 'lhs'"),
     (["--repeats", "0"], "--repeats 0 must be at least 1"),

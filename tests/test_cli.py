@@ -145,7 +145,7 @@ def test_command_line_exits_non_zero_without_traceback(tmp_path):
 
 
 def test_the_summary_says_what_each_party_received_in_the_clear(pair, tmp_path, capsys):
-    assert _register(pair, tmp_path / "t.tfm", "--backend", "ckks", "--iterations", "2",
+    assert _register(pair, tmp_path / "t.tfm", "--backend", "he", "--iterations", "2",
                      "--shrink-factors", "1", "--smoothing-sigmas", "0") == 0
     out = capsys.readouterr().out
     assert "fixed party received in the clear: nothing" in out

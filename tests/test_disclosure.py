@@ -24,10 +24,10 @@ PAGE = Path(__file__).resolve().parent.parent / "docs" / "privacy.md"
 # name -> (backend, parameters, options): every protocol, linear and B-spline, GMS revealed
 RUNS = {
     "clear": ("clear", {}, {}),
-    "ckks packed": ("ckks", {}, {}),
-    "ckks packed b-spline": ("ckks", {}, dict(transform="bspline", grid_spacing=8.0)),
-    "paper-v1": ("ckks", {"protocol": "paper-v1"}, {}),
-    "paper-v2": ("ckks", {"protocol": "paper-v2"}, {}),
+    "he packed": ("he", {}, {}),
+    "he packed b-spline": ("he", {}, dict(transform="bspline", grid_spacing=8.0)),
+    "paper-v1": ("he", {"protocol": "paper-v1"}, {}),
+    "paper-v2": ("he", {"protocol": "paper-v2"}, {}),
     "spdz": ("spdz", {}, dict(sampling="gms", reveal_gms_indices=True, sampling_fraction=0.5,
                               initializer="moments")),
     "spdz b-spline": ("spdz", {}, dict(transform="bspline", grid_spacing=8.0)),

@@ -28,7 +28,7 @@ from ppir_itk.points import PointSet
 T = (1 << 60) - 93  # a plain modulus of PLAIN_BITS bits (SEAL's are primes near 2^60)
 
 # (modulus, points, weight bits, support, (j, g, w) bits or None: refused), as
-# ckks.fixed_point_bits / ckks.mapped_bits / spdz.ring_basis computed them before this
+# he.fixed_point_bits / he.mapped_bits / spdz.ring_basis computed them before this
 # module (spdz's affine case by its formula: it needed the point arrays).
 BUDGETS = [
     (PLAIN_MODULUS, 1, 12, None, (23, 23, 35)),
@@ -148,7 +148,7 @@ def _weight_sums(points: PointSet) -> list[int]:
 @pytest.mark.parametrize("kind", ["affine", "bspline"])
 def test_sums_at_the_extremes_are_exact_in_the_ring_and_mod_t(kind):
     """A 2^16-point grid, every product at the budget's largest: the ring map (spdz), the
-    map mod t (ckks) and both totals are the exact integer sums, for either sign."""
+    map mod t (he) and both totals are the exact integer sums, for either sign."""
     grid = GridGeometry(size=(256, 256), spacing=(1.0, 1.0), origin=(0.0, 0.0),
                         direction=(1.0, 0.0, 0.0, 1.0))
     control = BSplineTransform.over(grid, 8.0).control_grid if kind == "bspline" else None

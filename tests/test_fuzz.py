@@ -5,7 +5,7 @@ messages, and ciphertexts and share vectors of the wrong size, never take a
 serving party down: the server process lives, its memory stays bounded, the
 offending session ends with an error and the next session works. Two layers:
 
-- In process (hypothesis): every fixed side (clear, ckks ``packed`` affine and
+- In process (hypothesis): every fixed side (clear, he ``packed`` affine and
   B-spline, ``paper-v1``, ``paper-v2``, spdz affine and B-spline) is first
   driven into a valid state by replaying a prefix of the requests a real
   registration sent (captured once per scenario), then fed hostile requests:
@@ -17,7 +17,7 @@ offending session ends with an error and the next session works. Two layers:
   traced memory. Likewise the dealer's ``DealerSession`` (both parties'
   sessions on one pool) and the framing under both (``Reassembler``,
   ``array_from_pb``).
-- Over the wire: ``ppir serve`` (clear, ckks, spdz) and ``ppir dealer`` run as
+- Over the wire: ``ppir serve`` (clear, he, spdz) and ``ppir dealer`` run as
   processes and get hypothesis-made frame streams (garbage, truncated and
   oversized frames, lying chunks, hostile and out-of-order envelopes) through
   mutual-TLS gRPC streams. After each case both processes live, no session
@@ -58,8 +58,8 @@ from test_two_party import BAD_STREAMS, _raw_stream, _serve_process, pki  # noqa
 
 import ppir_itk
 from ppir_itk import dealer as dealer_module
-from ppir_itk.backends import BACKENDS, ckks_paper, clear
-from ppir_itk.backends.ckks import HEContext
+from ppir_itk.backends import BACKENDS, clear, he_paper
+from ppir_itk.backends.he import HEContext
 from ppir_itk.compose import local_dealer
 from ppir_itk.dealer import (
     MASKS_KEPT,
@@ -93,7 +93,7 @@ from ppir_itk.wrapping.images import write_image
 
 CASE_SECONDS = 30.0  # per case; the slowest valid prefix (paper-v1's keys) takes about 1 s
 # Traced (Python and NumPy) memory per case. A B-spline control grid of MAX_CONTROL_POINTS
-# (4M, allowed) makes one ckks evaluation take about 320 MiB; anything growing with what a
+# (4M, allowed) makes one he evaluation take about 320 MiB; anything growing with what a
 # request merely declares would pass this at once.
 CASE_BYTES = 512 << 20
 DEALER_VALUES = 1 << 16  # the dealer's per-request limit while fuzzing it in process ...
@@ -112,20 +112,20 @@ SCENARIOS: dict[str, tuple[str, dict[str, str], dict[str, Any]]] = {
     "clear": ("clear", {}, dict(shrink_factors=[2, 1], smoothing_sigmas=[1.0, 0.0])),
     "clear-gms": ("clear", {}, dict(sampling="gms", reveal_gms_indices=True,
                                     sampling_fraction=0.3)),
-    "ckks": ("ckks", {}, {}),
-    "ckks-bspline": ("ckks", {}, dict(transform="bspline", grid_spacing=8.0)),
-    "paper-v1": ("ckks", {"protocol": "paper-v1"}, {}),
-    "paper-v2": ("ckks", {"protocol": "paper-v2"}, {}),
+    "he": ("he", {}, {}),
+    "he-bspline": ("he", {}, dict(transform="bspline", grid_spacing=8.0)),
+    "paper-v1": ("he", {"protocol": "paper-v1"}, {}),
+    "paper-v2": ("he", {"protocol": "paper-v2"}, {}),
     "spdz": ("spdz", {}, dict(shrink_factors=[2, 1], smoothing_sigmas=[1.0, 0.0])),
     "spdz-bspline": ("spdz", {}, dict(transform="bspline", grid_spacing=8.0, sampling="urs",
                                       sampling_fraction=0.5)),
 }
-DEFAULT_CASES = {"clear": 16, "clear-gms": 10, "ckks": 14, "ckks-bspline": 10, "paper-v1": 4,
+DEFAULT_CASES = {"clear": 16, "clear-gms": 10, "he": 14, "he-bspline": 10, "paper-v1": 4,
                  "paper-v2": 6, "spdz": 14, "spdz-bspline": 10}
 SLOW_CASES = {name: SLOW_SCALE * count for name, count in DEFAULT_CASES.items()}
 SLOW_CASES["paper-v1"] = 300  # about 1 s a case (Galois keys for every session)
 SLOW_CASES["paper-v2"] = 600
-WIRE_SCENARIOS = ("clear", "ckks", "spdz", "paper-v2")  # paper-v2's requests travel in chunks
+WIRE_SCENARIOS = ("clear", "he", "spdz", "paper-v2")  # paper-v2's requests travel in chunks
 
 WORDS = sorted({
     *BACKENDS, "packed", "paper-v1", "paper-v2", "dealer", "tfp", "", "00" * 16, "0", "-1",
@@ -215,9 +215,9 @@ def _crafted(name: str) -> tuple[bytes, ...]:
     blobs = {part for request in _capture(name) if request.HasField("backend")
              for part in _parts(request.backend) if part}
     backend, parameters, _ = SCENARIOS[name]
-    if backend == "ckks" and "protocol" not in parameters:
+    if backend == "he" and "protocol" not in parameters:
         blobs |= set(_seal_variants().values())
-    elif backend == "ckks":
+    elif backend == "he":
         blobs |= set(_tenseal_variants().values())
     return tuple(sorted(blobs, key=lambda blob: (len(blob), blob)))
 
@@ -259,13 +259,13 @@ def _tenseal_variants() -> dict[str, bytes]:
     to rescale, of another degree or scheme."""
     import tenseal as ts
 
-    ours = ckks_paper._new_context()
+    ours = he_paper._new_context()
     shallow = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[60, 60])
     shallow.global_scale = 2.0**40
     wide = ts.context(ts.SCHEME_TYPE.CKKS, 16384, coeff_mod_bit_sizes=[60, 40, 40, 60])
     wide.global_scale = 2.0**40
     exact = ts.context(ts.SCHEME_TYPE.BFV, 8192, plain_modulus=1032193)
-    half = ckks_paper.POLY_MODULUS_DEGREE // 2
+    half = he_paper.POLY_MODULUS_DEGREE // 2
     variants = {name: ts.ckks_vector(ours, [1.0] * size).serialize() for name, size in
                 (("one slot", 1), ("one slot short", half - 1), ("one slot long", half + 1))}
     contexts = {"shallow": shallow, "wide": wide, "bfv": exact}
@@ -645,14 +645,14 @@ def _first(name: str, kind: str, nth: int = 0) -> int:
 
 # Cases the fuzzer found, kept as regressions (scenario -> cases, built lazily).
 REGRESSIONS: dict[str, Callable[[], list[tuple[int, list[pb.Envelope | bytes]]]]] = {
-    "ckks": lambda: [
-        _regression("ckks", _first("ckks", "he_masked_products"),
+    "he": lambda: [
+        _regression("he", _first("he", "he_masked_products"),
                     _crafted_part(_seal_variants, "ntt")),
     ],
-    "ckks-bspline": lambda: [
-        _regression("ckks-bspline", _first("ckks-bspline", "select_points"),
+    "he-bspline": lambda: [
+        _regression("he-bspline", _first("he-bspline", "select_points"),
                     _huge_control_spacing),
-        _regression("ckks-bspline", _first("ckks-bspline", "select_points"),
+        _regression("he-bspline", _first("he-bspline", "select_points"),
                     _control_size(1 << 32, 1 << 32), then=3),
     ],
     "paper-v2": lambda: [
@@ -962,7 +962,7 @@ def _dealer_process(pki_dir: Any) -> _Served:
 
 @pytest.fixture(scope="module")
 def wire(pki: Any, tmp_path_factory: Any) -> Iterator[SimpleNamespace]:  # noqa: F811
-    """``ppir dealer`` and ``ppir serve`` (clear, ckks, spdz with that dealer) as processes
+    """``ppir dealer`` and ``ppir serve`` (clear, he, spdz with that dealer) as processes
     serving the fuzz image, with test_two_party's ``pki``; one normal session of each kind
     has run."""
     image = tmp_path_factory.mktemp("fuzz") / "fixed.nrrd"
@@ -970,7 +970,7 @@ def wire(pki: Any, tmp_path_factory: Any) -> Iterator[SimpleNamespace]:  # noqa:
     dealer = _dealer_process(pki)
     try:
         # test_two_party's helper runs `ppir serve ... --backends clear`: two backends more
-        fixed = _Served(*_serve_process(pki, image, "ckks", "spdz", "--dealer", dealer.address,
+        fixed = _Served(*_serve_process(pki, image, "he", "spdz", "--dealer", dealer.address,
                                         "--deadline", "5"))
     except BaseException:
         dealer.stop()

@@ -35,9 +35,9 @@ def _connect(server, pki, deadline: float = 10.0):
 def test_a_moving_party_past_the_evaluation_budget_is_stopped_and_the_next_one_served(
         pki, phantom_2d):
     moving, _ = known_pair(phantom_2d, "rigid", [0.05, 2.0, -1.0])
-    server = _server(pki, phantom_2d, policy=ppir_itk.FixedPolicy(backends=("ckks",),
+    server = _server(pki, phantom_2d, policy=ppir_itk.FixedPolicy(backends=("he",),
                                                                    evaluation_budget=6))
-    options = dict(backend="ckks", transform="rigid", shrink_factors=[2, 1],
+    options = dict(backend="he", transform="rigid", shrink_factors=[2, 1],
                    smoothing_sigmas=[1.0, 0.0], relative_value_tolerance=0.0,
                    minimum_step_length=0.0)
     try:

@@ -31,11 +31,11 @@ BAD = [  # (options, the sentence)
     (dict(transform="rigid3d"),
      "unknown transform 'rigid3d': choose one of translation, rigid, similarity, affine, "
      "bspline"),
-    (dict(backend="magic"), "unknown backend 'magic': choose one of ckks, clear, spdz"),
+    (dict(backend="magic"), "unknown backend 'magic': choose one of clear, he, spdz"),
     (dict(backend_parameters={"protocol": "paper-v9"}),
-     "backend 'ckks' has no protocol 'paper-v9': choose one of packed, paper-v1, paper-v2"),
+     "backend 'he' has no protocol 'paper-v9': choose one of packed, paper-v1, paper-v2"),
     (dict(backend_parameters={"poly_modulus_degree": "8k"}),
-     "backend 'ckks' parameters must be whole numbers"),
+     "backend 'he' parameters must be whole numbers"),
     (dict(sampling="some"), "unknown sampling 'some': choose none, urs or gms"),
     (dict(sampling="urs", sampling_fraction=0.0), "sampling fraction 0 must be in (0, 1]"),
     (dict(seed=-1), "--seed -1 must be between 0 and 2^64 - 1"),
@@ -119,11 +119,11 @@ def test_a_bench_row_registers_with_the_settings_and_its_own_backend_and_samplin
 
     monkeypatch.setattr(bench, "register", register)
     options = RegistrationOptions(**OPTIONS)
-    row = bench.Row("ckks", "paper-v1", "gms")
+    row = bench.Row("he", "paper-v1", "gms")
     with pytest.raises(_Captured):
         bench._run_row(row, _image(), _image(), bench.BenchSettings(registration=options),
                        None, say=lambda _: None)
-    assert seen == [dataclasses.replace(options, backend="ckks", sampling="gms",
+    assert seen == [dataclasses.replace(options, backend="he", sampling="gms",
                                         backend_parameters={"protocol": "paper-v1"})]
 
 

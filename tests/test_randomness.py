@@ -134,7 +134,7 @@ def _private_evaluations(monkeypatch, backend: str, transform_kind: str,
     return per_evaluation_calls, per_evaluation_answers
 
 
-PRIVATE = [("ckks", "affine"), ("ckks", "bspline"), ("spdz", "affine"), ("spdz", "bspline")]
+PRIVATE = [("he", "affine"), ("he", "bspline"), ("spdz", "affine"), ("spdz", "bspline")]
 
 
 @pytest.mark.parametrize(("backend", "transform_kind"), PRIVATE)

@@ -9,14 +9,14 @@ from ppir_itk.backends.base import (
     MovingChannel,
     MovingFields,
 )
-from ppir_itk.backends.ckks import CKKSBackend, CKKSFixedSide
-from ppir_itk.backends.ckks_paper import (
+from ppir_itk.backends.clear import ClearBackend, ClearFixedSide, InsecureBackendWarning
+from ppir_itk.backends.he import HEPackedBackend, HEPackedFixedSide
+from ppir_itk.backends.he_paper import (
     PaperV1Backend,
     PaperV1FixedSide,
     PaperV2Backend,
     PaperV2FixedSide,
 )
-from ppir_itk.backends.clear import ClearBackend, ClearFixedSide, InsecureBackendWarning
 from ppir_itk.backends.spdz import SPDZBackend, SPDZFixedSide
 from ppir_itk.dealer_client import DEALER_TABLE
 from ppir_itk.disclosure import SESSION, ProtocolTable
@@ -26,7 +26,7 @@ from ppir_itk.protocol.messages import ProtocolError
 
 # backend name -> protocol name -> (moving-party side, fixed-party side); first is the default.
 BACKENDS: dict[str, dict[str, tuple[type[JointTermBackend], type[FixedSide]]]] = {
-    "ckks": {"packed": (CKKSBackend, CKKSFixedSide),
+    "he": {"packed": (HEPackedBackend, HEPackedFixedSide),
              "paper-v1": (PaperV1Backend, PaperV1FixedSide),
              "paper-v2": (PaperV2Backend, PaperV2FixedSide)},
     "clear": {"clear": (ClearBackend, ClearFixedSide)},
@@ -45,6 +45,9 @@ def protocol_tables() -> list[ProtocolTable]:
 
 
 def check_backend_name(name: str) -> str:
+    if name.lower() == "ckks":  # the homomorphic backend's name before it said what it is
+        raise InputError("backend 'ckks' is now named 'he' (homomorphic encryption: its "
+                         "default protocol packed runs BFV, paper-v1 and paper-v2 run CKKS)")
     if name.lower() not in BACKENDS:
         raise InputError(
             f"unknown backend '{name}': choose one of {', '.join(sorted(BACKENDS))}"
@@ -86,7 +89,7 @@ def make_fixed_side(name: str, parameters: dict[str, str], policy: FixedPolicy) 
 
 __all__ = [
     "BACKENDS",
-    "CKKSBackend",
+    "HEPackedBackend",
     "ClearBackend",
     "FixedSide",
     "InsecureBackendWarning",

@@ -106,6 +106,10 @@ class JointTermBackend(abc.ABC):
     """
 
     name: ClassVar[str]
+    #: The protocol's name within the backend, as Hello's parameters name it.
+    protocol: ClassVar[str]
+    #: The cryptographic scheme it runs, for reports ("BFV", "CKKS", ...).
+    scheme: ClassVar[str]
     private: ClassVar[bool]
     #: The protocol's messages and disclosures (shared with the fixed half).
     table: ClassVar[ProtocolTable]

@@ -48,6 +48,8 @@ class ClearBackend(JointTermBackend):
     """Joint term computed by the moving party on the fixed image it received in the clear."""
 
     name = "clear"
+    protocol = "clear"
+    scheme = "none: NOT private"
     private = False
     table = TABLE
     bspline = True

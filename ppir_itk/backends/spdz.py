@@ -157,6 +157,8 @@ class SPDZBackend(ExactSumsBackend):
     """Moving-party side (rank 0)."""
 
     name = "spdz"
+    protocol = "spdz"
+    scheme = "additive secret sharing over Z_2^64, trusted dealer, no MACs"
     private = True
     table = TABLE
     bspline = True

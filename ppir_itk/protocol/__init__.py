@@ -8,8 +8,8 @@ Sequence of one registration (moving party M drives, fixed party F answers)::
       M -> F  SelectPoints(all | urs | revealed GMS,    F -> M  PointsSelected(count)
                            B-spline control grid)
       backend set-up, once per level (clear: F -> M the level image, NOT private;
-        ckks: F -> M the encrypted level image; spdz: F -> M the masked level image)
-      for each iteration: backend messages (clear: none; ckks: M -> F one ciphertext,
+        he: F -> M the encrypted level image; spdz: F -> M the masked level image)
+      for each iteration: backend messages (clear: none; he: M -> F one ciphertext,
         F -> M masked sums; spdz: M -> F masked rows, F -> M its shares of the sums)
     spdz only: M and F each talk to the dealer D (masks, triples) on their own sessions
     M -> F  Close                                       F -> M  Closed(F's accounting)

@@ -1,4 +1,4 @@
-"""The ``ckks`` backend: the joint term under homomorphic encryption (SEAL via TenSEAL).
+"""The ``he`` backend: the joint term under homomorphic encryption (SEAL via TenSEAL).
 
 Protocol ``packed`` (the default), per level and per iteration:
 
@@ -40,8 +40,7 @@ party's own ``S^T I_w`` uses the same weights.
 
 The scheme is BFV (exact integers mod t), not CKKS: a mask drawn uniformly mod
 t hides a BFV message perfectly, while a CKKS mask only hides it statistically
-and costs precision. The backend keeps the name ``ckks`` of the issue that
-asked for it.
+and costs precision. The paper's protocols (:mod:`.he_paper`) run CKKS.
 
 What each party learns: the moving party learns the joint term (and, from
 the exponent, the power of two that bounds J's largest value); the fixed
@@ -122,7 +121,7 @@ def _seal() -> Any:
     try:
         import tenseal.sealapi as seal
     except ImportError:  # pragma: no cover - tenseal is a dependency
-        raise InputError("backend 'ckks' needs TenSEAL: pip install tenseal") from None
+        raise InputError("backend 'he' needs TenSEAL: pip install tenseal") from None
     return seal
 
 
@@ -132,7 +131,7 @@ def he_settings(parameters: dict[str, str]) -> tuple[int, int]:
         degree = int(parameters.get("poly_modulus_degree", POLY_MODULUS_DEGREES[0]))
         security = int(parameters.get("security_bits", 128))
     except ValueError:
-        raise InputError("backend 'ckks' parameters must be whole numbers") from None
+        raise InputError("backend 'he' parameters must be whole numbers") from None
     if security not in SECURITY_LEVELS:
         raise InputError(f"security_bits={security} is refused: ppir_itk runs homomorphic "
                          "encryption at 128, 192 or 256-bit security only")
@@ -259,10 +258,12 @@ class _Level:
     exponent_j: int
 
 
-class CKKSBackend(ExactSumsBackend):
+class HEPackedBackend(ExactSumsBackend):
     """Moving-party side of the packed protocol."""
 
-    name = "ckks"
+    name = "he"
+    protocol = "packed"
+    scheme = "BFV"
     private = True
     table = TABLE
     bspline = True
@@ -428,7 +429,7 @@ class CKKSBackend(ExactSumsBackend):
         )
 
 
-class CKKSFixedSide(FixedSide):
+class HEPackedFixedSide(FixedSide):
     """Fixed-party side: holds the secret key; encrypts J once per level; sums masked slots."""
 
     table = TABLE
@@ -486,7 +487,7 @@ class CKKSFixedSide(FixedSide):
             return pb.BackendMessage(he_level=pb.HeLevel(ciphertexts=self._level_blobs,
                                                          fixed_exponent=self._exponent_j))
         if kind != "he_masked_products":
-            raise ProtocolError(f"'{kind}' is not a request of the ckks backend")
+            raise ProtocolError(f"'{kind}' is not a request of the he backend")
         ciphertexts = message.he_masked_products.ciphertexts
         self.evaluations += 1
         if not self._points.linear_map.few_outputs:

@@ -7,7 +7,7 @@ import pytest
 from conftest import known_pair, register_in_process
 
 import ppir_itk
-from ppir_itk.backends.ckks import HEContext, he_settings
+from ppir_itk.backends.he import HEContext, he_settings
 from ppir_itk.cli import main
 from ppir_itk.errors import InputError
 from ppir_itk.evaluation import displacement_rmse
@@ -35,7 +35,7 @@ def test_weaker_parameters_are_refused_with_a_sentence(parameters, says):
 def test_the_fixed_party_refuses_weak_parameters_too(phantom_2d):
     endpoint = Endpoint(FixedPartySession(phantom_2d), Counters)
     reply = endpoint.answer(pb.Envelope(hello=pb.Hello(
-        protocol_version=PROTOCOL_VERSION, backend="ckks", levels=[pb.Level(shrink_factor=1)],
+        protocol_version=PROTOCOL_VERSION, backend="he", levels=[pb.Level(shrink_factor=1)],
         sampling="none", backend_parameters={"poly_modulus_degree": "4096"})))
     assert reply.WhichOneof("body") == "abort"
     assert "poly_modulus_degree=4096 is refused" in reply.abort.reason
@@ -81,7 +81,7 @@ def test_packed_protocol_lands_on_the_clear_result(dimension):
     moving, truth = known_pair(fixed, "affine", parameters)
     options = dict(shrink_factors=[2, 1], smoothing_sigmas=[1.0, 0.0])
     clear = register_in_process(fixed, moving, **options)
-    private = register_in_process(fixed, moving, backend="ckks", **options)
+    private = register_in_process(fixed, moving, backend="he", **options)
     voxel = min(fixed.geometry.spacing)
     assert displacement_rmse(private.transform, clear.transform, fixed.geometry) < 0.01 * voxel
     assert displacement_rmse(private.transform, truth, fixed.geometry) < 0.1 * voxel
@@ -93,7 +93,7 @@ class _RecordingSession(LocalSession):
     reply it sends."""
 
     def __init__(self, fixed) -> None:
-        super().__init__(FixedPartySession(fixed, ppir_itk.FixedPolicy(backends=("ckks",))))
+        super().__init__(FixedPartySession(fixed, ppir_itk.FixedPolicy(backends=("he",))))
         self.received: list[pb.Envelope] = []
         self.replies: list[pb.Envelope] = []
 
@@ -118,7 +118,7 @@ def test_the_fixed_party_receives_only_ciphertexts_and_requests():
     fixed = head_phantom((40, 36))
     moving, _ = known_pair(fixed, "rigid", [0.05, 1.0, -0.5])
     session = _RecordingSession(fixed)
-    register_with(session, moving, backend="ckks", transform="rigid", shrink_factors=[1],
+    register_with(session, moving, backend="he", transform="rigid", shrink_factors=[1],
                   smoothing_sigmas=[0.0])
     he = HEContext(8192, 128)
     sums = session.backend_messages("he_masked_products")
@@ -172,7 +172,7 @@ def test_what_the_fixed_party_decrypts_is_masked_afresh_and_the_sums_come_out_ex
     fixed.array[12:28] = 0.0  # with the background, slots whose unmasked product is 0
     moving, _ = known_pair(fixed, "rigid", [0.05, 1.0, -0.5])
     session = _RecordingSession(fixed)
-    metric = _metric("ckks", session, moving)
+    metric = _metric("he", session, moving)
     first, second = metric.evaluate(), metric.evaluate()
     (level,) = session.backend_messages("he_level", replies=True)
     level_rows = _decrypt_as_the_fixed_party(session, level, len(level.ciphertexts))
@@ -198,7 +198,7 @@ def test_rows_of_points_outside_the_moving_image_are_skipped_exactly():
     fixed = head_phantom((64, 64))
     # The first 20 rows of the fixed grid (more than one ciphertext row) map outside.
     moving = ppir_itk.ImageGrid(fixed.array, origin=(0.0, 20.0))
-    clear, private = _evaluation("clear", fixed, moving), _evaluation("ckks", fixed, moving)
+    clear, private = _evaluation("clear", fixed, moving), _evaluation("he", fixed, moving)
     assert private.number_of_valid_points == clear.number_of_valid_points < 64 * 44 + 1
     np.testing.assert_allclose(private.value, clear.value, rtol=1e-5)  # fixed-point J
     np.testing.assert_allclose(private.gradient, clear.gradient, rtol=0,
@@ -217,7 +217,7 @@ def test_sampled_private_registration_follows_the_clear_one(sampling):
     options = dict(transform="rigid", shrink_factors=[1], smoothing_sigmas=[0.0],
                    sampling=sampling)
     clear = register_in_process(fixed, moving, **options)
-    private = register_in_process(fixed, moving, backend="ckks", **options)
+    private = register_in_process(fixed, moving, backend="he", **options)
     assert displacement_rmse(private.transform, clear.transform, fixed.geometry) < 0.01
     revealed = [line for line in private.learned["fixed"] if "GMS" in line]
     assert bool(revealed) == sampling.reveals_indices
@@ -229,7 +229,7 @@ def test_the_paper_protocols_follow_clear_and_report_what_they_reveal(protocol):
     moving, _ = known_pair(fixed, "rigid", [0.05, 1.0, -0.5])
     options = dict(transform="rigid", shrink_factors=[1], smoothing_sigmas=[0.0])
     clear = register_in_process(fixed, moving, **options)
-    paper = register_in_process(fixed, moving, backend="ckks",
+    paper = register_in_process(fixed, moving, backend="he",
                                 backend_parameters={"protocol": protocol}, **options)
     assert displacement_rmse(paper.transform, clear.transform, fixed.geometry) < 1e-3
     (fixed_learned,) = paper.learned["fixed"]
@@ -242,7 +242,7 @@ def test_the_paper_protocols_follow_clear_and_report_what_they_reveal(protocol):
 
 def test_unknown_protocols_are_refused():
     with pytest.raises(InputError, match="no protocol 'paper-v9'"):
-        register_in_process(head_phantom((20, 20)), head_phantom((20, 20)), backend="ckks",
+        register_in_process(head_phantom((20, 20)), head_phantom((20, 20)), backend="he",
                             backend_parameters={"protocol": "paper-v9"})
 
 
@@ -252,7 +252,7 @@ def test_paper_v2_sums_columns_longer_than_one_ciphertext():
     moving, _ = known_pair(fixed, "rigid", [0.02, 0.5, -0.5])
     options = dict(transform="rigid", shrink_factors=[1], smoothing_sigmas=[0.0], iterations=2)
     clear = register_in_process(fixed, moving, **options)
-    paper = register_in_process(fixed, moving, backend="ckks",
+    paper = register_in_process(fixed, moving, backend="he",
                                 backend_parameters={"protocol": "paper-v2"}, **options)
     assert paper.iterations == clear.iterations == 2
     assert displacement_rmse(paper.transform, clear.transform, fixed.geometry) < 1e-3

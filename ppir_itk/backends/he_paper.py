@@ -163,14 +163,14 @@ def _summed(ciphers: list[Any], plains: np.ndarray, dot: bool = False) -> Any:
 class _PaperBackend(JointTermBackend):
     """What the paper's protocols share on the moving party's side: fixed parameters."""
 
-    name = "ckks"
+    name = "he"
+    scheme = "CKKS"
     private = True
-    protocol: str
 
     def __init__(self, channel: MovingChannel, parameters: dict[str, str] | None = None) -> None:
         parameters = dict(parameters or {})
         if set(parameters) - {"protocol"}:
-            raise InputError(f"ckks protocol '{self.protocol}' runs the paper's parameters "
+            raise InputError(f"he protocol '{self.protocol}' runs the paper's parameters "
                              f"only (N={POLY_MODULUS_DEGREE}); it takes no other option")
         super().__init__(channel, parameters)
 
