@@ -1,8 +1,8 @@
 """NumPy reference implementations of the C kernels (docs/kernels.md).
 
 Plain vectorised NumPy, written to be obviously correct rather than fast.
-They are the oracle of tests/test_kernels.py.  Unlike the kernels they *return* their results; per-point
-outputs cover positions ``[start, stop)`` of the point list only.
+They are the oracle of tests/test_kernels.py.  Unlike the kernels they
+*return* their results; per-point outputs cover positions ``[start, stop)`` of the point list only.
 
 Conventions: arrays in NumPy axis order, geometry in ITK order (``size[0]``
 is the fastest axis); ``p = origin + index_to_physical @ idx``.

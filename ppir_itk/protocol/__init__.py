@@ -1,4 +1,6 @@
-"""The two-party protocol: messages, sessions, the fixed party's server, mutual TLS.
+"""The transport: typed messages, framing, sessions, the gRPC servers' base, mutual TLS.
+
+It carries the parties' envelopes and knows no party (an import-linter contract).
 
 Sequence of one registration (moving party M drives, fixed party F answers)::
 
@@ -14,7 +16,7 @@ Sequence of one registration (moving party M drives, fixed party F answers)::
     spdz only: M and F each talk to the dealer D (masks, triples) on their own sessions
     M -> F  Close                                       F -> M  Closed(F's accounting)
 
-What each message reveals is tabled in :mod:`ppir_itk.fixed_party`; the
-backend modules say what their own messages reveal. Either side also sends
-an empty ``Heartbeat`` frame after a third of its deadline of silence.
+What each message carries and reveals is tabled in code: :data:`ppir_itk.disclosure.SESSION`
+for these, each backend module's ``TABLE`` for its own (docs/privacy.md shows them). Either
+side also sends an empty ``Heartbeat`` frame after a third of its deadline of silence.
 """
