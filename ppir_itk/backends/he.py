@@ -437,10 +437,8 @@ class HEPackedFixedSide(FixedSide):
 
     def __init__(self, parameters: dict[str, str], policy: Any) -> None:
         super().__init__(parameters, policy)
-        try:
-            self.he = HEContext(*he_settings(parameters))
-        except InputError as error:
-            raise ProtocolError(str(error)) from None
+        # A refusal (InputError) becomes a protocol error in make_fixed_side.
+        self.he = HEContext(*he_settings(parameters))
         seal = self.he.seal
         keys = seal.KeyGenerator(self.he.context)
         self._secret_key = keys.secret_key()

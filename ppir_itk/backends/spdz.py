@@ -255,10 +255,7 @@ class SPDZFixedSide(FixedSide):
 
     def __init__(self, parameters: dict[str, str], policy: Any) -> None:
         super().__init__(parameters, policy)
-        try:
-            provider = provider_of(parameters)
-        except InputError as error:
-            raise ProtocolError(str(error)) from None
+        provider = provider_of(parameters)  # a refusal: make_fixed_side's protocol error
         if provider == "tfp" and not policy.single_process:
             raise ProtocolError(TFP_REFUSED)
         if policy.dealer is None:
