@@ -23,6 +23,8 @@ import enum
 from collections.abc import Callable
 from typing import Any
 
+from ppir_itk.errors import InputError
+
 
 class Event(enum.Enum):
     START = "StartEvent"
@@ -56,7 +58,7 @@ def as_event(event: Any) -> Event:
         for ours in Event:
             if event in (ours.value, ours.name, ours.name.lower()):
                 return ours
-    raise ValueError(f"unknown event {event!r}: use ppir_itk.Event or an ITK/SimpleITK event")
+    raise InputError(f"unknown event {event!r}: use ppir_itk.Event or an ITK/SimpleITK event")
 
 
 class Observable:

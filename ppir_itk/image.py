@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from ppir_itk.errors import InputError
+
 
 @dataclass(frozen=True)
 class GridGeometry:
@@ -50,16 +52,16 @@ class GridGeometry:
     def __post_init__(self) -> None:
         d = len(self.size)
         if d not in (2, 3):
-            raise ValueError(f"images must be 2-D or 3-D; this one has {d} dimensions")
+            raise InputError(f"images must be 2-D or 3-D; this one has {d} dimensions")
         if len(self.spacing) != d or len(self.origin) != d or len(self.direction) != d * d:
-            raise ValueError("size, spacing, origin and direction disagree on the dimension")
+            raise InputError("size, spacing, origin and direction disagree on the dimension")
         if min(self.size) < 1:
-            raise ValueError(f"image size {self.size} has an empty axis")
+            raise InputError(f"image size {self.size} has an empty axis")
         if not all(s > 0 and np.isfinite(s) for s in self.spacing):
-            raise ValueError(f"image spacing {self.spacing} must be positive and finite")
+            raise InputError(f"image spacing {self.spacing} must be positive and finite")
         direction = self.direction_matrix
         if not np.allclose(direction.T @ direction, np.eye(d), atol=1e-4):
-            raise ValueError("the direction cosines are not orthonormal")
+            raise InputError("the direction cosines are not orthonormal")
 
     @property
     def dimension(self) -> int:

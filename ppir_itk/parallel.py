@@ -13,6 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ppir_itk.errors import InputError
+
 CHUNK = 1 << 15
 
 _threads = max(1, os.cpu_count() or 1)
@@ -24,7 +26,7 @@ def set_number_of_threads(threads: int | None) -> None:
     global _threads, _pool
     threads = max(1, os.cpu_count() or 1) if threads is None else int(threads)
     if threads < 1:
-        raise ValueError(f"the number of threads must be at least 1, not {threads}")
+        raise InputError(f"the number of threads must be at least 1, not {threads}")
     if threads != _threads and _pool is not None:
         _pool.shutdown()
         _pool = None
