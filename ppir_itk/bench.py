@@ -246,7 +246,7 @@ def _register_capped(fixed: ImageGrid, moving: ImageGrid, options: RegistrationO
         options = dataclasses.replace(options, shrink_factors=[1], iterations=1,
                                       smoothing_sigmas=[options.smoothing_sigmas[-1]])
     start = time.perf_counter()
-    stopped = []
+    stopped: list[bool] = []
 
     def stop_at_cap(method: Any) -> None:
         if not stopped and time.perf_counter() - start > cap:

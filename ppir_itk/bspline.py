@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ppir_itk import _kernels
 from ppir_itk.errors import InputError
@@ -58,8 +59,8 @@ class BSplineTransform:
     has_center = False
     center = None
 
-    def __init__(self, size: Sequence[int], origin: Sequence[float], spacing: Sequence[float],
-                 direction: Sequence[float], parameters: Any = None,
+    def __init__(self, size: Iterable[int], origin: ArrayLike, spacing: ArrayLike,
+                 direction: ArrayLike, parameters: Any = None,
                  bulk: LinearTransform | None = None) -> None:
         self.size = tuple(int(s) for s in size)
         d = len(self.size)
@@ -75,7 +76,7 @@ class BSplineTransform:
             self.parameters = parameters
 
     @classmethod
-    def over(cls, geometry: GridGeometry, grid_spacing: float | Sequence[float],
+    def over(cls, geometry: GridGeometry, grid_spacing: float | Sequence[float] | np.ndarray,
              bulk: LinearTransform | None = None) -> BSplineTransform:
         """A zero deformation whose control grid covers ``geometry``'s image.
 
@@ -349,10 +350,10 @@ def _hessian_layout(size: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.n
                     rows.append(j * count + target)
                     cols.append(k * count + source)
                     positions.append(position)
-    rows, cols, positions = (np.concatenate(a) for a in (rows, cols, positions))
-    order = np.lexsort((cols, rows))
-    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=d * count))])
-    return positions[order], cols[order].astype(np.int32), indptr.astype(np.int32)
+    row, col, position = (np.concatenate(a) for a in (rows, cols, positions))
+    order = np.lexsort((col, row))
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(row, minlength=d * count))])
+    return position[order], col[order].astype(np.int32), indptr.astype(np.int32)
 
 
 def _second_derivative_orders(d: int) -> list[tuple[int, ...]]:
@@ -388,7 +389,7 @@ def _beta3(t: np.ndarray, s: int, order: int) -> np.ndarray:
     first / second derivative."""
     polynomials = [np.array([-1.0, 3.0, -3.0, 1.0]), np.array([3.0, -6.0, 0.0, 4.0]),
                    np.array([-3.0, 3.0, 3.0, 1.0]), np.array([1.0, 0.0, 0.0, 0.0])]
-    coefficients = polynomials[s] / 6.0
+    coefficients: np.ndarray = polynomials[s] / 6.0  # np.polyder's result is any floating
     for _ in range(order):
         coefficients = np.polyder(coefficients)
     return np.polyval(coefficients, t)

@@ -187,19 +187,22 @@ def _child(arguments: list[str], directory: Path, role: str,
                 process.kill()
                 process.wait()
         for stream in (process.stdout, process.stderr):
+            assert stream is not None, "Popen above opens both streams as pipes"
             stream.close()
 
 
 def _wait_until_listening(process: subprocess.Popen, timeout: float, role: str) -> str:
     """Read the child's stderr until it says where it listens."""
+    stderr = process.stderr
+    assert stderr is not None, "_child() opens the child's stderr as a pipe"
     selector = selectors.DefaultSelector()
-    selector.register(process.stderr, selectors.EVENT_READ)
+    selector.register(stderr, selectors.EVENT_READ)
     end = time.monotonic() + timeout
     lines: list[str] = []
     while time.monotonic() < end:
         if not selector.select(timeout=max(0.0, end - time.monotonic())):
             break
-        line = process.stderr.readline()
+        line = stderr.readline()
         if not line:
             break
         lines.append(line.strip())

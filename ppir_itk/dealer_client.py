@@ -91,7 +91,7 @@ class DealerClient:
         return mask_values(reply.seed, rows, count)
 
     def post_triples(self, sequence: int, count: int, mask_sequence: int,
-                     mask_rows: list[int]) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
+                     mask_rows: list[int]) -> Callable[[], tuple[np.ndarray | None, np.ndarray]]:
         """Ask for triple batch ``sequence`` now; the returned call waits for this party's
         part, each ``(len(mask_rows), count)``: ``(a, c0)`` for the moving party,
         ``(None, c1)`` for the fixed party."""

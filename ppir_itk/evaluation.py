@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from ppir_itk.bspline import BSplineTransform
 from ppir_itk.image import GridGeometry, ImageGrid
 from ppir_itk.options import RegistrationOptions
 from ppir_itk.transforms import LinearTransform
@@ -16,7 +17,8 @@ _CHUNK = 1 << 18
 
 
 def displacement_rmse(
-    first: LinearTransform, second: LinearTransform, geometry: GridGeometry
+    first: LinearTransform | BSplineTransform, second: LinearTransform | BSplineTransform,
+    geometry: GridGeometry,
 ) -> float:
     """Root mean square of ``|first(x) - second(x)|`` over every point x of the grid (mm).
 
@@ -69,7 +71,7 @@ def sitk_reference_registration(
     shrink_factors: Sequence[int] = RegistrationOptions.shrink_factors,
     smoothing_sigmas: Sequence[float] = RegistrationOptions.smoothing_sigmas,
     iterations: int = 500,
-) -> LinearTransform:
+) -> LinearTransform | BSplineTransform:
     """SimpleITK's own clear MeanSquares registration of the same pair (the reference).
 
     Regular-step gradient descent with scales from physical shift, linear

@@ -60,6 +60,9 @@ from ppir_itk.pyramid import Level, fixed_level_image
 from ppir_itk.roles import FIXED_PARTY, MOVING_PARTY
 from ppir_itk.wrapping.images import as_image_grid
 
+# Why the handlers after _on_hello may use self.hello and self.backend_side.
+_AFTER_HELLO = "handle() answers no request but 'hello' before 'hello' set the terms and side"
+
 
 @dataclass
 class FixedPartySession:
@@ -157,12 +160,14 @@ class FixedPartySession:
         ))
 
     def _on_center_of_mass_request(self, _: pb.CenterOfMassRequest) -> pb.Envelope:
+        assert self.hello is not None, _AFTER_HELLO
         if not self.hello.wants_center_of_mass:
             raise ProtocolError("the centre of mass was not agreed in 'hello'")
         return pb.Envelope(center_of_mass=pb.CenterOfMass(
             center=center_of_mass(self.image).tolist()))
 
     def _on_open_level(self, request: pb.OpenLevel) -> pb.Envelope:
+        assert self.hello is not None, _AFTER_HELLO
         if request.level != self.level_index + 1 or request.level >= len(self.hello.levels):
             raise ProtocolError(f"level {request.level} asked out of the agreed order")
         level = self.hello.levels[request.level]
@@ -175,6 +180,7 @@ class FixedPartySession:
             geometry=geometry_to_pb(self.level_image.geometry)))
 
     def _on_select_points(self, request: pb.SelectPoints) -> pb.Envelope:
+        assert self.hello is not None and self.backend_side is not None, _AFTER_HELLO
         if self.level_image is None or self.points is not None:
             raise ProtocolError("points asked outside a freshly opened level")
         if request.kind != SAMPLING_KINDS[self.hello.sampling]:
@@ -194,6 +200,7 @@ class FixedPartySession:
         return pb.Envelope(points_selected=pb.PointsSelected(count=self.points.size))
 
     def _on_backend(self, message: pb.BackendMessage) -> pb.Envelope:
+        assert self.backend_side is not None, _AFTER_HELLO
         if self.points is None:
             raise ProtocolError("a backend request arrived before the points were agreed")
         if self.backend_side.evaluations >= self.policy.evaluation_budget:
@@ -203,6 +210,7 @@ class FixedPartySession:
         return pb.Envelope(backend=self.backend_side.handle(message))
 
     def _on_close(self, _: pb.Close) -> pb.Envelope:
+        assert self.backend_side is not None, _AFTER_HELLO
         self.closed = True
         learned = self.received.lines() + self.backend_side.learned()
         dealer = self.backend_side.close()

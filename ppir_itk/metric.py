@@ -96,7 +96,7 @@ class PrivateMeanSquaresImageToImageMetric:
             backend = MovingPartySession(session, backend, backend_parameters)
         self.moving_party = backend
         self._moving: ImageGrid | None = None
-        self._transform: LinearTransform | None = None
+        self._transform: LinearTransform | BSplineTransform | None = None
         self._level: _LevelData | None = None
 
     # -- set-up ---------------------------------------------------------------
@@ -107,10 +107,10 @@ class PrivateMeanSquaresImageToImageMetric:
     def GetMovingImage(self) -> ImageGrid | None:  # noqa: N802
         return self._moving
 
-    def SetTransform(self, transform: LinearTransform) -> None:  # noqa: N802
+    def SetTransform(self, transform: LinearTransform | BSplineTransform) -> None:  # noqa: N802
         self._transform = transform
 
-    def GetTransform(self) -> LinearTransform:  # noqa: N802
+    def GetTransform(self) -> LinearTransform | BSplineTransform:  # noqa: N802
         if self._transform is None:
             raise RuntimeError("the metric has no transform: call SetTransform first")
         return self._transform
@@ -217,8 +217,10 @@ class PrivateMeanSquaresImageToImageMetric:
         gradient = jacobian.parameter_gradient(gradient)
         joint = self.moving_party.joint_term(MovingFields(gradient, values, valid,
                                                           jacobian.coefficients))
-        joint_r = (joint.parameter_term if joint.parameter_term is not None
-                   else jacobian.from_moments(joint.moments))
+        joint_r = joint.parameter_term
+        if joint_r is None:
+            assert joint.moments is not None, "a JointTerm holds its moments or its parameter term"
+            joint_r = jacobian.from_moments(joint.moments)
         # Not np.dot: BLAS would start threads that spin against the other party's process.
         warped_squared = float(np.square(values).sum())
         ssd = warped_squared - 2.0 * joint.warped_dot_fixed + joint.fixed_squared

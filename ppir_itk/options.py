@@ -130,7 +130,7 @@ class RegistrationOptions:
 
     transform: Any = "affine"
     backend: str = "he"
-    backend_parameters: Mapping[str, str] | None = field(default_factory=dict)
+    backend_parameters: Mapping[str, str] = field(default_factory=dict)  # None is taken as {}
     sampling: str | Sampling = "none"
     sampling_fraction: float = 0.05
     seed: int = 0

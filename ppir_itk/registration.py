@@ -32,6 +32,7 @@ or piece by piece, ITK style::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from collections.abc import Sequence
@@ -92,7 +93,7 @@ class LevelReport:
 class RegistrationResult:
     """The outcome of a registration, with everything a run reports (DESIGN.md §9)."""
 
-    transform: LinearTransform
+    transform: LinearTransform | BSplineTransform
     fixed_geometry: GridGeometry
     backend: str
     private: bool
@@ -266,9 +267,10 @@ class ImageRegistrationMethod(Observable):
         moving = metric.GetMovingImage()
         if moving is None:
             raise RuntimeError("the metric has no moving image: call SetMovingImage first")
-        bspline = self._kind is not None and not self._kind.linear
+        bspline_kind = self._kind if self._kind is not None and not self._kind.linear else None
         # A B-spline's grid covers the fixed image, known once the session started.
-        transform = _as_transform("translation" if bspline else self._initial_transform,
+        transform = _as_transform("translation" if bspline_kind is not None
+                                  else self._initial_transform,
                                   moving.dimension)
         if transform.dimension != moving.dimension:
             raise InputError(
@@ -278,15 +280,16 @@ class ImageRegistrationMethod(Observable):
         try:
             fixed_geometry = moving_party.start(
                 self.schedule, self.sampling, wants_center_of_mass=self.initializer == "moments")
-            if bspline:
+            if bspline_kind is not None:
                 spacing = np.asarray(self.grid_spacing, dtype=np.float64)
                 if self.refine_grid:  # doubled back to grid_spacing by the last level
                     spacing = spacing * 2.0 ** (len(self.schedule.levels) - 1)
-                bulk = None
-                if self.bulk is not None:
-                    bulk = _as_transform(self.bulk, moving.dimension)
-                transform = self._kind.build(moving.dimension, fixed_geometry=fixed_geometry,
-                                             grid_spacing=spacing, bulk=bulk)
+                bulk = None if self.bulk is None else _as_transform(self.bulk, moving.dimension)
+                if isinstance(bulk, BSplineTransform):
+                    raise InputError("the bulk transform is a B-spline; the B-spline is "
+                                     "composed with a linear transform only")
+                transform = bspline_kind.build(moving.dimension, fixed_geometry=fixed_geometry,
+                                               grid_spacing=spacing, bulk=bulk)
             result = RegistrationResult(
                 transform=transform,
                 fixed_geometry=fixed_geometry,
@@ -299,8 +302,8 @@ class ImageRegistrationMethod(Observable):
                 threads=parallel.get_number_of_threads(),
                 transport=moving_party.transport,
             )
-            if not bspline:  # a B-spline starts at zero, after its bulk transform
-                self._initialize(transform, moving)
+            if isinstance(transform, LinearTransform):  # a B-spline starts at zero, after its bulk
+                self._initialize(transform, moving, fixed_geometry)
             metric.SetTransform(transform)
             self.optimizer.SetMetric(metric)
             self._run_levels(result)
@@ -365,12 +368,13 @@ class ImageRegistrationMethod(Observable):
             if self._stop_requested:
                 break
 
-    def _initialize(self, transform: LinearTransform, moving: ImageGrid) -> None:
+    def _initialize(self, transform: LinearTransform, moving: ImageGrid,
+                    fixed_geometry: GridGeometry) -> None:
         if self.initializer == "none":
             return
         moving_party = self.metric.moving_party
         if self.initializer == "geometry":
-            fixed_center = moving_party.fixed_geometry.center()
+            fixed_center = fixed_geometry.center()
             moving_center = moving.geometry.center()
         else:
             fixed_center = moving_party.fixed_center_of_mass()
@@ -405,7 +409,7 @@ def party_figures(counters: Counters, seconds: float) -> dict[str, float | int]:
     return figures
 
 
-def _as_transform(initial: Any, dimension: int) -> LinearTransform:
+def _as_transform(initial: Any, dimension: int) -> LinearTransform | BSplineTransform:
     if isinstance(initial, LinearTransform):
         return initial.copy()
     if isinstance(initial, str):
@@ -466,7 +470,7 @@ def _register_with(session: Any, moving: ImageGrid, options: RegistrationOptions
                                      refine_grid=options.refine_grid,
                                      bulk_transform=options.bulk_transform)
     for event, callback in (observers or {}).items():
-        method.AddObserver(event, lambda callback=callback: callback(method))
+        method.AddObserver(event, functools.partial(callback, method))
     return method.run()
 
 
@@ -530,8 +534,8 @@ def register(
     source = fixed if isinstance(fixed, (str, os.PathLike)) else fixed_grid
     with spawn_fixed_party(source, backends=(options.backend,),
                            deadline=options.deadline) as fixed_party:
-        session = connect(fixed_party.address, fixed_party.client_tls, deadline=options.deadline,
-                          dealer=fixed_party.dealer_address)
-        result = _register_with(session, moving_grid, options, observers)
+        remote = connect(fixed_party.address, fixed_party.client_tls, deadline=options.deadline,
+                         dealer=fixed_party.dealer_address)
+        result = _register_with(remote, moving_grid, options, observers)
     result.fixed_startup_seconds = fixed_party.startup_seconds
     return result

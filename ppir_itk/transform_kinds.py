@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from ppir_itk.bspline import BSplineTransform
 from ppir_itk.errors import InputError
 from ppir_itk.image import GridGeometry
@@ -36,7 +38,7 @@ class TransformKind:
     linear: bool
 
     def build(self, dimension: int, *, fixed_geometry: GridGeometry | None = None,
-              grid_spacing: float | Sequence[float] | None = None,
+              grid_spacing: float | Sequence[float] | np.ndarray | None = None,
               bulk: LinearTransform | None = None) -> LinearTransform | BSplineTransform:
         """The identity of this kind; a B-spline's over ``fixed_geometry``, control points
         ``grid_spacing`` apart (physical units), composed with ``bulk``."""

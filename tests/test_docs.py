@@ -1,4 +1,5 @@
-"""Docstring examples run, the source tree is ruff clean, and its layers point one way."""
+"""Docstring examples run, the source tree is ruff clean and type checks, and its layers point
+one way."""
 
 from __future__ import annotations
 
@@ -38,6 +39,15 @@ def test_source_tree_is_ruff_clean():
     completed = subprocess.run([ruff, "check", str(ROOT)], capture_output=True, text=True,
                                check=False, cwd=ROOT)
     assert completed.returncode == 0, completed.stdout
+
+
+def test_the_package_type_checks():
+    """mypy with pyproject.toml's [tool.mypy]: ppir_itk, and wrapping/ as ppir_itk.wrapping."""
+    if not (ROOT / "pyproject.toml").exists():
+        pytest.skip("the tests run outside the source tree")
+    completed = subprocess.run([sys.executable, "-m", "mypy"], capture_output=True, text=True,
+                               check=False, cwd=ROOT)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
 
 
 def test_import_contracts_hold():

@@ -93,7 +93,7 @@ def _build(
     dimension: int,
     parameters: np.ndarray,
     fixed: np.ndarray,
-    matrix: np.ndarray,
+    matrix: np.ndarray | None,
 ) -> LinearTransform:
     """Build a LinearTransform from an ITK class name and its (fixed) parameters.
 
@@ -105,6 +105,7 @@ def _build(
         return TranslationTransform(dimension, parameters)
     center = fixed[:dimension]
     if cls is Euler3DTransform and fixed.size > 3 and fixed[3] != 0:
+        assert matrix is not None, "an Euler3DTransform is a matrix-offset transform"
         angles = Euler3DTransform.angles_from_matrix(matrix)
         return Euler3DTransform(3, np.concatenate([angles, parameters[3:6]]), center)
     return cls(dimension, parameters, center)
@@ -113,7 +114,7 @@ def _build(
 # ------------------------------------------------------------------------------ ITK
 
 
-def to_itk(transform: LinearTransform) -> Any:
+def to_itk(transform: LinearTransform | BSplineTransform) -> Any:
     """Return the matching ``itk.<Name>Transform[itk.D, ...]`` with the same parameters.
 
     Parameters
@@ -145,7 +146,7 @@ def to_itk(transform: LinearTransform) -> Any:
     return obj
 
 
-def from_itk(obj: Any) -> LinearTransform:
+def from_itk(obj: Any) -> LinearTransform | BSplineTransform:
     """Convert an ITK transform to a :class:`~ppir_itk.transforms.LinearTransform`.
 
     Parameters
@@ -200,7 +201,7 @@ def from_itk(obj: Any) -> LinearTransform:
         parameters = np.array(list(obj.GetParameters()), dtype=np.float64)
         fixed = np.array(list(obj.GetFixedParameters()), dtype=np.float64)
         return _build(name, dimension, parameters, fixed, matrix)
-    if is_matrix_offset:
+    if matrix is not None:  # a matrix-offset transform
         offset = np.array(list(obj.GetOffset()), dtype=np.float64)
         center = np.array(list(obj.GetCenter()), dtype=np.float64)
         return AffineTransform.from_matrix_offset(matrix, offset, center)
@@ -214,7 +215,7 @@ def from_itk(obj: Any) -> LinearTransform:
 # ------------------------------------------------------------------------ SimpleITK
 
 
-def to_sitk(transform: LinearTransform) -> Any:
+def to_sitk(transform: LinearTransform | BSplineTransform) -> Any:
     """Return the matching SimpleITK transform with the same parameters.
 
     Parameters
@@ -244,7 +245,7 @@ def to_sitk(transform: LinearTransform) -> Any:
     return obj
 
 
-def from_sitk(obj: Any) -> LinearTransform:
+def from_sitk(obj: Any) -> LinearTransform | BSplineTransform:
     """Convert a SimpleITK transform to a :class:`~ppir_itk.transforms.LinearTransform`.
 
     Parameters
@@ -291,7 +292,7 @@ def from_sitk(obj: Any) -> LinearTransform:
         parameters = np.array(obj.GetParameters(), dtype=np.float64)
         fixed = np.array(obj.GetFixedParameters(), dtype=np.float64)
         return _build(name, dimension, parameters, fixed, matrix)
-    if has_matrix:
+    if matrix is not None:
         # W(0) is exactly the offset of a matrix-offset transform.
         offset = np.array(obj.TransformPoint((0.0,) * dimension), dtype=np.float64)
         center = np.array(obj.GetCenter(), dtype=np.float64)
@@ -334,7 +335,8 @@ def _bspline_to_itk(transform: BSplineTransform) -> Any:
 # ----------------------------------------------------------------------------- files
 
 
-def write_transform(transform: LinearTransform, path: str | os.PathLike[str]) -> None:
+def write_transform(transform: LinearTransform | BSplineTransform,
+                    path: str | os.PathLike[str]) -> None:
     """Write a transform with ``SimpleITK.WriteTransform``, atomically.
 
     Through :func:`ppir_itk.wrapping.images.write_atomically`: on failure nothing
@@ -376,7 +378,7 @@ def write_transform(transform: LinearTransform, path: str | os.PathLike[str]) ->
     write_atomically(write, target)
 
 
-def read_transform(path: str | os.PathLike[str]) -> LinearTransform:
+def read_transform(path: str | os.PathLike[str]) -> LinearTransform | BSplineTransform:
     """Read a transform file with ``SimpleITK.ReadTransform``.
 
     Parameters

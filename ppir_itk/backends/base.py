@@ -50,11 +50,13 @@ class MovingFields:
     gradient: np.ndarray  # (n, d) physical gradient of I at W(x); 0 where invalid
     warped: np.ndarray  # (n,) I(W(x)); 0 where invalid
     valid: np.ndarray  # (n,) uint8, 1 where W(x) falls inside the moving image
-    coefficients: np.ndarray  # (|theta|, d(d+1)): dW/dtheta in the affine basis (theta-dependent)
+    coefficients: np.ndarray | None  # (|theta|, d(d+1)): dW/dtheta in the affine basis
+    # (theta-dependent); None for a B-spline, whose parameters are the basis itself
 
     def steepest_descent(self, points: PointSet) -> np.ndarray:
         """S = g . dW/dtheta, shape (n, |theta|): the paper's matrix (O(n |theta|) memory);
         linear transforms (the affine basis) only."""
+        assert self.coefficients is not None, "backends with bspline = False get no B-spline"
         d = self.gradient.shape[1]
         phi = AffineBasis(points).phi
         basis = np.concatenate([phi, np.ones((len(phi), 1))], axis=1)  # (n, d+1)
@@ -132,6 +134,12 @@ class JointTermBackend(abc.ABC):
             raise RuntimeError("on_points() must come before joint_term()")
         return self._joint_term(fields)
 
+    @property
+    def level_points(self) -> PointSet:
+        """The level's agreed points, for what runs after :meth:`on_points` set them."""
+        assert self.points is not None, "joint_term() runs only after on_points()"
+        return self.points
+
     def close(self) -> None:  # noqa: B027 - most backends hold nothing past the session
         """The session closed: release what the backend holds (a dealer session, keys)."""
 
@@ -157,7 +165,8 @@ class ExactSumsBackend(JointTermBackend):
     and, per level, the power of two bounding J (the fixed-point exponent)."""
 
     def _disclose_sums(self, count: int) -> None:
-        self.received.add("joint_term", count, detail=f"{self.points.linear_map.name} moments")
+        self.received.add("joint_term", count,
+                          detail=f"{self.level_points.linear_map.name} moments")
 
     def _disclose_bound(self, bound: int) -> None:
         self.received.add("fixed_point_bound", 1, detail=f"2^{bound}")

@@ -75,8 +75,9 @@ class ClearBackend(JointTermBackend):
 
     def _joint_term(self, fields: MovingFields) -> JointTerm:
         fixed = self._fixed_values
+        assert fixed is not None, "joint_term() runs only after on_points() received J"
         return JointTerm(
-            moments=self.points.linear_map.moments(fields.gradient, fixed),
+            moments=self.level_points.linear_map.moments(fields.gradient, fixed),
             warped_dot_fixed=float(np.dot(fields.warped, fixed)),
             fixed_squared=float(np.dot(fields.valid.astype(np.float64), fixed * fixed)),
         )

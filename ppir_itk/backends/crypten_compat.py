@@ -37,8 +37,8 @@ def _converter_stand_in() -> types.ModuleType:
         raise NotImplementedError("CrypTen's ONNX model converter is not available with this "
                                   "PyTorch; ppir_itk does not convert models")
 
-    module.from_onnx = module.from_pytorch = module.from_tensorflow = unavailable
-    module.TF_AND_TF2ONNX = False
+    vars(module).update(from_onnx=unavailable, from_pytorch=unavailable,
+                        from_tensorflow=unavailable, TF_AND_TF2ONNX=False)
     return module
 
 

@@ -270,13 +270,19 @@ class HEPackedBackend(ExactSumsBackend):
 
     def __init__(self, channel: MovingChannel, parameters: dict[str, str] | None = None) -> None:
         super().__init__(channel, parameters)
-        self.he = HEContext(*he_settings(parameters))
+        self.he = HEContext(*he_settings(self.parameters))
         self._public_key: Any = None
         self._encryptor: Any = None
         self._level: _Level | None = None
 
     def close(self) -> None:
         self.he.close()
+
+    @property
+    def _agreed_level(self) -> _Level:
+        """The level's ciphertexts of J, for what runs after :meth:`_on_points` received them."""
+        assert self._level is not None, "joint_term() runs only after on_points()"
+        return self._level
 
     def _on_points(self, points: PointSet) -> None:
         he, seal = self.he, self.he.seal
@@ -302,10 +308,10 @@ class HEPackedBackend(ExactSumsBackend):
         self._disclose_bound(basis.budget(PLAIN_MODULUS).j_bits - 1 - level_exponent)
 
     def _joint_term(self, fields: MovingFields) -> JointTerm:
-        basis = self.points.linear_map
+        basis = self.level_points.linear_map
         if not basis.few_outputs:
             return self._mapped_joint_term(fields)
-        he, level = self.he, self._level
+        he, level = self.he, self._agreed_level
         d = fields.gradient.shape[1]
         bits = basis.budget(PLAIN_MODULUS)
         # Fixed-point exponents for this iteration's vectors (private to the moving party).
@@ -365,7 +371,7 @@ class HEPackedBackend(ExactSumsBackend):
         he = self.he
         if ciphertext is None:
             ciphertext = he.seal.Ciphertext()
-            self._encryptor.encrypt_zero(self._level.ciphertexts[0].parms_id(), ciphertext)
+            self._encryptor.encrypt_zero(self._agreed_level.ciphertexts[0].parms_id(), ciphertext)
         else:
             he.evaluator.transform_from_ntt_inplace(ciphertext)
         he.evaluator.add_plain_inplace(ciphertext, he.encode(mask.astype(np.int64)))
@@ -379,7 +385,7 @@ class HEPackedBackend(ExactSumsBackend):
     def _mapped_joint_term(self, fields: MovingFields) -> JointTerm:
         """A map with many outputs, applied by the fixed party (protocol docstring,
         "B-spline transforms")."""
-        he, level, points = self.he, self._level, self.points
+        he, level, points = self.he, self._agreed_level, self.level_points
         basis = points.linear_map
         d = fields.gradient.shape[1]
         bits = basis.budget(PLAIN_MODULUS)

@@ -203,7 +203,7 @@ class PaperV1Backend(_PaperBackend):
         self._fixed, self._fixed_squared = vectors[:parts], vectors[parts:]
 
     def _joint_term(self, fields: MovingFields) -> JointTerm:
-        columns = list(fields.steepest_descent(self.points).T) + [fields.warped]
+        columns = list(fields.steepest_descent(self.level_points).T) + [fields.warped]
         results = [_summed(self._fixed, column, dot=True) for column in columns]
         results.append(_summed(self._fixed_squared, fields.valid.astype(np.float64), dot=True))
         reply = self.channel.exchange(pb.BackendMessage(paper_v1_products=pb.PaperV1Products(
@@ -299,7 +299,7 @@ class PaperV2Backend(_PaperBackend):
         self._columns = columns
         reply = self.channel.exchange(pb.BackendMessage(
             paper_v2_level_request=pb.PaperV2LevelRequest(columns=columns)))
-        first, _ = _halves(self.points.size)
+        first, _ = _halves(self.level_points.size)
         chunks = -(-(first.stop - first.start) // (POLY_MODULUS_DEGREE // 2))
         parts = _answer(reply, "paper_v2_level").ciphertexts
         if len(parts) != columns * chunks:
@@ -310,7 +310,7 @@ class PaperV2Backend(_PaperBackend):
     def _joint_term(self, fields: MovingFields) -> JointTerm:
         ts = _tenseal()
         # |theta| + 2 columns: S, then I_w (times J) and the valid mask (times J^2).
-        columns = np.column_stack([fields.steepest_descent(self.points), fields.warped,
+        columns = np.column_stack([fields.steepest_descent(self.level_points), fields.warped,
                                    fields.valid.astype(np.float64)])
         if not self._fixed_first_half:
             self._fetch_level(columns.shape[1])

@@ -193,7 +193,7 @@ class SPDZBackend(ExactSumsBackend):
             raise ProtocolError(f"the fixed party answered '{reply.WhichOneof('body')}' to "
                                 f"'{request}'")
         self._answer = getattr(reply, answer)
-        self._communicator.fill_inbox(self._answer.shares, max_elements=self.points.size * 16)
+        self._communicator.fill_inbox(self._answer.shares, max_elements=self.level_points.size * 16)
 
     def _on_points(self, points: PointSet) -> None:
         if self._products is None:
@@ -214,10 +214,10 @@ class SPDZBackend(ExactSumsBackend):
 
     def _joint_term(self, fields: MovingFields) -> JointTerm:
         d = fields.gradient.shape[1]
-        basis, bits = self.points.linear_map, self._bits
+        basis, bits = self.level_points.linear_map, self._bits
         e_g = exponent(float(np.abs(fields.gradient).max(initial=0.0)), bits.g_bits)
         e_w = exponent(float(np.abs(fields.warped).max(initial=0.0)), bits.w_bits)
-        rows = np.empty((d + 2, self.points.size), dtype=np.int64)
+        rows = np.empty((d + 2, self.level_points.size), dtype=np.int64)
         rows[:d] = encode(fields.gradient.T, e_g)
         rows[d] = encode(fields.warped, e_w)
         rows[d + 1] = fields.valid
@@ -245,6 +245,7 @@ class SPDZBackend(ExactSumsBackend):
         dealer = Counters(*(getattr(moving, name) + getattr(fixed, name) for name in (
             "payload_bytes_received", "payload_bytes_sent", "wire_bytes_received",
             "wire_bytes_sent", "messages_received", "messages_sent")))
+        assert self.dealer_closed is not None, "the session closes the backend before this"
         return {"dealer": (dealer, self.dealer_closed.stats.seconds + closed.dealer.seconds)}
 
 class SPDZFixedSide(FixedSide):

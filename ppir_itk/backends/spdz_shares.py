@@ -22,7 +22,7 @@ from ppir_itk.protocol.messages import ProtocolError, array_from_pb, array_to_pb
 from ppir_itk.roles import FIXED, MOVING
 
 crypten = load_crypten()
-Communicator = crypten.communicator.Communicator
+Communicator: Any = crypten.communicator.Communicator  # untyped: load_crypten() imports it
 
 
 class MailboxCommunicator(Communicator):
@@ -173,12 +173,14 @@ class SharedProducts:
         ``moments_map`` is the public linear map of step 6 on a share of ``Z[:d]``
         (:meth:`~ppir_itk.linear_map.PublicLinearMap.ring`).
         """
+        assert self._next is not None, "open_fixed_operand() and each sums() ask ahead for it"
         a, c = self._next()
         count = c.shape[1]
         self._prefetch(count)
         d = len(self._rows) - 2
         with acting_as(self.communicator):
             if self.rank == MOVING:
+                assert moving_rows is not None and a is not None, "the moving party's X and a"
                 x = torch.from_numpy(moving_rows)
                 masked = self._share(moving_rows - a).reveal(dst=FIXED)  # sends E
                 share = x * self._opened[self._rows]  # c0 + X * F

@@ -136,6 +136,7 @@ class LocalSession(Session):
 
     def _receive(self, expected: str) -> pb.Envelope:
         reply, self._reply = self._reply, None
+        assert reply is not None, "post() sends one request, whose answer is received once"
         kind = body(reply)
         if kind == "abort":
             raise PeerError(f"the {self.peer} ended the session: {reply.abort.reason}")

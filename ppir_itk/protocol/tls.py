@@ -110,13 +110,17 @@ def issue_certificate(directory: str | os.PathLike, name: str, *, days: int = 30
     """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     folder = Path(directory)
     ca_certificate = x509.load_pem_x509_certificate(_read(folder / "ca.pem", "CA certificate"))
     ca_key = serialization.load_pem_private_key(_read(folder / "ca.key", "CA private key"),
                                                 password=None)
+    # init_pki writes an EC key; these are the kinds cryptography 42 (our oldest) signs with.
+    if not isinstance(ca_key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, dsa.DSAPrivateKey,
+                               ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
+        raise InputError(f"the CA private key '{folder / 'ca.key'}' cannot sign certificates")
     start = not_before or datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
     key = ec.generate_private_key(ec.SECP256R1())
     certificate = (
