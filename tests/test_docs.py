@@ -3,7 +3,6 @@ one way."""
 
 from __future__ import annotations
 
-import ast
 import doctest
 import importlib
 import pkgutil
@@ -42,7 +41,7 @@ def test_source_tree_is_ruff_clean():
 
 
 def test_the_package_type_checks():
-    """mypy with pyproject.toml's [tool.mypy]: ppir_itk, and wrapping/ as ppir_itk.wrapping."""
+    """mypy with pyproject.toml's [tool.mypy], on the package (its adapters in wrapping/ too)."""
     if not (ROOT / "pyproject.toml").exists():
         pytest.skip("the tests run outside the source tree")
     completed = subprocess.run([sys.executable, "-m", "mypy"], capture_output=True, text=True,
@@ -60,26 +59,3 @@ def test_import_contracts_hold():
          "raise SystemExit(lint_imports(no_cache=True, no_logo=True))"],
         capture_output=True, text=True, check=False, cwd=ROOT)
     assert completed.returncode == 0, completed.stdout + completed.stderr
-
-
-# What the image and transform adapters may import of the package: the core below them.
-WRAPPING_MAY_IMPORT = ("ppir_itk.errors", "ppir_itk.image", "ppir_itk.transforms",
-                       "ppir_itk.bspline", "ppir_itk.wrapping")
-
-
-def test_wrapping_imports_only_the_core():
-    """wrapping/ installs as ppir_itk.wrapping, which import-linter does not see in an
-    editable install: its imports (function-level ones too) reach only the core."""
-    if not (ROOT / "wrapping").is_dir():
-        pytest.skip("the tests run outside the source tree")
-    for path in sorted((ROOT / "wrapping").glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [node.module]
-            elif isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            else:
-                continue
-            for name in names:
-                if name.startswith("ppir_itk"):
-                    assert name.startswith(WRAPPING_MAY_IMPORT), f"{path.name} imports {name}"
