@@ -12,8 +12,12 @@ from grpc_tools import protoc
 from setuptools import Extension, setup
 
 PROTOCOL = Path(__file__).resolve().parent / "ppir_itk" / "protocol"
-if protoc.main(["protoc", f"-I{PROTOCOL}", f"--python_out={PROTOCOL}",
-                str(PROTOCOL / "ppir.proto")]) != 0:
+if (
+    protoc.main(
+        ["protoc", f"-I{PROTOCOL}", f"--python_out={PROTOCOL}", str(PROTOCOL / "ppir.proto")]
+    )
+    != 0
+):
     raise SystemExit("protoc could not compile ppir_itk/protocol/ppir.proto")
 
 kernels = Extension(

@@ -60,7 +60,8 @@ def ours(fixed, moving, transform):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         metric = ppir_itk.PrivateMeanSquaresImageToImageMetric(
-            "clear", session=ppir_itk.in_process_session(fixed))
+            "clear", session=ppir_itk.in_process_session(fixed)
+        )
     metric.SetMovingImage(moving)
     metric.SetTransform(transform)
     metric.moving_party.start(LevelSchedule.from_lists([1], [0.0]), ppir_itk.NoSampling())
@@ -87,8 +88,7 @@ def _warp(moving, index_gradient, geometry, matrix, offset):
     moving_geometry = moving.geometry
     d = geometry.dimension
     to_index = moving_geometry.physical_to_index
-    u = (_physical_points(geometry) @ matrix.T + offset - moving_geometry.origin_array) \
-        @ to_index.T
+    u = (_physical_points(geometry) @ matrix.T + offset - moving_geometry.origin_array) @ to_index.T
     size = np.array(moving.array.shape[::-1])
     valid = np.all((u >= -0.5) & (u < size - 0.5), axis=1)  # half a pixel beyond the centres
     inside = np.clip(u[valid], 0, size - 1)  # sampled on the border
@@ -119,17 +119,20 @@ def numpy_baseline(fixed, moving, transform):
 
     def evaluate():
         matrix, offset = transform.matrix_offset()
-        values, gradient, valid, n_valid = _warp(moving, index_gradient, geometry, matrix,
-                                                 offset)
+        values, gradient, valid, n_valid = _warp(moving, index_gradient, geometry, matrix, offset)
         rows = (gradient[:, :, None] * _affine_basis(geometry)[:, None, :]).reshape(n, -1)
         gram = rows.T @ rows
         local = gradient.T @ (values[:, None] * _affine_basis(geometry))
         joint = gradient.T @ (fixed_values[:, None] * _affine_basis(geometry))
         coefficients = transform.jacobian_in_affine_basis(geometry.center()).reshape(
-            -1, d * (d + 1))
+            -1, d * (d + 1)
+        )
         ssd = values @ values - 2 * values @ fixed_values + valid @ (fixed_values**2)
-        return (ssd / n_valid, coefficients @ (local - joint).ravel(),
-                coefficients @ gram @ coefficients.T)
+        return (
+            ssd / n_valid,
+            coefficients @ (local - joint).ravel(),
+            coefficients @ gram @ coefficients.T,
+        )
 
     return evaluate
 
@@ -167,8 +170,10 @@ def main() -> None:
     args = parser.parse_args()
     parallel.set_number_of_threads(1)
     print("one metric evaluation, single thread, best of", args.repeats)
-    print(f"{'image':>10} {'ppir_itk':>10} {'numpy':>10} {'itk(filter)':>12} {'itk(cdiff)':>11}"
-          f" {'numpy/ours':>11} {'itk/ours':>9}")
+    print(
+        f"{'image':>10} {'ppir_itk':>10} {'numpy':>10} {'itk(filter)':>12} {'itk(cdiff)':>11}"
+        f" {'numpy/ours':>11} {'itk/ours':>9}"
+    )
     for shape in ((256, 256), (128, 128, 128)):
         fixed, moving, transform = case(shape)
         calls = {
@@ -180,9 +185,11 @@ def main() -> None:
         times = {name: best_of(args.repeats, call) for name, call in calls.items()}
         fastest_itk = min(times["itk_filter"], times["itk_cdiff"])
         label = "x".join(map(str, shape))
-        print(f"{label:>10} {times['ours']:>9.4f}s {times['numpy']:>9.4f}s "
-              f"{times['itk_filter']:>11.4f}s {times['itk_cdiff']:>10.4f}s "
-              f"{times['numpy'] / times['ours']:>10.1f}x {fastest_itk / times['ours']:>8.2f}x")
+        print(
+            f"{label:>10} {times['ours']:>9.4f}s {times['numpy']:>9.4f}s "
+            f"{times['itk_filter']:>11.4f}s {times['itk_cdiff']:>10.4f}s "
+            f"{times['numpy'] / times['ours']:>10.1f}x {fastest_itk / times['ours']:>8.2f}x"
+        )
 
 
 if __name__ == "__main__":

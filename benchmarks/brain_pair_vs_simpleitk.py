@@ -35,24 +35,36 @@ def main() -> None:
         fixed = as_image_grid(args.data / "template.png", name="template")
         moving = as_image_grid(args.data / "moving.png", name="moving")
         start = time.perf_counter()
-        result = ppir_itk.register(fixed, moving, transform="affine",
-                                   shrink_factors=args.shrink_factors,
-                                   smoothing_sigmas=args.smoothing_sigmas)
+        result = ppir_itk.register(
+            fixed,
+            moving,
+            transform="affine",
+            shrink_factors=args.shrink_factors,
+            smoothing_sigmas=args.smoothing_sigmas,
+        )
         ours = time.perf_counter() - start
     initial = make_transform("affine", 2)
     initial.center = fixed.geometry.center()
     initial.translation = moving.geometry.center() - fixed.geometry.center()
     start = time.perf_counter()
-    reference = sitk_reference_registration(fixed, moving, initial,
-                                            shrink_factors=args.shrink_factors,
-                                            smoothing_sigmas=args.smoothing_sigmas)
+    reference = sitk_reference_registration(
+        fixed,
+        moving,
+        initial,
+        shrink_factors=args.shrink_factors,
+        smoothing_sigmas=args.smoothing_sigmas,
+    )
     theirs = time.perf_counter() - start
     pixel = min(fixed.geometry.spacing)
     rmse = displacement_rmse(result.transform, reference, fixed.geometry) / pixel
-    print(f"fixed {fixed.geometry.size}, moving {moving.geometry.size}, "
-          f"levels {args.shrink_factors} / {args.smoothing_sigmas}")
-    print(f"ppir_itk clear : {result.iterations} iterations, final MSE {result.final_metric:.4f}, "
-          f"{ours:.2f} s")
+    print(
+        f"fixed {fixed.geometry.size}, moving {moving.geometry.size}, "
+        f"levels {args.shrink_factors} / {args.smoothing_sigmas}"
+    )
+    print(
+        f"ppir_itk clear : {result.iterations} iterations, final MSE {result.final_metric:.4f}, "
+        f"{ours:.2f} s"
+    )
     print(f"SimpleITK      : {theirs:.2f} s")
     print(f"ppir_itk  parameters: {result.transform.parameters.round(5).tolist()}")
     print(f"SimpleITK parameters: {reference.parameters.round(5).tolist()}")

@@ -37,15 +37,16 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "brain-
 
 def deformed(moving, spacing: float, amplitude: float, seed: int = 11):
     truth = BSplineTransform.over(moving.geometry, spacing)
-    truth.parameters = np.random.default_rng(seed).normal(scale=amplitude,
-                                                          size=truth.number_of_parameters)
+    truth.parameters = np.random.default_rng(seed).normal(
+        scale=amplitude, size=truth.number_of_parameters
+    )
     return resample(moving, truth, moving.geometry), truth
 
 
 def rms(first, second, grid, where) -> float:
     points = grid.physical_points(grid.flat_to_index(where))
     moved = first.transform_points(points) - second.transform_points(points)
-    return float(np.sqrt((moved ** 2).sum(axis=1).mean()) / min(grid.spacing))
+    return float(np.sqrt((moved**2).sum(axis=1).mean()) / min(grid.spacing))
 
 
 def per_iteration(result) -> float:
@@ -65,24 +66,42 @@ def run(fixed, moving, truth, grids, backends, options) -> None:
         clear = None
         for backend in backends:
             start = time.perf_counter()
-            result = ppir_itk.register(fixed, moving, backend=backend, transform="bspline",
-                                       grid_spacing=grid * spacing, **options)
+            result = ppir_itk.register(
+                fixed,
+                moving,
+                backend=backend,
+                transform="bspline",
+                grid_spacing=grid * spacing,
+                **options,
+            )
             seconds = time.perf_counter() - start
             clear = result if backend == "clear" else clear
-            versus = "" if clear is None or result is clear else (
-                f", {rms(result.transform, clear.transform, fixed.geometry, brain):.4f} px "
-                f"from clear, x{per_iteration(result) / per_iteration(clear):.1f} its time")
-            sent = " ".join(f"{party} {last_level_bytes(result, party) / 1e6:.3f} MB"
-                            for party in ("moving", "fixed"))
+            versus = (
+                ""
+                if clear is None or result is clear
+                else (
+                    f", {rms(result.transform, clear.transform, fixed.geometry, brain):.4f} px "
+                    f"from clear, x{per_iteration(result) / per_iteration(clear):.1f} its time"
+                )
+            )
+            sent = " ".join(
+                f"{party} {last_level_bytes(result, party) / 1e6:.3f} MB"
+                for party in ("moving", "fixed")
+            )
             if "dealer" in result.parties:
                 dealer = result.parties["dealer"]
-                sent += (f"; dealer in all: {dealer['bytes_sent'] / 1e6:.1f} MB sent, "
-                         f"{dealer['seconds']:.1f} s")
-            print(f"grid {grid} px ({result.transform.number_of_parameters} parameters), "
-                  f"{backend}: error {rms(result.transform, truth, fixed.geometry, brain):.3f} "
-                  f"px{versus}; {result.iterations} iterations, {seconds:.1f} s, moving party "
-                  f"{per_iteration(result) * 1e3:.1f} ms/iteration; per iteration at full "
-                  f"resolution sent: {sent}", flush=True)
+                sent += (
+                    f"; dealer in all: {dealer['bytes_sent'] / 1e6:.1f} MB sent, "
+                    f"{dealer['seconds']:.1f} s"
+                )
+            print(
+                f"grid {grid} px ({result.transform.number_of_parameters} parameters), "
+                f"{backend}: error {rms(result.transform, truth, fixed.geometry, brain):.3f} "
+                f"px{versus}; {result.iterations} iterations, {seconds:.1f} s, moving party "
+                f"{per_iteration(result) * 1e3:.1f} ms/iteration; per iteration at full "
+                f"resolution sent: {sent}",
+                flush=True,
+            )
 
 
 def main() -> None:
@@ -93,13 +112,24 @@ def main() -> None:
     parser.add_argument("--volume", type=int, help="also a 3-D phantom of this size")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
-    options = dict(shrink_factors=[4, 2, 1], smoothing_sigmas=[2.0, 1.0, 0.0], iterations=50,
-                   bending_energy_weight=100.0, threads=1)
+    options = dict(
+        shrink_factors=[4, 2, 1],
+        smoothing_sigmas=[2.0, 1.0, 0.0],
+        iterations=50,
+        bending_energy_weight=100.0,
+        threads=1,
+    )
     if args.volume:
         moving = head_phantom((args.volume,) * 3)
         fixed, truth = deformed(moving, 32.0, 2.0)
-        run(fixed, moving, truth, [8.0], args.backends,
-            {**options, "iterations": 30, "sampling": "urs", "sampling_fraction": 0.1})
+        run(
+            fixed,
+            moving,
+            truth,
+            [8.0],
+            args.backends,
+            {**options, "iterations": 30, "sampling": "urs", "sampling_fraction": 0.1},
+        )
         return
     moving = as_image_grid(args.data / "template.png", name="template")
     moving = ppir_itk.ImageGrid(moving.array.astype(np.float64), spacing=moving.geometry.spacing)

@@ -103,8 +103,9 @@ class Row:
     megabytes: float | None = None
 
 
-def best_of(repeats: int, call: Callable[[Any], Any],
-            setup: Callable[[], Any] = lambda: None) -> float:
+def best_of(
+    repeats: int, call: Callable[[Any], Any], setup: Callable[[], Any] = lambda: None
+) -> float:
     """The shortest of ``repeats`` timings of ``call(setup())`` (set-up not timed)."""
     times = []
     for _ in range(repeats):
@@ -179,22 +180,33 @@ def packed_rows(repeats: int, batch: int) -> tuple[str, list[Row]]:
     fresh_moving = [he.from_bytes("Ciphertext", data) for data in saved]
     rows = [
         Row("encode + encrypt (public key)", best_of(repeats, encrypt) * per),
-        Row("save (serialise) a fresh ciphertext",
+        Row(
+            "save (serialise) a fresh ciphertext",
             best_of(repeats, lambda _: [fixed.he.to_bytes(c) for c in fresh]) * per,
-            np.mean([len(data) for data in saved]) * MILLION / slots / 1e6),
+            np.mean([len(data) for data in saved]) * MILLION / slots / 1e6,
+        ),
         Row("load + to NTT (moving party, per level)", best_of(repeats, load) * per),
         Row("ct x pt: encode, NTT, multiply_plain", best_of(repeats, products) * per),
-        Row("ct + ct (accumulate)", best_of(repeats, accumulate, products) * batch
-            / (batch - 1) * per),
-        Row("mask, 2 mod switches, re-randomise, save", best_of(repeats, masked, products) * per,
-            np.mean([len(data) for data in sent]) * MILLION / slots / 1e6),
-        Row("load + decrypt + decode (fixed party)",
-            best_of(repeats, lambda _: [fixed._decrypt(data) for data in sent]) * per),
+        Row(
+            "ct + ct (accumulate)",
+            best_of(repeats, accumulate, products) * batch / (batch - 1) * per,
+        ),
+        Row(
+            "mask, 2 mod switches, re-randomise, save",
+            best_of(repeats, masked, products) * per,
+            np.mean([len(data) for data in sent]) * MILLION / slots / 1e6,
+        ),
+        Row(
+            "load + decrypt + decode (fixed party)",
+            best_of(repeats, lambda _: [fixed._decrypt(data) for data in sent]) * per,
+        ),
         Row("ct x ct + relinearise (not used)", best_of(repeats, squares) * per),
     ]
     bits = [m.bit_count() for m in he.context.key_context_data().parms().coeff_modulus()]
-    title = (f"he packed (BFV, N={he.degree}, coefficient modulus {'+'.join(map(str, bits))} "
-             f"bits, plain modulus {he.t.bit_length()} bits; {slots} slots)")
+    title = (
+        f"he packed (BFV, N={he.degree}, coefficient modulus {'+'.join(map(str, bits))} "
+        f"bits, plain modulus {he.t.bit_length()} bits; {slots} slots)"
+    )
     return title, rows
 
 
@@ -228,20 +240,32 @@ def paper_rows(repeats: int, batch: int) -> tuple[str, list[Row]]:
 
     rows = [
         Row("encrypt", best_of(repeats, encrypt) * per),
-        Row("serialise a fresh ciphertext",
-            best_of(repeats, lambda _: [v.serialize() for v in fresh]) * per, size(fresh)),
-        Row("ct x pt (paper-v2: multiply, rescale)",
+        Row(
+            "serialise a fresh ciphertext",
+            best_of(repeats, lambda _: [v.serialize() for v in fresh]) * per,
+            size(fresh),
+        ),
+        Row(
+            "ct x pt (paper-v2: multiply, rescale)",
             best_of(repeats, lambda _: [c * b for c, b in pairs]) * per,
-            size([c * b for c, b in pairs])),
-        Row("dot product (paper-v1: ct x pt + 12 rotations)",
-            best_of(repeats, lambda _: [c.dot(b) for c, b in pairs]) * per, size(dots)),
-        Row("ct x ct, relinearise, rescale (not used)",
-            best_of(repeats, lambda _: [c * c for c in fresh]) * per),
+            size([c * b for c, b in pairs]),
+        ),
+        Row(
+            "dot product (paper-v1: ct x pt + 12 rotations)",
+            best_of(repeats, lambda _: [c.dot(b) for c, b in pairs]) * per,
+            size(dots),
+        ),
+        Row(
+            "ct x ct, relinearise, rescale (not used)",
+            best_of(repeats, lambda _: [c * c for c in fresh]) * per,
+        ),
         Row("decrypt", best_of(repeats, lambda _: [v.decrypt() for v in fresh]) * per),
     ]
-    title = (f"he paper-v1 / paper-v2 (CKKS, N={POLY_MODULUS_DEGREE}, coefficient modulus "
-             f"{'+'.join(map(str, COEFF_MOD_BIT_SIZES))} bits, scale 2^{SCALE_BITS}; "
-             f"{slots} slots)")
+    title = (
+        f"he paper-v1 / paper-v2 (CKKS, N={POLY_MODULUS_DEGREE}, coefficient modulus "
+        f"{'+'.join(map(str, COEFF_MOD_BIT_SIZES))} bits, scale 2^{SCALE_BITS}; "
+        f"{slots} slots)"
+    )
     return title, rows
 
 
@@ -269,10 +293,12 @@ class _Pair:
         self.bytes = 0  # envelope arrays both parties sent each other
         self.fixed_comm = MailboxCommunicator(FIXED)
         self.moving_comm = MailboxCommunicator(MOVING, self._flush)
-        self.moving = SharedProducts(MOVING, local_dealer(pool, "moving-party")(token),
-                                     self.moving_comm)
-        self.fixed = SharedProducts(FIXED, local_dealer(pool, "fixed-party")(token),
-                                    self.fixed_comm)
+        self.moving = SharedProducts(
+            MOVING, local_dealer(pool, "moving-party")(token), self.moving_comm
+        )
+        self.fixed = SharedProducts(
+            FIXED, local_dealer(pool, "fixed-party")(token), self.fixed_comm
+        )
         self.limit = count * 16
 
     def _flush(self) -> None:
@@ -289,8 +315,10 @@ class _Pair:
 
     def dealer_bytes(self) -> int:
         """What the dealer sent both parties so far (envelope payload)."""
-        return sum(products.dealer.session.counters().payload_bytes_received
-                   for products in (self.moving, self.fixed))
+        return sum(
+            products.dealer.session.counters().payload_bytes_received
+            for products in (self.moving, self.fixed)
+        )
 
 
 def spdz_rows(repeats: int) -> tuple[str, list[Row]]:
@@ -326,17 +354,23 @@ def spdz_rows(repeats: int) -> tuple[str, list[Row]]:
 
     before = sum(client.session.counters().payload_bytes_received for client in clients)
     dealer_seconds = best_of(repeats, triples)
-    dealt = (sum(client.session.counters().payload_bytes_received for client in clients)
-             - before) / repeats
+    dealt = (
+        sum(client.session.counters().payload_bytes_received for client in clients) - before
+    ) / repeats
 
     # The operands of one iteration's Beaver products, laid out as SharedProducts lays them.
     row_map = torch.tensor([0] * (d + 1) + [1])
     x = torch.from_numpy(rng.integers(-(1 << 20), 1 << 20, (SPDZ_ROWS, points)))
-    a, c0, c1 = (rng.integers(ring.min, ring.max, (SPDZ_ROWS, points), dtype=np.int64,
-                              endpoint=True) for _ in range(3))
-    opened_f, mask_b = (torch.from_numpy(rng.integers(ring.min, ring.max, (2, points),
-                                                      dtype=np.int64, endpoint=True))
-                        for _ in range(2))
+    a, c0, c1 = (
+        rng.integers(ring.min, ring.max, (SPDZ_ROWS, points), dtype=np.int64, endpoint=True)
+        for _ in range(3)
+    )
+    opened_f, mask_b = (
+        torch.from_numpy(
+            rng.integers(ring.min, ring.max, (2, points), dtype=np.int64, endpoint=True)
+        )
+        for _ in range(2)
+    )
     e = torch.from_numpy(x.numpy() - a)
 
     def beaver(operand: torch.Tensor, other: torch.Tensor, c: np.ndarray) -> None:
@@ -345,9 +379,10 @@ def spdz_rows(repeats: int) -> tuple[str, list[Row]]:
 
     # One opening of 10^6 values to the moving party, through the mailboxes.
     pair = _Pair(points)
-    share0, share1 = (torch.from_numpy(rng.integers(ring.min, ring.max, MILLION,
-                                                    dtype=np.int64, endpoint=True))
-                      for _ in range(2))
+    share0, share1 = (
+        torch.from_numpy(rng.integers(ring.min, ring.max, MILLION, dtype=np.int64, endpoint=True))
+        for _ in range(2)
+    )
     pair.fixed_step = lambda: shared.from_shares(share1, precision=0).reveal(dst=MOVING)
 
     def open_once(_: Any) -> None:
@@ -359,14 +394,16 @@ def spdz_rows(repeats: int) -> tuple[str, list[Row]]:
 
     # The whole secure step of an iteration, both parties (SharedProducts.sums).
     size = int(round(np.sqrt(points)))
-    geometry = GridGeometry(size=(size, size), spacing=(1.0, 1.0), origin=(0.0, 0.0),
-                            direction=(1.0, 0.0, 0.0, 1.0))
+    geometry = GridGeometry(
+        size=(size, size), spacing=(1.0, 1.0), origin=(0.0, 0.0), direction=(1.0, 0.0, 0.0, 1.0)
+    )
     basis = PointSet(geometry, None).linear_map
     apply = ring_map(basis)
     values = rng.integers(0, 1 << basis.budget(RING).j_bits, points)
     step = _Pair(geometry.number_of_points)
-    step.fixed_step = lambda: step.fixed.open_fixed_operand(0, np.stack([values, values**2]),
-                                                            geometry.number_of_points, d)
+    step.fixed_step = lambda: step.fixed.open_fixed_operand(
+        0, np.stack([values, values**2]), geometry.number_of_points, d
+    )
     step.moving.open_fixed_operand(0, None, geometry.number_of_points, d)
     step.fixed_step = lambda: step.fixed.sums(None, apply)
     moving_rows = rng.integers(-(1 << 20), 1 << 20, (SPDZ_ROWS, geometry.number_of_points))
@@ -376,36 +413,54 @@ def spdz_rows(repeats: int) -> tuple[str, list[Row]]:
     per_product = MILLION / (SPDZ_ROWS * geometry.number_of_points)
 
     rows = [
-        Row("expand a seed (AES-256-CTR)", best_of(repeats, lambda _: expand(seed, MILLION)),
-            SEED_BYTES / 1e6),
+        Row(
+            "expand a seed (AES-256-CTR)",
+            best_of(repeats, lambda _: expand(seed, MILLION)),
+            SEED_BYTES / 1e6,
+        ),
         Row("dealer triples, both parties (in-process)", dealer_seconds, dealt / 1e6),
-        Row("share (mask) X: E = X - a", best_of(
-            repeats, lambda _: pair.moving._share(x.numpy() - a))),
+        Row(
+            "share (mask) X: E = X - a",
+            best_of(repeats, lambda _: pair.moving._share(x.numpy() - a)),
+        ),
         Row("open to one party (reveal, via mailboxes)", open_seconds, open_bytes / 1e6),
-        Row("Beaver product, moving party: c0 + X F", best_of(
-            repeats, lambda _: beaver(x, opened_f, c0))),
-        Row("Beaver product, fixed party: c1 + E b", best_of(
-            repeats, lambda _: beaver(e, mask_b, c1))),
-        Row("one secure step, both parties (sums)", step_seconds * per_product,
-            step_bytes * per_product / 1e6),
+        Row(
+            "Beaver product, moving party: c0 + X F",
+            best_of(repeats, lambda _: beaver(x, opened_f, c0)),
+        ),
+        Row(
+            "Beaver product, fixed party: c1 + E b",
+            best_of(repeats, lambda _: beaver(e, mask_b, c1)),
+        ),
+        Row(
+            "one secure step, both parties (sums)",
+            step_seconds * per_product,
+            step_bytes * per_product / 1e6,
+        ),
     ]
-    return (f"spdz (CrypTen shares over Z_2^64, int64; {SPDZ_ROWS} rows x {points} points "
-            "= 10^6 products)"), rows
+    return (
+        f"spdz (CrypTen shares over Z_2^64, int64; {SPDZ_ROWS} rows x {points} points "
+        "= 10^6 products)"
+    ), rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=8,
-                        help="ciphertexts per HE timing (at least 2)")
+    parser.add_argument(
+        "--batch", type=int, default=8, help="ciphertexts per HE timing (at least 2)"
+    )
     args = parser.parse_args()
     if args.repeats < 1 or args.batch < 2:
         parser.error("--repeats must be at least 1 and --batch at least 2")
     torch.set_num_threads(1)
     print(f"primitives, single thread, best of {args.repeats}; per 10^6 values")
     print(f"{'primitive':<48} {'s / 10^6':>10} {'MB / 10^6':>10}")
-    for title, rows in (packed_rows(args.repeats, args.batch),
-                        paper_rows(args.repeats, args.batch), spdz_rows(args.repeats)):
+    for title, rows in (
+        packed_rows(args.repeats, args.batch),
+        paper_rows(args.repeats, args.batch),
+        spdz_rows(args.repeats),
+    ):
         print(title)
         for row in rows:
             megabytes = "" if row.megabytes is None else f"{row.megabytes:.6g}"

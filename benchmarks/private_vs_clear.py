@@ -43,8 +43,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--backend", default="he")
-    parser.add_argument("--protocol", help="the backend's protocol (he: packed, paper-v1, "
-                                           "paper-v2)")
+    parser.add_argument(
+        "--protocol", help="the backend's protocol (he: packed, paper-v1, paper-v2)"
+    )
     parser.add_argument("--sampling", nargs="+", default=["none", "urs"])
     parser.add_argument("--fraction", type=float, default=0.05)
     parser.add_argument("--transform", default="affine")
@@ -52,39 +53,56 @@ def main() -> None:
     warnings.simplefilter("ignore")
     fixed = as_image_grid(args.data / "template.png", name="template")
     moving = as_image_grid(args.data / "moving.png", name="moving")
-    options = dict(transform=args.transform, shrink_factors=[8, 4, 2, 1],
-                   smoothing_sigmas=[4.0, 2.0, 1.0, 0.0], threads=1, seed=0,
-                   sampling_fraction=args.fraction)
+    options = dict(
+        transform=args.transform,
+        shrink_factors=[8, 4, 2, 1],
+        smoothing_sigmas=[4.0, 2.0, 1.0, 0.0],
+        threads=1,
+        seed=0,
+        sampling_fraction=args.fraction,
+    )
     for sampling in args.sampling:
         clear = ppir_itk.register(fixed, moving, backend="clear", sampling=sampling, **options)
         start = time.perf_counter()
         parameters = {"protocol": args.protocol} if args.protocol else {}
-        private = ppir_itk.register(fixed, moving, backend=args.backend, sampling=sampling,
-                                    backend_parameters=parameters, **options)
+        private = ppir_itk.register(
+            fixed,
+            moving,
+            backend=args.backend,
+            sampling=sampling,
+            backend_parameters=parameters,
+            **options,
+        )
         seconds = time.perf_counter() - start
         rmse = displacement_rmse(private.transform, clear.transform, fixed.geometry)
         name = f"{args.backend} {args.protocol or ''}".strip()
-        print(f"{name} vs clear, sampling {sampling}: displacement RMSE "
-              f"{rmse / min(fixed.geometry.spacing):.6f} pixel; iterations {private.iterations} "
-              f"(clear {clear.iterations}); whole registration {seconds:.1f} s")
+        print(
+            f"{name} vs clear, sampling {sampling}: displacement RMSE "
+            f"{rmse / min(fixed.geometry.spacing):.6f} pixel; iterations {private.iterations} "
+            f"(clear {clear.iterations}); whole registration {seconds:.1f} s"
+        )
         for ours, theirs in zip(private.levels, clear.levels, strict=True):
             moving_party = ours.parties["moving"]
             evaluations = max(ours.iterations + 1, 1)
             fixed_party = ours.parties["fixed"]
             floor = (fixed.dimension + 1) * ours.points * 8
-            print(f"  level {ours.level} ({ours.points} points): moving party "
-                  f"{iteration_seconds(ours) * 1e3:.1f} ms/iteration vs clear "
-                  f"{iteration_seconds(theirs) * 1e3:.2f} ms "
-                  f"(x{iteration_seconds(ours) / iteration_seconds(theirs):.0f}); "
-                  f"per evaluation, moving party sent "
-                  f"{moving_party['bytes_sent'] / evaluations / 1e6:.3f} MB "
-                  f"({moving_party['bytes_sent'] / evaluations / floor:.2f} x (d+1)n8), "
-                  f"fixed party sent {fixed_party['bytes_sent'] / evaluations / 1e6:.3f} MB "
-                  f"({fixed_party['bytes_sent'] / evaluations / floor:.2f} x); "
-                  f"received {moving_party['bytes_received'] / 1e6:.1f} MB this level")
+            print(
+                f"  level {ours.level} ({ours.points} points): moving party "
+                f"{iteration_seconds(ours) * 1e3:.1f} ms/iteration vs clear "
+                f"{iteration_seconds(theirs) * 1e3:.2f} ms "
+                f"(x{iteration_seconds(ours) / iteration_seconds(theirs):.0f}); "
+                f"per evaluation, moving party sent "
+                f"{moving_party['bytes_sent'] / evaluations / 1e6:.3f} MB "
+                f"({moving_party['bytes_sent'] / evaluations / floor:.2f} x (d+1)n8), "
+                f"fixed party sent {fixed_party['bytes_sent'] / evaluations / 1e6:.3f} MB "
+                f"({fixed_party['bytes_sent'] / evaluations / floor:.2f} x); "
+                f"received {moving_party['bytes_received'] / 1e6:.1f} MB this level"
+            )
         ours, theirs = whole_registration(private), whole_registration(clear)
-        print(f"  whole registration: moving party {ours * 1e3:.1f} ms/iteration vs clear "
-              f"{theirs * 1e3:.2f} ms (x{ours / theirs:.1f})")
+        print(
+            f"  whole registration: moving party {ours * 1e3:.1f} ms/iteration vs clear "
+            f"{theirs * 1e3:.2f} ms (x{ours / theirs:.1f})"
+        )
         if "dealer" in private.parties:
             dealer = private.parties["dealer"]
             print(f"  dealer: {dealer['seconds']:.2f} s, sent {dealer['bytes_sent'] / 1e6:.1f} MB")

@@ -32,8 +32,12 @@ from ppir_itk.wrapping.images import as_image_grid
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "brain-affine-pair"
 # One kernel thread: on a 2-core machine the second core belongs to the fixed party's process.
-OPTIONS = dict(transform="affine", shrink_factors=[8, 4, 2, 1],
-               smoothing_sigmas=[4.0, 2.0, 1.0, 0.0], threads=1)
+OPTIONS = dict(
+    transform="affine",
+    shrink_factors=[8, 4, 2, 1],
+    smoothing_sigmas=[4.0, 2.0, 1.0, 0.0],
+    threads=1,
+)
 
 
 def per_iteration(result: ppir_itk.RegistrationResult) -> tuple[float, float]:
@@ -54,8 +58,12 @@ class SocketCounters(threading.Thread):
 
     def run(self) -> None:
         while self.running:
-            text = subprocess.run(["ss", "-tinH", "dst", f"127.0.0.1:{self.port}"],
-                                  capture_output=True, text=True, check=False).stdout
+            text = subprocess.run(
+                ["ss", "-tinH", "dst", f"127.0.0.1:{self.port}"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout
             acked = re.search(r"bytes_acked:(\d+)", text)
             received = re.search(r"bytes_received:(\d+)", text)
             if acked:
@@ -81,8 +89,9 @@ def main() -> None:
         local_times.append(per_iteration(local))
         with spawn_fixed_party(fixed) as fixed_party:
             startups.append(fixed_party.startup_seconds)
-            remote = register_with(RemoteSession(fixed_party.address, fixed_party.client_tls),
-                                   moving, **OPTIONS)
+            remote = register_with(
+                RemoteSession(fixed_party.address, fixed_party.client_tls), moving, **OPTIONS
+            )
         wire_times.append(per_iteration(remote))
         iterations = (local.iterations, remote.iterations)
 
@@ -90,8 +99,9 @@ def main() -> None:
     with spawn_fixed_party(fixed) as fixed_party:
         counters = SocketCounters(int(fixed_party.address.rsplit(":", 1)[1]))
         counters.start()
-        remote = register_with(RemoteSession(fixed_party.address, fixed_party.client_tls),
-                               moving, **OPTIONS)
+        remote = register_with(
+            RemoteSession(fixed_party.address, fixed_party.client_tls), moving, **OPTIONS
+        )
         counters.running = False
         counters.join()
 
@@ -99,18 +109,25 @@ def main() -> None:
     for index, what in enumerate(("levels' set-up included", "iterations alone")):
         best_local = min(times[index] for times in local_times)
         best_wire = min(times[index] for times in wire_times)
-        print(f"per-iteration wall time ({what}), best of {args.repeats}: in-process "
-              f"{best_local * 1e3:.3f} ms, over the wire {best_wire * 1e3:.3f} ms, "
-              f"ratio {best_wire / best_local:.2f} (target <= 2)")
-    print(f"local mode start-up (fixed party accepting): {min(startups):.2f} s best, "
-          f"{max(startups):.2f} s worst  (target < 5 s)")
+        print(
+            f"per-iteration wall time ({what}), best of {args.repeats}: in-process "
+            f"{best_local * 1e3:.3f} ms, over the wire {best_wire * 1e3:.3f} ms, "
+            f"ratio {best_wire / best_local:.2f} (target <= 2)"
+        )
+    print(
+        f"local mode start-up (fixed party accepting): {min(startups):.2f} s best, "
+        f"{max(startups):.2f} s worst  (target < 5 s)"
+    )
     moving_party = remote.parties["moving"]
-    for name, ours, kernel in (("sent", moving_party["wire_bytes_sent"], counters.sent),
-                               ("received", moving_party["wire_bytes_received"],
-                                counters.received)):
-        print(f"moving party bytes {name:8}: report {ours} (payload "
-              f"{moving_party['payload_bytes_' + name]}), kernel socket {kernel}, "
-              f"difference {abs(ours - kernel) / max(kernel, 1):.2%}")
+    for name, ours, kernel in (
+        ("sent", moving_party["wire_bytes_sent"], counters.sent),
+        ("received", moving_party["wire_bytes_received"], counters.received),
+    ):
+        print(
+            f"moving party bytes {name:8}: report {ours} (payload "
+            f"{moving_party['payload_bytes_' + name]}), kernel socket {kernel}, "
+            f"difference {abs(ours - kernel) / max(kernel, 1):.2%}"
+        )
 
 
 if __name__ == "__main__":

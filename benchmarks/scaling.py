@@ -93,8 +93,12 @@ import numpy as np
 from ppir_itk.dealer import MAX_VALUES
 
 BACKENDS = ("clear", "he:packed", "he:paper-v1", "he:paper-v2", "spdz")
-MAX_POINTS = {"he:packed": 4_000_000, "he:paper-v1": 2_000_000,
-              "he:paper-v2": 5_000_000, "spdz": MAX_VALUES // 4}  # 4 = d + 2 rows
+MAX_POINTS = {
+    "he:packed": 4_000_000,
+    "he:paper-v1": 2_000_000,
+    "he:paper-v2": 5_000_000,
+    "spdz": MAX_VALUES // 4,
+}  # 4 = d + 2 rows
 # The affine a registration should find (fixed to moving points, centred on the image).
 TRUTH = [1.02, 0.01, -0.015, 0.985, 1.5, -1.0]
 
@@ -120,14 +124,26 @@ def run_one(label: str, side: int, iterations: int, deadline: float) -> dict[str
 
     start = time.perf_counter()
     result = ppir_itk.register(
-        fixed, moving, backend=backend,
+        fixed,
+        moving,
+        backend=backend,
         backend_parameters={"protocol": protocol} if protocol else None,
-        transform="affine", shrink_factors=[1], smoothing_sigmas=[0.0], sampling="none",
-        iterations=iterations, minimum_step_length=0.0, relative_value_tolerance=0.0,
-        threads=1, seed=0, deadline=deadline,
-        observers={ppir_itk.Event.START: mark("start"),
-                   ppir_itk.Event.MULTI_RESOLUTION_ITERATION: mark("setup"),
-                   ppir_itk.Event.ITERATION: mark("last")})
+        transform="affine",
+        shrink_factors=[1],
+        smoothing_sigmas=[0.0],
+        sampling="none",
+        iterations=iterations,
+        minimum_step_length=0.0,
+        relative_value_tolerance=0.0,
+        threads=1,
+        seed=0,
+        deadline=deadline,
+        observers={
+            ppir_itk.Event.START: mark("start"),
+            ppir_itk.Event.MULTI_RESOLUTION_ITERATION: mark("setup"),
+            ppir_itk.Event.ITERATION: mark("last"),
+        },
+    )
     wall = time.perf_counter() - start
     (level,) = result.levels
 
@@ -160,9 +176,21 @@ def run_one(label: str, side: int, iterations: int, deadline: float) -> dict[str
 def in_child(label: str, side: int, args: argparse.Namespace) -> dict[str, Any]:
     """``run_one`` in a fresh process; its figures, or ``{"error": ...}``."""
     completed = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--one", label, str(side),
-         "--iterations", str(args.iterations), "--deadline", str(args.deadline)],
-        capture_output=True, text=True, check=False)
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--one",
+            label,
+            str(side),
+            "--iterations",
+            str(args.iterations),
+            "--deadline",
+            str(args.deadline),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     lines = completed.stdout.strip().splitlines()
     if completed.returncode == 0 and lines:
         return json.loads(lines[-1])
@@ -170,8 +198,13 @@ def in_child(label: str, side: int, args: argparse.Namespace) -> dict[str, Any]:
     return {"error": said[-1][:160] if said else f"exit status {completed.returncode}"}
 
 
-def skip_reason(label: str, points: int, runs: list[dict[str, Any]],
-                args: argparse.Namespace, limits: dict[str, int]) -> str | None:
+def skip_reason(
+    label: str,
+    points: int,
+    runs: list[dict[str, Any]],
+    args: argparse.Namespace,
+    limits: dict[str, int],
+) -> str | None:
     """Why this size is not run, or None."""
     limit = limits.get(label)
     if limit is not None and points > limit:
@@ -188,8 +221,10 @@ def skip_reason(label: str, points: int, runs: list[dict[str, Any]],
         return f"skipped (predicted {predicted:.0f} s)"
     if len(runs) >= 2 and "error" not in runs[-2]:
         before = runs[-2]
-        memory = [before["rss_moving"] + before["rss_others"],
-                  last["rss_moving"] + last["rss_others"]]
+        memory = [
+            before["rss_moving"] + before["rss_others"],
+            last["rss_moving"] + last["rss_others"],
+        ]
         slope = (memory[1] - memory[0]) / max(last["points"] - before["points"], 1)
         expected = memory[1] + slope * (points - last["points"])
         if expected > args.max_memory_gb * 1024:
@@ -206,23 +241,29 @@ def slopes(runs: list[dict[str, Any]]) -> str:
     seconds = np.log([run["per_iteration"] for run in done])
     overall = np.polyfit(n, seconds, 1)[0]
     last = np.polyfit(n[-2:], seconds[-2:], 1)[0]
-    return (f"slope of log(s/it) vs log(n): {overall:.2f} over n = {done[0]['points']:.2g} .. "
-            f"{done[-1]['points']:.2g}, {last:.2f} between the two largest (1.0 = linear)")
+    return (
+        f"slope of log(s/it) vs log(n): {overall:.2f} over n = {done[0]['points']:.2g} .. "
+        f"{done[-1]['points']:.2g}, {last:.2f} between the two largest (1.0 = linear)"
+    )
 
 
-HEADER = (f"{'points':>10} {'wall s':>8} {'set-up s':>9} {'s/it':>9} {'fixed s':>8} "
-          f"{'MB/it mov':>10} {'MB/it fix':>10} {'alone m>f':>10} {'alone f>m':>10} "
-          f"{'set-up MB':>10} {'RSS mov':>8} {'RSS oth':>8}")
+HEADER = (
+    f"{'points':>10} {'wall s':>8} {'set-up s':>9} {'s/it':>9} {'fixed s':>8} "
+    f"{'MB/it mov':>10} {'MB/it fix':>10} {'alone m>f':>10} {'alone f>m':>10} "
+    f"{'set-up MB':>10} {'RSS mov':>8} {'RSS oth':>8}"
+)
 
 
 def row(run: dict[str, Any]) -> str:
     mb = 1e6
-    return (f"{run['points']:>10} {run['wall']:>8.1f} {run['setup']:>9.2f} "
-            f"{run['per_iteration']:>9.4f} {run['fixed_seconds']:>8.2f} "
-            f"{run['moving_sent'] / mb:>10.4g} {run['fixed_sent'] / mb:>10.4g} "
-            f"{run['alone_moving'] / mb:>10.4g} {run['alone_fixed'] / mb:>10.4g} "
-            f"{run['setup_fixed'] / mb:>10.4g} {run['rss_moving']:>8.0f} "
-            f"{run['rss_others']:>8.0f}")
+    return (
+        f"{run['points']:>10} {run['wall']:>8.1f} {run['setup']:>9.2f} "
+        f"{run['per_iteration']:>9.4f} {run['fixed_seconds']:>8.2f} "
+        f"{run['moving_sent'] / mb:>10.4g} {run['fixed_sent'] / mb:>10.4g} "
+        f"{run['alone_moving'] / mb:>10.4g} {run['alone_fixed'] / mb:>10.4g} "
+        f"{run['setup_fixed'] / mb:>10.4g} {run['rss_moving']:>8.0f} "
+        f"{run['rss_others']:>8.0f}"
+    )
 
 
 def limits_from(overrides: list[str]) -> dict[str, int]:
@@ -230,25 +271,45 @@ def limits_from(overrides: list[str]) -> dict[str, int]:
     for item in overrides:
         label, _, value = item.partition("=")
         if label not in BACKENDS or not value:
-            raise SystemExit(f"--max-points takes BACKEND=N with BACKEND one of "
-                             f"{', '.join(BACKENDS)}; got '{item}'")
+            raise SystemExit(
+                f"--max-points takes BACKEND=N with BACKEND one of "
+                f"{', '.join(BACKENDS)}; got '{item}'"
+            )
         limits[label] = int(float(value))
     return limits
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", type=float, default=[1e4, 1e5, 1e6, 1e7],
-                        help="numbers of fixed-grid points (2-D, side round(sqrt(n)))")
+    parser.add_argument(
+        "--sizes",
+        nargs="+",
+        type=float,
+        default=[1e4, 1e5, 1e6, 1e7],
+        help="numbers of fixed-grid points (2-D, side round(sqrt(n)))",
+    )
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     parser.add_argument("--iterations", type=int, default=3)
-    parser.add_argument("--cap", type=float, default=300.0,
-                        help="seconds a run may take (measured, or predicted from the last)")
-    parser.add_argument("--max-points", nargs="*", default=[], metavar="BACKEND=N",
-                        help="override a backend's largest size (e.g. spdz=1e7)")
+    parser.add_argument(
+        "--cap",
+        type=float,
+        default=300.0,
+        help="seconds a run may take (measured, or predicted from the last)",
+    )
+    parser.add_argument(
+        "--max-points",
+        nargs="*",
+        default=[],
+        metavar="BACKEND=N",
+        help="override a backend's largest size (e.g. spdz=1e7)",
+    )
     parser.add_argument("--max-memory-gb", type=float, default=12.0)
-    parser.add_argument("--deadline", type=float, default=300.0,
-                        help="seconds either party waits for the other's next message")
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        default=300.0,
+        help="seconds either party waits for the other's next message",
+    )
     parser.add_argument("--one", nargs=2, metavar=("BACKEND", "SIDE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -259,8 +320,10 @@ def main() -> None:
     if args.iterations < 1:
         parser.error("--iterations must be at least 1")
     backends = sorted(set(args.backends), key=BACKENDS.index)  # clear first
-    print(f"2-D affine, one level, {args.iterations} iterations, one kernel thread, fixed "
-          f"party in its own process; cap {args.cap:g} s")
+    print(
+        f"2-D affine, one level, {args.iterations} iterations, one kernel thread, fixed "
+        f"party in its own process; cap {args.cap:g} s"
+    )
     results: dict[str, dict[int, dict[str, Any]]] = {}
     for label in backends:
         print(f"\n{label}\n{HEADER}", flush=True)
@@ -287,8 +350,9 @@ def main() -> None:
         cells = []
         for label in others:
             run = results[label].get(points)
-            cells.append(f"{run['per_iteration'] / clear['per_iteration']:>13.1f}x"
-                         if run else f"{'-':>14}")
+            cells.append(
+                f"{run['per_iteration'] / clear['per_iteration']:>13.1f}x" if run else f"{'-':>14}"
+            )
         print(f"{points:>10} " + " ".join(cells))
 
 

@@ -30,8 +30,15 @@ UInt8 = npt.NDArray[np.uint8]
 
 Control = tuple[Int64, Float64, Float64]  # (control_size, point_to_control, control_offset)
 
-__all__ = ["affine_gram", "affine_moments", "bspline_displacement", "bspline_hessian",
-           "bspline_scatter", "central_gradient", "warp"]
+__all__ = [
+    "affine_gram",
+    "affine_moments",
+    "bspline_displacement",
+    "bspline_hessian",
+    "bspline_scatter",
+    "central_gradient",
+    "warp",
+]
 
 def central_gradient(image: FloatImage, out: Float64) -> None:
     """Index-space gradient of a 2-D or 3-D image, written to ``out``.

@@ -80,8 +80,11 @@ class Row:
 
     @property
     def label(self) -> str:
-        return self.solution if self.sampling == "none" else \
-            f"{self.solution} + {self.sampling.upper()}"
+        return (
+            self.solution
+            if self.sampling == "none"
+            else f"{self.solution} + {self.sampling.upper()}"
+        )
 
     @property
     def slug(self) -> str:
@@ -113,8 +116,11 @@ def rows_for(solutions: Sequence[str], samplings: Sequence[str]) -> list[Row]:
         parsed.insert(0, ("clear", None))
     parsed.sort(key=lambda item: item != ("clear", None))
     unique = list(dict.fromkeys(parsed))
-    return [Row(backend, protocol, sampling) for sampling in dict.fromkeys(samplings)
-            for backend, protocol in unique]
+    return [
+        Row(backend, protocol, sampling)
+        for sampling in dict.fromkeys(samplings)
+        for backend, protocol in unique
+    ]
 
 
 @dataclass
@@ -130,23 +136,30 @@ class Run:
     metric_values: list[float] = field(default_factory=list)
 
     @classmethod
-    def of(cls, result: RegistrationResult, ssd: float | None,
-           rmse_mm: float | None) -> Run:
+    def of(cls, result: RegistrationResult, ssd: float | None, rmse_mm: float | None) -> Run:
         iterations = max(result.iterations, 1)
         parties = {}
         for name in PARTIES:
             figures = result.parties.get(name, {"seconds": 0.0, "bytes_sent": 0})
-            total = {"seconds": float(figures["seconds"]),
-                     "mb_sent": float(figures["bytes_sent"]) / 1e6}
-            parties[name] = {**{f"{key}_total": value for key, value in total.items()},
-                             **{f"{key}_per_iteration": value / iterations
-                                for key, value in total.items()}}
+            total = {
+                "seconds": float(figures["seconds"]),
+                "mb_sent": float(figures["bytes_sent"]) / 1e6,
+            }
+            parties[name] = {
+                **{f"{key}_total": value for key, value in total.items()},
+                **{f"{key}_per_iteration": value / iterations for key, value in total.items()},
+            }
         finest = result.levels[-1]
-        return cls(seconds=result.seconds, iterations=result.iterations, ssd=ssd,
-                   rmse_mm=rmse_mm, parties=parties,
-                   finest_seconds_per_iteration=(finest.seconds - finest.setup_seconds)
-                   / max(finest.iterations, 1),
-                   metric_values=list(result.metric_values))
+        return cls(
+            seconds=result.seconds,
+            iterations=result.iterations,
+            ssd=ssd,
+            rmse_mm=rmse_mm,
+            parties=parties,
+            finest_seconds_per_iteration=(finest.seconds - finest.setup_seconds)
+            / max(finest.iterations, 1),
+            metric_values=list(result.metric_values),
+        )
 
 
 @dataclass
@@ -167,8 +180,11 @@ class RowResult:
 
     def seconds_per_iteration(self) -> list[float]:
         """The moving party's, as the time ratio compares them (full resolution if capped)."""
-        return self.column("finest_seconds_per_iteration" if self.status == "capped"
-                           else "moving.seconds_per_iteration")
+        return self.column(
+            "finest_seconds_per_iteration"
+            if self.status == "capped"
+            else "moving.seconds_per_iteration"
+        )
 
 
 @dataclass
@@ -183,8 +199,9 @@ class BenchSettings:
     registration: RegistrationOptions = field(default_factory=RegistrationOptions)
 
 
-def run_bench(fixed: ImageGrid, moving: ImageGrid, settings: BenchSettings,
-              say: Callable[[str], None] = print) -> list[RowResult]:
+def run_bench(
+    fixed: ImageGrid, moving: ImageGrid, settings: BenchSettings, say: Callable[[str], None] = print
+) -> list[RowResult]:
     """Run every row ``settings.repeats`` times; Clear rows first, as the reference."""
     if settings.repeats < 1:
         raise InputError(f"--repeats {settings.repeats} must be at least 1")
@@ -201,50 +218,80 @@ def run_bench(fixed: ImageGrid, moving: ImageGrid, settings: BenchSettings,
     return results
 
 
-def _run_row(row: Row, fixed: ImageGrid, moving: ImageGrid, settings: BenchSettings,
-             clear: RegistrationResult | None, say: Callable[[str], None]) -> RowResult:
+def _run_row(
+    row: Row,
+    fixed: ImageGrid,
+    moving: ImageGrid,
+    settings: BenchSettings,
+    clear: RegistrationResult | None,
+    say: Callable[[str], None],
+) -> RowResult:
     """The row's repeats; the first one that passes the cap makes the row ``capped``."""
     outcome = RowResult(row)
     for repeat in range(settings.repeats):
         try:
-            options = dataclasses.replace(settings.registration, backend=row.backend,
-                                          sampling=row.sampling,
-                                          backend_parameters=row.backend_parameters)
-            result, capped = _register_capped(fixed, moving, options, settings.time_cap,
-                                              one_iteration=outcome.status == "capped")
+            options = dataclasses.replace(
+                settings.registration,
+                backend=row.backend,
+                sampling=row.sampling,
+                backend_parameters=row.backend_parameters,
+            )
+            result, capped = _register_capped(
+                fixed, moving, options, settings.time_cap, one_iteration=outcome.status == "capped"
+            )
         except InputError as error:  # e.g. a protocol that takes linear transforms only
             outcome.status, outcome.reason = "refused", str(error)
             say(f"{row.label}: refused: {error}")
             return outcome
         if capped and outcome.status == "ok":
             outcome.first, outcome.status = result, "capped"
-            outcome.reason = (f"stopped at the {settings.time_cap:g} s cap after "
-                              f"{result.iterations} iterations")
-            say(f"{row.label}: {outcome.reason}; measuring one iteration at full "
-                f"resolution instead, {settings.repeats} times")
-            result, _ = _register_capped(fixed, moving, options, settings.time_cap,
-                                         one_iteration=True)
+            outcome.reason = (
+                f"stopped at the {settings.time_cap:g} s cap after {result.iterations} iterations"
+            )
+            say(
+                f"{row.label}: {outcome.reason}; measuring one iteration at full "
+                f"resolution instead, {settings.repeats} times"
+            )
+            result, _ = _register_capped(
+                fixed, moving, options, settings.time_cap, one_iteration=True
+            )
         outcome.first = outcome.first or result
         if outcome.status == "capped":
             outcome.runs.append(Run.of(result, None, None))
         else:
             reference = outcome.first if clear is None else clear
-            outcome.runs.append(Run.of(
-                result, intensity_error(fixed, moving, result.transform),
-                displacement_rmse(result.transform, reference.transform, fixed.geometry)))
-        say(f"{row.label}, repeat {repeat + 1}/{settings.repeats}: {result.iterations} "
+            outcome.runs.append(
+                Run.of(
+                    result,
+                    intensity_error(fixed, moving, result.transform),
+                    displacement_rmse(result.transform, reference.transform, fixed.geometry),
+                )
+            )
+        say(
+            f"{row.label}, repeat {repeat + 1}/{settings.repeats}: {result.iterations} "
             f"iterations, {result.seconds:.1f} s"
-            + (" (one iteration at full resolution)" if outcome.status == "capped" else ""))
+            + (" (one iteration at full resolution)" if outcome.status == "capped" else "")
+        )
     return outcome
 
 
-def _register_capped(fixed: ImageGrid, moving: ImageGrid, options: RegistrationOptions,
-                     cap: float, *, one_iteration: bool) -> tuple[RegistrationResult, bool]:
+def _register_capped(
+    fixed: ImageGrid,
+    moving: ImageGrid,
+    options: RegistrationOptions,
+    cap: float,
+    *,
+    one_iteration: bool,
+) -> tuple[RegistrationResult, bool]:
     """One registration, stopped at the first iteration past ``cap`` seconds; and whether
     it was. ``one_iteration``: the finest level alone, for one iteration."""
     if one_iteration:
-        options = dataclasses.replace(options, shrink_factors=[1], iterations=1,
-                                      smoothing_sigmas=[options.smoothing_sigmas[-1]])
+        options = dataclasses.replace(
+            options,
+            shrink_factors=[1],
+            iterations=1,
+            smoothing_sigmas=[options.smoothing_sigmas[-1]],
+        )
     start = time.perf_counter()
     stopped: list[bool] = []
 
@@ -253,8 +300,13 @@ def _register_capped(fixed: ImageGrid, moving: ImageGrid, options: RegistrationO
             stopped.append(True)
             method.StopRegistration()
 
-    result = register(fixed, moving, options, observers={"IterationEvent": stop_at_cap},
-                      deadline=max(options.deadline, cap))
+    result = register(
+        fixed,
+        moving,
+        options,
+        observers={"IterationEvent": stop_at_cap},
+        deadline=max(options.deadline, cap),
+    )
     return result, bool(stopped)
 
 
@@ -272,37 +324,57 @@ COLUMNS = (  # (csv name, column of RowResult, markdown header, format)
     ("ssd", "ssd", "SSD", ".4g"),
     ("iterations", "iterations", "iters", ".3g"),
     ("rmse_mm", "rmse_mm", "disp. RMSE vs Clear (mm)", ".2g"),
-    *((f"{party}_{figure}_{scope}", f"{party}.{figure}_{scope}",
-       f"{party} {'s' if figure == 'seconds' else 'MB'}"
-       f"{'/it' if scope == 'per_iteration' else ' total'}",
-       ".3g")
-      for figure in FIGURES for party in PARTIES for scope in ("per_iteration", "total")),
+    *(
+        (
+            f"{party}_{figure}_{scope}",
+            f"{party}.{figure}_{scope}",
+            f"{party} {'s' if figure == 'seconds' else 'MB'}"
+            f"{'/it' if scope == 'per_iteration' else ' total'}",
+            ".3g",
+        )
+        for figure in FIGURES
+        for party in PARTIES
+        for scope in ("per_iteration", "total")
+    ),
 )
 CAPPED_COLUMNS = {"ssd", "iterations", "rmse_mm"} | {
-    f"{party}_{figure}_total" for party in PARTIES for figure in FIGURES}
+    f"{party}_{figure}_total" for party in PARTIES for figure in FIGURES
+}
 
 
 def table_rows(results: Sequence[RowResult]) -> list[dict[str, Any]]:
     """One dict per row: ``status``, then ``<column>_mean`` and ``<column>_sd`` (None: ✗)."""
-    clear = {outcome.row.sampling: _mean(outcome.seconds_per_iteration()) for outcome in results
-             if outcome.row.backend == "clear" and outcome.status == "ok"}
-    clear_finest = {outcome.row.sampling: _mean(outcome.column("finest_seconds_per_iteration"))
-                    for outcome in results if outcome.row.backend == "clear"}
+    clear = {
+        outcome.row.sampling: _mean(outcome.seconds_per_iteration())
+        for outcome in results
+        if outcome.row.backend == "clear" and outcome.status == "ok"
+    }
+    clear_finest = {
+        outcome.row.sampling: _mean(outcome.column("finest_seconds_per_iteration"))
+        for outcome in results
+        if outcome.row.backend == "clear"
+    }
     lines = []
     for outcome in results:
-        line: dict[str, Any] = {"solution": outcome.row.solution,
-                                "sampling": outcome.row.sampling,
-                                "status": outcome.status, "repeats": len(outcome.runs)}
+        line: dict[str, Any] = {
+            "solution": outcome.row.solution,
+            "sampling": outcome.row.sampling,
+            "status": outcome.status,
+            "repeats": len(outcome.runs),
+        }
         for name, column, _, _ in COLUMNS:
             values = outcome.column(column)
-            known = outcome.status == "ok" or (outcome.status == "capped"
-                                               and name not in CAPPED_COLUMNS)
+            known = outcome.status == "ok" or (
+                outcome.status == "capped" and name not in CAPPED_COLUMNS
+            )
             line[f"{name}_mean"] = _mean(values) if known else None
             line[f"{name}_sd"] = _sd(values) if known else None
         reference = (clear_finest if outcome.status == "capped" else clear).get(
-            outcome.row.sampling)
-        ratios = [value / reference for value in outcome.seconds_per_iteration()] \
-            if reference else []
+            outcome.row.sampling
+        )
+        ratios = (
+            [value / reference for value in outcome.seconds_per_iteration()] if reference else []
+        )
         line["time_vs_clear_mean"] = _mean(ratios) if ratios else None
         line["time_vs_clear_sd"] = _sd(ratios) if ratios else None
         lines.append(line)
@@ -329,9 +401,12 @@ def markdown_table(results: Sequence[RowResult]) -> str:
                 cells.append(f"{mean:{formats[name]}}")
         out.append("| " + " | ".join(cells) + " |")
         if outcome.status != "ok":
-            reason = outcome.reason + ("; its per-iteration figures are one iteration at full "
-                                       "resolution, the level's set-up included"
-                                       if outcome.status == "capped" else "")
+            reason = outcome.reason + (
+                "; its per-iteration figures are one iteration at full "
+                "resolution, the level's set-up included"
+                if outcome.status == "capped"
+                else ""
+            )
             notes.setdefault(reason, []).append(outcome.row.label)
     lines = [f"- ✗ {', '.join(labels)}: {reason}" for reason, labels in notes.items()]
     return "\n".join(out + ([""] + lines if lines else [])) + "\n"
@@ -342,26 +417,36 @@ def csv_table(results: Sequence[RowResult]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(lines[0]), lineterminator="\n")
     writer.writeheader()
-    writer.writerows({key: "" if value is None else value for key, value in line.items()}
-                     for line in lines)
+    writer.writerows(
+        {key: "" if value is None else value for key, value in line.items()} for line in lines
+    )
     return buffer.getvalue()
 
 
-def results_json(results: Sequence[RowResult], settings: BenchSettings,
-                 images: dict[str, Any]) -> dict[str, Any]:
+def results_json(
+    results: Sequence[RowResult], settings: BenchSettings, images: dict[str, Any]
+) -> dict[str, Any]:
     """Every number, with the settings, images, versions and machine they came from."""
     return {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "settings": {"repeats": settings.repeats, "time_cap_seconds": settings.time_cap,
-                     "solutions": list(settings.solutions), "samplings": list(settings.samplings),
-                     "registration": _plain(_shared_options(settings.registration))},
+        "settings": {
+            "repeats": settings.repeats,
+            "time_cap_seconds": settings.time_cap,
+            "solutions": list(settings.solutions),
+            "samplings": list(settings.samplings),
+            "registration": _plain(_shared_options(settings.registration)),
+        },
         "images": images,
         "versions": {"ppir_itk": __version__, **{name: _version(name) for name in VERSIONED}},
         "machine": machine(),
         "rows": [
-            {**line, "label": outcome.row.label, "reason": outcome.reason,
-             "runs": [dict(run.__dict__) for run in outcome.runs],
-             "learned_in_the_clear": outcome.first.learned if outcome.first else {}}
+            {
+                **line,
+                "label": outcome.row.label,
+                "reason": outcome.reason,
+                "runs": [dict(run.__dict__) for run in outcome.runs],
+                "learned_in_the_clear": outcome.first.learned if outcome.first else {},
+            }
             for outcome, line in zip(results, table_rows(results), strict=True)
         ],
     }
@@ -369,8 +454,11 @@ def results_json(results: Sequence[RowResult], settings: BenchSettings,
 
 def _shared_options(options: RegistrationOptions) -> dict[str, Any]:
     """The registration options every row shares (those :data:`PER_ROW` differ)."""
-    return {item.name: getattr(options, item.name) for item in dataclasses.fields(options)
-            if item.name not in PER_ROW}
+    return {
+        item.name: getattr(options, item.name)
+        for item in dataclasses.fields(options)
+        if item.name not in PER_ROW
+    }
 
 
 def machine() -> dict[str, Any]:
@@ -378,9 +466,13 @@ def machine() -> dict[str, Any]:
     memory = None
     if hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"platform": platform.platform(), "processor": platform.processor()
-            or platform.machine(), "cpus": os.cpu_count(), "memory_gib": memory,
-            "python": platform.python_version()}
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "memory_gib": memory,
+        "python": platform.python_version(),
+    }
 
 
 def _version(name: str) -> str | None:
@@ -403,21 +495,28 @@ def _plain(value: Any) -> Any:
     return repr(value)
 
 
-def write_outputs(results: Sequence[RowResult], settings: BenchSettings, fixed: ImageGrid,
-                  moving: ImageGrid, images: dict[str, Any], out: Path) -> list[Path]:
+def write_outputs(
+    results: Sequence[RowResult],
+    settings: BenchSettings,
+    fixed: ImageGrid,
+    moving: ImageGrid,
+    images: dict[str, Any],
+    out: Path,
+) -> list[Path]:
     """Write the table, the JSON and the figures into ``out``; returns the files."""
     from ppir_itk.wrapping.images import write_atomically
 
     written = []
 
     def text(name: str, content: str) -> None:
-        write_atomically(lambda tmp: Path(tmp).write_text(content, encoding="utf-8"),
-                         out / name)
+        write_atomically(lambda tmp: Path(tmp).write_text(content, encoding="utf-8"), out / name)
         written.append(out / name)
 
     text("table.md", markdown_table(results))
     text("table.csv", csv_table(results))
-    text("results.json", json.dumps(_plain(results_json(results, settings, images)),
-                                    indent=2, allow_nan=False))
+    text(
+        "results.json",
+        json.dumps(_plain(results_json(results, settings, images)), indent=2, allow_nan=False),
+    )
     written += figures.write_figures(results, fixed, moving, out)
     return written

@@ -59,14 +59,22 @@ class BSplineTransform:
     has_center = False
     center = None
 
-    def __init__(self, size: Iterable[int], origin: ArrayLike, spacing: ArrayLike,
-                 direction: ArrayLike, parameters: Any = None,
-                 bulk: LinearTransform | None = None) -> None:
+    def __init__(
+        self,
+        size: Iterable[int],
+        origin: ArrayLike,
+        spacing: ArrayLike,
+        direction: ArrayLike,
+        parameters: Any = None,
+        bulk: LinearTransform | None = None,
+    ) -> None:
         self.size = tuple(int(s) for s in size)
         d = len(self.size)
         if d not in (2, 3) or min(self.size) < ORDER + 1:
-            raise InputError(f"a B-spline control grid needs 2 or 3 axes of at least "
-                             f"{ORDER + 1} points, got {self.size}")
+            raise InputError(
+                f"a B-spline control grid needs 2 or 3 axes of at least "
+                f"{ORDER + 1} points, got {self.size}"
+            )
         self.origin = np.asarray(origin, dtype=np.float64).reshape(d)
         self.spacing = np.asarray(spacing, dtype=np.float64).reshape(d)
         self.direction = np.asarray(direction, dtype=np.float64).reshape(d, d)
@@ -76,8 +84,12 @@ class BSplineTransform:
             self.parameters = parameters
 
     @classmethod
-    def over(cls, geometry: GridGeometry, grid_spacing: float | Sequence[float] | np.ndarray,
-             bulk: LinearTransform | None = None) -> BSplineTransform:
+    def over(
+        cls,
+        geometry: GridGeometry,
+        grid_spacing: float | Sequence[float] | np.ndarray,
+        bulk: LinearTransform | None = None,
+    ) -> BSplineTransform:
         """A zero deformation whose control grid covers ``geometry``'s image.
 
         The domain is the image's full extent (pixel centres plus half a pixel
@@ -119,45 +131,70 @@ class BSplineTransform:
     def parameters(self, values: Any) -> None:
         values = np.asarray(values, dtype=np.float64).ravel()
         if values.size != self.number_of_parameters:
-            raise InputError(f"a {self.size} B-spline grid has {self.number_of_parameters} "
-                             f"parameters, got {values.size}")
+            raise InputError(
+                f"a {self.size} B-spline grid has {self.number_of_parameters} "
+                f"parameters, got {values.size}"
+            )
         self._parameters = values.copy()
 
     @property
     def fixed_parameters(self) -> np.ndarray:
         """ITK's fixed parameters: size, origin, spacing, direction (row-major)."""
-        return np.concatenate([np.asarray(self.size, dtype=np.float64), self.origin,
-                               self.spacing, self.direction.ravel()])
+        return np.concatenate(
+            [
+                np.asarray(self.size, dtype=np.float64),
+                self.origin,
+                self.spacing,
+                self.direction.ravel(),
+            ]
+        )
 
     @classmethod
-    def from_fixed_parameters(cls, fixed: Any, parameters: Any = None,
-                              bulk: LinearTransform | None = None) -> BSplineTransform:
+    def from_fixed_parameters(
+        cls, fixed: Any, parameters: Any = None, bulk: LinearTransform | None = None
+    ) -> BSplineTransform:
         fixed = np.asarray(fixed, dtype=np.float64)
         d = {10: 2, 21: 3}.get(fixed.size)
         if d is None:
-            raise InputError(f"{fixed.size} fixed parameters do not describe a 2-D or 3-D "
-                             "B-spline grid")
-        return cls(np.rint(fixed[:d]).astype(int), fixed[d:2 * d], fixed[2 * d:3 * d],
-                   fixed[3 * d:], parameters, bulk)
+            raise InputError(
+                f"{fixed.size} fixed parameters do not describe a 2-D or 3-D B-spline grid"
+            )
+        return cls(
+            np.rint(fixed[:d]).astype(int),
+            fixed[d : 2 * d],
+            fixed[2 * d : 3 * d],
+            fixed[3 * d :],
+            parameters,
+            bulk,
+        )
 
     def update(self, delta: Any) -> None:
         self.parameters = self._parameters + np.asarray(delta, dtype=np.float64)
 
     def copy(self) -> BSplineTransform:
-        return BSplineTransform(self.size, self.origin, self.spacing, self.direction,
-                                self._parameters, self.bulk.copy() if self.bulk else None)
+        return BSplineTransform(
+            self.size,
+            self.origin,
+            self.spacing,
+            self.direction,
+            self._parameters,
+            self.bulk.copy() if self.bulk else None,
+        )
 
     def __repr__(self) -> str:
         bulk = f", bulk={self.bulk.itk_name}" if self.bulk else ""
-        return (f"BSplineTransform(size={self.size}, spacing={self.spacing.tolist()}"
-                f"{bulk})")
+        return f"BSplineTransform(size={self.size}, spacing={self.spacing.tolist()}{bulk})"
 
     # -- geometry -------------------------------------------------------------
     @property
     def control_grid(self) -> GridGeometry:
         """The control points' grid (public: both parties build the basis from it)."""
-        return GridGeometry(size=self.size, spacing=tuple(self.spacing),
-                            origin=tuple(self.origin), direction=tuple(self.direction.ravel()))
+        return GridGeometry(
+            size=self.size,
+            spacing=tuple(self.spacing),
+            origin=tuple(self.origin),
+            direction=tuple(self.direction.ravel()),
+        )
 
     def control(self, geometry: GridGeometry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return control_map(self.control_grid, geometry)
@@ -168,8 +205,12 @@ class BSplineTransform:
         out = np.empty((n, self.dimension))
         control = self.control(geometry)
         coefficients = self._parameters.reshape(self.dimension, -1)
-        for_chunks(lambda start, stop: _kernels.bspline_displacement(
-            geometry.size_array, indices, start, stop, control, coefficients, out), n)
+        for_chunks(
+            lambda start, stop: _kernels.bspline_displacement(
+                geometry.size_array, indices, start, stop, control, coefficients, out
+            ),
+            n,
+        )
         return out
 
     def transform_points(self, points: Any) -> np.ndarray:
@@ -187,8 +228,13 @@ class BSplineTransform:
         floor = np.minimum(np.floor(u), size - 3)
         t = u - floor
         base = floor.astype(np.int64) - 1
-        weights = np.stack([(1 - t) ** 3, 3 * t**3 - 6 * t**2 + 4,
-                            -3 * t**3 + 3 * t**2 + 3 * t + 1, t**3], axis=-1) / 6.0
+        weights = (
+            np.stack(
+                [(1 - t) ** 3, 3 * t**3 - 6 * t**2 + 4, -3 * t**3 + 3 * t**2 + 3 * t + 1, t**3],
+                axis=-1,
+            )
+            / 6.0
+        )
         coefficients = self._parameters.reshape(d, -1)
         strides = np.cumprod((1,) + self.size[:-1])
         out = np.zeros_like(points)
@@ -205,8 +251,9 @@ class BSplineTransform:
         return self.bulk.matrix_offset()
 
     # -- the registration's sparse pieces -------------------------------------
-    def gauss_newton_hessian(self, geometry: GridGeometry, indices: np.ndarray | None,
-                             gradient: np.ndarray) -> Any:
+    def gauss_newton_hessian(
+        self, geometry: GridGeometry, indices: np.ndarray | None, gradient: np.ndarray
+    ) -> Any:
         """``S^T S`` on this transform's control grid (:func:`gauss_newton_hessian`)."""
         return gauss_newton_hessian(self.control_grid, geometry, indices, gradient)
 
@@ -245,12 +292,14 @@ class BSplineTransform:
         spacing = self.spacing / 2.0
         domain_origin = self.origin + self.direction @ self.spacing
         origin = domain_origin - self.direction @ spacing
-        return BSplineTransform(size, origin, spacing, self.direction.ravel(),
-                                coefficients.ravel(), self.bulk)
+        return BSplineTransform(
+            size, origin, spacing, self.direction.ravel(), coefficients.ravel(), self.bulk
+        )
 
 
-def control_map(control_grid: GridGeometry,
-                geometry: GridGeometry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def control_map(
+    control_grid: GridGeometry, geometry: GridGeometry
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(control_size, point_to_control, control_offset)`` for the kernels: the affine map
     from a grid index of ``geometry`` to the continuous index of ``control_grid``."""
     to_control = control_grid.physical_to_index
@@ -265,41 +314,66 @@ def points_per_control_point(control_grid: GridGeometry, geometry: GridGeometry)
     _, matrix, _ = control_map(control_grid, geometry)
     if not np.allclose(matrix, np.diag(np.diag(matrix)), atol=1e-9 * np.abs(matrix).max()):
         return geometry.number_of_points
-    per_axis = [min(size, math.floor((ORDER + 1) / abs(step)) + 1)
-                for size, step in zip(geometry.size, np.diag(matrix), strict=True)]
+    per_axis = [
+        min(size, math.floor((ORDER + 1) / abs(step)) + 1)
+        for size, step in zip(geometry.size, np.diag(matrix), strict=True)
+    ]
     return min(math.prod(per_axis), geometry.number_of_points)
 
 
-def gauss_newton_hessian(control_grid: GridGeometry, geometry: GridGeometry,
-                         indices: np.ndarray | None, gradient: np.ndarray) -> Any:
+def gauss_newton_hessian(
+    control_grid: GridGeometry,
+    geometry: GridGeometry,
+    indices: np.ndarray | None,
+    gradient: np.ndarray,
+) -> Any:
     """``S^T S`` for ``S[x, (k, c)] = gradient_k(x) beta_c(x)``, sparse, ITK order."""
     d, count = geometry.dimension, control_grid.number_of_points
     control = control_map(control_grid, geometry)
-    blocks = sum_chunks(lambda start, stop, out: _kernels.bspline_hessian(
-        geometry.size_array, indices, start, stop, control, gradient, out),
-        gradient.shape[0], (count, REACH ** d, d, d))
+    blocks = sum_chunks(
+        lambda start, stop, out: _kernels.bspline_hessian(
+            geometry.size_array, indices, start, stop, control, gradient, out
+        ),
+        gradient.shape[0],
+        (count, REACH**d, d, d),
+    )
     return _assemble(blocks, tuple(int(s) for s in control_grid.size))
 
 
-def scatter(control_grid: GridGeometry, geometry: GridGeometry, indices: np.ndarray | None,
-            values: np.ndarray, weight_bits: int = 0) -> np.ndarray:
+def scatter(
+    control_grid: GridGeometry,
+    geometry: GridGeometry,
+    indices: np.ndarray | None,
+    values: np.ndarray,
+    weight_bits: int = 0,
+) -> np.ndarray:
     """``out (M x m) = sum_x beta_c(x) values[x]`` over the points (chunk order fixed);
     ``weight_bits`` > 0 uses the fixed-point weights of :func:`scatter_ring`."""
     control = control_map(control_grid, geometry)
-    return sum_chunks(lambda start, stop, out: _kernels.bspline_scatter(
-        geometry.size_array, indices, start, stop, control, values, out, weight_bits),
-        values.shape[0], (control_grid.number_of_points, values.shape[1]))
+    return sum_chunks(
+        lambda start, stop, out: _kernels.bspline_scatter(
+            geometry.size_array, indices, start, stop, control, values, out, weight_bits
+        ),
+        values.shape[0],
+        (control_grid.number_of_points, values.shape[1]),
+    )
 
 
-def scatter_ring(control_grid: GridGeometry, geometry: GridGeometry,
-                 indices: np.ndarray | None, values: np.ndarray, weight_bits: int) -> np.ndarray:
+def scatter_ring(
+    control_grid: GridGeometry,
+    geometry: GridGeometry,
+    indices: np.ndarray | None,
+    values: np.ndarray,
+    weight_bits: int,
+) -> np.ndarray:
     """``scatter`` over the ring Z_2^64 (int64, wrapping), fixed-point weights
     ``prod_k round(beta3 2^weight_bits)``; exact, so both parties' shares add up."""
     control = control_map(control_grid, geometry)
     out = np.empty((control_grid.number_of_points, values.shape[1]), dtype=np.int64)
     # One pass: ring sums are exact, but chunk partial sums would need a wrapping add.
-    _kernels.bspline_scatter(geometry.size_array, indices, 0, values.shape[0], control,
-                             values, out, weight_bits)
+    _kernels.bspline_scatter(
+        geometry.size_array, indices, 0, values.shape[0], control, values, out, weight_bits
+    )
     return out
 
 
@@ -342,7 +416,7 @@ def _hessian_layout(size: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.n
         target = (neighbour[inside] * np.cumprod((1,) + size[:-1])).sum(axis=1)
         for k in range(d):
             for j in range(d):
-                position = ((source * REACH ** d + o) * d + k) * d + j
+                position = ((source * REACH**d + o) * d + k) * d + j
                 rows.append(k * count + source)
                 cols.append(j * count + target)
                 positions.append(position)
@@ -380,15 +454,19 @@ def _gram_1d(n: int, order: int) -> Any:
         values = np.array([_beta3(nodes, s, order) for s in range(4)])  # (4, nodes)
         local = (values * weights) @ values.T
         base = cell - 1
-        gram[base:base + 4, base:base + 4] += local
+        gram[base : base + 4, base : base + 4] += local
     return sparse.csr_matrix(gram)
 
 
 def _beta3(t: np.ndarray, s: int, order: int) -> np.ndarray:
     """Weight of support position s (0..3) at offset t in [0, 1) of a cell, or its
     first / second derivative."""
-    polynomials = [np.array([-1.0, 3.0, -3.0, 1.0]), np.array([3.0, -6.0, 0.0, 4.0]),
-                   np.array([-3.0, 3.0, 3.0, 1.0]), np.array([1.0, 0.0, 0.0, 0.0])]
+    polynomials = [
+        np.array([-1.0, 3.0, -3.0, 1.0]),
+        np.array([3.0, -6.0, 0.0, 4.0]),
+        np.array([-3.0, 3.0, 3.0, 1.0]),
+        np.array([1.0, 0.0, 0.0, 0.0]),
+    ]
     coefficients: np.ndarray = polynomials[s] / 6.0  # np.polyder's result is any floating
     for _ in range(order):
         coefficients = np.polyder(coefficients)

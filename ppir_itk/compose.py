@@ -42,8 +42,14 @@ from ppir_itk.roles import FIXED_PARTY, MOVING_PARTY
 from ppir_itk.wrapping.images import as_image_grid, write_image
 
 
-def connect(target: str, tls: TLS, *, deadline: float = DEFAULT_DEADLINE,
-            server_name: str = FIXED_PARTY, dealer: str | None = None) -> RemoteSession:
+def connect(
+    target: str,
+    tls: TLS,
+    *,
+    deadline: float = DEFAULT_DEADLINE,
+    server_name: str = FIXED_PARTY,
+    dealer: str | None = None,
+) -> RemoteSession:
     """A session with the fixed party's ``ppir serve`` at ``target`` (``HOST:PORT``).
 
     ``dealer`` (``HOST:PORT`` of ``ppir dealer``) is needed by the ``spdz`` backend;
@@ -58,7 +64,8 @@ def connect(target: str, tls: TLS, *, deadline: float = DEFAULT_DEADLINE,
 def local_dealer(pool: TriplePool, party_name: str) -> Callable[[bytes], DealerClient]:
     """Sessions with a dealer living in this process (single-process runs and tests)."""
     return lambda token: DealerClient(
-        LocalSession(DealerSession(pool, party_name), peer="dealer (in-process)"), token)
+        LocalSession(DealerSession(pool, party_name), peer="dealer (in-process)"), token
+    )
 
 
 def in_process_session(fixed: Any, policy: FixedPolicy | None = None) -> LocalSession:
@@ -86,10 +93,18 @@ def in_process_session(fixed: Any, policy: FixedPolicy | None = None) -> LocalSe
     return session
 
 
-def serve(fixed: Any, listen: str, tls: TLS, *, backends: tuple[str, ...] | list[str] = ("he",),
-          evaluation_budget: int = DEFAULT_EVALUATION_BUDGET, max_sessions: int = 1,
-          deadline: float = DEFAULT_DEADLINE, session_limit: float = DEFAULT_SESSION_LIMIT,
-          dealer: str | None = None) -> None:
+def serve(
+    fixed: Any,
+    listen: str,
+    tls: TLS,
+    *,
+    backends: tuple[str, ...] | list[str] = ("he",),
+    evaluation_budget: int = DEFAULT_EVALUATION_BUDGET,
+    max_sessions: int = 1,
+    deadline: float = DEFAULT_DEADLINE,
+    session_limit: float = DEFAULT_SESSION_LIMIT,
+    dealer: str | None = None,
+) -> None:
     """Serve the fixed image until interrupted (``ppir serve``).
 
     ``dealer`` (``HOST:PORT``) is the ``ppir dealer`` this party trusts for
@@ -98,17 +113,33 @@ def serve(fixed: Any, listen: str, tls: TLS, *, backends: tuple[str, ...] | list
     policy = FixedPolicy(backends=tuple(backends), evaluation_budget=evaluation_budget)
     if dealer is not None:
         policy.dealer = lambda token: open_dealer(dealer, tls, token, deadline=deadline)
-    _run_until_interrupted(FixedPartyServer(fixed, listen, tls, policy=policy,
-                                            max_sessions=max_sessions, deadline=deadline,
-                                            session_limit=session_limit))
+    _run_until_interrupted(
+        FixedPartyServer(
+            fixed,
+            listen,
+            tls,
+            policy=policy,
+            max_sessions=max_sessions,
+            deadline=deadline,
+            session_limit=session_limit,
+        )
+    )
 
 
-def serve_dealer(listen: str, tls: TLS, *, max_sessions: int = 8,
-                 deadline: float = DEFAULT_DEADLINE,
-                 session_limit: float = DEFAULT_SESSION_LIMIT) -> None:
+def serve_dealer(
+    listen: str,
+    tls: TLS,
+    *,
+    max_sessions: int = 8,
+    deadline: float = DEFAULT_DEADLINE,
+    session_limit: float = DEFAULT_SESSION_LIMIT,
+) -> None:
     """Deal Beaver triples until interrupted (``ppir dealer``)."""
-    _run_until_interrupted(DealerServer(listen, tls, max_sessions=max_sessions, deadline=deadline,
-                                        session_limit=session_limit))
+    _run_until_interrupted(
+        DealerServer(
+            listen, tls, max_sessions=max_sessions, deadline=deadline, session_limit=session_limit
+        )
+    )
 
 
 def _run_until_interrupted(server: PartyServer) -> None:
@@ -137,9 +168,14 @@ class FixedPartyProcess:
 
 
 @contextmanager
-def spawn_fixed_party(fixed: Any, *, backends: tuple[str, ...] = ("clear",),
-                      deadline: float = DEFAULT_DEADLINE, startup_timeout: float = STARTUP_TIMEOUT,
-                      extra_arguments: tuple[str, ...] = ()) -> Iterator[FixedPartyProcess]:
+def spawn_fixed_party(
+    fixed: Any,
+    *,
+    backends: tuple[str, ...] = ("clear",),
+    deadline: float = DEFAULT_DEADLINE,
+    startup_timeout: float = STARTUP_TIMEOUT,
+    extra_arguments: tuple[str, ...] = (),
+) -> Iterator[FixedPartyProcess]:
     """Start ``ppir serve`` for ``fixed`` on 127.0.0.1 with fresh certificates.
 
     With ``spdz`` among ``backends``, ``ppir dealer`` starts first, as a third
@@ -153,29 +189,60 @@ def spawn_fixed_party(fixed: Any, *, backends: tuple[str, ...] = ("clear",),
         else:
             image_path = directory / "fixed.nrrd"
             write_image(as_image_grid(fixed, name="fixed image"), image_path)
-        common = ["--listen", "127.0.0.1:0", "--tls-dir", str(directory / "pki"),
-                  "--deadline", str(deadline)]
+        common = [
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-dir",
+            str(directory / "pki"),
+            "--deadline",
+            str(deadline),
+        ]
         start = time.perf_counter()
         dealer_address, dealer_process = None, None
         if "spdz" in backends:
-            dealer_process, dealer_address = processes.enter_context(_child(
-                ["dealer", *common], directory, "dealer", startup_timeout))
+            dealer_process, dealer_address = processes.enter_context(
+                _child(["dealer", *common], directory, "dealer", startup_timeout)
+            )
             extra_arguments = (*extra_arguments, "--dealer", dealer_address)
-        process, address = processes.enter_context(_child(
-            ["serve", "--fixed", str(image_path), *common, "--backends", *backends,
-             *extra_arguments], directory, "fixed party", startup_timeout))
-        yield FixedPartyProcess(process, address, TLS.for_role(directory / "pki", MOVING_PARTY),
-                                time.perf_counter() - start, directory, dealer_address,
-                                dealer_process)
+        process, address = processes.enter_context(
+            _child(
+                [
+                    "serve",
+                    "--fixed",
+                    str(image_path),
+                    *common,
+                    "--backends",
+                    *backends,
+                    *extra_arguments,
+                ],
+                directory,
+                "fixed party",
+                startup_timeout,
+            )
+        )
+        yield FixedPartyProcess(
+            process,
+            address,
+            TLS.for_role(directory / "pki", MOVING_PARTY),
+            time.perf_counter() - start,
+            directory,
+            dealer_address,
+            dealer_process,
+        )
 
 
 @contextmanager
-def _child(arguments: list[str], directory: Path, role: str,
-           startup_timeout: float) -> Iterator[tuple[subprocess.Popen, str]]:
+def _child(
+    arguments: list[str], directory: Path, role: str, startup_timeout: float
+) -> Iterator[tuple[subprocess.Popen, str]]:
     """``ppir ARGUMENTS`` as a child process, until it says where it listens."""
-    process = subprocess.Popen([sys.executable, "-m", "ppir_itk.cli", *arguments],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               cwd=directory)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ppir_itk.cli", *arguments],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=directory,
+    )
     try:
         yield process, _wait_until_listening(process, startup_timeout, role)
     finally:

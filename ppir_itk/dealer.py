@@ -109,23 +109,30 @@ class TriplePool:
         with self._lock:
             batch = self._batches.get(key)
             if batch is None:
-                pending = sum(1 for (other, _), b in self._batches.items()
-                              if other == token and party in b.taken)
+                pending = sum(
+                    1
+                    for (other, _), b in self._batches.items()
+                    if other == token and party in b.taken
+                )
                 if pending >= MAX_PENDING:
                     raise ProtocolError("too many batches ahead of the other party")
                 mask = self._masks.get(token, {}).get(int(request.mask_sequence))
                 if mask is None or mask.shape[1] != count or max(request.mask_rows) >= len(mask):
-                    raise ProtocolError(f"triples asked for mask {request.mask_sequence}, which "
-                                        "the dealer does not hold in that size")
+                    raise ProtocolError(
+                        f"triples asked for mask {request.mask_sequence}, which "
+                        "the dealer does not hold in that size"
+                    )
                 batch = _Batch(asked, secret_seed(), mask[list(request.mask_rows)])
                 self._batches[key] = batch
                 self.values_dealt += rows * count
             if batch.request != asked:
-                raise ProtocolError(f"triple batch {request.sequence} was asked differently by "
-                                    "the other party")
+                raise ProtocolError(
+                    f"triple batch {request.sequence} was asked differently by the other party"
+                )
             if party in batch.taken:
-                raise ProtocolError(f"triple batch {request.sequence} was already taken by "
-                                    "this party")
+                raise ProtocolError(
+                    f"triple batch {request.sequence} was already taken by this party"
+                )
             batch.taken.add(party)
             if len(batch.taken) == 2:
                 del self._batches[key]
@@ -147,8 +154,10 @@ class TriplePool:
 
 def _check_size(rows: int, count: int) -> None:
     if not (0 < rows <= MAX_ROWS and 0 < count and rows * count <= MAX_VALUES):
-        raise ProtocolError(f"{rows} x {count} values asked; one request may ask 1 to "
-                            f"{MAX_ROWS} rows and at most {MAX_VALUES} values")
+        raise ProtocolError(
+            f"{rows} x {count} values asked; one request may ask 1 to "
+            f"{MAX_ROWS} rows and at most {MAX_VALUES} values"
+        )
 
 
 class DealerSession:
@@ -171,8 +180,9 @@ class DealerSession:
             if kind == "dealer_hello" and self.token is None:
                 hello = envelope.dealer_hello
                 if hello.protocol_version != PROTOCOL_VERSION:
-                    raise ProtocolError(f"protocol version {hello.protocol_version} is not "
-                                        f"{PROTOCOL_VERSION}")
+                    raise ProtocolError(
+                        f"protocol version {hello.protocol_version} is not {PROTOCOL_VERSION}"
+                    )
                 if not TOKEN_BYTES[0] <= len(hello.session_token) <= TOKEN_BYTES[1]:
                     raise ProtocolError("the session token must be 16 to 64 bytes")
                 self.token = hello.session_token
@@ -180,11 +190,13 @@ class DealerSession:
             if self.token is None or self.closed:
                 raise ProtocolError(f"'{kind}' arrived outside an open dealer session")
             if kind == "mask_request":
-                return pb.Envelope(masks=self.pool.masks(self.token, self.party,
-                                                         envelope.mask_request))
+                return pb.Envelope(
+                    masks=self.pool.masks(self.token, self.party, envelope.mask_request)
+                )
             if kind == "triple_request":
-                return pb.Envelope(triples=self.pool.triples(self.token, self.party,
-                                                             envelope.triple_request))
+                return pb.Envelope(
+                    triples=self.pool.triples(self.token, self.party, envelope.triple_request)
+                )
             if kind == "close":
                 self.closed = True
                 return pb.Envelope(closed=pb.Closed(stats=pb.PartyStats(seconds=self.seconds)))

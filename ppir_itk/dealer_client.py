@@ -29,26 +29,65 @@ from ppir_itk.roles import DEALER, FIXED_PARTY, MOVING, MOVING_PARTY
 DEALER_TABLE = ProtocolTable(
     title="the SPDZ dealer (each party's own session with it)",
     messages=(
-        *(Message("dealer_hello", party, "once per session",
-                  "the registration's random session token (both parties send the same)",
-                  "which registration the party belongs to") for party in (MOVING_PARTY,
-                                                                           FIXED_PARTY)),
-        Message("dealer_welcome", DEALER, "once per session",
-                "which party the dealer saw (from the certificate)", "nothing"),
-        Message("mask_request", FIXED_PARTY, "once per level", "rows and count of the mask",
-                "the level's size (public)"),
-        Message("masks", DEALER, "once per level", "a 32-byte seed for the fixed party's b",
-                "the fixed party's own mask"),
-        *(Message("triple_request", party, "per evaluation",
-                  "sequence, count, mask rows (both parties ask the same)",
-                  "the iteration's size (public)") for party in (MOVING_PARTY, FIXED_PARTY)),
-        Message("triples", DEALER, "per evaluation",
-                "the moving party: a seed for a and c0; the fixed party: c1 = a b - c0",
-                "each party's own shares, uniform on their own"),
-        *(Message("close", party, "once per session", "nothing", "nothing")
-          for party in (MOVING_PARTY, FIXED_PARTY)),
-        Message("closed", DEALER, "once per session", "the dealer's time for that party",
-                "the dealer's accounting"),
+        *(
+            Message(
+                "dealer_hello",
+                party,
+                "once per session",
+                "the registration's random session token (both parties send the same)",
+                "which registration the party belongs to",
+            )
+            for party in (MOVING_PARTY, FIXED_PARTY)
+        ),
+        Message(
+            "dealer_welcome",
+            DEALER,
+            "once per session",
+            "which party the dealer saw (from the certificate)",
+            "nothing",
+        ),
+        Message(
+            "mask_request",
+            FIXED_PARTY,
+            "once per level",
+            "rows and count of the mask",
+            "the level's size (public)",
+        ),
+        Message(
+            "masks",
+            DEALER,
+            "once per level",
+            "a 32-byte seed for the fixed party's b",
+            "the fixed party's own mask",
+        ),
+        *(
+            Message(
+                "triple_request",
+                party,
+                "per evaluation",
+                "sequence, count, mask rows (both parties ask the same)",
+                "the iteration's size (public)",
+            )
+            for party in (MOVING_PARTY, FIXED_PARTY)
+        ),
+        Message(
+            "triples",
+            DEALER,
+            "per evaluation",
+            "the moving party: a seed for a and c0; the fixed party: c1 = a b - c0",
+            "each party's own shares, uniform on their own",
+        ),
+        *(
+            Message("close", party, "once per session", "nothing", "nothing")
+            for party in (MOVING_PARTY, FIXED_PARTY)
+        ),
+        Message(
+            "closed",
+            DEALER,
+            "once per session",
+            "the dealer's time for that party",
+            "the dealer's accounting",
+        ),
     ),
 )
 
@@ -79,24 +118,36 @@ class DealerClient:
 
     def __init__(self, session: Session, token: bytes) -> None:
         self.session = session
-        welcome = session.request(pb.Envelope(dealer_hello=pb.DealerHello(
-            protocol_version=PROTOCOL_VERSION, session_token=token)), "dealer_welcome")
+        welcome = session.request(
+            pb.Envelope(
+                dealer_hello=pb.DealerHello(protocol_version=PROTOCOL_VERSION, session_token=token)
+            ),
+            "dealer_welcome",
+        )
         self.party = welcome.dealer_welcome.party
         self.closed: pb.Closed | None = None
 
     def masks(self, sequence: int, rows: int, count: int) -> np.ndarray:
         """The fixed party's mask ``sequence`` (int64, ``(rows, count)``)."""
-        reply = self.session.request(pb.Envelope(mask_request=pb.MaskRequest(
-            sequence=sequence, rows=rows, count=count)), "masks").masks
+        reply = self.session.request(
+            pb.Envelope(mask_request=pb.MaskRequest(sequence=sequence, rows=rows, count=count)),
+            "masks",
+        ).masks
         return mask_values(reply.seed, rows, count)
 
-    def post_triples(self, sequence: int, count: int, mask_sequence: int,
-                     mask_rows: list[int]) -> Callable[[], tuple[np.ndarray | None, np.ndarray]]:
+    def post_triples(
+        self, sequence: int, count: int, mask_sequence: int, mask_rows: list[int]
+    ) -> Callable[[], tuple[np.ndarray | None, np.ndarray]]:
         """Ask for triple batch ``sequence`` now; the returned call waits for this party's
         part, each ``(len(mask_rows), count)``: ``(a, c0)`` for the moving party,
         ``(None, c1)`` for the fixed party."""
-        answer = self.session.post(pb.Envelope(triple_request=pb.TripleRequest(
-            sequence=sequence, count=count, mask_sequence=mask_sequence, mask_rows=mask_rows)))
+        answer = self.session.post(
+            pb.Envelope(
+                triple_request=pb.TripleRequest(
+                    sequence=sequence, count=count, mask_sequence=mask_sequence, mask_rows=mask_rows
+                )
+            )
+        )
         rows = len(mask_rows)
 
         def shares() -> tuple[np.ndarray | None, np.ndarray]:
@@ -117,8 +168,23 @@ class DealerClient:
         return self.closed
 
 
-def open_dealer(target: str, tls: TLS, token: bytes, *, deadline: float = DEFAULT_DEADLINE,
-                server_name: str = DEALER) -> DealerClient:
+def open_dealer(
+    target: str,
+    tls: TLS,
+    token: bytes,
+    *,
+    deadline: float = DEFAULT_DEADLINE,
+    server_name: str = DEALER,
+) -> DealerClient:
     """This party's session with ``ppir dealer`` at ``target`` (``HOST:PORT``)."""
-    return DealerClient(RemoteSession(target, tls, deadline=deadline, server_name=server_name,
-                                      service=DEALER_SERVICE, role="dealer"), token)
+    return DealerClient(
+        RemoteSession(
+            target,
+            tls,
+            deadline=deadline,
+            server_name=server_name,
+            service=DEALER_SERVICE,
+            role="dealer",
+        ),
+        token,
+    )

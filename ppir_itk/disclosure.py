@@ -76,22 +76,29 @@ class ProtocolTable:
         for disclosure in self.disclosures:
             if disclosure.key == key and disclosure.receiver == receiver:
                 return disclosure
-        raise KeyError(f"{self.title} names no disclosure '{key}' to the "
-                       f"{PARTY_NAMES[receiver]}")
+        raise KeyError(f"{self.title} names no disclosure '{key}' to the {PARTY_NAMES[receiver]}")
 
     def markdown(self) -> str:
         """The table as ``docs/privacy.md`` shows it."""
-        lines = [f"#### {self.title}", "",
-                 "| message | from | when | carries | what the receiver learns |",
-                 "|---|---|---|---|---|"]
-        lines += [f"| `{m.name}` | {PARTY_NAMES[m.sender]} | {m.when} | {m.carries} | "
-                  f"{m.reveals} |" for m in self.messages]
+        lines = [
+            f"#### {self.title}",
+            "",
+            "| message | from | when | carries | what the receiver learns |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| `{m.name}` | {PARTY_NAMES[m.sender]} | {m.when} | {m.carries} | {m.reveals} |"
+            for m in self.messages
+        ]
         if self.disclosures:
             lines += ["", "| received in the clear by | what | counted in |", "|---|---|---|"]
-            lines += [f"| {PARTY_NAMES[d.receiver]} | {d.what}"
-                      f"{f': {d.note}' if d.note else ''}"
-                      f"{' (uniformly masked: learns nothing from it)' if d.masked else ''} | "
-                      f"{d.unit} per {d.per} |" for d in self.disclosures]
+            lines += [
+                f"| {PARTY_NAMES[d.receiver]} | {d.what}"
+                f"{f': {d.note}' if d.note else ''}"
+                f"{' (uniformly masked: learns nothing from it)' if d.masked else ''} | "
+                f"{d.unit} per {d.per} |"
+                for d in self.disclosures
+            ]
         return "\n".join(lines) + "\n"
 
 
@@ -133,8 +140,10 @@ class Received:
                 line = f"{disclosure.what}: {tally[0]} {unit} per {disclosure.per}"
                 line += f", {total} in total" if len(tally) > 1 else ""
             else:
-                line = f"{disclosure.what}: {total} {unit} in total over {len(tally)} " \
-                       f"{disclosure.per}s"
+                line = (
+                    f"{disclosure.what}: {total} {unit} in total over {len(tally)} "
+                    f"{disclosure.per}s"
+                )
             if self._details[disclosure]:
                 line += f" ({', '.join(self._details[disclosure])})"
             out.append(line)
@@ -150,49 +159,96 @@ class Received:
                 return table.disclosure(key, self.receiver)
             except KeyError:
                 continue
-        raise KeyError(f"no table names a disclosure '{key}' to the "
-                       f"{PARTY_NAMES[self.receiver]}")
+        raise KeyError(f"no table names a disclosure '{key}' to the {PARTY_NAMES[self.receiver]}")
 
 
 SESSION = ProtocolTable(
     title="every session, whatever its backend",
     messages=(
-        Message("hello", MOVING_PARTY, "once per session",
-                "backend and parameters, level schedule, sampling kind, fraction and seed",
-                "nothing private: all public by the security model"),
-        Message("welcome", FIXED_PARTY, "once per session",
-                "the fixed image's grid geometry and the evaluation budget",
-                "the geometry, public by the security model"),
-        Message("center_of_mass_request", MOVING_PARTY, "once, if agreed in hello", "nothing",
-                "nothing"),
-        Message("center_of_mass", FIXED_PARTY, "once, if agreed in hello",
-                "d numbers: the fixed image's centre of mass",
-                "the centre of mass (the moments initialiser)"),
+        Message(
+            "hello",
+            MOVING_PARTY,
+            "once per session",
+            "backend and parameters, level schedule, sampling kind, fraction and seed",
+            "nothing private: all public by the security model",
+        ),
+        Message(
+            "welcome",
+            FIXED_PARTY,
+            "once per session",
+            "the fixed image's grid geometry and the evaluation budget",
+            "the geometry, public by the security model",
+        ),
+        Message(
+            "center_of_mass_request", MOVING_PARTY, "once, if agreed in hello", "nothing", "nothing"
+        ),
+        Message(
+            "center_of_mass",
+            FIXED_PARTY,
+            "once, if agreed in hello",
+            "d numbers: the fixed image's centre of mass",
+            "the centre of mass (the moments initialiser)",
+        ),
         Message("open_level", MOVING_PARTY, "once per level", "the level's index", "nothing"),
-        Message("level_opened", FIXED_PARTY, "once per level", "the level grid's geometry",
-                "the level geometry, public"),
-        Message("select_points", MOVING_PARTY, "once per level",
-                "the sampling kind; revealed GMS indices; a B-spline's control grid",
-                "revealed GMS indices show where the moving image has edges (opt-in); "
-                "the control grid is public"),
-        Message("points_selected", FIXED_PARTY, "once per level", "the number of points",
-                "nothing: both parties derive the point set"),
-        Message("backend", MOVING_PARTY, "as the backend's table says",
-                "one typed backend message", "as the backend's table says"),
+        Message(
+            "level_opened",
+            FIXED_PARTY,
+            "once per level",
+            "the level grid's geometry",
+            "the level geometry, public",
+        ),
+        Message(
+            "select_points",
+            MOVING_PARTY,
+            "once per level",
+            "the sampling kind; revealed GMS indices; a B-spline's control grid",
+            "revealed GMS indices show where the moving image has edges (opt-in); "
+            "the control grid is public",
+        ),
+        Message(
+            "points_selected",
+            FIXED_PARTY,
+            "once per level",
+            "the number of points",
+            "nothing: both parties derive the point set",
+        ),
+        Message(
+            "backend",
+            MOVING_PARTY,
+            "as the backend's table says",
+            "one typed backend message",
+            "as the backend's table says",
+        ),
         Message("close", MOVING_PARTY, "once per session", "nothing", "nothing"),
-        Message("closed", FIXED_PARTY, "once per session",
-                "the fixed party's time and traffic, and what it received in the clear",
-                "the fixed party's accounting"),
-        *(Message("abort", party, "at most once", "one sentence: why the session ends",
-                  "the sentence") for party in (MOVING_PARTY, FIXED_PARTY)),
+        Message(
+            "closed",
+            FIXED_PARTY,
+            "once per session",
+            "the fixed party's time and traffic, and what it received in the clear",
+            "the fixed party's accounting",
+        ),
+        *(
+            Message(
+                "abort", party, "at most once", "one sentence: why the session ends", "the sentence"
+            )
+            for party in (MOVING_PARTY, FIXED_PARTY)
+        ),
     ),
     disclosures=(
-        Disclosure("center_of_mass", MOVING_PARTY,
-                   "the fixed image's centre of mass (moments initialiser)", "coordinates",
-                   "session"),
-        Disclosure("gms_indices", FIXED_PARTY,
-                   "GMS sample indices, drawn from the moving image's gradient (revealed GMS)",
-                   "indices", "level"),
+        Disclosure(
+            "center_of_mass",
+            MOVING_PARTY,
+            "the fixed image's centre of mass (moments initialiser)",
+            "coordinates",
+            "session",
+        ),
+        Disclosure(
+            "gms_indices",
+            FIXED_PARTY,
+            "GMS sample indices, drawn from the moving image's gradient (revealed GMS)",
+            "indices",
+            "level",
+        ),
     ),
 )
 

@@ -17,7 +17,8 @@ _CHUNK = 1 << 18
 
 
 def displacement_rmse(
-    first: LinearTransform | BSplineTransform, second: LinearTransform | BSplineTransform,
+    first: LinearTransform | BSplineTransform,
+    second: LinearTransform | BSplineTransform,
     geometry: GridGeometry,
 ) -> float:
     """Root mean square of ``|first(x) - second(x)|`` over every point x of the grid (mm).
@@ -90,8 +91,11 @@ def sitk_reference_registration(
     method.SetMetricSamplingStrategy(method.NONE)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=1.0, minStep=1e-6, numberOfIterations=iterations,
-        relaxationFactor=0.8, gradientMagnitudeTolerance=1e-12,
+        learningRate=1.0,
+        minStep=1e-6,
+        numberOfIterations=iterations,
+        relaxationFactor=0.8,
+        gradientMagnitudeTolerance=1e-12,
     )
     method.SetOptimizerScalesFromPhysicalShift()
     method.SetShrinkFactorsPerLevel(list(shrink_factors))

@@ -82,9 +82,14 @@ def convergence_figure(results: Sequence[RowResult], path: Path) -> Path:
         if outcome.first is not None and outcome.first.metric_values:
             values = np.asarray(outcome.first.metric_values)
             # Colour by solution, line style by sampling: private rows lie on Clear's.
-            axes.plot(np.arange(1, values.size + 1), values, label=outcome.row.label,
-                      color=f"C{solutions.index(outcome.row.solution)}",
-                      linestyle=SAMPLING_STYLES.get(outcome.row.sampling, "-"), linewidth=1.0)
+            axes.plot(
+                np.arange(1, values.size + 1),
+                values,
+                label=outcome.row.label,
+                color=f"C{solutions.index(outcome.row.solution)}",
+                linestyle=SAMPLING_STYLES.get(outcome.row.sampling, "-"),
+                linewidth=1.0,
+            )
     axes.set_xlabel("iteration (all levels, coarsest first)")
     axes.set_ylabel("metric (mean squares, this level's points)")
     axes.set_yscale("log")
@@ -93,8 +98,9 @@ def convergence_figure(results: Sequence[RowResult], path: Path) -> Path:
     return _save(figure, path)
 
 
-def party_bars_figure(results: Sequence[RowResult], figure_name: str, unit: str, title: str,
-                      path: Path) -> Path:
+def party_bars_figure(
+    results: Sequence[RowResult], figure_name: str, unit: str, title: str, path: Path
+) -> Path:
     """Per-iteration ``figure_name`` of each party per row: mean, with the sd as error bar."""
     shown = [outcome for outcome in results if outcome.runs]
     figure = _figure(max(8.0, 0.55 * len(shown) + 2), 4.5)
@@ -106,11 +112,26 @@ def party_bars_figure(results: Sequence[RowResult], figure_name: str, unit: str,
         means = np.array([np.mean(v) for v in values])
         errors = np.array([np.std(v) for v in values])
         drawn = means > 0  # a log axis has no room for zero: no bar is no traffic
-        axes.bar(positions[drawn] + (offset - 1) * width, means[drawn], width,
-                 yerr=errors[drawn], label=party, color=PARTY_COLOURS[party], capsize=2)
-    axes.set_xticks(positions, [outcome.row.label + (" (✗: one full-res. iteration)"
-                                                     if outcome.status == "capped" else "")
-                                for outcome in shown], rotation=45, ha="right", fontsize=7)
+        axes.bar(
+            positions[drawn] + (offset - 1) * width,
+            means[drawn],
+            width,
+            yerr=errors[drawn],
+            label=party,
+            color=PARTY_COLOURS[party],
+            capsize=2,
+        )
+    axes.set_xticks(
+        positions,
+        [
+            outcome.row.label
+            + (" (✗: one full-res. iteration)" if outcome.status == "capped" else "")
+            for outcome in shown
+        ],
+        rotation=45,
+        ha="right",
+        fontsize=7,
+    )
     axes.set_yscale("log")
     axes.set_ylabel(f"{unit} per iteration")
     axes.set_title(title, fontsize=10)
@@ -118,21 +139,32 @@ def party_bars_figure(results: Sequence[RowResult], figure_name: str, unit: str,
     return _save(figure, path)
 
 
-def write_figures(results: Sequence[RowResult], fixed: ImageGrid, moving: ImageGrid,
-                  out: Path) -> list[Path]:
+def write_figures(
+    results: Sequence[RowResult], fixed: ImageGrid, moving: ImageGrid, out: Path
+) -> list[Path]:
     """Every figure of the bench into ``out``; returns the files written."""
     written = []
     for outcome in results:
         if outcome.first is None:
             continue
-        title = outcome.row.label + (f" — ✗ {outcome.reason}" if outcome.status == "capped"
-                                     else "")
-        written.append(checkerboard_figure(fixed, outcome.first.resample(moving), title,
-                                           out / f"checkerboard-{outcome.row.slug}.png"))
+        title = outcome.row.label + (f" — ✗ {outcome.reason}" if outcome.status == "capped" else "")
+        written.append(
+            checkerboard_figure(
+                fixed,
+                outcome.first.resample(moving),
+                title,
+                out / f"checkerboard-{outcome.row.slug}.png",
+            )
+        )
     written.append(convergence_figure(results, out / "convergence.png"))
-    written.append(party_bars_figure(results, "seconds", "s", "Time per party",
-                                     out / "time.png"))
-    written.append(party_bars_figure(results, "mb_sent", "MB sent",
-                                     "Communication per party (bytes each party sends)",
-                                     out / "communication.png"))
+    written.append(party_bars_figure(results, "seconds", "s", "Time per party", out / "time.png"))
+    written.append(
+        party_bars_figure(
+            results,
+            "mb_sent",
+            "MB sent",
+            "Communication per party (bytes each party sends)",
+            out / "communication.png",
+        )
+    )
     return written

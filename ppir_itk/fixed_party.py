@@ -133,14 +133,20 @@ class FixedPartySession:
         if self.hello is not None:
             raise ProtocolError("a second 'hello' arrived")
         if hello.protocol_version != PROTOCOL_VERSION:
-            raise ProtocolError(f"protocol version {hello.protocol_version} is not "
-                                f"{PROTOCOL_VERSION}, the version this fixed party speaks")
+            raise ProtocolError(
+                f"protocol version {hello.protocol_version} is not "
+                f"{PROTOCOL_VERSION}, the version this fixed party speaks"
+            )
         if hello.backend not in self.policy.backends:
-            raise ProtocolError(f"backend '{hello.backend[:40]}' is not offered here "
-                                f"(offered: {', '.join(self.policy.backends)})")
+            raise ProtocolError(
+                f"backend '{hello.backend[:40]}' is not offered here "
+                f"(offered: {', '.join(self.policy.backends)})"
+            )
         if not 1 <= len(hello.levels) <= self.policy.max_levels:
-            raise ProtocolError(f"{len(hello.levels)} levels asked; this fixed party allows "
-                                f"1 to {self.policy.max_levels}")
+            raise ProtocolError(
+                f"{len(hello.levels)} levels asked; this fixed party allows "
+                f"1 to {self.policy.max_levels}"
+            )
         for level in hello.levels:
             if level.shrink_factor < 1 or not 0 <= level.smoothing_sigma < 1e3:
                 raise ProtocolError("a level's shrink factor or smoothing sigma is out of range")
@@ -150,21 +156,25 @@ class FixedPartySession:
             raise ProtocolError("the URS fraction must be in (0, 1]")
         if hello.wants_center_of_mass and not self.policy.allow_center_of_mass:
             raise ProtocolError("this fixed party does not disclose its centre of mass")
-        self.backend_side = make_fixed_side(hello.backend, dict(hello.backend_parameters),
-                                            self.policy)
+        self.backend_side = make_fixed_side(
+            hello.backend, dict(hello.backend_parameters), self.policy
+        )
         self.hello = hello
-        return pb.Envelope(welcome=pb.Welcome(
-            protocol_version=PROTOCOL_VERSION,
-            fixed_geometry=geometry_to_pb(self.geometry),
-            evaluation_budget=self.policy.evaluation_budget,
-        ))
+        return pb.Envelope(
+            welcome=pb.Welcome(
+                protocol_version=PROTOCOL_VERSION,
+                fixed_geometry=geometry_to_pb(self.geometry),
+                evaluation_budget=self.policy.evaluation_budget,
+            )
+        )
 
     def _on_center_of_mass_request(self, _: pb.CenterOfMassRequest) -> pb.Envelope:
         assert self.hello is not None, _AFTER_HELLO
         if not self.hello.wants_center_of_mass:
             raise ProtocolError("the centre of mass was not agreed in 'hello'")
-        return pb.Envelope(center_of_mass=pb.CenterOfMass(
-            center=center_of_mass(self.image).tolist()))
+        return pb.Envelope(
+            center_of_mass=pb.CenterOfMass(center=center_of_mass(self.image).tolist())
+        )
 
     def _on_open_level(self, request: pb.OpenLevel) -> pb.Envelope:
         assert self.hello is not None, _AFTER_HELLO
@@ -173,24 +183,32 @@ class FixedPartySession:
         level = self.hello.levels[request.level]
         self.level_index = request.level
         self.level_image = fixed_level_image(
-            self.image, Level(level.shrink_factor, level.smoothing_sigma))
+            self.image, Level(level.shrink_factor, level.smoothing_sigma)
+        )
         self.points = None
         self.level_seconds.append(0.0)
-        return pb.Envelope(level_opened=pb.LevelOpened(
-            geometry=geometry_to_pb(self.level_image.geometry)))
+        return pb.Envelope(
+            level_opened=pb.LevelOpened(geometry=geometry_to_pb(self.level_image.geometry))
+        )
 
     def _on_select_points(self, request: pb.SelectPoints) -> pb.Envelope:
         assert self.hello is not None and self.backend_side is not None, _AFTER_HELLO
         if self.level_image is None or self.points is not None:
             raise ProtocolError("points asked outside a freshly opened level")
         if request.kind != SAMPLING_KINDS[self.hello.sampling]:
-            raise ProtocolError(f"points of kind '{request.kind[:20]}' do not fit the agreed "
-                                f"sampling '{self.hello.sampling}'")
-        self.points = draw_points(self.level_image.geometry, self.level_index, request,
-                                  self.hello.sampling_fraction, self.hello.sampling_seed)
+            raise ProtocolError(
+                f"points of kind '{request.kind[:20]}' do not fit the agreed "
+                f"sampling '{self.hello.sampling}'"
+            )
+        self.points = draw_points(
+            self.level_image.geometry,
+            self.level_index,
+            request,
+            self.hello.sampling_fraction,
+            self.hello.sampling_seed,
+        )
         if self.points.control is not None and not self.backend_side.bspline:
-            raise ProtocolError(f"backend '{self.hello.backend}' does not take B-spline "
-                                "transforms")
+            raise ProtocolError(f"backend '{self.hello.backend}' does not take B-spline transforms")
         if request.kind == "revealed":
             self.received.add("gms_indices", self.points.size, detail=f"level {self.level_index}")
         values = self.level_image.array.ravel().astype(np.float64)
@@ -204,9 +222,11 @@ class FixedPartySession:
         if self.points is None:
             raise ProtocolError("a backend request arrived before the points were agreed")
         if self.backend_side.evaluations >= self.policy.evaluation_budget:
-            raise ProtocolError(f"this registration used up the fixed party's budget of "
-                                f"{self.policy.evaluation_budget} joint-term evaluations per "
-                                "session (its operator sets it: ppir serve --budget)")
+            raise ProtocolError(
+                f"this registration used up the fixed party's budget of "
+                f"{self.policy.evaluation_budget} joint-term evaluations per "
+                "session (its operator sets it: ppir serve --budget)"
+            )
         return pb.Envelope(backend=self.backend_side.handle(message))
 
     def _on_close(self, _: pb.Close) -> pb.Envelope:
@@ -214,13 +234,15 @@ class FixedPartySession:
         self.closed = True
         learned = self.received.lines() + self.backend_side.learned()
         dealer = self.backend_side.close()
-        return pb.Envelope(closed=pb.Closed(
-            stats=pb.PartyStats(seconds=self.seconds),
-            levels=[pb.PartyStats(seconds=s) for s in self.level_seconds],
-            learned=learned,
-            masked=self.backend_side.received.lines(masked=True),
-            dealer=dealer,
-        ))
+        return pb.Envelope(
+            closed=pb.Closed(
+                stats=pb.PartyStats(seconds=self.seconds),
+                levels=[pb.PartyStats(seconds=s) for s in self.level_seconds],
+                learned=learned,
+                masked=self.backend_side.received.lines(masked=True),
+                dealer=dealer,
+            )
+        )
 
 
 class FixedPartyServer(PartyServer):
@@ -234,8 +256,15 @@ class FixedPartyServer(PartyServer):
     role = "fixed party"
     client_names = (MOVING_PARTY,)
 
-    def __init__(self, fixed: Any, listen: str, tls: TLS, *, policy: FixedPolicy | None = None,
-                 **options: Any) -> None:
+    def __init__(
+        self,
+        fixed: Any,
+        listen: str,
+        tls: TLS,
+        *,
+        policy: FixedPolicy | None = None,
+        **options: Any,
+    ) -> None:
         self.image = as_image_grid(fixed, name="fixed image")
         self.policy = policy or FixedPolicy()
         if "spdz" in self.policy.backends:

@@ -127,6 +127,7 @@ def budget(modulus: Modulus, points: int, weight_bits: int, support: int | None 
         bits = Bits(j_bits, spare - j_bits, modulus.warped_bits - log_n - j_bits)
     if min(bits.j_bits, bits.g_bits, bits.w_bits) < MINIMUM_BITS:
         fits = "are too many" if support is None else "and this control grid leave too few bits"
-        raise InputError(f"{points} points {fits} for exact sums {modulus.where}: sample them "
-                         "(URS) or use fewer")
+        raise InputError(
+            f"{points} points {fits} for exact sums {modulus.where}: sample them (URS) or use fewer"
+        )
     return bits

@@ -146,8 +146,7 @@ class ImageGrid:
             spacing=tuple(float(s) for s in (spacing if spacing is not None else [1.0] * d)),
             origin=tuple(float(o) for o in (origin if origin is not None else [0.0] * d)),
             direction=tuple(
-                float(v)
-                for v in (np.eye(d).ravel() if direction is None else np.ravel(direction))
+                float(v) for v in (np.eye(d).ravel() if direction is None else np.ravel(direction))
             ),
         )
 

@@ -123,8 +123,9 @@ class PublicLinearMap(abc.ABC):
         return budget(modulus, self.points.size, self.weight_bits, self.support)
 
     @abc.abstractmethod
-    def moments(self, field: np.ndarray, weights: np.ndarray | None = None,
-                weight_bits: int = 0) -> np.ndarray:
+    def moments(
+        self, field: np.ndarray, weights: np.ndarray | None = None, weight_bits: int = 0
+    ) -> np.ndarray:
         """The float map of ``field * weights`` (field (n, d), weights (n,) or None):
         (d, outputs). ``weight_bits`` > 0 rounds a B-spline's weights to the private
         backends' fixed point (the affine basis is exact either way)."""
@@ -144,8 +145,12 @@ class PublicLinearMap(abc.ABC):
         values = np.ascontiguousarray(values, dtype=np.uint64)
         limb_mask = np.uint64((1 << LIMB_BITS) - 1)
         low, middle, high = (
-            self.ring(((values >> np.uint64(LIMB_BITS * limb)) & limb_mask).astype(np.int64))
-            .astype(object) * (1 << (LIMB_BITS * limb)) for limb in range(3))
+            self.ring(
+                ((values >> np.uint64(LIMB_BITS * limb)) & limb_mask).astype(np.int64)
+            ).astype(object)
+            * (1 << (LIMB_BITS * limb))
+            for limb in range(3)
+        )
         return ((low + middle + high) % t).astype(np.int64)
 
 
@@ -196,18 +201,33 @@ class AffineBasis(PublicLinearMap):
     def _ring_weights(self) -> np.ndarray:  # kept: spdz maps every iteration's shares
         return self.dense_weights().view(np.uint64)
 
-    def _kernel_sum(self, kernel: Callable[..., None], shape: tuple[int, ...],
-                    *arrays: Any) -> np.ndarray:
+    def _kernel_sum(
+        self, kernel: Callable[..., None], shape: tuple[int, ...], *arrays: Any
+    ) -> np.ndarray:
         points = self.points
         geometry = points.geometry
-        return sum_chunks(lambda start, stop, out: kernel(
-            geometry.size_array, geometry.index_to_physical, geometry.origin_array,
-            points.reference, points.indices, start, stop, *arrays, out), points.size, shape)
+        return sum_chunks(
+            lambda start, stop, out: kernel(
+                geometry.size_array,
+                geometry.index_to_physical,
+                geometry.origin_array,
+                points.reference,
+                points.indices,
+                start,
+                stop,
+                *arrays,
+                out,
+            ),
+            points.size,
+            shape,
+        )
 
-    def moments(self, field: np.ndarray, weights: np.ndarray | None = None,
-                weight_bits: int = 0) -> np.ndarray:
-        return self._kernel_sum(_kernels.affine_moments, (self.dimension, self.outputs),
-                                field, weights)
+    def moments(
+        self, field: np.ndarray, weights: np.ndarray | None = None, weight_bits: int = 0
+    ) -> np.ndarray:
+        return self._kernel_sum(
+            _kernels.affine_moments, (self.dimension, self.outputs), field, weights
+        )
 
     def gram(self, gradient: np.ndarray) -> np.ndarray:
         size = self.dimension * self.outputs
@@ -252,8 +272,9 @@ class BSplineBasis(PublicLinearMap):
     def column_bits(self) -> np.ndarray:
         return np.full(self.outputs, self.weight_bits)
 
-    def moments(self, field: np.ndarray, weights: np.ndarray | None = None,
-                weight_bits: int = 0) -> np.ndarray:
+    def moments(
+        self, field: np.ndarray, weights: np.ndarray | None = None, weight_bits: int = 0
+    ) -> np.ndarray:
         points = self.points
         values = field if weights is None else field * weights[:, None]
         return scatter(self.control, points.geometry, points.indices, values, weight_bits).T
@@ -264,8 +285,13 @@ class BSplineBasis(PublicLinearMap):
 
     def ring(self, values: np.ndarray) -> np.ndarray:
         points = self.points
-        return scatter_ring(self.control, points.geometry, points.indices,
-                            np.ascontiguousarray(values), self.axis_weight_bits).T
+        return scatter_ring(
+            self.control,
+            points.geometry,
+            points.indices,
+            np.ascontiguousarray(values),
+            self.axis_weight_bits,
+        ).T
 
 
 def linear_map(points: PointSet) -> PublicLinearMap:

@@ -82,13 +82,16 @@ class PrivateMeanSquaresImageToImageMetric:
         spacing is a strong regulariser.
     """
 
-    def __init__(self, backend: str | MovingPartySession = "he",
-                 session: Session | None = None, *,
-                 backend_parameters: dict[str, str] | None = None,
-                 bending_energy_weight: float = 0.0) -> None:
+    def __init__(
+        self,
+        backend: str | MovingPartySession = "he",
+        session: Session | None = None,
+        *,
+        backend_parameters: dict[str, str] | None = None,
+        bending_energy_weight: float = 0.0,
+    ) -> None:
         if not bending_energy_weight >= 0:
-            raise InputError(f"the bending-energy weight must be >= 0, got "
-                             f"{bending_energy_weight}")
+            raise InputError(f"the bending-energy weight must be >= 0, got {bending_energy_weight}")
         self.bending_energy_weight = float(bending_energy_weight)
         if isinstance(backend, str):
             if not isinstance(session, Session):
@@ -164,8 +167,9 @@ class PrivateMeanSquaresImageToImageMetric:
         control_grid = None
         if isinstance(transform, BSplineTransform):  # the basis both parties will use
             control_grid = transform.control_grid
-        points = self.moving_party.select_points(fixed_level, revealed=revealed,
-                                                 control_grid=control_grid)
+        points = self.moving_party.select_points(
+            fixed_level, revealed=revealed, control_grid=control_grid
+        )
         self._level = _LevelData(moving, gradient, points, private_sample)
         return points
 
@@ -188,10 +192,22 @@ class PrivateMeanSquaresImageToImageMetric:
 
         def warp(start: int, stop: int) -> int:
             return _kernels.warp(
-                moving.array, level.moving_gradient, moving.geometry.physical_to_index,
-                moving.geometry.origin_array, fixed.size_array, fixed.index_to_physical,
-                fixed.origin_array, matrix, offset, points.indices, start, stop,
-                values, gradient, valid, displacement,
+                moving.array,
+                level.moving_gradient,
+                moving.geometry.physical_to_index,
+                moving.geometry.origin_array,
+                fixed.size_array,
+                fixed.index_to_physical,
+                fixed.origin_array,
+                matrix,
+                offset,
+                points.indices,
+                start,
+                stop,
+                values,
+                gradient,
+                valid,
+                displacement,
             )
 
         n_valid = sum(for_chunks(warp, n))
@@ -212,11 +228,13 @@ class PrivateMeanSquaresImageToImageMetric:
                 "no fixed-grid point maps inside the moving image: the images do not overlap "
                 "under the current transform (try the 'geometry' or 'moments' initialiser)"
             )
-        jacobian = _jacobian(self.GetTransform(), points,
-                             self.bending_energy_weight * self._moving_variance)
+        jacobian = _jacobian(
+            self.GetTransform(), points, self.bending_energy_weight * self._moving_variance
+        )
         gradient = jacobian.parameter_gradient(gradient)
-        joint = self.moving_party.joint_term(MovingFields(gradient, values, valid,
-                                                          jacobian.coefficients))
+        joint = self.moving_party.joint_term(
+            MovingFields(gradient, values, valid, jacobian.coefficients)
+        )
         joint_r = joint.parameter_term
         if joint_r is None:
             assert joint.moments is not None, "a JointTerm holds its moments or its parameter term"
@@ -235,8 +253,9 @@ class PrivateMeanSquaresImageToImageMetric:
             value += float(theta @ (penalty @ theta))
             derivative = derivative + 2.0 * (penalty @ theta)
             hessian = hessian + 2.0 * penalty
-        return Evaluation(value=value, gradient=derivative, hessian=hessian,
-                          number_of_valid_points=n_valid)
+        return Evaluation(
+            value=value, gradient=derivative, hessian=hessian, number_of_valid_points=n_valid
+        )
 
     def GetValue(self) -> float:  # noqa: N802
         return self.evaluate().value

@@ -53,8 +53,7 @@ from ppir_itk.roles import MOVING_PARTY
 from ppir_itk.sampling import GMS, URS, Sampling
 
 # How Hello names a sampling strategy, and the kind of points SelectPoints then asks for.
-SAMPLING_REQUESTS = {"none": "all", "gms-hidden": "all", "urs": "urs",
-                     "gms-revealed": "revealed"}
+SAMPLING_REQUESTS = {"none": "all", "gms-hidden": "all", "urs": "urs", "gms-revealed": "revealed"}
 
 
 def sampling_name(sampling: Sampling | None) -> str:
@@ -80,8 +79,9 @@ class MovingPartySession:
         The backend's parameters (e.g. ``{"protocol": "paper-v1"}``).
     """
 
-    def __init__(self, session: Session, backend: str = "he",
-                 parameters: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, session: Session, backend: str = "he", parameters: dict[str, str] | None = None
+    ) -> None:
         self.session = session
         self.backend = make_backend(check_backend_name(backend), self, parameters)
         self.fixed_geometry: GridGeometry | None = None
@@ -106,31 +106,43 @@ class MovingPartySession:
         return "in-process" if isinstance(self.session, LocalSession) else "grpc+mtls"
 
     # -- the requests, in the order a session makes them ----------------------------
-    def start(self, schedule: LevelSchedule, sampling: Sampling | None, *,
-              wants_center_of_mass: bool = False) -> GridGeometry:
+    def start(
+        self,
+        schedule: LevelSchedule,
+        sampling: Sampling | None,
+        *,
+        wants_center_of_mass: bool = False,
+    ) -> GridGeometry:
         """The handshake: agree backend, levels and sampling; learn the fixed geometry."""
         fraction = getattr(sampling, "fraction", 1.0)
         seed = getattr(sampling, "seed", 0)
         self._sampling = sampling_name(sampling)
         self._fraction_seed = (fraction, seed)
-        welcome = self.session.start(pb.Hello(
-            protocol_version=PROTOCOL_VERSION,
-            backend=self.backend.name,
-            backend_parameters=self.backend.parameters,
-            levels=[pb.Level(shrink_factor=level.shrink_factor,
-                             smoothing_sigma=level.smoothing_sigma) for level in schedule.levels],
-            sampling=self._sampling,
-            sampling_fraction=fraction,
-            sampling_seed=seed,
-            wants_center_of_mass=wants_center_of_mass,
-        ))
+        welcome = self.session.start(
+            pb.Hello(
+                protocol_version=PROTOCOL_VERSION,
+                backend=self.backend.name,
+                backend_parameters=self.backend.parameters,
+                levels=[
+                    pb.Level(
+                        shrink_factor=level.shrink_factor, smoothing_sigma=level.smoothing_sigma
+                    )
+                    for level in schedule.levels
+                ],
+                sampling=self._sampling,
+                sampling_fraction=fraction,
+                sampling_seed=seed,
+                wants_center_of_mass=wants_center_of_mass,
+            )
+        )
         self.fixed_geometry = geometry_from_pb(welcome.fixed_geometry)
         return self.fixed_geometry
 
     def fixed_center_of_mass(self) -> np.ndarray:
         """The fixed party's centre of mass (agreed in the handshake; a disclosure)."""
         reply = self.session.request(
-            pb.Envelope(center_of_mass_request=pb.CenterOfMassRequest()), "center_of_mass")
+            pb.Envelope(center_of_mass_request=pb.CenterOfMassRequest()), "center_of_mass"
+        )
         center = np.asarray(reply.center_of_mass.center, dtype=np.float64)
         self.received.add("center_of_mass", center.size)
         return center
@@ -146,8 +158,13 @@ class MovingPartySession:
         answer = self.session.post(pb.Envelope(open_level=pb.OpenLevel(level=level_index)))
         return lambda: geometry_from_pb(answer("level_opened").level_opened.geometry)
 
-    def select_points(self, geometry: GridGeometry, *, revealed: np.ndarray | None = None,
-                      control_grid: GridGeometry | None = None) -> PointSet:
+    def select_points(
+        self,
+        geometry: GridGeometry,
+        *,
+        revealed: np.ndarray | None = None,
+        control_grid: GridGeometry | None = None,
+    ) -> PointSet:
         """Agree the level's points; both parties derive the same set from the request.
 
         ``revealed``: GMS indices the moving party drew (only with revealed GMS);
@@ -159,8 +176,10 @@ class MovingPartySession:
         if control_grid is not None and not self.backend.bspline:
             protocol = self.backend.parameters.get("protocol")
             named = f"'{self.backend.name}'" + (f" (protocol {protocol})" if protocol else "")
-            raise InputError(f"backend {named} computes the joint term of linear transforms "
-                             "only; register B-spline transforms with backend spdz or clear")
+            raise InputError(
+                f"backend {named} computes the joint term of linear transforms "
+                "only; register B-spline transforms with backend spdz or clear"
+            )
         request = pb.SelectPoints(kind=kind)
         if revealed is not None:
             request.indices.CopyFrom(array_to_pb(revealed))
@@ -222,10 +241,13 @@ class MovingPartySession:
         connect = self.session.dealer
         if first_party:
             if self.session.deal_as_first_party is None:
-                raise InputError("the trusted-first-party provider needs the fixed party in "
-                                 "this process")
+                raise InputError(
+                    "the trusted-first-party provider needs the fixed party in this process"
+                )
             connect = self.session.deal_as_first_party()
         if connect is None:
-            raise InputError("backend 'spdz' needs a dealer: give its address (--dealer "
-                             "HOST:PORT, or connect(..., dealer=...))")
+            raise InputError(
+                "backend 'spdz' needs a dealer: give its address (--dealer "
+                "HOST:PORT, or connect(..., dealer=...))"
+            )
         return connect

@@ -68,8 +68,9 @@ class GaussNewtonOptimizer(Observable):
     ) -> None:
         super().__init__()
         if NumberOfIterations < 1:
-            raise InputError(f"the optimizer's NumberOfIterations {NumberOfIterations} must be "
-                             "at least 1")
+            raise InputError(
+                f"the optimizer's NumberOfIterations {NumberOfIterations} must be at least 1"
+            )
         self.NumberOfIterations = int(NumberOfIterations)
         self.MinimumStepLength = float(MinimumStepLength)
         self.RelativeValueTolerance = float(RelativeValueTolerance)
@@ -181,6 +182,7 @@ class GaussNewtonOptimizer(Observable):
         # preconditioner converge in tens of products, where a direct solve fills in.
         inverse = 1.0 / (diagonal + scaling)
         preconditioner = LinearOperator(damped.shape, matvec=lambda v: inverse * v)
-        step, _ = cg(damped, -gradient, rtol=SPARSE_TOLERANCE, maxiter=SPARSE_ITERATIONS,
-                     M=preconditioner)
+        step, _ = cg(
+            damped, -gradient, rtol=SPARSE_TOLERANCE, maxiter=SPARSE_ITERATIONS, M=preconditioner
+        )
         return step

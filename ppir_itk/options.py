@@ -72,17 +72,20 @@ def check_grid_spacing(
         return None
     values = tuple(float(value) for value in np.asarray(grid_spacing, dtype=np.float64).ravel())
     if not all(0 < value < float("inf") for value in values):
-        raise InputError(f"--grid-spacing {' '.join(f'{value:g}' for value in values)} "
-                         "must be positive and finite")
+        raise InputError(
+            f"--grid-spacing {' '.join(f'{value:g}' for value in values)} "
+            "must be positive and finite"
+        )
     return values[0] if len(values) == 1 else values
 
 
 def check_bspline_grid(transform: Any, grid_spacing: float | Sequence[float] | None) -> None:
     """A B-spline kind has a control-point spacing."""
-    if isinstance(transform, str) and not transform_kind(transform).linear \
-            and grid_spacing is None:
-        raise InputError("a B-spline transform needs a control-point spacing (grid_spacing, "
-                         "in physical units; --grid-spacing MM)")
+    if isinstance(transform, str) and not transform_kind(transform).linear and grid_spacing is None:
+        raise InputError(
+            "a B-spline transform needs a control-point spacing (grid_spacing, "
+            "in physical units; --grid-spacing MM)"
+        )
 
 
 def _check_backend(name: str, parameters: Mapping[str, str]) -> str:
@@ -180,12 +183,15 @@ class RegistrationOptions:
         strategy object given."""
         if not isinstance(self.sampling, str):
             return self.sampling
-        return make_sampling(self.sampling, self.sampling_fraction, self.seed,
-                             reveal=self.reveal_gms_indices)
+        return make_sampling(
+            self.sampling, self.sampling_fraction, self.seed, reveal=self.reveal_gms_indices
+        )
 
     def check_dimension(self, dimension: int) -> None:
         """Refuse a grid spacing that does not fit ``dimension``-D images."""
         spacing = self.grid_spacing
         if isinstance(spacing, tuple) and len(spacing) != dimension:
-            raise InputError(f"--grid-spacing has {len(spacing)} values; give one, or one per "
-                             f"axis of the {dimension}-D images")
+            raise InputError(
+                f"--grid-spacing has {len(spacing)} values; give one, or one per "
+                f"axis of the {dimension}-D images"
+            )

@@ -37,7 +37,10 @@ _ELLIPSES = (
 
 
 def head_phantom(
-    shape: Sequence[int], spacing: Sequence[float] | None = None, *, smoothing: float = 1.5,
+    shape: Sequence[int],
+    spacing: Sequence[float] | None = None,
+    *,
+    smoothing: float = 1.5,
     dtype: type = np.float32,
 ) -> ImageGrid:
     """A smooth 2-D or 3-D head phantom, intensities in about [0, 100].
@@ -88,5 +91,9 @@ def moved_copy(fixed: ImageGrid, truth: LinearTransform) -> ImageGrid:
     inverse = AffineTransform(fixed.dimension)
     inverse.parameters = np.concatenate([inverse_matrix.ravel(), -inverse_matrix @ offset])
     moved = resample(fixed, inverse, fixed.geometry)
-    return ImageGrid(moved.array.astype(fixed.array.dtype), fixed.geometry.spacing,
-                     fixed.geometry.origin, fixed.geometry.direction)
+    return ImageGrid(
+        moved.array.astype(fixed.array.dtype),
+        fixed.geometry.spacing,
+        fixed.geometry.origin,
+        fixed.geometry.direction,
+    )

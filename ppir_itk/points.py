@@ -53,24 +53,29 @@ class PointSet:
         return linear_map(self)
 
 
-def draw_points(geometry: GridGeometry, level: int, request: pb.SelectPoints,
-                fraction: float, seed: int) -> PointSet:
+def draw_points(
+    geometry: GridGeometry, level: int, request: pb.SelectPoints, fraction: float, seed: int
+) -> PointSet:
     """The point set a ``SelectPoints`` request stands for (either party computes it)."""
     control = None
     if request.HasField("control_grid"):
         control = geometry_from_pb(request.control_grid)
         # An exact count (GridGeometry's int64 product can wrap round to a small one), and
         # spacings not absurdly far from the level grid's (the index map would overflow).
-        if control.dimension != geometry.dimension or min(control.size) < 4 or \
-                math.prod(control.size) > MAX_CONTROL_POINTS or \
-                min(control.spacing) * MAX_SPACING_RATIO < min(geometry.spacing) or \
-                max(control.spacing) > MAX_SPACING_RATIO * max(geometry.spacing):
+        if (
+            control.dimension != geometry.dimension
+            or min(control.size) < 4
+            or math.prod(control.size) > MAX_CONTROL_POINTS
+            or min(control.spacing) * MAX_SPACING_RATIO < min(geometry.spacing)
+            or max(control.spacing) > MAX_SPACING_RATIO * max(geometry.spacing)
+        ):
             raise ProtocolError("the B-spline control grid does not fit the level grid")
     if request.kind == "all":
         return PointSet(geometry, None, control)
     if request.kind == "urs":
-        return PointSet(geometry, URS(fraction, seed).draw(geometry.number_of_points, level),
-                        control)
+        return PointSet(
+            geometry, URS(fraction, seed).draw(geometry.number_of_points, level), control
+        )
     indices = array_from_pb(request.indices, max_elements=geometry.number_of_points)
     if indices.ndim != 1 or indices.dtype != np.int64 or indices.size == 0:
         raise ProtocolError("the revealed sample indices are not a list of grid indices")

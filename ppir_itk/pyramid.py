@@ -92,4 +92,3 @@ def fixed_level_image(image: ImageGrid, level: Level) -> ImageGrid:
 def moving_level_image(image: ImageGrid, level: Level) -> ImageGrid:
     """The moving party's image at a level: smoothed, full resolution."""
     return smooth(image, level.smoothing_sigma)
-

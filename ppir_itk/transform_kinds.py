@@ -37,16 +37,22 @@ class TransformKind:
     name: str
     linear: bool
 
-    def build(self, dimension: int, *, fixed_geometry: GridGeometry | None = None,
-              grid_spacing: float | Sequence[float] | np.ndarray | None = None,
-              bulk: LinearTransform | None = None) -> LinearTransform | BSplineTransform:
+    def build(
+        self,
+        dimension: int,
+        *,
+        fixed_geometry: GridGeometry | None = None,
+        grid_spacing: float | Sequence[float] | np.ndarray | None = None,
+        bulk: LinearTransform | None = None,
+    ) -> LinearTransform | BSplineTransform:
         """The identity of this kind; a B-spline's over ``fixed_geometry``, control points
         ``grid_spacing`` apart (physical units), composed with ``bulk``."""
         if self.linear:
             return make_transform(self.name, dimension)
         if fixed_geometry is None or grid_spacing is None:
-            raise TypeError("a B-spline is built over the fixed grid: give fixed_geometry and "
-                            "grid_spacing")
+            raise TypeError(
+                "a B-spline is built over the fixed grid: give fixed_geometry and grid_spacing"
+            )
         return BSplineTransform.over(fixed_geometry, grid_spacing, bulk=bulk)
 
 

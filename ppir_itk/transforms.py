@@ -84,8 +84,9 @@ def _check_dimension(dimension: object) -> int:
     if isinstance(dimension, bool) or not isinstance(dimension, (int, np.integer)):
         raise InputError(f"the dimension must be the integer 2 or 3, not {dimension!r}")
     if int(dimension) not in _DIMENSIONS:
-        raise InputError(f"dimension {dimension} is refused: only 2-D and 3-D transforms are "
-                         "supported")
+        raise InputError(
+            f"dimension {dimension} is refused: only 2-D and 3-D transforms are supported"
+        )
     return int(dimension)
 
 
@@ -336,8 +337,7 @@ class LinearTransform(abc.ABC):
         array = np.asarray(points, dtype=np.float64)
         if array.ndim != 2 or array.shape[1] != self._dimension:
             raise InputError(
-                f"the points must be an array of shape (n, {self._dimension}), "
-                f"not {array.shape}"
+                f"the points must be an array of shape (n, {self._dimension}), not {array.shape}"
             )
         matrix, offset = self.matrix_offset()
         return array @ matrix.T + offset

@@ -135,8 +135,11 @@ class Secret:
         """``stored``: the pixels as the party holds them; ``derived``: the images it computes
         from them (level images, warped copies), by name. Raw windows come from the stored
         pixels (as stored, float32 and float64) and from the derived images as float64."""
-        buffers = [stored.tobytes(), stored.astype(np.float32).tobytes(),
-                   stored.astype(np.float64).tobytes()]
+        buffers = [
+            stored.tobytes(),
+            stored.astype(np.float32).tobytes(),
+            stored.astype(np.float64).tobytes(),
+        ]
         buffers += [np.asarray(image, np.float64).tobytes() for image in derived.values()]
         images = {name: stored.ravel().astype(np.float64)}
         for label, image in derived.items():
@@ -162,10 +165,15 @@ class AuditReport:
         return not self.window_hits and self.max_correlation < CORRELATION_LIMIT
 
     def __str__(self) -> str:
-        windows = (f"{len(self.window_hits)} window hit(s), first: {self.window_hits[0]}"
-                   if self.window_hits else "no window of its pixels")
-        return (f"{self.secret}: {windows}; max |r| = {self.max_correlation:.4f} "
-                f"({self.where}) over {self.views} views of {self.messages} messages")
+        windows = (
+            f"{len(self.window_hits)} window hit(s), first: {self.window_hits[0]}"
+            if self.window_hits
+            else "no window of its pixels"
+        )
+        return (
+            f"{self.secret}: {windows}; max |r| = {self.max_correlation:.4f} "
+            f"({self.where}) over {self.views} views of {self.messages} messages"
+        )
 
 
 def audit(envelopes: Sequence[bytes], secret: Secret) -> AuditReport:
@@ -187,8 +195,10 @@ def audit(envelopes: Sequence[bytes], secret: Secret) -> AuditReport:
                     best = int(np.argmax(np.abs(correlations)))
                     if abs(correlations[best]) > report.max_correlation:
                         report.max_correlation = float(abs(correlations[best]))
-                        report.where = (f"message {index} ({label}) {path}, {view} #{best}, "
-                                        f"against {image} (n={n})")
+                        report.where = (
+                            f"message {index} ({label}) {path}, {view} #{best}, "
+                            f"against {image} (n={n})"
+                        )
     return report
 
 
@@ -255,7 +265,9 @@ def _numeric_payloads(message: Any, path: str = "") -> Iterator[tuple[str, np.nd
                 else:
                     yield from _numeric_payloads(item, where)
         elif descriptor.is_repeated and descriptor.cpp_type not in (
-                descriptor.CPPTYPE_STRING, descriptor.CPPTYPE_BOOL):
+            descriptor.CPPTYPE_STRING,
+            descriptor.CPPTYPE_BOOL,
+        ):
             values = np.asarray(items, dtype=np.float64)
             yield name, values, values.shape
 
@@ -265,16 +277,17 @@ def _standardised(values: np.ndarray) -> np.ndarray:
     return centred / np.linalg.norm(centred)
 
 
-def _correlations(values: np.ndarray, shape: tuple,
-                  target: np.ndarray) -> Iterator[tuple[str, np.ndarray]]:
+def _correlations(
+    values: np.ndarray, shape: tuple, target: np.ndarray
+) -> Iterator[tuple[str, np.ndarray]]:
     """Pearson correlations of ``target`` (standardised, n values) with the views of one
     payload ``values`` (flattened, L >= n) that could hold an image of n pixels."""
     n = target.size
     flat = np.where(np.isfinite(values), values, 0.0)
     blocks = flat.size // n
-    yield "block", _pearson(flat[:blocks * n].reshape(blocks, n).T, target)
+    yield "block", _pearson(flat[: blocks * n].reshape(blocks, n).T, target)
     for stride in range(2, min(blocks, MAX_STRIDE) + 1):
-        yield f"stride {stride}", _pearson(flat[:stride * n].reshape(n, stride), target)
+        yield f"stride {stride}", _pearson(flat[: stride * n].reshape(n, stride), target)
     if len(shape) >= 2:
         array = flat.reshape(shape)
         for axis, length in enumerate(shape):

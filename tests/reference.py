@@ -176,8 +176,15 @@ def bspline_support(fixed_size, indices, start, stop, control, weight_bits=0):
     # exact ties (e.g. 4.5 / 2^9 at t = 0.375) the same way.
     s, t2 = 1.0 - t, t * t
     t3 = t2 * t
-    axis_weights = np.stack([s * s * s / 6.0, (3.0 * t3 - 6.0 * t2 + 4.0) / 6.0,
-                             (-3.0 * t3 + 3.0 * t2 + 3.0 * t + 1.0) / 6.0, t3 / 6.0], axis=-1)
+    axis_weights = np.stack(
+        [
+            s * s * s / 6.0,
+            (3.0 * t3 - 6.0 * t2 + 4.0) / 6.0,
+            (-3.0 * t3 + 3.0 * t2 + 3.0 * t + 1.0) / 6.0,
+            t3 / 6.0,
+        ],
+        axis=-1,
+    )
     if weight_bits:  # half away from zero, as C's llround (weights are >= 0)
         axis_weights = np.floor(axis_weights * 2.0**weight_bits + 0.5) / 2.0**weight_bits
     flat, weight = [], []
@@ -212,8 +219,10 @@ def bspline_hessian(fixed_size, indices, start, stop, control, gradient):
     flat, weight = bspline_support(fixed_size, indices, start, stop, control)
     count = int(np.prod(control[0]))
     basis = np.zeros((stop - start, count))
-    np.add.at(basis, (np.repeat(np.arange(stop - start), flat.shape[1]), flat.ravel()),
-              weight.ravel())
-    s = np.concatenate([gradient[start:stop, k, None] * basis
-                        for k in range(gradient.shape[1])], axis=1)
+    np.add.at(
+        basis, (np.repeat(np.arange(stop - start), flat.shape[1]), flat.ravel()), weight.ravel()
+    )
+    s = np.concatenate(
+        [gradient[start:stop, k, None] * basis for k in range(gradient.shape[1])], axis=1
+    )
     return s.T @ s

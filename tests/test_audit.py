@@ -66,10 +66,14 @@ def secrets(mri_pair) -> dict[str, Secret]:
         moving_derived[f"I level {index}"] = smoothed.array
         for name, transform in (("identity", make_transform("affine", 2)), ("truth", truth)):
             moving_derived[f"I level {index} warped by the {name}"] = resample(
-                smoothed, transform, grid.geometry).array
+                smoothed, transform, grid.geometry
+            ).array
     return {
-        "J": Secret.of("J", fixed.array, {f"J level {index}": grid.array
-                                          for index, grid in enumerate(fixed_levels)}),
+        "J": Secret.of(
+            "J",
+            fixed.array,
+            {f"J level {index}": grid.array for index, grid in enumerate(fixed_levels)},
+        ),
         "I": Secret.of("I", moving.array, moving_derived),
     }
 
@@ -85,9 +89,16 @@ def traffic(mri_pair):
             backend, parameters = RUNS[name]
             with recording() as recorder:
                 result = ppir_itk.register(
-                    fixed, moving, backend=backend, backend_parameters=parameters,
-                    transform="affine", sampling="none", shrink_factors=[2, 1],
-                    smoothing_sigmas=[1.0, 0.0], iterations=3)
+                    fixed,
+                    moving,
+                    backend=backend,
+                    backend_parameters=parameters,
+                    transform="affine",
+                    sampling="none",
+                    shrink_factors=[2, 1],
+                    smoothing_sigmas=[1.0, 0.0],
+                    iterations=3,
+                )
             done[name] = result, recorder
         return done[name]
 
@@ -98,8 +109,10 @@ def audit_both_ways(traffic, secrets, name):
     """J in everything the moving party received; I in everything it sent (to the fixed
     party and, for spdz, to the dealer)."""
     _, recorder = traffic(name)
-    return (audit(recorder.envelopes("received"), secrets["J"]),
-            audit(recorder.envelopes("sent"), secrets["I"]))
+    return (
+        audit(recorder.envelopes("received"), secrets["J"]),
+        audit(recorder.envelopes("sent"), secrets["I"]),
+    )
 
 
 @pytest.mark.parametrize("name", ["he packed", "spdz"])
@@ -150,16 +163,20 @@ def test_recorder_sees_every_byte(traffic, name):
     last = recorder.envelopes("received", "fixed party")[-1]
     closed = pb.Envelope.FromString(last).closed
     assert sent == fixed["payload_bytes_received"]
-    assert received - pb.Frame(envelope=pb.Envelope(closed=closed)).ByteSize() \
+    assert (
+        received - pb.Frame(envelope=pb.Envelope(closed=closed)).ByteSize()
         == fixed["payload_bytes_sent"]
+    )
     peers = {peer.split(" at ")[0] for _, peer, _ in recorder.frames}
     assert peers == ({"fixed party", "dealer"} if name == "spdz" else {"fixed party"})
     if name == "spdz":  # the dealer's figures are the sum of both parties' sessions with it
         dealer = result.parties["dealer"]
         assert recorder.byte_count("received", "dealer") == (
-            dealer["payload_bytes_sent"] - closed.dealer.payload_bytes_received)
+            dealer["payload_bytes_sent"] - closed.dealer.payload_bytes_received
+        )
         assert recorder.byte_count("sent", "dealer") == (
-            dealer["payload_bytes_received"] - closed.dealer.payload_bytes_sent)
+            dealer["payload_bytes_received"] - closed.dealer.payload_bytes_sent
+        )
 
 
 # -- the audit itself, on made-up traffic ------------------------------------------------------
@@ -174,13 +191,19 @@ def made_up(*, blob: bytes | None = None, values: Any = None, arrays: Any = None
     centre of mass) and ``arrays`` as shares: the three kinds of payload a party sends."""
     envelopes = []
     if blob is not None:
-        envelopes.append(pb.Envelope(backend=pb.BackendMessage(
-            he_masked_products=pb.HeMaskedProducts(ciphertexts=[blob]))))
+        envelopes.append(
+            pb.Envelope(
+                backend=pb.BackendMessage(
+                    he_masked_products=pb.HeMaskedProducts(ciphertexts=[blob])
+                )
+            )
+        )
     if values is not None:
         envelopes.append(pb.Envelope(center_of_mass=pb.CenterOfMass(center=values)))
     if arrays is not None:
-        envelopes.append(pb.Envelope(backend=pb.BackendMessage(
-            spdz_iteration=pb.SpdzIteration(shares=arrays))))
+        envelopes.append(
+            pb.Envelope(backend=pb.BackendMessage(spdz_iteration=pb.SpdzIteration(shares=arrays)))
+        )
     return [envelope.SerializeToString() for envelope in envelopes]
 
 
@@ -200,7 +223,7 @@ def test_audit_finds_fixed_point_values_interleaved_with_others(made_up_secret):
     image, secret = made_up_secret
     rng = np.random.default_rng(7)
     fixed_point = np.round(image.ravel().astype(np.float64) * 2.0**20).astype(np.int64)
-    others = rng.integers(-2**62, 2**62, size=(2, fixed_point.size))
+    others = rng.integers(-(2**62), 2**62, size=(2, fixed_point.size))
     packed = np.column_stack([others[0], fixed_point, others[1]])
     report = audit(made_up(arrays=[array_to_pb(packed)]), secret)
     assert not report.window_hits
@@ -211,9 +234,11 @@ def test_audit_passes_uniformly_masked_values(made_up_secret):
     image, secret = made_up_secret
     rng = np.random.default_rng(8)
     fixed_point = np.round(image.ravel().astype(np.float64) * 2.0**20).astype(np.int64)
-    masked = fixed_point.view(np.uint64) - rng.integers(0, 2**64 - 1, size=(4, image.size),
-                                                        dtype=np.uint64, endpoint=True)
-    report = audit(made_up(arrays=[array_to_pb(masked.view(np.int64))],
-                          blob=rng.bytes(8 * image.size)), secret)
+    masked = fixed_point.view(np.uint64) - rng.integers(
+        0, 2**64 - 1, size=(4, image.size), dtype=np.uint64, endpoint=True
+    )
+    report = audit(
+        made_up(arrays=[array_to_pb(masked.view(np.int64))], blob=rng.bytes(8 * image.size)), secret
+    )
     assert report.passed and report.views > 10, str(report)
     assert report.max_correlation < CORRELATION_LIMIT

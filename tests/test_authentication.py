@@ -50,8 +50,12 @@ from ppir_itk.registration import register_with
 # HTTP/2's client preface: a gRPC server that accepted the client answers it with SETTINGS.
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 TLS_ALERT = 0x15  # the first byte of a TLS alert record
-HELLO = pb.Hello(protocol_version=PROTOCOL_VERSION, backend="clear",
-                 levels=[pb.Level(shrink_factor=1)], sampling="none")
+HELLO = pb.Hello(
+    protocol_version=PROTOCOL_VERSION,
+    backend="clear",
+    levels=[pb.Level(shrink_factor=1)],
+    sampling="none",
+)
 
 
 def _issue_test_certificates(directory: Path) -> Path:
@@ -75,11 +79,12 @@ def other_pki(tmp_path_factory) -> Path:
 
 # -- what a process listens on, and what answers there ----------------------------------------
 
+
 def _address(field: str) -> tuple[str, int]:
     """A /proc/net address (``HEX_IP:HEX_PORT``, the IP in 32-bit host-order words)."""
     host, port = field.split(":")
     raw = bytes.fromhex(host)
-    ip = ipaddress.ip_address(b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4)))
+    ip = ipaddress.ip_address(b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4)))
     if ip.version == 6 and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return str(ip), int(port, 16)
@@ -122,8 +127,10 @@ def _tls_reply(port: int, ca: Path, client: Path | None = None) -> tuple[str, by
     context.set_alpn_protocols(["h2"])
     if client is not None:
         context.load_cert_chain(client, client.with_suffix(".key"))
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
-            context.wrap_socket(raw) as connection:
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw) as connection,
+    ):
         subject = dict(item[0] for item in connection.getpeercert()["subject"])
         connection.sendall(PREFACE)
         try:
@@ -205,22 +212,30 @@ def parties(tmp_path_factory) -> Iterator[dict]:
             running = stack.enter_context(spawn_fixed_party(fixed, backends=("clear", "spdz")))
         certificates = tmp_path_factory.mktemp("local") / "pki"
         shutil.copytree(running.directory / "pki", certificates)
-        yield {"fixed": fixed, "certificates": _issue_test_certificates(certificates),
-               "fixed party": _Server("fixed party", running.process, running.address),
-               "dealer": _Server("dealer", running.dealer_process, running.dealer_address)}
+        yield {
+            "fixed": fixed,
+            "certificates": _issue_test_certificates(certificates),
+            "fixed party": _Server("fixed party", running.process, running.address),
+            "dealer": _Server("dealer", running.dealer_process, running.dealer_address),
+        }
 
 
 # -- every port each role opens during a registration ------------------------------------------
 
+
 def test_during_an_spdz_registration_every_port_of_every_role_is_a_tls_server_refusing_strangers(
-        parties):
+    parties,
+):
     """Moving party, fixed party and dealer as three processes: the ports each listens on
     while SPDZ runs are exactly its servers' (public and gRPC's own) and its relays to the
     servers it uses, each answered by that server's certificate, each refusing a client
     without one; nothing else (no port of CrypTen, PyTorch or gloo), at any iteration."""
     certificates = parties["certificates"]
-    processes = {"moving party": os.getpid(), "fixed party": parties["fixed party"].process.pid,
-                 "dealer": parties["dealer"].process.pid}
+    processes = {
+        "moving party": os.getpid(),
+        "fixed party": parties["fixed party"].process.pid,
+        "dealer": parties["dealer"].process.pid,
+    }
     before = _listening(os.getpid())  # this test process may hold other tests' servers
     views: list[dict[str, set]] = []
     answers: dict[tuple[str, int], tuple[str, bytes]] = {}
@@ -238,23 +253,35 @@ def test_during_an_spdz_registration_every_port_of_every_role_is_a_tls_server_re
                         answers[role, port] = (f"{protocol}: no TLS server ({error})", None)
 
     moving, _ = known_pair(parties["fixed"], "translation", [1.0, -0.5])
-    session = ppir_itk.connect(f"127.0.0.1:{parties['fixed party'].public}",
-                               TLS.for_role(certificates, "moving-party"),
-                               dealer=f"127.0.0.1:{parties['dealer'].public}")
-    result = register_with(session, moving, backend="spdz", transform="translation",
-                           shrink_factors=[1], smoothing_sigmas=[0.0], iterations=3,
-                           observers={"IterationEvent": inspect})
+    session = ppir_itk.connect(
+        f"127.0.0.1:{parties['fixed party'].public}",
+        TLS.for_role(certificates, "moving-party"),
+        dealer=f"127.0.0.1:{parties['dealer'].public}",
+    )
+    result = register_with(
+        session,
+        moving,
+        backend="spdz",
+        transform="translation",
+        shrink_factors=[1],
+        smoothing_sigmas=[0.0],
+        iterations=3,
+        observers={"IterationEvent": inspect},
+    )
     assert result.iterations == len(views) > 1
     assert all(view == views[0] for view in views)
-    servers_behind = {role: sorted(answers[role, port][0] for _, _, port in sockets)
-                      for role, sockets in views[0].items()}
+    servers_behind = {
+        role: sorted(answers[role, port][0] for _, _, port in sockets)
+        for role, sockets in views[0].items()
+    }
     assert servers_behind == {
         "moving party": ["dealer", "fixed-party"],  # its relays to the two servers
         "fixed party": ["dealer", "fixed-party", "fixed-party"],  # + its relay to the dealer
         "dealer": ["dealer", "dealer"],
     }
     assert {(protocol, host) for view in views[0].values() for protocol, host, _ in view} == {
-        ("tcp", "127.0.0.1")}
+        ("tcp", "127.0.0.1")
+    }
     assert parties["fixed party"].public in {port for _, _, port in views[0]["fixed party"]}
     assert parties["dealer"].public in {port for _, _, port in views[0]["dealer"]}
     assert {reply for _, reply in answers.values()} == {b""}  # no certificate: refused
@@ -278,7 +305,8 @@ REFUSALS = {  # client -> what the server's TLS stack logs (None: refused by nam
 @pytest.mark.parametrize("port_kind", ["public", "gRPC's own"])
 @pytest.mark.parametrize("role", ["fixed party", "dealer"])
 def test_each_server_port_refuses_a_client_without_a_good_certificate_and_serves_on(
-        role, port_kind, case, parties, other_pki):
+    role, port_kind, case, parties, other_pki
+):
     """The fixed party's and the dealer's public port and gRPC's own port behind it: a
     client that does not speak TLS, has no certificate, has one from another CA, an
     expired one, or one naming someone the server does not serve gets no session, for
@@ -291,13 +319,16 @@ def test_each_server_port_refuses_a_client_without_a_good_certificate_and_serves
         assert reply == b"" or reply[0] == TLS_ALERT
     elif REFUSALS[case] is None:
         name = case.split("'")[1]
-        with pytest.raises(ppir_itk.PeerError,
-                           match=f"certificate name '{name}' is not one of .*moving-party"):
+        with pytest.raises(
+            ppir_itk.PeerError, match=f"certificate name '{name}' is not one of .*moving-party"
+        ):
             _session(server.name, f"127.0.0.1:{port}", TLS.for_role(certificates, name))
     else:
-        client = {"no certificate": None,
-                  "another CA": other_pki / "moving-party.pem",
-                  "expired": certificates / "expired-moving-party.pem"}[case]
+        client = {
+            "no certificate": None,
+            "another CA": other_pki / "moving-party.pem",
+            "expired": certificates / "expired-moving-party.pem",
+        }[case]
         assert _tls_reply(port, certificates / "ca.pem", client) == (server.name, b"")
     if REFUSALS[case] is not None:
         server.log.wait_for(REFUSALS[case], since=mark)
@@ -319,22 +350,32 @@ IMPOSTOR = {"fixed-party": "dealer", "dealer": "fixed-party"}  # server -> a rol
 def _start_server(server: str, tls: TLS, fixed: ImageGrid, log: list[str]) -> PartyServer:
     if server == "dealer":
         return DealerServer("127.0.0.1:0", tls, deadline=5, log=log.append).start()
-    return FixedPartyServer(fixed, "127.0.0.1:0", tls, deadline=5, log=log.append,
-                            policy=ppir_itk.FixedPolicy(backends=("clear",))).start()
+    return FixedPartyServer(
+        fixed,
+        "127.0.0.1:0",
+        tls,
+        deadline=5,
+        log=log.append,
+        policy=ppir_itk.FixedPolicy(backends=("clear",)),
+    ).start()
 
 
 @pytest.mark.parametrize("kind", BAD_SERVERS)
-@pytest.mark.parametrize("client, server", [("moving-party", "fixed-party"),
-                                            ("moving-party", "dealer"),
-                                            ("fixed-party", "dealer")])
-def test_a_client_refuses_a_server_with_a_bad_certificate(client, server, kind, pki, other_pki,
-                                                          phantom_2d):
+@pytest.mark.parametrize(
+    "client, server",
+    [("moving-party", "fixed-party"), ("moving-party", "dealer"), ("fixed-party", "dealer")],
+)
+def test_a_client_refuses_a_server_with_a_bad_certificate(
+    client, server, kind, pki, other_pki, phantom_2d
+):
     """The moving party checks its fixed party, and both parties check their dealer: a
     server certificate that expired, names another role (e.g. the fixed party posing as the
     dealer to learn the moving party's masks) or comes from another CA is refused."""
-    tls = {"expired": TLS.for_role(pki, f"expired-{server}"),
-           "named as another role": TLS.for_role(pki, IMPOSTOR[server]),
-           "from another CA": TLS.for_role(other_pki, server)}[kind]
+    tls = {
+        "expired": TLS.for_role(pki, f"expired-{server}"),
+        "named as another role": TLS.for_role(pki, IMPOSTOR[server]),
+        "from another CA": TLS.for_role(other_pki, server),
+    }[kind]
     log: list[str] = []
     bad = _start_server(server, tls, phantom_2d, log)
     try:

@@ -15,8 +15,20 @@ from ppir_itk.options import RegistrationOptions
 from ppir_itk.phantoms import head_phantom
 from ppir_itk.wrapping.images import write_image
 
-QUICK = ["--shrink-factors", "2", "1", "--smoothing-sigmas", "1", "0", "--iterations", "4",
-         "--threads", "1", "--sampling-fraction", "0.3"]
+QUICK = [
+    "--shrink-factors",
+    "2",
+    "1",
+    "--smoothing-sigmas",
+    "1",
+    "0",
+    "--iterations",
+    "4",
+    "--threads",
+    "1",
+    "--sampling-fraction",
+    "0.3",
+]
 
 
 @pytest.fixture(scope="module")
@@ -32,28 +44,54 @@ def tiny_pair(tmp_path_factory):
 def test_bench_writes_every_file_and_column(tiny_pair, tmp_path, capsys):
     _, _, folder = tiny_pair
     out = tmp_path / "bench"
-    assert main(["bench", "--fixed", str(folder / "fixed.mha"), "--moving",
-                 str(folder / "moving.mha"), "--repeats", "1", "--out", str(out), *QUICK]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--fixed",
+                str(folder / "fixed.mha"),
+                "--moving",
+                str(folder / "moving.mha"),
+                "--repeats",
+                "1",
+                "--out",
+                str(out),
+                *QUICK,
+            ]
+        )
+        == 0
+    )
     rows = rows_for(SOLUTIONS, ["none", "urs", "gms"])
     assert len(rows) == 15
-    expected = {"table.md", "table.csv", "results.json", "convergence.png", "time.png",
-                "communication.png", *(f"checkerboard-{row.slug}.png" for row in rows)}
+    expected = {
+        "table.md",
+        "table.csv",
+        "results.json",
+        "convergence.png",
+        "time.png",
+        "communication.png",
+        *(f"checkerboard-{row.slug}.png" for row in rows),
+    }
     assert {path.name for path in out.iterdir()} == expected
     for name in expected - {"table.md", "table.csv", "results.json"}:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     with open(out / "table.csv", newline="") as handle:
         table = list(csv.DictReader(handle))
-    assert [(line["solution"], line["sampling"]) for line in table] == \
-        [(row.solution, row.sampling) for row in rows]
+    assert [(line["solution"], line["sampling"]) for line in table] == [
+        (row.solution, row.sampling) for row in rows
+    ]
     for party in ("moving", "fixed", "dealer"):
         for figure in ("seconds", "mb_sent"):
             for scope in ("per_iteration", "total"):
                 assert f"{party}_{figure}_{scope}_mean" in table[0]
     for line in table:
         assert line["status"] == "ok" and line["repeats"] == "1"
-        numbers = {key: value for key, value in line.items()
-                   if key not in ("solution", "sampling", "status")}
+        numbers = {
+            key: value
+            for key, value in line.items()
+            if key not in ("solution", "sampling", "status")
+        }
         assert all(math.isfinite(float(value)) for value in numbers.values()), line
         assert float(line["moving_seconds_total_mean"]) > 0
         assert float(line["iterations_mean"]) >= 1
@@ -78,11 +116,15 @@ def test_bench_writes_every_file_and_column(tiny_pair, tmp_path, capsys):
 
 def test_rows_past_the_time_cap_are_marked_and_cost_one_full_resolution_iteration(tiny_pair):
     fixed, moving, _ = tiny_pair
-    settings = BenchSettings(repeats=2, time_cap=1e-3, solutions=["he/paper-v1"],
-                             samplings=["none"],
-                             registration=RegistrationOptions(shrink_factors=[2, 1],
-                                                              smoothing_sigmas=[1.0, 0.0],
-                                                              iterations=4))
+    settings = BenchSettings(
+        repeats=2,
+        time_cap=1e-3,
+        solutions=["he/paper-v1"],
+        samplings=["none"],
+        registration=RegistrationOptions(
+            shrink_factors=[2, 1], smoothing_sigmas=[1.0, 0.0], iterations=4
+        ),
+    )
     results = run_bench(fixed, moving, settings, say=lambda _: None)
     assert [outcome.row.solution for outcome in results] == ["clear", "he paper-v1"]
     for outcome in results:
@@ -99,24 +141,35 @@ def test_rows_past_the_time_cap_are_marked_and_cost_one_full_resolution_iteratio
 
 def test_a_protocol_that_refuses_the_transform_is_marked(tiny_pair):
     fixed, moving, _ = tiny_pair
-    settings = BenchSettings(repeats=1, solutions=["he/paper-v2"], samplings=["none"],
-                             registration=RegistrationOptions(
-                                 transform="bspline", grid_spacing=12.0, shrink_factors=[1],
-                                 smoothing_sigmas=[0.0], iterations=2))
+    settings = BenchSettings(
+        repeats=1,
+        solutions=["he/paper-v2"],
+        samplings=["none"],
+        registration=RegistrationOptions(
+            transform="bspline",
+            grid_spacing=12.0,
+            shrink_factors=[1],
+            smoothing_sigmas=[0.0],
+            iterations=2,
+        ),
+    )
     clear, paper = run_bench(fixed, moving, settings, say=lambda _: None)
     assert clear.status == "ok" and paper.status == "refused"
     assert "linear transforms only" in paper.reason and not paper.runs
     assert markdown_table([clear, paper]).splitlines()[3].count("✗") == 16
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--backends", "he/paper-v9"], "no protocol 'paper-v9'"),
-    (["--backends", "spdz/fast"], "backend 'spdz' has no protocol 'fast'"),
-    (["--sampling", "lhs"], "unknown sampling 'lhs'"),
-    (["--repeats", "0"], "--repeats 0 must be at least 1"),
-    (["--time-cap", "0"], "--time-cap 0 must be positive"),
-    (["--fixed", "a.mha"], "give both --fixed and --moving"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--backends", "he/paper-v9"], "no protocol 'paper-v9'"),
+        (["--backends", "spdz/fast"], "backend 'spdz' has no protocol 'fast'"),
+        (["--sampling", "lhs"], "unknown sampling 'lhs'"),
+        (["--repeats", "0"], "--repeats 0 must be at least 1"),
+        (["--time-cap", "0"], "--time-cap 0 must be positive"),
+        (["--fixed", "a.mha"], "give both --fixed and --moving"),
+    ],
+)
 def test_bad_bench_options_are_refused_in_one_sentence(tmp_path, capsys, argv, message):
     assert main(["bench", "--out", str(tmp_path / "out"), *argv]) == 2
     assert message in capsys.readouterr().err

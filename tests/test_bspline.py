@@ -27,9 +27,12 @@ from ppir_itk.wrapping.transforms import from_itk, from_sitk, to_itk, to_sitk, w
 def _grid(d: int, seed: int = 0) -> GridGeometry:
     rng = np.random.default_rng(seed)
     rotation, _ = np.linalg.qr(rng.normal(size=(d, d)))
-    return GridGeometry(size=tuple(int(s) for s in rng.integers(9, 15, d)),
-                        spacing=tuple(rng.uniform(0.8, 1.3, d)),
-                        origin=tuple(rng.normal(size=d)), direction=tuple(rotation.ravel()))
+    return GridGeometry(
+        size=tuple(int(s) for s in rng.integers(9, 15, d)),
+        spacing=tuple(rng.uniform(0.8, 1.3, d)),
+        origin=tuple(rng.normal(size=d)),
+        direction=tuple(rotation.ravel()),
+    )
 
 
 def _transform(grid: GridGeometry, spacing: float = 4.0, seed: int = 1) -> BSplineTransform:
@@ -40,8 +43,9 @@ def _transform(grid: GridGeometry, spacing: float = 4.0, seed: int = 1) -> BSpli
 
 def _points(grid: GridGeometry, sampled: bool):
     n = grid.number_of_points
-    indices = np.sort(np.random.default_rng(5).choice(n, n // 3, replace=False)) if sampled \
-        else None
+    indices = (
+        np.sort(np.random.default_rng(5).choice(n, n // 3, replace=False)) if sampled else None
+    )
     return indices, (n if indices is None else indices.size)
 
 
@@ -60,21 +64,33 @@ def test_kernels_match_the_reference(d, sampled):
 
     out = np.full((n, d), np.nan)
     _kernels.bspline_displacement(size, indices, start, stop, control, coefficients, out)
-    np.testing.assert_allclose(out[start:stop], ref.bspline_displacement(
-        size, indices, start, stop, control, coefficients), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        out[start:stop],
+        ref.bspline_displacement(size, indices, start, stop, control, coefficients),
+        rtol=0,
+        atol=1e-12,
+    )
 
     values = rng.normal(size=(n, 3))
     for bits in (0, 9):
         out = np.empty((transform.control_points, 3))
         _kernels.bspline_scatter(size, indices, start, stop, control, values, out, bits)
-        np.testing.assert_allclose(out, ref.bspline_scatter(
-            size, indices, start, stop, control, values, bits), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(
+            out,
+            ref.bspline_scatter(size, indices, start, stop, control, values, bits),
+            rtol=0,
+            atol=1e-12,
+        )
 
     gradient = rng.normal(size=(n, d))
-    blocks = np.empty((transform.control_points, 7 ** d, d, d))
+    blocks = np.empty((transform.control_points, 7**d, d, d))
     _kernels.bspline_hessian(size, indices, start, stop, control, gradient, blocks)
-    np.testing.assert_allclose(_assemble(blocks, transform.size).toarray(), ref.bspline_hessian(
-        size, indices, start, stop, control, gradient), rtol=0, atol=1e-11)
+    np.testing.assert_allclose(
+        _assemble(blocks, transform.size).toarray(),
+        ref.bspline_hessian(size, indices, start, stop, control, gradient),
+        rtol=0,
+        atol=1e-11,
+    )
 
 
 @pytest.mark.parametrize("d", [2, 3])
@@ -82,10 +98,11 @@ def test_ring_scatter_is_exact_modulo_2_64(d):
     grid = _grid(d, seed=3)
     transform = _transform(grid)
     bits = 8
-    values = np.random.default_rng(4).integers(-2**62, 2**62, size=(grid.number_of_points, 2))
+    values = np.random.default_rng(4).integers(-(2**62), 2**62, size=(grid.number_of_points, 2))
     ours = scatter_ring(transform.control_grid, grid, None, values, bits)
-    flat, weight = ref.bspline_support(grid.size_array, None, 0, grid.number_of_points,
-                                       transform.control(grid), bits)
+    flat, weight = ref.bspline_support(
+        grid.size_array, None, 0, grid.number_of_points, transform.control(grid), bits
+    )
     integer_weight = np.rint(weight * 2.0 ** (d * bits)).astype(np.int64).astype(object)
     expected = np.zeros(ours.shape, dtype=object)
     for x in range(grid.number_of_points):
@@ -99,8 +116,15 @@ def test_kernels_refuse_a_control_grid_too_small():
     grid = _grid(2)
     control = (np.array([3, 5]), np.eye(2), np.zeros(2))
     with pytest.raises(ValueError, match=">= 4"):
-        _kernels.bspline_displacement(grid.size_array, None, 0, 1, control,
-                                      np.zeros((2, 15)), np.zeros((grid.number_of_points, 2)))
+        _kernels.bspline_displacement(
+            grid.size_array,
+            None,
+            0,
+            1,
+            control,
+            np.zeros((2, 15)),
+            np.zeros((grid.number_of_points, 2)),
+        )
 
 
 # -- the transform against ITK ----------------------------------------------------------
@@ -110,16 +134,19 @@ def test_displacement_equals_itk_and_refinement_keeps_it(d):
     transform = _transform(grid)
     itk_transform = to_itk(transform)
     points = grid.physical_points(grid.flat_to_index(np.arange(grid.number_of_points)))
-    expected = np.array([list(itk_transform.TransformPoint(itk.Point[itk.D, d](p.tolist())))
-                         for p in points])
-    np.testing.assert_allclose(transform.transform_points(points[:20]), expected[:20],
-                               rtol=0, atol=1e-12)
+    expected = np.array(
+        [list(itk_transform.TransformPoint(itk.Point[itk.D, d](p.tolist()))) for p in points]
+    )
+    np.testing.assert_allclose(
+        transform.transform_points(points[:20]), expected[:20], rtol=0, atol=1e-12
+    )
     moved = points + transform.displacement(grid, None)
     np.testing.assert_allclose(moved, expected, rtol=0, atol=1e-12)
     finer = transform.refined()
     assert [s - 3 for s in finer.size] == [2 * (s - 3) for s in transform.size]
-    np.testing.assert_allclose(finer.displacement(grid, None), transform.displacement(grid, None),
-                               rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        finer.displacement(grid, None), transform.displacement(grid, None), rtol=0, atol=1e-12
+    )
 
 
 def test_bending_energy_is_zero_for_affine_displacements_only():
@@ -138,8 +165,9 @@ def test_bending_energy_is_zero_for_affine_displacements_only():
 
 
 def test_itk_and_simpleitk_read_the_written_transform_and_resample_like_the_result(tmp_path):
-    grid = GridGeometry(size=(30, 24), spacing=(1.0, 1.2), origin=(0.5, -1.0),
-                        direction=(1.0, 0.0, 0.0, 1.0))
+    grid = GridGeometry(
+        size=(30, 24), spacing=(1.0, 1.2), origin=(0.5, -1.0), direction=(1.0, 0.0, 0.0, 1.0)
+    )
     bulk = make_transform("affine", 2)
     bulk.parameters = [1.02, 0.03, -0.02, 0.97, 1.0, -0.5]
     transform = BSplineTransform.over(grid, 6.0, bulk=bulk)
@@ -155,12 +183,17 @@ def test_itk_and_simpleitk_read_the_written_transform_and_resample_like_the_resu
         reference = sitk.Image(list(grid.size), sitk.sitkFloat64)
         reference.SetSpacing(grid.spacing)
         reference.SetOrigin(grid.origin)
-        warped = sitk.Resample(image_to_sitk(moving), reference, by_sitk, sitk.sitkLinear, 0.0,
-                               sitk.sitkFloat64)
+        warped = sitk.Resample(
+            image_to_sitk(moving), reference, by_sitk, sitk.sitkLinear, 0.0, sitk.sitkFloat64
+        )
         np.testing.assert_allclose(sitk.GetArrayFromImage(warped), ours, rtol=0, atol=1e-12)
         for back in (from_sitk(by_sitk), from_itk(by_itk)):
-            np.testing.assert_allclose(back.transform_points(points),
-                                       transform.transform_points(points), rtol=0, atol=1e-12)
+            np.testing.assert_allclose(
+                back.transform_points(points),
+                transform.transform_points(points),
+                rtol=0,
+                atol=1e-12,
+            )
     assert to_sitk(transform).GetName() == "CompositeTransform"
 
 
@@ -170,15 +203,18 @@ def deformed_slice(nibabel_data):
     """A real T1 slice (resampled to 1 mm) as the moving image and, as the fixed image,
     the same slice seen through a known smooth deformation W: registration must find W."""
     volume = as_image_grid(os.path.join(nibabel_data, "anatomical.nii"))
-    slice_ = ppir_itk.ImageGrid(volume.array[12].astype(np.float64),
-                                spacing=volume.geometry.spacing[:2])
-    fine = GridGeometry(size=tuple(2 * s for s in slice_.geometry.size),
-                        spacing=tuple(s / 2 for s in slice_.geometry.spacing),
-                        origin=slice_.geometry.origin, direction=slice_.geometry.direction)
+    slice_ = ppir_itk.ImageGrid(
+        volume.array[12].astype(np.float64), spacing=volume.geometry.spacing[:2]
+    )
+    fine = GridGeometry(
+        size=tuple(2 * s for s in slice_.geometry.size),
+        spacing=tuple(s / 2 for s in slice_.geometry.spacing),
+        origin=slice_.geometry.origin,
+        direction=slice_.geometry.direction,
+    )
     moving = resample(slice_, make_transform("translation", 2), fine)
     truth = BSplineTransform.over(moving.geometry, 32.0)
-    truth.parameters = np.random.default_rng(11).normal(scale=2.0,
-                                                        size=truth.number_of_parameters)
+    truth.parameters = np.random.default_rng(11).normal(scale=2.0, size=truth.number_of_parameters)
     fixed = resample(moving, truth, moving.geometry)
     brain = fixed.array.ravel() > 0.15 * fixed.array.max()
     return fixed, moving, truth, np.flatnonzero(brain)
@@ -188,11 +224,17 @@ def _rms(first, second, grid, where) -> float:
     """RMS distance between two transforms' images of the grid points ``where``, in pixels."""
     points = grid.physical_points(grid.flat_to_index(where))
     moved = first.transform_points(points) - second.transform_points(points)
-    return float(np.sqrt((moved ** 2).sum(axis=1).mean()) / min(grid.spacing))
+    return float(np.sqrt((moved**2).sum(axis=1).mean()) / min(grid.spacing))
 
 
-BSPLINE = dict(transform="bspline", grid_spacing=8.0, shrink_factors=[4, 2, 1],
-               smoothing_sigmas=[2.0, 1.0, 0.0], iterations=60, bending_energy_weight=100.0)
+BSPLINE = dict(
+    transform="bspline",
+    grid_spacing=8.0,
+    shrink_factors=[4, 2, 1],
+    smoothing_sigmas=[2.0, 1.0, 0.0],
+    iterations=60,
+    bending_energy_weight=100.0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -225,14 +267,17 @@ def test_refined_grid_and_bending_energy_and_an_affine_bulk(deformed_slice):
     result = register_in_process(fixed, moving, **options)
     assert result.transform.bulk is not None
     # Three levels: a 32 mm grid refined twice, ending at 8 mm or a little finer.
-    assert result.transform.size == BSplineTransform.over(fixed.geometry, 32.0).refined().refined(
-    ).size
+    assert (
+        result.transform.size
+        == BSplineTransform.over(fixed.geometry, 32.0).refined().refined().size
+    )
     assert np.all(result.transform.spacing <= 8.0)
     assert _rms(result.transform, truth, fixed.geometry, brain) < 0.5
     alone = register_in_process(fixed, moving, **{**BSPLINE, "refine_grid": True})
     assert alone.transform.bulk is None and alone.iterations == result.iterations
-    np.testing.assert_allclose(result.transform.parameters, alone.transform.parameters,
-                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        result.transform.parameters, alone.transform.parameters, rtol=1e-12, atol=1e-12
+    )
     without = register_in_process(fixed, moving, **{**BSPLINE, "bending_energy_weight": 0.0})
     assert _rms(without.transform, truth, fixed.geometry, brain) > 0.5  # the regulariser helps
 
@@ -240,8 +285,9 @@ def test_refined_grid_and_bending_energy_and_an_affine_bulk(deformed_slice):
 def test_the_paper_protocols_refuse_b_splines_with_one_sentence(deformed_slice):
     fixed, moving, _, _ = deformed_slice
     with pytest.raises(ppir_itk.InputError, match="linear transforms only"):
-        register_in_process(fixed, moving, backend="he",
-                            backend_parameters={"protocol": "paper-v1"}, **BSPLINE)
+        register_in_process(
+            fixed, moving, backend="he", backend_parameters={"protocol": "paper-v1"}, **BSPLINE
+        )
 
 
 def test_a_b_spline_needs_a_grid_spacing(deformed_slice):
@@ -257,11 +303,13 @@ def test_the_he_map_mod_t_is_exact():
     control = BSplineTransform.over(grid, 4.0).control_grid
     points = PointSet(grid, None, control)
     t = (1 << 60) - 93  # any modulus below 2^60
-    values = np.random.default_rng(3).integers(0, t, size=(grid.number_of_points, 2),
-                                               dtype=np.uint64)
-    flat, weight = ref.bspline_support(grid.size_array, None, 0, grid.number_of_points,
-                                       control_map(control, grid), 10)
-    integer_weight = np.rint(weight * 2.0 ** 20).astype(np.int64).astype(object)
+    values = np.random.default_rng(3).integers(
+        0, t, size=(grid.number_of_points, 2), dtype=np.uint64
+    )
+    flat, weight = ref.bspline_support(
+        grid.size_array, None, 0, grid.number_of_points, control_map(control, grid), 10
+    )
+    integer_weight = np.rint(weight * 2.0**20).astype(np.int64).astype(object)
     expected = np.zeros((control.number_of_points, 2), dtype=object)
     for x in range(grid.number_of_points):
         for c, w in zip(flat[x], integer_weight[x], strict=True):
@@ -273,14 +321,17 @@ def test_the_he_map_mod_t_is_exact():
 def test_private_b_spline_through_the_two_party_runtime(backend, phantom_2d):
     """Separate processes (and a dealer for spdz), mutual TLS: same result as in-process."""
     truth = BSplineTransform.over(phantom_2d.geometry, 32.0)
-    truth.parameters = np.random.default_rng(2).normal(scale=1.5,
-                                                       size=truth.number_of_parameters)
+    truth.parameters = np.random.default_rng(2).normal(scale=1.5, size=truth.number_of_parameters)
     fixed = resample(phantom_2d, truth, phantom_2d.geometry)
-    options = dict(BSPLINE, grid_spacing=16.0, shrink_factors=[2, 1],
-                   smoothing_sigmas=[1.0, 0.0], iterations=15)
+    options = dict(
+        BSPLINE,
+        grid_spacing=16.0,
+        shrink_factors=[2, 1],
+        smoothing_sigmas=[1.0, 0.0],
+        iterations=15,
+    )
     over_the_wire = ppir_itk.register(fixed, phantom_2d, backend=backend, **options)
     in_process = register_in_process(fixed, phantom_2d, backend=backend, **options)
     assert over_the_wire.transport == "grpc+mtls"
     everywhere = np.arange(fixed.geometry.number_of_points)
-    assert _rms(over_the_wire.transform, in_process.transform, fixed.geometry,
-                everywhere) < 1e-6
+    assert _rms(over_the_wire.transform, in_process.transform, fixed.geometry, everywhere) < 1e-6

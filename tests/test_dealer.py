@@ -27,8 +27,9 @@ def _assert_uniform(values: np.ndarray) -> None:
 
 def _assert_triple(mask: np.ndarray, moving: tuple, fixed_c: np.ndarray) -> None:
     a, c_moving = (x.view(np.uint64) for x in moving)
-    np.testing.assert_array_equal(a * mask.view(np.uint64)[ROWS],
-                                  c_moving + fixed_c.view(np.uint64))
+    np.testing.assert_array_equal(
+        a * mask.view(np.uint64)[ROWS], c_moving + fixed_c.view(np.uint64)
+    )
 
 
 def test_expand_is_a_deterministic_uniform_stream():
@@ -57,8 +58,9 @@ def test_pool_refuses_misuse():
     with pytest.raises(ProtocolError, match="fixed party only"):
         pool.masks(token, MOVING, pb.MaskRequest(sequence=0, rows=2, count=5))
     with pytest.raises(ProtocolError, match="does not hold"):
-        pool.triples(token, MOVING, pb.TripleRequest(sequence=0, count=5, mask_sequence=0,
-                                                     mask_rows=[0]))
+        pool.triples(
+            token, MOVING, pb.TripleRequest(sequence=0, count=5, mask_sequence=0, mask_rows=[0])
+        )
     pool.masks(token, FIXED, pb.MaskRequest(sequence=0, rows=2, count=5))
     with pytest.raises(ProtocolError, match="already dealt"):
         pool.masks(token, FIXED, pb.MaskRequest(sequence=0, rows=2, count=5))
@@ -67,8 +69,9 @@ def test_pool_refuses_misuse():
     with pytest.raises(ProtocolError, match="already taken"):
         pool.triples(token, MOVING, request)
     with pytest.raises(ProtocolError, match="asked differently"):
-        pool.triples(token, FIXED, pb.TripleRequest(sequence=0, count=5, mask_sequence=0,
-                                                    mask_rows=[1, 1]))
+        pool.triples(
+            token, FIXED, pb.TripleRequest(sequence=0, count=5, mask_sequence=0, mask_rows=[1, 1])
+        )
     with pytest.raises(ProtocolError, match="rows"):
         pool.masks(token, FIXED, pb.MaskRequest(sequence=1, rows=0, count=5))
     with pytest.raises(ProtocolError, match="rows"):
@@ -79,8 +82,9 @@ def test_pool_refuses_misuse():
 def dealer(tmp_path):
     pki = ppir_itk.init_pki(tmp_path / "pki")
     lines: list[str] = []
-    server = DealerServer("127.0.0.1:0", ppir_itk.TLS.for_role(pki, "dealer"), deadline=5,
-                          log=lines.append).start()
+    server = DealerServer(
+        "127.0.0.1:0", ppir_itk.TLS.for_role(pki, "dealer"), deadline=5, log=lines.append
+    ).start()
     server.pki, server.lines = pki, lines
     yield server
     server.stop(grace=None)
@@ -88,8 +92,10 @@ def dealer(tmp_path):
 
 def test_both_parties_get_matching_parts_over_the_wire(dealer):
     token = os.urandom(32)
-    moving, fixed = (open_dealer(dealer.address, ppir_itk.TLS.for_role(dealer.pki, role), token)
-                     for role in ("moving-party", "fixed-party"))
+    moving, fixed = (
+        open_dealer(dealer.address, ppir_itk.TLS.for_role(dealer.pki, role), token)
+        for role in ("moving-party", "fixed-party")
+    )
     assert (moving.party, fixed.party) == (MOVING, FIXED)
     for level, count in ((0, 1000), (1, 70000)):  # the second level's c travels in chunks
         mask = fixed.masks(level, 2, count)
@@ -104,20 +110,34 @@ def test_both_parties_get_matching_parts_over_the_wire(dealer):
 
 def test_only_the_two_parties_from_the_ca_are_served(dealer, tmp_path):
     with pytest.raises(ppir_itk.PeerError):
-        open_dealer(dealer.address, ppir_itk.TLS.for_role(dealer.pki, "dealer"), os.urandom(16),
-                    deadline=5)
+        open_dealer(
+            dealer.address, ppir_itk.TLS.for_role(dealer.pki, "dealer"), os.urandom(16), deadline=5
+        )
     other = ppir_itk.init_pki(tmp_path / "other", ca_name="another CA")
     with pytest.raises(ppir_itk.PeerError):
-        open_dealer(dealer.address, ppir_itk.TLS.for_role(other, "moving-party"),
-                    os.urandom(16), deadline=5)
+        open_dealer(
+            dealer.address, ppir_itk.TLS.for_role(other, "moving-party"), os.urandom(16), deadline=5
+        )
     assert not [line for line in dealer.lines if "opened" in line]
 
 
 def test_ppir_dealer_command_listens(tmp_path):
     pki = ppir_itk.init_pki(tmp_path / "pki")
-    process = subprocess.Popen([sys.executable, "-m", "ppir_itk.cli", "dealer", "--listen",
-                                "127.0.0.1:0", "--tls-dir", str(pki)],
-                               stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ppir_itk.cli",
+            "dealer",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-dir",
+            str(pki),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
     try:
         line = process.stderr.readline()
         assert "ppir dealer: listening on 127.0.0.1:" in line

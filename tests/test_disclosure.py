@@ -28,8 +28,11 @@ RUNS = {
     "he packed b-spline": ("he", {}, dict(transform="bspline", grid_spacing=8.0)),
     "paper-v1": ("he", {"protocol": "paper-v1"}, {}),
     "paper-v2": ("he", {"protocol": "paper-v2"}, {}),
-    "spdz": ("spdz", {}, dict(sampling="gms", reveal_gms_indices=True, sampling_fraction=0.5,
-                              initializer="moments")),
+    "spdz": (
+        "spdz",
+        {},
+        dict(sampling="gms", reveal_gms_indices=True, sampling_fraction=0.5, initializer="moments"),
+    ),
     "spdz b-spline": ("spdz", {}, dict(transform="bspline", grid_spacing=8.0)),
 }
 
@@ -38,8 +41,9 @@ def test_the_privacy_page_shows_the_tables_of_the_code():
     if not PAGE.exists():
         pytest.skip("the tests run outside the source tree")
     expected = rewrite(PAGE, markdown(protocol_tables()))
-    assert PAGE.read_text() == expected, \
+    assert PAGE.read_text() == expected, (
         "docs/privacy.md's tables differ from the code: run python scripts/privacy_tables.py"
+    )
 
 
 def test_every_backend_has_one_table_for_both_halves():
@@ -76,21 +80,35 @@ def test_a_run_sends_only_what_its_table_lists_and_reports_only_what_it_names(na
     fixed = head_phantom((40, 36))
     moving, _ = known_pair(fixed, "affine", [1.02, 0.01, -0.02, 0.99, 1.0, -0.5])
     frames: list[tuple[str, str, bytes]] = []
-    with spawn_fixed_party(fixed, backends=(backend,)) as process, \
-            tapped(lambda direction, peer, data: frames.append((direction, peer, data))):
-        session = ppir_itk.connect(process.address, process.client_tls,
-                                   dealer=process.dealer_address)
-        result = register_with(session, moving, backend=backend, backend_parameters=parameters,
-                               **{"transform": "affine", "shrink_factors": [2, 1],
-                                  "smoothing_sigmas": [1.0, 0.0], "iterations": 3, **options})
+    with (
+        spawn_fixed_party(fixed, backends=(backend,)) as process,
+        tapped(lambda direction, peer, data: frames.append((direction, peer, data))),
+    ):
+        session = ppir_itk.connect(
+            process.address, process.client_tls, dealer=process.dealer_address
+        )
+        result = register_with(
+            session,
+            moving,
+            backend=backend,
+            backend_parameters=parameters,
+            **{
+                "transform": "affine",
+                "shrink_factors": [2, 1],
+                "smoothing_sigmas": [1.0, 0.0],
+                "iterations": 3,
+                **options,
+            },
+        )
     table = BACKENDS[backend][parameters.get("protocol", next(iter(BACKENDS[backend])))][0].table
     for session_name, kind, sender in _senders(frames):
         listed = {"backend": table, "fixed party": SESSION, "dealer": DEALER_TABLE}[session_name]
         rows = [m for m in listed.messages if m.name == kind and m.sender == sender]
         assert rows, f"{kind} from the {sender} is not in the table '{listed.title}'"
     for party, receiver in (("moving", MOVING_PARTY), ("fixed", FIXED_PARTY)):
-        named = [d.what for d in (*table.disclosures, *SESSION.disclosures)
-                 if d.receiver == receiver]
+        named = [
+            d.what for d in (*table.disclosures, *SESSION.disclosures) if d.receiver == receiver
+        ]
         for line in result.learned[party] + result.masked[party]:
             assert any(line.startswith(what) for what in named), line
     for party, receiver in (("moving", MOVING_PARTY), ("fixed", FIXED_PARTY)):
@@ -99,13 +117,13 @@ def test_a_run_sends_only_what_its_table_lists_and_reports_only_what_it_names(na
 
 
 def test_a_disclosure_no_table_names_cannot_be_reported():
-    table = ProtocolTable("t", (), (Disclosure("sums", MOVING_PARTY, "sums", "sums",
-                                               "evaluation"),))
+    table = ProtocolTable(
+        "t", (), (Disclosure("sums", MOVING_PARTY, "sums", "sums", "evaluation"),)
+    )
     received = Received(MOVING_PARTY, [table])
     received.add("sums", 8, detail="affine-basis moments")
     received.add("sums", 8, detail="affine-basis moments")
-    assert received.lines() == ["sums: 8 sums per evaluation, 16 in total "
-                                "(affine-basis moments)"]
+    assert received.lines() == ["sums: 8 sums per evaluation, 16 in total (affine-basis moments)"]
     with pytest.raises(KeyError, match="no table names a disclosure 'pixels'"):
         received.add("pixels", 1)
     with pytest.raises(KeyError):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import doctest
 import importlib
 import pkgutil
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,8 @@ import pytest
 import ppir_itk
 
 MODULES = sorted(
-    name for _, name, _ in pkgutil.walk_packages(ppir_itk.__path__, "ppir_itk.")
+    name
+    for _, name, _ in pkgutil.walk_packages(ppir_itk.__path__, "ppir_itk.")
     if not name.endswith("_kernels")
 )
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,22 +30,28 @@ def test_docstring_examples(name):
     assert failures == 0
 
 
-def test_source_tree_is_ruff_clean():
+@pytest.mark.parametrize("command", [["check"], ["format", "--check"]], ids=["lint", "format"])
+def test_source_tree_is_ruff_clean(command):
+    """``ruff check`` and ``ruff format --check`` pass on the whole tree."""
     if not (ROOT / "pyproject.toml").exists():
         pytest.skip("the tests run outside the source tree")
-    ruff = shutil.which("ruff")
-    assert ruff is not None, "ruff is a test dependency: pip install '.[test]'"
-    completed = subprocess.run([ruff, "check", str(ROOT)], capture_output=True, text=True,
-                               check=False, cwd=ROOT)
-    assert completed.returncode == 0, completed.stdout
+    completed = subprocess.run(
+        [sys.executable, "-m", "ruff", *command, str(ROOT)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
 
 
 def test_the_package_type_checks():
     """mypy with pyproject.toml's [tool.mypy], on the package (its adapters in wrapping/ too)."""
     if not (ROOT / "pyproject.toml").exists():
         pytest.skip("the tests run outside the source tree")
-    completed = subprocess.run([sys.executable, "-m", "mypy"], capture_output=True, text=True,
-                               check=False, cwd=ROOT)
+    completed = subprocess.run(
+        [sys.executable, "-m", "mypy"], capture_output=True, text=True, check=False, cwd=ROOT
+    )
     assert completed.returncode == 0, completed.stdout + completed.stderr
 
 
@@ -55,7 +61,15 @@ def test_import_contracts_hold():
     if not (ROOT / "pyproject.toml").exists():
         pytest.skip("the tests run outside the source tree")
     completed = subprocess.run(
-        [sys.executable, "-c", "from importlinter.cli import lint_imports; "
-         "raise SystemExit(lint_imports(no_cache=True, no_logo=True))"],
-        capture_output=True, text=True, check=False, cwd=ROOT)
+        [
+            sys.executable,
+            "-c",
+            "from importlinter.cli import lint_imports; "
+            "raise SystemExit(lint_imports(no_cache=True, no_logo=True))",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
     assert completed.returncode == 0, completed.stdout + completed.stderr

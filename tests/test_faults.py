@@ -59,18 +59,61 @@ def _free_port() -> int:
 
 def _register(folder: Path, pki: Path, fixed: str, dealer: str, out: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "ppir_itk.cli", "register", "--peer", fixed, "--dealer", dealer,
-         "--moving", str(folder / "moving.nrrd"), "--tls-dir", str(pki), "--backend", "spdz",
-         "--shrink-factors", "2", "1", "--smoothing-sigmas", "1", "0", "--iterations", "40",
-         "--deadline", str(DEADLINE), "--quiet", "--output-transform", str(out / "t.tfm"),
-         "--report", str(out / "r.json")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=out)
+        [
+            sys.executable,
+            "-m",
+            "ppir_itk.cli",
+            "register",
+            "--peer",
+            fixed,
+            "--dealer",
+            dealer,
+            "--moving",
+            str(folder / "moving.nrrd"),
+            "--tls-dir",
+            str(pki),
+            "--backend",
+            "spdz",
+            "--shrink-factors",
+            "2",
+            "1",
+            "--smoothing-sigmas",
+            "1",
+            "0",
+            "--iterations",
+            "40",
+            "--deadline",
+            str(DEADLINE),
+            "--quiet",
+            "--output-transform",
+            str(out / "t.tfm"),
+            "--report",
+            str(out / "r.json"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=out,
+    )
 
 
 def _dealer(stack: ExitStack, folder: Path, pki: Path, port: int) -> subprocess.Popen:
-    process, _ = stack.enter_context(_child(
-        ["dealer", "--listen", f"127.0.0.1:{port}", "--tls-dir", str(pki),
-         "--deadline", str(DEADLINE)], folder, "dealer", 60.0))
+    process, _ = stack.enter_context(
+        _child(
+            [
+                "dealer",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--tls-dir",
+                str(pki),
+                "--deadline",
+                str(DEADLINE),
+            ],
+            folder,
+            "dealer",
+            60.0,
+        )
+    )
     return process
 
 
@@ -81,12 +124,31 @@ def _line_within(process: subprocess.Popen, seconds: float) -> str:
         return process.stderr.readline() if selector.select(timeout=seconds) else ""
 
 
-def _fixed_party(stack: ExitStack, folder: Path, pki: Path,
-                 dealer_address: str) -> tuple[subprocess.Popen, str]:
-    return stack.enter_context(_child(
-        ["serve", "--fixed", str(folder / "fixed.nrrd"), "--listen", "127.0.0.1:0",
-         "--tls-dir", str(pki), "--deadline", str(DEADLINE), "--backends", "spdz",
-         "--dealer", dealer_address], folder, "fixed party", 60.0))
+def _fixed_party(
+    stack: ExitStack, folder: Path, pki: Path, dealer_address: str
+) -> tuple[subprocess.Popen, str]:
+    return stack.enter_context(
+        _child(
+            [
+                "serve",
+                "--fixed",
+                str(folder / "fixed.nrrd"),
+                "--listen",
+                "127.0.0.1:0",
+                "--tls-dir",
+                str(pki),
+                "--deadline",
+                str(DEADLINE),
+                "--backends",
+                "spdz",
+                "--dealer",
+                dealer_address,
+            ],
+            folder,
+            "fixed party",
+            60.0,
+        )
+    )
 
 
 def session_seconds(folder: Path, pki: Path, out: Path) -> float:
@@ -139,8 +201,9 @@ def trial(folder: Path, pki: Path, victim: str, delay: float, out: Path) -> dict
         if victim == "fixed":
             seen["fixed_log"] = processes["fixed"].stderr.read()
             return seen
-        seen["fixed_log"] = _line_within(processes["fixed"],
-                                         max(0.0, EXIT_BOUND - (time.monotonic() - killed)))
+        seen["fixed_log"] = _line_within(
+            processes["fixed"], max(0.0, EXIT_BOUND - (time.monotonic() - killed))
+        )
         seen["fixed_end_seconds"] = time.monotonic() - killed
         if victim == "dealer":  # the operator restarts it where the fixed party expects it
             processes["dealer"] = _dealer(stack, folder, pki, dealer_port)
@@ -169,8 +232,9 @@ def check_killed_mid_session(victim: str, seen: dict[str, object]) -> None:
     log = seen["fixed_log"]
     assert "session 1 closed" not in log, f"the kill came after the session's end: {log!r}"
     if victim != "fixed":  # the fixed party ends the session (it then serves the next)
-        assert log.startswith("ppir fixed party: session 1 "), \
+        assert log.startswith("ppir fixed party: session 1 "), (
             f"the fixed party did not end the session within {EXIT_BOUND} s: {log!r}"
+        )
         assert seen["fixed_end_seconds"] < EXIT_BOUND
     if victim != "moving":  # the moving party ends with its error sentence
         assert seen["moving_returncode"] == 3
@@ -189,8 +253,9 @@ def test_twenty_kills_at_random_moments(setting, tmp_path, victim):
     folder, pki = setting
     # Kills from the session's opening to half the shorter of two undisturbed sessions: a
     # session is 1.0 to 1.8 s on this machine as its load varies, and no shorter than that.
-    latest = 0.5 * min(session_seconds(folder, pki, tmp_path / f"undisturbed-{k}")
-                       for k in range(2))
+    latest = 0.5 * min(
+        session_seconds(folder, pki, tmp_path / f"undisturbed-{k}") for k in range(2)
+    )
     draw = random.Random(f"faults-{victim}")
     for number in range(20):
         delay = draw.uniform(0.0, latest)

@@ -100,11 +100,13 @@ def _signed(value: int, modulus: int) -> int:
 
 
 @pytest.mark.parametrize("modulus, points, weight_bits, support, expected", BUDGETS)
-def test_the_budget_gives_the_bits_the_backends_had(modulus, points, weight_bits, support,
-                                                    expected):
+def test_the_budget_gives_the_bits_the_backends_had(
+    modulus, points, weight_bits, support, expected
+):
     if expected is None:
-        with pytest.raises(InputError, match=f"^{points} points .* for exact sums "
-                                             f"{modulus.where}: sample them"):
+        with pytest.raises(
+            InputError, match=f"^{points} points .* for exact sums {modulus.where}: sample them"
+        ):
             budget(modulus, points, weight_bits, support)
     else:
         assert budget(modulus, points, weight_bits, support) == Bits(*expected)
@@ -137,8 +139,14 @@ def _weight_sums(points: PointSet) -> list[int]:
     non-negative; the affine basis's signed ones are summed exactly by the caller)."""
     geometry = points.geometry
     bits = WEIGHT_BITS[geometry.dimension]
-    flat, weight = ref.bspline_support(geometry.size_array, points.indices, 0, points.size,
-                                       control_map(points.control, geometry), bits)
+    flat, weight = ref.bspline_support(
+        geometry.size_array,
+        points.indices,
+        0,
+        points.size,
+        control_map(points.control, geometry),
+        bits,
+    )
     integer = np.rint(weight * 2.0 ** (geometry.dimension * bits)).astype(np.int64)
     out = np.zeros(points.control.number_of_points, dtype=np.int64)
     np.add.at(out, flat.ravel(), integer.ravel())
@@ -149,8 +157,9 @@ def _weight_sums(points: PointSet) -> list[int]:
 def test_sums_at_the_extremes_are_exact_in_the_ring_and_mod_t(kind):
     """A 2^16-point grid, every product at the budget's largest: the ring map (spdz), the
     map mod t (he) and both totals are the exact integer sums, for either sign."""
-    grid = GridGeometry(size=(256, 256), spacing=(1.0, 1.0), origin=(0.0, 0.0),
-                        direction=(1.0, 0.0, 0.0, 1.0))
+    grid = GridGeometry(
+        size=(256, 256), spacing=(1.0, 1.0), origin=(0.0, 0.0), direction=(1.0, 0.0, 0.0, 1.0)
+    )
     control = BSplineTransform.over(grid, 8.0).control_grid if kind == "bspline" else None
     points = PointSet(grid, None, control)
     basis, n = points.linear_map, points.size
@@ -160,15 +169,18 @@ def test_sums_at_the_extremes_are_exact_in_the_ring_and_mod_t(kind):
         for sign in (1, -1):
             if modulus is RING:  # int64 arithmetic wraps mod 2^64
                 mapped = basis.ring(np.full((n, 1), sign * moment, dtype=np.int64))[0].tolist()
-                totals = [int(np.full(n, sign * warped, dtype=np.int64).sum()),
-                          int(np.full(n, squared, dtype=np.int64).sum())]
+                totals = [
+                    int(np.full(n, sign * warped, dtype=np.int64).sum()),
+                    int(np.full(n, squared, dtype=np.int64).sum()),
+                ]
             else:  # what the fixed party decrypts: the values mod t, summed mod t
                 products = np.full((n, 1), (sign * moment) % T, dtype=np.uint64)
                 mapped = [_signed(int(v), T) for v in basis.mod_t(products, T)[0]]
                 totals = [_signed(n * ((sign * warped) % T), T), _signed(n * squared, T)]
             if kind == "affine":  # signed weights: the exact signed sums
-                exact = (np.full(n, sign * moment, dtype=object)
-                         @ basis.dense_weights().astype(object)).tolist()
+                exact = (
+                    np.full(n, sign * moment, dtype=object) @ basis.dense_weights().astype(object)
+                ).tolist()
             else:
                 exact = [sign * moment * total for total in weight_sums]
             assert mapped == exact
@@ -183,8 +195,9 @@ def test_encode_and_decode_are_power_of_two_scalings():
     assert scale == 12 - 1 - 2  # 3.25 < 2^2
     assert q.tolist() == np.round(values * 2.0**scale).astype(np.int64).tolist()
     np.testing.assert_array_equal(decode(q, scale), q / 2.0**scale)
-    np.testing.assert_array_equal(decode(q.reshape(1, -1), np.arange(5)),
-                                  q.reshape(1, -1) / 2.0 ** np.arange(5))
+    np.testing.assert_array_equal(
+        decode(q.reshape(1, -1), np.arange(5)), q.reshape(1, -1) / 2.0 ** np.arange(5)
+    )
     # the largest value is just below 2^(bits - 1), also when it is a power of two
     assert encode(np.array([4.0]), exponent(4.0, 12))[0] < 2**11
     assert exponent(0.0, 12) == 11 and exponent(float("nan"), 12) == 11

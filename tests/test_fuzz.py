@@ -102,55 +102,141 @@ SERVER_PEAK = 3 << 30  # peak RSS of either server process (a dealer request may
 #                        MAX_VALUES = 2^25 ring elements, which the dealer holds a few times)
 AFFINE = [1.03, 0.04, -0.05, 0.98, 1.5, -2.0]
 SLOW_SCALE = 100  # -m slow: this many times the default number of cases
-HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much,
-          HealthCheck.large_base_example,
-          # the autouse warnings filter (conftest) is the same for every case
-          HealthCheck.function_scoped_fixture]
+HEALTH = [
+    HealthCheck.too_slow,
+    HealthCheck.data_too_large,
+    HealthCheck.filter_too_much,
+    HealthCheck.large_base_example,
+    # the autouse warnings filter (conftest) is the same for every case
+    HealthCheck.function_scoped_fixture,
+]
 
 # name -> (backend, backend parameters, registration options)
 SCENARIOS: dict[str, tuple[str, dict[str, str], dict[str, Any]]] = {
     "clear": ("clear", {}, dict(shrink_factors=[2, 1], smoothing_sigmas=[1.0, 0.0])),
-    "clear-gms": ("clear", {}, dict(sampling="gms", reveal_gms_indices=True,
-                                    sampling_fraction=0.3)),
+    "clear-gms": (
+        "clear",
+        {},
+        dict(sampling="gms", reveal_gms_indices=True, sampling_fraction=0.3),
+    ),
     "he": ("he", {}, {}),
     "he-bspline": ("he", {}, dict(transform="bspline", grid_spacing=8.0)),
     "paper-v1": ("he", {"protocol": "paper-v1"}, {}),
     "paper-v2": ("he", {"protocol": "paper-v2"}, {}),
     "spdz": ("spdz", {}, dict(shrink_factors=[2, 1], smoothing_sigmas=[1.0, 0.0])),
-    "spdz-bspline": ("spdz", {}, dict(transform="bspline", grid_spacing=8.0, sampling="urs",
-                                      sampling_fraction=0.5)),
+    "spdz-bspline": (
+        "spdz",
+        {},
+        dict(transform="bspline", grid_spacing=8.0, sampling="urs", sampling_fraction=0.5),
+    ),
 }
-DEFAULT_CASES = {"clear": 16, "clear-gms": 10, "he": 14, "he-bspline": 10, "paper-v1": 4,
-                 "paper-v2": 6, "spdz": 14, "spdz-bspline": 10}
+DEFAULT_CASES = {
+    "clear": 16,
+    "clear-gms": 10,
+    "he": 14,
+    "he-bspline": 10,
+    "paper-v1": 4,
+    "paper-v2": 6,
+    "spdz": 14,
+    "spdz-bspline": 10,
+}
 SLOW_CASES = {name: SLOW_SCALE * count for name, count in DEFAULT_CASES.items()}
 SLOW_CASES["paper-v1"] = 300  # about 1 s a case (Galois keys for every session)
 SLOW_CASES["paper-v2"] = 600
 WIRE_SCENARIOS = ("clear", "he", "spdz", "paper-v2")  # paper-v2's requests travel in chunks
 
-WORDS = sorted({
-    *BACKENDS, "packed", "paper-v1", "paper-v2", "dealer", "tfp", "", "00" * 16, "0", "-1",
-    *SAMPLING_KINDS, *SAMPLING_KINDS.values(),
-    *DTYPES, "protocol", "poly_modulus_degree", "security_bits", "provider", "session_token",
-    "4096", "8192", "16384", "32768", "65536", "128", "192", "256",
-})
+WORDS = sorted(
+    {
+        *BACKENDS,
+        "packed",
+        "paper-v1",
+        "paper-v2",
+        "dealer",
+        "tfp",
+        "",
+        "00" * 16,
+        "0",
+        "-1",
+        *SAMPLING_KINDS,
+        *SAMPLING_KINDS.values(),
+        *DTYPES,
+        "protocol",
+        "poly_modulus_degree",
+        "security_bits",
+        "provider",
+        "session_token",
+        "4096",
+        "8192",
+        "16384",
+        "32768",
+        "65536",
+        "128",
+        "192",
+        "256",
+    }
+)
 TEXT = st.one_of(st.sampled_from(WORDS), st.text(max_size=24))
-FLOATS = st.one_of(st.sampled_from([0.0, -0.0, 0.5, 1.0, -1.0, 2.0, 999.0, 1e3, 1e-300, 1e300,
-                                    1.7e308, 5e-324, math.nan, math.inf, -math.inf]),
-                   st.floats())
+FLOATS = st.one_of(
+    st.sampled_from(
+        [
+            0.0,
+            -0.0,
+            0.5,
+            1.0,
+            -1.0,
+            2.0,
+            999.0,
+            1e3,
+            1e-300,
+            1e300,
+            1.7e308,
+            5e-324,
+            math.nan,
+            math.inf,
+            -math.inf,
+        ]
+    ),
+    st.floats(),
+)
 SHAPES = [0, 1, 2, 3, 4, -1, 1 << 31, 1 << 32, 1 << 62, (1 << 63) - 1, -(1 << 63)]
 INT64 = range(-(1 << 63), 1 << 63)  # what an Array's shape can hold
-RANGES = {FieldDescriptor.TYPE_INT32: (-(1 << 31), (1 << 31) - 1),
-          FieldDescriptor.TYPE_SINT32: (-(1 << 31), (1 << 31) - 1),
-          FieldDescriptor.TYPE_INT64: (-(1 << 63), (1 << 63) - 1),
-          FieldDescriptor.TYPE_UINT32: (0, (1 << 32) - 1),
-          FieldDescriptor.TYPE_UINT64: (0, (1 << 64) - 1)}
+RANGES = {
+    FieldDescriptor.TYPE_INT32: (-(1 << 31), (1 << 31) - 1),
+    FieldDescriptor.TYPE_SINT32: (-(1 << 31), (1 << 31) - 1),
+    FieldDescriptor.TYPE_INT64: (-(1 << 63), (1 << 63) - 1),
+    FieldDescriptor.TYPE_UINT32: (0, (1 << 32) - 1),
+    FieldDescriptor.TYPE_UINT64: (0, (1 << 64) - 1),
+}
 
 
 def _integers(low: int, high: int) -> st.SearchStrategy[int]:
     """Integers in [low, high], often an edge: the limits and sizes handlers check."""
-    edges = sorted({v for v in (0, 1, 2, 3, 4, 16, 17, -1, low, high, high // 2 + 1, 1 << 20,
-                                1 << 25, (1 << 25) + 1, DEALER_VALUES, DEALER_VALUES + 1,
-                                1 << 31, 1 << 32) if low <= v <= high})
+    edges = sorted(
+        {
+            v
+            for v in (
+                0,
+                1,
+                2,
+                3,
+                4,
+                16,
+                17,
+                -1,
+                low,
+                high,
+                high // 2 + 1,
+                1 << 20,
+                1 << 25,
+                (1 << 25) + 1,
+                DEALER_VALUES,
+                DEALER_VALUES + 1,
+                1 << 31,
+                1 << 32,
+            )
+            if low <= v <= high
+        }
+    )
     return st.one_of(st.sampled_from(edges), st.integers(low, high))
 
 
@@ -182,9 +268,19 @@ def _capture(name: str) -> tuple[pb.Envelope, ...]:
         return handle(envelope)
 
     session.serving.handle = recording
-    register_with(session, _moving_image(), backend=backend, backend_parameters=parameters,
-                  **{"transform": "affine", "shrink_factors": [1], "smoothing_sigmas": [0.0],
-                     "iterations": 2, **options})
+    register_with(
+        session,
+        _moving_image(),
+        backend=backend,
+        backend_parameters=parameters,
+        **{
+            "transform": "affine",
+            "shrink_factors": [1],
+            "smoothing_sigmas": [0.0],
+            "iterations": 2,
+            **options,
+        },
+    )
     return tuple(requests)
 
 
@@ -195,8 +291,11 @@ def _bytes_fields(message: pb.BackendMessage) -> list[tuple[Any, Any]]:
     if kind is None:
         return []
     inner = getattr(message, kind)
-    return [(inner, field) for field in inner.DESCRIPTOR.fields
-            if field.type == FieldDescriptor.TYPE_BYTES]
+    return [
+        (inner, field)
+        for field in inner.DESCRIPTOR.fields
+        if field.type == FieldDescriptor.TYPE_BYTES
+    ]
 
 
 def _parts(message: pb.BackendMessage) -> list[bytes]:
@@ -212,8 +311,13 @@ def _parts(message: pb.BackendMessage) -> list[bytes]:
 def _crafted(name: str) -> tuple[bytes, ...]:
     """Wrong ciphertexts for scenario ``name``: those of its other messages, and ones that
     load but do not fit (other parameters, NTT form, three components, wrong length)."""
-    blobs = {part for request in _capture(name) if request.HasField("backend")
-             for part in _parts(request.backend) if part}
+    blobs = {
+        part
+        for request in _capture(name)
+        if request.HasField("backend")
+        for part in _parts(request.backend)
+        if part
+    }
     backend, parameters, _ = SCENARIOS[name]
     if backend == "he" and "protocol" not in parameters:
         blobs |= set(_seal_variants().values())
@@ -242,11 +346,19 @@ def _seal_variants() -> dict[str, bytes]:
         other_keys = other.seal.KeyGenerator(other.context)
         other_public = other.seal.PublicKey()
         other_keys.create_public_key(other_public)
-        named = {"fresh": fresh, "ntt": ntt, "three components": squared, "switched": low,
-                 "public key": public, "secret key": keys.secret_key(),
-                 "empty": seal.Ciphertext()}
-        return {**{name: he.to_bytes(obj) for name, obj in named.items()},
-                "other degree": other.to_bytes(other_public)}
+        named = {
+            "fresh": fresh,
+            "ntt": ntt,
+            "three components": squared,
+            "switched": low,
+            "public key": public,
+            "secret key": keys.secret_key(),
+            "empty": seal.Ciphertext(),
+        }
+        return {
+            **{name: he.to_bytes(obj) for name, obj in named.items()},
+            "other degree": other.to_bytes(other_public),
+        }
     finally:
         he.close()
         other.close()
@@ -266,16 +378,31 @@ def _tenseal_variants() -> dict[str, bytes]:
     wide.global_scale = 2.0**40
     exact = ts.context(ts.SCHEME_TYPE.BFV, 8192, plain_modulus=1032193)
     half = he_paper.POLY_MODULUS_DEGREE // 2
-    variants = {name: ts.ckks_vector(ours, [1.0] * size).serialize() for name, size in
-                (("one slot", 1), ("one slot short", half - 1), ("one slot long", half + 1))}
+    variants = {
+        name: ts.ckks_vector(ours, [1.0] * size).serialize()
+        for name, size in (
+            ("one slot", 1),
+            ("one slot short", half - 1),
+            ("one slot long", half + 1),
+        )
+    }
     contexts = {"shallow": shallow, "wide": wide, "bfv": exact}
-    variants |= {f"{name} vector": ts.ckks_vector(context, [1.0] * half).serialize()
-                 for name, context in contexts.items() if name != "bfv"}
+    variants |= {
+        f"{name} vector": ts.ckks_vector(context, [1.0] * half).serialize()
+        for name, context in contexts.items()
+        if name != "bfv"
+    }
     variants["bfv vector"] = ts.bfv_vector(exact, [1, 2, 3]).serialize()
     variants["secret context"] = ours.serialize(save_secret_key=True)
-    variants |= {f"{name} context": context.serialize(
-        save_public_key=True, save_secret_key=False, save_galois_keys=False,
-        save_relin_keys=False) for name, context in contexts.items()}
+    variants |= {
+        f"{name} context": context.serialize(
+            save_public_key=True,
+            save_secret_key=False,
+            save_galois_keys=False,
+            save_relin_keys=False,
+        )
+        for name, context in contexts.items()
+    }
     return variants
 
 
@@ -301,6 +428,7 @@ def _set_random(draw: Callable, message: Any, field: Any, depth: int) -> None:
     if field.message_type is not None and field.message_type.GetOptions().map_entry:
         values.update(draw(st.dictionaries(TEXT, TEXT, max_size=4)))
     elif field.message_type is not None:
+
         def part() -> Any:
             if field.message_type.name == "Array":
                 return draw(_hostile_array(pb.Array(dtype="int64", shape=[3], data=bytes(24))))
@@ -325,8 +453,13 @@ def _random_message(draw: Callable, descriptor: Any, depth: int = 0) -> Any:
     if descriptor.oneofs:
         fields = [draw(st.sampled_from(tuple(descriptor.oneofs[0].fields)))]
     elif descriptor.fields:
-        fields = draw(st.lists(st.sampled_from(tuple(descriptor.fields)), unique=True,
-                               max_size=len(descriptor.fields)))
+        fields = draw(
+            st.lists(
+                st.sampled_from(tuple(descriptor.fields)),
+                unique=True,
+                max_size=len(descriptor.fields),
+            )
+        )
     else:
         fields = []
     for field in fields:
@@ -348,9 +481,9 @@ def _garbled(draw: Callable, data: bytes) -> bytes:
         elif how == "insert":
             out[at:at] = draw(st.binary(min_size=1, max_size=16))
         elif how == "delete":
-            del out[at:at + draw(st.integers(1, 64))]
+            del out[at : at + draw(st.integers(1, 64))]
         else:
-            out[at:at] = out[at:at + draw(st.integers(1, 64))]
+            out[at:at] = out[at : at + draw(st.integers(1, 64))]
     return bytes(out)
 
 
@@ -364,8 +497,11 @@ def _hostile_array(draw: Callable, base: pb.Array) -> pb.Array:
     how = draw(st.sampled_from(["dimension", "huge", "dtype", "data", "consistent"]))
     if how == "dimension" and shape:
         axis = draw(st.integers(0, len(shape) - 1))
-        shape[axis] = draw(st.sampled_from([size for size in (0, 1, shape[axis] - 1, -1,
-                                                              shape[axis] + 1) if size in INT64]))
+        shape[axis] = draw(
+            st.sampled_from(
+                [size for size in (0, 1, shape[axis] - 1, -1, shape[axis] + 1) if size in INT64]
+            )
+        )
         array.shape[:] = shape
     elif how in ("dimension", "huge"):
         array.shape[:] = draw(st.lists(st.sampled_from(SHAPES), min_size=1, max_size=6))
@@ -375,16 +511,23 @@ def _hostile_array(draw: Callable, base: pb.Array) -> pb.Array:
         cut = draw(st.integers(0, len(array.data) + 16))
         array.data = array.data[:cut] + draw(st.binary(max_size=16))
     else:
-        sizes = sorted({size + step for size in (0, 1, 2, 3, 4, 5, *shape) for step in (-1, 0, 1)
-                        if 0 <= size + step < 1 << 63})
+        sizes = sorted(
+            {
+                size + step
+                for size in (0, 1, 2, 3, 4, 5, *shape)
+                for step in (-1, 0, 1)
+                if 0 <= size + step < 1 << 63
+            }
+        )
         shape = draw(st.lists(st.sampled_from(sizes), max_size=3))
         count = math.prod(shape)
         if count > 1 << 14:  # keep the data small (the captured arrays have at most 1920)
             shape, count = [1], 1
         dtype = draw(st.sampled_from(sorted(DTYPES)))
         seed = draw(st.integers(0, (1 << 32) - 1))
-        data = np.random.default_rng(seed).integers(0, 256, count * np.dtype(dtype).itemsize,
-                                                    dtype=np.uint8)
+        data = np.random.default_rng(seed).integers(
+            0, 256, count * np.dtype(dtype).itemsize, dtype=np.uint8
+        )
         array.dtype, array.data = dtype, data.tobytes()
         array.shape[:] = shape
     return array
@@ -399,7 +542,7 @@ def _mutate_parts(draw: Callable, parts: list[bytes], crafted: tuple[bytes, ...]
         if how in ("drop", "repeat", "garble", "empty") and not parts:
             how = "crafted"
         if how == "crafted":
-            parts[at:at + 1] = [draw(st.sampled_from(crafted))] if crafted else []
+            parts[at : at + 1] = [draw(st.sampled_from(crafted))] if crafted else []
         elif how == "garble":
             parts[at] = draw(_garbled(parts[at]))
         elif how == "drop":
@@ -410,8 +553,7 @@ def _mutate_parts(draw: Callable, parts: list[bytes], crafted: tuple[bytes, ...]
             parts[at] = b""
 
 
-def _mutate_backend(draw: Callable, message: pb.BackendMessage,
-                    crafted: tuple[bytes, ...]) -> None:
+def _mutate_backend(draw: Callable, message: pb.BackendMessage, crafted: tuple[bytes, ...]) -> None:
     """A backend message whose ciphertexts, keys or shares are wrong, or of another step's
     type, in place."""
     kind = message.WhichOneof("body")
@@ -451,11 +593,21 @@ def _mutate_field(draw: Callable, message: Any, depth: int) -> None:
             at = draw(st.integers(0, len(values)))
             values = values[at] if at < len(values) else values.add(dtype="int64")
         values.CopyFrom(draw(_hostile_array(values)))
-    elif field.message_type is not None and not field.is_repeated and depth < 2 and \
-            message.HasField(field.name) and draw(st.booleans()):
+    elif (
+        field.message_type is not None
+        and not field.is_repeated
+        and depth < 2
+        and message.HasField(field.name)
+        and draw(st.booleans())
+    ):
         _mutate_field(draw, values, depth + 1)
-    elif field.is_repeated and not is_map and field.message_type is None and values and \
-            draw(st.booleans()):
+    elif (
+        field.is_repeated
+        and not is_map
+        and field.message_type is None
+        and values
+        and draw(st.booleans())
+    ):
         at = draw(st.integers(0, len(values) - 1))
         if draw(st.booleans()):
             del values[at]
@@ -483,15 +635,20 @@ def _mutated(draw: Callable, envelope: pb.Envelope, crafted: tuple[bytes, ...]) 
     return envelope
 
 
-def _steps(requests: tuple[pb.Envelope, ...],
-           crafted: tuple[bytes, ...]) -> st.SearchStrategy[pb.Envelope | bytes]:
+def _steps(
+    requests: tuple[pb.Envelope, ...], crafted: tuple[bytes, ...]
+) -> st.SearchStrategy[pb.Envelope | bytes]:
     """One hostile request: a captured one again or out of order, a changed one, its bytes
     garbled (``bytes``: the receiver reassembles them), or a random envelope."""
     captured = st.sampled_from(requests)
     changed = captured.flatmap(lambda request: _mutated(request, crafted))
-    return st.one_of(captured, changed, changed,
-                     captured.flatmap(lambda request: _garbled(request.SerializeToString())),
-                     _random_message(pb.Envelope.DESCRIPTOR))
+    return st.one_of(
+        captured,
+        changed,
+        changed,
+        captured.flatmap(lambda request: _garbled(request.SerializeToString())),
+        _random_message(pb.Envelope.DESCRIPTOR),
+    )
 
 
 @st.composite
@@ -511,6 +668,7 @@ class _Hang(BaseException):
 def _bounded(limit: int, seconds: float = CASE_SECONDS) -> Iterator[None]:
     """Fail if the body runs longer than ``seconds`` or what it allocates (traced: Python
     objects and NumPy arrays) peaks past ``limit`` bytes."""
+
     def alarm(*_: Any) -> None:
         raise _Hang
 
@@ -533,9 +691,15 @@ def _reassembled(data: bytes) -> pb.Envelope:
     """The envelope a receiver rebuilds from ``data`` sent in chunks (ProtocolError if none)."""
     reassembler, envelope = Reassembler(), None
     for start in range(0, max(len(data), 1), FRAME_BYTES):
-        envelope = reassembler.push(pb.Frame(chunk=pb.Chunk(
-            total_size=len(data), data=data[start:start + FRAME_BYTES],
-            last=start + FRAME_BYTES >= len(data))))
+        envelope = reassembler.push(
+            pb.Frame(
+                chunk=pb.Chunk(
+                    total_size=len(data),
+                    data=data[start : start + FRAME_BYTES],
+                    last=start + FRAME_BYTES >= len(data),
+                )
+            )
+        )
     return envelope
 
 
@@ -561,8 +725,7 @@ class _DealerLink(LocalSession):
         self.ended = True
 
 
-def _fixed_session(pool: TriplePool | None = None) -> tuple[FixedPartySession,
-                                                          list[_DealerLink]]:
+def _fixed_session(pool: TriplePool | None = None) -> tuple[FixedPartySession, list[_DealerLink]]:
     """A fresh fixed party offering every backend, as deployed (no single-process
     shortcuts), with an in-process dealer; and its dealer sessions, once opened."""
     pool, links = pool or _CompletingPool(), []
@@ -571,8 +734,9 @@ def _fixed_session(pool: TriplePool | None = None) -> tuple[FixedPartySession,
         links.append(_DealerLink(DealerSession(pool, "fixed-party"), peer="dealer"))
         return DealerClient(links[-1], token)
 
-    return FixedPartySession(_fixed_image(), FixedPolicy(backends=tuple(BACKENDS),
-                                                         dealer=connect)), links
+    return FixedPartySession(
+        _fixed_image(), FixedPolicy(backends=tuple(BACKENDS), dealer=connect)
+    ), links
 
 
 def _run_fixed_case(name: str, prefix: int, steps: list[pb.Envelope | bytes]) -> None:
@@ -601,20 +765,29 @@ def _run_fixed_case(name: str, prefix: int, steps: list[pb.Envelope | bytes]) ->
     np.testing.assert_array_equal(_fixed_image().array, image)
 
 
-def _regression(name: str, index: int, mutate: Callable[[pb.Envelope], None],
-                prefix: int | None = None, then: int = 0) -> tuple[int, list[pb.Envelope | bytes]]:
+def _regression(
+    name: str,
+    index: int,
+    mutate: Callable[[pb.Envelope], None],
+    prefix: int | None = None,
+    then: int = 0,
+) -> tuple[int, list[pb.Envelope | bytes]]:
     """A case: the valid prefix up to request ``index``, that request changed, and the
     ``then`` captured requests after it."""
     request = _copy(_capture(name)[index])
     mutate(request)
-    return (index if prefix is None else prefix), \
-        [request, *_capture(name)[index + 1:index + 1 + then]]
+    return (index if prefix is None else prefix), [
+        request,
+        *_capture(name)[index + 1 : index + 1 + then],
+    ]
 
 
-def _crafted_part(variants: Callable[[], dict[str, bytes]], kind: str, at: int = 0,
-                  field: int = 0) -> Callable[[pb.Envelope], None]:
+def _crafted_part(
+    variants: Callable[[], dict[str, bytes]], kind: str, at: int = 0, field: int = 0
+) -> Callable[[pb.Envelope], None]:
     """Replace ciphertext ``at`` of a backend request's bytes field ``field`` by variant
     ``kind``."""
+
     def mutate(envelope: pb.Envelope) -> None:
         inner, descriptor = _bytes_fields(envelope.backend)[field]
         getattr(inner, descriptor.name)[at] = variants()[kind]
@@ -628,6 +801,7 @@ def _huge_control_spacing(envelope: pb.Envelope) -> None:
 
 def _control_size(*size: int) -> Callable[[pb.Envelope], None]:
     """A control grid whose point count wraps round in int64 (2^64 or 3 * 2^63)."""
+
     def mutate(envelope: pb.Envelope) -> None:
         envelope.select_points.control_grid.size[:] = size
 
@@ -637,44 +811,62 @@ def _control_size(*size: int) -> Callable[[pb.Envelope], None]:
 def _first(name: str, kind: str, nth: int = 0) -> int:
     """The index of the ``nth`` captured request of scenario ``name`` holding ``kind``
     (a backend message's kind, or a body)."""
-    found = [i for i, request in enumerate(_capture(name))
-             if body(request) == kind or (request.HasField("backend")
-                                          and request.backend.WhichOneof("body") == kind)]
+    found = [
+        i
+        for i, request in enumerate(_capture(name))
+        if body(request) == kind
+        or (request.HasField("backend") and request.backend.WhichOneof("body") == kind)
+    ]
     return found[nth]
 
 
 # Cases the fuzzer found, kept as regressions (scenario -> cases, built lazily).
 REGRESSIONS: dict[str, Callable[[], list[tuple[int, list[pb.Envelope | bytes]]]]] = {
     "he": lambda: [
-        _regression("he", _first("he", "he_masked_products"),
-                    _crafted_part(_seal_variants, "ntt")),
+        _regression("he", _first("he", "he_masked_products"), _crafted_part(_seal_variants, "ntt")),
     ],
     "he-bspline": lambda: [
-        _regression("he-bspline", _first("he-bspline", "select_points"),
-                    _huge_control_spacing),
-        _regression("he-bspline", _first("he-bspline", "select_points"),
-                    _control_size(1 << 32, 1 << 32), then=3),
+        _regression("he-bspline", _first("he-bspline", "select_points"), _huge_control_spacing),
+        _regression(
+            "he-bspline",
+            _first("he-bspline", "select_points"),
+            _control_size(1 << 32, 1 << 32),
+            then=3,
+        ),
     ],
     "paper-v2": lambda: [
         # products before the level's replicated J_1 was asked for
-        _regression("paper-v2", _first("paper-v2", "paper_v2_products"), lambda _: None,
-                    prefix=_first("paper-v2", "paper_v2_level_request")),
+        _regression(
+            "paper-v2",
+            _first("paper-v2", "paper_v2_products"),
+            lambda _: None,
+            prefix=_first("paper-v2", "paper_v2_level_request"),
+        ),
         # the moving party's own (last) vector one slot short: it loads, then cannot multiply
-        _regression("paper-v2", _first("paper-v2", "paper_v2_products"),
-                    _crafted_part(_tenseal_variants, "one slot short", at=-1, field=1)),
+        _regression(
+            "paper-v2",
+            _first("paper-v2", "paper_v2_products"),
+            _crafted_part(_tenseal_variants, "one slot short", at=-1, field=1),
+        ),
     ],
     "spdz-bspline": lambda: [
-        _regression("spdz-bspline", _first("spdz-bspline", "select_points"),
-                    _huge_control_spacing),
-        _regression("spdz-bspline", _first("spdz-bspline", "select_points"),
-                    _control_size(1 << 62, 6)),
+        _regression("spdz-bspline", _first("spdz-bspline", "select_points"), _huge_control_spacing),
+        _regression(
+            "spdz-bspline", _first("spdz-bspline", "select_points"), _control_size(1 << 62, 6)
+        ),
     ],
 }
 
 
 def _settings(examples: int) -> settings:
-    return settings(max_examples=examples, derandomize=True, database=None, deadline=None,
-                    suppress_health_check=HEALTH, print_blob=True)
+    return settings(
+        max_examples=examples,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        suppress_health_check=HEALTH,
+        print_blob=True,
+    )
 
 
 def _fuzz_fixed(name: str, examples: int) -> None:
@@ -713,8 +905,9 @@ def test_a_dealer_refusal_the_moving_party_caused_ends_the_session_as_a_protocol
         session.handle(request)
     token = bytes.fromhex(requests[0].hello.backend_parameters["session_token"])
     count = _fixed_image().geometry.number_of_points // 4  # level 0 shrinks by 2
-    pool.triples(token, MOVING, pb.TripleRequest(sequence=1, count=count, mask_sequence=0,
-                                                 mask_rows=[0]))
+    pool.triples(
+        token, MOVING, pb.TripleRequest(sequence=1, count=count, mask_sequence=0, mask_rows=[0])
+    )
     session.handle(requests[first])  # takes batch 0, asks batch 1: refused
     with pytest.raises(ProtocolError, match="dealer ended this session"):
         session.handle(requests[second])
@@ -723,10 +916,15 @@ def test_a_dealer_refusal_the_moving_party_caused_ends_the_session_as_a_protocol
 
 def test_the_fuzzer_finds_a_handler_that_raises_something_else():
     """The harness itself can fail: a fixed side whose handler raises TypeError is caught."""
-    with mock.patch.object(clear.ClearFixedSide, "handle", side_effect=TypeError("bug")), \
-            pytest.raises(TypeError, match="bug"):
-        _run_fixed_case("clear", _first("clear", "clear_level_request"),
-                        [_capture("clear")[_first("clear", "clear_level_request")]])
+    with (
+        mock.patch.object(clear.ClearFixedSide, "handle", side_effect=TypeError("bug")),
+        pytest.raises(TypeError, match="bug"),
+    ):
+        _run_fixed_case(
+            "clear",
+            _first("clear", "clear_level_request"),
+            [_capture("clear")[_first("clear", "clear_level_request")]],
+        )
 
 
 # -- the dealer --------------------------------------------------------------------------
@@ -736,39 +934,63 @@ NAMES = {MOVING: "moving-party", FIXED: "fixed-party"}
 
 
 def _dealer_hello(token: bytes = DEALER_TOKEN) -> pb.Envelope:
-    return pb.Envelope(dealer_hello=pb.DealerHello(protocol_version=PROTOCOL_VERSION,
-                                                   session_token=token))
+    return pb.Envelope(
+        dealer_hello=pb.DealerHello(protocol_version=PROTOCOL_VERSION, session_token=token)
+    )
 
 
 def _dealer_prefix() -> list[tuple[int, pb.Envelope]]:
     """Both parties' valid requests: hellos, the fixed party's mask, one triple batch."""
-    triples = pb.Envelope(triple_request=pb.TripleRequest(
-        sequence=0, count=DEALER_COUNT, mask_sequence=0, mask_rows=[0, 0, 0, 1]))
-    return [(FIXED, _dealer_hello()), (MOVING, _dealer_hello()),
-            (FIXED, pb.Envelope(mask_request=pb.MaskRequest(sequence=0, rows=2,
-                                                            count=DEALER_COUNT))),
-            (FIXED, triples), (MOVING, triples)]
+    triples = pb.Envelope(
+        triple_request=pb.TripleRequest(
+            sequence=0, count=DEALER_COUNT, mask_sequence=0, mask_rows=[0, 0, 0, 1]
+        )
+    )
+    return [
+        (FIXED, _dealer_hello()),
+        (MOVING, _dealer_hello()),
+        (FIXED, pb.Envelope(mask_request=pb.MaskRequest(sequence=0, rows=2, count=DEALER_COUNT))),
+        (FIXED, triples),
+        (MOVING, triples),
+    ]
 
 
 SEQUENCES = st.one_of(st.integers(0, 12), _integers(0, (1 << 64) - 1))
-COUNTS = st.one_of(st.sampled_from([DEALER_COUNT, DEALER_COUNT + 1, DEALER_VALUES // 2]),
-                   _integers(0, (1 << 64) - 1))
+COUNTS = st.one_of(
+    st.sampled_from([DEALER_COUNT, DEALER_COUNT + 1, DEALER_VALUES // 2]),
+    _integers(0, (1 << 64) - 1),
+)
 DEALER_REQUESTS = st.one_of(
-    st.builds(lambda sequence, rows, count: pb.Envelope(mask_request=pb.MaskRequest(
-        sequence=sequence, rows=rows, count=count)),
-        SEQUENCES, st.one_of(st.integers(0, 17), _integers(0, (1 << 64) - 1)), COUNTS),
-    st.builds(lambda sequence, count, mask, rows: pb.Envelope(triple_request=pb.TripleRequest(
-        sequence=sequence, count=count, mask_sequence=mask, mask_rows=rows)),
-        SEQUENCES, COUNTS, SEQUENCES,
-        st.lists(st.one_of(st.integers(0, 2), _integers(0, (1 << 32) - 1)), max_size=20)),
+    st.builds(
+        lambda sequence, rows, count: pb.Envelope(
+            mask_request=pb.MaskRequest(sequence=sequence, rows=rows, count=count)
+        ),
+        SEQUENCES,
+        st.one_of(st.integers(0, 17), _integers(0, (1 << 64) - 1)),
+        COUNTS,
+    ),
+    st.builds(
+        lambda sequence, count, mask, rows: pb.Envelope(
+            triple_request=pb.TripleRequest(
+                sequence=sequence, count=count, mask_sequence=mask, mask_rows=rows
+            )
+        ),
+        SEQUENCES,
+        COUNTS,
+        SEQUENCES,
+        st.lists(st.one_of(st.integers(0, 2), _integers(0, (1 << 32) - 1)), max_size=20),
+    ),
     st.builds(_dealer_hello, st.one_of(st.just(DEALER_TOKEN), st.binary(max_size=80))),
     st.just(pb.Envelope(close=pb.Close())),
     st.sampled_from([request for _, request in _dealer_prefix()]).flatmap(
-        lambda request: st.one_of(_mutated(request, ()), _garbled(request.SerializeToString()))),
+        lambda request: st.one_of(_mutated(request, ()), _garbled(request.SerializeToString()))
+    ),
     _random_message(pb.Envelope.DESCRIPTOR),
 )
-DEALER_STEPS = st.tuples(st.sampled_from([MOVING, FIXED]),
-                         st.one_of(DEALER_REQUESTS, DEALER_REQUESTS, st.just("reconnect")))
+DEALER_STEPS = st.tuples(
+    st.sampled_from([MOVING, FIXED]),
+    st.one_of(DEALER_REQUESTS, DEALER_REQUESTS, st.just("reconnect")),
+)
 
 
 def _check_pool(pool: TriplePool) -> None:
@@ -833,8 +1055,10 @@ def _run_dealer_case(prefix: int, steps: list[tuple[int, pb.Envelope | bytes | s
 
 def _fuzz_dealer(examples: int) -> None:
     @_settings(examples)
-    @given(prefix=st.integers(0, len(_dealer_prefix())),
-           steps=st.lists(DEALER_STEPS, min_size=1, max_size=6))
+    @given(
+        prefix=st.integers(0, len(_dealer_prefix())),
+        steps=st.lists(DEALER_STEPS, min_size=1, max_size=6),
+    )
     def fuzz(prefix: int, steps: list[tuple[int, pb.Envelope | bytes | str]]) -> None:
         _run_dealer_case(prefix, steps)
 
@@ -852,15 +1076,23 @@ def test_the_dealer_answers_hostile_requests_or_ends_the_session_at_volume():
 
 # -- the framing under both ----------------------------------------------------------------
 SMALL_ENVELOPE = 512  # the reassembler's limit while fuzzing it
-FRAMES = st.lists(st.one_of(
-    st.builds(lambda envelope: pb.Frame(envelope=envelope),
-              _random_message(pb.Envelope.DESCRIPTOR)),
-    st.builds(lambda total, data, last: pb.Frame(chunk=pb.Chunk(total_size=total, data=data,
-                                                                 last=last)),
-              st.one_of(st.integers(0, 2 * SMALL_ENVELOPE), _integers(0, (1 << 64) - 1)),
-              st.binary(max_size=2 * SMALL_ENVELOPE), st.booleans()),
-    st.just(pb.Frame()),
-), max_size=8)
+FRAMES = st.lists(
+    st.one_of(
+        st.builds(
+            lambda envelope: pb.Frame(envelope=envelope), _random_message(pb.Envelope.DESCRIPTOR)
+        ),
+        st.builds(
+            lambda total, data, last: pb.Frame(
+                chunk=pb.Chunk(total_size=total, data=data, last=last)
+            ),
+            st.one_of(st.integers(0, 2 * SMALL_ENVELOPE), _integers(0, (1 << 64) - 1)),
+            st.binary(max_size=2 * SMALL_ENVELOPE),
+            st.booleans(),
+        ),
+        st.just(pb.Frame()),
+    ),
+    max_size=8,
+)
 
 
 def _fuzz_frames(examples: int) -> None:
@@ -881,10 +1113,12 @@ def _fuzz_frames(examples: int) -> None:
     fuzz()
 
 
-ARRAYS = st.builds(pb.Array, dtype=st.one_of(st.sampled_from(sorted(DTYPES)), TEXT),
-                   shape=st.lists(st.one_of(st.sampled_from(SHAPES), st.integers(0, 9)),
-                                  max_size=6),
-                   data=st.binary(max_size=96))
+ARRAYS = st.builds(
+    pb.Array,
+    dtype=st.one_of(st.sampled_from(sorted(DTYPES)), TEXT),
+    shape=st.lists(st.one_of(st.sampled_from(SHAPES), st.integers(0, 9)), max_size=6),
+    data=st.binary(max_size=96),
+)
 
 
 def _fuzz_arrays(examples: int) -> None:
@@ -952,9 +1186,22 @@ def _dealer_process(pki_dir: Any) -> _Served:
     """``ppir dealer`` as its own process, with its default 8 session slots: a session that
     outlived its case would soon make the next one find the dealer busy."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "ppir_itk.cli", "dealer", "--listen", "127.0.0.1:0", "--tls-dir",
-         str(pki_dir), "--deadline", "5"],
-        stderr=subprocess.PIPE, text=True, cwd=pki_dir)
+        [
+            sys.executable,
+            "-m",
+            "ppir_itk.cli",
+            "dealer",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-dir",
+            str(pki_dir),
+            "--deadline",
+            "5",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=pki_dir,
+    )
     line = process.stderr.readline()
     assert "listening on" in line, line
     return _Served(process, line.rsplit(" ", 1)[1].strip())
@@ -970,8 +1217,9 @@ def wire(pki: Any, tmp_path_factory: Any) -> Iterator[SimpleNamespace]:  # noqa:
     dealer = _dealer_process(pki)
     try:
         # test_two_party's helper runs `ppir serve ... --backends clear`: two backends more
-        fixed = _Served(*_serve_process(pki, image, "he", "spdz", "--dealer", dealer.address,
-                                        "--deadline", "5"))
+        fixed = _Served(
+            *_serve_process(pki, image, "he", "spdz", "--dealer", dealer.address, "--deadline", "5")
+        )
     except BaseException:
         dealer.stop()
         raise
@@ -989,17 +1237,26 @@ def _registers(servers: SimpleNamespace, backend: str) -> None:
     tls = ppir_itk.TLS.for_role(servers.pki, "moving-party")
     give_up = time.monotonic() + 10
     while True:
-        session = ppir_itk.connect(servers.fixed.address, tls, deadline=10,
-                                   dealer=servers.dealer.address)
+        session = ppir_itk.connect(
+            servers.fixed.address, tls, deadline=10, dealer=servers.dealer.address
+        )
         try:
-            result = register_with(session, _moving_image(), backend=backend,
-                                   transform="translation", shrink_factors=[1],
-                                   smoothing_sigmas=[0.0], iterations=2)
+            result = register_with(
+                session,
+                _moving_image(),
+                backend=backend,
+                transform="translation",
+                shrink_factors=[1],
+                smoothing_sigmas=[0.0],
+                iterations=2,
+            )
         except ppir_itk.PeerError as error:
             if "busy" not in str(error) or time.monotonic() > give_up:
                 told = [line for line in servers.fixed.lines if "refused" not in line][-10:]
-                raise AssertionError(f"{error}; the servers' last lines:\n" +
-                                     "\n".join(told + servers.dealer.lines[-6:])) from None
+                raise AssertionError(
+                    f"{error}; the servers' last lines:\n"
+                    + "\n".join(told + servers.dealer.lines[-6:])
+                ) from None
             time.sleep(0.1)
             continue
         assert result.iterations > 0
@@ -1010,8 +1267,11 @@ def _next_session_works(servers: SimpleNamespace, backend: str) -> None:
     for served in (servers.fixed, servers.dealer):
         served.check()
     _registers(servers, backend)
-    _dealer_pair_works(lambda name, token: open_dealer(
-        servers.dealer.address, ppir_itk.TLS.for_role(servers.pki, name), token, deadline=10))
+    _dealer_pair_works(
+        lambda name, token: open_dealer(
+            servers.dealer.address, ppir_itk.TLS.for_role(servers.pki, name), token, deadline=10
+        )
+    )
 
 
 def _varint(value: int) -> bytes:
@@ -1030,9 +1290,12 @@ def _envelope_frame(data: bytes) -> bytes:
 
 def _chunks(data: bytes, total: int | None = None, size: int = FRAME_BYTES) -> list[bytes]:
     total = len(data) if total is None else total
-    return [pb.Frame(chunk=pb.Chunk(total_size=total, data=data[i:i + size],
-                                    last=i + size >= len(data))).SerializeToString()
-            for i in range(0, max(len(data), 1), size)]
+    return [
+        pb.Frame(
+            chunk=pb.Chunk(total_size=total, data=data[i : i + size], last=i + size >= len(data))
+        ).SerializeToString()
+        for i in range(0, max(len(data), 1), size)
+    ]
 
 
 def _as_frames(step: pb.Envelope | bytes, garbled_inline: bool) -> list[bytes]:
@@ -1044,12 +1307,19 @@ def _as_frames(step: pb.Envelope | bytes, garbled_inline: bool) -> list[bytes]:
 RAW_FRAMES = st.one_of(
     st.lists(st.binary(min_size=1, max_size=64), min_size=1, max_size=2),  # not a Frame
     st.just([_envelope_frame(bytes(MAX_GRPC_MESSAGE + 1))]),  # refused by gRPC unread
-    st.builds(lambda total, data, last: [pb.Frame(chunk=pb.Chunk(
-        total_size=total, data=data, last=last)).SerializeToString()],
-        _integers(0, (1 << 64) - 1), st.binary(max_size=64), st.booleans()),
-    st.builds(lambda size, total: _chunks(np.random.default_rng(size).bytes(size), total),
-              st.sampled_from([FRAME_BYTES + 1, 8 << 20]),
-              st.sampled_from([None, DEFAULT_MAX_ENVELOPE + 1, 1 << 20])),
+    st.builds(
+        lambda total, data, last: [
+            pb.Frame(chunk=pb.Chunk(total_size=total, data=data, last=last)).SerializeToString()
+        ],
+        _integers(0, (1 << 64) - 1),
+        st.binary(max_size=64),
+        st.booleans(),
+    ),
+    st.builds(
+        lambda size, total: _chunks(np.random.default_rng(size).bytes(size), total),
+        st.sampled_from([FRAME_BYTES + 1, 8 << 20]),
+        st.sampled_from([None, DEFAULT_MAX_ENVELOPE + 1, 1 << 20]),
+    ),
     st.just([b""]),  # an empty frame
     st.integers(1, 20).map(lambda n: [pb.Frame(heartbeat=pb.Heartbeat()).SerializeToString()] * n),
     st.just([pb.Frame(envelope=pb.Envelope(abort=pb.Abort(reason="x"))).SerializeToString()]),
@@ -1065,14 +1335,19 @@ def _wire_cases(draw: Callable) -> tuple[str, str, str, list[bytes]]:
         requests = _capture(name)
         prefix = draw(st.integers(0, len(requests) - 1))
         frames = [frame for request in requests[:prefix] for frame in _as_frames(request, True)]
-        steps = st.one_of(st.tuples(_steps(requests, _crafted(name)), st.booleans()).map(
-            lambda step: _as_frames(*step)), RAW_FRAMES)
+        steps = st.one_of(
+            st.tuples(_steps(requests, _crafted(name)), st.booleans()).map(
+                lambda step: _as_frames(*step)
+            ),
+            RAW_FRAMES,
+        )
     else:
         name, role = "dealer", draw(st.sampled_from(["moving-party", "fixed-party"]))
         party = MOVING if role == "moving-party" else FIXED
         prefix = draw(st.integers(0, 3))
-        requests = [_dealer_hello(draw(st.binary(min_size=16, max_size=16)))] + \
-            [request for owner, request in _dealer_prefix()[2:] if owner == party]
+        requests = [_dealer_hello(draw(st.binary(min_size=16, max_size=16)))] + [
+            request for owner, request in _dealer_prefix()[2:] if owner == party
+        ]
         frames = [frame for request in requests[:prefix] for frame in _as_frames(request, True)]
         steps = st.one_of(DEALER_REQUESTS.map(lambda step: _as_frames(step, False)), RAW_FRAMES)
     for part in draw(st.lists(steps, min_size=1, max_size=3)):
@@ -1093,19 +1368,23 @@ def _dealer_stream(servers: SimpleNamespace, role: str, frames: list[bytes]) -> 
     """Send raw ``frames`` to the dealer with ``role``'s certificate; its answer frames."""
     tls = ppir_itk.TLS.for_role(servers.pki, role)
     credentials = grpc.ssl_channel_credentials(tls.ca, tls.key, tls.certificate)
-    with grpc.secure_channel(servers.dealer.address, credentials,
-                             options=[("grpc.ssl_target_name_override", "dealer")]) as channel:
-        stream = channel.stream_stream(f"/{DealerServer.service}/Session",
-                                       request_serializer=lambda raw: raw,
-                                       response_deserializer=pb.Frame.FromString)
+    with grpc.secure_channel(
+        servers.dealer.address, credentials, options=[("grpc.ssl_target_name_override", "dealer")]
+    ) as channel:
+        stream = channel.stream_stream(
+            f"/{DealerServer.service}/Session",
+            request_serializer=lambda raw: raw,
+            response_deserializer=pb.Frame.FromString,
+        )
         try:
             return list(stream(iter(frames), timeout=10))
         except grpc.RpcError as error:
             return error
 
 
-def _run_wire_case(servers: SimpleNamespace, target: str, role: str, name: str,
-                   frames: list[bytes]) -> None:
+def _run_wire_case(
+    servers: SimpleNamespace, target: str, role: str, name: str, frames: list[bytes]
+) -> None:
     if target == "fixed":
         answer = _raw_stream(SimpleNamespace(address=servers.fixed.address), servers.pki, frames)
     else:
@@ -1147,8 +1426,11 @@ def test_a_client_gone_before_its_session_started_gives_its_slot_back(wire):
     raised after the session slot was taken, and ``ppir serve`` (one slot by default)
     answered "busy" to every later session. Racy, so tried a few times."""
     for _ in range(10):
-        _raw_stream(SimpleNamespace(address=wire.fixed.address), wire.pki,
-                    [_envelope_frame(bytes(MAX_GRPC_MESSAGE + 1))])
+        _raw_stream(
+            SimpleNamespace(address=wire.fixed.address),
+            wire.pki,
+            [_envelope_frame(bytes(MAX_GRPC_MESSAGE + 1))],
+        )
         _next_session_works(wire, "clear")
 
 
@@ -1157,9 +1439,14 @@ def _spdz_session_to_the_points(servers: SimpleNamespace) -> list[bytes]:
     its own session with the dealer by then."""
     hello = _copy(_capture("spdz")[0])
     hello.hello.backend_parameters["session_token"] = os.urandom(16).hex()
-    return [_envelope_frame(request.SerializeToString()) for request in
-            (hello, pb.Envelope(open_level=pb.OpenLevel(level=0)),
-             pb.Envelope(select_points=pb.SelectPoints(kind="all")))]
+    return [
+        _envelope_frame(request.SerializeToString())
+        for request in (
+            hello,
+            pb.Envelope(open_level=pb.OpenLevel(level=0)),
+            pb.Envelope(select_points=pb.SelectPoints(kind="all")),
+        )
+    ]
 
 
 def _dealer_sessions_ended(servers: SimpleNamespace, opened: int) -> bool:
@@ -1168,8 +1455,11 @@ def _dealer_sessions_ended(servers: SimpleNamespace, opened: int) -> bool:
     while time.monotonic() < give_up:
         lines = servers.dealer.lines
         started = [line.split()[3] for line in lines if "opened by fixed-party" in line]
-        ended = {line.split()[3].rstrip(":") for line in lines
-                 if " ended" in line or " closed" in line or " aborted" in line}
+        ended = {
+            line.split()[3].rstrip(":")
+            for line in lines
+            if " ended" in line or " closed" in line or " aborted" in line
+        }
         if set(started[opened:]) <= ended:
             return True
         time.sleep(0.2)
@@ -1184,8 +1474,13 @@ def test_a_session_ended_by_a_protocol_error_releases_its_dealer_session(wire):
     """The fixed party used to keep its SPDZ dealer session alive (with heartbeats) after a
     protocol error, so eight bad sessions filled a default dealer's slots for good."""
     opened = _opened_by_fixed_party(wire)
-    frames = _spdz_session_to_the_points(wire) + [_envelope_frame(pb.Envelope(
-        backend=pb.BackendMessage(he_key_request=pb.HeKeyRequest())).SerializeToString())]
+    frames = _spdz_session_to_the_points(wire) + [
+        _envelope_frame(
+            pb.Envelope(
+                backend=pb.BackendMessage(he_key_request=pb.HeKeyRequest())
+            ).SerializeToString()
+        )
+    ]
     answer = _raw_stream(SimpleNamespace(address=wire.fixed.address), wire.pki, frames)
     assert answer[-1].envelope.WhichOneof("body") == "abort"
     assert _dealer_sessions_ended(wire, opened)
@@ -1195,8 +1490,12 @@ def test_a_session_ended_by_a_protocol_error_releases_its_dealer_session(wire):
 def test_a_session_whose_moving_party_vanished_releases_its_dealer_session(wire):
     """The transport, too, ends such a session through FixedPartySession.abandon()."""
     opened = _opened_by_fixed_party(wire)
-    answer = _raw_stream(SimpleNamespace(address=wire.fixed.address), wire.pki,
-                         _spdz_session_to_the_points(wire))
-    assert [frame.envelope.WhichOneof("body") for frame in answer][:3] == \
-        ["welcome", "level_opened", "points_selected"]
+    answer = _raw_stream(
+        SimpleNamespace(address=wire.fixed.address), wire.pki, _spdz_session_to_the_points(wire)
+    )
+    assert [frame.envelope.WhichOneof("body") for frame in answer][:3] == [
+        "welcome",
+        "level_opened",
+        "points_selected",
+    ]
     assert _dealer_sessions_ended(wire, opened)

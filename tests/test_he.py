@@ -22,10 +22,12 @@ from ppir_itk.protocol.session import LocalSession
 
 @pytest.mark.parametrize(
     ("parameters", "says"),
-    [({"poly_modulus_degree": "4096"}, "poly_modulus_degree=4096 is refused"),
-     ({"poly_modulus_degree": "2048"}, "poly_modulus_degree=2048 is refused"),
-     ({"security_bits": "80"}, "security_bits=80 is refused"),
-     ({"poly_modulus_degree": "lots"}, "whole numbers")],
+    [
+        ({"poly_modulus_degree": "4096"}, "poly_modulus_degree=4096 is refused"),
+        ({"poly_modulus_degree": "2048"}, "poly_modulus_degree=2048 is refused"),
+        ({"security_bits": "80"}, "security_bits=80 is refused"),
+        ({"poly_modulus_degree": "lots"}, "whole numbers"),
+    ],
 )
 def test_weaker_parameters_are_refused_with_a_sentence(parameters, says):
     with pytest.raises(InputError, match=says):
@@ -34,9 +36,17 @@ def test_weaker_parameters_are_refused_with_a_sentence(parameters, says):
 
 def test_the_fixed_party_refuses_weak_parameters_too(phantom_2d):
     endpoint = Endpoint(FixedPartySession(phantom_2d), Counters)
-    reply = endpoint.answer(pb.Envelope(hello=pb.Hello(
-        protocol_version=PROTOCOL_VERSION, backend="he", levels=[pb.Level(shrink_factor=1)],
-        sampling="none", backend_parameters={"poly_modulus_degree": "4096"})))
+    reply = endpoint.answer(
+        pb.Envelope(
+            hello=pb.Hello(
+                protocol_version=PROTOCOL_VERSION,
+                backend="he",
+                levels=[pb.Level(shrink_factor=1)],
+                sampling="none",
+                backend_parameters={"poly_modulus_degree": "4096"},
+            )
+        )
+    )
     assert reply.WhichOneof("body") == "abort"
     assert "poly_modulus_degree=4096 is refused" in reply.abort.reason
 
@@ -45,9 +55,21 @@ def test_command_line_refuses_weak_parameters(tmp_path, capsys, phantom_2d):
     from ppir_itk.wrapping.images import write_image
 
     write_image(phantom_2d, tmp_path / "f.mha")
-    status = main(["register", "--quiet", "--in-process", "--fixed", str(tmp_path / "f.mha"),
-                   "--moving", str(tmp_path / "f.mha"), "--output-transform",
-                   str(tmp_path / "t.tfm"), "--backend-parameter", "poly_modulus_degree=4096"])
+    status = main(
+        [
+            "register",
+            "--quiet",
+            "--in-process",
+            "--fixed",
+            str(tmp_path / "f.mha"),
+            "--moving",
+            str(tmp_path / "f.mha"),
+            "--output-transform",
+            str(tmp_path / "t.tfm"),
+            "--backend-parameter",
+            "poly_modulus_degree=4096",
+        ]
+    )
     assert status == 2
     assert "poly_modulus_degree=4096 is refused" in capsys.readouterr().err
     assert not (tmp_path / "t.tfm").exists()
@@ -108,8 +130,11 @@ class _RecordingSession(LocalSession):
 
     def backend_messages(self, kind: str, replies: bool = False) -> list:
         """The bodies of the backend messages of type ``kind`` (the oneof field's name)."""
-        return [getattr(e.backend, kind) for e in (self.replies if replies else self.received)
-                if e.WhichOneof("body") == "backend" and e.backend.WhichOneof("body") == kind]
+        return [
+            getattr(e.backend, kind)
+            for e in (self.replies if replies else self.received)
+            if e.WhichOneof("body") == "backend" and e.backend.WhichOneof("body") == kind
+        ]
 
 
 def test_the_fixed_party_receives_only_ciphertexts_and_requests():
@@ -118,8 +143,9 @@ def test_the_fixed_party_receives_only_ciphertexts_and_requests():
     fixed = head_phantom((40, 36))
     moving, _ = known_pair(fixed, "rigid", [0.05, 1.0, -0.5])
     session = _RecordingSession(fixed)
-    register_with(session, moving, backend="he", transform="rigid", shrink_factors=[1],
-                  smoothing_sigmas=[0.0])
+    register_with(
+        session, moving, backend="he", transform="rigid", shrink_factors=[1], smoothing_sigmas=[0.0]
+    )
     he = HEContext(8192, 128)
     sums = session.backend_messages("he_masked_products")
     assert sums, "no joint-term evaluation reached the fixed party"
@@ -149,8 +175,9 @@ def _evaluation(backend, fixed, moving):
     return _metric(backend, ppir_itk.in_process_session(fixed), moving).evaluate()
 
 
-def _decrypt_as_the_fixed_party(session: _RecordingSession, message: pb.BackendMessage,
-                                count: int) -> list[np.ndarray]:
+def _decrypt_as_the_fixed_party(
+    session: _RecordingSession, message: pb.BackendMessage, count: int
+) -> list[np.ndarray]:
     """The slots of each ciphertext in ``message``, decrypted with the fixed party's key."""
     side = session.serving.backend_side
     he = side.he
@@ -189,8 +216,9 @@ def test_what_the_fixed_party_decrypts_is_masked_afresh_and_the_sums_come_out_ex
     np.testing.assert_array_equal(first.gradient, second.gradient)
     clear = _evaluation("clear", fixed, moving)
     np.testing.assert_allclose(first.value, clear.value, rtol=1e-5)  # fixed-point J
-    np.testing.assert_allclose(first.gradient, clear.gradient, rtol=0,
-                               atol=1e-4 * np.abs(clear.gradient).max())
+    np.testing.assert_allclose(
+        first.gradient, clear.gradient, rtol=0, atol=1e-4 * np.abs(clear.gradient).max()
+    )
 
 
 def test_rows_of_points_outside_the_moving_image_are_skipped_exactly():
@@ -201,21 +229,24 @@ def test_rows_of_points_outside_the_moving_image_are_skipped_exactly():
     clear, private = _evaluation("clear", fixed, moving), _evaluation("he", fixed, moving)
     assert private.number_of_valid_points == clear.number_of_valid_points < 64 * 44 + 1
     np.testing.assert_allclose(private.value, clear.value, rtol=1e-5)  # fixed-point J
-    np.testing.assert_allclose(private.gradient, clear.gradient, rtol=0,
-                               atol=1e-4 * np.abs(clear.gradient).max())
+    np.testing.assert_allclose(
+        private.gradient, clear.gradient, rtol=0, atol=1e-4 * np.abs(clear.gradient).max()
+    )
 
 
 @pytest.mark.parametrize(
     "sampling",
-    [ppir_itk.URS(0.3, seed=2), ppir_itk.GMS(0.3, seed=2),
-     ppir_itk.GMS(0.3, seed=2, reveal_indices=True)],
+    [
+        ppir_itk.URS(0.3, seed=2),
+        ppir_itk.GMS(0.3, seed=2),
+        ppir_itk.GMS(0.3, seed=2, reveal_indices=True),
+    ],
     ids=["urs", "gms-hidden", "gms-revealed"],
 )
 def test_sampled_private_registration_follows_the_clear_one(sampling):
     fixed = head_phantom((56, 52))
     moving, _ = known_pair(fixed, "rigid", [0.05, 1.0, -0.5])
-    options = dict(transform="rigid", shrink_factors=[1], smoothing_sigmas=[0.0],
-                   sampling=sampling)
+    options = dict(transform="rigid", shrink_factors=[1], smoothing_sigmas=[0.0], sampling=sampling)
     clear = register_in_process(fixed, moving, **options)
     private = register_in_process(fixed, moving, backend="he", **options)
     assert displacement_rmse(private.transform, clear.transform, fixed.geometry) < 0.01
@@ -229,8 +260,9 @@ def test_the_paper_protocols_follow_clear_and_report_what_they_reveal(protocol):
     moving, _ = known_pair(fixed, "rigid", [0.05, 1.0, -0.5])
     options = dict(transform="rigid", shrink_factors=[1], smoothing_sigmas=[0.0])
     clear = register_in_process(fixed, moving, **options)
-    paper = register_in_process(fixed, moving, backend="he",
-                                backend_parameters={"protocol": protocol}, **options)
+    paper = register_in_process(
+        fixed, moving, backend="he", backend_parameters={"protocol": protocol}, **options
+    )
     assert displacement_rmse(paper.transform, clear.transform, fixed.geometry) < 1e-3
     (fixed_learned,) = paper.learned["fixed"]
     assert fixed_learned.startswith(f"{protocol}: ")
@@ -242,8 +274,12 @@ def test_the_paper_protocols_follow_clear_and_report_what_they_reveal(protocol):
 
 def test_unknown_protocols_are_refused():
     with pytest.raises(InputError, match="no protocol 'paper-v9'"):
-        register_in_process(head_phantom((20, 20)), head_phantom((20, 20)), backend="he",
-                            backend_parameters={"protocol": "paper-v9"})
+        register_in_process(
+            head_phantom((20, 20)),
+            head_phantom((20, 20)),
+            backend="he",
+            backend_parameters={"protocol": "paper-v9"},
+        )
 
 
 def test_paper_v2_sums_columns_longer_than_one_ciphertext():
@@ -252,7 +288,8 @@ def test_paper_v2_sums_columns_longer_than_one_ciphertext():
     moving, _ = known_pair(fixed, "rigid", [0.02, 0.5, -0.5])
     options = dict(transform="rigid", shrink_factors=[1], smoothing_sigmas=[0.0], iterations=2)
     clear = register_in_process(fixed, moving, **options)
-    paper = register_in_process(fixed, moving, backend="he",
-                                backend_parameters={"protocol": "paper-v2"}, **options)
+    paper = register_in_process(
+        fixed, moving, backend="he", backend_parameters={"protocol": "paper-v2"}, **options
+    )
     assert paper.iterations == clear.iterations == 2
     assert displacement_rmse(paper.transform, clear.transform, fixed.geometry) < 1e-3

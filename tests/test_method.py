@@ -18,11 +18,13 @@ from ppir_itk.wrapping.transforms import to_itk as transform_to_itk
 
 def _method(fixed, moving, **options):
     metric = ppir_itk.PrivateMeanSquaresImageToImageMetric(
-        "clear", session=ppir_itk.in_process_session(fixed))
+        "clear", session=ppir_itk.in_process_session(fixed)
+    )
     metric.SetMovingImage(moving)
     optimizer = ppir_itk.GaussNewtonOptimizer(NumberOfIterations=options.pop("iterations", 50))
-    return ppir_itk.ImageRegistrationMethod(metric, optimizer, options.pop("transform", "affine"),
-                                            **options)
+    return ppir_itk.ImageRegistrationMethod(
+        metric, optimizer, options.pop("transform", "affine"), **options
+    )
 
 
 def test_itk_and_simpleitk_events_reach_observers(phantom_2d):
@@ -31,12 +33,19 @@ def test_itk_and_simpleitk_events_reach_observers(phantom_2d):
     moving, _ = known_pair(phantom_2d, "affine", [1.03, 0.02, -0.02, 0.98, 1.0, -1.0])
     method = _method(phantom_2d, moving, shrink_factors=[2, 1], smoothing_sigmas=[1, 0])
     seen: dict[str, list] = {"itk": [], "sitk": [], "levels": [], "start": [], "end": []}
-    method.AddObserver(itk.IterationEvent(), lambda: seen["itk"].append(
-        (method.GetCurrentLevel(), method.GetOptimizerIteration(), method.GetMetricValue())))
-    method.AddObserver(sitk.sitkIterationEvent, lambda: seen["sitk"].append(
-        method.GetOptimizerPosition()))
-    method.AddObserver(sitk.sitkMultiResolutionIterationEvent,
-                       lambda: seen["levels"].append(method.GetCurrentLevel()))
+    method.AddObserver(
+        itk.IterationEvent(),
+        lambda: seen["itk"].append(
+            (method.GetCurrentLevel(), method.GetOptimizerIteration(), method.GetMetricValue())
+        ),
+    )
+    method.AddObserver(
+        sitk.sitkIterationEvent, lambda: seen["sitk"].append(method.GetOptimizerPosition())
+    )
+    method.AddObserver(
+        sitk.sitkMultiResolutionIterationEvent,
+        lambda: seen["levels"].append(method.GetCurrentLevel()),
+    )
     method.AddObserver(itk.StartEvent(), lambda: seen["start"].append(1))
     method.AddObserver(Event.END, lambda: seen["end"].append(1))
     transform = method.Execute()
@@ -46,15 +55,15 @@ def test_itk_and_simpleitk_events_reach_observers(phantom_2d):
     values = [value for _, _, value in seen["itk"]]
     assert values == result.metric_values
     assert type(transform).__name__.startswith("itkAffineTransform")
-    np.testing.assert_array_equal(np.array(transform.GetParameters()),
-                                  result.transform.parameters)
+    np.testing.assert_array_equal(np.array(transform.GetParameters()), result.transform.parameters)
 
 
 def test_observer_can_stop_the_registration(phantom_2d):
     moving, _ = known_pair(phantom_2d, "affine", [1.03, 0.02, -0.02, 0.98, 1.0, -1.0])
     method = _method(phantom_2d, moving, shrink_factors=[2, 1], smoothing_sigmas=[1, 0])
-    method.AddObserver("IterationEvent", lambda: method.GetOptimizerIteration() == 3
-                       and method.StopRegistration())
+    method.AddObserver(
+        "IterationEvent", lambda: method.GetOptimizerIteration() == 3 and method.StopRegistration()
+    )
     method.run()
     assert method.GetResult().iterations == 3
     assert len(method.GetResult().levels) == 1
@@ -77,8 +86,12 @@ class _OvershootingQuadratic:
     def evaluate(self) -> Evaluation:
         value = float(0.5 * self.parameters @ self.CURVATURE @ self.parameters)
         self.evaluations.append((self.parameters.copy(), value))
-        return Evaluation(value=value, gradient=self.CURVATURE @ self.parameters,
-                          hessian=self.CURVATURE / 10.0, number_of_valid_points=1)
+        return Evaluation(
+            value=value,
+            gradient=self.CURVATURE @ self.parameters,
+            hessian=self.CURVATURE / 10.0,
+            number_of_valid_points=1,
+        )
 
     def GetParameters(self) -> np.ndarray:  # noqa: N802
         return self.parameters.copy()
@@ -103,7 +116,8 @@ def test_overshooting_steps_are_rejected_damped_and_the_accepted_values_decrease
     initial, accepted, rejected = value, [value], 0
     assert trials[0][1] > initial  # the undamped first step overshoots
     for start, (trial_position, trial_value), reported in zip(
-            metric.step_starts, trials, optimizer.values, strict=True):
+        metric.step_starts, trials, optimizer.values, strict=True
+    ):
         np.testing.assert_array_equal(start, position)  # a rejected step was undone
         if trial_value < accepted[-1]:
             position = trial_position
@@ -129,8 +143,10 @@ def test_converged_run_stops_on_its_own(phantom_2d):
     method = _method(phantom_2d, moving, transform="rigid", iterations=500)
     method.run()
     assert method.optimizer.GetStopCondition() in (
-        StopCondition.CONVERGENCE, StopCondition.STEP_TOO_SMALL,
-        StopCondition.TOO_MANY_BAD_STEPS)
+        StopCondition.CONVERGENCE,
+        StopCondition.STEP_TOO_SMALL,
+        StopCondition.TOO_MANY_BAD_STEPS,
+    )
     assert method.GetResult().iterations < 500
 
 
@@ -150,8 +166,9 @@ def test_images_and_initial_transforms_from_itk_simpleitk_and_paths(kind, phanto
         write_image(phantom_2d, fixed_in)
         write_image(moving, moving_in)
         initial = "rigid"
-    result = register_in_process(fixed_in, moving_in, transform=initial,
-                               shrink_factors=[2, 1], smoothing_sigmas=[1, 0])
+    result = register_in_process(
+        fixed_in, moving_in, transform=initial, shrink_factors=[2, 1], smoothing_sigmas=[1, 0]
+    )
     from ppir_itk.evaluation import displacement_rmse
 
     assert result.transform.kind == "rigid"
@@ -172,8 +189,10 @@ def test_bad_api_arguments_raise_input_errors(phantom_2d):
 
 
 def test_no_overlap_is_an_input_error(phantom_2d):
-    far = ppir_itk.ImageGrid(phantom_2d.array, spacing=phantom_2d.geometry.spacing,
-                             origin=(1e4, 1e4))
+    far = ppir_itk.ImageGrid(
+        phantom_2d.array, spacing=phantom_2d.geometry.spacing, origin=(1e4, 1e4)
+    )
     with pytest.raises(InputError, match="do not overlap"):
-        register_in_process(phantom_2d, far, initializer="none", shrink_factors=[1],
-                          smoothing_sigmas=[0])
+        register_in_process(
+            phantom_2d, far, initializer="none", shrink_factors=[1], smoothing_sigmas=[0]
+        )

@@ -20,8 +20,9 @@ def _scene(dimension: int):
     if dimension == 2:
         fixed = head_phantom((64, 60), spacing=(1.1, 0.9))
         moving = head_phantom((70, 66))
-        moving = ImageGrid(moving.array, spacing=(1.0, 1.05), origin=(-4.0, 3.0),
-                           direction=ROTATION_2D)
+        moving = ImageGrid(
+            moving.array, spacing=(1.0, 1.05), origin=(-4.0, 3.0), direction=ROTATION_2D
+        )
     else:
         fixed = head_phantom((16, 18, 17), spacing=(1.1, 0.9, 1.2))
         moving = head_phantom((18, 20, 19))
@@ -36,7 +37,8 @@ def _scene(dimension: int):
 
 def _metric(fixed, moving, transform):
     metric = ppir_itk.PrivateMeanSquaresImageToImageMetric(
-        "clear", session=ppir_itk.in_process_session(fixed))
+        "clear", session=ppir_itk.in_process_session(fixed)
+    )
     metric.SetMovingImage(moving)
     metric.SetTransform(transform)
     metric.moving_party.start(LevelSchedule.from_lists([1], [0.0]), ppir_itk.NoSampling())
@@ -75,11 +77,22 @@ def test_derivative_and_hessian_equal_the_numpy_reference(dimension):
     n = geometry.number_of_points
     matrix, offset = transform.matrix_offset()
     values, gradient, valid, n_valid = reference.warp(
-        moving.array, reference.central_gradient(moving.array), moving_geometry.physical_to_index,
-        moving_geometry.origin_array, geometry.size_array, geometry.index_to_physical,
-        geometry.origin_array, matrix, offset, None, 0, n)
-    points = reference.physical_points(geometry.size_array, geometry.index_to_physical,
-                                       geometry.origin_array, None, 0, n)
+        moving.array,
+        reference.central_gradient(moving.array),
+        moving_geometry.physical_to_index,
+        moving_geometry.origin_array,
+        geometry.size_array,
+        geometry.index_to_physical,
+        geometry.origin_array,
+        matrix,
+        offset,
+        None,
+        0,
+        n,
+    )
+    points = reference.physical_points(
+        geometry.size_array, geometry.index_to_physical, geometry.origin_array, None, 0, n
+    )
     # S = g . dW/dtheta with ITK's own parameter Jacobian, point by point.
     jacobian = _itk_jacobians(transform, points)
     steepest = np.einsum("nk,nkp->np", gradient, jacobian)
@@ -87,10 +100,18 @@ def test_derivative_and_hessian_equal_the_numpy_reference(dimension):
     residual = (values - fixed_values) * valid
     assert evaluation.number_of_valid_points == n_valid
     np.testing.assert_allclose(evaluation.value, residual @ residual / n_valid, rtol=1e-10)
-    np.testing.assert_allclose(evaluation.gradient, 2 * steepest.T @ residual / n_valid,
-                               rtol=1e-9, atol=1e-9 * np.abs(evaluation.gradient).max())
-    np.testing.assert_allclose(evaluation.hessian, 2 * steepest.T @ steepest / n_valid,
-                               rtol=1e-9, atol=1e-12 * np.abs(evaluation.hessian).max())
+    np.testing.assert_allclose(
+        evaluation.gradient,
+        2 * steepest.T @ residual / n_valid,
+        rtol=1e-9,
+        atol=1e-9 * np.abs(evaluation.gradient).max(),
+    )
+    np.testing.assert_allclose(
+        evaluation.hessian,
+        2 * steepest.T @ steepest / n_valid,
+        rtol=1e-9,
+        atol=1e-12 * np.abs(evaluation.hessian).max(),
+    )
     value, derivative = metric.GetValueAndDerivative()
     assert value == evaluation.value
     np.testing.assert_array_equal(derivative, -evaluation.gradient)  # ITK v4's sign

@@ -19,40 +19,82 @@ from ppir_itk.registration import ImageRegistrationMethod
 
 # The same registration, as command-line arguments and as options: what a bench's rows
 # share, then what ppir register alone takes.
-SHARED_ARGUMENTS = ["--transform", "rigid", "--sampling-fraction", "0.2", "--seed", "3",
-                    "--shrink-factors", "2", "1", "--smoothing-sigmas", "1", "0",
-                    "--initializer", "moments", "--iterations", "7", "--threads", "2"]
-SHARED = dict(transform="rigid", sampling_fraction=0.2, seed=3, shrink_factors=[2, 1],
-              smoothing_sigmas=[1.0, 0.0], initializer="moments", iterations=7, threads=2)
+SHARED_ARGUMENTS = [
+    "--transform",
+    "rigid",
+    "--sampling-fraction",
+    "0.2",
+    "--seed",
+    "3",
+    "--shrink-factors",
+    "2",
+    "1",
+    "--smoothing-sigmas",
+    "1",
+    "0",
+    "--initializer",
+    "moments",
+    "--iterations",
+    "7",
+    "--threads",
+    "2",
+]
+SHARED = dict(
+    transform="rigid",
+    sampling_fraction=0.2,
+    seed=3,
+    shrink_factors=[2, 1],
+    smoothing_sigmas=[1.0, 0.0],
+    initializer="moments",
+    iterations=7,
+    threads=2,
+)
 ARGUMENTS = [*SHARED_ARGUMENTS, "--backend", "clear", "--sampling", "urs", "--deadline", "9"]
 OPTIONS = dict(SHARED, backend="clear", sampling="urs", deadline=9.0)
 
 BAD = [  # (options, the sentence)
-    (dict(transform="rigid3d"),
-     "unknown transform 'rigid3d': choose one of translation, rigid, similarity, affine, "
-     "bspline"),
+    (
+        dict(transform="rigid3d"),
+        "unknown transform 'rigid3d': choose one of translation, rigid, similarity, affine, "
+        "bspline",
+    ),
     (dict(backend="magic"), "unknown backend 'magic': choose one of clear, he, spdz"),
-    (dict(backend_parameters={"protocol": "paper-v9"}),
-     "backend 'he' has no protocol 'paper-v9': choose one of packed, paper-v1, paper-v2"),
-    (dict(backend_parameters={"poly_modulus_degree": "8k"}),
-     "backend 'he' parameters must be whole numbers"),
+    (
+        dict(backend_parameters={"protocol": "paper-v9"}),
+        "backend 'he' has no protocol 'paper-v9': choose one of packed, paper-v1, paper-v2",
+    ),
+    (
+        dict(backend_parameters={"poly_modulus_degree": "8k"}),
+        "backend 'he' parameters must be whole numbers",
+    ),
     (dict(sampling="some"), "unknown sampling 'some': choose none, urs or gms"),
     (dict(sampling="urs", sampling_fraction=0.0), "sampling fraction 0 must be in (0, 1]"),
     (dict(seed=-1), "--seed -1 must be between 0 and 2^64 - 1"),
-    (dict(shrink_factors=[4, 2, 1], smoothing_sigmas=[1.0, 0.0]),
-     "shrink factors (3 values) and smoothing sigmas (2 values) must have one value per "
-     "level each"),
-    (dict(shrink_factors=[0], smoothing_sigmas=[0.0]),
-     "shrink factor 0 must be a whole number of at least 1"),
-    (dict(initializer="centre"),
-     "unknown initializer 'centre': choose one of none, geometry, moments"),
+    (
+        dict(shrink_factors=[4, 2, 1], smoothing_sigmas=[1.0, 0.0]),
+        "shrink factors (3 values) and smoothing sigmas (2 values) must have one value per "
+        "level each",
+    ),
+    (
+        dict(shrink_factors=[0], smoothing_sigmas=[0.0]),
+        "shrink factor 0 must be a whole number of at least 1",
+    ),
+    (
+        dict(initializer="centre"),
+        "unknown initializer 'centre': choose one of none, geometry, moments",
+    ),
     (dict(iterations=0), "--iterations 0 must be at least 1"),
     (dict(threads=0), "--threads 0 must be at least 1"),
     (dict(deadline=0.0), "--deadline 0 must be positive"),
-    (dict(transform="bspline"), "a B-spline transform needs a control-point spacing "
-                                "(grid_spacing, in physical units; --grid-spacing MM)"),
-    (dict(transform="bspline", grid_spacing=[8.0, 0.0]),
-     "--grid-spacing 8 0 must be positive and finite"),
+    (
+        dict(transform="bspline"),
+        "a B-spline transform needs a control-point spacing "
+        "(grid_spacing, in physical units; --grid-spacing MM)",
+    ),
+    (
+        dict(transform="bspline", grid_spacing=[8.0, 0.0]),
+        "--grid-spacing 8 0 must be positive and finite",
+    ),
     (dict(bending_energy_weight=-1.0), "--bending-weight -1 must be at least 0"),
 ]
 
@@ -66,8 +108,18 @@ def _image() -> ImageGrid:
 
 
 def _parsed(*arguments: str):
-    return cli._parser().parse_args(["register", "--fixed", "f.mha", "--moving", "m.mha",
-                                     "--output-transform", "t.tfm", *arguments])
+    return cli._parser().parse_args(
+        [
+            "register",
+            "--fixed",
+            "f.mha",
+            "--moving",
+            "m.mha",
+            "--output-transform",
+            "t.tfm",
+            *arguments,
+        ]
+    )
 
 
 def test_the_command_line_defaults_are_the_options_defaults():
@@ -94,8 +146,13 @@ def test_the_command_line_register_and_bench_build_the_same_options(monkeypatch,
     with pytest.raises(_Captured):
         registration.register(image, image, transport="in-process", **OPTIONS)
     with pytest.raises(_Captured):  # options, and keyword overrides of them
-        registration.register(image, image, RegistrationOptions(**OPTIONS, refine_grid=True),
-                              transport="in-process", refine_grid=False)
+        registration.register(
+            image,
+            image,
+            RegistrationOptions(**OPTIONS, refine_grid=True),
+            transport="in-process",
+            refine_grid=False,
+        )
     assert seen == [expected, expected]
 
     settings = []
@@ -121,10 +178,19 @@ def test_a_bench_row_registers_with_the_settings_and_its_own_backend_and_samplin
     options = RegistrationOptions(**OPTIONS)
     row = bench.Row("he", "paper-v1", "gms")
     with pytest.raises(_Captured):
-        bench._run_row(row, _image(), _image(), bench.BenchSettings(registration=options),
-                       None, say=lambda _: None)
-    assert seen == [dataclasses.replace(options, backend="he", sampling="gms",
-                                        backend_parameters={"protocol": "paper-v1"})]
+        bench._run_row(
+            row,
+            _image(),
+            _image(),
+            bench.BenchSettings(registration=options),
+            None,
+            say=lambda _: None,
+        )
+    assert seen == [
+        dataclasses.replace(
+            options, backend="he", sampling="gms", backend_parameters={"protocol": "paper-v1"}
+        )
+    ]
 
 
 @pytest.mark.parametrize("options, sentence", BAD, ids=[sentence for _, sentence in BAD])
@@ -137,14 +203,16 @@ def test_a_bad_value_is_refused_in_its_sentence(options, sentence):
     assert str(replaced.value) == sentence
 
 
-@pytest.mark.parametrize("options, sentence", [
-    (dict(initializer="centre"), "unknown initializer 'centre'"),
-    (dict(threads=0), "--threads 0 must be at least 1"),
-    (dict(shrink_factors=[0], smoothing_sigmas=[0.0]), "shrink factor 0"),
-    (dict(grid_spacing=[0.0]), "--grid-spacing 0 must be positive and finite"),
-])
-def test_the_registration_method_refuses_the_same_values_in_the_same_sentences(options,
-                                                                                sentence):
+@pytest.mark.parametrize(
+    "options, sentence",
+    [
+        (dict(initializer="centre"), "unknown initializer 'centre'"),
+        (dict(threads=0), "--threads 0 must be at least 1"),
+        (dict(shrink_factors=[0], smoothing_sigmas=[0.0]), "shrink factor 0"),
+        (dict(grid_spacing=[0.0]), "--grid-spacing 0 must be positive and finite"),
+    ],
+)
+def test_the_registration_method_refuses_the_same_values_in_the_same_sentences(options, sentence):
     with pytest.raises(InputError, match=sentence) as method_error:
         ImageRegistrationMethod(None, **options)
     with pytest.raises(InputError) as options_error:
@@ -162,15 +230,17 @@ def test_the_grid_spacing_must_fit_the_images():
     options.check_dimension(3)
     with pytest.raises(InputError) as error:
         options.check_dimension(2)
-    assert str(error.value) == ("--grid-spacing has 3 values; give one, or one per axis of the "
-                                "2-D images")
+    assert str(error.value) == (
+        "--grid-spacing has 3 values; give one, or one per axis of the 2-D images"
+    )
     assert RegistrationOptions(transform="bspline", grid_spacing=[8.0]).grid_spacing == 8.0
 
 
 def test_the_options_are_frozen():
     parameters = {"protocol": "packed"}
-    options = RegistrationOptions(backend_parameters=parameters, shrink_factors=[2, 1],
-                                  smoothing_sigmas=[1, 0])
+    options = RegistrationOptions(
+        backend_parameters=parameters, shrink_factors=[2, 1], smoothing_sigmas=[1, 0]
+    )
     with pytest.raises(dataclasses.FrozenInstanceError):
         options.iterations = 5  # type: ignore[misc]
     with pytest.raises(TypeError):

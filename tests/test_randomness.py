@@ -50,10 +50,31 @@ def test_uniform_below_draws_afresh_and_without_repeats():
 
 
 # PyTorch's generators (CrypTen draws its own shares with them, through torch.randint).
-TORCH_DRAWS = ("Generator", "bernoulli", "multinomial", "normal", "poisson", "rand", "rand_like",
-               "randint", "randint_like", "randn", "randn_like", "randperm")
-TENSOR_DRAWS = ("bernoulli", "bernoulli_", "cauchy_", "exponential_", "geometric_",
-                "log_normal_", "normal_", "random_", "uniform_")
+TORCH_DRAWS = (
+    "Generator",
+    "bernoulli",
+    "multinomial",
+    "normal",
+    "poisson",
+    "rand",
+    "rand_like",
+    "randint",
+    "randint_like",
+    "randn",
+    "randn_like",
+    "randperm",
+)
+TENSOR_DRAWS = (
+    "bernoulli",
+    "bernoulli_",
+    "cauchy_",
+    "exponential_",
+    "geometric_",
+    "log_normal_",
+    "normal_",
+    "random_",
+    "uniform_",
+)
 
 
 def _refuse(name: str):
@@ -72,8 +93,7 @@ def _without_non_cryptographic_generators(monkeypatch) -> None:
         if not name.startswith("_") and callable(getattr(np.random, name)):
             monkeypatch.setattr(np.random, name, _refuse(f"numpy.random.{name}"))
     for name in dir(random):
-        if not name.startswith("_") and name != "SystemRandom" and callable(
-                getattr(random, name)):
+        if not name.startswith("_") and name != "SystemRandom" and callable(getattr(random, name)):
             monkeypatch.setattr(random, name, _refuse(f"random.{name}"))
     for name in TORCH_DRAWS:
         monkeypatch.setattr(torch, name, _refuse(f"torch.{name}"))
@@ -84,16 +104,20 @@ def _without_non_cryptographic_generators(monkeypatch) -> None:
 EVALUATIONS = 3  # spdz's first evaluation uses the triples asked for when the level opened
 
 
-def _private_evaluations(monkeypatch, backend: str, transform_kind: str,
-                         urandom) -> tuple[list, list]:
+def _private_evaluations(
+    monkeypatch, backend: str, transform_kind: str, urandom
+) -> tuple[list, list]:
     """Evaluations of the same joint term by a private backend, in one process, with every
     non-cryptographic generator refused and ``os.urandom`` replaced by ``urandom`` once the
     level is open. Returns each evaluation's ``os.urandom`` calls and the fixed party's
     serialised answers."""
     fixed = head_phantom((40, 36))
     moving = ppir_itk.ImageGrid(fixed.array, origin=(0.4, -0.3))
-    transform = (BSplineTransform.over(fixed.geometry, 16.0) if transform_kind == "bspline"
-                 else ppir_itk.make_transform(transform_kind, 2))
+    transform = (
+        BSplineTransform.over(fixed.geometry, 16.0)
+        if transform_kind == "bspline"
+        else ppir_itk.make_transform(transform_kind, 2)
+    )
     _without_non_cryptographic_generators(monkeypatch)  # before the backend exists
     session = ppir_itk.in_process_session(fixed)
     metric = ppir_itk.PrivateMeanSquaresImageToImageMetric(backend, session=session)
@@ -141,8 +165,9 @@ PRIVATE = [("he", "affine"), ("he", "bspline"), ("spdz", "affine"), ("spdz", "bs
 def test_masks_come_only_from_the_operating_system_csprng(monkeypatch, backend, transform_kind):
     # A constant "os.urandom": if the masks come from it alone, the fixed party sees the same
     # masked values twice for the same fields; a mask from any other generator would differ.
-    calls, answers = _private_evaluations(monkeypatch, backend, transform_kind,
-                                          lambda size: bytes(size))
+    calls, answers = _private_evaluations(
+        monkeypatch, backend, transform_kind, lambda size: bytes(size)
+    )
     assert all(calls), "an evaluation drew its masks without os.urandom"
     assert answers[-1], "no evaluation reached the fixed party"
     assert answers[-2] == answers[-1], "one seed gave different masks: another generator drew them"

@@ -29,8 +29,9 @@ KNOWN = {
 def test_known_transform_is_recovered(dimension, kind, phantom_2d, phantom_3d):
     fixed = phantom_2d if dimension == 2 else phantom_3d
     moving, truth = known_pair(fixed, kind, KNOWN[dimension, kind])
-    result = register_in_process(fixed, moving, transform=kind, shrink_factors=[2, 1],
-                               smoothing_sigmas=[1.0, 0.0])
+    result = register_in_process(
+        fixed, moving, transform=kind, shrink_factors=[2, 1], smoothing_sigmas=[1.0, 0.0]
+    )
     voxel = min(fixed.geometry.spacing)
     error = displacement_rmse(result.transform, truth, fixed.geometry)
     assert error < 0.1 * voxel, f"{kind} {dimension}-D: RMSE {error:.4f} mm"
@@ -38,21 +39,24 @@ def test_known_transform_is_recovered(dimension, kind, phantom_2d, phantom_3d):
 
 
 def test_identical_images_do_not_move(phantom_2d):
-    result = register_in_process(phantom_2d, phantom_2d, transform="affine", shrink_factors=[1],
-                               smoothing_sigmas=[0.0])
+    result = register_in_process(
+        phantom_2d, phantom_2d, transform="affine", shrink_factors=[1], smoothing_sigmas=[0.0]
+    )
     identity = make_transform("affine", 2)
     assert displacement_rmse(result.transform, identity, phantom_2d.geometry) < 1e-6
     assert result.final_metric < 1e-10
 
 
 def _sitk_agreement(fixed, moving, kind, shrink, sigmas):
-    result = register_in_process(fixed, moving, transform=kind, shrink_factors=shrink,
-                               smoothing_sigmas=sigmas)
+    result = register_in_process(
+        fixed, moving, transform=kind, shrink_factors=shrink, smoothing_sigmas=sigmas
+    )
     initial = make_transform(kind, fixed.dimension)
     initial.center = fixed.geometry.center()
     initial.translation = moving.geometry.center() - fixed.geometry.center()
-    reference = sitk_reference_registration(fixed, moving, initial, shrink_factors=shrink,
-                                            smoothing_sigmas=sigmas)
+    reference = sitk_reference_registration(
+        fixed, moving, initial, shrink_factors=shrink, smoothing_sigmas=sigmas
+    )
     return displacement_rmse(result.transform, reference, fixed.geometry)
 
 
@@ -86,8 +90,16 @@ def test_same_seed_gives_bit_identical_transforms_for_any_thread_count():
     fixed = head_phantom((288, 256), spacing=(1.1, 0.9))
     moving, _ = known_pair(fixed, "affine", KNOWN[2, "affine"])
     runs = [
-        register_in_process(fixed, moving, sampling="urs", sampling_fraction=0.95, seed=7,
-                            threads=threads, shrink_factors=[2, 1], smoothing_sigmas=[1, 0])
+        register_in_process(
+            fixed,
+            moving,
+            sampling="urs",
+            sampling_fraction=0.95,
+            seed=7,
+            threads=threads,
+            shrink_factors=[2, 1],
+            smoothing_sigmas=[1, 0],
+        )
         for threads in (1, 2, 3)
     ]
     assert runs[0].levels[-1].points > 2 * parallel.CHUNK  # three chunks at the finest level
@@ -98,26 +110,37 @@ def test_same_seed_gives_bit_identical_transforms_for_any_thread_count():
 
 @pytest.mark.parametrize(
     "sampling",
-    [ppir_itk.URS(0.25, seed=1), ppir_itk.GMS(0.25, seed=1),
-     ppir_itk.GMS(0.25, seed=1, reveal_indices=True)],
+    [
+        ppir_itk.URS(0.25, seed=1),
+        ppir_itk.GMS(0.25, seed=1),
+        ppir_itk.GMS(0.25, seed=1, reveal_indices=True),
+    ],
     ids=["urs", "gms-hidden", "gms-revealed"],
 )
 def test_sampled_registrations_recover_the_transform(sampling, phantom_2d):
     moving, truth = known_pair(phantom_2d, "affine", KNOWN[2, "affine"])
-    result = register_in_process(phantom_2d, moving, sampling=sampling, shrink_factors=[2, 1],
-                               smoothing_sigmas=[1.0, 0.0])
+    result = register_in_process(
+        phantom_2d, moving, sampling=sampling, shrink_factors=[2, 1], smoothing_sigmas=[1.0, 0.0]
+    )
     assert displacement_rmse(result.transform, truth, phantom_2d.geometry) < 0.2
     revealed = [line for line in result.learned["fixed"] if "GMS" in line]
     assert bool(revealed) == sampling.reveals_indices
     full = phantom_2d.geometry.number_of_points
-    assert result.levels[-1].points == (full if sampling.name == "gms" and not
-                                        sampling.reveals_indices else round(0.25 * full))
+    assert result.levels[-1].points == (
+        full if sampling.name == "gms" and not sampling.reveals_indices else round(0.25 * full)
+    )
 
 
 def test_moments_initializer_is_reported_as_a_disclosure(phantom_2d):
     moving, truth = known_pair(phantom_2d, "translation", [6.0, -4.0])
-    result = register_in_process(phantom_2d, moving, transform="translation",
-                               initializer="moments", shrink_factors=[1], smoothing_sigmas=[0])
+    result = register_in_process(
+        phantom_2d,
+        moving,
+        transform="translation",
+        initializer="moments",
+        shrink_factors=[1],
+        smoothing_sigmas=[0],
+    )
     assert any("centre of mass" in line for line in result.learned["moving"])
     assert displacement_rmse(result.transform, truth, phantom_2d.geometry) < 0.1
 

@@ -64,8 +64,18 @@ def test_the_communicator_implements_crypten_s_interface():
     from crypten.communicator import Communicator
 
     assert issubclass(MailboxCommunicator, Communicator)
-    for name in ("get_world_size", "get_rank", "get_name", "send", "recv", "all_reduce",
-                 "reduce", "send_obj", "recv_obj", "broadcast_obj"):
+    for name in (
+        "get_world_size",
+        "get_rank",
+        "get_name",
+        "send",
+        "recv",
+        "all_reduce",
+        "reduce",
+        "send_obj",
+        "recv_obj",
+        "broadcast_obj",
+    ):
         assert getattr(MailboxCommunicator, name) is not getattr(Communicator, name), name
     with pytest.raises(NotImplementedError, match="unpickled"):
         MailboxCommunicator(MOVING).recv_obj(FIXED)
@@ -112,8 +122,9 @@ def test_fixed_point_bits_keep_every_sum_in_the_ring():
 
     for size in ((64, 64), (256, 222), (128, 128, 128)):
         d = len(size)
-        grid = GridGeometry(size=size, spacing=(1.0,) * d, origin=(0.0,) * d,
-                            direction=tuple(np.eye(d).ravel()))
+        grid = GridGeometry(
+            size=size, spacing=(1.0,) * d, origin=(0.0,) * d, direction=tuple(np.eye(d).ravel())
+        )
         n = grid.number_of_points
         linear = PointSet(grid, None).linear_map.budget(RING)
         # n * |q(J)| * |q(g)| * |q(phi)| < 2^63, and the same for I_w and J^2
@@ -132,16 +143,20 @@ def test_fixed_point_bits_keep_every_sum_in_the_ring():
 
 
 # -- the backend equals Clear to crypto precision ---------------------------------------
-@pytest.mark.parametrize("kind, parameters, sampling", [
-    ("affine", AFFINE, "none"),
-    ("rigid", [0.05, 1.5, -2.0], "urs"),
-    ("similarity", [1.02, 0.04, 1.0, -1.0], "gms"),
-    ("translation", [1.5, -2.0], "none"),
-])
+@pytest.mark.parametrize(
+    "kind, parameters, sampling",
+    [
+        ("affine", AFFINE, "none"),
+        ("rigid", [0.05, 1.5, -2.0], "urs"),
+        ("similarity", [1.02, 0.04, 1.0, -1.0], "gms"),
+        ("translation", [1.5, -2.0], "none"),
+    ],
+)
 def test_2d_matches_clear(phantom_2d, kind, parameters, sampling):
     moving, _ = known_pair(phantom_2d, kind, parameters)
-    rmse, result = _close_to_clear(phantom_2d, moving, transform=kind, sampling=sampling,
-                                   sampling_fraction=0.2)
+    rmse, result = _close_to_clear(
+        phantom_2d, moving, transform=kind, sampling=sampling, sampling_fraction=0.2
+    )
     assert rmse < (CRYPTO_PRECISION if sampling == "none" else SAMPLED)
     assert result.private and result.backend == "spdz"
     assert "dealer" in result.parties
@@ -149,8 +164,9 @@ def test_2d_matches_clear(phantom_2d, kind, parameters, sampling):
 
 def test_3d_matches_clear(phantom_3d):
     moving, _ = known_pair(phantom_3d, "rigid", [0.03, -0.02, 0.04, 1.0, -1.5, 0.5])
-    rmse, _ = _close_to_clear(phantom_3d, moving, transform="rigid", shrink_factors=[2, 1],
-                              smoothing_sigmas=[1.0, 0.0])
+    rmse, _ = _close_to_clear(
+        phantom_3d, moving, transform="rigid", shrink_factors=[2, 1], smoothing_sigmas=[1.0, 0.0]
+    )
     assert rmse < CRYPTO_PRECISION
 
 
@@ -159,8 +175,9 @@ def test_two_processes_and_a_dealer_match_clear_and_report_every_party(phantom_2
     moving, _ = known_pair(phantom_2d, "affine", AFFINE)
     clear = register_in_process(phantom_2d, moving)
     result = ppir_itk.register(phantom_2d, moving, backend="spdz")
-    assert displacement_rmse(result.transform, clear.transform,
-                             phantom_2d.geometry) < CRYPTO_PRECISION
+    assert (
+        displacement_rmse(result.transform, clear.transform, phantom_2d.geometry) < CRYPTO_PRECISION
+    )
     report = result.report()
     assert report["transport"] == "grpc+mtls"
     for party in ("moving", "fixed", "dealer"):
@@ -177,27 +194,39 @@ def test_two_processes_and_a_dealer_match_clear_and_report_every_party(phantom_2
 # -- the trusted-first-party provider: single process only -------------------------------
 def test_trusted_first_party_runs_in_one_process(phantom_2d):
     moving, _ = known_pair(phantom_2d, "affine", AFFINE)
-    rmse, _ = _close_to_clear(phantom_2d, moving, backend_parameters={"provider": "tfp"},
-                              shrink_factors=[2, 1], smoothing_sigmas=[1.0, 0.0])
+    rmse, _ = _close_to_clear(
+        phantom_2d,
+        moving,
+        backend_parameters={"provider": "tfp"},
+        shrink_factors=[2, 1],
+        smoothing_sigmas=[1.0, 0.0],
+    )
     assert rmse < CRYPTO_PRECISION
 
 
 def test_trusted_first_party_is_refused_outside_one_process(phantom_2d, tmp_path):
     moving, _ = known_pair(phantom_2d, "affine", AFFINE)
     with pytest.raises(ppir_itk.InputError, match="single-process"):
-        ppir_itk.register(phantom_2d, moving, backend="spdz",
-                          backend_parameters={"provider": "tfp"})
+        ppir_itk.register(
+            phantom_2d, moving, backend="spdz", backend_parameters={"provider": "tfp"}
+        )
     # A fixed party's server refuses it whatever the moving party claims.
     pki = ppir_itk.init_pki(tmp_path / "pki")
     policy = ppir_itk.FixedPolicy(backends=("spdz",), dealer=lambda token: None)
-    server = FixedPartyServer(phantom_2d, "127.0.0.1:0", ppir_itk.TLS.for_role(pki, "fixed-party"),
-                              policy=policy, deadline=5).start()
+    server = FixedPartyServer(
+        phantom_2d,
+        "127.0.0.1:0",
+        ppir_itk.TLS.for_role(pki, "fixed-party"),
+        policy=policy,
+        deadline=5,
+    ).start()
     try:
         session = ppir_itk.connect(server.address, ppir_itk.TLS.for_role(pki, "moving-party"))
         session.single_process = True  # a moving party lying about where the fixed party is
-        session.deal_as_first_party = lambda: (lambda token: None)
+        session.deal_as_first_party = lambda: lambda token: None
         with pytest.raises(ppir_itk.PeerError, match="single-process"):
-            ppir_itk.register_with(session, moving, backend="spdz",
-                                   backend_parameters={"provider": "tfp"})
+            ppir_itk.register_with(
+                session, moving, backend="spdz", backend_parameters={"provider": "tfp"}
+            )
     finally:
         server.stop(grace=None)

@@ -26,9 +26,11 @@ from ppir_itk.protocol.messages import ProtocolError
 
 # backend name -> protocol name -> (moving-party side, fixed-party side); first is the default.
 BACKENDS: dict[str, dict[str, tuple[type[JointTermBackend], type[FixedSide]]]] = {
-    "he": {"packed": (HEPackedBackend, HEPackedFixedSide),
-             "paper-v1": (PaperV1Backend, PaperV1FixedSide),
-             "paper-v2": (PaperV2Backend, PaperV2FixedSide)},
+    "he": {
+        "packed": (HEPackedBackend, HEPackedFixedSide),
+        "paper-v1": (PaperV1Backend, PaperV1FixedSide),
+        "paper-v2": (PaperV2Backend, PaperV2FixedSide),
+    },
     "clear": {"clear": (ClearBackend, ClearFixedSide)},
     "spdz": {"spdz": (SPDZBackend, SPDZFixedSide)},
 }
@@ -46,12 +48,12 @@ def protocol_tables() -> list[ProtocolTable]:
 
 def check_backend_name(name: str) -> str:
     if name.lower() == "ckks":  # the homomorphic backend's name before it said what it is
-        raise InputError("backend 'ckks' is now named 'he' (homomorphic encryption: its "
-                         "default protocol packed runs BFV, paper-v1 and paper-v2 run CKKS)")
-    if name.lower() not in BACKENDS:
         raise InputError(
-            f"unknown backend '{name}': choose one of {', '.join(sorted(BACKENDS))}"
+            "backend 'ckks' is now named 'he' (homomorphic encryption: its "
+            "default protocol packed runs BFV, paper-v1 and paper-v2 run CKKS)"
         )
+    if name.lower() not in BACKENDS:
+        raise InputError(f"unknown backend '{name}': choose one of {', '.join(sorted(BACKENDS))}")
     return name.lower()
 
 
@@ -61,8 +63,9 @@ def check_protocol(name: str, protocol: str | None) -> str:
     if protocol is None:
         return next(iter(protocols))
     if protocol not in protocols:
-        raise InputError(f"backend '{name}' has no protocol '{protocol}': choose one of "
-                         f"{', '.join(protocols)}")
+        raise InputError(
+            f"backend '{name}' has no protocol '{protocol}': choose one of {', '.join(protocols)}"
+        )
     return protocol
 
 
@@ -70,8 +73,9 @@ def _sides(name: str, parameters: dict[str, str]) -> tuple[type, type]:
     return BACKENDS[name][check_protocol(name, parameters.get("protocol"))]
 
 
-def make_backend(name: str, channel: MovingChannel,
-                 parameters: dict[str, str] | None = None) -> JointTermBackend:
+def make_backend(
+    name: str, channel: MovingChannel, parameters: dict[str, str] | None = None
+) -> JointTermBackend:
     """The moving-party half of backend ``name``, talking through ``channel``."""
     parameters = dict(parameters or {})
     return _sides(check_backend_name(name), parameters)[0](channel, parameters)

@@ -165,8 +165,9 @@ class ExactSumsBackend(JointTermBackend):
     and, per level, the power of two bounding J (the fixed-point exponent)."""
 
     def _disclose_sums(self, count: int) -> None:
-        self.received.add("joint_term", count,
-                          detail=f"{self.level_points.linear_map.name} moments")
+        self.received.add(
+            "joint_term", count, detail=f"{self.level_points.linear_map.name} moments"
+        )
 
     def _disclose_bound(self, bound: int) -> None:
         self.received.add("fixed_point_bound", 1, detail=f"2^{bound}")

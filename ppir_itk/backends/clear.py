@@ -30,12 +30,22 @@ TABLE = ProtocolTable(
     title="clear (NOT private)",
     messages=(
         Message("clear_level_request", MOVING_PARTY, "once per level", "nothing", "nothing"),
-        Message("clear_level", FIXED_PARTY, "once per level",
-                "J on the agreed points (float64)", "the fixed image itself: NOT PRIVATE"),
+        Message(
+            "clear_level",
+            FIXED_PARTY,
+            "once per level",
+            "J on the agreed points (float64)",
+            "the fixed image itself: NOT PRIVATE",
+        ),
     ),
     disclosures=(
-        Disclosure("fixed_image", MOVING_PARTY, "the fixed image itself, in the clear",
-                   "pixel values", "level"),
+        Disclosure(
+            "fixed_image",
+            MOVING_PARTY,
+            "the fixed image itself, in the clear",
+            "pixel values",
+            "level",
+        ),
     ),
 )
 

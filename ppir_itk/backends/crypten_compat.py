@@ -34,11 +34,17 @@ def _converter_stand_in() -> types.ModuleType:
     module.__doc__ = "Stand-in for CrypTen's ONNX converter, which current PyTorch cannot import."
 
     def unavailable(*_: Any, **__: Any) -> None:
-        raise NotImplementedError("CrypTen's ONNX model converter is not available with this "
-                                  "PyTorch; ppir_itk does not convert models")
+        raise NotImplementedError(
+            "CrypTen's ONNX model converter is not available with this "
+            "PyTorch; ppir_itk does not convert models"
+        )
 
-    vars(module).update(from_onnx=unavailable, from_pytorch=unavailable,
-                        from_tensorflow=unavailable, TF_AND_TF2ONNX=False)
+    vars(module).update(
+        from_onnx=unavailable,
+        from_pytorch=unavailable,
+        from_tensorflow=unavailable,
+        TF_AND_TF2ONNX=False,
+    )
     return module
 
 
@@ -51,8 +57,9 @@ def load_crypten() -> types.ModuleType:
         import crypten
     except ModuleNotFoundError as error:
         sys.modules.pop(CONVERTER, None)
-        raise InputError(f"backend 'spdz' needs CrypTen, which is not installed ({error}): "
-                         f"run '{INSTALL}'") from None
+        raise InputError(
+            f"backend 'spdz' needs CrypTen, which is not installed ({error}): run '{INSTALL}'"
+        ) from None
     return crypten
 
 

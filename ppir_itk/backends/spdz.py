@@ -94,32 +94,68 @@ PROVIDERS = ("dealer", "tfp")
 TABLE = ProtocolTable(
     title="spdz (additive shares over Z_2^64, a trusted dealer; honest-but-curious, no MACs)",
     messages=(
-        Message("spdz_level", MOVING_PARTY, "once per level",
-                "the moving party's part of opening F (no share: it holds none of Y)",
-                "nothing"),
-        Message("spdz_level_opened", FIXED_PARTY, "once per level",
-                "F = (q(J), q(J)^2) - b with the dealer's uniform b, and the exponent e_J",
-                "e_J; F is uniform to the moving party, which never sees b"),
-        Message("spdz_iteration", MOVING_PARTY, "per evaluation",
-                "E = X - a: the moving party's d + 2 fixed-point rows minus a fresh uniform a",
-                "nothing: E is uniform to the fixed party, which never sees a"),
-        Message("spdz_sums", FIXED_PARTY, "per evaluation",
-                "the fixed party's shares of the moments and the two sums",
-                "the joint term, once added to the moving party's own shares"),
+        Message(
+            "spdz_level",
+            MOVING_PARTY,
+            "once per level",
+            "the moving party's part of opening F (no share: it holds none of Y)",
+            "nothing",
+        ),
+        Message(
+            "spdz_level_opened",
+            FIXED_PARTY,
+            "once per level",
+            "F = (q(J), q(J)^2) - b with the dealer's uniform b, and the exponent e_J",
+            "e_J; F is uniform to the moving party, which never sees b",
+        ),
+        Message(
+            "spdz_iteration",
+            MOVING_PARTY,
+            "per evaluation",
+            "E = X - a: the moving party's d + 2 fixed-point rows minus a fresh uniform a",
+            "nothing: E is uniform to the fixed party, which never sees a",
+        ),
+        Message(
+            "spdz_sums",
+            FIXED_PARTY,
+            "per evaluation",
+            "the fixed party's shares of the moments and the two sums",
+            "the joint term, once added to the moving party's own shares",
+        ),
     ),
     disclosures=(
-        Disclosure("joint_term", MOVING_PARTY, "the joint term", "sums", "evaluation",
-                   note="the public linear map's moments of g_k J, I_w . J and the sum of J^2 "
-                        "over the overlap"),
-        Disclosure("fixed_point_bound", MOVING_PARTY,
-                   "the power of two bounding the fixed image's values (the exponent e_J)",
-                   "bound", "level"),
-        Disclosure("opened_level", MOVING_PARTY,
-                   "F = (q(J), q(J)^2) - b, hidden by the dealer's uniform b", "ring elements",
-                   "level", masked=True),
-        Disclosure("opened_rows", FIXED_PARTY,
-                   "E = X - a, the moving party's rows hidden by a fresh uniform a",
-                   "ring elements", "evaluation", masked=True),
+        Disclosure(
+            "joint_term",
+            MOVING_PARTY,
+            "the joint term",
+            "sums",
+            "evaluation",
+            note="the public linear map's moments of g_k J, I_w . J and the sum of J^2 "
+            "over the overlap",
+        ),
+        Disclosure(
+            "fixed_point_bound",
+            MOVING_PARTY,
+            "the power of two bounding the fixed image's values (the exponent e_J)",
+            "bound",
+            "level",
+        ),
+        Disclosure(
+            "opened_level",
+            MOVING_PARTY,
+            "F = (q(J), q(J)^2) - b, hidden by the dealer's uniform b",
+            "ring elements",
+            "level",
+            masked=True,
+        ),
+        Disclosure(
+            "opened_rows",
+            FIXED_PARTY,
+            "E = X - a, the moving party's rows hidden by a fresh uniform a",
+            "ring elements",
+            "evaluation",
+            masked=True,
+        ),
     ),
 )
 
@@ -134,13 +170,17 @@ def ring_map(basis: PublicLinearMap) -> Callable[[Any], Any]:
 def provider_of(parameters: dict[str, str]) -> str:
     provider = parameters.get("provider", PROVIDERS[0])
     if provider not in PROVIDERS:
-        raise InputError(f"backend 'spdz' has no provider '{provider[:20]}': choose one of "
-                         f"{', '.join(PROVIDERS)}")
+        raise InputError(
+            f"backend 'spdz' has no provider '{provider[:20]}': choose one of "
+            f"{', '.join(PROVIDERS)}"
+        )
     return provider
 
 
-TFP_REFUSED = ("the trusted-first-party provider lets the moving party see every triple and "
-               "mask (and so the fixed image); it runs only in single-process tests")
+TFP_REFUSED = (
+    "the trusted-first-party provider lets the moving party see every triple and "
+    "mask (and so the fixed image); it runs only in single-process tests"
+)
 
 
 def _session_token(parameters: dict[str, str]) -> bytes:
@@ -190,8 +230,9 @@ class SPDZBackend(ExactSumsBackend):
         body.shares.extend(self._communicator.take_outbox())
         reply = self.channel.exchange(message)
         if reply.WhichOneof("body") != answer:
-            raise ProtocolError(f"the fixed party answered '{reply.WhichOneof('body')}' to "
-                                f"'{request}'")
+            raise ProtocolError(
+                f"the fixed party answered '{reply.WhichOneof('body')}' to '{request}'"
+            )
         self._answer = getattr(reply, answer)
         self._communicator.fill_inbox(self._answer.shares, max_elements=self.level_points.size * 16)
 
@@ -200,12 +241,15 @@ class SPDZBackend(ExactSumsBackend):
             from ppir_itk.backends.spdz_shares import SharedProducts
 
             self._products = SharedProducts(
-                MOVING, self._connect_dealer(bytes.fromhex(self.parameters["session_token"])),
-                self._communicator)
+                MOVING,
+                self._connect_dealer(bytes.fromhex(self.parameters["session_token"])),
+                self._communicator,
+            )
         self._step = LEVEL
         self._level_index += 1  # levels come in order: the fixed party counts them the same way
-        self._products.open_fixed_operand(self._level_index, None, points.size,
-                                          points.geometry.dimension)
+        self._products.open_fixed_operand(
+            self._level_index, None, points.size, points.geometry.dimension
+        )
         self._exponent_j = self._answer.fixed_exponent
         self._bits = points.linear_map.budget(RING)
         self._map = ring_map(points.linear_map)
@@ -242,11 +286,22 @@ class SPDZBackend(ExactSumsBackend):
         moving = self._products.dealer.session.counters()
         fixed = Counters.from_pb(closed.dealer)
         # The dealer sends what the parties receive, and receives what they send.
-        dealer = Counters(*(getattr(moving, name) + getattr(fixed, name) for name in (
-            "payload_bytes_received", "payload_bytes_sent", "wire_bytes_received",
-            "wire_bytes_sent", "messages_received", "messages_sent")))
+        dealer = Counters(
+            *(
+                getattr(moving, name) + getattr(fixed, name)
+                for name in (
+                    "payload_bytes_received",
+                    "payload_bytes_sent",
+                    "wire_bytes_received",
+                    "wire_bytes_sent",
+                    "messages_received",
+                    "messages_sent",
+                )
+            )
+        )
         assert self.dealer_closed is not None, "the session closes the backend before this"
         return {"dealer": (dealer, self.dealer_closed.stats.seconds + closed.dealer.seconds)}
+
 
 class SPDZFixedSide(FixedSide):
     """Fixed-party side (rank 1): answers each step with its openings and shares."""
@@ -274,8 +329,9 @@ class SPDZFixedSide(FixedSide):
             from ppir_itk.backends.spdz_shares import SharedProducts
 
             with self._dealer_step():
-                self._products = SharedProducts(FIXED, self._connect_dealer(self._token),
-                                                self._communicator)
+                self._products = SharedProducts(
+                    FIXED, self._connect_dealer(self._token), self._communicator
+                )
         self._points = points
         self._level_index += 1
         try:
@@ -302,8 +358,9 @@ class SPDZFixedSide(FixedSide):
         if step is LEVEL:
             self._level_pending = False
             with self._dealer_step():
-                self._products.open_fixed_operand(self._level_index, self._fixed_rows,
-                                                  points.size, points.geometry.dimension)
+                self._products.open_fixed_operand(
+                    self._level_index, self._fixed_rows, points.size, points.geometry.dimension
+                )
             answer.fixed_exponent = self._exponent_j
         else:
             self.evaluations += 1

@@ -68,8 +68,9 @@ class MailboxCommunicator(Communicator):
             self.comm_rounds += 1
         received = self.inbox.popleft()
         if received.shape != tuple(tensor.shape):
-            raise ProtocolError(f"a share of shape {received.shape} arrived where "
-                                f"{tuple(tensor.shape)} was due")
+            raise ProtocolError(
+                f"a share of shape {received.shape} arrived where {tuple(tensor.shape)} was due"
+            )
         tensor.numpy()[...] = received
         return tensor
 
@@ -90,8 +91,9 @@ class MailboxCommunicator(Communicator):
         return totals if batched else totals[0]
 
     def send_obj(self, *_: Any) -> None:
-        raise NotImplementedError("objects are not sent between the parties (nothing received "
-                                  "is unpickled)")
+        raise NotImplementedError(
+            "objects are not sent between the parties (nothing received is unpickled)"
+        )
 
     recv_obj = broadcast_obj = send_obj
 
@@ -133,8 +135,9 @@ class SharedProducts:
     def _share(self, values: np.ndarray) -> Any:
         return self.shared.from_shares(torch.from_numpy(values), precision=0)
 
-    def open_fixed_operand(self, level: int, fixed_rows: np.ndarray | None, count: int,
-                           dimension: int) -> None:
+    def open_fixed_operand(
+        self, level: int, fixed_rows: np.ndarray | None, count: int, dimension: int
+    ) -> None:
         """Steps 1-2; ``fixed_rows`` is the fixed party's ``Y`` (``None`` on the moving party)."""
         self._drain()
         self._mask_sequence = level
@@ -150,8 +153,9 @@ class SharedProducts:
 
     def _prefetch(self, count: int) -> None:
         """Ask the dealer for the next triples now, so they are here when needed."""
-        self._next = self.dealer.post_triples(self._sequence, count, self._mask_sequence,
-                                              self._rows.tolist())
+        self._next = self.dealer.post_triples(
+            self._sequence, count, self._mask_sequence, self._rows.tolist()
+        )
         self._sequence += 1
 
     def _drain(self) -> None:

@@ -181,8 +181,9 @@ class Channel:
             except ProtocolError as error:
                 self._incoming.put(PeerError(f"the {self.peer} sent a malformed message: {error}"))
             except Exception as error:  # gRPC's RpcError and connection failures
-                self._incoming.put(PeerError(f"the connection to the {self.peer} failed: "
-                                             f"{_rpc_reason(error)}"))
+                self._incoming.put(
+                    PeerError(f"the connection to the {self.peer} failed: {_rpc_reason(error)}")
+                )
 
         threading.Thread(target=read, name="ppir-reader", daemon=True).start()
 

@@ -53,5 +53,6 @@ class Endpoint:
             reply.closed.stats.CopyFrom(now.to_pb(self.session.seconds))
             for level, (begin, end) in enumerate(zip(marks[:-1], marks[1:], strict=True)):
                 reply.closed.levels[level].CopyFrom(
-                    (end - begin).to_pb(self.session.level_seconds[level]))
+                    (end - begin).to_pb(self.session.level_seconds[level])
+                )
         return reply

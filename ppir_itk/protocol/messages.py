@@ -54,8 +54,11 @@ def array_from_pb(message: pb.Array, *, max_elements: int | None = None) -> np.n
     itemsize = np.dtype(dtype).itemsize
     # Exact products (an int64 one wraps round to a small count); numpy refuses dimensions
     # spanning more bytes than it addresses even when another dimension is 0.
-    if any(s < 0 for s in shape) or len(shape) > 4 or \
-            math.prod(max(s, 1) for s in shape) * itemsize >= 1 << 63:
+    if (
+        any(s < 0 for s in shape)
+        or len(shape) > 4
+        or math.prod(max(s, 1) for s in shape) * itemsize >= 1 << 63
+    ):
         raise ProtocolError(f"an array has the impossible shape {shape[:5]}")  # one short line
     count = math.prod(shape)
     if max_elements is not None and count > max_elements:
@@ -69,8 +72,12 @@ def array_from_pb(message: pb.Array, *, max_elements: int | None = None) -> np.n
 
 
 def geometry_to_pb(geometry: GridGeometry) -> pb.Geometry:
-    return pb.Geometry(size=list(geometry.size), spacing=list(geometry.spacing),
-                       origin=list(geometry.origin), direction=list(geometry.direction))
+    return pb.Geometry(
+        size=list(geometry.size),
+        spacing=list(geometry.spacing),
+        origin=list(geometry.origin),
+        direction=list(geometry.direction),
+    )
 
 
 def geometry_from_pb(message: pb.Geometry) -> GridGeometry:
@@ -98,8 +105,13 @@ def to_frames(envelope: pb.Envelope) -> Iterator[pb.Frame]:
         return
     data = envelope.SerializeToString()
     for start in range(0, size, FRAME_BYTES):
-        yield pb.Frame(chunk=pb.Chunk(total_size=size, data=data[start:start + FRAME_BYTES],
-                                      last=start + FRAME_BYTES >= size))
+        yield pb.Frame(
+            chunk=pb.Chunk(
+                total_size=size,
+                data=data[start : start + FRAME_BYTES],
+                last=start + FRAME_BYTES >= size,
+            )
+        )
 
 
 class Reassembler:

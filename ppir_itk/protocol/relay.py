@@ -32,8 +32,14 @@ class Relay:
     party (bytes from the remote client to the local server are *received*).
     """
 
-    def __init__(self, listen: tuple[str, int], target: tuple[str, int], *, outbound: bool,
-                 connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        listen: tuple[str, int],
+        target: tuple[str, int],
+        *,
+        outbound: bool,
+        connect_timeout: float = 10.0,
+    ) -> None:
         self.target = target
         self.outbound = outbound
         self.connect_timeout = connect_timeout
@@ -53,8 +59,9 @@ class Relay:
 
     def total(self) -> WireCounters:
         with self._lock:
-            return WireCounters(sum(c.sent for c in self.connections),
-                                sum(c.received for c in self.connections))
+            return WireCounters(
+                sum(c.sent for c in self.connections), sum(c.received for c in self.connections)
+            )
 
     def close(self) -> None:
         self._closed = True
@@ -88,13 +95,20 @@ class Relay:
                 self.connections.append(counters)
                 self._by_local_port[upstream.getsockname()[1]] = counters
                 self._sockets += [downstream, upstream]
-            for source, sink, forward in ((downstream, upstream, True),
-                                          (upstream, downstream, False)):
-                threading.Thread(target=self._pump, args=(source, sink, counters, forward),
-                                 name="ppir-relay-pump", daemon=True).start()
+            for source, sink, forward in (
+                (downstream, upstream, True),
+                (upstream, downstream, False),
+            ):
+                threading.Thread(
+                    target=self._pump,
+                    args=(source, sink, counters, forward),
+                    name="ppir-relay-pump",
+                    daemon=True,
+                ).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket, counters: WireCounters,
-              forward: bool) -> None:
+    def _pump(
+        self, source: socket.socket, sink: socket.socket, counters: WireCounters, forward: bool
+    ) -> None:
         sending = forward == self.outbound
         try:
             while True:

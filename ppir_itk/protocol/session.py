@@ -121,8 +121,14 @@ class LocalSession(Session):
 
     def _fixed_counters(self) -> Counters:
         mine = self._counters
-        return Counters(mine.payload_bytes_received, mine.payload_bytes_sent, 0, 0,
-                        mine.messages_received, mine.messages_sent)
+        return Counters(
+            mine.payload_bytes_received,
+            mine.payload_bytes_sent,
+            0,
+            0,
+            mine.messages_received,
+            mine.messages_sent,
+        )
 
     def counters(self) -> Counters:
         return Counters(**self._counters.as_dict())
@@ -149,9 +155,17 @@ class RemoteSession(Session):
     """gRPC over mutual TLS to a fixed party's ``ppir serve`` (or, with
     ``service=DEALER_SERVICE``, to a dealer)."""
 
-    def __init__(self, target: str, tls: TLS, *, deadline: float = DEFAULT_DEADLINE,
-                 max_envelope: int = DEFAULT_MAX_ENVELOPE, server_name: str = "fixed-party",
-                 service: str = FIXED_PARTY_SERVICE, role: str = "fixed party") -> None:
+    def __init__(
+        self,
+        target: str,
+        tls: TLS,
+        *,
+        deadline: float = DEFAULT_DEADLINE,
+        max_envelope: int = DEFAULT_MAX_ENVELOPE,
+        server_name: str = "fixed-party",
+        service: str = FIXED_PARTY_SERVICE,
+        role: str = "fixed party",
+    ) -> None:
         super().__init__()
         self.peer = f"{role} at {target}"
         self._channel = Channel(self.peer, deadline, max_envelope)

@@ -36,10 +36,19 @@ class TLS:
     ca: bytes
 
     @classmethod
-    def from_files(cls, certificate: str | os.PathLike, key: str | os.PathLike,
-                   ca: str | os.PathLike) -> TLS:
-        return cls(*(_read(path, what) for path, what in
-                     ((certificate, "certificate"), (key, "private key"), (ca, "CA certificate"))))
+    def from_files(
+        cls, certificate: str | os.PathLike, key: str | os.PathLike, ca: str | os.PathLike
+    ) -> TLS:
+        return cls(
+            *(
+                _read(path, what)
+                for path, what in (
+                    (certificate, "certificate"),
+                    (key, "private key"),
+                    (ca, "CA certificate"),
+                )
+            )
+        )
 
     @classmethod
     def for_role(cls, directory: str | os.PathLike, role: str) -> TLS:
@@ -58,9 +67,14 @@ def _read(path: str | os.PathLike, what: str) -> bytes:
     return data
 
 
-def init_pki(directory: str | os.PathLike, *, days: int = 30,
-             roles: tuple[str, ...] = ROLES, not_before: datetime.datetime | None = None,
-             ca_name: str = "ppir throw-away CA") -> Path:
+def init_pki(
+    directory: str | os.PathLike,
+    *,
+    days: int = 30,
+    roles: tuple[str, ...] = ROLES,
+    not_before: datetime.datetime | None = None,
+    ca_name: str = "ppir throw-away CA",
+) -> Path:
     """Make ``ca.pem`` and ``ROLE.pem`` / ``ROLE.key`` for each role in ``directory``.
 
     Keys are EC P-256; each role's certificate is made by :func:`issue_certificate`
@@ -78,14 +92,28 @@ def init_pki(directory: str | os.PathLike, *, days: int = 30,
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ca_name)])
     ca_certificate = (
-        x509.CertificateBuilder().subject_name(ca_subject).issuer_name(ca_subject)
-        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(start).not_valid_after(start + datetime.timedelta(days=days))
+        x509.CertificateBuilder()
+        .subject_name(ca_subject)
+        .issuer_name(ca_subject)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False,
-                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .sign(ca_key, hashes.SHA256())
     )
     (folder / "ca.pem").write_bytes(ca_certificate.public_bytes(serialization.Encoding.PEM))
@@ -95,9 +123,14 @@ def init_pki(directory: str | os.PathLike, *, days: int = 30,
     return folder
 
 
-def issue_certificate(directory: str | os.PathLike, name: str, *, days: int = 30,
-                      not_before: datetime.datetime | None = None,
-                      file_stem: str | None = None) -> Path:
+def issue_certificate(
+    directory: str | os.PathLike,
+    name: str,
+    *,
+    days: int = 30,
+    not_before: datetime.datetime | None = None,
+    file_stem: str | None = None,
+) -> Path:
     """Sign a certificate for ``name`` with the CA ``init_pki`` left in ``directory``.
 
     Writes ``FILE_STEM.pem`` / ``FILE_STEM.key`` (``file_stem`` defaults to
@@ -115,26 +148,47 @@ def issue_certificate(directory: str | os.PathLike, name: str, *, days: int = 30
 
     folder = Path(directory)
     ca_certificate = x509.load_pem_x509_certificate(_read(folder / "ca.pem", "CA certificate"))
-    ca_key = serialization.load_pem_private_key(_read(folder / "ca.key", "CA private key"),
-                                                password=None)
+    ca_key = serialization.load_pem_private_key(
+        _read(folder / "ca.key", "CA private key"), password=None
+    )
     # init_pki writes an EC key; these are the kinds cryptography 42 (our oldest) signs with.
-    if not isinstance(ca_key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, dsa.DSAPrivateKey,
-                               ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
+    if not isinstance(
+        ca_key,
+        (
+            ec.EllipticCurvePrivateKey,
+            rsa.RSAPrivateKey,
+            dsa.DSAPrivateKey,
+            ed25519.Ed25519PrivateKey,
+            ed448.Ed448PrivateKey,
+        ),
+    ):
         raise InputError(f"the CA private key '{folder / 'ca.key'}' cannot sign certificates")
     start = not_before or datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
     key = ec.generate_private_key(ec.SECP256R1())
     certificate = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca_certificate.subject).public_key(key.public_key())
+        .issuer_name(ca_certificate.subject)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(start).not_valid_after(start + datetime.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([
-            x509.DNSName(name), x509.DNSName("localhost"),
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
-                                              ExtendedKeyUsageOID.CLIENT_AUTH]),
-                       critical=False)
+        .not_valid_before(start)
+        .not_valid_after(start + datetime.timedelta(days=days))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName(name),
+                    x509.DNSName("localhost"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                ]
+            ),
+            critical=False,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
         .sign(ca_key, hashes.SHA256())
     )
     stem = file_stem or name
@@ -148,8 +202,9 @@ def _write_key(path: Path, key: Any) -> None:
     """Write a private key readable by its owner only (never, even briefly, by others)."""
     from cryptography.hazmat.primitives import serialization
 
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.fchmod(descriptor, 0o600)  # an existing file keeps its mode through O_CREAT
     with os.fdopen(descriptor, "wb") as file:
