@@ -10,15 +10,16 @@ from conftest import known_pair
 
 import ppir_itk
 from ppir_itk.backends import BACKENDS, protocol_tables
-from ppir_itk.compose import spawn_fixed_party
+from ppir_itk.dealer import DealerSession
 from ppir_itk.dealer_client import DEALER_TABLE
 from ppir_itk.disclosure import SESSION, Disclosure, ProtocolTable, Received, markdown, rewrite
 from ppir_itk.phantoms import head_phantom
 from ppir_itk.protocol import ppir_pb2 as pb
-from ppir_itk.protocol.channel import tapped
+from ppir_itk.protocol.session import LocalSession
 from ppir_itk.registration import register_with
-from ppir_itk.roles import FIXED_PARTY, MOVING_PARTY
+from ppir_itk.roles import DEALER, FIXED, FIXED_PARTY, MOVING, MOVING_PARTY
 
+PARTY_ROLES = {MOVING: MOVING_PARTY, FIXED: FIXED_PARTY}  # a dealer session's client
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "privacy.md"
 
 # name -> (backend, parameters, options): every protocol, linear and B-spline, GMS revealed
@@ -53,56 +54,55 @@ def test_every_backend_has_one_table_for_both_halves():
             assert isinstance(moving_half.table, ProtocolTable)
 
 
-def _senders(frames: list[tuple[str, str, bytes]]) -> set[tuple[str, str, str]]:
-    """(session, message, sender) of every message the moving party sent or received."""
-    seen = set()
-    for direction, peer, data in frames:
-        frame = pb.Frame.FromString(data)
-        if frame.WhichOneof("kind") != "envelope":
-            continue
-        envelope = frame.envelope
-        kind = envelope.WhichOneof("body")
-        session = "dealer" if peer.startswith("dealer") else "fixed party"
-        peer_role = "dealer" if session == "dealer" else FIXED_PARTY
-        sender = MOVING_PARTY if direction == "sent" else peer_role
-        if kind == "backend":
-            seen.add(("backend", envelope.backend.WhichOneof("body"), sender))
+def _recorded(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, pb.Envelope]]:
+    """(session, sender, envelope) of every envelope of every in-process session from now on:
+    the moving party's with the fixed party and with the dealer, the fixed party's with the
+    dealer, both ways."""
+    seen: list[tuple[str, str, pb.Envelope]] = []
+    send = LocalSession._send
+
+    def recording(self: LocalSession, envelope: pb.Envelope) -> None:
+        send(self, envelope)
+        if isinstance(self.serving, DealerSession):
+            session, client, server = "dealer", PARTY_ROLES[self.serving.party], DEALER
         else:
-            seen.add((session, kind, sender))
+            session, client, server = "fixed party", MOVING_PARTY, FIXED_PARTY
+        seen.extend([(session, client, envelope), (session, server, self._reply)])
+
+    monkeypatch.setattr(LocalSession, "_send", recording)
     return seen
 
 
 @pytest.mark.parametrize("name", RUNS)
-def test_a_run_sends_only_what_its_table_lists_and_reports_only_what_it_names(name):
-    """Over two real processes: every message the moving party sends or receives is a row
-    of its tables with that sender, and each reported line is one of their disclosures."""
+def test_a_run_sends_only_what_its_table_lists_and_reports_only_what_it_names(name, monkeypatch):
+    """Every message of a run, the dealer's sessions included, is a row of its tables with
+    that sender, and each reported line is one of their disclosures."""
     backend, parameters, options = RUNS[name]
     fixed = head_phantom((40, 36))
     moving, _ = known_pair(fixed, "affine", [1.02, 0.01, -0.02, 0.99, 1.0, -0.5])
-    frames: list[tuple[str, str, bytes]] = []
-    with (
-        spawn_fixed_party(fixed, backends=(backend,)) as process,
-        tapped(lambda direction, peer, data: frames.append((direction, peer, data))),
-    ):
-        session = ppir_itk.connect(
-            process.address, process.client_tls, dealer=process.dealer_address
-        )
-        result = register_with(
-            session,
-            moving,
-            backend=backend,
-            backend_parameters=parameters,
-            **{
-                "transform": "affine",
-                "shrink_factors": [2, 1],
-                "smoothing_sigmas": [1.0, 0.0],
-                "iterations": 3,
-                **options,
-            },
-        )
+    envelopes = _recorded(monkeypatch)
+    result = register_with(
+        ppir_itk.in_process_session(fixed),
+        moving,
+        backend=backend,
+        backend_parameters=parameters,
+        **{
+            "transform": "affine",
+            "shrink_factors": [2, 1],
+            "smoothing_sigmas": [1.0, 0.0],
+            "iterations": 3,
+            **options,
+        },
+    )
     table = BACKENDS[backend][parameters.get("protocol", next(iter(BACKENDS[backend])))][0].table
-    for session_name, kind, sender in _senders(frames):
-        listed = {"backend": table, "fixed party": SESSION, "dealer": DEALER_TABLE}[session_name]
+    assert {session for session, _, _ in envelopes} == (
+        {"fixed party", "dealer"} if backend == "spdz" else {"fixed party"}
+    )
+    for session, sender, envelope in envelopes:
+        kind = envelope.WhichOneof("body")
+        listed = SESSION if session == "fixed party" else DEALER_TABLE
+        if kind == "backend":
+            kind, listed = envelope.backend.WhichOneof("body"), table
         rows = [m for m in listed.messages if m.name == kind and m.sender == sender]
         assert rows, f"{kind} from the {sender} is not in the table '{listed.title}'"
     for party, receiver in (("moving", MOVING_PARTY), ("fixed", FIXED_PARTY)):
