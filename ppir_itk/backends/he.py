@@ -94,34 +94,66 @@ TABLE = ProtocolTable(
     title="he, protocol packed (BFV)",
     messages=(
         Message("he_key_request", MOVING_PARTY, "once per session", "nothing", "nothing"),
-        Message("he_key", FIXED_PARTY, "once per session", "the fixed party's BFV public key",
-                "nothing about J"),
+        Message(
+            "he_key",
+            FIXED_PARTY,
+            "once per session",
+            "the fixed party's BFV public key",
+            "nothing about J",
+        ),
         Message("he_level_request", MOVING_PARTY, "once per level", "nothing", "nothing"),
-        Message("he_level", FIXED_PARTY, "once per level",
-                "BFV ciphertexts of q(phi_j) q(J), q(J) and q(J)^2 (a B-spline: q(J) and "
-                "q(J)^2, one point per slot), and the exponent e_J",
-                "e_J, the power of two bounding J; the ciphertexts hide J (IND-CPA)"),
-        Message("he_masked_products", MOVING_PARTY, "per evaluation",
-                "one ciphertext (a B-spline: d ceil(n / N) + 2) of the products with the "
-                "moving party's vectors, each slot masked uniformly mod t, switched down, "
-                "re-randomised",
-                "the decrypted slots are uniform mod t; the decryption noise is not flooded "
-                "and depends on the moving party's plaintexts (docs/privacy.md)"),
-        Message("he_masked_totals", FIXED_PARTY, "per evaluation",
-                "the masked slot-range totals mod t (a B-spline: the public map mod t of the "
-                "masked products, and two totals)",
-                "the joint term, once the moving party removes its masks"),
+        Message(
+            "he_level",
+            FIXED_PARTY,
+            "once per level",
+            "BFV ciphertexts of q(phi_j) q(J), q(J) and q(J)^2 (a B-spline: q(J) and "
+            "q(J)^2, one point per slot), and the exponent e_J",
+            "e_J, the power of two bounding J; the ciphertexts hide J (IND-CPA)",
+        ),
+        Message(
+            "he_masked_products",
+            MOVING_PARTY,
+            "per evaluation",
+            "one ciphertext (a B-spline: d ceil(n / N) + 2) of the products with the "
+            "moving party's vectors, each slot masked uniformly mod t, switched down, "
+            "re-randomised",
+            "the decrypted slots are uniform mod t; the decryption noise is not flooded "
+            "and depends on the moving party's plaintexts (docs/privacy.md)",
+        ),
+        Message(
+            "he_masked_totals",
+            FIXED_PARTY,
+            "per evaluation",
+            "the masked slot-range totals mod t (a B-spline: the public map mod t of the "
+            "masked products, and two totals)",
+            "the joint term, once the moving party removes its masks",
+        ),
     ),
     disclosures=(
-        Disclosure("joint_term", MOVING_PARTY, "the joint term", "sums", "evaluation",
-                   note="the public linear map's moments of g_k J, I_w . J and the sum of J^2 "
-                        "over the overlap"),
-        Disclosure("fixed_point_bound", MOVING_PARTY,
-                   "the power of two bounding the fixed image's values (the exponent e_J)",
-                   "bound", "level"),
-        Disclosure("masked_slots", FIXED_PARTY,
-                   "slot totals mod t, each hidden by a uniform mask only the moving party "
-                   "knows", "values", "evaluation", masked=True),
+        Disclosure(
+            "joint_term",
+            MOVING_PARTY,
+            "the joint term",
+            "sums",
+            "evaluation",
+            note="the public linear map's moments of g_k J, I_w . J and the sum of J^2 "
+            "over the overlap",
+        ),
+        Disclosure(
+            "fixed_point_bound",
+            MOVING_PARTY,
+            "the power of two bounding the fixed image's values (the exponent e_J)",
+            "bound",
+            "level",
+        ),
+        Disclosure(
+            "masked_slots",
+            FIXED_PARTY,
+            "slot totals mod t, each hidden by a uniform mask only the moving party knows",
+            "values",
+            "evaluation",
+            masked=True,
+        ),
     ),
 )
 
@@ -142,12 +174,15 @@ def he_settings(parameters: dict[str, str]) -> tuple[int, int]:
     except ValueError:
         raise InputError("backend 'he' parameters must be whole numbers") from None
     if security not in SECURITY_LEVELS:
-        raise InputError(f"security_bits={security} is refused: ppir_itk runs homomorphic "
-                         "encryption at 128, 192 or 256-bit security only")
+        raise InputError(
+            f"security_bits={security} is refused: ppir_itk runs homomorphic "
+            "encryption at 128, 192 or 256-bit security only"
+        )
     if degree not in POLY_MODULUS_DEGREES:
         raise InputError(
             f"poly_modulus_degree={degree} is refused: exact 60-bit products at "
-            f"{security}-bit security need a degree of {', '.join(map(str, POLY_MODULUS_DEGREES))}")
+            f"{security}-bit security need a degree of {', '.join(map(str, POLY_MODULUS_DEGREES))}"
+        )
     if FLOOD_NOISE:  # refused now rather than at the first evaluation
         seal = _seal()
         level = getattr(seal.SEC_LEVEL_TYPE, SECURITY_LEVELS[security])
@@ -173,8 +208,9 @@ class HEContext:
         parameters.set_plain_modulus(seal.PlainModulus.Batching(degree, PLAIN_BITS))
         self.context = seal.SEALContext(parameters, True, level)
         if not self.context.parameters_set():  # SEAL checks the HE standard's bounds
-            raise InputError(f"SEAL refuses the parameters: "
-                             f"{self.context.parameters_error_message()}")
+            raise InputError(
+                f"SEAL refuses the parameters: {self.context.parameters_error_message()}"
+            )
         self.degree = degree
         self.t = parameters.plain_modulus().value()
         self.encoder = seal.BatchEncoder(self.context)
@@ -182,7 +218,8 @@ class HEContext:
         self.slots = self.encoder.slot_count()
         # Removed by close(), or when this object goes (TemporaryDirectory's finaliser).
         self._directory = tempfile.TemporaryDirectory(
-            prefix="ppir-he-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+            prefix="ppir-he-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
+        )
         self._folder = self._directory.name
         # SEAL's loader wants its own version in a header: the one its save writes.
         self._version = self.to_bytes(seal.Plaintext())[3:5]
@@ -215,8 +252,9 @@ class HEContext:
         coefficients are read one at a time from SEAL's own array (a copy).
         """
         data = ciphertext.dyn_array()
-        values = np.fromiter((data[i] for i in range(data.size())), dtype=np.uint64,
-                             count=data.size())
+        values = np.fromiter(
+            (data[i] for i in range(data.size())), dtype=np.uint64, count=data.size()
+        )
         return values.reshape(ciphertext.size(), ciphertext.coeff_modulus_size(), self.degree)
 
     def with_coefficients(self, ciphertext: Any, values: np.ndarray, ntt_form: bool) -> Any:
@@ -226,16 +264,21 @@ class HEContext:
         array = np.ascontiguousarray(values, dtype="<u8")
         size, primes, degree = array.shape
         data = struct.pack("<Q", array.size) + array.tobytes()
-        body = (struct.pack("<4Q", *ciphertext.parms_id()) + bytes([ntt_form])
-                + struct.pack("<QQQdQ", size, degree, primes, 1.0, 1)
-                + self._header(len(data)) + data)
+        body = (
+            struct.pack("<4Q", *ciphertext.parms_id())
+            + bytes([ntt_form])
+            + struct.pack("<QQQdQ", size, degree, primes, 1.0, 1)
+            + self._header(len(data))
+            + data
+        )
         return self.from_bytes("Ciphertext", self._header(len(body)) + body)
 
     def _header(self, payload: int) -> bytes:
         """SEAL's serialisation header (magic, its size, version, no compression, total
         size) for ``payload`` bytes."""
-        return (struct.pack("<HB", 0xA15E, 16) + self._version
-                + struct.pack("<BHQ", 0, 0, 16 + payload))
+        return (
+            struct.pack("<HB", 0xA15E, 16) + self._version + struct.pack("<BHQ", 0, 0, 16 + payload)
+        )
 
     def moduli(self, parms_id: Any) -> list[int]:
         """The primes of the level ``parms_id``."""
@@ -284,15 +327,21 @@ def flooding(degree: int, t: int, primes: Sequence[int], products: int) -> Flood
     """
     fresh = NOISE_MAX_DEVIATION * (2 * degree + 1)
     for switches in range(len(primes) - 1, -1, -1):
-        dropped = math.prod(primes[len(primes) - switches:])
-        kept = math.prod(primes[:len(primes) - switches])
-        bound = (products * degree * (t / 2) * (fresh + 0.5) / dropped
-                 + switches * (degree + 1) / 2 + fresh + 1)
+        dropped = math.prod(primes[len(primes) - switches :])
+        kept = math.prod(primes[: len(primes) - switches])
+        bound = (
+            products * degree * (t / 2) * (fresh + 0.5) / dropped
+            + switches * (degree + 1) / 2
+            + fresh
+            + 1
+        )
         bits = FLOOD_SECURITY_BITS + math.ceil(math.log2(degree * bound))
         if 2 * (2**bits + bound) < kept / (2 * t):
             return Flooding(switches, bits, math.log2(bound))
-    raise InputError(f"poly_modulus_degree={degree} leaves no room to flood the decryption "
-                     f"noise by 2^{FLOOD_SECURITY_BITS}: use 16384 or 32768")
+    raise InputError(
+        f"poly_modulus_degree={degree} leaves no room to flood the decryption "
+        f"noise by 2^{FLOOD_SECURITY_BITS}: use 16384 or 32768"
+    )
 
 
 def slot_total(values: np.ndarray) -> int:
@@ -309,8 +358,7 @@ def sum_pairs(d: int, outputs: int) -> list[tuple[int, int]]:
     for each of the map's ``outputs`` integer weights ``w_c`` (the affine basis:
     ``q(phi_1) .. q(phi_d), 1``), then ``q(J)``, ``q(J)^2``.
     """
-    return ([(k, c) for k in range(d) for c in range(outputs)]
-            + [(d, outputs), (d + 1, outputs + 1)])
+    return [(k, c) for k in range(d) for c in range(outputs)] + [(d, outputs), (d + 1, outputs + 1)]
 
 
 def interleave(vectors: list[np.ndarray], slots: int) -> np.ndarray:
@@ -325,22 +373,22 @@ def interleave(vectors: list[np.ndarray], slots: int) -> np.ndarray:
     out = np.zeros((rows, slots), dtype=np.int64)
     for a, vector in enumerate(vectors):
         padded = np.zeros(rows * width, dtype=np.int64)
-        padded[:vector.size] = vector
-        out[:, a * width:(a + 1) * width] = padded.reshape(rows, width)
+        padded[: vector.size] = vector
+        out[:, a * width : (a + 1) * width] = padded.reshape(rows, width)
     return out
 
 
 def range_totals(values: np.ndarray, count: int) -> list[int]:
     """The exact total of each sum's slot range (see :func:`interleave`)."""
     width = values.size // count
-    return [slot_total(values[a * width:(a + 1) * width]) for a in range(count)]
+    return [slot_total(values[a * width : (a + 1) * width]) for a in range(count)]
 
 
 def chunk(vector: np.ndarray, row: int, slots: int) -> np.ndarray:
     """Row ``row`` of ``vector`` laid out ``slots`` points a row, zero-padded."""
     out = np.zeros(slots, dtype=np.int64)
-    part = vector[row * slots:(row + 1) * slots]
-    out[:part.size] = part
+    part = vector[row * slots : (row + 1) * slots]
+    out[: part.size] = part
     return out
 
 
@@ -350,8 +398,9 @@ class _Level:
     exponent_j: int
 
 
-def switched(he: HEContext, ciphertext: Any, mask: np.ndarray, parms_id: Any, switches: int,
-             encryptor: Any) -> Any:
+def switched(
+    he: HEContext, ciphertext: Any, mask: np.ndarray, parms_id: Any, switches: int, encryptor: Any
+) -> Any:
     """``ciphertext + mask`` in coefficient form, switched down ``switches`` times: the
     deterministic part of :meth:`HEPackedBackend.masked` (the fixed party's noise analysis,
     :mod:`ppir_itk.noise_attack`, recomputes it). ``None`` stands for an all-zero product
@@ -448,8 +497,11 @@ class HEPackedBackend(ExactSumsBackend):
                 he.evaluator.add_inplace(accumulator, product)
         mask = uniform_below(he.t, he.slots)
         masks = range_totals(mask, len(pairs))
-        reply = self.channel.exchange(pb.BackendMessage(he_masked_products=pb.HeMaskedProducts(
-            ciphertexts=[self.masked(accumulator, mask)])))
+        reply = self.channel.exchange(
+            pb.BackendMessage(
+                he_masked_products=pb.HeMaskedProducts(ciphertexts=[self.masked(accumulator, mask)])
+            )
+        )
         totals = None
         if reply.WhichOneof("body") == "he_masked_totals":
             totals = array_from_pb(reply.he_masked_totals.totals, max_elements=len(pairs))
@@ -489,9 +541,14 @@ class HEPackedBackend(ExactSumsBackend):
         """
         he = self.he
         plan = self.flooding() if FLOOD_NOISE else None
-        ciphertext = switched(he, ciphertext, mask, self._level.ciphertexts[0].parms_id(),
-                              plan.switches if plan else UNFLOODED_MOD_SWITCHES,
-                              self._encryptor)
+        ciphertext = switched(
+            he,
+            ciphertext,
+            mask,
+            self._level.ciphertexts[0].parms_id(),
+            plan.switches if plan else UNFLOODED_MOD_SWITCHES,
+            self._encryptor,
+        )
         zero = he.seal.Ciphertext()  # added at the small modulus, where encrypting is cheaper
         self._encryptor.encrypt_zero(ciphertext.parms_id(), zero)
         he.evaluator.add_inplace(ciphertext, zero)
@@ -503,8 +560,9 @@ class HEPackedBackend(ExactSumsBackend):
         """This level's flood: at most one product per level ciphertext is summed."""
         level = self._level
         he = self.he
-        return flooding(he.degree, he.t, he.moduli(level.ciphertexts[0].parms_id()),
-                        len(level.ciphertexts))
+        return flooding(
+            he.degree, he.t, he.moduli(level.ciphertexts[0].parms_id()), len(level.ciphertexts)
+        )
 
     def _mapped_joint_term(self, fields: MovingFields) -> JointTerm:
         """A map with many outputs, applied by the fixed party (protocol docstring,
@@ -523,11 +581,15 @@ class HEPackedBackend(ExactSumsBackend):
         blobs = []
         for k in range(d):
             for r, ciphertext in enumerate(fixed):
-                blobs.append(self.masked(self._product(ciphertext, chunk(gradient[:, k], r,
-                                                                         he.slots)),
-                                         masks[k, r * he.slots:(r + 1) * he.slots]))
-        for k, (ciphertexts, vector) in enumerate(((fixed, warped),
-                                                   (squared, fields.valid.astype(np.int64)))):
+                blobs.append(
+                    self.masked(
+                        self._product(ciphertext, chunk(gradient[:, k], r, he.slots)),
+                        masks[k, r * he.slots : (r + 1) * he.slots],
+                    )
+                )
+        for k, (ciphertexts, vector) in enumerate(
+            ((fixed, warped), (squared, fields.valid.astype(np.int64)))
+        ):
             total = None
             for r, ciphertext in enumerate(ciphertexts):
                 product = self._product(ciphertext, chunk(vector, r, he.slots))
@@ -535,9 +597,10 @@ class HEPackedBackend(ExactSumsBackend):
                     total = total or product
                 else:
                     he.evaluator.add_inplace(total, product)
-            blobs.append(self.masked(total, masks[d + k, :he.slots]))
-        reply = self.channel.exchange(pb.BackendMessage(
-            he_masked_products=pb.HeMaskedProducts(ciphertexts=blobs)))
+            blobs.append(self.masked(total, masks[d + k, : he.slots]))
+        reply = self.channel.exchange(
+            pb.BackendMessage(he_masked_products=pb.HeMaskedProducts(ciphertexts=blobs))
+        )
         count = basis.outputs
         if reply.WhichOneof("body") != "he_masked_totals":
             raise ProtocolError("the fixed party's sums are malformed")
@@ -545,11 +608,18 @@ class HEPackedBackend(ExactSumsBackend):
         totals = array_from_pb(reply.he_masked_totals.totals, max_elements=2)
         if mapped.shape != (count, d) or totals.shape != (2,):
             raise ProtocolError("the fixed party's sums do not fit the control grid")
-        own = basis.mod_t(masks[:d, :points.size].T, he.t)  # (d, count)
-        moments = np.array([[he.signed(int(v) - int(m)) for v, m in zip(a, b, strict=True)]
-                            for a, b in zip(mapped.T, own, strict=True)], dtype=np.float64)
-        sums = [he.signed(int(totals[0]) - int(masks[d, :he.slots].sum(dtype=object))),
-                he.signed(int(totals[1]) - int(masks[d + 1, :he.slots].sum(dtype=object)))]
+        own = basis.mod_t(masks[:d, : points.size].T, he.t)  # (d, count)
+        moments = np.array(
+            [
+                [he.signed(int(v) - int(m)) for v, m in zip(a, b, strict=True)]
+                for a, b in zip(mapped.T, own, strict=True)
+            ],
+            dtype=np.float64,
+        )
+        sums = [
+            he.signed(int(totals[0]) - int(masks[d, : he.slots].sum(dtype=object))),
+            he.signed(int(totals[1]) - int(masks[d + 1, : he.slots].sum(dtype=object))),
+        ]
         self._disclose_sums(basis.sums_per_evaluation)
         return JointTerm(
             moments=decode(moments, e_g + level.exponent_j + basis.column_bits),
@@ -598,8 +668,9 @@ class HEPackedFixedSide(FixedSide):
             rows = list(interleave([vectors[c] for _, c in pairs], slots))
         else:  # per point: q(J) rows, then q(J)^2 rows
             count = -(-points.size // slots)
-            rows = [chunk(vector, r, slots) for vector in (fixed, fixed * fixed)
-                    for r in range(count)]
+            rows = [
+                chunk(vector, r, slots) for vector in (fixed, fixed * fixed) for r in range(count)
+            ]
         self._level_blobs: list[bytes] = []
         for row in rows:
             ciphertext = self.he.seal.Ciphertext()
@@ -609,11 +680,11 @@ class HEPackedFixedSide(FixedSide):
     def handle(self, message: pb.BackendMessage) -> pb.BackendMessage:
         kind = message.WhichOneof("body")
         if kind == "he_key_request":
-            return pb.BackendMessage(he_key=pb.HeKey(
-                public_key=self.he.to_bytes(self._public_key)))
+            return pb.BackendMessage(he_key=pb.HeKey(public_key=self.he.to_bytes(self._public_key)))
         if kind == "he_level_request":
-            return pb.BackendMessage(he_level=pb.HeLevel(ciphertexts=self._level_blobs,
-                                                         fixed_exponent=self._exponent_j))
+            return pb.BackendMessage(
+                he_level=pb.HeLevel(ciphertexts=self._level_blobs, fixed_exponent=self._exponent_j)
+            )
         if kind != "he_masked_products":
             raise ProtocolError(f"'{kind}' is not a request of the he backend")
         ciphertexts = message.he_masked_products.ciphertexts
@@ -625,8 +696,9 @@ class HEPackedFixedSide(FixedSide):
         slots = self._decrypt(ciphertexts[0])
         totals = [total % self.he.t for total in range_totals(slots, self._sums)]
         self.received.add("masked_slots", len(totals))
-        return pb.BackendMessage(he_masked_totals=pb.HeMaskedTotals(
-            totals=array_to_pb(np.array(totals, dtype=np.int64))))
+        return pb.BackendMessage(
+            he_masked_totals=pb.HeMaskedTotals(totals=array_to_pb(np.array(totals, dtype=np.int64)))
+        )
 
     def close(self) -> None:
         self.he.close()
@@ -640,8 +712,9 @@ class HEPackedFixedSide(FixedSide):
         try:
             self._decryptor.decrypt(ciphertext, plain)
         except (RuntimeError, ValueError) as error:  # SEAL loads, e.g., NTT form, and refuses it
-            raise ProtocolError(f"a ciphertext from the peer cannot be decrypted: {error}") \
-                from None
+            raise ProtocolError(
+                f"a ciphertext from the peer cannot be decrypted: {error}"
+            ) from None
         return np.array(self.he.encoder.decode_uint64(plain), dtype=np.uint64)
 
     def _mapped_sums(self, ciphertexts: Sequence[bytes]) -> pb.BackendMessage:
@@ -653,11 +726,20 @@ class HEPackedFixedSide(FixedSide):
         if len(ciphertexts) != d * rows + 2:
             raise ProtocolError("the masked products do not fit the point set")
         blobs = list(ciphertexts)
-        products = np.stack([np.concatenate([self._decrypt(blobs[k * rows + r])
-                                             for r in range(rows)])[:points.size]
-                             for k in range(d)], axis=1)
+        products = np.stack(
+            [
+                np.concatenate([self._decrypt(blobs[k * rows + r]) for r in range(rows)])[
+                    : points.size
+                ]
+                for k in range(d)
+            ],
+            axis=1,
+        )
         self.received.add("masked_slots", products.size + 2)
         mapped = points.linear_map.mod_t(products, t).T  # (outputs, d) on the wire
-        totals = [int(self._decrypt(data).sum(dtype=object)) % t for data in blobs[d * rows:]]
-        return pb.BackendMessage(he_masked_totals=pb.HeMaskedTotals(
-            totals=array_to_pb(np.array(totals, np.int64)), mapped_moments=array_to_pb(mapped)))
+        totals = [int(self._decrypt(data).sum(dtype=object)) % t for data in blobs[d * rows :]]
+        return pb.BackendMessage(
+            he_masked_totals=pb.HeMaskedTotals(
+                totals=array_to_pb(np.array(totals, np.int64)), mapped_moments=array_to_pb(mapped)
+            )
+        )
