@@ -416,19 +416,20 @@ def switched(
     return ciphertext
 
 
-def flooded(he: HEContext, ciphertext: Any, bits: int) -> Any:
-    """``ciphertext`` with noise uniform on ``[-2^bits, 2^bits)`` (from the CSPRNG) added
-    to every coefficient of its first component, which adds it to the decryption noise."""
-    data = he.coefficients(ciphertext)
+def flooded(he: HEContext, ciphertext: Any, bits: int) -> None:
+    """Add noise uniform on ``[-2^bits, 2^bits)`` (from the CSPRNG) to every coefficient
+    of ``ciphertext``'s decryption noise, in place: a ciphertext ``(e, 0)`` is added."""
     words = -(-(bits + 1) // 64)
     stream = expand(secret_seed(), words * he.degree).view(np.uint64).reshape(he.degree, words)
     noise = np.zeros(he.degree, dtype=object)
     for word in range(words):
         noise = (noise << 64) + stream[:, word].astype(object)
     noise = (noise & ((1 << (bits + 1)) - 1)) - (1 << bits)
-    for index, prime in enumerate(he.moduli(ciphertext.parms_id())):
-        data[0, index] = ((data[0, index].astype(object) + noise) % prime).astype(np.uint64)
-    return he.with_coefficients(ciphertext, data, ntt_form=False)
+    primes = he.moduli(ciphertext.parms_id())
+    flood = np.zeros((2, len(primes), he.degree), dtype=np.uint64)
+    for index, prime in enumerate(primes):
+        flood[0, index] = (noise % prime).astype(np.uint64)
+    he.evaluator.add_inplace(ciphertext, he.with_coefficients(ciphertext, flood, ntt_form=False))
 
 
 class HEPackedBackend(ExactSumsBackend):
@@ -553,7 +554,7 @@ class HEPackedBackend(ExactSumsBackend):
         self._encryptor.encrypt_zero(ciphertext.parms_id(), zero)
         he.evaluator.add_inplace(ciphertext, zero)
         if plan is not None:
-            ciphertext = flooded(he, ciphertext, plan.bits)
+            flooded(he, ciphertext, plan.bits)
         return he.to_bytes(ciphertext)
 
     def flooding(self) -> Flooding:
