@@ -15,10 +15,16 @@ Protocol ``packed`` (the default), per level and per iteration:
    ciphertext by its plaintext row - plaintext x ciphertext products only, no
    rotations - and adds the products into one accumulator. It adds a mask
    drawn uniformly mod t in every slot (from the operating system's CSPRNG,
-   :func:`~ppir_itk.randomness.uniform_below`), switches the modulus down twice (which
-   shrinks what it sends and drowns the product noise) and adds a fresh
-   encryption of zero under the fixed party's key, so that the ciphertext no
-   longer depends on its own vectors. It sends that one ciphertext.
+   :func:`~ppir_itk.randomness.uniform_below`), switches the modulus down as far
+   as the flood leaves room for, adds a fresh encryption of zero under the fixed
+   party's key and floods the noise (:func:`flooding`): noise uniform on a range
+   2^40 N times the computation's worst-case noise bound, so that what the fixed
+   party decrypts has a noise within statistical distance 2^-40 of one that
+   depends on nothing (and a second component the encryption of zero makes
+   pseudorandom under RLWE): it depends on the masked slots only. The fixed
+   party holds the secret key and could otherwise read the moving party's
+   plaintexts in the rounding noise of the switches (:mod:`ppir_itk.noise_attack`).
+   It sends that one ciphertext.
 3. The fixed party decrypts it and returns the total of each slot range mod
    t. Those totals are uniformly random to it: the masks hide them exactly.
    The moving party removes its masks (it knows their range totals), gets the
@@ -44,10 +50,11 @@ and costs precision. The paper's protocols (:mod:`.he_paper`) run CKKS.
 
 What each party learns: the moving party learns the joint term (and, from
 the exponent, the power of two that bounds J's largest value); the fixed
-party learns nothing (uniformly masked sums, and ciphertexts). Parameters:
-``poly_modulus_degree`` 8192 (default), 16384 or 32768, SEAL's HE-standard
-coefficient modulus for 128-bit security, a 60-bit batching plain modulus;
-anything weaker is refused.
+party learns nothing (uniformly masked sums, and ciphertexts whose noise is
+flooded). Parameters: ``poly_modulus_degree`` 16384 (default) or 32768, SEAL's
+HE-standard coefficient modulus for 128-bit security, a 60-bit batching plain
+modulus; anything weaker is refused, and so is 8192, which leaves no room for
+the flood.
 """
 
 from __future__ import annotations
@@ -116,9 +123,9 @@ TABLE = ProtocolTable(
             "per evaluation",
             "one ciphertext (a B-spline: d ceil(n / N) + 2) of the products with the "
             "moving party's vectors, each slot masked uniformly mod t, switched down, "
-            "re-randomised",
-            "the decrypted slots are uniform mod t; the decryption noise is not flooded "
-            "and depends on the moving party's plaintexts (docs/privacy.md)",
+            "re-randomised, its noise flooded",
+            "the decrypted slots are uniform mod t; the decryption noise is flooded (within "
+            "2^-40 of a flood alone), so it says nothing of the moving party's plaintexts",
         ),
         Message(
             "he_masked_totals",
