@@ -11,10 +11,10 @@ seconds per 10^6 values: for HE, per 10^6 slot values, i.e. one call's time x
 ciphertexts, 8 bytes per int64 ring element for shares), left blank for local
 work.
 
-``he`` protocol ``packed`` (BFV under the name he, ``backends/he.py``):
-the backend's own ``HEContext`` with its default parameters (N = 8192,
+``he`` protocol ``packed`` (BFV, ``backends/he.py``):
+the backend's own ``HEContext`` with its default parameters (N = 16384,
 SEAL's HE-standard 128-bit coefficient modulus, 60-bit batching plain
-modulus; 8192 slots, all filled). In a 2-D affine iteration every point
+modulus; 16384 slots, all filled). In a 2-D affine iteration every point
 fills d (d + 1) + 2 = 8 slots, so 10^6 points are 8 x 10^6 slot values.
 
 - encode + encrypt: the fixed party's work per ciphertext of its level upload

@@ -223,7 +223,7 @@ def _add_registration_options(parser: argparse.ArgumentParser, bench: bool = Fal
             default=[],
             metavar="KEY=VALUE",
             help="backend option, repeatable (he: protocol=packed, "
-            "poly_modulus_degree=8192, security_bits=128; spdz: "
+            "poly_modulus_degree=16384, security_bits=128; spdz: "
             "provider=dealer)",
         )
         parser.add_argument(

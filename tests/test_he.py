@@ -146,7 +146,7 @@ def test_the_fixed_party_receives_only_ciphertexts_and_requests():
     register_with(
         session, moving, backend="he", transform="rigid", shrink_factors=[1], smoothing_sigmas=[0.0]
     )
-    he = HEContext(8192, 128)
+    he = HEContext(*he_settings({}))  # the default parameters, as the session used
     sums = session.backend_messages("he_masked_products")
     assert sums, "no joint-term evaluation reached the fixed party"
     for envelope in session.received:

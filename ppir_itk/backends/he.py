@@ -15,10 +15,16 @@ Protocol ``packed`` (the default), per level and per iteration:
    ciphertext by its plaintext row - plaintext x ciphertext products only, no
    rotations - and adds the products into one accumulator. It adds a mask
    drawn uniformly mod t in every slot (from the operating system's CSPRNG,
-   :func:`~ppir_itk.randomness.uniform_below`), switches the modulus down twice (which
-   shrinks what it sends and drowns the product noise) and adds a fresh
-   encryption of zero under the fixed party's key, so that the ciphertext no
-   longer depends on its own vectors. It sends that one ciphertext.
+   :func:`~ppir_itk.randomness.uniform_below`), switches the modulus down as far
+   as the flood leaves room for, adds a fresh encryption of zero under the fixed
+   party's key and floods the noise (:func:`flooding`): noise uniform on a range
+   2^40 N times the computation's worst-case noise bound, so that what the fixed
+   party decrypts has a noise within statistical distance 2^-40 of one that
+   depends on nothing (and a second component the encryption of zero makes
+   pseudorandom under RLWE): it depends on the masked slots only. The fixed
+   party holds the secret key and could otherwise read the moving party's
+   plaintexts in the rounding noise of the switches (:mod:`ppir_itk.noise_attack`).
+   It sends that one ciphertext.
 3. The fixed party decrypts it and returns the total of each slot range mod
    t. Those totals are uniformly random to it: the masks hide them exactly.
    The moving party removes its masks (it knows their range totals), gets the
@@ -44,15 +50,18 @@ and costs precision. The paper's protocols (:mod:`.he_paper`) run CKKS.
 
 What each party learns: the moving party learns the joint term (and, from
 the exponent, the power of two that bounds J's largest value); the fixed
-party learns nothing (uniformly masked sums, and ciphertexts). Parameters:
-``poly_modulus_degree`` 8192 (default), 16384 or 32768, SEAL's HE-standard
-coefficient modulus for 128-bit security, a 60-bit batching plain modulus;
-anything weaker is refused.
+party learns nothing (uniformly masked sums, and ciphertexts whose noise is
+flooded). Parameters: ``poly_modulus_degree`` 16384 (default) or 32768, SEAL's
+HE-standard coefficient modulus for 128-bit security, a 60-bit batching plain
+modulus; anything weaker is refused, and so is 8192, which leaves no room for
+the flood.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import struct
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -73,12 +82,19 @@ from ppir_itk.fixed_point import PLAIN_BITS, PLAIN_MODULUS, decode, encode, expo
 from ppir_itk.points import PointSet
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import ProtocolError, array_from_pb, array_to_pb
-from ppir_itk.randomness import uniform_below
+from ppir_itk.randomness import expand, secret_seed, uniform_below
 from ppir_itk.roles import FIXED_PARTY, MOVING_PARTY
 
 POLY_MODULUS_DEGREES = (8192, 16384, 32768)
+DEFAULT_DEGREE = 16384  # the smallest with room to flood the noise (8192 is refused then)
 SECURITY_LEVELS = {128: "TC128", 192: "TC192", 256: "TC256"}
-MOD_SWITCHES = 2
+# Noise flooding (circuit privacy): the ciphertext the fixed party decrypts is within
+# statistical distance 2^-FLOOD_SECURITY_BITS of one that depends on the masked slots only.
+FLOOD_NOISE = True  # the defence; tests switch it off to show the attack it stops
+FLOOD_SECURITY_BITS = 40
+UNFLOODED_MOD_SWITCHES = 2  # without flooding: switch down twice (smaller ciphertext)
+# SEAL samples fresh noise from a normal with standard deviation 3.2 clipped at 6 sigma.
+NOISE_MAX_DEVIATION = 19.2
 
 
 TABLE = ProtocolTable(
@@ -107,9 +123,9 @@ TABLE = ProtocolTable(
             "per evaluation",
             "one ciphertext (a B-spline: d ceil(n / N) + 2) of the products with the "
             "moving party's vectors, each slot masked uniformly mod t, switched down, "
-            "re-randomised",
-            "the decrypted slots are uniform mod t; the decryption noise is not flooded "
-            "and depends on the moving party's plaintexts (docs/privacy.md)",
+            "re-randomised, its noise flooded",
+            "the decrypted slots are uniform mod t; the decryption noise is flooded (within "
+            "2^-40 of a flood alone), so it says nothing of the moving party's plaintexts",
         ),
         Message(
             "he_masked_totals",
@@ -160,7 +176,7 @@ def _seal() -> Any:
 def he_settings(parameters: dict[str, str]) -> tuple[int, int]:
     """``(poly_modulus_degree, security_bits)`` from backend parameters, or a refusal."""
     try:
-        degree = int(parameters.get("poly_modulus_degree", POLY_MODULUS_DEGREES[0]))
+        degree = int(parameters.get("poly_modulus_degree", DEFAULT_DEGREE))
         security = int(parameters.get("security_bits", 128))
     except ValueError:
         raise InputError("backend 'he' parameters must be whole numbers") from None
@@ -170,10 +186,17 @@ def he_settings(parameters: dict[str, str]) -> tuple[int, int]:
             "encryption at 128, 192 or 256-bit security only"
         )
     if degree not in POLY_MODULUS_DEGREES:
+        # With the flood on, 8192 is refused below, with its own reason.
+        allowed = [d for d in POLY_MODULUS_DEGREES if not FLOOD_NOISE or d >= DEFAULT_DEGREE]
         raise InputError(
             f"poly_modulus_degree={degree} is refused: exact 60-bit products at "
-            f"{security}-bit security need a degree of {', '.join(map(str, POLY_MODULUS_DEGREES))}"
+            f"{security}-bit security need a degree of {' or '.join(map(str, allowed))}"
         )
+    if FLOOD_NOISE:  # refused now rather than at the first evaluation
+        seal = _seal()
+        level = getattr(seal.SEC_LEVEL_TYPE, SECURITY_LEVELS[security])
+        primes = [prime.value() for prime in seal.CoeffModulus.BFVDefault(degree, level)]
+        flooding(degree, seal.PlainModulus.Batching(degree, PLAIN_BITS).value(), primes[:-1], 1)
     return degree, security
 
 
@@ -207,6 +230,8 @@ class HEContext:
             prefix="ppir-he-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
         )
         self._folder = self._directory.name
+        # SEAL's loader wants its own version in a header: the one its save writes.
+        self._version = self.to_bytes(seal.Plaintext())[3:5]
 
     def close(self) -> None:
         """Remove the folder SEAL's save/load go through."""
@@ -229,6 +254,46 @@ class HEContext:
             raise ProtocolError(f"a {kind} from the peer is invalid: {error}") from None
         return obj
 
+    def coefficients(self, ciphertext: Any) -> np.ndarray:
+        """The RNS coefficients of ``ciphertext``, shape (size, primes, degree), uint64.
+
+        SEAL's ``save`` compresses (zstd) and the bindings expose no buffer, so the
+        coefficients are read one at a time from SEAL's own array (a copy).
+        """
+        data = ciphertext.dyn_array()
+        values = np.fromiter(
+            (data[i] for i in range(data.size())), dtype=np.uint64, count=data.size()
+        )
+        return values.reshape(ciphertext.size(), ciphertext.coeff_modulus_size(), self.degree)
+
+    def with_coefficients(self, ciphertext: Any, values: np.ndarray, ntt_form: bool) -> Any:
+        """A ciphertext at ``ciphertext``'s level holding ``values`` (as from
+        :meth:`coefficients`): SEAL's documented serialisation, uncompressed, loaded back
+        by SEAL's loader (which checks every coefficient against its prime)."""
+        array = np.ascontiguousarray(values, dtype="<u8")
+        size, primes, degree = array.shape
+        data = struct.pack("<Q", array.size) + array.tobytes()
+        body = (
+            struct.pack("<4Q", *ciphertext.parms_id())
+            + bytes([ntt_form])
+            + struct.pack("<QQQdQ", size, degree, primes, 1.0, 1)
+            + self._header(len(data))
+            + data
+        )
+        return self.from_bytes("Ciphertext", self._header(len(body)) + body)
+
+    def _header(self, payload: int) -> bytes:
+        """SEAL's serialisation header (magic, its size, version, no compression, total
+        size) for ``payload`` bytes."""
+        return (
+            struct.pack("<HB", 0xA15E, 16) + self._version + struct.pack("<BHQ", 0, 0, 16 + payload)
+        )
+
+    def moduli(self, parms_id: Any) -> list[int]:
+        """The primes of the level ``parms_id``."""
+        level = self.context.get_context_data(parms_id)
+        return [prime.value() for prime in level.parms().coeff_modulus()]
+
     def encode(self, values: np.ndarray) -> Any:
         plain = self.seal.Plaintext()
         self.encoder.encode(np.ascontiguousarray(values, dtype=np.int64), plain)
@@ -238,6 +303,54 @@ class HEContext:
         """The centred representative of ``value`` mod t."""
         value %= self.t
         return value - self.t if value > self.t // 2 else value
+
+
+@dataclass(frozen=True)
+class Flooding:
+    """How the moving party floods the noise of what it sends, for one level's parameters.
+
+    ``switches`` modulus switches come first (each shrinks the ciphertext), then the
+    fresh encryption of zero, then noise uniform on ``[-2^bits, 2^bits)`` added to
+    every coefficient. ``bound_bits`` is log2 of the bound on the noise before the
+    flood (:func:`flooding`).
+    """
+
+    switches: int
+    bits: int
+    bound_bits: float
+
+
+def flooding(degree: int, t: int, primes: Sequence[int], products: int) -> Flooding:
+    """The flood for a sum of up to ``products`` plaintext x ciphertext products of fresh
+    ciphertexts (the fixed party's) at a level of ``primes``, plain modulus ``t``, or a
+    refusal.
+
+    Worst-case bound on the noise (every coefficient, any plaintexts, ternary secret,
+    fresh noise at most B = 19.2 (2N + 1) after SEAL's clipped sampling): the products
+    bring ``products N (t / 2) (B + 1/2)``, divided by the dropped primes' product ``P``;
+    each switch adds at most ``(N + 1) / 2`` of rounding, the encryption of zero ``B``,
+    the mask's scaling 1. A flood uniform on ``[-F, F)`` hides such a noise in each of
+    the N coefficients within ``bound / (2 F)``, so ``F = 2^40 N bound`` keeps the whole
+    ciphertext within 2^-40 of the flood alone. The most switches that still leave
+    room for it (``2 (F + bound) < q / (2 t)``) are taken.
+    """
+    fresh = NOISE_MAX_DEVIATION * (2 * degree + 1)
+    for switches in range(len(primes) - 1, -1, -1):
+        dropped = math.prod(primes[len(primes) - switches :])
+        kept = math.prod(primes[: len(primes) - switches])
+        bound = (
+            products * degree * (t / 2) * (fresh + 0.5) / dropped
+            + switches * (degree + 1) / 2
+            + fresh
+            + 1
+        )
+        bits = FLOOD_SECURITY_BITS + math.ceil(math.log2(degree * bound))
+        if 2 * (2**bits + bound) < kept / (2 * t):
+            return Flooding(switches, bits, math.log2(bound))
+    raise InputError(
+        f"poly_modulus_degree={degree} leaves no room to flood the decryption "
+        f"noise by 2^{FLOOD_SECURITY_BITS}: use 16384 or 32768"
+    )
 
 
 def slot_total(values: np.ndarray) -> int:
@@ -292,6 +405,40 @@ def chunk(vector: np.ndarray, row: int, slots: int) -> np.ndarray:
 class _Level:
     ciphertexts: list[Any]  # one per row of the interleaved layout, NTT form
     exponent_j: int
+
+
+def switched(
+    he: HEContext, ciphertext: Any, mask: np.ndarray, parms_id: Any, switches: int, encryptor: Any
+) -> Any:
+    """``ciphertext + mask`` in coefficient form, switched down ``switches`` times: the
+    deterministic part of :meth:`HEPackedBackend.masked` (the fixed party's noise analysis,
+    :mod:`ppir_itk.noise_attack`, recomputes it). ``None`` stands for an all-zero product
+    at level ``parms_id`` (``encryptor`` encrypts that zero)."""
+    if ciphertext is None:
+        ciphertext = he.seal.Ciphertext()
+        encryptor.encrypt_zero(parms_id, ciphertext)
+    else:
+        he.evaluator.transform_from_ntt_inplace(ciphertext)
+    he.evaluator.add_plain_inplace(ciphertext, he.encode(mask.astype(np.int64)))
+    for _ in range(switches):
+        he.evaluator.mod_switch_to_next_inplace(ciphertext)
+    return ciphertext
+
+
+def flooded(he: HEContext, ciphertext: Any, bits: int) -> None:
+    """Add noise uniform on ``[-2^bits, 2^bits)`` (from the CSPRNG) to every coefficient
+    of ``ciphertext``'s decryption noise, in place: a ciphertext ``(e, 0)`` is added."""
+    words = -(-(bits + 1) // 64)
+    stream = expand(secret_seed(), words * he.degree).view(np.uint64).reshape(he.degree, words)
+    noise = np.zeros(he.degree, dtype=object)
+    for word in range(words):
+        noise = (noise << 64) + stream[:, word].astype(object)
+    noise = (noise & ((1 << (bits + 1)) - 1)) - (1 << bits)
+    primes = he.moduli(ciphertext.parms_id())
+    flood = np.zeros((2, len(primes), he.degree), dtype=np.uint64)
+    for index, prime in enumerate(primes):
+        flood[0, index] = (noise % prime).astype(np.uint64)
+    he.evaluator.add_inplace(ciphertext, he.with_coefficients(ciphertext, flood, ntt_form=False))
 
 
 class HEPackedBackend(ExactSumsBackend):
@@ -399,8 +546,9 @@ class HEPackedBackend(ExactSumsBackend):
 
     def masked(self, ciphertext: Any, mask: np.ndarray) -> bytes:
         """What leaves the moving party: ``ciphertext + mask`` (uniform mod t per slot),
-        switched down twice and re-randomised with a fresh encryption of zero, so that
-        it no longer depends on the moving party's vectors.
+        switched down, re-randomised with a fresh encryption of zero and its noise
+        flooded (:func:`flooding`), so that what the fixed party decrypts depends on the
+        masked slots only.
 
         ``ciphertext`` (NTT form, changed in place; ``None`` stands for an all-zero
         product) is one accumulated product; ``mask`` holds one value per slot, drawn
@@ -408,18 +556,29 @@ class HEPackedBackend(ExactSumsBackend):
         serialised ciphertext. Public for ``benchmarks/primitives.py``, which times it.
         """
         he = self.he
-        if ciphertext is None:
-            ciphertext = he.seal.Ciphertext()
-            self._encryptor.encrypt_zero(self._agreed_level.ciphertexts[0].parms_id(), ciphertext)
-        else:
-            he.evaluator.transform_from_ntt_inplace(ciphertext)
-        he.evaluator.add_plain_inplace(ciphertext, he.encode(mask.astype(np.int64)))
-        for _ in range(MOD_SWITCHES):
-            he.evaluator.mod_switch_to_next_inplace(ciphertext)
+        plan = self.flooding() if FLOOD_NOISE else None
+        ciphertext = switched(
+            he,
+            ciphertext,
+            mask,
+            self._agreed_level.ciphertexts[0].parms_id(),
+            plan.switches if plan else UNFLOODED_MOD_SWITCHES,
+            self._encryptor,
+        )
         zero = he.seal.Ciphertext()  # added at the small modulus, where encrypting is cheaper
         self._encryptor.encrypt_zero(ciphertext.parms_id(), zero)
         he.evaluator.add_inplace(ciphertext, zero)
+        if plan is not None:
+            flooded(he, ciphertext, plan.bits)
         return he.to_bytes(ciphertext)
+
+    def flooding(self) -> Flooding:
+        """This level's flood: at most one product per level ciphertext is summed."""
+        level = self._agreed_level
+        he = self.he
+        return flooding(
+            he.degree, he.t, he.moduli(level.ciphertexts[0].parms_id()), len(level.ciphertexts)
+        )
 
     def _mapped_joint_term(self, fields: MovingFields) -> JointTerm:
         """A map with many outputs, applied by the fixed party (protocol docstring,
