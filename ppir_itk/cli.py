@@ -92,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-measurements-per-evaluation", type=float,
                        default=DEFAULT_MEASUREMENTS_PER_EVALUATION, metavar="FRACTION",
                        help="measurements one evaluation may reveal, as a fraction of the "
-                            "level's points (default 1/64)")
+                            "level's points (default 1/8)")
     serve.add_argument("--min-control-spacing", type=float, default=DEFAULT_MIN_CONTROL_SPACING,
                        metavar="PIXELS",
                        help="least B-spline control spacing, in level pixels (default "

@@ -263,20 +263,16 @@ class FixedPartySession:
                 f"{points.size} points; its operator sets it: ppir serve "
                 "--max-measurements-per-evaluation)")
         left = self.measurement_cap - self.measurements_held
-        if asked > left:
+        if self.ledger is not None and asked > left:
             raise ProtocolError(self._grant_used_up(asked, left))
 
     def _charge(self, count: int) -> None:
         """Count ``count`` measurements the answer about to be sent reveals (committed to the
         ledger first), or refuse the answer if they pass the client's grant."""
-        cap = self.measurement_cap
-        if self.ledger is None:
-            granted, held = self.measurements + count <= cap, self.measurements
-        else:
-            charge = self.ledger.charge(self.client, self.image_id, count, cap)
-            granted, held = charge.granted, charge.used
-        if not granted:
-            raise ProtocolError(self._grant_used_up(count, cap - held))
+        if self.ledger is not None:
+            charge = self.ledger.charge(self.client, self.image_id, count, self.measurement_cap)
+            if not charge.granted:
+                raise ProtocolError(self._grant_used_up(count, self.measurement_cap - charge.used))
         self.measurements += count
 
     def _grant_used_up(self, asked: int, left: float) -> str:
@@ -324,9 +320,14 @@ class FixedPartyServer(PartyServer):
             # CrypTen's import (seconds) at start-up, not in the first session's time.
             importlib.import_module("ppir_itk.backends.spdz_shares")
         super().__init__(listen, tls, **options)
+
+    def start(self) -> FixedPartyServer:
+        # Before "listening on", which whoever waits for the server reads up to.
         recoverable = self.policy.recoverable(self.image.geometry.number_of_points)
         if recoverable is not None:
             self.log(recoverable)
+        super().start()
+        return self
 
     def _new_session(self, client_name: str, client_fingerprint: str) -> FixedPartySession:
         return FixedPartySession(self.image, self.policy, ledger=self.ledger,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ppir_itk.dealer_client import DealerClient
 
@@ -38,10 +39,11 @@ DEFAULT_EVALUATION_BUDGET = 1000
 # grants 1,024 measurements: 128 affine evaluations in 2-D, more than the default affine
 # registration needs (tests/test_ledger.py).
 DEFAULT_MEASUREMENT_GRANT = 1 / 64
-# The same fraction per evaluation, of the level's points: a 1-px control grid (more sums
-# than points: J in one solve) is refused before it is answered, an affine evaluation
-# (8 sums in 2-D) fits any level of 512 points or more.
-DEFAULT_MEASUREMENTS_PER_EVALUATION = 1 / 64
+# One evaluation may measure 1/8 of the level's points: a 1-px control grid (more sums
+# than points: J in one solve) is refused before it is answered, and an affine evaluation
+# (8 sums in 2-D, 14 in 3-D) fits every level of 64 (112) points or more, the coarsest
+# levels of small images included. The grant, not this, bounds what adds up.
+DEFAULT_MEASUREMENTS_PER_EVALUATION = 1 / 8
 # Control points at least 8 level pixels apart: a 4-px grid gives J exactly in 9
 # evaluations (issue 14); the per-evaluation cap is the finer bound on large levels.
 DEFAULT_MIN_CONTROL_SPACING = 8.0
@@ -67,14 +69,16 @@ class FixedPolicy:
     single_process: bool = False  # both parties in one process (tests): allows provider=tfp
 
     @classmethod
-    def holding_both_images(cls, backends: tuple[str, ...]) -> FixedPolicy:
+    def holding_both_images(cls, backends: tuple[str, ...], **fields: Any) -> FixedPolicy:
         """The policy of a fixed party whose caller holds the moving image too (local mode,
-        in-process sessions): it can learn nothing it does not have, so nothing is capped."""
+        in-process sessions): it can learn nothing it does not have, so no measurement is
+        capped. ``fields``: the policy's other fields."""
         return cls(
             backends=backends,
             measurement_grant=math.inf,
             max_measurements_per_evaluation=math.inf,
             min_control_spacing=0.0,
+            **fields,
         )
 
     def measurement_cap(self, voxels: int) -> float:

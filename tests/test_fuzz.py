@@ -571,8 +571,8 @@ def _fixed_session(pool: TriplePool | None = None) -> tuple[FixedPartySession,
         links.append(_DealerLink(DealerSession(pool, "fixed-party"), peer="dealer"))
         return DealerClient(links[-1], token)
 
-    return FixedPartySession(_fixed_image(), FixedPolicy(backends=tuple(BACKENDS),
-                                                         dealer=connect)), links
+    return FixedPartySession(_fixed_image(), FixedPolicy.holding_both_images(tuple(BACKENDS),
+                                                                         dealer=connect)), links
 
 
 def _run_fixed_case(name: str, prefix: int, steps: list[pb.Envelope | bytes]) -> None:
@@ -971,7 +971,7 @@ def wire(pki: Any, tmp_path_factory: Any) -> Iterator[SimpleNamespace]:  # noqa:
     try:
         # test_two_party's helper runs `ppir serve ... --backends clear`: two backends more
         fixed = _Served(*_serve_process(pki, image, "he", "spdz", "--dealer", dealer.address,
-                                        "--deadline", "5"))
+                                        "--deadline", "5", "--grant-measurements", "inf"))
     except BaseException:
         dealer.stop()
         raise

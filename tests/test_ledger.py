@@ -98,6 +98,14 @@ def _ppir_serve(pki: Path, image: Path, log: Path, *options: str) -> Iterator[st
         process.wait(timeout=10)
 
 
+def _logged(log: Path, text: str, timeout: float = 20.0) -> str:
+    """The log once ``text`` is in it (a session's last line follows its last answer)."""
+    end = time.monotonic() + timeout
+    while text not in log.read_text() and time.monotonic() < end:
+        time.sleep(0.05)
+    return log.read_text()
+
+
 def _connect(address: str, pki: Path, stem: str = "moving-party"):
     return ppir_itk.connect(address, TLS.for_role(pki, stem), deadline=20)
 
@@ -122,6 +130,7 @@ def test_the_grant_holds_across_sessions_and_a_restart_of_ppir_serve(pki, small_
         # The second session gets the 24 measurements left (3 evaluations), then the sentence.
         with pytest.raises(ppir_itk.PeerError) as refused:
             register_with(_connect(address, pki), moving, **FIVE_EVALUATIONS)
+        _logged(log, "24 linear measurements of the fixed image this session")
     assert (
         "one evaluation would reveal 8 linear measurements of the fixed image, and 0 of "
         "the 64 this fixed party grants this client (all its sessions together) are left "
@@ -131,10 +140,19 @@ def test_the_grant_holds_across_sessions_and_a_restart_of_ppir_serve(pki, small_
     with _ppir_serve(*serve) as address:
         with pytest.raises(ppir_itk.PeerError, match="and 0 of the 64 this fixed party grants"):
             register_with(_connect(address, pki), moving, **FIVE_EVALUATIONS)
+        # Each session's last line: what its client holds (sessions 2 and 3: all of it).
+        said = _logged(log, "0 linear measurements of the fixed image this session, 64 of")
     held = Ledger(ledger).used(_identity(pki, "moving-party"), image_fingerprint(fixed))
     assert held == 64
-    assert "client " + _identity(pki, "moving-party")[:16] in log.read_text()
-    assert "64 of its 64 in all (100.0% of its cap)" in log.read_text()
+    client = f"client {_identity(pki, 'moving-party')[:16]}: "
+    assert (
+        f"{client}40 linear measurements of the fixed image this session, 40 of its 64 in "
+        "all (62.5% of its cap)" in said
+    )
+    assert (
+        f"{client}24 linear measurements of the fixed image this session, 64 of its 64 in "
+        "all (100.0% of its cap)" in said
+    )
 
 
 def test_another_certificate_of_the_same_ca_has_its_own_count(pki, small_pair, tmp_path):
@@ -186,10 +204,10 @@ def test_a_one_pixel_bspline_grid_is_refused_at_select_points():
 
 
 def test_a_grid_with_more_sums_per_evaluation_than_allowed_is_refused_at_select_points():
-    fixed = head_phantom((64, 64))
+    fixed = head_phantom((16, 16))
     moving, _ = known_pair(fixed, "translation", [1.0, -0.5])
     session = in_process_session(fixed, FixedPolicy(backends=("he",)))
-    with pytest.raises(ppir_itk.PeerError) as refused:  # 8-px grid: 11 x 11 points, 244 sums
+    with pytest.raises(ppir_itk.PeerError) as refused:  # 8-px grid: 5 x 5 points, 52 sums
         register_with(
             session,
             moving,
@@ -200,8 +218,8 @@ def test_a_grid_with_more_sums_per_evaluation_than_allowed_is_refused_at_select_
             smoothing_sigmas=[0.0],
         )
     assert (
-        "one evaluation would reveal 244 linear measurements of the fixed image, and this "
-        "fixed party allows 64 per evaluation at level 0 (0.015625 of its 4096 points; its "
+        "one evaluation would reveal 52 linear measurements of the fixed image, and this "
+        "fixed party allows 32 per evaluation at level 0 (0.125 of its 256 points; its "
         "operator sets it: ppir serve --max-measurements-per-evaluation)"
     ) in str(refused.value)
     assert session.serving.backend_side.evaluations == 0
@@ -216,14 +234,12 @@ def test_the_default_affine_registration_of_a_256_phantom_fits_the_default_grant
     log = tmp_path / "serve.log"
     with _ppir_serve(pki, tmp_path / "fixed.nrrd", log) as address:  # the default policy
         result = register_with(_connect(address, pki), moving, backend="he")
+        said = _logged(log, " in all (")
     used = result.measurements
     assert used["cap"] == 1024 and 0 < used["held"] <= 0.3 * 1024
     assert used["fraction_of_cap"] == used["held"] / 1024
     assert result.report()["fixed_image_measurements"] == used
-    assert (
-        f"{used['held']} of its 1024 in all ({used['held'] / 1024:.1%} of its cap)"
-        in log.read_text()
-    )
+    assert f"{used['held']} of its 1024 in all ({used['held'] / 1024:.1%} of its cap)" in said
     assert (tmp_path / f"fixed.nrrd{LEDGER_SUFFIX}").is_file()  # the default ledger, beside it
     assert displacement_rmse(result.transform, truth, fixed.geometry) < 0.1
 

@@ -188,6 +188,8 @@ def _serve_process(pki, image, *extra):
          "127.0.0.1:0", "--tls-dir", str(pki), "--backends", "clear", *extra],
         stderr=subprocess.PIPE, text=True, cwd=pki)
     line = process.stderr.readline()
+    while line and "listening on" not in line:  # a measurement grant's line comes first
+        line = process.stderr.readline()
     assert "listening on" in line, line
     return process, line.split("listening on", 1)[1].strip()
 
