@@ -206,6 +206,9 @@ OPTIONS = {
 SERVE_DEALER_PKI = {
     "serve: --listen not HOST:PORT": [],
     "serve: --max-sessions 0": [],
+    "serve: --grant-measurements 0": [],
+    "serve: --max-measurements-per-evaluation negative": [],
+    "serve: --min-control-spacing negative": [],
     "serve: unknown backend": [],
     "serve: spdz without --dealer": [],
     "serve: --dealer not HOST:PORT": [],
