@@ -260,22 +260,22 @@ def test_a_grant_raises_the_cap_and_logs_what_it_gives_away(pki, small_pair, tmp
 
 
 def test_concurrent_charges_never_spend_the_same_remainder(tmp_path):
-    """Threads on two connections to one file (as two servers would be) charge 1 at a
-    time against a cap of 100: exactly 100 are granted."""
-    ledgers = [Ledger(tmp_path / "grants.sqlite") for _ in range(2)]
-    granted = []
+    """Eight threads, each on its own connection to one file (as eight servers would be),
+    charge 1 at a time against a cap of 200: exactly 200 are granted."""
+    ledgers = [Ledger(tmp_path / "grants.sqlite") for _ in range(8)]
+    granted: list[bool] = []
 
     def charge(ledger: Ledger) -> None:
-        for _ in range(40):
-            granted.append(ledger.charge("client", "image", 1, 100).granted)
+        for _ in range(50):
+            granted.append(ledger.charge("client", "image", 1, 200).granted)
 
-    threads = [threading.Thread(target=charge, args=(ledgers[i % 2],)) for i in range(6)]
+    threads = [threading.Thread(target=charge, args=(ledger,)) for ledger in ledgers]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert sum(granted) == 100 and len(granted) == 240
-    assert ledgers[0].used("client", "image") == 100
+    assert sum(granted) == 200 and len(granted) == 400
+    assert ledgers[0].used("client", "image") == 200
     assert ledgers[1].used("client", "other image") == 0
 
 
