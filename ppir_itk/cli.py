@@ -53,22 +53,31 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     register = commands.add_parser(
-        "register", help="register a moving image onto a fixed image",
+        "register",
+        help="register a moving image onto a fixed image",
         description="With --fixed and --moving, both images are on this machine and the fixed "
-                    "party runs as a separate local process; with --peer, the fixed party is "
-                    "'ppir serve' on another machine.")
+        "party runs as a separate local process; with --peer, the fixed party is "
+        "'ppir serve' on another machine.",
+    )
     register.add_argument("--fixed", help="fixed image (any format ITK reads), local mode")
     register.add_argument("--peer", help="HOST:PORT of the fixed party's 'ppir serve'")
     register.add_argument("--moving", required=True, help="moving image")
     _add_registration_options(register)
     _add_tls_options(register, "moving-party")
     register.add_argument("--dealer", help="--peer only: HOST:PORT of 'ppir dealer' (spdz)")
-    register.add_argument("--server-name", default="fixed-party",
-                          help="name the fixed party's certificate must carry")
-    register.add_argument("--in-process", action="store_true",
-                          help="local mode only: keep the fixed party in this process")
-    register.add_argument("--output-transform", required=True,
-                          help="result transform (.tfm, .txt, .h5, .mat); maps fixed to moving")
+    register.add_argument(
+        "--server-name", default="fixed-party", help="name the fixed party's certificate must carry"
+    )
+    register.add_argument(
+        "--in-process",
+        action="store_true",
+        help="local mode only: keep the fixed party in this process",
+    )
+    register.add_argument(
+        "--output-transform",
+        required=True,
+        help="result transform (.tfm, .txt, .h5, .mat); maps fixed to moving",
+    )
     register.add_argument("--output-warped", help="moving image resampled onto the fixed grid")
     register.add_argument("--report", help="JSON report of the run")
 
@@ -76,40 +85,76 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--fixed", required=True, help="fixed image")
     serve.add_argument("--listen", required=True, help="HOST:PORT (port 0: any free port)")
     _add_tls_options(serve, "fixed-party")
-    serve.add_argument("--backends", nargs="+", default=["he"],
-                       help="backends offered (default: he; 'clear' sends the image openly)")
+    serve.add_argument(
+        "--backends",
+        nargs="+",
+        default=["he"],
+        help="backends offered (default: he; 'clear' sends the image openly)",
+    )
     serve.add_argument("--dealer", help="HOST:PORT of the 'ppir dealer' this party trusts (spdz)")
-    serve.add_argument("--max-sessions", type=int, default=1,
-                       help="sessions served at the same time (default 1)")
-    serve.add_argument("--budget", type=int, default=DEFAULT_EVALUATION_BUDGET,
-                       help="joint-term evaluations allowed per session, each a few linear "
-                            f"measurements of the image (default {DEFAULT_EVALUATION_BUDGET})")
-    serve.add_argument("--grant-measurements", type=float, default=DEFAULT_MEASUREMENT_GRANT,
-                       metavar="FRACTION",
-                       help="linear measurements of the image one client may hold over all its "
-                            "sessions, as a fraction of its voxels (default 1/64; inf: no cap; "
-                            "each can be one exact pixel to a malicious client)")
-    serve.add_argument("--max-measurements-per-evaluation", type=float,
-                       default=DEFAULT_MEASUREMENTS_PER_EVALUATION, metavar="FRACTION",
-                       help="measurements one evaluation may reveal, as a fraction of the "
-                            "level's points (default 1/8)")
-    serve.add_argument("--min-control-spacing", type=float, default=DEFAULT_MIN_CONTROL_SPACING,
-                       metavar="PIXELS",
-                       help="least B-spline control spacing, in level pixels (default "
-                            f"{DEFAULT_MIN_CONTROL_SPACING:g})")
-    serve.add_argument("--ledger", help="SQLite file counting each client's measurements across "
-                                        "sessions (default: FIXED.ppir-ledger.sqlite)")
-    serve.add_argument("--deadline", type=float, default=DEFAULT_DEADLINE,
-                       help="seconds to wait for the moving party's next message")
+    serve.add_argument(
+        "--max-sessions", type=int, default=1, help="sessions served at the same time (default 1)"
+    )
+    serve.add_argument(
+        "--budget",
+        type=int,
+        default=DEFAULT_EVALUATION_BUDGET,
+        help="joint-term evaluations allowed per session, each a few linear "
+        f"measurements of the image (default {DEFAULT_EVALUATION_BUDGET})",
+    )
+    serve.add_argument(
+        "--grant-measurements",
+        type=float,
+        default=DEFAULT_MEASUREMENT_GRANT,
+        metavar="FRACTION",
+        help="linear measurements of the image one client may hold over all its "
+        "sessions, as a fraction of its voxels (default 1/64; inf: no cap; "
+        "each can be one exact pixel to a malicious client)",
+    )
+    serve.add_argument(
+        "--max-measurements-per-evaluation",
+        type=float,
+        default=DEFAULT_MEASUREMENTS_PER_EVALUATION,
+        metavar="FRACTION",
+        help="measurements one evaluation may reveal, as a fraction of the "
+        "level's points (default 1/8)",
+    )
+    serve.add_argument(
+        "--min-control-spacing",
+        type=float,
+        default=DEFAULT_MIN_CONTROL_SPACING,
+        metavar="PIXELS",
+        help="least B-spline control spacing, in level pixels (default "
+        f"{DEFAULT_MIN_CONTROL_SPACING:g})",
+    )
+    serve.add_argument(
+        "--ledger",
+        help="SQLite file counting each client's measurements across "
+        "sessions (default: FIXED.ppir-ledger.sqlite)",
+    )
+    serve.add_argument(
+        "--deadline",
+        type=float,
+        default=DEFAULT_DEADLINE,
+        help="seconds to wait for the moving party's next message",
+    )
     _add_session_limit(serve)
 
     dealer = commands.add_parser("dealer", help="deal Beaver triples to SPDZ sessions (mutual TLS)")
     dealer.add_argument("--listen", required=True, help="HOST:PORT (port 0: any free port)")
     _add_tls_options(dealer, "dealer")
-    dealer.add_argument("--max-sessions", type=int, default=8,
-                        help="party sessions served at the same time (default 8)")
-    dealer.add_argument("--deadline", type=float, default=DEFAULT_DEADLINE,
-                        help="seconds to wait for a party's next message")
+    dealer.add_argument(
+        "--max-sessions",
+        type=int,
+        default=8,
+        help="party sessions served at the same time (default 8)",
+    )
+    dealer.add_argument(
+        "--deadline",
+        type=float,
+        default=DEFAULT_DEADLINE,
+        help="seconds to wait for a party's next message",
+    )
     _add_session_limit(dealer)
 
     pki = commands.add_parser("pki", help="throw-away certificates for local runs and tests")
@@ -119,29 +164,46 @@ def _parser() -> argparse.ArgumentParser:
     pki_init.add_argument("--days", type=int, default=30)
 
     bench = commands.add_parser(
-        "bench", help="the paper's table for an image pair: every backend and sampling mode",
+        "bench",
+        help="the paper's table for an image pair: every backend and sampling mode",
         description="Runs Clear and each private backend/protocol with each sampling mode "
-                    "through the two-party runtime on this machine, --repeats times each with "
-                    "new keys and shares, and writes table.md, table.csv, results.json and "
-                    "PNG figures into --out.")
-    bench.add_argument("--fixed", help="fixed image (default: the demo pair shipped with the "
-                                       "package)")
+        "through the two-party runtime on this machine, --repeats times each with "
+        "new keys and shares, and writes table.md, table.csv, results.json and "
+        "PNG figures into --out.",
+    )
+    bench.add_argument(
+        "--fixed", help="fixed image (default: the demo pair shipped with the package)"
+    )
     bench.add_argument("--moving", help="moving image (with --fixed)")
     bench.add_argument("--out", required=True, help="output directory (made if missing)")
     bench.add_argument("--repeats", type=int, default=3, help="runs per row (default 3)")
-    bench.add_argument("--backends", nargs="+", metavar="BACKEND[/PROTOCOL]",
-                       help="solutions to run (default: every backend, each of its protocols); "
-                            "clear always runs, as the reference")
-    bench.add_argument("--sampling", nargs="+", default=list(SAMPLINGS),
-                       help=f"sampling modes (default: {' '.join(SAMPLINGS)})")
-    bench.add_argument("--time-cap", type=float, default=DEFAULT_TIME_CAP,
-                       help="seconds a run may take before its row is marked infeasible "
-                            "(default 60)")
+    bench.add_argument(
+        "--backends",
+        nargs="+",
+        metavar="BACKEND[/PROTOCOL]",
+        help="solutions to run (default: every backend, each of its protocols); "
+        "clear always runs, as the reference",
+    )
+    bench.add_argument(
+        "--sampling",
+        nargs="+",
+        default=list(SAMPLINGS),
+        help=f"sampling modes (default: {' '.join(SAMPLINGS)})",
+    )
+    bench.add_argument(
+        "--time-cap",
+        type=float,
+        default=DEFAULT_TIME_CAP,
+        help="seconds a run may take before its row is marked infeasible (default 60)",
+    )
     _add_registration_options(bench, bench=True)
 
     demo = commands.add_parser("demo", help="register the example pair shipped with the package")
-    demo.add_argument("--backend", default=RegistrationOptions.backend,
-                      help="joint-term backend (default: he; clear is NOT private)")
+    demo.add_argument(
+        "--backend",
+        default=RegistrationOptions.backend,
+        help="joint-term backend (default: he; clear is NOT private)",
+    )
     demo.add_argument("--output-dir", help="also write transform, warped image and report here")
     demo.add_argument("--threads", type=int, default=None)
     return parser
@@ -151,66 +213,120 @@ def _add_registration_options(parser: argparse.ArgumentParser, bench: bool = Fal
     """The options of a registration (defaults: RegistrationOptions'); ``bench`` leaves out
     those it sets per row."""
     defaults = RegistrationOptions
-    parser.add_argument("--transform", default=defaults.transform,
-                        help=f"{', '.join(TRANSFORMS)} (default: {defaults.transform})")
-    parser.add_argument("--grid-spacing", type=float, nargs="+", metavar="MM",
-                        help="bspline: control-point spacing in physical units (one value, "
-                             "or one per axis)")
-    parser.add_argument("--refine-grid", action="store_true",
-                        help="bspline: start 2^(levels-1) times as coarse and halve the "
-                             "spacing per level, ending at --grid-spacing or a little finer")
-    parser.add_argument("--bending-weight", type=float, default=defaults.bending_energy_weight,
-                        help="bspline: weight of the bending-energy penalty in mm^2, relative "
-                             "to the moving image's variance (about the squared grid "
-                             f"spacing is strong; default {defaults.bending_energy_weight:g})")
-    parser.add_argument("--initial-transform", metavar="FILE",
-                        help="bspline: a linear transform file (e.g. an affine result) the "
-                             "B-spline is composed with")
+    parser.add_argument(
+        "--transform",
+        default=defaults.transform,
+        help=f"{', '.join(TRANSFORMS)} (default: {defaults.transform})",
+    )
+    parser.add_argument(
+        "--grid-spacing",
+        type=float,
+        nargs="+",
+        metavar="MM",
+        help="bspline: control-point spacing in physical units (one value, or one per axis)",
+    )
+    parser.add_argument(
+        "--refine-grid",
+        action="store_true",
+        help="bspline: start 2^(levels-1) times as coarse and halve the "
+        "spacing per level, ending at --grid-spacing or a little finer",
+    )
+    parser.add_argument(
+        "--bending-weight",
+        type=float,
+        default=defaults.bending_energy_weight,
+        help="bspline: weight of the bending-energy penalty in mm^2, relative "
+        "to the moving image's variance (about the squared grid "
+        f"spacing is strong; default {defaults.bending_energy_weight:g})",
+    )
+    parser.add_argument(
+        "--initial-transform",
+        metavar="FILE",
+        help="bspline: a linear transform file (e.g. an affine result) the "
+        "B-spline is composed with",
+    )
     if not bench:
-        parser.add_argument("--backend", default=defaults.backend,
-                            help="joint-term backend: he (private), spdz (private, with a "
-                                 f"dealer) or clear (NOT private); default: {defaults.backend}")
-        parser.add_argument("--backend-parameter", action="append", default=[],
-                            metavar="KEY=VALUE",
-                            help="backend option, repeatable (he: protocol=packed, "
-                                 "poly_modulus_degree=8192, security_bits=128; spdz: "
-                                 "provider=dealer)")
-        parser.add_argument("--sampling", default=defaults.sampling,
-                            help=f"{', '.join(SAMPLINGS)} (default: {defaults.sampling})")
-    parser.add_argument("--sampling-fraction", type=float, default=defaults.sampling_fraction,
-                        help="fraction of fixed-grid points sampled "
-                             f"(default: {defaults.sampling_fraction:g})")
+        parser.add_argument(
+            "--backend",
+            default=defaults.backend,
+            help="joint-term backend: he (private), spdz (private, with a "
+            f"dealer) or clear (NOT private); default: {defaults.backend}",
+        )
+        parser.add_argument(
+            "--backend-parameter",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="backend option, repeatable (he: protocol=packed, "
+            "poly_modulus_degree=8192, security_bits=128; spdz: "
+            "provider=dealer)",
+        )
+        parser.add_argument(
+            "--sampling",
+            default=defaults.sampling,
+            help=f"{', '.join(SAMPLINGS)} (default: {defaults.sampling})",
+        )
+    parser.add_argument(
+        "--sampling-fraction",
+        type=float,
+        default=defaults.sampling_fraction,
+        help=f"fraction of fixed-grid points sampled (default: {defaults.sampling_fraction:g})",
+    )
     if not bench:
-        parser.add_argument("--reveal-gms-indices", action="store_true",
-                            help="GMS only: send the sample indices to the fixed party "
-                                 "(leaks them)")
+        parser.add_argument(
+            "--reveal-gms-indices",
+            action="store_true",
+            help="GMS only: send the sample indices to the fixed party (leaks them)",
+        )
     parser.add_argument("--seed", type=int, default=defaults.seed, help="sampling seed (public)")
-    parser.add_argument("--shrink-factors", type=int, nargs="+",
-                        default=list(defaults.shrink_factors))
-    parser.add_argument("--smoothing-sigmas", type=float, nargs="+",
-                        default=list(defaults.smoothing_sigmas),
-                        help="per level, in physical units")
-    parser.add_argument("--initializer", default=defaults.initializer,
-                        help=f"{', '.join(INITIALIZERS)} (default: {defaults.initializer})")
-    parser.add_argument("--iterations", type=int, default=defaults.iterations,
-                        help="maximum iterations per level")
-    parser.add_argument("--threads", type=int, default=defaults.threads,
-                        help="kernel threads (results are identical for any value)")
+    parser.add_argument(
+        "--shrink-factors", type=int, nargs="+", default=list(defaults.shrink_factors)
+    )
+    parser.add_argument(
+        "--smoothing-sigmas",
+        type=float,
+        nargs="+",
+        default=list(defaults.smoothing_sigmas),
+        help="per level, in physical units",
+    )
+    parser.add_argument(
+        "--initializer",
+        default=defaults.initializer,
+        help=f"{', '.join(INITIALIZERS)} (default: {defaults.initializer})",
+    )
+    parser.add_argument(
+        "--iterations", type=int, default=defaults.iterations, help="maximum iterations per level"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=defaults.threads,
+        help="kernel threads (results are identical for any value)",
+    )
     if not bench:
-        parser.add_argument("--deadline", type=float, default=defaults.deadline,
-                            help="seconds to wait for the fixed party's next answer")
+        parser.add_argument(
+            "--deadline",
+            type=float,
+            default=defaults.deadline,
+            help="seconds to wait for the fixed party's next answer",
+        )
         parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _add_session_limit(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--session-limit", type=float, default=DEFAULT_SESSION_LIMIT,
-                        metavar="SECONDS", help="longest a session may last, alive or not "
-                                                f"(default {DEFAULT_SESSION_LIMIT:g})")
+    parser.add_argument(
+        "--session-limit",
+        type=float,
+        default=DEFAULT_SESSION_LIMIT,
+        metavar="SECONDS",
+        help=f"longest a session may last, alive or not (default {DEFAULT_SESSION_LIMIT:g})",
+    )
 
 
 def _add_tls_options(parser: argparse.ArgumentParser, role: str) -> None:
-    parser.add_argument("--tls-dir", help=f"directory made by 'ppir pki init' ({role}.pem/.key, "
-                                          "ca.pem)")
+    parser.add_argument(
+        "--tls-dir", help=f"directory made by 'ppir pki init' ({role}.pem/.key, ca.pem)"
+    )
     parser.add_argument("--cert", help="this party's certificate (PEM), instead of --tls-dir")
     parser.add_argument("--key", help="this party's private key (PEM)")
     parser.add_argument("--ca", help="the CA certificate the peer must be signed by (PEM)")
@@ -224,8 +340,10 @@ def _tls(args: argparse.Namespace) -> Any:
         return TLS.for_role(args.tls_dir, args.tls_role)
     if args.cert and args.key and args.ca:
         return TLS.from_files(args.cert, args.key, args.ca)
-    raise InputError("mutual TLS needs this party's certificate: give --tls-dir, or all of "
-                     "--cert, --key and --ca")
+    raise InputError(
+        "mutual TLS needs this party's certificate: give --tls-dir, or all of "
+        "--cert, --key and --ca"
+    )
 
 
 def _address(option: str, address: str) -> None:
@@ -240,8 +358,14 @@ def _address(option: str, address: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"register": _register, "demo": _demo, "bench": _bench, "serve": _serve,
-                "dealer": _dealer, "pki": _pki}
+    commands = {
+        "register": _register,
+        "demo": _demo,
+        "bench": _bench,
+        "serve": _serve,
+        "dealer": _dealer,
+        "pki": _pki,
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = _show_warning
@@ -262,8 +386,10 @@ def _show_warning(message: Warning | str, *_: Any, **__: Any) -> None:
 def _register(args: argparse.Namespace) -> int:
     _check_outputs(args)
     if (args.fixed is None) == (args.peer is None):
-        raise InputError("give either --fixed (local mode) or --peer (remote fixed party)"
-                         + (", not both" if args.fixed is not None else ""))
+        raise InputError(
+            "give either --fixed (local mode) or --peer (remote fixed party)"
+            + (", not both" if args.fixed is not None else "")
+        )
     if args.dealer is not None and args.peer is None:
         raise InputError("--dealer goes with --peer; local mode starts its own dealer")
     if args.peer is not None:
@@ -284,30 +410,49 @@ def _run(fixed: Any, moving: Any, args: argparse.Namespace) -> tuple[Any, Any]:
     options = _registration_options(args, fixed_grid.dimension)
     progress = _Progress(enabled=not args.quiet and sys.stderr.isatty(), options=options)
     try:
-        result = register(fixed_grid, moving_grid, options,
-                          transport="in-process" if args.in_process else "process",
-                          observers=progress.observers())
+        result = register(
+            fixed_grid,
+            moving_grid,
+            options,
+            transport="in-process" if args.in_process else "process",
+            observers=progress.observers(),
+        )
     finally:
         progress.close()
     return result, moving_grid
 
 
-def _registration_options(args: argparse.Namespace, dimension: int, *,
-                          bench: bool = False) -> RegistrationOptions:
+def _registration_options(
+    args: argparse.Namespace, dimension: int, *, bench: bool = False
+) -> RegistrationOptions:
     """The options from the arguments, refused here if wrong, before a fixed party starts;
     ``bench``: without those its rows set."""
-    per_run: dict[str, Any] = {} if bench else dict(
-        backend=args.backend, backend_parameters=_backend_parameters(args.backend_parameter),
-        sampling=args.sampling, reveal_gms_indices=args.reveal_gms_indices,
-        deadline=args.deadline)
+    per_run: dict[str, Any] = (
+        {}
+        if bench
+        else dict(
+            backend=args.backend,
+            backend_parameters=_backend_parameters(args.backend_parameter),
+            sampling=args.sampling,
+            reveal_gms_indices=args.reveal_gms_indices,
+            deadline=args.deadline,
+        )
+    )
     options = RegistrationOptions(
-        transform=args.transform, grid_spacing=args.grid_spacing, refine_grid=args.refine_grid,
+        transform=args.transform,
+        grid_spacing=args.grid_spacing,
+        refine_grid=args.refine_grid,
         bending_energy_weight=args.bending_weight,
         bulk_transform=_bulk_transform(args, dimension),
-        sampling_fraction=args.sampling_fraction, seed=args.seed,
-        shrink_factors=args.shrink_factors, smoothing_sigmas=args.smoothing_sigmas,
-        initializer=args.initializer, iterations=args.iterations, threads=args.threads,
-        **per_run)
+        sampling_fraction=args.sampling_fraction,
+        seed=args.seed,
+        shrink_factors=args.shrink_factors,
+        smoothing_sigmas=args.smoothing_sigmas,
+        initializer=args.initializer,
+        iterations=args.iterations,
+        threads=args.threads,
+        **per_run,
+    )
     options.check_dimension(dimension)
     if not bench:
         _refuse_test_only_provider(options, in_process=getattr(args, "in_process", False))
@@ -334,18 +479,23 @@ def _bulk_transform(args: argparse.Namespace, dimension: int) -> LinearTransform
         raise InputError("--initial-transform goes with --transform bspline")
     path = Path(args.initial_transform)
     if not path.is_file():
-        raise InputError(f"--initial-transform '{path}' "
-                         + ("is not a file" if path.exists() else "does not exist"))
+        raise InputError(
+            f"--initial-transform '{path}' "
+            + ("is not a file" if path.exists() else "does not exist")
+        )
     try:
         bulk = read_transform(path)
     except (OSError, ValueError) as error:
         raise InputError(f"--initial-transform '{path}': {str(error).rstrip('.')}") from None
     if not isinstance(bulk, LinearTransform):
-        raise InputError(f"--initial-transform '{path}' holds a B-spline; the B-spline is "
-                         "composed with a linear transform only")
+        raise InputError(
+            f"--initial-transform '{path}' holds a B-spline; the B-spline is "
+            "composed with a linear transform only"
+        )
     if bulk.dimension != dimension:
-        raise InputError(f"--initial-transform '{path}' is {bulk.dimension}-D but the images "
-                         f"are {dimension}-D")
+        raise InputError(
+            f"--initial-transform '{path}' is {bulk.dimension}-D but the images are {dimension}-D"
+        )
     return bulk
 
 
@@ -353,8 +503,11 @@ def _refuse_test_only_provider(options: RegistrationOptions, *, in_process: bool
     """spdz's trusted-first-party provider, outside one process (before a dealer starts)."""
     from ppir_itk.backends.spdz import TFP_REFUSED, provider_of
 
-    if options.backend == "spdz" and provider_of(dict(options.backend_parameters)) == "tfp" \
-            and not in_process:
+    if (
+        options.backend == "spdz"
+        and provider_of(dict(options.backend_parameters)) == "tfp"
+        and not in_process
+    ):
         raise InputError(TFP_REFUSED)
 
 
@@ -369,12 +522,18 @@ def _run_with_peer(args: argparse.Namespace) -> tuple[Any, Any]:
         _address("--dealer", args.dealer)
     moving_grid = as_image_grid(args.moving, name=f"moving image '{args.moving}'")
     options = _registration_options(args, moving_grid.dimension)
-    session = connect(args.peer, _tls(args), deadline=options.deadline,
-                      server_name=args.server_name, dealer=args.dealer)
+    session = connect(
+        args.peer,
+        _tls(args),
+        deadline=options.deadline,
+        server_name=args.server_name,
+        dealer=args.dealer,
+    )
     progress = _Progress(enabled=not args.quiet and sys.stderr.isatty(), options=options)
     try:
-        return register_with(session, moving_grid, options,
-                             observers=progress.observers()), moving_grid
+        return register_with(
+            session, moving_grid, options, observers=progress.observers()
+        ), moving_grid
     finally:
         progress.close()
 
@@ -386,11 +545,14 @@ def _serve(args: argparse.Namespace) -> int:
 
     _address("--listen", args.listen)
     if args.max_sessions < 1 or args.budget < 1 or args.deadline <= 0 or args.session_limit <= 0:
-        raise InputError("--max-sessions, --budget, --deadline and --session-limit must be "
-                         "positive")
+        raise InputError(
+            "--max-sessions, --budget, --deadline and --session-limit must be positive"
+        )
     if not (args.grant_measurements > 0 and args.max_measurements_per_evaluation > 0):
-        raise InputError("--grant-measurements and --max-measurements-per-evaluation must be "
-                         "positive fractions (inf: no cap)")
+        raise InputError(
+            "--grant-measurements and --max-measurements-per-evaluation must be "
+            "positive fractions (inf: no cap)"
+        )
     if not args.min_control_spacing >= 0:
         raise InputError(f"--min-control-spacing {args.min_control_spacing:g} must be 0 or more")
     backends = tuple(check_backend_name(name) for name in args.backends)
@@ -400,12 +562,21 @@ def _serve(args: argparse.Namespace) -> int:
         raise InputError("backend 'spdz' needs --dealer HOST:PORT (the dealer this party trusts)")
     tls = _tls(args)
     fixed = as_image_grid(args.fixed, name=f"fixed image '{args.fixed}'")
-    serve(fixed, args.listen, tls, backends=backends, evaluation_budget=args.budget,
-          measurement_grant=args.grant_measurements,
-          max_measurements_per_evaluation=args.max_measurements_per_evaluation,
-          min_control_spacing=args.min_control_spacing,
-          ledger=ledger_path(args.fixed, args.ledger), max_sessions=args.max_sessions,
-          deadline=args.deadline, session_limit=args.session_limit, dealer=args.dealer)
+    serve(
+        fixed,
+        args.listen,
+        tls,
+        backends=backends,
+        evaluation_budget=args.budget,
+        measurement_grant=args.grant_measurements,
+        max_measurements_per_evaluation=args.max_measurements_per_evaluation,
+        min_control_spacing=args.min_control_spacing,
+        ledger=ledger_path(args.fixed, args.ledger),
+        max_sessions=args.max_sessions,
+        deadline=args.deadline,
+        session_limit=args.session_limit,
+        dealer=args.dealer,
+    )
     return 0
 
 
@@ -415,8 +586,13 @@ def _dealer(args: argparse.Namespace) -> int:
     _address("--listen", args.listen)
     if args.max_sessions < 1 or args.deadline <= 0 or args.session_limit <= 0:
         raise InputError("--max-sessions, --deadline and --session-limit must be positive")
-    serve_dealer(args.listen, _tls(args), max_sessions=args.max_sessions, deadline=args.deadline,
-                 session_limit=args.session_limit)
+    serve_dealer(
+        args.listen,
+        _tls(args),
+        max_sessions=args.max_sessions,
+        deadline=args.deadline,
+        session_limit=args.session_limit,
+    )
     return 0
 
 
@@ -440,18 +616,28 @@ def _check_outputs(args: argparse.Namespace) -> None:
             f"{', '.join(TRANSFORM_FILE_SUFFIXES)}"
         )
     if args.output_warped is not None and not args.output_warped.endswith(IMAGE_OUTPUT_SUFFIXES):
-        raise InputError(f"--output-warped '{args.output_warped}' must end in one of "
-                         f"{', '.join(IMAGE_OUTPUT_SUFFIXES)}")
-    for option, path in (("--output-transform", args.output_transform),
-                         ("--output-warped", args.output_warped), ("--report", args.report)):
+        raise InputError(
+            f"--output-warped '{args.output_warped}' must end in one of "
+            f"{', '.join(IMAGE_OUTPUT_SUFFIXES)}"
+        )
+    for option, path in (
+        ("--output-transform", args.output_transform),
+        ("--output-warped", args.output_warped),
+        ("--report", args.report),
+    ):
         if path is not None and Path(path).is_dir():
             raise InputError(f"{option} '{path}' is a directory; give a file name")
         if path is not None and not Path(path).absolute().parent.is_dir():
             raise InputError(f"{option} '{path}': directory '{Path(path).parent}' does not exist")
 
 
-def _write_outputs(result: Any, moving: Any, transform_path: str | None, warped_path: str | None,
-                   report_path: str | None) -> None:
+def _write_outputs(
+    result: Any,
+    moving: Any,
+    transform_path: str | None,
+    warped_path: str | None,
+    report_path: str | None,
+) -> None:
     from ppir_itk.wrapping.images import write_atomically, write_image
     from ppir_itk.wrapping.transforms import write_transform
 
@@ -466,24 +652,30 @@ def _write_outputs(result: Any, moving: Any, transform_path: str | None, warped_
 
 def _summary(result: Any, transform_path: str | None) -> None:
     moving, fixed = result.parties["moving"], result.parties["fixed"]
-    print(f"backend {result.backend}, protocol {result.protocol} ({result.scheme}; "
-          f"{'private' if result.private else 'NOT private'}), "
-          f"two parties over {result.transport}; moving party sent "
-          f"{moving['bytes_sent'] / 1e6:.2f} MB, fixed party {fixed['bytes_sent'] / 1e6:.2f} MB")
+    print(
+        f"backend {result.backend}, protocol {result.protocol} ({result.scheme}; "
+        f"{'private' if result.private else 'NOT private'}), "
+        f"two parties over {result.transport}; moving party sent "
+        f"{moving['bytes_sent'] / 1e6:.2f} MB, fixed party {fixed['bytes_sent'] / 1e6:.2f} MB"
+    )
     if "dealer" in result.parties:
         print(f"dealer sent {result.parties['dealer']['bytes_sent'] / 1e6:.2f} MB to the parties")
     for party, lines in result.learned.items():
         for line in lines or ["nothing"]:
             print(f"{party} party received in the clear: {line}")
-    print(f"{result.transform.itk_name}: {result.iterations} iterations over "
-          f"{len(result.levels)} levels, final metric {result.final_metric:.6g}, "
-          f"{result.seconds:.2f} s")
+    print(
+        f"{result.transform.itk_name}: {result.iterations} iterations over "
+        f"{len(result.levels)} levels, final metric {result.final_metric:.6g}, "
+        f"{result.seconds:.2f} s"
+    )
     import numpy as np
 
     parameters = result.transform.parameters
     if parameters.size > 12:  # a B-spline: thousands of coefficients say little here
-        print(f"parameters: {parameters.size} control-point coefficients, largest "
-              f"{np.abs(parameters).max():.4g} mm")
+        print(
+            f"parameters: {parameters.size} control-point coefficients, largest "
+            f"{np.abs(parameters).max():.4g} mm"
+        )
     else:
         print("parameters: " + " ".join(f"{p:.6g}" for p in parameters))
     if transform_path:
@@ -505,18 +697,28 @@ def _bench(args: argparse.Namespace) -> int:
         fixed = as_image_grid(fixed_path, name=f"fixed image '{fixed_path}'")
         moving = as_image_grid(moving_path, name=f"moving image '{moving_path}'")
     if fixed.dimension != moving.dimension:
-        raise InputError(f"the fixed image is {fixed.dimension}-D and the moving image is "
-                         f"{moving.dimension}-D; both must have the same dimension")
-    settings = BenchSettings(repeats=args.repeats, time_cap=args.time_cap,
-                             solutions=args.backends or SOLUTIONS, samplings=args.sampling,
-                             registration=_registration_options(args, fixed.dimension,
-                                                                bench=True))
-    results = run_bench(fixed, moving, settings,
-                        say=lambda line: print(f"ppir bench: {line}", file=sys.stderr))
-    images = {role: {"path": str(path), "size": list(grid.geometry.size),
-                     "spacing": list(grid.geometry.spacing)}
-              for role, path, grid in (("fixed", fixed_path, fixed),
-                                       ("moving", moving_path, moving))}
+        raise InputError(
+            f"the fixed image is {fixed.dimension}-D and the moving image is "
+            f"{moving.dimension}-D; both must have the same dimension"
+        )
+    settings = BenchSettings(
+        repeats=args.repeats,
+        time_cap=args.time_cap,
+        solutions=args.backends or SOLUTIONS,
+        samplings=args.sampling,
+        registration=_registration_options(args, fixed.dimension, bench=True),
+    )
+    results = run_bench(
+        fixed, moving, settings, say=lambda line: print(f"ppir bench: {line}", file=sys.stderr)
+    )
+    images = {
+        role: {
+            "path": str(path),
+            "size": list(grid.geometry.size),
+            "spacing": list(grid.geometry.spacing),
+        }
+        for role, path, grid in (("fixed", fixed_path, fixed), ("moving", moving_path, moving))
+    }
     out.mkdir(parents=True, exist_ok=True)
     written = write_outputs(results, settings, fixed, moving, images, out)
     print((out / "table.md").read_text(encoding="utf-8"))
@@ -537,20 +739,36 @@ def _demo(args: argparse.Namespace) -> int:
         fixed, moving = folder / "demo_fixed.mha", folder / "demo_moving.mha"
         truth = read_transform(folder / "demo_truth.tfm")
         print("ppir demo: affine registration of a 2-D head phantom and an affinely moved copy")
-        options = _parser().parse_args(["register", "--fixed", str(fixed), "--moving",
-                                        str(moving), "--output-transform", "x.tfm"])
+        options = _parser().parse_args(
+            [
+                "register",
+                "--fixed",
+                str(fixed),
+                "--moving",
+                str(moving),
+                "--output-transform",
+                "x.tfm",
+            ]
+        )
         options.backend = args.backend
         options.threads = args.threads
         options.in_process = False
         result, moving_grid = _run(fixed, moving, options)
     _summary(result, None)
     error = displacement_rmse(result.transform, truth, result.fixed_geometry)
-    print(f"displacement RMSE against the known transform: {error:.4f} mm "
-          f"(pixel spacing {np.min(result.fixed_geometry.spacing):g} mm)")
+    print(
+        f"displacement RMSE against the known transform: {error:.4f} mm "
+        f"(pixel spacing {np.min(result.fixed_geometry.spacing):g} mm)"
+    )
     if args.output_dir:
         out = Path(args.output_dir)
-        _write_outputs(result, moving_grid, str(out / "demo_transform.tfm"),
-                       str(out / "demo_warped.nii.gz"), str(out / "demo_report.json"))
+        _write_outputs(
+            result,
+            moving_grid,
+            str(out / "demo_transform.tfm"),
+            str(out / "demo_warped.nii.gz"),
+            str(out / "demo_report.json"),
+        )
         print(f"outputs written to {out}")
     return 0
 
@@ -574,8 +792,13 @@ class _Progress:
 
         self.close()
         level = method.GetCurrentLevel()
-        self.bar = tqdm(total=self.iterations, desc=f"level {level + 1}/{self.levels}",
-                        unit="it", leave=True, file=sys.stderr)
+        self.bar = tqdm(
+            total=self.iterations,
+            desc=f"level {level + 1}/{self.levels}",
+            unit="it",
+            leave=True,
+            file=sys.stderr,
+        )
 
     def _iteration(self, method: Any) -> None:
         if self.bar is not None:

@@ -50,8 +50,14 @@ from ppir_itk.roles import FIXED_PARTY, MOVING_PARTY
 from ppir_itk.wrapping.images import as_image_grid, write_image
 
 
-def connect(target: str, tls: TLS, *, deadline: float = DEFAULT_DEADLINE,
-            server_name: str = FIXED_PARTY, dealer: str | None = None) -> RemoteSession:
+def connect(
+    target: str,
+    tls: TLS,
+    *,
+    deadline: float = DEFAULT_DEADLINE,
+    server_name: str = FIXED_PARTY,
+    dealer: str | None = None,
+) -> RemoteSession:
     """A session with the fixed party's ``ppir serve`` at ``target`` (``HOST:PORT``).
 
     ``dealer`` (``HOST:PORT`` of ``ppir dealer``) is needed by the ``spdz`` backend;
@@ -66,7 +72,8 @@ def connect(target: str, tls: TLS, *, deadline: float = DEFAULT_DEADLINE,
 def local_dealer(pool: TriplePool, party_name: str) -> Callable[[bytes], DealerClient]:
     """Sessions with a dealer living in this process (single-process runs and tests)."""
     return lambda token: DealerClient(
-        LocalSession(DealerSession(pool, party_name), peer="dealer (in-process)"), token)
+        LocalSession(DealerSession(pool, party_name), peer="dealer (in-process)"), token
+    )
 
 
 def in_process_session(fixed: Any, policy: FixedPolicy | None = None) -> LocalSession:
@@ -82,8 +89,9 @@ def in_process_session(fixed: Any, policy: FixedPolicy | None = None) -> LocalSe
     pool = TriplePool()
     if policy.dealer is None:
         policy.dealer = local_dealer(pool, FIXED_PARTY)
-    session = LocalSession(FixedPartySession(fixed, policy, ledger=Ledger(IN_MEMORY),
-                                             client="in-process"))
+    session = LocalSession(
+        FixedPartySession(fixed, policy, ledger=Ledger(IN_MEMORY), client="in-process")
+    )
     session.dealer = local_dealer(pool, MOVING_PARTY)
 
     def deal_as_first_party() -> Callable[[bytes], DealerClient]:
@@ -97,14 +105,22 @@ def in_process_session(fixed: Any, policy: FixedPolicy | None = None) -> LocalSe
     return session
 
 
-def serve(fixed: Any, listen: str, tls: TLS, *, backends: tuple[str, ...] | list[str] = ("he",),
-          evaluation_budget: int = DEFAULT_EVALUATION_BUDGET,
-          measurement_grant: float = DEFAULT_MEASUREMENT_GRANT,
-          max_measurements_per_evaluation: float = DEFAULT_MEASUREMENTS_PER_EVALUATION,
-          min_control_spacing: float = DEFAULT_MIN_CONTROL_SPACING,
-          ledger: str | os.PathLike | None = None, max_sessions: int = 1,
-          deadline: float = DEFAULT_DEADLINE, session_limit: float = DEFAULT_SESSION_LIMIT,
-          dealer: str | None = None) -> None:
+def serve(
+    fixed: Any,
+    listen: str,
+    tls: TLS,
+    *,
+    backends: tuple[str, ...] | list[str] = ("he",),
+    evaluation_budget: int = DEFAULT_EVALUATION_BUDGET,
+    measurement_grant: float = DEFAULT_MEASUREMENT_GRANT,
+    max_measurements_per_evaluation: float = DEFAULT_MEASUREMENTS_PER_EVALUATION,
+    min_control_spacing: float = DEFAULT_MIN_CONTROL_SPACING,
+    ledger: str | os.PathLike | None = None,
+    max_sessions: int = 1,
+    deadline: float = DEFAULT_DEADLINE,
+    session_limit: float = DEFAULT_SESSION_LIMIT,
+    dealer: str | None = None,
+) -> None:
     """Serve the fixed image until interrupted (``ppir serve``).
 
     The measurement limits are :class:`FixedPolicy`'s; ``ledger`` is the SQLite file
@@ -114,15 +130,27 @@ def serve(fixed: Any, listen: str, tls: TLS, *, backends: tuple[str, ...] | list
     it is reached with this party's own certificate.
     """
     ledger = ledger_path(fixed, ledger)
-    policy = FixedPolicy(backends=tuple(backends), evaluation_budget=evaluation_budget,
-                         measurement_grant=measurement_grant,
-                         max_measurements_per_evaluation=max_measurements_per_evaluation,
-                         min_control_spacing=min_control_spacing)
+    policy = FixedPolicy(
+        backends=tuple(backends),
+        evaluation_budget=evaluation_budget,
+        measurement_grant=measurement_grant,
+        max_measurements_per_evaluation=max_measurements_per_evaluation,
+        min_control_spacing=min_control_spacing,
+    )
     if dealer is not None:
         policy.dealer = lambda token: open_dealer(dealer, tls, token, deadline=deadline)
-    _run_until_interrupted(FixedPartyServer(fixed, listen, tls, policy=policy,
-                                            ledger=Ledger(ledger), max_sessions=max_sessions,
-                                            deadline=deadline, session_limit=session_limit))
+    _run_until_interrupted(
+        FixedPartyServer(
+            fixed,
+            listen,
+            tls,
+            policy=policy,
+            ledger=Ledger(ledger),
+            max_sessions=max_sessions,
+            deadline=deadline,
+            session_limit=session_limit,
+        )
+    )
 
 
 def ledger_path(fixed: Any, ledger: str | os.PathLike | None) -> str:
@@ -130,17 +158,26 @@ def ledger_path(fixed: Any, ledger: str | os.PathLike | None) -> str:
     if ledger is not None:
         return os.fspath(ledger)
     if not isinstance(fixed, (str, os.PathLike)):
-        raise InputError("the fixed image is not a file, so its ledger needs a path: "
-                         "give --ledger PATH")
+        raise InputError(
+            "the fixed image is not a file, so its ledger needs a path: give --ledger PATH"
+        )
     return f"{os.fspath(fixed)}{LEDGER_SUFFIX}"
 
 
-def serve_dealer(listen: str, tls: TLS, *, max_sessions: int = 8,
-                 deadline: float = DEFAULT_DEADLINE,
-                 session_limit: float = DEFAULT_SESSION_LIMIT) -> None:
+def serve_dealer(
+    listen: str,
+    tls: TLS,
+    *,
+    max_sessions: int = 8,
+    deadline: float = DEFAULT_DEADLINE,
+    session_limit: float = DEFAULT_SESSION_LIMIT,
+) -> None:
     """Deal Beaver triples until interrupted (``ppir dealer``)."""
-    _run_until_interrupted(DealerServer(listen, tls, max_sessions=max_sessions, deadline=deadline,
-                                        session_limit=session_limit))
+    _run_until_interrupted(
+        DealerServer(
+            listen, tls, max_sessions=max_sessions, deadline=deadline, session_limit=session_limit
+        )
+    )
 
 
 def _run_until_interrupted(server: PartyServer) -> None:
@@ -170,9 +207,14 @@ class FixedPartyProcess:
 
 
 @contextmanager
-def spawn_fixed_party(fixed: Any, *, backends: tuple[str, ...] = ("clear",),
-                      deadline: float = DEFAULT_DEADLINE, startup_timeout: float = STARTUP_TIMEOUT,
-                      extra_arguments: tuple[str, ...] = ()) -> Iterator[FixedPartyProcess]:
+def spawn_fixed_party(
+    fixed: Any,
+    *,
+    backends: tuple[str, ...] = ("clear",),
+    deadline: float = DEFAULT_DEADLINE,
+    startup_timeout: float = STARTUP_TIMEOUT,
+    extra_arguments: tuple[str, ...] = (),
+) -> Iterator[FixedPartyProcess]:
     """Start ``ppir serve`` for ``fixed`` on 127.0.0.1 with fresh certificates.
 
     With ``spdz`` among ``backends``, ``ppir dealer`` starts first, as a third
@@ -188,33 +230,73 @@ def spawn_fixed_party(fixed: Any, *, backends: tuple[str, ...] = ("clear",),
         else:
             image_path = directory / "fixed.nrrd"
             write_image(as_image_grid(fixed, name="fixed image"), image_path)
-        common = ["--listen", "127.0.0.1:0", "--tls-dir", str(directory / "pki"),
-                  "--deadline", str(deadline)]
+        common = [
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-dir",
+            str(directory / "pki"),
+            "--deadline",
+            str(deadline),
+        ]
         # Local mode: whoever runs it holds both images, and can learn nothing from the
         # joint term that it does not have, so the fixed party grants without limit.
-        unlimited = ["--grant-measurements", "inf", "--max-measurements-per-evaluation", "inf",
-                     "--min-control-spacing", "0", "--ledger", str(directory / "ledger.sqlite")]
+        unlimited = [
+            "--grant-measurements",
+            "inf",
+            "--max-measurements-per-evaluation",
+            "inf",
+            "--min-control-spacing",
+            "0",
+            "--ledger",
+            str(directory / "ledger.sqlite"),
+        ]
         start = time.perf_counter()
         dealer_address, dealer_process = None, None
         if "spdz" in backends:
-            dealer_process, dealer_address = processes.enter_context(_child(
-                ["dealer", *common], directory, "dealer", startup_timeout))
+            dealer_process, dealer_address = processes.enter_context(
+                _child(["dealer", *common], directory, "dealer", startup_timeout)
+            )
             extra_arguments = (*extra_arguments, "--dealer", dealer_address)
-        process, address = processes.enter_context(_child(
-            ["serve", "--fixed", str(image_path), *common, "--backends", *backends, *unlimited,
-             *extra_arguments], directory, "fixed party", startup_timeout))
-        yield FixedPartyProcess(process, address, TLS.for_role(directory / "pki", MOVING_PARTY),
-                                time.perf_counter() - start, directory, dealer_address,
-                                dealer_process)
+        process, address = processes.enter_context(
+            _child(
+                [
+                    "serve",
+                    "--fixed",
+                    str(image_path),
+                    *common,
+                    "--backends",
+                    *backends,
+                    *unlimited,
+                    *extra_arguments,
+                ],
+                directory,
+                "fixed party",
+                startup_timeout,
+            )
+        )
+        yield FixedPartyProcess(
+            process,
+            address,
+            TLS.for_role(directory / "pki", MOVING_PARTY),
+            time.perf_counter() - start,
+            directory,
+            dealer_address,
+            dealer_process,
+        )
 
 
 @contextmanager
-def _child(arguments: list[str], directory: Path, role: str,
-           startup_timeout: float) -> Iterator[tuple[subprocess.Popen, str]]:
+def _child(
+    arguments: list[str], directory: Path, role: str, startup_timeout: float
+) -> Iterator[tuple[subprocess.Popen, str]]:
     """``ppir ARGUMENTS`` as a child process, until it says where it listens."""
-    process = subprocess.Popen([sys.executable, "-m", "ppir_itk.cli", *arguments],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               cwd=directory)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ppir_itk.cli", *arguments],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=directory,
+    )
     try:
         yield process, _wait_until_listening(process, startup_timeout, role)
     finally:

@@ -164,14 +164,20 @@ class FixedPartySession:
         if self.hello is not None:
             raise ProtocolError("a second 'hello' arrived")
         if hello.protocol_version != PROTOCOL_VERSION:
-            raise ProtocolError(f"protocol version {hello.protocol_version} is not "
-                                f"{PROTOCOL_VERSION}, the version this fixed party speaks")
+            raise ProtocolError(
+                f"protocol version {hello.protocol_version} is not "
+                f"{PROTOCOL_VERSION}, the version this fixed party speaks"
+            )
         if hello.backend not in self.policy.backends:
-            raise ProtocolError(f"backend '{hello.backend[:40]}' is not offered here "
-                                f"(offered: {', '.join(self.policy.backends)})")
+            raise ProtocolError(
+                f"backend '{hello.backend[:40]}' is not offered here "
+                f"(offered: {', '.join(self.policy.backends)})"
+            )
         if not 1 <= len(hello.levels) <= self.policy.max_levels:
-            raise ProtocolError(f"{len(hello.levels)} levels asked; this fixed party allows "
-                                f"1 to {self.policy.max_levels}")
+            raise ProtocolError(
+                f"{len(hello.levels)} levels asked; this fixed party allows "
+                f"1 to {self.policy.max_levels}"
+            )
         for level in hello.levels:
             if level.shrink_factor < 1 or not 0 <= level.smoothing_sigma < 1e3:
                 raise ProtocolError("a level's shrink factor or smoothing sigma is out of range")
@@ -181,20 +187,24 @@ class FixedPartySession:
             raise ProtocolError("the URS fraction must be in (0, 1]")
         if hello.wants_center_of_mass and not self.policy.allow_center_of_mass:
             raise ProtocolError("this fixed party does not disclose its centre of mass")
-        self.backend_side = make_fixed_side(hello.backend, dict(hello.backend_parameters),
-                                            self.policy)
+        self.backend_side = make_fixed_side(
+            hello.backend, dict(hello.backend_parameters), self.policy
+        )
         self.hello = hello
-        return pb.Envelope(welcome=pb.Welcome(
-            protocol_version=PROTOCOL_VERSION,
-            fixed_geometry=geometry_to_pb(self.geometry),
-            evaluation_budget=self.policy.evaluation_budget,
-        ))
+        return pb.Envelope(
+            welcome=pb.Welcome(
+                protocol_version=PROTOCOL_VERSION,
+                fixed_geometry=geometry_to_pb(self.geometry),
+                evaluation_budget=self.policy.evaluation_budget,
+            )
+        )
 
     def _on_center_of_mass_request(self, _: pb.CenterOfMassRequest) -> pb.Envelope:
         if not self.hello.wants_center_of_mass:
             raise ProtocolError("the centre of mass was not agreed in 'hello'")
-        return pb.Envelope(center_of_mass=pb.CenterOfMass(
-            center=center_of_mass(self.image).tolist()))
+        return pb.Envelope(
+            center_of_mass=pb.CenterOfMass(center=center_of_mass(self.image).tolist())
+        )
 
     def _on_open_level(self, request: pb.OpenLevel) -> pb.Envelope:
         if request.level != self.level_index + 1 or request.level >= len(self.hello.levels):
@@ -202,23 +212,31 @@ class FixedPartySession:
         level = self.hello.levels[request.level]
         self.level_index = request.level
         self.level_image = fixed_level_image(
-            self.image, Level(level.shrink_factor, level.smoothing_sigma))
+            self.image, Level(level.shrink_factor, level.smoothing_sigma)
+        )
         self.points = None
         self.level_seconds.append(0.0)
-        return pb.Envelope(level_opened=pb.LevelOpened(
-            geometry=geometry_to_pb(self.level_image.geometry)))
+        return pb.Envelope(
+            level_opened=pb.LevelOpened(geometry=geometry_to_pb(self.level_image.geometry))
+        )
 
     def _on_select_points(self, request: pb.SelectPoints) -> pb.Envelope:
         if self.level_image is None or self.points is not None:
             raise ProtocolError("points asked outside a freshly opened level")
         if request.kind != SAMPLING_KINDS[self.hello.sampling]:
-            raise ProtocolError(f"points of kind '{request.kind[:20]}' do not fit the agreed "
-                                f"sampling '{self.hello.sampling}'")
-        self.points = draw_points(self.level_image.geometry, self.level_index, request,
-                                  self.hello.sampling_fraction, self.hello.sampling_seed)
+            raise ProtocolError(
+                f"points of kind '{request.kind[:20]}' do not fit the agreed "
+                f"sampling '{self.hello.sampling}'"
+            )
+        self.points = draw_points(
+            self.level_image.geometry,
+            self.level_index,
+            request,
+            self.hello.sampling_fraction,
+            self.hello.sampling_seed,
+        )
         if self.points.control is not None and not self.backend_side.bspline:
-            raise ProtocolError(f"backend '{self.hello.backend}' does not take B-spline "
-                                "transforms")
+            raise ProtocolError(f"backend '{self.hello.backend}' does not take B-spline transforms")
         if self.hello.backend != "clear":
             self._check_measurements(self.points)
         if request.kind == "revealed":
@@ -233,9 +251,11 @@ class FixedPartySession:
         if self.points is None:
             raise ProtocolError("a backend request arrived before the points were agreed")
         if self.backend_side.evaluations >= self.policy.evaluation_budget:
-            raise ProtocolError(f"this registration used up the fixed party's budget of "
-                                f"{self.policy.evaluation_budget} joint-term evaluations per "
-                                "session (its operator sets it: ppir serve --budget)")
+            raise ProtocolError(
+                f"this registration used up the fixed party's budget of "
+                f"{self.policy.evaluation_budget} joint-term evaluations per "
+                "session (its operator sets it: ppir serve --budget)"
+            )
         evaluations = self.backend_side.evaluations
         answer = self.backend_side.handle(message)
         if self.backend_side.evaluations > evaluations and self.hello.backend != "clear":
@@ -253,7 +273,8 @@ class FixedPartySession:
                     f"a control grid spaced {spacing:.3g} level pixels asks finer detail of the "
                     f"fixed image than this fixed party allows (at least "
                     f"{policy.min_control_spacing:g} level pixels at level {self.level_index}; "
-                    "its operator sets it: ppir serve --min-control-spacing)")
+                    "its operator sets it: ppir serve --min-control-spacing)"
+                )
         allowed = policy.max_measurements_per_evaluation * points.size
         if asked > allowed:
             raise ProtocolError(
@@ -261,7 +282,8 @@ class FixedPartySession:
                 f"and this fixed party allows {int(allowed)} per evaluation at level "
                 f"{self.level_index} ({policy.max_measurements_per_evaluation:g} of its "
                 f"{points.size} points; its operator sets it: ppir serve "
-                "--max-measurements-per-evaluation)")
+                "--max-measurements-per-evaluation)"
+            )
         left = self.measurement_cap - self.measurements_held
         if self.ledger is not None and asked > left:
             raise ProtocolError(self._grant_used_up(asked, left))
@@ -276,25 +298,29 @@ class FixedPartySession:
         self.measurements += count
 
     def _grant_used_up(self, asked: int, left: float) -> str:
-        return (f"one evaluation would reveal {asked} linear measurements of the fixed image, "
-                f"and {max(0, int(left))} of the {int(self.measurement_cap)} this fixed party "
-                "grants this client (all its sessions together) are left (its operator grants "
-                "more: ppir serve --grant-measurements)")
+        return (
+            f"one evaluation would reveal {asked} linear measurements of the fixed image, "
+            f"and {max(0, int(left))} of the {int(self.measurement_cap)} this fixed party "
+            "grants this client (all its sessions together) are left (its operator grants "
+            "more: ppir serve --grant-measurements)"
+        )
 
     def _on_close(self, _: pb.Close) -> pb.Envelope:
         self.closed = True
         learned = self.received.lines() + self.backend_side.learned()
         dealer = self.backend_side.close()
-        return pb.Envelope(closed=pb.Closed(
-            stats=pb.PartyStats(seconds=self.seconds),
-            levels=[pb.PartyStats(seconds=s) for s in self.level_seconds],
-            learned=learned,
-            masked=self.backend_side.received.lines(masked=True),
-            dealer=dealer,
-            measurements=self.measurements,
-            measurements_held=self.measurements_held,
-            measurement_cap=self.measurement_cap,
-        ))
+        return pb.Envelope(
+            closed=pb.Closed(
+                stats=pb.PartyStats(seconds=self.seconds),
+                levels=[pb.PartyStats(seconds=s) for s in self.level_seconds],
+                learned=learned,
+                masked=self.backend_side.received.lines(masked=True),
+                dealer=dealer,
+                measurements=self.measurements,
+                measurements_held=self.measurements_held,
+                measurement_cap=self.measurement_cap,
+            )
+        )
 
 
 class FixedPartyServer(PartyServer):
@@ -310,8 +336,16 @@ class FixedPartyServer(PartyServer):
     role = "fixed party"
     client_names = (MOVING_PARTY,)
 
-    def __init__(self, fixed: Any, listen: str, tls: TLS, *, policy: FixedPolicy | None = None,
-                 ledger: Ledger | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        fixed: Any,
+        listen: str,
+        tls: TLS,
+        *,
+        policy: FixedPolicy | None = None,
+        ledger: Ledger | None = None,
+        **options: Any,
+    ) -> None:
         self.image = as_image_grid(fixed, name="fixed image")
         self.image_id = image_fingerprint(self.image)
         self.policy = policy or FixedPolicy()
@@ -330,8 +364,13 @@ class FixedPartyServer(PartyServer):
         return self
 
     def _new_session(self, client_name: str, client_fingerprint: str) -> FixedPartySession:
-        return FixedPartySession(self.image, self.policy, ledger=self.ledger,
-                                 client=client_fingerprint, image_id=self.image_id)
+        return FixedPartySession(
+            self.image,
+            self.policy,
+            ledger=self.ledger,
+            client=client_fingerprint,
+            image_id=self.image_id,
+        )
 
     def _ended(self, session: FixedPartySession, clean: bool) -> None:
         if not clean:  # the moving party vanished or failed: release its dealer session too
@@ -343,7 +382,11 @@ def measurement_use(session: FixedPartySession) -> str:
     """How much of its grant the session's client holds, for the server's log."""
     held, cap = session.measurements_held, session.measurement_cap
     if math.isinf(cap):
-        return f"{session.measurements} linear measurements of the fixed image this session, " \
-               f"{held} in all (no cap)"
-    return f"{session.measurements} linear measurements of the fixed image this session, " \
-           f"{held} of its {int(cap)} in all ({held / cap if cap else 0.0:.1%} of its cap)"
+        return (
+            f"{session.measurements} linear measurements of the fixed image this session, "
+            f"{held} in all (no cap)"
+        )
+    return (
+        f"{session.measurements} linear measurements of the fixed image this session, "
+        f"{held} of its {int(cap)} in all ({held / cap if cap else 0.0:.1%} of its cap)"
+    )

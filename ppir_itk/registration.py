@@ -134,8 +134,9 @@ class RegistrationResult:
 
     def resample(self, moving: Any) -> ImageGrid:
         """The moving image resampled onto the fixed grid (linear, 0 outside)."""
-        return resample(as_image_grid(moving, name="moving image"), self.transform,
-                        self.fixed_geometry)
+        return resample(
+            as_image_grid(moving, name="moving image"), self.transform, self.fixed_geometry
+        )
 
     def report(self) -> dict[str, Any]:
         """The machine-readable report (``--report`` JSON)."""
@@ -226,8 +227,9 @@ class ImageRegistrationMethod(Observable):
         self.initializer = check_initializer(initializer)
         self.threads = check_threads(threads)
         # None for a transform given as an object: it is its own kind.
-        self._kind = transform_kind(initial_transform) if isinstance(initial_transform, str) \
-            else None
+        self._kind = (
+            transform_kind(initial_transform) if isinstance(initial_transform, str) else None
+        )
         check_bspline_grid(initial_transform, grid_spacing)
         self.grid_spacing = check_grid_spacing(grid_spacing)
         self.refine_grid = refine_grid
@@ -288,8 +290,9 @@ class ImageRegistrationMethod(Observable):
             raise RuntimeError("the metric has no moving image: call SetMovingImage first")
         bspline = self._kind is not None and not self._kind.linear
         # A B-spline's grid covers the fixed image, known once the session started.
-        transform = _as_transform("translation" if bspline else self._initial_transform,
-                                  moving.dimension)
+        transform = _as_transform(
+            "translation" if bspline else self._initial_transform, moving.dimension
+        )
         if transform.dimension != moving.dimension:
             raise InputError(
                 f"the initial transform is {transform.dimension}-D but the images are "
@@ -297,7 +300,8 @@ class ImageRegistrationMethod(Observable):
             )
         try:
             fixed_geometry = moving_party.start(
-                self.schedule, self.sampling, wants_center_of_mass=self.initializer == "moments")
+                self.schedule, self.sampling, wants_center_of_mass=self.initializer == "moments"
+            )
             if bspline:
                 spacing = np.asarray(self.grid_spacing, dtype=np.float64)
                 if self.refine_grid:  # doubled back to grid_spacing by the last level
@@ -305,8 +309,9 @@ class ImageRegistrationMethod(Observable):
                 bulk = None
                 if self.bulk is not None:
                     bulk = _as_transform(self.bulk, moving.dimension)
-                transform = self._kind.build(moving.dimension, fixed_geometry=fixed_geometry,
-                                             grid_spacing=spacing, bulk=bulk)
+                transform = self._kind.build(
+                    moving.dimension, fixed_geometry=fixed_geometry, grid_spacing=spacing, bulk=bulk
+                )
             result = RegistrationResult(
                 transform=transform,
                 fixed_geometry=fixed_geometry,
@@ -329,20 +334,23 @@ class ImageRegistrationMethod(Observable):
             moving_party.abort(f"the moving party stopped: {type(error).__name__}")
             raise
         result.parties = {
-            "moving": party_figures(moving_party.counters(),
-                             sum(level.seconds for level in result.levels)),
+            "moving": party_figures(
+                moving_party.counters(), sum(level.seconds for level in result.levels)
+            ),
             "fixed": party_figures(Counters.from_pb(closed.stats), closed.stats.seconds),
         }
         for name, (counters, seconds) in moving_party.other_parties(closed).items():
             result.parties[name] = party_figures(counters, seconds)
         for level, fixed_level in zip(result.levels, closed.levels, strict=False):
-            level.parties["fixed"] = party_figures(Counters.from_pb(fixed_level),
-                                                   fixed_level.seconds)
+            level.parties["fixed"] = party_figures(
+                Counters.from_pb(fixed_level), fixed_level.seconds
+            )
         for level in result.levels:
             for figures in level.parties.values():
                 figures["per_iteration"] = {
                     key: figures[key] / max(level.iterations, 1)
-                    for key in ("seconds", "bytes_sent", "bytes_received", "messages_sent")}
+                    for key in ("seconds", "bytes_sent", "bytes_received", "messages_sent")
+                }
         result.learned = {"moving": moving_party.learned(), "fixed": list(closed.learned)}
         result.masked = {"moving": moving_party.masked(), "fixed": list(closed.masked)}
         result.measurements = measurement_report(closed)
@@ -421,8 +429,9 @@ def party_figures(counters: Counters, seconds: float) -> dict[str, float | int]:
     figures: dict[str, float | int] = {"seconds": seconds, **counters.as_dict()}
     on_wire = counters.wire_bytes_sent or counters.wire_bytes_received
     figures["bytes_sent"] = counters.wire_bytes_sent if on_wire else counters.payload_bytes_sent
-    figures["bytes_received"] = (counters.wire_bytes_received if on_wire
-                                 else counters.payload_bytes_received)
+    figures["bytes_received"] = (
+        counters.wire_bytes_received if on_wire else counters.payload_bytes_received
+    )
     return figures
 
 
@@ -469,23 +478,32 @@ def register_with(
     return _register_with(session, moving_grid, options, observers)
 
 
-def _register_with(session: Any, moving: ImageGrid, options: RegistrationOptions,
-                   observers: dict[Any, Any] | None) -> RegistrationResult:
+def _register_with(
+    session: Any, moving: ImageGrid, options: RegistrationOptions, observers: dict[Any, Any] | None
+) -> RegistrationResult:
     metric = PrivateMeanSquaresImageToImageMetric(
         MovingPartySession(session, options.backend, dict(options.backend_parameters)),
-        bending_energy_weight=options.bending_energy_weight)
+        bending_energy_weight=options.bending_energy_weight,
+    )
     metric.SetMovingImage(moving)
-    optimizer = GaussNewtonOptimizer(NumberOfIterations=options.iterations,
-                                     MinimumStepLength=options.minimum_step_length,
-                                     RelativeValueTolerance=options.relative_value_tolerance)
-    method = ImageRegistrationMethod(metric, optimizer, options.transform,
-                                     shrink_factors=options.shrink_factors,
-                                     smoothing_sigmas=options.smoothing_sigmas,
-                                     sampling=options.sampling_strategy(),
-                                     initializer=options.initializer, threads=options.threads,
-                                     grid_spacing=options.grid_spacing,
-                                     refine_grid=options.refine_grid,
-                                     bulk_transform=options.bulk_transform)
+    optimizer = GaussNewtonOptimizer(
+        NumberOfIterations=options.iterations,
+        MinimumStepLength=options.minimum_step_length,
+        RelativeValueTolerance=options.relative_value_tolerance,
+    )
+    method = ImageRegistrationMethod(
+        metric,
+        optimizer,
+        options.transform,
+        shrink_factors=options.shrink_factors,
+        smoothing_sigmas=options.smoothing_sigmas,
+        sampling=options.sampling_strategy(),
+        initializer=options.initializer,
+        threads=options.threads,
+        grid_spacing=options.grid_spacing,
+        refine_grid=options.refine_grid,
+        bulk_transform=options.bulk_transform,
+    )
     for event, callback in (observers or {}).items():
         method.AddObserver(event, lambda callback=callback: callback(method))
     return method.run()
@@ -544,16 +562,22 @@ def register(
         )
     options.check_dimension(moving_grid.dimension)
     if transport == "in-process":
-        session = in_process_session(fixed_grid,
-                                     FixedPolicy.holding_both_images((options.backend,)))
+        session = in_process_session(
+            fixed_grid, FixedPolicy.holding_both_images((options.backend,))
+        )
         return _register_with(session, moving_grid, options, observers)
     if transport != "process":
         raise InputError(f"unknown transport '{transport}': choose process or in-process")
     source = fixed if isinstance(fixed, (str, os.PathLike)) else fixed_grid
-    with spawn_fixed_party(source, backends=(options.backend,),
-                           deadline=options.deadline) as fixed_party:
-        session = connect(fixed_party.address, fixed_party.client_tls, deadline=options.deadline,
-                          dealer=fixed_party.dealer_address)
+    with spawn_fixed_party(
+        source, backends=(options.backend,), deadline=options.deadline
+    ) as fixed_party:
+        session = connect(
+            fixed_party.address,
+            fixed_party.client_tls,
+            deadline=options.deadline,
+            dealer=fixed_party.dealer_address,
+        )
         result = _register_with(session, moving_grid, options, observers)
     result.fixed_startup_seconds = fixed_party.startup_seconds
     return result

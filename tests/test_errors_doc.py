@@ -42,8 +42,7 @@ def _noise_with(values: dict[tuple[int, ...], float]) -> np.ndarray:
 
 def _metaimage(header: str, values: int) -> Callable[[Path], None]:
     """A MetaImage written by hand: headers ITK refuses, or that its writers never make."""
-    text = (f"ObjectType = Image\n{header}\nElementType = MET_FLOAT\n"
-            "ElementDataFile = LOCAL\n")
+    text = f"ObjectType = Image\n{header}\nElementType = MET_FLOAT\nElementDataFile = LOCAL\n"
     return lambda path: path.write_bytes(text.encode() + _noise(values).astype("<f4").tobytes())
 
 
@@ -119,7 +118,12 @@ FILES: dict[str, Callable[[Path], None]] = {
 }
 # The page's upper-case path names: the files above, and outputs or paths that never exist.
 PATH_NAMES = {name.split(".")[0].upper() for name in FILES} | {
-    "OUT", "WARPED", "REPORT", "RESULTS", "MISSING"}
+    "OUT",
+    "WARPED",
+    "REPORT",
+    "RESULTS",
+    "MISSING",
+}
 PLACEHOLDER = re.compile(r"(?<![.\w])(" + "|".join(sorted(PATH_NAMES)) + r")\b")
 
 # ------------------------------------------------------------------------- the cases
@@ -237,8 +241,14 @@ BENCH_DEMO = {
     "demo: --threads 0": [],
     "demo: --output-dir missing": [],
 }
-CASES: dict[str, list[str]] = {**IMAGES, **OUTPUTS, **MODES, **OPTIONS, **SERVE_DEALER_PKI,
-                               **BENCH_DEMO}
+CASES: dict[str, list[str]] = {
+    **IMAGES,
+    **OUTPUTS,
+    **MODES,
+    **OPTIONS,
+    **SERVE_DEALER_PKI,
+    **BENCH_DEMO,
+}
 
 # -------------------------------------------------------------------------- the page
 
@@ -264,6 +274,7 @@ ROWS = _rows() if DOC.exists() else {}
 
 def _paths(text: str, folder: Path) -> str:
     """Names as paths in ``folder``: ``MISSING/OUT.tfm`` is ``folder/missing/out.tfm``."""
+
     def path(match: re.Match[str]) -> str:
         inner = match.start() > 0 and text[match.start() - 1] == "/"
         return match.group(1).lower() if inner else str(folder / match.group(1).lower())
@@ -293,4 +304,3 @@ def test_documented_message(bad_input, tmp_path, capfd):
     assert status == 2, err
     assert err == f"ppir: error: {_paths(message, tmp_path)}\n"
     assert _files(tmp_path) == before  # no output, and no temporary file left behind
-

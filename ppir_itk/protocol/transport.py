@@ -71,19 +71,24 @@ class ClientConnection:
         self._relay.close()
 
 
-def open_client(target: str, tls: TLS, server_name: str, channel: Channel,
-                service: str = FIXED_PARTY_SERVICE) -> ClientConnection:
+def open_client(
+    target: str, tls: TLS, server_name: str, channel: Channel, service: str = FIXED_PARTY_SERVICE
+) -> ClientConnection:
     """Connect to the party serving ``service`` at ``target`` and start the session stream."""
     relay = Relay(("127.0.0.1", 0), parse_address(target), outbound=True)
-    credentials = grpc.ssl_channel_credentials(root_certificates=tls.ca, private_key=tls.key,
-                                               certificate_chain=tls.certificate)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=tls.ca, private_key=tls.key, certificate_chain=tls.certificate
+    )
     grpc_channel = grpc.secure_channel(
-        f"127.0.0.1:{relay.address[1]}", credentials,
+        f"127.0.0.1:{relay.address[1]}",
+        credentials,
         options=[*_OPTIONS, ("grpc.ssl_target_name_override", server_name)],
     )
-    stream = grpc_channel.stream_stream(f"/{service}/Session",
-                                        request_serializer=pb.Frame.SerializeToString,
-                                        response_deserializer=pb.Frame.FromString)
+    stream = grpc_channel.stream_stream(
+        f"/{service}/Session",
+        request_serializer=pb.Frame.SerializeToString,
+        response_deserializer=pb.Frame.FromString,
+    )
     call = stream(channel.outgoing(), wait_for_ready=False)
     channel.read_from(call)
     return ClientConnection(relay, grpc_channel, call)
@@ -113,11 +118,17 @@ class PartyServer(abc.ABC):
     role: ClassVar[str]
     client_names: ClassVar[tuple[str, ...]]
 
-    def __init__(self, listen: str, tls: TLS, *, max_sessions: int = 1,
-                 deadline: float = DEFAULT_DEADLINE,
-                 session_limit: float = DEFAULT_SESSION_LIMIT,
-                 max_envelope: int = DEFAULT_MAX_ENVELOPE,
-                 log: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        listen: str,
+        tls: TLS,
+        *,
+        max_sessions: int = 1,
+        deadline: float = DEFAULT_DEADLINE,
+        session_limit: float = DEFAULT_SESSION_LIMIT,
+        max_envelope: int = DEFAULT_MAX_ENVELOPE,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
         self.deadline = deadline
         self.session_limit = session_limit
         self.max_envelope = max_envelope
@@ -126,15 +137,20 @@ class PartyServer(abc.ABC):
         self._slots = threading.BoundedSemaphore(max_sessions)
         self.max_sessions = max_sessions
         self.sessions_started = 0
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_sessions + 4),
-                                   options=_OPTIONS)
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max_sessions + 4), options=_OPTIONS
+        )
         handler = grpc.stream_stream_rpc_method_handler(
-            self._session, request_deserializer=pb.Frame.FromString,
-            response_serializer=pb.Frame.SerializeToString)
-        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-            self.service, {"Session": handler}),))
+            self._session,
+            request_deserializer=pb.Frame.FromString,
+            response_serializer=pb.Frame.SerializeToString,
+        )
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(self.service, {"Session": handler}),)
+        )
         credentials = grpc.ssl_server_credentials(
-            [(tls.key, tls.certificate)], root_certificates=tls.ca, require_client_auth=True)
+            [(tls.key, tls.certificate)], root_certificates=tls.ca, require_client_auth=True
+        )
         internal_port = self._server.add_secure_port("127.0.0.1:0", credentials)
         self._relay = Relay(parse_address(listen), ("127.0.0.1", internal_port), outbound=False)
         self.address = f"{self._relay.address[0]}:{self._relay.address[1]}"
@@ -162,13 +178,16 @@ class PartyServer(abc.ABC):
     def _session(self, frames: Any, context: grpc.ServicerContext) -> Any:
         client = _peer_name(context)
         if client not in self.client_names:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                          f"certificate name '{client}' is not one of {self.client_names}")
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"certificate name '{client}' is not one of {self.client_names}",
+            )
         if not self._slots.acquire(blocking=False):
             self.log(f"refused a session from {client}: busy")
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                          f"the {self.role} is busy: it serves {self.max_sessions} session(s) "
-                          "at a time")
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the {self.role} is busy: it serves {self.max_sessions} session(s) at a time",
+            )
         try:  # the slot is given back by the session's thread, or here if it never starts
             self.sessions_started += 1
             number = self.sessions_started
@@ -179,8 +198,12 @@ class PartyServer(abc.ABC):
                 self._new_session(client, _peer_fingerprint(context)),
                 lambda: channel.counters.with_wire(wire),
             )
-            threading.Thread(target=self._serve_session, args=(number, channel, endpoint),
-                             name=f"ppir-session-{number}", daemon=True).start()
+            threading.Thread(
+                target=self._serve_session,
+                args=(number, channel, endpoint),
+                name=f"ppir-session-{number}",
+                daemon=True,
+            ).start()
         except BaseException:
             if "channel" in locals():  # its heartbeat thread would otherwise linger
                 channel.close()
@@ -191,8 +214,11 @@ class PartyServer(abc.ABC):
 
     def _serve_session(self, number: int, channel: Channel, endpoint: Endpoint) -> None:
         clean = False
-        limit = threading.Timer(self.session_limit, channel.fail, args=(
-            f"the session passed the {self.role}'s limit of {self.session_limit:g} s",))
+        limit = threading.Timer(
+            self.session_limit,
+            channel.fail,
+            args=(f"the session passed the {self.role}'s limit of {self.session_limit:g} s",),
+        )
         limit.daemon = True
         limit.start()
         try:
