@@ -113,7 +113,10 @@ class FixedPartySession:
 
     @property
     def measurement_cap(self) -> float:
-        """The linear measurements of J the client may hold, all its sessions together."""
+        """The linear measurements of J the client may hold, all its sessions together (no
+        cap without a ledger: nothing counts them across sessions)."""
+        if self.ledger is None:
+            return math.inf
         return self.policy.measurement_cap(self.geometry.number_of_points)
 
     @property
@@ -285,7 +288,7 @@ class FixedPartySession:
                 "--max-measurements-per-evaluation)"
             )
         left = self.measurement_cap - self.measurements_held
-        if self.ledger is not None and asked > left:
+        if asked > left:
             raise ProtocolError(self._grant_used_up(asked, left))
 
     def _charge(self, count: int) -> None:
