@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ppir_itk.errors import InputError
 from ppir_itk.image import ImageGrid
 
 IN_MEMORY = ":memory:"  # a ledger for one server's lifetime (tests, servers built by hand)
@@ -77,10 +78,13 @@ class Ledger:
         # One connection shared by the server's session threads, behind a lock; other
         # processes are kept apart by SQLite's own file locks.
         self._lock = threading.Lock()
-        self._connection = sqlite3.connect(
-            self.path, timeout=LOCK_TIMEOUT, isolation_level=None, check_same_thread=False
-        )
-        self._connection.execute(_SCHEMA)
+        try:
+            self._connection = sqlite3.connect(
+                self.path, timeout=LOCK_TIMEOUT, isolation_level=None, check_same_thread=False
+            )
+            self._connection.execute(_SCHEMA)
+        except sqlite3.Error as error:  # a missing folder, no write permission, not SQLite
+            raise InputError(f"cannot open the ledger '{self.path}': {error}") from None
 
     def used(self, client: str, image: str) -> int:
         """Measurements of ``image`` granted to ``client`` so far."""

@@ -213,6 +213,8 @@ SERVE_DEALER_PKI = {
     "serve: --grant-measurements 0": [],
     "serve: --max-measurements-per-evaluation negative": [],
     "serve: --min-control-spacing negative": [],
+    "serve: --ledger in a missing folder": ["fixed.mha", "pki"],
+    "serve: --ledger that is not SQLite": ["fixed.mha", "pki", "notes.txt"],
     "serve: unknown backend": [],
     "serve: spdz without --dealer": [],
     "serve: --dealer not HOST:PORT": [],
