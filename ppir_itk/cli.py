@@ -27,7 +27,12 @@ from typing import Any
 
 from ppir_itk.errors import InputError
 from ppir_itk.options import DEFAULT_TIME_CAP, INITIALIZERS, RegistrationOptions
-from ppir_itk.policy import DEFAULT_EVALUATION_BUDGET
+from ppir_itk.policy import (
+    DEFAULT_EVALUATION_BUDGET,
+    DEFAULT_MEASUREMENT_GRANT,
+    DEFAULT_MEASUREMENTS_PER_EVALUATION,
+    DEFAULT_MIN_CONTROL_SPACING,
+)
 from ppir_itk.protocol.channel import DEFAULT_DEADLINE, PeerError
 from ppir_itk.protocol.transport import DEFAULT_SESSION_LIMIT
 from ppir_itk.sampling import SAMPLINGS
@@ -96,6 +101,36 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_EVALUATION_BUDGET,
         help="joint-term evaluations allowed per session, each a few linear "
         f"measurements of the image (default {DEFAULT_EVALUATION_BUDGET})",
+    )
+    serve.add_argument(
+        "--grant-measurements",
+        type=float,
+        default=DEFAULT_MEASUREMENT_GRANT,
+        metavar="FRACTION",
+        help="linear measurements of the image one client may hold over all its "
+        "sessions, as a fraction of its voxels (default 1/64; inf: no cap; "
+        "each can be one exact pixel to a malicious client)",
+    )
+    serve.add_argument(
+        "--max-measurements-per-evaluation",
+        type=float,
+        default=DEFAULT_MEASUREMENTS_PER_EVALUATION,
+        metavar="FRACTION",
+        help="measurements one evaluation may reveal, as a fraction of the "
+        "level's points (default 1/8)",
+    )
+    serve.add_argument(
+        "--min-control-spacing",
+        type=float,
+        default=DEFAULT_MIN_CONTROL_SPACING,
+        metavar="PIXELS",
+        help="least B-spline control spacing, in level pixels (default "
+        f"{DEFAULT_MIN_CONTROL_SPACING:g})",
+    )
+    serve.add_argument(
+        "--ledger",
+        help="SQLite file counting each client's measurements across "
+        "sessions (default: FIXED.ppir-ledger.sqlite)",
     )
     serve.add_argument(
         "--deadline",
@@ -505,7 +540,7 @@ def _run_with_peer(args: argparse.Namespace) -> tuple[Any, Any]:
 
 def _serve(args: argparse.Namespace) -> int:
     from ppir_itk.backends import check_backend_name
-    from ppir_itk.compose import serve
+    from ppir_itk.compose import ledger_path, serve
     from ppir_itk.wrapping.images import as_image_grid
 
     _address("--listen", args.listen)
@@ -513,6 +548,13 @@ def _serve(args: argparse.Namespace) -> int:
         raise InputError(
             "--max-sessions, --budget, --deadline and --session-limit must be positive"
         )
+    if not (args.grant_measurements > 0 and args.max_measurements_per_evaluation > 0):
+        raise InputError(
+            "--grant-measurements and --max-measurements-per-evaluation must be "
+            "positive fractions (inf: no cap)"
+        )
+    if not args.min_control_spacing >= 0:
+        raise InputError(f"--min-control-spacing {args.min_control_spacing:g} must be 0 or more")
     backends = tuple(check_backend_name(name) for name in args.backends)
     if args.dealer is not None:
         _address("--dealer", args.dealer)
@@ -526,6 +568,10 @@ def _serve(args: argparse.Namespace) -> int:
         tls,
         backends=backends,
         evaluation_budget=args.budget,
+        measurement_grant=args.grant_measurements,
+        max_measurements_per_evaluation=args.max_measurements_per_evaluation,
+        min_control_spacing=args.min_control_spacing,
+        ledger=ledger_path(args.fixed, args.ledger),
         max_sessions=args.max_sessions,
         deadline=args.deadline,
         session_limit=args.session_limit,

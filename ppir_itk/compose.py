@@ -32,8 +32,16 @@ from typing import Any
 from ppir_itk.backends import BACKENDS
 from ppir_itk.dealer import DealerServer, DealerSession, TriplePool
 from ppir_itk.dealer_client import DealerClient, open_dealer
+from ppir_itk.errors import InputError
 from ppir_itk.fixed_party import FixedPartyServer, FixedPartySession
-from ppir_itk.policy import DEFAULT_EVALUATION_BUDGET, FixedPolicy
+from ppir_itk.ledger import IN_MEMORY, Ledger
+from ppir_itk.policy import (
+    DEFAULT_EVALUATION_BUDGET,
+    DEFAULT_MEASUREMENT_GRANT,
+    DEFAULT_MEASUREMENTS_PER_EVALUATION,
+    DEFAULT_MIN_CONTROL_SPACING,
+    FixedPolicy,
+)
 from ppir_itk.protocol.channel import DEFAULT_DEADLINE, PeerError
 from ppir_itk.protocol.session import LocalSession, RemoteSession
 from ppir_itk.protocol.tls import TLS, init_pki
@@ -72,14 +80,18 @@ def in_process_session(fixed: Any, policy: FixedPolicy | None = None) -> LocalSe
     """A session with a fixed party living in this process (tests, benchmarks).
 
     Whoever runs it holds both images already, so by default every backend,
-    ``clear`` included, is offered; SPDZ gets a dealer in this process too.
+    ``clear`` included, is offered with no measurement limit
+    (:meth:`FixedPolicy.holding_both_images`); SPDZ gets a dealer in this process
+    too. A ``policy`` given is held across this session only (an in-memory ledger).
     """
-    policy = policy or FixedPolicy(backends=tuple(BACKENDS))
+    policy = policy or FixedPolicy.holding_both_images(tuple(BACKENDS))
     policy.single_process = True
     pool = TriplePool()
     if policy.dealer is None:
         policy.dealer = local_dealer(pool, FIXED_PARTY)
-    session = LocalSession(FixedPartySession(fixed, policy))
+    session = LocalSession(
+        FixedPartySession(fixed, policy, ledger=Ledger(IN_MEMORY), client="in-process")
+    )
     session.dealer = local_dealer(pool, MOVING_PARTY)
 
     def deal_as_first_party() -> Callable[[bytes], DealerClient]:
@@ -100,6 +112,10 @@ def serve(
     *,
     backends: tuple[str, ...] | list[str] = ("he",),
     evaluation_budget: int = DEFAULT_EVALUATION_BUDGET,
+    measurement_grant: float = DEFAULT_MEASUREMENT_GRANT,
+    max_measurements_per_evaluation: float = DEFAULT_MEASUREMENTS_PER_EVALUATION,
+    min_control_spacing: float = DEFAULT_MIN_CONTROL_SPACING,
+    ledger: str | os.PathLike | None = None,
     max_sessions: int = 1,
     deadline: float = DEFAULT_DEADLINE,
     session_limit: float = DEFAULT_SESSION_LIMIT,
@@ -107,10 +123,20 @@ def serve(
 ) -> None:
     """Serve the fixed image until interrupted (``ppir serve``).
 
-    ``dealer`` (``HOST:PORT``) is the ``ppir dealer`` this party trusts for
-    ``spdz`` sessions; it is reached with this party's own certificate.
+    The measurement limits are :class:`FixedPolicy`'s; ``ledger`` is the SQLite file
+    that counts each client's measurements across sessions and restarts (default:
+    beside ``fixed`` when it is a path, ``IMAGE.ppir-ledger.sqlite``). ``dealer``
+    (``HOST:PORT``) is the ``ppir dealer`` this party trusts for ``spdz`` sessions;
+    it is reached with this party's own certificate.
     """
-    policy = FixedPolicy(backends=tuple(backends), evaluation_budget=evaluation_budget)
+    ledger = ledger_path(fixed, ledger)
+    policy = FixedPolicy(
+        backends=tuple(backends),
+        evaluation_budget=evaluation_budget,
+        measurement_grant=measurement_grant,
+        max_measurements_per_evaluation=max_measurements_per_evaluation,
+        min_control_spacing=min_control_spacing,
+    )
     if dealer is not None:
         policy.dealer = lambda token: open_dealer(dealer, tls, token, deadline=deadline)
     _run_until_interrupted(
@@ -119,11 +145,23 @@ def serve(
             listen,
             tls,
             policy=policy,
+            ledger=Ledger(ledger),
             max_sessions=max_sessions,
             deadline=deadline,
             session_limit=session_limit,
         )
     )
+
+
+def ledger_path(fixed: Any, ledger: str | os.PathLike | None) -> str:
+    """``ledger``, or by default a file beside the fixed image (``IMAGE.ppir-ledger.sqlite``)."""
+    if ledger is not None:
+        return os.fspath(ledger)
+    if not isinstance(fixed, (str, os.PathLike)):
+        raise InputError(
+            "the fixed image is not a file, so its ledger needs a path: give --ledger PATH"
+        )
+    return f"{os.fspath(fixed)}{LEDGER_SUFFIX}"
 
 
 def serve_dealer(
@@ -150,6 +188,7 @@ def _run_until_interrupted(server: PartyServer) -> None:
         server.stop()
 
 
+LEDGER_SUFFIX = ".ppir-ledger.sqlite"  # the default ledger, beside the fixed image
 READY = "listening on "
 STARTUP_TIMEOUT = 60.0  # seconds a local party may take to say where it listens
 
@@ -180,6 +219,8 @@ def spawn_fixed_party(
 
     With ``spdz`` among ``backends``, ``ppir dealer`` starts first, as a third
     process on the same PKI. The processes are stopped when the context exits.
+    The caller holds both images, so the fixed party has no measurement limit
+    (:meth:`FixedPolicy.holding_both_images`) and its ledger is a throw-away file.
     """
     with tempfile.TemporaryDirectory(prefix="ppir-local-") as folder, ExitStack() as processes:
         directory = Path(folder)
@@ -197,6 +238,18 @@ def spawn_fixed_party(
             "--deadline",
             str(deadline),
         ]
+        # Local mode: whoever runs it holds both images, and can learn nothing from the
+        # joint term that it does not have, so the fixed party grants without limit.
+        unlimited = [
+            "--grant-measurements",
+            "inf",
+            "--max-measurements-per-evaluation",
+            "inf",
+            "--min-control-spacing",
+            "0",
+            "--ledger",
+            str(directory / "ledger.sqlite"),
+        ]
         start = time.perf_counter()
         dealer_address, dealer_process = None, None
         if "spdz" in backends:
@@ -213,6 +266,7 @@ def spawn_fixed_party(
                     *common,
                     "--backends",
                     *backends,
+                    *unlimited,
                     *extra_arguments,
                 ],
                 directory,

@@ -216,7 +216,7 @@ class DealerServer(PartyServer):
         self.pool = TriplePool()
         super().__init__(listen, tls, max_sessions=max_sessions, **options)
 
-    def _new_session(self, client_name: str) -> DealerSession:
+    def _new_session(self, client_name: str, client_fingerprint: str) -> DealerSession:
         return DealerSession(self.pool, client_name)
 
     def _ended(self, session: DealerSession, clean: bool) -> None:

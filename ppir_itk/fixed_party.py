@@ -27,13 +27,21 @@ sampling, seed)               the security model) and the evaluation budget
 ``Close``                     ``Closed``: the fixed party's own accounting
 ============================  ===================================================
 
-Requests out of order, outside the agreed session, or past the evaluation
-budget end the session with ``Abort``; the fixed party's server lives on.
+Requests out of order, outside the agreed session, past the evaluation
+budget, or asking more linear measurements of J than the policy grants
+(:mod:`ppir_itk.policy`) end the session with ``Abort``; the fixed party's
+server lives on. The measurements are checked at ``SelectPoints``, before any
+product (a grid too fine, too many per evaluation, or not one evaluation left of
+the client's grant), and each evaluation's are charged to the server's
+:class:`~ppir_itk.ledger.Ledger` before the answer that reveals them is sent.
+The ``clear`` backend is outside this accounting: it sends J itself, and an
+operator who offers it has granted the whole image.
 """
 
 from __future__ import annotations
 
 import importlib
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +52,7 @@ from ppir_itk.backends import make_fixed_side
 from ppir_itk.backends.base import FixedSide
 from ppir_itk.disclosure import SESSION, Received
 from ppir_itk.image import GridGeometry, ImageGrid, center_of_mass
+from ppir_itk.ledger import IN_MEMORY, Ledger, image_fingerprint
 from ppir_itk.points import SAMPLING_KINDS, PointSet, draw_points
 from ppir_itk.policy import FixedPolicy
 from ppir_itk.protocol import ppir_pb2 as pb
@@ -75,10 +84,20 @@ class FixedPartySession:
         ``clear`` backend.
     policy : FixedPolicy
         The operator's limits.
+    ledger : Ledger, optional
+        Where the measurements granted to ``client`` are counted across sessions;
+        without one (a session built by hand) only the per-request checks apply.
+    client : str
+        The client's identity in the ledger: its certificate's SHA-256 fingerprint.
+    image_id : str, optional
+        The image's fingerprint in the ledger (computed when not given).
     """
 
     image: Any
     policy: FixedPolicy = field(default_factory=FixedPolicy)
+    ledger: Ledger | None = None
+    client: str = ""
+    image_id: str | None = None
 
     def __post_init__(self) -> None:
         self.image = as_image_grid(self.image, name="fixed image")
@@ -91,6 +110,25 @@ class FixedPartySession:
         self.level_seconds: list[float] = []
         self.closed = False
         self.received = Received(FIXED_PARTY, [SESSION])  # what it received in the clear
+        self.measurements = 0  # linear measurements of J this session revealed
+        if self.ledger is not None and self.image_id is None:
+            self.image_id = image_fingerprint(self.image)
+
+    @property
+    def measurement_cap(self) -> float:
+        """The linear measurements of J the client may hold, all its sessions together (no
+        cap without a ledger: nothing counts them across sessions)."""
+        if self.ledger is None:
+            return math.inf
+        return self.policy.measurement_cap(self.geometry.number_of_points)
+
+    @property
+    def measurements_held(self) -> int:
+        """What the client holds of J: the ledger's count (this session's, without one)."""
+        if self.ledger is None:
+            return self.measurements
+        assert self.image_id is not None, "a session with a ledger knows its image's fingerprint"
+        return self.ledger.used(self.client, self.image_id)
 
     @property
     def geometry(self) -> GridGeometry:
@@ -209,6 +247,8 @@ class FixedPartySession:
         )
         if self.points.control is not None and not self.backend_side.bspline:
             raise ProtocolError(f"backend '{self.hello.backend}' does not take B-spline transforms")
+        if self.hello.backend != "clear":
+            self._check_measurements(self.points)
         if request.kind == "revealed":
             self.received.add("gms_indices", self.points.size, detail=f"level {self.level_index}")
         values = self.level_image.array.ravel().astype(np.float64)
@@ -218,7 +258,7 @@ class FixedPartySession:
         return pb.Envelope(points_selected=pb.PointsSelected(count=self.points.size))
 
     def _on_backend(self, message: pb.BackendMessage) -> pb.Envelope:
-        assert self.backend_side is not None, _AFTER_HELLO
+        assert self.hello is not None and self.backend_side is not None, _AFTER_HELLO
         if self.points is None:
             raise ProtocolError("a backend request arrived before the points were agreed")
         if self.backend_side.evaluations >= self.policy.evaluation_budget:
@@ -227,7 +267,57 @@ class FixedPartySession:
                 f"{self.policy.evaluation_budget} joint-term evaluations per "
                 "session (its operator sets it: ppir serve --budget)"
             )
-        return pb.Envelope(backend=self.backend_side.handle(message))
+        evaluations = self.backend_side.evaluations
+        answer = self.backend_side.handle(message)
+        if self.backend_side.evaluations > evaluations and self.hello.backend != "clear":
+            self._charge(self.points.linear_map.sums_per_evaluation)
+        return pb.Envelope(backend=answer)
+
+    def _check_measurements(self, points: PointSet) -> None:
+        """Refuse, before any product, a level whose evaluations the policy cannot answer."""
+        policy, asked = self.policy, points.linear_map.sums_per_evaluation
+        if points.control is not None:
+            level_spacing = np.asarray(points.geometry.spacing)
+            spacing = float(np.min(np.asarray(points.control.spacing) / level_spacing))
+            if spacing < policy.min_control_spacing:
+                raise ProtocolError(
+                    f"a control grid spaced {spacing:.3g} level pixels asks finer detail of the "
+                    f"fixed image than this fixed party allows (at least "
+                    f"{policy.min_control_spacing:g} level pixels at level {self.level_index}; "
+                    "its operator sets it: ppir serve --min-control-spacing)"
+                )
+        allowed = policy.max_measurements_per_evaluation * points.size
+        if asked > allowed:
+            raise ProtocolError(
+                f"one evaluation would reveal {asked} linear measurements of the fixed image, "
+                f"and this fixed party allows {int(allowed)} per evaluation at level "
+                f"{self.level_index} ({policy.max_measurements_per_evaluation:g} of its "
+                f"{points.size} points; its operator sets it: ppir serve "
+                "--max-measurements-per-evaluation)"
+            )
+        left = self.measurement_cap - self.measurements_held
+        if asked > left:
+            raise ProtocolError(self._grant_used_up(asked, left))
+
+    def _charge(self, count: int) -> None:
+        """Count ``count`` measurements the answer about to be sent reveals (committed to the
+        ledger first), or refuse the answer if they pass the client's grant."""
+        if self.ledger is not None:
+            assert self.image_id is not None, (
+                "a session with a ledger knows its image's fingerprint"
+            )
+            charge = self.ledger.charge(self.client, self.image_id, count, self.measurement_cap)
+            if not charge.granted:
+                raise ProtocolError(self._grant_used_up(count, self.measurement_cap - charge.used))
+        self.measurements += count
+
+    def _grant_used_up(self, asked: int, left: float) -> str:
+        return (
+            f"one evaluation would reveal {asked} linear measurements of the fixed image, "
+            f"and {max(0, int(left))} of the {int(self.measurement_cap)} this fixed party "
+            "grants this client (all its sessions together) are left (its operator grants "
+            "more: ppir serve --grant-measurements)"
+        )
 
     def _on_close(self, _: pb.Close) -> pb.Envelope:
         assert self.backend_side is not None, _AFTER_HELLO
@@ -241,6 +331,9 @@ class FixedPartySession:
                 learned=learned,
                 masked=self.backend_side.received.lines(masked=True),
                 dealer=dealer,
+                measurements=self.measurements,
+                measurements_held=self.measurements_held,
+                measurement_cap=self.measurement_cap,
             )
         )
 
@@ -249,7 +342,9 @@ class FixedPartyServer(PartyServer):
     """``ppir serve``: the fixed party's server (see :class:`PartyServer`).
 
     ``fixed`` is loaded once and used by every session; ``policy`` says which
-    backends are offered, the evaluation budget and the level limit.
+    backends are offered, the evaluation budget, the measurement limits and the
+    level limit; ``ledger`` counts each client's measurements across sessions
+    (in memory unless given: ``ppir serve`` always gives a file).
     """
 
     service = FIXED_PARTY_SERVICE
@@ -263,18 +358,50 @@ class FixedPartyServer(PartyServer):
         tls: TLS,
         *,
         policy: FixedPolicy | None = None,
+        ledger: Ledger | None = None,
         **options: Any,
     ) -> None:
         self.image = as_image_grid(fixed, name="fixed image")
+        self.image_id = image_fingerprint(self.image)
         self.policy = policy or FixedPolicy()
+        self.ledger = ledger or Ledger(IN_MEMORY)
         if "spdz" in self.policy.backends:
             # CrypTen's import (seconds) at start-up, not in the first session's time.
             importlib.import_module("ppir_itk.backends.spdz_shares")
         super().__init__(listen, tls, **options)
 
-    def _new_session(self, client_name: str) -> FixedPartySession:
-        return FixedPartySession(self.image, self.policy)
+    def start(self) -> FixedPartyServer:
+        # Before "listening on", which whoever waits for the server reads up to.
+        recoverable = self.policy.recoverable(self.image.geometry.number_of_points)
+        if recoverable is not None:
+            self.log(recoverable)
+        super().start()
+        return self
+
+    def _new_session(self, client_name: str, client_fingerprint: str) -> FixedPartySession:
+        return FixedPartySession(
+            self.image,
+            self.policy,
+            ledger=self.ledger,
+            client=client_fingerprint,
+            image_id=self.image_id,
+        )
 
     def _ended(self, session: FixedPartySession, clean: bool) -> None:
         if not clean:  # the moving party vanished or failed: release its dealer session too
             session.abandon()
+        self.log(f"client {session.client[:16]}: {measurement_use(session)}")
+
+
+def measurement_use(session: FixedPartySession) -> str:
+    """How much of its grant the session's client holds, for the server's log."""
+    held, cap = session.measurements_held, session.measurement_cap
+    if math.isinf(cap):
+        return (
+            f"{session.measurements} linear measurements of the fixed image this session, "
+            f"{held} in all (no cap)"
+        )
+    return (
+        f"{session.measurements} linear measurements of the fixed image this session, "
+        f"{held} of its {int(cap)} in all ({held / cap if cap else 0.0:.1%} of its cap)"
+    )

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -58,6 +59,7 @@ from ppir_itk.options import (
     check_threads,
 )
 from ppir_itk.policy import FixedPolicy
+from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.channel import Counters
 from ppir_itk.pyramid import LevelSchedule
 from ppir_itk.sampling import NoSampling
@@ -106,6 +108,9 @@ class RegistrationResult:
     learned: dict[str, list[str]] = field(default_factory=dict)
     # values each party opened or decrypted that a uniform mask hides from it
     masked: dict[str, list[str]] = field(default_factory=dict)
+    # Linear measurements of the fixed image the fixed party counted against this moving
+    # party's identity (:func:`measurement_report`), as it says in Closed.
+    measurements: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     transport: str = "in-process"
     fixed_startup_seconds: float | None = None
@@ -158,7 +163,22 @@ class RegistrationResult:
             "parties": self.parties,
             "learned_in_the_clear": self.learned,
             "received_uniformly_masked": self.masked,
+            "fixed_image_measurements": self.measurements,
         }
+
+
+def measurement_report(closed: pb.Closed) -> dict[str, Any]:
+    """The linear measurements of J the fixed party counted: in this session, held by this
+    moving party's identity over all its sessions, the cap on those (None: no cap) and the
+    fraction of the cap used."""
+    cap = closed.measurement_cap
+    limited = math.isfinite(cap)
+    return {
+        "this_session": closed.measurements,
+        "held": closed.measurements_held,
+        "cap": int(cap) if limited else None,
+        "fraction_of_cap": (closed.measurements_held / cap if cap else 1.0) if limited else 0.0,
+    }
 
 
 class ImageRegistrationMethod(Observable):
@@ -337,6 +357,7 @@ class ImageRegistrationMethod(Observable):
                 }
         result.learned = {"moving": moving_party.learned(), "fixed": list(closed.learned)}
         result.masked = {"moving": moving_party.masked(), "fixed": list(closed.masked)}
+        result.measurements = measurement_report(closed)
         self.InvokeEvent(Event.END)
         return result
 
@@ -547,7 +568,9 @@ def register(
         )
     options.check_dimension(moving_grid.dimension)
     if transport == "in-process":
-        session = in_process_session(fixed_grid, FixedPolicy(backends=(options.backend,)))
+        session = in_process_session(
+            fixed_grid, FixedPolicy.holding_both_images((options.backend,))
+        )
         return _register_with(session, moving_grid, options, observers)
     if transport != "process":
         raise InputError(f"unknown transport '{transport}': choose process or in-process")

@@ -210,6 +210,11 @@ OPTIONS = {
 SERVE_DEALER_PKI = {
     "serve: --listen not HOST:PORT": [],
     "serve: --max-sessions 0": [],
+    "serve: --grant-measurements 0": [],
+    "serve: --max-measurements-per-evaluation negative": [],
+    "serve: --min-control-spacing negative": [],
+    "serve: --ledger in a missing folder": ["fixed.mha", "pki"],
+    "serve: --ledger that is not SQLite": ["fixed.mha", "pki", "notes.txt"],
     "serve: unknown backend": [],
     "serve: spdz without --dealer": [],
     "serve: --dealer not HOST:PORT": [],

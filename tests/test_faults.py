@@ -143,6 +143,8 @@ def _fixed_party(
                 "spdz",
                 "--dealer",
                 dealer_address,
+                "--grant-measurements",
+                "inf",
             ],
             folder,
             "fixed party",

@@ -735,7 +735,7 @@ def _fixed_session(pool: TriplePool | None = None) -> tuple[FixedPartySession, l
         return DealerClient(links[-1], token)
 
     return FixedPartySession(
-        _fixed_image(), FixedPolicy(backends=tuple(BACKENDS), dealer=connect)
+        _fixed_image(), FixedPolicy.holding_both_images(tuple(BACKENDS), dealer=connect)
     ), links
 
 
@@ -1218,7 +1218,18 @@ def wire(pki: Any, tmp_path_factory: Any) -> Iterator[SimpleNamespace]:  # noqa:
     try:
         # test_two_party's helper runs `ppir serve ... --backends clear`: two backends more
         fixed = _Served(
-            *_serve_process(pki, image, "he", "spdz", "--dealer", dealer.address, "--deadline", "5")
+            *_serve_process(
+                pki,
+                image,
+                "he",
+                "spdz",
+                "--dealer",
+                dealer.address,
+                "--deadline",
+                "5",
+                "--grant-measurements",
+                "inf",
+            )
         )
     except BaseException:
         dealer.stop()

@@ -243,6 +243,8 @@ def _serve_process(pki, image, *extra):
         cwd=pki,
     )
     line = process.stderr.readline()
+    while line and "listening on" not in line:  # a measurement grant's line comes first
+        line = process.stderr.readline()
     assert "listening on" in line, line
     return process, line.split("listening on", 1)[1].strip()
 

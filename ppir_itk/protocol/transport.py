@@ -14,6 +14,8 @@ a time and refuses more with a sentence.
 from __future__ import annotations
 
 import abc
+import hashlib
+import ssl
 import sys
 import threading
 from collections.abc import Callable
@@ -154,8 +156,9 @@ class PartyServer(abc.ABC):
         self.address = f"{self._relay.address[0]}:{self._relay.address[1]}"
 
     @abc.abstractmethod
-    def _new_session(self, client_name: str) -> Any:
-        """The object that answers one client's envelopes (``handle``)."""
+    def _new_session(self, client_name: str, client_fingerprint: str) -> Any:
+        """The object that answers one client's envelopes (``handle``); the fingerprint
+        (SHA-256 of the client's certificate) tells apart clients that share a name."""
 
     def _ended(self, session: Any, clean: bool) -> None:  # noqa: B027 - nothing to release
         """A session ended (``clean``: with Close)."""
@@ -192,7 +195,7 @@ class PartyServer(abc.ABC):
             wire = self._wire_counters(context)
             channel.read_from(frames)
             endpoint = Endpoint(
-                self._new_session(client),
+                self._new_session(client, _peer_fingerprint(context)),
                 lambda: channel.counters.with_wire(wire),
             )
             threading.Thread(
@@ -256,6 +259,17 @@ def _tell(channel: Channel, reason: str) -> None:
         channel.send(pb.Envelope(abort=pb.Abort(reason=reason)))
     except PeerError:
         pass
+
+
+def certificate_fingerprint(pem: bytes) -> str:
+    """SHA-256 (hex) of a PEM certificate's DER bytes, as ``openssl x509 -fingerprint -sha256``
+    gives it without colons: a client's identity, unlike its name."""
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem.decode())).hexdigest()
+
+
+def _peer_fingerprint(context: grpc.ServicerContext) -> str:
+    # gRPC has checked the certificate against the CA before the call reaches us.
+    return certificate_fingerprint(context.auth_context()["x509_pem_cert"][0])
 
 
 def _peer_name(context: grpc.ServicerContext) -> str:
