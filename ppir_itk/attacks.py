@@ -1,0 +1,454 @@
+"""Attacks on the fixed image J, played with the project's own moving-party client.
+
+The joint term is a set of linear measurements of J whose weights the moving party
+builds from its own data (docs/privacy.md). These attacks measure what that lets it
+recover, each through a :class:`~ppir_itk.moving_party.MovingPartySession` that sends
+fields of its choosing (:class:`~ppir_itk.backends.base.MovingFields`) to whatever
+fixed party ``connect()`` reaches (``ppir serve`` through :func:`ppir_itk.connect`, or
+:func:`ppir_itk.in_process_session`):
+
+- :func:`recover_by_fine_grid` (attack 1): a B-spline control grid of 1-px spacing
+  and one evaluation; a sparse least-squares solve returns J;
+- :class:`RecordingMovingParty` and :func:`reconstruct_from_view` (attack 2): an
+  honest moving party records its fields and the joint terms it received, then
+  reconstructs J by regularised least squares (Tikhonov, total variation, a prior);
+- :func:`recover_by_one_hot` (attack 3): one-hot "gradients", warped image and valid
+  mask read ``d (d + 1) + 2`` pixels exactly per affine evaluation (``d K + 2`` with a
+  control grid), session after session.
+
+An attack stops cleanly when the fixed party refuses or ends a session
+(:class:`~ppir_itk.protocol.channel.PeerError`) and reports what it got
+(:class:`AttackResult`): the fixed party's policy quotes these numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ppir_itk.backends.base import JointTerm, MovingFields
+from ppir_itk.bspline import BSplineTransform, control_map
+from ppir_itk.fixed_point import PLAIN_MODULUS, RING, encode, exponent
+from ppir_itk.image import GridGeometry
+from ppir_itk.moving_party import MovingPartySession
+from ppir_itk.points import PointSet
+from ppir_itk.protocol.channel import PeerError
+from ppir_itk.protocol.session import Session
+from ppir_itk.pyramid import LevelSchedule
+
+# The ring each private backend computes in: J's fixed-point bits follow from it.
+MODULI = {"spdz": RING, "he": PLAIN_MODULUS}
+# One level, unsmoothed and full size: the attacks want J itself, not a blurred level.
+FULL_RESOLUTION = LevelSchedule.from_lists([1], [0.0])
+
+
+@dataclass
+class AttackResult:
+    """What an attack recovered of J on the fixed grid, and what it cost.
+
+    ``estimate`` has NumPy's shape of the fixed grid (x fastest in memory); ``read``
+    marks the pixels the attack read exactly (attack 3), the rest it interpolated.
+    """
+
+    attack: str
+    backend: str
+    geometry: GridGeometry | None  # None: the fixed party refused the first session
+    estimate: np.ndarray
+    evaluations: int
+    sessions: int
+    seconds: float
+    #: Fixed-point bits of J in the backend's sums (None: ``clear``, J is sent as floats).
+    j_bits: int | None
+    read: np.ndarray | None = None
+    #: Why the attack stopped early: the fixed party's sentence (None: it ran to the end).
+    stopped: str | None = None
+    details: dict[str, float] = field(default_factory=dict)
+
+    def quantised(self, values: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        """``values`` at the fixed-point precision the backend reveals J with
+        (the fixed party's own exponent rule on ``reference``, J)."""
+        if self.j_bits is None:
+            return np.asarray(values, dtype=np.float64)
+        e_j = exponent(float(np.abs(reference).max(initial=0.0)), self.j_bits)
+        return encode(np.asarray(values, dtype=np.float64), e_j)
+
+    def exact_fraction(self, j: np.ndarray) -> float:
+        """The fraction of J's pixels the estimate gives exactly (at the revealed precision)."""
+        j = np.asarray(j, dtype=np.float64).reshape(self.estimate.shape)
+        same = self.quantised(self.estimate, j) == self.quantised(j, j)
+        return float(np.mean(same))
+
+    def psnr(self, j: np.ndarray) -> float:
+        """Peak signal-to-noise ratio of the estimate against J (dB; J's range as peak)."""
+        return psnr(self.estimate, j)
+
+    def correlation(self, j: np.ndarray) -> float:
+        """Pearson correlation of the estimate with J."""
+        return correlation(self.estimate, j)
+
+
+def psnr(estimate: np.ndarray, j: np.ndarray) -> float:
+    """PSNR in dB of ``estimate`` against ``j``, with J's range as the peak."""
+    j = np.asarray(j, dtype=np.float64)
+    error = np.mean((np.asarray(estimate, dtype=np.float64).reshape(j.shape) - j) ** 2)
+    peak = float(j.max() - j.min())
+    return math.inf if error == 0 else 10.0 * math.log10(peak**2 / error)
+
+
+def correlation(estimate: np.ndarray, j: np.ndarray) -> float:
+    """Pearson correlation of two images."""
+    return float(np.corrcoef(np.ravel(estimate), np.ravel(j))[0, 1])
+
+
+# -- the adversary's session ------------------------------------------------------------
+Connect = Callable[[], Session]
+
+
+class _Sessions:
+    """Opens session after session with the fixed party, one full-size level each, with a
+    chosen control grid (spacing in pixels; None: the affine basis)."""
+
+    def __init__(
+        self,
+        connect: Connect,
+        backend: str,
+        parameters: dict[str, str] | None,
+        grid_spacing: float | None,
+    ) -> None:
+        self.connect, self.backend, self.parameters = connect, backend, parameters
+        self.grid_spacing = grid_spacing
+        self.sessions = 0
+        self.evaluations = 0
+        self.current: MovingPartySession | None = None
+        self.geometry: GridGeometry | None = None  # the fixed grid, once a session said it
+
+    def open(self) -> PointSet:
+        """A new session's point set (raises PeerError when the fixed party refuses)."""
+        self.close()
+        self.current = MovingPartySession(self.connect(), self.backend, self.parameters)
+        self.sessions += 1
+        self.geometry = self.current.start(FULL_RESOLUTION, None)
+        level = self.current.begin_level(0)()
+        control = None
+        if self.grid_spacing is not None:
+            spacing = self.grid_spacing * np.asarray(level.spacing, dtype=np.float64)
+            control = BSplineTransform.over(level, spacing).control_grid
+        return self.current.select_points(level, control_grid=control)
+
+    def joint_term(self, fields: MovingFields) -> JointTerm:
+        joint = self.current.joint_term(fields)
+        self.evaluations += 1
+        return joint
+
+    def close(self) -> None:
+        if self.current is None:
+            return
+        try:
+            self.current.close()
+        except PeerError:
+            pass  # the fixed party ended the session itself (its budget): nothing to close
+        self.current = None
+
+
+def _fields(
+    points: PointSet,
+    gradient: np.ndarray,
+    warped: np.ndarray | None = None,
+    valid: np.ndarray | None = None,
+) -> MovingFields:
+    n = points.size
+    d = points.geometry.dimension
+    coefficients = np.eye(d * (d + 1)) if points.control is None else np.zeros((0, 0))
+    return MovingFields(
+        gradient=gradient,
+        warped=np.zeros(n) if warped is None else warped,
+        valid=np.zeros(n, dtype=np.uint8) if valid is None else valid,
+        coefficients=coefficients,
+    )
+
+
+def _j_bits(backend: str, points: PointSet) -> int | None:
+    modulus = MODULI.get(backend)
+    return None if modulus is None else points.linear_map.budget(modulus).j_bits
+
+
+def bspline_matrix(points: PointSet, axis_weight_bits: int = 0) -> Any:
+    """The B-spline basis of the points' control grid as a sparse (n, K) matrix, with the
+    weights the backends use (``prod_k round(beta3 2^bits) / 2^bits`` when
+    ``axis_weight_bits`` > 0): ``moments[k] = B^T (g_k J)``. All grid points (no indices)."""
+    import scipy.sparse as sparse
+
+    geometry, control = points.geometry, points.control
+    size, matrix, offset = control_map(control, geometry)
+    d = geometry.dimension
+    index = geometry.flat_to_index(np.arange(geometry.number_of_points))
+    u = index @ matrix.T + offset
+    floor = np.minimum(np.floor(u), size - 3)  # the kernels' rule (src/ppir_bspline.c)
+    t = u - floor
+    base = floor.astype(np.int64) - 1
+    weights = (
+        np.stack(
+            [(1 - t) ** 3, 3 * t**3 - 6 * t**2 + 4, -3 * t**3 + 3 * t**2 + 3 * t + 1, t**3], axis=-1
+        )
+        / 6.0
+    )
+    if axis_weight_bits > 0:  # llround: halves away from zero (the weights are >= 0)
+        scale = 2.0**axis_weight_bits
+        weights = np.floor(weights * scale + 0.5) / scale
+    strides = np.cumprod((1,) + tuple(int(s) for s in size[:-1]))
+    rows, columns, values = [], [], []
+    for shift in np.ndindex(*(4,) * d):
+        corner = base + np.asarray(shift)
+        inside = np.all((corner >= 0) & (corner < size), axis=1)
+        rows.append(np.flatnonzero(inside))
+        columns.append(corner[inside] @ strides)
+        values.append(np.prod(weights[inside][:, np.arange(d), list(shift)], axis=1))
+    return sparse.csr_matrix(
+        (np.concatenate(values), (np.concatenate(rows), np.concatenate(columns))),
+        shape=(geometry.number_of_points, control.number_of_points),
+    )
+
+
+# -- attack 1: a fine B-spline grid -------------------------------------------------------
+def recover_by_fine_grid(
+    connect: Connect,
+    *,
+    backend: str = "he",
+    parameters: dict[str, str] | None = None,
+    grid_spacing: float = 1.0,
+) -> AttackResult:
+    """J from one evaluation on a control grid of ``grid_spacing`` pixels (attack 1).
+
+    The moving party sends a gradient of 1 along axis 0 everywhere, so the moments of
+    that axis are ``B^T J``: with a 1-px grid, more equations (K) than pixels (n), and
+    the B-spline's symbol bounded away from zero, a least-squares solve returns J.
+    """
+    from scipy.sparse.linalg import lsqr
+
+    start = time.perf_counter()
+    sessions = _Sessions(connect, backend, parameters, grid_spacing)
+    stopped, estimate, points = None, None, None
+    try:
+        points = sessions.open()
+        n, d = points.size, points.geometry.dimension
+        gradient = np.zeros((n, d))
+        gradient[:, 0] = 1.0
+        joint = sessions.joint_term(_fields(points, gradient))
+        basis = bspline_matrix(points, joint.basis_weight_bits)
+        solution = lsqr(basis.T.tocsr(), joint.moments[0], atol=1e-15, btol=1e-15, iter_lim=10 * n)
+        estimate = solution[0]
+    except PeerError as error:
+        stopped = str(error)
+    finally:
+        sessions.close()
+    return _result("fine grid", backend, sessions, points, estimate, start, stopped)
+
+
+def _result(
+    attack: str,
+    backend: str,
+    sessions: _Sessions,
+    points: PointSet | None,
+    estimate: np.ndarray | None,
+    start: float,
+    stopped: str | None,
+    read: np.ndarray | None = None,
+) -> AttackResult:
+    geometry = sessions.geometry
+    shape = (0,) if geometry is None else tuple(reversed(geometry.size))
+    flat = np.zeros(math.prod(shape)) if estimate is None else estimate
+    return AttackResult(
+        attack=attack,
+        backend=backend,
+        geometry=geometry,
+        estimate=flat.reshape(shape),
+        evaluations=sessions.evaluations,
+        sessions=sessions.sessions,
+        seconds=time.perf_counter() - start,
+        j_bits=None if points is None else _j_bits(backend, points),
+        read=None if read is None else read.reshape(shape),
+        stopped=stopped,
+    )
+
+
+# -- attack 3: malicious chosen weights ----------------------------------------------------
+def recover_by_one_hot(
+    connect: Connect,
+    *,
+    backend: str = "he",
+    parameters: dict[str, str] | None = None,
+    grid_spacing: int | None = None,
+    max_sessions: int = 64,
+    max_evaluations: int | None = None,
+) -> AttackResult:
+    """J's pixels read exactly through one-hot fields, session after session (attack 3).
+
+    Affine basis (``grid_spacing`` None): each gradient row is one-hot on d + 1 affinely
+    independent pixels, separated by solving with the public basis; the warped image is
+    one-hot on one more (``I_w . J``) and the valid mask on another (``sum m J^2``, J
+    taken >= 0): ``d (d + 1) + 2`` pixels per evaluation. A control grid of
+    ``grid_spacing`` pixels: each gradient row is one-hot on a residue class of the
+    pixels mod the spacing, which its K moments separate (a full convolution with the
+    B-spline weights). When the fixed party ends a session, the next one is opened;
+    the attack stops when it refuses, after ``max_sessions`` or ``max_evaluations``,
+    or when every pixel is read. The pixels not read are interpolated.
+    """
+    start = time.perf_counter()
+    sessions = _Sessions(connect, backend, parameters, grid_spacing)
+    stopped, points, values, read = None, None, None, None
+    while sessions.sessions < max_sessions:
+        try:
+            points = sessions.open()
+        except PeerError as error:
+            stopped = str(error)
+            break
+        if values is None:
+            values = np.zeros(points.size)
+            read = np.zeros(points.size, dtype=bool)
+            plan = _one_hot_plan(points, grid_spacing)
+        before = sessions.evaluations
+        try:
+            while plan and (max_evaluations is None or sessions.evaluations < max_evaluations):
+                _read_one_hot(sessions, points, *plan[0], values, read)
+                plan.popleft()
+        except PeerError as error:
+            stopped = str(error)
+        if (
+            not plan
+            or sessions.evaluations == before
+            or (max_evaluations is not None and sessions.evaluations >= max_evaluations)
+        ):
+            break
+    sessions.close()
+    if values is not None and not plan:
+        stopped = None  # every pixel read: the last session's end did not stop the attack
+    estimate = None if values is None else _interpolate(points.geometry, values, read)
+    return _result(
+        "one-hot" if grid_spacing is None else f"one-hot, {grid_spacing}-px grid",
+        backend,
+        sessions,
+        points,
+        estimate,
+        start,
+        stopped,
+        read,
+    )
+
+
+# One evaluation's one-hot pixels: per gradient row, then I_w's and the valid mask's.
+OneHot = tuple[list[np.ndarray], int | None, int | None]
+
+
+def _one_hot_plan(points: PointSet, grid_spacing: int | None) -> deque[OneHot]:
+    geometry = points.geometry
+    d, n = geometry.dimension, points.size
+    if grid_spacing is not None:
+        index = geometry.flat_to_index(np.arange(n))
+        residue = (index % grid_spacing) @ (grid_spacing ** np.arange(d))
+        classes = [np.flatnonzero(residue == r) for r in range(grid_spacing**d)]
+        return deque(
+            ([*classes[first : first + d]], None, None) for first in range(0, len(classes), d)
+        )
+    weights = _affine_weights(points)
+    # Any order: a random one keeps d + 1 consecutive pixels off a common line (plane).
+    queue = deque(np.random.default_rng(0).permutation(n).tolist())
+    plan: deque[OneHot] = deque()
+    taken: list[int] = []
+    while queue:
+        rows = []
+        for _ in range(d):
+            row: list[int] = []
+            while len(row) < d + 1:
+                candidate = queue.popleft() if queue else taken[len(row)]  # reread: known
+                trial = weights[row + [candidate]]
+                if np.linalg.matrix_rank(trial, tol=1e-6) == len(row) + 1:
+                    row.append(candidate)
+                elif queue:
+                    queue.append(candidate)  # on the others' line: later, with other pixels
+                else:
+                    row.append(
+                        next(
+                            p
+                            for p in taken
+                            if np.linalg.matrix_rank(weights[row + [p]], tol=1e-6) == len(row) + 1
+                        )
+                    )
+            taken.extend(p for p in row if p not in taken[-(d + 1) * d :])
+            rows.append(np.array(row))
+        warped = queue.popleft() if queue else None
+        valid = queue.popleft() if queue else None
+        plan.append((rows, warped, valid))
+    return plan
+
+
+def _affine_weights(points: PointSet) -> np.ndarray:
+    """The affine basis as the backends weight it: ``(q(phi) / 2^e_phi, 1)``, (n, d + 1)."""
+    basis = points.linear_map
+    return basis.dense_weights() / 2.0**basis.column_bits
+
+
+def _read_one_hot(
+    sessions: _Sessions,
+    points: PointSet,
+    rows: list[np.ndarray],
+    warped_pixel: int | None,
+    valid_pixel: int | None,
+    values: np.ndarray,
+    read: np.ndarray,
+) -> None:
+    from scipy.sparse.linalg import lsqr
+
+    n, d = points.size, points.geometry.dimension
+    gradient = np.zeros((n, d))
+    for k, row in enumerate(rows):
+        gradient[row, k] = 1.0
+    warped = np.zeros(n)
+    valid = np.zeros(n, dtype=np.uint8)
+    if warped_pixel is not None:
+        warped[warped_pixel] = 1.0
+    if valid_pixel is not None:
+        valid[valid_pixel] = 1
+    joint = sessions.joint_term(_fields(points, gradient, warped, valid))
+    if points.control is None:
+        weights = _affine_weights(points)
+        for k, row in enumerate(rows):
+            values[row] = np.linalg.solve(weights[row].T, joint.moments[k])
+    else:
+        basis = bspline_matrix(points, joint.basis_weight_bits)
+        for k, row in enumerate(rows):
+            values[row] = lsqr(
+                basis[row].T.tocsr(),
+                joint.moments[k],
+                atol=1e-15,
+                btol=1e-15,
+                iter_lim=10 * row.size,
+            )[0]
+    for row in rows:
+        read[row] = True
+    if warped_pixel is not None:
+        values[warped_pixel], read[warped_pixel] = joint.warped_dot_fixed, True
+    if valid_pixel is not None:
+        values[valid_pixel] = math.sqrt(max(joint.fixed_squared, 0.0))
+        read[valid_pixel] = True
+
+
+def _interpolate(geometry: GridGeometry, values: np.ndarray, read: np.ndarray) -> np.ndarray:
+    """The pixels not read, linearly from those read (nearest outside their hull)."""
+    if read.all() or not read.any():
+        return values
+    from scipy.interpolate import griddata
+
+    index = geometry.flat_to_index(np.arange(values.size)).astype(np.float64)
+    known, unknown = index[read], index[~read]
+    out = values.copy()
+    linear = griddata(known, values[read], unknown, method="linear")
+    nearest = griddata(known, values[read], unknown[np.isnan(linear)], method="nearest")
+    linear[np.isnan(linear)] = nearest
+    out[~read] = linear
+    return out
