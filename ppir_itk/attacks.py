@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -451,4 +451,225 @@ def _interpolate(geometry: GridGeometry, values: np.ndarray, read: np.ndarray) -
     nearest = griddata(known, values[read], unknown[np.isnan(linear)], method="nearest")
     linear[np.isnan(linear)] = nearest
     out[~read] = linear
+    return out
+
+
+# -- attack 2: an honest-but-curious moving party ------------------------------------------
+@dataclass(frozen=True)
+class Observation:
+    """One evaluation as the moving party saw it: its own fields and what it received."""
+
+    points: PointSet
+    fields: MovingFields
+    joint: JointTerm
+
+
+class RecordingMovingParty(MovingPartySession):
+    """An honest moving party that keeps its view: every evaluation's fields and joint term.
+
+    Use it as the metric's session
+    (``PrivateMeanSquaresImageToImageMetric(RecordingMovingParty(session, "he"))``);
+    :func:`reconstruct_from_view` then attacks :attr:`view`.
+    """
+
+    def __init__(
+        self, session: Session, backend: str = "he", parameters: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(session, backend, parameters)
+        self.view: list[Observation] = []
+
+    def joint_term(self, fields: MovingFields) -> JointTerm:
+        joint = super().joint_term(fields)
+        self.view.append(Observation(self.points, fields, joint))
+        return joint
+
+
+class ViewOperator:
+    """The linear measurements of J in a recorded view, on the full-size level's grid.
+
+    ``A x`` stacks, per evaluation, the moments ``W^T (g_k x)`` (W the points' public
+    basis) and ``I_w . x``; ``b`` what the moving party received. The sums of J^2 are not
+    linear in J and are left out, as are coarser levels' evaluations; ``warped_dot``
+    False leaves the ``I_w . J`` sums out too (their row is then zero).
+    """
+
+    def __init__(
+        self, view: list[Observation], geometry: GridGeometry, *, warped_dot: bool = True
+    ) -> None:
+        import scipy.sparse as sparse
+
+        kept = [o for o in view if o.points.geometry == geometry]
+        if not kept:
+            raise ValueError("the view has no evaluation on the fixed grid")
+        self.geometry = geometry
+        self.size = geometry.number_of_points
+        self.blocks = []  # (basis (n, outputs), gradients (n, d), warped (n,), moments, dot)
+        bases: dict[int, Any] = {}
+        for observation in kept:
+            points = observation.points
+            key = id(points)
+            if key not in bases:
+                if points.control is None:
+                    basis = sparse.csr_matrix(_affine_weights(PointSet(geometry, None)))
+                else:
+                    basis = bspline_matrix(PointSet(geometry, None, points.control))
+                bases[key] = basis
+            gradient = self._on_grid(points, observation.fields.gradient)
+            warped = self._on_grid(points, observation.fields.warped) * float(warped_dot)
+            self.blocks.append((bases[key], gradient, warped))
+        self.measured = np.concatenate(
+            [np.append(o.joint.moments.ravel(), o.joint.warped_dot_fixed) for o in kept]
+        )
+
+    def _on_grid(self, points: PointSet, values: np.ndarray) -> np.ndarray:
+        if points.indices is None:
+            return np.asarray(values, dtype=np.float64)
+        out = np.zeros((self.size,) + values.shape[1:])
+        out[points.indices] = values
+        return out
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        return np.concatenate(
+            [
+                np.append((basis.T @ (gradient * x[:, None])).T.ravel(), warped @ x)
+                for basis, gradient, warped in self.blocks
+            ]
+        )
+
+    def adjoint(self, y: np.ndarray) -> np.ndarray:
+        out = np.zeros(self.size)
+        offset = 0
+        for basis, gradient, warped in self.blocks:
+            count = gradient.shape[1] * basis.shape[1]
+            moments = y[offset : offset + count].reshape(gradient.shape[1], basis.shape[1])
+            out += np.sum(gradient * (basis @ moments.T), axis=1) + warped * y[offset + count]
+            offset += count + 1
+        return out
+
+    def norm_squared(self, iterations: int = 20) -> float:
+        """``||A||^2`` by power iteration (scales the regularisers)."""
+        x = np.ones(self.size) / math.sqrt(self.size)
+        value = 1.0
+        for _ in range(iterations):
+            x = self.adjoint(self.forward(x))
+            value = float(np.linalg.norm(x))
+            x /= value
+        return value
+
+
+def _gradient(x: np.ndarray) -> np.ndarray:
+    """Forward differences per axis (Neumann boundary), stacked on axis 0."""
+    return np.stack([np.diff(x, axis=a, append=np.take(x, [-1], axis=a)) for a in range(x.ndim)])
+
+
+def _divergence(p: np.ndarray) -> np.ndarray:
+    """The negative adjoint of :func:`_gradient`."""
+    out = np.zeros(p.shape[1:])
+    for a in range(p.shape[0]):
+        component = np.moveaxis(p[a], a, 0)
+        div = np.concatenate([component[:1], component[1:-1] - component[:-2], -component[-2:-1]])
+        out += np.moveaxis(div, 0, a)
+    return out
+
+
+def tikhonov(
+    operator: ViewOperator, weight: float, prior: np.ndarray | None = None, *, iterations: int = 100
+) -> np.ndarray:
+    """``argmin ||A x - b||^2 + weight ||A||^2 R(x)`` by conjugate gradients, with
+    ``R = ||grad x||^2`` (no prior) or ``||x - prior||^2``."""
+    from scipy.sparse.linalg import LinearOperator, cg
+
+    shape = tuple(reversed(operator.geometry.size))
+    scale = weight * operator.norm_squared()
+
+    def regulariser(x: np.ndarray) -> np.ndarray:
+        if prior is not None:
+            return x
+        return -_divergence(_gradient(x.reshape(shape))).ravel()
+
+    n = operator.size
+    normal = LinearOperator(
+        (n, n), matvec=lambda x: operator.adjoint(operator.forward(x)) + scale * regulariser(x)
+    )
+    right = operator.adjoint(operator.measured)
+    start = np.zeros(n)
+    if prior is not None:
+        right = right + scale * np.ravel(prior)
+        start = np.ravel(prior).astype(np.float64)
+    return cg(normal, right, x0=start, maxiter=iterations)[0].reshape(shape)
+
+
+def total_variation(operator: ViewOperator, weight: float, *, iterations: int = 300) -> np.ndarray:
+    """``argmin ||A x - b||^2 / (2 ||A||^2) + weight TV(x)`` (isotropic TV), by
+    Chambolle and Pock's primal-dual iteration."""
+    shape = tuple(reversed(operator.geometry.size))
+    norm = math.sqrt(operator.norm_squared())
+    measured = operator.measured / norm
+    step = 1.0 / math.sqrt(1.0 + 4.0 * len(shape))  # ||(A / ||A||, grad)||^2 <= 1 + 4 d
+    x = np.zeros(shape)
+    x_bar = x.copy()
+    y = np.zeros_like(measured)
+    z = np.zeros((len(shape), *shape))
+    for _ in range(iterations):
+        y = (y + step * (operator.forward(x_bar.ravel()) / norm - measured)) / (1.0 + step)
+        z += step * _gradient(x_bar)
+        z /= np.maximum(1.0, np.sqrt(np.sum(z**2, axis=0)) / weight)
+        previous = x
+        x = x - step * (operator.adjoint(y).reshape(shape) / norm - _divergence(z))
+        x_bar = 2.0 * x - previous
+    return x
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """Attack 2's best estimate per method, and the scores against J."""
+
+    method: str
+    weight: float
+    estimate: np.ndarray
+    psnr: float
+    correlation: float
+
+
+def reconstruct_from_view(
+    view: list[Observation],
+    geometry: GridGeometry,
+    j: np.ndarray,
+    *,
+    prior: np.ndarray | None = None,
+    warped_dot: bool = True,
+    weights: Sequence[float] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2),
+    tv_weights: Sequence[float] = (0.1, 1.0),
+    iterations: int = 100,
+    tv_iterations: int = 300,
+) -> list[Reconstruction]:
+    """Attack 2 on a recorded view: per method, the best weight's estimate scored against
+    J (an oracle choice of the regularisation weight, the attacker's best case).
+
+    Methods: Tikhonov with a smoothness term, total variation, and (with ``prior``, the
+    moving party's own registered image on the fixed grid) Tikhonov towards the prior,
+    with the prior alone as the baseline. ``warped_dot`` False: the moments alone.
+    """
+    operator = ViewOperator(view, geometry, warped_dot=warped_dot)
+    j = np.asarray(j, dtype=np.float64).reshape(tuple(reversed(geometry.size)))
+    candidates: dict[str, list[tuple[float, np.ndarray]]] = {
+        "tikhonov": [(w, tikhonov(operator, w, iterations=iterations)) for w in weights],
+        "total variation": [
+            (w, total_variation(operator, w, iterations=tv_iterations)) for w in tv_weights
+        ],
+    }
+    if prior is not None:
+        prior = np.asarray(prior, dtype=np.float64).reshape(j.shape)
+        candidates["prior alone"] = [(0.0, prior)]
+        candidates["towards the prior"] = [
+            (w, tikhonov(operator, w, prior, iterations=iterations)) for w in weights
+        ]
+    out = []
+    for method, estimates in candidates.items():
+        if not estimates:  # the caller asked for no weight of this method
+            continue
+        weight, estimate = max(estimates, key=lambda c: psnr(c[1], j))
+        out.append(
+            Reconstruction(method, weight, estimate, psnr(estimate, j), correlation(estimate, j))
+        )
     return out
