@@ -518,7 +518,10 @@ class ViewOperator:
             warped = self._on_grid(points, observation.fields.warped) * float(warped_dot)
             self.blocks.append((bases[key], gradient, warped))
         self.measured = np.concatenate(
-            [np.append(o.joint.moments.ravel(), o.joint.warped_dot_fixed) for o in kept]
+            [
+                np.append(o.joint.moments.ravel(), o.joint.warped_dot_fixed * float(warped_dot))
+                for o in kept
+            ]
         )
 
     def _on_grid(self, points: PointSet, values: np.ndarray) -> np.ndarray:
@@ -639,7 +642,7 @@ def reconstruct_from_view(
     prior: np.ndarray | None = None,
     warped_dot: bool = True,
     weights: Sequence[float] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2),
-    tv_weights: Sequence[float] = (0.1, 1.0),
+    tv_weights: Sequence[float] = (1e-3, 1e-2, 1e-1),
     iterations: int = 100,
     tv_iterations: int = 300,
 ) -> list[Reconstruction]:

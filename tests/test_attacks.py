@@ -94,11 +94,11 @@ def test_defence_off_an_honest_bspline_view_beats_its_own_image_prior():
         r.method: r for r in reconstruct_from_view(party.view, fixed.geometry, j, prior=prior)
     }
     assert scores["towards the prior"].psnr > scores["prior alone"].psnr + 0.5
-    assert scores["tikhonov"].correlation > 0.9
+    assert scores["tikhonov"].correlation > 0.95
     moments_only = {
         r.method: r
         for r in reconstruct_from_view(
             party.view, fixed.geometry, j, warped_dot=False, tv_weights=()
         )
     }
-    assert moments_only["tikhonov"].correlation > 0.5
+    assert moments_only["tikhonov"].correlation > 0.95  # the sums alone, as across modalities
