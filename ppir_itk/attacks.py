@@ -13,7 +13,8 @@ fixed party ``connect()`` reaches (``ppir serve`` through :func:`ppir_itk.connec
   honest moving party records its fields and the joint terms it received, then
   reconstructs J by regularised least squares (Tikhonov, total variation, a prior);
 - :func:`recover_by_one_hot` (attack 3): one-hot "gradients", warped image and valid
-  mask read ``d (d + 1) + 2`` pixels exactly per affine evaluation (``d K + 2`` with a
+  mask read ``d (d + 1) + 2`` pixels exactly per affine evaluation (the last as J^2, its
+    sign the one nearer its neighbours') (``d K + 2`` with a
   control grid), session after session.
 
 An attack stops cleanly when the fixed party refuses or ends a session
@@ -311,11 +312,12 @@ def recover_by_one_hot(
         if values is None:
             values = np.zeros(points.size)
             read = np.zeros(points.size, dtype=bool)
+            unsigned = np.zeros(points.size, dtype=bool)  # read as J^2: sign to settle
             plan = _one_hot_plan(points, grid_spacing)
         before = sessions.evaluations
         try:
             while plan and (max_evaluations is None or sessions.evaluations < max_evaluations):
-                _read_one_hot(sessions, points, *plan[0], values, read)
+                _read_one_hot(sessions, points, *plan[0], values, read, unsigned)
                 plan.popleft()
         except PeerError as error:
             stopped = str(error)
@@ -328,7 +330,11 @@ def recover_by_one_hot(
     sessions.close()
     if values is not None and not plan:
         stopped = None  # every pixel read: the last session's end did not stop the attack
-    estimate = None if values is None else _interpolate(points.geometry, values, read)
+    estimate = None
+    if values is not None:
+        estimate = _interpolate(
+            points.geometry, _signed(points.geometry, values, read, unsigned), read
+        )
     return _result(
         "one-hot" if grid_spacing is None else f"one-hot, {grid_spacing}-px grid",
         backend,
@@ -401,6 +407,7 @@ def _read_one_hot(
     valid_pixel: int | None,
     values: np.ndarray,
     read: np.ndarray,
+    unsigned: np.ndarray,
 ) -> None:
     from scipy.sparse.linalg import lsqr
 
@@ -435,7 +442,19 @@ def _read_one_hot(
         values[warped_pixel], read[warped_pixel] = joint.warped_dot_fixed, True
     if valid_pixel is not None:
         values[valid_pixel] = math.sqrt(max(joint.fixed_squared, 0.0))
-        read[valid_pixel] = True
+        read[valid_pixel] = unsigned[valid_pixel] = True
+
+
+def _signed(
+    geometry: GridGeometry, values: np.ndarray, read: np.ndarray, unsigned: np.ndarray
+) -> np.ndarray:
+    """The pixels read as J^2 given the sign nearer their neighbours' (a background
+    pixel may be slightly negative)."""
+    if not unsigned.any():
+        return values
+    guess = _interpolate(geometry, values, read & ~unsigned)
+    flip = unsigned & (np.abs(guess + values) < np.abs(guess - values))
+    return np.where(flip, -values, values)
 
 
 def _interpolate(geometry: GridGeometry, values: np.ndarray, read: np.ndarray) -> np.ndarray:
