@@ -24,6 +24,7 @@ An attack stops cleanly when the fixed party refuses or ends a session
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections import deque
@@ -568,11 +569,12 @@ class ViewOperator:
             offset += count + 1
         return out
 
-    def norm_squared(self, iterations: int = 20) -> float:
-        """``||A||^2`` by power iteration (scales the regularisers)."""
+    @functools.cached_property
+    def norm_squared(self) -> float:
+        """``||A||^2`` by 20 power iterations (scales the regularisers; computed once)."""
         x = np.ones(self.size) / math.sqrt(self.size)
         value = 1.0
-        for _ in range(iterations):
+        for _ in range(20):
             x = self.adjoint(self.forward(x))
             value = float(np.linalg.norm(x))
             x /= value
@@ -602,7 +604,7 @@ def tikhonov(
     from scipy.sparse.linalg import LinearOperator, cg
 
     shape = tuple(reversed(operator.geometry.size))
-    scale = weight * operator.norm_squared()
+    scale = weight * operator.norm_squared
 
     def regulariser(x: np.ndarray) -> np.ndarray:
         if prior is not None:
@@ -625,7 +627,7 @@ def total_variation(operator: ViewOperator, weight: float, *, iterations: int = 
     """``argmin ||A x - b||^2 / (2 ||A||^2) + weight TV(x)`` (isotropic TV), by
     Chambolle and Pock's primal-dual iteration."""
     shape = tuple(reversed(operator.geometry.size))
-    norm = math.sqrt(operator.norm_squared())
+    norm = math.sqrt(operator.norm_squared)
     measured = operator.measured / norm
     step = 1.0 / math.sqrt(1.0 + 4.0 * len(shape))  # ||(A / ||A||, grad)||^2 <= 1 + 4 d
     x = np.zeros(shape)
