@@ -173,8 +173,8 @@ def attack_honest(data: Path, transport: str, grids: list[float], backend: str) 
                     j,
                     prior=prior,
                     warped_dot=warped_dot,
-                    weights=(1e-6, 1e-4, 1e-2),
-                    tv_weights=(1e-3, 1e-2),
+                    weights=(1e-4, 1e-2, 1e-1, 1.0),
+                    tv_weights=(1e-2, 1e-1),
                     iterations=60,
                     tv_iterations=200,
                 )

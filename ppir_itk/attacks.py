@@ -624,11 +624,15 @@ def tikhonov(
 
 
 def total_variation(operator: ViewOperator, weight: float, *, iterations: int = 300) -> np.ndarray:
-    """``argmin ||A x - b||^2 / (2 ||A||^2) + weight TV(x)`` (isotropic TV), by
-    Chambolle and Pock's primal-dual iteration."""
+    """``argmin ||A x - b||^2 / (2 ||A||^2) + weight c TV(x)`` (isotropic TV, c the RMS
+    intensity of ``A^T b / ||A||^2``), by Chambolle and Pock's primal-dual iteration."""
     shape = tuple(reversed(operator.geometry.size))
     norm = math.sqrt(operator.norm_squared)
     measured = operator.measured / norm
+    # TV is in intensity units, the data term in their square: scale the weight by the
+    # RMS intensity the data point to (A^T b / ||A||^2), so one weight fits any image.
+    intensity = float(np.linalg.norm(operator.adjoint(operator.measured)))
+    weight *= intensity / (operator.norm_squared * math.sqrt(operator.size))
     step = 1.0 / math.sqrt(1.0 + 4.0 * len(shape))  # ||(A / ||A||, grad)||^2 <= 1 + 4 d
     x = np.zeros(shape)
     x_bar = x.copy()
@@ -662,8 +666,8 @@ def reconstruct_from_view(
     *,
     prior: np.ndarray | None = None,
     warped_dot: bool = True,
-    weights: Sequence[float] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2),
-    tv_weights: Sequence[float] = (1e-3, 1e-2, 1e-1),
+    weights: Sequence[float] = (1e-6, 1e-4, 1e-2, 1.0),
+    tv_weights: Sequence[float] = (1e-2, 1e-1, 1.0),
     iterations: int = 100,
     tv_iterations: int = 300,
 ) -> list[Reconstruction]:
