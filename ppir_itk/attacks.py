@@ -231,8 +231,6 @@ def recover_by_fine_grid(
     that axis are ``B^T J``: with a 1-px grid, more equations (K) than pixels (n), and
     the B-spline's symbol bounded away from zero, a least-squares solve returns J.
     """
-    from scipy.sparse.linalg import lsqr
-
     start = time.perf_counter()
     sessions = _Sessions(connect, backend, parameters, grid_spacing)
     stopped, estimate, points = None, None, None
@@ -243,13 +241,21 @@ def recover_by_fine_grid(
         gradient[:, 0] = 1.0
         joint = sessions.joint_term(_fields(points, gradient))
         basis = bspline_matrix(points, joint.basis_weight_bits)
-        solution = lsqr(basis.T.tocsr(), joint.moments[0], atol=1e-15, btol=1e-15, iter_lim=10 * n)
-        estimate = solution[0]
+        estimate = least_squares(basis.T, joint.moments[0])
     except PeerError as error:
         stopped = str(error)
     finally:
         sessions.close()
     return _result("fine grid", backend, sessions, points, estimate, start, stopped)
+
+
+def least_squares(matrix: Any, measured: np.ndarray) -> np.ndarray:
+    """``argmin ||M x - b||`` for a sparse M of full column rank, by the normal equations
+    (sparse and banded here: a direct solve is exact to rounding, an iterative one is not)."""
+    from scipy.sparse.linalg import spsolve
+
+    matrix = matrix.tocsc()
+    return spsolve((matrix.T @ matrix).tocsc(), matrix.T @ measured)
 
 
 def _result(
@@ -410,8 +416,6 @@ def _read_one_hot(
     read: np.ndarray,
     unsigned: np.ndarray,
 ) -> None:
-    from scipy.sparse.linalg import lsqr
-
     n, d = points.size, points.geometry.dimension
     gradient = np.zeros((n, d))
     for k, row in enumerate(rows):
@@ -430,13 +434,7 @@ def _read_one_hot(
     else:
         basis = bspline_matrix(points, joint.basis_weight_bits)
         for k, row in enumerate(rows):
-            values[row] = lsqr(
-                basis[row].T.tocsr(),
-                joint.moments[k],
-                atol=1e-15,
-                btol=1e-15,
-                iter_lim=10 * row.size,
-            )[0]
+            values[row] = least_squares(basis[row].T, joint.moments[k])
     for row in rows:
         read[row] = True
     if warped_pixel is not None:
