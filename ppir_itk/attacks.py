@@ -29,7 +29,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -70,7 +70,6 @@ class AttackResult:
     read: np.ndarray | None = None
     #: Why the attack stopped early: the fixed party's sentence (None: it ran to the end).
     stopped: str | None = None
-    details: dict[str, float] = field(default_factory=dict)
 
     def quantised(self, values: np.ndarray, reference: np.ndarray) -> np.ndarray:
         """``values`` at the fixed-point precision the backend reveals J with
@@ -82,17 +81,24 @@ class AttackResult:
 
     def exact_fraction(self, j: np.ndarray) -> float:
         """The fraction of J's pixels the estimate gives exactly (at the revealed precision)."""
-        j = np.asarray(j, dtype=np.float64).reshape(self.estimate.shape)
-        same = self.quantised(self.estimate, j) == self.quantised(j, j)
+        j = np.asarray(j, dtype=np.float64)
+        same = self.quantised(self._like(j), j) == self.quantised(j, j)
         return float(np.mean(same))
 
     def psnr(self, j: np.ndarray) -> float:
         """Peak signal-to-noise ratio of the estimate against J (dB; J's range as peak)."""
-        return psnr(self.estimate, j)
+        return psnr(self._like(j), j)
 
     def correlation(self, j: np.ndarray) -> float:
-        """Pearson correlation of the estimate with J."""
-        return correlation(self.estimate, j)
+        """Pearson correlation of the estimate with J (0 when it recovered nothing)."""
+        estimate = self._like(j)
+        return 0.0 if not estimate.any() else correlation(estimate, j)
+
+    def _like(self, j: np.ndarray) -> np.ndarray:
+        """The estimate in J's shape: zeros if the fixed party refused the first session."""
+        if self.estimate.size == 0:
+            return np.zeros(np.shape(j))
+        return self.estimate.reshape(np.shape(j))
 
 
 def psnr(estimate: np.ndarray, j: np.ndarray) -> float:

@@ -76,6 +76,16 @@ def test_an_attack_stopped_by_the_fixed_party_reports_what_it_read():
     assert np.isfinite(result.psnr(j))
 
 
+def test_an_attack_refused_at_the_start_reports_that_it_recovered_nothing():
+    fixed = head_phantom((16, 16))
+    refusing = lambda: in_process_session(fixed, FixedPolicy(backends=("clear",)))  # noqa: E731
+    result = recover_by_one_hot(refusing, backend="he")
+    j = fixed.array.astype(np.float64)
+    assert (result.evaluations, result.sessions, result.geometry) == (0, 1, None)
+    assert "he" in result.stopped
+    assert result.exact_fraction(j) <= np.mean(j == 0) and result.correlation(j) == 0.0
+
+
 def test_defence_off_an_honest_bspline_view_beats_its_own_image_prior():
     fixed = head_phantom((48, 48))
     truth = make_transform("affine", 2)
