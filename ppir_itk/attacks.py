@@ -316,31 +316,33 @@ def recover_by_one_hot(
     start = time.perf_counter()
     sessions = _Sessions(connect, backend, parameters, grid_spacing)
     stopped, points, values, read = None, None, None, None
-    while sessions.sessions < max_sessions:
-        try:
-            points = sessions.open()
-        except PeerError as error:
-            stopped = str(error)
-            break
-        if values is None:
-            values = np.zeros(points.size)
-            read = np.zeros(points.size, dtype=bool)
-            unsigned = np.zeros(points.size, dtype=bool)  # read as J^2: sign to settle
-            plan = _one_hot_plan(points, grid_spacing)
-        before = sessions.evaluations
-        try:
-            while plan and (max_evaluations is None or sessions.evaluations < max_evaluations):
-                _read_one_hot(sessions, points, *plan[0], values, read, unsigned)
-                plan.popleft()
-        except PeerError as error:
-            stopped = str(error)
-        if (
-            not plan
-            or sessions.evaluations == before
-            or (max_evaluations is not None and sessions.evaluations >= max_evaluations)
-        ):
-            break
-    sessions.close()
+    try:
+        while sessions.sessions < max_sessions:
+            try:
+                points = sessions.open()
+            except PeerError as error:
+                stopped = str(error)
+                break
+            if values is None:
+                values = np.zeros(points.size)
+                read = np.zeros(points.size, dtype=bool)
+                unsigned = np.zeros(points.size, dtype=bool)  # read as J^2: sign to settle
+                plan = _one_hot_plan(points, grid_spacing)
+            before = sessions.evaluations
+            try:
+                while plan and (max_evaluations is None or sessions.evaluations < max_evaluations):
+                    _read_one_hot(sessions, points, *plan[0], values, read, unsigned)
+                    plan.popleft()
+            except PeerError as error:
+                stopped = str(error)
+            if (
+                not plan
+                or sessions.evaluations == before
+                or (max_evaluations is not None and sessions.evaluations >= max_evaluations)
+            ):
+                break
+    finally:  # whatever ends the attack, no session is left open
+        sessions.close()
     if values is not None and not plan:
         stopped = None  # every pixel read: the last session's end did not stop the attack
     estimate = None
