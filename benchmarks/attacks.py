@@ -13,7 +13,8 @@ asks for.
   evaluation, a least-squares solve;
 - ``one-hot``: one-hot weights on the same phantom: affine, one session and as many
   as it takes; a 4-px control grid;
-- ``honest``: the brain pair (template fixed), affine (he) then a B-spline after it
+- ``honest``: the brain pair (template fixed), affine (he) then a B-spline after it,
+  on the last of ``--backends``
   (16 mm and 8 mm grids, bending weight 100, levels 4, 2, 1 of at most 50
   iterations); what the honest moving party received at full resolution is
   reconstructed (Tikhonov, TV, towards its own registered image), with and without
