@@ -5,7 +5,13 @@ from __future__ import annotations
 import os
 import socket
 import ssl
+import subprocess
+import sys
+import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +84,39 @@ def nibabel_data() -> str:
     import nibabel
 
     return os.path.join(os.path.dirname(nibabel.__file__), "tests", "data")
+
+
+@contextmanager
+def ppir_serve(pki: Path, image: Path, log: Path, *options: str) -> Iterator[str]:
+    """``ppir serve`` as its own process (its log in ``log``), until the block ends."""
+    before = len(log.read_text()) if log.exists() else 0  # a restart appends to the log
+    with log.open("a") as stderr:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ppir_itk.cli",
+                "serve",
+                "--fixed",
+                str(image),
+                "--listen",
+                "127.0.0.1:0",
+                "--tls-dir",
+                str(pki),
+                "--deadline",
+                "20",
+                *options,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    try:
+        end = time.monotonic() + 60
+        while "listening on" not in log.read_text()[before:] and time.monotonic() < end:
+            assert process.poll() is None, log.read_text()
+            time.sleep(0.1)
+        address = log.read_text()[before:].split("listening on ", 1)[1].split()[0]
+        yield address
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

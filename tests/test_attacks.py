@@ -1,16 +1,21 @@
-"""The attacks of issue 14 with the defence off: today they recover the fixed image.
+"""The attacks of issue 14, with the fixed party's defence off and on.
 
-Each test plays the adversary with the project's own moving-party client against an
-in-process fixed party (:mod:`ppir_itk.attacks`) on a small phantom. They assert what
-the attacks recover *without* a policy bounding the linear measurements: when the
-fixed party's policy lands, the same calls must recover at most 1/64 of J.
+Each test plays the adversary with the project's own moving-party client
+(:mod:`ppir_itk.attacks`) on a small phantom. With the defence off (a fixed party that
+grants without limit, as one holding both images does) the attacks recover J; with the
+default policy of ``ppir serve`` (a real process, its SQLite ledger, restarted between
+sessions) they recover at most 1/64 of it and stop at the fixed party's sentence.
 """
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+
 import numpy as np
 import pytest
+from conftest import ppir_serve
 
+import ppir_itk
 from ppir_itk.attacks import (
     RecordingMovingParty,
     reconstruct_from_view,
@@ -23,8 +28,10 @@ from ppir_itk.metric import PrivateMeanSquaresImageToImageMetric
 from ppir_itk.optimizer import GaussNewtonOptimizer
 from ppir_itk.phantoms import head_phantom, moved_copy
 from ppir_itk.policy import FixedPolicy
+from ppir_itk.protocol.tls import TLS
 from ppir_itk.registration import ImageRegistrationMethod
 from ppir_itk.transforms import make_transform
+from ppir_itk.wrapping.images import write_image
 
 PRIVATE = ["he", "spdz"]
 
@@ -36,7 +43,9 @@ def fixed():
 
 def serving(fixed, budget: int = 1000):
     """Sessions with an in-process fixed party holding ``fixed`` under ``budget``."""
-    policy = lambda: FixedPolicy(backends=tuple(BACKENDS), evaluation_budget=budget)  # noqa: E731
+    policy = lambda: FixedPolicy.holding_both_images(  # noqa: E731 - the defence off
+        tuple(BACKENDS), evaluation_budget=budget
+    )
     return lambda: in_process_session(fixed, policy())
 
 
@@ -112,3 +121,57 @@ def test_defence_off_an_honest_bspline_view_beats_its_own_image_prior():
         )
     }
     assert moments_only["tikhonov"].correlation > 0.95  # the sums alone, as across modalities
+
+
+# -- the defence on: the default policy of a real ppir serve --------------------------------
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A PKI and the fixed image written for ``ppir serve``: 48 x 48, so its default grant
+    is 2304 / 64 = 36 measurements (four affine evaluations); textured everywhere, so that
+    no pixel is guessed exactly without being read (a zero background would be)."""
+    folder = tmp_path_factory.mktemp("served")
+    image = head_phantom((48, 48))
+    image.array[...] += np.random.default_rng(3).uniform(0.05, 0.15, image.array.shape)
+    write_image(image, folder / "fixed.nrrd")
+    return ppir_itk.init_pki(folder / "pki"), folder, image
+
+
+def _restarting(served, stack: ExitStack):
+    """Sessions with a ``ppir serve`` under the default policy that is stopped and started
+    again before every session, on the same ledger file."""
+    pki, folder, _ = served
+    tls = TLS.for_role(pki, "moving-party")
+
+    def connect():
+        stack.close()  # the previous fixed party process ends
+        address = stack.enter_context(
+            ppir_serve(
+                pki,
+                folder / "fixed.nrrd",
+                folder / "serve.log",
+                "--ledger",
+                str(folder / "ledger.sqlite"),
+            )
+        )
+        return ppir_itk.connect(address, tls, deadline=20)
+
+    return connect
+
+
+def test_defence_on_a_1px_grid_is_refused_before_any_product(served):
+    with ExitStack() as stack:
+        result = recover_by_fine_grid(_restarting(served, stack))
+    j = served[2].array.astype(np.float64)
+    assert result.evaluations == 0
+    assert "asks finer detail of the fixed image" in result.stopped
+    assert result.exact_fraction(j) <= 1 / 64
+
+
+def test_defence_on_one_hot_weights_read_at_most_1_64_of_j_over_sessions_and_restarts(served):
+    with ExitStack() as stack:
+        result = recover_by_one_hot(_restarting(served, stack), max_sessions=6)
+    j = served[2].array.astype(np.float64)
+    assert result.evaluations == 4  # 32 of the grant's 36 measurements; a fifth would pass it
+    assert result.sessions >= 2  # the next session, on a restarted fixed party, is refused
+    assert "grants this client (all its sessions together)" in result.stopped
+    assert result.exact_fraction(j) <= 1 / 64

@@ -11,17 +11,13 @@ an explicit grant raises the cap and says in the log what it gives away.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import known_pair
+from conftest import known_pair, ppir_serve
 
 import ppir_itk
 from ppir_itk.compose import LEDGER_SUFFIX, in_process_session
@@ -62,42 +58,6 @@ def small_pair() -> tuple[ppir_itk.ImageGrid, ppir_itk.ImageGrid]:
     return fixed, known_pair(fixed, "affine", AFFINE)[0]
 
 
-@contextmanager
-def _ppir_serve(pki: Path, image: Path, log: Path, *options: str) -> Iterator[str]:
-    """``ppir serve`` as its own process (its log in ``log``), until the block ends."""
-    before = len(log.read_text()) if log.exists() else 0  # a restart appends to the log
-    with log.open("a") as stderr:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ppir_itk.cli",
-                "serve",
-                "--fixed",
-                str(image),
-                "--listen",
-                "127.0.0.1:0",
-                "--tls-dir",
-                str(pki),
-                "--deadline",
-                "20",
-                *options,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
-    try:
-        end = time.monotonic() + 60
-        while "listening on" not in log.read_text()[before:] and time.monotonic() < end:
-            assert process.poll() is None, log.read_text()
-            time.sleep(0.1)
-        address = log.read_text()[before:].split("listening on ", 1)[1].split()[0]
-        yield address
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
 def _logged(log: Path, text: str, timeout: float = 20.0) -> str:
     """The log once ``text`` is in it (a session's last line follows its last answer)."""
     end = time.monotonic() + timeout
@@ -114,12 +74,12 @@ def _identity(pki: Path, stem: str) -> str:
     return certificate_fingerprint((pki / f"{stem}.pem").read_bytes())
 
 
-def test_the_grant_holds_across_sessions_and_a_restart_of_ppir_serve(pki, small_pair, tmp_path):
+def test_the_grant_holds_across_sessions_and_a_restart_ofppir_serve(pki, small_pair, tmp_path):
     fixed, moving = small_pair
     write_image(fixed, tmp_path / "fixed.nrrd")
     ledger, log = tmp_path / "grants.sqlite", tmp_path / "serve.log"
     serve = (pki, tmp_path / "fixed.nrrd", log, "--ledger", str(ledger))
-    with _ppir_serve(*serve) as address:
+    with ppir_serve(*serve) as address:
         first = register_with(_connect(address, pki), moving, **FIVE_EVALUATIONS)
         assert first.measurements == {
             "this_session": 40,
@@ -137,7 +97,7 @@ def test_the_grant_holds_across_sessions_and_a_restart_of_ppir_serve(pki, small_
         "(its operator grants more: ppir serve --grant-measurements)"
     ) in str(refused.value)
     # Restarted on the same ledger: nothing is left, so the first level is refused at once.
-    with _ppir_serve(*serve) as address:
+    with ppir_serve(*serve) as address:
         with pytest.raises(ppir_itk.PeerError, match="and 0 of the 64 this fixed party grants"):
             register_with(_connect(address, pki), moving, **FIVE_EVALUATIONS)
         # Each session's last line: what its client holds (sessions 2 and 3: all of it).
@@ -232,7 +192,7 @@ def test_the_default_affine_registration_of_a_256_phantom_fits_the_default_grant
     moving, truth = known_pair(fixed, "affine", [1.02, 0.03, -0.02, 0.98, 2.0, -1.5])
     write_image(fixed, tmp_path / "fixed.nrrd")
     log = tmp_path / "serve.log"
-    with _ppir_serve(pki, tmp_path / "fixed.nrrd", log) as address:  # the default policy
+    with ppir_serve(pki, tmp_path / "fixed.nrrd", log) as address:  # the default policy
         result = register_with(_connect(address, pki), moving, backend="he")
         said = _logged(log, " in all (")
     used = result.measurements
@@ -248,7 +208,7 @@ def test_a_grant_raises_the_cap_and_logs_what_it_gives_away(pki, small_pair, tmp
     fixed, moving = small_pair
     write_image(fixed, tmp_path / "fixed.nrrd")
     log = tmp_path / "serve.log"
-    with _ppir_serve(pki, tmp_path / "fixed.nrrd", log, "--grant-measurements", "0.05") as address:
+    with ppir_serve(pki, tmp_path / "fixed.nrrd", log, "--grant-measurements", "0.05") as address:
         for _ in range(2):  # 80 measurements: past the default's 64
             result = register_with(_connect(address, pki), moving, **FIVE_EVALUATIONS)
     assert result.measurements["held"] == 80 and result.measurements["cap"] == 204
