@@ -224,8 +224,9 @@ SESSION = ProtocolTable(
             "closed",
             FIXED_PARTY,
             "once per session",
-            "the fixed party's time and traffic, and what it received in the clear",
-            "the fixed party's accounting",
+            "the fixed party's time and traffic, what it received in the clear, and the "
+            "measurements of J this session revealed, the client holds and may hold",
+            "the fixed party's accounting and what is left of the client's grant",
         ),
         *(
             Message(
