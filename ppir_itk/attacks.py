@@ -150,6 +150,7 @@ class _Sessions:
         return self.current.select_points(level, control_grid=control)
 
     def joint_term(self, fields: MovingFields) -> JointTerm:
+        assert self.current is not None, "open() comes before joint_term()"
         joint = self.current.joint_term(fields)
         self.evaluations += 1
         return joint
@@ -193,6 +194,7 @@ def bspline_matrix(points: PointSet, axis_weight_bits: int = 0) -> Any:
     import scipy.sparse as sparse
 
     geometry, control = points.geometry, points.control
+    assert control is not None, "a B-spline basis needs the points' control grid"
     size, matrix, offset = control_map(control, geometry)
     d = geometry.dimension
     index = geometry.flat_to_index(np.arange(geometry.number_of_points))
@@ -247,6 +249,7 @@ def recover_by_fine_grid(
         gradient[:, 0] = 1.0
         joint = sessions.joint_term(_fields(points, gradient))
         basis = bspline_matrix(points, joint.basis_weight_bits)
+        assert joint.moments is not None, "a private backend's joint term has moments"
         estimate = least_squares(basis.T, joint.moments[0])
     except PeerError as error:
         stopped = str(error)
@@ -323,7 +326,7 @@ def recover_by_one_hot(
             except PeerError as error:
                 stopped = str(error)
                 break
-            if values is None:
+            if values is None or read is None:
                 values = np.zeros(points.size)
                 read = np.zeros(points.size, dtype=bool)
                 unsigned = np.zeros(points.size, dtype=bool)  # read as J^2: sign to settle
@@ -346,7 +349,7 @@ def recover_by_one_hot(
     if values is not None and not plan:
         stopped = None  # every pixel read: the last session's end did not stop the attack
     estimate = None
-    if values is not None:
+    if values is not None and read is not None and points is not None:
         estimate = _interpolate(
             points.geometry, _signed(points.geometry, values, read, unsigned), read
         )
@@ -435,6 +438,7 @@ def _read_one_hot(
     if valid_pixel is not None:
         valid[valid_pixel] = 1
     joint = sessions.joint_term(_fields(points, gradient, warped, valid))
+    assert joint.moments is not None, "a private backend's joint term has moments"
     if points.control is None:
         weights = _affine_weights(points)
         for k, row in enumerate(rows):
@@ -506,6 +510,7 @@ class RecordingMovingParty(MovingPartySession):
 
     def joint_term(self, fields: MovingFields) -> JointTerm:
         joint = super().joint_term(fields)
+        assert self.points is not None, "select_points() comes before joint_term()"
         self.view.append(Observation(self.points, fields, joint))
         return joint
 
@@ -545,7 +550,7 @@ class ViewOperator:
             self.blocks.append((bases[key], gradient, warped))
         self.measured = np.concatenate(
             [
-                np.append(o.joint.moments.ravel(), o.joint.warped_dot_fixed * float(warped_dot))
+                np.append(_moments(o).ravel(), o.joint.warped_dot_fixed * float(warped_dot))
                 for o in kept
             ]
         )
@@ -707,3 +712,9 @@ def reconstruct_from_view(
             Reconstruction(method, weight, estimate, psnr(estimate, j), correlation(estimate, j))
         )
     return out
+
+
+def _moments(observation: Observation) -> np.ndarray:
+    """An observation's moments (a private backend's joint term always has them)."""
+    assert observation.joint.moments is not None, "a private backend's joint term has moments"
+    return observation.joint.moments

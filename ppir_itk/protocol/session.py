@@ -81,8 +81,10 @@ class Session(abc.ABC):
 
     def close(self) -> pb.Closed:
         if self.closed is None:
-            self.closed = self.request(pb.Envelope(close=pb.Close()), "closed").closed
-            self._shutdown()
+            try:
+                self.closed = self.request(pb.Envelope(close=pb.Close()), "closed").closed
+            finally:  # a peer that already ended the session leaves no channel open here
+                self._shutdown()
         return self.closed
 
     def abort(self, reason: str) -> None:
