@@ -313,22 +313,34 @@ def _child(
 
 
 def _wait_until_listening(process: subprocess.Popen, timeout: float, role: str) -> str:
-    """Read the child's stderr until it says where it listens."""
+    """Read the child's stderr until it says where it listens.
+
+    Byte by byte from the pipe itself: a buffered ``readline`` can take the next line
+    into its buffer too (a server that logs a line just before "listening on"), and
+    ``select`` then waits for data that has already arrived. The stream's own buffer
+    stays empty, so whoever reads the child's log next starts at the following line.
+    """
     stderr = process.stderr
     assert stderr is not None, "_child() opens the child's stderr as a pipe"
     selector = selectors.DefaultSelector()
     selector.register(stderr, selectors.EVENT_READ)
     end = time.monotonic() + timeout
     lines: list[str] = []
+    line = bytearray()
     while time.monotonic() < end:
         if not selector.select(timeout=max(0.0, end - time.monotonic())):
             break
-        line = stderr.readline()
-        if not line:
+        byte = os.read(stderr.fileno(), 1)
+        if not byte:
             break
-        lines.append(line.strip())
-        if READY in line:
-            return line.split(READY, 1)[1].strip()
+        if byte != b"\n":
+            line += byte
+            continue
+        text = line.decode(errors="replace").strip()
+        line.clear()
+        lines.append(text)
+        if READY in text:
+            return text.split(READY, 1)[1].strip()
     process.kill()
     said = lines[-1] if lines else "nothing"
     raise PeerError(f"the local {role} did not start (it said: {said})")

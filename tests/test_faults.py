@@ -262,3 +262,21 @@ def test_twenty_kills_at_random_moments(setting, tmp_path, victim):
     for number in range(20):
         delay = draw.uniform(0.0, latest)
         check_killed_mid_session(victim, trial(folder, pki, victim, delay, tmp_path / f"{number}"))
+
+
+def test_a_child_that_logs_two_lines_at_once_is_seen_listening():
+    """A server logs its grant line and "listening on" in one write: the wait must not
+    take both into a buffer and then wait on the pipe for a line it already holds."""
+    from ppir_itk.compose import _wait_until_listening
+
+    script = (
+        "import sys, time; sys.stderr.write('ppir fixed party: measurement grant inf\\n"
+        "ppir fixed party: listening on 127.0.0.1:1234\\n'); sys.stderr.flush(); time.sleep(30)"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    try:
+        assert _wait_until_listening(process, 10.0, "fixed party") == "127.0.0.1:1234"
+    finally:
+        process.kill()
+        process.wait()
+        process.stderr.close()
