@@ -34,7 +34,7 @@ from typing import ClassVar, Protocol
 import numpy as np
 
 from ppir_itk.dealer_client import DealerClient
-from ppir_itk.disclosure import ProtocolTable, Received
+from ppir_itk.disclosure import Disclosure, ProtocolTable, Received
 from ppir_itk.linear_map import AffineBasis
 from ppir_itk.points import PointSet
 from ppir_itk.policy import FixedPolicy
@@ -158,6 +158,27 @@ class JointTermBackend(abc.ABC):
     @abc.abstractmethod
     def _joint_term(self, fields: MovingFields) -> JointTerm:
         """One evaluation of the joint term."""
+
+
+# What the moving party of a backend that returns the exact sums holds (he packed, spdz).
+EXACT_SUMS_DISCLOSURES = (
+    Disclosure(
+        "joint_term",
+        MOVING_PARTY,
+        "the joint term",
+        "sums",
+        "evaluation",
+        note="the public linear map's moments of g_k J, I_w . J and the sum of J^2 "
+        "over the overlap",
+    ),
+    Disclosure(
+        "fixed_point_bound",
+        MOVING_PARTY,
+        "the power of two bounding the fixed image's values (the exponent e_J)",
+        "bound",
+        "level",
+    ),
+)
 
 
 class ExactSumsBackend(JointTermBackend):

@@ -70,6 +70,7 @@ from typing import Any
 import numpy as np
 
 from ppir_itk.backends.base import (
+    EXACT_SUMS_DISCLOSURES,
     ExactSumsBackend,
     FixedSide,
     JointTerm,
@@ -137,22 +138,7 @@ TABLE = ProtocolTable(
         ),
     ),
     disclosures=(
-        Disclosure(
-            "joint_term",
-            MOVING_PARTY,
-            "the joint term",
-            "sums",
-            "evaluation",
-            note="the public linear map's moments of g_k J, I_w . J and the sum of J^2 "
-            "over the overlap",
-        ),
-        Disclosure(
-            "fixed_point_bound",
-            MOVING_PARTY,
-            "the power of two bounding the fixed image's values (the exponent e_J)",
-            "bound",
-            "level",
-        ),
+        *EXACT_SUMS_DISCLOSURES,
         Disclosure(
             "masked_slots",
             FIXED_PARTY,
