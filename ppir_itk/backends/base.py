@@ -185,6 +185,9 @@ class ExactSumsBackend(JointTermBackend):
     """A private backend whose moving party learns the joint term's exact fixed-point sums
     and, per level, the power of two bounding J (the fixed-point exponent)."""
 
+    private = True
+    bspline = True  # the sums of any public linear map: B-spline bases too
+
     def _disclose_sums(self, count: int) -> None:
         self.received.add(
             "joint_term", count, detail=f"{self.level_points.linear_map.name} moments"

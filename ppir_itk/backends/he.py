@@ -433,9 +433,7 @@ class HEPackedBackend(ExactSumsBackend):
     name = "he"
     protocol = "packed"
     scheme = "BFV"
-    private = True
     table = TABLE
-    bspline = True
 
     def __init__(self, channel: MovingChannel, parameters: dict[str, str] | None = None) -> None:
         super().__init__(channel, parameters)

@@ -185,9 +185,7 @@ class SPDZBackend(ExactSumsBackend):
     name = "spdz"
     protocol = "spdz"
     scheme = "additive secret sharing over Z_2^64, trusted dealer, no MACs"
-    private = True
     table = TABLE
-    bspline = True
 
     def __init__(self, channel: MovingChannel, parameters: dict[str, str] | None = None) -> None:
         parameters = dict(parameters or {})
