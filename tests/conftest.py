@@ -109,6 +109,7 @@ def ppir_serve(pki: Path, image: Path, log: Path, *options: str) -> Iterator[str
             ],
             stdout=subprocess.DEVNULL,
             stderr=stderr,
+            cwd=log.parent,  # not the source tree: an installed ppir_itk has the compiled kernels
         )
     try:
         end = time.monotonic() + 60
