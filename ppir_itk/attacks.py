@@ -522,6 +522,12 @@ class ViewOperator:
     basis) and ``I_w . x``; ``b`` what the moving party received. The sums of J^2 are not
     linear in J and are left out, as are coarser levels' evaluations; ``warped_dot``
     False leaves the ``I_w . J`` sums out too (their row is then zero).
+
+    Each row is divided by the scale of a fixed party's noise on it
+    (``FixedPolicy.joint_term_noise``: one voxel's most, the largest ``|g|`` times the
+    largest basis weight for every moment of an evaluation, the largest ``|I_w|`` for
+    ``I_w . J``), so least squares weighs every sum by its precision, and a sum over the
+    whole image does not drown the local moments.
     """
 
     def __init__(
@@ -547,11 +553,18 @@ class ViewOperator:
                 bases[key] = basis
             gradient = self._on_grid(points, observation.fields.gradient)
             warped = self._on_grid(points, observation.fields.warped) * float(warped_dot)
-            self.blocks.append((bases[key], gradient, warped))
+            # The noise's scale: one voxel's most, the same for every moment of an
+            # evaluation (the largest |g| times the largest basis weight), and |I_w|'s most.
+            largest = np.full(gradient.shape[1] * bases[key].shape[1] + 1, 0.0)
+            largest[:-1] = np.abs(gradient).max(initial=0.0) * abs(bases[key]).max()
+            largest[-1] = np.abs(warped).max(initial=0.0)
+            scale = np.divide(1.0, largest, out=np.zeros_like(largest), where=largest > 0)
+            self.blocks.append((bases[key], gradient, warped, scale))
         self.measured = np.concatenate(
             [
                 np.append(_moments(o).ravel(), o.joint.warped_dot_fixed * float(warped_dot))
-                for o in kept
+                * block[3]
+                for o, block in zip(kept, self.blocks, strict=True)
             ]
         )
 
@@ -565,18 +578,19 @@ class ViewOperator:
     def forward(self, x: np.ndarray) -> np.ndarray:
         return np.concatenate(
             [
-                np.append((basis.T @ (gradient * x[:, None])).T.ravel(), warped @ x)
-                for basis, gradient, warped in self.blocks
+                np.append((basis.T @ (gradient * x[:, None])).T.ravel(), warped @ x) * scale
+                for basis, gradient, warped, scale in self.blocks
             ]
         )
 
     def adjoint(self, y: np.ndarray) -> np.ndarray:
         out = np.zeros(self.size)
         offset = 0
-        for basis, gradient, warped in self.blocks:
+        for basis, gradient, warped, scale in self.blocks:
             count = gradient.shape[1] * basis.shape[1]
-            moments = y[offset : offset + count].reshape(gradient.shape[1], basis.shape[1])
-            out += np.sum(gradient * (basis @ moments.T), axis=1) + warped * y[offset + count]
+            scaled = y[offset : offset + count + 1] * scale
+            moments = scaled[:count].reshape(gradient.shape[1], basis.shape[1])
+            out += np.sum(gradient * (basis @ moments.T), axis=1) + warped * scaled[count]
             offset += count + 1
         return out
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import warnings
 from collections.abc import Sequence
@@ -29,8 +30,10 @@ from ppir_itk.errors import InputError
 from ppir_itk.options import DEFAULT_TIME_CAP, INITIALIZERS, RegistrationOptions
 from ppir_itk.policy import (
     DEFAULT_EVALUATION_BUDGET,
+    DEFAULT_JOINT_TERM_NOISE,
     DEFAULT_MEASUREMENT_GRANT,
     DEFAULT_MEASUREMENTS_PER_EVALUATION,
+    DEFAULT_MEASUREMENTS_PER_LEVEL,
     DEFAULT_MIN_CONTROL_SPACING,
 )
 from ppir_itk.protocol.channel import DEFAULT_DEADLINE, PeerError
@@ -120,12 +123,29 @@ def _parser() -> argparse.ArgumentParser:
         "level's points (default 1/8)",
     )
     serve.add_argument(
+        "--max-measurements-per-level",
+        type=float,
+        default=DEFAULT_MEASUREMENTS_PER_LEVEL,
+        metavar="FRACTION",
+        help="measurements one client may hold of one level's grid over all its "
+        "sessions, as a fraction of the grid's points (default 1/4)",
+    )
+    serve.add_argument(
         "--min-control-spacing",
         type=float,
         default=DEFAULT_MIN_CONTROL_SPACING,
         metavar="PIXELS",
         help="least B-spline control spacing, in level pixels (default "
         f"{DEFAULT_MIN_CONTROL_SPACING:g})",
+    )
+    serve.add_argument(
+        "--joint-term-noise",
+        type=float,
+        default=DEFAULT_JOINT_TERM_NOISE,
+        metavar="BETA",
+        help="noise on every sum the moving party receives, its deviation in units "
+        "of the most one voxel adds to the sum (default "
+        f"{DEFAULT_JOINT_TERM_NOISE:g}; 0: exact sums; docs/privacy.md)",
     )
     serve.add_argument(
         "--ledger",
@@ -548,13 +568,20 @@ def _serve(args: argparse.Namespace) -> int:
         raise InputError(
             "--max-sessions, --budget, --deadline and --session-limit must be positive"
         )
-    if not (args.grant_measurements > 0 and args.max_measurements_per_evaluation > 0):
+    fractions = (
+        args.grant_measurements,
+        args.max_measurements_per_evaluation,
+        args.max_measurements_per_level,
+    )
+    if not all(fraction > 0 for fraction in fractions):
         raise InputError(
-            "--grant-measurements and --max-measurements-per-evaluation must be "
-            "positive fractions (inf: no cap)"
+            "--grant-measurements, --max-measurements-per-evaluation and "
+            "--max-measurements-per-level must be positive fractions (inf: no cap)"
         )
     if not args.min_control_spacing >= 0:
         raise InputError(f"--min-control-spacing {args.min_control_spacing:g} must be 0 or more")
+    if not (0 <= args.joint_term_noise < math.inf):
+        raise InputError(f"--joint-term-noise {args.joint_term_noise:g} must be 0 or more, finite")
     backends = tuple(check_backend_name(name) for name in args.backends)
     if args.dealer is not None:
         _address("--dealer", args.dealer)
@@ -570,7 +597,9 @@ def _serve(args: argparse.Namespace) -> int:
         evaluation_budget=args.budget,
         measurement_grant=args.grant_measurements,
         max_measurements_per_evaluation=args.max_measurements_per_evaluation,
+        max_measurements_per_level=args.max_measurements_per_level,
         min_control_spacing=args.min_control_spacing,
+        joint_term_noise=args.joint_term_noise,
         ledger=ledger_path(args.fixed, args.ledger),
         max_sessions=args.max_sessions,
         deadline=args.deadline,

@@ -37,8 +37,10 @@ from ppir_itk.fixed_party import FixedPartyServer, FixedPartySession
 from ppir_itk.ledger import IN_MEMORY, Ledger
 from ppir_itk.policy import (
     DEFAULT_EVALUATION_BUDGET,
+    DEFAULT_JOINT_TERM_NOISE,
     DEFAULT_MEASUREMENT_GRANT,
     DEFAULT_MEASUREMENTS_PER_EVALUATION,
+    DEFAULT_MEASUREMENTS_PER_LEVEL,
     DEFAULT_MIN_CONTROL_SPACING,
     FixedPolicy,
 )
@@ -114,7 +116,9 @@ def serve(
     evaluation_budget: int = DEFAULT_EVALUATION_BUDGET,
     measurement_grant: float = DEFAULT_MEASUREMENT_GRANT,
     max_measurements_per_evaluation: float = DEFAULT_MEASUREMENTS_PER_EVALUATION,
+    max_measurements_per_level: float = DEFAULT_MEASUREMENTS_PER_LEVEL,
     min_control_spacing: float = DEFAULT_MIN_CONTROL_SPACING,
+    joint_term_noise: float = DEFAULT_JOINT_TERM_NOISE,
     ledger: str | os.PathLike | None = None,
     max_sessions: int = 1,
     deadline: float = DEFAULT_DEADLINE,
@@ -135,7 +139,9 @@ def serve(
         evaluation_budget=evaluation_budget,
         measurement_grant=measurement_grant,
         max_measurements_per_evaluation=max_measurements_per_evaluation,
+        max_measurements_per_level=max_measurements_per_level,
         min_control_spacing=min_control_spacing,
+        joint_term_noise=joint_term_noise,
     )
     if dealer is not None:
         policy.dealer = lambda token: open_dealer(dealer, tls, token, deadline=deadline)
@@ -245,7 +251,11 @@ def spawn_fixed_party(
             "inf",
             "--max-measurements-per-evaluation",
             "inf",
+            "--max-measurements-per-level",
+            "inf",
             "--min-control-spacing",
+            "0",
+            "--joint-term-noise",
             "0",
             "--ledger",
             str(directory / "ledger.sqlite"),

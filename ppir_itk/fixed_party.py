@@ -111,6 +111,7 @@ class FixedPartySession:
         self.closed = False
         self.received = Received(FIXED_PARTY, [SESSION])  # what it received in the clear
         self.measurements = 0  # linear measurements of J this session revealed
+        self.level_measurements = 0  # of them, at the level open now
         if self.ledger is not None and self.image_id is None:
             self.image_id = image_fingerprint(self.image)
 
@@ -129,6 +130,27 @@ class FixedPartySession:
             return self.measurements
         assert self.image_id is not None, "a session with a ledger knows its image's fingerprint"
         return self.ledger.used(self.client, self.image_id)
+
+    @property
+    def level_name(self) -> str:
+        """The open level as the ledger names it: its grid's size (``"64x64"``)."""
+        assert self.level_image is not None, "a level is open"
+        return "x".join(str(size) for size in self.level_image.geometry.size)
+
+    @property
+    def level_cap(self) -> float:
+        """The measurements of the open level's grid the client may hold, all its sessions
+        together (this session's, without a ledger)."""
+        assert self.level_image is not None, "a level is open"
+        return self.policy.max_measurements_per_level * self.level_image.geometry.number_of_points
+
+    @property
+    def level_held(self) -> int:
+        """What the client holds of the open level's grid."""
+        if self.ledger is None:
+            return self.level_measurements
+        assert self.image_id is not None, "a session with a ledger knows its image's fingerprint"
+        return self.ledger.used(self.client, self.image_id, self.level_name)
 
     @property
     def geometry(self) -> GridGeometry:
@@ -224,6 +246,7 @@ class FixedPartySession:
             self.image, Level(level.shrink_factor, level.smoothing_sigma)
         )
         self.points = None
+        self.level_measurements = 0
         self.level_seconds.append(0.0)
         return pb.Envelope(
             level_opened=pb.LevelOpened(geometry=geometry_to_pb(self.level_image.geometry))
@@ -270,7 +293,7 @@ class FixedPartySession:
         evaluations = self.backend_side.evaluations
         answer = self.backend_side.handle(message)
         if self.backend_side.evaluations > evaluations and self.hello.backend != "clear":
-            self._charge(self.points.linear_map.sums_per_evaluation)
+            self._charge(self.backend_side.measurements_per_evaluation(self.points))
         return pb.Envelope(backend=answer)
 
     def _check_measurements(self, points: PointSet) -> None:
@@ -286,30 +309,61 @@ class FixedPartySession:
                     f"{policy.min_control_spacing:g} level pixels at level {self.level_index}; "
                     "its operator sets it: ppir serve --min-control-spacing)"
                 )
-        allowed = policy.max_measurements_per_evaluation * points.size
+        self._check_per_evaluation(points, asked)
+        left = self.measurement_cap - self.measurements_held
+        if asked > left:
+            raise ProtocolError(self._grant_used_up(asked, left))
+        left = self.level_cap - self.level_held
+        if asked > left:
+            raise ProtocolError(self._level_used_up(asked, left))
+
+    def _check_per_evaluation(self, points: PointSet, asked: int) -> None:
+        allowed = self.policy.max_measurements_per_evaluation * points.size
         if asked > allowed:
             raise ProtocolError(
                 f"one evaluation would reveal {asked} linear measurements of the fixed image, "
                 f"and this fixed party allows {int(allowed)} per evaluation at level "
-                f"{self.level_index} ({policy.max_measurements_per_evaluation:g} of its "
+                f"{self.level_index} ({self.policy.max_measurements_per_evaluation:g} of its "
                 f"{points.size} points; its operator sets it: ppir serve "
                 "--max-measurements-per-evaluation)"
             )
-        left = self.measurement_cap - self.measurements_held
-        if asked > left:
-            raise ProtocolError(self._grant_used_up(asked, left))
 
     def _charge(self, count: int) -> None:
         """Count ``count`` measurements the answer about to be sent reveals (committed to the
-        ledger first), or refuse the answer if they pass the client's grant."""
+        ledger first), or refuse the answer if they pass a cap: per evaluation (a backend
+        may reveal more than the map's sums: paper-v2), the client's grant, the level's."""
+        assert self.points is not None, "an evaluation has its points"
+        self._check_per_evaluation(self.points, count)
         if self.ledger is not None:
             assert self.image_id is not None, (
                 "a session with a ledger knows its image's fingerprint"
             )
-            charge = self.ledger.charge(self.client, self.image_id, count, self.measurement_cap)
-            if not charge.granted:
+            charge = self.ledger.charge(
+                self.client,
+                self.image_id,
+                count,
+                self.measurement_cap,
+                (self.level_name, self.level_cap),
+            )
+            if charge.refused_by == "grant":
                 raise ProtocolError(self._grant_used_up(count, self.measurement_cap - charge.used))
+            if charge.refused_by == "level":
+                raise ProtocolError(self._level_used_up(count, self.level_cap - charge.level_used))
+        elif self.level_measurements + count > self.level_cap:
+            raise ProtocolError(
+                self._level_used_up(count, self.level_cap - self.level_measurements)
+            )
         self.measurements += count
+        self.level_measurements += count
+
+    def _level_used_up(self, asked: int, left: float) -> str:
+        return (
+            f"one evaluation would reveal {asked} linear measurements of the fixed image, "
+            f"and {max(0, int(left))} of the {int(self.level_cap)} this fixed party grants "
+            f"this client of level {self.level_index}'s {self.level_name} grid (all its "
+            "sessions together) are left (its operator grants more: ppir serve "
+            "--max-measurements-per-level)"
+        )
 
     def _grant_used_up(self, asked: int, left: float) -> str:
         return (
@@ -334,6 +388,7 @@ class FixedPartySession:
                 measurements=self.measurements,
                 measurements_held=self.measurements_held,
                 measurement_cap=self.measurement_cap,
+                joint_term_noise=self.policy.joint_term_noise,
             )
         )
 

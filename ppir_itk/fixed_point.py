@@ -40,6 +40,12 @@ modulus, so the unmasked sum is the true integer sum; decoding divides by a
 power of two, exactly. ``b_J`` takes half of what the moments leave (less if a
 total binds), ``b_g`` the rest; fewer than :data:`MINIMUM_BITS` for any factor is
 refused. Both parties derive the bits from public figures (``n``, the map).
+
+Noise (``FixedPolicy.joint_term_noise``): the fixed party may add an integer noise
+to each sum before the moving party sees it, of deviation ``beta`` times the most
+one voxel of J can add to that sum (:func:`voxel_bits`). The bounds above leave
+each sum below ``2^(limit - 2)``, half of what its modulus holds; a noise below
+``2^(limit - 2)`` keeps the noisy sum exact too (:func:`noise_room`).
 """
 
 from __future__ import annotations
@@ -131,3 +137,29 @@ def budget(modulus: Modulus, points: int, weight_bits: int, support: int | None 
             f"{points} points {fits} for exact sums {modulus.where}: sample them (URS) or use fewer"
         )
     return bits
+
+
+def voxel_bits(bits: Bits, weight_bits: int) -> tuple[int, int, int]:
+    """``log2`` of the most one voxel of J adds to a moment, to ``I_w . J`` and to
+    ``sum J^2``: ``|w| < 2^W`` and ``|q| <= 2^(b - 1)`` per factor."""
+    return (
+        weight_bits + bits.g_bits + bits.j_bits - 2,
+        bits.w_bits + bits.j_bits - 2,
+        2 * bits.j_bits - 2,
+    )
+
+
+def noise_room(modulus: Modulus, bits: Bits, weight_bits: int, local: bool) -> float:
+    """The largest noise deviation, as a multiple of one voxel's most (:func:`voxel_bits`),
+    that keeps every noisy sum exact: a noise draw is below 9 deviations
+    (:func:`ppir_itk.randomness.gaussian_integers`), and ``9 beta 2^v <= 2^(limit - 2)``.
+    ``local``: the map has local support (the totals then have their own limits)."""
+    limits = (
+        modulus.bits,
+        modulus.warped_bits if local else modulus.bits,
+        modulus.squared_bits if local else modulus.bits,
+    )
+    return min(
+        2.0 ** (limit - 2 - v) / 9
+        for limit, v in zip(limits, voxel_bits(bits, weight_bits), strict=True)
+    )

@@ -14,6 +14,8 @@ sessions at once therefore cannot hand out a measurement that is not counted.
   name: every moving party a CA certifies is called ``moving-party``.
 - The image fingerprint is the SHA-256 of its geometry and pixel bytes
   (:func:`image_fingerprint`): another image starts its own count.
+- A level is named by its grid's size (``"64x64"``): the measurements of one level's
+  grid are counted too, against the policy's per-level cap, in the same transaction.
 """
 
 from __future__ import annotations
@@ -40,7 +42,14 @@ CREATE TABLE IF NOT EXISTS granted (
     image TEXT NOT NULL,
     measurements INTEGER NOT NULL,
     PRIMARY KEY (client, image)
-)
+);
+CREATE TABLE IF NOT EXISTS granted_per_level (
+    client TEXT NOT NULL,
+    image TEXT NOT NULL,
+    level TEXT NOT NULL,
+    measurements INTEGER NOT NULL,
+    PRIMARY KEY (client, image, level)
+);
 """
 
 
@@ -63,6 +72,8 @@ class Charge:
 
     granted: bool
     used: int  # measurements the client holds of this image (after the charge, if granted)
+    level_used: int = 0  # of the level's grid (after the charge, if granted)
+    refused_by: str | None = None  # "grant" or "level": the cap that refused it
 
 
 class Ledger:
@@ -82,42 +93,72 @@ class Ledger:
             self._connection = sqlite3.connect(
                 self.path, timeout=LOCK_TIMEOUT, isolation_level=None, check_same_thread=False
             )
-            self._connection.execute(_SCHEMA)
+            self._connection.executescript(_SCHEMA)
         except sqlite3.Error as error:  # a missing folder, no write permission, not SQLite
             raise InputError(f"cannot open the ledger '{self.path}': {error}") from None
 
-    def used(self, client: str, image: str) -> int:
-        """Measurements of ``image`` granted to ``client`` so far."""
+    def used(self, client: str, image: str, level: str | None = None) -> int:
+        """Measurements of ``image`` (of its ``level``'s grid) granted to ``client`` so far."""
         with self._lock:
-            return self._used(client, image)
+            return self._used(client, image, level)
 
-    def charge(self, client: str, image: str, count: int, cap: float) -> Charge:
-        """Grant ``count`` more measurements if the total stays within ``cap``, committed
-        before this returns; otherwise grant nothing."""
+    def charge(
+        self,
+        client: str,
+        image: str,
+        count: int,
+        cap: float,
+        level: tuple[str, float] | None = None,
+    ) -> Charge:
+        """Grant ``count`` more measurements if the total stays within ``cap`` and, with
+        ``level`` (its name and cap), the level's count within its cap, committed before
+        this returns; otherwise grant nothing."""
         with self._lock:
             self._connection.execute("BEGIN IMMEDIATE")
             try:
                 used = self._used(client, image)
-                if used + count > cap:
+                level_used = 0 if level is None else self._used(client, image, level[0])
+                refused_by = (
+                    "grant"
+                    if used + count > cap
+                    else "level"
+                    if level is not None and level_used + count > level[1]
+                    else None
+                )
+                if refused_by is not None:
                     self._connection.execute("ROLLBACK")
-                    return Charge(granted=False, used=used)
+                    return Charge(False, used, level_used, refused_by)
                 self._connection.execute(
                     "INSERT INTO granted (client, image, measurements) VALUES (?, ?, ?) "
                     "ON CONFLICT (client, image) DO UPDATE SET measurements = measurements + ?",
                     (client, image, count, count),
                 )
+                if level is not None:
+                    self._connection.execute(
+                        "INSERT INTO granted_per_level (client, image, level, measurements) "
+                        "VALUES (?, ?, ?, ?) ON CONFLICT (client, image, level) "
+                        "DO UPDATE SET measurements = measurements + ?",
+                        (client, image, level[0], count, count),
+                    )
                 self._connection.execute("COMMIT")
             except BaseException:
                 self._connection.execute("ROLLBACK")
                 raise
-            return Charge(granted=True, used=used + count)
+            return Charge(True, used + count, level_used + count)
 
     def close(self) -> None:
         with self._lock:
             self._connection.close()
 
-    def _used(self, client: str, image: str) -> int:
-        row = self._connection.execute(
-            "SELECT measurements FROM granted WHERE client = ? AND image = ?", (client, image)
-        ).fetchone()
+    def _used(self, client: str, image: str, level: str | None = None) -> int:
+        if level is None:
+            row = self._connection.execute(
+                "SELECT measurements FROM granted WHERE client = ? AND image = ?", (client, image)
+            ).fetchone()
+        else:
+            row = self._connection.execute(
+                "SELECT measurements FROM granted_per_level "
+                "WHERE client = ? AND image = ? AND level = ?",
+                (client, image, level),
+            ).fetchone()
         return 0 if row is None else int(row[0])

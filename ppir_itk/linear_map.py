@@ -109,6 +109,12 @@ class PublicLinearMap(abc.ABC):
     def column_bits(self) -> np.ndarray:
         """Per output, the power of two its integer weights carry (divided out on decoding)."""
 
+    @property
+    def column_weight_bounds(self) -> np.ndarray:
+        """Per output, a bound on its largest integer weight in absolute value (the fixed
+        party's noise is scaled to it)."""
+        return np.full(self.outputs, 2.0**self.weight_bits)
+
     #: Whether the outputs are few enough for each of the d x outputs moments to have its
     #: own range of slots in one ciphertext (he's packed layout, which then needs
     #: :meth:`dense_weights`); else a party applies the map itself (:meth:`mod_t`).
@@ -192,6 +198,10 @@ class AffineBasis(PublicLinearMap):
     @property
     def column_bits(self) -> np.ndarray:
         return np.array([self.phi_exponent] * self.dimension + [0])
+
+    @property
+    def column_weight_bounds(self) -> np.ndarray:
+        return np.array([2.0 ** (PHI_BITS - 1)] * self.dimension + [1.0])
 
     def dense_weights(self) -> np.ndarray:
         ones = np.ones((self.points.size, 1), dtype=np.int64)

@@ -37,6 +37,7 @@ from ppir_itk.backends.he import (
 from ppir_itk.fixed_point import PLAIN_MODULUS, encode, exponent
 from ppir_itk.image import ImageGrid
 from ppir_itk.points import PointSet
+from ppir_itk.policy import FixedPolicy
 from ppir_itk.protocol import ppir_pb2 as pb
 
 
@@ -212,7 +213,7 @@ class PackedSession:
     def __init__(self, fixed: ImageGrid, parameters: dict[str, str] | None = None) -> None:
         parameters = dict(parameters or {})
         self.points = PointSet(fixed.geometry, None)
-        self.side = HEPackedFixedSide(parameters, policy=None)
+        self.side = HEPackedFixedSide(parameters, FixedPolicy())
         self.side.on_points(fixed.array.ravel().astype(np.float64), self.points)
         self._wire = _Wire(self.side)
         self.backend = HEPackedBackend(self._wire, parameters)

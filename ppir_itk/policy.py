@@ -15,9 +15,17 @@ pixel: the policy bounds the *measurements*, not only the evaluations.
   (counted in :class:`ppir_itk.ledger.Ledger`).
 - ``max_measurements_per_evaluation``: one evaluation's measurements, as a fraction
   of the level's points.
+- ``max_measurements_per_level``: the measurements one client identity may hold of
+  one level's grid over all its sessions, as a fraction of the grid's points (the
+  grant alone would let it read a coarse level whole: 1/64 of a 256 x 256 image's
+  voxels is every point of its 32 x 32 level).
 - ``min_control_spacing``: a B-spline's control spacing, in level pixels.
+- ``joint_term_noise``: the deviation of the noise the fixed party adds to every sum
+  it returns, as a multiple of the most one voxel of J can add to that sum
+  (:class:`ppir_itk.backends.base.ExactSumsFixedSide`); 0: exact sums.
 
-The last two, and whether one evaluation still fits the grant, are checked at
+The spacing, the per-evaluation cap and whether one evaluation still fits the grant
+and the level's cap are checked at
 ``SelectPoints``, before any product; ``math.inf`` (and 0 for the spacing) lifts
 a limit.
 """
@@ -44,9 +52,21 @@ DEFAULT_MEASUREMENT_GRANT = 1 / 64
 # (8 sums in 2-D, 14 in 3-D) fits every level of 64 (112) points or more, the coarsest
 # levels of small images included. The grant, not this, bounds what adds up.
 DEFAULT_MEASUREMENTS_PER_EVALUATION = 1 / 8
+# A quarter of a level's grid, all sessions together: a 32 x 32 level of a 256 x 256
+# image (shrink 8) gives 256 measurements (32 affine evaluations in 2-D), and the default
+# levels (4, 2, 1) of a 256 x 256 image allow 1,024 each, the whole grant.
+DEFAULT_MEASUREMENTS_PER_LEVEL = 1 / 4
 # Control points at least 8 level pixels apart: a 4-px grid gives J exactly in 9
 # evaluations (issue 14); the per-evaluation cap is the finer bound on large levels.
 DEFAULT_MIN_CONTROL_SPACING = 8.0
+# Noise on the sums, in units of one voxel's most (benchmarks/honest_noise.py,
+# docs/privacy.md): none by default, so private results stay exact. No noise that keeps
+# a B-spline within 0.1 px of Clear blurs an honest run's view of J, and the grant
+# already bounds a malicious one's exact reads. An operator who grants more can add it:
+# 0.01 leaves one-hot reads no exact pixel (about 17-19 dB) and moves the brain pair's
+# affine 0.005 px, its 16 mm B-spline 0.03 px in the foreground (up to 3 px where the
+# background has no gradient).
+DEFAULT_JOINT_TERM_NOISE = 0.0
 
 
 @dataclass
@@ -60,8 +80,12 @@ class FixedPolicy:
     measurement_grant: float = DEFAULT_MEASUREMENT_GRANT
     # Fraction of a level's points one evaluation may measure (math.inf: unlimited).
     max_measurements_per_evaluation: float = DEFAULT_MEASUREMENTS_PER_EVALUATION
+    # Fraction of a level's grid points one client may hold, all its sessions together.
+    max_measurements_per_level: float = DEFAULT_MEASUREMENTS_PER_LEVEL
     # A B-spline's least control spacing, in level pixels along every axis (0: any).
     min_control_spacing: float = DEFAULT_MIN_CONTROL_SPACING
+    # Noise on every sum, in units of one voxel's most (0: exact).
+    joint_term_noise: float = DEFAULT_JOINT_TERM_NOISE
     max_levels: int = 10
     allow_center_of_mass: bool = True
     # SPDZ: token -> this party's session with the dealer its operator trusts
@@ -77,7 +101,9 @@ class FixedPolicy:
             backends=backends,
             measurement_grant=math.inf,
             max_measurements_per_evaluation=math.inf,
+            max_measurements_per_level=math.inf,
             min_control_spacing=0.0,
+            joint_term_noise=0.0,
             **fields,
         )
 

@@ -7,7 +7,9 @@ the seed can rebuild the stream and nobody else can tell it from uniform.
 - :func:`expand`: the ring Z_2^64 (int64 words), for the dealer's masks and
   triples, which travel as seeds;
 - :func:`uniform_below`: exactly uniform values mod any ``t < 2^63``, for the
-  homomorphic backend's masks mod the plain modulus.
+  homomorphic backend's masks mod the plain modulus;
+- :func:`gaussian_integers`: the fixed party's noise on the sums it returns
+  (:mod:`ppir_itk.backends.base`, ``FixedPolicy.joint_term_noise``).
 
 Public randomness (URS and GMS sampling with their public seeds, test data)
 does not need this module and uses NumPy's generators.
@@ -15,7 +17,9 @@ does not need this module and uses NumPy's generators.
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Sequence
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -63,3 +67,37 @@ def uniform_below(modulus: int, shape: int | tuple[int, ...]) -> np.ndarray:
         kept.append(accepted)
         missing -= accepted.size
     return np.concatenate(kept).reshape(shape)
+
+
+# The noise is Gaussian to 2^-RESOLUTION_BITS of its deviation; below that, uniform.
+RESOLUTION_BITS = 30
+
+
+def gaussian_integers(deviations: Sequence[float]) -> list[int]:
+    """Independent integers of mean 0, the i-th of deviation ``deviations[i]``.
+
+    A standard normal ``z`` by Box and Muller from two 53-bit uniforms of the CSPRNG
+    (so ``|z| <= 8.6``: the tail beyond is never drawn), scaled and floored to a grid
+    of ``2^c`` (``c`` puts at least ``2^RESOLUTION_BITS`` grid steps in a deviation),
+    plus an integer uniform on ``[0, 2^c)``. The low ``c`` bits of the result are then
+    exactly uniform and independent of the rest: a floating-point Gaussian alone would
+    leave them fixed, and the low bits of a noisy sum would be those of the true sum.
+    """
+    count = len(deviations)
+    if count == 0:
+        return []
+    words = expand(secret_seed(), 3 * count).view(np.uint64)
+    first = ((words[:count] >> np.uint64(11)).astype(np.float64) + 1.0) / 2.0**53  # (0, 1]
+    second = (words[count : 2 * count] >> np.uint64(11)).astype(np.float64) / 2.0**53
+    normal = np.sqrt(-2.0 * np.log(first)) * np.cos(2.0 * math.pi * second)
+    out = []
+    for z, low, deviation in zip(
+        normal.tolist(), words[2 * count :].tolist(), deviations, strict=True
+    ):
+        if deviation <= 0:
+            out.append(0)
+            continue
+        cell = max(0, math.floor(math.log2(deviation)) - RESOLUTION_BITS)
+        steps = math.floor(z * deviation / 2.0**cell)  # |.| < 2^(RESOLUTION_BITS + 5)
+        out.append(steps * (1 << cell) + (int(low) & ((1 << cell) - 1)))
+    return out

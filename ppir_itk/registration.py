@@ -169,8 +169,8 @@ class RegistrationResult:
 
 def measurement_report(closed: pb.Closed) -> dict[str, Any]:
     """The linear measurements of J the fixed party counted: in this session, held by this
-    moving party's identity over all its sessions, the cap on those (None: no cap) and the
-    fraction of the cap used."""
+    moving party's identity over all its sessions, the cap on those (None: no cap), the
+    fraction of the cap used, and the noise on the sums (0: exact)."""
     cap = closed.measurement_cap
     limited = math.isfinite(cap)
     return {
@@ -178,6 +178,7 @@ def measurement_report(closed: pb.Closed) -> dict[str, Any]:
         "held": closed.measurements_held,
         "cap": int(cap) if limited else None,
         "fraction_of_cap": (closed.measurements_held / cap if cap else 1.0) if limited else 0.0,
+        "joint_term_noise": closed.joint_term_noise,
     }
 
 

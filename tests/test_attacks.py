@@ -18,6 +18,7 @@ from conftest import ppir_serve
 import ppir_itk
 from ppir_itk.attacks import (
     RecordingMovingParty,
+    psnr,
     reconstruct_from_view,
     recover_by_fine_grid,
     recover_by_one_hot,
@@ -175,3 +176,29 @@ def test_defence_on_one_hot_weights_read_at_most_1_64_of_j_over_sessions_and_res
     assert result.sessions >= 2  # the next session, on a restarted fixed party, is refused
     assert "grants this client (all its sessions together)" in result.stopped
     assert result.exact_fraction(j) <= 1 / 64
+
+
+@pytest.mark.parametrize("noise", ["0.01", None], ids=["noise 0.01", "default: exact sums"])
+def test_under_a_grant_noise_on_the_sums_leaves_one_hot_reads_no_exact_pixel(served, noise):
+    """Every measurement limit lifted (a grant), 32 evaluations of one-hot affine reads
+    (256 pixels) against a real ``ppir serve``: with ``--joint-term-noise 0.01`` none of
+    the pixels read is exact and J is blurred; with the default exact sums, every one."""
+    pki, folder, image = served
+    options = ["--grant-measurements", "inf", "--max-measurements-per-evaluation", "inf"]
+    options += ["--max-measurements-per-level", "inf", "--min-control-spacing", "0"]
+    options += ["--ledger", str(folder / "granted.sqlite")]
+    if noise is not None:
+        options += ["--joint-term-noise", noise]
+    tls = TLS.for_role(pki, "moving-party")
+    with ppir_serve(pki, folder / "fixed.nrrd", folder / "granted.log", *options) as address:
+        result = recover_by_one_hot(
+            lambda: ppir_itk.connect(address, tls, deadline=20), max_evaluations=32
+        )
+    j = image.array.astype(np.float64)
+    assert result.evaluations == 32 and result.read is not None and result.read.sum() == 256
+    read = result.quantised(result.estimate, j)[result.read] == result.quantised(j, j)[result.read]
+    if noise is None:
+        assert read.all()
+    else:
+        assert read.mean() <= 0.016
+        assert psnr(result.estimate[result.read], j[result.read]) < 35

@@ -212,6 +212,8 @@ SERVE_DEALER_PKI = {
     "serve: --max-sessions 0": [],
     "serve: --grant-measurements 0": [],
     "serve: --max-measurements-per-evaluation negative": [],
+    "serve: --max-measurements-per-level 0": [],
+    "serve: --joint-term-noise negative": [],
     "serve: --min-control-spacing negative": [],
     "serve: --ledger in a missing folder": ["fixed.mha", "pki"],
     "serve: --ledger that is not SQLite": ["fixed.mha", "pki", "notes.txt"],

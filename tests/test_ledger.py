@@ -25,7 +25,7 @@ from ppir_itk.evaluation import displacement_rmse
 from ppir_itk.fixed_party import FixedPartyServer
 from ppir_itk.ledger import Ledger, image_fingerprint
 from ppir_itk.phantoms import head_phantom
-from ppir_itk.policy import FixedPolicy
+from ppir_itk.policy import DEFAULT_JOINT_TERM_NOISE, FixedPolicy
 from ppir_itk.protocol.tls import TLS, issue_certificate
 from ppir_itk.protocol.transport import certificate_fingerprint
 from ppir_itk.registration import register_with
@@ -86,6 +86,7 @@ def test_the_grant_holds_across_sessions_and_a_restart_ofppir_serve(pki, small_p
             "held": 40,
             "cap": 64,
             "fraction_of_cap": 40 / 64,
+            "joint_term_noise": DEFAULT_JOINT_TERM_NOISE,
         }
         # The second session gets the 24 measurements left (3 evaluations), then the sentence.
         with pytest.raises(ppir_itk.PeerError) as refused:
@@ -113,6 +114,43 @@ def test_the_grant_holds_across_sessions_and_a_restart_ofppir_serve(pki, small_p
         f"{client}24 linear measurements of the fixed image this session, 64 of its 64 in "
         "all (100.0% of its cap)" in said
     )
+
+
+def test_each_level_s_grid_has_its_own_cap_across_sessions_and_restarts(pki, small_pair, tmp_path):
+    """Per-level cap 1/64 (the grant lifted): 64 measurements of the 64 x 64 grid, 16 of
+    the 32 x 32 one, each counted over every session of the client in the ledger."""
+    fixed, moving = small_pair
+    write_image(fixed, tmp_path / "fixed.nrrd")
+    limits = ("--grant-measurements", "inf", "--max-measurements-per-level", str(1 / 64))
+    serve = (pki, tmp_path / "fixed.nrrd", tmp_path / "serve.log", "--ledger", str(tmp_path / "l"))
+    with ppir_serve(*serve, *limits) as address:
+        first = register_with(_connect(address, pki), moving, **FIVE_EVALUATIONS)
+    assert first.measurements["held"] == 40
+    coarse = {**FIVE_EVALUATIONS, "shrink_factors": [2]}
+    fine_refusal = (
+        "one evaluation would reveal 8 linear measurements of the fixed image, and 0 of the "
+        "64 this fixed party grants this client of level 0's 64x64 grid (all its sessions "
+        "together) are left (its operator grants more: ppir serve --max-measurements-per-level)"
+    )
+    with ppir_serve(*serve, *limits) as address:  # restarted on the same ledger
+        # The 32 x 32 grid is counted on its own: 2 evaluations, then its cap.
+        with pytest.raises(
+            ppir_itk.PeerError,
+            match="0 of the 16 this fixed party grants this client of level 0's 32x32 grid",
+        ):
+            register_with(_connect(address, pki), moving, **coarse)
+        # The 64 x 64 grid has 24 left of its 64: 3 evaluations, then the sentence.
+        with pytest.raises(ppir_itk.PeerError) as refused:
+            register_with(_connect(address, pki), moving, **FIVE_EVALUATIONS)
+        # A new session on the spent grid is refused before any product.
+        with pytest.raises(ppir_itk.PeerError, match="and 0 of the 64"):
+            register_with(_connect(address, pki), moving, **FIVE_EVALUATIONS)
+    assert fine_refusal in str(refused.value)
+    ledger = Ledger(tmp_path / "l")
+    identity = _identity(pki, "moving-party")
+    assert ledger.used(identity, image_fingerprint(fixed), "64x64") == 64
+    assert ledger.used(identity, image_fingerprint(fixed), "32x32") == 16
+    assert ledger.used(identity, image_fingerprint(fixed)) == 80
 
 
 def test_another_certificate_of_the_same_ca_has_its_own_count(pki, small_pair, tmp_path):
@@ -183,6 +221,23 @@ def test_a_grid_with_more_sums_per_evaluation_than_allowed_is_refused_at_select_
         "operator sets it: ppir serve --max-measurements-per-evaluation)"
     ) in str(refused.value)
     assert session.serving.backend_side.evaluations == 0
+
+
+def test_paper_v2_is_charged_the_partial_sums_it_reveals_and_refused_by_default(small_pair):
+    """paper-v2's moving party decrypts slot-wise partial sums of S_2 J_2 (J_2 itself where a
+    column half fits one ciphertext): 8 columns x 2,048 points of a 64 x 64 image's second
+    half, not the map's 8 sums; the default policy refuses them before they are sent."""
+    fixed, moving = small_pair
+    session = in_process_session(fixed, FixedPolicy(backends=("he",)))
+    with pytest.raises(ppir_itk.PeerError) as refused:
+        register_with(
+            session, moving, **FIVE_EVALUATIONS, backend_parameters={"protocol": "paper-v2"}
+        )
+    assert (
+        "one evaluation would reveal 16384 linear measurements of the fixed image, and this "
+        "fixed party allows 512 per evaluation at level 0"
+    ) in str(refused.value)
+    assert session.serving.measurements == 0
 
 
 def test_the_default_affine_registration_of_a_256_phantom_fits_the_default_grant(pki, tmp_path):

@@ -35,11 +35,14 @@ import numpy as np
 
 from ppir_itk.dealer_client import DealerClient
 from ppir_itk.disclosure import Disclosure, ProtocolTable, Received
+from ppir_itk.fixed_point import Modulus, noise_room
 from ppir_itk.linear_map import AffineBasis
 from ppir_itk.points import PointSet
 from ppir_itk.policy import FixedPolicy
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.channel import Counters
+from ppir_itk.protocol.messages import ProtocolError
+from ppir_itk.randomness import gaussian_integers
 from ppir_itk.roles import FIXED_PARTY, MOVING_PARTY
 
 
@@ -169,7 +172,8 @@ EXACT_SUMS_DISCLOSURES = (
         "sums",
         "evaluation",
         note="the public linear map's moments of g_k J, I_w . J and the sum of J^2 "
-        "over the overlap",
+        "over the overlap (with the fixed party's noise, if its policy "
+        "sets one)",
     ),
     Disclosure(
         "fixed_point_bound",
@@ -219,6 +223,12 @@ class FixedSide(abc.ABC):
     def handle(self, message: pb.BackendMessage) -> pb.BackendMessage:
         """Answer one backend message (raise ProtocolError for one that does not fit)."""
 
+    def measurements_per_evaluation(self, points: PointSet) -> int:
+        """The linear measurements of J one evaluation's answer gives the moving party (the
+        fixed party's policy counts them): the public map's sums, unless the protocol
+        reveals more."""
+        return points.linear_map.sums_per_evaluation
+
     def learned(self) -> list[str]:
         """What the fixed party learned (its table's disclosures, masked ones apart)."""
         return self.received.lines()
@@ -229,3 +239,59 @@ class FixedSide(abc.ABC):
 
     def abort(self) -> None:  # noqa: B027 - most sides hold nothing outside the process
         """The session ended with an error: drop what outlives it (a dealer session) now."""
+
+
+@dataclass(frozen=True)
+class SumNoise:
+    """One evaluation's noise on the sums, in the modulus's integer units."""
+
+    moments: list[int]  # in the order of the moments, (d, outputs) row-major
+    warped_dot: int
+    squared: int
+
+
+class ExactSumsFixedSide(FixedSide):
+    """The fixed half of a backend that returns exact sums (he packed, spdz): it adds its
+    policy's noise to every sum it returns (``FixedPolicy.joint_term_noise``; 0: none).
+
+    The noise is an integer in the sums' modulus, of deviation ``beta`` times the most one
+    voxel of J can add to that sum, so a one-hot read sees J's whole range times ``beta``,
+    while an honest moment, a sum over thousands of voxels, keeps most of its digits; it
+    fits the exactness budget (:func:`~ppir_itk.fixed_point.noise_room`), so the noisy
+    sums are exact integers and the moving party decodes them as ever.
+    """
+
+    modulus: ClassVar[Modulus]
+
+    def _noise_for_level(self, points: PointSet) -> None:
+        """Set the level's noise deviations (call from on_points); refuses a deviation that
+        would not keep the sums exact."""
+        self._noise_deviations: list[float] | None = None
+        beta = self.policy.joint_term_noise
+        if beta == 0:
+            return
+        basis = points.linear_map
+        bits = basis.budget(self.modulus)
+        room = noise_room(self.modulus, bits, basis.weight_bits, basis.support is not None)
+        if beta > room:
+            raise ProtocolError(
+                f"this fixed party's joint-term noise ({beta:g}) does not fit the exact sums "
+                f"of a level of {points.size} points on this map (at most {room:.3g}): "
+                "use a coarser control grid"
+            )
+        # One voxel's most: its column's largest weight times |q(g)| and |q(J)| at most.
+        factors = 2.0 ** (bits.g_bits + bits.j_bits - 2)
+        moments = np.tile(basis.column_weight_bounds * factors, points.geometry.dimension)
+        self._noise_deviations = [
+            *(beta * moments).tolist(),
+            beta * 2.0 ** (bits.w_bits + bits.j_bits - 2),
+            beta * 2.0 ** (2 * bits.j_bits - 2),
+        ]
+
+    def _noise(self) -> SumNoise | None:
+        """Fresh noise for one evaluation's moments, (d, outputs) row-major, and two totals
+        (None: none)."""
+        if self._noise_deviations is None:
+            return None
+        values = gaussian_integers(self._noise_deviations)
+        return SumNoise(values[:-2], values[-2], values[-1])

@@ -72,7 +72,7 @@ import numpy as np
 from ppir_itk.backends.base import (
     EXACT_SUMS_DISCLOSURES,
     ExactSumsBackend,
-    FixedSide,
+    ExactSumsFixedSide,
     JointTerm,
     MovingChannel,
     MovingFields,
@@ -81,6 +81,7 @@ from ppir_itk.disclosure import Disclosure, Message, ProtocolTable
 from ppir_itk.errors import InputError
 from ppir_itk.fixed_point import PLAIN_BITS, PLAIN_MODULUS, decode, encode, exponent
 from ppir_itk.points import PointSet
+from ppir_itk.policy import FixedPolicy
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import ProtocolError, array_from_pb, array_to_pb
 from ppir_itk.randomness import expand, secret_seed, uniform_below
@@ -629,13 +630,15 @@ class HEPackedBackend(ExactSumsBackend):
         )
 
 
-class HEPackedFixedSide(FixedSide):
-    """Fixed-party side: holds the secret key; encrypts J once per level; sums masked slots."""
+class HEPackedFixedSide(ExactSumsFixedSide):
+    """Fixed-party side: holds the secret key; encrypts J once per level; sums masked slots
+    (and adds its policy's noise to the sums)."""
 
     table = TABLE
     bspline = True
+    modulus = PLAIN_MODULUS
 
-    def __init__(self, parameters: dict[str, str], policy: Any) -> None:
+    def __init__(self, parameters: dict[str, str], policy: FixedPolicy) -> None:
         super().__init__(parameters, policy)
         # A refusal (InputError) becomes a protocol error in make_fixed_side.
         self.he = HEContext(*he_settings(parameters))
@@ -656,6 +659,7 @@ class HEPackedFixedSide(FixedSide):
             j_bits = basis.budget(PLAIN_MODULUS).j_bits
         except InputError as error:
             raise ProtocolError(str(error)) from None
+        self._noise_for_level(points)
         self._exponent_j = exponent(float(np.abs(values).max(initial=0.0)), j_bits)
         fixed = encode(values, self._exponent_j)
         slots = self.he.slots
@@ -695,6 +699,10 @@ class HEPackedFixedSide(FixedSide):
             raise ProtocolError("the masked products are not one ciphertext")
         slots = self._decrypt(ciphertexts[0])
         totals = [total % self.he.t for total in range_totals(slots, self._sums)]
+        noise = self._noise()
+        if noise is not None:  # the moments, then I_w . J and sum J^2, as the slots are laid out
+            extra = [*noise.moments, noise.warped_dot, noise.squared]
+            totals = [(total + e) % self.he.t for total, e in zip(totals, extra, strict=True)]
         self.received.add("masked_slots", len(totals))
         return pb.BackendMessage(
             he_masked_totals=pb.HeMaskedTotals(totals=array_to_pb(np.array(totals, dtype=np.int64)))
@@ -738,6 +746,11 @@ class HEPackedFixedSide(FixedSide):
         self.received.add("masked_slots", products.size + 2)
         mapped = points.linear_map.mod_t(products, t).T  # (outputs, d) on the wire
         totals = [int(self._decrypt(data).sum(dtype=object)) % t for data in blobs[d * rows :]]
+        noise = self._noise()
+        if noise is not None:  # added mod t to the masked sums: the moving party unmasks it noisy
+            moments = np.array(noise.moments, dtype=object).reshape(d, -1).T
+            mapped = ((mapped.astype(object) + moments) % t).astype(np.int64)
+            totals = [(totals[0] + noise.warped_dot) % t, (totals[1] + noise.squared) % t]
         return pb.BackendMessage(
             he_masked_totals=pb.HeMaskedTotals(
                 totals=array_to_pb(np.array(totals, np.int64)), mapped_moments=array_to_pb(mapped)

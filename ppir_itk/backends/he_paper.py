@@ -35,6 +35,7 @@ from ppir_itk.backends.base import (
 from ppir_itk.disclosure import Disclosure, Message, ProtocolTable
 from ppir_itk.errors import InputError
 from ppir_itk.points import PointSet
+from ppir_itk.policy import FixedPolicy
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import ProtocolError, array_from_pb, array_to_pb
 from ppir_itk.roles import FIXED_PARTY, MOVING_PARTY
@@ -299,7 +300,7 @@ class PaperV1FixedSide(FixedSide):
 
     table = V1_TABLE
 
-    def __init__(self, parameters: dict[str, str], policy: Any) -> None:
+    def __init__(self, parameters: dict[str, str], policy: FixedPolicy) -> None:
         super().__init__(parameters, policy)
         self._context = _new_context()
         self._context.generate_galois_keys()  # DotProduct rotates
@@ -450,7 +451,7 @@ class PaperV2FixedSide(FixedSide):
 
     table = V2_TABLE
 
-    def __init__(self, parameters: dict[str, str], policy: Any) -> None:
+    def __init__(self, parameters: dict[str, str], policy: FixedPolicy) -> None:
         super().__init__(parameters, policy)
         self._context = _new_context()  # the fixed party's own keys
         self._moving_context: Any = None
@@ -513,6 +514,12 @@ class PaperV2FixedSide(FixedSide):
                 )
             )
         raise ProtocolError(f"'{kind}' is not a request of protocol paper-v2")
+
+    def measurements_per_evaluation(self, points: PointSet) -> int:
+        """The moving party decrypts every slot of each column's summed products: the
+        slot-wise partial sums of S_2 * J_2, one value per slot the second half fills."""
+        filled = min(self._second.stop - self._second.start, POLY_MODULUS_DEGREE // 2)
+        return self._columns * filled
 
     def _replicated(self, half: slice) -> list[np.ndarray]:
         """J on a half, once per column of S and for I_w; J^2 for the valid mask."""

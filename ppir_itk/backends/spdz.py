@@ -73,7 +73,7 @@ import numpy as np
 from ppir_itk.backends.base import (
     EXACT_SUMS_DISCLOSURES,
     ExactSumsBackend,
-    FixedSide,
+    ExactSumsFixedSide,
     JointTerm,
     MovingChannel,
     MovingFields,
@@ -83,6 +83,7 @@ from ppir_itk.errors import InputError
 from ppir_itk.fixed_point import RING, decode, encode, exponent
 from ppir_itk.linear_map import PublicLinearMap
 from ppir_itk.points import PointSet
+from ppir_itk.policy import FixedPolicy
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.channel import Counters, PeerError
 from ppir_itk.protocol.messages import ProtocolError
@@ -287,13 +288,15 @@ class SPDZBackend(ExactSumsBackend):
         return {"dealer": (dealer, self.dealer_closed.stats.seconds + closed.dealer.seconds)}
 
 
-class SPDZFixedSide(FixedSide):
-    """Fixed-party side (rank 1): answers each step with its openings and shares."""
+class SPDZFixedSide(ExactSumsFixedSide):
+    """Fixed-party side (rank 1): answers each step with its openings and shares (its
+    shares of the sums with its policy's noise added)."""
 
     table = TABLE
     bspline = True
+    modulus = RING
 
-    def __init__(self, parameters: dict[str, str], policy: Any) -> None:
+    def __init__(self, parameters: dict[str, str], policy: FixedPolicy) -> None:
         super().__init__(parameters, policy)
         provider = provider_of(parameters)  # a refusal: make_fixed_side's protocol error
         if provider == "tfp" and not policy.single_process:
@@ -322,6 +325,7 @@ class SPDZFixedSide(FixedSide):
             j_bits = points.linear_map.budget(RING).j_bits
         except InputError as error:
             raise ProtocolError(str(error)) from None
+        self._noise_for_level(points)
         self._map = ring_map(points.linear_map)
         self._exponent_j = exponent(float(np.abs(values).max(initial=0.0)), j_bits)
         fixed = encode(values, self._exponent_j)
@@ -349,8 +353,9 @@ class SPDZFixedSide(FixedSide):
         else:
             self.evaluations += 1
             self.received.add("opened_rows", (points.geometry.dimension + 2) * points.size)
+            noise = self._noise()
             with self._dealer_step():
-                self._products.sums(None, self._map)
+                self._products.sums(None, self._map, noise)
         if communicator.inbox:
             raise ProtocolError("the moving party sent more shares than this step uses")
         answer.shares.extend(communicator.take_outbox())

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ppir_itk.backends.base import SumNoise
 from ppir_itk.backends.crypten_compat import acting_as, load_crypten
 from ppir_itk.dealer_client import DealerClient
 from ppir_itk.protocol import ppir_pb2 as pb
@@ -170,12 +171,19 @@ class SharedProducts:
         self._drain()
         return self.dealer.close()
 
-    def sums(self, moving_rows: np.ndarray | None, moments_map: Callable[[Any], Any]) -> Any:
+    def sums(
+        self,
+        moving_rows: np.ndarray | None,
+        moments_map: Callable[[Any], Any],
+        noise: SumNoise | None = None,
+    ) -> Any:
         """Steps 3-6: the moments and the two sums on the moving party, ``None`` on the fixed
         party.
 
         ``moments_map`` is the public linear map of step 6 on a share of ``Z[:d]``
-        (:meth:`~ppir_itk.linear_map.PublicLinearMap.ring`).
+        (:meth:`~ppir_itk.linear_map.PublicLinearMap.ring`). ``noise`` (the fixed party's)
+        is added to its shares before they are opened, so the moving party opens the
+        noisy sums only.
         """
         assert self._next is not None, "open_fixed_operand() and each sums() ask ahead for it"
         a, c = self._next()
@@ -193,6 +201,10 @@ class SharedProducts:
                 share = masked * self._mask[self._rows]  # c1 + E * b
             np.add(share.numpy(), c, out=share.numpy())
             product = self._share(share.numpy())
-            moments = self._share(moments_map(product.share[:d]).numpy())
-            sums = product[d:].sum(dim=1)
+            moments = moments_map(product.share[:d]).numpy()
+            sums = product[d:].sum(dim=1).share.numpy()
+            if noise is not None:  # ring elements: int64 wraps modulo 2^64 as the ring does
+                moments = moments + np.array(noise.moments, dtype=np.int64).reshape(moments.shape)
+                sums = sums + np.array([noise.warped_dot, noise.squared], dtype=np.int64)
+            moments, sums = self._share(moments), self._share(sums)
             return self.shared.reveal_batch([moments, sums], dst=MOVING)
