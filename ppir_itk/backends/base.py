@@ -35,7 +35,7 @@ import numpy as np
 
 from ppir_itk.dealer_client import DealerClient
 from ppir_itk.disclosure import Disclosure, ProtocolTable, Received
-from ppir_itk.fixed_point import Modulus, noise_room
+from ppir_itk.fixed_point import Modulus, noise_room, voxel_bits
 from ppir_itk.linear_map import AffineBasis
 from ppir_itk.points import PointSet
 from ppir_itk.policy import FixedPolicy
@@ -279,14 +279,13 @@ class ExactSumsFixedSide(FixedSide):
                 f"of a level of {points.size} points on this map (at most {room:.3g}): "
                 "use a coarser control grid"
             )
-        # One voxel's most: its column's largest weight times |q(g)| and |q(J)| at most.
+        # One voxel's most: a moment's, its column's largest weight times |q(g)| and |q(J)|
+        # at most (the affine basis's constant column weighs 1, its others up to 2^W).
         factors = 2.0 ** (bits.g_bits + bits.j_bits - 2)
         moments = np.tile(basis.column_weight_bounds * factors, points.geometry.dimension)
-        self._noise_deviations = [
-            *(beta * moments).tolist(),
-            beta * 2.0 ** (bits.w_bits + bits.j_bits - 2),
-            beta * 2.0 ** (2 * bits.j_bits - 2),
-        ]
+        _, warped_bits, squared_bits = voxel_bits(bits, basis.weight_bits)
+        totals = [beta * 2.0**warped_bits, beta * 2.0**squared_bits]
+        self._noise_deviations = [*(beta * moments).tolist(), *totals]
 
     def _noise(self) -> SumNoise | None:
         """Fresh noise for one evaluation's moments, (d, outputs) row-major, and two totals
