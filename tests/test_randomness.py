@@ -12,6 +12,7 @@ from scipy import stats
 import ppir_itk
 from ppir_itk.bspline import BSplineTransform
 from ppir_itk.phantoms import head_phantom
+from ppir_itk.policy import FixedPolicy
 from ppir_itk.pyramid import Level, LevelSchedule
 from ppir_itk.randomness import MODULUS_LIMIT, uniform_below
 
@@ -105,12 +106,12 @@ EVALUATIONS = 3  # spdz's first evaluation uses the triples asked for when the l
 
 
 def _private_evaluations(
-    monkeypatch, backend: str, transform_kind: str, urandom
+    monkeypatch, backend: str, transform_kind: str, urandom, noise: float = 0.0
 ) -> tuple[list, list]:
     """Evaluations of the same joint term by a private backend, in one process, with every
     non-cryptographic generator refused and ``os.urandom`` replaced by ``urandom`` once the
-    level is open. Returns each evaluation's ``os.urandom`` calls and the fixed party's
-    serialised answers."""
+    level is open; ``noise``: the fixed party's (``FixedPolicy.joint_term_noise``). Returns
+    each evaluation's ``os.urandom`` calls and the fixed party's serialised answers."""
     fixed = head_phantom((40, 36))
     moving = ppir_itk.ImageGrid(fixed.array, origin=(0.4, -0.3))
     transform = (
@@ -119,7 +120,9 @@ def _private_evaluations(
         else ppir_itk.make_transform(transform_kind, 2)
     )
     _without_non_cryptographic_generators(monkeypatch)  # before the backend exists
-    session = ppir_itk.in_process_session(fixed)
+    policy = FixedPolicy.holding_both_images(("he", "spdz"))
+    policy.joint_term_noise = noise
+    session = ppir_itk.in_process_session(fixed, policy)
     metric = ppir_itk.PrivateMeanSquaresImageToImageMetric(backend, session=session)
     metric.SetMovingImage(moving)
     metric.SetTransform(transform)
@@ -161,12 +164,15 @@ def _private_evaluations(
 PRIVATE = [("he", "affine"), ("he", "bspline"), ("spdz", "affine"), ("spdz", "bspline")]
 
 
+@pytest.mark.parametrize("noise", [0.0, 0.5], ids=["exact sums", "noisy sums"])
 @pytest.mark.parametrize(("backend", "transform_kind"), PRIVATE)
-def test_masks_come_only_from_the_operating_system_csprng(monkeypatch, backend, transform_kind):
-    # A constant "os.urandom": if the masks come from it alone, the fixed party sees the same
-    # masked values twice for the same fields; a mask from any other generator would differ.
+def test_masks_come_only_from_the_operating_system_csprng(
+    monkeypatch, backend, transform_kind, noise
+):
+    # A constant "os.urandom": if the masks (and the fixed party's noise) come from it alone,
+    # the answers are the same twice for the same fields; any other generator would differ.
     calls, answers = _private_evaluations(
-        monkeypatch, backend, transform_kind, lambda size: bytes(size)
+        monkeypatch, backend, transform_kind, lambda size: bytes(size), noise
     )
     assert all(calls), "an evaluation drew its masks without os.urandom"
     assert answers[-1], "no evaluation reached the fixed party"
