@@ -104,8 +104,7 @@ def honest_study(data: Path, grids: list[float], noises: list[float], backend: s
         clear, _ = bspline(in_process_session(fixed), "clear", moving, grid, affine.transform)
         for beta in noises:
             start = time.perf_counter()
-            policy = FixedPolicy.holding_both_images(backends)
-            policy.joint_term_noise = beta
+            policy = FixedPolicy.holding_both_images(backends, joint_term_noise=beta)
             private, party = bspline(
                 in_process_session(fixed, policy),
                 backend,
@@ -172,8 +171,7 @@ def one_hot(size: int, noises: list[float], backends: tuple[str, ...]) -> None:
         ("8-px grid, 1 session", {"grid_spacing": 8, "max_sessions": 1}),
     ):
         for beta in noises:
-            policy = FixedPolicy.holding_both_images(backends)
-            policy.joint_term_noise = beta
+            policy = FixedPolicy.holding_both_images(backends, joint_term_noise=beta)
             result = recover_by_one_hot(
                 lambda policy=policy: in_process_session(phantom, policy),
                 backend=backends[-1],

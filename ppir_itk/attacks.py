@@ -541,7 +541,7 @@ class ViewOperator:
         self.geometry = geometry
         self.size = geometry.number_of_points
         self.blocks = []  # (basis (n, outputs), gradients (n, d), warped (n,), moments, dot)
-        bases: dict[int, Any] = {}
+        bases: dict[int, tuple[Any, float]] = {}  # per point set: basis, its largest weight
         for observation in kept:
             points = observation.points
             key = id(points)
@@ -550,16 +550,17 @@ class ViewOperator:
                     basis = sparse.csr_matrix(_affine_weights(PointSet(geometry, None)))
                 else:
                     basis = bspline_matrix(PointSet(geometry, None, points.control))
-                bases[key] = basis
+                bases[key] = basis, float(abs(basis).max())
+            basis, largest_weight = bases[key]
             gradient = self._on_grid(points, observation.fields.gradient)
             warped = self._on_grid(points, observation.fields.warped) * float(warped_dot)
             # The noise's scale: one voxel's most, the same for every moment of an
             # evaluation (the largest |g| times the largest basis weight), and |I_w|'s most.
-            largest = np.full(gradient.shape[1] * bases[key].shape[1] + 1, 0.0)
-            largest[:-1] = np.abs(gradient).max(initial=0.0) * abs(bases[key]).max()
+            largest = np.full(gradient.shape[1] * basis.shape[1] + 1, 0.0)
+            largest[:-1] = np.abs(gradient).max(initial=0.0) * largest_weight
             largest[-1] = np.abs(warped).max(initial=0.0)
             scale = np.divide(1.0, largest, out=np.zeros_like(largest), where=largest > 0)
-            self.blocks.append((bases[key], gradient, warped, scale))
+            self.blocks.append((basis, gradient, warped, scale))
         self.measured = np.concatenate(
             [
                 np.append(_moments(o).ravel(), o.joint.warped_dot_fixed * float(warped_dot))

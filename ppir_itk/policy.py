@@ -96,16 +96,16 @@ class FixedPolicy:
     def holding_both_images(cls, backends: tuple[str, ...], **fields: Any) -> FixedPolicy:
         """The policy of a fixed party whose caller holds the moving image too (local mode,
         in-process sessions): it can learn nothing it does not have, so no measurement is
-        capped. ``fields``: the policy's other fields."""
-        return cls(
-            backends=backends,
-            measurement_grant=math.inf,
-            max_measurements_per_evaluation=math.inf,
-            max_measurements_per_level=math.inf,
-            min_control_spacing=0.0,
-            joint_term_noise=0.0,
-            **fields,
-        )
+        capped and no noise is added. ``fields``: other fields, or these set otherwise
+        (an attack's or a study's ``joint_term_noise``)."""
+        unlimited: dict[str, Any] = {
+            "measurement_grant": math.inf,
+            "max_measurements_per_evaluation": math.inf,
+            "max_measurements_per_level": math.inf,
+            "min_control_spacing": 0.0,
+            "joint_term_noise": 0.0,
+        }
+        return cls(backends=backends, **(unlimited | fields))
 
     def measurement_cap(self, voxels: int) -> float:
         """The measurements one client may hold of an image of ``voxels`` voxels."""

@@ -76,8 +76,7 @@ def _evaluate(backend: str, beta: float, fixed: ImageGrid, spacing: float | None
     """One evaluation of fixed fields (on a control grid of ``spacing`` level pixels, or
     the affine basis), against a fixed party whose policy sets ``beta``: the joint term,
     the point set, the fields and the moving party's close."""
-    policy = FixedPolicy.holding_both_images(("he", "spdz"))
-    policy.joint_term_noise = beta
+    policy = FixedPolicy.holding_both_images(("he", "spdz"), joint_term_noise=beta)
     party = MovingPartySession(in_process_session(fixed, policy), backend)
     party.start(LevelSchedule.from_lists([1], [0.0]), None)
     level = party.begin_level(0)()

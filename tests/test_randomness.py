@@ -120,8 +120,7 @@ def _private_evaluations(
         else ppir_itk.make_transform(transform_kind, 2)
     )
     _without_non_cryptographic_generators(monkeypatch)  # before the backend exists
-    policy = FixedPolicy.holding_both_images(("he", "spdz"))
-    policy.joint_term_noise = noise
+    policy = FixedPolicy.holding_both_images(("he", "spdz"), joint_term_noise=noise)
     session = ppir_itk.in_process_session(fixed, policy)
     metric = ppir_itk.PrivateMeanSquaresImageToImageMetric(backend, session=session)
     metric.SetMovingImage(moving)
