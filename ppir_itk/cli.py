@@ -19,7 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
 from importlib import resources
@@ -45,6 +47,8 @@ from ppir_itk.wrapping.transforms import TRANSFORM_FILE_SUFFIXES
 
 EXIT_INPUT_ERROR = 2
 EXIT_PEER_ERROR = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # a service manager's or a closed terminal's
 # Formats ITK writes in one file with float64 pixels (ITK picks the writer by suffix).
 IMAGE_OUTPUT_SUFFIXES = (".nii", ".nii.gz", ".mha", ".nrrd", ".vtk", ".h5", ".hdf5")
 
@@ -159,6 +163,7 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds to wait for the moving party's next message",
     )
     _add_session_limit(serve)
+    _add_service_options(serve)
 
     dealer = commands.add_parser("dealer", help="deal Beaver triples to SPDZ sessions (mutual TLS)")
     dealer.add_argument("--listen", required=True, help="HOST:PORT (port 0: any free port)")
@@ -176,6 +181,7 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds to wait for a party's next message",
     )
     _add_session_limit(dealer)
+    _add_service_options(dealer)
 
     pki = commands.add_parser("pki", help="throw-away certificates for local runs and tests")
     pki_commands = pki.add_subparsers(dest="pki_command", required=True)
@@ -343,6 +349,18 @@ def _add_session_limit(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_service_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--ready-file",
+        metavar="PATH",
+        help="write HOST:PORT here once the server has completed a TLS handshake through "
+        "its port (removed when it stops)",
+    )
+    # Local mode's children (compose.spawn_fixed_party): stop when standard input closes
+    # and remove this folder. Not for users.
+    parser.add_argument("--local-mode-folder", help=argparse.SUPPRESS)
+
+
 def _add_tls_options(parser: argparse.ArgumentParser, role: str) -> None:
     parser.add_argument(
         "--tls-dir", help=f"directory made by 'ppir pki init' ({role}.pem/.key, ca.pem)"
@@ -376,8 +394,38 @@ def _address(option: str, address: str) -> None:
         raise InputError(f"{option} '{address}' is not HOST:PORT (e.g. 127.0.0.1:50051)") from None
 
 
+class _Stopped(BaseException):
+    """A signal asked this process to stop: raised in the main thread, so that every
+    ``finally`` runs (children stopped, temporary files removed) before the exit."""
+
+    def __init__(self, signal_number: int) -> None:
+        super().__init__(signal_number)
+        self.signal_number = signal_number
+
+
+def _raise_stopped(signal_number: int, _frame: Any) -> None:
+    raise _Stopped(signal_number)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if threading.current_thread() is not threading.main_thread():  # signals go to main only
+        return _dispatch(args)
+    previous = {number: signal.signal(number, _raise_stopped) for number in STOP_SIGNALS}
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        print("ppir: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except _Stopped as stopped:
+        print(f"ppir: stopped by {signal.Signals(stopped.signal_number).name}", file=sys.stderr)
+        return 128 + stopped.signal_number
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     commands = {
         "register": _register,
         "demo": _demo,
@@ -605,8 +653,16 @@ def _serve(args: argparse.Namespace) -> int:
         deadline=args.deadline,
         session_limit=args.session_limit,
         dealer=args.dealer,
+        ready_file=_ready_file(args.ready_file),
+        local_mode_folder=args.local_mode_folder,
     )
     return 0
+
+
+def _ready_file(path: str | None) -> str | None:
+    if path is not None and not Path(path).absolute().parent.is_dir():
+        raise InputError(f"--ready-file '{path}': directory '{Path(path).parent}' does not exist")
+    return path
 
 
 def _dealer(args: argparse.Namespace) -> int:
@@ -621,6 +677,8 @@ def _dealer(args: argparse.Namespace) -> int:
         max_sessions=args.max_sessions,
         deadline=args.deadline,
         session_limit=args.session_limit,
+        ready_file=_ready_file(args.ready_file),
+        local_mode_folder=args.local_mode_folder,
     )
     return 0
 

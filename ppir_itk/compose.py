@@ -17,11 +17,14 @@ Every way of running a registration builds on the parties' own modules
 
 from __future__ import annotations
 
+import logging
 import os
 import selectors
+import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -49,7 +52,7 @@ from ppir_itk.protocol.session import LocalSession, RemoteSession
 from ppir_itk.protocol.tls import TLS, init_pki
 from ppir_itk.protocol.transport import DEFAULT_SESSION_LIMIT, PartyServer
 from ppir_itk.roles import FIXED_PARTY, MOVING_PARTY
-from ppir_itk.wrapping.images import as_image_grid, write_image
+from ppir_itk.wrapping.images import as_image_grid, write_atomically, write_image
 
 
 def connect(
@@ -124,6 +127,8 @@ def serve(
     deadline: float = DEFAULT_DEADLINE,
     session_limit: float = DEFAULT_SESSION_LIMIT,
     dealer: str | None = None,
+    ready_file: str | os.PathLike | None = None,
+    local_mode_folder: str | os.PathLike | None = None,
 ) -> None:
     """Serve the fixed image until interrupted (``ppir serve``).
 
@@ -131,7 +136,8 @@ def serve(
     that counts each client's measurements across sessions and restarts (default:
     beside ``fixed`` when it is a path, ``IMAGE.ppir-ledger.sqlite``). ``dealer``
     (``HOST:PORT``) is the ``ppir dealer`` this party trusts for ``spdz`` sessions;
-    it is reached with this party's own certificate.
+    it is reached with this party's own certificate. ``ready_file`` and
+    ``local_mode_folder``: :func:`_run_until_interrupted`.
     """
     ledger = ledger_path(fixed, ledger)
     policy = FixedPolicy(
@@ -155,7 +161,9 @@ def serve(
             max_sessions=max_sessions,
             deadline=deadline,
             session_limit=session_limit,
-        )
+        ),
+        ready_file,
+        local_mode_folder,
     )
 
 
@@ -177,21 +185,54 @@ def serve_dealer(
     max_sessions: int = 8,
     deadline: float = DEFAULT_DEADLINE,
     session_limit: float = DEFAULT_SESSION_LIMIT,
+    ready_file: str | os.PathLike | None = None,
+    local_mode_folder: str | os.PathLike | None = None,
 ) -> None:
-    """Deal Beaver triples until interrupted (``ppir dealer``)."""
+    """Deal Beaver triples until interrupted (``ppir dealer``); ``ready_file`` and
+    ``local_mode_folder``: :func:`_run_until_interrupted`."""
     _run_until_interrupted(
         DealerServer(
             listen, tls, max_sessions=max_sessions, deadline=deadline, session_limit=session_limit
-        )
+        ),
+        ready_file,
+        local_mode_folder,
     )
 
 
-def _run_until_interrupted(server: PartyServer) -> None:
-    server.start()
+def _run_until_interrupted(
+    server: PartyServer,
+    ready_file: str | os.PathLike | None = None,
+    local_mode_folder: str | os.PathLike | None = None,
+) -> None:
+    """Start ``server`` and serve until it stops or an exception (a signal's) ends the wait.
+
+    ``ready_file`` gets the server's ``HOST:PORT`` once it has completed a handshake
+    (written whole, removed when the server stops). ``local_mode_folder`` makes this a
+    local-mode child: it stops when its standard input closes (the parent holds the other
+    end, and the system closes it however the parent ends, SIGKILL included), and removes
+    that folder (the throw-away PKI and image) when it stops.
+    """
     try:
+        server.start()
+        if ready_file is not None:
+            write_atomically(lambda path: Path(path).write_text(server.address + "\n"), ready_file)
+        if local_mode_folder is not None:
+            threading.Thread(
+                target=_stop_at_end_of_input, args=(server,), name="ppir-parent", daemon=True
+            ).start()
         server.wait()
-    except KeyboardInterrupt:
+    finally:
         server.stop()
+        if ready_file is not None:
+            Path(ready_file).unlink(missing_ok=True)
+        if local_mode_folder is not None:
+            shutil.rmtree(local_mode_folder, ignore_errors=True)
+
+
+def _stop_at_end_of_input(server: PartyServer) -> None:
+    while os.read(sys.stdin.fileno(), 1 << 12):
+        pass
+    server.stop()
 
 
 LEDGER_SUFFIX = ".ppir-ledger.sqlite"  # the default ledger, beside the fixed image
@@ -207,7 +248,6 @@ class FixedPartyProcess:
     address: str
     client_tls: TLS
     startup_seconds: float
-    directory: Path
     dealer_address: str | None = None
     dealer_process: subprocess.Popen | None = None
 
@@ -220,106 +260,142 @@ def spawn_fixed_party(
     deadline: float = DEFAULT_DEADLINE,
     startup_timeout: float = STARTUP_TIMEOUT,
     extra_arguments: tuple[str, ...] = (),
+    pki: str | os.PathLike | None = None,
 ) -> Iterator[FixedPartyProcess]:
     """Start ``ppir serve`` for ``fixed`` on 127.0.0.1 with fresh certificates.
 
     With ``spdz`` among ``backends``, ``ppir dealer`` starts first, as a third
-    process on the same PKI. The processes are stopped when the context exits.
-    The caller holds both images, so the fixed party has no measurement limit
-    (:meth:`FixedPolicy.holding_both_images`) and its ledger is a throw-away file.
+    process on the same PKI. The caller holds both images, so the fixed party has no
+    measurement limit (:meth:`FixedPolicy.holding_both_images`) and an in-memory ledger.
+
+    The throw-away PKI (or the one in ``pki``, made by :func:`init_pki`: tests) and a
+    copy of an in-memory ``fixed`` are written to a private temporary folder that is
+    removed as soon as the children have read them, and in any case when the context
+    exits. The children stop when the context exits, and by themselves when this process
+    ends however it ends (they watch a pipe from it), removing the folder if it is
+    still there; they run in their own session, so a Ctrl-C reaches this process only.
     """
-    with tempfile.TemporaryDirectory(prefix="ppir-local-") as folder, ExitStack() as processes:
-        directory = Path(folder)
-        init_pki(directory / "pki")
-        if isinstance(fixed, (str, os.PathLike)):
-            image_path = Path(fixed)
-        else:
-            image_path = directory / "fixed.nrrd"
-            write_image(as_image_grid(fixed, name="fixed image"), image_path)
-        common = [
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-dir",
-            str(directory / "pki"),
-            "--deadline",
-            str(deadline),
-        ]
-        # Local mode: whoever runs it holds both images, and can learn nothing from the
-        # joint term that it does not have, so the fixed party grants without limit.
-        unlimited = [
-            "--grant-measurements",
-            "inf",
-            "--max-measurements-per-evaluation",
-            "inf",
-            "--max-measurements-per-level",
-            "inf",
-            "--min-control-spacing",
-            "0",
-            "--joint-term-noise",
-            "0",
-            "--ledger",
-            str(directory / "ledger.sqlite"),
-        ]
-        start = time.perf_counter()
-        dealer_address, dealer_process = None, None
-        if "spdz" in backends:
-            dealer_process, dealer_address = processes.enter_context(
-                _child(["dealer", *common], directory, "dealer", startup_timeout)
+    directory = Path(tempfile.mkdtemp(prefix="ppir-local-"))
+    try:
+        with ExitStack() as processes:
+            pki_folder = Path(pki) if pki is not None else init_pki(directory / "pki")
+            client_tls = TLS.for_role(pki_folder, MOVING_PARTY)
+            if isinstance(fixed, (str, os.PathLike)):
+                image_path = Path(fixed)
+            else:
+                image_path = directory / "fixed.nrrd"
+                write_image(as_image_grid(fixed, name="fixed image"), image_path)
+            common = [
+                "--listen",
+                "127.0.0.1:0",
+                "--tls-dir",
+                str(pki_folder),
+                "--deadline",
+                str(deadline),
+                "--local-mode-folder",
+                str(directory),
+            ]
+            # Local mode: whoever runs it holds both images, and can learn nothing from the
+            # joint term that it does not have, so the fixed party grants without limit.
+            unlimited = [
+                "--grant-measurements",
+                "inf",
+                "--max-measurements-per-evaluation",
+                "inf",
+                "--max-measurements-per-level",
+                "inf",
+                "--min-control-spacing",
+                "0",
+                "--joint-term-noise",
+                "0",
+                "--ledger",
+                IN_MEMORY,
+            ]
+            start = time.perf_counter()
+            dealer_address, dealer_process = None, None
+            if "spdz" in backends:
+                dealer_process, dealer_address = processes.enter_context(
+                    _child(["dealer", *common], "dealer", startup_timeout)
+                )
+                extra_arguments = (*extra_arguments, "--dealer", dealer_address)
+            process, address = processes.enter_context(
+                _child(
+                    [
+                        "serve",
+                        "--fixed",
+                        str(image_path),
+                        *common,
+                        "--backends",
+                        *backends,
+                        *unlimited,
+                        *extra_arguments,
+                    ],
+                    "fixed party",
+                    startup_timeout,
+                )
             )
-            extra_arguments = (*extra_arguments, "--dealer", dealer_address)
-        process, address = processes.enter_context(
-            _child(
-                [
-                    "serve",
-                    "--fixed",
-                    str(image_path),
-                    *common,
-                    "--backends",
-                    *backends,
-                    *unlimited,
-                    *extra_arguments,
-                ],
-                directory,
-                "fixed party",
-                startup_timeout,
+            # Both children hold their keys and the image in memory now: nothing of this
+            # run needs to stay on disk, whatever happens to this process from here on.
+            shutil.rmtree(directory, ignore_errors=True)
+            yield FixedPartyProcess(
+                process,
+                address,
+                client_tls,
+                time.perf_counter() - start,
+                dealer_address,
+                dealer_process,
             )
-        )
-        yield FixedPartyProcess(
-            process,
-            address,
-            TLS.for_role(directory / "pki", MOVING_PARTY),
-            time.perf_counter() - start,
-            directory,
-            dealer_address,
-            dealer_process,
-        )
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+CHILD_STOP_TIMEOUT = 5.0  # seconds a local child may take to stop once its input closes
 
 
 @contextmanager
 def _child(
-    arguments: list[str], directory: Path, role: str, startup_timeout: float
+    arguments: list[str], role: str, startup_timeout: float
 ) -> Iterator[tuple[subprocess.Popen, str]]:
-    """``ppir ARGUMENTS`` as a child process, until it says where it listens."""
+    """``ppir ARGUMENTS`` as a child process, until it says where it listens.
+
+    Its standard input is a pipe whose other end only this process holds: closing it (or
+    this process ending) tells the child to stop. After start-up its log goes on to this
+    process's ``ppir_itk.local`` logger (debug), so the pipe never fills.
+    """
     process = subprocess.Popen(
         [sys.executable, "-m", "ppir_itk.cli", *arguments],
-        stdout=subprocess.PIPE,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        text=True,
-        cwd=directory,
+        cwd=tempfile.gettempdir(),  # not the source tree, which may hold an unbuilt package
+        start_new_session=True,
     )
     try:
-        yield process, _wait_until_listening(process, startup_timeout, role)
+        address = _wait_until_listening(process, startup_timeout, role)
+        threading.Thread(
+            target=_relay_log, args=(process, role), name="ppir-child-log", daemon=True
+        ).start()
+        yield process, address
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        for stream in (process.stdout, process.stderr):
-            assert stream is not None, "Popen above opens both streams as pipes"
-            stream.close()
+        assert process.stdin is not None, "Popen above opens stdin as a pipe"
+        process.stdin.close()
+        try:
+            process.wait(timeout=CHILD_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        assert process.stderr is not None, "Popen above opens stderr as a pipe"
+        process.stderr.close()
+
+
+def _relay_log(process: subprocess.Popen, role: str) -> None:
+    logger = logging.getLogger("ppir_itk.local")
+    assert process.stderr is not None, "_child() opens the child's stderr as a pipe"
+    try:
+        for line in process.stderr:
+            logger.debug("%s: %s", role, line.decode(errors="replace").rstrip())
+    except (OSError, ValueError):  # closed by _child() as the child ends
+        pass
 
 
 def _wait_until_listening(process: subprocess.Popen, timeout: float, role: str) -> str:

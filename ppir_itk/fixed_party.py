@@ -64,7 +64,7 @@ from ppir_itk.protocol.messages import (
     geometry_to_pb,
 )
 from ppir_itk.protocol.tls import TLS
-from ppir_itk.protocol.transport import PartyServer
+from ppir_itk.protocol.transport import READY_TIMEOUT, PartyServer
 from ppir_itk.pyramid import Level, fixed_level_image
 from ppir_itk.roles import FIXED_PARTY, MOVING_PARTY
 from ppir_itk.wrapping.images import as_image_grid
@@ -425,12 +425,12 @@ class FixedPartyServer(PartyServer):
             importlib.import_module("ppir_itk.backends.spdz_shares")
         super().__init__(listen, tls, **options)
 
-    def start(self) -> FixedPartyServer:
+    def start(self, ready_timeout: float = READY_TIMEOUT) -> FixedPartyServer:
         # Before "listening on", which whoever waits for the server reads up to.
         recoverable = self.policy.recoverable(self.image.geometry.number_of_points)
         if recoverable is not None:
             self.log(recoverable)
-        super().start()
+        super().start(ready_timeout)
         return self
 
     def _new_session(self, client_name: str, client_fingerprint: str) -> FixedPartySession:

@@ -26,7 +26,7 @@ from ppir_itk.protocol.channel import DEFAULT_DEADLINE, Channel, Counters, PeerE
 from ppir_itk.protocol.endpoint import Endpoint, Serving
 from ppir_itk.protocol.messages import DEFAULT_MAX_ENVELOPE, FIXED_PARTY_SERVICE, body
 from ppir_itk.protocol.tls import TLS
-from ppir_itk.protocol.transport import open_client
+from ppir_itk.protocol.transport import open_client, wait_until_accepting
 
 
 class Session(abc.ABC):
@@ -170,6 +170,7 @@ class RemoteSession(Session):
     ) -> None:
         super().__init__()
         self.peer = f"{role} at {target}"
+        wait_until_accepting(target, deadline, self.peer)
         self._channel = Channel(self.peer, deadline, max_envelope)
         self._connection = open_client(target, tls, server_name, self._channel, service)
 

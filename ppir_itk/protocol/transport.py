@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import socket
 import ssl
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
 from typing import Any, ClassVar
@@ -37,6 +39,7 @@ from ppir_itk.protocol.relay import Relay, WireCounters
 from ppir_itk.protocol.tls import TLS
 
 DEFAULT_SESSION_LIMIT = 4 * 3600.0  # seconds: far past any registration ppir runs
+READY_TIMEOUT = 10.0  # seconds a starting server may take to complete a handshake with itself
 _OPTIONS = [
     ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE),
     ("grpc.max_send_message_length", MAX_GRPC_MESSAGE),
@@ -151,9 +154,11 @@ class PartyServer(abc.ABC):
         credentials = grpc.ssl_server_credentials(
             [(tls.key, tls.certificate)], root_certificates=tls.ca, require_client_auth=True
         )
-        internal_port = self._server.add_secure_port("127.0.0.1:0", credentials)
-        self._relay = Relay(parse_address(listen), ("127.0.0.1", internal_port), outbound=False)
-        self.address = f"{self._relay.address[0]}:{self._relay.address[1]}"
+        self._internal_port = self._server.add_secure_port("127.0.0.1:0", credentials)
+        self._listen = parse_address(listen)
+        self._tls = tls
+        self._relay: Relay | None = None
+        self.address = ""  # HOST:PORT once started
 
     @abc.abstractmethod
     def _new_session(self, client_name: str, client_fingerprint: str) -> Any:
@@ -163,8 +168,26 @@ class PartyServer(abc.ABC):
     def _ended(self, session: Any, clean: bool) -> None:  # noqa: B027 - nothing to release
         """A session ended (``clean``: with Close)."""
 
-    def start(self) -> PartyServer:
+    def start(self, ready_timeout: float = READY_TIMEOUT) -> PartyServer:
+        """Serve; return once a TLS handshake through the public port has completed.
+
+        The public port is bound last, after the gRPC server runs, so that a client never
+        meets a port that accepts but cannot answer yet (it retries a refused connection:
+        :func:`open_client`); "listening on" is logged only after this server has
+        completed a handshake with itself through that port, as a client would.
+        """
         self._server.start()
+        self._relay = Relay(self._listen, ("127.0.0.1", self._internal_port), outbound=False)
+        self.address = f"{self._relay.address[0]}:{self._relay.address[1]}"
+        try:
+            _complete_handshake(self.address, self._tls, ready_timeout)
+        except grpc.FutureTimeoutError:
+            self.stop(grace=None)
+            raise InputError(
+                f"the {self.role} could not complete a TLS handshake with itself on "
+                f"{self.address} within {ready_timeout:g} s: is its certificate signed by "
+                "the CA it trusts (--ca)?"
+            ) from None
         self.log(f"listening on {self.address}")
         return self
 
@@ -172,7 +195,8 @@ class PartyServer(abc.ABC):
         self._server.wait_for_termination()
 
     def stop(self, grace: float | None = 1.0) -> None:
-        self._relay.close()
+        if self._relay is not None:
+            self._relay.close()
         self._server.stop(grace).wait()
 
     def _session(self, frames: Any, context: grpc.ServicerContext) -> Any:
@@ -248,9 +272,50 @@ class PartyServer(abc.ABC):
         # The gRPC peer is our relay's upstream socket: its port finds the connection. A call
         # that gRPC already ended (a refused first frame) names no peer.
         _, _, port = context.peer().rpartition(":")
-        if not port.isdigit():
+        if not port.isdigit() or self._relay is None:
             return WireCounters()
         return self._relay.counters_for(int(port)) or WireCounters()
+
+
+def _complete_handshake(address: str, tls: TLS, timeout: float) -> None:
+    """A gRPC channel to ``address`` with ``tls``'s own certificate reaches READY (TCP,
+    TLS and HTTP/2 set up), or ``grpc.FutureTimeoutError`` after ``timeout`` seconds."""
+    host, port = parse_address(address)
+    if host in ("0.0.0.0", "::", ""):  # a wildcard address: reach it on loopback
+        host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=tls.ca, private_key=tls.key, certificate_chain=tls.certificate
+    )
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    name_override = ("grpc.ssl_target_name_override", certificate_name(tls.certificate))
+    with grpc.secure_channel(target, credentials, options=[name_override]) as channel:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
+
+
+def wait_until_accepting(address: str, deadline: float, peer: str) -> None:
+    """Return once ``address`` accepts TCP connections, retrying a refused or reset one
+    for up to ``deadline`` seconds: a party started at the same moment as its client may
+    not listen yet. Any other failure (no such host, unreachable) is a ``PeerError`` now."""
+    end = time.monotonic() + deadline
+    while True:
+        try:
+            socket.create_connection(parse_address(address), timeout=deadline).close()
+            return
+        except (ConnectionRefusedError, ConnectionResetError) as error:
+            if time.monotonic() >= end:
+                raise PeerError(f"cannot reach the {peer}: {error.strerror}") from None
+            time.sleep(0.1)
+        except OSError as error:
+            raise PeerError(f"cannot reach the {peer}: {error.strerror or error}") from None
+
+
+def certificate_name(pem: bytes) -> str:
+    """The common name of a PEM certificate."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    names = x509.load_pem_x509_certificate(pem).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else ""
 
 
 def _tell(channel: Channel, reason: str) -> None:
