@@ -155,7 +155,8 @@ class LocalSession(Session):
 
 class RemoteSession(Session):
     """gRPC over mutual TLS to a fixed party's ``ppir serve`` (or, with
-    ``service=DEALER_SERVICE``, to a dealer)."""
+    ``service=DEALER_SERVICE``, to a dealer), whose certificate must name that
+    role (``transport.SERVER_ROLES``) whatever host ``target`` names."""
 
     def __init__(
         self,
@@ -164,14 +165,13 @@ class RemoteSession(Session):
         *,
         deadline: float = DEFAULT_DEADLINE,
         max_envelope: int = DEFAULT_MAX_ENVELOPE,
-        server_name: str = "fixed-party",
         service: str = FIXED_PARTY_SERVICE,
         role: str = "fixed party",
     ) -> None:
         super().__init__()
         self.peer = f"{role} at {target}"
         self._channel = Channel(self.peer, deadline, max_envelope)
-        self._connection = open_client(target, tls, server_name, self._channel, service)
+        self._connection = open_client(target, tls, self._channel, service)
 
     def counters(self) -> Counters:
         return self._channel.counters.with_wire(self._connection.relay_counters())
