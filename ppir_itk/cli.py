@@ -635,7 +635,7 @@ def _dealer(args: argparse.Namespace) -> int:
 
 
 def _pki(args: argparse.Namespace) -> int:
-    from ppir_itk.protocol.tls import ROLES, init_pki
+    from ppir_itk.protocol.tls import CA_FOLDER, ROLES, init_pki
 
     if args.days < 1:
         raise InputError(f"--days {args.days} must be at least 1")
@@ -643,7 +643,7 @@ def _pki(args: argparse.Namespace) -> int:
         raise InputError(f"pki init directory '{args.directory}' is a file, not a directory")
     folder = init_pki(args.directory, days=args.days)
     print(
-        f"CA written to {folder / 'ca'} (it stays with whoever issues certificates); "
+        f"CA written to {folder / CA_FOLDER} (it stays with whoever issues certificates); "
         f"one bundle per site, copy each to its site only: "
         + ", ".join(str(folder / role) for role in ROLES)
     )

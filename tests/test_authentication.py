@@ -27,6 +27,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -535,14 +536,16 @@ def test_grpc_checks_a_servers_dns_names_and_its_common_name_only_without_them(
         server.stop(grace=None)
 
 
-def test_no_option_or_argument_chooses_the_name_a_client_accepts():
+def test_no_option_or_argument_chooses_the_name_a_client_accepts(capsys):
     """The name a client checks is fixed by the service it calls: neither the command nor
     the library takes a server name that could widen it (``--server-name`` is gone)."""
     for function in (ppir_itk.connect, open_dealer):
         assert "server_name" not in inspect.signature(function).parameters
+    register = ["register", "--peer", "127.0.0.1:1", "--moving", "m.mha"]
     with pytest.raises(SystemExit) as exit_status:
-        main(["register", "--peer", "127.0.0.1:1", "--moving", "m.mha", "--server-name", "dealer"])
+        main([*register, "--output-transform", "t.tfm", "--server-name", "dealer"])
     assert exit_status.value.code == 2
+    assert "unrecognized arguments: --server-name dealer" in capsys.readouterr().err
 
 
 WRONG_ROLE = {  # command -> the bundle it is given, and the role it runs as
@@ -556,7 +559,7 @@ WRONG_ROLE = {  # command -> the bundle it is given, and the role it runs as
 
 @pytest.mark.parametrize("case", WRONG_ROLE)
 def test_a_party_started_with_another_roles_certificate_is_refused_with_a_sentence(
-    case, pki, tmp_path, capfd
+    case, pki, tmp_path
 ):
     """``ppir serve --tls-dir pki/dealer`` and the like: exit status 2, one sentence naming
     the option, the names the certificate carries and the role the command runs as. An
@@ -578,14 +581,20 @@ def test_a_party_started_with_another_roles_certificate_is_refused_with_a_senten
         source = f"--cert '{folder / CERTIFICATE}'"
     else:
         tls_options, source = ["--tls-dir", str(pki / bundle)], f"--tls-dir '{pki / bundle}'"
-    capfd.readouterr()
-
-    assert main([*arguments, *tls_options]) == 2
+    # Its own process: a party that wrongly starts serves until the timeout, failing the test.
+    run = subprocess.run(
+        [sys.executable, "-m", "ppir_itk.cli", *arguments, *tls_options],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
 
     names = ", ".join(f"'{name}'" for name in TLS.for_role(pki, bundle).names())
-    assert capfd.readouterr().err == (
+    assert (run.returncode, run.stderr) == (
+        2,
         f"ppir: error: {source} holds a certificate for {names}, not for '{role}' only "
-        f"(the role 'ppir {command}' runs as)\n"
+        f"(the role 'ppir {command}' runs as)\n",
     )
 
 

@@ -142,14 +142,16 @@ def init_pki(
     Keys are EC P-256; each role's certificate is made by :func:`issue_certificate`
     and valid for ``days``. The CA's key is written only to ``directory/ca``
     (so more certificates can be issued there); each bundle holds its role's key
-    and no other. Every folder is mode 0700, every key 0600. Returns ``directory``.
+    and no other. The CA folder and each bundle are mode 0700, every key 0600.
+    Returns ``directory``.
     """
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    root = _private_folder(Path(directory))
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)  # an existing folder keeps its mode
     ca_folder = _private_folder(root / CA_FOLDER)
     start = not_before or datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
     ca_key = ec.generate_private_key(ec.SECP256R1())
