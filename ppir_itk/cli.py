@@ -73,9 +73,6 @@ def _parser() -> argparse.ArgumentParser:
     _add_tls_options(register, "moving-party")
     register.add_argument("--dealer", help="--peer only: HOST:PORT of 'ppir dealer' (spdz)")
     register.add_argument(
-        "--server-name", default="fixed-party", help="name the fixed party's certificate must carry"
-    )
-    register.add_argument(
         "--in-process",
         action="store_true",
         help="local mode only: keep the fixed party in this process",
@@ -185,7 +182,9 @@ def _parser() -> argparse.ArgumentParser:
 
     pki = commands.add_parser("pki", help="throw-away certificates for local runs and tests")
     pki_commands = pki.add_subparsers(dest="pki_command", required=True)
-    pki_init = pki_commands.add_parser("init", help="make a CA and a certificate per role")
+    pki_init = pki_commands.add_parser(
+        "init", help="make a CA (DIR/ca) and one bundle per site (DIR/fixed-party, ...)"
+    )
     pki_init.add_argument("directory")
     pki_init.add_argument("--days", type=int, default=30)
 
@@ -363,7 +362,9 @@ def _add_service_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_tls_options(parser: argparse.ArgumentParser, role: str) -> None:
     parser.add_argument(
-        "--tls-dir", help=f"directory made by 'ppir pki init' ({role}.pem/.key, ca.pem)"
+        "--tls-dir",
+        metavar="BUNDLE",
+        help=f"this site's bundle from 'ppir pki init DIR' (DIR/{role}: certificate, key, CA)",
     )
     parser.add_argument("--cert", help="this party's certificate (PEM), instead of --tls-dir")
     parser.add_argument("--key", help="this party's private key (PEM)")
@@ -375,13 +376,22 @@ def _tls(args: argparse.Namespace) -> Any:
     from ppir_itk.protocol.tls import TLS
 
     if args.tls_dir:
-        return TLS.for_role(args.tls_dir, args.tls_role)
-    if args.cert and args.key and args.ca:
-        return TLS.from_files(args.cert, args.key, args.ca)
-    raise InputError(
-        "mutual TLS needs this party's certificate: give --tls-dir, or all of "
-        "--cert, --key and --ca"
-    )
+        tls, source = TLS.from_bundle(args.tls_dir), f"--tls-dir '{args.tls_dir}'"
+    elif args.cert and args.key and args.ca:
+        tls, source = TLS.from_files(args.cert, args.key, args.ca), f"--cert '{args.cert}'"
+    else:
+        raise InputError(
+            "mutual TLS needs this party's certificate: give --tls-dir, or all of "
+            "--cert, --key and --ca"
+        )
+    # Peers check the role on every session; this catches a site given another's bundle.
+    if not tls.carries_only(args.tls_role):
+        names = ", ".join(f"'{name}'" for name in tls.names())
+        raise InputError(
+            f"{source} holds a certificate for {names}, not for '{args.tls_role}' only "
+            f"(the role 'ppir {args.command}' runs as)"
+        )
+    return tls
 
 
 def _address(option: str, address: str) -> None:
@@ -594,7 +604,6 @@ def _run_with_peer(args: argparse.Namespace) -> tuple[Any, Any]:
         args.peer,
         _tls(args),
         deadline=options.deadline,
-        server_name=args.server_name,
         dealer=args.dealer,
     )
     progress = _Progress(enabled=not args.quiet and sys.stderr.isatty(), options=options)
@@ -684,14 +693,18 @@ def _dealer(args: argparse.Namespace) -> int:
 
 
 def _pki(args: argparse.Namespace) -> int:
-    from ppir_itk.protocol.tls import init_pki
+    from ppir_itk.protocol.tls import CA_FOLDER, ROLES, init_pki
 
     if args.days < 1:
         raise InputError(f"--days {args.days} must be at least 1")
     if Path(args.directory).exists() and not Path(args.directory).is_dir():
         raise InputError(f"pki init directory '{args.directory}' is a file, not a directory")
     folder = init_pki(args.directory, days=args.days)
-    print(f"CA and certificates for fixed-party, moving-party and dealer written to {folder}")
+    print(
+        f"CA written to {folder / CA_FOLDER} (it stays with whoever issues certificates); "
+        f"one bundle per site, copy each to its site only: "
+        + ", ".join(str(folder / role) for role in ROLES)
+    )
     return 0
 
 

@@ -51,7 +51,7 @@ from ppir_itk.protocol.channel import DEFAULT_DEADLINE, PeerError
 from ppir_itk.protocol.session import LocalSession, RemoteSession
 from ppir_itk.protocol.tls import TLS, init_pki
 from ppir_itk.protocol.transport import DEFAULT_SESSION_LIMIT, PartyServer
-from ppir_itk.roles import FIXED_PARTY, MOVING_PARTY
+from ppir_itk.roles import DEALER, FIXED_PARTY, MOVING_PARTY
 from ppir_itk.wrapping.images import as_image_grid, write_atomically, write_image
 
 
@@ -60,7 +60,6 @@ def connect(
     tls: TLS,
     *,
     deadline: float = DEFAULT_DEADLINE,
-    server_name: str = FIXED_PARTY,
     dealer: str | None = None,
 ) -> RemoteSession:
     """A session with the fixed party's ``ppir serve`` at ``target`` (``HOST:PORT``).
@@ -68,7 +67,7 @@ def connect(
     ``dealer`` (``HOST:PORT`` of ``ppir dealer``) is needed by the ``spdz`` backend;
     this party reaches it with the same certificate.
     """
-    session = RemoteSession(target, tls, deadline=deadline, server_name=server_name)
+    session = RemoteSession(target, tls, deadline=deadline)
     if dealer is not None:
         session.dealer = lambda token: open_dealer(dealer, tls, token, deadline=deadline)
     return session
@@ -288,8 +287,6 @@ def spawn_fixed_party(
             common = [
                 "--listen",
                 "127.0.0.1:0",
-                "--tls-dir",
-                str(pki_folder),
                 "--deadline",
                 str(deadline),
                 "--local-mode-folder",
@@ -315,7 +312,11 @@ def spawn_fixed_party(
             dealer_address, dealer_process = None, None
             if "spdz" in backends:
                 dealer_process, dealer_address = processes.enter_context(
-                    _child(["dealer", *common], "dealer", startup_timeout)
+                    _child(
+                        ["dealer", "--tls-dir", str(pki_folder / DEALER), *common],
+                        "dealer",
+                        startup_timeout,
+                    )
                 )
                 extra_arguments = (*extra_arguments, "--dealer", dealer_address)
             process, address = processes.enter_context(
@@ -324,6 +325,8 @@ def spawn_fixed_party(
                         "serve",
                         "--fixed",
                         str(image_path),
+                        "--tls-dir",
+                        str(pki_folder / FIXED_PARTY),
                         *common,
                         "--backends",
                         *backends,

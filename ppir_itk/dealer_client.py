@@ -174,7 +174,6 @@ def open_dealer(
     token: bytes,
     *,
     deadline: float = DEFAULT_DEADLINE,
-    server_name: str = DEALER,
 ) -> DealerClient:
     """This party's session with ``ppir dealer`` at ``target`` (``HOST:PORT``)."""
     return DealerClient(
@@ -182,7 +181,6 @@ def open_dealer(
             target,
             tls,
             deadline=deadline,
-            server_name=server_name,
             service=DEALER_SERVICE,
             role="dealer",
         ),

@@ -19,6 +19,7 @@ import ppir_itk
 from ppir_itk.backends import InsecureBackendWarning
 from ppir_itk.image import ImageGrid
 from ppir_itk.phantoms import head_phantom, moved_copy
+from ppir_itk.protocol.tls import CA_CERTIFICATE, CA_FOLDER, CERTIFICATE, PRIVATE_KEY
 from ppir_itk.transforms import LinearTransform, make_transform
 
 
@@ -56,10 +57,11 @@ def speaks_to_unauthenticated(address: str, pki, client_pki=None) -> bool:
     ``client_pki``'s moving-party certificate, from another CA)."""
     host, port = address.rsplit(":", 1)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.load_verify_locations(pki / "ca.pem")
+    context.load_verify_locations(pki / CA_FOLDER / CA_CERTIFICATE)
     context.check_hostname = False
     if client_pki is not None:
-        context.load_cert_chain(client_pki / "moving-party.pem", client_pki / "moving-party.key")
+        bundle = client_pki / "moving-party"
+        context.load_cert_chain(bundle / CERTIFICATE, bundle / PRIVATE_KEY)
     with socket.create_connection((host, int(port)), timeout=5) as raw:
         try:
             with context.wrap_socket(raw) as tls_socket:
@@ -88,7 +90,8 @@ def nibabel_data() -> str:
 
 @contextmanager
 def ppir_serve(pki: Path, image: Path, log: Path, *options: str) -> Iterator[str]:
-    """``ppir serve`` as its own process (its log in ``log``), until the block ends."""
+    """``ppir serve`` as its own process (its log in ``log``, the fixed party's bundle of
+    the pki root ``pki``), until the block ends."""
     before = len(log.read_text()) if log.exists() else 0  # a restart appends to the log
     with log.open("a") as stderr:
         process = subprocess.Popen(
@@ -102,7 +105,7 @@ def ppir_serve(pki: Path, image: Path, log: Path, *options: str) -> Iterator[str
                 "--listen",
                 "127.0.0.1:0",
                 "--tls-dir",
-                str(pki),
+                str(pki / "fixed-party"),
                 "--deadline",
                 "20",
                 *options,

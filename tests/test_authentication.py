@@ -18,14 +18,15 @@ writes it; a refused certificate name is the server's own answer to the session'
 from __future__ import annotations
 
 import datetime
+import inspect
 import ipaddress
 import os
 import re
 import select
-import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -35,6 +36,7 @@ import pytest
 from conftest import known_pair
 
 import ppir_itk
+from ppir_itk.cli import main
 from ppir_itk.compose import spawn_fixed_party
 from ppir_itk.dealer import DealerServer
 from ppir_itk.dealer_client import open_dealer
@@ -43,9 +45,20 @@ from ppir_itk.image import ImageGrid
 from ppir_itk.phantoms import head_phantom
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import PROTOCOL_VERSION
-from ppir_itk.protocol.tls import ROLES, TLS, issue_certificate
+from ppir_itk.protocol.tls import (
+    CA_CERTIFICATE,
+    CA_FOLDER,
+    CA_PRIVATE_KEY,
+    CERTIFICATE,
+    PRIVATE_KEY,
+    ROLES,
+    TLS,
+    init_pki,
+    issue_certificate,
+)
 from ppir_itk.protocol.transport import PartyServer
 from ppir_itk.registration import register_with
+from ppir_itk.wrapping.images import write_image
 
 # HTTP/2's client preface: a gRPC server that accepted the client answers it with SETTINGS.
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -58,13 +71,67 @@ HELLO = pb.Hello(
 )
 
 
-def _issue_test_certificates(directory: Path) -> Path:
-    """Certificates from ``directory``'s CA that must be refused: expired, or misnamed."""
+def _issue_test_certificates(pki: Path) -> Path:
+    """Bundles from the CA of the pki root ``pki`` that must be refused: expired, misnamed,
+    or old-style (an older ppir's certificates: ``localhost`` and ``127.0.0.1`` too)."""
     past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=10)
     for role in ROLES:
-        issue_certificate(directory, role, not_before=past, days=1, file_stem=f"expired-{role}")
-    issue_certificate(directory, "intruder")
-    return directory
+        issue_certificate(
+            pki / CA_FOLDER, role, bundle=pki / f"expired-{role}", not_before=past, days=1
+        )
+        _certificate(pki, f"old-style-{role}", role, [role, "localhost", "127.0.0.1"])
+    issue_certificate(pki / CA_FOLDER, "intruder")
+    return pki
+
+
+def _certificate(
+    pki: Path, bundle: str, common_name: str, alternative_names: list[str] | None
+) -> Path:
+    """A bundle ``pki/bundle`` whose certificate, from ``pki``'s CA, carries any names
+    (``alternative_names``: DNS names and addresses; None: no such extension), as another
+    CA's tooling or an older ppir may issue; ``issue_certificate`` names a role only."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    ca_pem = (pki / CA_FOLDER / CA_CERTIFICATE).read_bytes()
+    ca_key = serialization.load_pem_private_key(
+        (pki / CA_FOLDER / CA_PRIVATE_KEY).read_bytes(), password=None
+    )
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(x509.load_pem_x509_certificate(ca_pem).subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+    )
+    if alternative_names is not None:
+        entries: list[x509.GeneralName] = []
+        for name in alternative_names:
+            try:
+                entries.append(x509.IPAddress(ipaddress.ip_address(name)))
+            except ValueError:
+                entries.append(x509.DNSName(name))
+        builder = builder.add_extension(x509.SubjectAlternativeName(entries), critical=False)
+    folder = pki / bundle
+    folder.mkdir()
+    certificate = builder.sign(ca_key, hashes.SHA256())
+    (folder / CERTIFICATE).write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    (folder / PRIVATE_KEY).write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    (folder / CA_CERTIFICATE).write_bytes(ca_pem)
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +182,8 @@ def _listening(pid: int) -> set[tuple[str, str, int]]:
 
 
 def _tls_reply(port: int, ca: Path, client: Path | None = None) -> tuple[str, bytes]:
-    """Handshake with the TLS server at 127.0.0.1:``port`` as ``client`` (a certificate's
-    path, its key beside it; None: no certificate) and send HTTP/2's preface.
+    """Handshake with the TLS server at 127.0.0.1:``port`` as ``client`` (a bundle's
+    folder; None: no certificate) and send HTTP/2's preface.
 
     Returns the name on the server's certificate and the server's first bytes: ``b""``
     when it closed the connection (it refused the client) or sent a TLS alert.
@@ -126,7 +193,7 @@ def _tls_reply(port: int, ca: Path, client: Path | None = None) -> tuple[str, by
     context.check_hostname = False  # the caller checks the name read back
     context.set_alpn_protocols(["h2"])
     if client is not None:
-        context.load_cert_chain(client, client.with_suffix(".key"))
+        context.load_cert_chain(client / CERTIFICATE, client / PRIVATE_KEY)
     with (
         socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
         context.wrap_socket(raw) as connection,
@@ -203,15 +270,16 @@ def _session(server: str, address: str, tls: TLS, **options: str) -> None:
 
 @pytest.fixture(scope="module")
 def parties(tmp_path_factory) -> Iterator[dict]:
-    """Local mode's ``ppir dealer`` and ``ppir serve`` (clear and spdz), and certificates
-    from their CA (a copy of local mode's throw-away PKI: it keeps the CA's key)."""
+    """Local mode's ``ppir dealer`` and ``ppir serve`` (clear and spdz) on a PKI of this
+    test's, and more certificates from its CA."""
     fixed = head_phantom((48, 44))
+    certificates = init_pki(tmp_path_factory.mktemp("local") / "pki")
     with ExitStack() as stack:
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("GRPC_VERBOSITY", "INFO")  # the children log why a handshake failed
-            running = stack.enter_context(spawn_fixed_party(fixed, backends=("clear", "spdz")))
-        certificates = tmp_path_factory.mktemp("local") / "pki"
-        shutil.copytree(running.directory / "pki", certificates)
+            running = stack.enter_context(
+                spawn_fixed_party(fixed, backends=("clear", "spdz"), pki=certificates)
+            )
         yield {
             "fixed": fixed,
             "certificates": _issue_test_certificates(certificates),
@@ -248,7 +316,9 @@ def test_during_an_spdz_registration_every_port_of_every_role_is_a_tls_server_re
             for role, sockets in view.items():
                 for protocol, _, port in sockets:
                     try:
-                        answers[role, port] = _tls_reply(port, certificates / "ca.pem")
+                        answers[role, port] = _tls_reply(
+                            port, certificates / CA_FOLDER / CA_CERTIFICATE
+                        )
                     except OSError as error:  # ssl.SSLError and timeouts too
                         answers[role, port] = (f"{protocol}: no TLS server ({error})", None)
 
@@ -326,10 +396,11 @@ def test_each_server_port_refuses_a_client_without_a_good_certificate_and_serves
     else:
         client = {
             "no certificate": None,
-            "another CA": other_pki / "moving-party.pem",
-            "expired": certificates / "expired-moving-party.pem",
+            "another CA": other_pki / "moving-party",
+            "expired": certificates / "expired-moving-party",
         }[case]
-        assert _tls_reply(port, certificates / "ca.pem", client) == (server.name, b"")
+        ca = certificates / CA_FOLDER / CA_CERTIFICATE
+        assert _tls_reply(port, ca, client) == (server.name, b"")
     if REFUSALS[case] is not None:
         server.log.wait_for(REFUSALS[case], since=mark)
     _session(server.name, f"127.0.0.1:{port}", TLS.for_role(certificates, "moving-party"))
@@ -386,18 +457,180 @@ def test_a_client_refuses_a_server_with_a_bad_certificate(
     assert not [line for line in log if "opened" in line]
 
 
-def test_the_server_name_a_client_expects_is_the_name_it_checks(pki, phantom_2d):
-    """``server_name`` (``--server-name``) chooses the certificate name the moving party
-    accepts: a fixed party certified as ``fixed-party-b`` is refused under the default name
-    and served when the client expects it."""
-    issue_certificate(pki, "fixed-party-b")
+# -- one name per role, checked whatever host name is dialled ------------------------------------
+
+SITES = {"fixed-party": ("dealer", "moving-party"), "dealer": ("fixed-party", "moving-party")}
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+@pytest.mark.parametrize("style", ["role only", "old-style"])
+@pytest.mark.parametrize(
+    "server, impostor", [(server, role) for server, roles in SITES.items() for role in roles]
+)
+def test_a_client_refuses_another_roles_certificate_whatever_host_it_dials(
+    server, impostor, style, host, pki, phantom_2d
+):
+    """A server presenting the certificate of another role of the same CA (the dealer or a
+    moving party posing as the fixed party, e.g. to unmask J; the fixed party or a moving
+    party posing as the dealer) is refused by the moving party, whether it dials the
+    server as 127.0.0.1 or as localhost, and even with an old-style certificate that also
+    names localhost and 127.0.0.1: the name checked is the role of the service called."""
+    bundle = impostor if style == "role only" else f"old-style-{impostor}"
     log: list[str] = []
-    server = _start_server("fixed-party", TLS.for_role(pki, "fixed-party-b"), phantom_2d, log)
+    bad = _start_server(server, TLS.for_role(pki, bundle), phantom_2d, log)
+    port = bad.address.rsplit(":", 1)[1]
+    try:
+        with pytest.raises(ppir_itk.PeerError, match=BAD_SERVERS["named as another role"]):
+            _session(server, f"{host}:{port}", TLS.for_role(pki, "moving-party"))
+    finally:
+        bad.stop(grace=None)
+    assert not [line for line in log if "opened" in line]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+@pytest.mark.parametrize("server", SITES)
+def test_a_client_is_served_by_its_servers_role_whatever_host_it_dials(
+    server, host, pki, phantom_2d
+):
+    """The counterpart of the refusals above: the right role's certificate, at either host."""
+    log: list[str] = []
+    good = _start_server(server, TLS.for_role(pki, server), phantom_2d, log)
+    try:
+        port = good.address.rsplit(":", 1)[1]
+        _session(server, f"{host}:{port}", TLS.for_role(pki, "moving-party"))
+    finally:
+        good.stop(grace=None)
+    assert [line for line in log if "opened" in line] == ["session 1 opened by moving-party"]
+
+
+GRPC_NAME_CHECK = {  # the fixed party's certificate (CN, DNS names) -> the moving party accepts
+    ("fixed-party", ("dealer",)): False,  # a DNS name is there: the common name is not read
+    ("dealer", ("fixed-party",)): True,
+    ("fixed-party", None): True,  # no DNS name: the common name is checked instead
+    ("dealer", None): False,
+}
+
+
+@pytest.mark.parametrize("names", GRPC_NAME_CHECK)
+def test_grpc_checks_a_servers_dns_names_and_its_common_name_only_without_them(
+    names, pki, phantom_2d
+):
+    """How gRPC's client (``grpc.ssl_target_name_override``) checks the server's name: a
+    subject alternative DNS name must match; the common name counts only when there is no
+    such name. Servers check a client's common name, so a certificate whose two names
+    differ would pass as one role to clients and as another to servers: the CA issues
+    certificates whose common name and one DNS name are both the role, and a party
+    refuses to start with any other (below)."""
+    common_name, dns_names = names
+    probe = f"probe-{common_name}-{'-'.join(dns_names or ['no-dns-name'])}"
+    bundle = _certificate(pki, probe, common_name, dns_names)
+    log: list[str] = []
+    server = _start_server("fixed-party", TLS.from_bundle(bundle), phantom_2d, log)
     try:
         moving_party = TLS.for_role(pki, "moving-party")
-        with pytest.raises(ppir_itk.PeerError, match=BAD_SERVERS["named as another role"]):
+        if GRPC_NAME_CHECK[names]:
             _session("fixed-party", server.address, moving_party)
-        _session("fixed-party", server.address, moving_party, server_name="fixed-party-b")
+        else:
+            with pytest.raises(ppir_itk.PeerError, match=BAD_SERVERS["named as another role"]):
+                _session("fixed-party", server.address, moving_party)
     finally:
         server.stop(grace=None)
-    assert [line for line in log if "opened" in line] == ["session 1 opened by moving-party"]
+
+
+def test_no_option_or_argument_chooses_the_name_a_client_accepts(capsys):
+    """The name a client checks is fixed by the service it calls: neither the command nor
+    the library takes a server name that could widen it (``--server-name`` is gone)."""
+    for function in (ppir_itk.connect, open_dealer):
+        assert "server_name" not in inspect.signature(function).parameters
+    register = ["register", "--peer", "127.0.0.1:1", "--moving", "m.mha"]
+    with pytest.raises(SystemExit) as exit_status:
+        main([*register, "--output-transform", "t.tfm", "--server-name", "dealer"])
+    assert exit_status.value.code == 2
+    assert "unrecognized arguments: --server-name dealer" in capsys.readouterr().err
+
+
+WRONG_ROLE = {  # command -> the bundle it is given, and the role it runs as
+    "serve with the dealer's bundle": ("serve", "dealer", "fixed-party"),
+    "serve with a moving party's bundle": ("serve", "moving-party", "fixed-party"),
+    "dealer with the fixed party's bundle": ("dealer", "fixed-party", "dealer"),
+    "register with the fixed party's bundle": ("register", "fixed-party", "moving-party"),
+    "serve with an old-style certificate": ("serve", "old-style-fixed-party", "fixed-party"),
+}
+
+
+@pytest.mark.parametrize("case", WRONG_ROLE)
+def test_a_party_started_with_another_roles_certificate_is_refused_with_a_sentence(
+    case, pki, tmp_path
+):
+    """``ppir serve --tls-dir pki/dealer`` and the like: exit status 2, one sentence naming
+    the option, the names the certificate carries and the role the command runs as. An
+    old-style certificate (``localhost`` beside the role) is refused too."""
+    command, bundle, role = WRONG_ROLE[case]
+    image = tmp_path / "image.mha"
+    write_image(head_phantom((16, 16)), image)
+    arguments = {
+        "serve": ["serve", "--fixed", str(image), "--listen", "127.0.0.1:0"],
+        "dealer": ["dealer", "--listen", "127.0.0.1:0"],
+        "register": ["register", "--peer", "127.0.0.1:1", "--moving", str(image)],
+    }[command]
+    if command == "register":
+        arguments += ["--output-transform", str(tmp_path / "out.tfm")]
+    if bundle.startswith("old-style"):
+        folder = pki / bundle
+        tls_options = ["--cert", str(folder / CERTIFICATE), "--key", str(folder / PRIVATE_KEY)]
+        tls_options += ["--ca", str(folder / CA_CERTIFICATE)]
+        source = f"--cert '{folder / CERTIFICATE}'"
+    else:
+        tls_options, source = ["--tls-dir", str(pki / bundle)], f"--tls-dir '{pki / bundle}'"
+    # Its own process: a party that wrongly starts serves until the timeout, failing the test.
+    run = subprocess.run(
+        [sys.executable, "-m", "ppir_itk.cli", *arguments, *tls_options],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+
+    names = ", ".join(f"'{name}'" for name in TLS.for_role(pki, bundle).names())
+    assert (run.returncode, run.stderr) == (
+        2,
+        f"ppir: error: {source} holds a certificate for {names}, not for '{role}' only "
+        f"(the role 'ppir {command}' runs as)\n",
+    )
+
+
+def test_pki_init_writes_the_ca_apart_and_one_bundle_per_site_with_its_own_key_only(tmp_path):
+    """``ppir pki init DIR``: the CA's certificate and key in DIR/ca only; per role a
+    bundle with that role's certificate (naming the role and nothing else), the key that
+    goes with it and the CA's certificate, and no other key; folders 0700 and keys 0600
+    whatever the umask."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    root = tmp_path / "pki"
+    umask = os.umask(0)
+    try:
+        assert main(["pki", "init", str(root)]) == 0
+    finally:
+        os.umask(umask)
+    bundle_files = {CERTIFICATE, PRIVATE_KEY, CA_CERTIFICATE}
+    files = [path for path in root.rglob("*") if path.is_file()]
+    assert {path.relative_to(root).as_posix() for path in files} == {
+        f"{CA_FOLDER}/{CA_CERTIFICATE}",
+        f"{CA_FOLDER}/{CA_PRIVATE_KEY}",
+    } | {f"{role}/{name}" for role in ROLES for name in bundle_files}
+    keys = [path for path in files if b"PRIVATE KEY" in path.read_bytes()]
+    assert sorted(path.relative_to(root).as_posix() for path in keys) == sorted(
+        [f"{CA_FOLDER}/{CA_PRIVATE_KEY}", *(f"{role}/{PRIVATE_KEY}" for role in ROLES)]
+    )
+    for folder in [root, root / CA_FOLDER, *(root / role for role in ROLES)]:
+        assert folder.stat().st_mode & 0o777 == 0o700, folder
+    for key in keys:
+        assert key.stat().st_mode & 0o777 == 0o600, key
+    ca = (root / CA_FOLDER / CA_CERTIFICATE).read_bytes()
+    for role in ROLES:
+        tls = TLS.from_bundle(root / role)
+        assert tls.ca == ca and tls.names() == (role,) and tls.carries_only(role)
+        key = serialization.load_pem_private_key(tls.key, password=None)
+        certificate = x509.load_pem_x509_certificate(tls.certificate)
+        assert key.public_key() == certificate.public_key()  # its own key, no other

@@ -132,7 +132,7 @@ def test_ppir_dealer_command_listens(tmp_path):
             "--listen",
             "127.0.0.1:0",
             "--tls-dir",
-            str(pki),
+            str(pki / "dealer"),
         ],
         stderr=subprocess.PIPE,
         text=True,

@@ -170,6 +170,8 @@ MODES = {
     "--peer without TLS credentials": [],
     "--tls-dir without the certificates (FOLDER is empty)": ["folder"],
     "--cert that is not PEM": ["notes.txt"],
+    "--tls-dir of another role's bundle (the fixed party's)": ["pki"],
+    "--cert that is a private key": ["pki"],
 }
 OPTIONS = {
     "--threads 0": [],
@@ -223,10 +225,12 @@ SERVE_DEALER_PKI = {
     "serve: no TLS credentials": [],
     "serve: --tls-dir without the certificates (FOLDER is empty)": ["folder"],
     "serve: fixed image with a NaN pixel": ["nan.mha", "pki"],
+    "serve: --tls-dir of another role's bundle (the dealer's)": ["pki"],
     "dealer: --listen port out of range": [],
     "dealer: --deadline 0": [],
     "dealer: no TLS credentials": [],
     "dealer: --cert that is not PEM": ["notes.txt"],
+    "dealer: --tls-dir of another role's bundle (the moving party's)": ["pki"],
     "pki: --days 0": [],
     "pki: directory that is a file": ["notes.txt"],
 }

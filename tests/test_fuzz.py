@@ -1194,7 +1194,7 @@ def _dealer_process(pki_dir: Any) -> _Served:
             "--listen",
             "127.0.0.1:0",
             "--tls-dir",
-            str(pki_dir),
+            str(pki_dir / "dealer"),
             "--deadline",
             "5",
         ],

@@ -26,7 +26,7 @@ from ppir_itk.fixed_party import FixedPartyServer
 from ppir_itk.ledger import Ledger, image_fingerprint
 from ppir_itk.phantoms import head_phantom
 from ppir_itk.policy import DEFAULT_JOINT_TERM_NOISE, FixedPolicy
-from ppir_itk.protocol.tls import TLS, issue_certificate
+from ppir_itk.protocol.tls import CA_FOLDER, CERTIFICATE, TLS, issue_certificate
 from ppir_itk.protocol.transport import certificate_fingerprint
 from ppir_itk.registration import register_with
 from ppir_itk.wrapping.images import write_image
@@ -47,7 +47,7 @@ AFFINE = [1.02, 0.03, -0.02, 0.98, 1.5, -1.0]
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> Path:
     folder = ppir_itk.init_pki(tmp_path_factory.mktemp("pki"))
-    issue_certificate(folder, "moving-party", file_stem="another-moving-party")
+    issue_certificate(folder / CA_FOLDER, "moving-party", bundle=folder / "another-moving-party")
     return folder
 
 
@@ -71,7 +71,7 @@ def _connect(address: str, pki: Path, stem: str = "moving-party"):
 
 
 def _identity(pki: Path, stem: str) -> str:
-    return certificate_fingerprint((pki / f"{stem}.pem").read_bytes())
+    return certificate_fingerprint((pki / stem / CERTIFICATE).read_bytes())
 
 
 def test_the_grant_holds_across_sessions_and_a_restart_ofppir_serve(pki, small_pair, tmp_path):

@@ -164,7 +164,7 @@ def _serve_and_register_together(tmp_path: Path, pki: Path, dealer: str, port: i
                 "--listen",
                 f"127.0.0.1:{port}",
                 "--tls-dir",
-                str(pki),
+                str(pki / "fixed-party"),
                 "--backends",
                 "he",
                 "spdz",
@@ -191,7 +191,7 @@ def _serve_and_register_together(tmp_path: Path, pki: Path, dealer: str, port: i
                     "--moving",
                     str(data / "demo_moving.mha"),
                     "--tls-dir",
-                    str(pki),
+                    str(pki / "moving-party"),
                     "--backend",
                     "spdz",
                     "--iterations",
@@ -220,7 +220,13 @@ def dealer(tmp_path_factory):
     ready = folder / "dealer.ready"
     process = subprocess.Popen(
         _ppir(
-            "dealer", "--listen", "127.0.0.1:0", "--tls-dir", str(pki), "--ready-file", str(ready)
+            "dealer",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-dir",
+            str(pki / "dealer"),
+            "--ready-file",
+            str(ready),
         ),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

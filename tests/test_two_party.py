@@ -20,6 +20,7 @@ from ppir_itk.fixed_party import FixedPartyServer
 from ppir_itk.phantoms import head_phantom
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import PROTOCOL_VERSION
+from ppir_itk.protocol.tls import CA_CERTIFICATE, CERTIFICATE, PRIVATE_KEY
 from ppir_itk.registration import register_with
 from ppir_itk.wrapping.images import write_image
 from ppir_itk.wrapping.transforms import read_transform
@@ -145,8 +146,9 @@ def test_a_moving_party_busy_longer_than_the_deadline_is_not_dropped(server, pki
 def test_tls_is_1_3_with_a_good_certificate(server, pki):
     host, port = server.address.split(":")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.load_verify_locations(pki / "ca.pem")
-    context.load_cert_chain(pki / "moving-party.pem", pki / "moving-party.key")
+    bundle = pki / "moving-party"
+    context.load_verify_locations(bundle / CA_CERTIFICATE)
+    context.load_cert_chain(bundle / CERTIFICATE, bundle / PRIVATE_KEY)
     context.set_alpn_protocols(["h2"])
     with socket.create_connection((host, int(port)), timeout=5) as raw:
         with context.wrap_socket(raw, server_hostname="fixed-party") as tls_socket:
@@ -233,7 +235,7 @@ def _serve_process(pki, image, *extra):
             "--listen",
             "127.0.0.1:0",
             "--tls-dir",
-            str(pki),
+            str(pki / "fixed-party"),
             "--backends",
             "clear",
             *extra,
@@ -269,7 +271,7 @@ def test_killing_the_fixed_party_ends_ppir_register_cleanly(pki, tmp_path):
             "--moving",
             str(tmp_path / "moving.nrrd"),
             "--tls-dir",
-            str(pki),
+            str(pki / "moving-party"),
             "--output-transform",
             str(output),
             "--shrink-factors",
@@ -324,7 +326,7 @@ def test_register_against_ppir_serve_on_the_command_line(pki, tmp_path, phantom_
                 "--moving",
                 str(tmp_path / "moving.nii.gz"),
                 "--tls-dir",
-                str(pki),
+                str(pki / "moving-party"),
                 "--output-transform",
                 str(tmp_path / "t.h5"),
                 "--report",

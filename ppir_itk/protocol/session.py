@@ -155,7 +155,8 @@ class LocalSession(Session):
 
 class RemoteSession(Session):
     """gRPC over mutual TLS to a fixed party's ``ppir serve`` (or, with
-    ``service=DEALER_SERVICE``, to a dealer)."""
+    ``service=DEALER_SERVICE``, to a dealer), whose certificate must name that
+    role (``transport.SERVER_ROLES``) whatever host ``target`` names."""
 
     def __init__(
         self,
@@ -164,7 +165,6 @@ class RemoteSession(Session):
         *,
         deadline: float = DEFAULT_DEADLINE,
         max_envelope: int = DEFAULT_MAX_ENVELOPE,
-        server_name: str = "fixed-party",
         service: str = FIXED_PARTY_SERVICE,
         role: str = "fixed party",
     ) -> None:
@@ -172,7 +172,7 @@ class RemoteSession(Session):
         self.peer = f"{role} at {target}"
         wait_until_accepting(target, deadline, self.peer)
         self._channel = Channel(self.peer, deadline, max_envelope)
-        self._connection = open_client(target, tls, server_name, self._channel, service)
+        self._connection = open_client(target, tls, self._channel, service)
 
     def counters(self) -> Counters:
         return self._channel.counters.with_wire(self._connection.relay_counters())

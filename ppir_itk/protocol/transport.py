@@ -31,12 +31,14 @@ from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.channel import DEFAULT_DEADLINE, Channel, PeerError
 from ppir_itk.protocol.endpoint import Endpoint
 from ppir_itk.protocol.messages import (
+    DEALER_SERVICE,
     DEFAULT_MAX_ENVELOPE,
     FIXED_PARTY_SERVICE,
     MAX_GRPC_MESSAGE,
 )
 from ppir_itk.protocol.relay import Relay, WireCounters
 from ppir_itk.protocol.tls import TLS
+from ppir_itk.roles import DEALER, FIXED_PARTY
 
 DEFAULT_SESSION_LIMIT = 4 * 3600.0  # seconds: far past any registration ppir runs
 READY_TIMEOUT = 10.0  # seconds a starting server may take to complete a handshake with itself
@@ -74,10 +76,19 @@ class ClientConnection:
         self._relay.close()
 
 
+# The role a server's certificate must name, by the service called: never the host name
+# dialled, so that no address, alias or override makes another role's certificate pass.
+SERVER_ROLES = {FIXED_PARTY_SERVICE: FIXED_PARTY, DEALER_SERVICE: DEALER}
+
+
 def open_client(
-    target: str, tls: TLS, server_name: str, channel: Channel, service: str = FIXED_PARTY_SERVICE
+    target: str, tls: TLS, channel: Channel, service: str = FIXED_PARTY_SERVICE
 ) -> ClientConnection:
-    """Connect to the party serving ``service`` at ``target`` and start the session stream."""
+    """Connect to the party serving ``service`` at ``target`` and start the session stream.
+
+    gRPC checks the server's certificate against ``SERVER_ROLES[service]``: a DNS
+    name of its subject alternative names (its common name only if it has none).
+    """
     relay = Relay(("127.0.0.1", 0), parse_address(target), outbound=True)
     credentials = grpc.ssl_channel_credentials(
         root_certificates=tls.ca, private_key=tls.key, certificate_chain=tls.certificate
@@ -85,7 +96,7 @@ def open_client(
     grpc_channel = grpc.secure_channel(
         f"127.0.0.1:{relay.address[1]}",
         credentials,
-        options=[*_OPTIONS, ("grpc.ssl_target_name_override", server_name)],
+        options=[*_OPTIONS, ("grpc.ssl_target_name_override", SERVER_ROLES[service])],
     )
     stream = grpc_channel.stream_stream(
         f"/{service}/Session",
