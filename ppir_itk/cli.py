@@ -391,6 +391,9 @@ def _tls(args: argparse.Namespace) -> Any:
             f"{source} holds a certificate for {names}, not for '{args.tls_role}' only "
             f"(the role 'ppir {args.command}' runs as)"
         )
+    problem = tls.validity_problem()
+    if problem is not None:
+        raise InputError(f"{source} holds a certificate that {problem}")
     return tls
 
 

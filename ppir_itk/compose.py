@@ -17,6 +17,7 @@ Every way of running a registration builds on the parties' own modules
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import selectors
@@ -249,6 +250,34 @@ class FixedPartyProcess:
     startup_seconds: float
     dealer_address: str | None = None
     dealer_process: subprocess.Popen | None = None
+    log: ChildLog | None = None  # the fixed party's stderr after "listening on"
+    dealer_log: ChildLog | None = None
+
+
+class ChildLog:
+    """A local child's stderr after start-up, line by line: handed on to the
+    ``ppir_itk.local`` logger (debug) and kept, the last ``keep`` lines, for whoever reads
+    it (tests look for gRPC's handshake errors there)."""
+
+    def __init__(self, process: subprocess.Popen, role: str, keep: int = 10000) -> None:
+        self.lines: collections.deque[str] = collections.deque(maxlen=keep)
+        threading.Thread(
+            target=self._read, args=(process, role), name="ppir-child-log", daemon=True
+        ).start()
+
+    def text(self) -> str:
+        return "".join(f"{line}\n" for line in tuple(self.lines))
+
+    def _read(self, process: subprocess.Popen, role: str) -> None:
+        logger = logging.getLogger("ppir_itk.local")
+        assert process.stderr is not None, "_child() opens the child's stderr as a pipe"
+        try:
+            for raw in process.stderr:
+                line = raw.decode(errors="replace").rstrip()
+                self.lines.append(line)
+                logger.debug("%s: %s", role, line)
+        except (OSError, ValueError):  # closed by _child() as the child ends
+            pass
 
 
 @contextmanager
@@ -309,9 +338,9 @@ def spawn_fixed_party(
                 IN_MEMORY,
             ]
             start = time.perf_counter()
-            dealer_address, dealer_process = None, None
+            dealer_address, dealer_process, dealer_log = None, None, None
             if "spdz" in backends:
-                dealer_process, dealer_address = processes.enter_context(
+                dealer_process, dealer_address, dealer_log = processes.enter_context(
                     _child(
                         ["dealer", "--tls-dir", str(pki_folder / DEALER), *common],
                         "dealer",
@@ -319,7 +348,7 @@ def spawn_fixed_party(
                     )
                 )
                 extra_arguments = (*extra_arguments, "--dealer", dealer_address)
-            process, address = processes.enter_context(
+            process, address, log = processes.enter_context(
                 _child(
                     [
                         "serve",
@@ -347,6 +376,8 @@ def spawn_fixed_party(
                 time.perf_counter() - start,
                 dealer_address,
                 dealer_process,
+                log,
+                dealer_log,
             )
     finally:
         shutil.rmtree(directory, ignore_errors=True)
@@ -358,12 +389,12 @@ CHILD_STOP_TIMEOUT = 5.0  # seconds a local child may take to stop once its inpu
 @contextmanager
 def _child(
     arguments: list[str], role: str, startup_timeout: float
-) -> Iterator[tuple[subprocess.Popen, str]]:
+) -> Iterator[tuple[subprocess.Popen, str, ChildLog]]:
     """``ppir ARGUMENTS`` as a child process, until it says where it listens.
 
     Its standard input is a pipe whose other end only this process holds: closing it (or
     this process ending) tells the child to stop. After start-up its log goes on to this
-    process's ``ppir_itk.local`` logger (debug), so the pipe never fills.
+    process's :class:`ChildLog`, so the pipe never fills.
     """
     process = subprocess.Popen(
         [sys.executable, "-m", "ppir_itk.cli", *arguments],
@@ -375,10 +406,7 @@ def _child(
     )
     try:
         address = _wait_until_listening(process, startup_timeout, role)
-        threading.Thread(
-            target=_relay_log, args=(process, role), name="ppir-child-log", daemon=True
-        ).start()
-        yield process, address
+        yield process, address, ChildLog(process, role)
     finally:
         assert process.stdin is not None, "Popen above opens stdin as a pipe"
         process.stdin.close()
@@ -389,16 +417,6 @@ def _child(
             process.wait()
         assert process.stderr is not None, "Popen above opens stderr as a pipe"
         process.stderr.close()
-
-
-def _relay_log(process: subprocess.Popen, role: str) -> None:
-    logger = logging.getLogger("ppir_itk.local")
-    assert process.stderr is not None, "_child() opens the child's stderr as a pipe"
-    try:
-        for line in process.stderr:
-            logger.debug("%s: %s", role, line.decode(errors="replace").rstrip())
-    except (OSError, ValueError):  # closed by _child() as the child ends
-        pass
 
 
 def _wait_until_listening(process: subprocess.Popen, timeout: float, role: str) -> str:

@@ -425,7 +425,7 @@ class FixedPartyServer(PartyServer):
             importlib.import_module("ppir_itk.backends.spdz_shares")
         super().__init__(listen, tls, **options)
 
-    def start(self, ready_timeout: float = READY_TIMEOUT) -> FixedPartyServer:
+    def start(self, ready_timeout: float | None = READY_TIMEOUT) -> FixedPartyServer:
         # Before "listening on", which whoever waits for the server reads up to.
         recoverable = self.policy.recoverable(self.image.geometry.number_of_points)
         if recoverable is not None:

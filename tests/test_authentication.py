@@ -22,7 +22,6 @@ import inspect
 import ipaddress
 import os
 import re
-import select
 import socket
 import ssl
 import subprocess
@@ -37,7 +36,7 @@ from conftest import known_pair
 
 import ppir_itk
 from ppir_itk.cli import main
-from ppir_itk.compose import spawn_fixed_party
+from ppir_itk.compose import ChildLog, spawn_fixed_party
 from ppir_itk.dealer import DealerServer
 from ppir_itk.dealer_client import open_dealer
 from ppir_itk.fixed_party import FixedPartyServer
@@ -220,17 +219,11 @@ def _plain_reply(port: int) -> bytes:
 class _Log:
     """A child process's stderr as it comes: its own lines and gRPC's handshake errors."""
 
-    def __init__(self, process: subprocess.Popen) -> None:
-        self._fd = process.stderr.fileno()
-        self.text = ""
+    def __init__(self, log: ChildLog) -> None:
+        self._log = log
 
     def read(self) -> str:
-        while select.select([self._fd], [], [], 0)[0]:
-            chunk = os.read(self._fd, 1 << 16)
-            if not chunk:
-                break
-            self.text += chunk.decode(errors="replace")
-        return self.text
+        return self._log.text()
 
     def wait_for(self, pattern: str, since: int, timeout: float = 10.0) -> str:
         """The log after offset ``since``, once ``pattern`` is in it."""
@@ -244,11 +237,11 @@ class _Log:
 class _Server:
     """One of the local mode's serving processes, its public port and its log."""
 
-    def __init__(self, role: str, process: subprocess.Popen, address: str) -> None:
+    def __init__(self, role: str, process: subprocess.Popen, address: str, log: ChildLog) -> None:
         self.role, self.process = role, process
         self.name = {"fixed party": "fixed-party", "dealer": "dealer"}[role]
         self.public = int(address.rsplit(":", 1)[1])
-        self.log = _Log(process)
+        self.log = _Log(log)
 
     def port(self, kind: str) -> int:
         """The ``public`` port, or gRPC's own behind the relay."""
@@ -283,8 +276,10 @@ def parties(tmp_path_factory) -> Iterator[dict]:
         yield {
             "fixed": fixed,
             "certificates": _issue_test_certificates(certificates),
-            "fixed party": _Server("fixed party", running.process, running.address),
-            "dealer": _Server("dealer", running.dealer_process, running.dealer_address),
+            "fixed party": _Server("fixed party", running.process, running.address, running.log),
+            "dealer": _Server(
+                "dealer", running.dealer_process, running.dealer_address, running.dealer_log
+            ),
         }
 
 
@@ -419,8 +414,10 @@ IMPOSTOR = {"fixed-party": "dealer", "dealer": "fixed-party"}  # server -> a rol
 
 
 def _start_server(server: str, tls: TLS, fixed: ImageGrid, log: list[str]) -> PartyServer:
+    """A server with ``tls``, started without its handshake with itself: an expired
+    certificate would not pass it, and these servers are there to be refused."""
     if server == "dealer":
-        return DealerServer("127.0.0.1:0", tls, deadline=5, log=log.append).start()
+        return DealerServer("127.0.0.1:0", tls, deadline=5, log=log.append).start(None)
     return FixedPartyServer(
         fixed,
         "127.0.0.1:0",
@@ -428,7 +425,7 @@ def _start_server(server: str, tls: TLS, fixed: ImageGrid, log: list[str]) -> Pa
         deadline=5,
         log=log.append,
         policy=ppir_itk.FixedPolicy(backends=("clear",)),
-    ).start()
+    ).start(None)
 
 
 @pytest.mark.parametrize("kind", BAD_SERVERS)

@@ -88,7 +88,16 @@ def _pki(path: Path) -> None:
     init_pki(path)
 
 
+def _expired_pki(path: Path) -> None:
+    import datetime
+
+    from ppir_itk.protocol.tls import init_pki
+
+    init_pki(path, days=1, not_before=datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC))
+
+
 FILES: dict[str, Callable[[Path], None]] = {
+    "expired": _expired_pki,
     "fixed.mha": _image(_noise(32, 32)),
     "moving.mha": _image(_noise(32, 32, seed=1)),
     "volume.mha": _image(_noise(8, 16, 16)),
@@ -226,11 +235,15 @@ SERVE_DEALER_PKI = {
     "serve: --tls-dir without the certificates (FOLDER is empty)": ["folder"],
     "serve: fixed image with a NaN pixel": ["nan.mha", "pki"],
     "serve: --tls-dir of another role's bundle (the dealer's)": ["pki"],
+    "serve: --ready-file in a missing folder": ["pki"],
     "dealer: --listen port out of range": [],
     "dealer: --deadline 0": [],
     "dealer: no TLS credentials": [],
     "dealer: --cert that is not PEM": ["notes.txt"],
     "dealer: --tls-dir of another role's bundle (the moving party's)": ["pki"],
+    "dealer: an expired certificate (EXPIRED: a PKI valid for one day from 2020-01-01)": [
+        "expired"
+    ],
     "pki: --days 0": [],
     "pki: directory that is a file": ["notes.txt"],
 }

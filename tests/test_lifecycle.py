@@ -261,3 +261,22 @@ def test_a_moving_party_started_with_its_server_is_served(tmp_path, dealer):
 def test_moving_parties_started_with_their_servers_are_served(tmp_path, dealer, trial):
     pki, address = dealer
     _serve_and_register_together(tmp_path, pki, address, _free_port())
+
+
+def test_a_server_that_cannot_complete_a_handshake_with_itself_does_not_say_ready(
+    tmp_path, phantom_2d
+):
+    """Its certificate from one CA, the CA it trusts another: no client could connect, so
+    it stops with a sentence instead of saying "listening on"."""
+    from ppir_itk.errors import InputError
+    from ppir_itk.fixed_party import FixedPartyServer
+    from ppir_itk.protocol.tls import TLS
+
+    ours, theirs = init_pki(tmp_path / "ours"), init_pki(tmp_path / "theirs")
+    own = TLS.for_role(ours, "fixed-party")
+    mismatched = TLS(own.certificate, own.key, TLS.for_role(theirs, "fixed-party").ca)
+    log: list[str] = []
+    server = FixedPartyServer(phantom_2d, "127.0.0.1:0", mismatched, log=log.append)
+    with pytest.raises(InputError, match="could not complete a TLS handshake with itself"):
+        server.start(ready_timeout=2.0)
+    assert not [line for line in log if "listening on" in line]

@@ -94,6 +94,19 @@ class TLS:
         common, alternative = _names(self.certificate)
         return common == [role] and alternative == [x509.DNSName(role)]
 
+    def validity_problem(self) -> str | None:
+        """Why the certificate is not valid now ("expired on ...", "is valid only from
+        ..."), or None: peers refuse it, so a party should not start with it."""
+        from cryptography import x509
+
+        certificate = x509.load_pem_x509_certificate(self.certificate)
+        now = datetime.datetime.now(datetime.UTC)
+        if now > certificate.not_valid_after_utc:
+            return f"expired on {certificate.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+        if now < certificate.not_valid_before_utc:
+            return f"is valid only from {certificate.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
+        return None
+
 
 def _names(pem: bytes) -> tuple[list[str], list[Any]]:
     """A certificate's common names and its subject alternative names (``GeneralName``)."""

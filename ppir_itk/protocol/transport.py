@@ -179,25 +179,28 @@ class PartyServer(abc.ABC):
     def _ended(self, session: Any, clean: bool) -> None:  # noqa: B027 - nothing to release
         """A session ended (``clean``: with Close)."""
 
-    def start(self, ready_timeout: float = READY_TIMEOUT) -> PartyServer:
+    def start(self, ready_timeout: float | None = READY_TIMEOUT) -> PartyServer:
         """Serve; return once a TLS handshake through the public port has completed.
 
         The public port is bound last, after the gRPC server runs, so that a client never
         meets a port that accepts but cannot answer yet (it retries a refused connection:
-        :func:`open_client`); "listening on" is logged only after this server has
-        completed a handshake with itself through that port, as a client would.
+        :func:`wait_until_accepting`); "listening on" is logged only after this server has
+        completed a handshake with itself through that port, as a client would, within
+        ``ready_timeout`` seconds (None: no handshake, for tests that serve a certificate
+        its clients must refuse).
         """
         self._server.start()
         self._relay = Relay(self._listen, ("127.0.0.1", self._internal_port), outbound=False)
         self.address = f"{self._relay.address[0]}:{self._relay.address[1]}"
         try:
-            _complete_handshake(self.address, self._tls, ready_timeout)
+            if ready_timeout is not None:
+                _complete_handshake(self.address, self._tls, ready_timeout)
         except grpc.FutureTimeoutError:
             self.stop(grace=None)
             raise InputError(
                 f"the {self.role} could not complete a TLS handshake with itself on "
-                f"{self.address} within {ready_timeout:g} s: is its certificate signed by "
-                "the CA it trusts (--ca)?"
+                f"{self.address} within {ready_timeout:g} s: is its certificate valid now "
+                "and signed by the CA it trusts (--ca)?"
             ) from None
         self.log(f"listening on {self.address}")
         return self
@@ -298,7 +301,7 @@ def _complete_handshake(address: str, tls: TLS, timeout: float) -> None:
         root_certificates=tls.ca, private_key=tls.key, certificate_chain=tls.certificate
     )
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    name_override = ("grpc.ssl_target_name_override", certificate_name(tls.certificate))
+    name_override = ("grpc.ssl_target_name_override", tls.names()[0])
     with grpc.secure_channel(target, credentials, options=[name_override]) as channel:
         grpc.channel_ready_future(channel).result(timeout=timeout)
 
@@ -318,15 +321,6 @@ def wait_until_accepting(address: str, deadline: float, peer: str) -> None:
             time.sleep(0.1)
         except OSError as error:
             raise PeerError(f"cannot reach the {peer}: {error.strerror or error}") from None
-
-
-def certificate_name(pem: bytes) -> str:
-    """The common name of a PEM certificate."""
-    from cryptography import x509
-    from cryptography.x509.oid import NameOID
-
-    names = x509.load_pem_x509_certificate(pem).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(names[0].value) if names else ""
 
 
 def _tell(channel: Channel, reason: str) -> None:
