@@ -166,6 +166,15 @@ def test_in_memory_images_are_checked_by_their_voxels():
         ImageLimits(max_voxels=0)
 
 
+def test_itk_images_are_checked_by_their_voxels():
+    import itk
+
+    image = itk.image_from_array(_noise(30, 40))
+    with pytest.raises(InputError, match=r"^fixed image has 1200 voxels \(40x30\), more"):
+        as_image_grid(image, name="fixed image", limits=ImageLimits(max_voxels=1199))
+    assert as_image_grid(image, limits=ImageLimits(max_voxels=1200)).geometry.size == (40, 30)
+
+
 def test_limits_must_be_positive(tmp_path, capfd):
     fixed = _write(_noise(32, 32), tmp_path / "fixed.mha")
     message = _refused(
