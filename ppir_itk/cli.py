@@ -43,6 +43,7 @@ from ppir_itk.protocol.transport import DEFAULT_SESSION_LIMIT
 from ppir_itk.sampling import SAMPLINGS
 from ppir_itk.transform_kinds import TRANSFORMS, transform_kind
 from ppir_itk.transforms import LinearTransform
+from ppir_itk.wrapping.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_VOXELS, ImageLimits
 from ppir_itk.wrapping.transforms import TRANSFORM_FILE_SUFFIXES
 
 EXIT_INPUT_ERROR = 2
@@ -84,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     register.add_argument("--output-warped", help="moving image resampled onto the fixed grid")
     register.add_argument("--report", help="JSON report of the run")
+    _add_image_limits(register)
 
     serve = commands.add_parser("serve", help="serve a fixed image to moving parties (mutual TLS)")
     serve.add_argument("--fixed", required=True, help="fixed image")
@@ -161,6 +163,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_session_limit(serve)
     _add_service_options(serve)
+    _add_image_limits(serve)
 
     dealer = commands.add_parser("dealer", help="deal Beaver triples to SPDZ sessions (mutual TLS)")
     dealer.add_argument("--listen", required=True, help="HOST:PORT (port 0: any free port)")
@@ -222,6 +225,7 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds a run may take before its row is marked infeasible (default 60)",
     )
     _add_registration_options(bench, bench=True)
+    _add_image_limits(bench)
 
     demo = commands.add_parser("demo", help="register the example pair shipped with the package")
     demo.add_argument(
@@ -360,6 +364,31 @@ def _add_service_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local-mode-folder", help=argparse.SUPPRESS)
 
 
+def _add_image_limits(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-image-voxels",
+        type=int,
+        default=DEFAULT_MAX_IMAGE_VOXELS,
+        metavar="N",
+        help="largest image read, in voxels, checked from the file's header before its "
+        f"pixels are read (default {DEFAULT_MAX_IMAGE_VOXELS}: a 512x512x1024 CT)",
+    )
+    parser.add_argument(
+        "--max-image-bytes",
+        type=int,
+        default=DEFAULT_MAX_IMAGE_BYTES,
+        metavar="N",
+        help="largest image read, in bytes of its pixels as read, every component "
+        f"counted (default {DEFAULT_MAX_IMAGE_BYTES}: that CT as float64)",
+    )
+
+
+def _image_limits(args: argparse.Namespace) -> ImageLimits:
+    if args.max_image_voxels < 1 or args.max_image_bytes < 1:
+        raise InputError("--max-image-voxels and --max-image-bytes must be positive")
+    return ImageLimits(args.max_image_voxels, args.max_image_bytes)
+
+
 def _add_tls_options(parser: argparse.ArgumentParser, role: str) -> None:
     parser.add_argument(
         "--tls-dir",
@@ -483,12 +512,20 @@ def _register(args: argparse.Namespace) -> int:
 
 
 def _run(fixed: Any, moving: Any, args: argparse.Namespace) -> tuple[Any, Any]:
+    from ppir_itk.image import check_large_enough
     from ppir_itk.registration import register
     from ppir_itk.wrapping.images import as_image_grid
 
-    fixed_grid = as_image_grid(fixed, name=f"fixed image '{fixed}'")
-    moving_grid = as_image_grid(moving, name=f"moving image '{moving}'")
+    limits = _image_limits(args)
+    fixed_grid = as_image_grid(fixed, name=f"fixed image '{fixed}'", limits=limits)
+    moving_grid = as_image_grid(moving, name=f"moving image '{moving}'", limits=limits)
     options = _registration_options(args, fixed_grid.dimension)
+    check_large_enough(
+        fixed_grid.geometry,
+        name=f"fixed image '{fixed}'",
+        shrink_factor=max(options.shrink_factors),
+    )
+    check_large_enough(moving_grid.geometry, name=f"moving image '{moving}'")
     progress = _Progress(enabled=not args.quiet and sys.stderr.isatty(), options=options)
     try:
         result = register(
@@ -595,13 +632,16 @@ def _refuse_test_only_provider(options: RegistrationOptions, *, in_process: bool
 def _run_with_peer(args: argparse.Namespace) -> tuple[Any, Any]:
     """The moving party alone: the fixed party is 'ppir serve' at --peer."""
     from ppir_itk.compose import connect
+    from ppir_itk.image import check_large_enough
     from ppir_itk.registration import register_with
     from ppir_itk.wrapping.images import as_image_grid
 
     _address("--peer", args.peer)
     if args.dealer is not None:
         _address("--dealer", args.dealer)
-    moving_grid = as_image_grid(args.moving, name=f"moving image '{args.moving}'")
+    moving_name = f"moving image '{args.moving}'"
+    moving_grid = as_image_grid(args.moving, name=moving_name, limits=_image_limits(args))
+    check_large_enough(moving_grid.geometry, name=moving_name)
     options = _registration_options(args, moving_grid.dimension)
     session = connect(
         args.peer,
@@ -621,6 +661,7 @@ def _run_with_peer(args: argparse.Namespace) -> tuple[Any, Any]:
 def _serve(args: argparse.Namespace) -> int:
     from ppir_itk.backends import check_backend_name
     from ppir_itk.compose import ledger_path, serve
+    from ppir_itk.image import check_large_enough
     from ppir_itk.wrapping.images import as_image_grid
 
     _address("--listen", args.listen)
@@ -647,8 +688,11 @@ def _serve(args: argparse.Namespace) -> int:
         _address("--dealer", args.dealer)
     elif "spdz" in backends:
         raise InputError("backend 'spdz' needs --dealer HOST:PORT (the dealer this party trusts)")
+    limits = _image_limits(args)
     tls = _tls(args)
-    fixed = as_image_grid(args.fixed, name=f"fixed image '{args.fixed}'")
+    fixed_name = f"fixed image '{args.fixed}'"
+    fixed = as_image_grid(args.fixed, name=fixed_name, limits=limits)
+    check_large_enough(fixed.geometry, name=fixed_name)
     serve(
         fixed,
         args.listen,
@@ -797,8 +841,9 @@ def _bench(args: argparse.Namespace) -> int:
     with resources.as_file(resources.files("ppir_itk") / "data") as folder:
         fixed_path = args.fixed or str(folder / "demo_fixed.mha")
         moving_path = args.moving or str(folder / "demo_moving.mha")
-        fixed = as_image_grid(fixed_path, name=f"fixed image '{fixed_path}'")
-        moving = as_image_grid(moving_path, name=f"moving image '{moving_path}'")
+        limits = _image_limits(args)
+        fixed = as_image_grid(fixed_path, name=f"fixed image '{fixed_path}'", limits=limits)
+        moving = as_image_grid(moving_path, name=f"moving image '{moving_path}'", limits=limits)
     if fixed.dimension != moving.dimension:
         raise InputError(
             f"the fixed image is {fixed.dimension}-D and the moving image is "

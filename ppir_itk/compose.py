@@ -312,7 +312,14 @@ def spawn_fixed_party(
                 image_path = Path(fixed)
             else:
                 image_path = directory / "fixed.nrrd"
-                write_image(as_image_grid(fixed, name="fixed image"), image_path)
+                grid = as_image_grid(fixed, name="fixed image")
+                write_image(grid, image_path)
+                # The caller took this image under its own limits: the child admits it as is.
+                extra_arguments = (
+                    *extra_arguments,
+                    *("--max-image-voxels", str(grid.array.size)),
+                    *("--max-image-bytes", str(grid.array.nbytes)),
+                )
             common = [
                 "--listen",
                 "127.0.0.1:0",

@@ -166,3 +166,32 @@ def center_of_mass(image: ImageGrid) -> np.ndarray:
     index = image.geometry.flat_to_index(flat)
     mean_index = (weights.ravel()[flat, None] * index).sum(0) / weights.ravel()[flat].sum()
     return image.geometry.physical_points(mean_index)
+
+
+#: Fewest pixels along every axis of the moving image and of each level's fixed grid.
+#: Below it ITK's recursive Gaussian does not run, and a Gauss-Newton step on so few
+#: points is near singular and often throws every point out of the moving image
+#: (benchmarks/image_limits.py counts how often).
+LEAST_PIXELS_PER_AXIS = 4
+
+
+def check_large_enough(geometry: GridGeometry, *, name: str, shrink_factor: int = 1) -> None:
+    """Refuse an image with fewer than :data:`LEAST_PIXELS_PER_AXIS` pixels along an axis
+    once shrunk by ``shrink_factor`` (the coarsest level's, for the fixed image)."""
+    least = LEAST_PIXELS_PER_AXIS
+    # As the level's shrink filter: the factor is at most the axis' size, the size rounds down.
+    level = tuple(size // min(shrink_factor, size) for size in geometry.size)
+    if min(level) >= least:
+        return
+    shown = "x".join(str(size) for size in geometry.size)
+    if shrink_factor == 1:
+        raise InputError(
+            f"{name} is {shown} pixels, too small to register: every axis needs at least "
+            f"{least} pixels"
+        )
+    raise InputError(
+        f"{name} is {shown} pixels, too small to register with shrink factor "
+        f"{shrink_factor}: its coarsest level would be {'x'.join(map(str, level))} pixels "
+        f"and every axis needs at least {least} (so at least {least * shrink_factor} pixels "
+        "along every axis, or smaller shrink factors)"
+    )

@@ -47,7 +47,7 @@ from ppir_itk.bspline import BSplineTransform
 from ppir_itk.compose import connect, in_process_session, spawn_fixed_party
 from ppir_itk.errors import InputError
 from ppir_itk.events import Event, Observable
-from ppir_itk.image import GridGeometry, ImageGrid, center_of_mass
+from ppir_itk.image import GridGeometry, ImageGrid, center_of_mass, check_large_enough
 from ppir_itk.metric import PrivateMeanSquaresImageToImageMetric
 from ppir_itk.moving_party import MovingPartySession
 from ppir_itk.optimizer import GaussNewtonOptimizer
@@ -303,6 +303,12 @@ class ImageRegistrationMethod(Observable):
         try:
             fixed_geometry = moving_party.start(
                 self.schedule, self.sampling, wants_center_of_mass=self.initializer == "moments"
+            )
+            check_large_enough(moving.geometry, name="moving image")
+            check_large_enough(
+                fixed_geometry,
+                name="fixed image",
+                shrink_factor=max(level.shrink_factor for level in self.schedule.levels),
             )
             if bspline_kind is not None:
                 spacing = np.asarray(self.grid_spacing, dtype=np.float64)

@@ -13,7 +13,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 
 import ppir_itk
 from ppir_itk.backends import InsecureBackendWarning
@@ -69,6 +71,31 @@ def speaks_to_unauthenticated(address: str, pki, client_pki=None) -> bool:
                 return tls_socket.recv(1) != b""  # TLS 1.3 reports a refused certificate here
         except (ssl.SSLError, ConnectionError):
             return False
+
+
+def dicom_series(folder: Path, uid: str, shape: tuple[int, int, int], description: str) -> None:
+    """One DICOM file per slice, written by SimpleITK with this series UID."""
+    folder.mkdir(exist_ok=True)
+    volume = np.random.default_rng(len(description)).integers(0, 1000, shape, np.int16)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for z in range(shape[0]):
+        image = sitk.GetImageFromArray(volume[z])
+        image.SetSpacing((0.5, 0.5))
+        tags = {
+            "0008|0060": "CT",
+            "0008|0018": f"{uid}.{z + 1}",  # SOP Instance UID
+            "0008|103e": description,
+            "0020|000d": "1.2.826.0.1.3680043.2.1125.7",  # Study Instance UID
+            "0020|000e": uid,  # Series Instance UID
+            "0020|0013": str(z + 1),  # Instance Number
+            "0020|0032": f"0\\0\\{2.0 * z}",  # Image Position (Patient)
+            "0020|0037": "1\\0\\0\\0\\1\\0",  # Image Orientation (Patient)
+        }
+        for tag, value in tags.items():
+            image.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"{uid}-{z}.dcm"))
+        writer.Execute(image)
 
 
 @pytest.fixture(scope="session")

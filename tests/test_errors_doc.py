@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import re
 import shlex
+import struct
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import dicom_series
 
 from ppir_itk.cli import main
 
@@ -72,6 +74,18 @@ def _complex(path: Path) -> None:
     sitk.WriteImage(sitk.GetImageFromArray(array.astype(np.complex64)), str(path))
 
 
+def _two_series(path: Path) -> None:
+    dicom_series(path, "1.2.826.0.1.3680043.2.1125.7.1", (3, 16, 12), "axial")
+    dicom_series(path, "1.2.826.0.1.3680043.2.1125.7.2", (2, 10, 8), "scout")
+
+
+def _nan_scaling(path: Path) -> None:
+    sitk.WriteImage(sitk.GetImageFromArray(_noise(6, 7, 8)), str(path))
+    header = bytearray(path.read_bytes())
+    header[112:116] = struct.pack("<f", np.nan)  # NIfTI-1's scl_slope
+    path.write_bytes(bytes(header))
+
+
 def _transform(make: Callable[[], sitk.Transform]) -> Callable[[Path], None]:
     return lambda path: sitk.WriteTransform(make(), str(path))
 
@@ -119,6 +133,9 @@ FILES: dict[str, Callable[[Path], None]] = {
     "nan.mha": _image(_noise_with({(3, 4): np.nan})),
     "inf.mha": _image(_noise_with({(3, 4): np.inf, (5, 6): -np.inf})),
     "constant.mha": _image(np.full((9, 9), 3.0)),
+    "tiny.mha": _image(_noise(2, 2)),
+    "two_series": _two_series,
+    "nan_scaling.nii": _nan_scaling,
     "affine.tfm": _transform(lambda: sitk.AffineTransform(2)),
     "affine_3d.tfm": _transform(lambda: sitk.AffineTransform(3)),
     "bspline.tfm": _transform(_bspline),
@@ -160,6 +177,15 @@ IMAGES = {
     "constant image": ["constant.mha"],
     "constant moving image": ["constant.mha"],
     "fixed (2-D) and moving (3-D) of different dimensions": ["volume.mha"],
+    "more voxels than --max-image-voxels (FIXED.mha is 32x32)": [],
+    "more bytes than --max-image-bytes (32x32 float32 pixels)": [],
+    "image limit 0": [],
+    "DICOM folder of two series, none named": ["two_series"],
+    "DICOM series the folder does not hold": ["two_series"],
+    "series UID after a file": [],
+    "NIfTI scaling NaN (scl_slope)": ["nan_scaling.nii"],
+    "fixed image too small for the shrink factors (TINY.mha is 2x2)": ["tiny.mha"],
+    "moving image too small (TINY.mha is 2x2)": ["tiny.mha"],
 }
 OUTPUTS = {
     "transform suffix ITK cannot write": [],

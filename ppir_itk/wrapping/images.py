@@ -6,6 +6,12 @@ an ``itk.Image``, a ``SimpleITK.Image``, a path to any format ITK reads
 :class:`~ppir_itk.image.ImageGrid`. Bad images are refused with one sentence
 that names the image (:class:`~ppir_itk.errors.InputError`).
 
+A file's size is checked against :class:`ImageLimits` from its header, before
+a pixel is read. A directory holding several DICOM series is refused unless
+one is named as ``FOLDER#SERIES_UID``. A NIfTI header whose scaling
+(``scl_slope``, ``scl_inter``) is NaN or infinite is refused: ITK would read
+the file as unscaled.
+
 Examples
 --------
 >>> import SimpleITK as sitk
@@ -16,10 +22,15 @@ Examples
 
 from __future__ import annotations
 
+import gzip
+import math
 import os
 import re
+import struct
 import tempfile
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +43,59 @@ from ppir_itk.image import ImageGrid
 ImageLike = Any  # itk.Image | SimpleITK.Image | str | os.PathLike | ImageGrid
 
 
+# They admit a clinical CT of 512 x 512 x 1024 voxels (2**28), even stored as float64
+# (2 GiB); ``ppir serve`` and ``ppir register`` take --max-image-voxels/--max-image-bytes.
+DEFAULT_MAX_IMAGE_VOXELS = 2**28
+DEFAULT_MAX_IMAGE_BYTES = 2**31
+
+
 class GreyLevelConversionWarning(UserWarning):
     """A palette or RGB image whose channels are equal was read as grey levels."""
 
 
-def as_image_grid(image: ImageLike, *, name: str = "image", check: bool = True) -> ImageGrid:
+@dataclass(frozen=True)
+class ImageLimits:
+    """The largest image accepted: its voxels, and the bytes of its pixels as ITK reads
+    them (every component counted). A file is checked from its header, before its
+    pixels are read; an image in memory by its voxels."""
+
+    max_voxels: int = DEFAULT_MAX_IMAGE_VOXELS
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+
+    def __post_init__(self) -> None:
+        if self.max_voxels < 1 or self.max_bytes < 1:
+            raise InputError(
+                f"the image limits ({self.max_voxels} voxels, {self.max_bytes} bytes) "
+                "must be positive"
+            )
+
+    def check(self, name: str, size: Sequence[int], bytes_per_voxel: int | None = None) -> None:
+        """Refuse an image of ``size`` (ITK order) beyond the limits, naming it."""
+        voxels = math.prod(size)
+        shown = "x".join(str(s) for s in size)
+        if voxels > self.max_voxels:
+            raise InputError(
+                f"{name} has {voxels} voxels ({shown}), more than the limit of "
+                f"{self.max_voxels} (--max-image-voxels raises it)"
+            )
+        if bytes_per_voxel is not None and voxels * bytes_per_voxel > self.max_bytes:
+            raise InputError(
+                f"{name} holds {voxels * bytes_per_voxel} bytes of pixels ({shown} voxels of "
+                f"{bytes_per_voxel} byte{'s' if bytes_per_voxel > 1 else ''}), more than the "
+                f"limit of {self.max_bytes} (--max-image-bytes raises it)"
+            )
+
+
+DEFAULT_IMAGE_LIMITS = ImageLimits()
+
+
+def as_image_grid(
+    image: ImageLike,
+    *,
+    name: str = "image",
+    check: bool = True,
+    limits: ImageLimits = DEFAULT_IMAGE_LIMITS,
+) -> ImageGrid:
     """Convert anything image-like to an :class:`ImageGrid`.
 
     Parameters
@@ -45,18 +104,29 @@ def as_image_grid(image: ImageLike, *, name: str = "image", check: bool = True) 
         The image. A palette or RGB(A) image whose colour channels are all equal
         is read as grey levels (with a :class:`GreyLevelConversionWarning`);
         a true colour or vector image is refused.
+        A path is a file, a DICOM series directory, or ``FOLDER#SERIES_UID``
+        for one series of a directory that holds several.
     name : str
         How error messages name this input (e.g. ``"fixed image 'a.nii'"``).
     check : bool
-        Refuse NaN or infinite pixels and empty or constant images.
+        Refuse NaN or infinite pixels and empty or constant images, and an
+        itk or SimpleITK image of more than ``limits.max_voxels`` voxels.
+    limits : ImageLimits
+        A file beyond them is refused from its header, whatever ``check``. An
+        :class:`~ppir_itk.image.ImageGrid` passes as it is: it was read under a
+        limit already, or built from an array its caller holds.
     """
     if isinstance(image, ImageGrid):
         grid = image
     elif isinstance(image, (str, os.PathLike)):
-        grid = _from_sitk(read_sitk_image(image, name=name), name=name)
+        grid = _from_sitk(read_sitk_image(image, name=name, limits=limits), name=name)
     elif isinstance(image, sitk.Image):
+        if check:
+            limits.check(name, image.GetSize())
         grid = _from_sitk(image, name=name)
     elif type(image).__module__.startswith("itk"):
+        if check and hasattr(image, "GetLargestPossibleRegion"):
+            limits.check(name, tuple(image.GetLargestPossibleRegion().GetSize()))
         grid = _from_itk(image, name=name)
     else:
         raise InputError(
@@ -67,32 +137,169 @@ def as_image_grid(image: ImageLike, *, name: str = "image", check: bool = True) 
     return grid
 
 
-def read_sitk_image(path: str | os.PathLike, *, name: str = "image") -> sitk.Image:
-    """Read a file (or a DICOM series directory) with ITK's readers."""
-    path = Path(path)
+def read_sitk_image(
+    path: str | os.PathLike, *, name: str = "image", limits: ImageLimits = DEFAULT_IMAGE_LIMITS
+) -> sitk.Image:
+    """Read a file, a DICOM series directory or ``FOLDER#SERIES_UID`` with ITK's readers,
+    refusing it from its header (before its pixels are read) if it is beyond ``limits``."""
+    path, series = _series_path(path, name=name)
     if not path.exists():
         raise InputError(f"{name}: file '{path}' does not exist")
+    reader: Any
     if path.is_dir():
-        warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-        sitk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM's own "No Series" warning
-        try:
-            series = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path))
-        finally:
-            sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
-        if not series:
-            raise InputError(f"{name}: directory '{path}' holds no DICOM series")
-        reader: Any = sitk.ImageSeriesReader()
-        reader.SetFileNames(series)
+        files = _series_files(path, series, name=name)
+        header = _header(files[0], name=name)
+        size = header.GetSize()
+        if len(files) > 1:  # one slice a file: the series' depth is its number of files
+            size = (*size[:2], math.prod(size[2:]) * len(files))
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(files)
     else:
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
+        header = _header(str(path), name=name)
+        size = header.GetSize()
+        _check_nifti_scaling(path, name=name)
+        reader = header
+    limits.check(name, size, _bytes_per_voxel(header))
     try:
         return reader.Execute()
     except RuntimeError as error:
-        dimension = re.search(r"unsupported image dimension of (\d+)", str(error))
-        if dimension:
-            raise _wrong_dimension(name, int(dimension.group(1))) from None
-        raise InputError(f"{name}: cannot read '{path}': {itk_reason(str(error))}") from None
+        raise _unreadable(name, path, error) from None
+
+
+# A series UID is digits and dots (DICOM PS3.5 9.1); '#' is in none.
+_SERIES_SUFFIX = re.compile(r"^(?P<folder>.+)#(?P<uid>[0-9.]+)$")
+
+
+def _series_path(path: str | os.PathLike, *, name: str) -> tuple[Path, str | None]:
+    """The path, and the series UID of a ``FOLDER#SERIES_UID`` (a path that exists as
+    given is that path)."""
+    text = os.fspath(path)
+    named = _SERIES_SUFFIX.match(text)
+    if named is None or os.path.exists(text) or not os.path.exists(named["folder"]):
+        return Path(text), None
+    folder = Path(named["folder"])
+    if not folder.is_dir():
+        raise InputError(f"{name}: '{folder}' is a file; only a DICOM directory takes '#SERIES_UID'")
+    return folder, named["uid"]
+
+
+def _quietly(call: Any, *arguments: Any) -> Any:
+    """A GDCM call without GDCM's own warnings (e.g. "No Series") on stderr."""
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        return call(*arguments)
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
+def _series_files(folder: Path, series: str | None, *, name: str) -> tuple[str, ...]:
+    """The files of the directory's one DICOM series, or of the series named."""
+    uids = _quietly(sitk.ImageSeriesReader.GetGDCMSeriesIDs, str(folder))
+    if not uids:
+        raise InputError(f"{name}: directory '{folder}' holds no DICOM series")
+    if series is None and len(uids) > 1:
+        listing = "; ".join(_describe_series(folder, uid) for uid in uids)
+        raise InputError(
+            f"{name}: directory '{folder}' holds {len(uids)} DICOM series ({listing}); "
+            f"name one as '{folder}#SERIES_UID'"
+        )
+    if series is not None and series not in uids:
+        raise InputError(
+            f"{name}: directory '{folder}' holds no DICOM series '{series}' "
+            f"(it holds {', '.join(uids)})"
+        )
+    chosen = series if series is not None else uids[0]
+    return tuple(_quietly(sitk.ImageSeriesReader.GetGDCMSeriesFileNames, str(folder), chosen))
+
+
+def _describe_series(folder: Path, uid: str) -> str:
+    """``UID: WxHxN 'description'``, from the series' first file's header."""
+    files = _quietly(sitk.ImageSeriesReader.GetGDCMSeriesFileNames, str(folder), uid)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(files[0])
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return f"{uid}: {len(files)} files"
+    width, height = reader.GetSize()[:2]
+    description = ""
+    if reader.HasMetaDataKey("0008|103e"):  # Series Description
+        words = " ".join(reader.GetMetaData("0008|103e").split())
+        description = f" '{words}'" if words else ""
+    return f"{uid}: {width}x{height}x{len(files)}{description}"
+
+
+def _header(file: str, *, name: str) -> sitk.ImageFileReader:
+    """A reader of ``file`` that has read its header (size, pixel type), not its pixels."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(file)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise _unreadable(name, Path(file), error) from None
+    return reader
+
+
+def _bytes_per_voxel(header: sitk.ImageFileReader) -> int:
+    """Bytes of one voxel as ITK reads it, every component counted."""
+    try:
+        component = sitk.Image([1] * header.GetDimension(), header.GetPixelID())
+        component_bytes = component.GetSizeOfPixelComponent()
+    except RuntimeError:  # a pixel type SimpleITK cannot hold: its reader refuses it later
+        component_bytes = 8
+    return component_bytes * header.GetNumberOfComponents()
+
+
+def _unreadable(name: str, path: Path, error: RuntimeError) -> InputError:
+    dimension = re.search(r"unsupported image dimension of (\d+)", str(error))
+    if dimension:
+        return _wrong_dimension(name, int(dimension.group(1)))
+    return InputError(f"{name}: cannot read '{path}': {itk_reason(str(error))}")
+
+
+# NIfTI-1 (348-byte header) and NIfTI-2 (540): where the magic and the scaling are.
+_NIFTI_LAYOUTS = (
+    (348, slice(344, 348), (b"n+1\0", b"ni1\0"), "ff", 112),
+    (540, slice(4, 8), (b"n+2\0", b"ni2\0"), "dd", 176),
+)
+
+
+def nifti_scaling(path: str | os.PathLike) -> tuple[float, float] | None:
+    """``(scl_slope, scl_inter)`` as a NIfTI-1 or NIfTI-2 header holds them (either byte
+    order, gzipped or not), or None for a file that is not NIfTI. ITK reads a NaN or
+    infinite slope as no scaling, so it cannot tell these."""
+    path = Path(path)
+    if path.name.endswith((".img", ".img.gz")):  # a pair: the header is the .hdr beside it
+        path = path.with_name(re.sub(r"\.img(\.gz)?$", ".hdr", path.name))
+    try:
+        with open(path, "rb") as raw:
+            gzipped = raw.read(2) == b"\x1f\x8b"
+        with gzip.open(path, "rb") if gzipped else open(path, "rb") as file:
+            head = file.read(540)
+    except (OSError, EOFError):  # missing or corrupt: ITK says what is wrong
+        return None
+    for order in "<>":
+        for length, magic, magics, fields, offset in _NIFTI_LAYOUTS:
+            if (
+                len(head) >= length
+                and struct.unpack(order + "i", head[:4])[0] == length
+                and head[magic] in magics
+            ):
+                slope, inter = struct.unpack_from(order + fields, head, offset)
+                return slope, inter
+    return None
+
+
+def _check_nifti_scaling(path: Path, *, name: str) -> None:
+    scaling = nifti_scaling(path)
+    if scaling is not None and not all(math.isfinite(value) for value in scaling):
+        slope, inter = scaling
+        raise InputError(
+            f"{name}: its NIfTI header's scaling is not finite (scl_slope {slope:g}, "
+            f"scl_inter {inter:g}), a corrupt header ITK would read as unscaled; "
+            "set scl_slope to 0 (no scaling) or the scaling meant"
+        )
 
 
 def itk_reason(message: str) -> str:
