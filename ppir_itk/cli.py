@@ -251,7 +251,7 @@ def _add_log_options(parser: argparse.ArgumentParser, *, progress: bool) -> None
         "--quiet", action="store_true", help="warnings and errors only: no progress either"
     )
     logs.add_argument(
-        "--log-file", metavar="PATH", help="also append the log to PATH (all but debug lines)"
+        "--log-file", metavar="PATH", help="also append the log to PATH (--quiet or not)"
     )
     if progress:
         logs.add_argument(
