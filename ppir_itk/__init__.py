@@ -22,14 +22,20 @@ BSplineTransform
     ITK's cubic B-spline transform, for non-linear registration.
 Importing the package is cheap: each name loads its module (and that module's
 heavy dependencies: ITK, gRPC, TenSEAL, CrypTen) the first time it is used.
+
+Logs go to loggers under ``ppir_itk`` (:mod:`ppir_itk.log`); the package adds no handler
+but a ``NullHandler``, so a caller's own logging configuration decides where they go.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 from ppir_itk._version import __version__
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 # public name -> the module that defines it
 _EXPORTS = {

@@ -18,17 +18,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import signal
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Sequence
+from contextlib import ExitStack
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ppir_itk.errors import InputError
+from ppir_itk.log import command_logs
 from ppir_itk.options import DEFAULT_TIME_CAP, INITIALIZERS, RegistrationOptions
 from ppir_itk.policy import (
     DEFAULT_EVALUATION_BUDGET,
@@ -50,6 +54,8 @@ EXIT_INPUT_ERROR = 2
 EXIT_PEER_ERROR = 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # a service manager's or a closed terminal's
+DEFAULT_PROGRESS_INTERVAL = 5.0  # seconds between progress lines in a log
+_LOG = logging.getLogger("ppir_itk.cli")  # not __name__: it is __main__ under python -m
 # Formats ITK writes in one file with float64 pixels (ITK picks the writer by suffix).
 IMAGE_OUTPUT_SUFFIXES = (".nii", ".nii.gz", ".mha", ".nrrd", ".vtk", ".h5", ".hdf5")
 
@@ -57,6 +63,11 @@ IMAGE_OUTPUT_SUFFIXES = (".nii", ".nii.gz", ".mha", ".nrrd", ".vtk", ".h5", ".hd
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ppir", description="Privacy-preserving image registration (SSD, Gauss-Newton)."
+    )
+    parser.add_argument(
+        "--version",
+        action=_Version,
+        help="print the versions of ppir_itk and of its crypto and imaging libraries",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -235,7 +246,71 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--output-dir", help="also write transform, warped image and report here")
     demo.add_argument("--threads", type=int, default=None)
+    for name, command in [*commands.choices.items(), *pki_commands.choices.items()]:
+        if name != "pki":  # the commands that run, not the one that chooses among them
+            _add_log_options(command, progress=name in ("register", "demo"))
     return parser
+
+
+def _add_log_options(parser: argparse.ArgumentParser, *, progress: bool) -> None:
+    logs = parser.add_argument_group("logs (on stderr, each line with its UTC time)")
+    logs.add_argument("--verbose", action="store_true", help="debug lines too")
+    logs.add_argument(
+        "--quiet", action="store_true", help="warnings and errors only: no progress either"
+    )
+    logs.add_argument(
+        "--log-file", metavar="PATH", help="also append the log to PATH (--quiet or not)"
+    )
+    if progress:
+        logs.add_argument(
+            "--progress-interval",
+            type=float,
+            default=DEFAULT_PROGRESS_INTERVAL,
+            metavar="SECONDS",
+            help="when stderr is not a terminal: a progress line at each level's start "
+            f"and every SECONDS (default {DEFAULT_PROGRESS_INTERVAL:g})",
+        )
+
+
+class _Version(argparse.Action):
+    """``--version``: the versions from the installed packages' metadata, importing none."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **options: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **options)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(versions())
+        parser.exit()
+
+
+# The libraries whose versions matter to a run: the crypto of each backend, the transport
+# and its TLS, the imaging (as their distributions name them).
+LIBRARIES = (
+    "tenseal",
+    "crypten",
+    "torch",
+    "grpcio",
+    "protobuf",
+    "cryptography",
+    "itk",
+    "SimpleITK",
+)
+
+
+def versions() -> str:
+    """``ppir_itk VERSION`` and one ``LIBRARY VERSION`` line per library (``not installed``).
+    TenSEAL bundles Microsoft SEAL without saying which version in its metadata."""
+    from importlib import metadata
+
+    from ppir_itk._version import __version__
+
+    lines = [f"ppir_itk {__version__}"]
+    for name in LIBRARIES:
+        try:
+            lines.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            lines.append(f"{name} not installed")
+    return "\n".join(lines)
 
 
 def _add_registration_options(parser: argparse.ArgumentParser, bench: bool = False) -> None:
@@ -324,7 +399,12 @@ def _add_registration_options(parser: argparse.ArgumentParser, bench: bool = Fal
         help=f"{', '.join(INITIALIZERS)} (default: {defaults.initializer})",
     )
     parser.add_argument(
-        "--iterations", type=int, default=defaults.iterations, help="maximum iterations per level"
+        "--iterations",
+        type=int,
+        nargs="+",
+        default=defaults.iterations,
+        help="most iterations per level: one for every level, or one per level, coarsest "
+        f"first (e.g. 100 50 20); default {defaults.iterations}",
     )
     parser.add_argument(
         "--threads",
@@ -339,7 +419,6 @@ def _add_registration_options(parser: argparse.ArgumentParser, bench: bool = Fal
             default=defaults.deadline,
             help="seconds to wait for the fixed party's next answer",
         )
-        parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _add_session_limit(parser: argparse.ArgumentParser) -> None:
@@ -468,6 +547,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    # serve and dealer log as the party they are (the lines operators and local mode read)
+    program = {"serve": "ppir fixed party", "dealer": "ppir dealer"}.get(
+        args.command, f"ppir {args.command}"
+    )
     commands = {
         "register": _register,
         "demo": _demo,
@@ -476,10 +559,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         "dealer": _dealer,
         "pki": _pki,
     }
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), ExitStack() as logs:
         warnings.simplefilter("always")
         warnings.showwarning = _show_warning
+        # The result's one error line stays a print: it is the command's answer, like its
+        # summary on stdout; what it says on the way goes through the log.
         try:
+            logs.enter_context(
+                command_logs(
+                    program, verbose=args.verbose, quiet=args.quiet, log_file=_log_file(args)
+                )
+            )
             return commands[args.command](args)
         except InputError as error:
             print(f"ppir: error: {error}", file=sys.stderr)
@@ -489,8 +579,20 @@ def _dispatch(args: argparse.Namespace) -> int:
             return EXIT_PEER_ERROR
 
 
+def _log_file(args: argparse.Namespace) -> str | None:
+    """``--log-file``, refused if it cannot be appended to."""
+    path = args.log_file
+    if path is not None:
+        try:
+            with open(path, "a", encoding="utf-8"):
+                pass
+        except OSError as error:
+            raise InputError(f"--log-file '{path}' cannot be written: {error.strerror}") from None
+    return path
+
+
 def _show_warning(message: Warning | str, *_: Any, **__: Any) -> None:
-    print(f"ppir: warning: {message}", file=sys.stderr)
+    _LOG.warning("%s", message)
 
 
 def _register(args: argparse.Namespace) -> int:
@@ -526,7 +628,7 @@ def _run(fixed: Any, moving: Any, args: argparse.Namespace) -> tuple[Any, Any]:
         shrink_factor=max(options.shrink_factors),
     )
     check_large_enough(moving_grid.geometry, name=f"moving image '{moving}'")
-    progress = _Progress(enabled=not args.quiet and sys.stderr.isatty(), options=options)
+    progress = _Progress(args, options)
     try:
         result = register(
             fixed_grid,
@@ -649,7 +751,7 @@ def _run_with_peer(args: argparse.Namespace) -> tuple[Any, Any]:
         deadline=options.deadline,
         dealer=args.dealer,
     )
-    progress = _Progress(enabled=not args.quiet and sys.stderr.isatty(), options=options)
+    progress = _Progress(args, options)
     try:
         return register_with(
             session, moving_grid, options, observers=progress.observers()
@@ -856,9 +958,7 @@ def _bench(args: argparse.Namespace) -> int:
         samplings=args.sampling,
         registration=_registration_options(args, fixed.dimension, bench=True),
     )
-    results = run_bench(
-        fixed, moving, settings, say=lambda line: print(f"ppir bench: {line}", file=sys.stderr)
-    )
+    results = run_bench(fixed, moving, settings, say=_LOG.info)
     images = {
         role: {
             "path": str(path),
@@ -901,6 +1001,7 @@ def _demo(args: argparse.Namespace) -> int:
         options.backend = args.backend
         options.threads = args.threads
         options.in_process = False
+        options.quiet, options.progress_interval = args.quiet, args.progress_interval
         result, moving_grid = _run(fixed, moving, options)
     _summary(result, None)
     error = displacement_rmse(result.transform, truth, result.fixed_geometry)
@@ -922,38 +1023,80 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 class _Progress:
-    """A tqdm progress bar per level, on a terminal only."""
+    """A registration's progress on stderr, unless ``--quiet``.
 
-    def __init__(self, *, enabled: bool, options: RegistrationOptions) -> None:
-        self.enabled = enabled
+    On a terminal, a tqdm bar per level. Elsewhere (a batch job, a service, a pipe) log
+    lines: one as each level starts, and one every ``--progress-interval`` seconds from a
+    timer thread (the level, iteration, metric and time so far), so that a long iteration
+    or a level's set-up still shows the run is alive; with ``--verbose`` one per iteration
+    too (debug).
+    """
+
+    def __init__(self, args: argparse.Namespace, options: RegistrationOptions) -> None:
+        if not args.progress_interval > 0:
+            raise InputError(f"--progress-interval {args.progress_interval:g} must be positive")
+        self.mode = None if args.quiet else "bar" if sys.stderr.isatty() else "log"
+        self.interval = args.progress_interval
         self.levels = len(options.shrink_factors)
-        self.iterations = options.iterations
+        self.start = time.monotonic()
         self.bar: Any = None
+        self.state = ""  # what the last line said, less the time
+        self._said = self.start
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._timer: threading.Thread | None = None
 
     def observers(self) -> dict[str, Any]:
-        if not self.enabled:
+        if self.mode is None:
             return {}
         return {"MultiResolutionIterationEvent": self._level, "IterationEvent": self._iteration}
 
     def _level(self, method: Any) -> None:
-        from tqdm import tqdm
+        level, limit = method.GetCurrentLevel(), method.optimizer.NumberOfIterations
+        if self.mode == "bar":
+            from tqdm import tqdm
 
-        self.close()
-        level = method.GetCurrentLevel()
-        self.bar = tqdm(
-            total=self.iterations,
-            desc=f"level {level + 1}/{self.levels}",
-            unit="it",
-            leave=True,
-            file=sys.stderr,
-        )
+            self.close()
+            self.bar = tqdm(
+                total=limit,
+                desc=f"level {level + 1}/{self.levels}",
+                unit="it",
+                leave=True,
+                file=sys.stderr,
+            )
+            return
+        self._say(f"level {level + 1}/{self.levels} started, at most {limit} iterations")
+        self.state = f"level {level + 1}/{self.levels}, iteration 0/{limit}"
+        if self._timer is None:
+            self._timer = threading.Thread(target=self._beat, name="ppir-progress", daemon=True)
+            self._timer.start()
 
     def _iteration(self, method: Any) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(metric=f"{method.GetMetricValue():.4g}")
+        metric = method.GetMetricValue()
+        if self.mode == "bar":
+            if self.bar is not None:
+                self.bar.update(1)
+                self.bar.set_postfix(metric=f"{metric:.4g}")
+            return
+        self.state = (
+            f"level {method.GetCurrentLevel() + 1}/{self.levels}, iteration "
+            f"{method.GetOptimizerIteration()}/{method.optimizer.NumberOfIterations}, "
+            f"metric {metric:.6g}"
+        )
+        _LOG.debug("%s, %.1f s", self.state, time.monotonic() - self.start)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(max(0.0, self._said + self.interval - time.monotonic())):
+            if time.monotonic() >= self._said + self.interval:
+                self._say(self.state)
+
+    def _say(self, state: str) -> None:
+        with self._lock:
+            self._said = time.monotonic()
+            _LOG.info("%s, %.1f s", state, self._said - self.start)
 
     def close(self) -> None:
+        self._stop.set()
         if self.bar is not None:
             self.bar.close()
             self.bar = None

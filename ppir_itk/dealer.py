@@ -172,6 +172,8 @@ class DealerSession:
         self.seconds = 0.0
         self.level_seconds: list[float] = []
         self.closed = False
+        self.masks_dealt = 0  # requests answered, for the dealer's log
+        self.triple_batches_dealt = 0
 
     def handle(self, envelope: pb.Envelope) -> pb.Envelope:
         start = time.perf_counter()
@@ -190,13 +192,13 @@ class DealerSession:
             if self.token is None or self.closed:
                 raise ProtocolError(f"'{kind}' arrived outside an open dealer session")
             if kind == "mask_request":
-                return pb.Envelope(
-                    masks=self.pool.masks(self.token, self.party, envelope.mask_request)
-                )
+                masks = self.pool.masks(self.token, self.party, envelope.mask_request)
+                self.masks_dealt += 1
+                return pb.Envelope(masks=masks)
             if kind == "triple_request":
-                return pb.Envelope(
-                    triples=self.pool.triples(self.token, self.party, envelope.triple_request)
-                )
+                triples = self.pool.triples(self.token, self.party, envelope.triple_request)
+                self.triple_batches_dealt += 1
+                return pb.Envelope(triples=triples)
             if kind == "close":
                 self.closed = True
                 return pb.Envelope(closed=pb.Closed(stats=pb.PartyStats(seconds=self.seconds)))
@@ -224,3 +226,9 @@ class DealerServer(PartyServer):
         # last iteration, an unclean one ends the registration.
         if session.token is not None:
             self.pool.forget(session.token)
+
+    def _describe(self, session: DealerSession) -> str:
+        return (
+            f"backend spdz, {session.masks_dealt} masks and "
+            f"{session.triple_batches_dealt} triple batches dealt"
+        )

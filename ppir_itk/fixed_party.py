@@ -41,6 +41,7 @@ operator who offers it has granted the whole image.
 from __future__ import annotations
 
 import importlib
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -48,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from ppir_itk.backends import make_fixed_side
+from ppir_itk.backends import check_protocol, make_fixed_side
 from ppir_itk.backends.base import FixedSide
 from ppir_itk.disclosure import SESSION, Received
 from ppir_itk.image import GridGeometry, ImageGrid, center_of_mass
@@ -429,7 +430,7 @@ class FixedPartyServer(PartyServer):
         # Before "listening on", which whoever waits for the server reads up to.
         recoverable = self.policy.recoverable(self.image.geometry.number_of_points)
         if recoverable is not None:
-            self.log(recoverable)
+            self.log(recoverable, logging.WARNING)
         super().start(ready_timeout)
         return self
 
@@ -445,7 +446,17 @@ class FixedPartyServer(PartyServer):
     def _ended(self, session: FixedPartySession, clean: bool) -> None:
         if not clean:  # the moving party vanished or failed: release its dealer session too
             session.abandon()
-        self.log(f"client {session.client[:16]}: {measurement_use(session)}")
+
+    def _describe(self, session: FixedPartySession) -> str:
+        if session.hello is None or session.backend_side is None:
+            return f"no backend agreed, {measurement_use(session)}"
+        name = session.hello.backend
+        protocol = check_protocol(name, session.hello.backend_parameters.get("protocol"))
+        backend = name if protocol == name else f"{name} ({protocol})"
+        return (
+            f"backend {backend}, {session.backend_side.evaluations} evaluations, "
+            f"{measurement_use(session)}"
+        )
 
 
 def measurement_use(session: FixedPartySession) -> str:

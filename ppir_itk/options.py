@@ -40,12 +40,30 @@ __all__ = [
     "check_bspline_grid",
     "check_grid_spacing",
     "check_initializer",
+    "check_iterations",
     "check_threads",
 ]
 
 INITIALIZERS = ("none", "geometry", "moments")
 # ppir bench: seconds a row may run before it is marked as the paper marked its infeasible rows
 DEFAULT_TIME_CAP = 60.0
+
+
+def check_iterations(iterations: int | Sequence[int], levels: int) -> tuple[int, ...]:
+    """Each level's most iterations, coarsest first: one count for every level, or one per
+    level (as ANTs' ``--convergence [100x50x20]``)."""
+    counts = (iterations,) if isinstance(iterations, (int, np.integer)) else tuple(iterations)
+    shown = " ".join(str(count) for count in counts)
+    if not all(int(count) == count and count >= 1 for count in counts) or not counts:
+        raise InputError(f"--iterations {shown} must be at least 1")
+    if len(counts) == 1:
+        return (int(counts[0]),) * levels
+    if len(counts) != levels:
+        raise InputError(
+            f"--iterations has {len(counts)} values but the schedule has {levels} levels; "
+            "give one, or one per level"
+        )
+    return tuple(int(count) for count in counts)
 
 
 def check_initializer(initializer: str) -> str:
@@ -119,8 +137,11 @@ class RegistrationOptions:
     shrink_factors, smoothing_sigmas : sequence
         One value per level, coarsest first; sigmas in physical units.
     initializer : {"none", "geometry", "moments"}
-    iterations, minimum_step_length, relative_value_tolerance
-        The optimizer's stop conditions, per level.
+    iterations : int or sequence of int
+        The most iterations of each level: one count for every level, or one per level,
+        coarsest first (``[100, 50, 20]``); kept as one count when all levels have the same.
+    minimum_step_length, relative_value_tolerance
+        The optimizer's other stop conditions, at every level.
     threads : int, optional
         Kernel threads (results are identical for any value); every core if None.
     grid_spacing, refine_grid, bending_energy_weight, bulk_transform
@@ -141,7 +162,7 @@ class RegistrationOptions:
     shrink_factors: Sequence[int] = (4, 2, 1)
     smoothing_sigmas: Sequence[float] = (2.0, 1.0, 0.0)
     initializer: str = "geometry"
-    iterations: int = 100
+    iterations: int | Sequence[int] = 100
     minimum_step_length: float = 1e-4
     relative_value_tolerance: float = 1e-6
     threads: int | None = None
@@ -155,8 +176,6 @@ class RegistrationOptions:
         if isinstance(self.transform, str):
             transform_kind(self.transform)
         check_threads(self.threads)
-        if self.iterations < 1:
-            raise InputError(f"--iterations {self.iterations} must be at least 1")
         if not 0 <= self.seed < 2**64:
             raise InputError(f"--seed {self.seed} must be between 0 and 2^64 - 1")
         if not self.deadline > 0:
@@ -171,12 +190,18 @@ class RegistrationOptions:
         schedule = LevelSchedule.from_lists(self.shrink_factors, self.smoothing_sigmas)
         self._set("shrink_factors", tuple(level.shrink_factor for level in schedule.levels))
         self._set("smoothing_sigmas", tuple(level.smoothing_sigma for level in schedule.levels))
+        per_level = check_iterations(self.iterations, len(schedule.levels))
+        self._set("iterations", per_level[0] if len(set(per_level)) == 1 else per_level)
         check_initializer(self.initializer)
         self.sampling_strategy()
 
     def _set(self, name: str, value: Any) -> None:
         """Store a checked value in its normal form (the options are frozen)."""
         object.__setattr__(self, name, value)
+
+    def iterations_per_level(self) -> tuple[int, ...]:
+        """The most iterations of each level, coarsest first."""
+        return check_iterations(self.iterations, len(self.shrink_factors))
 
     def sampling_strategy(self) -> Sampling:
         """The strategy ``sampling`` names (with the fraction, seed and GMS mode), or the

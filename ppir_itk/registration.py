@@ -56,6 +56,7 @@ from ppir_itk.options import (
     check_bspline_grid,
     check_grid_spacing,
     check_initializer,
+    check_iterations,
     check_threads,
 )
 from ppir_itk.policy import FixedPolicy
@@ -84,6 +85,7 @@ class LevelReport:
     grid_size: tuple[int, ...]
     points: int
     iterations: int
+    maximum_iterations: int  # this level's limit
     final_metric: float
     seconds: float
     setup_seconds: float
@@ -204,6 +206,10 @@ class ImageRegistrationMethod(Observable):
         discloses its centre of mass, and the report says so).
     threads : int, optional
         Kernel threads; results are bit-identical for any value.
+    iterations : int or sequence of int, optional
+        The most iterations of each level (one count, or one per level, coarsest
+        first), set on the optimizer as each level starts; None: the optimizer's
+        ``NumberOfIterations`` at every level.
     """
 
     def __init__(
@@ -220,11 +226,15 @@ class ImageRegistrationMethod(Observable):
         grid_spacing: float | Sequence[float] | None = None,
         refine_grid: bool = False,
         bulk_transform: Any = None,
+        iterations: int | Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.metric = metric
         self.optimizer = optimizer if optimizer is not None else GaussNewtonOptimizer()
         self.schedule = LevelSchedule.from_lists(shrink_factors, smoothing_sigmas)
+        self.iterations = (
+            None if iterations is None else check_iterations(iterations, len(self.schedule.levels))
+        )
         self.sampling = sampling if sampling is not None else NoSampling()
         self.initializer = check_initializer(initializer)
         self.threads = check_threads(threads)
@@ -276,11 +286,13 @@ class ImageRegistrationMethod(Observable):
         """Run every level; returns the full :class:`RegistrationResult`."""
         start = time.perf_counter()
         previous_threads = parallel.get_number_of_threads()
+        previous_iterations = self.optimizer.NumberOfIterations  # each level sets its own
         parallel.set_number_of_threads(self.threads)
         try:
             result = self._run()
         finally:
             parallel.set_number_of_threads(previous_threads)
+            self.optimizer.NumberOfIterations = previous_iterations
         result.seconds = time.perf_counter() - start
         self._result = result
         return result
@@ -371,6 +383,7 @@ class ImageRegistrationMethod(Observable):
     def _run_levels(self, result: RegistrationResult) -> None:
         metric = self.metric
         moving_party = metric.moving_party
+        limits = self.iterations or (self.optimizer.NumberOfIterations,) * len(self.schedule.levels)
         self._stop_requested = False
         self.InvokeEvent(Event.START)
         for level_index, level in enumerate(self.schedule.levels):
@@ -383,6 +396,7 @@ class ImageRegistrationMethod(Observable):
             mark = moving_party.counters()
             points = metric.initialize_level(level_index, level, self.sampling)
             setup_seconds = time.perf_counter() - level_start
+            self.optimizer.NumberOfIterations = limits[level_index]
             self.InvokeEvent(Event.MULTI_RESOLUTION_ITERATION)
             self.optimizer.StartOptimization()
             seconds = time.perf_counter() - level_start
@@ -395,6 +409,7 @@ class ImageRegistrationMethod(Observable):
                     grid_size=points.geometry.size,
                     points=points.size,
                     iterations=self.optimizer.GetCurrentIteration(),
+                    maximum_iterations=limits[level_index],
                     final_metric=self.optimizer.GetValue(),
                     seconds=seconds,
                     setup_seconds=setup_seconds,
@@ -500,7 +515,6 @@ def _register_with(
     )
     metric.SetMovingImage(moving)
     optimizer = GaussNewtonOptimizer(
-        NumberOfIterations=options.iterations,
         MinimumStepLength=options.minimum_step_length,
         RelativeValueTolerance=options.relative_value_tolerance,
     )
@@ -516,6 +530,7 @@ def _register_with(
         grid_spacing=options.grid_spacing,
         refine_grid=options.refine_grid,
         bulk_transform=options.bulk_transform,
+        iterations=options.iterations_per_level(),
     )
     for event, callback in (observers or {}).items():
         method.AddObserver(event, functools.partial(callback, method))
@@ -555,7 +570,8 @@ def register(
         ``bulk_transform``), ``backend`` (``he`` private; ``clear`` NOT private),
         ``backend_parameters``, ``sampling``, ``sampling_fraction``, ``seed``,
         ``reveal_gms_indices``, ``shrink_factors``, ``smoothing_sigmas``,
-        ``initializer``, ``iterations``, ``threads``, ``deadline`` (seconds to wait
+        ``initializer``, ``iterations`` (one count, or one per level), ``threads``,
+        ``deadline`` (seconds to wait
         for the fixed party's next answer) ...
 
     Returns

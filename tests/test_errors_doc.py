@@ -211,6 +211,9 @@ MODES = {
 OPTIONS = {
     "--threads 0": [],
     "--iterations 0": [],
+    "--iterations with another count than the levels": [],
+    "--progress-interval 0": [],
+    "--log-file in a missing folder": [],
     "negative --seed": [],
     "--deadline 0": [],
     "--shrink-factors and --smoothing-sigmas of different lengths": [],

@@ -1465,12 +1465,8 @@ def _dealer_sessions_ended(servers: SimpleNamespace, opened: int) -> bool:
     give_up = time.monotonic() + 4
     while time.monotonic() < give_up:
         lines = servers.dealer.lines
-        started = [line.split()[3] for line in lines if "opened by fixed-party" in line]
-        ended = {
-            line.split()[3].rstrip(":")
-            for line in lines
-            if " ended" in line or " closed" in line or " aborted" in line
-        }
+        started = re.findall(r"session (\d+) opened by fixed-party", "\n".join(lines))
+        ended = set(re.findall(r"session (\d+) (?:closed|aborted|failed):", "\n".join(lines)))
         if set(started[opened:]) <= ended:
             return True
         time.sleep(0.2)

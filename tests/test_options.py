@@ -9,6 +9,7 @@ import inspect
 
 import numpy as np
 import pytest
+from conftest import known_pair, register_in_process
 
 from ppir_itk import bench, cli, registration
 from ppir_itk.errors import InputError
@@ -84,6 +85,11 @@ BAD = [  # (options, the sentence)
         "unknown initializer 'centre': choose one of none, geometry, moments",
     ),
     (dict(iterations=0), "--iterations 0 must be at least 1"),
+    (dict(iterations=[100, 0, 20]), "--iterations 100 0 20 must be at least 1"),
+    (
+        dict(iterations=[100, 50]),
+        "--iterations has 2 values but the schedule has 3 levels; give one, or one per level",
+    ),
     (dict(threads=0), "--threads 0 must be at least 1"),
     (dict(deadline=0.0), "--deadline 0 must be positive"),
     (
@@ -249,3 +255,42 @@ def test_the_options_are_frozen():
     assert options.backend_parameters == {"protocol": "packed"}
     assert RegistrationOptions(backend_parameters=None).backend_parameters == {}
     assert options.shrink_factors == (2, 1) and options.smoothing_sigmas == (1.0, 0.0)
+
+
+def test_iterations_are_one_count_for_every_level_or_one_per_level():
+    """As ANTs' --convergence [100x50x20]: coarse to fine; one value is every level's."""
+    per_level = cli._registration_options(_parsed("--iterations", "100", "50", "20"), 2)
+    assert per_level.iterations == (100, 50, 20)
+    assert per_level.iterations_per_level() == (100, 50, 20)
+    one = cli._registration_options(_parsed("--iterations", "30"), 2)
+    assert one == RegistrationOptions(iterations=30) == RegistrationOptions(iterations=[30])
+    assert one.iterations_per_level() == (30, 30, 30)
+    assert RegistrationOptions(iterations=(7, 7, 7)).iterations == 7  # one count, kept so
+    with pytest.raises(InputError) as error:  # the levels' count is checked again on replace
+        dataclasses.replace(per_level, shrink_factors=[2, 1], smoothing_sigmas=[1, 0])
+    assert str(error.value) == (
+        "--iterations has 3 values but the schedule has 2 levels; give one, or one per level"
+    )
+    with pytest.raises(InputError) as method_error:
+        ImageRegistrationMethod(
+            None, shrink_factors=[2, 1], smoothing_sigmas=[1, 0], iterations=[100, 50, 20]
+        )
+    assert str(method_error.value) == str(error.value)
+
+
+def test_a_registration_stops_each_level_at_its_own_count(phantom_2d):
+    """No other stop condition can fire (tolerance and step length 0): each level runs its
+    count exactly, and the report says each level's limit."""
+    moving, _ = known_pair(phantom_2d, "affine", [1.03, 0.02, -0.02, 0.98, 1.0, -1.0])
+    result = register_in_process(
+        phantom_2d,
+        moving,
+        shrink_factors=[4, 2, 1],
+        smoothing_sigmas=[2, 1, 0],
+        iterations=[5, 3, 2],
+        relative_value_tolerance=0.0,
+        minimum_step_length=0.0,
+    )
+    assert [level.iterations for level in result.levels] == [5, 3, 2]
+    assert [level["maximum_iterations"] for level in result.report()["levels"]] == [5, 3, 2]
+    assert all("maximum number of iterations" in level.stop_condition for level in result.levels)

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import logging
 import socket
 import ssl
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -28,7 +28,7 @@ import grpc
 
 from ppir_itk.errors import InputError
 from ppir_itk.protocol import ppir_pb2 as pb
-from ppir_itk.protocol.channel import DEFAULT_DEADLINE, Channel, PeerError
+from ppir_itk.protocol.channel import DEFAULT_DEADLINE, Channel, Counters, PeerError
 from ppir_itk.protocol.endpoint import Endpoint
 from ppir_itk.protocol.messages import (
     DEALER_SERVICE,
@@ -124,8 +124,14 @@ class PartyServer(abc.ABC):
     session_limit : float
         Seconds a session may last in all: a client that stays alive (heartbeats) but
         never finishes cannot hold a session slot for ever.
-    log : callable
-        Where one line per session event goes (stderr by default).
+    log : callable, optional
+        Where the server's lines go instead of its logger (``logging.getLogger`` of the
+        server's module: ``ppir_itk.fixed_party``, ``ppir_itk.dealer``), e.g. a list's
+        ``append`` in a test. The lines: ``listening on HOST:PORT``; per session one
+        when it opens (the client's certificate name and fingerprint) and one when it
+        ends (``closed``, ``aborted`` or ``failed``, the client, :meth:`_describe`'s
+        figures, the bytes sent and received, the duration, and why it was aborted or
+        failed).
     """
 
     service: ClassVar[str]
@@ -146,8 +152,8 @@ class PartyServer(abc.ABC):
         self.deadline = deadline
         self.session_limit = session_limit
         self.max_envelope = max_envelope
-        prefix = f"ppir {self.role}"
-        self.log = log or (lambda line: print(f"{prefix}: {line}", file=sys.stderr, flush=True))
+        self._lines = log
+        self._logger = logging.getLogger(type(self).__module__)
         self._slots = threading.BoundedSemaphore(max_sessions)
         self.max_sessions = max_sessions
         self.sessions_started = 0
@@ -178,6 +184,17 @@ class PartyServer(abc.ABC):
 
     def _ended(self, session: Any, clean: bool) -> None:  # noqa: B027 - nothing to release
         """A session ended (``clean``: with Close)."""
+
+    def _describe(self, session: Any) -> str:
+        """What the session did, for its last line (e.g. backend and evaluations)."""
+        return ""
+
+    def log(self, line: str, level: int = logging.INFO) -> None:
+        """One line of the server's log (to ``log`` if given, else to the logger)."""
+        if self._lines is not None:
+            self._lines(line)
+        else:
+            self._logger.log(level, line)
 
     def start(self, ready_timeout: float | None = READY_TIMEOUT) -> PartyServer:
         """Serve; return once a TLS handshake through the public port has completed.
@@ -221,7 +238,7 @@ class PartyServer(abc.ABC):
                 f"certificate name '{client}' is not one of {self.client_names}",
             )
         if not self._slots.acquire(blocking=False):
-            self.log(f"refused a session from {client}: busy")
+            self.log(f"refused a session from {client}: busy", logging.WARNING)
             context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"the {self.role} is busy: it serves {self.max_sessions} session(s) at a time",
@@ -232,13 +249,15 @@ class PartyServer(abc.ABC):
             channel = Channel(f"{client} (session {number})", self.deadline, self.max_envelope)
             wire = self._wire_counters(context)
             channel.read_from(frames)
+            fingerprint = _peer_fingerprint(context)
+            identity = f"{client} (sha256:{fingerprint[:16]})"
             endpoint = Endpoint(
-                self._new_session(client, _peer_fingerprint(context)),
+                self._new_session(client, fingerprint),
                 lambda: channel.counters.with_wire(wire),
             )
             threading.Thread(
                 target=self._serve_session,
-                args=(number, channel, endpoint),
+                args=(number, identity, channel, endpoint),
                 name=f"ppir-session-{number}",
                 daemon=True,
             ).start()
@@ -247,11 +266,15 @@ class PartyServer(abc.ABC):
                 channel.close()
             self._slots.release()
             raise
-        self.log(f"session {number} opened by {client}")
+        self.log(f"session {number} opened by {identity}")
         return channel.outgoing()
 
-    def _serve_session(self, number: int, channel: Channel, endpoint: Endpoint) -> None:
+    def _serve_session(
+        self, number: int, identity: str, channel: Channel, endpoint: Endpoint
+    ) -> None:
+        start = time.monotonic()
         clean = False
+        outcome, reason, level = "failed", "", logging.ERROR
         limit = threading.Timer(
             self.session_limit,
             channel.fail,
@@ -264,23 +287,40 @@ class PartyServer(abc.ABC):
                 reply = endpoint.answer(channel.receive())
                 channel.send(reply)
                 if reply.WhichOneof("body") == "abort":
-                    self.log(f"session {number} aborted: {reply.abort.reason}")
+                    outcome, reason, level = "aborted", reply.abort.reason, logging.WARNING
                     return
                 if reply.WhichOneof("body") == "closed":
                     clean = True
-                    self.log(f"session {number} closed")
+                    outcome, level = "closed", logging.INFO
                     return
         except PeerError as error:
-            self.log(f"session {number} ended: {error}")
+            outcome, reason, level = "aborted", str(error), logging.WARNING
             _tell(channel, str(error))
         except Exception as error:  # a bug must not take the server down; say so
-            self.log(f"session {number} failed: {type(error).__name__}: {error}")
+            reason = f"{type(error).__name__}: {error}"
             _tell(channel, f"the {self.role} failed")
         finally:
             limit.cancel()
+            counters = endpoint.counters()
             channel.close()
-            self._ended(endpoint.session, clean)
-            self._slots.release()
+            try:
+                self._ended(endpoint.session, clean)
+                figures = ", ".join(
+                    part
+                    for part in (
+                        identity,
+                        self._describe(endpoint.session),
+                        _traffic(counters),
+                        f"{time.monotonic() - start:.1f} s",
+                    )
+                    if part
+                )
+                self.log(
+                    f"session {number} {outcome}: {figures}" + (f"; {reason}" if reason else ""),
+                    level,
+                )
+            finally:
+                self._slots.release()
 
     def _wire_counters(self, context: grpc.ServicerContext) -> WireCounters:
         # The gRPC peer is our relay's upstream socket: its port finds the connection. A call
@@ -321,6 +361,15 @@ def wait_until_accepting(address: str, deadline: float, peer: str) -> None:
             time.sleep(0.1)
         except OSError as error:
             raise PeerError(f"cannot reach the {peer}: {error.strerror or error}") from None
+
+
+def _traffic(counters: Counters) -> str:
+    """The bytes a session sent and received: on the wire (through the relay) when counted
+    there, the payload otherwise."""
+    on_wire = counters.wire_bytes_sent or counters.wire_bytes_received
+    sent = counters.wire_bytes_sent if on_wire else counters.payload_bytes_sent
+    received = counters.wire_bytes_received if on_wire else counters.payload_bytes_received
+    return f"sent {sent / 1e6:.2f} MB, received {received / 1e6:.2f} MB"
 
 
 def _tell(channel: Channel, reason: str) -> None:
