@@ -535,15 +535,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = {number: signal.signal(number, _raise_stopped) for number in STOP_SIGNALS}
     try:
         return _dispatch(args)
-    except KeyboardInterrupt:
-        print("ppir: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except _Stopped as stopped:
-        print(f"ppir: stopped by {signal.Signals(stopped.signal_number).name}", file=sys.stderr)
-        return 128 + stopped.signal_number
+    except (KeyboardInterrupt, _Stopped) as stop:  # before or after the log was set up
+        print(f"ppir: {_stopped_by(stop)}", file=sys.stderr)
+        return _stop_status(stop)
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+def _stopped_by(stop: BaseException) -> str:
+    if isinstance(stop, _Stopped):
+        return f"stopped by {signal.Signals(stop.signal_number).name}"
+    return "interrupted"
+
+
+def _stop_status(stop: BaseException) -> int:
+    return 128 + stop.signal_number if isinstance(stop, _Stopped) else EXIT_INTERRUPTED
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -577,6 +584,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         except PeerError as error:
             print(f"ppir: error: {error}", file=sys.stderr)
             return EXIT_PEER_ERROR
+        except (KeyboardInterrupt, _Stopped) as stop:  # everything started has been stopped
+            _LOG.warning("%s", _stopped_by(stop))
+            return _stop_status(stop)
 
 
 def _log_file(args: argparse.Namespace) -> str | None:

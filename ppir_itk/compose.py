@@ -257,10 +257,14 @@ class FixedPartyProcess:
 class ChildLog:
     """A local child's stderr after start-up, line by line: handed on to the
     ``ppir_itk.local`` logger (debug) and kept, the last ``keep`` lines, for whoever reads
-    it (tests look for gRPC's handshake errors there)."""
+    it (tests read the servers' session lines and gRPC's handshake errors there)."""
 
     def __init__(self, process: subprocess.Popen, role: str, keep: int = 10000) -> None:
         self.lines: collections.deque[str] = collections.deque(maxlen=keep)
+        self._seen = 0  # lines read from the child so far
+        self._handed = 0  # lines handed out by next_line
+        self._ended = False
+        self._changed = threading.Condition()
         threading.Thread(
             target=self._read, args=(process, role), name="ppir-child-log", daemon=True
         ).start()
@@ -268,16 +272,41 @@ class ChildLog:
     def text(self) -> str:
         return "".join(f"{line}\n" for line in tuple(self.lines))
 
+    def next_line(self, timeout: float) -> str:
+        """The next line not handed out yet, waiting up to ``timeout`` s ("" if none comes)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._seen > self._handed or self._ended, timeout)
+            return self._pending(1)
+
+    def rest(self, timeout: float) -> str:
+        """Every line not handed out yet, once the child has closed its stderr (or after
+        ``timeout`` s)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._ended, timeout)
+            return self._pending(self._seen - self._handed)
+
+    def _pending(self, count: int) -> str:
+        first = max(self._handed, self._seen - len(self.lines))  # older lines were dropped
+        taken = list(self.lines)[first - (self._seen - len(self.lines)) :][:count]
+        self._handed = first + len(taken)
+        return "".join(f"{line}\n" for line in taken)
+
     def _read(self, process: subprocess.Popen, role: str) -> None:
         logger = logging.getLogger("ppir_itk.local")
         assert process.stderr is not None, "_child() opens the child's stderr as a pipe"
         try:
             for raw in process.stderr:
                 line = raw.decode(errors="replace").rstrip()
-                self.lines.append(line)
                 logger.debug("%s: %s", role, line)
+                with self._changed:
+                    self.lines.append(line)
+                    self._seen += 1
+                    self._changed.notify_all()
         except (OSError, ValueError):  # closed by _child() as the child ends
             pass
+        with self._changed:
+            self._ended = True
+            self._changed.notify_all()
 
 
 @contextmanager

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import random
 import re
-import selectors
 import signal
 import socket
 import subprocess
@@ -32,7 +31,7 @@ import pytest
 from conftest import known_pair
 
 import ppir_itk
-from ppir_itk.compose import _child
+from ppir_itk.compose import ChildLog, _child
 from ppir_itk.phantoms import head_phantom
 from ppir_itk.wrapping.images import write_image
 
@@ -99,7 +98,7 @@ def _register(folder: Path, pki: Path, fixed: str, dealer: str, out: Path) -> su
 
 
 def _dealer(stack: ExitStack, folder: Path, pki: Path, port: int) -> subprocess.Popen:
-    process, _ = stack.enter_context(
+    process, _, _ = stack.enter_context(
         _child(
             [
                 "dealer",
@@ -110,7 +109,6 @@ def _dealer(stack: ExitStack, folder: Path, pki: Path, port: int) -> subprocess.
                 "--deadline",
                 str(DEADLINE),
             ],
-            folder,
             "dealer",
             60.0,
         )
@@ -118,16 +116,10 @@ def _dealer(stack: ExitStack, folder: Path, pki: Path, port: int) -> subprocess.
     return process
 
 
-def _line_within(process: subprocess.Popen, seconds: float) -> str:
-    """The next line of ``process``'s stderr, or "" if none comes within ``seconds``."""
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stderr, selectors.EVENT_READ)
-        return process.stderr.readline() if selector.select(timeout=seconds) else ""
-
-
 def _fixed_party(
     stack: ExitStack, folder: Path, pki: Path, dealer_address: str
-) -> tuple[subprocess.Popen, str]:
+) -> tuple[subprocess.Popen, str, ChildLog]:
+    """``ppir serve`` as local mode starts it; its log after "listening on" is the third."""
     return stack.enter_context(
         _child(
             [
@@ -147,7 +139,6 @@ def _fixed_party(
                 "--grant-measurements",
                 "inf",
             ],
-            folder,
             "fixed party",
             60.0,
         )
@@ -160,11 +151,11 @@ def session_seconds(folder: Path, pki: Path, out: Path) -> float:
     dealer_port = _free_port()
     with ExitStack() as stack:
         _dealer(stack, folder, pki, dealer_port)
-        fixed, fixed_address = _fixed_party(stack, folder, pki, f"127.0.0.1:{dealer_port}")
+        _, fixed_address, fixed_log = _fixed_party(stack, folder, pki, f"127.0.0.1:{dealer_port}")
         moving = _register(folder, pki, fixed_address, f"127.0.0.1:{dealer_port}", out)
-        assert "session 1 opened" in fixed.stderr.readline()
+        assert "session 1 opened" in fixed_log.next_line(60)
         opened = time.monotonic()
-        closed = _line_within(fixed, 120)
+        closed = fixed_log.next_line(120)
         seconds = time.monotonic() - opened
         assert "session 1 closed" in closed, closed
         _, err = moving.communicate(timeout=60)
@@ -181,9 +172,11 @@ def trial(folder: Path, pki: Path, victim: str, delay: float, out: Path) -> dict
     dealer_address = f"127.0.0.1:{dealer_port}"
     with ExitStack() as stack:
         processes = {"dealer": _dealer(stack, folder, pki, dealer_port)}
-        processes["fixed"], fixed_address = _fixed_party(stack, folder, pki, dealer_address)
+        processes["fixed"], fixed_address, fixed_log = _fixed_party(
+            stack, folder, pki, dealer_address
+        )
         processes["moving"] = _register(folder, pki, fixed_address, dealer_address, out)
-        opened = processes["fixed"].stderr.readline()  # the fixed party logs each session
+        opened = fixed_log.next_line(60)  # the fixed party logs each session
         assert "session 1 opened" in opened, opened
         time.sleep(delay)
         processes[victim].send_signal(signal.SIGKILL)
@@ -202,11 +195,9 @@ def trial(folder: Path, pki: Path, victim: str, delay: float, out: Path) -> dict
         # How the fixed party saw session 1 end: everything it wrote before dying, or the
         # line it writes when it gives up on its peer.
         if victim == "fixed":
-            seen["fixed_log"] = processes["fixed"].stderr.read()
+            seen["fixed_log"] = fixed_log.rest(10)
             return seen
-        seen["fixed_log"] = _line_within(
-            processes["fixed"], max(0.0, EXIT_BOUND - (time.monotonic() - killed))
-        )
+        seen["fixed_log"] = fixed_log.next_line(max(0.0, EXIT_BOUND - (time.monotonic() - killed)))
         seen["fixed_end_seconds"] = time.monotonic() - killed
         if victim == "dealer":  # the operator restarts it where the fixed party expects it
             processes["dealer"] = _dealer(stack, folder, pki, dealer_port)

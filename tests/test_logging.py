@@ -160,7 +160,7 @@ def test_ppir_serve_logs_each_session_with_time_identity_backend_figures_and_out
     assert all(abs(datetime.datetime.now(datetime.UTC) - t).total_seconds() < 300 for t in times)
     messages = [message for _, _, _, message in lines]
     assert messages[0] == f"listening on {address}"
-    fingerprint = certificate_fingerprint((pki / "moving-party.pem").read_bytes())[:16]
+    fingerprint = certificate_fingerprint(TLS.for_role(pki, "moving-party").certificate)[:16]
     identity = f"moving-party (sha256:{fingerprint})"
     assert messages[1] == f"session 1 opened by {identity}"
     closed = re.fullmatch(
@@ -184,7 +184,8 @@ def test_ppir_serve_logs_each_session_with_time_identity_backend_figures_and_out
         r"backend 'clear' is not offered here \(offered: he\)",
         messages[4],
     ), messages[4]
-    assert len(lines) == 5
+    assert lines[5][1:] == ("WARNING", "ppir fixed party", "stopped by SIGTERM")
+    assert len(lines) == 6
     assert kept.read_text() == log.read_text()  # --log-file: the same lines
 
 
@@ -295,7 +296,8 @@ def test_quiet_leaves_warnings_and_verbose_adds_each_iteration(pki, pair, tmp_pa
     lines = _parsed(quiet.stderr)
     assert [level for _, level, _, _ in lines] == ["WARNING"]  # clear is not private
     assert "NOT private" in lines[0][3]
-    # A quiet server says nothing on stderr, and all but debug lines in its --log-file.
+    # A quiet server says nothing on stderr but that it was stopped (a warning), and all but
+    # debug lines in its --log-file.
     write_image(pair[0], tmp_path / "fixed.nrrd")
     kept = tmp_path / "quiet.log"
     server = subprocess.Popen(
@@ -309,7 +311,7 @@ def test_quiet_leaves_warnings_and_verbose_adds_each_iteration(pki, pair, tmp_pa
             "--listen",
             "127.0.0.1:0",
             "--tls-dir",
-            str(pki),
+            str(pki / "fixed-party"),
             "--quiet",
             "--log-file",
             str(kept),
@@ -326,7 +328,8 @@ def test_quiet_leaves_warnings_and_verbose_adds_each_iteration(pki, pair, tmp_pa
     finally:
         server.terminate()
         _, said = server.communicate(timeout=10)
-    assert said == "" and " INFO ppir fixed party: listening on 127.0.0.1:" in kept.read_text()
+    assert [message for _, _, _, message in _parsed(said)] == ["stopped by SIGTERM"]
+    assert " INFO ppir fixed party: listening on 127.0.0.1:" in kept.read_text()
     verbose = _register(
         tmp_path,
         "--backend",
