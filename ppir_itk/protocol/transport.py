@@ -29,7 +29,7 @@ from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.channel import DEFAULT_DEADLINE, Channel, PeerError
 from ppir_itk.protocol.endpoint import Endpoint
 from ppir_itk.protocol.messages import (
-    DEFAULT_MAX_ENVELOPE,
+    DEFAULT_MAX_MESSAGE_BYTES,
     FIXED_PARTY_SERVICE,
     MAX_GRPC_MESSAGE,
 )
@@ -110,6 +110,9 @@ class PartyServer(abc.ABC):
     session_limit : float
         Seconds a session may last in all: a client that stays alive (heartbeats) but
         never finishes cannot hold a session slot for ever.
+    max_envelope : int
+        Largest message accepted from a client, in bytes (``--max-message-bytes``): a
+        larger one is refused when its first frame declares it, before anything is kept.
     log : callable
         Where one line per session event goes (stderr by default).
     """
@@ -126,7 +129,7 @@ class PartyServer(abc.ABC):
         max_sessions: int = 1,
         deadline: float = DEFAULT_DEADLINE,
         session_limit: float = DEFAULT_SESSION_LIMIT,
-        max_envelope: int = DEFAULT_MAX_ENVELOPE,
+        max_envelope: int = DEFAULT_MAX_MESSAGE_BYTES,
         log: Callable[[str], None] | None = None,
     ) -> None:
         self.deadline = deadline
@@ -191,7 +194,12 @@ class PartyServer(abc.ABC):
         try:  # the slot is given back by the session's thread, or here if it never starts
             self.sessions_started += 1
             number = self.sessions_started
-            channel = Channel(f"{client} (session {number})", self.deadline, self.max_envelope)
+            channel = Channel(
+                f"{client} (session {number})",
+                self.deadline,
+                self.max_envelope,
+                limit_option=f"the {self.role}'s --max-message-bytes",
+            )
             wire = self._wire_counters(context)
             channel.read_from(frames)
             endpoint = Endpoint(
