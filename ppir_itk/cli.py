@@ -43,6 +43,13 @@ from ppir_itk.policy import (
     DEFAULT_MIN_CONTROL_SPACING,
 )
 from ppir_itk.protocol.channel import DEFAULT_DEADLINE, PeerError
+from ppir_itk.protocol.messages import (
+    DEALER_MAX_MESSAGE_BYTES,
+    DEALER_MAX_PENDING,
+    DEALER_MAX_PENDING_BYTES,
+    DEALER_MAX_REQUEST_VALUES,
+    DEFAULT_MAX_MESSAGE_BYTES,
+)
 from ppir_itk.protocol.transport import DEFAULT_SESSION_LIMIT
 from ppir_itk.sampling import SAMPLINGS
 from ppir_itk.transform_kinds import TRANSFORMS, transform_kind
@@ -172,6 +179,15 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_DEADLINE,
         help="seconds to wait for the moving party's next message",
     )
+    serve.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=DEFAULT_MAX_MESSAGE_BYTES,
+        metavar="N",
+        help="largest message accepted from a moving party (default "
+        f"{DEFAULT_MAX_MESSAGE_BYTES}, 256 MiB: three times the largest, a 128^3 "
+        "volume's spdz iteration)",
+    )
     _add_session_limit(serve)
     _add_service_options(serve)
     _add_image_limits(serve)
@@ -190,6 +206,36 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=DEFAULT_DEADLINE,
         help="seconds to wait for a party's next message",
+    )
+    dealer.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=DEALER_MAX_MESSAGE_BYTES,
+        metavar="N",
+        help=f"largest request accepted (default {DEALER_MAX_MESSAGE_BYTES}: requests are small)",
+    )
+    dealer.add_argument(
+        "--max-request-values",
+        type=int,
+        default=DEALER_MAX_REQUEST_VALUES,
+        metavar="N",
+        help=f"ring elements one request may ask for (default {DEALER_MAX_REQUEST_VALUES})",
+    )
+    dealer.add_argument(
+        "--max-pending",
+        type=int,
+        default=DEALER_MAX_PENDING,
+        metavar="N",
+        help="triple batches one party may be ahead of the other, per session "
+        f"(default {DEALER_MAX_PENDING})",
+    )
+    dealer.add_argument(
+        "--max-pending-bytes",
+        type=int,
+        default=DEALER_MAX_PENDING_BYTES,
+        metavar="N",
+        help="bytes of masks and triple batches held for all sessions together "
+        f"(default {DEALER_MAX_PENDING_BYTES})",
     )
     _add_session_limit(dealer)
     _add_service_options(dealer)
@@ -795,6 +841,8 @@ def _serve(args: argparse.Namespace) -> int:
         raise InputError(f"--min-control-spacing {args.min_control_spacing:g} must be 0 or more")
     if not (0 <= args.joint_term_noise < math.inf):
         raise InputError(f"--joint-term-noise {args.joint_term_noise:g} must be 0 or more, finite")
+    if args.max_message_bytes < 1:
+        raise InputError(f"--max-message-bytes {args.max_message_bytes} must be at least 1")
     backends = tuple(check_backend_name(name) for name in args.backends)
     if args.dealer is not None:
         _address("--dealer", args.dealer)
@@ -823,6 +871,7 @@ def _serve(args: argparse.Namespace) -> int:
         dealer=args.dealer,
         ready_file=_ready_file(args.ready_file),
         local_mode_folder=args.local_mode_folder,
+        max_message_bytes=args.max_message_bytes,
     )
     return 0
 
@@ -839,6 +888,17 @@ def _dealer(args: argparse.Namespace) -> int:
     _address("--listen", args.listen)
     if args.max_sessions < 1 or args.deadline <= 0 or args.session_limit <= 0:
         raise InputError("--max-sessions, --deadline and --session-limit must be positive")
+    caps = (
+        args.max_message_bytes,
+        args.max_request_values,
+        args.max_pending,
+        args.max_pending_bytes,
+    )
+    if min(caps) < 1:
+        raise InputError(
+            "--max-message-bytes, --max-request-values, --max-pending and "
+            "--max-pending-bytes must be at least 1"
+        )
     serve_dealer(
         args.listen,
         _tls(args),
@@ -847,6 +907,10 @@ def _dealer(args: argparse.Namespace) -> int:
         session_limit=args.session_limit,
         ready_file=_ready_file(args.ready_file),
         local_mode_folder=args.local_mode_folder,
+        max_message_bytes=args.max_message_bytes,
+        max_request_values=args.max_request_values,
+        max_pending=args.max_pending,
+        max_pending_bytes=args.max_pending_bytes,
     )
     return 0
 

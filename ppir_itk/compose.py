@@ -49,6 +49,14 @@ from ppir_itk.policy import (
     FixedPolicy,
 )
 from ppir_itk.protocol.channel import DEFAULT_DEADLINE, PeerError
+from ppir_itk.protocol.messages import (
+    DEALER_MAX_MESSAGE_BYTES,
+    DEALER_MAX_PENDING,
+    DEALER_MAX_PENDING_BYTES,
+    DEALER_MAX_REQUEST_VALUES,
+    DEFAULT_MAX_ENVELOPE,
+    DEFAULT_MAX_MESSAGE_BYTES,
+)
 from ppir_itk.protocol.session import LocalSession, RemoteSession
 from ppir_itk.protocol.tls import TLS, init_pki
 from ppir_itk.protocol.transport import DEFAULT_SESSION_LIMIT, PartyServer
@@ -127,6 +135,7 @@ def serve(
     deadline: float = DEFAULT_DEADLINE,
     session_limit: float = DEFAULT_SESSION_LIMIT,
     dealer: str | None = None,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ready_file: str | os.PathLike | None = None,
     local_mode_folder: str | os.PathLike | None = None,
 ) -> None:
@@ -136,8 +145,9 @@ def serve(
     that counts each client's measurements across sessions and restarts (default:
     beside ``fixed`` when it is a path, ``IMAGE.ppir-ledger.sqlite``). ``dealer``
     (``HOST:PORT``) is the ``ppir dealer`` this party trusts for ``spdz`` sessions;
-    it is reached with this party's own certificate. ``ready_file`` and
-    ``local_mode_folder``: :func:`_run_until_interrupted`.
+    it is reached with this party's own certificate. ``max_message_bytes`` is the
+    largest message accepted from a moving party (a larger one ends its session).
+    ``ready_file`` and ``local_mode_folder``: :func:`_run_until_interrupted`.
     """
     ledger = ledger_path(fixed, ledger)
     policy = FixedPolicy(
@@ -161,6 +171,7 @@ def serve(
             max_sessions=max_sessions,
             deadline=deadline,
             session_limit=session_limit,
+            max_envelope=max_message_bytes,
         ),
         ready_file,
         local_mode_folder,
@@ -185,14 +196,31 @@ def serve_dealer(
     max_sessions: int = 8,
     deadline: float = DEFAULT_DEADLINE,
     session_limit: float = DEFAULT_SESSION_LIMIT,
+    max_message_bytes: int = DEALER_MAX_MESSAGE_BYTES,
+    max_request_values: int = DEALER_MAX_REQUEST_VALUES,
+    max_pending: int = DEALER_MAX_PENDING,
+    max_pending_bytes: int = DEALER_MAX_PENDING_BYTES,
     ready_file: str | os.PathLike | None = None,
     local_mode_folder: str | os.PathLike | None = None,
 ) -> None:
-    """Deal Beaver triples until interrupted (``ppir dealer``); ``ready_file`` and
-    ``local_mode_folder``: :func:`_run_until_interrupted`."""
+    """Deal Beaver triples until interrupted (``ppir dealer``).
+
+    What an authenticated party can make it hold is capped: ``max_message_bytes`` per
+    request, ``max_request_values`` ring elements per request, ``max_pending`` batches
+    one party is ahead of the other per token, ``max_pending_bytes`` for all tokens.
+    ``ready_file`` and ``local_mode_folder``: :func:`_run_until_interrupted`.
+    """
     _run_until_interrupted(
         DealerServer(
-            listen, tls, max_sessions=max_sessions, deadline=deadline, session_limit=session_limit
+            listen,
+            tls,
+            max_sessions=max_sessions,
+            deadline=deadline,
+            session_limit=session_limit,
+            max_envelope=max_message_bytes,
+            max_request_values=max_request_values,
+            max_pending=max_pending,
+            max_pending_bytes=max_pending_bytes,
         ),
         ready_file,
         local_mode_folder,
@@ -358,8 +386,11 @@ def spawn_fixed_party(
                 str(directory),
             ]
             # Local mode: whoever runs it holds both images, and can learn nothing from the
-            # joint term that it does not have, so the fixed party grants without limit.
+            # joint term that it does not have, so the fixed party grants without limit (and
+            # takes messages up to the runtime's own limit).
             unlimited = [
+                "--max-message-bytes",
+                str(DEFAULT_MAX_ENVELOPE),
                 "--grant-measurements",
                 "inf",
                 "--max-measurements-per-evaluation",

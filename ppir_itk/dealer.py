@@ -48,7 +48,12 @@ import numpy as np
 
 from ppir_itk.dealer_client import mask_values, moving_triples
 from ppir_itk.protocol import ppir_pb2 as pb
+from ppir_itk.protocol.channel import return_freed_memory
 from ppir_itk.protocol.messages import (
+    DEALER_MAX_MESSAGE_BYTES,
+    DEALER_MAX_PENDING,
+    DEALER_MAX_PENDING_BYTES,
+    DEALER_MAX_REQUEST_VALUES,
     DEALER_SERVICE,
     PROTOCOL_VERSION,
     ProtocolError,
@@ -60,9 +65,7 @@ from ppir_itk.protocol.transport import PartyServer
 from ppir_itk.randomness import secret_seed
 from ppir_itk.roles import FIXED, MOVING, PARTIES
 
-MAX_VALUES = 1 << 25  # ring elements per request (a 3-D level of 128^3 points, 5 rows, fits)
 MAX_ROWS = 16
-MAX_PENDING = 8  # batches one party may be ahead of the other, per token
 MASKS_KEPT = 2  # per token: the current level's mask and the one before
 TOKEN_BYTES = (16, 64)
 
@@ -76,33 +79,50 @@ class _Batch:
 
 
 class TriplePool:
-    """Masks and triples drawn for each session token, until both parties took their shares."""
+    """Masks and triples drawn for each session token, until both parties took their shares.
 
-    def __init__(self) -> None:
+    What it holds is capped: ``max_request_values`` ring elements per request,
+    ``max_pending`` batches one party may be ahead of the other per token, and
+    ``max_pending_bytes`` for every token's masks and batches together (:attr:`held_bytes`).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_request_values: int = DEALER_MAX_REQUEST_VALUES,
+        max_pending: int = DEALER_MAX_PENDING,
+        max_pending_bytes: int = DEALER_MAX_PENDING_BYTES,
+    ) -> None:
+        self.max_request_values = max_request_values
+        self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
         self._lock = threading.Lock()
         self._batches: dict[tuple[bytes, int], _Batch] = {}
         self._masks: dict[bytes, dict[int, np.ndarray]] = {}
+        self.held_bytes = 0  # of the arrays in _masks and _batches
         self.values_dealt = 0
 
     def masks(self, token: bytes, party: int, request: pb.MaskRequest) -> pb.Masks:
         rows, count = int(request.rows), int(request.count)
-        _check_size(rows, count)
+        self._check_size(rows, count)
         if party != FIXED:
             raise ProtocolError("masks go to the fixed party only")
         with self._lock:
             kept = self._masks.setdefault(token, {})
             if int(request.sequence) in kept:
                 raise ProtocolError(f"mask {request.sequence} was already dealt")
+            self._check_room(rows * count * 8)
             seed = secret_seed()
             kept[int(request.sequence)] = mask_values(seed, rows, count).view(np.uint64)
+            self.held_bytes += rows * count * 8
             for old in sorted(kept)[:-MASKS_KEPT]:
-                del kept[old]
+                self.held_bytes -= kept.pop(old).nbytes
             self.values_dealt += rows * count
         return pb.Masks(sequence=request.sequence, seed=seed)
 
     def triples(self, token: bytes, party: int, request: pb.TripleRequest) -> pb.Triples:
         rows, count = len(request.mask_rows), int(request.count)
-        _check_size(rows, count)
+        self._check_size(rows, count)
         asked = (count, int(request.mask_sequence), tuple(request.mask_rows))
 
         key = (token, int(request.sequence))
@@ -114,16 +134,21 @@ class TriplePool:
                     for (other, _), b in self._batches.items()
                     if other == token and party in b.taken
                 )
-                if pending >= MAX_PENDING:
-                    raise ProtocolError("too many batches ahead of the other party")
+                if pending >= self.max_pending:
+                    raise ProtocolError(
+                        f"the party asked for more than {self.max_pending} triple batches "
+                        "ahead of the other party (the dealer's --max-pending raises it)"
+                    )
                 mask = self._masks.get(token, {}).get(int(request.mask_sequence))
                 if mask is None or mask.shape[1] != count or max(request.mask_rows) >= len(mask):
                     raise ProtocolError(
                         f"triples asked for mask {request.mask_sequence}, which "
                         "the dealer does not hold in that size"
                     )
+                self._check_room(rows * count * 8)
                 batch = _Batch(asked, secret_seed(), mask[list(request.mask_rows)])
                 self._batches[key] = batch
+                self.held_bytes += batch.mask.nbytes
                 self.values_dealt += rows * count
             if batch.request != asked:
                 raise ProtocolError(
@@ -135,29 +160,40 @@ class TriplePool:
                 )
             batch.taken.add(party)
             if len(batch.taken) == 2:
-                del self._batches[key]
+                self.held_bytes -= self._batches.pop(key).mask.nbytes
         if party == MOVING:
             return pb.Triples(sequence=request.sequence, seed=batch.seed)
-        # The fixed party's c1 = a * b - c0, computed outside the lock: the moving party's
-        # seed goes out at once, whoever asks first.
-        a, c_moving = moving_triples(batch.seed, rows, count)
-        c_fixed = a.view(np.uint64) * batch.mask - c_moving.view(np.uint64)
+        # The fixed party's c1 = a * b - c0, computed outside the lock (the moving party's
+        # seed goes out at once, whoever asks first) with one array of the request's size
+        # beside a and c0, not two.
+        a, c_moving = (part.view(np.uint64) for part in moving_triples(batch.seed, rows, count))
+        c_fixed = a * batch.mask
+        c_fixed -= c_moving
         return pb.Triples(sequence=request.sequence, c=array_to_pb(c_fixed.view(np.int64)))
 
     def forget(self, token: bytes) -> None:
         """Drop a session's batches and masks (it ended)."""
         with self._lock:
             for key in [key for key in self._batches if key[0] == token]:
-                del self._batches[key]
-            self._masks.pop(token, None)
+                self.held_bytes -= self._batches.pop(key).mask.nbytes
+            for mask in self._masks.pop(token, {}).values():
+                self.held_bytes -= mask.nbytes
 
+    def _check_size(self, rows: int, count: int) -> None:
+        if not (0 < rows <= MAX_ROWS and 0 < count and rows * count <= self.max_request_values):
+            raise ProtocolError(
+                f"{rows} x {count} values asked; one request may ask 1 to {MAX_ROWS} rows "
+                f"and at most {self.max_request_values} values (the dealer's "
+                "--max-request-values raises it)"
+            )
 
-def _check_size(rows: int, count: int) -> None:
-    if not (0 < rows <= MAX_ROWS and 0 < count and rows * count <= MAX_VALUES):
-        raise ProtocolError(
-            f"{rows} x {count} values asked; one request may ask 1 to "
-            f"{MAX_ROWS} rows and at most {MAX_VALUES} values"
-        )
+    def _check_room(self, size: int) -> None:
+        if self.held_bytes + size > self.max_pending_bytes:
+            raise ProtocolError(
+                f"the dealer holds {self.held_bytes} bytes for its sessions and cannot "
+                f"keep {size} more within its limit of {self.max_pending_bytes} bytes "
+                "(the dealer's --max-pending-bytes raises it)"
+            )
 
 
 class DealerSession:
@@ -214,9 +250,26 @@ class DealerServer(PartyServer):
     role = "dealer"
     client_names = tuple(PARTIES)
 
-    def __init__(self, listen: str, tls: TLS, *, max_sessions: int = 8, **options: Any) -> None:
-        self.pool = TriplePool()
-        super().__init__(listen, tls, max_sessions=max_sessions, **options)
+    def __init__(
+        self,
+        listen: str,
+        tls: TLS,
+        *,
+        max_sessions: int = 8,
+        max_envelope: int = DEALER_MAX_MESSAGE_BYTES,
+        max_request_values: int = DEALER_MAX_REQUEST_VALUES,
+        max_pending: int = DEALER_MAX_PENDING,
+        max_pending_bytes: int = DEALER_MAX_PENDING_BYTES,
+        **options: Any,
+    ) -> None:
+        self.pool = TriplePool(
+            max_request_values=max_request_values,
+            max_pending=max_pending,
+            max_pending_bytes=max_pending_bytes,
+        )
+        super().__init__(
+            listen, tls, max_sessions=max_sessions, max_envelope=max_envelope, **options
+        )
 
     def _new_session(self, client_name: str, client_fingerprint: str) -> DealerSession:
         return DealerSession(self.pool, client_name)
@@ -226,6 +279,7 @@ class DealerServer(PartyServer):
         # last iteration, an unclean one ends the registration.
         if session.token is not None:
             self.pool.forget(session.token)
+            return_freed_memory()
 
     def _describe(self, session: DealerSession) -> str:
         return (

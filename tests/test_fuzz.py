@@ -57,13 +57,11 @@ from hypothesis import strategies as st
 from test_two_party import BAD_STREAMS, _raw_stream, _serve_process, pki  # noqa: F401 - fixture
 
 import ppir_itk
-from ppir_itk import dealer as dealer_module
 from ppir_itk.backends import BACKENDS, clear, he_paper
 from ppir_itk.backends.he import HEContext
 from ppir_itk.compose import local_dealer
 from ppir_itk.dealer import (
     MASKS_KEPT,
-    MAX_PENDING,
     DealerServer,
     DealerSession,
     TriplePool,
@@ -75,6 +73,7 @@ from ppir_itk.phantoms import head_phantom
 from ppir_itk.points import SAMPLING_KINDS
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import (
+    DEALER_MAX_PENDING,
     DEFAULT_MAX_ENVELOPE,
     DTYPES,
     FRAME_BYTES,
@@ -99,7 +98,8 @@ CASE_BYTES = 512 << 20
 DEALER_VALUES = 1 << 16  # the dealer's per-request limit while fuzzing it in process ...
 DEALER_BYTES = 32 << 20  # ... and its memory bound: a few times that many ring elements
 SERVER_PEAK = 3 << 30  # peak RSS of either server process (a dealer request may ask for
-#                        MAX_VALUES = 2^25 ring elements, which the dealer holds a few times)
+#                        DEALER_MAX_REQUEST_VALUES = 2^25 ring elements, which the dealer
+#                        holds a few times)
 AFFINE = [1.03, 0.04, -0.05, 0.98, 1.5, -2.0]
 SLOW_SCALE = 100  # -m slow: this many times the default number of cases
 HEALTH = [
@@ -706,7 +706,7 @@ def _reassembled(data: bytes) -> pb.Envelope:
 class _CompletingPool(TriplePool):
     """A dealer's pool where the honest moving party takes its part of every triple batch
     right after the fixed party, as a real one does, so a replayed session never runs more
-    than MAX_PENDING batches ahead."""
+    than DEALER_MAX_PENDING batches ahead."""
 
     def triples(self, token: bytes, party: int, request: pb.TripleRequest) -> pb.Triples:
         answer = super().triples(token, party, request)
@@ -994,11 +994,11 @@ DEALER_STEPS = st.tuples(
 
 
 def _check_pool(pool: TriplePool) -> None:
-    """What the dealer keeps per token is bounded: two masks, MAX_PENDING batches a party."""
+    """What the dealer keeps per token is bounded: two masks, DEALER_MAX_PENDING batches a party."""
     for token, masks in pool._masks.items():
         assert len(masks) <= MASKS_KEPT, token
     tokens = [token for token, _ in pool._batches]
-    assert all(tokens.count(token) <= 2 * MAX_PENDING for token in tokens)
+    assert all(tokens.count(token) <= 2 * DEALER_MAX_PENDING for token in tokens)
 
 
 def _dealer_pair_works(connect: Callable[[str, bytes], DealerClient]) -> None:
@@ -1018,7 +1018,7 @@ def _run_dealer_case(prefix: int, steps: list[tuple[int, pb.Envelope | bytes | s
     """Both parties' dealer sessions on one pool: the valid prefix, then hostile requests
     (and reconnections). Each is answered or ends its session with ProtocolError; the pool
     stays bounded, forgets every ended session's token, and serves the next pair."""
-    pool = TriplePool()
+    pool = TriplePool(max_request_values=DEALER_VALUES)
     sessions: dict[int, DealerSession | None] = {}
 
     def end(party: int) -> None:  # as DealerServer does when a session ends, clean or not
@@ -1026,7 +1026,7 @@ def _run_dealer_case(prefix: int, steps: list[tuple[int, pb.Envelope | bytes | s
         if session is not None and session.token is not None:
             pool.forget(session.token)
 
-    with mock.patch.object(dealer_module, "MAX_VALUES", DEALER_VALUES), _bounded(DEALER_BYTES):
+    with _bounded(DEALER_BYTES):
         sessions.update({party: DealerSession(pool, name) for party, name in NAMES.items()})
         for party, request in _dealer_prefix()[:prefix]:
             sessions[party].handle(request)
@@ -1106,8 +1106,7 @@ def _fuzz_frames(examples: int) -> None:
                     envelope = reassembler.push(frame)
                 except ProtocolError:
                     return  # the session ends
-                buffered = reassembler._buffer
-                assert buffered is None or len(buffered) <= SMALL_ENVELOPE
+                assert reassembler.held <= SMALL_ENVELOPE
                 assert envelope is None or isinstance(envelope, pb.Envelope)
 
     fuzz()

@@ -21,6 +21,8 @@ With no tap installed the cost is one check of an empty list per frame.
 
 from __future__ import annotations
 
+import ctypes
+import os
 import queue
 import threading
 import time
@@ -30,7 +32,13 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from ppir_itk.protocol import ppir_pb2 as pb
-from ppir_itk.protocol.messages import ProtocolError, Reassembler, body, to_frames
+from ppir_itk.protocol.messages import (
+    MessageTooLarge,
+    ProtocolError,
+    Reassembler,
+    body,
+    to_frames,
+)
 
 DEFAULT_DEADLINE = 60.0  # seconds a party waits for its peer's next message
 
@@ -108,25 +116,37 @@ class Channel:
         Seconds to wait for the peer's next message.
     max_envelope : int
         Largest message accepted from the peer, in bytes.
+    limit_option : str, optional
+        The option that raises ``max_envelope``, named when a message is refused.
+
+    Nothing the peer sent outlives the session: when the reading ends (however it
+    ends) the parts of a message cut off half way are dropped, and :meth:`close` drops
+    envelopes nobody read; then the freed memory goes back to the system
+    (:func:`return_freed_memory`).
     """
 
-    def __init__(self, peer: str, deadline: float, max_envelope: int) -> None:
+    def __init__(
+        self, peer: str, deadline: float, max_envelope: int, limit_option: str | None = None
+    ) -> None:
         self.peer = peer
         self.deadline = deadline
         self.counters = Counters()  # payload only: the transport adds the wire
         self._outgoing: queue.Queue = queue.Queue()
         self._incoming: queue.Queue = queue.Queue()
-        self._reassembler = Reassembler(max_envelope)
-        self._closed = False
+        self._reassembler = Reassembler(max_envelope, limit_option)
+        self._closed = threading.Event()  # also wakes the heartbeat thread at once
+        self._reading = threading.Event()  # set while the peer's frames are being read
+        self._unsent = 0  # frames of envelopes queued that gRPC has not yet sent
+        self._sent = threading.Condition()
         self._last_sent = time.monotonic()
         threading.Thread(target=self._heartbeats, name="ppir-heartbeat", daemon=True).start()
 
     def _heartbeats(self) -> None:
         interval = self.deadline / 3
-        while not self._closed:
+        while not self._closed.is_set():
             idle = time.monotonic() - self._last_sent
             if idle < interval:
-                time.sleep(interval - idle)
+                self._closed.wait(interval - idle)
                 continue
             frame = pb.Frame(heartbeat=pb.Heartbeat())
             self.counters.payload_bytes_sent += frame.ByteSize()
@@ -143,22 +163,43 @@ class Channel:
             if frame is _END:
                 return
             yield frame
+            # gRPC asks for the next frame once it sent this one
+            if frame.WhichOneof("kind") != "heartbeat":
+                with self._sent:
+                    self._unsent -= 1
+                    self._sent.notify_all()
 
     def send(self, envelope: pb.Envelope) -> None:
-        if self._closed:
+        """Queue ``envelope`` for the peer, once the one before has gone: a peer that asks
+        and never reads the answers cannot make them pile up here."""
+        with self._sent:
+            gone = self._sent.wait_for(
+                lambda: not self._unsent or self._closed.is_set() or not self._reading.is_set(),
+                timeout=self.deadline,
+            )
+        if not gone:
+            raise PeerError(
+                f"the {self.peer} read nothing for {self.deadline:g} s (deadline passed)"
+            )
+        if self._closed.is_set():
             raise PeerError(f"the session with the {self.peer} is already closed")
         for frame in to_frames(envelope):
             self.counters.payload_bytes_sent += frame.ByteSize()
             if _taps:
                 _tap("sent", self.peer, frame)
+            with self._sent:
+                self._unsent += 1
             self._outgoing.put(frame)
         self.counters.messages_sent += 1
         self._last_sent = time.monotonic()
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
+        if not self._closed.is_set():
+            self._closed.set()
             self._outgoing.put(_END)
+            _drain(self._incoming)
+            with self._sent:
+                self._sent.notify_all()
 
     # -- incoming -----------------------------------------------------------
     def read_from(self, frames: Iterator[pb.Frame]) -> None:
@@ -167,6 +208,8 @@ class Channel:
         def read() -> None:
             try:
                 for frame in frames:
+                    if self._closed.is_set():
+                        return  # the session is over: nothing more is kept
                     self.counters.payload_bytes_received += frame.ByteSize()
                     if _taps:
                         _tap("received", self.peer, frame)
@@ -178,13 +221,25 @@ class Channel:
                         self.counters.messages_received += 1
                         self._incoming.put(envelope)
                 self._incoming.put(PeerError(f"the {self.peer} closed the session"))
+            except MessageTooLarge as error:
+                self._incoming.put(PeerError(f"the {self.peer} sent too large a message: {error}"))
             except ProtocolError as error:
                 self._incoming.put(PeerError(f"the {self.peer} sent a malformed message: {error}"))
             except Exception as error:  # gRPC's RpcError and connection failures
                 self._incoming.put(
                     PeerError(f"the connection to the {self.peer} failed: {_rpc_reason(error)}")
                 )
+                # gRPC's error is in a reference cycle with its own frame; through its
+                # traceback it would keep this frame (the last frame read) until a collection.
+                error.__traceback__ = None
+            finally:
+                self._reassembler.release()
+                with self._sent:  # a peer that is gone reads nothing: no sender waits for it
+                    self._reading.clear()
+                    self._sent.notify_all()
+                return_freed_memory()
 
+        self._reading.set()
         threading.Thread(target=read, name="ppir-reader", daemon=True).start()
 
     def fail(self, reason: str) -> None:
@@ -201,7 +256,10 @@ class Channel:
         except queue.Empty:
             return
         if isinstance(item, PeerError):
-            raise item
+            try:
+                raise item
+            finally:
+                del item  # see receive
         raise PeerError(f"the {self.peer} sent '{body(item)}' without being asked")
 
     def receive(self, expected: str | None = None) -> pb.Envelope:
@@ -215,13 +273,51 @@ class Channel:
                 f"the {self.peer} sent nothing for {self.deadline:g} s (deadline passed)"
             ) from None
         if isinstance(item, PeerError):
-            raise item
+            try:
+                raise item
+            finally:
+                # A local holding the exception raised from its own frame is a reference
+                # cycle (exception, traceback, frame) that keeps every frame of the
+                # traceback, and the session's last message with them, until a collection.
+                del item
         kind = body(item)
         if kind == "abort":
             raise PeerError(f"the {self.peer} ended the session: {item.abort.reason}")
         if expected is not None and kind != expected:
             raise PeerError(f"the {self.peer} sent '{kind}' where '{expected}' was due")
         return item
+
+
+def _drain(items: queue.Queue) -> None:
+    try:
+        while True:
+            items.get_nowait()
+    except queue.Empty:
+        return
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:  # glibc only: other C libraries have no malloc_trim (or no such heaps)
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return None
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (ValueError, OSError, AttributeError):  # ValueError: the name is unknown here
+        return None
+
+
+_trim = _malloc_trim()
+
+
+def return_freed_memory() -> None:
+    """Give memory freed by an ended session back to the system (glibc's ``malloc_trim``).
+
+    A message's 1 MiB frames and parts are below glibc's (dynamic) mmap threshold, so they
+    live in malloc's heaps and arenas; freed, they stay mapped in the process (its RSS
+    does not fall) until a trim, as the pages left between live blocks are not returned
+    by ``free``. ``malloc_trim(0)`` returns every free page. Elsewhere this does nothing.
+    """
+    if _trim is not None:
+        _trim(0)
 
 
 def _rpc_reason(error: Exception) -> str:

@@ -30,6 +30,22 @@ DEALER_SERVICE = f"{SERVICE_PACKAGE}.Dealer"
 FRAME_BYTES = 1 << 20  # payload per gRPC message
 MAX_GRPC_MESSAGE = FRAME_BYTES + (64 << 10)  # gRPC refuses anything larger before parsing it
 DEFAULT_MAX_ENVELOPE = 2 << 30  # a whole message (e.g. a 3-D level image in clear)
+# What a serving party accepts from its client by default (--max-message-bytes). The
+# largest message a moving party sends is one evaluation's products: 40 bytes per fixed
+# voxel for spdz in 3-D (84 MB for a 128^3 volume), 12.6 for paper-v1, a constant 0.67 MB
+# for he packed, and 360 for paper-v2 (20 MB for the 2-D brain pair; beyond about 700k
+# voxels it needs more, and the default policy refuses paper-v2 anyway), measured with
+# benchmarks/largest_messages.py. The dealer is only ever sent small requests.
+DEFAULT_MAX_MESSAGE_BYTES = 256 << 20
+DEALER_MAX_MESSAGE_BYTES = FRAME_BYTES  # one frame: no chunked message is accepted
+# What the dealer holds (ppir dealer --max-request-values, --max-pending,
+# --max-pending-bytes). A 3-D level of 128^3 points asks 5 x 2^21 values per triple
+# request and 2 x 2^21 per mask: 80 and 32 MiB. A token holds two masks (a third while
+# the next level's is dealt) and about one batch (the parties ask in step): some 260 MiB,
+# so 1 GiB holds four such registrations at once (the dealer's 8 sessions).
+DEALER_MAX_REQUEST_VALUES = 1 << 25  # ring elements per mask or triple request
+DEALER_MAX_PENDING = 8  # batches one party may be ahead of the other, per token
+DEALER_MAX_PENDING_BYTES = 1 << 30  # masks and batches held for all tokens together
 DTYPES = {"float64": np.float64, "float32": np.float32, "int64": np.int64, "uint8": np.uint8}
 
 
@@ -114,46 +130,70 @@ def to_frames(envelope: pb.Envelope) -> Iterator[pb.Frame]:
         )
 
 
-class Reassembler:
-    """Turns incoming frames back into envelopes, enforcing the size limit."""
+class MessageTooLarge(ProtocolError):
+    """A chunked message declared more bytes than the receiver accepts."""
 
-    def __init__(self, max_envelope: int = DEFAULT_MAX_ENVELOPE) -> None:
+
+class Reassembler:
+    """Turns incoming frames back into envelopes, enforcing the size limit.
+
+    A chunked message's parts are kept as received and joined once, when the last one
+    arrives (growing one buffer would reallocate, and hold up to twice the bytes, as it
+    goes); :meth:`release` drops a message cut off half way. ``option`` names the setting
+    that raises ``max_envelope``, for the refusal's sentence.
+    """
+
+    def __init__(self, max_envelope: int = DEFAULT_MAX_ENVELOPE, option: str | None = None) -> None:
         self.max_envelope = max_envelope
-        self._buffer: bytearray | None = None
+        self.option = option
+        self._parts: list[bytes] | None = None
+        self._received = 0
         self._expected = 0
+
+    @property
+    def held(self) -> int:
+        """Bytes kept of an unfinished chunked message."""
+        return self._received
+
+    def release(self) -> None:
+        """Drop the parts of an unfinished message (its sender is gone)."""
+        self._parts, self._received, self._expected = None, 0, 0
 
     def push(self, frame: pb.Frame) -> pb.Envelope | None:
         """Add a frame; returns the envelope once it is complete."""
         kind = frame.WhichOneof("kind")
         if kind == "envelope":
-            if self._buffer is not None:
+            if self._parts is not None:
                 raise ProtocolError("a message arrived in the middle of a chunked message")
             return frame.envelope
         if kind != "chunk":
             raise ProtocolError("an empty frame arrived")
         chunk = frame.chunk
-        if self._buffer is None:
+        if self._parts is None:
             if chunk.total_size > self.max_envelope:
-                raise ProtocolError(
+                raise MessageTooLarge(
                     f"a message of {chunk.total_size} bytes exceeds the limit of "
                     f"{self.max_envelope} bytes"
+                    + (f" ({self.option} raises it)" if self.option else "")
                 )
-            self._buffer = bytearray()
-            self._expected = chunk.total_size
+            self._parts, self._received, self._expected = [], 0, chunk.total_size
         elif chunk.total_size != self._expected:
             raise ProtocolError("the chunks of a message disagree on its size")
-        if len(self._buffer) + len(chunk.data) > self._expected:
+        if self._received + len(chunk.data) > self._expected:
             raise ProtocolError("a chunked message is longer than it declared")
-        self._buffer += chunk.data
+        self._parts.append(chunk.data)
+        self._received += len(chunk.data)
         if not chunk.last:
             return None
-        if len(self._buffer) != self._expected:
+        parts, received, expected = self._parts, self._received, self._expected
+        self.release()
+        if received != expected:
             raise ProtocolError("a chunked message is shorter than it declared")
+        data = b"".join(parts)
+        del parts  # the parts go before the envelope is parsed: one copy at a time
         envelope = pb.Envelope()
         try:
-            envelope.ParseFromString(bytes(self._buffer))
+            envelope.ParseFromString(data)
         except Exception:  # protobuf's DecodeError and friends
             raise ProtocolError("a chunked message is not a valid protocol message") from None
-        finally:
-            self._buffer = None
         return envelope

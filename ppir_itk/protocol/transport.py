@@ -32,7 +32,7 @@ from ppir_itk.protocol.channel import DEFAULT_DEADLINE, Channel, Counters, PeerE
 from ppir_itk.protocol.endpoint import Endpoint
 from ppir_itk.protocol.messages import (
     DEALER_SERVICE,
-    DEFAULT_MAX_ENVELOPE,
+    DEFAULT_MAX_MESSAGE_BYTES,
     FIXED_PARTY_SERVICE,
     MAX_GRPC_MESSAGE,
 )
@@ -124,6 +124,9 @@ class PartyServer(abc.ABC):
     session_limit : float
         Seconds a session may last in all: a client that stays alive (heartbeats) but
         never finishes cannot hold a session slot for ever.
+    max_envelope : int
+        Largest message accepted from a client, in bytes (``--max-message-bytes``): a
+        larger one is refused when its first frame declares it, before anything is kept.
     log : callable, optional
         Where the server's lines go instead of its logger (``logging.getLogger`` of the
         server's module: ``ppir_itk.fixed_party``, ``ppir_itk.dealer``), e.g. a list's
@@ -146,7 +149,7 @@ class PartyServer(abc.ABC):
         max_sessions: int = 1,
         deadline: float = DEFAULT_DEADLINE,
         session_limit: float = DEFAULT_SESSION_LIMIT,
-        max_envelope: int = DEFAULT_MAX_ENVELOPE,
+        max_envelope: int = DEFAULT_MAX_MESSAGE_BYTES,
         log: Callable[[str], None] | None = None,
     ) -> None:
         self.deadline = deadline
@@ -246,7 +249,12 @@ class PartyServer(abc.ABC):
         try:  # the slot is given back by the session's thread, or here if it never starts
             self.sessions_started += 1
             number = self.sessions_started
-            channel = Channel(f"{client} (session {number})", self.deadline, self.max_envelope)
+            channel = Channel(
+                f"{client} (session {number})",
+                self.deadline,
+                self.max_envelope,
+                limit_option=f"the {self.role}'s --max-message-bytes",
+            )
             wire = self._wire_counters(context)
             channel.read_from(frames)
             fingerprint = _peer_fingerprint(context)
