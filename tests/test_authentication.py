@@ -5,10 +5,11 @@ peer without a certificate from the configured CA; expired certificates and cert
 whose name is not the expected peer's are refused, by servers and by clients.
 
 The ports, by design (``relay.py``): a server listens on its public address (a
-byte-counting relay) and on gRPC's own port on loopback behind it; a client reaches each
-server through a relay of its own on loopback. A relay only copies bytes, so each of its
-ports must lead to a TLS server that demands a certificate. CrypTen opens none: its
-traffic rides the session (``MailboxCommunicator``).
+byte-counting relay that forwards TLS 1.3 ClientHellos only) and on gRPC's own abstract Unix
+socket behind it (the tests reach that one through a relay of their own); a client reaches
+each server through a relay of its own on an abstract Unix socket. A relay only copies
+bytes, so each of its ports must lead to a TLS server that demands a certificate. CrypTen
+opens none: its traffic rides the session (``MailboxCommunicator``).
 
 A refused TLS client is told nothing by gRPC's server (it closes the connection after the
 handshake), so the specific reason is read from the server's log, where gRPC's TLS stack
@@ -44,6 +45,7 @@ from ppir_itk.image import ImageGrid
 from ppir_itk.phantoms import head_phantom
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import PROTOCOL_VERSION
+from ppir_itk.protocol.relay import Relay
 from ppir_itk.protocol.tls import (
     CA_CERTIFICATE,
     CA_FOLDER,
@@ -180,8 +182,23 @@ def _listening(pid: int) -> set[tuple[str, str, int]]:
     return found
 
 
-def _tls_reply(port: int, ca: Path, client: Path | None = None) -> tuple[str, bytes]:
-    """Handshake with the TLS server at 127.0.0.1:``port`` as ``client`` (a bundle's
+def _connect(where: int | str) -> socket.socket:
+    """A connection to 127.0.0.1:``where``, or to the abstract Unix socket of that name."""
+    if isinstance(where, int):
+        return socket.create_connection(("127.0.0.1", where), timeout=10)
+    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    raw.settimeout(10)
+    raw.connect(f"\0{where}")
+    return raw
+
+
+def _where(protocol: str, host: str, port: int) -> int | str:
+    """What :func:`_connect` takes for a socket of :func:`_listening`."""
+    return host.removeprefix("@") if protocol == "unix" else port
+
+
+def _tls_reply(where: int | str, ca: Path, client: Path | None = None) -> tuple[str, bytes]:
+    """Handshake with the TLS server at ``where`` (:func:`_connect`) as ``client`` (a bundle's
     folder; None: no certificate) and send HTTP/2's preface.
 
     Returns the name on the server's certificate and the server's first bytes: ``b""``
@@ -194,14 +211,14 @@ def _tls_reply(port: int, ca: Path, client: Path | None = None) -> tuple[str, by
     if client is not None:
         context.load_cert_chain(client / CERTIFICATE, client / PRIVATE_KEY)
     with (
-        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        _connect(where) as raw,
         context.wrap_socket(raw) as connection,
     ):
         subject = dict(item[0] for item in connection.getpeercert()["subject"])
-        connection.sendall(PREFACE)
-        try:
+        try:  # a refusing server may close before the preface goes out (fast on Unix sockets)
+            connection.sendall(PREFACE)
             reply = connection.recv(64)
-        except (ssl.SSLError, ConnectionResetError):
+        except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
             reply = b""
     return subject["commonName"], reply
 
@@ -242,12 +259,21 @@ class _Server:
         self.name = {"fixed party": "fixed-party", "dealer": "dealer"}[role]
         self.public = int(address.rsplit(":", 1)[1])
         self.log = _Log(log)
+        self._relays: list[Relay] = []
 
     def port(self, kind: str) -> int:
-        """The ``public`` port, or gRPC's own behind the relay."""
-        ports = {port for _, _, port in _listening(self.process.pid)}
-        assert self.public in ports and len(ports) == 2, ports
-        return self.public if kind == "public" else (ports - {self.public}).pop()
+        """The ``public`` port, or one of this process's that leads to gRPC's own socket."""
+        sockets = _listening(self.process.pid)
+        (grpc_socket,) = [_where(*where) for where in sockets if where[0] == "unix"]
+        assert {port for _, _, port in sockets} == {self.public, 0}, sockets
+        if kind == "public":
+            return self.public
+        self._relays.append(Relay(("127.0.0.1", 0), grpc_socket, outbound=True))
+        return self._relays[-1].address[1]
+
+    def close(self) -> None:
+        for relay in self._relays:
+            relay.close()
 
 
 def _session(server: str, address: str, tls: TLS, **options: str) -> None:
@@ -273,14 +299,15 @@ def parties(tmp_path_factory) -> Iterator[dict]:
             running = stack.enter_context(
                 spawn_fixed_party(fixed, backends=("clear", "spdz"), pki=certificates)
             )
-        yield {
-            "fixed": fixed,
-            "certificates": _issue_test_certificates(certificates),
+        servers = {
             "fixed party": _Server("fixed party", running.process, running.address, running.log),
             "dealer": _Server(
                 "dealer", running.dealer_process, running.dealer_address, running.dealer_log
             ),
         }
+        yield {"fixed": fixed, "certificates": _issue_test_certificates(certificates), **servers}
+        for server in servers.values():
+            server.close()
 
 
 # -- every port each role opens during a registration ------------------------------------------
@@ -309,13 +336,17 @@ def test_during_an_spdz_registration_every_port_of_every_role_is_a_tls_server_re
         views.append(view)
         if len(views) == 1:  # the tunnels exist only now: ask each port who answers there
             for role, sockets in view.items():
-                for protocol, _, port in sockets:
+                for protocol, host, port in sockets:
+                    where = _where(protocol, host, port)
                     try:
-                        answers[role, port] = _tls_reply(
-                            port, certificates / CA_FOLDER / CA_CERTIFICATE
+                        answers[role, where] = _tls_reply(
+                            where, certificates / CA_FOLDER / CA_CERTIFICATE
                         )
                     except OSError as error:  # ssl.SSLError and timeouts too
-                        answers[role, port] = (f"{protocol}: no TLS server ({error})", None)
+                        if role != "moving party" and str(where).startswith("ppir-client-"):
+                            answers[role, where] = ("its own process only", b"")  # not ours
+                            continue
+                        answers[role, where] = (f"{protocol}: no TLS server ({error})", None)
 
     moving, _ = known_pair(parties["fixed"], "translation", [1.0, -0.5])
     session = ppir_itk.connect(
@@ -336,17 +367,21 @@ def test_during_an_spdz_registration_every_port_of_every_role_is_a_tls_server_re
     assert result.iterations == len(views) > 1
     assert all(view == views[0] for view in views)
     servers_behind = {
-        role: sorted(answers[role, port][0] for _, _, port in sockets)
+        role: sorted(answers[role, _where(*where)][0] for where in sockets)
         for role, sockets in views[0].items()
     }
     assert servers_behind == {
         "moving party": ["dealer", "fixed-party"],  # its relays to the two servers
-        "fixed party": ["dealer", "fixed-party", "fixed-party"],  # + its relay to the dealer
+        # + its relay to the dealer, which serves no other process (this test's)
+        "fixed party": ["fixed-party", "fixed-party", "its own process only"],
         "dealer": ["dealer", "dealer"],
     }
-    assert {(protocol, host) for view in views[0].values() for protocol, host, _ in view} == {
-        ("tcp", "127.0.0.1")
-    }
+    # TCP on loopback only, and Unix sockets only abstract ones (no file to leave behind).
+    assert {
+        (protocol, host if protocol == "tcp" else host[:6])
+        for view in views[0].values()
+        for protocol, host, _ in view
+    } == {("tcp", "127.0.0.1"), ("unix", "@ppir-")}
     assert parties["fixed party"].public in {port for _, _, port in views[0]["fixed party"]}
     assert parties["dealer"].public in {port for _, _, port in views[0]["dealer"]}
     assert {reply for _, reply in answers.values()} == {b""}  # no certificate: refused
@@ -396,8 +431,8 @@ def test_each_server_port_refuses_a_client_without_a_good_certificate_and_serves
         }[case]
         ca = certificates / CA_FOLDER / CA_CERTIFICATE
         assert _tls_reply(port, ca, client) == (server.name, b"")
-    if REFUSALS[case] is not None:
-        server.log.wait_for(REFUSALS[case], since=mark)
+    if REFUSALS[case] is not None and (case, port_kind) != ("plain TCP", "public"):
+        server.log.wait_for(REFUSALS[case], since=mark)  # the relay refuses plain TCP unsaid
     _session(server.name, f"127.0.0.1:{port}", TLS.for_role(certificates, "moving-party"))
     opened = re.findall(r"opened by (\S+)", server.log.wait_for("opened by", since=mark))
     assert opened == ["moving-party"]  # the good client's session, and no other

@@ -36,12 +36,13 @@ from ppir_itk.protocol.messages import (
     FIXED_PARTY_SERVICE,
     MAX_GRPC_MESSAGE,
 )
-from ppir_itk.protocol.relay import Relay, WireCounters
+from ppir_itk.protocol.relay import Relay, WireCounters, abstract_name
 from ppir_itk.protocol.tls import TLS
 from ppir_itk.roles import DEALER, FIXED_PARTY
 
 DEFAULT_SESSION_LIMIT = 4 * 3600.0  # seconds: far past any registration ppir runs
 READY_TIMEOUT = 10.0  # seconds a starting server may take to complete a handshake with itself
+DEFAULT_HANDSHAKE_TIMEOUT = 5.0  # seconds a new connection has to send its ClientHello
 _OPTIONS = [
     ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE),
     ("grpc.max_send_message_length", MAX_GRPC_MESSAGE),
@@ -68,7 +69,7 @@ class ClientConnection:
         return self._relay.total()
 
     def connect_error(self) -> str | None:
-        return next((c.error for c in self._relay.connections if c.error), None)
+        return self._relay.upstream_error
 
     def close(self) -> None:
         self._call.cancel()
@@ -89,12 +90,21 @@ def open_client(
     gRPC checks the server's certificate against ``SERVER_ROLES[service]``: a DNS
     name of its subject alternative names (its common name only if it has none).
     """
-    relay = Relay(("127.0.0.1", 0), parse_address(target), outbound=True)
+    # On an abstract Unix socket that serves this process only: no other local process rides
+    # on the connection (its bytes would count as ours).
+    relay = Relay(
+        abstract_name("client"),
+        parse_address(target),
+        outbound=True,
+        own_process_only=True,
+        max_waiting=4,
+        max_forwarded=4,
+    )
     credentials = grpc.ssl_channel_credentials(
         root_certificates=tls.ca, private_key=tls.key, certificate_chain=tls.certificate
     )
     grpc_channel = grpc.secure_channel(
-        f"127.0.0.1:{relay.address[1]}",
+        f"unix-abstract:{relay.address}",
         credentials,
         options=[*_OPTIONS, ("grpc.ssl_target_name_override", SERVER_ROLES[service])],
     )
@@ -127,6 +137,9 @@ class PartyServer(abc.ABC):
     max_envelope : int
         Largest message accepted from a client, in bytes (``--max-message-bytes``): a
         larger one is refused when its first frame declares it, before anything is kept.
+    handshake_timeout : float
+        Seconds a new connection has to send its TLS ClientHello (and, twice that, to
+        finish gRPC's handshake) before it is closed.
     log : callable, optional
         Where the server's lines go instead of its logger (``logging.getLogger`` of the
         server's module: ``ppir_itk.fixed_party``, ``ppir_itk.dealer``), e.g. a list's
@@ -135,6 +148,11 @@ class PartyServer(abc.ABC):
         ends (``closed``, ``aborted`` or ``failed``, the client, :meth:`_describe`'s
         figures, the bytes sent and received, the duration, and why it was aborted or
         failed).
+
+    The public port is a :class:`Relay` (TLS 1.3 ClientHellos only, bounded waiting and
+    forwarded connections); gRPC listens behind it on an abstract Unix socket, which leaves
+    no file behind however the process ends. Any local process can reach that socket, but
+    it demands the same mutual TLS and bounds its handshakes.
     """
 
     service: ClassVar[str]
@@ -150,6 +168,7 @@ class PartyServer(abc.ABC):
         deadline: float = DEFAULT_DEADLINE,
         session_limit: float = DEFAULT_SESSION_LIMIT,
         max_envelope: int = DEFAULT_MAX_MESSAGE_BYTES,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
         log: Callable[[str], None] | None = None,
     ) -> None:
         self.deadline = deadline
@@ -161,7 +180,11 @@ class PartyServer(abc.ABC):
         self.max_sessions = max_sessions
         self.sessions_started = 0
         self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=max_sessions + 4), options=_OPTIONS
+            futures.ThreadPoolExecutor(max_workers=max_sessions + 4),
+            options=[
+                *_OPTIONS,
+                ("grpc.server_handshake_timeout_ms", int(2000 * handshake_timeout)),
+            ],
         )
         handler = grpc.stream_stream_rpc_method_handler(
             self._session,
@@ -174,8 +197,10 @@ class PartyServer(abc.ABC):
         credentials = grpc.ssl_server_credentials(
             [(tls.key, tls.certificate)], root_certificates=tls.ca, require_client_auth=True
         )
-        self._internal_port = self._server.add_secure_port("127.0.0.1:0", credentials)
+        self._internal = abstract_name(f"{self.role.replace(' ', '-')}-grpc")
+        self._server.add_secure_port(f"unix-abstract:{self._internal}", credentials)
         self._listen = parse_address(listen)
+        self.handshake_timeout = handshake_timeout
         self._tls = tls
         self._relay: Relay | None = None
         self.address = ""  # HOST:PORT once started
@@ -210,7 +235,15 @@ class PartyServer(abc.ABC):
         its clients must refuse).
         """
         self._server.start()
-        self._relay = Relay(self._listen, ("127.0.0.1", self._internal_port), outbound=False)
+        self._relay = Relay(
+            self._listen,
+            self._internal,
+            outbound=False,
+            handshake_timeout=self.handshake_timeout,
+            # Room for every session and as many connections again being refused or retried.
+            max_forwarded=4 * self.max_sessions + 28,
+            tls_1_3_only=True,
+        )
         self.address = f"{self._relay.address[0]}:{self._relay.address[1]}"
         try:
             if ready_timeout is not None:
@@ -331,12 +364,12 @@ class PartyServer(abc.ABC):
                 self._slots.release()
 
     def _wire_counters(self, context: grpc.ServicerContext) -> WireCounters:
-        # The gRPC peer is our relay's upstream socket: its port finds the connection. A call
-        # that gRPC already ended (a refused first frame) names no peer.
-        _, _, port = context.peer().rpartition(":")
-        if not port.isdigit() or self._relay is None:
+        # The gRPC peer is our relay's upstream socket: its abstract name finds the connection.
+        # A call that gRPC already ended (a refused first frame) names no peer.
+        scheme, _, name = context.peer().partition(":")
+        if scheme != "unix-abstract" or self._relay is None:
             return WireCounters()
-        return self._relay.counters_for(int(port)) or WireCounters()
+        return self._relay.counters_for(name) or WireCounters()
 
 
 def _complete_handshake(address: str, tls: TLS, timeout: float) -> None:
