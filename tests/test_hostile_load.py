@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from conftest import known_pair
+from processes import descriptors, settled_descriptors, status_bytes, threads
 
 import ppir_itk
 from ppir_itk.compose import spawn_fixed_party
@@ -73,35 +74,10 @@ def _session(role: str, address: str, tls: TLS) -> None:
         session.close()
 
 
-def _descriptors(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def _threads(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/task"))
-
-
-def _rss(pid: int) -> int:
-    """Resident memory in kB."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(status.split("VmRSS:", 1)[1].split()[0])
-
-
-def _quiet(pid: int) -> int:
-    """The process's descriptor count once it has not changed for a second (a session's
-    connection is closed a moment after the session)."""
-    count, since = _descriptors(pid), time.monotonic()
-    while time.monotonic() - since < 1.0:
-        time.sleep(0.1)
-        if (now := _descriptors(pid)) != count:
-            count, since = now, time.monotonic()
-    return count
-
-
 def _settles_at(pid: int, baseline: int, timeout: float = 15.0) -> int:
     """The process's descriptor count once it is back at ``baseline`` (or at the timeout)."""
     end = time.monotonic() + timeout
-    while (count := _descriptors(pid)) != baseline and time.monotonic() < end:
+    while (count := descriptors(pid)) != baseline and time.monotonic() < end:
         time.sleep(0.2)
     return count
 
@@ -141,7 +117,7 @@ def test_a_flood_of_plain_connections_keeps_no_client_out_and_leaves_no_descript
     pid, address = parties[role]
     port = int(address.rsplit(":", 1)[1])
     _session(role, address, parties["tls"])  # everything a session opens once is open
-    before = _quiet(pid), _threads(pid)
+    before = settled_descriptors(pid), threads(pid)
     held = _flood(port, FLOOD)
     served: list[float] = []  # when the good client's session ended
 
@@ -151,7 +127,7 @@ def test_a_flood_of_plain_connections_keeps_no_client_out_and_leaves_no_descript
 
     try:
         time.sleep(0.5)  # the server sees the flood
-        during = _descriptors(pid), _threads(pid)
+        during = descriptors(pid), threads(pid)
         started = time.monotonic()
         client = threading.Thread(target=good_client, daemon=True)
         client.start()
@@ -164,7 +140,7 @@ def test_a_flood_of_plain_connections_keeps_no_client_out_and_leaves_no_descript
     client.join(timeout=SERVED_AFTER_FLOOD)
     assert served, "the good client was not served within 5 s of the flood's end"
     assert served_in_flood or served[0] - flood_ended <= SERVED_AFTER_FLOOD
-    after = _settles_at(pid, before[0]), _threads(pid)
+    after = _settles_at(pid, before[0]), threads(pid)
     with capsys.disabled():
         print(
             f"\n{role}: fds/threads before {before}, during {during}, after {after}; "
@@ -200,10 +176,10 @@ def test_a_hundred_sessions_leave_descriptors_and_memory_as_they_were(parties, c
     party's descriptor count where it was and its resident memory within 5 %."""
     pid, _ = parties["fixed party"]
     _registrations(parties, 3)  # caches, pools and the allocator's arenas fill once
-    fds, rss = _quiet(pid), _rss(pid)
+    fds, rss = settled_descriptors(pid), status_bytes(pid, "VmRSS") // 1024
     started = time.monotonic()
     _registrations(parties, 100)
-    after_fds, after_rss = _settles_at(pid, fds), _rss(pid)
+    after_fds, after_rss = _settles_at(pid, fds), status_bytes(pid, "VmRSS") // 1024
     with capsys.disabled():
         print(
             f"\n100 sessions in {time.monotonic() - started:.1f} s: fixed party's fds "
@@ -334,7 +310,7 @@ for _ in sys.stdin:
 """
 
 
-def test_the_relay_accepts_on_after_running_out_of_descriptors(tmp_path):
+def test_the_relay_accepts_on_after_running_out_ofdescriptors(tmp_path):
     """A relay in a process allowed 64 descriptors, flooded with 200 silent connections,
     runs out of descriptors (accept fails with EMFILE); once the flood is gone it forwards
     the next client and counts exactly that client's bytes."""

@@ -22,6 +22,8 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
+from processes import children as children_of
+from processes import running
 
 from ppir_itk.protocol.tls import init_pki
 
@@ -36,26 +38,6 @@ LONG_RUNS = {
 
 def _ppir(*arguments: str) -> list[str]:
     return [sys.executable, "-m", "ppir_itk.cli", *arguments]
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry))
-    return found
-
-
-def _running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _local_register(tmp_path: Path, backend: str) -> tuple[subprocess.Popen, list[int], Path]:
@@ -88,7 +70,7 @@ def _local_register(tmp_path: Path, backend: str) -> tuple[subprocess.Popen, lis
     end = time.monotonic() + 60
     while len(children) < (2 if backend == "spdz" else 1) and time.monotonic() < end:
         assert process.poll() is None, process.communicate()[1]
-        children = _children(process.pid)
+        children = children_of(process.pid)
         time.sleep(0.02)
     assert children, "the local fixed party never started"
     return process, children, scratch
@@ -97,10 +79,10 @@ def _local_register(tmp_path: Path, backend: str) -> tuple[subprocess.Popen, lis
 def _assert_all_gone(children: list[int], scratch: Path) -> float:
     start = time.monotonic()
     while time.monotonic() - start < GONE_WITHIN:
-        if not any(_running(pid) for pid in children) and not any(scratch.iterdir()):
+        if not any(running(pid) for pid in children) and not any(scratch.iterdir()):
             return time.monotonic() - start
         time.sleep(0.05)
-    running = [pid for pid in children if _running(pid)]
+    running = [pid for pid in children if running(pid)]
     for pid in running:
         os.kill(pid, signal.SIGKILL)
     raise AssertionError(

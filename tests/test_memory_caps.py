@@ -32,6 +32,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from processes import status_bytes
 
 import ppir_itk
 from ppir_itk.compose import _child
@@ -54,28 +55,20 @@ PENDING_BYTES = 160 * MIB  # its --max-pending-bytes: two masks and three batche
 DEALER_SESSIONS = 4
 
 
-def _status(pid: int, field: str) -> int:
-    """``field`` of /proc/PID/status (VmRSS, VmHWM), in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"/proc/{pid}/status has no {field}")
-
-
 def _settled(pid: int, target: int, seconds: float = 10.0) -> int:
     """The process's RSS once it is at most ``target`` (or after ``seconds``)."""
     end = time.monotonic() + seconds
-    while (rss := _status(pid, "VmRSS")) > target and time.monotonic() < end:
+    while (rss := status_bytes(pid, "VmRSS")) > target and time.monotonic() < end:
         time.sleep(0.1)
     return rss
 
 
 def _baseline(pid: int) -> int:
     """RSS once it stops moving (start-up allocations done)."""
-    previous = _status(pid, "VmRSS")
+    previous = status_bytes(pid, "VmRSS")
     for _ in range(50):
         time.sleep(0.2)
-        rss = _status(pid, "VmRSS")
+        rss = status_bytes(pid, "VmRSS")
         if abs(rss - previous) < MIB:
             return rss
         previous = rss
@@ -176,7 +169,7 @@ def test_messages_cut_off_under_the_cap_are_bounded_and_returned(folder):
             during = _settled_above(server.pid, baseline + sent * FRAME_BYTES * 9 // 10)
             stream.drop()
             after = _settled(server.pid, baseline + RETURN_SLACK)
-            peak = _status(server.pid, "VmHWM")
+            peak = status_bytes(server.pid, "VmHWM")
             print(
                 f"fixed party RSS: baseline {baseline / MIB:.0f} MiB, during "
                 f"{during / MIB:.0f}, after {after / MIB:.0f}, peak {peak / MIB:.0f}"
@@ -189,7 +182,7 @@ def test_messages_cut_off_under_the_cap_are_bounded_and_returned(folder):
 
 def _settled_above(pid: int, target: int, seconds: float = 15.0) -> int:
     end = time.monotonic() + seconds
-    while (rss := _status(pid, "VmRSS")) < target and time.monotonic() < end:
+    while (rss := status_bytes(pid, "VmRSS")) < target and time.monotonic() < end:
         time.sleep(0.05)
     return rss
 
@@ -206,7 +199,7 @@ def test_a_message_over_the_cap_is_refused_by_its_first_frame(folder, phantom_2d
             "(the fixed party's --max-message-bytes raises it)"
         )
         stream.drop()
-        assert _status(server.pid, "VmHWM") < baseline + 16 * MIB, "it kept refused chunks"
+        assert status_bytes(server.pid, "VmHWM") < baseline + 16 * MIB, "it kept refused chunks"
         # The server lives on: the next session is served.
         session = ppir_itk.connect(address, ppir_itk.TLS.for_role(folder / "pki", "moving-party"))
         session.start(
@@ -290,8 +283,8 @@ def test_the_dealer_driven_to_its_caps_holds_them_and_gives_the_memory_back(fold
                 pb.Envelope(mask_request=pb.MaskRequest(sequence=0, rows=1, count=REQUEST_VALUES)),
                 "masks",
             )
-        peak = _status(dealer.pid, "VmHWM")
-        during = _status(dealer.pid, "VmRSS")
+        peak = status_bytes(dealer.pid, "VmHWM")
+        during = status_bytes(dealer.pid, "VmRSS")
         # What is held, plus one fixed party's answer being computed and sent (the stream
         # of a and c0, c1, its bytes, the envelope and its frames: about six times the
         # request's bytes).
