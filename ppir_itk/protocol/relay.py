@@ -357,6 +357,7 @@ class Relay:
             return
         link = _Link(downstream, upstream, counters, name, time.monotonic() + self.connect_timeout)
         link.to_upstream = first_bytes
+        self._count(counters, len(first_bytes), towards_target=True)
         with self._lock:
             self._links.add(link)
             if name is not None:
@@ -405,21 +406,21 @@ class Relay:
         if not data:
             link.ending = True
             link.deadline = time.monotonic() + self.connect_timeout
-        elif sock is link.downstream:
+            return
+        # Counted as read, before it goes on: whoever acts on the data (a party reading its
+        # counters on the last answer) finds it counted.
+        self._count(link.counters, len(data), towards_target=sock is link.downstream)
+        if sock is link.downstream:
             link.to_upstream = data
         else:
             link.to_downstream = data
 
     def _flush(self, link: _Link) -> None:
-        """Send what waits for each side, as far as its socket takes it, and count it."""
+        """Send what waits for each side, as far as its socket takes it."""
         if link.to_upstream:
-            sent = _send(link.upstream, link.to_upstream)
-            link.to_upstream = link.to_upstream[sent:]
-            self._count(link.counters, sent, towards_target=True)
+            link.to_upstream = link.to_upstream[_send(link.upstream, link.to_upstream) :]
         if link.to_downstream:
-            sent = _send(link.downstream, link.to_downstream)
-            link.to_downstream = link.to_downstream[sent:]
-            self._count(link.counters, sent, towards_target=False)
+            link.to_downstream = link.to_downstream[_send(link.downstream, link.to_downstream) :]
 
     def _count(self, counters: WireCounters, size: int, *, towards_target: bool) -> None:
         if towards_target == self.outbound:
