@@ -82,11 +82,11 @@ def _assert_all_gone(children: list[int], scratch: Path) -> float:
         if not any(running(pid) for pid in children) and not any(scratch.iterdir()):
             return time.monotonic() - start
         time.sleep(0.05)
-    running = [pid for pid in children if running(pid)]
-    for pid in running:
+    alive = [pid for pid in children if running(pid)]
+    for pid in alive:
         os.kill(pid, signal.SIGKILL)
     raise AssertionError(
-        f"{GONE_WITHIN:g} s after: children still running {running}, "
+        f"{GONE_WITHIN:g} s after: children still running {alive}, "
         f"left in the temporary folder {sorted(p.name for p in scratch.iterdir())}"
     )
 
