@@ -64,9 +64,9 @@ def _rss(pid: int, field: str = "VmRSS") -> int:
     raise RuntimeError(f"no {field} for {pid}")
 
 
-def _start(folder: Path, arguments: list[str]) -> tuple[subprocess.Popen, str, int]:
+def _start(folder: Path, arguments: list[str], role: str) -> tuple[subprocess.Popen, str, int]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "ppir_itk.cli", *arguments, "--tls-dir", str(folder / "pki")],
+        [sys.executable, "-m", "ppir_itk.cli", *arguments, "--tls-dir", str(folder / "pki" / role)],
         stderr=subprocess.PIPE,
         text=True,
         cwd=folder,
@@ -95,7 +95,7 @@ def _fixed(folder: Path, args: argparse.Namespace) -> None:
     arguments += ["--backends", "clear", "--ledger", str(folder / "ledger.sqlite")]
     if args.cap:
         arguments += ["--max-message-bytes", str(declared)]
-    server, address, baseline = _start(folder, arguments)
+    server, address, baseline = _start(folder, arguments, "fixed-party")
     tls = ppir_itk.TLS.for_role(folder / "pki", "moving-party")
     data = os.urandom(FRAME_BYTES)
     sent = declared // FRAME_BYTES - 4
@@ -144,7 +144,7 @@ def _fixed(folder: Path, args: argparse.Namespace) -> None:
 
 def _dealer(folder: Path, args: argparse.Namespace) -> None:
     server, address, baseline = _start(
-        folder, ["dealer", "--listen", "127.0.0.1:0", "--deadline", "60"]
+        folder, ["dealer", "--listen", "127.0.0.1:0", "--deadline", "60"], "dealer"
     )
     sessions, refusals = [], []
     try:
