@@ -296,18 +296,20 @@ class PartyServer(abc.ABC):
                 self._new_session(client, fingerprint),
                 lambda: channel.counters.with_wire(wire),
             )
-            threading.Thread(
+            session = threading.Thread(
                 target=self._serve_session,
                 args=(number, identity, channel, endpoint),
                 name=f"ppir-session-{number}",
                 daemon=True,
-            ).start()
+            )
+            # Before the thread starts: its own last line must come after this one.
+            self.log(f"session {number} opened by {identity}")
+            session.start()
         except BaseException:
             if "channel" in locals():  # its heartbeat thread would otherwise linger
                 channel.close()
             self._slots.release()
             raise
-        self.log(f"session {number} opened by {identity}")
         return channel.outgoing()
 
     def _serve_session(
