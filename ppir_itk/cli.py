@@ -877,8 +877,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _ready_file(path: str | None) -> str | None:
-    if path is not None and not Path(path).absolute().parent.is_dir():
-        raise InputError(f"--ready-file '{path}': directory '{Path(path).parent}' does not exist")
+    if path is not None:
+        _check_folder_of("--ready-file", path)
     return path
 
 
@@ -950,8 +950,14 @@ def _check_outputs(args: argparse.Namespace) -> None:
     ):
         if path is not None and Path(path).is_dir():
             raise InputError(f"{option} '{path}' is a directory; give a file name")
-        if path is not None and not Path(path).absolute().parent.is_dir():
-            raise InputError(f"{option} '{path}': directory '{Path(path).parent}' does not exist")
+        if path is not None:
+            _check_folder_of(option, path)
+
+
+def _check_folder_of(option: str, path: str) -> None:
+    """Refuse a file to be written whose folder does not exist, naming the option."""
+    if not Path(path).absolute().parent.is_dir():
+        raise InputError(f"{option} '{path}': directory '{Path(path).parent}' does not exist")
 
 
 def _write_outputs(

@@ -18,6 +18,7 @@ Every way of running a registration builds on the parties' own modules
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import os
 import selectors
@@ -314,8 +315,9 @@ class ChildLog:
             return self._pending(self._seen - self._handed)
 
     def _pending(self, count: int) -> str:
-        first = max(self._handed, self._seen - len(self.lines))  # older lines were dropped
-        taken = list(self.lines)[first - (self._seen - len(self.lines)) :][:count]
+        dropped = self._seen - len(self.lines)  # lines read but no longer kept
+        first = max(self._handed, dropped)
+        taken = list(itertools.islice(self.lines, first - dropped, first - dropped + count))
         self._handed = first + len(taken)
         return "".join(f"{line}\n" for line in taken)
 

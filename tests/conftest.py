@@ -24,6 +24,18 @@ from ppir_itk.phantoms import head_phantom, moved_copy
 from ppir_itk.protocol.tls import CA_CERTIFICATE, CA_FOLDER, CERTIFICATE, PRIVATE_KEY
 from ppir_itk.transforms import LinearTransform, make_transform
 
+# Options of one level of 4 iterations: 5 evaluations (one opens the level), 40 measurements
+# in 2-D (the ledger's tests, the servers' session lines).
+FIVE_EVALUATIONS = dict(
+    backend="he",
+    transform="affine",
+    shrink_factors=[1],
+    smoothing_sigmas=[0.0],
+    iterations=4,
+    relative_value_tolerance=0.0,
+    minimum_step_length=0.0,
+)
+
 
 @pytest.fixture(autouse=True)
 def _quiet_clear_backend():

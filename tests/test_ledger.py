@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import known_pair, ppir_serve
+from conftest import FIVE_EVALUATIONS, known_pair, ppir_serve
 
 import ppir_itk
 from ppir_itk.compose import LEDGER_SUFFIX, in_process_session
@@ -32,16 +32,6 @@ from ppir_itk.protocol.transport import certificate_fingerprint
 from ppir_itk.registration import register_with
 from ppir_itk.wrapping.images import write_image
 
-# One level of 4 iterations: 5 evaluations (one opens the level), 40 measurements in 2-D.
-FIVE_EVALUATIONS = dict(
-    backend="he",
-    transform="affine",
-    shrink_factors=[1],
-    smoothing_sigmas=[0.0],
-    iterations=4,
-    relative_value_tolerance=0.0,
-    minimum_step_length=0.0,
-)
 AFFINE = [1.02, 0.03, -0.02, 0.98, 1.5, -1.0]
 
 

@@ -23,7 +23,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-from conftest import known_pair, ppir_serve
+from conftest import FIVE_EVALUATIONS, known_pair, ppir_serve
 
 import ppir_itk
 from ppir_itk.cli import LIBRARIES
@@ -38,16 +38,6 @@ from ppir_itk.wrapping.images import write_image
 LINE = re.compile(
     r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00) (DEBUG|INFO|WARNING|ERROR) "
     r"(ppir [a-z ]+): (.*)$"
-)
-# One level of 4 iterations with he: 5 evaluations (one opens the level).
-FIVE_EVALUATIONS = dict(
-    backend="he",
-    transform="affine",
-    shrink_factors=[1],
-    smoothing_sigmas=[0.0],
-    iterations=4,
-    relative_value_tolerance=0.0,
-    minimum_step_length=0.0,
 )
 
 

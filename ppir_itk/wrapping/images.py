@@ -216,11 +216,9 @@ def _series_files(folder: Path, series: str | None, *, name: str) -> tuple[str, 
 def _describe_series(folder: Path, uid: str) -> str:
     """``UID: WxHxN 'description'``, from the series' first file's header."""
     files = _quietly(sitk.ImageSeriesReader.GetGDCMSeriesFileNames, str(folder), uid)
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(files[0])
     try:
-        reader.ReadImageInformation()
-    except RuntimeError:
+        reader = _header(files[0], name=uid)
+    except InputError:
         return f"{uid}: {len(files)} files"
     width, height = reader.GetSize()[:2]
     description = ""
