@@ -40,6 +40,7 @@ from ppir_itk.transforms import make_transform
 HELLO = pb.Hello(
     protocol_version=PROTOCOL_VERSION,
     backend="clear",
+    metric="meansquares",
     levels=[pb.Level(shrink_factor=1)],
     sampling="none",
 )

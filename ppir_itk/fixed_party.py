@@ -11,8 +11,8 @@ is named:
 ============================  ===================================================
 request (moving -> fixed)     answer (fixed -> moving)
 ============================  ===================================================
-``Hello`` (backend, levels,   ``Welcome``: the fixed image's geometry (public by
-sampling, seed)               the security model) and the evaluation budget
+``Hello`` (backend, metric,   ``Welcome``: the fixed image's geometry (public by
+levels, sampling, seed)       the security model) and the evaluation budget
 ``CenterOfMassRequest``       ``CenterOfMass``: d numbers; only if agreed in
                               ``Hello``, reported as a disclosure
 ``OpenLevel`` (index)         ``LevelOpened``: the level grid's geometry (public)
@@ -52,8 +52,10 @@ import numpy as np
 from ppir_itk.backends import check_protocol, make_fixed_side
 from ppir_itk.backends.base import FixedSide
 from ppir_itk.disclosure import SESSION, Received
+from ppir_itk.errors import InputError
 from ppir_itk.image import GridGeometry, ImageGrid, center_of_mass
 from ppir_itk.ledger import IN_MEMORY, Ledger, image_fingerprint
+from ppir_itk.metric_kinds import MATTES, METRICS, MetricSettings, check_histogram_bins
 from ppir_itk.points import SAMPLING_KINDS, PointSet, draw_points
 from ppir_itk.policy import FixedPolicy
 from ppir_itk.protocol import ppir_pb2 as pb
@@ -218,7 +220,7 @@ class FixedPartySession:
         if hello.wants_center_of_mass and not self.policy.allow_center_of_mass:
             raise ProtocolError("this fixed party does not disclose its centre of mass")
         self.backend_side = make_fixed_side(
-            hello.backend, dict(hello.backend_parameters), self.policy
+            hello.backend, dict(hello.backend_parameters), self.policy, self._metric(hello)
         )
         self.hello = hello
         return pb.Envelope(
@@ -228,6 +230,22 @@ class FixedPartySession:
                 evaluation_budget=self.policy.evaluation_budget,
             )
         )
+
+    def _metric(self, hello: pb.Hello) -> MetricSettings:
+        """The metric ``hello`` asks for, if this fixed party serves it."""
+        if hello.metric not in METRICS:
+            raise ProtocolError(f"metric '{hello.metric[:40]}' is unknown")
+        if hello.metric not in self.policy.metrics:
+            raise ProtocolError(
+                f"metric '{hello.metric}' is not served here (served: "
+                f"{', '.join(self.policy.metrics)}; its operator sets them: ppir serve --metrics)"
+            )
+        if hello.metric != MATTES:
+            return MetricSettings(hello.metric)
+        try:
+            return MetricSettings(MATTES, check_histogram_bins(hello.histogram_bins))
+        except InputError as error:
+            raise ProtocolError(str(error)) from None
 
     def _on_center_of_mass_request(self, _: pb.CenterOfMassRequest) -> pb.Envelope:
         assert self.hello is not None, _AFTER_HELLO

@@ -10,9 +10,9 @@ the agreed point set and a channel for the backend's own messages.
 ============================  ===================================================
 request (moving -> fixed)     what the moving party sends, and why it is public
 ============================  ===================================================
-``Hello``                     backend and its parameters, the level schedule, the
-                              sampling kind, fraction and seed: all public by the
-                              security model
+``Hello``                     backend and its parameters, the metric (and its
+                              bins), the level schedule, the sampling kind,
+                              fraction and seed: all public by the security model
 ``CenterOfMassRequest``       nothing (the moments initialiser asks for the fixed
                               party's centre of mass, a disclosure it reports)
 ``OpenLevel``                 the level's index
@@ -33,11 +33,19 @@ from collections.abc import Callable
 import numpy as np
 
 from ppir_itk.backends import check_backend_name, make_backend
-from ppir_itk.backends.base import JointTerm, MovingFields
+from ppir_itk.backends.base import (
+    HistogramBackend,
+    HistogramTerm,
+    JointTerm,
+    JointTermBackend,
+    MovingFields,
+    ParzenFields,
+)
 from ppir_itk.dealer_client import DealerClient
 from ppir_itk.disclosure import SESSION, Received
 from ppir_itk.errors import InputError
 from ppir_itk.image import GridGeometry
+from ppir_itk.metric_kinds import MATTES, MEAN_SQUARES_SETTINGS, MetricSettings
 from ppir_itk.points import PointSet, draw_points
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.channel import Counters
@@ -77,13 +85,20 @@ class MovingPartySession:
         The joint-term backend (``"he"``; ``"clear"`` is NOT private).
     parameters : dict, optional
         The backend's parameters (e.g. ``{"protocol": "paper-v1"}``).
+    metric : MetricSettings, optional
+        The metric whose joint part the backend computes (mean squares if None).
     """
 
     def __init__(
-        self, session: Session, backend: str = "he", parameters: dict[str, str] | None = None
+        self,
+        session: Session,
+        backend: str = "he",
+        parameters: dict[str, str] | None = None,
+        metric: MetricSettings = MEAN_SQUARES_SETTINGS,
     ) -> None:
         self.session = session
-        self.backend = make_backend(check_backend_name(backend), self, parameters)
+        self.metric = metric
+        self.backend = make_backend(check_backend_name(backend), self, parameters, metric)
         self.fixed_geometry: GridGeometry | None = None
         self.points: PointSet | None = None
         self.evaluations = 0
@@ -133,6 +148,8 @@ class MovingPartySession:
                 sampling_fraction=fraction,
                 sampling_seed=seed,
                 wants_center_of_mass=wants_center_of_mass,
+                metric=self.metric.name,
+                histogram_bins=self.metric.histogram_bins if self.metric.name == MATTES else 0,
             )
         )
         self.fixed_geometry = geometry_from_pb(welcome.fixed_geometry)
@@ -194,12 +211,22 @@ class MovingPartySession:
         return points
 
     def joint_term(self, fields: MovingFields) -> JointTerm:
-        """One evaluation of the joint term on the level's points."""
+        """One evaluation of the joint term on the level's points (mean squares, correlation)."""
+        assert isinstance(self.backend, JointTermBackend), "a linear-sums metric's backend"
+        self._evaluation()
+        return self.backend.joint_term(fields)
+
+    def histogram_term(self, fields: ParzenFields) -> HistogramTerm:
+        """One evaluation of the Mattes term on the level's points."""
+        assert isinstance(self.backend, HistogramBackend), "a Mattes session's backend"
+        self._evaluation()
+        return self.backend.histogram_term(fields)
+
+    def _evaluation(self) -> None:
         if self.points is None:
-            raise RuntimeError("select_points() must come before joint_term()")
+            raise RuntimeError("select_points() must come before an evaluation")
         self.session.check()
         self.evaluations += 1
-        return self.backend.joint_term(fields)
 
     def close(self) -> pb.Closed:
         """End the session; the fixed party's own accounting of it."""

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ppir_itk.dealer_client import DealerClient
+from ppir_itk.metric_kinds import METRICS
 
 # 1,000 covers the registrations ppir offers (an evaluation per iteration and one per
 # level: 4 levels of 100 iterations need 404); the measurement grant is the real bound.
@@ -74,6 +75,7 @@ class FixedPolicy:
     """What the fixed party's operator allows."""
 
     backends: tuple[str, ...] = ("he",)  # private only, unless the operator adds "clear"
+    metrics: tuple[str, ...] = METRICS  # the metrics it serves (ppir serve --metrics)
     evaluation_budget: int = DEFAULT_EVALUATION_BUDGET
     # Fraction of the fixed image's voxels one client may learn as linear measurements,
     # all sessions and levels together (math.inf: unlimited; ppir serve --grant-measurements).

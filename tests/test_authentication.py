@@ -67,6 +67,7 @@ TLS_ALERT = 0x15  # the first byte of a TLS alert record
 HELLO = pb.Hello(
     protocol_version=PROTOCOL_VERSION,
     backend="clear",
+    metric="meansquares",
     levels=[pb.Level(shrink_factor=1)],
     sampling="none",
 )

@@ -41,6 +41,7 @@ def test_the_fixed_party_refuses_weak_parameters_too(phantom_2d):
             hello=pb.Hello(
                 protocol_version=PROTOCOL_VERSION,
                 backend="he",
+                metric="meansquares",
                 levels=[pb.Level(shrink_factor=1)],
                 sampling="none",
                 backend_parameters={"poly_modulus_degree": "4096"},

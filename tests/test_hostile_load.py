@@ -38,6 +38,7 @@ from ppir_itk.roles import MOVING_PARTY
 HELLO = pb.Hello(
     protocol_version=PROTOCOL_VERSION,
     backend="clear",
+    metric="meansquares",
     levels=[pb.Level(shrink_factor=1)],
     sampling="none",
 )

@@ -77,6 +77,7 @@ def test_a_live_but_endless_session_ends_at_the_session_limit(pki, phantom_2d):
     hello = pb.Hello(
         protocol_version=PROTOCOL_VERSION,
         backend="clear",
+        metric="meansquares",
         levels=[pb.Level(shrink_factor=1)],
         sampling="none",
     )

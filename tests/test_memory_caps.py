@@ -206,6 +206,7 @@ def test_a_message_over_the_cap_is_refused_by_its_first_frame(folder, phantom_2d
             pb.Hello(
                 protocol_version=PROTOCOL_VERSION,
                 backend="clear",
+                metric="meansquares",
                 levels=[pb.Level(shrink_factor=1)],
                 sampling="none",
             )

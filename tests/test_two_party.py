@@ -60,6 +60,7 @@ def _hello() -> pb.Envelope:
         hello=pb.Hello(
             protocol_version=PROTOCOL_VERSION,
             backend="clear",
+            metric="meansquares",
             levels=[pb.Level(shrink_factor=1)],
             sampling="none",
         )

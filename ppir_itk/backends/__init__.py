@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from ppir_itk.backends.base import (
     FixedSide,
+    HistogramBackend,
     JointTerm,
     JointTermBackend,
     MovingChannel,
     MovingFields,
+    MovingHalf,
 )
 from ppir_itk.backends.clear import ClearBackend, ClearFixedSide, InsecureBackendWarning
 from ppir_itk.backends.he import HEPackedBackend, HEPackedFixedSide
@@ -21,6 +23,7 @@ from ppir_itk.backends.spdz import SPDZBackend, SPDZFixedSide
 from ppir_itk.dealer_client import DEALER_TABLE
 from ppir_itk.disclosure import SESSION, ProtocolTable
 from ppir_itk.errors import InputError
+from ppir_itk.metric_kinds import MATTES, MEAN_SQUARES_SETTINGS, MetricSettings
 from ppir_itk.policy import FixedPolicy
 from ppir_itk.protocol.messages import ProtocolError
 
@@ -34,15 +37,18 @@ BACKENDS: dict[str, dict[str, tuple[type[JointTermBackend], type[FixedSide]]]] =
     "clear": {"clear": (ClearBackend, ClearFixedSide)},
     "spdz": {"spdz": (SPDZBackend, SPDZFixedSide)},
 }
+# Mattes mutual information: backend name -> its halves (the backend's default protocol's
+# name); a backend not named here does not compute it.
+HISTOGRAM_BACKENDS: dict[str, tuple[type[HistogramBackend], type[FixedSide]]] = {}
 
 
 def protocol_tables() -> list[ProtocolTable]:
     """Every protocol's table (:mod:`ppir_itk.disclosure`), the session's first."""
     tables = [SESSION, DEALER_TABLE]
-    for protocols in BACKENDS.values():
-        for moving_half, _ in protocols.values():
-            if moving_half.table not in tables:
-                tables.append(moving_half.table)
+    halves = [pair for protocols in BACKENDS.values() for pair in protocols.values()]
+    for moving_half, _ in [*halves, *HISTOGRAM_BACKENDS.values()]:
+        if moving_half.table not in tables:
+            tables.append(moving_half.table)
     return tables
 
 
@@ -69,24 +75,57 @@ def check_protocol(name: str, protocol: str | None) -> str:
     return protocol
 
 
-def _sides(name: str, parameters: dict[str, str]) -> tuple[type, type]:
-    return BACKENDS[name][check_protocol(name, parameters.get("protocol"))]
+def _halves(
+    name: str, protocol: str, metric: str
+) -> tuple[type[MovingHalf], type[FixedSide]] | None:
+    """The two halves of a backend's protocol for ``metric``; None if it does not compute it
+    (Mattes runs on a backend's default protocol only)."""
+    if metric == MATTES:
+        default = protocol == next(iter(BACKENDS[name]))
+        return HISTOGRAM_BACKENDS.get(name) if default else None
+    sides = BACKENDS[name][protocol]
+    return sides if metric in sides[0].metrics else None
+
+
+def _sides(
+    name: str, parameters: dict[str, str], metric: str
+) -> tuple[type[MovingHalf], type[FixedSide]]:
+    protocol = check_protocol(name, parameters.get("protocol"))
+    sides = _halves(name, protocol, metric)
+    if sides is None:
+        named = f"'{name}'" if protocol == name else f"'{name}' (protocol {protocol})"
+        serving = [
+            other for other in BACKENDS if _halves(other, check_protocol(other, None), metric)
+        ]
+        raise InputError(
+            f"backend {named} does not compute metric '{metric}': register it with "
+            f"backend {' or '.join(serving)}"
+        )
+    return sides
 
 
 def make_backend(
-    name: str, channel: MovingChannel, parameters: dict[str, str] | None = None
-) -> JointTermBackend:
-    """The moving-party half of backend ``name``, talking through ``channel``."""
+    name: str,
+    channel: MovingChannel,
+    parameters: dict[str, str] | None = None,
+    metric: MetricSettings = MEAN_SQUARES_SETTINGS,
+) -> MovingHalf:
+    """The moving-party half of backend ``name`` for ``metric``, talking through ``channel``."""
     parameters = dict(parameters or {})
-    return _sides(check_backend_name(name), parameters)[0](channel, parameters)
+    return _sides(check_backend_name(name), parameters, metric.name)[0](channel, parameters, metric)
 
 
-def make_fixed_side(name: str, parameters: dict[str, str], policy: FixedPolicy) -> FixedSide:
-    """The fixed-party side of backend ``name`` (for a session that asked for it)."""
+def make_fixed_side(
+    name: str,
+    parameters: dict[str, str],
+    policy: FixedPolicy,
+    metric: MetricSettings = MEAN_SQUARES_SETTINGS,
+) -> FixedSide:
+    """The fixed-party side of backend ``name`` for ``metric`` (a session that asked for it)."""
     if name not in BACKENDS:
         raise ProtocolError(f"backend '{name[:40]}' is unknown")
     try:
-        return _sides(name, parameters)[1](parameters, policy)
+        return _sides(name, parameters, metric.name)[1](parameters, policy, metric)
     except InputError as error:
         raise ProtocolError(str(error)) from None
 
@@ -96,12 +135,14 @@ __all__ = [
     "HEPackedBackend",
     "ClearBackend",
     "FixedSide",
+    "HistogramBackend",
     "InsecureBackendWarning",
     "JointTerm",
     "JointTermBackend",
     "MovingChannel",
     "PaperV1Backend",
     "MovingFields",
+    "MovingHalf",
     "SPDZBackend",
     "check_backend_name",
     "check_protocol",

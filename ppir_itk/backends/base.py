@@ -37,6 +37,7 @@ from ppir_itk.dealer_client import DealerClient
 from ppir_itk.disclosure import Disclosure, ProtocolTable, Received
 from ppir_itk.fixed_point import Modulus, noise_room, voxel_bits
 from ppir_itk.linear_map import AffineBasis
+from ppir_itk.metric_kinds import MATTES, MEAN_SQUARES, MEAN_SQUARES_SETTINGS, MetricSettings
 from ppir_itk.points import PointSet
 from ppir_itk.policy import FixedPolicy
 from ppir_itk.protocol import ppir_pb2 as pb
@@ -100,14 +101,15 @@ class MovingChannel(Protocol):
         the moving party deals for both (single-process tests only)."""
 
 
-class JointTermBackend(abc.ABC):
-    """Moving-party half of a joint-term protocol with one fixed party.
+class MovingHalf(abc.ABC):
+    """Moving-party half of a backend's protocol with one fixed party, for one metric.
 
     The moving party's session (:class:`~ppir_itk.moving_party.MovingPartySession`)
-    does the handshake, the levels and the point sets; the backend gets, per
-    level, the agreed points (:meth:`on_points`) and computes the joint term
-    once per metric evaluation (:meth:`joint_term`), talking to its fixed half
-    through :meth:`MovingChannel.exchange` only.
+    does the handshake, the levels and the point sets; the half gets, per level,
+    the agreed points (:meth:`on_points`) and computes the metric's joint part once
+    per evaluation (:class:`JointTermBackend`'s joint term, or
+    :class:`HistogramBackend`'s Mattes term), talking to its fixed half through
+    :meth:`MovingChannel.exchange` only.
     """
 
     name: ClassVar[str]
@@ -120,10 +122,18 @@ class JointTermBackend(abc.ABC):
     table: ClassVar[ProtocolTable]
     #: Whether the backend computes the joint term on a B-spline basis (a control grid).
     bspline: ClassVar[bool] = False
+    #: The metrics this half computes (:mod:`ppir_itk.metric_kinds`).
+    metrics: ClassVar[tuple[str, ...]] = (MEAN_SQUARES,)
 
-    def __init__(self, channel: MovingChannel, parameters: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        channel: MovingChannel,
+        parameters: dict[str, str] | None = None,
+        metric: MetricSettings = MEAN_SQUARES_SETTINGS,
+    ) -> None:
         self.channel = channel
         self.parameters = dict(parameters or {})
+        self.metric = metric
         self.points: PointSet | None = None
         self.received = Received(MOVING_PARTY, [self.table])
 
@@ -132,15 +142,10 @@ class JointTermBackend(abc.ABC):
         self.points = points
         self._on_points(points)
 
-    def joint_term(self, fields: MovingFields) -> JointTerm:
-        if self.points is None:
-            raise RuntimeError("on_points() must come before joint_term()")
-        return self._joint_term(fields)
-
     @property
     def level_points(self) -> PointSet:
         """The level's agreed points, for what runs after :meth:`on_points` set them."""
-        assert self.points is not None, "joint_term() runs only after on_points()"
+        assert self.points is not None, "an evaluation runs only after on_points()"
         return self.points
 
     def close(self) -> None:  # noqa: B027 - most backends hold nothing past the session
@@ -158,9 +163,67 @@ class JointTermBackend(abc.ABC):
     def _on_points(self, points: PointSet) -> None:
         """Per-level set-up once the point set is agreed."""
 
+
+class JointTermBackend(MovingHalf):
+    """The moving half of the sums that are linear in J: mean squares and correlation."""
+
+    def joint_term(self, fields: MovingFields) -> JointTerm:
+        if self.points is None:
+            raise RuntimeError("on_points() must come before joint_term()")
+        return self._joint_term(fields)
+
     @abc.abstractmethod
     def _joint_term(self, fields: MovingFields) -> JointTerm:
         """One evaluation of the joint term."""
+
+
+@dataclass(frozen=True)
+class ParzenFields:
+    """The moving party's per-iteration Mattes fields on the level's points (private to it):
+    its cubic Parzen window (:func:`ppir_itk.parzen.moving_parzen`) where ``W(x)`` is valid
+    (rows of zeros elsewhere) and its gradient."""
+
+    first_bin: np.ndarray  # (n,) int64: the first of the 4 moving bins each window touches
+    weights: np.ndarray  # (n, 4) the window's weights (they sum to 1 where valid)
+    derivatives: np.ndarray  # (n, 4) d weight / d moving intensity
+    valid: np.ndarray  # (n,) uint8
+    gradient: np.ndarray  # (n, d) the moving gradient as the map takes it (0 where invalid)
+
+
+@dataclass(frozen=True)
+class HistogramTerm:
+    """What one Mattes evaluation gives the moving party: the parts of MI's value and
+    derivative that need both images, and nothing else.
+
+    With ``H`` the joint histogram of the fixed bins (rows) and the moving windows
+    (columns), ``x = H / n`` (n: the level's points) and ``r`` its row sums:
+
+    - ``entropy_difference = sum_ij x_ij log x_ij - sum_i r_i log r_i``;
+    - ``moments[k, o] = sum_p s_p g_k(p) phi_o(p)``, the public map's moments of
+      ``s g_k`` with ``s_p = sum_c L[f_p, c] D[p, c]`` (:func:`ppir_itk.parzen.sample_weights`;
+      ``L`` is ITK's log ratio of ``H``, ``f_p`` the point's fixed bin, ``D`` the window's
+      derivatives).
+    """
+
+    entropy_difference: float
+    moments: np.ndarray
+    # B-spline moments computed with fixed-point weights (as JointTerm's).
+    basis_weight_bits: int = 0
+
+
+class HistogramBackend(MovingHalf):
+    """The moving half of Mattes mutual information (:class:`HistogramTerm`)."""
+
+    metrics = (MATTES,)
+
+    def histogram_term(self, fields: ParzenFields) -> HistogramTerm:
+        if self.points is None:
+            raise RuntimeError("on_points() must come before histogram_term()")
+        return self._histogram_term(fields)
+
+    @abc.abstractmethod
+    def _histogram_term(self, fields: ParzenFields) -> HistogramTerm:
+        """One evaluation of the Mattes term."""
 
 
 # What the moving party of a backend that returns the exact sums holds (he packed, spdz).
@@ -208,10 +271,18 @@ class FixedSide(abc.ABC):
     table: ClassVar[ProtocolTable]
     #: Whether this side computes on a B-spline basis (a control grid in the points).
     bspline: ClassVar[bool] = False
+    #: The metrics this side computes (:mod:`ppir_itk.metric_kinds`).
+    metrics: ClassVar[tuple[str, ...]] = (MEAN_SQUARES,)
 
-    def __init__(self, parameters: dict[str, str], policy: FixedPolicy) -> None:
+    def __init__(
+        self,
+        parameters: dict[str, str],
+        policy: FixedPolicy,
+        metric: MetricSettings = MEAN_SQUARES_SETTINGS,
+    ) -> None:
         self.parameters = parameters
         self.policy = policy  # the operator's
+        self.metric = metric
         self.evaluations = 0
         self.received = Received(FIXED_PARTY, [self.table])
 

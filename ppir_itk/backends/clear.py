@@ -21,6 +21,7 @@ from ppir_itk.backends.base import (
     MovingFields,
 )
 from ppir_itk.disclosure import Disclosure, Message, ProtocolTable
+from ppir_itk.metric_kinds import MEAN_SQUARES_SETTINGS, MetricSettings
 from ppir_itk.points import PointSet
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import ProtocolError, array_from_pb, array_to_pb
@@ -64,8 +65,13 @@ class ClearBackend(JointTermBackend):
     table = TABLE
     bspline = True
 
-    def __init__(self, channel: MovingChannel, parameters: dict[str, str] | None = None) -> None:
-        super().__init__(channel, parameters)
+    def __init__(
+        self,
+        channel: MovingChannel,
+        parameters: dict[str, str] | None = None,
+        metric: MetricSettings = MEAN_SQUARES_SETTINGS,
+    ) -> None:
+        super().__init__(channel, parameters, metric)
         warnings.warn(
             "backend 'clear' is NOT private: the fixed party sends its image in the clear",
             InsecureBackendWarning,

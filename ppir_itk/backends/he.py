@@ -80,6 +80,7 @@ from ppir_itk.backends.base import (
 from ppir_itk.disclosure import Disclosure, Message, ProtocolTable
 from ppir_itk.errors import InputError
 from ppir_itk.fixed_point import PLAIN_BITS, PLAIN_MODULUS, decode, encode, exponent
+from ppir_itk.metric_kinds import MEAN_SQUARES_SETTINGS, MetricSettings
 from ppir_itk.points import PointSet
 from ppir_itk.policy import FixedPolicy
 from ppir_itk.protocol import ppir_pb2 as pb
@@ -436,8 +437,13 @@ class HEPackedBackend(ExactSumsBackend):
     scheme = "BFV"
     table = TABLE
 
-    def __init__(self, channel: MovingChannel, parameters: dict[str, str] | None = None) -> None:
-        super().__init__(channel, parameters)
+    def __init__(
+        self,
+        channel: MovingChannel,
+        parameters: dict[str, str] | None = None,
+        metric: MetricSettings = MEAN_SQUARES_SETTINGS,
+    ) -> None:
+        super().__init__(channel, parameters, metric)
         self.he = HEContext(*he_settings(self.parameters))
         self._public_key: Any = None
         self._encryptor: Any = None
@@ -638,8 +644,13 @@ class HEPackedFixedSide(ExactSumsFixedSide):
     bspline = True
     modulus = PLAIN_MODULUS
 
-    def __init__(self, parameters: dict[str, str], policy: FixedPolicy) -> None:
-        super().__init__(parameters, policy)
+    def __init__(
+        self,
+        parameters: dict[str, str],
+        policy: FixedPolicy,
+        metric: MetricSettings = MEAN_SQUARES_SETTINGS,
+    ) -> None:
+        super().__init__(parameters, policy, metric)
         # A refusal (InputError) becomes a protocol error in make_fixed_side.
         self.he = HEContext(*he_settings(parameters))
         seal = self.he.seal

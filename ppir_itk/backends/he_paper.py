@@ -34,6 +34,7 @@ from ppir_itk.backends.base import (
 )
 from ppir_itk.disclosure import Disclosure, Message, ProtocolTable
 from ppir_itk.errors import InputError
+from ppir_itk.metric_kinds import MEAN_SQUARES_SETTINGS, MetricSettings
 from ppir_itk.points import PointSet
 from ppir_itk.policy import FixedPolicy
 from ppir_itk.protocol import ppir_pb2 as pb
@@ -232,14 +233,19 @@ class _PaperBackend(JointTermBackend):
     scheme = "CKKS"
     private = True
 
-    def __init__(self, channel: MovingChannel, parameters: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        channel: MovingChannel,
+        parameters: dict[str, str] | None = None,
+        metric: MetricSettings = MEAN_SQUARES_SETTINGS,
+    ) -> None:
         parameters = dict(parameters or {})
         if set(parameters) - {"protocol"}:
             raise InputError(
                 f"he protocol '{self.protocol}' runs the paper's parameters "
                 f"only (N={POLY_MODULUS_DEGREE}); it takes no other option"
             )
-        super().__init__(channel, parameters)
+        super().__init__(channel, parameters, metric)
 
 
 class PaperV1Backend(_PaperBackend):
@@ -248,8 +254,13 @@ class PaperV1Backend(_PaperBackend):
     protocol = "paper-v1"
     table = V1_TABLE
 
-    def __init__(self, channel: MovingChannel, parameters: dict[str, str] | None = None) -> None:
-        super().__init__(channel, parameters)
+    def __init__(
+        self,
+        channel: MovingChannel,
+        parameters: dict[str, str] | None = None,
+        metric: MetricSettings = MEAN_SQUARES_SETTINGS,
+    ) -> None:
+        super().__init__(channel, parameters, metric)
         self._context: Any = None
         self._fixed: list[Any] = []
         self._fixed_squared: list[Any] = []
@@ -300,8 +311,13 @@ class PaperV1FixedSide(FixedSide):
 
     table = V1_TABLE
 
-    def __init__(self, parameters: dict[str, str], policy: FixedPolicy) -> None:
-        super().__init__(parameters, policy)
+    def __init__(
+        self,
+        parameters: dict[str, str],
+        policy: FixedPolicy,
+        metric: MetricSettings = MEAN_SQUARES_SETTINGS,
+    ) -> None:
+        super().__init__(parameters, policy, metric)
         self._context = _new_context()
         self._context.generate_galois_keys()  # DotProduct rotates
 
@@ -369,8 +385,13 @@ class PaperV2Backend(_PaperBackend):
     protocol = "paper-v2"
     table = V2_TABLE
 
-    def __init__(self, channel: MovingChannel, parameters: dict[str, str] | None = None) -> None:
-        super().__init__(channel, parameters)
+    def __init__(
+        self,
+        channel: MovingChannel,
+        parameters: dict[str, str] | None = None,
+        metric: MetricSettings = MEAN_SQUARES_SETTINGS,
+    ) -> None:
+        super().__init__(channel, parameters, metric)
         self._context = _new_context()  # the moving party's own keys
         self._fixed_context: Any = None
         self._fixed_first_half: list[list[Any]] = []
@@ -451,8 +472,13 @@ class PaperV2FixedSide(FixedSide):
 
     table = V2_TABLE
 
-    def __init__(self, parameters: dict[str, str], policy: FixedPolicy) -> None:
-        super().__init__(parameters, policy)
+    def __init__(
+        self,
+        parameters: dict[str, str],
+        policy: FixedPolicy,
+        metric: MetricSettings = MEAN_SQUARES_SETTINGS,
+    ) -> None:
+        super().__init__(parameters, policy, metric)
         self._context = _new_context()  # the fixed party's own keys
         self._moving_context: Any = None
 

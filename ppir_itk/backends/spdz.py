@@ -82,6 +82,7 @@ from ppir_itk.disclosure import Disclosure, Message, ProtocolTable
 from ppir_itk.errors import InputError
 from ppir_itk.fixed_point import RING, decode, encode, exponent
 from ppir_itk.linear_map import PublicLinearMap
+from ppir_itk.metric_kinds import MEAN_SQUARES_SETTINGS, MetricSettings
 from ppir_itk.points import PointSet
 from ppir_itk.policy import FixedPolicy
 from ppir_itk.protocol import ppir_pb2 as pb
@@ -188,14 +189,19 @@ class SPDZBackend(ExactSumsBackend):
     scheme = "additive secret sharing over Z_2^64, trusted dealer, no MACs"
     table = TABLE
 
-    def __init__(self, channel: MovingChannel, parameters: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        channel: MovingChannel,
+        parameters: dict[str, str] | None = None,
+        metric: MetricSettings = MEAN_SQUARES_SETTINGS,
+    ) -> None:
         parameters = dict(parameters or {})
         provider = provider_of(parameters)
         if provider == "tfp" and not channel.single_process:
             raise InputError(TFP_REFUSED)
         connect = channel.connect_dealer(first_party=provider == "tfp")
         parameters["session_token"] = secret_seed().hex()
-        super().__init__(channel, parameters)
+        super().__init__(channel, parameters, metric)
         from ppir_itk.backends.spdz_shares import MailboxCommunicator  # imports CrypTen
 
         self._connect_dealer = connect
@@ -296,8 +302,13 @@ class SPDZFixedSide(ExactSumsFixedSide):
     bspline = True
     modulus = RING
 
-    def __init__(self, parameters: dict[str, str], policy: FixedPolicy) -> None:
-        super().__init__(parameters, policy)
+    def __init__(
+        self,
+        parameters: dict[str, str],
+        policy: FixedPolicy,
+        metric: MetricSettings = MEAN_SQUARES_SETTINGS,
+    ) -> None:
+        super().__init__(parameters, policy, metric)
         provider = provider_of(parameters)  # a refusal: make_fixed_side's protocol error
         if provider == "tfp" and not policy.single_process:
             raise ProtocolError(TFP_REFUSED)

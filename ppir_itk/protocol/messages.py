@@ -1,6 +1,6 @@
 """Typed messages on the wire: numpy arrays and geometry in, framing with size limits.
 
-Everything that crosses between the parties is a ``ppir.v3.Envelope``
+Everything that crosses between the parties is a ``ppir.v4.Envelope``
 (``ppir.proto``). This module converts arrays and geometry to and from their
 protobuf form and cuts envelopes into frames:
 
@@ -23,7 +23,7 @@ import numpy as np
 from ppir_itk.image import GridGeometry
 from ppir_itk.protocol import ppir_pb2 as pb
 
-PROTOCOL_VERSION = 3  # Hello's and DealerHello's version; also ppir.proto's package, ppir.v3
+PROTOCOL_VERSION = 4  # Hello's and DealerHello's version; also ppir.proto's package, ppir.v4
 SERVICE_PACKAGE = f"ppir.v{PROTOCOL_VERSION}"  # the gRPC services' package
 FIXED_PARTY_SERVICE = f"{SERVICE_PACKAGE}.FixedParty"
 DEALER_SERVICE = f"{SERVICE_PACKAGE}.Dealer"

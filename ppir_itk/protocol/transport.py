@@ -1,6 +1,6 @@
 """gRPC with mutual TLS: the fixed party's server and the moving party's client.
 
-One RPC, ``/ppir.v3.FixedParty/Session``, a bidirectional stream of
+One RPC, ``/ppir.v4.FixedParty/Session``, a bidirectional stream of
 ``Frame`` messages per registration session. gRPC's message limit
 (``MAX_GRPC_MESSAGE``) is enforced by gRPC before a frame is parsed; whole
 envelopes are limited by the :class:`~ppir_itk.protocol.messages.Reassembler`.
