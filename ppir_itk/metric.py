@@ -1,4 +1,5 @@
-"""``PrivateMeanSquaresImageToImageMetric``: the SSD metric, split between two parties.
+"""The metrics' common part, and ``PrivateMeanSquaresImageToImageMetric``: SSD, split
+between two parties.
 
 ITK's ``MeanSquaresImageToImageMetricv4`` computes, over the fixed grid,
 ``value = sum (I(W(x)) - J(x))^2 / n_valid``. Here the moving party holds I
@@ -27,6 +28,7 @@ in tests)::
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +40,7 @@ from ppir_itk.bspline import BSplineTransform
 from ppir_itk.errors import InputError
 from ppir_itk.image import GridGeometry, ImageGrid
 from ppir_itk.linear_map import PublicLinearMap
+from ppir_itk.metric_kinds import MEAN_SQUARES_SETTINGS, MetricSettings
 from ppir_itk.moving_party import MovingPartySession
 from ppir_itk.parallel import for_chunks
 from ppir_itk.points import PointSet
@@ -50,16 +53,19 @@ from ppir_itk.wrapping.images import as_image_grid
 
 @dataclass(frozen=True)
 class Evaluation:
-    """What the Gauss-Newton optimizer consumes: value, gradient and Gauss-Newton Hessian."""
+    """What an optimizer consumes: value, gradient and (least-squares metrics) the
+    Gauss-Newton Hessian."""
 
     value: float
     gradient: np.ndarray  # d value / d theta
-    hessian: np.ndarray  # Gauss-Newton approximation of d2 value / d theta2
+    hessian: Any  # Gauss-Newton approximation of d2 value / d theta2; None: not least squares
     number_of_valid_points: int
 
 
-class PrivateMeanSquaresImageToImageMetric:
-    """Mean squares between the warped moving image and the fixed image, privately.
+class PrivateImageToImageMetric(abc.ABC):
+    """What every private metric shares, ITK style: the moving image, the transform, the
+    session with the fixed party and each level's points and warp. A metric class adds
+    :meth:`evaluate` (and its name, :attr:`settings`).
 
     Parameters
     ----------
@@ -96,7 +102,12 @@ class PrivateMeanSquaresImageToImageMetric:
         if isinstance(backend, str):
             if not isinstance(session, Session):
                 raise InputError(f"backend '{backend}' needs a session with the fixed party")
-            backend = MovingPartySession(session, backend, backend_parameters)
+            backend = MovingPartySession(session, backend, backend_parameters, self.settings)
+        elif backend.metric != self.settings:
+            raise InputError(
+                f"the moving party's session computes metric '{backend.metric.name}', "
+                f"not '{self.settings.name}'"
+            )
         self.moving_party = backend
         self._moving: ImageGrid | None = None
         self._transform: LinearTransform | BSplineTransform | None = None
@@ -173,6 +184,11 @@ class PrivateMeanSquaresImageToImageMetric:
         self._level = _LevelData(moving, gradient, points, private_sample)
         return points
 
+    @property
+    @abc.abstractmethod
+    def settings(self) -> MetricSettings:
+        """The metric, as the session's Hello names it."""
+
     # -- evaluation -----------------------------------------------------------
     def _warp(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """I_w, g and the valid mask on the point set, at the current transform."""
@@ -218,43 +234,42 @@ class PrivateMeanSquaresImageToImageMetric:
             n_valid = int(np.count_nonzero(valid))
         return values, gradient, valid, n_valid
 
+    @abc.abstractmethod
     def evaluate(self) -> Evaluation:
-        """Value, gradient and Gauss-Newton Hessian at the current parameters."""
-        level = self._require_level()
-        points = level.points
-        values, gradient, valid, n_valid = self._warp()
-        if n_valid == 0:
+        """Value and gradient (and a least-squares metric's Hessian) at the current
+        parameters."""
+
+    def _penalized(
+        self, jacobian: _Jacobian, value: float, derivative: np.ndarray, hessian: Any
+    ) -> tuple[float, np.ndarray, Any]:
+        """Value, derivative and Hessian (None: none) plus a B-spline's bending energy, its
+        weight already in the jacobian's penalty."""
+        penalty = jacobian.penalty
+        if penalty is None:
+            return value, derivative, hessian
+        theta = self.GetTransform().parameters
+        value += float(theta @ (penalty @ theta))
+        derivative = derivative + 2.0 * (penalty @ theta)
+        if hessian is not None:
+            hessian = hessian + 2.0 * penalty
+        return value, derivative, hessian
+
+    def _overlap(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """:meth:`_warp`, refusing a transform under which the images do not overlap."""
+        warped = self._warp()
+        if warped[3] == 0:
             raise InputError(
                 "no fixed-grid point maps inside the moving image: the images do not overlap "
                 "under the current transform (try the 'geometry' or 'moments' initialiser)"
             )
-        jacobian = _jacobian(
-            self.GetTransform(), points, self.bending_energy_weight * self._moving_variance
-        )
-        gradient = jacobian.parameter_gradient(gradient)
-        joint = self.moving_party.joint_term(
-            MovingFields(gradient, values, valid, jacobian.coefficients)
-        )
-        joint_r = joint.parameter_term
-        if joint_r is None:
-            assert joint.moments is not None, "a JointTerm holds its moments or its parameter term"
-            joint_r = jacobian.from_moments(joint.moments)
-        # Not np.dot: BLAS would start threads that spin against the other party's process.
-        warped_squared = float(np.square(values).sum())
-        ssd = warped_squared - 2.0 * joint.warped_dot_fixed + joint.fixed_squared
-        scale = 2.0 / n_valid
-        value = max(ssd, 0.0) / n_valid
-        own = jacobian.moments(gradient, values, joint.basis_weight_bits)
-        derivative = scale * (jacobian.from_moments(own) - joint_r)
-        hessian = scale * jacobian.hessian(gradient)
-        penalty = jacobian.penalty
-        if penalty is not None:  # the bending energy, weight already in it
-            theta = self.GetTransform().parameters
-            value += float(theta @ (penalty @ theta))
-            derivative = derivative + 2.0 * (penalty @ theta)
-            hessian = hessian + 2.0 * penalty
-        return Evaluation(
-            value=value, gradient=derivative, hessian=hessian, number_of_valid_points=n_valid
+        return warped
+
+    def _jacobian(self) -> _Jacobian:
+        """dW/dtheta on the level's points, with the bending energy's weight."""
+        return _jacobian(
+            self.GetTransform(),
+            self._require_level().points,
+            self.bending_energy_weight * self._moving_variance,
         )
 
     def GetValue(self) -> float:  # noqa: N802
@@ -285,6 +300,42 @@ class PrivateMeanSquaresImageToImageMetric:
         if self._level is None:
             raise RuntimeError("no level is open: call initialize_level first")
         return self._level
+
+
+class PrivateMeanSquaresImageToImageMetric(PrivateImageToImageMetric):
+    """Mean squares between the warped moving image and the fixed image, privately
+    (ITK's ``MeanSquaresImageToImageMetricv4``; parameters: :class:`PrivateImageToImageMetric`).
+    """
+
+    @property
+    def settings(self) -> MetricSettings:
+        return MEAN_SQUARES_SETTINGS
+
+    def evaluate(self) -> Evaluation:
+        """Value, gradient and Gauss-Newton Hessian at the current parameters."""
+        values, gradient, valid, n_valid = self._overlap()
+        jacobian = self._jacobian()
+        gradient = jacobian.parameter_gradient(gradient)
+        joint = self.moving_party.joint_term(
+            MovingFields(gradient, values, valid, jacobian.coefficients)
+        )
+        joint_r = joint.parameter_term
+        if joint_r is None:
+            assert joint.moments is not None, "a JointTerm holds its moments or its parameter term"
+            joint_r = jacobian.from_moments(joint.moments)
+        # Not np.dot: BLAS would start threads that spin against the other party's process.
+        warped_squared = float(np.square(values).sum())
+        ssd = warped_squared - 2.0 * joint.warped_dot_fixed + joint.fixed_squared
+        scale = 2.0 / n_valid
+        value = max(ssd, 0.0) / n_valid
+        own = jacobian.moments(gradient, values, joint.basis_weight_bits)
+        derivative = scale * (jacobian.from_moments(own) - joint_r)
+        value, derivative, hessian = self._penalized(
+            jacobian, value, derivative, scale * jacobian.hessian(gradient)
+        )
+        return Evaluation(
+            value=value, gradient=derivative, hessian=hessian, number_of_valid_points=n_valid
+        )
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ from ppir_itk.compose import connect, in_process_session, spawn_fixed_party
 from ppir_itk.errors import InputError
 from ppir_itk.events import Event, Observable
 from ppir_itk.image import GridGeometry, ImageGrid, center_of_mass, check_large_enough
-from ppir_itk.metric import PrivateMeanSquaresImageToImageMetric
+from ppir_itk.metric import PrivateImageToImageMetric, PrivateMeanSquaresImageToImageMetric
 from ppir_itk.moving_party import MovingPartySession
 from ppir_itk.optimizer import GaussNewtonOptimizer
 from ppir_itk.options import (
@@ -189,7 +189,7 @@ class ImageRegistrationMethod(Observable):
 
     Parameters
     ----------
-    metric : PrivateMeanSquaresImageToImageMetric
+    metric : PrivateImageToImageMetric (any of the private metrics)
         The metric, with its moving image and backend set.
     optimizer : GaussNewtonOptimizer, optional
         Defaults to ``GaussNewtonOptimizer()``.
@@ -214,7 +214,7 @@ class ImageRegistrationMethod(Observable):
 
     def __init__(
         self,
-        metric: PrivateMeanSquaresImageToImageMetric,
+        metric: PrivateImageToImageMetric,
         optimizer: GaussNewtonOptimizer | None = None,
         initial_transform: Any = "affine",
         *,
