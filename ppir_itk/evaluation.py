@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -72,13 +72,23 @@ def sitk_reference_registration(
     shrink_factors: Sequence[int] = RegistrationOptions.shrink_factors,
     smoothing_sigmas: Sequence[float] = RegistrationOptions.smoothing_sigmas,
     iterations: int = 500,
+    metric: Literal["meansquares", "correlation", "mattes"] = "meansquares",
+    histogram_bins: int = 32,
+    sampling_fraction: float | None = None,
+    seed: int = 0,
+    learning_rate: float = 1.0,
+    minimum_step: float = 1e-6,
+    relaxation_factor: float = 0.8,
 ) -> LinearTransform | BSplineTransform:
-    """SimpleITK's own clear MeanSquares registration of the same pair (the reference).
+    """SimpleITK's own clear registration of the same pair (the reference).
 
     Regular-step gradient descent with scales from physical shift, linear
-    interpolation, every fixed-grid point, the same level schedule (by default the
-    registration's own): what a SimpleITK user would write. Used by the tests and
-    benchmarks to check the Clear backend against ITK.
+    interpolation, the same level schedule (by default the registration's own):
+    what a SimpleITK user would write. ``metric`` is SimpleITK's mean squares,
+    correlation or Mattes mutual information (``histogram_bins`` bins);
+    ``sampling_fraction`` None takes every fixed-grid point, a fraction takes that
+    share of them at random (SimpleITK's RANDOM strategy, drawn from ``seed``).
+    Used by the tests and benchmarks to check the Clear backend against ITK.
     """
     import SimpleITK as sitk
 
@@ -87,14 +97,25 @@ def sitk_reference_registration(
     from ppir_itk.wrapping.transforms import to_sitk as transform_to_sitk
 
     method = sitk.ImageRegistrationMethod()
-    method.SetMetricAsMeanSquares()
-    method.SetMetricSamplingStrategy(method.NONE)
+    if metric == "meansquares":
+        method.SetMetricAsMeanSquares()
+    elif metric == "correlation":
+        method.SetMetricAsCorrelation()
+    elif metric == "mattes":
+        method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=histogram_bins)
+    else:
+        raise ValueError(f"unknown metric '{metric}': choose meansquares, correlation or mattes")
+    if sampling_fraction is None:
+        method.SetMetricSamplingStrategy(method.NONE)
+    else:
+        method.SetMetricSamplingStrategy(method.RANDOM)
+        method.SetMetricSamplingPercentage(sampling_fraction, seed)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=1.0,
-        minStep=1e-6,
+        learningRate=learning_rate,
+        minStep=minimum_step,
         numberOfIterations=iterations,
-        relaxationFactor=0.8,
+        relaxationFactor=relaxation_factor,
         gradientMagnitudeTolerance=1e-12,
     )
     method.SetOptimizerScalesFromPhysicalShift()

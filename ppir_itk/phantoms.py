@@ -97,3 +97,39 @@ def moved_copy(fixed: ImageGrid, truth: LinearTransform) -> ImageGrid:
         fixed.geometry.origin,
         fixed.geometry.direction,
     )
+
+
+def second_modality(image: ImageGrid, *, period: float = 120.0, gain: float = 1.0) -> ImageGrid:
+    """The phantom as another modality would show it: ``v -> gain (50 + 45 sin(2 pi v / period))``.
+
+    The map is not monotonic on the phantom's intensities (about -10 to 100): with the
+    default period the skull (100) becomes the darkest tissue (11) and the brain (20)
+    the brightest (89), so no affine intensity map relates the two images. Mean squares
+    fails on such a pair; mutual information does not need the tissues' order. ``gain``
+    is a further linear change of contrast (a different scanner's scale).
+
+    Examples
+    --------
+    >>> grid = ImageGrid(np.array([[0.0, 20.0, 100.0]]))
+    >>> second_modality(grid).array.round(1).tolist()
+    [[50.0, 89.0, 11.0]]
+    >>> second_modality(grid, gain=2.0).array.round(1).tolist()
+    [[100.0, 177.9, 22.1]]
+    """
+    values = image.array.astype(np.float64)
+    mapped = gain * (50.0 + 45.0 * np.sin(2.0 * np.pi * values / period))
+    return ImageGrid(
+        mapped.astype(image.array.dtype),
+        image.geometry.spacing,
+        image.geometry.origin,
+        image.geometry.direction,
+    )
+
+
+def multimodal_moved_copy(
+    fixed: ImageGrid, truth: LinearTransform, *, period: float = 120.0, gain: float = 1.0
+) -> ImageGrid:
+    """A moving image of another modality that registering onto ``fixed`` must align by
+    ``truth``: :func:`second_modality` of ``fixed``, then :func:`moved_copy`'s resampling,
+    so that ``moving(truth(x)) == second_modality(fixed)(x)`` on the fixed grid."""
+    return moved_copy(second_modality(fixed, period=period, gain=gain), truth)
