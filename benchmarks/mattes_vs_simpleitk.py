@@ -48,9 +48,10 @@ from ppir_itk.options import RegistrationOptions  # noqa: E402
 from ppir_itk.transforms import make_transform  # noqa: E402
 
 SCHEDULE = {"shrink_factors": (4, 2, 1), "smoothing_sigmas": (2.0, 1.0, 0.0)}
-# Regular-step gradient descent as tuned for SimpleITK on these pairs (learning rates 1-2,
-# minimum steps 1e-4-1e-3, relaxation 0.5-0.8 all reach 0.04-0.11 mm in 2-D and
-# 0.28-0.33 mm in 3-D); the same settings for correlation and mean squares.
+# Regular-step gradient descent as tuned for SimpleITK on these pairs: learning rates 1-2,
+# minimum steps 1e-4-1e-3 and relaxation 0.5-0.8 all end at 0.075-0.093 mm in 2-D (25-50 %)
+# and 0.297-0.316 mm in 3-D (10 %), so the residual is the sample's, not the optimizer's;
+# the same settings for correlation and mean squares.
 SITK_SETTINGS = {
     "histogram_bins": 32,
     "learning_rate": 2.0,
@@ -59,7 +60,7 @@ SITK_SETTINGS = {
     "iterations": 200,
 }
 FRACTIONS = {"2d": 0.25, "3d": 0.10}
-SEED = 0
+SEED = 1  # SimpleITK's seed 0 would be the wall clock's
 PAIRS = {"2d": multimodal_pairs.slice_pair, "3d": multimodal_pairs.volume_pair}
 
 
@@ -74,8 +75,8 @@ def simpleitk_rows(pair: multimodal_pairs.Pair, fraction: float, repeats: int) -
     initial.translation = pair.moving.geometry.center() - pair.fixed.geometry.center()
     rows = []
     for metric in ("mattes", "correlation", "meansquares"):
-        seconds, residuals = [], []
-        for _ in range(repeats):
+        seconds = []
+        for _ in range(repeats):  # the same result each time (fixed seed): time only
             start = time.perf_counter()
             found = sitk_reference_registration(
                 pair.fixed,
@@ -88,19 +89,14 @@ def simpleitk_rows(pair: multimodal_pairs.Pair, fraction: float, repeats: int) -
                 **SITK_SETTINGS,
             )
             seconds.append(time.perf_counter() - start)
-            residuals.append(_residual(found, pair))
-        # SimpleITK's multi-threaded sums make repeats differ slightly: the medians
-        median = {
-            key: statistics.median(residual[key] for residual in residuals) for key in residuals[0]
-        }
         rows.append(
             {
                 "method": "SimpleITK",
                 "metric": metric,
                 "seconds": statistics.median(seconds),
                 "seconds_all": seconds,
-                "residual_mm_all": [residual["residual_mm"] for residual in residuals],
-                **median,
+                "parameters": found.parameters.tolist(),
+                **_residual(found, pair),
             }
         )
     return rows
