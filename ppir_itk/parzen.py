@@ -240,6 +240,23 @@ def mutual_information(histogram: np.ndarray) -> float:
     return float(np.sum((p * (ratio - log_fixed[:, None]))[used]))
 
 
+def entropy_difference(fractions: np.ndarray) -> float:
+    """``sum x log x - sum r log r`` over the entries of ``x``, a joint histogram divided by
+    any constant (``h / n``), and its row sums ``r``; entries of ``x <= eps`` add nothing.
+
+    It is the part of MI that needs both images
+    (:class:`~ppir_itk.backends.base.HistogramTerm`): with ``N`` valid samples,
+    ``MI = (n / N) entropy_difference(h / n) - sum_j p_m(j) log p_m(j)``, the last sum
+    the moving party's own.
+    """
+    rows = fractions.sum(axis=1)
+    used, used_rows = fractions > CLOSE_TO_ZERO, rows > CLOSE_TO_ZERO
+    return float(
+        np.sum(fractions[used] * np.log(fractions[used]))
+        - np.sum(rows[used_rows] * np.log(rows[used_rows]))
+    )
+
+
 def log_ratio(histogram: np.ndarray) -> np.ndarray:
     """ITK's PRatio: ``log(p(i, j) / p_m(j))`` where both exceed eps, else 0; shape (B, B)."""
     return _probabilities(histogram)[2]
