@@ -108,7 +108,7 @@ def _sampled(shape, spacing, origin, direction, intensity) -> ImageGrid:
     )
 
 
-def _scene(dimension: int, kind: str):
+def mattes_scene(dimension: int, kind: str):
     """Fixed = cos(2.2 f(x + shift)) (not monotonic in the moving f); moving partly overlapped."""
     if dimension == 2:
         angle = 0.2
@@ -140,7 +140,7 @@ def _scene(dimension: int, kind: str):
     return fixed, moving, transform
 
 
-def _itk_mattes(fixed, moving, transform, bins):
+def itk_mattes(fixed, moving, transform, bins):
     import itk
 
     from ppir_itk.wrapping.images import to_itk
@@ -176,8 +176,8 @@ def _itk_mattes(fixed, moving, transform, bins):
     ],
 )
 def test_equals_itk_mattes(dimension, kind, bins):
-    fixed, moving, transform = _scene(dimension, kind)
-    itk_value, itk_derivative, itk_valid, gradient_image = _itk_mattes(
+    fixed, moving, transform = mattes_scene(dimension, kind)
+    itk_value, itk_derivative, itk_valid, gradient_image = itk_mattes(
         fixed, moving, transform, bins
     )
 
