@@ -54,6 +54,7 @@ _EXPORTS = {
     "PrivateMeanSquaresImageToImageMetric": "ppir_itk.metric",
     "MovingPartySession": "ppir_itk.moving_party",
     "GaussNewtonOptimizer": "ppir_itk.optimizer",
+    "RegularStepGradientDescentOptimizer": "ppir_itk.optimizer",
     "StopCondition": "ppir_itk.optimizer",
     "FixedPolicy": "ppir_itk.policy",
     "PeerError": "ppir_itk.protocol.channel",
@@ -92,6 +93,7 @@ __all__ = [
     "PeerError",
     "PrivateMeanSquaresImageToImageMetric",
     "RegistrationResult",
+    "RegularStepGradientDescentOptimizer",
     "StopCondition",
     "TLS",
     "TRANSFORM_KINDS",
@@ -131,7 +133,11 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from ppir_itk.image import GridGeometry, ImageGrid
     from ppir_itk.metric import PrivateMeanSquaresImageToImageMetric
     from ppir_itk.moving_party import MovingPartySession
-    from ppir_itk.optimizer import GaussNewtonOptimizer, StopCondition
+    from ppir_itk.optimizer import (
+        GaussNewtonOptimizer,
+        RegularStepGradientDescentOptimizer,
+        StopCondition,
+    )
     from ppir_itk.policy import FixedPolicy
     from ppir_itk.protocol.channel import PeerError
     from ppir_itk.protocol.tls import TLS, init_pki

@@ -33,6 +33,7 @@ from typing import Any
 
 from ppir_itk.errors import InputError
 from ppir_itk.log import command_logs
+from ppir_itk.metric_kinds import METRICS, OPTIMIZERS, check_metric
 from ppir_itk.options import DEFAULT_TIME_CAP, INITIALIZERS, RegistrationOptions
 from ppir_itk.policy import (
     DEFAULT_EVALUATION_BUDGET,
@@ -114,6 +115,12 @@ def _parser() -> argparse.ArgumentParser:
         nargs="+",
         default=["he"],
         help="backends offered (default: he; 'clear' sends the image openly)",
+    )
+    serve.add_argument(
+        "--metrics",
+        nargs="+",
+        default=list(METRICS),
+        help=f"metrics served (default: all, {' '.join(METRICS)})",
     )
     serve.add_argument("--dealer", help="HOST:PORT of the 'ppir dealer' this party trusts (spdz)")
     serve.add_argument(
@@ -367,6 +374,29 @@ def _add_registration_options(parser: argparse.ArgumentParser, bench: bool = Fal
         "--transform",
         default=defaults.transform,
         help=f"{', '.join(TRANSFORMS)} (default: {defaults.transform})",
+    )
+    parser.add_argument(
+        "--metric",
+        default=defaults.metric,
+        help=f"{', '.join(METRICS)} (default: {defaults.metric}; mattes: spdz or clear)",
+    )
+    parser.add_argument(
+        "--histogram-bins",
+        type=int,
+        default=defaults.histogram_bins,
+        help=f"mattes: histogram bins, 4 to 256 (default: {defaults.histogram_bins})",
+    )
+    parser.add_argument(
+        "--optimizer",
+        help=f"{', '.join(OPTIMIZERS)} (default: gauss-newton for meansquares, "
+        "regular-step otherwise)",
+    )
+    parser.add_argument(
+        "--learning-rate",
+        type=float,
+        default=defaults.learning_rate,
+        help="regular-step: the first step, in parameters scaled by their physical shift "
+        f"(about mm; default {defaults.learning_rate:g})",
     )
     parser.add_argument(
         "--grid-spacing",
@@ -716,6 +746,10 @@ def _registration_options(
     )
     options = RegistrationOptions(
         transform=args.transform,
+        metric=args.metric,
+        histogram_bins=args.histogram_bins,
+        optimizer=args.optimizer,
+        learning_rate=args.learning_rate,
         grid_spacing=args.grid_spacing,
         refine_grid=args.refine_grid,
         bending_energy_weight=args.bending_weight,
@@ -844,6 +878,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.max_message_bytes < 1:
         raise InputError(f"--max-message-bytes {args.max_message_bytes} must be at least 1")
     backends = tuple(check_backend_name(name) for name in args.backends)
+    metrics = tuple(dict.fromkeys(check_metric(name) for name in args.metrics))
     if args.dealer is not None:
         _address("--dealer", args.dealer)
     elif "spdz" in backends:
@@ -858,6 +893,7 @@ def _serve(args: argparse.Namespace) -> int:
         args.listen,
         tls,
         backends=backends,
+        metrics=metrics,
         evaluation_budget=args.budget,
         measurement_grant=args.grant_measurements,
         max_measurements_per_evaluation=args.max_measurements_per_evaluation,

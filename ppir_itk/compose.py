@@ -40,6 +40,7 @@ from ppir_itk.dealer_client import DealerClient, open_dealer
 from ppir_itk.errors import InputError
 from ppir_itk.fixed_party import FixedPartyServer, FixedPartySession
 from ppir_itk.ledger import IN_MEMORY, Ledger
+from ppir_itk.metric_kinds import METRICS
 from ppir_itk.policy import (
     DEFAULT_EVALUATION_BUDGET,
     DEFAULT_JOINT_TERM_NOISE,
@@ -125,6 +126,7 @@ def serve(
     tls: TLS,
     *,
     backends: tuple[str, ...] | list[str] = ("he",),
+    metrics: tuple[str, ...] | list[str] = METRICS,
     evaluation_budget: int = DEFAULT_EVALUATION_BUDGET,
     measurement_grant: float = DEFAULT_MEASUREMENT_GRANT,
     max_measurements_per_evaluation: float = DEFAULT_MEASUREMENTS_PER_EVALUATION,
@@ -142,7 +144,8 @@ def serve(
 ) -> None:
     """Serve the fixed image until interrupted (``ppir serve``).
 
-    The measurement limits are :class:`FixedPolicy`'s; ``ledger`` is the SQLite file
+    ``metrics``: those served (:mod:`ppir_itk.metric_kinds`). The measurement limits are
+    :class:`FixedPolicy`'s; ``ledger`` is the SQLite file
     that counts each client's measurements across sessions and restarts (default:
     beside ``fixed`` when it is a path, ``IMAGE.ppir-ledger.sqlite``). ``dealer``
     (``HOST:PORT``) is the ``ppir dealer`` this party trusts for ``spdz`` sessions;
@@ -153,6 +156,7 @@ def serve(
     ledger = ledger_path(fixed, ledger)
     policy = FixedPolicy(
         backends=tuple(backends),
+        metrics=tuple(metrics),
         evaluation_budget=evaluation_budget,
         measurement_grant=measurement_grant,
         max_measurements_per_evaluation=max_measurements_per_evaluation,

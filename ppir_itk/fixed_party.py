@@ -55,7 +55,8 @@ from ppir_itk.disclosure import SESSION, Received
 from ppir_itk.errors import InputError
 from ppir_itk.image import GridGeometry, ImageGrid, center_of_mass
 from ppir_itk.ledger import IN_MEMORY, Ledger, image_fingerprint
-from ppir_itk.metric_kinds import MATTES, METRICS, MetricSettings, check_histogram_bins
+from ppir_itk.metric_kinds import MATTES, METRICS, MetricSettings
+from ppir_itk.parzen import IntensityBins, check_histogram_bins, fixed_bins
 from ppir_itk.points import SAMPLING_KINDS, PointSet, draw_points
 from ppir_itk.policy import FixedPolicy
 from ppir_itk.protocol import ppir_pb2 as pb
@@ -68,7 +69,7 @@ from ppir_itk.protocol.messages import (
 )
 from ppir_itk.protocol.tls import TLS
 from ppir_itk.protocol.transport import READY_TIMEOUT, PartyServer
-from ppir_itk.pyramid import Level, fixed_level_image
+from ppir_itk.pyramid import Level, fixed_level_images
 from ppir_itk.roles import FIXED_PARTY, MOVING_PARTY
 from ppir_itk.wrapping.images import as_image_grid
 
@@ -108,6 +109,7 @@ class FixedPartySession:
         self.backend_side: FixedSide | None = None
         self.level_index = -1
         self.level_image: ImageGrid | None = None
+        self.level_range = (0.0, 0.0)  # the smoothed level image's least and greatest values
         self.points: PointSet | None = None
         self.seconds = 0.0
         self.level_seconds: list[float] = []
@@ -261,9 +263,11 @@ class FixedPartySession:
             raise ProtocolError(f"level {request.level} asked out of the agreed order")
         level = self.hello.levels[request.level]
         self.level_index = request.level
-        self.level_image = fixed_level_image(
+        smoothed, self.level_image = fixed_level_images(
             self.image, Level(level.shrink_factor, level.smoothing_sigma)
         )
+        # Mattes's fixed bins span the smoothed full-resolution image, as ITK's method gives it.
+        self.level_range = (float(smoothed.array.min()), float(smoothed.array.max()))
         self.points = None
         self.level_measurements = 0
         self.level_seconds.append(0.0)
@@ -296,6 +300,10 @@ class FixedPartySession:
         values = self.level_image.array.ravel().astype(np.float64)
         if self.points.indices is not None:
             values = values[self.points.indices]
+        metric = self.backend_side.metric
+        if metric.name == MATTES:  # the fixed party's own window: its bins, over its level
+            bins = IntensityBins.from_values(np.array(self.level_range), metric.histogram_bins)
+            values = fixed_bins(values, bins)
         self.backend_side.on_points(values, self.points)
         return pb.Envelope(points_selected=pb.PointsSelected(count=self.points.size))
 
@@ -317,7 +325,8 @@ class FixedPartySession:
 
     def _check_measurements(self, points: PointSet) -> None:
         """Refuse, before any product, a level whose evaluations the policy cannot answer."""
-        policy, asked = self.policy, points.linear_map.sums_per_evaluation
+        assert self.backend_side is not None, _AFTER_HELLO
+        policy, asked = self.policy, self.backend_side.sums_per_evaluation(points)
         if points.control is not None:
             level_spacing = np.asarray(points.geometry.spacing)
             spacing = float(np.min(np.asarray(points.control.spacing) / level_spacing))

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from ppir_itk.errors import InputError
 
 MEAN_SQUARES, CORRELATION, MATTES = "meansquares", "correlation", "mattes"
@@ -76,17 +74,3 @@ def check_optimizer(name: str | None, metric: str) -> str:
 
 #: The settings of a session that names no other metric.
 MEAN_SQUARES_SETTINGS = MetricSettings()
-
-MIN_HISTOGRAM_BINS, MAX_HISTOGRAM_BINS = 4, 256
-
-
-def check_histogram_bins(count: int) -> int:
-    """``count`` if Mattes can take that many histogram bins, otherwise one sentence."""
-    if isinstance(count, bool) or not isinstance(count, int | np.integer):
-        raise InputError(f"the number of histogram bins must be an integer, got {count!r}")
-    if not MIN_HISTOGRAM_BINS <= count <= MAX_HISTOGRAM_BINS:
-        raise InputError(
-            f"the number of histogram bins must be {MIN_HISTOGRAM_BINS} to "
-            f"{MAX_HISTOGRAM_BINS} (4 of them pad the cubic window), got {count}"
-        )
-    return int(count)

@@ -16,21 +16,39 @@ a step (accepted or not) that moves no fixed-grid corner by more than
 ``MinimumStepLength`` (physical units), a relative value change below ``RelativeValueTolerance``,
 ``MaximumBadSteps`` rejected steps in a row, or an observer calling
 :meth:`StopOptimization`.
+
+``RegularStepGradientDescentOptimizer`` is ITK's ``RegularStepGradientDescentOptimizerv4``
+with ``SetOptimizerScalesFromPhysicalShift()``, for metrics that are not least squares
+(it never reads the Hessian). Both optimizers have one contract, the one
+:class:`~ppir_itk.registration.ImageRegistrationMethod` drives: observers of START,
+ITERATION and END, ``SetMetric``, ``StartOptimization``, ``StopOptimization``,
+``NumberOfIterations`` (set per level), ``values`` (``GetValue()`` at each ITERATION
+event) and the getters.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from ppir_itk.bspline import BSplineTransform
 from ppir_itk.errors import InputError
 from ppir_itk.events import Event, Observable
+
+logger = logging.getLogger(__name__)
 
 SPARSE_DAMPING_FLOOR = 1e-2  # x the mean diagonal of a sparse (B-spline) Gauss-Newton matrix
 SPARSE_TOLERANCE = 1e-6  # relative residual of the damped step's conjugate-gradient solve
 SPARSE_ITERATIONS = 1000
+# ITK's RegistrationParameterScalesFromShiftBase: each parameter's scale is the physical
+# shift of this change of it alone (then squared and divided by its square).
+SMALL_PARAMETER_VARIATION = 0.01
+LEARNING_RATE_ESTIMATIONS = ("never", "once", "each_iteration")
 
 
 class StopCondition(enum.Enum):
@@ -38,49 +56,25 @@ class StopCondition(enum.Enum):
     STEP_TOO_SMALL = "step smaller than the minimum step length"
     CONVERGENCE = "relative change of the value below the tolerance"
     TOO_MANY_BAD_STEPS = "too many rejected steps in a row"
+    GRADIENT_MAGNITUDE_TOLERANCE = "scaled gradient magnitude below the tolerance"
     USER_STOP = "stopped by an observer"
 
 
-class GaussNewtonOptimizer(Observable):
-    """Levenberg-Marquardt damped Gauss-Newton optimizer.
+class _Optimizer(Observable):
+    """What every optimizer shows the registration method and its observers."""
 
-    Parameters
-    ----------
-    NumberOfIterations : int
-        Maximum iterations per level.
-    MinimumStepLength : float
-        Stop when a step moves no corner of the fixed grid more than this (mm).
-    RelativeValueTolerance : float
-        Stop when an accepted step changes the value by less than this, relatively.
-    MaximumBadSteps : int
-        Stop after this many rejected steps in a row.
-    InitialDamping : float
-        Initial Levenberg-Marquardt lambda (relative to diag(H)).
-    """
-
-    def __init__(
-        self,
-        NumberOfIterations: int = 100,  # noqa: N803
-        MinimumStepLength: float = 1e-4,  # noqa: N803
-        RelativeValueTolerance: float = 1e-6,  # noqa: N803
-        MaximumBadSteps: int = 6,  # noqa: N803
-        InitialDamping: float = 1e-3,  # noqa: N803
-    ) -> None:
+    def __init__(self, NumberOfIterations: int) -> None:  # noqa: N803
         super().__init__()
         if NumberOfIterations < 1:
             raise InputError(
                 f"the optimizer's NumberOfIterations {NumberOfIterations} must be at least 1"
             )
         self.NumberOfIterations = int(NumberOfIterations)
-        self.MinimumStepLength = float(MinimumStepLength)
-        self.RelativeValueTolerance = float(RelativeValueTolerance)
-        self.MaximumBadSteps = int(MaximumBadSteps)
-        self.InitialDamping = float(InitialDamping)
         self._metric: Any = None
         self._iteration = 0
         self._value = float("nan")
-        self._damping = self.InitialDamping
         self._stop: StopCondition | None = None
+        self._stop_detail = ""
         self._stop_requested = False
         self.values: list[float] = []
 
@@ -105,20 +99,61 @@ class GaussNewtonOptimizer(Observable):
     def GetStopConditionDescription(self) -> str:  # noqa: N802
         if self._stop is None:
             return "not started"
-        return f"GaussNewtonOptimizer: {self._stop.value} after {self._iteration} iterations"
+        return (
+            f"{type(self).__name__}: {self._stop.value} after {self._iteration} iterations"
+            f"{self._stop_detail}"
+        )
 
     def StopOptimization(self) -> None:  # noqa: N802
         self._stop_requested = True
 
-    def StartOptimization(self) -> None:  # noqa: N802
+    def _begin(self) -> Any:
+        """Reset the run's state; the metric."""
         if self._metric is None:
             raise RuntimeError("the optimizer has no metric: call SetMetric first")
-        metric = self._metric
         self._iteration = 0
         self._stop = None
+        self._stop_detail = ""
         self._stop_requested = False
-        self._damping = self.InitialDamping
         self.values = []
+        return self._metric
+
+
+class GaussNewtonOptimizer(_Optimizer):
+    """Levenberg-Marquardt damped Gauss-Newton optimizer.
+
+    Parameters
+    ----------
+    NumberOfIterations : int
+        Maximum iterations per level.
+    MinimumStepLength : float
+        Stop when a step moves no corner of the fixed grid more than this (mm).
+    RelativeValueTolerance : float
+        Stop when an accepted step changes the value by less than this, relatively.
+    MaximumBadSteps : int
+        Stop after this many rejected steps in a row.
+    InitialDamping : float
+        Initial Levenberg-Marquardt lambda (relative to diag(H)).
+    """
+
+    def __init__(
+        self,
+        NumberOfIterations: int = 100,  # noqa: N803
+        MinimumStepLength: float = 1e-4,  # noqa: N803
+        RelativeValueTolerance: float = 1e-6,  # noqa: N803
+        MaximumBadSteps: int = 6,  # noqa: N803
+        InitialDamping: float = 1e-3,  # noqa: N803
+    ) -> None:
+        super().__init__(NumberOfIterations)
+        self.MinimumStepLength = float(MinimumStepLength)
+        self.RelativeValueTolerance = float(RelativeValueTolerance)
+        self.MaximumBadSteps = int(MaximumBadSteps)
+        self.InitialDamping = float(InitialDamping)
+        self._damping = self.InitialDamping
+
+    def StartOptimization(self) -> None:  # noqa: N802
+        metric = self._begin()
+        self._damping = self.InitialDamping
         self.InvokeEvent(Event.START)
         current = metric.evaluate()
         self._value = current.value
@@ -186,3 +221,233 @@ class GaussNewtonOptimizer(Observable):
             damped, -gradient, rtol=SPARSE_TOLERANCE, maxiter=SPARSE_ITERATIONS, M=preconditioner
         )
         return step
+
+
+class RegularStepGradientDescentOptimizer(_Optimizer):
+    """ITK's ``RegularStepGradientDescentOptimizerv4``, with scales from physical shift.
+
+    Each iteration evaluates the metric once and steps along the negative scaled
+    gradient ``-(gradient / scales)``, normalised, by the step length
+    ``LearningRate * relaxation`` (so ``LearningRate`` is the parameter step of the
+    first iteration: mm for translations). When the direction reverses (a negative
+    product of the scaled gradient with the previous one) the relaxation is
+    multiplied by ``RelaxationFactor``. There is no line search and no value check:
+    every step is taken. Stop conditions: ``NumberOfIterations`` steps, a scaled
+    gradient of norm below ``GradientMagnitudeTolerance``, a step length below
+    ``MinimumStepLength``, or an observer calling :meth:`StopOptimization`.
+    :meth:`GetValue` is the value where the last step started (as ITK: the position
+    after it is not evaluated); ``values`` holds it at each ITERATION event.
+
+    Scales, estimated at each :meth:`StartOptimization` (each level) unless given, as
+    ITK's ``RegistrationParameterScalesFromPhysicalShift``: for a change of 0.01 of
+    parameter i alone, the metric's ``maximum_physical_shift(delta)`` (the largest
+    move of a fixed-grid corner, mm) gives ``scale_i = (shift_i / 0.01)^2``: 1 for a
+    translation, about the squared corner distance for an angle or a matrix
+    element; a zero shift takes the smallest nonzero one, and no shift at all gives
+    scales of 1. For a B-spline (``metric.GetTransform()`` a
+    :class:`~ppir_itk.bspline.BSplineTransform`) every scale is the shift itself of
+    one coefficient's change, neither squared nor normalised, as ITK. The optimizer
+    uses only ``evaluate()`` (value and gradient; the Hessian may be None),
+    ``GetParameters``, ``SetParameters``, ``UpdateTransformParameters``,
+    ``GetNumberOfParameters``, ``GetTransform`` and ``maximum_physical_shift``, so it
+    works for any metric with the mean squares metric's set-up.
+
+    ITK's details kept: the reversal test multiplies the new scaled gradient with the
+    previous one scaled a second time (ITK rescales, in place, the gradient it kept,
+    which its last step had already scaled), so it weighs parameter i by
+    ``1 / scale_i^3``; the gradient check, the reversal test and the step-length
+    check come in that order; the first iteration never relaxes.
+
+    ``EstimateLearningRate`` (``"never"``, ITK's and SimpleITK's default for this
+    optimizer; ``"once"``, at each level's first iteration; ``"each_iteration"``)
+    sets the learning rate, after that iteration's step-length check, so that the
+    step moves no corner of the fixed grid more than the relaxation times
+    ``MaximumStepSizeInPhysicalUnits`` (mm), as ITK: the step's shift (ITK's
+    ``EstimateStepScale``: for a linear transform, of the step shrunk to a largest
+    change of 0.01, then scaled back) divides it, and the scaled gradient's norm
+    multiplies it, the step being normalised. ITK's default for that size is the
+    level's smallest pixel spacing, which the optimizer does not see: give it.
+
+    Parameters
+    ----------
+    LearningRate : float
+        The first iteration's step length (> 0).
+    MinimumStepLength : float
+        Stop when the step length falls below this (>= 0).
+    NumberOfIterations : int
+        Maximum iterations (steps) per level.
+    RelaxationFactor : float
+        In [0, 1): what a reversal multiplies the step length by.
+    GradientMagnitudeTolerance : float
+        Stop when the scaled gradient's norm falls below this (>= 0).
+    ReturnBestParametersAndValue : bool
+        On any stop, go back to the evaluated position of smallest value and report it.
+    Scales : sequence of float, optional
+        One positive scale per parameter instead of the physical-shift estimate.
+    EstimateLearningRate : {"never", "once", "each_iteration"}
+        When to set the learning rate from ``MaximumStepSizeInPhysicalUnits``.
+    MaximumStepSizeInPhysicalUnits : float
+        The largest corner move of an estimated step (mm; > 0 when estimating).
+    """
+
+    def __init__(
+        self,
+        LearningRate: float = 1.0,  # noqa: N803
+        MinimumStepLength: float = 1e-4,  # noqa: N803
+        NumberOfIterations: int = 100,  # noqa: N803
+        RelaxationFactor: float = 0.5,  # noqa: N803
+        GradientMagnitudeTolerance: float = 1e-4,  # noqa: N803
+        ReturnBestParametersAndValue: bool = False,  # noqa: N803
+        Scales: Sequence[float] | None = None,  # noqa: N803
+        EstimateLearningRate: str = "never",  # noqa: N803
+        MaximumStepSizeInPhysicalUnits: float = 0.0,  # noqa: N803
+    ) -> None:
+        super().__init__(NumberOfIterations)
+        if not (math.isfinite(LearningRate) and LearningRate > 0):
+            raise InputError(
+                f"the optimizer's LearningRate {LearningRate} must be a positive number"
+            )
+        if not (math.isfinite(MinimumStepLength) and MinimumStepLength >= 0):
+            raise InputError(
+                f"the optimizer's MinimumStepLength {MinimumStepLength} must be a number >= 0"
+            )
+        if not 0 <= RelaxationFactor < 1:
+            raise InputError(
+                f"the optimizer's RelaxationFactor {RelaxationFactor} must be in [0, 1)"
+            )
+        if not (math.isfinite(GradientMagnitudeTolerance) and GradientMagnitudeTolerance >= 0):
+            raise InputError(
+                f"the optimizer's GradientMagnitudeTolerance {GradientMagnitudeTolerance} "
+                "must be a number >= 0"
+            )
+        self.Scales: np.ndarray | None = None
+        if Scales is not None:
+            self.Scales = np.asarray(Scales, dtype=np.float64)
+            if self.Scales.ndim != 1 or not np.all(np.isfinite(self.Scales) & (self.Scales > 0)):
+                raise InputError("the optimizer's Scales must be a list of positive numbers")
+        if EstimateLearningRate not in LEARNING_RATE_ESTIMATIONS:
+            raise InputError(
+                f"the optimizer's EstimateLearningRate '{EstimateLearningRate}' is not one of "
+                f"{', '.join(LEARNING_RATE_ESTIMATIONS)}"
+            )
+        if EstimateLearningRate != "never" and not (
+            math.isfinite(MaximumStepSizeInPhysicalUnits) and MaximumStepSizeInPhysicalUnits > 0
+        ):
+            raise InputError(
+                f"the optimizer's EstimateLearningRate '{EstimateLearningRate}' needs a "
+                f"MaximumStepSizeInPhysicalUnits > 0, got {MaximumStepSizeInPhysicalUnits}"
+            )
+        self.EstimateLearningRate = EstimateLearningRate
+        self.MaximumStepSizeInPhysicalUnits = float(MaximumStepSizeInPhysicalUnits)
+        self.LearningRate = float(LearningRate)
+        self.MinimumStepLength = float(MinimumStepLength)
+        self.RelaxationFactor = float(RelaxationFactor)
+        self.GradientMagnitudeTolerance = float(GradientMagnitudeTolerance)
+        self.ReturnBestParametersAndValue = bool(ReturnBestParametersAndValue)
+        self._scales = np.ones(0)
+        self._relaxation = 1.0
+        self._learning_rate = self.LearningRate
+
+    def GetScales(self) -> np.ndarray:  # noqa: N802
+        """The scales of the last :meth:`StartOptimization`."""
+        return self._scales.copy()
+
+    def GetCurrentLearningRateRelaxation(self) -> float:  # noqa: N802
+        return self._relaxation
+
+    def GetLearningRate(self) -> float:  # noqa: N802
+        """The learning rate in use: ``LearningRate``, or the last estimated one."""
+        return self._learning_rate
+
+    def GetCurrentStepLength(self) -> float:  # noqa: N802
+        return self._relaxation * self._learning_rate
+
+    def StartOptimization(self) -> None:  # noqa: N802
+        metric = self._begin()
+        self._scales = self._estimate_scales(metric)
+        self._relaxation = 1.0
+        self._learning_rate = self.LearningRate
+        best_value, best_position = math.inf, metric.GetParameters()
+        previous = np.zeros_like(self._scales)  # the last scaled gradient; none yet
+        self.InvokeEvent(Event.START)
+        while self._stop is None:
+            if self._iteration >= self.NumberOfIterations:
+                self._stop = StopCondition.MAXIMUM_NUMBER_OF_ITERATIONS
+                break
+            evaluation = metric.evaluate()
+            self._value = evaluation.value
+            if evaluation.value < best_value:
+                best_value, best_position = evaluation.value, metric.GetParameters()
+            scaled = evaluation.gradient / self._scales
+            # Sums, not np.dot: BLAS would start threads that spin against the other party.
+            magnitude = math.sqrt(float(np.square(scaled).sum()))
+            # A zero gradient has no direction, whatever the tolerance (ITK would divide by 0).
+            if magnitude < self.GradientMagnitudeTolerance or magnitude == 0.0:
+                self._stop = StopCondition.GRADIENT_MAGNITUDE_TOLERANCE
+                self._stop_detail = f" ({magnitude:.6g} < {self.GradientMagnitudeTolerance:.6g})"
+                break
+            if float((scaled * previous / self._scales).sum()) < 0:
+                self._relaxation *= self.RelaxationFactor
+            step_length = self.GetCurrentStepLength()
+            if step_length < self.MinimumStepLength:
+                self._stop = StopCondition.STEP_TOO_SMALL
+                self._stop_detail = f" ({step_length:.6g} < {self.MinimumStepLength:.6g})"
+                break
+            if self.EstimateLearningRate == "each_iteration" or (
+                self.EstimateLearningRate == "once" and self._iteration == 0
+            ):
+                self._learning_rate = self._estimated_learning_rate(metric, scaled, magnitude)
+                step_length = self.GetCurrentStepLength()
+            metric.UpdateTransformParameters(-(step_length / magnitude) * scaled)
+            previous = scaled
+            self._iteration += 1
+            self.values.append(self._value)
+            self.InvokeEvent(Event.ITERATION)
+            if self._stop_requested:
+                self._stop = StopCondition.USER_STOP
+        if self.ReturnBestParametersAndValue and math.isfinite(best_value):
+            metric.SetParameters(best_position)
+            self._value = best_value
+        self.InvokeEvent(Event.END)
+
+    def _estimated_learning_rate(self, metric: Any, scaled: np.ndarray, magnitude: float) -> float:
+        epsilon = np.finfo(np.float64).eps
+        if isinstance(metric.GetTransform(), BSplineTransform):
+            step_scale = float(metric.maximum_physical_shift(-scaled))
+        else:
+            # The shift of a small step, scaled back: a linear estimate for a transform
+            # that is not linear in its parameters (angles).
+            factor = SMALL_PARAMETER_VARIATION / float(np.abs(scaled).max())
+            step_scale = float(metric.maximum_physical_shift(-factor * scaled)) / factor
+        if step_scale <= epsilon:
+            return magnitude  # ITK's learning rate of 1, before the normalisation
+        return self.MaximumStepSizeInPhysicalUnits / step_scale * magnitude
+
+    def _estimate_scales(self, metric: Any) -> np.ndarray:
+        count = metric.GetNumberOfParameters()
+        if self.Scales is not None:
+            if len(self.Scales) != count:
+                raise InputError(
+                    f"the optimizer's Scales has {len(self.Scales)} values but the transform "
+                    f"has {count} parameters"
+                )
+            return self.Scales.copy()
+        epsilon = np.finfo(np.float64).eps
+
+        def shift(parameter: int) -> float:
+            delta = np.zeros(count)
+            delta[parameter] = SMALL_PARAMETER_VARIATION
+            return float(metric.maximum_physical_shift(delta))
+
+        if isinstance(metric.GetTransform(), BSplineTransform):
+            # Each coefficient moves its own control point by the same amount: one probe
+            # instead of one per coefficient (thousands, each over every coefficient).
+            local = shift(0)
+            return np.full(count, local if local > epsilon else 1.0)
+        shifts = np.array([shift(parameter) for parameter in range(count)])
+        moving = shifts > epsilon
+        if not moving.any():
+            logger.warning("no parameter moves a corner of the fixed grid: scales of 1 are used")
+            return np.ones(count)
+        shifts = np.where(moving, shifts, shifts[moving].min())
+        return np.square(shifts / SMALL_PARAMETER_VARIATION)

@@ -21,6 +21,7 @@ ppir_itk.errors.InputError: --iterations 0 must be at least 1
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -29,6 +30,14 @@ from typing import Any
 import numpy as np
 
 from ppir_itk.errors import InputError
+from ppir_itk.metric_kinds import (
+    DEFAULT_HISTOGRAM_BINS,
+    MEAN_SQUARES,
+    MetricSettings,
+    check_metric,
+    check_optimizer,
+)
+from ppir_itk.parzen import check_histogram_bins
 from ppir_itk.protocol.channel import DEFAULT_DEADLINE
 from ppir_itk.pyramid import LevelSchedule
 from ppir_itk.sampling import Sampling, make_sampling
@@ -106,16 +115,18 @@ def check_bspline_grid(transform: Any, grid_spacing: float | Sequence[float] | N
         )
 
 
-def _check_backend(name: str, parameters: Mapping[str, str]) -> str:
-    """The backend's own checks of its name and parameters, before any party starts."""
+def _check_backend(name: str, parameters: Mapping[str, str], metric: str) -> str:
+    """The backend's own checks of its name and parameters, and that it computes ``metric``,
+    before any party starts."""
     # Imported here: the command line builds its parser from these options, and the
     # backends (and what they import) are for the subcommands that register.
-    from ppir_itk.backends import check_backend_name, check_protocol
+    from ppir_itk.backends import check_backend_metric, check_backend_name, check_protocol
     from ppir_itk.backends.he import he_settings
 
     backend = check_backend_name(name)
     if check_protocol(backend, parameters.get("protocol")) == "packed":
         he_settings(dict(parameters))
+    check_backend_metric(backend, dict(parameters), metric)
     return backend
 
 
@@ -131,6 +142,15 @@ class RegistrationOptions:
     backend, backend_parameters : str, mapping
         The joint-term backend (``he``, ``spdz``; ``clear`` is NOT private) and
         its options, e.g. ``{"poly_modulus_degree": "16384"}`` (None: none).
+    metric, histogram_bins : str, int
+        ``meansquares`` (default), ``correlation`` or ``mattes``
+        (:mod:`ppir_itk.metric_kinds`), and Mattes's number of bins (4 to 256).
+    optimizer : str, optional
+        ``gauss-newton`` (mean squares only) or ``regular-step``; None: the metric's
+        default (Gauss-Newton for mean squares, regular step otherwise).
+    learning_rate : float
+        Regular step only: the first step's length, in parameters scaled by their
+        physical shift (about mm); each reversal of the gradient halves it.
     sampling, sampling_fraction, seed, reveal_gms_indices
         ``none``, ``urs`` or ``gms`` (or a strategy object), the fraction sampled,
         the public seed, and whether GMS sends its indices to the fixed party.
@@ -155,6 +175,10 @@ class RegistrationOptions:
     transform: Any = "affine"
     backend: str = "he"
     backend_parameters: Mapping[str, str] = field(default_factory=dict)  # None is taken as {}
+    metric: str = MEAN_SQUARES
+    histogram_bins: int = DEFAULT_HISTOGRAM_BINS
+    optimizer: str | None = None
+    learning_rate: float = 1.0
     sampling: str | Sampling = "none"
     sampling_fraction: float = 0.05
     seed: int = 0
@@ -184,9 +208,14 @@ class RegistrationOptions:
             raise InputError(f"--bending-weight {self.bending_energy_weight:g} must be at least 0")
         self._set("grid_spacing", check_grid_spacing(self.grid_spacing))
         check_bspline_grid(self.transform, self.grid_spacing)
+        self._set("metric", check_metric(self.metric))
+        self._set("histogram_bins", check_histogram_bins(self.histogram_bins))
+        self._set("optimizer", check_optimizer(self.optimizer, self.metric))
+        if not (0 < self.learning_rate < math.inf):
+            raise InputError(f"--learning-rate {self.learning_rate:g} must be positive and finite")
         parameters = MappingProxyType(dict(self.backend_parameters or {}))
         self._set("backend_parameters", parameters)
-        self._set("backend", _check_backend(self.backend, parameters))
+        self._set("backend", _check_backend(self.backend, parameters, self.metric))
         schedule = LevelSchedule.from_lists(self.shrink_factors, self.smoothing_sigmas)
         self._set("shrink_factors", tuple(level.shrink_factor for level in schedule.levels))
         self._set("smoothing_sigmas", tuple(level.smoothing_sigma for level in schedule.levels))
@@ -198,6 +227,11 @@ class RegistrationOptions:
     def _set(self, name: str, value: Any) -> None:
         """Store a checked value in its normal form (the options are frozen)."""
         object.__setattr__(self, name, value)
+
+    @property
+    def metric_settings(self) -> MetricSettings:
+        """The metric as the session's Hello names it."""
+        return MetricSettings(self.metric, self.histogram_bins)
 
     def iterations_per_level(self) -> tuple[int, ...]:
         """The most iterations of each level, coarsest first."""

@@ -82,11 +82,17 @@ def smooth(image: ImageGrid, sigma: float) -> ImageGrid:
 
 def fixed_level_image(image: ImageGrid, level: Level) -> ImageGrid:
     """The fixed party's image at a level: smoothed, then shrunk (ITK's shrink filter)."""
+    return fixed_level_images(image, level)[1]
+
+
+def fixed_level_images(image: ImageGrid, level: Level) -> tuple[ImageGrid, ImageGrid]:
+    """The fixed image at a level, smoothed at full resolution (what ITK's method hands its
+    metric: Mattes takes its intensity range there) and shrunk (the metric's grid)."""
     smoothed = smooth(image, level.smoothing_sigma)
     if level.shrink_factor == 1:
-        return smoothed
+        return smoothed, smoothed
     factors = [min(level.shrink_factor, size) for size in smoothed.geometry.size]
-    return as_image_grid(sitk.Shrink(to_sitk(smoothed), factors), check=False)
+    return smoothed, as_image_grid(sitk.Shrink(to_sitk(smoothed), factors), check=False)
 
 
 def moving_level_image(image: ImageGrid, level: Level) -> ImageGrid:

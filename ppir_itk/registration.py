@@ -48,9 +48,18 @@ from ppir_itk.compose import connect, in_process_session, spawn_fixed_party
 from ppir_itk.errors import InputError
 from ppir_itk.events import Event, Observable
 from ppir_itk.image import GridGeometry, ImageGrid, center_of_mass, check_large_enough
+from ppir_itk.mattes import PrivateMattesMutualInformationImageToImageMetric
 from ppir_itk.metric import PrivateImageToImageMetric, PrivateMeanSquaresImageToImageMetric
+from ppir_itk.metric_kinds import (
+    GAUSS_NEWTON,
+    MATTES,
+    MEAN_SQUARES,
+    REGULAR_STEP,
+    check_optimizer,
+    default_optimizer,
+)
 from ppir_itk.moving_party import MovingPartySession
-from ppir_itk.optimizer import GaussNewtonOptimizer
+from ppir_itk.optimizer import GaussNewtonOptimizer, RegularStepGradientDescentOptimizer
 from ppir_itk.options import (
     RegistrationOptions,
     check_bspline_grid,
@@ -104,6 +113,9 @@ class RegistrationResult:
     sampling: str
     protocol: str = ""
     scheme: str = ""
+    metric: str = MEAN_SQUARES
+    histogram_bins: int | None = None  # Mattes only
+    optimizer: str = ""  # the optimizer's class
     levels: list[LevelReport] = field(default_factory=list)
     metric_values: list[float] = field(default_factory=list)
     parties: dict[str, dict] = field(default_factory=dict)
@@ -148,6 +160,9 @@ class RegistrationResult:
             "protocol": self.protocol,
             "scheme": self.scheme,
             "private": self.private,
+            "metric": self.metric,
+            "histogram_bins": self.histogram_bins,
+            "optimizer": self.optimizer,
             "transform_type": self.transform.kind,
             "itk_transform": self.transform.itk_name,
             "parameters": self.transform.parameters.tolist(),
@@ -191,8 +206,10 @@ class ImageRegistrationMethod(Observable):
     ----------
     metric : PrivateImageToImageMetric (any of the private metrics)
         The metric, with its moving image and backend set.
-    optimizer : GaussNewtonOptimizer, optional
-        Defaults to ``GaussNewtonOptimizer()``.
+    optimizer : GaussNewtonOptimizer or RegularStepGradientDescentOptimizer, optional
+        Defaults to the metric's (:func:`ppir_itk.metric_kinds.default_optimizer`):
+        ``GaussNewtonOptimizer()``, which fits mean squares only, or
+        ``RegularStepGradientDescentOptimizer()``.
     initial_transform : str, LinearTransform, itk or SimpleITK transform
         The transform to optimise (its type is the output type), or a kind of
         :data:`ppir_itk.transform_kinds.TRANSFORMS` (``bspline`` needs ``grid_spacing``).
@@ -215,7 +232,7 @@ class ImageRegistrationMethod(Observable):
     def __init__(
         self,
         metric: PrivateImageToImageMetric,
-        optimizer: GaussNewtonOptimizer | None = None,
+        optimizer: GaussNewtonOptimizer | RegularStepGradientDescentOptimizer | None = None,
         initial_transform: Any = "affine",
         *,
         shrink_factors: Sequence[int] = (1,),
@@ -230,7 +247,15 @@ class ImageRegistrationMethod(Observable):
     ) -> None:
         super().__init__()
         self.metric = metric
-        self.optimizer = optimizer if optimizer is not None else GaussNewtonOptimizer()
+        metric_name = metric.settings.name
+        if optimizer is None:
+            least_squares = default_optimizer(metric_name) == GAUSS_NEWTON
+            optimizer = (
+                GaussNewtonOptimizer() if least_squares else RegularStepGradientDescentOptimizer()
+            )
+        elif isinstance(optimizer, GaussNewtonOptimizer):
+            check_optimizer(GAUSS_NEWTON, metric_name)
+        self.optimizer = optimizer
         self.schedule = LevelSchedule.from_lists(shrink_factors, smoothing_sigmas)
         self.iterations = (
             None if iterations is None else check_iterations(iterations, len(self.schedule.levels))
@@ -342,6 +367,11 @@ class ImageRegistrationMethod(Observable):
                 protocol=moving_party.backend.protocol,
                 scheme=moving_party.backend.scheme,
                 private=moving_party.private,
+                metric=metric.settings.name,
+                histogram_bins=(
+                    metric.settings.histogram_bins if metric.settings.name == MATTES else None
+                ),
+                optimizer=type(self.optimizer).__name__,
                 sampling=self.sampling.describe(),
                 seed=getattr(self.sampling, "seed", None),
                 threads=parallel.get_number_of_threads(),
@@ -509,15 +539,31 @@ def register_with(
 def _register_with(
     session: Any, moving: ImageGrid, options: RegistrationOptions, observers: dict[Any, Any] | None
 ) -> RegistrationResult:
-    metric = PrivateMeanSquaresImageToImageMetric(
-        MovingPartySession(session, options.backend, dict(options.backend_parameters)),
-        bending_energy_weight=options.bending_energy_weight,
+    moving_party = MovingPartySession(
+        session, options.backend, dict(options.backend_parameters), options.metric_settings
     )
+    metric: PrivateImageToImageMetric
+    if options.metric == MATTES:
+        metric = PrivateMattesMutualInformationImageToImageMetric(
+            moving_party,
+            number_of_histogram_bins=options.histogram_bins,
+            bending_energy_weight=options.bending_energy_weight,
+        )
+    else:
+        metric = PrivateMeanSquaresImageToImageMetric(
+            moving_party, bending_energy_weight=options.bending_energy_weight
+        )
     metric.SetMovingImage(moving)
-    optimizer = GaussNewtonOptimizer(
-        MinimumStepLength=options.minimum_step_length,
-        RelativeValueTolerance=options.relative_value_tolerance,
-    )
+    optimizer: GaussNewtonOptimizer | RegularStepGradientDescentOptimizer
+    if options.optimizer == REGULAR_STEP:
+        optimizer = RegularStepGradientDescentOptimizer(
+            LearningRate=options.learning_rate, MinimumStepLength=options.minimum_step_length
+        )
+    else:
+        optimizer = GaussNewtonOptimizer(
+            MinimumStepLength=options.minimum_step_length,
+            RelativeValueTolerance=options.relative_value_tolerance,
+        )
     method = ImageRegistrationMethod(
         metric,
         optimizer,

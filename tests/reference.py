@@ -3,12 +3,15 @@
 Plain vectorised NumPy, written to be obviously correct rather than fast.
 They are the oracle of tests/test_kernels.py.  Unlike the kernels they
 *return* their results; per-point outputs cover positions ``[start, stop)`` of the point list only.
+``mattes_mutual_information`` (the oracle of tests/test_parzen.py) loops over the
+samples as ITK's Mattes metric does, apart from ppir_itk/parzen.py's vectorised code.
 
 Conventions: arrays in NumPy axis order, geometry in ITK order (``size[0]``
 is the fastest axis); ``p = origin + index_to_physical @ idx``.
 """
 
 import itertools
+import math
 
 import numpy as np
 
@@ -226,3 +229,87 @@ def bspline_hessian(fixed_size, indices, start, stop, control, gradient):
         [gradient[start:stop, k, None] * basis for k in range(gradient.shape[1])], axis=1
     )
     return s.T @ s
+
+
+# ------------------------------------------------- ITK's Mattes mutual information
+
+
+def _cubic_bspline(u):
+    """ITK's BSplineKernelFunction<3>."""
+    a = abs(u)
+    if a < 1.0:
+        return (4.0 - 6.0 * a * a + 3.0 * a * a * a) / 6.0
+    if a < 2.0:
+        return (8.0 - 12.0 * a + 6.0 * a * a - a * a * a) / 6.0
+    return 0.0
+
+
+def _cubic_bspline_derivative(u):
+    """ITK's BSplineDerivativeKernelFunction<3>, branch by branch."""
+    if 0.0 <= u < 1.0:
+        return -2.0 * u + 1.5 * u * u
+    if -1.0 < u < 0.0:
+        return -2.0 * u - 1.5 * u * u
+    if 1.0 <= u < 2.0:
+        return -2.0 + 2.0 * u - 0.5 * u * u
+    if -2.0 < u <= -1.0:
+        return 2.0 + 2.0 * u + 0.5 * u * u
+    return 0.0
+
+
+def mattes_mutual_information(
+    fixed_values, moving_values, moving_gradients, jacobians, valid, bins, fixed_range, moving_range
+):
+    """ITK's MattesMutualInformationImageToImageMetricv4, one sample at a time.
+
+    ``fixed_range``/``moving_range`` are each image's (min, max); per sample i: its
+    fixed and moving values, the moving gradient g_i (d,), the transform's Jacobian
+    J_i (d, p) and whether it maps inside the moving image. Returns (value,
+    derivative, number of valid points) as ITK's GetValue, GetDerivative and
+    GetNumberOfValidPoints (a global transform).
+    """
+    padding = 2
+    fixed_bin_size = (fixed_range[1] - fixed_range[0]) / (bins - 2 * padding)
+    fixed_normalized_min = fixed_range[0] / fixed_bin_size - padding
+    moving_bin_size = (moving_range[1] - moving_range[0]) / (bins - 2 * padding)
+    moving_normalized_min = moving_range[0] / moving_bin_size - padding
+    parameters = jacobians.shape[2]
+
+    joint = np.zeros((bins, bins))
+    joint_derivative = np.zeros((bins, bins, parameters))
+    fixed_count = np.zeros(bins)
+    n_valid = 0
+    for i in range(len(fixed_values)):
+        moving = float(moving_values[i])
+        if not valid[i] or moving < moving_range[0] or moving > moving_range[1]:
+            continue
+        fixed_term = float(fixed_values[i]) / fixed_bin_size - fixed_normalized_min
+        fixed_bin = min(max(int(fixed_term), 2), bins - 3)  # C++'s static_cast truncates
+        moving_term = moving / moving_bin_size - moving_normalized_min
+        centre = min(max(int(moving_term), 2), bins - 3)
+        fixed_count[fixed_bin] += 1
+        gradient_times_jacobian = moving_gradients[i] @ jacobians[i]
+        for moving_bin in range(centre - 1, centre + 3):
+            argument = moving_bin - moving_term
+            joint[fixed_bin, moving_bin] += _cubic_bspline(argument)
+            joint_derivative[fixed_bin, moving_bin] += gradient_times_jacobian * (
+                _cubic_bspline_derivative(argument)
+            )
+        n_valid += 1
+
+    joint /= joint.sum()
+    moving_marginal = joint.sum(axis=0)
+    fixed_marginal = fixed_count / fixed_count.sum()
+    joint_derivative *= -1.0 / (moving_bin_size * n_valid)
+    close_to_zero = np.finfo(np.float64).eps
+    total = 0.0
+    derivative = np.zeros(parameters)
+    for f in range(bins):
+        for m in range(bins):
+            if not (joint[f, m] > close_to_zero and moving_marginal[m] > close_to_zero):
+                continue
+            ratio = math.log(joint[f, m] / moving_marginal[m])
+            if fixed_marginal[f] > close_to_zero:
+                total += joint[f, m] * (ratio - math.log(fixed_marginal[f]))
+            derivative += joint_derivative[f, m] * ratio
+    return -total, derivative, n_valid

@@ -10,8 +10,15 @@ from ppir_itk.backends.base import (
     MovingChannel,
     MovingFields,
     MovingHalf,
+    ParzenFields,
 )
-from ppir_itk.backends.clear import ClearBackend, ClearFixedSide, InsecureBackendWarning
+from ppir_itk.backends.clear import (
+    ClearBackend,
+    ClearFixedSide,
+    ClearHistogramBackend,
+    ClearHistogramFixedSide,
+    InsecureBackendWarning,
+)
 from ppir_itk.backends.he import HEPackedBackend, HEPackedFixedSide
 from ppir_itk.backends.he_paper import (
     PaperV1Backend,
@@ -39,7 +46,9 @@ BACKENDS: dict[str, dict[str, tuple[type[JointTermBackend], type[FixedSide]]]] =
 }
 # Mattes mutual information: backend name -> its halves (the backend's default protocol's
 # name); a backend not named here does not compute it.
-HISTOGRAM_BACKENDS: dict[str, tuple[type[HistogramBackend], type[FixedSide]]] = {}
+HISTOGRAM_BACKENDS: dict[str, tuple[type[HistogramBackend], type[FixedSide]]] = {
+    "clear": (ClearHistogramBackend, ClearHistogramFixedSide),
+}
 
 
 def protocol_tables() -> list[ProtocolTable]:
@@ -93,15 +102,26 @@ def _sides(
     protocol = check_protocol(name, parameters.get("protocol"))
     sides = _halves(name, protocol, metric)
     if sides is None:
-        named = f"'{name}'" if protocol == name else f"'{name}' (protocol {protocol})"
+        asked = parameters.get("protocol")
+        named = f"'{name}'" if asked is None else f"'{name}' (protocol {asked})"
         serving = [
-            other for other in BACKENDS if _halves(other, check_protocol(other, None), metric)
+            (other, halves[0].private)
+            for other in BACKENDS
+            if (halves := _halves(other, check_protocol(other, None), metric)) is not None
         ]
+        private = [other for other, private in serving if private]
+        clear = [f"{other}, which is NOT private" for other, private in serving if not private]
         raise InputError(
-            f"backend {named} does not compute metric '{metric}': register it with "
-            f"backend {' or '.join(serving)}"
+            f"backend {named} does not compute metric '{metric}': register it with backend "
+            + " or ".join(private + clear)
         )
     return sides
+
+
+def check_backend_metric(name: str, parameters: dict[str, str], metric: str) -> None:
+    """Refuse, with one sentence naming the backends that do, a backend (a checked name)
+    that does not compute ``metric``."""
+    _sides(name, parameters, metric)
 
 
 def make_backend(
@@ -143,7 +163,9 @@ __all__ = [
     "PaperV1Backend",
     "MovingFields",
     "MovingHalf",
+    "ParzenFields",
     "SPDZBackend",
+    "check_backend_metric",
     "check_backend_name",
     "check_protocol",
     "make_backend",

@@ -288,17 +288,24 @@ class FixedSide(abc.ABC):
 
     @abc.abstractmethod
     def on_points(self, values: np.ndarray, points: PointSet) -> None:
-        """The level's J on the agreed points (float64), once per level."""
+        """The level's J on the agreed points (float64), once per level; for Mattes, their
+        fixed bins instead (int64, :func:`ppir_itk.parzen.fixed_bins`)."""
 
     @abc.abstractmethod
     def handle(self, message: pb.BackendMessage) -> pb.BackendMessage:
         """Answer one backend message (raise ProtocolError for one that does not fit)."""
 
+    def sums_per_evaluation(self, points: PointSet) -> int:
+        """The numbers about J one evaluation's answer gives the moving party by design,
+        known before any product (the fixed party checks them at ``SelectPoints``): the
+        public map's sums (the metric may add its own)."""
+        return points.linear_map.sums_per_evaluation
+
     def measurements_per_evaluation(self, points: PointSet) -> int:
         """The linear measurements of J one evaluation's answer gives the moving party (the
-        fixed party's policy counts them): the public map's sums, unless the protocol
+        fixed party's policy counts them): :meth:`sums_per_evaluation`, unless the protocol
         reveals more."""
-        return points.linear_map.sums_per_evaluation
+        return self.sums_per_evaluation(points)
 
     def learned(self) -> list[str]:
         """What the fixed party learned (its table's disclosures, masked ones apart)."""

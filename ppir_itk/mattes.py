@@ -1,0 +1,147 @@
+"""``PrivateMattesMutualInformationImageToImageMetric``: Mattes mutual information, split
+between two parties.
+
+ITK's ``MattesMutualInformationImageToImageMetricv4`` (:mod:`ppir_itk.parzen` has its
+estimator): the fixed image's box window and the moving image's cubic B-spline window
+fill a joint histogram of ``B`` bins squared over the level's points; the value is
+minus the mutual information, and the derivative weighs each point's moving gradient
+by ITK's log ratio of the histogram read at its bins. Here the moving party holds I and
+its window; the fixed party holds J and its bins; the histogram needs both, so the
+backend computes (:class:`~ppir_itk.backends.base.HistogramTerm`):
+
+- the entropy difference ``sum x log x - sum r log r`` of ``x = H / n`` and its row
+  sums (one number), from which the moving party, which knows its own marginal,
+  gets the mutual information;
+- the public map's moments of ``s g`` with ``s`` each point's weight: the derivative,
+  once the moving party applies its transform's own factor.
+
+On the ``spdz`` backend the histogram stays on shares and only these reach the moving
+party (:mod:`ppir_itk.backends.spdz_mattes`); ``clear`` is ITK's arithmetic in the clear.
+
+Examples
+--------
+::
+
+    metric = PrivateMattesMutualInformationImageToImageMetric(
+        "spdz", session=session, number_of_histogram_bins=32
+    )
+    metric.SetMovingImage(moving)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ppir_itk.backends import ParzenFields
+from ppir_itk.errors import InputError
+from ppir_itk.metric import Evaluation, PrivateImageToImageMetric
+from ppir_itk.metric_kinds import (
+    DEFAULT_HISTOGRAM_BINS,
+    MATTES,
+    MetricSettings,
+)
+from ppir_itk.moving_party import MovingPartySession
+from ppir_itk.parzen import (
+    CLOSE_TO_ZERO,
+    IntensityBins,
+    check_histogram_bins,
+    gradient_factor,
+    has_enough_overlap,
+    moving_parzen,
+)
+from ppir_itk.points import PointSet
+from ppir_itk.protocol.session import Session
+from ppir_itk.pyramid import Level
+
+
+class PrivateMattesMutualInformationImageToImageMetric(PrivateImageToImageMetric):
+    """Minus the Mattes mutual information of the warped moving image and the fixed image,
+    privately (ITK's ``MattesMutualInformationImageToImageMetricv4``).
+
+    Parameters
+    ----------
+    backend, session, backend_parameters, bending_energy_weight
+        As :class:`~ppir_itk.metric.PrivateImageToImageMetric`'s; the backend is ``spdz``
+        (private) or ``clear`` (NOT private).
+    number_of_histogram_bins : int
+        ``B``, 4 to 256 (default 32, as ANTs and elastix; ITK's is 50), 4 of which pad the
+        cubic window at the two ends of each intensity range.
+    """
+
+    def __init__(
+        self,
+        backend: str | MovingPartySession = "spdz",
+        session: Session | None = None,
+        *,
+        number_of_histogram_bins: int = DEFAULT_HISTOGRAM_BINS,
+        backend_parameters: dict[str, str] | None = None,
+        bending_energy_weight: float = 0.0,
+    ) -> None:
+        self._settings = MetricSettings(MATTES, check_histogram_bins(number_of_histogram_bins))
+        super().__init__(
+            backend,
+            session,
+            backend_parameters=backend_parameters,
+            bending_energy_weight=bending_energy_weight,
+        )
+        self._moving_bins: IntensityBins | None = None
+
+    @property
+    def settings(self) -> MetricSettings:
+        return self._settings
+
+    def GetNumberOfHistogramBins(self) -> int:  # noqa: N802
+        return self._settings.histogram_bins
+
+    def initialize_level(self, level_index: int, level: Level, sampling: Any) -> PointSet:
+        points = super().initialize_level(level_index, level, sampling)
+        # ITK's moving range: the moving image the metric is given at this level.
+        self._moving_bins = IntensityBins.from_values(
+            self._require_level().moving.array, self._settings.histogram_bins
+        )
+        return points
+
+    def evaluate(self) -> Evaluation:
+        """Value (minus the mutual information) and its gradient; no Hessian."""
+        values, gradient, valid, _ = self._overlap()
+        bins = self._moving_bins
+        assert bins is not None, "initialize_level() sets the moving bins"
+        # ITK skips a moving value outside the level image's range (linear interpolation
+        # stays inside it, up to rounding).
+        inside = valid.astype(bool) & bins.contains(values)
+        n_valid = int(np.count_nonzero(inside))
+        points = self._require_level().points.size
+        if not has_enough_overlap(n_valid, points):
+            raise InputError(
+                f"only {n_valid} of the level's {points} points map inside the moving image "
+                "under the current transform; Mattes needs a sixteenth of them, as ITK (try "
+                "the 'geometry' or 'moments' initialiser)"
+            )
+        jacobian = self._jacobian()
+        window = moving_parzen(np.where(inside, values, bins.minimum), bins)
+        weights = np.where(inside[:, None], window.weights, 0.0)
+        derivatives = np.where(inside[:, None], window.derivatives, 0.0)
+        term = self.moving_party.histogram_term(
+            ParzenFields(
+                window.first_bin,
+                weights,
+                derivatives,
+                inside.astype(np.uint8),
+                jacobian.parameter_gradient(np.where(inside[:, None], gradient, 0.0)),
+            )
+        )
+        # The moving marginal is the moving party's own: its windows' column sums.
+        marginal = np.zeros(bins.count)
+        np.add.at(marginal, window.first_bin[:, None] + np.arange(4), weights)
+        marginal /= n_valid
+        used = marginal > CLOSE_TO_ZERO
+        information = points / n_valid * term.entropy_difference - float(
+            np.sum(marginal[used] * np.log(marginal[used]))
+        )
+        derivative = gradient_factor(n_valid) * jacobian.from_moments(term.moments)
+        value, derivative, _ = self._penalized(jacobian, -information, derivative, None)
+        return Evaluation(
+            value=value, gradient=derivative, hessian=None, number_of_valid_points=n_valid
+        )

@@ -1,0 +1,120 @@
+"""Mattes mutual information through the metric, the method and the command line (Clear).
+
+The estimator's arithmetic is checked against ITK in tests/test_parzen.py; here the whole
+path: the fixed party's bins over its smoothed level image, the moving party's windows
+and marginal, the value rebuilt from the backend's HistogramTerm, the optimizer chosen per
+metric, the refusals, and what a run reports. The private backend's own tests are
+tests/test_spdz_mattes.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import known_pair, register_in_process
+from test_parzen import itk_mattes, mattes_scene
+
+import ppir_itk
+from ppir_itk.evaluation import displacement_rmse
+from ppir_itk.image import ImageGrid
+from ppir_itk.mattes import PrivateMattesMutualInformationImageToImageMetric
+from ppir_itk.metric import PrivateMeanSquaresImageToImageMetric
+from ppir_itk.optimizer import GaussNewtonOptimizer
+from ppir_itk.policy import FixedPolicy
+from ppir_itk.pyramid import Level
+from ppir_itk.registration import ImageRegistrationMethod
+from ppir_itk.sampling import NoSampling
+
+
+def second_modality(image: ImageGrid) -> ImageGrid:
+    """A non-monotonic intensity map: tissues swap their order of brightness."""
+    array = 50.0 + 45.0 * np.sin(2.0 * np.pi * image.array.astype(np.float64) / 80.0)
+    return ImageGrid(array.astype(np.float32), image.geometry.spacing, image.geometry.origin)
+
+
+def _metric_at(fixed, moving, transform, bins, backend="clear"):
+    session = ppir_itk.in_process_session(fixed)
+    metric = PrivateMattesMutualInformationImageToImageMetric(
+        backend, session=session, number_of_histogram_bins=bins
+    )
+    metric.SetMovingImage(moving)
+    metric.SetTransform(transform)
+    from ppir_itk.pyramid import LevelSchedule
+
+    metric.moving_party.start(LevelSchedule.from_lists([1], [0.0]), NoSampling())
+    metric.initialize_level(0, Level(1, 0.0), NoSampling())
+    return metric
+
+
+@pytest.mark.parametrize(("dimension", "kind", "bins"), [(2, "affine", 32), (3, "translation", 16)])
+def test_the_metric_value_is_itks(dimension, kind, bins):
+    """The two parties' split (bins at the fixed party, windows and marginal at the moving
+    party, the value from the entropy difference) gives ITK's own value."""
+    fixed, moving, transform = mattes_scene(dimension, kind)
+    itk_value, _, itk_valid, _ = itk_mattes(fixed, moving, transform, bins)
+    evaluation = _metric_at(fixed, moving, transform, bins).evaluate()
+    assert evaluation.number_of_valid_points == itk_valid
+    np.testing.assert_allclose(evaluation.value, itk_value, rtol=1e-6)
+
+
+def test_clear_mattes_registers_a_second_modality_where_mean_squares_fails(phantom_2d):
+    moving, truth = known_pair(phantom_2d, "rigid", [0.06, 2.5, -1.5])
+    remapped = second_modality(moving)
+    mattes = register_in_process(phantom_2d, remapped, metric="mattes", transform="rigid")
+    squares = register_in_process(phantom_2d, remapped, transform="rigid")
+    spacing = min(phantom_2d.geometry.spacing)
+    mattes_error = displacement_rmse(mattes.transform, truth, phantom_2d.geometry) / spacing
+    squares_error = displacement_rmse(squares.transform, truth, phantom_2d.geometry) / spacing
+    assert mattes_error < 0.05, mattes_error
+    assert squares_error > 1.0, squares_error
+    report = mattes.report()
+    assert (report["metric"], report["histogram_bins"]) == ("mattes", 32)
+    assert report["optimizer"] == "RegularStepGradientDescentOptimizer"
+    assert squares.report()["optimizer"] == "GaussNewtonOptimizer"
+    assert any("histogram bin" in line for line in report["learned_in_the_clear"]["moving"])
+
+
+def test_clear_mattes_registers_a_3d_affine(phantom_3d):
+    moving, truth = known_pair(
+        phantom_3d, "affine", [1.02, 0.01, 0, -0.01, 0.98, 0.02, 0, 0, 1.01, 1.5, -1.0, 0.8]
+    )
+    result = register_in_process(
+        phantom_3d,
+        second_modality(moving),
+        metric="mattes",
+        transform="affine",
+        sampling="urs",
+        sampling_fraction=0.2,
+        shrink_factors=[2, 1],
+        smoothing_sigmas=[1.0, 0.0],
+    )
+    error = displacement_rmse(result.transform, truth, phantom_3d.geometry)
+    assert error / min(phantom_3d.geometry.spacing) < 0.2, error  # 0.12 measured
+
+
+def test_a_metric_the_fixed_party_does_not_serve_ends_the_session(phantom_2d):
+    session = ppir_itk.in_process_session(
+        phantom_2d, FixedPolicy.holding_both_images(("clear",), metrics=("meansquares",))
+    )
+    with pytest.raises(ppir_itk.PeerError, match="metric 'mattes' is not served here"):
+        ppir_itk.register_with(session, phantom_2d, backend="clear", metric="mattes")
+
+
+def test_refusals_before_any_party_starts(phantom_2d):
+    with pytest.raises(
+        ppir_itk.InputError,
+        match="backend 'he' does not compute metric 'mattes': register it with backend "
+        r"spdz or clear, which is NOT private",
+    ):
+        ppir_itk.register(phantom_2d, phantom_2d, metric="mattes", backend="he")
+    with pytest.raises(ppir_itk.InputError, match="histogram bins 3 must be"):
+        PrivateMattesMutualInformationImageToImageMetric(
+            "clear", session=ppir_itk.in_process_session(phantom_2d), number_of_histogram_bins=3
+        )
+    metric = PrivateMattesMutualInformationImageToImageMetric(
+        "clear", session=ppir_itk.in_process_session(phantom_2d)
+    )
+    with pytest.raises(ppir_itk.InputError, match="the gauss-newton optimizer minimises"):
+        ImageRegistrationMethod(metric, GaussNewtonOptimizer(), "rigid")
+    with pytest.raises(ppir_itk.InputError, match="computes metric 'mattes', not 'meansquares'"):
+        PrivateMeanSquaresImageToImageMetric(metric.moving_party)
