@@ -130,6 +130,8 @@ def multimodal_moved_copy(
     fixed: ImageGrid, truth: LinearTransform, *, period: float = 120.0, gain: float = 1.0
 ) -> ImageGrid:
     """A moving image of another modality that registering onto ``fixed`` must align by
-    ``truth``: :func:`second_modality` of ``fixed``, then :func:`moved_copy`'s resampling,
-    so that ``moving(truth(x)) == second_modality(fixed)(x)`` on the fixed grid."""
-    return moved_copy(second_modality(fixed, period=period, gain=gain), truth)
+    ``truth``: :func:`moved_copy`, then :func:`second_modality`, so that
+    ``moving(truth(x)) == second_modality(fixed)(x)`` on the fixed grid (up to
+    interpolation). Remapping after the resampling maps its zeros outside the image to the
+    second modality's background, as it maps the fixed image's."""
+    return second_modality(moved_copy(fixed, truth), period=period, gain=gain)
