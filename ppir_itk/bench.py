@@ -129,6 +129,7 @@ class Run:
 
     seconds: float
     iterations: int
+    final_metric: float  # the registration's own metric (e.g. minus Mattes MI)
     ssd: float | None
     rmse_mm: float | None
     parties: dict[str, dict[str, float]]  # party -> seconds / mb_sent, total and per iteration
@@ -153,6 +154,7 @@ class Run:
         return cls(
             seconds=result.seconds,
             iterations=result.iterations,
+            final_metric=result.final_metric,
             ssd=ssd,
             rmse_mm=rmse_mm,
             parties=parties,
@@ -321,6 +323,7 @@ def _sd(values: Sequence[float]) -> float:
 # -- the outputs ------------------------------------------------------------------------
 
 COLUMNS = (  # (csv name, column of RowResult, markdown header, format)
+    ("final_metric", "final_metric", "metric", ".4g"),
     ("ssd", "ssd", "SSD", ".4g"),
     ("iterations", "iterations", "iters", ".3g"),
     ("rmse_mm", "rmse_mm", "disp. RMSE vs Clear (mm)", ".2g"),
@@ -337,7 +340,7 @@ COLUMNS = (  # (csv name, column of RowResult, markdown header, format)
         for scope in ("per_iteration", "total")
     ),
 )
-CAPPED_COLUMNS = {"ssd", "iterations", "rmse_mm"} | {
+CAPPED_COLUMNS = {"final_metric", "ssd", "iterations", "rmse_mm"} | {
     f"{party}_{figure}_total" for party in PARTIES for figure in FIGURES
 }
 
