@@ -46,7 +46,7 @@ from ppir_itk.parallel import for_chunks
 from ppir_itk.points import PointSet
 from ppir_itk.protocol.session import Session
 from ppir_itk.pyramid import Level, moving_level_image
-from ppir_itk.sampling import GMS, URS, NoSampling
+from ppir_itk.sampling import GMS, URS, NoSampling, Regular
 from ppir_itk.transforms import LinearTransform
 from ppir_itk.wrapping.images import as_image_grid
 
@@ -172,7 +172,7 @@ class PrivateImageToImageMetric(abc.ABC):
             else:
                 private_sample = np.zeros(fixed_level.number_of_points, dtype=np.uint8)
                 private_sample[drawn] = 1
-        elif not (sampling is None or isinstance(sampling, NoSampling | URS)):
+        elif not (sampling is None or isinstance(sampling, NoSampling | URS | Regular)):
             raise InputError(f"unknown sampling {sampling!r}")
         transform = self.GetTransform()
         control_grid = None

@@ -247,15 +247,6 @@ class ImageRegistrationMethod(Observable):
     ) -> None:
         super().__init__()
         self.metric = metric
-        metric_name = metric.settings.name
-        if optimizer is None:
-            least_squares = default_optimizer(metric_name) == GAUSS_NEWTON
-            optimizer = (
-                GaussNewtonOptimizer() if least_squares else RegularStepGradientDescentOptimizer()
-            )
-        elif isinstance(optimizer, GaussNewtonOptimizer):
-            check_optimizer(GAUSS_NEWTON, metric_name)
-        self.optimizer = optimizer
         self.schedule = LevelSchedule.from_lists(shrink_factors, smoothing_sigmas)
         self.iterations = (
             None if iterations is None else check_iterations(iterations, len(self.schedule.levels))
@@ -275,6 +266,15 @@ class ImageRegistrationMethod(Observable):
         self._level = -1
         self._stop_requested = False
         self._result: RegistrationResult | None = None
+        metric_name = metric.settings.name
+        if optimizer is None:
+            least_squares = default_optimizer(metric_name) == GAUSS_NEWTON
+            optimizer = (
+                GaussNewtonOptimizer() if least_squares else RegularStepGradientDescentOptimizer()
+            )
+        elif isinstance(optimizer, GaussNewtonOptimizer):
+            check_optimizer(GAUSS_NEWTON, metric_name)
+        self.optimizer = optimizer
         self.optimizer.AddObserver(Event.ITERATION, lambda: self.InvokeEvent(Event.ITERATION))
 
     # -- live measurements (valid inside observers) -----------------------------
