@@ -57,7 +57,7 @@ from ppir_itk.evaluation import displacement_rmse, intensity_error
 from ppir_itk.image import ImageGrid
 from ppir_itk.options import DEFAULT_TIME_CAP, RegistrationOptions
 from ppir_itk.registration import PARTIES, RegistrationResult, register
-from ppir_itk.sampling import SAMPLINGS
+from ppir_itk.sampling import PAPER_SAMPLINGS, SAMPLINGS
 
 SOLUTIONS = ("clear", "he/packed", "he/paper-v1", "he/paper-v2", "spdz")
 # The options each row sets for itself; the settings' values of these are not used.
@@ -197,7 +197,7 @@ class BenchSettings:
     repeats: int = 3
     time_cap: float = DEFAULT_TIME_CAP
     solutions: Sequence[str] = SOLUTIONS
-    samplings: Sequence[str] = SAMPLINGS
+    samplings: Sequence[str] = PAPER_SAMPLINGS
     registration: RegistrationOptions = field(default_factory=RegistrationOptions)
 
 

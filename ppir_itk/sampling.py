@@ -151,6 +151,8 @@ class GMS:
 
 #: The names :func:`make_sampling` takes, as ITK calls the strategies.
 SAMPLINGS = ("none", "urs", "regular", "gms")
+#: The paper's rows of ``ppir bench`` (REGULAR runs when asked for).
+PAPER_SAMPLINGS = ("none", "urs", "gms")
 
 #: A sampling strategy (what :func:`make_sampling` returns).
 Sampling = NoSampling | URS | Regular | GMS
