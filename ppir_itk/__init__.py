@@ -13,7 +13,8 @@ serve, connect, register_with
     The fixed party's server, the moving party's session (gRPC with mutual
     TLS) and its registration against it.
 ImageRegistrationMethod, PrivateMeanSquaresImageToImageMetric, GaussNewtonOptimizer
-    The ITK-style pieces (metric / optimizer / method).
+    The ITK-style pieces (metric / optimizer / method);
+    PrivateCorrelationImageToImageMetric, ITK's normalised cross correlation.
 FixedPartySession, MovingPartySession, in_process_session
     Each party's side of a session; a session with the fixed party in this process.
 NoSampling, URS, GMS
@@ -45,6 +46,7 @@ _EXPORTS = {
     "connect": "ppir_itk.compose",
     "in_process_session": "ppir_itk.compose",
     "serve": "ppir_itk.compose",
+    "PrivateCorrelationImageToImageMetric": "ppir_itk.correlation",
     "InputError": "ppir_itk.errors",
     "Event": "ppir_itk.events",
     "FixedPartyServer": "ppir_itk.fixed_party",
@@ -90,6 +92,7 @@ __all__ = [
     "MovingPartySession",
     "NoSampling",
     "PeerError",
+    "PrivateCorrelationImageToImageMetric",
     "PrivateMeanSquaresImageToImageMetric",
     "RegistrationResult",
     "StopCondition",
@@ -125,6 +128,7 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from ppir_itk.backends import BACKENDS, InsecureBackendWarning
     from ppir_itk.bspline import BSplineTransform
     from ppir_itk.compose import connect, in_process_session, serve
+    from ppir_itk.correlation import PrivateCorrelationImageToImageMetric
     from ppir_itk.errors import InputError
     from ppir_itk.events import Event
     from ppir_itk.fixed_party import FixedPartyServer, FixedPartySession
