@@ -324,7 +324,8 @@ class FixedPartySession:
         return pb.Envelope(backend=answer)
 
     def _check_measurements(self, points: PointSet) -> None:
-        """Refuse, before any product, a level whose evaluations the policy cannot answer."""
+        """Refuse, before any product, a level whose evaluations the policy cannot answer
+        (the sums the metric asks: correlation's sum of J too)."""
         assert self.backend_side is not None, _AFTER_HELLO
         policy, asked = self.policy, self.backend_side.sums_per_evaluation(points)
         if points.control is not None:

@@ -30,7 +30,9 @@ modulus's ``B = bits``:
   over more points than any output, with the modulus's own limits:
   ``L(n) + 2 b_J <= squared_bits`` and ``L(n) + b_w + b_J = warped_bits``, so
   ``|sum q(J)^2| <= 2^(squared_bits - 2)`` and
-  ``|sum q(I_w) q(J)| <= 2^(warped_bits - 2)``.
+  ``|sum q(I_w) q(J)| <= 2^(warped_bits - 2)``;
+- correlation's ``sum_x m q(J)``: ``|.| <= 2^(L(n) + b_J - 1)``, below the bound of
+  ``sum q(J)^2`` by ``b_J - 1`` bits, so it is exact wherever that sum is.
 
 The moduli: :data:`PLAIN_MODULUS` (``he``: ``t`` is a 60-bit prime, so every
 ``|sum| < 2^58 = 2^SUM_BITS`` is below ``t / 2``, and ``B = 59`` keeps the moments
@@ -45,7 +47,9 @@ Noise (``FixedPolicy.joint_term_noise``): the fixed party may add an integer noi
 to each sum before the moving party sees it, of deviation ``beta`` times the most
 one voxel of J can add to that sum (:func:`voxel_bits`). The bounds above leave
 each sum below ``2^(limit - 2)``, half of what its modulus holds; a noise below
-``2^(limit - 2)`` keeps the noisy sum exact too (:func:`noise_room`).
+``2^(limit - 2)`` keeps the noisy sum exact too (:func:`noise_room`). Correlation's
+``sum m q(J)``, of which one voxel adds at most ``2^(b_J - 1)``, takes the same
+``beta`` with room to spare: ``sum q(J)^2``'s noise bounds its noise.
 """
 
 from __future__ import annotations

@@ -45,12 +45,14 @@ import numpy as np
 from ppir_itk import parallel
 from ppir_itk.bspline import BSplineTransform
 from ppir_itk.compose import connect, in_process_session, spawn_fixed_party
+from ppir_itk.correlation import PrivateCorrelationImageToImageMetric
 from ppir_itk.errors import InputError
 from ppir_itk.events import Event, Observable
 from ppir_itk.image import GridGeometry, ImageGrid, center_of_mass, check_large_enough
 from ppir_itk.mattes import PrivateMattesMutualInformationImageToImageMetric
 from ppir_itk.metric import PrivateImageToImageMetric, PrivateMeanSquaresImageToImageMetric
 from ppir_itk.metric_kinds import (
+    CORRELATION,
     GAUSS_NEWTON,
     MATTES,
     MEAN_SQUARES,
@@ -548,6 +550,10 @@ def _register_with(
             moving_party,
             number_of_histogram_bins=options.histogram_bins,
             bending_energy_weight=options.bending_energy_weight,
+        )
+    elif options.metric == CORRELATION:
+        metric = PrivateCorrelationImageToImageMetric(
+            moving_party, bending_energy_weight=options.bending_energy_weight
         )
     else:
         metric = PrivateMeanSquaresImageToImageMetric(
