@@ -563,7 +563,9 @@ def _register_with(
     optimizer: GaussNewtonOptimizer | RegularStepGradientDescentOptimizer
     if options.optimizer == REGULAR_STEP:
         optimizer = RegularStepGradientDescentOptimizer(
-            LearningRate=options.learning_rate, MinimumStepLength=options.minimum_step_length
+            LearningRate=options.learning_rate,
+            MinimumStepLength=options.minimum_step_length,
+            GradientMagnitudeTolerance=options.gradient_magnitude_tolerance,
         )
     else:
         optimizer = GaussNewtonOptimizer(
