@@ -214,7 +214,8 @@ class TriplePool:
                     for item, shape in zip(request.items, shapes, strict=True)
                 )
                 rows = max((shape[0] for shape in shapes if len(shape) == 2), default=1)
-                self._check_size(rows, values, MAX_MASK_ROWS)
+                # as rows x count: the widest item's rows, the values spread over them
+                self._check_size(rows, -(-values // rows), MAX_MASK_ROWS)
                 seeds = (secret_seed(), secret_seed())
                 shares = _fixed_shares(request.items, shapes, seeds, mask)
                 batch = _ItemBatch(asked.SerializeToString(), seeds, shares)

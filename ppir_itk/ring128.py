@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ppir_itk.protocol.messages import ProtocolError
+
 BITS = 128
 MODULUS = 1 << BITS
 MASK = MODULUS - 1
@@ -46,6 +48,8 @@ HOUSEHOLDER_ORDER = 8
 # Products per element of one log (the dealer's triples): the limit's squarings, then per
 # iteration u^2, u^3, u^4, the Taylor squarings, X exp(-y), and h^2 .. h^8.
 LOG_PRODUCTS = EXP_LIMIT_SQUARINGS + LOG_ITERATIONS * (3 + TAYLOR_SQUARINGS + 1 + 7)
+# Its product depths (one opening each way): u^2; u^3 and u^4; h^2; h^3 and h^4; h^5 .. h^8.
+LOG_DEPTH = EXP_LIMIT_SQUARINGS + LOG_ITERATIONS * (2 + TAYLOR_SQUARINGS + 1 + 3)
 
 
 @dataclass(frozen=True)
@@ -146,7 +150,9 @@ def multiply(
     yield Send(to_words(own))
     received = yield RECEIVE
     if np.shape(received) != (len(own), 2):
-        raise ValueError(f"an opening of shape {np.shape(received)} arrived for {len(own)} values")
+        raise ProtocolError(
+            f"an opening of shape {np.shape(received)} arrived for {len(own)} values"
+        )
     opened = (own + from_words(received)) & MASK
     e, f = opened[: len(x)], opened[len(x) :]
     product = c + e * b + f * a + (e * f if party == 0 else 0)
@@ -167,13 +173,16 @@ def square(
 
 
 def log(
-    value: np.ndarray, triples: Triples, party: int
+    scaled: np.ndarray, triples: Triples, party: int
 ) -> Generator[object, np.ndarray, np.ndarray]:
-    """Shares of ``ln(v)`` for a shared ``v`` in ``(0, 1]`` (module docstring's accuracy):
-    CrypTen's Householder iteration on ``X = 100 v``,
+    """Shares of ``ln(v)`` from shares of ``X = LOG_SCALE v`` for ``v`` in ``[0, 1]`` (the
+    caller scales: X keeps more of a small v's digits than v would), accuracy in the
+    module docstring: CrypTen's Householder iteration,
     ``y_0 = X/120 - 20 exp_lim(-2X - 1) + 3``, then three times
-    ``h = 1 - X exp(-y); y -= sum_{k=1..8} h^k / k``; ``ln v = y - ln 100``."""
-    big = value * int(LOG_SCALE) & MASK  # exact: an integer factor
+    ``h = 1 - X exp(-y); y -= sum_{k=1..8} h^k / k``; ``ln v = y - ln 100``. For ``v``
+    near 0, ``y`` stays above -13 (each iteration lowers it by at most
+    ``sum 1/k < 2.72``), so every value stays within the truncation bound."""
+    big = scaled
     # exp_lim(-2X - 1) = (1 + (-2X - 1) / 256)^256 = (255/256 - X/128)^256
     limit = add_public(-truncate(big, 7, party) & MASK, 1 - 1 / 256, party)
     for _ in range(EXP_LIMIT_SQUARINGS):
