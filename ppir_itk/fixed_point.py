@@ -171,7 +171,7 @@ MATTES_LOG_BITS = 14  # fractional bits of L, the log ratio, once lowered to Z_2
 MATTES_DERIVATIVE_BITS = 20  # bits (sign included) of the Parzen derivatives q(D)
 MATTES_GRADIENT_BITS = 21  # bits (sign included) of the gradient q(g)
 MATTES_MAX_POINT_BITS = 38  # n 2^MATTES_WEIGHT_BITS <= 2^62: H's shares lift exactly
-MATTES_LIMB_BITS = 20  # the map on Z_2^128 shares runs the Z_2^64 map on limbs this wide
+MATTES_LIMB_BITS = 16  # the map on Z_2^128 shares runs the Z_2^64 map on limbs this wide
 
 
 @dataclass(frozen=True)
@@ -204,8 +204,8 @@ def mattes_budget(points: int, weight_bits: int, support: int | None = None) -> 
       shares' top bits say their wrap, and it lifts to Z_2^128 exactly.
     - The moments ``sum w s q(g)`` then sum over at most ``2^L(s)`` points (``s`` the map's
       support; n for the affine basis) in Z_2^128: below ``2^(L(s) + W + 61) < 2^127``.
-      The map runs on 20-bit limbs of the shares, each exact in Z_2^64 while
-      ``L(s) + W + 20 <= 62``; a map or point set beyond that is refused.
+      The map runs on 16-bit limbs of the shares, each exact in Z_2^64 while
+      ``L(s) + W + 16 <= 62``; a map or point set beyond that is refused.
     """
     outputs = log2_ceiling(points if support is None else support)
     if points > 1 << MATTES_MAX_POINT_BITS or outputs + weight_bits + MATTES_LIMB_BITS > 62:

@@ -37,10 +37,10 @@ from ppir_itk.pyramid import LevelSchedule
 from ppir_itk.roles import FIXED, FIXED_PARTY, MOVING, MOVING_PARTY
 
 BINS = 32
-# What the fixed point and the log allow (measured: Q within 1e-7, moments within 3e-5 of
+# What the fixed point and the log allow (measured: Q within 6e-8, moments within 1.4e-4 of
 # their largest): Q absolute, the moments relative to the largest.
 Q_TOLERANCE = 1e-5
-MOMENTS_TOLERANCE = 2e-4
+MOMENTS_TOLERANCE = 3e-4
 
 
 # -- Z_2^128 shares ----------------------------------------------------------------------
@@ -108,8 +108,8 @@ def test_the_lift_recovers_the_histogram_from_shares_that_wrap():
     e0, e1 = (top0 - a).view(np.int64), (top1 - b).view(np.int64)  # what each opens
     lifted = _opened(
         (
-            _lifted(share0.view(np.int64), top0, top0, e1, c0.view(np.int64)),
-            _lifted(share1.view(np.int64), top1, e0, b, c1.view(np.int64)),
+            ring128.from_words(_lifted(share0.view(np.int64), top0, top0, e1, c0.view(np.int64))),
+            ring128.from_words(_lifted(share1.view(np.int64), top1, e0, b, c1.view(np.int64))),
         )
     )
     assert list(lifted) == [int(h) for h in histogram]
@@ -319,8 +319,6 @@ def test_over_mutual_tls_the_traffic_passes_the_audit_both_ways(tmp_path):
             fields = _fields(points.size, seed=11)
             term = party.histogram_term(fields)
             party.close()
-        entropy, _ = _reference(fixed.array.ravel().astype(np.int64), fields, points, 0)
-        assert abs(term.entropy_difference - entropy) < Q_TOLERANCE
     finally:
         server.stop(grace=None)
     kinds = {
@@ -340,3 +338,5 @@ def test_over_mutual_tls_the_traffic_passes_the_audit_both_ways(tmp_path):
     assert received.passed, str(received)
     assert sent.passed, str(sent)
     assert received.views and sent.views
+    entropy, _ = _reference(fixed.array.ravel().astype(np.int64), fields, points, 0)
+    assert abs(term.entropy_difference - entropy) < Q_TOLERANCE

@@ -6,64 +6,75 @@ party 1. Every mask and share comes from the dealer (:mod:`ppir_itk.dealer`): on
 ``BatchRequest`` per evaluation and party, both asking the same items
 (:func:`batch_items`), each party's own values from one seed, the fixed party's shares
 ``c1`` of the products and triples in full. Both parties ask for the next batch as soon as
-they took one (it is there when the next evaluation starts).
+they took one (it is there when the next evaluation starts). "Owned" products (one
+operand known in full to each party) use the dealer's ``c0 + c1 = a b`` with ``a`` the
+moving party's mask and ``b`` the fixed party's.
 
 Inputs. The fixed party: its bins ``f`` (n,) in ``[0, B)``; ``A`` (B, n) one-hot,
 ``A[f_p, p] = 1``. The moving party (:class:`~ppir_itk.backends.base.ParzenFields`): ``W``
 (B, n) its Parzen weights ``q(w) = round(w 2^e_W)`` on rows ``first_bin .. first_bin + 3``
 (zero columns where invalid), ``D`` (B, n) their derivatives ``q(dw) = round(dw 2^e_D)``,
-``q(g)`` (d, n) its gradient, and ``C_j = sum_p W[j, p]``. Bits:
-:func:`ppir_itk.fixed_point.mattes_budget`.
+``q(g)`` (d, n) its gradient, ``C_j = sum_p W[j, p]``. Bits and why every Z64 sum is an
+exact integer: :func:`ppir_itk.fixed_point.mattes_budget`.
 
 Per level.
 
 L1. Moving: ``spdz_mattes_level`` (empty). Fixed: takes the level mask ``U`` (B, n) from
-    the dealer (``MaskRequest``) and answers ``F = A - U`` (Z64): uniform to the moving
-    party, which never sees U.
+    the dealer (``MaskRequest``) and answers ``F = A - U`` (Z64). The moving party
+    learns nothing: F is uniform to it, which never sees U.
 
-Per evaluation (one :meth:`SPDZMattesBackend.histogram_term`).
+Per evaluation (:meth:`SPDZMattesBackend.histogram_term`).
 
 R1. Moving sends ``E_W = W - V``, ``E_D = D - V2``, ``E_g = q(g) - V4`` (fresh moving
-    masks): uniform to the fixed party. Shares of the histogram ``H = A W^T`` (B, B):
+    masks; uniform to the fixed party). Shares of the histogram ``H = A W^T`` (B, B):
     moving ``h_0 = F W^T + c0``, fixed ``h_1 = U E_W^T + c1``, ``c0 + c1 = U V^T``.
-R2. Lift to Z128: ``H < 2^62``, so the shares' sum wraps exactly when either share's top
-    bit is set: ``h_0 + h_1 = H + 2^64 (m0 OR m1)``, ``m0 OR m1 = m0 + m1 - m0 m1``.
-    ``m0 m1`` is a product of two owned bits: moving sends ``m0 - a``, fixed sends
-    ``m1 - b`` (both uniform; ``c0 + c1 = a b``); it enters times 2^64, so its shares mod
-    2^64 suffice. ``[H]_128 = h - 2^64 m + 2^64 [m0 m1]`` per party.
-R3. Fixed point at ``F = 28`` fractional bits in Z128: ``x = H / (n 2^e_W)`` (times the
-    public ``round(2^58 / n)``, truncated by ``e_W + 30`` bits: below 2^82), ``r`` its row
-    sums (local). The secure log (:func:`ppir_itk.ring128.log`, 44 product depths, one
-    opening each way per depth, all B^2 + B values at once) of ``x + 2^-20`` and
-    ``r + 2^-20``; one more exact product gives ``Q = sum x l(x) - sum r l(r)`` at 2^-56;
-    the fixed party sends its share of Q: the moving party opens this one number.
-    ``L = l(x)`` minus ``log(C_j / (n 2^e_W))`` on column j (the moving party's share),
-    truncated to ``f_L`` bits and reduced mod 2^64 (a ring map: still shares).
+R2. Lift to Z128: ``0 <= H < 2^62``, so the shares' sum wraps exactly when either share's
+    top bit is set: ``h_0 + h_1 = H + 2^64 (m0 OR m1)``, ``m0 OR m1 = m0 + m1 - m0 m1``.
+    ``m0 m1`` is an owned product: moving sends ``m0 - a``, fixed sends ``m1 - b`` (each
+    uniform to its receiver), shares ``m0 (m1 - b) + c0`` and ``(m0 - a) b + c1``; it
+    enters times 2^64, so shares mod 2^64 suffice. ``[H]_128 = h - 2^64 m + 2^64 [m0 m1]``
+    per party.
+R3. Fixed point, ``F = 28`` fractional bits in Z128: ``X = 100 H / (n 2^e_W)`` (times the
+    public ``round(100 2^52 / n)``, truncated by ``e_W + 24`` bits: below 2^83) and its
+    row sums (local). The secure log (:func:`ppir_itk.ring128.log`: 44 product depths,
+    each one opening each way, all B^2 + B values at once) of ``X + 2^-28`` gives
+    ``l = log(x)``; one more exact product gives ``100 Q = sum X l(x) - sum R l(r)`` at
+    2^-56, and the fixed party sends its share of it: the moving party opens this one
+    number. ``L = l(x) - log(C_j / (n 2^e_W))`` on column j (the moving party subtracts
+    the public-to-it term from its share), truncated to ``f_L`` bits and reduced mod 2^64
+    (a ring map: still shares).
 R4. ``T = L D`` (B, n). The fixed party opens ``G = L_1 - b_L`` (uniform; b_L fresh);
     moving ``T_0 = (L_0 + G) D + c0``, fixed ``T_1 = b_L E_D + c1``, ``c0 + c1 = b_L V2``.
 R5. ``s_p = sum_i A[i, p] T[i, p]``. Moving sends ``E_T = T_0 - V3`` (uniform). Moving
     ``s_0 = sum_i F . T_0 + c0``; fixed ``s_1 = T_1[f_p, p] + sum_i U . E_T + c1``,
-    ``c0 + c1 = sum_i U . V3``.
-R6. ``moments = map(s q(g))``. The fixed party opens ``O = s_1 - b_s`` (uniform; b_s
-    fresh) and, with it, its share of the moments: ``map(E_g b_s + c1)``; the moving
-    party's is ``map(q(g) (s_0 + O) + c0)``, ``c0 + c1 = V4 b_s``; it adds both and
-    decodes (``2^-(f_L + e_D + e_g + the map's column bits)``).
+    ``c0 + c1 = sum_i U . V3`` (the dealer's column sums).
+R6. ``z = s q(g)`` (d, n). The fixed party opens ``O = s_1 - b_s`` (uniform; b_s fresh):
+    moving ``z_0 = q(g) (s_0 + O) + c0``, fixed ``z_1 = E_g b_s + c1``, ``c0 + c1 = V4
+    b_s``. ``|z| < 2^61``: offset by 2^61 (party 0) it lifts to Z128 as H did (R2, d n
+    owned bits). The public map (16-bit limbs of the Z128 shares, each through the map's
+    Z64 form) gives each party its share of the moments ``map(s g)`` (d, outputs), below
+    2^127; the fixed party sends its share and the moving party decodes
+    (``2^-(f_L + e_D + e_g + the map's column bits)``).
 
 Messages: ``spdz_mattes_step`` (moving -> fixed) and ``spdz_mattes_answer`` (fixed ->
-moving) carry each round's openings in protocol order; both parties run their steps as a
+moving) carry a round's openings in protocol order. Both parties run their steps as a
 generator (``yield Send(array)``, ``received = yield RECEIVE``): the moving party sends
-what it has when it must wait, the fixed party answers when it must wait or is done. Its
-symmetric openings pipeline: two product depths per round trip, 24 round trips per
-evaluation (:data:`ROUND_TRIPS`).
+what it has when a step must wait for the fixed party, the fixed party answers when a step
+must wait for the moving party or its evaluation is done. Symmetric openings pipeline, two
+product depths per round trip: 26 round trips per evaluation (:data:`ROUND_TRIPS`).
 
-Failure bound. Every Z64 sum is an exact signed integer below 2^62 (the budget). Each
-Z128 truncation is off by at most 1 ulp (2^-28) and fails (wrongly by ~2^100) with
-probability below 2^-43 per element (its input below 2^84): with (60 + 3) (B^2 + B)
-truncated elements per evaluation, below 2^-26 per evaluation at B = 256, 2^-32 at B = 32.
+Failure bound. Every Z64 sum is an exact signed integer (the budget), and every lift is
+exact. Each Z128 truncation is off by at most 1 ulp (2^-28) and fails (wrong by about
+2^100) with probability at most ``2^(m + 1 - 128)`` for an input below ``2^m``
+(:func:`ppir_itk.ring128.truncate`); every truncated input is below 2^84, so below 2^-43
+per element. An evaluation truncates 75 (B^2 + B) elements (the log's 73 per value, X,
+and L), so by the union bound it fails with probability below 2^-26 at B = 32 and 2^-20
+at B = 256 (most inputs are far below 2^84: the bound is loose).
 
 Disclosure. The moving party: Q and the d x outputs moments per evaluation (the fixed
-party's policy counts ``d outputs + 1``); every other value either party receives is
-uniform to it (masked by a dealer mask its receiver never sees). The dealer: the sizes.
+party's policy counts ``d outputs + 1``). Every other value either party receives is
+uniform to it (masked by a dealer mask its receiver never sees); the dealer sees the
+sizes (B, n, d) and sequence numbers.
 """
 
 from __future__ import annotations
@@ -101,14 +112,14 @@ from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.channel import PeerError
 from ppir_itk.protocol.messages import ProtocolError, array_from_pb, array_to_pb
 from ppir_itk.randomness import secret_seed
-from ppir_itk.ring128 import FRACTION_BITS, MASK, RECEIVE, WORD, Send, Triples
+from ppir_itk.ring128 import FRACTION_BITS, MASK, RECEIVE, Send, Steps, Triples
 from ppir_itk.roles import FIXED, FIXED_PARTY, MOVING, MOVING_PARTY
 
 MATTES_SETTINGS = MetricSettings(MATTES)
 # Added to the log's inputs X: one ulp, so a truncated 0 (-1 ulp at worst) is not negative.
 DELTA = 2.0**-FRACTION_BITS
 SCALE_BITS = 24  # X = H round(100 2^(F + SCALE_BITS) / n) / 2^(e_W + SCALE_BITS)
-LIMB_BITS = 20
+LIMB_BITS = 16
 # Added to s q(g) (below 2^61 in absolute value) before its lift: the sum's top bit is clear.
 PRODUCT_OFFSET = np.uint64(1 << 61)
 WINDOW = 4  # Parzen bins per point (cubic B-spline)
@@ -132,15 +143,15 @@ TABLE = ProtocolTable(
             "spdz_mattes_step",
             MOVING_PARTY,
             "per evaluation",
-            "E_W = W - V, E_D = D - V2, E_g = q(g) - V4, the lift's m0 - a, its share of each "
-            "product's x - a and y - b (the log, Q), E_T = T_0 - V3 (fresh masks)",
+            "E_W = W - V, E_D = D - V2, E_g = q(g) - V4, the two lifts' m0 - a, its share of "
+            "each product's x - a and y - b (the log, Q), E_T = T_0 - V3 (fresh masks)",
             "nothing: every value is uniform to the fixed party",
         ),
         Message(
             "spdz_mattes_answer",
             FIXED_PARTY,
             "per evaluation",
-            "the lift's m1 - b, its share of each product's openings, its share of Q, "
+            "the two lifts' m1 - b, its share of each product's openings, its share of Q, "
             "G = L_1 - b_L, O = s_1 - b_s and its share of the moments",
             "Q and the moments, once added to the moving party's shares; the rest is uniform",
         ),
@@ -166,8 +177,8 @@ TABLE = ProtocolTable(
         Disclosure(
             "opened_fixed_shares",
             MOVING_PARTY,
-            "the fixed party's openings (m1 - b, each product's, G, O), each hidden by a "
-            "dealer mask",
+            "the fixed party's openings (the lifts' m1 - b, each product's, G, O), each "
+            "hidden by a dealer mask",
             "ring elements",
             "evaluation",
             masked=True,
@@ -230,10 +241,12 @@ def _lifted(
     h: np.ndarray, top: np.ndarray, own: np.ndarray, opened: np.ndarray, share: np.ndarray
 ) -> np.ndarray:
     """R2: this party's Z128 share of H from its Z64 share ``h``, its top bits ``top`` and
-    its share ``own * opened + share`` of ``m0 m1`` (mod 2^64)."""
-    both = _u64(own) * _u64(opened) + _u64(share)
-    lifted = ring128.from_ring64(h) - WORD * top.astype(object) + WORD * both.astype(object)
-    return lifted & MASK
+    its share ``own * opened + share`` of ``m0 m1`` (mod 2^64): as words (..., 2), low
+    ``h`` and high ``[m0 m1] - top``, i.e. ``h + 2^64 ([m0 m1] - top)``."""
+    words = np.empty((*np.shape(h), 2), dtype=np.uint64)
+    words[..., 0] = _u64(h)
+    words[..., 1] = _u64(own) * _u64(opened) + _u64(share) - top
+    return words.view(np.int64)
 
 
 def _logs(
@@ -256,18 +269,19 @@ def _logs(
     return entropy, cells.reshape(bins, bins)
 
 
-def _mapped(points: PointSet, shares: np.ndarray) -> np.ndarray:
-    """The public map of (d, n) Z128 shares: (d, outputs) Z128 shares. The map's Z64 form
-    (:meth:`~ppir_itk.linear_map.PublicLinearMap.ring`) on 20-bit limbs, each exact:
-    (points per output) 2^(weight_bits + 20) < 2^63 (:func:`~ppir_itk.fixed_point.mattes_budget`
-    checks it)."""
-    basis = points.linear_map
-    total = None
-    for limb in range(0, ring128.BITS, LIMB_BITS):
-        part = ((shares >> limb) & ((1 << LIMB_BITS) - 1)).astype(np.int64)
-        mapped = basis.ring(np.ascontiguousarray(part.T)).astype(object) << limb
-        total = mapped if total is None else total + mapped
-    assert total is not None
+def _mapped(points: PointSet, words: np.ndarray) -> np.ndarray:
+    """The public map of (d, n) Z128 shares as words (d, n, 2): (d, outputs) Z128 shares.
+    The map's Z64 form (:meth:`~ppir_itk.linear_map.PublicLinearMap.ring`) on 16-bit limbs,
+    each exact: (points per output) 2^(weight_bits + 16) < 2^63
+    (:func:`~ppir_itk.fixed_point.mattes_budget` checks it)."""
+    basis, unsigned = points.linear_map, _u64(words)
+    limb_mask = np.uint64((1 << LIMB_BITS) - 1)
+    total: Any = 0
+    for word in range(2):
+        for shift in range(0, 64, LIMB_BITS):
+            limb = ((unsigned[..., word] >> np.uint64(shift)) & limb_mask).astype(np.int64)
+            mapped = basis.ring(np.ascontiguousarray(limb.T)).astype(object)
+            total = total + (mapped << (64 * word + shift))
     return total & MASK
 
 
@@ -350,6 +364,9 @@ class SPDZMattesBackend(HistogramBackend):
         self.received.add("opened_level", bins * count)
         self._items = batch_items(bins, count, points.geometry.dimension)
         self._dealer.ask(self._level, self._items, (bins, count))
+        # the map of the lift's offset (R6), taken off the moving party's share
+        ones = np.ones((count, points.geometry.dimension), dtype=np.int64)
+        self._offset_map = points.linear_map.ring(ones).astype(object)
 
     def _histogram_term(self, fields: ParzenFields) -> HistogramTerm:
         assert self._dealer is not None, "on_points() connects the dealer"
@@ -415,7 +432,7 @@ class SPDZMattesBackend(HistogramBackend):
         top = h >> np.uint64(63)
         yield Send(_i64(top - _u64(a)))
         fixed_opening = yield from _receive((bins, bins))
-        histogram = _lifted(h, top, top, fixed_opening, c_bit)
+        histogram = ring128.from_words(_lifted(h, top, top, fixed_opening, c_bit))
         # R3
         shared = Triples(*(ring128.from_words(part) for part in triples))
         entropy, logs = yield from _logs(histogram, count, self._bits, shared, MOVING)
@@ -436,11 +453,11 @@ class SPDZMattesBackend(HistogramBackend):
         yield Send(_i64(top - _u64(a_gradient)))
         fixed_opening = yield from _receive(product.shape)
         lifted = _lifted(product, top, top, fixed_opening, c_gradient_bit)
-        moments = _mapped(self.level_points, (lifted - int(PRODUCT_OFFSET)) & MASK)
+        moments = _mapped(self.level_points, lifted) - int(PRODUCT_OFFSET) * self._offset_map
         fixed_moments = yield from _receive((*moments.shape, 2))
         return entropy, (moments + ring128.from_words(fixed_moments)) & MASK
 
-    def _run(self, steps: Generator[object, np.ndarray, Any]) -> Any:
+    def _run(self, steps: Steps) -> Any:
         """Drive the moving party's steps: send what is due when a step must wait."""
         outbox: list[np.ndarray] = []
         inbox: deque[np.ndarray] = deque()
@@ -448,7 +465,7 @@ class SPDZMattesBackend(HistogramBackend):
         self.round_trips = 0
         while True:
             try:
-                step = steps.send(answer)  # type: ignore[arg-type]
+                step = steps.send(answer)
             except StopIteration as done:
                 if inbox or outbox:
                     raise ProtocolError(
@@ -535,7 +552,7 @@ class SPDZMattesFixedSide(FixedSide):
         self._connect_dealer = policy.dealer
         self._dealer: _Dealer | None = None
         self._level = -1
-        self._steps: Generator[object, np.ndarray, None] | None = None
+        self._steps: Steps | None = None
         self._inbox: deque[np.ndarray] = deque()
 
     def on_points(self, values: np.ndarray, points: PointSet) -> None:
@@ -599,7 +616,7 @@ class SPDZMattesFixedSide(FixedSide):
         outbox: list[np.ndarray] = []
         while True:
             try:
-                step = self._steps.send(answer)  # type: ignore[arg-type]
+                step = self._steps.send(answer)
             except StopIteration:
                 self._steps = None
                 self.evaluations += 1
@@ -619,7 +636,7 @@ class SPDZMattesFixedSide(FixedSide):
             spdz_mattes_answer=pb.SpdzMattesAnswer(shares=[array_to_pb(a) for a in outbox])
         )
 
-    def _fixed_steps(self, values: list[Any]) -> Generator[object, np.ndarray, None]:
+    def _fixed_steps(self, values: list[Any]) -> Steps:
         """Party 1's R1-R6 on this evaluation's batch ``values`` (:func:`batch_items`)."""
         _, _, _, c_histogram, _, b, c_bit, triples, _, c_select, b_logs, c_left, b_s, c_gradient = (
             values[:14]
@@ -636,7 +653,7 @@ class SPDZMattesFixedSide(FixedSide):
         top = h >> np.uint64(63)
         yield Send(_i64(top - _u64(b)))
         moving_opening = yield from _receive((bins, bins))
-        histogram = _lifted(h, top, moving_opening, b, c_bit)
+        histogram = ring128.from_words(_lifted(h, top, moving_opening, b, c_bit))
         # R3
         shared = Triples(*(ring128.from_words(part) for part in triples))
         entropy, logs = yield from _logs(histogram, count, bits, shared, FIXED)
