@@ -8,7 +8,6 @@ import secrets
 
 import numpy as np
 import pytest
-from audit import Secret, audit, recording
 
 import ppir_itk
 from ppir_itk import ring128
@@ -26,7 +25,6 @@ from ppir_itk.dealer_client import (
     product_item,
     triples_item,
 )
-from ppir_itk.fixed_party import FixedPartyServer
 from ppir_itk.image import ImageGrid
 from ppir_itk.metric_kinds import MetricSettings
 from ppir_itk.moving_party import MovingPartySession
@@ -34,7 +32,7 @@ from ppir_itk.policy import FixedPolicy
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import ProtocolError, array_from_pb
 from ppir_itk.pyramid import LevelSchedule
-from ppir_itk.roles import FIXED, FIXED_PARTY, MOVING, MOVING_PARTY
+from ppir_itk.roles import FIXED, FIXED_PARTY, MOVING
 
 BINS = 32
 # What the fixed point and the log allow (measured: Q within 6e-8, moments within 1.4e-4 of
@@ -299,44 +297,3 @@ def test_the_fixed_side_refuses_values_that_are_not_bins():
     with pytest.raises(ProtocolError, match="does not fit"):
         side.on_points(np.zeros(points.size), points)
         side.handle(pb.BackendMessage(spdz_mattes_step=pb.SpdzMattesStep()))
-
-
-# -- real parties: the fixed party's server over mutual TLS, and the traffic audit ---------
-def test_over_mutual_tls_the_traffic_passes_the_audit_both_ways(tmp_path):
-    size = 128  # 16384 points: the audit's correlation limit means something
-    fixed = _bins_image(size, seed=7)
-    pki = ppir_itk.init_pki(tmp_path / "pki")
-    pool = TriplePool()
-    policy = FixedPolicy(backends=("spdz",), dealer=local_dealer(pool, FIXED_PARTY))
-    server = FixedPartyServer(
-        fixed, "127.0.0.1:0", ppir_itk.TLS.for_role(pki, "fixed-party"), policy=policy, deadline=30
-    ).start()
-    try:
-        session = ppir_itk.connect(server.address, ppir_itk.TLS.for_role(pki, "moving-party"))
-        session.dealer = local_dealer(pool, MOVING_PARTY)
-        with recording() as recorder:
-            party, points = _party(session)
-            fields = _fields(points.size, seed=11)
-            term = party.histogram_term(fields)
-            party.close()
-    finally:
-        server.stop(grace=None)
-    kinds = {
-        pb.Envelope.FromString(e).backend.WhichOneof("body")
-        for e in recorder.envelopes("sent") + recorder.envelopes("received")
-        if pb.Envelope.FromString(e).WhichOneof("body") == "backend"
-    }
-    assert kinds == {m.name for m in party.backend.table.messages}
-    fixed_image = Secret.of("J", fixed.array, {})
-    moving_image = Secret.of(
-        "I",
-        fields.weights[:, 0].copy(),
-        {"derivatives": fields.derivatives[:, 0], "gradient": fields.gradient[:, 0]},
-    )
-    received = audit(recorder.envelopes("received"), fixed_image)
-    sent = audit(recorder.envelopes("sent"), moving_image)
-    assert received.passed, str(received)
-    assert sent.passed, str(sent)
-    assert received.views and sent.views
-    entropy, _ = _reference(fixed.array.ravel().astype(np.int64), fields, points, 0)
-    assert abs(term.entropy_difference - entropy) < Q_TOLERANCE
