@@ -98,12 +98,11 @@ class _Batch:
 class _ItemBatch:
     request: bytes  # the serialised items and level mask, so that both parties ask the same
     seeds: tuple[bytes, bytes]  # each party's own values
-    fixed_shares: list[np.ndarray]  # the fixed party's c1 arrays, in item order
+    items: Any  # the request's items, and their shapes
+    shapes: list[tuple]
+    level_mask: np.ndarray | None  # U, for the products that use it
+    nbytes: int  # the fixed party's c1 arrays, built when it asks (counted from the start)
     taken: set[int] = field(default_factory=set)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(share.nbytes for share in self.fixed_shares)
 
 
 class TriplePool:
@@ -216,10 +215,16 @@ class TriplePool:
                 rows = max((shape[0] for shape in shapes if len(shape) == 2), default=1)
                 # as rows x count: the widest item's rows, the values spread over them
                 self._check_size(rows, -(-values // rows), MAX_MASK_ROWS)
+                nbytes = sum(
+                    math.prod(shape) * (16 if item.kind == "triples" else 8)
+                    for item, shape in zip(request.items, shapes, strict=True)
+                    if item.kind != MASK
+                )
+                self._check_room(nbytes)
                 seeds = (secret_seed(), secret_seed())
-                shares = _fixed_shares(request.items, shapes, seeds, mask)
-                batch = _ItemBatch(asked.SerializeToString(), seeds, shares)
-                self._check_room(batch.nbytes)
+                batch = _ItemBatch(
+                    asked.SerializeToString(), seeds, list(request.items), shapes, mask, nbytes
+                )
                 self._item_batches[key] = batch
                 self.held_bytes += batch.nbytes
                 self.values_dealt += values
@@ -233,8 +238,9 @@ class TriplePool:
             if len(batch.taken) == 2:
                 self.held_bytes -= self._item_batches.pop(key).nbytes
         answer = pb.Batch(sequence=request.sequence, seed=batch.seeds[party])
-        if party == FIXED:
-            answer.c.extend(array_to_pb(share) for share in batch.fixed_shares)
+        if party == FIXED:  # built outside the lock: other sessions' requests go on meanwhile
+            shares = _fixed_shares(batch.items, batch.shapes, batch.seeds, batch.level_mask)
+            answer.c.extend(array_to_pb(share) for share in shares)
         return answer
 
     def _check_pending(self, token: bytes, party: int) -> None:
