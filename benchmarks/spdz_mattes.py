@@ -10,10 +10,10 @@ summing to 1, derivatives, a 2-D gradient), the affine basis, one level of every
 
 - ``in-process``: ``in_process_session`` (fixed party and dealer in this process); the
   fixed party's seconds are its ``handle`` calls, timed here;
-- ``tls``: the fixed party (``FixedPartyServer``) and the dealer (``DealerServer``) each
-  in a child process, over gRPC with mutual TLS on loopback; the fixed party's seconds
-  are its busy time for the level (``Closed.levels``: its evaluations and the level's
-  ``F``), divided by the evaluations.
+- ``tls``: ``ppir serve`` and ``ppir dealer`` as child processes (local mode's
+  ``spawn_fixed_party``), over gRPC with mutual TLS on loopback; the fixed party's
+  seconds are its busy time for the level (``Closed.levels``: its evaluations and the
+  level's ``F``), shared out over the evaluations.
 
 Printed per evaluation (the mean of ``--evaluations`` after a first one, which asks
 the dealer's first batch without a prefetch): the moving party's wall time, the fixed
@@ -31,10 +31,8 @@ with ``P = ring128.LOG_PRODUCTS + 1`` Beaver products per histogram cell (each o
 from __future__ import annotations
 
 import argparse
-import multiprocessing
-import tempfile
 import time
-from pathlib import Path
+from contextlib import ExitStack
 
 import numpy as np
 
@@ -42,9 +40,7 @@ import ppir_itk
 from ppir_itk import ring128
 from ppir_itk.backends.base import ParzenFields
 from ppir_itk.backends.spdz_mattes import SPDZMattesFixedSide
-from ppir_itk.dealer import DealerServer
-from ppir_itk.dealer_client import open_dealer
-from ppir_itk.fixed_party import FixedPartyServer
+from ppir_itk.compose import spawn_fixed_party
 from ppir_itk.image import ImageGrid
 from ppir_itk.metric_kinds import MetricSettings
 from ppir_itk.moving_party import MovingPartySession
@@ -83,61 +79,29 @@ def floor_bytes(count: int, bins: int, dimension: int, outputs: int) -> tuple[in
     return moving, fixed
 
 
-def _serve_dealer(pki: str, addresses: multiprocessing.Queue, stop: multiprocessing.Event):
-    server = DealerServer("127.0.0.1:0", ppir_itk.TLS.for_role(Path(pki), "dealer")).start()
-    addresses.put(server.address)
-    stop.wait()
-    server.stop(grace=None)
-
-
-def _serve_fixed(
-    pki: str, count: int, bins: int, dealer: str, addresses: multiprocessing.Queue, stop
-):
-    tls = ppir_itk.TLS.for_role(Path(pki), "fixed-party")
-    policy = FixedPolicy(backends=("spdz",), dealer=lambda token: open_dealer(dealer, tls, token))
-    server = FixedPartyServer(fixed_image(count, bins), "127.0.0.1:0", tls, policy=policy).start()
-    addresses.put(server.address)
-    stop.wait()
-    server.stop(grace=None)
-
-
 def run(mode: str, count: int, bins: int, evaluations: int) -> dict:
     fixed_seconds = [0.0]
-    children: list[multiprocessing.Process] = []
-    stop = multiprocessing.Event()
-    workdir = tempfile.TemporaryDirectory()
-    if mode == "in-process":
-        handle = SPDZMattesFixedSide.handle
+    with ExitStack() as stack:
+        if mode == "in-process":
+            handle = SPDZMattesFixedSide.handle
 
-        def timed(self, message):
-            start = time.perf_counter()
-            try:
-                return handle(self, message)
-            finally:
-                fixed_seconds[0] += time.perf_counter() - start
+            def timed(self, message):
+                start = time.perf_counter()
+                try:
+                    return handle(self, message)
+                finally:
+                    fixed_seconds[0] += time.perf_counter() - start
 
-        SPDZMattesFixedSide.handle = timed  # type: ignore[method-assign]
-        session = ppir_itk.in_process_session(
-            fixed_image(count, bins), FixedPolicy.holding_both_images(("spdz",))
-        )
-    else:
-        pki = str(ppir_itk.init_pki(Path(workdir.name) / "pki"))
-        addresses: multiprocessing.Queue = multiprocessing.Queue()
-        children.append(multiprocessing.Process(target=_serve_dealer, args=(pki, addresses, stop)))
-        children[-1].start()
-        dealer = addresses.get(timeout=60)
-        children.append(
-            multiprocessing.Process(
-                target=_serve_fixed, args=(pki, count, bins, dealer, addresses, stop)
+            SPDZMattesFixedSide.handle = timed  # type: ignore[method-assign]
+            stack.callback(setattr, SPDZMattesFixedSide, "handle", handle)
+            session = ppir_itk.in_process_session(
+                fixed_image(count, bins), FixedPolicy.holding_both_images(("spdz",))
             )
-        )
-        children[-1].start()
-        session = ppir_itk.connect(
-            addresses.get(timeout=60),
-            ppir_itk.TLS.for_role(Path(pki), "moving-party"),
-            dealer=dealer,
-        )
-    try:
+        else:
+            child = stack.enter_context(
+                spawn_fixed_party(fixed_image(count, bins), backends=("spdz",))
+            )
+            session = ppir_itk.connect(child.address, child.client_tls, dealer=child.dealer_address)
         party = MovingPartySession(session, "spdz", metric=MetricSettings("mattes", bins))
         party.start(LevelSchedule.from_lists([1], [0.0]), None)
         level = party.begin_level(0)()
@@ -154,13 +118,6 @@ def run(mode: str, count: int, bins: int, evaluations: int) -> dict:
         closed = party.close()
         if mode == "tls":  # its busy time for the level, over its 1 + evaluations
             fixed_seconds[0] = closed.levels[-1].seconds * evaluations / (1 + evaluations)
-    finally:
-        if mode == "in-process":
-            SPDZMattesFixedSide.handle = handle  # type: ignore[method-assign]
-        stop.set()
-        for child in children:
-            child.join(timeout=30)
-        workdir.cleanup()
     sent = (after.payload_bytes_sent - before.payload_bytes_sent) / evaluations
     received = (after.payload_bytes_received - before.payload_bytes_received) / evaluations
     floor = floor_bytes(count, bins, 2, points.linear_map.outputs)

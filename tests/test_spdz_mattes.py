@@ -14,7 +14,7 @@ from ppir_itk import ring128
 from ppir_itk.backends.base import ParzenFields
 from ppir_itk.backends.spdz_mattes import ROUND_TRIPS, SPDZMattesFixedSide, _lifted, batch_items
 from ppir_itk.bspline import BSplineTransform
-from ppir_itk.compose import in_process_session, local_dealer
+from ppir_itk.compose import in_process_session, local_dealer, spawn_fixed_party
 from ppir_itk.dealer import TriplePool
 from ppir_itk.dealer_client import (
     LEVEL_MASK,
@@ -297,3 +297,19 @@ def test_the_fixed_side_refuses_values_that_are_not_bins():
     with pytest.raises(ProtocolError, match="does not fit"):
         side.on_points(np.zeros(points.size), points)
         side.handle(pb.BackendMessage(spdz_mattes_step=pb.SpdzMattesStep()))
+
+
+def test_three_processes_over_mutual_tls_match_the_reference():
+    """ppir serve and ppir dealer as child processes (local mode's spawn_fixed_party), the
+    moving party here, mutual TLS on every connection."""
+    fixed = _bins_image(40, seed=3)
+    with spawn_fixed_party(fixed, backends=("spdz",)) as child:
+        session = ppir_itk.connect(child.address, child.client_tls, dealer=child.dealer_address)
+        party, points = _party(session)
+        fields = _fields(points.size, seed=9)
+        term = party.histogram_term(fields)
+        closed = party.close()
+    entropy, moments = _reference(fixed.array.ravel().astype(np.int64), fields, points, 0)
+    assert abs(term.entropy_difference - entropy) < Q_TOLERANCE
+    assert np.abs(term.moments - moments).max() < MOMENTS_TOLERANCE * np.abs(moments).max()
+    assert closed.dealer.payload_bytes_received > 0  # the fixed party's shares from the dealer
