@@ -25,6 +25,7 @@ from ppir_itk.dealer_client import (
     product_item,
     triples_item,
 )
+from ppir_itk.fixed_point import mattes_budget
 from ppir_itk.image import ImageGrid
 from ppir_itk.metric_kinds import MetricSettings
 from ppir_itk.moving_party import MovingPartySession
@@ -123,6 +124,16 @@ def test_the_secure_log_matches_numpy_over_its_range():
     assert error.max() < 6e-5
     assert error[x >= 1e-5].max() < 1.5e-5
     assert error[x >= 1e-4].max() < 3e-6
+
+
+def test_the_mattes_budget_keeps_every_sum_exact_and_refuses_too_many_points():
+    bits = mattes_budget(100_000, 12)
+    # |s q(g)| < 2^(6 + f_L + b_D + b_g) = 2^61: with the 2^61 offset, the top bit is clear
+    assert 6 + bits.log_fraction + bits.derivative_bits + bits.g_bits == 61
+    assert np.log2(100_000) + bits.weight_fraction < 62  # H < 2^62
+    assert mattes_budget(1 << 20, 20, support=5000) == bits
+    with pytest.raises(ppir_itk.InputError, match="too many for the Mattes histogram"):
+        mattes_budget(1 << 35, 12)  # the map's 16-bit limbs would wrap
 
 
 # -- the dealer's batches ----------------------------------------------------------------
