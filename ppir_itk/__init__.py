@@ -13,10 +13,13 @@ serve, connect, register_with
     The fixed party's server, the moving party's session (gRPC with mutual
     TLS) and its registration against it.
 ImageRegistrationMethod, PrivateMeanSquaresImageToImageMetric, GaussNewtonOptimizer
-    The ITK-style pieces (metric / optimizer / method).
+    The ITK-style pieces (metric / optimizer / method);
+    PrivateCorrelationImageToImageMetric (ITK's normalised cross correlation) and
+    PrivateMattesMutualInformationImageToImageMetric (ITK's Mattes mutual information);
+    RegularStepGradientDescentOptimizer, for the metrics that are not least squares.
 FixedPartySession, MovingPartySession, in_process_session
     Each party's side of a session; a session with the fixed party in this process.
-NoSampling, URS, GMS
+NoSampling, URS, Regular, GMS
     Sampling strategies.
 BSplineTransform
     ITK's cubic B-spline transform, for non-linear registration.
@@ -45,12 +48,14 @@ _EXPORTS = {
     "connect": "ppir_itk.compose",
     "in_process_session": "ppir_itk.compose",
     "serve": "ppir_itk.compose",
+    "PrivateCorrelationImageToImageMetric": "ppir_itk.correlation",
     "InputError": "ppir_itk.errors",
     "Event": "ppir_itk.events",
     "FixedPartyServer": "ppir_itk.fixed_party",
     "FixedPartySession": "ppir_itk.fixed_party",
     "GridGeometry": "ppir_itk.image",
     "ImageGrid": "ppir_itk.image",
+    "PrivateMattesMutualInformationImageToImageMetric": "ppir_itk.mattes",
     "PrivateMeanSquaresImageToImageMetric": "ppir_itk.metric",
     "MovingPartySession": "ppir_itk.moving_party",
     "GaussNewtonOptimizer": "ppir_itk.optimizer",
@@ -67,6 +72,7 @@ _EXPORTS = {
     "resample": "ppir_itk.registration",
     "GMS": "ppir_itk.sampling",
     "NoSampling": "ppir_itk.sampling",
+    "Regular": "ppir_itk.sampling",
     "URS": "ppir_itk.sampling",
     "LinearTransform": "ppir_itk.transforms",
     "TRANSFORM_KINDS": "ppir_itk.transforms",
@@ -91,12 +97,15 @@ __all__ = [
     "MovingPartySession",
     "NoSampling",
     "PeerError",
+    "PrivateCorrelationImageToImageMetric",
+    "PrivateMattesMutualInformationImageToImageMetric",
     "PrivateMeanSquaresImageToImageMetric",
     "RegistrationResult",
     "RegularStepGradientDescentOptimizer",
     "StopCondition",
     "TLS",
     "TRANSFORM_KINDS",
+    "Regular",
     "URS",
     "__version__",
     "connect",
@@ -127,10 +136,12 @@ if TYPE_CHECKING:  # what type checkers and editors see
     from ppir_itk.backends import BACKENDS, InsecureBackendWarning
     from ppir_itk.bspline import BSplineTransform
     from ppir_itk.compose import connect, in_process_session, serve
+    from ppir_itk.correlation import PrivateCorrelationImageToImageMetric
     from ppir_itk.errors import InputError
     from ppir_itk.events import Event
     from ppir_itk.fixed_party import FixedPartyServer, FixedPartySession
     from ppir_itk.image import GridGeometry, ImageGrid
+    from ppir_itk.mattes import PrivateMattesMutualInformationImageToImageMetric
     from ppir_itk.metric import PrivateMeanSquaresImageToImageMetric
     from ppir_itk.moving_party import MovingPartySession
     from ppir_itk.optimizer import (
@@ -148,5 +159,5 @@ if TYPE_CHECKING:  # what type checkers and editors see
         register_with,
         resample,
     )
-    from ppir_itk.sampling import GMS, URS, NoSampling
+    from ppir_itk.sampling import GMS, URS, NoSampling, Regular
     from ppir_itk.transforms import TRANSFORM_KINDS, LinearTransform, make_transform

@@ -52,7 +52,7 @@ from ppir_itk.protocol.messages import (
     DEFAULT_MAX_MESSAGE_BYTES,
 )
 from ppir_itk.protocol.transport import DEFAULT_SESSION_LIMIT
-from ppir_itk.sampling import SAMPLINGS
+from ppir_itk.sampling import PAPER_SAMPLINGS, SAMPLINGS
 from ppir_itk.transform_kinds import TRANSFORMS, transform_kind
 from ppir_itk.transforms import LinearTransform
 from ppir_itk.wrapping.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_VOXELS, ImageLimits
@@ -279,8 +279,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--sampling",
         nargs="+",
-        default=list(SAMPLINGS),
-        help=f"sampling modes (default: {' '.join(SAMPLINGS)})",
+        default=list(PAPER_SAMPLINGS),
+        help=f"sampling modes, of {' '.join(SAMPLINGS)} (default: {' '.join(PAPER_SAMPLINGS)})",
     )
     bench.add_argument(
         "--time-cap",

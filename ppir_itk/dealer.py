@@ -33,12 +33,16 @@ request (party -> dealer)       answer (dealer -> that party)
 ``MaskRequest`` (seq, rows, n)  fixed party only. ``Masks``: a seed for b
 ``TripleRequest`` (seq, n,      ``Triples``: moving party, a seed for a and
 mask, mask rows)                c0; fixed party, c1
+``BatchRequest`` (seq, mask,    ``Batch``: each party a seed for its own masks
+items: masks, products,         and shares; the fixed party also its shares
+Z_2^128 triples)                c1 of the products and triples (spdz Mattes)
 ``Close``                       ``Closed``: the dealer's accounting
 ==============================  =============================================
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -46,7 +50,16 @@ from typing import Any
 
 import numpy as np
 
-from ppir_itk.dealer_client import mask_values, moving_triples
+from ppir_itk import ring128
+from ppir_itk.dealer_client import (
+    MASK,
+    PRODUCT,
+    apply_product,
+    batch_values,
+    item_shapes,
+    mask_values,
+    moving_triples,
+)
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.channel import return_freed_memory
 from ppir_itk.protocol.messages import (
@@ -65,7 +78,10 @@ from ppir_itk.protocol.transport import PartyServer
 from ppir_itk.randomness import secret_seed
 from ppir_itk.roles import FIXED, MOVING, PARTIES
 
-MAX_ROWS = 16
+PARTIES_IN_ORDER = (MOVING, FIXED)
+
+MAX_ROWS = 16  # a triple request's rows (spdz mean squares: d + 2)
+MAX_MASK_ROWS = 256  # a mask's rows (spdz Mattes: one per histogram bin)
 MASKS_KEPT = 2  # per token: the current level's mask and the one before
 TOKEN_BYTES = (16, 64)
 
@@ -75,6 +91,17 @@ class _Batch:
     request: tuple  # what was asked, so that both parties ask the same
     seed: bytes  # the moving party's a and c0
     mask: np.ndarray  # b[mask_rows], for the fixed party's c1
+    taken: set[int] = field(default_factory=set)
+
+
+@dataclass
+class _ItemBatch:
+    request: bytes  # the serialised items and level mask, so that both parties ask the same
+    seeds: tuple[bytes, bytes]  # each party's own values
+    items: Any  # the request's items, and their shapes
+    shapes: list[tuple]
+    level_mask: np.ndarray | None  # U, for the products that use it
+    nbytes: int  # the fixed party's c1 arrays, built when it asks (counted from the start)
     taken: set[int] = field(default_factory=set)
 
 
@@ -99,12 +126,13 @@ class TriplePool:
         self._lock = threading.Lock()
         self._batches: dict[tuple[bytes, int], _Batch] = {}
         self._masks: dict[bytes, dict[int, np.ndarray]] = {}
+        self._item_batches: dict[tuple[bytes, int], _ItemBatch] = {}
         self.held_bytes = 0  # of the arrays in _masks and _batches
         self.values_dealt = 0
 
     def masks(self, token: bytes, party: int, request: pb.MaskRequest) -> pb.Masks:
         rows, count = int(request.rows), int(request.count)
-        self._check_size(rows, count)
+        self._check_size(rows, count, MAX_MASK_ROWS)
         if party != FIXED:
             raise ProtocolError("masks go to the fixed party only")
         with self._lock:
@@ -129,16 +157,7 @@ class TriplePool:
         with self._lock:
             batch = self._batches.get(key)
             if batch is None:
-                pending = sum(
-                    1
-                    for (other, _), b in self._batches.items()
-                    if other == token and party in b.taken
-                )
-                if pending >= self.max_pending:
-                    raise ProtocolError(
-                        f"the party asked for more than {self.max_pending} triple batches "
-                        "ahead of the other party (the dealer's --max-pending raises it)"
-                    )
+                self._check_pending(token, party)
                 mask = self._masks.get(token, {}).get(int(request.mask_sequence))
                 if mask is None or mask.shape[1] != count or max(request.mask_rows) >= len(mask):
                     raise ProtocolError(
@@ -171,18 +190,86 @@ class TriplePool:
         c_fixed -= c_moving
         return pb.Triples(sequence=request.sequence, c=array_to_pb(c_fixed.view(np.int64)))
 
+    def batch(self, token: bytes, party: int, request: pb.BatchRequest) -> pb.Batch:
+        """A batch of masks, products and triples (spdz Mattes): each party's seed, and the
+        fixed party's shares of the products and triples, drawn at the first request."""
+        key = (token, int(request.sequence))
+        asked = pb.BatchRequest(mask_sequence=request.mask_sequence, items=request.items)
+        with self._lock:
+            batch = self._item_batches.get(key)
+            if batch is None:
+                self._check_pending(token, party)
+                mask = self._masks.get(token, {}).get(int(request.mask_sequence))
+                if mask is None and any(
+                    item.kind == PRODUCT and item.fixed < 0 for item in request.items
+                ):
+                    raise ProtocolError(
+                        f"a batch asked for mask {request.mask_sequence}, which the dealer "
+                        "does not hold"
+                    )
+                shapes = item_shapes(request.items, () if mask is None else mask.shape)
+                values = sum(
+                    math.prod(shape) * (6 if item.kind == "triples" else 1)
+                    for item, shape in zip(request.items, shapes, strict=True)
+                )
+                rows = max((shape[0] for shape in shapes if len(shape) == 2), default=1)
+                # as rows x count: the widest item's rows, the values spread over them
+                self._check_size(rows, -(-values // rows), MAX_MASK_ROWS)
+                nbytes = sum(
+                    math.prod(shape) * (16 if item.kind == "triples" else 8)
+                    for item, shape in zip(request.items, shapes, strict=True)
+                    if item.kind != MASK
+                )
+                self._check_room(nbytes)
+                seeds = (secret_seed(), secret_seed())
+                batch = _ItemBatch(
+                    asked.SerializeToString(), seeds, list(request.items), shapes, mask, nbytes
+                )
+                self._item_batches[key] = batch
+                self.held_bytes += batch.nbytes
+                self.values_dealt += values
+            if batch.request != asked.SerializeToString():
+                raise ProtocolError(
+                    f"batch {request.sequence} was asked differently by the other party"
+                )
+            if party in batch.taken:
+                raise ProtocolError(f"batch {request.sequence} was already taken by this party")
+            batch.taken.add(party)
+            if len(batch.taken) == 2:
+                self.held_bytes -= self._item_batches.pop(key).nbytes
+        answer = pb.Batch(sequence=request.sequence, seed=batch.seeds[party])
+        if party == FIXED:  # built outside the lock: other sessions' requests go on meanwhile
+            shares = _fixed_shares(batch.items, batch.shapes, batch.seeds, batch.level_mask)
+            answer.c.extend(array_to_pb(share) for share in shares)
+        return answer
+
+    def _check_pending(self, token: bytes, party: int) -> None:
+        pending = sum(
+            1
+            for batches in (self._batches, self._item_batches)
+            for (other, _), b in batches.items()
+            if other == token and party in b.taken
+        )
+        if pending >= self.max_pending:
+            raise ProtocolError(
+                f"the party asked for more than {self.max_pending} triple batches "
+                "ahead of the other party (the dealer's --max-pending raises it)"
+            )
+
     def forget(self, token: bytes) -> None:
         """Drop a session's batches and masks (it ended)."""
         with self._lock:
             for key in [key for key in self._batches if key[0] == token]:
                 self.held_bytes -= self._batches.pop(key).mask.nbytes
+            for key in [key for key in self._item_batches if key[0] == token]:
+                self.held_bytes -= self._item_batches.pop(key).nbytes
             for mask in self._masks.pop(token, {}).values():
                 self.held_bytes -= mask.nbytes
 
-    def _check_size(self, rows: int, count: int) -> None:
-        if not (0 < rows <= MAX_ROWS and 0 < count and rows * count <= self.max_request_values):
+    def _check_size(self, rows: int, count: int, max_rows: int = MAX_ROWS) -> None:
+        if not (0 < rows <= max_rows and 0 < count and rows * count <= self.max_request_values):
             raise ProtocolError(
-                f"{rows} x {count} values asked; one request may ask 1 to {MAX_ROWS} rows "
+                f"{rows} x {count} values asked; one request may ask 1 to {max_rows} rows "
                 f"and at most {self.max_request_values} values (the dealer's "
                 "--max-request-values raises it)"
             )
@@ -194,6 +281,33 @@ class TriplePool:
                 f"keep {size} more within its limit of {self.max_pending_bytes} bytes "
                 "(the dealer's --max-pending-bytes raises it)"
             )
+
+
+def _fixed_shares(
+    items: Any, shapes: list[tuple], seeds: tuple[bytes, bytes], level_mask: np.ndarray | None
+) -> list[np.ndarray]:
+    """The fixed party's shares c1 = c - c0 of a batch's products and triples, in item order."""
+    moving, fixed = (
+        batch_values(seed, items, shapes, party)
+        for seed, party in zip(seeds, PARTIES_IN_ORDER, strict=True)
+    )
+    shares = []
+    for index, item in enumerate(items):
+        if item.kind == MASK:
+            continue
+        if item.kind == PRODUCT:
+            operand = level_mask if item.fixed < 0 else fixed[item.fixed]
+            assert operand is not None, "batch() checked that the level mask is held"
+            c = apply_product(
+                item.product, moving[item.moving].view(np.uint64), operand.view(np.uint64)
+            )
+            shares.append((c - moving[index].view(np.uint64)).view(np.int64))
+            continue
+        (a0, b0, c0), (a1, b1) = moving[index], fixed[index]
+        a = ring128.from_words(a0) + ring128.from_words(a1)
+        b = ring128.from_words(b0) + ring128.from_words(b1)
+        shares.append(ring128.to_words(a * b - ring128.from_words(c0)))
+    return shares
 
 
 class DealerSession:
@@ -235,6 +349,10 @@ class DealerSession:
                 triples = self.pool.triples(self.token, self.party, envelope.triple_request)
                 self.triple_batches_dealt += 1
                 return pb.Envelope(triples=triples)
+            if kind == "batch_request":
+                batch = self.pool.batch(self.token, self.party, envelope.batch_request)
+                self.triple_batches_dealt += 1
+                return pb.Envelope(batch=batch)
             if kind == "close":
                 self.closed = True
                 return pb.Envelope(closed=pb.Closed(stats=pb.PartyStats(seconds=self.seconds)))

@@ -217,8 +217,8 @@ class FixedPartySession:
                 raise ProtocolError("a level's shrink factor or smoothing sigma is out of range")
         if hello.sampling not in SAMPLING_KINDS:
             raise ProtocolError(f"sampling '{hello.sampling[:40]}' is unknown")
-        if hello.sampling == "urs" and not 0 < hello.sampling_fraction <= 1:
-            raise ProtocolError("the URS fraction must be in (0, 1]")
+        if hello.sampling in ("urs", "regular") and not 0 < hello.sampling_fraction <= 1:
+            raise ProtocolError(f"the {hello.sampling} sampling fraction must be in (0, 1]")
         if hello.wants_center_of_mass and not self.policy.allow_center_of_mass:
             raise ProtocolError("this fixed party does not disclose its centre of mass")
         self.backend_side = make_fixed_side(
@@ -324,7 +324,8 @@ class FixedPartySession:
         return pb.Envelope(backend=answer)
 
     def _check_measurements(self, points: PointSet) -> None:
-        """Refuse, before any product, a level whose evaluations the policy cannot answer."""
+        """Refuse, before any product, a level whose evaluations the policy cannot answer
+        (the sums the metric asks: correlation's sum of J too)."""
         assert self.backend_side is not None, _AFTER_HELLO
         policy, asked = self.policy, self.backend_side.sums_per_evaluation(points)
         if points.control is not None:

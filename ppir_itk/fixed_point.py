@@ -30,7 +30,9 @@ modulus's ``B = bits``:
   over more points than any output, with the modulus's own limits:
   ``L(n) + 2 b_J <= squared_bits`` and ``L(n) + b_w + b_J = warped_bits``, so
   ``|sum q(J)^2| <= 2^(squared_bits - 2)`` and
-  ``|sum q(I_w) q(J)| <= 2^(warped_bits - 2)``.
+  ``|sum q(I_w) q(J)| <= 2^(warped_bits - 2)``;
+- correlation's ``sum_x m q(J)``: ``|.| <= 2^(L(n) + b_J - 1)``, below the bound of
+  ``sum q(J)^2`` by ``b_J - 1`` bits, so it is exact wherever that sum is.
 
 The moduli: :data:`PLAIN_MODULUS` (``he``: ``t`` is a 60-bit prime, so every
 ``|sum| < 2^58 = 2^SUM_BITS`` is below ``t / 2``, and ``B = 59`` keeps the moments
@@ -45,7 +47,9 @@ Noise (``FixedPolicy.joint_term_noise``): the fixed party may add an integer noi
 to each sum before the moving party sees it, of deviation ``beta`` times the most
 one voxel of J can add to that sum (:func:`voxel_bits`). The bounds above leave
 each sum below ``2^(limit - 2)``, half of what its modulus holds; a noise below
-``2^(limit - 2)`` keeps the noisy sum exact too (:func:`noise_room`).
+``2^(limit - 2)`` keeps the noisy sum exact too (:func:`noise_room`). Correlation's
+``sum m q(J)``, of which one voxel adds at most ``2^(b_J - 1)``, takes the same
+``beta`` with room to spare: ``sum q(J)^2``'s noise bounds its noise.
 """
 
 from __future__ import annotations
@@ -163,3 +167,54 @@ def noise_room(modulus: Modulus, bits: Bits, weight_bits: int, local: bool) -> f
         2.0 ** (limit - 2 - v) / 9
         for limit, v in zip(limits, voxel_bits(bits, weight_bits), strict=True)
     )
+
+
+# -- spdz Mattes (ppir_itk.backends.spdz_mattes) -----------------------------------------
+MATTES_WEIGHT_BITS = 24  # fractional bits of the Parzen weights: H = A q(W)^T is exact
+MATTES_LOG_BITS = 14  # fractional bits of L, the log ratio, once lowered to Z_2^64
+MATTES_DERIVATIVE_BITS = 20  # bits (sign included) of the Parzen derivatives q(D)
+MATTES_GRADIENT_BITS = 21  # bits (sign included) of the gradient q(g)
+MATTES_MAX_POINT_BITS = 38  # n 2^MATTES_WEIGHT_BITS <= 2^62: H's shares lift exactly
+MATTES_LIMB_BITS = 16  # the map on Z_2^128 shares runs the Z_2^64 map on limbs this wide
+
+
+@dataclass(frozen=True)
+class MattesBits:
+    """The fixed-point bits of the spdz Mattes protocol (:func:`mattes_budget`)."""
+
+    weight_fraction: int  # e_W: q(W) = round(W 2^e_W), so H < n 2^e_W
+    log_fraction: int  # f_L: L in Z_2^64 at 2^-f_L
+    derivative_bits: int  # b_D
+    g_bits: int  # b_g
+
+
+MATTES_BITS = MattesBits(
+    MATTES_WEIGHT_BITS, MATTES_LOG_BITS, MATTES_DERIVATIVE_BITS, MATTES_GRADIENT_BITS
+)
+
+
+def mattes_budget(points: int, weight_bits: int, support: int | None = None) -> MattesBits:
+    """The bits of the spdz Mattes protocol's exact integer sums (:data:`MATTES_BITS`).
+
+    - The histogram ``H = A q(W)^T`` sums ``n`` one-hot products of weights below
+      ``2^e_W``: ``H < n 2^e_W <= 2^62`` for ``n <= 2^38``, so its shares' sum has its
+      top bit clear (its lift to Z_2^128 needs it).
+    - ``s_p = sum_c q(L)[f_p, c] q(D)[p, c]`` adds 4 terms with ``|q(L)| < 2^(6 + f_L)``
+      and ``|q(D)| <= 2^(b_D - 1)``: ``L = l(x) - log(c_j)`` with the secure log ``l``
+      in ``[-17.2, 0]`` (:func:`ppir_itk.ring128.log` stays above -17.1 even at 0) and
+      ``0 <= -log(c_j) <= log(n 2^e_W) <= 43.1``, so ``|L| < 2^6``. With
+      ``|q(g)| <= 2^(b_g - 1)``, ``|s q(g)| < 2^(2 + 6 + f_L + b_D - 1 + b_g - 1)`` and
+      ``6 + f_L + b_D + b_g = 61``: offset by 2^61, the value lies in ``(0, 2^62)``, its
+      shares' top bits say their wrap, and it lifts to Z_2^128 exactly.
+    - The moments ``sum w s q(g)`` then sum over at most ``2^L(s)`` points (``s`` the map's
+      support; n for the affine basis) in Z_2^128: below ``2^(L(s) + W + 61) < 2^127``.
+      The map runs on 16-bit limbs of the shares, each exact in Z_2^64 while
+      ``L(s) + W + 16 <= 62``; a map or point set beyond that is refused.
+    """
+    outputs = log2_ceiling(points if support is None else support)
+    if points > 1 << MATTES_MAX_POINT_BITS or outputs + weight_bits + MATTES_LIMB_BITS > 62:
+        raise InputError(
+            f"{points} points are too many for the Mattes histogram {RING.where}: "
+            "sample them (URS) or use fewer"
+        )
+    return MATTES_BITS

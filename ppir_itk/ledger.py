@@ -1,7 +1,7 @@
 """The fixed party's ledger: linear measurements of its image granted to each client, on disk.
 
 Each joint-term evaluation gives the moving party a few linear measurements of
-the fixed image J (``points.linear_map.sums_per_evaluation``; docs/privacy.md). A
+the fixed image J (``FixedSide.measurements_per_evaluation``; docs/privacy.md). A
 malicious moving party chooses their weights, so what it can recover is bounded
 by how many it holds *in all*, over every session and level: the ledger counts
 them per (client identity, fixed image fingerprint) in an SQLite file, and

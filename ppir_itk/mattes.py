@@ -92,6 +92,9 @@ class PrivateMattesMutualInformationImageToImageMetric(PrivateImageToImageMetric
     def settings(self) -> MetricSettings:
         return self._settings
 
+    def _bending_energy_scale(self) -> float:
+        return 1.0  # mutual information has no intensity unit
+
     def GetNumberOfHistogramBins(self) -> int:  # noqa: N802
         return self._settings.histogram_bins
 

@@ -46,7 +46,7 @@ from ppir_itk.parallel import for_chunks
 from ppir_itk.points import PointSet
 from ppir_itk.protocol.session import Session
 from ppir_itk.pyramid import Level, moving_level_image
-from ppir_itk.sampling import GMS, URS, NoSampling
+from ppir_itk.sampling import GMS, URS, NoSampling, Regular
 from ppir_itk.transforms import LinearTransform
 from ppir_itk.wrapping.images import as_image_grid
 
@@ -82,10 +82,11 @@ class PrivateImageToImageMetric(abc.ABC):
         with ``E`` the thin-plate bending energy of the deformation
         (:meth:`ppir_itk.bspline.BSplineTransform.bending_energy`), ``|Omega|``
         the area (volume) of the control grid's domain and ``var(I)`` the
-        moving image's intensity variance, so that ``w`` (mm^2, a smoothing
-        length squared) does not depend on the intensity scale or the image
-        size. 0 (the default) adds nothing; around the squared control-point
-        spacing is a strong regulariser.
+        moving image's intensity variance (left out by a metric whose value has
+        no intensity unit, as correlation's: :meth:`_bending_energy_scale`), so
+        that ``w`` (mm^2, a smoothing length squared) does not depend on the
+        intensity scale or the image size. 0 (the default) adds nothing; around
+        the squared control-point spacing is a strong regulariser.
     """
 
     def __init__(
@@ -172,7 +173,7 @@ class PrivateImageToImageMetric(abc.ABC):
             else:
                 private_sample = np.zeros(fixed_level.number_of_points, dtype=np.uint8)
                 private_sample[drawn] = 1
-        elif not (sampling is None or isinstance(sampling, NoSampling | URS)):
+        elif not (sampling is None or isinstance(sampling, NoSampling | URS | Regular)):
             raise InputError(f"unknown sampling {sampling!r}")
         transform = self.GetTransform()
         control_grid = None
@@ -269,8 +270,13 @@ class PrivateImageToImageMetric(abc.ABC):
         return _jacobian(
             self.GetTransform(),
             self._require_level().points,
-            self.bending_energy_weight * self._moving_variance,
+            self.bending_energy_weight * self._bending_energy_scale(),
         )
+
+    def _bending_energy_scale(self) -> float:
+        """What puts the bending energy in the value's unit: the moving image's intensity
+        variance (mean squares' value is in squared intensities)."""
+        return self._moving_variance
 
     def GetValue(self) -> float:  # noqa: N802
         return self.evaluate().value

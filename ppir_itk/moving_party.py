@@ -46,7 +46,7 @@ from ppir_itk.disclosure import SESSION, Received
 from ppir_itk.errors import InputError
 from ppir_itk.image import GridGeometry
 from ppir_itk.metric_kinds import MATTES, MEAN_SQUARES_SETTINGS, MetricSettings
-from ppir_itk.points import PointSet, draw_points
+from ppir_itk.points import SAMPLING_KINDS, PointSet, draw_points
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.channel import Counters
 from ppir_itk.protocol.messages import (
@@ -58,16 +58,13 @@ from ppir_itk.protocol.messages import (
 from ppir_itk.protocol.session import LocalSession, Session
 from ppir_itk.pyramid import LevelSchedule
 from ppir_itk.roles import MOVING_PARTY
-from ppir_itk.sampling import GMS, URS, Sampling
-
-# How Hello names a sampling strategy, and the kind of points SelectPoints then asks for.
-SAMPLING_REQUESTS = {"none": "all", "gms-hidden": "all", "urs": "urs", "gms-revealed": "revealed"}
+from ppir_itk.sampling import GMS, URS, Regular, Sampling
 
 
 def sampling_name(sampling: Sampling | None) -> str:
     """How ``Hello`` names a sampling strategy."""
-    if isinstance(sampling, URS):
-        return "urs"
+    if isinstance(sampling, URS | Regular):
+        return sampling.name
     if isinstance(sampling, GMS):
         return "gms-revealed" if sampling.reveal_indices else "gms-hidden"
     return "none"
@@ -187,7 +184,7 @@ class MovingPartySession:
         ``revealed``: GMS indices the moving party drew (only with revealed GMS);
         ``control_grid``: a B-spline transform's control grid (public).
         """
-        kind = SAMPLING_REQUESTS[self._sampling]
+        kind = SAMPLING_KINDS[self._sampling]
         if (revealed is not None) != (kind == "revealed"):
             raise RuntimeError(f"sampling '{self._sampling}' and the request's indices disagree")
         if control_grid is not None and not self.backend.bspline:

@@ -148,9 +148,11 @@ class RegistrationOptions:
     optimizer : str, optional
         ``gauss-newton`` (mean squares only) or ``regular-step``; None: the metric's
         default (Gauss-Newton for mean squares, regular step otherwise).
-    learning_rate : float
+    learning_rate, gradient_magnitude_tolerance : float
         Regular step only: the first step's length, in parameters scaled by their
-        physical shift (about mm); each reversal of the gradient halves it.
+        physical shift (about mm; each reversal of the gradient halves it), and the
+        scaled gradient's norm it stops below (SimpleITK's 1e-4 stops correlation and
+        MI, whose values lie within [-1, 0] and [-log B, 0], too early).
     sampling, sampling_fraction, seed, reveal_gms_indices
         ``none``, ``urs`` or ``gms`` (or a strategy object), the fraction sampled,
         the public seed, and whether GMS sends its indices to the fixed party.
@@ -179,6 +181,7 @@ class RegistrationOptions:
     histogram_bins: int = DEFAULT_HISTOGRAM_BINS
     optimizer: str | None = None
     learning_rate: float = 1.0
+    gradient_magnitude_tolerance: float = 1e-8
     sampling: str | Sampling = "none"
     sampling_fraction: float = 0.05
     seed: int = 0
@@ -213,6 +216,11 @@ class RegistrationOptions:
         self._set("optimizer", check_optimizer(self.optimizer, self.metric))
         if not (0 < self.learning_rate < math.inf):
             raise InputError(f"--learning-rate {self.learning_rate:g} must be positive and finite")
+        if not (0 <= self.gradient_magnitude_tolerance < math.inf):
+            raise InputError(
+                f"the gradient magnitude tolerance {self.gradient_magnitude_tolerance:g} "
+                "must be 0 or more, finite"
+            )
         parameters = MappingProxyType(dict(self.backend_parameters or {}))
         self._set("backend_parameters", parameters)
         self._set("backend", _check_backend(self.backend, parameters, self.metric))

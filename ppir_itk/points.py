@@ -18,11 +18,18 @@ from ppir_itk.image import GridGeometry
 from ppir_itk.linear_map import PublicLinearMap, linear_map
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import ProtocolError, array_from_pb, geometry_from_pb
-from ppir_itk.sampling import URS
+from ppir_itk.sampling import URS, Regular
 
 MAX_CONTROL_POINTS = 1 << 22  # a B-spline grid's points: bounds the fixed party's memory
 MAX_SPACING_RATIO = 1 << 20  # control grid vs level grid spacing: past it the map overflows
-SAMPLING_KINDS = {"none": "all", "gms-hidden": "all", "urs": "urs", "gms-revealed": "revealed"}
+# How Hello names a sampling strategy -> the kind of points SelectPoints then asks for.
+SAMPLING_KINDS = {
+    "none": "all",
+    "gms-hidden": "all",
+    "urs": "urs",
+    "regular": "regular",
+    "gms-revealed": "revealed",
+}
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,8 @@ def draw_points(
         return PointSet(
             geometry, URS(fraction, seed).draw(geometry.number_of_points, level), control
         )
+    if request.kind == "regular":
+        return PointSet(geometry, Regular(fraction).draw(geometry.number_of_points, level), control)
     indices = array_from_pb(request.indices, max_elements=geometry.number_of_points)
     if indices.ndim != 1 or indices.dtype != np.int64 or indices.size == 0:
         raise ProtocolError("the revealed sample indices are not a list of grid indices")

@@ -6,9 +6,10 @@ measurement cap it has used.
 
 Each joint-term evaluation gives the moving party ``sums_per_evaluation`` linear
 measurements of J (d(d+1) + 2 for a linear transform, d K + 2 for a B-spline of
-K control points; docs/privacy.md). A malicious moving party chooses their
-weights (one-hot "gradients", a fine control grid), so each can be one exact
-pixel: the policy bounds the *measurements*, not only the evaluations.
+K control points, one more for correlation: the sum of J; docs/privacy.md). A
+malicious moving party chooses their weights (one-hot "gradients", a fine control
+grid), so each can be one exact pixel: the policy bounds the *measurements*, not
+only the evaluations.
 
 - ``measurement_grant``: the measurements one client identity may hold of this
   image over all its sessions and levels, as a fraction of the image's voxels

@@ -45,12 +45,14 @@ import numpy as np
 from ppir_itk import parallel
 from ppir_itk.bspline import BSplineTransform
 from ppir_itk.compose import connect, in_process_session, spawn_fixed_party
+from ppir_itk.correlation import PrivateCorrelationImageToImageMetric
 from ppir_itk.errors import InputError
 from ppir_itk.events import Event, Observable
 from ppir_itk.image import GridGeometry, ImageGrid, center_of_mass, check_large_enough
 from ppir_itk.mattes import PrivateMattesMutualInformationImageToImageMetric
 from ppir_itk.metric import PrivateImageToImageMetric, PrivateMeanSquaresImageToImageMetric
 from ppir_itk.metric_kinds import (
+    CORRELATION,
     GAUSS_NEWTON,
     MATTES,
     MEAN_SQUARES,
@@ -247,15 +249,6 @@ class ImageRegistrationMethod(Observable):
     ) -> None:
         super().__init__()
         self.metric = metric
-        metric_name = metric.settings.name
-        if optimizer is None:
-            least_squares = default_optimizer(metric_name) == GAUSS_NEWTON
-            optimizer = (
-                GaussNewtonOptimizer() if least_squares else RegularStepGradientDescentOptimizer()
-            )
-        elif isinstance(optimizer, GaussNewtonOptimizer):
-            check_optimizer(GAUSS_NEWTON, metric_name)
-        self.optimizer = optimizer
         self.schedule = LevelSchedule.from_lists(shrink_factors, smoothing_sigmas)
         self.iterations = (
             None if iterations is None else check_iterations(iterations, len(self.schedule.levels))
@@ -275,6 +268,15 @@ class ImageRegistrationMethod(Observable):
         self._level = -1
         self._stop_requested = False
         self._result: RegistrationResult | None = None
+        metric_name = metric.settings.name
+        if optimizer is None:
+            least_squares = default_optimizer(metric_name) == GAUSS_NEWTON
+            optimizer = (
+                GaussNewtonOptimizer() if least_squares else RegularStepGradientDescentOptimizer()
+            )
+        elif isinstance(optimizer, GaussNewtonOptimizer):
+            check_optimizer(GAUSS_NEWTON, metric_name)
+        self.optimizer = optimizer
         self.optimizer.AddObserver(Event.ITERATION, lambda: self.InvokeEvent(Event.ITERATION))
 
     # -- live measurements (valid inside observers) -----------------------------
@@ -549,6 +551,10 @@ def _register_with(
             number_of_histogram_bins=options.histogram_bins,
             bending_energy_weight=options.bending_energy_weight,
         )
+    elif options.metric == CORRELATION:
+        metric = PrivateCorrelationImageToImageMetric(
+            moving_party, bending_energy_weight=options.bending_energy_weight
+        )
     else:
         metric = PrivateMeanSquaresImageToImageMetric(
             moving_party, bending_energy_weight=options.bending_energy_weight
@@ -557,7 +563,9 @@ def _register_with(
     optimizer: GaussNewtonOptimizer | RegularStepGradientDescentOptimizer
     if options.optimizer == REGULAR_STEP:
         optimizer = RegularStepGradientDescentOptimizer(
-            LearningRate=options.learning_rate, MinimumStepLength=options.minimum_step_length
+            LearningRate=options.learning_rate,
+            MinimumStepLength=options.minimum_step_length,
+            GradientMagnitudeTolerance=options.gradient_magnitude_tolerance,
         )
     else:
         optimizer = GaussNewtonOptimizer(

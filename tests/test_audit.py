@@ -14,15 +14,21 @@ from typing import Any
 
 import numpy as np
 import pytest
+import test_spdz_mattes as mattes
 from audit import CORRELATION_LIMIT, Secret, audit, recording
 from conftest import known_pair
 
 import ppir_itk
+from ppir_itk.compose import local_dealer
+from ppir_itk.dealer import TriplePool
+from ppir_itk.fixed_party import FixedPartyServer
 from ppir_itk.image import ImageGrid
+from ppir_itk.policy import FixedPolicy
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import array_to_pb
 from ppir_itk.pyramid import Level, fixed_level_image, moving_level_image
 from ppir_itk.registration import resample
+from ppir_itk.roles import FIXED_PARTY, MOVING_PARTY
 from ppir_itk.transforms import make_transform
 
 LEVELS = (Level(2, 1.0), Level(1, 0.0))
@@ -242,3 +248,47 @@ def test_audit_passes_uniformly_masked_values(made_up_secret):
     )
     assert report.passed and report.views > 10, str(report)
     assert report.max_correlation < CORRELATION_LIMIT
+
+
+# -- spdz, metric mattes ----------------------------------------------------------------
+def test_spdz_mattes_over_mutual_tls_passes_the_audit_both_ways(tmp_path):
+    """The Mattes halves (tests/test_spdz_mattes.py) with the fixed party's server over
+    mutual TLS: the bins in everything the moving party received, its Parzen fields in
+    everything it sent; every Mattes message appears."""
+    size = 128  # 16384 points: the audit's correlation limit means something
+    fixed = mattes._bins_image(size, seed=7)
+    pki = ppir_itk.init_pki(tmp_path / "pki")
+    pool = TriplePool()
+    policy = FixedPolicy(backends=("spdz",), dealer=local_dealer(pool, FIXED_PARTY))
+    server = FixedPartyServer(
+        fixed, "127.0.0.1:0", ppir_itk.TLS.for_role(pki, "fixed-party"), policy=policy, deadline=30
+    ).start()
+    try:
+        session = ppir_itk.connect(server.address, ppir_itk.TLS.for_role(pki, "moving-party"))
+        session.dealer = local_dealer(pool, MOVING_PARTY)
+        with recording() as recorder:
+            party, points = mattes._party(session)
+            fields = mattes._fields(points.size, seed=11)
+            term = party.histogram_term(fields)
+            party.close()
+    finally:
+        server.stop(grace=None)
+    kinds = {
+        pb.Envelope.FromString(e).backend.WhichOneof("body")
+        for e in recorder.envelopes("sent") + recorder.envelopes("received")
+        if pb.Envelope.FromString(e).WhichOneof("body") == "backend"
+    }
+    assert kinds == {m.name for m in party.backend.table.messages}
+    fixed_image = Secret.of("J", fixed.array, {})
+    moving_image = Secret.of(
+        "I",
+        fields.weights[:, 0].copy(),
+        {"derivatives": fields.derivatives[:, 0], "gradient": fields.gradient[:, 0]},
+    )
+    received = audit(recorder.envelopes("received"), fixed_image)
+    sent = audit(recorder.envelopes("sent"), moving_image)
+    assert received.passed, str(received)
+    assert sent.passed, str(sent)
+    assert received.views and sent.views
+    entropy, _ = mattes._reference(fixed.array.ravel().astype(np.int64), fields, points, 0)
+    assert abs(term.entropy_difference - entropy) < mattes.Q_TOLERANCE

@@ -134,8 +134,8 @@ def test_rows_past_the_time_cap_are_marked_and_cost_one_full_resolution_iteratio
         assert all(run.iterations == 1 and run.ssd is None for run in outcome.runs)
     line = markdown_table(results).splitlines()[3]
     cells = [cell.strip() for cell in line.strip("|").split("|")]
-    assert cells[:5] == ["he paper-v1", "NONE", "✗", "✗", "✗"]
-    assert "±" in cells[5] and "✗" not in cells[5]  # moving party s/it, measured
+    assert cells[:6] == ["he paper-v1", "NONE", "✗", "✗", "✗", "✗"]
+    assert "±" in cells[6] and "✗" not in cells[6]  # moving party s/it, measured
     assert "one iteration at full resolution" in markdown_table(results)
 
 
@@ -156,7 +156,7 @@ def test_a_protocol_that_refuses_the_transform_is_marked(tiny_pair):
     clear, paper = run_bench(fixed, moving, settings, say=lambda _: None)
     assert clear.status == "ok" and paper.status == "refused"
     assert "linear transforms only" in paper.reason and not paper.runs
-    assert markdown_table([clear, paper]).splitlines()[3].count("✗") == 16
+    assert markdown_table([clear, paper]).splitlines()[3].count("✗") == 17
 
 
 @pytest.mark.parametrize(

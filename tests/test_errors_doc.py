@@ -259,6 +259,7 @@ SERVE_DEALER_PKI = {
     "serve: --max-measurements-per-level 0": [],
     "serve: --joint-term-noise negative": [],
     "serve: --min-control-spacing negative": [],
+    "serve: unknown metric in --metrics": [],
     "serve: --max-message-bytes 0": [],
     "serve: --ledger in a missing folder": ["fixed.mha", "pki"],
     "serve: --ledger that is not SQLite": ["fixed.mha", "pki", "notes.txt"],

@@ -68,7 +68,7 @@ BAD = [  # (options, the sentence)
         dict(backend_parameters={"poly_modulus_degree": "8k"}),
         "backend 'he' parameters must be whole numbers",
     ),
-    (dict(sampling="some"), "unknown sampling 'some': choose none, urs or gms"),
+    (dict(sampling="some"), "unknown sampling 'some': choose none, urs, regular or gms"),
     (dict(sampling="urs", sampling_fraction=0.0), "sampling fraction 0 must be in (0, 1]"),
     (dict(seed=-1), "--seed -1 must be between 0 and 2^64 - 1"),
     (

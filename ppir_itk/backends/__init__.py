@@ -27,6 +27,7 @@ from ppir_itk.backends.he_paper import (
     PaperV2FixedSide,
 )
 from ppir_itk.backends.spdz import SPDZBackend, SPDZFixedSide
+from ppir_itk.backends.spdz_mattes import SPDZMattesBackend, SPDZMattesFixedSide
 from ppir_itk.dealer_client import DEALER_TABLE
 from ppir_itk.disclosure import SESSION, ProtocolTable
 from ppir_itk.errors import InputError
@@ -48,6 +49,7 @@ BACKENDS: dict[str, dict[str, tuple[type[JointTermBackend], type[FixedSide]]]] =
 # name); a backend not named here does not compute it.
 HISTOGRAM_BACKENDS: dict[str, tuple[type[HistogramBackend], type[FixedSide]]] = {
     "clear": (ClearHistogramBackend, ClearHistogramFixedSide),
+    "spdz": (SPDZMattesBackend, SPDZMattesFixedSide),
 }
 
 

@@ -10,12 +10,15 @@ valid-point mask ``m``, and the fixed party's ``J``:
   from it by a small matrix that only the moving party applies
   (:meth:`ppir_itk.transforms.LinearTransform.jacobian_in_affine_basis`);
 - ``warped_dot_fixed = sum_x I_w(x) J(x)``;
-- ``fixed_squared = sum_x m(x) J(x)^2``.
+- ``fixed_squared = sum_x m(x) J(x)^2``;
+- correlation only: ``fixed_sum = sum_x m(x) J(x)``, the fixed image's share of the
+  means over the overlap (:func:`wants_fixed_sum`).
 
 The only private-by-private products are the d + 2 element-wise vectors
-``g_k * J``, ``I_w * J`` and ``m * J^2``; everything after them is a public
-linear map. A backend gets the moving party's fields (:class:`MovingFields`)
-and returns a :class:`JointTerm` revealed to the moving party only.
+``g_k * J``, ``I_w * J`` and ``m * J^2`` (and correlation's ``m * J``); everything
+after them is a public linear map. A backend gets the moving party's fields
+(:class:`MovingFields`) and returns a :class:`JointTerm` revealed to the moving party
+only.
 
 A backend has two halves: :class:`JointTermBackend` runs on the moving party
 and :class:`FixedSide` on the fixed party; they talk only through the
@@ -37,7 +40,13 @@ from ppir_itk.dealer_client import DealerClient
 from ppir_itk.disclosure import Disclosure, ProtocolTable, Received
 from ppir_itk.fixed_point import Modulus, noise_room, voxel_bits
 from ppir_itk.linear_map import AffineBasis
-from ppir_itk.metric_kinds import MATTES, MEAN_SQUARES, MEAN_SQUARES_SETTINGS, MetricSettings
+from ppir_itk.metric_kinds import (
+    CORRELATION,
+    MATTES,
+    MEAN_SQUARES,
+    MEAN_SQUARES_SETTINGS,
+    MetricSettings,
+)
 from ppir_itk.points import PointSet
 from ppir_itk.policy import FixedPolicy
 from ppir_itk.protocol import ppir_pb2 as pb
@@ -79,10 +88,28 @@ class JointTerm:
     warped_dot_fixed: float
     fixed_squared: float
     moments: np.ndarray | None = None
+    # sum_valid J: computed for a correlation session only (None otherwise).
+    fixed_sum: float | None = None
     parameter_term: np.ndarray | None = None
     # B-spline moments computed with fixed-point weights (bits per axis; 0: exact): the
     # moving party uses the same weights for its own S^T I_w, so the gradient stays exact.
     basis_weight_bits: int = 0
+
+
+#: The metrics whose joint part is the sums linear in J (:class:`JointTermBackend`).
+LINEAR_SUMS_METRICS = (MEAN_SQUARES, CORRELATION)
+
+
+def wants_fixed_sum(metric: MetricSettings) -> bool:
+    """Whether a session's joint term holds ``sum_valid J`` too: correlation's means need
+    it, mean squares does not (its messages stay as they are)."""
+    return metric.name == CORRELATION
+
+
+def sums_per_evaluation(points: PointSet, metric: MetricSettings) -> int:
+    """The sums one joint-term evaluation gives the moving party: the public map's
+    (d outputs + 2) and, for correlation, ``sum_valid J``."""
+    return points.linear_map.sums_per_evaluation + (1 if wants_fixed_sum(metric) else 0)
 
 
 class MovingChannel(Protocol):
@@ -239,6 +266,15 @@ EXACT_SUMS_DISCLOSURES = (
         "sets one)",
     ),
     Disclosure(
+        "fixed_sum",
+        MOVING_PARTY,
+        "the sum of J over the overlap (correlation only)",
+        "sum",
+        "evaluation",
+        note="one more linear measurement of J, for the means (with the fixed party's "
+        "noise, if its policy sets one)",
+    ),
+    Disclosure(
         "fixed_point_bound",
         MOVING_PARTY,
         "the power of two bounding the fixed image's values (the exponent e_J)",
@@ -254,11 +290,14 @@ class ExactSumsBackend(JointTermBackend):
 
     private = True
     bspline = True  # the sums of any public linear map: B-spline bases too
+    metrics = LINEAR_SUMS_METRICS
 
-    def _disclose_sums(self, count: int) -> None:
-        self.received.add(
-            "joint_term", count, detail=f"{self.level_points.linear_map.name} moments"
-        )
+    def _disclose_sums(self) -> None:
+        """One evaluation's sums: the public map's, and correlation's sum of J apart."""
+        basis = self.level_points.linear_map
+        self.received.add("joint_term", basis.sums_per_evaluation, detail=f"{basis.name} moments")
+        if wants_fixed_sum(self.metric):
+            self.received.add("fixed_sum", 1)
 
     def _disclose_bound(self, bound: int) -> None:
         self.received.add("fixed_point_bound", 1, detail=f"2^{bound}")
@@ -296,10 +335,9 @@ class FixedSide(abc.ABC):
         """Answer one backend message (raise ProtocolError for one that does not fit)."""
 
     def sums_per_evaluation(self, points: PointSet) -> int:
-        """The numbers about J one evaluation's answer gives the moving party by design,
-        known before any product (the fixed party checks them at ``SelectPoints``): the
-        public map's sums (the metric may add its own)."""
-        return points.linear_map.sums_per_evaluation
+        """The sums one evaluation asks of J (the fixed party checks them before any
+        product): the public map's and, for correlation, ``sum_valid J``."""
+        return sums_per_evaluation(points, self.metric)
 
     def measurements_per_evaluation(self, points: PointSet) -> int:
         """The linear measurements of J one evaluation's answer gives the moving party (the
@@ -326,6 +364,13 @@ class SumNoise:
     moments: list[int]  # in the order of the moments, (d, outputs) row-major
     warped_dot: int
     squared: int
+    fixed_sum: int | None = None  # correlation's sum of J (None: not computed)
+
+    @property
+    def totals(self) -> list[int]:
+        """The noise of the totals, in the order the sums come after the moments."""
+        extra = [] if self.fixed_sum is None else [self.fixed_sum]
+        return [self.warped_dot, self.squared, *extra]
 
 
 class ExactSumsFixedSide(FixedSide):
@@ -340,6 +385,7 @@ class ExactSumsFixedSide(FixedSide):
     """
 
     modulus: ClassVar[Modulus]
+    metrics = LINEAR_SUMS_METRICS
 
     def _noise_for_level(self, points: PointSet) -> None:
         """Set the level's noise deviations (call from on_points); refuses a deviation that
@@ -363,12 +409,16 @@ class ExactSumsFixedSide(FixedSide):
         moments = np.tile(basis.column_weight_bounds * factors, points.geometry.dimension)
         _, warped_bits, squared_bits = voxel_bits(bits, basis.weight_bits)
         totals = [beta * 2.0**warped_bits, beta * 2.0**squared_bits]
+        if wants_fixed_sum(self.metric):  # one voxel adds at most |q(J)| <= 2^(b_J - 1)
+            totals.append(beta * 2.0 ** (bits.j_bits - 1))
         self._noise_deviations = [*(beta * moments).tolist(), *totals]
+        self._noise_totals = len(totals)
 
     def _noise(self) -> SumNoise | None:
-        """Fresh noise for one evaluation's moments, (d, outputs) row-major, and two totals
-        (None: none)."""
+        """Fresh noise for one evaluation's moments, (d, outputs) row-major, and its totals
+        (two; three for correlation) (None: none)."""
         if self._noise_deviations is None:
             return None
         values = gaussian_integers(self._noise_deviations)
-        return SumNoise(values[:-2], values[-2], values[-1])
+        moments, totals = values[: -self._noise_totals], values[-self._noise_totals :]
+        return SumNoise(moments, *totals)

@@ -12,10 +12,12 @@ and its report says the fixed image was disclosed.
 from __future__ import annotations
 
 import warnings
+from typing import ClassVar
 
 import numpy as np
 
 from ppir_itk.backends.base import (
+    LINEAR_SUMS_METRICS,
     FixedSide,
     HistogramBackend,
     HistogramTerm,
@@ -24,6 +26,7 @@ from ppir_itk.backends.base import (
     MovingChannel,
     MovingFields,
     ParzenFields,
+    wants_fixed_sum,
 )
 from ppir_itk.disclosure import Disclosure, Message, ProtocolTable
 from ppir_itk.metric_kinds import MATTES, MEAN_SQUARES_SETTINGS, MetricSettings
@@ -99,6 +102,7 @@ class ClearBackend(JointTermBackend):
     private = False
     table = TABLE
     bspline = True
+    metrics = LINEAR_SUMS_METRICS
 
     def __init__(
         self,
@@ -120,10 +124,12 @@ class ClearBackend(JointTermBackend):
     def _joint_term(self, fields: MovingFields) -> JointTerm:
         fixed = self._fixed_values
         assert fixed is not None, "joint_term() runs only after on_points() received J"
+        valid = fields.valid.astype(np.float64)
         return JointTerm(
             moments=self.level_points.linear_map.moments(fields.gradient, fixed),
             warped_dot_fixed=float(np.dot(fields.warped, fixed)),
-            fixed_squared=float(np.dot(fields.valid.astype(np.float64), fixed * fixed)),
+            fixed_squared=float(np.dot(valid, fixed * fixed)),
+            fixed_sum=float(np.dot(valid, fixed)) if wants_fixed_sum(self.metric) else None,
         )
 
 
@@ -133,6 +139,7 @@ class ClearFixedSide(FixedSide):
 
     table = TABLE
     bspline = True
+    metrics: ClassVar[tuple[str, ...]] = LINEAR_SUMS_METRICS
 
     def on_points(self, values: np.ndarray, points: PointSet) -> None:
         self._values = values

@@ -31,6 +31,11 @@ Protocol ``packed`` (the default), per level and per iteration:
    exact integer sums and divides out the fixed-point exponents: the affine
    moments, ``I_w . J`` and ``sum_valid J^2``.
 
+A correlation session also needs ``sum_valid J``: one more slot range, which
+pairs the moving party's valid mask with the ``q(J)`` the level already
+encrypts (:func:`sum_pairs`), so the fixed party encrypts nothing new; a
+B-spline sends one more accumulated product, ``q(J) m``.
+
 B-spline transforms (a control grid in the points): the joint term's public
 map has one output per control point, too many for slot ranges, so the map
 moves to the fixed party's side of the masking. Per level the fixed party
@@ -76,6 +81,8 @@ from ppir_itk.backends.base import (
     JointTerm,
     MovingChannel,
     MovingFields,
+    sums_per_evaluation,
+    wants_fixed_sum,
 )
 from ppir_itk.disclosure import Disclosure, Message, ProtocolTable
 from ppir_itk.errors import InputError
@@ -124,8 +131,9 @@ TABLE = ProtocolTable(
             "he_masked_products",
             MOVING_PARTY,
             "per evaluation",
-            "one ciphertext (a B-spline: d ceil(n / N) + 2) of the products with the "
-            "moving party's vectors, each slot masked uniformly mod t, switched down, "
+            "one ciphertext (a B-spline: d ceil(n / N) + 2, or + 3 for correlation) of the "
+            "products with the moving party's vectors, each slot masked uniformly mod t, "
+            "switched down, "
             "re-randomised, its noise flooded",
             "the decrypted slots are uniform mod t; the decryption noise is flooded (within "
             "2^-40 of a flood alone), so it says nothing of the moving party's plaintexts",
@@ -135,7 +143,7 @@ TABLE = ProtocolTable(
             FIXED_PARTY,
             "per evaluation",
             "the masked slot-range totals mod t (a B-spline: the public map mod t of the "
-            "masked products, and two totals)",
+            "masked products, and two totals; three for correlation)",
             "the joint term, once the moving party removes its masks",
         ),
     ),
@@ -348,14 +356,17 @@ def slot_total(values: np.ndarray) -> int:
     return (high << 30) + low
 
 
-def sum_pairs(d: int, outputs: int) -> list[tuple[int, int]]:
-    """(moving vector, fixed vector) of each of the ``d outputs + 2`` sums.
+def sum_pairs(d: int, outputs: int, fixed_sum: bool = False) -> list[tuple[int, int]]:
+    """(moving vector, fixed vector) of each of the ``d outputs + 2`` sums (and, with
+    ``fixed_sum``, correlation's ``sum_valid J`` last).
 
     Moving vectors: ``q(g_1) .. q(g_d), q(I_w), valid``; fixed vectors: ``w_c q(J)``
     for each of the map's ``outputs`` integer weights ``w_c`` (the affine basis:
     ``q(phi_1) .. q(phi_d), 1``), then ``q(J)``, ``q(J)^2``.
     """
-    return [(k, c) for k in range(d) for c in range(outputs)] + [(d, outputs), (d + 1, outputs + 1)]
+    pairs = [(k, c) for k in range(d) for c in range(outputs)]
+    pairs += [(d, outputs), (d + 1, outputs + 1)]
+    return pairs + [(d + 1, outputs)] if fixed_sum else pairs
 
 
 def interleave(vectors: list[np.ndarray], slots: int) -> np.ndarray:
@@ -469,7 +480,7 @@ class HEPackedBackend(ExactSumsBackend):
         reply = self.channel.exchange(pb.BackendMessage(he_level_request=pb.HeLevelRequest()))
         basis = points.linear_map
         if basis.few_outputs:
-            rows = -(-points.size // (he.slots // basis.sums_per_evaluation))
+            rows = -(-points.size // (he.slots // sums_per_evaluation(points, self.metric)))
         else:  # one row of q(J) and one of q(J)^2 per slots points
             rows = 2 * -(-points.size // he.slots)
         if reply.WhichOneof("body") != "he_level" or len(reply.he_level.ciphertexts) != rows:
@@ -493,7 +504,7 @@ class HEPackedBackend(ExactSumsBackend):
         e_w = exponent(float(np.abs(fields.warped).max(initial=0.0)), bits.w_bits)
         vectors = [encode(fields.gradient[:, k], e_g) for k in range(d)]
         vectors += [encode(fields.warped, e_w), fields.valid.astype(np.int64)]
-        pairs = sum_pairs(d, basis.outputs)
+        pairs = sum_pairs(d, basis.outputs, wants_fixed_sum(self.metric))
         rows = interleave([vectors[v] for v, _ in pairs], he.slots)
         accumulator = None
         for row, ciphertext in zip(rows, level.ciphertexts, strict=True):
@@ -515,12 +526,23 @@ class HEPackedBackend(ExactSumsBackend):
         if totals is None or totals.shape != (len(pairs),):
             raise ProtocolError("the fixed party's sums are malformed")
         sums = [he.signed(int(total) - mask) for total, mask in zip(totals, masks, strict=True)]
-        self._disclose_sums(len(sums))
-        moments = np.array(sums[:-2], dtype=np.int64).reshape(d, basis.outputs)
+        self._disclose_sums()
+        count = d * basis.outputs
+        moments = np.array(sums[:count], dtype=np.int64).reshape(d, basis.outputs)
+        return self._decoded(moments, sums[count:], e_g, e_w)
+
+    def _decoded(
+        self, moments: np.ndarray, totals: list[int], e_g: int, e_w: int, weight_bits: int = 0
+    ) -> JointTerm:
+        """The joint term from its exact integer sums: the moments, then ``I_w . J``,
+        ``sum_valid J^2`` and (correlation) ``sum_valid J``."""
+        basis, exponent_j = self.level_points.linear_map, self._agreed_level.exponent_j
         return JointTerm(
-            moments=decode(moments, e_g + level.exponent_j + basis.column_bits),
-            warped_dot_fixed=decode(sums[-2], e_w + level.exponent_j),
-            fixed_squared=decode(sums[-1], 2 * level.exponent_j),
+            moments=decode(moments, e_g + exponent_j + basis.column_bits),
+            warped_dot_fixed=decode(totals[0], e_w + exponent_j),
+            fixed_squared=decode(totals[1], 2 * exponent_j),
+            fixed_sum=decode(totals[2], exponent_j) if len(totals) > 2 else None,
+            basis_weight_bits=weight_bits,
         )
 
     def _product(self, ciphertext: Any, row: np.ndarray) -> Any:
@@ -584,7 +606,11 @@ class HEPackedBackend(ExactSumsBackend):
         warped = encode(fields.warped, e_w)
         rows = len(level.ciphertexts) // 2
         fixed, squared = level.ciphertexts[:rows], level.ciphertexts[rows:]
-        masks = uniform_below(he.t, (d + 2, rows * he.slots))
+        valid = fields.valid.astype(np.int64)
+        totalled = [(fixed, warped), (squared, valid)]
+        if wants_fixed_sum(self.metric):
+            totalled.append((fixed, valid))
+        masks = uniform_below(he.t, (d + len(totalled), rows * he.slots))
         blobs = []
         for k in range(d):
             for r, ciphertext in enumerate(fixed):
@@ -594,9 +620,7 @@ class HEPackedBackend(ExactSumsBackend):
                         masks[k, r * he.slots : (r + 1) * he.slots],
                     )
                 )
-        for k, (ciphertexts, vector) in enumerate(
-            ((fixed, warped), (squared, fields.valid.astype(np.int64)))
-        ):
+        for k, (ciphertexts, vector) in enumerate(totalled):
             total = None
             for r, ciphertext in enumerate(ciphertexts):
                 product = self._product(ciphertext, chunk(vector, r, he.slots))
@@ -612,8 +636,8 @@ class HEPackedBackend(ExactSumsBackend):
         if reply.WhichOneof("body") != "he_masked_totals":
             raise ProtocolError("the fixed party's sums are malformed")
         mapped = array_from_pb(reply.he_masked_totals.mapped_moments, max_elements=count * d)
-        totals = array_from_pb(reply.he_masked_totals.totals, max_elements=2)
-        if mapped.shape != (count, d) or totals.shape != (2,):
+        totals = array_from_pb(reply.he_masked_totals.totals, max_elements=len(totalled))
+        if mapped.shape != (count, d) or totals.shape != (len(totalled),):
             raise ProtocolError("the fixed party's sums do not fit the control grid")
         own = basis.mod_t(masks[:d, : points.size].T, he.t)  # (d, count)
         moments = np.array(
@@ -624,16 +648,11 @@ class HEPackedBackend(ExactSumsBackend):
             dtype=np.float64,
         )
         sums = [
-            he.signed(int(totals[0]) - int(masks[d, : he.slots].sum(dtype=object))),
-            he.signed(int(totals[1]) - int(masks[d + 1, : he.slots].sum(dtype=object))),
+            he.signed(int(total) - int(masks[d + k, : he.slots].sum(dtype=object)))
+            for k, total in enumerate(totals)
         ]
-        self._disclose_sums(basis.sums_per_evaluation)
-        return JointTerm(
-            moments=decode(moments, e_g + level.exponent_j + basis.column_bits),
-            warped_dot_fixed=decode(sums[0], e_w + level.exponent_j),
-            fixed_squared=decode(sums[1], 2 * level.exponent_j),
-            basis_weight_bits=basis.axis_weight_bits,
-        )
+        self._disclose_sums()
+        return self._decoded(moments, sums, e_g, e_w, basis.axis_weight_bits)
 
 
 class HEPackedFixedSide(ExactSumsFixedSide):
@@ -678,7 +697,7 @@ class HEPackedFixedSide(ExactSumsFixedSide):
             weights = basis.dense_weights()
             vectors = [weights[:, c] * fixed for c in range(basis.outputs)]
             vectors += [fixed, fixed * fixed]
-            pairs = sum_pairs(d, basis.outputs)
+            pairs = sum_pairs(d, basis.outputs, wants_fixed_sum(self.metric))
             self._sums = len(pairs)
             rows = list(interleave([vectors[c] for _, c in pairs], slots))
         else:  # per point: q(J) rows, then q(J)^2 rows
@@ -711,8 +730,8 @@ class HEPackedFixedSide(ExactSumsFixedSide):
         slots = self._decrypt(ciphertexts[0])
         totals = [total % self.he.t for total in range_totals(slots, self._sums)]
         noise = self._noise()
-        if noise is not None:  # the moments, then I_w . J and sum J^2, as the slots are laid out
-            extra = [*noise.moments, noise.warped_dot, noise.squared]
+        if noise is not None:  # the moments, then the totals, as the slots are laid out
+            extra = [*noise.moments, *noise.totals]
             totals = [(total + e) % self.he.t for total, e in zip(totals, extra, strict=True)]
         self.received.add("masked_slots", len(totals))
         return pb.BackendMessage(
@@ -742,7 +761,8 @@ class HEPackedFixedSide(ExactSumsFixedSide):
         points, slots, t = self._points, self.he.slots, self.he.t
         d = points.geometry.dimension
         rows = -(-points.size // slots)
-        if len(ciphertexts) != d * rows + 2:
+        totalled = 3 if wants_fixed_sum(self.metric) else 2  # I_w . J, sum J^2 (, sum J)
+        if len(ciphertexts) != d * rows + totalled:
             raise ProtocolError("the masked products do not fit the point set")
         blobs = list(ciphertexts)
         products = np.stack(
@@ -754,14 +774,14 @@ class HEPackedFixedSide(ExactSumsFixedSide):
             ],
             axis=1,
         )
-        self.received.add("masked_slots", products.size + 2)
+        self.received.add("masked_slots", products.size + totalled)
         mapped = points.linear_map.mod_t(products, t).T  # (outputs, d) on the wire
         totals = [int(self._decrypt(data).sum(dtype=object)) % t for data in blobs[d * rows :]]
         noise = self._noise()
         if noise is not None:  # added mod t to the masked sums: the moving party unmasks it noisy
             moments = np.array(noise.moments, dtype=object).reshape(d, -1).T
             mapped = ((mapped.astype(object) + moments) % t).astype(np.int64)
-            totals = [(totals[0] + noise.warped_dot) % t, (totals[1] + noise.squared) % t]
+            totals = [(total + e) % t for total, e in zip(totals, noise.totals, strict=True)]
         return pb.BackendMessage(
             he_masked_totals=pb.HeMaskedTotals(
                 totals=array_to_pb(np.array(totals, np.int64)), mapped_moments=array_to_pb(mapped)

@@ -15,7 +15,8 @@ Once per level, for the fixed party's ``Y = (q(J), q(J)^2)`` (2 x n):
 
 Each iteration, for the moving party's ``X = (q(g_1) .. q(g_d), q(I_w), m)``
 ((d + 2) x n; ``m`` the valid mask; rows 0..d pair with ``q(J)``, row d + 1
-with ``q(J)^2``):
+with ``q(J)^2``; a correlation session adds row d + 2, ``m`` again, paired with
+``q(J)`` for ``sum_valid J``):
 
 3. both take the iteration's triples: the moving party ``a`` (uniform) and
    ``c0``, the fixed party ``c1``, with ``c0 + c1 = a * b[rows]``;
@@ -29,7 +30,8 @@ with ``q(J)^2``):
    moments ``Z[:d] (q(phi), 1)`` (for a B-spline transform, the control
    grid's basis with fixed-point weights instead:
    :meth:`~ppir_itk.linear_map.PublicLinearMap.ring`),
-   ``sum Z[d]`` (I_w . J) and ``sum Z[d+1]`` (sum_valid J^2). The fixed party
+   ``sum Z[d]`` (I_w . J), ``sum Z[d+1]`` (sum_valid J^2) and, for correlation,
+   ``sum Z[d+2]`` (sum_valid J). The fixed party
    sends its shares of these values, which the moving party adds to its own:
    only it learns them.
 
@@ -77,6 +79,7 @@ from ppir_itk.backends.base import (
     JointTerm,
     MovingChannel,
     MovingFields,
+    wants_fixed_sum,
 )
 from ppir_itk.disclosure import Disclosure, Message, ProtocolTable
 from ppir_itk.errors import InputError
@@ -115,14 +118,15 @@ TABLE = ProtocolTable(
             "spdz_iteration",
             MOVING_PARTY,
             "per evaluation",
-            "E = X - a: the moving party's d + 2 fixed-point rows minus a fresh uniform a",
+            "E = X - a: the moving party's d + 2 fixed-point rows (d + 3 for correlation) "
+            "minus a fresh uniform a",
             "nothing: E is uniform to the fixed party, which never sees a",
         ),
         Message(
             "spdz_sums",
             FIXED_PARTY,
             "per evaluation",
-            "the fixed party's shares of the moments and the two sums",
+            "the fixed party's shares of the moments and the two sums (three for correlation)",
             "the joint term, once added to the moving party's own shares",
         ),
     ),
@@ -239,7 +243,11 @@ class SPDZBackend(ExactSumsBackend):
         self._step = LEVEL
         self._level_index += 1  # levels come in order: the fixed party counts them the same way
         self._products.open_fixed_operand(
-            self._level_index, None, points.size, points.geometry.dimension
+            self._level_index,
+            None,
+            points.size,
+            points.geometry.dimension,
+            wants_fixed_sum(self.metric),
         )
         self._exponent_j = self._answer.fixed_exponent
         self._bits = points.linear_map.budget(RING)
@@ -252,17 +260,19 @@ class SPDZBackend(ExactSumsBackend):
         basis, bits = self.level_points.linear_map, self._bits
         e_g = exponent(float(np.abs(fields.gradient).max(initial=0.0)), bits.g_bits)
         e_w = exponent(float(np.abs(fields.warped).max(initial=0.0)), bits.w_bits)
-        rows = np.empty((d + 2, self.level_points.size), dtype=np.int64)
+        fixed_sum = wants_fixed_sum(self.metric)
+        rows = np.empty((d + (3 if fixed_sum else 2), self.level_points.size), dtype=np.int64)
         rows[:d] = encode(fields.gradient.T, e_g)
         rows[d] = encode(fields.warped, e_w)
-        rows[d + 1] = fields.valid
+        rows[d + 1 :] = fields.valid
         self._step = ITERATION
         moments, sums = (x.numpy() for x in self._products.sums(rows, self._map))
-        self._disclose_sums(moments.size + sums.size)
+        self._disclose_sums()
         return JointTerm(
             moments=decode(moments, e_g + self._exponent_j + basis.column_bits),
             warped_dot_fixed=decode(float(sums[0]), e_w + self._exponent_j),
             fixed_squared=decode(float(sums[1]), 2 * self._exponent_j),
+            fixed_sum=decode(float(sums[2]), self._exponent_j) if fixed_sum else None,
             basis_weight_bits=basis.axis_weight_bits,
         )
 
@@ -358,12 +368,17 @@ class SPDZFixedSide(ExactSumsFixedSide):
             self._level_pending = False
             with self._dealer_step():
                 self._products.open_fixed_operand(
-                    self._level_index, self._fixed_rows, points.size, points.geometry.dimension
+                    self._level_index,
+                    self._fixed_rows,
+                    points.size,
+                    points.geometry.dimension,
+                    wants_fixed_sum(self.metric),
                 )
             answer.fixed_exponent = self._exponent_j
         else:
             self.evaluations += 1
-            self.received.add("opened_rows", (points.geometry.dimension + 2) * points.size)
+            rows = points.geometry.dimension + (3 if wants_fixed_sum(self.metric) else 2)
+            self.received.add("opened_rows", rows * points.size)
             noise = self._noise()
             with self._dealer_step():
                 self._products.sums(None, self._map, noise)

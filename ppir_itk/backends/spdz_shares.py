@@ -132,17 +132,26 @@ class SharedProducts:
         self._sequence = 0
         self._next: Callable[[], tuple[np.ndarray | None, np.ndarray]] | None = None
         self._rows: Any = None
+        self._dimension = 0
 
     def _share(self, values: np.ndarray) -> Any:
         return self.shared.from_shares(torch.from_numpy(values), precision=0)
 
     def open_fixed_operand(
-        self, level: int, fixed_rows: np.ndarray | None, count: int, dimension: int
+        self,
+        level: int,
+        fixed_rows: np.ndarray | None,
+        count: int,
+        dimension: int,
+        fixed_sum: bool = False,
     ) -> None:
-        """Steps 1-2; ``fixed_rows`` is the fixed party's ``Y`` (``None`` on the moving party)."""
+        """Steps 1-2; ``fixed_rows`` is the fixed party's ``Y`` (``None`` on the moving party).
+        ``fixed_sum`` (correlation): X has one more row, the valid mask again, which pairs
+        with ``q(J)`` for ``sum_valid J``."""
         self._drain()
         self._mask_sequence = level
-        self._rows = torch.tensor([0] * (dimension + 1) + [1])
+        self._dimension = dimension
+        self._rows = torch.tensor([0] * (dimension + 1) + [1] + ([0] if fixed_sum else []))
         if self.rank == FIXED:
             self._mask = torch.from_numpy(self.dealer.masks(level, 2, count).copy())
             own = fixed_rows - self._mask.numpy()
@@ -177,8 +186,8 @@ class SharedProducts:
         moments_map: Callable[[Any], Any],
         noise: SumNoise | None = None,
     ) -> Any:
-        """Steps 3-6: the moments and the two sums on the moving party, ``None`` on the fixed
-        party.
+        """Steps 3-6: the moments and the totals (two; three for correlation) on the moving
+        party, ``None`` on the fixed party.
 
         ``moments_map`` is the public linear map of step 6 on a share of ``Z[:d]``
         (:meth:`~ppir_itk.linear_map.PublicLinearMap.ring`). ``noise`` (the fixed party's)
@@ -189,7 +198,7 @@ class SharedProducts:
         a, c = self._next()
         count = c.shape[1]
         self._prefetch(count)
-        d = len(self._rows) - 2
+        d = self._dimension
         with acting_as(self.communicator):
             if self.rank == MOVING:
                 assert moving_rows is not None and a is not None, "the moving party's X and a"
@@ -205,6 +214,6 @@ class SharedProducts:
             sums = product[d:].sum(dim=1).share.numpy()
             if noise is not None:  # ring elements: int64 wraps modulo 2^64 as the ring does
                 moments = moments + np.array(noise.moments, dtype=np.int64).reshape(moments.shape)
-                sums = sums + np.array([noise.warped_dot, noise.squared], dtype=np.int64)
+                sums = sums + np.array(noise.totals, dtype=np.int64)
             moments, sums = self._share(moments), self._share(sums)
             return self.shared.reveal_batch([moments, sums], dst=MOVING)

@@ -1,0 +1,699 @@
+"""Mattes mutual information on the ``spdz`` backend: additive shares and the dealer.
+
+Notation: n points (the level's), B bins, d dimensions; Z64 = Z_2^64 (int64, wrapping),
+Z128 = Z_2^128 (:mod:`ppir_itk.ring128`). The moving party is party 0, the fixed party
+party 1. Every mask and share comes from the dealer (:mod:`ppir_itk.dealer`): one
+``BatchRequest`` per evaluation and party, both asking the same items
+(:func:`batch_items`), each party's own values from one seed, the fixed party's shares
+``c1`` of the products and triples in full. Both parties ask for the next batch as soon as
+they took one (it is there when the next evaluation starts). "Owned" products (one
+operand known in full to each party) use the dealer's ``c0 + c1 = a b`` with ``a`` the
+moving party's mask and ``b`` the fixed party's.
+
+Inputs. The fixed party: its bins ``f`` (n,) in ``[0, B)``; ``A`` (B, n) one-hot,
+``A[f_p, p] = 1``. The moving party (:class:`~ppir_itk.backends.base.ParzenFields`): ``W``
+(B, n) its Parzen weights ``q(w) = round(w 2^e_W)`` on rows ``first_bin .. first_bin + 3``
+(zero columns where invalid), ``D`` (B, n) their derivatives ``q(dw) = round(dw 2^e_D)``,
+``q(g)`` (d, n) its gradient, ``C_j = sum_p W[j, p]``. Bits and why every Z64 sum is an
+exact integer: :func:`ppir_itk.fixed_point.mattes_budget`.
+
+Per level.
+
+L1. Moving: ``spdz_mattes_level`` (empty). Fixed: takes the level mask ``U`` (B, n) from
+    the dealer (``MaskRequest``) and answers ``F = A - U`` (Z64). The moving party
+    learns nothing: F is uniform to it, which never sees U.
+
+Per evaluation (:meth:`SPDZMattesBackend.histogram_term`).
+
+R1. Moving sends ``E_W = W - V``, ``E_D = D - V2``, ``E_g = q(g) - V4`` (fresh moving
+    masks; uniform to the fixed party). Shares of the histogram ``H = A W^T`` (B, B):
+    moving ``h_0 = F W^T + c0``, fixed ``h_1 = U E_W^T + c1``, ``c0 + c1 = U V^T``.
+R2. Lift to Z128: ``0 <= H < 2^62``, so the shares' sum wraps exactly when either share's
+    top bit is set: ``h_0 + h_1 = H + 2^64 (m0 OR m1)``, ``m0 OR m1 = m0 + m1 - m0 m1``.
+    ``m0 m1`` is an owned product: moving sends ``m0 - a``, fixed sends ``m1 - b`` (each
+    uniform to its receiver), shares ``m0 (m1 - b) + c0`` and ``(m0 - a) b + c1``; it
+    enters times 2^64, so shares mod 2^64 suffice. ``[H]_128 = h - 2^64 m + 2^64 [m0 m1]``
+    per party.
+R3. Fixed point, ``F = 28`` fractional bits in Z128: ``X = 100 H / (n 2^e_W)`` (times the
+    public ``round(100 2^52 / n)``, truncated by ``e_W + 24`` bits: below 2^83) and its
+    row sums (local). The secure log (:func:`ppir_itk.ring128.log`: 44 product depths,
+    each one opening each way, all B^2 + B values at once) of ``X + 2^-28`` gives
+    ``l = log(x)``; one more exact product gives ``100 Q = sum X l(x) - sum R l(r)`` at
+    2^-56, and the fixed party sends its share of it: the moving party opens this one
+    number. ``L = l(x) - log(C_j / (n 2^e_W))`` on column j (the moving party subtracts
+    the public-to-it term from its share), truncated to ``f_L`` bits and reduced mod 2^64
+    (a ring map: still shares).
+R4. ``T = L D`` (B, n). The fixed party opens ``G = L_1 - b_L`` (uniform; b_L fresh);
+    moving ``T_0 = (L_0 + G) D + c0``, fixed ``T_1 = b_L E_D + c1``, ``c0 + c1 = b_L V2``.
+R5. ``s_p = sum_i A[i, p] T[i, p]``. Moving sends ``E_T = T_0 - V3`` (uniform). Moving
+    ``s_0 = sum_i F . T_0 + c0``; fixed ``s_1 = T_1[f_p, p] + sum_i U . E_T + c1``,
+    ``c0 + c1 = sum_i U . V3`` (the dealer's column sums).
+R6. ``z = s q(g)`` (d, n). The fixed party opens ``O = s_1 - b_s`` (uniform; b_s fresh):
+    moving ``z_0 = q(g) (s_0 + O) + c0``, fixed ``z_1 = E_g b_s + c1``, ``c0 + c1 = V4
+    b_s``. ``|z| < 2^61``: offset by 2^61 (party 0) it lifts to Z128 as H did (R2, d n
+    owned bits). The public map (16-bit limbs of the Z128 shares, each through the map's
+    Z64 form) gives each party its share of the moments ``map(s g)`` (d, outputs), below
+    2^127; the fixed party sends its share and the moving party decodes
+    (``2^-(f_L + e_D + e_g + the map's column bits)``).
+
+Messages: ``spdz_mattes_step`` (moving -> fixed) and ``spdz_mattes_answer`` (fixed ->
+moving) carry a round's openings in protocol order. Both parties run their steps as a
+generator (``yield Send(array)``, ``received = yield RECEIVE``): the moving party sends
+what it has when a step must wait for the fixed party, the fixed party answers when a step
+must wait for the moving party or its evaluation is done. Symmetric openings pipeline, two
+product depths per round trip: 26 round trips per evaluation (:data:`ROUND_TRIPS`).
+
+Failure bound. Every Z64 sum is an exact signed integer (the budget), and every lift is
+exact. Each Z128 truncation is off by at most 1 ulp (2^-28) and fails (wrong by about
+2^100) with probability at most ``2^(m + 1 - 128)`` for an input below ``2^m``
+(:func:`ppir_itk.ring128.truncate`); every truncated input is below 2^84, so below 2^-43
+per element. An evaluation truncates 75 (B^2 + B) elements (the log's 73 per value, X,
+and L), so by the union bound it fails with probability below 2^-26 at B = 32 and 2^-20
+at B = 256 (most inputs are far below 2^84: the bound is loose).
+
+Disclosure. The moving party: Q and the d x outputs moments per evaluation (the fixed
+party's policy counts ``d outputs + 1``). Every other value either party receives is
+uniform to it (masked by a dealer mask its receiver never sees); the dealer sees the
+sizes (B, n, d) and sequence numbers.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from ppir_itk import ring128
+from ppir_itk.backends.base import (
+    FixedSide,
+    HistogramBackend,
+    HistogramTerm,
+    MovingChannel,
+    ParzenFields,
+)
+from ppir_itk.backends.spdz import TFP_REFUSED, _session_token, provider_of
+from ppir_itk.dealer_client import (
+    LEVEL_MASK,
+    DealerClient,
+    mask_item,
+    product_item,
+    triples_item,
+)
+from ppir_itk.disclosure import Disclosure, Message, ProtocolTable
+from ppir_itk.errors import InputError
+from ppir_itk.fixed_point import MattesBits, decode, encode, exponent, mattes_budget
+from ppir_itk.metric_kinds import MATTES, MetricSettings
+from ppir_itk.points import PointSet
+from ppir_itk.policy import FixedPolicy
+from ppir_itk.protocol import ppir_pb2 as pb
+from ppir_itk.protocol.channel import PeerError
+from ppir_itk.protocol.messages import ProtocolError, array_from_pb, array_to_pb
+from ppir_itk.randomness import secret_seed
+from ppir_itk.ring128 import FRACTION_BITS, MASK, RECEIVE, Send, Steps, Triples
+from ppir_itk.roles import FIXED, FIXED_PARTY, MOVING, MOVING_PARTY
+
+MATTES_SETTINGS = MetricSettings(MATTES)
+# Added to the log's inputs X: one ulp, so a truncated 0 (-1 ulp at worst) is not negative.
+DELTA = 2.0**-FRACTION_BITS
+SCALE_BITS = 24  # X = H round(100 2^(F + SCALE_BITS) / n) / 2^(e_W + SCALE_BITS)
+LIMB_BITS = 16
+# Added to s q(g) (below 2^61 in absolute value) before its lift: the sum's top bit is clear.
+PRODUCT_OFFSET = np.uint64(1 << 61)
+WINDOW = 4  # Parzen bins per point (cubic B-spline)
+# Round trips per evaluation: the symmetric depths (the lift, the log's, Q's) pipeline two
+# per round trip; then E_T for O (R5), R6's lift, and the moments.
+ROUND_TRIPS = (1 + ring128.LOG_DEPTH + 1) // 2 + 3
+
+TABLE = ProtocolTable(
+    title="spdz, metric mattes (shares over Z_2^64 and Z_2^128, a trusted dealer; "
+    "honest-but-curious, no MACs)",
+    messages=(
+        Message("spdz_mattes_level", MOVING_PARTY, "once per level", "nothing", "nothing"),
+        Message(
+            "spdz_mattes_level_opened",
+            FIXED_PARTY,
+            "once per level",
+            "F = A - U: the fixed bins' one-hot B x n matrix under the dealer's uniform U",
+            "nothing: F is uniform to the moving party, which never sees U",
+        ),
+        Message(
+            "spdz_mattes_step",
+            MOVING_PARTY,
+            "per evaluation",
+            "E_W = W - V, E_D = D - V2, E_g = q(g) - V4, the two lifts' m0 - a, its share of "
+            "each product's x - a and y - b (the log, Q), E_T = T_0 - V3 (fresh masks)",
+            "nothing: every value is uniform to the fixed party",
+        ),
+        Message(
+            "spdz_mattes_answer",
+            FIXED_PARTY,
+            "per evaluation",
+            "the two lifts' m1 - b, its share of each product's openings, its share of Q, "
+            "G = L_1 - b_L, O = s_1 - b_s and its share of the moments",
+            "Q and the moments, once added to the moving party's shares; the rest is uniform",
+        ),
+    ),
+    disclosures=(
+        Disclosure(
+            "histogram_term",
+            MOVING_PARTY,
+            "the Mattes term",
+            "values",
+            "evaluation",
+            note="the entropy difference Q = sum x log x - sum r log r of the joint "
+            "histogram and the public map's d x outputs moments of s g_k",
+        ),
+        Disclosure(
+            "opened_level",
+            MOVING_PARTY,
+            "F = A - U, the fixed bins' one-hot matrix hidden by the dealer's uniform U",
+            "ring elements",
+            "level",
+            masked=True,
+        ),
+        Disclosure(
+            "opened_fixed_shares",
+            MOVING_PARTY,
+            "the fixed party's openings (the lifts' m1 - b, each product's, G, O), each "
+            "hidden by a dealer mask",
+            "ring elements",
+            "evaluation",
+            masked=True,
+        ),
+        Disclosure(
+            "opened_moving_shares",
+            FIXED_PARTY,
+            "E_W, E_D, E_g, E_T, m0 - a and each product's openings, each hidden by a fresh "
+            "dealer mask",
+            "ring elements",
+            "evaluation",
+            masked=True,
+        ),
+    ),
+)
+
+
+def batch_items(bins: int, count: int, dimension: int) -> list[pb.DealerItem]:
+    """One evaluation's dealer batch, in the order :func:`_moving_steps` uses it."""
+    values = bins * bins + bins
+    return [
+        mask_item(MOVING, bins, count),  # 0 V
+        mask_item(MOVING, bins, count),  # 1 V2
+        mask_item(MOVING, dimension, count),  # 2 V4
+        product_item("gram", 0, LEVEL_MASK),  # 3 U V^T
+        mask_item(MOVING, bins, bins),  # 4 a (the lift's m0)
+        mask_item(FIXED, bins, bins),  # 5 b (m1)
+        product_item("elementwise", 4, 5),  # 6 a b
+        triples_item((ring128.LOG_PRODUCTS + 1) * values),  # 7 the log's and Q's
+        mask_item(MOVING, bins, count),  # 8 V3
+        product_item("column_sums", 8, LEVEL_MASK),  # 9 sum_i U . V3
+        mask_item(FIXED, bins, bins),  # 10 b_L
+        product_item("left", 1, 10),  # 11 b_L V2
+        mask_item(FIXED, 1, count),  # 12 b_s
+        product_item("elementwise", 2, 12),  # 13 V4 b_s
+        mask_item(MOVING, dimension, count),  # 14 a' (the second lift's m0)
+        mask_item(FIXED, dimension, count),  # 15 b' (m1)
+        product_item("elementwise", 14, 15),  # 16 a' b'
+    ]
+
+
+def _u64(values: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(values).view(np.uint64)
+
+
+def _i64(values: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(values).view(np.int64)
+
+
+def _receive(shape: tuple[int, ...]) -> Generator[object, np.ndarray, np.ndarray]:
+    received = yield RECEIVE
+    if received.shape != shape:
+        raise ProtocolError(
+            f"a Mattes share of shape {received.shape} arrived where {shape} was due"
+        )
+    return received
+
+
+def _lifted(
+    h: np.ndarray, top: np.ndarray, own: np.ndarray, opened: np.ndarray, share: np.ndarray
+) -> np.ndarray:
+    """R2: this party's Z128 share of H from its Z64 share ``h``, its top bits ``top`` and
+    its share ``own * opened + share`` of ``m0 m1`` (mod 2^64): as words (..., 2), low
+    ``h`` and high ``[m0 m1] - top``, i.e. ``h + 2^64 ([m0 m1] - top)``."""
+    words = np.empty((*np.shape(h), 2), dtype=np.uint64)
+    words[..., 0] = _u64(h)
+    words[..., 1] = _u64(own) * _u64(opened) + _u64(share) - top
+    return words.view(np.int64)
+
+
+def _logs(
+    histogram: np.ndarray, count: int, bits: MattesBits, triples: Triples, party: int
+) -> Generator[object, np.ndarray, tuple[Any, np.ndarray]]:
+    """R3 for both parties: shares of ``100 Q`` (at 2^-2F) and of ``l(x + delta)`` (B, B) at
+    2^-F. The log takes ``X = 100 x`` (:func:`ppir_itk.ring128.log`), computed from H in
+    one product by a public integer (below 2^(24 + 7 + 28 + SCALE_BITS) = 2^83)."""
+    bins = histogram.shape[0]
+    factor = round(ring128.LOG_SCALE * 2.0 ** (FRACTION_BITS + SCALE_BITS) / count)
+    scaled = ring128.truncate(histogram * factor, bits.weight_fraction + SCALE_BITS, party)
+    rows = scaled.sum(axis=1) & MASK
+    inputs = ring128.add_public(np.concatenate([scaled.ravel(), rows]), DELTA, party)
+    logs = yield from ring128.log(inputs, triples, party)
+    cells, marginal = logs[: bins * bins], logs[bins * bins :]
+    weighted, marginal_weighted = yield from ring128.multiply(
+        [(scaled.ravel(), cells), (rows, marginal)], triples, party, exact=True
+    )
+    entropy = (weighted.sum() - marginal_weighted.sum()) & MASK
+    return entropy, cells.reshape(bins, bins)
+
+
+def _mapped(points: PointSet, words: np.ndarray) -> np.ndarray:
+    """The public map of (d, n) Z128 shares as words (d, n, 2): (d, outputs) Z128 shares.
+    The map's Z64 form (:meth:`~ppir_itk.linear_map.PublicLinearMap.ring`) on 16-bit limbs,
+    each exact: (points per output) 2^(weight_bits + 16) < 2^63
+    (:func:`~ppir_itk.fixed_point.mattes_budget` checks it)."""
+    basis, unsigned = points.linear_map, _u64(words)
+    limb_mask = np.uint64((1 << LIMB_BITS) - 1)
+    total: Any = 0
+    for word in range(2):
+        for shift in range(0, 64, LIMB_BITS):
+            limb = ((unsigned[..., word] >> np.uint64(shift)) & limb_mask).astype(np.int64)
+            mapped = basis.ring(np.ascontiguousarray(limb.T)).astype(object)
+            total = total + (mapped << (64 * word + shift))
+    return total & MASK
+
+
+def _lowered(logs: np.ndarray, bits: MattesBits, party: int) -> np.ndarray:
+    """L from 2^-F in Z128 to 2^-f_L in Z64 (truncation, then reduction mod 2^64)."""
+    return ring128.to_ring64(ring128.truncate(logs, FRACTION_BITS - bits.log_fraction, party))
+
+
+class _Dealer:
+    """A party's batches: one per evaluation, the next asked for as soon as one is taken."""
+
+    def __init__(self, client: DealerClient) -> None:
+        self.client = client
+        self._sequence = 0
+        self._next: Callable[[], list[Any]] | None = None
+
+    def ask(self, level: int, items: list[pb.DealerItem], level_shape: tuple[int, int]) -> None:
+        self._next = self.client.post_batch(self._sequence, level, items, level_shape)
+        self._sequence += 1
+
+    def take(self, level: int, items: list[pb.DealerItem], level_shape: tuple[int, int]) -> list:
+        assert self._next is not None, "each level asks for its first batch"
+        values = self._next()
+        self.ask(level, items, level_shape)
+        return values
+
+    def drain(self) -> None:
+        # The batch asked ahead for an evaluation that did not come (the level ended): both
+        # parties take it and drop it, so their sequence numbers stay in step.
+        if self._next is not None:
+            self._next()
+            self._next = None
+
+
+class SPDZMattesBackend(HistogramBackend):
+    """Moving-party half (party 0): R1-R6 of the module docstring."""
+
+    name = "spdz"
+    protocol = "spdz"
+    scheme = "additive secret sharing over Z_2^64 and Z_2^128, trusted dealer, no MACs"
+    private = True
+    table = TABLE
+    bspline = True
+
+    def __init__(
+        self,
+        channel: MovingChannel,
+        parameters: dict[str, str] | None = None,
+        metric: MetricSettings = MATTES_SETTINGS,
+    ) -> None:
+        parameters = dict(parameters or {})
+        provider = provider_of(parameters)
+        if provider == "tfp" and not channel.single_process:
+            raise InputError(TFP_REFUSED)
+        self._connect_dealer = channel.connect_dealer(first_party=provider == "tfp")
+        parameters["session_token"] = secret_seed().hex()
+        super().__init__(channel, parameters, metric)
+        self._dealer: _Dealer | None = None
+        self._level = -1
+        self.round_trips = 0  # of the last evaluation
+        self.dealer_closed: pb.Closed | None = None
+
+    def _on_points(self, points: PointSet) -> None:
+        if self._dealer is None:
+            token = bytes.fromhex(self.parameters["session_token"])
+            self._dealer = _Dealer(self._connect_dealer(token))
+        self._dealer.drain()
+        self._level += 1
+        bins, count = self.metric.histogram_bins, points.size
+        self._bits = mattes_budget(count, points.linear_map.weight_bits, points.linear_map.support)
+        reply = self.channel.exchange(pb.BackendMessage(spdz_mattes_level=pb.SpdzMattesLevel()))
+        if reply.WhichOneof("body") != "spdz_mattes_level_opened":
+            raise ProtocolError(
+                f"the fixed party answered '{reply.WhichOneof('body')}' to 'spdz_mattes_level'"
+            )
+        opened = array_from_pb(reply.spdz_mattes_level_opened.opened, max_elements=bins * count)
+        if opened.shape != (bins, count) or opened.dtype != np.int64:
+            raise ProtocolError("the fixed party's opened bins do not fit the level")
+        self._opened = opened
+        self.received.add("opened_level", bins * count)
+        self._items = batch_items(bins, count, points.geometry.dimension)
+        self._dealer.ask(self._level, self._items, (bins, count))
+        # the map of the lift's offset (R6), taken off the moving party's share
+        ones = np.ones((count, points.geometry.dimension), dtype=np.int64)
+        self._offset_map = points.linear_map.ring(ones).astype(object)
+
+    def _histogram_term(self, fields: ParzenFields) -> HistogramTerm:
+        assert self._dealer is not None, "on_points() connects the dealer"
+        points, bits = self.level_points, self._bits
+        bins, count = self.metric.histogram_bins, points.size
+        first = np.asarray(fields.first_bin, dtype=np.int64)
+        valid = np.asarray(fields.valid).astype(bool)
+        if first.shape != (count,) or np.any(valid & ((first < 0) | (first > bins - WINDOW))):
+            raise InputError(
+                f"the Parzen windows must start in bins 0 to {bins - WINDOW} at the level's "
+                f"{count} points"
+            )
+        e_d = exponent(
+            float(np.abs(fields.derivatives[valid]).max(initial=0.0)), bits.derivative_bits
+        )
+        e_g = exponent(float(np.abs(fields.gradient).max(initial=0.0)), bits.g_bits)
+        weights = np.zeros((bins, count), dtype=np.int64)
+        derivatives = np.zeros((bins, count), dtype=np.int64)
+        columns = np.flatnonzero(valid)
+        for k in range(WINDOW):
+            rows = first[columns] + k
+            weights[rows, columns] = encode(fields.weights[columns, k], bits.weight_fraction)
+            derivatives[rows, columns] = encode(fields.derivatives[columns, k], e_d)
+        gradient = np.ascontiguousarray(encode(fields.gradient.T, e_g))
+        totals = weights.sum(axis=1)  # C_j, exact
+        correction = np.zeros(bins)
+        filled = totals > 0
+        correction[filled] = np.log(totals[filled] / (count * 2.0**bits.weight_fraction))
+        values = self._dealer.take(self._level, self._items, (bins, count))
+        steps = self._moving_steps(weights, derivatives, gradient, correction, values)
+        entropy, mapped = self._run(steps)
+        moments = ring128.signed(mapped).astype(np.float64)
+        basis = points.linear_map
+        self.received.add("histogram_term", moments.size + 1, detail=f"{basis.name} moments")
+        return HistogramTerm(
+            entropy_difference=float(ring128.decode(np.array([entropy]), 2 * FRACTION_BITS)[0])
+            / ring128.LOG_SCALE,
+            moments=decode(moments, bits.log_fraction + e_d + e_g + basis.column_bits),
+            basis_weight_bits=basis.axis_weight_bits,
+        )
+
+    def _moving_steps(
+        self,
+        weights: np.ndarray,
+        derivatives: np.ndarray,
+        gradient: np.ndarray,
+        correction: np.ndarray,
+        values: list[Any],
+    ) -> Generator[object, np.ndarray, tuple[Any, np.ndarray]]:
+        """Party 0's R1-R6 on this evaluation's batch ``values`` (:func:`batch_items`)."""
+        v, v2, v4, c_histogram, a, _, c_bit, triples, v3, c_select, _, c_left, _, c_gradient = (
+            values[:14]
+        )
+        a_gradient, _, c_gradient_bit = values[14:]
+        bins, count = weights.shape
+        opened, bits = _u64(self._opened), self._bits
+        # R1
+        yield Send(_i64(_u64(weights) - _u64(v)))
+        yield Send(_i64(_u64(derivatives) - _u64(v2)))
+        yield Send(_i64(_u64(gradient) - _u64(v4)))
+        h = opened @ _u64(weights).T + _u64(c_histogram)
+        # R2
+        top = h >> np.uint64(63)
+        yield Send(_i64(top - _u64(a)))
+        fixed_opening = yield from _receive((bins, bins))
+        histogram = ring128.from_words(_lifted(h, top, top, fixed_opening, c_bit))
+        # R3
+        shared = Triples(*(ring128.from_words(part) for part in triples))
+        entropy, logs = yield from _logs(histogram, count, self._bits, shared, MOVING)
+        logs = (logs - ring128.encode(correction)[None, :]) & MASK
+        logs_ring = _lowered(logs, bits, MOVING)
+        fixed_entropy = yield from _receive((1, 2))
+        entropy = (entropy + ring128.from_words(fixed_entropy)[0]) & MASK
+        # R4
+        masked_logs = yield from _receive((bins, bins))
+        t = (_u64(logs_ring) + _u64(masked_logs)) @ _u64(derivatives) + _u64(c_left)
+        # R5
+        yield Send(_i64(t - _u64(v3)))
+        s = (opened * t).sum(axis=0) + _u64(c_select)[0]
+        # R6
+        masked_s = yield from _receive((1, count))
+        product = _u64(gradient) * (s + _u64(masked_s)[0]) + _u64(c_gradient) + PRODUCT_OFFSET
+        top = product >> np.uint64(63)
+        yield Send(_i64(top - _u64(a_gradient)))
+        fixed_opening = yield from _receive(product.shape)
+        lifted = _lifted(product, top, top, fixed_opening, c_gradient_bit)
+        moments = _mapped(self.level_points, lifted) - int(PRODUCT_OFFSET) * self._offset_map
+        fixed_moments = yield from _receive((*moments.shape, 2))
+        return entropy, (moments + ring128.from_words(fixed_moments)) & MASK
+
+    def _run(self, steps: Steps) -> Any:
+        """Drive the moving party's steps: send what is due when a step must wait."""
+        outbox: list[np.ndarray] = []
+        inbox: deque[np.ndarray] = deque()
+        answer: np.ndarray | None = None
+        self.round_trips = 0
+        while True:
+            try:
+                step = steps.send(answer)
+            except StopIteration as done:
+                if inbox or outbox:
+                    raise ProtocolError(
+                        "the fixed party sent more shares than Mattes uses"
+                    ) from None
+                return done.value
+            answer = None
+            if isinstance(step, Send):
+                outbox.append(step.array)
+                continue
+            if not inbox:
+                inbox.extend(self._exchange(outbox))
+                outbox = []
+                if not inbox:
+                    raise ProtocolError("the fixed party's answer lacks a share Mattes needs")
+            answer = inbox.popleft()
+
+    def _exchange(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        message = pb.BackendMessage(
+            spdz_mattes_step=pb.SpdzMattesStep(shares=[array_to_pb(a) for a in arrays])
+        )
+        reply = self.channel.exchange(message)
+        self.round_trips += 1
+        if reply.WhichOneof("body") != "spdz_mattes_answer":
+            raise ProtocolError(
+                f"the fixed party answered '{reply.WhichOneof('body')}' to 'spdz_mattes_step'"
+            )
+        received = _arrays(reply.spdz_mattes_answer.shares, self._max_elements)
+        self.received.add("opened_fixed_shares", sum(a.size for a in received))
+        return received
+
+    @property
+    def _max_elements(self) -> int:
+        return _max_elements(self.metric.histogram_bins, self.level_points)
+
+    def close(self) -> None:
+        if self._dealer is not None:
+            self._dealer.drain()
+            self.dealer_closed = self._dealer.client.close()
+
+
+def _max_elements(bins: int, points: PointSet) -> int:
+    """The most elements one share array of a Mattes round holds: a (B, n) or (d, n)
+    opening, or a log depth's openings (4 products of B^2 + B values, 2 words each)."""
+    return max(bins, points.geometry.dimension) * points.size + 16 * (bins * bins + bins)
+
+
+def _arrays(arrays: Any, max_elements: int) -> list[np.ndarray]:
+    out = []
+    for array in arrays:
+        value = array_from_pb(array, max_elements=max_elements)
+        if value.dtype != np.int64:
+            raise ProtocolError("a Mattes share is not a ring element array (int64)")
+        out.append(value)
+    return out
+
+
+class SPDZMattesFixedSide(FixedSide):
+    """Fixed-party half (party 1): answers each round with its openings and shares."""
+
+    table = TABLE
+    bspline = True
+    metrics = (MATTES,)
+
+    def __init__(
+        self,
+        parameters: dict[str, str],
+        policy: FixedPolicy,
+        metric: MetricSettings = MATTES_SETTINGS,
+    ) -> None:
+        super().__init__(parameters, policy, metric)
+        provider = provider_of(parameters)
+        if provider == "tfp" and not policy.single_process:
+            raise ProtocolError(TFP_REFUSED)
+        if policy.dealer is None:
+            raise ProtocolError("this fixed party has no dealer configured for backend 'spdz'")
+        if policy.joint_term_noise > 0:
+            raise ProtocolError(
+                "this fixed party's joint-term noise is for the sums of mean squares and "
+                "correlation; metric mattes on backend 'spdz' adds none: serve it without "
+                "--joint-term-noise"
+            )
+        self._token = _session_token(parameters)
+        self._connect_dealer = policy.dealer
+        self._dealer: _Dealer | None = None
+        self._level = -1
+        self._steps: Steps | None = None
+        self._inbox: deque[np.ndarray] = deque()
+
+    def on_points(self, values: np.ndarray, points: PointSet) -> None:
+        bins = self.metric.histogram_bins
+        values = np.asarray(values)
+        if values.shape != (points.size,) or not np.all(
+            (values == np.floor(values)) & (values >= 0) & (values < bins)
+        ):
+            raise ProtocolError(f"the fixed bins must be {points.size} integers in [0, {bins})")
+        if self._dealer is None:
+            with self._dealer_step():
+                self._dealer = _Dealer(self._connect_dealer(self._token))
+        try:
+            self._bits = mattes_budget(
+                points.size, points.linear_map.weight_bits, points.linear_map.support
+            )
+        except InputError as error:
+            raise ProtocolError(str(error)) from None
+        self._points = points
+        self._bins = values.astype(np.int64)
+        self._level += 1
+        self._level_pending = True
+        self._steps = None
+
+    def measurements_per_evaluation(self, points: PointSet) -> int:
+        """The moments and Q."""
+        return points.geometry.dimension * points.linear_map.outputs + 1
+
+    def handle(self, message: pb.BackendMessage) -> pb.BackendMessage:
+        kind = message.WhichOneof("body")
+        expected = "spdz_mattes_level" if self._level_pending else "spdz_mattes_step"
+        if kind != expected:
+            raise ProtocolError(f"'{kind}' does not fit this point of the Mattes protocol")
+        assert self._dealer is not None, "on_points() connects the dealer"
+        bins, count = self.metric.histogram_bins, self._points.size
+        if self._level_pending:
+            self._level_pending = False
+            with self._dealer_step():
+                self._dealer.drain()
+                self._mask = _u64(self._dealer.client.masks(self._level, bins, count).copy())
+                self._items = batch_items(bins, count, self._points.geometry.dimension)
+                self._dealer.ask(self._level, self._items, (bins, count))
+            one_hot = np.zeros((bins, count), dtype=np.uint64)
+            one_hot[self._bins, np.arange(count)] = 1
+            opened = array_to_pb(_i64(one_hot - self._mask))
+            return pb.BackendMessage(
+                spdz_mattes_level_opened=pb.SpdzMattesLevelOpened(opened=opened)
+            )
+        received = _arrays(message.spdz_mattes_step.shares, _max_elements(bins, self._points))
+        self.received.add("opened_moving_shares", sum(a.size for a in received))
+        self._inbox.extend(received)
+        if self._steps is None:
+            with self._dealer_step():
+                values = self._dealer.take(self._level, self._items, (bins, count))
+            self._steps = self._fixed_steps(values)
+            answer: np.ndarray | None = None
+        elif self._inbox:
+            answer = self._inbox.popleft()
+        else:
+            raise ProtocolError("the moving party's message lacks a share Mattes needs")
+        outbox: list[np.ndarray] = []
+        while True:
+            try:
+                step = self._steps.send(answer)
+            except StopIteration:
+                self._steps = None
+                self.evaluations += 1
+                if self._inbox:
+                    raise ProtocolError(
+                        "the moving party sent more shares than Mattes uses"
+                    ) from None
+                break
+            answer = None
+            if isinstance(step, Send):
+                outbox.append(step.array)
+                continue
+            if not self._inbox:
+                break  # the generator waits at this Receive for the next request
+            answer = self._inbox.popleft()
+        return pb.BackendMessage(
+            spdz_mattes_answer=pb.SpdzMattesAnswer(shares=[array_to_pb(a) for a in outbox])
+        )
+
+    def _fixed_steps(self, values: list[Any]) -> Steps:
+        """Party 1's R1-R6 on this evaluation's batch ``values`` (:func:`batch_items`)."""
+        _, _, _, c_histogram, _, b, c_bit, triples, _, c_select, b_logs, c_left, b_s, c_gradient = (
+            values[:14]
+        )
+        _, b_gradient, c_gradient_bit = values[14:]
+        points, bits, u = self._points, self._bits, self._mask
+        bins, count, d = self.metric.histogram_bins, points.size, points.geometry.dimension
+        # R1
+        masked_weights = yield from _receive((bins, count))
+        masked_derivatives = yield from _receive((bins, count))
+        masked_gradient = yield from _receive((d, count))
+        h = u @ _u64(masked_weights).T + _u64(c_histogram)
+        # R2
+        top = h >> np.uint64(63)
+        yield Send(_i64(top - _u64(b)))
+        moving_opening = yield from _receive((bins, bins))
+        histogram = ring128.from_words(_lifted(h, top, moving_opening, b, c_bit))
+        # R3
+        shared = Triples(*(ring128.from_words(part) for part in triples))
+        entropy, logs = yield from _logs(histogram, count, bits, shared, FIXED)
+        logs_ring = _lowered(logs, bits, FIXED)
+        yield Send(ring128.to_words(np.array([entropy], dtype=object)))
+        # R4
+        yield Send(_i64(_u64(logs_ring) - _u64(b_logs)))
+        t = _u64(b_logs) @ _u64(masked_derivatives) + _u64(c_left)
+        # R5
+        masked_t = yield from _receive((bins, count))
+        selected = t[self._bins, np.arange(count)]
+        s = selected + (u * _u64(masked_t)).sum(axis=0) + _u64(c_select)[0]
+        # R6
+        yield Send(_i64(s - _u64(b_s)[0])[None, :])
+        product = _u64(masked_gradient) * _u64(b_s) + _u64(c_gradient)
+        top = product >> np.uint64(63)
+        yield Send(_i64(top - _u64(b_gradient)))
+        moving_opening = yield from _receive(product.shape)
+        lifted = _lifted(product, top, moving_opening, b_gradient, c_gradient_bit)
+        yield Send(ring128.to_words(_mapped(points, lifted)))
+
+    def close(self) -> pb.PartyStats | None:
+        if self._dealer is None:
+            return None
+        with self._dealer_step():
+            self._dealer.drain()
+            closed = self._dealer.client.close()
+        return self._dealer.client.session.counters().to_pb(closed.stats.seconds)
+
+    def abort(self) -> None:
+        dealer, self._dealer = self._dealer, None
+        if dealer is not None:  # the dealer forgets the session's masks and batches
+            dealer.client.session.abort("the registration session ended with an error")
+
+    @contextmanager
+    def _dealer_step(self) -> Iterator[None]:
+        """A step that talks to the dealer: a dealer that refuses ends the session as a
+        protocol error (the moving party can cause it: :class:`~.spdz.SPDZFixedSide`)."""
+        try:
+            yield
+        except PeerError as error:
+            self.abort()
+            raise ProtocolError(f"the dealer ended this session: {error}") from None
