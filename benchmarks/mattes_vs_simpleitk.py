@@ -138,6 +138,11 @@ def ppir_row(pair: multimodal_pairs.Pair, backend: str, fraction: float) -> tupl
         "finest_bytes_sent_per_iteration": {
             party: figures["bytes_sent"] for party, figures in per_iteration.items()
         },
+        # the dealer's figures are per run only (its level is not reported apart)
+        "whole_run_bytes_sent_per_iteration": {
+            party: figures["bytes_sent"] / max(result.iterations, 1)
+            for party, figures in result.parties.items()
+        },
         "parameters": result.transform.parameters.tolist(),
         **_residual(result.transform, pair),
     }
@@ -173,6 +178,10 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
             row["rmse_vs_clear_voxels"] = displacement_rmse(
                 result.transform, clear.transform, pair.fixed.geometry
             ) / min(pair.fixed.geometry.spacing)
+            row["finest_time_vs_clear"] = (
+                row["finest_moving_seconds_per_iteration"]
+                / clear.levels[-1].parties["moving"]["per_iteration"]["seconds"]
+            )
         record["rows"].append(row)
         print(f"  {row['method']}: {row['residual_voxels']:.3f} voxels", flush=True)
     return record
@@ -181,9 +190,9 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
 def markdown(records: list[dict]) -> str:
     lines = [
         "| pair | method | metric | residual mm | residual voxels | seconds | iterations "
-        "| start-up s | moving s/it (finest) | bytes/it moving / fixed (finest) "
-        "| vs clear (voxels) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| start-up s | moving s/it (finest) | x clear | bytes/it moving / fixed (finest) "
+        "| dealer bytes/it (whole run) | vs clear (voxels) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     notes = []
     for record in records:
@@ -191,7 +200,7 @@ def markdown(records: list[dict]) -> str:
         spacing = min(record["spacing_mm"])
         lines.append(
             f"| {record['pair']} | (start: identity) | | {start:.3f} | {start / spacing:.3f} "
-            "| | | | | | |"
+            "| | | | | | | | |"
         )
         for row in record["rows"]:
             sent = row.get("finest_bytes_sent_per_iteration", {})
@@ -205,7 +214,9 @@ def markdown(records: list[dict]) -> str:
                 str(row.get("iterations", "")),
                 _format(row.get("fixed_startup_seconds"), ".2f"),
                 _format(row.get("finest_moving_seconds_per_iteration"), ".4f"),
-                (f"{sent['moving'] / 1e3:.3g} kB / {sent['fixed'] / 1e3:.3g} kB" if sent else ""),
+                _format(row.get("finest_time_vs_clear"), ".0f"),
+                f"{_bytes(sent['moving'])} / {_bytes(sent['fixed'])}" if sent else "",
+                _bytes(row.get("whole_run_bytes_sent_per_iteration", {}).get("dealer")),
                 _format(row.get("rmse_vs_clear_voxels"), ".4f"),
             ]
             lines.append("| " + " | ".join(cells) + " |")
@@ -213,6 +224,15 @@ def markdown(records: list[dict]) -> str:
             for reason in record["ppir_not_run"]:
                 notes.append(f"{record['pair']}: ppir_itk not run, {reason}.")
     return "\n".join(lines + [""] + notes)
+
+
+def _bytes(value: float | None) -> str:
+    if value is None:
+        return ""
+    for unit, size in (("MB", 1e6), ("kB", 1e3)):
+        if value >= size:
+            return f"{value / size:.3g} {unit}"
+    return f"{value:.3g} B"
 
 
 def _format(value: float | None, spec: str) -> str:
