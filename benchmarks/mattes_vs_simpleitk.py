@@ -204,6 +204,11 @@ def markdown(records: list[dict]) -> str:
         )
         for row in record["rows"]:
             sent = row.get("finest_bytes_sent_per_iteration", {})
+            if (
+                row["method"] == "ppir_itk spdz"
+                and "dealer" not in row["whole_run_bytes_sent_per_iteration"]
+            ):
+                notes.append(f"{record['pair']}: the spdz run's report has no dealer figures.")
             cells = [
                 record["pair"],
                 row["method"],
