@@ -304,9 +304,10 @@ def _fixed_shares(
             shares.append((c - moving[index].view(np.uint64)).view(np.int64))
             continue
         (a0, b0, c0), (a1, b1) = moving[index], fixed[index]
-        a = ring128.from_words(a0) + ring128.from_words(a1)
-        b = ring128.from_words(b0) + ring128.from_words(b1)
-        shares.append(ring128.to_words(a * b - ring128.from_words(c0)))
+        a = ring128.add(ring128.from_words(a0), ring128.from_words(a1))
+        b = ring128.add(ring128.from_words(b0), ring128.from_words(b1))
+        c = ring128.multiply_values(a, b)
+        shares.append(ring128.to_words(ring128.subtract(c, ring128.from_words(c0))))
     return shares
 
 

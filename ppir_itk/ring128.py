@@ -1,9 +1,10 @@
 """Two-party additive share arithmetic over Z_2^128 (the ``spdz`` Mattes protocol's log).
 
 A value ``v`` is held as shares ``v_0 + v_1 = v mod 2^128`` (party 0, the moving party;
-party 1, the fixed party), one NumPy object array of Python ints in ``[0, 2^128)`` per
-party; on the wire a share travels as an int64 array of shape ``(..., 2)`` (low word,
-high word: :func:`to_words`, :func:`from_words`). Fixed point: ``q(v) = round(v 2^F)``,
+party 1, the fixed party), each a NumPy uint64 array of shape ``(..., 2)``: the low and
+the high 64-bit words, added, multiplied (from 32-bit halves) and shifted with their
+carries by the functions below, vectorised; on the wire a share travels as the same words
+viewed as int64 (:func:`to_words`, :func:`from_words`). Fixed point: ``q(v) = round(v 2^F)``,
 ``F = FRACTION_BITS``, signed (the upper half of the ring is negative).
 
 - :func:`multiply`: Beaver's product of shared operands with the dealer's triples
@@ -29,6 +30,7 @@ parties' generators against each other (:mod:`ppir_itk.backends.spdz_mattes`).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -67,64 +69,154 @@ RECEIVE = object()  # a step waits for the peer's next opening
 Steps = Generator[object, Any, Any]  # a party's steps, as a driver runs them
 
 
+U64 = np.uint64
+_LOW32 = U64(0xFFFFFFFF)
+_ALL = U64(WORD_MASK)
+
+
+def _words(low: Any, high: Any) -> np.ndarray:
+    out = np.empty((*np.shape(low), 2), dtype=U64)
+    out[..., 0], out[..., 1] = low, high
+    return out
+
+
 def from_words(words: np.ndarray) -> np.ndarray:
-    """An int64 array of shape ``(..., 2)`` (low, high words) as ring elements."""
-    unsigned = np.ascontiguousarray(words).view(np.uint64)
-    return unsigned[..., 0].astype(object) + unsigned[..., 1].astype(object) * WORD
+    """An int64 array of shape ``(..., 2)`` (low, high words), as it travels, as ring
+    elements: the same words, unsigned."""
+    return np.ascontiguousarray(words).view(U64)
 
 
 def to_words(values: np.ndarray) -> np.ndarray:
-    """Ring elements as int64 words of shape ``values.shape + (2,)``."""
-    values = np.asarray(values, dtype=object) & MASK
-    words = np.empty((*values.shape, 2), dtype=np.uint64)
-    words[..., 0] = (values & WORD_MASK).astype(np.uint64)
-    words[..., 1] = (values >> 64).astype(np.uint64)
-    return words.view(np.int64)
+    """Ring elements as the int64 words they travel as."""
+    return np.ascontiguousarray(values).view(np.int64)
+
+
+def scalar(value: int) -> np.ndarray:
+    """A public integer (any sign) as one ring element."""
+    value &= MASK
+    return np.array([value & WORD_MASK, value >> 64], dtype=U64)
+
+
+def add(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``x + y`` mod 2^128 (broadcasting over the leading axes)."""
+    low = x[..., 0] + y[..., 0]
+    return _words(low, x[..., 1] + y[..., 1] + (low < x[..., 0]).astype(U64))
+
+
+def negate(x: np.ndarray) -> np.ndarray:
+    """``-x`` mod 2^128: the two's complement, ``~x + 1``."""
+    low = ~x[..., 0] + U64(1)
+    return _words(low, ~x[..., 1] + (low == 0).astype(U64))
+
+
+def subtract(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return add(x, negate(y))
+
+
+def _wide(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 128-bit product of 64-bit words, as (low, high) words, from 32-bit halves."""
+    x0, x1, y0, y1 = x & _LOW32, x >> U64(32), y & _LOW32, y >> U64(32)
+    low_low, low_high, high_low = x0 * y0, x0 * y1, x1 * y0
+    middle = (low_low >> U64(32)) + (low_high & _LOW32) + (high_low & _LOW32)
+    high = x1 * y1 + (low_high >> U64(32)) + (high_low >> U64(32)) + (middle >> U64(32))
+    return (middle << U64(32)) | (low_low & _LOW32), high
+
+
+def multiply_values(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``x y`` mod 2^128, elementwise (broadcasting over the leading axes)."""
+    low, high = _wide(x[..., 0], y[..., 0])
+    return _words(low, high + x[..., 0] * y[..., 1] + x[..., 1] * y[..., 0])
+
+
+def times(x: np.ndarray, value: int) -> np.ndarray:
+    """``x value`` for a public integer ``value``."""
+    return multiply_values(x, scalar(value))
+
+
+def shift_right(x: np.ndarray, bits: int) -> np.ndarray:
+    """``floor(x / 2^bits)`` of ``x`` read in ``[0, 2^128)``."""
+    low, high = x[..., 0], x[..., 1]
+    if bits == 0:
+        return x.copy()
+    if bits >= 64:
+        return _words(high >> U64(bits - 64), np.zeros_like(high))
+    return _words((low >> U64(bits)) | (high << U64(64 - bits)), high >> U64(bits))
+
+
+def shift_left(x: np.ndarray, bits: int) -> np.ndarray:
+    """``x 2^bits`` mod 2^128."""
+    low, high = x[..., 0], x[..., 1]
+    if bits == 0:
+        return x.copy()
+    if bits >= 64:
+        return _words(np.zeros_like(low), low << U64(bits - 64))
+    return _words(low << U64(bits), (high << U64(bits)) | (low >> U64(64 - bits)))
+
+
+def total(x: np.ndarray, axis: int = 0) -> np.ndarray:
+    """The sum along a leading ``axis``, mod 2^128 (the low words summed in 32-bit halves,
+    exact for fewer than 2^32 terms)."""
+    low, high = x[..., 0], x[..., 1]
+    halves_low = (low & _LOW32).sum(axis=axis, dtype=U64)
+    halves_high = (low >> U64(32)).sum(axis=axis, dtype=U64)
+    summed_low = halves_low + (halves_high << U64(32))
+    carry = (summed_low < halves_low).astype(U64) + (halves_high >> U64(32))
+    return _words(summed_low, high.sum(axis=axis, dtype=U64) + carry)
 
 
 def from_ring64(values: np.ndarray) -> np.ndarray:
     """Z_2^64 elements (int64) as the integers ``[0, 2^64)`` in Z_2^128."""
-    return np.asarray(values).view(np.uint64).astype(object)
+    low = np.asarray(values).view(U64)
+    return _words(low, np.zeros_like(low))
+
+
+def from_signed(values: np.ndarray) -> np.ndarray:
+    """Signed 64-bit integers as ring elements (sign-extended)."""
+    values = np.asarray(values, dtype=np.int64)
+    return _words(values.view(U64), np.where(values < 0, _ALL, U64(0)))
 
 
 def to_ring64(values: np.ndarray) -> np.ndarray:
     """Reduction mod 2^64 (a ring map: shares stay shares), as int64."""
-    return (np.asarray(values, dtype=object) & WORD_MASK).astype(np.uint64).view(np.int64)
+    return np.ascontiguousarray(values[..., 0]).view(np.int64)
 
 
 def encode(values: np.ndarray | float, bits: int = FRACTION_BITS) -> np.ndarray:
-    """``round(values 2^bits)`` as ring elements."""
+    """``round(values 2^bits)`` as ring elements (``|values| 2^bits < 2^63``)."""
     scaled = np.rint(np.asarray(values, dtype=np.float64) * 2.0**bits)
-    return np.vectorize(lambda v: int(v) & MASK, otypes=[object])(scaled)
+    if np.any(np.abs(scaled) >= 2.0**63):
+        raise ValueError("a fixed-point constant does not fit 64 bits")
+    return from_signed(scaled.astype(np.int64))
 
 
 def signed(values: np.ndarray) -> np.ndarray:
-    """Ring elements read as signed integers in ``[-2^127, 2^127)``."""
-    values = np.asarray(values, dtype=object) & MASK
-    return np.where(values >= MODULUS // 2, values - MODULUS, values)
+    """Ring elements read as signed integers, as floats (53 bits of them)."""
+    negative = values[..., 1] >> U64(63) == 1
+    magnitude = np.where(negative[..., None], negate(values), values)
+    value = magnitude[..., 1].astype(np.float64) * 2.0**64 + magnitude[..., 0].astype(np.float64)
+    return np.where(negative, -value, value)
 
 
 def decode(values: np.ndarray, bits: int = FRACTION_BITS) -> np.ndarray:
     """Opened ring elements back to floats (``signed(values) / 2^bits``)."""
-    return np.vectorize(lambda v: math.ldexp(float(v), -bits), otypes=[np.float64])(signed(values))
+    return signed(values) * 2.0**-bits
 
 
 def truncate(share: np.ndarray, bits: int, party: int) -> np.ndarray:
     """SecureML's local truncation of a share by ``bits`` (module docstring)."""
-    share = np.asarray(share, dtype=object) & MASK
     if party == 0:
-        return share >> bits
-    return (-((-share & MASK) >> bits)) & MASK
+        return shift_right(share, bits)
+    return negate(shift_right(negate(share), bits))
 
 
 def add_public(share: np.ndarray, value: np.ndarray | float, party: int) -> np.ndarray:
     """The share of ``v + value`` (party 0 adds the public value's encoding)."""
-    return (share + encode(value)) & MASK if party == 0 else share
+    return add(share, encode(value)) if party == 0 else share
 
 
 def scale(share: np.ndarray, factor: float, party: int) -> np.ndarray:
     """The share of ``v * factor`` for a public real ``factor`` (one truncation)."""
-    return truncate(share * int(encode(factor)), FRACTION_BITS, party)
+    return truncate(multiply_values(share, encode(factor)), FRACTION_BITS, party)
 
 
 class Triples:
@@ -146,25 +238,28 @@ def multiply(
 ) -> Generator[object, np.ndarray, list[np.ndarray]]:
     """Shares of ``x * y`` for each pair of shared arrays (one opening for all of them);
     fixed point (truncated by ``FRACTION_BITS``) unless ``exact``."""
-    shapes = [np.shape(x) for x, _ in pairs]
-    x = np.concatenate([np.ravel(x) for x, _ in pairs])
-    y = np.concatenate([np.ravel(y) for _, y in pairs])
+    shapes = [np.shape(x)[:-1] for x, _ in pairs]
+    x = np.concatenate([np.reshape(x, (-1, 2)) for x, _ in pairs])
+    y = np.concatenate([np.reshape(y, (-1, 2)) for _, y in pairs])
     a, b, c = triples.take(len(x))
-    own = np.concatenate([(x - a) & MASK, (y - b) & MASK])
+    own = np.concatenate([subtract(x, a), subtract(y, b)])
     yield Send(to_words(own))
     received = yield RECEIVE
     if np.shape(received) != (len(own), 2):
         raise ProtocolError(
             f"an opening of shape {np.shape(received)} arrived for {len(own)} values"
         )
-    opened = (own + from_words(received)) & MASK
+    opened = add(own, from_words(received))
     e, f = opened[: len(x)], opened[len(x) :]
-    product = c + e * b + f * a + (e * f if party == 0 else 0)
-    product = product & MASK if exact else truncate(product, FRACTION_BITS, party)
+    product = add(add(c, multiply_values(e, b)), multiply_values(f, a))
+    if party == 0:
+        product = add(product, multiply_values(e, f))
+    if not exact:
+        product = truncate(product, FRACTION_BITS, party)
     out, start = [], 0
     for shape in shapes:
         size = math.prod(shape)
-        out.append(product[start : start + size].reshape(shape))
+        out.append(product[start : start + size].reshape(*shape, 2))
         start += size
     return out
 
@@ -174,6 +269,12 @@ def square(
 ) -> Generator[object, np.ndarray, np.ndarray]:
     (out,) = yield from multiply([(value, value)], triples, party)
     return out
+
+
+def _weighted(terms: list[tuple[np.ndarray, float]], party: int) -> np.ndarray:
+    """The share of ``sum w_k v_k`` for public reals ``w_k`` (one truncation)."""
+    weighted = [multiply_values(value, encode(weight)) for value, weight in terms]
+    return truncate(functools.reduce(add, weighted), FRACTION_BITS, party)
 
 
 def log(
@@ -188,35 +289,28 @@ def log(
     ``sum 1/k < 2.72``), so every value stays within the truncation bound."""
     big = scaled
     # exp_lim(-2X - 1) = (1 + (-2X - 1) / 256)^256 = (255/256 - X/128)^256
-    limit = add_public(-truncate(big, 7, party) & MASK, 1 - 1 / 256, party)
+    limit = add_public(negate(truncate(big, 7, party)), 1 - 1 / 256, party)
     for _ in range(EXP_LIMIT_SQUARINGS):
         limit = yield from square(limit, triples, party)
-    y = add_public((scale(big, 1 / 120, party) - 20 * limit) & MASK, 3.0, party)
+    y = add_public(subtract(scale(big, 1 / 120, party), times(limit, 20)), 3.0, party)
     for _ in range(LOG_ITERATIONS):
-        u = -truncate(y, TAYLOR_SQUARINGS, party) & MASK  # -y / 64
+        u = negate(truncate(y, TAYLOR_SQUARINGS, party))  # -y / 64
         u2 = yield from square(u, triples, party)
         u3, u4 = yield from multiply([(u2, u), (u2, u2)], triples, party)
-        higher = truncate(
-            u2 * int(encode(1 / 2)) + u3 * int(encode(1 / 6)) + u4 * int(encode(1 / 24)),
-            FRACTION_BITS,
-            party,
-        )
-        taylor = add_public((u + higher) & MASK, 1.0, party)
+        higher = _weighted([(u2, 1 / 2), (u3, 1 / 6), (u4, 1 / 24)], party)
+        taylor = add_public(add(u, higher), 1.0, party)
         for _ in range(TAYLOR_SQUARINGS):
             taylor = yield from square(taylor, triples, party)
         (product,) = yield from multiply([(big, taylor)], triples, party)
-        h = add_public(-product & MASK, 1.0, party)
+        h = add_public(negate(product), 1.0, party)
         h2 = yield from square(h, triples, party)
         h3, h4 = yield from multiply([(h2, h), (h2, h2)], triples, party)
         h5, h6, h7, h8 = yield from multiply(
             [(h4, h), (h4, h2), (h4, h3), (h4, h4)], triples, party
         )
-        powers = (h2, h3, h4, h5, h6, h7, h8)
-        series = sum(
-            (power * int(encode(1 / k)) for k, power in enumerate(powers, start=2)),
-            start=h * (1 << FRACTION_BITS),
-        )
-        y = (y - truncate(series, FRACTION_BITS, party)) & MASK
+        powers = (h, h2, h3, h4, h5, h6, h7, h8)
+        series = _weighted([(power, 1 / k) for k, power in enumerate(powers, start=1)], party)
+        y = subtract(y, series)
     return add_public(y, -math.log(LOG_SCALE), party)
 
 

@@ -29,6 +29,7 @@ from ppir_itk.fixed_point import mattes_budget
 from ppir_itk.image import ImageGrid
 from ppir_itk.metric_kinds import MetricSettings
 from ppir_itk.moving_party import MovingPartySession
+from ppir_itk.parzen import IntensityBins, fixed_bins
 from ppir_itk.policy import FixedPolicy
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import ProtocolError, array_from_pb
@@ -43,37 +44,77 @@ MOMENTS_TOLERANCE = 3e-4
 
 
 # -- Z_2^128 shares ----------------------------------------------------------------------
+# The reference: Python integers mod 2^128, against ring128's vectorised words.
+def _ints(words: np.ndarray) -> np.ndarray:
+    pairs = np.asarray(words).view(np.uint64)
+    return np.array(
+        [int(low) + (int(high) << 64) for low, high in pairs.reshape(-1, 2)], dtype=object
+    ).reshape(pairs.shape[:-1])
+
+
+def _words(values) -> np.ndarray:
+    values = np.asarray(values, dtype=object) & ring128.MASK
+    out = np.empty((*values.shape, 2), dtype=np.uint64)
+    out[..., 0] = (values & ring128.WORD_MASK).astype(np.uint64)
+    out[..., 1] = (values >> 64).astype(np.uint64)
+    return out
+
+
+def _signed(values: np.ndarray) -> list[int]:
+    return [v - ring128.MODULUS if v >= ring128.MODULUS // 2 else v for v in _ints(values).ravel()]
+
+
 def _random(count: int) -> np.ndarray:
-    return np.array([secrets.randbits(128) for _ in range(count)], dtype=object)
+    return np.frombuffer(secrets.token_bytes(16 * count), dtype=np.uint64).reshape(count, 2)
 
 
 def _split(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    share = _random(values.size).reshape(values.shape)
-    return share, (values - share) & ring128.MASK
+    share = _random(int(np.prod(values.shape[:-1]))).reshape(values.shape)
+    return share, _words(_ints(values) - _ints(share))
 
 
 def _triples(count: int) -> tuple[ring128.Triples, ring128.Triples]:
     a, b = _random(count), _random(count)
-    (a0, a1), (b0, b1), (c0, c1) = _split(a), _split(b), _split(a * b & ring128.MASK)
+    (a0, a1), (b0, b1) = _split(a), _split(b)
+    c0, c1 = _split(_words(_ints(a) * _ints(b)))
     return ring128.Triples(a0, b0, c0), ring128.Triples(a1, b1, c1)
 
 
 def _opened(shares: tuple) -> np.ndarray:
-    return (shares[0] + shares[1]) & ring128.MASK
+    return _words(_ints(shares[0]) + _ints(shares[1]))
+
+
+def test_word_arithmetic_equals_python_integers():
+    rng = np.random.default_rng(5)
+    edges = [0, 1, ring128.MASK, ring128.WORD_MASK, 1 << 64, 1 << 127, (1 << 127) - 1]
+    xs = np.array([int(v) for v in rng.integers(0, 1 << 62, 500)] + edges, dtype=object)
+    xs = xs * (1 << 66) + xs  # both words in use
+    ys = xs[::-1].copy()
+    x, y = _words(xs), _words(ys)
+    modulus = ring128.MODULUS
+    assert list(_ints(ring128.add(x, y))) == list((xs + ys) % modulus)
+    assert list(_ints(ring128.subtract(x, y))) == list((xs - ys) % modulus)
+    assert list(_ints(ring128.multiply_values(x, y))) == list((xs * ys) % modulus)
+    assert list(_ints(ring128.times(x, -12345))) == list((xs * -12345) % modulus)
+    for bits in (0, 7, 28, 63, 64, 70):
+        assert list(_ints(ring128.shift_right(x, bits))) == [v % modulus >> bits for v in xs]
+        assert list(_ints(ring128.shift_left(x, bits))) == list((xs << bits) % modulus)
+    assert int(_ints(ring128.total(x))) == int(xs.sum() % modulus)
+    assert np.allclose(ring128.signed(x), np.array(_signed(x), dtype=np.float64), rtol=1e-15)
 
 
 def test_beaver_products_and_words_round_trip():
-    x, y = np.array([3, -7, 1 << 100, 0], dtype=object), np.array([5, 9, 3, 11], dtype=object)
-    exact = ring128.signed(x * y)
-    x0, x1 = _split(x & ring128.MASK)
-    y0, y1 = _split(y & ring128.MASK)
+    x, y = _words([3, -7, 1 << 100, 0]), _words([5, 9, 3, 11])
+    exact = [3 * 5, -7 * 9, (1 << 100) * 3, 0]
+    x0, x1 = _split(x)
+    y0, y1 = _split(y)
     t0, t1 = _triples(4)
     out = ring128.run_pair(
         ring128.multiply([(x0, y0)], t0, 0, exact=True),
         ring128.multiply([(x1, y1)], t1, 1, exact=True),
     )
-    assert list(ring128.signed(_opened((out[0][0], out[1][0])))) == list(exact)
-    assert list(ring128.from_words(ring128.to_words(x0))) == list(x0)
+    assert _signed(_opened((out[0][0], out[1][0]))) == exact
+    assert (ring128.from_words(ring128.to_words(x0)) == x0).all()
     # fixed point: (1.5 * -2.25) = -3.375 exactly, truncated to within an ulp
     a, b = ring128.encode(np.array([1.5])), ring128.encode(np.array([-2.25]))
     (a0, a1), (b0, b1) = _split(a), _split(b)
@@ -87,9 +128,9 @@ def test_truncation_is_within_an_ulp_below_the_bound():
     values = np.array(
         [int(v) * (1 << 20) for v in rng.integers(-(1 << 62), 1 << 62, 4000)], dtype=object
     )  # below 2^82 in absolute value
-    share0, share1 = _split(values & ring128.MASK)
+    share0, share1 = _split(_words(values))
     out = _opened((ring128.truncate(share0, 28, 0), ring128.truncate(share1, 28, 1)))
-    error = ring128.signed(out) - np.array([v >> 28 for v in values], dtype=object)
+    error = np.array(_signed(out), dtype=object) - np.array([v >> 28 for v in values], dtype=object)
     assert set(error.tolist()) <= {0, 1}
 
 
@@ -111,7 +152,7 @@ def test_the_lift_recovers_the_histogram_from_shares_that_wrap():
             ring128.from_words(_lifted(share1.view(np.int64), top1, e0, b, c1.view(np.int64))),
         )
     )
-    assert list(lifted) == [int(h) for h in histogram]
+    assert list(_ints(lifted)) == [int(h) for h in histogram]
 
 
 def test_the_secure_log_matches_numpy_over_its_range():
@@ -159,9 +200,9 @@ def test_a_batch_reconstructs_and_sends_seeds_and_the_fixed_shares_only():
             continue
         c1 = next(shares)
         if item.kind == "triples":
-            a = ring128.from_words(own[index][0]) + ring128.from_words(theirs[index][0])
-            b = ring128.from_words(own[index][1]) + ring128.from_words(theirs[index][1])
-            c = ring128.from_words(own[index][2]) + ring128.from_words(c1)
+            a = _ints(own[index][0]) + _ints(theirs[index][0])
+            b = _ints(own[index][1]) + _ints(theirs[index][1])
+            c = _ints(own[index][2]) + _ints(c1)
             assert ((a * b - c) & ring128.MASK == 0).all()
             continue
         m = own[item.moving].view(np.uint64)
@@ -247,9 +288,14 @@ def _reference(bins: np.ndarray, fields: ParzenFields, points, weight_bits: int)
 
 
 def _bins_image(size: int, seed: int = 1) -> ImageGrid:
-    """A fixed image whose pixels are bins (the fixed party's session hands J to the fixed
-    side until it computes the bins: integral J in [0, B) stands for them)."""
+    """A fixed image of random grey levels (its bins: :func:`_fixed_bins`)."""
     return ImageGrid(np.random.default_rng(seed).integers(0, BINS, (size, size)).astype(float))
+
+
+def _fixed_bins(fixed: ImageGrid) -> np.ndarray:
+    """The bins the fixed party's session gives its side: ITK's, over the level image (one
+    level, unsmoothed: the image)."""
+    return fixed_bins(fixed.array.ravel(), IntensityBins.from_values(fixed.array, BINS))
 
 
 def _party(session, spacing: float | None = None):
@@ -270,9 +316,7 @@ def test_the_histogram_term_matches_a_float_reference(spacing):
     )
     fields = _fields(points.size)
     term = party.histogram_term(fields)
-    entropy, moments = _reference(
-        fixed.array.ravel().astype(np.int64), fields, points, term.basis_weight_bits
-    )
+    entropy, moments = _reference(_fixed_bins(fixed), fields, points, term.basis_weight_bits)
     assert abs(term.entropy_difference - entropy) < Q_TOLERANCE
     assert np.abs(term.moments - moments).max() < MOMENTS_TOLERANCE * np.abs(moments).max()
     assert party.backend.round_trips == ROUND_TRIPS
@@ -285,7 +329,7 @@ def test_several_evaluations_are_each_charged_once_to_the_policy():
     fixed = _bins_image(32)
     policy = FixedPolicy.holding_both_images(("spdz",), evaluation_budget=3)
     party, points = _party(in_process_session(fixed, policy))
-    bins = fixed.array.ravel().astype(np.int64)
+    bins = _fixed_bins(fixed)
     for seed in (1, 2, 3):
         fields = _fields(points.size, seed=seed)
         entropy, _ = _reference(bins, fields, points, 0)
@@ -320,7 +364,7 @@ def test_three_processes_over_mutual_tls_match_the_reference():
         fields = _fields(points.size, seed=9)
         term = party.histogram_term(fields)
         closed = party.close()
-    entropy, moments = _reference(fixed.array.ravel().astype(np.int64), fields, points, 0)
+    entropy, moments = _reference(_fixed_bins(fixed), fields, points, 0)
     assert abs(term.entropy_difference - entropy) < Q_TOLERANCE
     assert np.abs(term.moments - moments).max() < MOMENTS_TOLERANCE * np.abs(moments).max()
     assert closed.dealer.payload_bytes_received > 0  # the fixed party's shares from the dealer

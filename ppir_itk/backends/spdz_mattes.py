@@ -112,7 +112,7 @@ from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.channel import PeerError
 from ppir_itk.protocol.messages import ProtocolError, array_from_pb, array_to_pb
 from ppir_itk.randomness import secret_seed
-from ppir_itk.ring128 import FRACTION_BITS, MASK, RECEIVE, Send, Steps, Triples
+from ppir_itk.ring128 import FRACTION_BITS, RECEIVE, Send, Steps, Triples
 from ppir_itk.roles import FIXED, FIXED_PARTY, MOVING, MOVING_PARTY
 
 MATTES_SETTINGS = MetricSettings(MATTES)
@@ -257,16 +257,19 @@ def _logs(
     one product by a public integer (below 2^(24 + 7 + 28 + SCALE_BITS) = 2^83)."""
     bins = histogram.shape[0]
     factor = round(ring128.LOG_SCALE * 2.0 ** (FRACTION_BITS + SCALE_BITS) / count)
-    scaled = ring128.truncate(histogram * factor, bits.weight_fraction + SCALE_BITS, party)
-    rows = scaled.sum(axis=1) & MASK
-    inputs = ring128.add_public(np.concatenate([scaled.ravel(), rows]), DELTA, party)
+    scaled = ring128.truncate(
+        ring128.times(histogram, factor), bits.weight_fraction + SCALE_BITS, party
+    )
+    rows = ring128.total(scaled, axis=1)
+    cells_in = scaled.reshape(-1, 2)
+    inputs = ring128.add_public(np.concatenate([cells_in, rows]), DELTA, party)
     logs = yield from ring128.log(inputs, triples, party)
     cells, marginal = logs[: bins * bins], logs[bins * bins :]
     weighted, marginal_weighted = yield from ring128.multiply(
-        [(scaled.ravel(), cells), (rows, marginal)], triples, party, exact=True
+        [(cells_in, cells), (rows, marginal)], triples, party, exact=True
     )
-    entropy = (weighted.sum() - marginal_weighted.sum()) & MASK
-    return entropy, cells.reshape(bins, bins)
+    entropy = ring128.subtract(ring128.total(weighted), ring128.total(marginal_weighted))
+    return entropy, cells.reshape(bins, bins, 2)
 
 
 def _mapped(points: PointSet, words: np.ndarray) -> np.ndarray:
@@ -276,13 +279,15 @@ def _mapped(points: PointSet, words: np.ndarray) -> np.ndarray:
     (:func:`~ppir_itk.fixed_point.mattes_budget` checks it)."""
     basis, unsigned = points.linear_map, _u64(words)
     limb_mask = np.uint64((1 << LIMB_BITS) - 1)
-    total: Any = 0
+    total: np.ndarray | None = None
     for word in range(2):
         for shift in range(0, 64, LIMB_BITS):
             limb = ((unsigned[..., word] >> np.uint64(shift)) & limb_mask).astype(np.int64)
-            mapped = basis.ring(np.ascontiguousarray(limb.T)).astype(object)
-            total = total + (mapped << (64 * word + shift))
-    return total & MASK
+            mapped = ring128.from_signed(basis.ring(np.ascontiguousarray(limb.T)))
+            part = ring128.shift_left(mapped, 64 * word + shift)
+            total = part if total is None else ring128.add(total, part)
+    assert total is not None, "two words of limbs"
+    return total
 
 
 def _lowered(logs: np.ndarray, bits: MattesBits, party: int) -> np.ndarray:
@@ -366,7 +371,7 @@ class SPDZMattesBackend(HistogramBackend):
         self._dealer.ask(self._level, self._items, (bins, count))
         # the map of the lift's offset (R6), taken off the moving party's share
         ones = np.ones((count, points.geometry.dimension), dtype=np.int64)
-        self._offset_map = points.linear_map.ring(ones).astype(object)
+        self._offset_map = ring128.from_signed(points.linear_map.ring(ones))
 
     def _histogram_term(self, fields: ParzenFields) -> HistogramTerm:
         assert self._dealer is not None, "on_points() connects the dealer"
@@ -398,11 +403,11 @@ class SPDZMattesBackend(HistogramBackend):
         values = self._dealer.take(self._level, self._items, (bins, count))
         steps = self._moving_steps(weights, derivatives, gradient, correction, values)
         entropy, mapped = self._run(steps)
-        moments = ring128.signed(mapped).astype(np.float64)
+        moments = ring128.signed(mapped)
         basis = points.linear_map
         self.received.add("histogram_term", moments.size + 1, detail=f"{basis.name} moments")
         return HistogramTerm(
-            entropy_difference=float(ring128.decode(np.array([entropy]), 2 * FRACTION_BITS)[0])
+            entropy_difference=float(ring128.decode(entropy, 2 * FRACTION_BITS))
             / ring128.LOG_SCALE,
             moments=decode(moments, bits.log_fraction + e_d + e_g + basis.column_bits),
             basis_weight_bits=basis.axis_weight_bits,
@@ -436,10 +441,10 @@ class SPDZMattesBackend(HistogramBackend):
         # R3
         shared = Triples(*(ring128.from_words(part) for part in triples))
         entropy, logs = yield from _logs(histogram, count, self._bits, shared, MOVING)
-        logs = (logs - ring128.encode(correction)[None, :]) & MASK
+        logs = ring128.subtract(logs, ring128.encode(correction)[None, :])
         logs_ring = _lowered(logs, bits, MOVING)
         fixed_entropy = yield from _receive((1, 2))
-        entropy = (entropy + ring128.from_words(fixed_entropy)[0]) & MASK
+        entropy = ring128.add(entropy, ring128.from_words(fixed_entropy)[0])
         # R4
         masked_logs = yield from _receive((bins, bins))
         t = (_u64(logs_ring) + _u64(masked_logs)) @ _u64(derivatives) + _u64(c_left)
@@ -453,9 +458,11 @@ class SPDZMattesBackend(HistogramBackend):
         yield Send(_i64(top - _u64(a_gradient)))
         fixed_opening = yield from _receive(product.shape)
         lifted = _lifted(product, top, top, fixed_opening, c_gradient_bit)
-        moments = _mapped(self.level_points, lifted) - int(PRODUCT_OFFSET) * self._offset_map
-        fixed_moments = yield from _receive((*moments.shape, 2))
-        return entropy, (moments + ring128.from_words(fixed_moments)) & MASK
+        moments = ring128.subtract(
+            _mapped(self.level_points, lifted), ring128.times(self._offset_map, int(PRODUCT_OFFSET))
+        )
+        fixed_moments = yield from _receive(moments.shape)
+        return entropy, ring128.add(moments, ring128.from_words(fixed_moments))
 
     def _run(self, steps: Steps) -> Any:
         """Drive the moving party's steps: send what is due when a step must wait."""
@@ -658,7 +665,7 @@ class SPDZMattesFixedSide(FixedSide):
         shared = Triples(*(ring128.from_words(part) for part in triples))
         entropy, logs = yield from _logs(histogram, count, bits, shared, FIXED)
         logs_ring = _lowered(logs, bits, FIXED)
-        yield Send(ring128.to_words(np.array([entropy], dtype=object)))
+        yield Send(ring128.to_words(entropy[None]))
         # R4
         yield Send(_i64(_u64(logs_ring) - _u64(b_logs)))
         t = _u64(b_logs) @ _u64(masked_derivatives) + _u64(c_left)
