@@ -222,7 +222,7 @@ def markdown(records: list[dict]) -> str:
                 _format(row.get("finest_time_vs_clear"), ".0f"),
                 f"{_bytes(sent['moving'])} / {_bytes(sent['fixed'])}" if sent else "",
                 _bytes(row.get("whole_run_bytes_sent_per_iteration", {}).get("dealer")),
-                _format(row.get("rmse_vs_clear_voxels"), ".4f"),
+                _format(row.get("rmse_vs_clear_voxels"), ".2g"),
             ]
             lines.append("| " + " | ".join(cells) + " |")
         if "ppir_not_run" in record:
