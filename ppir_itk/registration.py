@@ -561,15 +561,17 @@ def _register_with(
         )
     metric.SetMovingImage(moving)
     optimizer: GaussNewtonOptimizer | RegularStepGradientDescentOptimizer
+    minimum_step = options.minimum_step_length
+    assert minimum_step is not None, "RegistrationOptions sets the optimizer's own"
     if options.optimizer == REGULAR_STEP:
         optimizer = RegularStepGradientDescentOptimizer(
             LearningRate=options.learning_rate,
-            MinimumStepLength=options.minimum_step_length,
+            MinimumStepLength=minimum_step,
             GradientMagnitudeTolerance=options.gradient_magnitude_tolerance,
         )
     else:
         optimizer = GaussNewtonOptimizer(
-            MinimumStepLength=options.minimum_step_length,
+            MinimumStepLength=minimum_step,
             RelativeValueTolerance=options.relative_value_tolerance,
         )
     method = ImageRegistrationMethod(
