@@ -81,6 +81,7 @@ from ppir_itk.backends.base import (
     MovingFields,
     wants_fixed_sum,
 )
+from ppir_itk.dealer_client import DealerClient
 from ppir_itk.disclosure import Disclosure, Message, ProtocolTable
 from ppir_itk.errors import InputError
 from ppir_itk.fixed_point import RING, decode, encode, exponent
@@ -175,7 +176,7 @@ TFP_REFUSED = (
 )
 
 
-def _session_token(parameters: dict[str, str]) -> bytes:
+def session_token(parameters: dict[str, str]) -> bytes:
     try:
         token = bytes.fromhex(parameters.get("session_token", ""))
     except ValueError:
@@ -284,24 +285,33 @@ class SPDZBackend(ExactSumsBackend):
         """The dealer's figures: what it sent both parties, and its time for both."""
         if self._products is None:
             return {}
-        moving = self._products.dealer.session.counters()
-        fixed = Counters.from_pb(closed.dealer)
-        # The dealer sends what the parties receive, and receives what they send.
-        dealer = Counters(
-            *(
-                getattr(moving, name) + getattr(fixed, name)
-                for name in (
-                    "payload_bytes_received",
-                    "payload_bytes_sent",
-                    "wire_bytes_received",
-                    "wire_bytes_sent",
-                    "messages_received",
-                    "messages_sent",
-                )
+        assert self.dealer_closed is not None, "the session closes the backend before this"
+        return dealer_figures(self._products.dealer, self.dealer_closed, closed)
+
+
+def dealer_figures(
+    dealer: DealerClient, dealer_closed: pb.Closed, closed: pb.Closed
+) -> dict[str, tuple[Counters, float]]:
+    """The dealer's figures for a report, from the moving party's session with it
+    (``dealer``, its ``Closed``) and the fixed party's ``Closed``: what it sent both
+    parties and received from them, and its time for both."""
+    moving = dealer.session.counters()
+    fixed = Counters.from_pb(closed.dealer)
+    # The dealer sends what the parties receive, and receives what they send.
+    figures = Counters(
+        *(
+            getattr(moving, name) + getattr(fixed, name)
+            for name in (
+                "payload_bytes_received",
+                "payload_bytes_sent",
+                "wire_bytes_received",
+                "wire_bytes_sent",
+                "messages_received",
+                "messages_sent",
             )
         )
-        assert self.dealer_closed is not None, "the session closes the backend before this"
-        return {"dealer": (dealer, self.dealer_closed.stats.seconds + closed.dealer.seconds)}
+    )
+    return {"dealer": (figures, dealer_closed.stats.seconds + closed.dealer.seconds)}
 
 
 class SPDZFixedSide(ExactSumsFixedSide):
@@ -324,7 +334,7 @@ class SPDZFixedSide(ExactSumsFixedSide):
             raise ProtocolError(TFP_REFUSED)
         if policy.dealer is None:
             raise ProtocolError("this fixed party has no dealer configured for backend 'spdz'")
-        self._token = _session_token(parameters)
+        self._token = session_token(parameters)
         from ppir_itk.backends.spdz_shares import MailboxCommunicator  # imports CrypTen
 
         self._connect_dealer = policy.dealer

@@ -94,7 +94,7 @@ from ppir_itk.backends.base import (
     MovingChannel,
     ParzenFields,
 )
-from ppir_itk.backends.spdz import TFP_REFUSED, _session_token, provider_of
+from ppir_itk.backends.spdz import TFP_REFUSED, dealer_figures, provider_of, session_token
 from ppir_itk.dealer_client import (
     LEVEL_MASK,
     DealerClient,
@@ -109,7 +109,7 @@ from ppir_itk.metric_kinds import MATTES, MetricSettings
 from ppir_itk.points import PointSet
 from ppir_itk.policy import FixedPolicy
 from ppir_itk.protocol import ppir_pb2 as pb
-from ppir_itk.protocol.channel import PeerError
+from ppir_itk.protocol.channel import Counters, PeerError
 from ppir_itk.protocol.messages import ProtocolError, array_from_pb, array_to_pb
 from ppir_itk.randomness import secret_seed
 from ppir_itk.ring128 import FRACTION_BITS, RECEIVE, Send, Steps, Triples
@@ -513,6 +513,12 @@ class SPDZMattesBackend(HistogramBackend):
             self._dealer.drain()
             self.dealer_closed = self._dealer.client.close()
 
+    def other_parties(self, closed: pb.Closed) -> dict[str, tuple[Counters, float]]:
+        """The dealer's figures, as the SSD protocol reports them."""
+        if self._dealer is None or self.dealer_closed is None:
+            return {}
+        return dealer_figures(self._dealer.client, self.dealer_closed, closed)
+
 
 def _max_elements(bins: int, points: PointSet) -> int:
     """The most elements one share array of a Mattes round holds: a (B, n) or (d, n)
@@ -555,7 +561,7 @@ class SPDZMattesFixedSide(FixedSide):
                 "correlation; metric mattes on backend 'spdz' adds none: serve it without "
                 "--joint-term-noise"
             )
-        self._token = _session_token(parameters)
+        self._token = session_token(parameters)
         self._connect_dealer = policy.dealer
         self._dealer: _Dealer | None = None
         self._level = -1
