@@ -734,7 +734,7 @@ def _registration_options(
     """The options from the arguments, refused here if wrong, before a fixed party starts;
     ``bench``: without those its rows set."""
     per_run: dict[str, Any] = (
-        {}
+        {"backend": "clear"}  # the rows set it; clear computes every metric
         if bench
         else dict(
             backend=args.backend,

@@ -18,10 +18,13 @@ import ppir_itk
 from ppir_itk.evaluation import displacement_rmse
 from ppir_itk.mattes import PrivateMattesMutualInformationImageToImageMetric
 from ppir_itk.metric import PrivateMeanSquaresImageToImageMetric
+from ppir_itk.metric_kinds import MetricSettings
+from ppir_itk.moving_party import MovingPartySession
 from ppir_itk.optimizer import GaussNewtonOptimizer
+from ppir_itk.parzen import IntensityBins, fixed_bins
 from ppir_itk.phantoms import head_phantom, second_modality
 from ppir_itk.policy import FixedPolicy
-from ppir_itk.pyramid import Level
+from ppir_itk.pyramid import Level, LevelSchedule, smooth
 from ppir_itk.registration import ImageRegistrationMethod
 from ppir_itk.sampling import NoSampling
 
@@ -142,3 +145,39 @@ def test_private_mattes_follows_clear(dimension):
     assert report["parties"]["dealer"]["bytes_sent"] > 0  # the dealer's figures are reported
     assert any("Mattes term" in line for line in report["learned_in_the_clear"]["moving"])
     assert report["learned_in_the_clear"]["fixed"] == []
+
+
+def test_regular_sampling_takes_every_kth_point_at_both_parties(phantom_2d):
+    """ITK's REGULAR sampling on the fixed grid: every ceil(1 / fraction)-th point in flat
+    order, from the first; the fixed party draws the same points from the fraction alone."""
+    moving, _ = known_pair(phantom_2d, "rigid", [0.02, 1.0, -0.5])
+    result = register_in_process(
+        phantom_2d,
+        second_modality(moving),
+        metric="mattes",
+        transform="rigid",
+        sampling="regular",
+        sampling_fraction=0.3,
+        shrink_factors=[2, 1],
+        smoothing_sigmas=[1.0, 0.0],
+    )
+    assert result.sampling == "REGULAR (every 4th point)"
+    for level in result.levels:
+        assert level.points == -(-int(np.prod(level.grid_size)) // 4)
+
+
+def test_the_fixed_bins_span_the_smoothed_full_resolution_level(phantom_2d):
+    """ITK's method hands its metric the level's smoothed image at full resolution (only
+    the grid of points shrinks): the fixed party's bins span that image's range, not the
+    shrunk grid's."""
+    session = ppir_itk.in_process_session(phantom_2d)
+    party = MovingPartySession(session, "clear", metric=MetricSettings("mattes", 32))
+    party.start(LevelSchedule.from_lists([4], [2.0]), NoSampling())
+    party.select_points(party.begin_level(0)())
+    fixed = session.serving
+    smoothed = smooth(phantom_2d, 2.0).array
+    assert fixed.level_range == (smoothed.min(), smoothed.max())
+    shrunk = fixed.level_image.array
+    assert fixed.level_range != (shrunk.min(), shrunk.max())  # the test tells them apart
+    expected = fixed_bins(shrunk.ravel(), IntensityBins(32, *fixed.level_range))
+    assert (party.backend._fixed_bins == expected).all()

@@ -89,6 +89,8 @@ def test_word_arithmetic_equals_python_integers():
     edges = [0, 1, ring128.MASK, ring128.WORD_MASK, 1 << 64, 1 << 127, (1 << 127) - 1]
     xs = np.array([int(v) for v in rng.integers(0, 1 << 62, 500)] + edges, dtype=object)
     xs = xs * (1 << 66) + xs  # both words in use
+    full = [int.from_bytes(secrets.token_bytes(16), "little") for _ in range(500)]
+    xs = np.concatenate([xs, np.array(full, dtype=object)])  # carries out of the low words
     ys = xs[::-1].copy()
     x, y = _words(xs), _words(ys)
     modulus = ring128.MODULUS
@@ -100,6 +102,9 @@ def test_word_arithmetic_equals_python_integers():
         assert list(_ints(ring128.shift_right(x, bits))) == [v % modulus >> bits for v in xs]
         assert list(_ints(ring128.shift_left(x, bits))) == list((xs << bits) % modulus)
     assert int(_ints(ring128.total(x))) == int(xs.sum() % modulus)
+    # the low words' two halves each fit, their recombination carries: 2^64 exactly
+    carried = _words([(1 << 64) - (1 << 32), (1 << 32) - 1, 1])
+    assert int(_ints(ring128.total(carried))) == 1 << 64
     assert np.allclose(ring128.signed(x), np.array(_signed(x), dtype=np.float64), rtol=1e-15)
 
 
