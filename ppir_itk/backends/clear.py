@@ -25,6 +25,7 @@ from ppir_itk.backends.base import (
     JointTermBackend,
     MovingChannel,
     MovingFields,
+    MovingHalf,
     ParzenFields,
     wants_fixed_sum,
 )
@@ -77,14 +78,6 @@ class InsecureBackendWarning(UserWarning):
     """The run discloses a party's image."""
 
 
-def _warn_insecure() -> None:
-    warnings.warn(
-        "backend 'clear' is NOT private: the fixed party sends its image in the clear",
-        InsecureBackendWarning,
-        stacklevel=3,
-    )
-
-
 def _clear_level(channel: MovingChannel) -> pb.ClearLevel:
     """The fixed party's one message of the level."""
     reply = channel.exchange(pb.BackendMessage(clear_level_request=pb.ClearLevelRequest()))
@@ -93,8 +86,8 @@ def _clear_level(channel: MovingChannel) -> pb.ClearLevel:
     return reply.clear_level
 
 
-class ClearBackend(JointTermBackend):
-    """Joint term computed by the moving party on the fixed image it received in the clear."""
+class _ClearHalf(MovingHalf):
+    """What both clear moving halves are: NOT private, and they say so when made."""
 
     name = "clear"
     protocol = "clear"
@@ -102,7 +95,6 @@ class ClearBackend(JointTermBackend):
     private = False
     table = TABLE
     bspline = True
-    metrics = LINEAR_SUMS_METRICS
 
     def __init__(
         self,
@@ -111,8 +103,18 @@ class ClearBackend(JointTermBackend):
         metric: MetricSettings = MEAN_SQUARES_SETTINGS,
     ) -> None:
         super().__init__(channel, parameters, metric)
-        _warn_insecure()
-        self._fixed_values: np.ndarray | None = None
+        warnings.warn(
+            "backend 'clear' is NOT private: the fixed party sends its image in the clear",
+            InsecureBackendWarning,
+            stacklevel=4,
+        )
+
+
+class ClearBackend(_ClearHalf, JointTermBackend):
+    """Joint term computed by the moving party on the fixed image it received in the clear."""
+
+    metrics = LINEAR_SUMS_METRICS
+    _fixed_values: np.ndarray | None = None
 
     def _on_points(self, points: PointSet) -> None:
         values = array_from_pb(_clear_level(self.channel).fixed_values, max_elements=points.size)
@@ -160,27 +162,13 @@ class ClearHistogramFixedSide(ClearFixedSide):
     metrics = (MATTES,)
 
 
-class ClearHistogramBackend(HistogramBackend):
+class ClearHistogramBackend(_ClearHalf, HistogramBackend):
     """Mattes mutual information computed by the moving party on the fixed bins it received
     in the clear: :mod:`ppir_itk.parzen`'s arithmetic, ITK's (the reference for the private
     backends)."""
 
-    name = "clear"
-    protocol = "clear"
-    scheme = "none: NOT private"
-    private = False
-    table = TABLE
-    bspline = True
-
-    def __init__(
-        self,
-        channel: MovingChannel,
-        parameters: dict[str, str] | None = None,
-        metric: MetricSettings = MEAN_SQUARES_SETTINGS,
-    ) -> None:
-        super().__init__(channel, parameters, metric)
-        _warn_insecure()
-        self._fixed_bins: np.ndarray | None = None
+    metrics = (MATTES,)
+    _fixed_bins: np.ndarray | None = None
 
     def _on_points(self, points: PointSet) -> None:
         level = _clear_level(self.channel)
