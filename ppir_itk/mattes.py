@@ -36,6 +36,7 @@ import numpy as np
 
 from ppir_itk.backends import ParzenFields
 from ppir_itk.errors import InputError
+from ppir_itk.image import ImageGrid
 from ppir_itk.metric import Evaluation, PrivateImageToImageMetric
 from ppir_itk.metric_kinds import (
     DEFAULT_HISTOGRAM_BINS,
@@ -54,6 +55,7 @@ from ppir_itk.parzen import (
 from ppir_itk.points import PointSet
 from ppir_itk.protocol.session import Session
 from ppir_itk.pyramid import Level
+from ppir_itk.wrapping.images import to_sitk
 
 
 class PrivateMattesMutualInformationImageToImageMetric(PrivateImageToImageMetric):
@@ -91,6 +93,23 @@ class PrivateMattesMutualInformationImageToImageMetric(PrivateImageToImageMetric
     @property
     def settings(self) -> MetricSettings:
         return self._settings
+
+    def _moving_gradient(self, moving: ImageGrid) -> np.ndarray:
+        """ITK's Mattes default (``UseMovingImageGradientFilter``): the recursive Gaussian
+        gradient image, sigma the largest moving spacing, normalised across scale, in
+        physical directions, so the derivative is ITK's (``tests/test_mattes.py``)."""
+        import SimpleITK as sitk
+
+        image = sitk.Cast(to_sitk(moving), sitk.sitkFloat64)
+        sigma = float(max(moving.geometry.spacing))
+        physical = sitk.GetArrayFromImage(
+            sitk.GradientRecursiveGaussian(
+                image, sigma=sigma, normalizeAcrossScale=True, useImageDirection=True
+            )
+        )
+        # physical = P^T index (docs/kernels.md: warp), so index = physical P^-1 per row
+        to_index = moving.geometry.physical_to_index
+        return np.ascontiguousarray(physical.astype(np.float64) @ np.linalg.inv(to_index))
 
     def _bending_energy_scale(self) -> float:
         return 1.0  # mutual information has no intensity unit

@@ -159,8 +159,7 @@ class PrivateImageToImageMetric(abc.ABC):
             )
         fixed_level_ready = self.moving_party.begin_level(level_index)
         moving = moving_level_image(self._moving, level)  # while the fixed party does its own
-        gradient = np.empty(moving.array.shape + (moving.dimension,))
-        _kernels.central_gradient(moving.array, gradient)
+        gradient = self._moving_gradient(moving)
         fixed_level = fixed_level_ready()
         self._level = _LevelData(moving, gradient, PointSet(fixed_level, None), None)
 
@@ -189,6 +188,13 @@ class PrivateImageToImageMetric(abc.ABC):
     @abc.abstractmethod
     def settings(self) -> MetricSettings:
         """The metric, as the session's Hello names it."""
+
+    def _moving_gradient(self, moving: ImageGrid) -> np.ndarray:
+        """The level's moving gradient image, in index space (:func:`_kernels.warp`
+        interpolates it): central differences (docs/kernels.md)."""
+        gradient = np.empty(moving.array.shape + (moving.dimension,))
+        _kernels.central_gradient(moving.array, gradient)
+        return gradient
 
     # -- evaluation -----------------------------------------------------------
     def _warp(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:

@@ -44,14 +44,19 @@ def _metric_at(fixed, moving, transform, bins, backend="clear"):
 
 
 @pytest.mark.parametrize(("dimension", "kind", "bins"), [(2, "affine", 32), (3, "translation", 16)])
-def test_the_metric_value_is_itks(dimension, kind, bins):
-    """The two parties' split (bins at the fixed party, windows and marginal at the moving
-    party, the value from the entropy difference) gives ITK's own value."""
+def test_the_metric_value_and_derivative_are_itks(dimension, kind, bins):
+    """The two parties' split (bins at the fixed party, windows, marginal and ITK's
+    Gaussian gradient image at the moving party, the value from the entropy difference)
+    gives ITK's own value and GetDerivative."""
     fixed, moving, transform = mattes_scene(dimension, kind)
-    itk_value, _, itk_valid, _ = itk_mattes(fixed, moving, transform, bins)
-    evaluation = _metric_at(fixed, moving, transform, bins).evaluate()
+    itk_value, itk_derivative, itk_valid, _ = itk_mattes(fixed, moving, transform, bins)
+    metric = _metric_at(fixed, moving, transform, bins)
+    evaluation = metric.evaluate()
     assert evaluation.number_of_valid_points == itk_valid
     np.testing.assert_allclose(evaluation.value, itk_value, rtol=1e-6)
+    np.testing.assert_allclose(
+        -evaluation.gradient, itk_derivative, rtol=1e-5, atol=1e-5 * np.abs(itk_derivative).max()
+    )
 
 
 def test_clear_mattes_registers_a_second_modality_where_mean_squares_fails(phantom_2d):
