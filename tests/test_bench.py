@@ -174,3 +174,20 @@ def test_bad_bench_options_are_refused_in_one_sentence(tmp_path, capsys, argv, m
     assert main(["bench", "--out", str(tmp_path / "out"), *argv]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_bench_runs_any_metric_and_marks_the_backends_that_do_not_compute_it(
+    tiny_pair, tmp_path
+):
+    """``ppir bench --metric mattes``: the rows are the same, those of a backend that does not
+    compute the metric are refused with its sentence, the metric column is the value."""
+    _, _, folder = tiny_pair
+    out = tmp_path / "bench"
+    argv = ["bench", "--fixed", str(folder / "fixed.mha"), "--moving", str(folder / "moving.mha")]
+    argv += ["--out", str(out), "--repeats", "1", "--metric", "mattes", "--backends", "clear"]
+    assert main([*argv, "he/packed", "--sampling", "urs", *QUICK]) == 0
+    lines = (out / "table.md").read_text().splitlines()
+    clear, refused = lines[2].split(" | "), lines[3]
+    assert clear[0] == "| clear" and -2.0 < float(clear[2]) < 0.0  # minus the mutual information
+    assert refused.startswith("| he packed | URS | ✗")
+    assert "does not compute metric 'mattes'" in (out / "table.md").read_text()

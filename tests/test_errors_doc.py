@@ -225,6 +225,8 @@ OPTIONS = {
     "unknown metric": [],
     "--histogram-bins outside 5 to 256 (4 bins pad the cubic window: 4 would leave none)": [],
     "unknown optimizer": [],
+    "a metric the backend does not compute (he refuses Mattes)": [],
+    "a metric the protocol does not compute (the paper's protocols: mean squares only)": [],
     "Gauss-Newton with a metric that is not least squares": [],
     "unknown sampling": [],
     "--sampling-fraction 0": [],
