@@ -590,8 +590,8 @@ class SPDZMattesFixedSide(FixedSide):
         self._level_pending = True
         self._steps = None
 
-    def measurements_per_evaluation(self, points: PointSet) -> int:
-        """The moments and Q."""
+    def sums_per_evaluation(self, points: PointSet) -> int:
+        """The moments and Q (checked before any product, and charged per evaluation)."""
         return points.geometry.dimension * points.linear_map.outputs + 1
 
     def handle(self, message: pb.BackendMessage) -> pb.BackendMessage:
