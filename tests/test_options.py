@@ -170,7 +170,8 @@ def test_the_command_line_register_and_bench_build_the_same_options(monkeypatch,
     monkeypatch.setattr(bench, "run_bench", run_bench)
     with pytest.raises(_Captured):
         cli.main(["bench", "--out", str(tmp_path / "out"), *SHARED_ARGUMENTS])
-    assert settings[0].registration == RegistrationOptions(**SHARED)
+    # the rows set the backend; the shared options take clear, which computes every metric
+    assert settings[0].registration == RegistrationOptions(**SHARED, backend="clear")
 
 
 def test_a_bench_row_registers_with_the_settings_and_its_own_backend_and_sampling(monkeypatch):
