@@ -74,6 +74,10 @@ _LOW32 = U64(0xFFFFFFFF)
 _ALL = U64(WORD_MASK)
 
 
+# Ring arithmetic wraps on purpose; NumPy warns of it on 0-d operands (one ring element).
+_wrapping = np.errstate(over="ignore")
+
+
 def _words(low: Any, high: Any) -> np.ndarray:
     out = np.empty((*np.shape(low), 2), dtype=U64)
     out[..., 0], out[..., 1] = low, high
@@ -97,12 +101,14 @@ def scalar(value: int) -> np.ndarray:
     return np.array([value & WORD_MASK, value >> 64], dtype=U64)
 
 
+@_wrapping
 def add(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """``x + y`` mod 2^128 (broadcasting over the leading axes)."""
     low = x[..., 0] + y[..., 0]
     return _words(low, x[..., 1] + y[..., 1] + (low < x[..., 0]).astype(U64))
 
 
+@_wrapping
 def negate(x: np.ndarray) -> np.ndarray:
     """``-x`` mod 2^128: the two's complement, ``~x + 1``."""
     low = ~x[..., 0] + U64(1)
@@ -122,6 +128,7 @@ def _wide(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (middle << U64(32)) | (low_low & _LOW32), high
 
 
+@_wrapping
 def multiply_values(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """``x y`` mod 2^128, elementwise (broadcasting over the leading axes)."""
     low, high = _wide(x[..., 0], y[..., 0])
@@ -153,6 +160,7 @@ def shift_left(x: np.ndarray, bits: int) -> np.ndarray:
     return _words(low << U64(bits), (high << U64(bits)) | (low >> U64(64 - bits)))
 
 
+@_wrapping
 def total(x: np.ndarray, axis: int = 0) -> np.ndarray:
     """The sum along a leading ``axis``, mod 2^128 (the low words summed in 32-bit halves,
     exact for fewer than 2^32 terms)."""
