@@ -173,9 +173,8 @@ class PrivateMattesMutualInformationImageToImageMetric(PrivateImageToImageMetric
             )
         )
         # The moving marginal is the moving party's own: its windows' column sums.
-        marginal = np.zeros(bins.count)
-        np.add.at(marginal, window.first_bin[:, None] + np.arange(4), weights)
-        marginal /= n_valid
+        cells = (window.first_bin[:, None] + np.arange(4)).ravel()
+        marginal = np.bincount(cells, weights.ravel(), minlength=bins.count) / n_valid
         used = marginal > CLOSE_TO_ZERO
         information = points / n_valid * term.entropy_difference - float(
             np.sum(marginal[used] * np.log(marginal[used]))

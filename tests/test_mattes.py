@@ -37,8 +37,6 @@ def _metric_at(fixed, moving, transform, bins, backend="clear", gradient_filter=
     metric.SetUseMovingImageGradientFilter(gradient_filter)
     metric.SetMovingImage(moving)
     metric.SetTransform(transform)
-    from ppir_itk.pyramid import LevelSchedule
-
     metric.moving_party.start(LevelSchedule.from_lists([1], [0.0]), NoSampling())
     metric.initialize_level(0, Level(1, 0.0), NoSampling())
     return metric
