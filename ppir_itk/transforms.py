@@ -14,19 +14,24 @@ The classes use ITK's exact parameter order and semantics, so that parameters
 copied to and from ``itk`` / ``SimpleITK`` objects (see
 ``ppir_itk.wrapping.transforms``) mean the same thing:
 
-========================  ===========================================================
-class                     parameters (ITK order); fixed parameters
-========================  ===========================================================
-``TranslationTransform``  ``(t_1, ..., t_d)``; none
-``Euler2DTransform``      ``(angle, tx, ty)``; centre
-``Euler3DTransform``      ``(angleX, angleY, angleZ, tx, ty, tz)``; centre (+ ZYX flag 0)
-``Similarity2DTransform`` ``(scale, angle, tx, ty)``; centre
-``Similarity3DTransform`` ``(vx, vy, vz, tx, ty, tz, scale)``; centre
-``AffineTransform``       ``(M row-major (d*d values), t_1, ..., t_d)``; centre
-========================  ===========================================================
+==============================  ===============================================================
+class                           parameters (ITK order); fixed parameters
+==============================  ===============================================================
+``TranslationTransform``        ``(t_1, ..., t_d)``; none
+``Euler2DTransform``            ``(angle, tx, ty)``; centre
+``CenteredRigid2DTransform``    ``(angle, cx, cy, tx, ty)``, the centre optimised; ``(0, 0)``
+``Euler3DTransform``            ``(angleX, angleY, angleZ, tx, ty, tz)``; centre (+ ZYX flag 0)
+``VersorRigid3DTransform``      ``(vx, vy, vz, tx, ty, tz)``; centre
+``Similarity2DTransform``       ``(scale, angle, tx, ty)``; centre
+``Similarity3DTransform``       ``(vx, vy, vz, tx, ty, tz, scale)``; centre
+``ScaleSkewVersor3DTransform``  ``(vx, vy, vz, tx, ty, tz, sx, sy, sz, k_1, ..., k_6)``; centre
+``AffineTransform``             ``(M row-major (d*d values), t_1, ..., t_d)``; centre
+==============================  ===============================================================
 
 For every centred transform ``W(x) = M (x - c) + c + t``, i.e.
-``offset = t + c - M c``. This module does not import ``itk`` or ``SimpleITK``.
+``offset = t + c - M c``. The versor transforms take ITK's steps: their rotation is
+composed with the step's (:meth:`VersorRigid3DTransform.update`). This module does not
+import ``itk`` or ``SimpleITK``.
 
 Examples
 --------
@@ -62,14 +67,17 @@ from ppir_itk.errors import InputError
 __all__ = [
     "TRANSFORM_KINDS",
     "AffineTransform",
+    "CenteredRigid2DTransform",
     "Euler2DTransform",
     "Euler3DTransform",
     "LinearTransform",
     "RigidTransform",
+    "ScaleSkewVersor3DTransform",
     "Similarity2DTransform",
     "Similarity3DTransform",
     "SimilarityTransform",
     "TranslationTransform",
+    "VersorRigid3DTransform",
     "make_transform",
 ]
 
@@ -160,6 +168,26 @@ def _versor_matrix(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rotation, derivatives
 
 
+def _versor_step(versor: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """The versor vector after ITK's step ``step`` (``VersorRigid3DTransform::
+    UpdateTransformParameters``): the rotation by the angle ``|step|`` about the axis
+    ``step`` is applied first, then the current one (the versor product ``v * q``).
+
+    The product's scalar part is kept >= 0 (``-q`` is the same rotation): the vector part
+    alone then names it, as ITK's parameters do; ITK keeps the sign and so turns a
+    rotation past 180 degrees into another one.
+    """
+    angle = math.sqrt(float(np.square(step).sum()))
+    if angle == 0.0:
+        return versor.copy()
+    q_vector = step * (math.sin(angle / 2.0) / angle)
+    q_scalar = math.cos(angle / 2.0)
+    v_scalar = math.sqrt(1.0 - float(np.square(versor).sum()))
+    scalar = v_scalar * q_scalar - float(versor @ q_vector)
+    vector = v_scalar * q_vector + q_scalar * versor + np.cross(versor, q_vector)
+    return -vector if scalar < 0.0 else vector
+
+
 class LinearTransform(abc.ABC):
     """A linear transform ``W(x) = M x + offset`` with ITK's parameters.
 
@@ -195,6 +223,9 @@ class LinearTransform(abc.ABC):
     itk_names: ClassVar[dict[int, str]]
     #: Whether the transform has a centre (ITK fixed parameters).
     has_center: ClassVar[bool] = True
+    #: Where the centre sits in the parameter vector when it is optimised (ITK's
+    #: CenteredRigid2DTransform); None: the centre is the fixed parameters.
+    _center_parameters: ClassVar[slice | None] = None
 
     def __init__(
         self,
@@ -283,19 +314,33 @@ class LinearTransform(abc.ABC):
 
     @property
     def center(self) -> np.ndarray | None:
-        """A copy of the centre (ITK's fixed parameters), or ``None`` for translations."""
+        """A copy of the centre (ITK's fixed parameters, or the centre parameters of a
+        :class:`CenteredRigid2DTransform`), or ``None`` for translations."""
         if not self.has_center:
             return None
-        return self._center.copy()
+        return self._centre().copy()
 
     @center.setter
     def center(self, values: ArrayLike | None) -> None:
-        if values is None:
-            self._center = np.zeros(self._dimension)
-            return
-        if not self.has_center:
+        if values is not None and not self.has_center:
             raise InputError(f"a {type(self).__name__} has no centre: pass center=None")
-        self._center = _as_finite_vector(values, self._dimension, "center")
+        centre = (
+            np.zeros(self._dimension)
+            if values is None
+            else _as_finite_vector(values, self._dimension, "center")
+        )
+        if self._center_parameters is None:
+            self._center = centre
+        else:
+            parameters = self._parameters.copy()
+            parameters[self._center_parameters] = centre
+            self._parameters = parameters
+
+    def _centre(self) -> np.ndarray:
+        """The centre ``c`` of ``W(x) = M (x - c) + c + t`` (not a copy)."""
+        if self._center_parameters is None:
+            return self._center
+        return self._parameters[self._center_parameters]
 
     @property
     def fixed_parameters(self) -> np.ndarray:
@@ -319,7 +364,8 @@ class LinearTransform(abc.ABC):
         """
         matrix, _ = self._matrix_and_derivatives()
         translation = self._parameters[self._translation_slice()]
-        offset = translation + self._center - matrix @ self._center
+        centre = self._centre()
+        offset = translation + centre - matrix @ centre
         return matrix, offset
 
     def transform_points(self, points: ArrayLike) -> np.ndarray:
@@ -355,25 +401,28 @@ class LinearTransform(abc.ABC):
         ndarray, shape (P, d, d + 1)
             ``C`` with ``dW_k/dtheta_p (x) = sum_j C[p, k, j] phi_j(x)`` for every x.
             ``C[p, :, :d] = dM/dtheta_p`` and
-            ``C[p, :, d] = dM/dtheta_p (reference - center) + dt/dtheta_p``.
+            ``C[p, :, d] = dM/dtheta_p (reference - center) + dt/dtheta_p
+            + (I - M) dc/dtheta_p`` (the last term for a centre that is a parameter).
         """
         ref = _as_finite_vector(reference, self._dimension, "reference point")
         d = self._dimension
-        _, derivatives = self._matrix_and_derivatives()
+        matrix, derivatives = self._matrix_and_derivatives()
         jac = np.zeros((self.number_of_parameters, d, d + 1))
         jac[:, :, :d] = derivatives
-        jac[:, :, d] = derivatives @ (ref - self._center)
-        positions = np.arange(self.number_of_parameters)[self._translation_slice()]
-        jac[positions, np.arange(d), d] += 1.0
+        jac[:, :, d] = derivatives @ (ref - self._centre())
+        positions = np.arange(self.number_of_parameters)
+        jac[positions[self._translation_slice()], np.arange(d), d] += 1.0
+        if self._center_parameters is not None:
+            jac[positions[self._center_parameters], :, d] += (np.eye(d) - matrix).T
         return jac
 
     def update(self, delta: ArrayLike) -> None:
         """Add a step to the parameters in place: ``theta <- theta + delta``.
 
         The update is additive in ITK's parameters, including the versor vector
-        part of :class:`Similarity3DTransform` (ITK's own versor optimiser
-        composes rotations instead). The step is validated like ``parameters``;
-        on failure the transform is unchanged.
+        part of :class:`Similarity3DTransform` (ITK's own update composes its
+        rotations, as :class:`VersorRigid3DTransform` does here). The step is
+        validated like ``parameters``; on failure the transform is unchanged.
 
         Parameters
         ----------
@@ -397,7 +446,7 @@ class LinearTransform(abc.ABC):
         params = [float(v) for v in self._parameters]
         text = f"{type(self).__name__}(dimension={self._dimension}, parameters={params}"
         if self.has_center:
-            text += f", center={[float(v) for v in self._center]}"
+            text += f", center={[float(v) for v in self._centre()]}"
         return text + ")"
 
 
@@ -513,6 +562,41 @@ class Euler3DTransform(LinearTransform):
         return np.array([angle_x, angle_y, angle_z])
 
 
+class CenteredRigid2DTransform(LinearTransform):
+    """2-D rigid transform whose centre is optimised; parameters ``(angle, cx, cy, tx, ty)``
+    (ITK ``CenteredRigid2DTransform``): ``W(x) = R(angle) (x - c) + c + t``.
+
+    ITK's fixed parameters are two unused zeros; :attr:`center` reads and sets the
+    centre parameters. SimpleITK has no such class (:func:`~ppir_itk.wrapping.transforms.
+    to_sitk` gives its ``Euler2DTransform`` of the same map).
+    """
+
+    kind = "rigid"
+    itk_names: ClassVar[dict[int, str]] = {2: "CenteredRigid2DTransform"}
+    _center_parameters = slice(1, 3)
+
+    @classmethod
+    def _number_of_parameters(cls, dimension: int) -> int:
+        return 5
+
+    def _identity_parameters(self) -> np.ndarray:
+        return np.zeros(5)
+
+    @property
+    def fixed_parameters(self) -> np.ndarray:
+        """ITK's fixed parameters: ``(0, 0)``, unused (the centre is a parameter)."""
+        return np.zeros(2)
+
+    def _matrix_and_derivatives(self) -> tuple[np.ndarray, np.ndarray]:
+        rotation, d_rotation = _rotation_2d(self._parameters[0])
+        derivatives = np.zeros((5, 2, 2))
+        derivatives[0] = d_rotation
+        return rotation, derivatives
+
+    def _translation_slice(self) -> slice:
+        return slice(3, 5)
+
+
 class Similarity2DTransform(LinearTransform):
     """2-D similarity; parameters ``(scale, angle, tx, ty)``.
 
@@ -542,7 +626,24 @@ class Similarity2DTransform(LinearTransform):
         return slice(2, 4)
 
 
-class Similarity3DTransform(LinearTransform):
+class _VersorTransform(LinearTransform):
+    """A 3-D transform whose first three parameters are ITK's versor vector ``v``: the
+    rotation of the unit quaternion ``(v, sqrt(1 - |v|^2))``, ``v = sin(angle / 2) axis``.
+
+    The versor vector must have norm below ``1 - 1e-10``, where ITK would silently
+    rescale it.
+    """
+
+    def _validate_parameters(self, parameters: np.ndarray) -> None:
+        norm = float(np.linalg.norm(parameters[:3]))
+        if norm >= _VERSOR_NORM_LIMIT:
+            raise InputError(
+                f"the versor vector (the first three {type(self).__name__} parameters) "
+                f"must have norm < 1, not {norm!r}"
+            )
+
+
+class Similarity3DTransform(_VersorTransform):
     """3-D similarity; parameters ``(vx, vy, vz, tx, ty, tz, scale)``.
 
     ITK's ``Similarity3DTransform`` (a ``VersorRigid3DTransform`` with a scale):
@@ -562,14 +663,6 @@ class Similarity3DTransform(LinearTransform):
     def _identity_parameters(self) -> np.ndarray:
         return np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0])
 
-    def _validate_parameters(self, parameters: np.ndarray) -> None:
-        norm = float(np.linalg.norm(parameters[:3]))
-        if norm >= _VERSOR_NORM_LIMIT:
-            raise InputError(
-                "the versor vector (the first three Similarity3DTransform parameters) "
-                f"must have norm < 1, not {norm!r}"
-            )
-
     def _matrix_and_derivatives(self) -> tuple[np.ndarray, np.ndarray]:
         scale = self._parameters[6]
         rotation, d_rotation = _versor_matrix(self._parameters[:3])
@@ -580,6 +673,89 @@ class Similarity3DTransform(LinearTransform):
 
     def _translation_slice(self) -> slice:
         return slice(3, 6)
+
+
+class VersorRigid3DTransform(_VersorTransform):
+    """3-D rigid transform; parameters ``(vx, vy, vz, tx, ty, tz)``, ``M = R(v)`` about
+    the centre (ITK ``VersorRigid3DTransform``).
+
+    :meth:`update` takes ITK's step (``UpdateTransformParameters``), not a sum: the
+    rotation by ``|delta[:3]|`` radians about the axis ``delta[:3]`` is applied before
+    the current rotation, and the translation (and, for a subclass, every later
+    parameter) is added. The Jacobian is ITK's, with respect to ``v`` itself.
+    """
+
+    kind = "rigid"
+    itk_names: ClassVar[dict[int, str]] = {3: "VersorRigid3DTransform"}
+
+    @classmethod
+    def _number_of_parameters(cls, dimension: int) -> int:
+        return 6
+
+    def _identity_parameters(self) -> np.ndarray:
+        return np.zeros(6)
+
+    def _matrix_and_derivatives(self) -> tuple[np.ndarray, np.ndarray]:
+        rotation, d_rotation = _versor_matrix(self._parameters[:3])
+        derivatives = np.zeros((self.number_of_parameters, 3, 3))
+        derivatives[:3] = d_rotation
+        return rotation, derivatives
+
+    def _translation_slice(self) -> slice:
+        return slice(3, 6)
+
+    def update(self, delta: ArrayLike) -> None:
+        """Take ITK's step ``delta`` in place: the versor composed with the rotation of
+        ``delta[:3]``, the other parameters added; on failure the transform is unchanged.
+
+        Raises
+        ------
+        InputError
+            If ``delta`` has the wrong length or the result is not finite.
+        """
+        step = _as_finite_vector(delta, self.number_of_parameters, "parameter update")
+        parameters = self._parameters + step
+        parameters[:3] = _versor_step(self._parameters[:3], step[:3])
+        self.parameters = parameters
+
+
+class ScaleSkewVersor3DTransform(VersorRigid3DTransform):
+    """3-D versor, scale and skew; parameters ``(vx, vy, vz, tx, ty, tz, sx, sy, sz,
+    k_1, ..., k_6)`` (ITK ``ScaleSkewVersor3DTransform``).
+
+    As ITK builds it, the matrix is a sum, not a product:
+    ``M = R(v) + diag(s - 1) + K`` with ``K`` zero on the diagonal and
+    ``(K01, K02, K10, K12, K20, K21) = (k_1, ..., k_6)``. It is updated as the
+    :class:`VersorRigid3DTransform` it extends.
+    """
+
+    kind = "affine"
+    itk_names: ClassVar[dict[int, str]] = {3: "ScaleSkewVersor3DTransform"}
+    _SKEW_ENTRIES: ClassVar[tuple[tuple[int, int], ...]] = (
+        (0, 1),
+        (0, 2),
+        (1, 0),
+        (1, 2),
+        (2, 0),
+        (2, 1),
+    )
+
+    @classmethod
+    def _number_of_parameters(cls, dimension: int) -> int:
+        return 15
+
+    def _identity_parameters(self) -> np.ndarray:
+        return np.concatenate([np.zeros(6), np.ones(3), np.zeros(6)])
+
+    def _matrix_and_derivatives(self) -> tuple[np.ndarray, np.ndarray]:
+        rotation, derivatives = super()._matrix_and_derivatives()
+        matrix = rotation + np.diag(self._parameters[6:9] - 1.0)
+        for axis in range(3):
+            derivatives[6 + axis, axis, axis] = 1.0
+        for position, (row, column) in enumerate(self._SKEW_ENTRIES, start=9):
+            matrix[row, column] += self._parameters[position]
+            derivatives[position, row, column] = 1.0
+        return matrix, derivatives
 
 
 class AffineTransform(LinearTransform):

@@ -138,6 +138,7 @@ FILES: dict[str, Callable[[Path], None]] = {
     "nan_scaling.nii": _nan_scaling,
     "affine.tfm": _transform(lambda: sitk.AffineTransform(2)),
     "affine_3d.tfm": _transform(lambda: sitk.AffineTransform(3)),
+    "scale.tfm": _transform(lambda: sitk.ScaleTransform(2, (2.0, 0.5))),
     "bspline.tfm": _transform(_bspline),
     "garbage.tfm": lambda path: path.write_text("not a transform\n"),
     "pki": _pki,
@@ -241,6 +242,8 @@ OPTIONS = {
     "--initial-transform a directory": ["folder"],
     "--initial-transform unreadable (GARBAGE.tfm is text)": ["garbage.tfm"],
     "--initial-transform holding a B-spline": ["bspline.tfm"],
+    "--initial-transform of a type that cannot keep its own parameters (SCALE.tfm holds a "
+    "ScaleTransform)": ["scale.tfm"],
     "--initial-transform of another dimension": ["affine_3d.tfm"],
     "--backend-parameter not KEY=VALUE": [],
     # These start the fixed party (and for spdz a dealer): the backend checks them.

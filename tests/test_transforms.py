@@ -270,41 +270,6 @@ def test_write_overwrites_and_accepts_str(tmp_path):
     assert os.listdir(tmp_path) == ["t.tfm"]
 
 
-def test_from_itk_other_matrix_offset_transforms_become_affine():
-    rng = np.random.default_rng(3)
-    points = random_points(3)
-    versor = itk.VersorRigid3DTransform[itk.D].New()
-    versor.SetCenter([1.0, -2.0, 3.0])
-    versor.SetParameters(itk.OptimizerParameters[itk.D]([0.1, -0.2, 0.3, 4.0, 5.0, -6.0]))
-    skew = itk.ScaleSkewVersor3DTransform[itk.D].New()
-    skew.SetCenter([-4.0, 2.0, 7.0])
-    skew.SetParameters(itk.OptimizerParameters[itk.D](list(rng.uniform(0.1, 0.3, size=15))))
-    rigid2d = itk.Rigid2DTransform[itk.D].New()
-    rigid2d.SetCenter([2.0, 3.0])
-    rigid2d.SetParameters(itk.OptimizerParameters[itk.D]([0.4, 1.0, -1.0]))
-    for obj in (versor, skew, rigid2d):
-        d = obj.GetInputSpaceDimension()
-        t = from_itk(obj)
-        assert isinstance(t, AffineTransform)
-        np.testing.assert_allclose(t.center, list(obj.GetCenter()), rtol=0, atol=1e-12)
-        expected = np.array([obj.TransformPoint([float(v) for v in p]) for p in points[:, :d]])
-        np.testing.assert_allclose(t.transform_points(points[:, :d]), expected, atol=1e-12)
-
-
-def test_from_sitk_other_matrix_transforms_become_affine():
-    points = random_points(3)
-    versor = sitk.VersorRigid3DTransform()
-    versor.SetCenter((1.0, 2.0, 3.0))
-    versor.SetParameters((0.1, -0.2, 0.3, 4.0, 5.0, -6.0))
-    scale = sitk.ScaleTransform(3, (2.0, 0.5, 1.5))
-    scale.SetCenter((3.0, -1.0, 2.0))
-    for obj in (versor, scale):
-        t = from_sitk(obj)
-        assert isinstance(t, AffineTransform)
-        expected = np.array([obj.TransformPoint(tuple(float(v) for v in p)) for p in points])
-        np.testing.assert_allclose(t.transform_points(points), expected, atol=1e-12)
-
-
 @pytest.mark.parametrize("convert", ["itk", "sitk"])
 def test_euler3d_with_compute_zyx_keeps_its_matrix(convert):
     params = (0.3, -0.5, 1.0, 1.0, 2.0, 3.0)

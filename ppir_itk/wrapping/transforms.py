@@ -26,12 +26,15 @@ from ppir_itk.bspline import BSplineTransform
 from ppir_itk.errors import InputError
 from ppir_itk.transforms import (
     AffineTransform,
+    CenteredRigid2DTransform,
     Euler2DTransform,
     Euler3DTransform,
     LinearTransform,
+    ScaleSkewVersor3DTransform,
     Similarity2DTransform,
     Similarity3DTransform,
     TranslationTransform,
+    VersorRigid3DTransform,
 )
 from ppir_itk.wrapping.images import itk_reason, write_atomically
 
@@ -49,15 +52,24 @@ __all__ = [
 #: case-sensitively): text (``.tfm``, ``.txt``), HDF5 (``.h5``, ``.hdf5``), Matlab (``.mat``).
 TRANSFORM_FILE_SUFFIXES: tuple[str, ...] = (".tfm", ".txt", ".h5", ".hdf5", ".mat")
 
-# Transforms with the same parameters here and in ITK; the class name is the key.
+# Transforms with the same parameters here and in ITK; the class name is the key. Any
+# other type is refused: optimised as another type, its parameters would mean other things.
 _CLASSES_BY_NAME: dict[str, type[LinearTransform]] = {
-    "TranslationTransform": TranslationTransform,
-    "Euler2DTransform": Euler2DTransform,
-    "Euler3DTransform": Euler3DTransform,
-    "Similarity2DTransform": Similarity2DTransform,
-    "Similarity3DTransform": Similarity3DTransform,
-    "AffineTransform": AffineTransform,
+    cls.__name__: cls
+    for cls in (
+        TranslationTransform,
+        Euler2DTransform,
+        CenteredRigid2DTransform,
+        Euler3DTransform,
+        VersorRigid3DTransform,
+        Similarity2DTransform,
+        Similarity3DTransform,
+        ScaleSkewVersor3DTransform,
+        AffineTransform,
+    )
 }
+# The ITK classes above SimpleITK has no class for.
+_NOT_IN_SITK = (CenteredRigid2DTransform.__name__,)
 
 # ITK templates taking (pixel type, dimension); the others take the pixel type only.
 _DIMENSION_TEMPLATED = ("TranslationTransform", "AffineTransform")
@@ -71,11 +83,31 @@ def _check_linear(transform: object) -> LinearTransform:
     return transform
 
 
+def _refusal(toolkit: str, name: str) -> InputError:
+    """The sentence for a transform type that cannot be registered in its own parameters."""
+    names = [n for n in _CLASSES_BY_NAME if toolkit == "ITK" or n not in _NOT_IN_SITK]
+    return InputError(
+        f"{'an' if toolkit == 'ITK' else 'a'} {toolkit} {name} cannot be registered: "
+        "ppir_itk optimises only "
+        f"{', '.join(names)} and BSplineTransform in their own parameters (or a "
+        "CompositeTransform of one of them, or of a linear one then a B-spline)"
+    )
+
+
 def _composite_parts(parts: list[Any], convert: Any, bspline_name: str) -> Any:
     """A composite's parts in order of addition: one linear transform, a B-spline, or a
     linear ``bulk`` then a B-spline (applied first: ``W = bulk(x + D(x))``)."""
-    names = [part.GetNameOfClass() if hasattr(part, "GetNameOfClass") else part.GetName()
-             for part in parts]
+    names = [
+        part.GetNameOfClass() if hasattr(part, "GetNameOfClass") else part.GetName()
+        for part in parts
+    ]
+    if "CompositeTransform" in names:
+        # Also how SimpleITK holds a type it has no class for (read from a file): unnamed.
+        raise InputError(
+            "a CompositeTransform inside a CompositeTransform cannot be converted (SimpleITK "
+            "also holds so, unnamed, a transform it has no class for, e.g. a "
+            "CenteredRigid2DTransform read from a file: read that with itk.transformread)"
+        )
     if len(parts) == 1:
         return convert(parts[0])
     if len(parts) == 2 and bspline_name in names[1]:
@@ -119,14 +151,15 @@ def to_itk(transform: LinearTransform | BSplineTransform) -> Any:
 
     Parameters
     ----------
-    transform : LinearTransform
+    transform : LinearTransform or BSplineTransform
 
     Returns
     -------
     itk transform
-        e.g. ``itk.Euler3DTransform[itk.D]`` or ``itk.AffineTransform[itk.D, 2]``,
-        with the same parameters and fixed parameters (centre; for Euler3D the
-        ``ComputeZYX`` flag is off).
+        e.g. ``itk.VersorRigid3DTransform[itk.D]`` or ``itk.AffineTransform[itk.D, 2]``,
+        the class of ``transform.itk_name`` with the same parameters and fixed
+        parameters (centre; for Euler3D the ``ComputeZYX`` flag is off); a B-spline
+        with a bulk transform as a ``CompositeTransform``.
     """
     import itk
 
@@ -152,19 +185,17 @@ def from_itk(obj: Any) -> LinearTransform | BSplineTransform:
     Parameters
     ----------
     obj : itk transform
-        A ``TranslationTransform``, ``Euler2DTransform``, ``Euler3DTransform``,
-        ``Similarity2DTransform``, ``Similarity3DTransform`` or ``AffineTransform``
-        (converted to the same class with the same parameters); any other
-        ``MatrixOffsetTransformBase`` subclass (e.g. ``VersorRigid3DTransform``,
-        ``ScaleSkewVersor3DTransform``), converted to an
-        :class:`~ppir_itk.transforms.AffineTransform` with the same matrix,
-        offset and centre; or a ``CompositeTransform`` holding exactly one of these.
+        A ``TranslationTransform``, ``Euler2DTransform``, ``CenteredRigid2DTransform``,
+        ``Euler3DTransform``, ``VersorRigid3DTransform``, ``Similarity2DTransform``,
+        ``Similarity3DTransform``, ``ScaleSkewVersor3DTransform``, ``AffineTransform``
+        or ``BSplineTransform`` (converted to the same class with the same parameters),
+        or a ``CompositeTransform`` of one of these, or of a linear one then a B-spline.
 
     Raises
     ------
     InputError
-        For any other object, a composite of several transforms, or a
-        dimension other than 2 or 3.
+        For any other type (e.g. ``ScaleTransform``, ``Rigid3DTransform``: never
+        turned into an affine), another composite, or a dimension other than 2 or 3.
 
     Notes
     -----
@@ -175,41 +206,36 @@ def from_itk(obj: Any) -> LinearTransform | BSplineTransform:
     import itk
 
     if not hasattr(obj, "GetNameOfClass") or not hasattr(obj, "GetParameters"):
-        raise InputError(f"a {type(obj).__name__} is not an ITK transform; it cannot be "
-                         "converted to a linear transform")
+        raise InputError(
+            f"a {type(obj).__name__} is not an ITK transform; it cannot be "
+            "converted to a linear transform"
+        )
     name = obj.GetNameOfClass()
     if name == "CompositeTransform":
         parts = [itk.down_cast(obj.GetNthTransform(i)) for i in range(obj.GetNumberOfTransforms())]
         return _composite_parts(parts, from_itk, "BSpline")
     obj = itk.down_cast(obj)
     if name == "BSplineTransform":
-        return BSplineTransform.from_fixed_parameters(list(obj.GetFixedParameters()),
-                                                      list(obj.GetParameters()))
+        return BSplineTransform.from_fixed_parameters(
+            list(obj.GetFixedParameters()), list(obj.GetParameters())
+        )
     dimension = int(obj.GetInputSpaceDimension())
     if int(obj.GetOutputSpaceDimension()) != dimension or dimension not in (2, 3):
         raise InputError(
             f"the {name} maps {dimension}-D to {obj.GetOutputSpaceDimension()}-D points; only "
             "2-D and 3-D transforms are supported"
         )
+    if name not in _CLASSES_BY_NAME:
+        raise _refusal("ITK", name)
     is_matrix_offset = isinstance(obj, tuple(itk.MatrixOffsetTransformBase.values()))
     matrix = (
         np.array(itk.array_from_matrix(obj.GetMatrix()), dtype=np.float64)
         if is_matrix_offset
         else None
     )
-    if name in _CLASSES_BY_NAME:
-        parameters = np.array(list(obj.GetParameters()), dtype=np.float64)
-        fixed = np.array(list(obj.GetFixedParameters()), dtype=np.float64)
-        return _build(name, dimension, parameters, fixed, matrix)
-    if matrix is not None:  # a matrix-offset transform
-        offset = np.array(list(obj.GetOffset()), dtype=np.float64)
-        center = np.array(list(obj.GetCenter()), dtype=np.float64)
-        return AffineTransform.from_matrix_offset(matrix, offset, center)
-    raise InputError(
-        f"an ITK {name} ({type(obj).__name__}) cannot be converted to a linear transform; "
-        "expected a translation, Euler, similarity, affine or other "
-        "MatrixOffsetTransformBase transform"
-    )
+    parameters = np.array(list(obj.GetParameters()), dtype=np.float64)
+    fixed = np.array(list(obj.GetFixedParameters()), dtype=np.float64)
+    return _build(name, dimension, parameters, fixed, matrix)
 
 
 # ------------------------------------------------------------------------ SimpleITK
@@ -220,19 +246,25 @@ def to_sitk(transform: LinearTransform | BSplineTransform) -> Any:
 
     Parameters
     ----------
-    transform : LinearTransform
+    transform : LinearTransform or BSplineTransform
 
     Returns
     -------
     SimpleITK transform
-        ``TranslationTransform``, ``Euler2DTransform``, ``Euler3DTransform``,
-        ``Similarity2DTransform``, ``Similarity3DTransform`` or ``AffineTransform``.
+        The class of ``transform.itk_name``, with the same parameters and fixed
+        parameters, except a ``CenteredRigid2DTransform``, for which SimpleITK has no
+        class: its ``Euler2DTransform`` of the same map (angle, translation, and the
+        centre as fixed parameters). A B-spline with a bulk transform as a
+        ``CompositeTransform``.
     """
     import SimpleITK as sitk
 
     if isinstance(transform, BSplineTransform):
         return _bspline_to_sitk(transform)
     transform = _check_linear(transform)
+    if isinstance(transform, CenteredRigid2DTransform):  # SimpleITK has no such class
+        angle = transform.parameters[0]
+        transform = Euler2DTransform(2, [angle, *transform.translation], transform.center)
     name = transform.itk_name
     if name in _DIMENSION_TEMPLATED:
         obj = getattr(sitk, name)(transform.dimension)
@@ -251,17 +283,18 @@ def from_sitk(obj: Any) -> LinearTransform | BSplineTransform:
     Parameters
     ----------
     obj : SimpleITK.Transform
-        One of the six classes of :func:`to_sitk` (possibly as a plain
-        ``sitk.Transform``, which is downcast); another transform with a
-        matrix and centre (``VersorRigid3DTransform``, ``ScaleTransform``, ...),
-        converted to an :class:`~ppir_itk.transforms.AffineTransform`; or a
-        ``CompositeTransform`` holding exactly one of these.
+        A ``TranslationTransform``, ``Euler2DTransform``, ``Euler3DTransform``,
+        ``VersorRigid3DTransform``, ``Similarity2DTransform``, ``Similarity3DTransform``,
+        ``ScaleSkewVersor3DTransform``, ``AffineTransform`` or ``BSplineTransform``
+        (possibly as a plain ``sitk.Transform``, which is downcast), converted to the
+        same class with the same parameters; or a ``CompositeTransform`` of one of
+        these, or of a linear one then a B-spline.
 
     Raises
     ------
     InputError
-        For any other object, a composite of several transforms, or a
-        dimension other than 2 or 3.
+        For any other type (e.g. ``ScaleTransform``, ``ScaleVersor3DTransform``: never
+        turned into an affine), another composite, or a dimension other than 2 or 3.
     """
     import SimpleITK as sitk
 
@@ -276,31 +309,21 @@ def from_sitk(obj: Any) -> LinearTransform | BSplineTransform:
         parts = [obj.GetNthTransform(i).Downcast() for i in range(obj.GetNumberOfTransforms())]
         return _composite_parts(parts, from_sitk, "BSpline")
     if name == "BSplineTransform":
-        return BSplineTransform.from_fixed_parameters(obj.GetFixedParameters(),
-                                                      obj.GetParameters())
+        return BSplineTransform.from_fixed_parameters(obj.GetFixedParameters(), obj.GetParameters())
     dimension = int(obj.GetDimension())
     if dimension not in (2, 3):
-        raise InputError(f"the {name} is {dimension}-D; only 2-D and 3-D transforms are "
-                         "supported")
+        raise InputError(f"the {name} is {dimension}-D; only 2-D and 3-D transforms are supported")
+    if name not in _CLASSES_BY_NAME or name in _NOT_IN_SITK:
+        raise _refusal("SimpleITK", name)
     has_matrix = hasattr(obj, "GetMatrix") and hasattr(obj, "GetCenter")
     matrix = (
         np.array(obj.GetMatrix(), dtype=np.float64).reshape(dimension, dimension)
         if has_matrix
         else None
     )
-    if name in _CLASSES_BY_NAME:
-        parameters = np.array(obj.GetParameters(), dtype=np.float64)
-        fixed = np.array(obj.GetFixedParameters(), dtype=np.float64)
-        return _build(name, dimension, parameters, fixed, matrix)
-    if matrix is not None:
-        # W(0) is exactly the offset of a matrix-offset transform.
-        offset = np.array(obj.TransformPoint((0.0,) * dimension), dtype=np.float64)
-        center = np.array(obj.GetCenter(), dtype=np.float64)
-        return AffineTransform.from_matrix_offset(matrix, offset, center)
-    raise InputError(
-        f"a SimpleITK {name} cannot be converted to a linear transform; expected a translation, "
-        "Euler, similarity, affine or other matrix-offset transform"
-    )
+    parameters = np.array(obj.GetParameters(), dtype=np.float64)
+    fixed = np.array(obj.GetFixedParameters(), dtype=np.float64)
+    return _build(name, dimension, parameters, fixed, matrix)
 
 
 def _bspline_to_sitk(transform: BSplineTransform) -> Any:
@@ -322,7 +345,8 @@ def _bspline_to_itk(transform: BSplineTransform) -> Any:
     d = transform.dimension
     bspline = itk.BSplineTransform[itk.D, d, 3].New()
     bspline.SetFixedParameters(
-        itk.OptimizerParameters[itk.D]([float(v) for v in transform.fixed_parameters]))
+        itk.OptimizerParameters[itk.D]([float(v) for v in transform.fixed_parameters])
+    )
     bspline.SetParameters(itk.OptimizerParameters[itk.D]([float(v) for v in transform.parameters]))
     if transform.bulk is None:
         return bspline
@@ -335,8 +359,9 @@ def _bspline_to_itk(transform: BSplineTransform) -> Any:
 # ----------------------------------------------------------------------------- files
 
 
-def write_transform(transform: LinearTransform | BSplineTransform,
-                    path: str | os.PathLike[str]) -> None:
+def write_transform(
+    transform: LinearTransform | BSplineTransform, path: str | os.PathLike[str]
+) -> None:
     """Write a transform with ``SimpleITK.WriteTransform``, atomically.
 
     Through :func:`ppir_itk.wrapping.images.write_atomically`: on failure nothing
