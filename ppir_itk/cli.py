@@ -34,7 +34,12 @@ from typing import Any
 from ppir_itk.errors import InputError
 from ppir_itk.log import command_logs
 from ppir_itk.metric_kinds import METRICS, OPTIMIZERS, check_metric
-from ppir_itk.options import DEFAULT_TIME_CAP, INITIALIZERS, RegistrationOptions
+from ppir_itk.options import (
+    DEFAULT_INITIALIZER,
+    DEFAULT_TIME_CAP,
+    INITIALIZERS,
+    RegistrationOptions,
+)
 from ppir_itk.policy import (
     DEFAULT_EVALUATION_BUDGET,
     DEFAULT_JOINT_TERM_NOISE,
@@ -472,7 +477,7 @@ def _add_registration_options(parser: argparse.ArgumentParser, bench: bool = Fal
     parser.add_argument(
         "--initializer",
         default=defaults.initializer,
-        help=f"{', '.join(INITIALIZERS)} (default: {defaults.initializer})",
+        help=f"{', '.join(INITIALIZERS)} (default: {DEFAULT_INITIALIZER})",
     )
     parser.add_argument(
         "--iterations",

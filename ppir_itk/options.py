@@ -46,6 +46,7 @@ from ppir_itk.sampling import Sampling, make_sampling
 from ppir_itk.transform_kinds import transform_kind
 
 __all__ = [
+    "DEFAULT_INITIALIZER",
     "INITIALIZERS",
     "RegistrationOptions",
     "check_bspline_grid",
@@ -53,9 +54,12 @@ __all__ = [
     "check_initializer",
     "check_iterations",
     "check_threads",
+    "initializer_for",
 ]
 
 INITIALIZERS = ("none", "geometry", "moments")
+#: What starts a transform the run builds from a kind name when no initializer is asked for.
+DEFAULT_INITIALIZER = "geometry"
 # ppir bench: seconds a row may run before it is marked as the paper marked its infeasible rows
 DEFAULT_TIME_CAP = 60.0
 
@@ -83,6 +87,15 @@ def check_initializer(initializer: str) -> str:
             f"unknown initializer '{initializer}': choose one of {', '.join(INITIALIZERS)}"
         )
     return initializer
+
+
+def initializer_for(initializer: str | None, transform: Any) -> str:
+    """The initializer a run applies: the one asked for; else :data:`DEFAULT_INITIALIZER`
+    over a transform the run builds from a kind name, and ``none`` over a transform handed
+    in, whose own parameters are the start."""
+    if initializer is not None:
+        return check_initializer(initializer)
+    return DEFAULT_INITIALIZER if isinstance(transform, str) else "none"
 
 
 def check_threads(threads: int | None) -> int | None:
@@ -166,7 +179,10 @@ class RegistrationOptions:
         the public seed, and whether GMS sends its indices to the fixed party.
     shrink_factors, smoothing_sigmas : sequence
         One value per level, coarsest first; sigmas in physical units.
-    initializer : {"none", "geometry", "moments"}
+    initializer : {"none", "geometry", "moments"}, optional
+        Run this initializer. None (the default): :data:`DEFAULT_INITIALIZER` over a
+        transform built from a kind name, nothing over a transform handed in, which is
+        the start as it is (:meth:`initializer_to_run`).
     iterations : int or sequence of int
         The most iterations of each level: one count for every level, or one per level,
         coarsest first (``[100, 50, 20]``); kept as one count when all levels have the same.
@@ -197,7 +213,7 @@ class RegistrationOptions:
     reveal_gms_indices: bool = False
     shrink_factors: Sequence[int] = (4, 2, 1)
     smoothing_sigmas: Sequence[float] = (2.0, 1.0, 0.0)
-    initializer: str = "geometry"
+    initializer: str | None = None
     iterations: int | Sequence[int] = 100
     minimum_step_length: float | None = None
     relative_value_tolerance: float = 1e-6
@@ -240,7 +256,7 @@ class RegistrationOptions:
         self._set("smoothing_sigmas", tuple(level.smoothing_sigma for level in schedule.levels))
         per_level = check_iterations(self.iterations, len(schedule.levels))
         self._set("iterations", per_level[0] if len(set(per_level)) == 1 else per_level)
-        check_initializer(self.initializer)
+        initializer_for(self.initializer, self.transform)
         self.sampling_strategy()
 
     def _set(self, name: str, value: Any) -> None:
@@ -251,6 +267,10 @@ class RegistrationOptions:
     def metric_settings(self) -> MetricSettings:
         """The metric as the session's Hello names it."""
         return MetricSettings(self.metric, self.histogram_bins)
+
+    def initializer_to_run(self) -> str:
+        """The initializer the registration applies (:func:`initializer_for`)."""
+        return initializer_for(self.initializer, self.transform)
 
     def iterations_per_level(self) -> tuple[int, ...]:
         """The most iterations of each level, coarsest first."""

@@ -222,7 +222,8 @@ class ImageRegistrationMethod(Observable):
     initializer : {"none", "geometry", "moments"}
         Centre the transform on the fixed image and align the image centres
         (``geometry``) or centres of mass (``moments``: the fixed party
-        discloses its centre of mass, and the report says so).
+        discloses its centre of mass, and the report says so). The default runs
+        none: the initial transform is the start as it is.
     threads : int, optional
         Kernel threads; results are bit-identical for any value.
     iterations : int or sequence of int, optional
@@ -581,7 +582,7 @@ def _register_with(
         shrink_factors=options.shrink_factors,
         smoothing_sigmas=options.smoothing_sigmas,
         sampling=options.sampling_strategy(),
-        initializer=options.initializer,
+        initializer=options.initializer_to_run(),
         threads=options.threads,
         grid_spacing=options.grid_spacing,
         refine_grid=options.refine_grid,
@@ -626,7 +627,9 @@ def register(
         ``bulk_transform``), ``backend`` (``he`` private; ``clear`` NOT private),
         ``backend_parameters``, ``sampling``, ``sampling_fraction``, ``seed``,
         ``reveal_gms_indices``, ``shrink_factors``, ``smoothing_sigmas``,
-        ``initializer``, ``iterations`` (one count, or one per level), ``threads``,
+        ``initializer`` (by default ``geometry`` over a transform built from a kind
+        name, none over a transform handed in, which is the start as it is),
+        ``iterations`` (one count, or one per level), ``threads``,
         ``deadline`` (seconds to wait
         for the fixed party's next answer) ...
 

@@ -9,6 +9,8 @@ ones; the initializer rule of ``register``.
 
 from __future__ import annotations
 
+import dataclasses
+
 import itk  # slow the first time: imported once for the module
 import numpy as np
 import pytest
@@ -17,6 +19,8 @@ from conftest import register_in_process
 
 from ppir_itk.errors import InputError
 from ppir_itk.evaluation import displacement_rmse
+from ppir_itk.events import Event
+from ppir_itk.options import RegistrationOptions
 from ppir_itk.phantoms import moved_copy
 from ppir_itk.transforms import (
     AffineTransform,
@@ -274,6 +278,44 @@ def test_a_versor_rigid_3d_registration_lands_on_the_truth_as_itself(phantom_3d)
     assert result.itk_transform().GetNameOfClass() == "VersorRigid3DTransform"
     error = displacement_rmse(result.transform, truth, phantom_3d.geometry)
     assert error < 0.02, f"RMSE {error:.4f} mm"
+
+
+# ------------------------------------------------------------ the initializer rule
+
+
+def _start_of(fixed, moving, **options) -> LinearTransform:
+    """The transform the first evaluation sees: the method's at its START event."""
+    seen = []
+    register_in_process(
+        fixed,
+        moving,
+        shrink_factors=[1],
+        smoothing_sigmas=[0],
+        iterations=1,
+        observers={Event.START: lambda method: seen.append(method.metric.GetTransform().copy())},
+        **options,
+    )
+    return seen[0]
+
+
+def test_a_transform_handed_in_is_the_start_unless_an_initializer_is_asked_for(phantom_2d):
+    given = Euler2DTransform(2, [0.05, 2.0, -1.0], [10.0, 20.0])
+    for transform in (given, to_itk(given), to_sitk(given)):
+        _assert_same(_start_of(phantom_2d, phantom_2d, transform=transform), given)
+    options = dataclasses.replace(RegistrationOptions(backend="clear"), transform=given)
+    assert options.initializer is None and options.initializer_to_run() == "none"
+    asked = _start_of(phantom_2d, phantom_2d, transform=given, initializer="geometry")
+    np.testing.assert_allclose(asked.center, phantom_2d.geometry.center())
+    np.testing.assert_allclose(asked.translation, [0.0, 0.0], atol=1e-12)  # one geometry
+
+
+def test_a_kind_name_is_started_by_the_geometry_initializer(phantom_2d):
+    """No transform given: the run builds one and centres it, as before (the CLI's path)."""
+    assert RegistrationOptions().initializer_to_run() == "geometry"
+    built = _start_of(phantom_2d, phantom_2d, transform="rigid")
+    np.testing.assert_allclose(built.center, phantom_2d.geometry.center())
+    none = _start_of(phantom_2d, phantom_2d, transform="rigid", initializer="none")
+    np.testing.assert_array_equal(none.center, [0.0, 0.0])
 
 
 def test_the_method_executes_to_the_type_handed_in(phantom_3d):
