@@ -154,7 +154,7 @@ class BSplineTransform:
         cls, fixed: Any, parameters: Any = None, bulk: LinearTransform | None = None
     ) -> BSplineTransform:
         fixed = np.asarray(fixed, dtype=np.float64)
-        d = {10: 2, 21: 3}.get(fixed.size)
+        d = {10: 2, 18: 3}.get(fixed.size)  # size, origin, spacing: d each; direction: d^2
         if d is None:
             raise InputError(
                 f"{fixed.size} fixed parameters do not describe a 2-D or 3-D B-spline grid"

@@ -332,3 +332,22 @@ def test_the_method_executes_to_the_type_handed_in(phantom_3d):
         metric, ppir_itk.GaussNewtonOptimizer(NumberOfIterations=2), start, shrink_factors=[2]
     )
     assert method.Execute().GetNameOfClass() == "VersorRigid3DTransform"
+
+
+@pytest.mark.parametrize("dimension", [2, 3])
+def test_a_bspline_and_its_bulk_go_out_and_back_in_every_dimension(dimension):
+    """3-D B-splines have 3 + 3 + 3 + 9 fixed parameters (they were refused as not a grid)."""
+    from ppir_itk.bspline import BSplineTransform
+    from ppir_itk.image import GridGeometry
+
+    geometry = GridGeometry(
+        (20,) * dimension, (1.0,) * dimension, (0.0,) * dimension, np.eye(dimension).ravel()
+    )
+    bulk = next(t for t in TRANSFORMS if t.dimension == dimension and t.itk_name.startswith("Sim"))
+    bspline = BSplineTransform.over(geometry, 8.0, bulk=bulk)
+    bspline.parameters = _RNG.uniform(-1.0, 1.0, size=bspline.number_of_parameters)
+    for back in (from_sitk(to_sitk(bspline)), from_itk(to_itk(bspline))):
+        assert isinstance(back, BSplineTransform)
+        np.testing.assert_allclose(back.parameters, bspline.parameters, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(back.fixed_parameters, bspline.fixed_parameters, atol=1e-12)
+        _assert_same(back.bulk, bulk)
