@@ -374,6 +374,8 @@ def spawn_fixed_party(
     exits. The children stop when the context exits, and by themselves when this process
     ends however it ends (they watch a pipe from it), removing the folder if it is
     still there; they run in their own session, so a Ctrl-C reaches this process only.
+    They run in that folder: a path ``fixed`` or ``pki`` is the caller's, resolved against
+    its working directory (:func:`caller_path`).
     """
     directory = Path(tempfile.mkdtemp(prefix="ppir-local-"))
     try:

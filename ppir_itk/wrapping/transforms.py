@@ -340,9 +340,7 @@ def _bspline_to_itk(transform: BSplineTransform) -> Any:
 # ----------------------------------------------------------------------------- files
 
 
-def check_transform_path(
-    path: str | os.PathLike[str], *, composite: bool, name: str
-) -> None:
+def check_transform_path(path: str | os.PathLike[str], *, composite: bool, name: str) -> None:
     """Refuse a transform file whose format ITK cannot write, or, for a ``composite`` (a
     B-spline with a bulk transform), cannot hold it; ``name`` names the file in the sentence.
 
