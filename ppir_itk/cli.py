@@ -61,7 +61,7 @@ from ppir_itk.sampling import PAPER_SAMPLINGS, SAMPLINGS
 from ppir_itk.transform_kinds import TRANSFORMS, transform_kind
 from ppir_itk.transforms import LinearTransform
 from ppir_itk.wrapping.images import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_VOXELS, ImageLimits
-from ppir_itk.wrapping.transforms import TRANSFORM_FILE_SUFFIXES
+from ppir_itk.wrapping.transforms import check_transform_path
 
 EXIT_INPUT_ERROR = 2
 EXIT_PEER_ERROR = 3
@@ -105,7 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     register.add_argument(
         "--output-transform",
         required=True,
-        help="result transform (.tfm, .txt, .h5, .mat); maps fixed to moving",
+        help="result transform (.tfm, .txt, .h5, .mat; a B-spline after --initial-transform: "
+        "not .mat); maps fixed to moving",
     )
     register.add_argument("--output-warped", help="moving image resampled onto the fixed grid")
     register.add_argument("--report", help="JSON report of the run")
@@ -974,11 +975,13 @@ def _pki(args: argparse.Namespace) -> int:
 
 def _check_outputs(args: argparse.Namespace) -> None:
     """Refuse bad output paths before any work is done."""
-    if Path(args.output_transform).suffix not in TRANSFORM_FILE_SUFFIXES:  # ITK: case matters
-        raise InputError(
-            f"--output-transform '{args.output_transform}' must end in one of "
-            f"{', '.join(TRANSFORM_FILE_SUFFIXES)}"
-        )
+    # A B-spline after --initial-transform is written as a composite, which .mat cannot hold.
+    composite = args.initial_transform is not None and not transform_kind(args.transform).linear
+    check_transform_path(
+        args.output_transform,
+        composite=composite,
+        name=f"--output-transform '{args.output_transform}'",
+    )
     if args.output_warped is not None and not args.output_warped.endswith(IMAGE_OUTPUT_SUFFIXES):
         raise InputError(
             f"--output-warped '{args.output_warped}' must end in one of "

@@ -245,6 +245,8 @@ def _run_until_interrupted(
     end, and the system closes it however the parent ends, SIGKILL included), and removes
     that folder (the throw-away PKI and image) when it stops.
     """
+    if ready_file is not None:
+        ready_file = caller_path(ready_file)  # removed again when the server stops
     try:
         server.start()
         if ready_file is not None:
@@ -260,6 +262,13 @@ def _run_until_interrupted(
             Path(ready_file).unlink(missing_ok=True)
         if local_mode_folder is not None:
             shutil.rmtree(local_mode_folder, ignore_errors=True)
+
+
+def caller_path(path: str | os.PathLike) -> str:
+    """``path`` resolved against the caller's working directory, now: the form a path takes
+    where it is handed to another process (local mode's children run in the temporary
+    folder) or used again later. Messages go on naming the path as the caller gave it."""
+    return os.path.abspath(os.fspath(path))
 
 
 def _stop_at_end_of_input(server: PartyServer) -> None:
@@ -365,14 +374,16 @@ def spawn_fixed_party(
     exits. The children stop when the context exits, and by themselves when this process
     ends however it ends (they watch a pipe from it), removing the folder if it is
     still there; they run in their own session, so a Ctrl-C reaches this process only.
+    They run in that folder: a path ``fixed`` or ``pki`` is the caller's, resolved against
+    its working directory (:func:`caller_path`).
     """
     directory = Path(tempfile.mkdtemp(prefix="ppir-local-"))
     try:
         with ExitStack() as processes:
-            pki_folder = Path(pki) if pki is not None else init_pki(directory / "pki")
+            pki_folder = Path(caller_path(pki)) if pki is not None else init_pki(directory / "pki")
             client_tls = TLS.for_role(pki_folder, MOVING_PARTY)
             if isinstance(fixed, (str, os.PathLike)):
-                image_path = Path(fixed)
+                image_path = Path(caller_path(fixed))
             else:
                 image_path = directory / "fixed.nrrd"
                 grid = as_image_grid(fixed, name="fixed image")

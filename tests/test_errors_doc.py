@@ -193,6 +193,7 @@ OUTPUTS = {
     "transform suffix in capitals (ITK's suffixes are case-sensitive)": [],
     "output transform's directory missing": [],
     "output transform is a directory (FOLDER.tfm)": ["folder.tfm"],
+    "a B-spline after --initial-transform, to a format that holds one transform": ["affine.tfm"],
     "warped-image suffix ITK cannot write as float": [],
     "warped image's directory missing": [],
     "report's directory missing": [],

@@ -179,7 +179,9 @@ def _series_path(path: str | os.PathLike, *, name: str) -> tuple[Path, str | Non
         return Path(text), None
     folder = Path(named["folder"])
     if not folder.is_dir():
-        raise InputError(f"{name}: '{folder}' is a file; only a DICOM directory takes '#SERIES_UID'")
+        raise InputError(
+            f"{name}: '{folder}' is a file; only a DICOM directory takes '#SERIES_UID'"
+        )
     return folder, named["uid"]
 
 
@@ -369,8 +371,10 @@ def _grey_from_channels(image: sitk.Image, *, name: str) -> sitk.Image:
     if components in (3, 4):
         rgb = channels[..., :3]
         alpha_ok = components == 3 or np.all(channels[..., 3] == channels[..., 3].flat[0])
-        if alpha_ok and np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(
-            rgb[..., 0], rgb[..., 2]
+        if (
+            alpha_ok
+            and np.array_equal(rgb[..., 0], rgb[..., 1])
+            and np.array_equal(rgb[..., 0], rgb[..., 2])
         ):
             warnings.warn(
                 f"{name} is a palette/RGB image whose colours are all grey: read as grey levels",

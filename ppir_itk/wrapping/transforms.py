@@ -39,7 +39,9 @@ from ppir_itk.transforms import (
 from ppir_itk.wrapping.images import itk_reason, write_atomically
 
 __all__ = [
+    "COMPOSITE_FILE_SUFFIXES",
     "TRANSFORM_FILE_SUFFIXES",
+    "check_transform_path",
     "from_itk",
     "from_sitk",
     "read_transform",
@@ -51,6 +53,9 @@ __all__ = [
 #: File suffixes accepted by :func:`write_transform` (ITK picks the writer by suffix,
 #: case-sensitively): text (``.tfm``, ``.txt``), HDF5 (``.h5``, ``.hdf5``), Matlab (``.mat``).
 TRANSFORM_FILE_SUFFIXES: tuple[str, ...] = (".tfm", ".txt", ".h5", ".hdf5", ".mat")
+#: The suffixes whose formats hold a composite (a linear transform, then a B-spline): ITK's
+#: Matlab format holds one transform, and neither SimpleITK nor ITK reads a composite back.
+COMPOSITE_FILE_SUFFIXES: tuple[str, ...] = (".tfm", ".txt", ".h5", ".hdf5")
 
 # Transforms with the same parameters here and in ITK; the class name is the key. Any
 # other type is refused: optimised as another type, its parameters would mean other things.
@@ -359,6 +364,26 @@ def _bspline_to_itk(transform: BSplineTransform) -> Any:
 # ----------------------------------------------------------------------------- files
 
 
+def check_transform_path(path: str | os.PathLike[str], *, composite: bool, name: str) -> None:
+    """Refuse a transform file whose format ITK cannot write, or, for a ``composite`` (a
+    B-spline with a bulk transform), cannot hold it; ``name`` names the file in the sentence.
+
+    Raises
+    ------
+    InputError
+        If the suffix is not one of :data:`TRANSFORM_FILE_SUFFIXES` (lower case), or a
+        composite's is not one of :data:`COMPOSITE_FILE_SUFFIXES`.
+    """
+    suffix = os.path.splitext(os.fspath(path))[1]
+    if suffix not in TRANSFORM_FILE_SUFFIXES:
+        raise InputError(f"{name} must end in one of {', '.join(TRANSFORM_FILE_SUFFIXES)}")
+    if composite and suffix not in COMPOSITE_FILE_SUFFIXES:
+        raise InputError(
+            f"{name} cannot hold a linear transform then a B-spline ({suffix} holds one "
+            f"transform): give one of {', '.join(COMPOSITE_FILE_SUFFIXES)}"
+        )
+
+
 def write_transform(
     transform: LinearTransform | BSplineTransform, path: str | os.PathLike[str]
 ) -> None:
@@ -369,14 +394,16 @@ def write_transform(
 
     Parameters
     ----------
-    transform : LinearTransform
+    transform : LinearTransform or BSplineTransform
     path : str or os.PathLike
-        Must end with one of :data:`TRANSFORM_FILE_SUFFIXES` (lower case).
+        Must end with one of :data:`TRANSFORM_FILE_SUFFIXES` (lower case); a B-spline with
+        a bulk transform (written as a composite) with one of
+        :data:`COMPOSITE_FILE_SUFFIXES`.
 
     Raises
     ------
     InputError
-        If the suffix is not supported.
+        If the suffix is not supported, or its format cannot hold the transform.
     OSError
         If the file cannot be written.
     """
@@ -385,13 +412,8 @@ def write_transform(
     if not isinstance(transform, BSplineTransform):
         _check_linear(transform)
     target = os.fspath(path)
-    directory, name = os.path.split(os.path.abspath(target))
-    suffix = os.path.splitext(name)[1]
-    if suffix not in TRANSFORM_FILE_SUFFIXES:
-        raise InputError(
-            f"cannot write a transform to {target!r}: the file name must end with one of "
-            f"{', '.join(TRANSFORM_FILE_SUFFIXES)}"
-        )
+    composite = isinstance(transform, BSplineTransform) and transform.bulk is not None
+    check_transform_path(target, composite=composite, name=f"transform file '{target}'")
     obj = to_sitk(transform)
 
     def write(temporary: str) -> None:
