@@ -34,6 +34,7 @@ A SimpleITK script changes one line (and its import)::
 from __future__ import annotations
 
 import functools
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ from ppir_itk.metric import PrivateImageToImageMetric, PrivateMeanSquaresImageTo
 from ppir_itk.metric_kinds import CORRELATION, MATTES, MEAN_SQUARES
 from ppir_itk.optimizer import (
     GaussNewtonOptimizer,
+    GradientDescentOptimizer,
     RegularStepGradientDescentOptimizer,
     StopCondition,
 )
@@ -77,6 +79,9 @@ _LEARNING_RATE_ESTIMATIONS = {
 }
 # The core estimator's probe (optimizer.SMALL_PARAMETER_VARIATION), SimpleITK's default too.
 _SMALL_PARAMETER_VARIATION = 0.01
+# The optimizers with a learning rate, scales and their estimators.
+_GRADIENT_DESCENTS = (RegularStepGradientDescentOptimizer, GradientDescentOptimizer)
+Optimizer = GaussNewtonOptimizer | RegularStepGradientDescentOptimizer | GradientDescentOptimizer
 # RegularStep stops ITK takes inside a step, after which ITK still counts the iteration.
 _STOPS_INSIDE_A_STEP = (StopCondition.STEP_TOO_SMALL, StopCondition.GRADIENT_MAGNITUDE_TOLERANCE)
 
@@ -249,18 +254,57 @@ class ImageRegistrationMethod:
             },
         )
 
-    def SetOptimizerAsGradientDescent(self, *arguments: Any, **keywords: Any) -> None:  # noqa: N802
-        _not_built(
-            "SetOptimizerAsGradientDescent",
-            "ITK's GradientDescentOptimizerv4 and its windowed convergence monitor are "
-            "not built yet; use SetOptimizerAsRegularStepGradientDescent",
+    def SetOptimizerAsGradientDescent(  # noqa: N802
+        self,
+        learningRate: float,  # noqa: N803
+        numberOfIterations: int,  # noqa: N803
+        convergenceMinimumValue: float = 1e-6,  # noqa: N803
+        convergenceWindowSize: int = 10,  # noqa: N803
+        estimateLearningRate: int = sitk.ImageRegistrationMethod.Once,  # noqa: N803
+        maximumStepSizeInPhysicalUnits: float = 0.0,  # noqa: N803
+    ) -> None:
+        self._optimizer = _OptimizerSettings(
+            GradientDescentOptimizer,
+            {
+                "LearningRate": learningRate,
+                "NumberOfIterations": numberOfIterations,
+                "MinimumConvergenceValue": convergenceMinimumValue,
+                "ConvergenceWindowSize": convergenceWindowSize,
+                "EstimateLearningRate": _learning_rate_estimation(estimateLearningRate),
+                "MaximumStepSizeInPhysicalUnits": maximumStepSizeInPhysicalUnits,
+            },
         )
 
-    def SetOptimizerAsGradientDescentLineSearch(self, *arguments: Any, **keywords: Any) -> None:  # noqa: N802
-        _not_built(
-            "SetOptimizerAsGradientDescentLineSearch",
-            "ITK's golden-section line search is not built yet; use "
-            "SetOptimizerAsRegularStepGradientDescent",
+    def SetOptimizerAsGradientDescentLineSearch(  # noqa: N802
+        self,
+        learningRate: float,  # noqa: N803
+        numberOfIterations: int,  # noqa: N803
+        convergenceMinimumValue: float = 1e-6,  # noqa: N803
+        convergenceWindowSize: int = 10,  # noqa: N803
+        lineSearchLowerLimit: float = 0.0,  # noqa: N803
+        lineSearchUpperLimit: float = 5.0,  # noqa: N803
+        lineSearchEpsilon: float = 0.01,  # noqa: N803
+        lineSearchMaximumIterations: int = 20,  # noqa: N803
+        estimateLearningRate: int = sitk.ImageRegistrationMethod.Once,  # noqa: N803
+        maximumStepSizeInPhysicalUnits: float = 0.0,  # noqa: N803
+    ) -> None:
+        """Each line-search trial is one more metric evaluation, which the fixed party
+        counts against its budget (``ppir serve --budget``) as any other."""
+        self.SetOptimizerAsGradientDescent(
+            learningRate,
+            numberOfIterations,
+            convergenceMinimumValue,
+            convergenceWindowSize,
+            estimateLearningRate,
+            maximumStepSizeInPhysicalUnits,
+        )
+        assert self._optimizer is not None, "set just above"
+        self._optimizer.arguments.update(
+            LineSearch=True,
+            LowerLimit=lineSearchLowerLimit,
+            UpperLimit=lineSearchUpperLimit,
+            Epsilon=lineSearchEpsilon,
+            MaximumLineSearchIterations=lineSearchMaximumIterations,
         )
 
     def SetOptimizerScales(self, scales: Sequence[float]) -> None:  # noqa: N802
@@ -421,17 +465,21 @@ class ImageRegistrationMethod:
 
     def GetOptimizerLearningRate(self) -> float:  # noqa: N802
         optimizer = self._require_core("GetOptimizerLearningRate").optimizer
-        if not isinstance(optimizer, RegularStepGradientDescentOptimizer):
+        if isinstance(optimizer, GaussNewtonOptimizer):
             _not_built(
                 "GetOptimizerLearningRate", "the Gauss-Newton optimizer has no learning rate"
             )
         return optimizer.GetLearningRate()
 
     def GetOptimizerConvergenceValue(self) -> float:  # noqa: N802
-        _not_built(
-            "GetOptimizerConvergenceValue",
-            "no optimizer built here has ITK's windowed convergence monitor",
-        )
+        optimizer = self._require_core("GetOptimizerConvergenceValue").optimizer
+        if not isinstance(optimizer, GradientDescentOptimizer):
+            _not_built(
+                "GetOptimizerConvergenceValue",
+                "only the gradient descent optimizers have ITK's windowed convergence monitor",
+            )
+        # SimpleITK reads ITK's "not yet" (a window not full) as the largest double.
+        return min(optimizer.GetConvergenceValue(), sys.float_info.max)
 
     def GetOptimizerStopConditionDescription(self) -> str:  # noqa: N802
         return self._require_core(
@@ -443,7 +491,7 @@ class ImageRegistrationMethod:
         if self._scales is not None:
             return self._scales
         optimizer = None if self._core is None else self._core.optimizer
-        if isinstance(optimizer, RegularStepGradientDescentOptimizer):
+        if isinstance(optimizer, _GRADIENT_DESCENTS):
             return tuple(float(value) for value in optimizer.GetScales())
         return ()
 
@@ -528,7 +576,7 @@ class ImageRegistrationMethod:
         )
         for event in Event:
             core.AddObserver(event, functools.partial(self._invoke, event))
-        if isinstance(optimizer, RegularStepGradientDescentOptimizer) and (
+        if isinstance(optimizer, _GRADIENT_DESCENTS) and (
             optimizer.EstimateLearningRate != "never" and self._default_maximum_step()
         ):
             core.AddObserver(Event.MULTI_RESOLUTION_ITERATION, lambda: _first_level_step(core))
@@ -561,14 +609,13 @@ class ImageRegistrationMethod:
             )
         return PrivateMeanSquaresImageToImageMetric(backend, session, backend_parameters=parameters)
 
-    def _make_optimizer(
-        self, initial: Any
-    ) -> GaussNewtonOptimizer | RegularStepGradientDescentOptimizer:
+    def _make_optimizer(self, initial: Any) -> Optimizer:
         if self._optimizer is None:
             _not_built(
                 "Execute",
-                "SimpleITK's implicit optimizer is not built: call "
-                "SetOptimizerAsRegularStepGradientDescent (or SetOptimizerAsGaussNewton) first",
+                "SimpleITK's implicit optimizer is not built: call one of "
+                "SetOptimizerAsRegularStepGradientDescent, SetOptimizerAsGradientDescent, "
+                "SetOptimizerAsGradientDescentLineSearch or SetOptimizerAsGaussNewton first",
             )
         arguments = dict(self._optimizer.arguments)
         if self._optimizer.kind is GaussNewtonOptimizer:
@@ -584,7 +631,7 @@ class ImageRegistrationMethod:
         if self._default_maximum_step() and arguments["EstimateLearningRate"] != "never":
             # ITK's default: the first level's smallest spacing, set as that level opens.
             arguments["MaximumStepSizeInPhysicalUnits"] = 1.0
-        return RegularStepGradientDescentOptimizer(**arguments)
+        return self._optimizer.kind(**arguments)
 
     def _default_maximum_step(self) -> bool:
         assert self._optimizer is not None, "Execute checks that an optimizer is set"
@@ -672,6 +719,6 @@ def _first_level_step(core: CoreMethod) -> None:
     if core.GetCurrentLevel() != 0:
         return
     optimizer = core.optimizer
-    assert isinstance(optimizer, RegularStepGradientDescentOptimizer), "set with a regular step"
+    assert isinstance(optimizer, _GRADIENT_DESCENTS), "set with a gradient descent"
     shrink = core.schedule.levels[0].shrink_factor
     optimizer.MaximumStepSizeInPhysicalUnits = shrink * min(core.metric.fixed_geometry.spacing)
