@@ -534,12 +534,7 @@ class ImageRegistrationMethod:
             core = self._run(session, moving_grid, initial, sigmas)
             fixed.geometry = core.GetResult().fixed_geometry
         else:
-            fixed_grid = as_image_grid(fixed, name="fixed image")
-            if fixed_grid.dimension != moving_grid.dimension:
-                raise InputError(
-                    f"the fixed image is {fixed_grid.dimension}-D and the moving image is "
-                    f"{moving_grid.dimension}-D; both must have the same dimension"
-                )
+            fixed_grid = as_image_grid(fixed, name="fixed image")  # the core checks dimensions
             sigmas = self._physical_sigmas(fixed_grid, moving_grid)
             with spawn_fixed_party(
                 fixed_grid, backends=(self._backend,), deadline=self._deadline

@@ -264,7 +264,8 @@ def test_sigmas_in_voxels_are_converted_on_isotropic_images():
         R.SetInitialTransform(sitk.TranslationTransform(2))
         return None
 
-    (_, _, reference), (_, _, ours) = run_both(script, pair)
+    (_, _, reference), (method, _, ours) = run_both(script, pair)
+    assert [level.smoothing_sigma for level in method.GetResult().levels] == [4.0, 0.0]  # mm
     assert largest_displacement_px(reference, ours, pair[0]) < TOLERANCE_PX
 
 
