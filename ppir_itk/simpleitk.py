@@ -43,6 +43,7 @@ from typing import Any, NoReturn
 import SimpleITK as sitk
 
 from ppir_itk.backends import check_backend_metric, check_backend_name
+from ppir_itk.bspline import BSplineTransform
 from ppir_itk.compose import connect, spawn_fixed_party
 from ppir_itk.correlation import PrivateCorrelationImageToImageMetric
 from ppir_itk.errors import InputError
@@ -153,6 +154,9 @@ class ImageRegistrationMethod:
         # Manual scales (SimpleITK's default; none given: ones), or None: estimated from
         # physical shifts at each level.
         self._scales: tuple[float, ...] | None = ()
+        # Scales from index shifts: the physical estimate over the level's squared spacing.
+        self._index_shift = False
+        self._index_factor = 1.0
         self._sampling_strategy = self.NONE
         self._sampling_percentages: tuple[float, ...] = (1.0,)
         self._sampling_seed = 0
@@ -309,6 +313,7 @@ class ImageRegistrationMethod:
 
     def SetOptimizerScales(self, scales: Sequence[float]) -> None:  # noqa: N802
         self._scales = tuple(float(scale) for scale in scales)
+        self._index_shift = False
 
     def SetOptimizerScalesFromPhysicalShift(  # noqa: N802
         self,
@@ -325,17 +330,18 @@ class ImageRegistrationMethod:
                 f"{smallParameterVariation}",
             )
         self._scales = None
+        self._index_shift = False
 
     def SetOptimizerScalesFromIndexShift(  # noqa: N802
         self,
         centralRegionRadius: int = 5,  # noqa: N803
         smallParameterVariation: float = 0.01,  # noqa: N803
     ) -> None:
-        _not_built(
-            "SetOptimizerScalesFromIndexShift",
-            "the scales are estimated from physical shifts only; use "
-            "SetOptimizerScalesFromPhysicalShift",
-        )
+        """ITK's estimator, for the regular step on a level grid of one spacing ``s``: the
+        physical-shift estimate over ``s^2`` (a shift of ``x`` mm is ``x / s`` voxels), which
+        changes a regular step only through its gradient tolerance."""
+        self.SetOptimizerScalesFromPhysicalShift(centralRegionRadius, smallParameterVariation)
+        self._index_shift = True
 
     def SetOptimizerScalesFromJacobian(self, centralRegionRadius: int = 5) -> None:  # noqa: N802, N803
         _not_built(
@@ -492,7 +498,7 @@ class ImageRegistrationMethod:
             return self._scales
         optimizer = None if self._core is None else self._core.optimizer
         if isinstance(optimizer, _GRADIENT_DESCENTS):
-            return tuple(float(value) for value in optimizer.GetScales())
+            return tuple(float(value) / self._index_factor for value in optimizer.GetScales())
         return ()
 
     def GetMetricSamplingPercentagePerLevel(self) -> tuple[float, ...]:  # noqa: N802
@@ -526,6 +532,14 @@ class ImageRegistrationMethod:
         moving_grid = as_image_grid(moving, name="moving image")
         initial = self._checked_initial_transform()
         check_backend_metric(self._backend, self._backend_parameters, self._metric)
+        if self._index_shift and (
+            self._optimizer is None
+            or self._optimizer.kind is not RegularStepGradientDescentOptimizer
+        ):
+            _not_built(
+                "SetOptimizerScalesFromIndexShift",
+                "index shifts are converted for the regular step optimizer only",
+            )
         if isinstance(fixed, RemoteFixedImage):
             sigmas = self._physical_sigmas(None, moving_grid)
             session = connect(
@@ -569,6 +583,12 @@ class ImageRegistrationMethod:
             initializer="none",
             threads=self._threads,
         )
+        if isinstance(optimizer, RegularStepGradientDescentOptimizer) and self._index_shift:
+            tolerance = optimizer.GradientMagnitudeTolerance
+            core.AddObserver(
+                Event.MULTI_RESOLUTION_ITERATION,
+                functools.partial(self._index_shift_level, core, tolerance),
+            )
         for event in Event:
             core.AddObserver(event, functools.partial(self._invoke, event))
         if isinstance(optimizer, _GRADIENT_DESCENTS) and (
@@ -578,6 +598,24 @@ class ImageRegistrationMethod:
         self._core = core
         core.run()
         return core
+
+    def _index_shift_level(self, core: CoreMethod, tolerance: float) -> None:
+        """The level's index-shift scales. ITK's estimator takes the indices of the virtual
+        domain, the full-resolution fixed grid at every level (a level shrinks only the
+        points), whose spacing must be one value; the transform must be linear (ITK's
+        B-spline estimate is not the squared shift)."""
+        spacings = set(core.metric.fixed_geometry.spacing)
+        if len(spacings) != 1 or isinstance(core.metric.GetTransform(), BSplineTransform):
+            _not_built(
+                "SetOptimizerScalesFromIndexShift",
+                "index shifts are converted from physical ones on a grid of one spacing "
+                "and for a linear transform only",
+            )
+        self._index_factor = spacings.pop() ** 2
+        optimizer = core.optimizer
+        assert isinstance(optimizer, RegularStepGradientDescentOptimizer), "checked in _run"
+        # |gradient / (scales / s^2)| < tolerance  <=>  |gradient / scales| < tolerance / s^2
+        optimizer.GradientMagnitudeTolerance = tolerance / self._index_factor
 
     def _invoke(self, event: Event) -> None:
         self._in_iteration = event is Event.ITERATION
@@ -624,7 +662,7 @@ class ImageRegistrationMethod:
             # ITK estimates a learning rate only with a scales estimator.
             arguments["EstimateLearningRate"] = "never"
         if self._default_maximum_step() and arguments["EstimateLearningRate"] != "never":
-            # ITK's default: the first level's smallest spacing, set as that level opens.
+            # ITK's default: the fixed grid's smallest spacing, set as the first level opens.
             arguments["MaximumStepSizeInPhysicalUnits"] = 1.0
         return self._optimizer.kind(**arguments)
 
@@ -709,11 +747,10 @@ def _learning_rate_estimation(estimate: int) -> str:
 
 
 def _first_level_step(core: CoreMethod) -> None:
-    """ITK's default largest step of an estimated learning rate: the first level's
-    smallest spacing (then kept: ITK sets it once)."""
+    """ITK's default largest step of an estimated learning rate: the virtual domain's
+    smallest spacing, the full-resolution fixed grid's (a level shrinks only the points)."""
     if core.GetCurrentLevel() != 0:
         return
     optimizer = core.optimizer
     assert isinstance(optimizer, _GRADIENT_DESCENTS), "set with a gradient descent"
-    shrink = core.schedule.levels[0].shrink_factor
-    optimizer.MaximumStepSizeInPhysicalUnits = shrink * min(core.metric.fixed_geometry.spacing)
+    optimizer.MaximumStepSizeInPhysicalUnits = min(core.metric.fixed_geometry.spacing)

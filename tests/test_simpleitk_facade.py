@@ -250,6 +250,44 @@ def test_gauss_newton_lands_where_simpleitks_regular_step_does(pair):
         method.GetOptimizerLearningRate()
 
 
+def test_index_shift_scales_are_simpleitks_on_a_grid_of_one_spacing():
+    """SimpleITK's ImageRegistrationMethod3 calls, on a phantom of 2 mm pixels."""
+    fixed = head_phantom((40, 40), spacing=(2.0, 2.0))
+    truth = Euler2DTransform(2, [0.05, 3.0, -2.0], center=fixed.geometry.center())
+    images = (fixed, moved_copy(fixed, truth))
+    pair = tuple(sitk.Cast(to_sitk(image), sitk.sitkFloat32) for image in images)
+    first_scales: list[tuple[float, ...]] = []
+
+    def script(R: Any) -> Any:
+        R.SetMetricAsCorrelation()
+        R.SetOptimizerAsRegularStepGradientDescent(
+            learningRate=2.0, minStep=1e-4, numberOfIterations=500, gradientMagnitudeTolerance=1e-8
+        )
+        R.SetOptimizerScalesFromIndexShift()
+        initial = sitk.CenteredTransformInitializer(*pair, sitk.Similarity2DTransform())
+        R.SetInitialTransform(initial)
+        R.AddCommand(
+            sitk.sitkIterationEvent,
+            lambda: R.GetOptimizerIteration() == 0 and first_scales.append(R.GetOptimizerScales()),
+        )
+        return initial
+
+    (_, _, reference), (_, _, ours) = run_both(script, pair)
+    sitk_scales, our_scales = first_scales
+    assert our_scales == pytest.approx(sitk_scales, rel=1e-3)
+    assert largest_displacement_px(reference, ours, pair[0]) < TOLERANCE_PX
+
+
+def test_index_shift_scales_with_another_optimizer_are_refused(pair):
+    R = facade.ImageRegistrationMethod(backend="clear")
+    R.SetMetricAsMeanSquares()
+    R.SetOptimizerAsGradientDescent(1.0, 10)
+    R.SetOptimizerScalesFromIndexShift()
+    R.SetInitialTransform(sitk.TranslationTransform(2))
+    with pytest.raises(NotImplementedError, match="^SetOptimizerScalesFromIndexShift: "):
+        R.Execute(*pair)
+
+
 def test_sigmas_in_voxels_are_converted_on_isotropic_images():
     fixed = head_phantom((40, 40), spacing=(2.0, 2.0))
     truth = Euler2DTransform(2, [0.0, 3.0, -2.0], center=fixed.geometry.center())
@@ -328,7 +366,6 @@ def test_remote_fixed_image_carries_the_public_geometry_only(pair, tmp_path):
         lambda R: R.SetMetricAsDemons(),
         lambda R: R.SetMetricFixedMask(sitk.Image(4, 4, sitk.sitkUInt8)),
         lambda R: R.SetMetricMovingMask(sitk.Image(4, 4, sitk.sitkUInt8)),
-        lambda R: R.SetOptimizerScalesFromIndexShift(),
         lambda R: R.SetOptimizerScalesFromJacobian(),
         lambda R: R.SetOptimizerScalesFromPhysicalShift(smallParameterVariation=0.1),
         lambda R: R.SetMovingInitialTransform(sitk.TranslationTransform(2)),
@@ -345,7 +382,6 @@ def test_remote_fixed_image_carries_the_public_geometry_only(pair, tmp_path):
         "SetMetricAsDemons",
         "SetMetricFixedMask",
         "SetMetricMovingMask",
-        "SetOptimizerScalesFromIndexShift",
         "SetOptimizerScalesFromJacobian",
         "SetOptimizerScalesFromPhysicalShift",
         "SetMovingInitialTransform",
