@@ -53,6 +53,7 @@ from ppir_itk.mattes import PrivateMattesMutualInformationImageToImageMetric
 from ppir_itk.metric import PrivateImageToImageMetric, PrivateMeanSquaresImageToImageMetric
 from ppir_itk.metric_kinds import CORRELATION, MATTES, MEAN_SQUARES
 from ppir_itk.optimizer import (
+    SMALL_PARAMETER_VARIATION,
     GaussNewtonOptimizer,
     GradientDescentOptimizer,
     RegularStepGradientDescentOptimizer,
@@ -78,8 +79,6 @@ _LEARNING_RATE_ESTIMATIONS = {
     sitk.ImageRegistrationMethod.Once: "once",
     sitk.ImageRegistrationMethod.EachIteration: "each_iteration",
 }
-# The core estimator's probe (optimizer.SMALL_PARAMETER_VARIATION), SimpleITK's default too.
-_SMALL_PARAMETER_VARIATION = 0.01
 # The optimizers with a learning rate, scales and their estimators.
 _GRADIENT_DESCENTS = (RegularStepGradientDescentOptimizer, GradientDescentOptimizer)
 Optimizer = GaussNewtonOptimizer | RegularStepGradientDescentOptimizer | GradientDescentOptimizer
@@ -154,7 +153,8 @@ class ImageRegistrationMethod:
         # Manual scales (SimpleITK's default; none given: ones), or None: estimated from
         # physical shifts at each level.
         self._scales: tuple[float, ...] | None = ()
-        # Scales from index shifts: the physical estimate over the level's squared spacing.
+        # Scales from index shifts: the physical estimate over the fixed grid's squared
+        # spacing (the factor, set as each level opens).
         self._index_shift = False
         self._index_factor = 1.0
         self._sampling_strategy = self.NONE
@@ -323,10 +323,10 @@ class ImageRegistrationMethod:
         """ITK's estimator, at each level: a linear transform's shifts at the fixed grid's
         corners (as ITK, which samples the corners of a global transform, so the radius
         does not enter), a B-spline's of one coefficient."""
-        if smallParameterVariation != _SMALL_PARAMETER_VARIATION:
+        if smallParameterVariation != SMALL_PARAMETER_VARIATION:
             _not_built(
                 "SetOptimizerScalesFromPhysicalShift",
-                f"the estimator probes a change of {_SMALL_PARAMETER_VARIATION} only, not "
+                f"the estimator probes a change of {SMALL_PARAMETER_VARIATION} only, not "
                 f"{smallParameterVariation}",
             )
         self._scales = None
@@ -337,7 +337,7 @@ class ImageRegistrationMethod:
         centralRegionRadius: int = 5,  # noqa: N803
         smallParameterVariation: float = 0.01,  # noqa: N803
     ) -> None:
-        """ITK's estimator, for the regular step on a level grid of one spacing ``s``: the
+        """ITK's estimator, for the regular step and a fixed grid of one spacing ``s``: the
         physical-shift estimate over ``s^2`` (a shift of ``x`` mm is ``x / s`` voxels), which
         changes a regular step only through its gradient tolerance."""
         self.SetOptimizerScalesFromPhysicalShift(centralRegionRadius, smallParameterVariation)
@@ -531,6 +531,7 @@ class ImageRegistrationMethod:
         otherwise a ``CompositeTransform`` holding it, as SimpleITK's."""
         moving_grid = as_image_grid(moving, name="moving image")
         initial = self._checked_initial_transform()
+        self._index_factor = 1.0
         check_backend_metric(self._backend, self._backend_parameters, self._metric)
         if self._index_shift and (
             self._optimizer is None
