@@ -717,7 +717,10 @@ class ImageRegistrationMethod:
                 "as SimpleITK needs"
             )
         given = self._initial.Downcast().GetName()
-        kept = transform_io.to_sitk(transform_io.from_sitk(self._initial)).GetName()
+        try:
+            kept = transform_io.to_sitk(transform_io.from_sitk(self._initial)).GetName()
+        except InputError as error:  # a type the core does not optimise
+            _not_built("SetInitialTransform", str(error))
         if kept != given:
             _not_built(
                 "SetInitialTransform",

@@ -8,7 +8,11 @@ iteration numbers, in-place update and return type must be SimpleITK's.
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,10 +25,12 @@ import ppir_itk.simpleitk as facade
 from ppir_itk.errors import InputError
 from ppir_itk.optimizer import window_convergence_value
 from ppir_itk.phantoms import head_phantom, moved_copy
-from ppir_itk.transforms import Euler2DTransform
-from ppir_itk.wrapping.images import to_sitk
+from ppir_itk.transforms import Euler2DTransform, TranslationTransform
+from ppir_itk.wrapping.images import to_sitk, write_image
+from ppir_itk.wrapping.transforms import to_sitk as to_sitk_transform
 
 TOLERANCE_PX = 0.5
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 @pytest.fixture(scope="module")
@@ -357,6 +363,26 @@ def test_remote_fixed_image_carries_the_public_geometry_only(pair, tmp_path):
     assert local.Execute(*pair).GetParameters() == remote_result.GetParameters()
 
 
+def test_the_readme_paragraph_runs_as_written(tmp_path, monkeypatch):
+    """README.md's "From a SimpleITK script" block, from a working directory of its own."""
+    blocks = re.findall(r"^```python\n(.*?)^```$", README.read_text(encoding="utf-8"), re.M | re.S)
+    (block,) = [
+        block for block in blocks if "ppir_itk.simpleitk.ImageRegistrationMethod()" in block
+    ]
+    fixed = head_phantom((40, 40))
+    truth = TranslationTransform(2, [2.0, -1.5])
+    write_image(fixed, tmp_path / "fixed.nii.gz")
+    write_image(moved_copy(fixed, truth), tmp_path / "moving.nii.gz")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "example.py").write_text(block, encoding="utf-8")
+    completed = subprocess.run(
+        [sys.executable, "example.py"], capture_output=True, text=True, check=False, timeout=300
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    written = sitk.ReadTransform(str(tmp_path / "out.tfm"))
+    assert largest_displacement_px(written, to_sitk_transform(truth), to_sitk(fixed)) < 0.1
+
+
 # -- what is refused, in a sentence naming the call -----------------------------------------
 @pytest.mark.parametrize(
     "call",
@@ -414,7 +440,7 @@ def test_a_transform_the_core_would_substitute_is_refused(pair):
     R.SetMetricAsMeanSquares()
     R.SetOptimizerAsRegularStepGradientDescent(1.0, 0.05, 10)
     R.SetInitialTransform(sitk.ScaleTransform(2))
-    with pytest.raises(NotImplementedError, match="^SetInitialTransform: a ScaleTransform"):
+    with pytest.raises(NotImplementedError, match="^SetInitialTransform: .*ScaleTransform"):
         R.Execute(*pair)
 
 
