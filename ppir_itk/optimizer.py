@@ -451,3 +451,196 @@ class RegularStepGradientDescentOptimizer(_Optimizer):
             return np.ones(count)
         shifts = np.where(moving, shifts, shifts[moving].min())
         return np.square(shifts / SMALL_PARAMETER_VARIATION)
+
+
+def window_convergence_value(window: Sequence[float], total_energy: float) -> float:
+    """ITK's ``WindowConvergenceMonitoringFunction``: minus the slope, at the window's end,
+    of a line fitted to the last values, each divided by ``total_energy`` (the sum of
+    every absolute value seen so far, not only the window's).
+
+    ITK fits a one-span linear B-spline to the window at ``t = n / (W - 1)`` by its
+    scattered-data approximation (one level): each control point is the average of the
+    points' local solutions ``w_c z / (w_0^2 + w_1^2)``, weighted by ``w_c^2``, with
+    weights ``1 - t`` and ``t``; the slope is ``phi_1 - phi_0``.
+    """
+    values = np.asarray(window, dtype=np.float64) / total_energy
+    t = np.arange(values.size) / (values.size - 1)
+    t[-1] = 1.0 - BSPLINE_EPSILON  # ITK moves a point on the closing end just inside
+    weights = np.stack([1.0 - t, t])
+    local = weights * values / np.square(weights).sum(axis=0)
+    control = (np.square(weights) * local).sum(axis=1) / np.square(weights).sum(axis=1)
+    return float(control[0] - control[1])
+
+
+# ITK's BSplineScatteredDataPointSetToImageFilter: how far inside a point on the end goes.
+BSPLINE_EPSILON = 1e-4
+# ITK's GradientDescentLineSearchOptimizerv4: the golden section's step, 2 - golden ratio.
+GOLDEN_SECTION = 2.0 - (1.0 + math.sqrt(5.0)) / 2.0
+
+
+class GradientDescentOptimizer(_Optimizer):
+    """ITK's ``GradientDescentOptimizerv4``, and with ``LineSearch`` its
+    ``GradientDescentLineSearchOptimizerv4``.
+
+    Each iteration evaluates the metric, adds the value to ITK's windowed convergence
+    monitor (:func:`window_convergence_value`: stop once the last
+    ``ConvergenceWindowSize`` values' normalised slope is at most
+    ``MinimumConvergenceValue``), then steps by ``-LearningRate * gradient / scales``.
+    ``EstimateLearningRate`` (``"once"``, ITK's default, at each level's first iteration;
+    ``"each_iteration"``; ``"never"``, the default here, since ITK's default largest step,
+    the level's smallest spacing, is not the optimizer's to see) sets the learning rate
+    so that the step moves no fixed-grid corner more than
+    ``MaximumStepSizeInPhysicalUnits``, and the scales are the physical-shift estimate
+    unless given, both as :class:`RegularStepGradientDescentOptimizer` estimates them (one
+    estimator, the regular step's). With ``LineSearch``, the learning rate of each step is
+    then ITK's golden-section search between ``LowerLimit`` and ``UpperLimit`` times it,
+    to a relative ``Epsilon`` or ``MaximumLineSearchIterations`` (each trial one more metric
+    evaluation, counted by the fixed party as any). Stop conditions: ``NumberOfIterations``,
+    the convergence monitor, or an observer calling :meth:`StopOptimization`.
+    :meth:`GetValue` is the value where the last step started, as ITK's.
+    """
+
+    def __init__(
+        self,
+        LearningRate: float = 1.0,  # noqa: N803
+        NumberOfIterations: int = 100,  # noqa: N803
+        MinimumConvergenceValue: float = 1e-8,  # noqa: N803
+        ConvergenceWindowSize: int = 50,  # noqa: N803
+        Scales: Sequence[float] | None = None,  # noqa: N803
+        EstimateLearningRate: str = "never",  # noqa: N803
+        MaximumStepSizeInPhysicalUnits: float = 0.0,  # noqa: N803
+        LineSearch: bool = False,  # noqa: N803
+        LowerLimit: float = 0.0,  # noqa: N803
+        UpperLimit: float = 5.0,  # noqa: N803
+        Epsilon: float = 0.01,  # noqa: N803
+        MaximumLineSearchIterations: int = 20,  # noqa: N803
+    ) -> None:
+        super().__init__(NumberOfIterations)
+        if not (math.isfinite(LearningRate) and LearningRate > 0):
+            raise InputError(
+                f"the optimizer's LearningRate {LearningRate} must be a positive number"
+            )
+        if ConvergenceWindowSize < 2:
+            raise InputError(
+                f"the optimizer's ConvergenceWindowSize {ConvergenceWindowSize} must be at least 2"
+            )
+        if not 0 <= LowerLimit < UpperLimit:
+            raise InputError(
+                f"the line search's limits {LowerLimit} and {UpperLimit} must satisfy "
+                "0 <= lower < upper"
+            )
+        # The regular step's estimator, with its checks of the same arguments.
+        self._estimator = RegularStepGradientDescentOptimizer(
+            Scales=Scales,
+            EstimateLearningRate=EstimateLearningRate,
+            MaximumStepSizeInPhysicalUnits=MaximumStepSizeInPhysicalUnits,
+        )
+        self.LearningRate = float(LearningRate)
+        self.MinimumConvergenceValue = float(MinimumConvergenceValue)
+        self.ConvergenceWindowSize = int(ConvergenceWindowSize)
+        self.EstimateLearningRate = EstimateLearningRate
+        self.MaximumStepSizeInPhysicalUnits = float(MaximumStepSizeInPhysicalUnits)
+        self.LineSearch = bool(LineSearch)
+        self.LowerLimit = float(LowerLimit)
+        self.UpperLimit = float(UpperLimit)
+        self.Epsilon = float(Epsilon)
+        self.MaximumLineSearchIterations = int(MaximumLineSearchIterations)
+        self._scales = np.ones(0)
+        self._learning_rate = self.LearningRate
+        self._convergence_value = math.inf
+
+    def GetScales(self) -> np.ndarray:  # noqa: N802
+        """The scales of the last :meth:`StartOptimization`."""
+        return self._scales.copy()
+
+    def GetLearningRate(self) -> float:  # noqa: N802
+        """The learning rate of the last step (estimated, or the line search's)."""
+        return self._learning_rate
+
+    def GetConvergenceValue(self) -> float:  # noqa: N802
+        """The convergence monitor's last value (infinite until the window is full)."""
+        return self._convergence_value
+
+    def StartOptimization(self) -> None:  # noqa: N802
+        metric = self._begin()
+        # Read at each start: the registration method sets the largest step per level.
+        self._estimator.MaximumStepSizeInPhysicalUnits = self.MaximumStepSizeInPhysicalUnits
+        self._scales = self._estimator._estimate_scales(metric)
+        self._learning_rate = self.LearningRate
+        self._convergence_value = math.inf
+        window: list[float] = []
+        total_energy = 0.0
+        self.InvokeEvent(Event.START)
+        while self._stop is None:
+            if self._iteration >= self.NumberOfIterations:
+                self._stop = StopCondition.MAXIMUM_NUMBER_OF_ITERATIONS
+                break
+            evaluation = metric.evaluate()
+            self._value = evaluation.value
+            window = [*window, evaluation.value][-self.ConvergenceWindowSize :]
+            total_energy += abs(evaluation.value)
+            if len(window) == self.ConvergenceWindowSize:
+                self._convergence_value = window_convergence_value(window, total_energy)
+                if self._convergence_value <= self.MinimumConvergenceValue:
+                    self._stop = StopCondition.CONVERGENCE
+                    self._stop_detail = (
+                        f" (windowed convergence value {self._convergence_value:.6g} <= "
+                        f"{self.MinimumConvergenceValue:.6g})"
+                    )
+                    break
+            scaled = evaluation.gradient / self._scales
+            if self.EstimateLearningRate == "each_iteration" or (
+                self.EstimateLearningRate == "once" and self._iteration == 0
+            ):
+                # The regular step's estimate with a unit gradient norm: ITK's
+                # maximum step over the step's shift (1 when it moves nothing).
+                self._learning_rate = self._estimator._estimated_learning_rate(metric, scaled, 1.0)
+            if self.LineSearch:
+                self._learning_rate = self._golden_section(
+                    metric,
+                    scaled,
+                    self._learning_rate * self.LowerLimit,
+                    self._learning_rate,
+                    self._learning_rate * self.UpperLimit,
+                )
+            metric.UpdateTransformParameters(-self._learning_rate * scaled)
+            self._iteration += 1
+            self.values.append(self._value)
+            self.InvokeEvent(Event.ITERATION)
+            if self._stop_requested:
+                self._stop = StopCondition.USER_STOP
+        self.InvokeEvent(Event.END)
+
+    def _golden_section(
+        self, metric: Any, scaled: np.ndarray, low: float, middle: float, high: float
+    ) -> float:
+        """ITK's ``GoldenSectionSearch``, as a loop: the learning rate in [low, high]."""
+        position = metric.GetParameters()
+
+        def value_at(rate: float) -> float:
+            metric.UpdateTransformParameters(-rate * scaled)
+            value = float(metric.evaluate().value)
+            metric.SetParameters(position)
+            return value
+
+        middle_value = math.inf  # not evaluated yet
+        for _ in range(self.MaximumLineSearchIterations + 1):
+            if high - middle > middle - low:
+                trial = middle + GOLDEN_SECTION * (high - middle)
+            else:
+                trial = middle - GOLDEN_SECTION * (middle - low)
+            if abs(high - low) < self.Epsilon * (abs(middle) + abs(trial)):
+                break
+            trial_value = value_at(trial)
+            if middle_value == math.inf:
+                middle_value = value_at(middle)
+            if trial_value < middle_value:
+                if high - middle > middle - low:
+                    low, middle, middle_value = middle, trial, trial_value
+                else:
+                    high, middle, middle_value = middle, trial, trial_value
+            elif high - middle > middle - low:
+                high = trial
+            else:
+                low = trial
+        return (high + low) / 2.0

@@ -61,7 +61,11 @@ from ppir_itk.metric_kinds import (
     default_optimizer,
 )
 from ppir_itk.moving_party import MovingPartySession
-from ppir_itk.optimizer import GaussNewtonOptimizer, RegularStepGradientDescentOptimizer
+from ppir_itk.optimizer import (
+    GaussNewtonOptimizer,
+    GradientDescentOptimizer,
+    RegularStepGradientDescentOptimizer,
+)
 from ppir_itk.options import (
     RegistrationOptions,
     check_bspline_grid,
@@ -208,7 +212,7 @@ class ImageRegistrationMethod(Observable):
     ----------
     metric : PrivateImageToImageMetric (any of the private metrics)
         The metric, with its moving image and backend set.
-    optimizer : GaussNewtonOptimizer or RegularStepGradientDescentOptimizer, optional
+    optimizer : an optimizer of :mod:`ppir_itk.optimizer`, optional
         Defaults to the metric's (:func:`ppir_itk.metric_kinds.default_optimizer`):
         ``GaussNewtonOptimizer()``, which fits mean squares only, or
         ``RegularStepGradientDescentOptimizer()``.
@@ -235,7 +239,10 @@ class ImageRegistrationMethod(Observable):
     def __init__(
         self,
         metric: PrivateImageToImageMetric,
-        optimizer: GaussNewtonOptimizer | RegularStepGradientDescentOptimizer | None = None,
+        optimizer: GaussNewtonOptimizer
+        | RegularStepGradientDescentOptimizer
+        | GradientDescentOptimizer
+        | None = None,
         initial_transform: Any = "affine",
         *,
         shrink_factors: Sequence[int] = (1,),
