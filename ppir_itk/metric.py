@@ -29,7 +29,6 @@ in tests)::
 from __future__ import annotations
 
 import abc
-import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -274,11 +273,9 @@ class PrivateImageToImageMetric(abc.ABC):
 
     def _jacobian(self) -> _Jacobian:
         """dW/dtheta on the level's points, with the bending energy's weight."""
-        level = self._require_level()
         return _jacobian(
             self.GetTransform(),
-            level.points,
-            level.reference,
+            self._require_level().points,
             self.bending_energy_weight * self._bending_energy_scale(),
         )
 
@@ -360,12 +357,6 @@ class _LevelData:
     points: PointSet
     private_sample: np.ndarray | None
 
-    @functools.cached_property
-    def reference(self) -> np.ndarray:
-        """The affine basis's reference point, once per level (every evaluation's Jacobian
-        takes it; the point set computes it on each call)."""
-        return self.points.reference
-
 
 @dataclass(frozen=True)
 class _Jacobian:
@@ -401,9 +392,7 @@ class _Jacobian:
         return self.coefficients @ gram @ self.coefficients.T
 
 
-def _jacobian(
-    transform: Any, points: PointSet, reference: np.ndarray, bending_energy_weight: float
-) -> _Jacobian:
+def _jacobian(transform: Any, points: PointSet, bending_energy_weight: float) -> _Jacobian:
     basis = points.linear_map
     if isinstance(transform, BSplineTransform):
         penalty = None
@@ -412,5 +401,5 @@ def _jacobian(
             penalty = (bending_energy_weight / domain) * transform.bending_energy()
         return _Jacobian(basis, None, transform.matrix_offset()[0], penalty)
     d = points.geometry.dimension
-    coefficients = transform.jacobian_in_affine_basis(reference)
+    coefficients = transform.jacobian_in_affine_basis(points.reference)
     return _Jacobian(basis, coefficients.reshape(coefficients.shape[0], d * (d + 1)), None, None)
