@@ -517,6 +517,16 @@ cdef Py_ssize_t _samples(object a, str name, object dtype) except -1:
     return a.shape[0]
 
 
+cdef int _square_bins(object a, str name) except -1:
+    """The number of bins of a checked (B, B) float64 array, B from 5 to 256."""
+    _array(a, name, (_FLOAT64,), None)
+    cdef int count = a.shape[0] if a.ndim == 2 else 0
+    if a.shape != (count, count):
+        raise ValueError(f"{name} must be square, got shape {a.shape}.")
+    _check_bins(count)
+    return count
+
+
 cdef int _raise_for_bins(ppir_status status, str kernel, int count) except -1:
     if status == PPIR_BAD_INDEX:
         raise ValueError(f"{kernel}: a fixed bin lies outside [0, {count}) or a window's first "
@@ -590,11 +600,7 @@ def parzen_log_ratio(histogram):
     """ITK's PRatio of a (B, B) histogram and the histogram's sum: ``(ratio, total)``;
     ``ratio = log(p / p_m)`` where p and its column sum p_m exceed DBL_EPSILON, else 0
     (all 0 when the total is below DBL_EPSILON)."""
-    _array(histogram, "histogram", (_FLOAT64,), None)
-    cdef int count = histogram.shape[0] if histogram.ndim == 2 else 0
-    if histogram.shape != (count, count):
-        raise ValueError(f"histogram must be square, got shape {histogram.shape}.")
-    _check_bins(count)
+    cdef int count = _square_bins(histogram, "histogram")
     ratio = np.empty((count, count))
     cdef const double *histogram_p = <const double *>_ptr(histogram)
     cdef double *ratio_p = <double *>_ptr(ratio)
@@ -609,11 +615,7 @@ def parzen_log_ratio(histogram):
 def parzen_entropy_difference(fractions):
     """``sum x log x - sum r log r`` over a (B, B) array's entries x and row sums r above
     DBL_EPSILON."""
-    _array(fractions, "fractions", (_FLOAT64,), None)
-    cdef int count = fractions.shape[0] if fractions.ndim == 2 else 0
-    if fractions.shape != (count, count):
-        raise ValueError(f"fractions must be square, got shape {fractions.shape}.")
-    _check_bins(count)
+    cdef int count = _square_bins(fractions, "fractions")
     scratch = np.empty(count * count)
     cdef const double *fractions_p = <const double *>_ptr(fractions)
     cdef double *scratch_p = <double *>_ptr(scratch)
@@ -627,11 +629,7 @@ def parzen_entropy_difference(fractions):
 
 def parzen_sample_weights(ratio, fixed_bin, first_bin, derivatives):
     """``s[i] = sum_k ratio[fixed_bin[i], first_bin[i] + k] * derivatives[i, k]``, (n,)."""
-    _array(ratio, "ratio", (_FLOAT64,), None)
-    cdef int count = ratio.shape[0] if ratio.ndim == 2 else 0
-    if ratio.shape != (count, count):
-        raise ValueError(f"ratio must be square, got shape {ratio.shape}.")
-    _check_bins(count)
+    cdef int count = _square_bins(ratio, "ratio")
     cdef Py_ssize_t n = _samples(fixed_bin, "fixed_bin", _INT64)
     _array(first_bin, "first_bin", (_INT64,), (n,))
     _array(derivatives, "derivatives", (_FLOAT64,), (n, 4))
