@@ -537,15 +537,16 @@ cdef int _raise_for_bins(ppir_status status, str kernel, int count) except -1:
 def parzen_windows(values, valid, int count, double minimum, double maximum, double bin_size,
                    double normalized_minimum):
     """The cubic B-spline windows of n moving values over ``count`` bins of
-    ``[minimum, maximum]``: ``(first_bin, weights, derivatives, inside, column_sums,
-    n_inside)``.
+    ``[minimum, maximum]``: ``(first_bin, weights, derivatives, inside, n_inside,
+    negative_entropy)``.
 
     A value is inside when ``valid`` and in the range; ``term = value / bin_size -
     normalized_minimum``, ``first_bin = clip(floor(term), 2, count - 3) - 1`` (int64, n),
     ``weights[i, k] = beta3(first + k - term)`` and ``derivatives[i, k] = -beta3'(first + k
     - term) / bin_size`` ((n, 4) each); the others get first bin 1 and rows of zeros.
-    ``inside`` (uint8, n), ``column_sums`` (count,) the inside weights' sum per bin,
-    ``n_inside`` their number.
+    ``inside`` (uint8, n) says which and ``n_inside`` counts them; ``negative_entropy`` is
+    ``sum_j p_m(j) log p_m(j)`` over the bins where the moving marginal ``p_m`` (the inside
+    weights' sum per bin over ``n_inside``) exceeds DBL_EPSILON.
     """
     cdef Py_ssize_t n = _samples(values, "values", _FLOAT64)
     _array(valid, "valid", (_UINT8,), (n,))
@@ -556,22 +557,21 @@ def parzen_windows(values, valid, int count, double minimum, double maximum, dou
     weights = np.empty((n, 4))
     derivatives = np.empty((n, 4))
     inside = np.empty(n, dtype=_UINT8)
-    column_sums = np.empty(count)
     cdef const double *values_p = <const double *>_ptr(values)
     cdef const uint8_t *valid_p = <const uint8_t *>_ptr(valid)
     cdef ppir_index *first_p = <ppir_index *>_ptr(first)
     cdef double *weights_p = <double *>_ptr(weights)
     cdef double *derivatives_p = <double *>_ptr(derivatives)
     cdef uint8_t *inside_p = <uint8_t *>_ptr(inside)
-    cdef double *sums_p = <double *>_ptr(column_sums)
     cdef ppir_index n_inside = 0
+    cdef double negative_entropy = 0.0
     cdef ppir_status status
     with nogil:
         status = ppir_parzen_windows(n, values_p, valid_p, count, minimum, maximum, bin_size,
                                      normalized_minimum, first_p, weights_p, derivatives_p,
-                                     inside_p, sums_p, &n_inside)
+                                     inside_p, &n_inside, &negative_entropy)
     _raise_for_status(status, "parzen_windows")
-    return first, weights, derivatives, inside, column_sums, n_inside
+    return first, weights, derivatives, inside, n_inside, negative_entropy
 
 
 def parzen_joint_histogram(fixed_bin, first_bin, weights, valid, int count):

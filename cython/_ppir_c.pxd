@@ -99,7 +99,7 @@ cdef extern from "ppir_parzen.h" nogil:
                                     int count, double minimum, double maximum, double bin_size,
                                     double normalized_minimum, ppir_index *first_bin,
                                     double *weights, double *derivatives, uint8_t *inside,
-                                    double *column_sums, ppir_index *n_inside)
+                                    ppir_index *n_inside, double *negative_entropy)
     ppir_status ppir_parzen_joint_histogram(ppir_index n, int count,
                                             const ppir_index *fixed_bin,
                                             const ppir_index *first_bin, const double *weights,

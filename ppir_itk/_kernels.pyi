@@ -192,17 +192,18 @@ def parzen_windows(
     maximum: float,
     bin_size: float,
     normalized_minimum: float,
-) -> tuple[Int64, Float64, Float64, UInt8, Float64, int]:
+) -> tuple[Int64, Float64, Float64, UInt8, int, float]:
     """The cubic B-spline windows of n moving values over ``count`` (5 to 256) bins of
-    ``[minimum, maximum]``: ``(first_bin, weights, derivatives, inside, column_sums,
-    n_inside)``.
+    ``[minimum, maximum]``: ``(first_bin, weights, derivatives, inside, n_inside,
+    negative_entropy)``.
 
     A value is inside when ``valid`` and in the range; then ``term = value / bin_size -
     normalized_minimum``, ``first_bin = clip(floor(term), 2, count - 3) - 1`` (n,),
     ``weights[i, k] = beta3(first + k - term)``, ``derivatives[i, k] = -beta3'(first + k -
     term) / bin_size`` ((n, 4) each); the others get first bin 1 and rows of zeros.
-    ``inside`` (n,) says which, ``column_sums`` (count,) is the inside weights' sum per
-    bin and ``n_inside`` their number.
+    ``inside`` (n,) says which and ``n_inside`` counts them; ``negative_entropy`` is
+    ``sum_j p_m(j) log p_m(j)`` over the bins where the moving marginal ``p_m`` (the
+    inside weights' sum per bin over ``n_inside``) exceeds DBL_EPSILON.
     """
 
 def parzen_joint_histogram(

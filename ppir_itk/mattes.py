@@ -45,7 +45,6 @@ from ppir_itk.metric_kinds import (
 )
 from ppir_itk.moving_party import MovingPartySession
 from ppir_itk.parzen import (
-    CLOSE_TO_ZERO,
     IntensityBins,
     check_histogram_bins,
     gradient_factor,
@@ -171,12 +170,8 @@ class PrivateMattesMutualInformationImageToImageMetric(PrivateImageToImageMetric
                 jacobian.parameter_gradient(gradient),
             )
         )
-        # The moving marginal is the moving party's own: its windows' column sums.
-        marginal = window.column_sums / n_valid
-        used = marginal > CLOSE_TO_ZERO
-        information = points / n_valid * term.entropy_difference - float(
-            np.sum(marginal[used] * np.log(marginal[used]))
-        )
+        # The moving marginal's entropy is the moving party's own (its windows').
+        information = points / n_valid * term.entropy_difference - window.negative_entropy
         derivative = gradient_factor(n_valid) * jacobian.from_moments(term.moments)
         value, derivative, _ = self._penalized(jacobian, -information, derivative, None)
         return Evaluation(

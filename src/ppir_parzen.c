@@ -17,6 +17,9 @@ static int bad_count(int count) { return count < 2 * PPIR_PARZEN_PADDING + 1 || 
  * sum over a whole array is NumPy's to the last bit. */
 static double pairwise_sum(const double *a, ppir_index n)
 {
+    if (n == 0) {
+        return 0.0; /* NumPy's sum of nothing */
+    }
     if (n < 8) {
         double sum = -0.0; /* the identity of +, signed zeros included */
         for (ppir_index i = 0; i < n; i++) {
@@ -75,11 +78,11 @@ static double cubic_bspline_derivative(double u)
 ppir_status ppir_parzen_windows(ppir_index n, const double *values, const uint8_t *valid,
                                 int count, double minimum, double maximum, double bin_size,
                                 double normalized_minimum, ppir_index *first_bin, double *weights,
-                                double *derivatives, uint8_t *inside, double *column_sums,
-                                ppir_index *n_inside)
+                                double *derivatives, uint8_t *inside, ppir_index *n_inside,
+                                double *negative_entropy)
 {
-    if (!values || !valid || !first_bin || !weights || !derivatives || !inside || !column_sums ||
-        !n_inside) {
+    if (!values || !valid || !first_bin || !weights || !derivatives || !inside || !n_inside ||
+        !negative_entropy) {
         return PPIR_NULL_POINTER;
     }
     if (n < 0 || bad_count(count) || !(bin_size > 0.0)) {
@@ -88,6 +91,7 @@ ppir_status ppir_parzen_windows(ppir_index n, const double *values, const uint8_
     const double lowest = PPIR_PARZEN_PADDING, highest = count - PPIR_PARZEN_PADDING - 1;
     const double scale = -1.0 / bin_size; /* w_k = beta3(first + k - term): dw/dv = -beta3'/b */
     ppir_index kept = 0;
+    double column_sums[MAX_BINS], terms[MAX_BINS];
     for (int j = 0; j < count; j++) {
         column_sums[j] = 0.0;
     }
@@ -118,6 +122,14 @@ ppir_status ppir_parzen_windows(ppir_index n, const double *values, const uint8_
         kept++;
     }
     *n_inside = kept;
+    int used = 0;
+    for (int j = 0; j < count; j++) {
+        double marginal = column_sums[j] / (double)kept;
+        if (marginal > DBL_EPSILON) {
+            terms[used++] = marginal * log(marginal);
+        }
+    }
+    *negative_entropy = pairwise_sum(terms, used);
     return PPIR_OK;
 }
 

@@ -33,15 +33,16 @@ extern "C" {
  * those: first_bin[i] = first, weights[4i + k] = beta3(first + k - term) and
  * derivatives[4i + k] = -beta3'(first + k - term) / bin_size (d weight / d
  * value).  The others get first_bin P - 1 (the minimum's window) and rows of
- * zeros.  inside[i] says which; column_sums (B) is overwritten with each bin's
- * sum of the inside windows' weights (the moving marginal, unnormalised), and
- * *n_inside with their number.
+ * zeros.  inside[i] says which and *n_inside counts them.  With p_m(j) the
+ * inside windows' weights summed in bin j (in sample order) divided by
+ * *n_inside, the moving marginal, *negative_entropy = sum_j p_m(j) log p_m(j)
+ * over the bins where p_m(j) > DBL_EPSILON (0 when none is).
  */
 ppir_status ppir_parzen_windows(ppir_index n, const double *values, const uint8_t *valid,
                                 int count, double minimum, double maximum, double bin_size,
                                 double normalized_minimum, ppir_index *first_bin, double *weights,
-                                double *derivatives, uint8_t *inside, double *column_sums,
-                                ppir_index *n_inside);
+                                double *derivatives, uint8_t *inside, ppir_index *n_inside,
+                                double *negative_entropy);
 
 /*
  * histogram (B x B) = the sums of the valid samples' window weights:
