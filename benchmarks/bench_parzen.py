@@ -1,11 +1,12 @@
-"""Mattes mutual information's arithmetic (ppir_itk/parzen.py) on 10^6 samples.
+"""Mattes mutual information's arithmetic (ppir_itk/parzen.py, src/ppir_parzen.c) on 10^6
+samples.
 
     python benchmarks/bench_parzen.py [--samples 1000000] [--bins 50] [--repeats 5]
 
 Random fixed values, moving values a non-monotonic function of them, 10 % invalid;
 prints the best of ``--repeats`` for each step: the fixed bins and the moving
-windows (each party's own), the joint histogram, MI with its PRatio, and the
-per-sample weights.
+windows (each party's own), the joint histogram, its entropy difference and PRatio, and
+the per-sample weights.
 """
 
 from __future__ import annotations
@@ -37,22 +38,27 @@ def main() -> None:
     rng = np.random.default_rng(0)
     fixed = rng.normal(size=args.samples)
     moving = np.sin(2.0 * fixed) + 0.1 * rng.normal(size=args.samples)
-    valid = rng.random(args.samples) > 0.1
+    valid = (rng.random(args.samples) > 0.1).astype(np.uint8)
     fixed_range = parzen.IntensityBins.from_values(fixed, args.bins)
     moving_range = parzen.IntensityBins.from_values(moving, args.bins)
     fixed_bin = parzen.fixed_bins(fixed, fixed_range)
-    windows = parzen.moving_parzen(moving, moving_range)
-    histogram = parzen.joint_histogram(fixed_bin, windows, valid, args.bins)
+    windows = parzen.moving_parzen(moving, valid, moving_range)
+    first, weights = windows.first_bin, windows.weights
+    histogram = parzen.joint_histogram(fixed_bin, first, weights, windows.inside, args.bins)
     ratio = parzen.log_ratio(histogram)
     steps: dict[str, Callable[[], object]] = {
         "fixed_bins": lambda: parzen.fixed_bins(fixed, fixed_range),
-        "moving_parzen": lambda: parzen.moving_parzen(moving, moving_range),
-        "joint_histogram": lambda: parzen.joint_histogram(fixed_bin, windows, valid, args.bins),
-        "mutual_information + log_ratio": lambda: (
-            parzen.mutual_information(histogram),
+        "moving_parzen": lambda: parzen.moving_parzen(moving, valid, moving_range),
+        "joint_histogram": lambda: parzen.joint_histogram(
+            fixed_bin, first, weights, windows.inside, args.bins
+        ),
+        "entropy_difference + log_ratio": lambda: (
+            parzen.entropy_difference(histogram / args.samples),
             parzen.log_ratio(histogram),
         ),
-        "sample_weights": lambda: parzen.sample_weights(ratio, fixed_bin, windows),
+        "sample_weights": lambda: parzen.sample_weights(
+            ratio, fixed_bin, first, windows.derivatives
+        ),
     }
     print(f"{args.samples} samples, {args.bins} bins, best of {args.repeats}")
     for name, step in steps.items():

@@ -87,6 +87,17 @@ cdef int _check_dimension(int d, str what) except -1:
     return 0
 
 
+cdef bint _may_overlap(object a, object b):
+    """np.may_share_memory's bounds test, for the C-contiguous arrays ``_array`` passed (a
+    fraction of its microsecond: a kernel call checks up to 15 pairs)."""
+    cdef char *a_start = <char *>_ptr(a)
+    cdef char *b_start = <char *>_ptr(b)
+    cdef Py_ssize_t a_bytes = cnp.PyArray_NBYTES(<cnp.ndarray>a)
+    cdef Py_ssize_t b_bytes = cnp.PyArray_NBYTES(<cnp.ndarray>b)
+    return (a_bytes > 0 and b_bytes > 0 and a_start < b_start + b_bytes
+            and b_start < a_start + a_bytes)
+
+
 cdef int _check_disjoint(outputs, inputs) except -1:
     """Raise if an output array may overlap an input or another output."""
     cdef Py_ssize_t i, j
@@ -94,10 +105,10 @@ cdef int _check_disjoint(outputs, inputs) except -1:
         out_name, out = outputs[i]
         for j in range(i + 1, len(outputs)):
             other_name, other = outputs[j]
-            if np.may_share_memory(out, other):
+            if _may_overlap(out, other):
                 raise ValueError(f"{out_name} and {other_name} must not overlap.")
         for in_name, inp in inputs:
-            if inp is not None and np.may_share_memory(out, inp):
+            if inp is not None and _may_overlap(out, inp):
                 raise ValueError(f"{out_name} must not overlap {in_name}.")
     return 0
 
@@ -474,3 +485,163 @@ def bspline_hessian(fixed_size, indices, Py_ssize_t start, Py_ssize_t stop, cont
         status = ppir_bspline_hessian(d, grid.size, grid.indices, grid.n_indices, start, stop,
                                       c.size, c.point_to_control, c.offset, g_p, o_p)
     _raise_for_status(status, "bspline_hessian")
+
+
+# -- Mattes mutual information's per-sample arithmetic (src/ppir_parzen.c) -------------
+# Whole arrays in one call (no [start, stop) chunks: a few microseconds per thousand
+# samples); each binding makes its outputs, so none can overlap an input.
+
+from _ppir_c cimport (
+    ppir_parzen_entropy_difference,
+    ppir_parzen_joint_histogram,
+    ppir_parzen_log_ratio,
+    ppir_parzen_sample_weights,
+    ppir_parzen_windows,
+)
+
+__all__ += ["parzen_entropy_difference", "parzen_joint_histogram", "parzen_log_ratio",
+            "parzen_sample_weights", "parzen_windows"]
+
+
+cdef int _check_bins(int count) except -1:
+    if not 5 <= count <= 256:
+        raise ValueError(f"count must be a number of bins from 5 to 256, got {count}.")
+    return 0
+
+
+cdef Py_ssize_t _samples(object a, str name, object dtype) except -1:
+    """The length of a checked 1-D array of samples."""
+    _array(a, name, (dtype,), None)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got {a.ndim}-D.")
+    return a.shape[0]
+
+
+cdef int _square_bins(object a, str name) except -1:
+    """The number of bins of a checked (B, B) float64 array, B from 5 to 256."""
+    _array(a, name, (_FLOAT64,), None)
+    cdef int count = a.shape[0] if a.ndim == 2 else 0
+    if a.shape != (count, count):
+        raise ValueError(f"{name} must be square, got shape {a.shape}.")
+    _check_bins(count)
+    return count
+
+
+cdef int _raise_for_bins(ppir_status status, str kernel, int count) except -1:
+    if status == PPIR_BAD_INDEX:
+        raise ValueError(f"{kernel}: a fixed bin lies outside [0, {count}) or a window's first "
+                         f"bin outside [0, {count - 4}].")
+    return _raise_for_status(status, kernel)
+
+
+def parzen_windows(values, valid, int count, double minimum, double maximum, double bin_size,
+                   double normalized_minimum):
+    """The cubic B-spline windows of n moving values over ``count`` bins of
+    ``[minimum, maximum]``: ``(first_bin, weights, derivatives, inside, n_inside,
+    negative_entropy)``.
+
+    A value is inside when ``valid`` and in the range; ``term = value / bin_size -
+    normalized_minimum``, ``first_bin = clip(floor(term), 2, count - 3) - 1`` (int64, n),
+    ``weights[i, k] = beta3(first + k - term)`` and ``derivatives[i, k] = -beta3'(first + k
+    - term) / bin_size`` ((n, 4) each); the others get first bin 1 and rows of zeros.
+    ``inside`` (uint8, n) says which and ``n_inside`` counts them; ``negative_entropy`` is
+    ``sum_j p_m(j) log p_m(j)`` over the bins where the moving marginal ``p_m`` (the inside
+    weights' sum per bin over ``n_inside``) exceeds DBL_EPSILON.
+    """
+    cdef Py_ssize_t n = _samples(values, "values", _FLOAT64)
+    _array(valid, "valid", (_UINT8,), (n,))
+    _check_bins(count)
+    if not bin_size > 0:
+        raise ValueError(f"bin_size must be > 0, got {bin_size}.")
+    first = np.empty(n, dtype=_INT64)
+    weights = np.empty((n, 4))
+    derivatives = np.empty((n, 4))
+    inside = np.empty(n, dtype=_UINT8)
+    cdef const double *values_p = <const double *>_ptr(values)
+    cdef const uint8_t *valid_p = <const uint8_t *>_ptr(valid)
+    cdef ppir_index *first_p = <ppir_index *>_ptr(first)
+    cdef double *weights_p = <double *>_ptr(weights)
+    cdef double *derivatives_p = <double *>_ptr(derivatives)
+    cdef uint8_t *inside_p = <uint8_t *>_ptr(inside)
+    cdef ppir_index n_inside = 0
+    cdef double negative_entropy = 0.0
+    cdef ppir_status status
+    with nogil:
+        status = ppir_parzen_windows(n, values_p, valid_p, count, minimum, maximum, bin_size,
+                                     normalized_minimum, first_p, weights_p, derivatives_p,
+                                     inside_p, &n_inside, &negative_entropy)
+    _raise_for_status(status, "parzen_windows")
+    return first, weights, derivatives, inside, n_inside, negative_entropy
+
+
+def parzen_joint_histogram(fixed_bin, first_bin, weights, valid, int count):
+    """The (count, count) sums of the valid samples' window weights, rows the fixed bins:
+    ``histogram[fixed_bin[i], first_bin[i] + k] += weights[i, k]``."""
+    cdef Py_ssize_t n = _samples(fixed_bin, "fixed_bin", _INT64)
+    _array(first_bin, "first_bin", (_INT64,), (n,))
+    _array(weights, "weights", (_FLOAT64,), (n, 4))
+    _array(valid, "valid", (_UINT8,), (n,))
+    _check_bins(count)
+    histogram = np.empty((count, count))
+    cdef const ppir_index *fixed_p = <const ppir_index *>_ptr(fixed_bin)
+    cdef const ppir_index *first_p = <const ppir_index *>_ptr(first_bin)
+    cdef const double *weights_p = <const double *>_ptr(weights)
+    cdef const uint8_t *valid_p = <const uint8_t *>_ptr(valid)
+    cdef double *histogram_p = <double *>_ptr(histogram)
+    cdef ppir_status status
+    with nogil:
+        status = ppir_parzen_joint_histogram(n, count, fixed_p, first_p, weights_p, valid_p,
+                                             histogram_p)
+    _raise_for_bins(status, "parzen_joint_histogram", count)
+    return histogram
+
+
+def parzen_log_ratio(histogram):
+    """ITK's PRatio of a (B, B) histogram and the histogram's sum: ``(ratio, total)``;
+    ``ratio = log(p / p_m)`` where p and its column sum p_m exceed DBL_EPSILON, else 0
+    (all 0 when the total is below DBL_EPSILON)."""
+    cdef int count = _square_bins(histogram, "histogram")
+    ratio = np.empty((count, count))
+    cdef const double *histogram_p = <const double *>_ptr(histogram)
+    cdef double *ratio_p = <double *>_ptr(ratio)
+    cdef double total = 0.0
+    cdef ppir_status status
+    with nogil:
+        status = ppir_parzen_log_ratio(count, histogram_p, ratio_p, &total)
+    _raise_for_status(status, "parzen_log_ratio")
+    return ratio, total
+
+
+def parzen_entropy_difference(fractions):
+    """``sum x log x - sum r log r`` over a (B, B) array's entries x and row sums r above
+    DBL_EPSILON."""
+    cdef int count = _square_bins(fractions, "fractions")
+    scratch = np.empty(count * count)
+    cdef const double *fractions_p = <const double *>_ptr(fractions)
+    cdef double *scratch_p = <double *>_ptr(scratch)
+    cdef double out = 0.0
+    cdef ppir_status status
+    with nogil:
+        status = ppir_parzen_entropy_difference(count, fractions_p, scratch_p, &out)
+    _raise_for_status(status, "parzen_entropy_difference")
+    return out
+
+
+def parzen_sample_weights(ratio, fixed_bin, first_bin, derivatives):
+    """``s[i] = sum_k ratio[fixed_bin[i], first_bin[i] + k] * derivatives[i, k]``, (n,)."""
+    cdef int count = _square_bins(ratio, "ratio")
+    cdef Py_ssize_t n = _samples(fixed_bin, "fixed_bin", _INT64)
+    _array(first_bin, "first_bin", (_INT64,), (n,))
+    _array(derivatives, "derivatives", (_FLOAT64,), (n, 4))
+    s = np.empty(n)
+    cdef const double *ratio_p = <const double *>_ptr(ratio)
+    cdef const ppir_index *fixed_p = <const ppir_index *>_ptr(fixed_bin)
+    cdef const ppir_index *first_p = <const ppir_index *>_ptr(first_bin)
+    cdef const double *derivatives_p = <const double *>_ptr(derivatives)
+    cdef double *s_p = <double *>_ptr(s)
+    cdef ppir_status status
+    with nogil:
+        status = ppir_parzen_sample_weights(n, count, ratio_p, fixed_p, first_p, derivatives_p,
+                                            s_p)
+    _raise_for_bins(status, "parzen_sample_weights", count)
+    return s

@@ -92,3 +92,23 @@ cdef extern from "ppir_bspline.h" nogil:
                                      const double *point_to_control,
                                      const double *control_offset, const double *gradient,
                                      double *out)
+
+
+cdef extern from "ppir_parzen.h" nogil:
+    ppir_status ppir_parzen_windows(ppir_index n, const double *values, const uint8_t *valid,
+                                    int count, double minimum, double maximum, double bin_size,
+                                    double normalized_minimum, ppir_index *first_bin,
+                                    double *weights, double *derivatives, uint8_t *inside,
+                                    ppir_index *n_inside, double *negative_entropy)
+    ppir_status ppir_parzen_joint_histogram(ppir_index n, int count,
+                                            const ppir_index *fixed_bin,
+                                            const ppir_index *first_bin, const double *weights,
+                                            const uint8_t *valid, double *histogram)
+    ppir_status ppir_parzen_log_ratio(int count, const double *histogram, double *ratio,
+                                      double *total)
+    ppir_status ppir_parzen_entropy_difference(int count, const double *fractions,
+                                               double *scratch, double *out)
+    ppir_status ppir_parzen_sample_weights(ppir_index n, int count, const double *ratio,
+                                           const ppir_index *fixed_bin,
+                                           const ppir_index *first_bin,
+                                           const double *derivatives, double *s)

@@ -172,3 +172,57 @@ def bspline_hessian(
     ``o = (o_0 + 3) + 7 (o_1 + 3) + 49 (o_2 + 3)``. Only offsets with
     ``o_0 + 4 o_1 + 16 o_2 >= 0`` are filled: the others are those blocks transposed.
     """
+
+# -- Mattes mutual information's per-sample arithmetic (src/ppir_parzen.c): whole arrays
+# in one call, outputs made by the binding.
+
+__all__ += [
+    "parzen_entropy_difference",
+    "parzen_joint_histogram",
+    "parzen_log_ratio",
+    "parzen_sample_weights",
+    "parzen_windows",
+]
+
+def parzen_windows(
+    values: Float64,
+    valid: UInt8,
+    count: int,
+    minimum: float,
+    maximum: float,
+    bin_size: float,
+    normalized_minimum: float,
+) -> tuple[Int64, Float64, Float64, UInt8, int, float]:
+    """The cubic B-spline windows of n moving values over ``count`` (5 to 256) bins of
+    ``[minimum, maximum]``: ``(first_bin, weights, derivatives, inside, n_inside,
+    negative_entropy)``.
+
+    A value is inside when ``valid`` and in the range; then ``term = value / bin_size -
+    normalized_minimum``, ``first_bin = clip(floor(term), 2, count - 3) - 1`` (n,),
+    ``weights[i, k] = beta3(first + k - term)``, ``derivatives[i, k] = -beta3'(first + k -
+    term) / bin_size`` ((n, 4) each); the others get first bin 1 and rows of zeros.
+    ``inside`` (n,) says which and ``n_inside`` counts them; ``negative_entropy`` is
+    ``sum_j p_m(j) log p_m(j)`` over the bins where the moving marginal ``p_m`` (the
+    inside weights' sum per bin over ``n_inside``) exceeds DBL_EPSILON.
+    """
+
+def parzen_joint_histogram(
+    fixed_bin: Int64, first_bin: Int64, weights: Float64, valid: UInt8, count: int
+) -> Float64:
+    """(count, count) ``histogram[fixed_bin[i], first_bin[i] + k] += weights[i, k]`` over
+    the valid samples; a valid sample's bin outside the histogram raises ``ValueError``."""
+
+def parzen_log_ratio(histogram: Float64) -> tuple[Float64, float]:
+    """``(ratio, total)``: ITK's PRatio ``log(p / p_m)`` of a square histogram, ``p =
+    histogram / total`` and ``p_m`` its column sums, where both exceed DBL_EPSILON (else
+    0; all 0 when ``total``, the histogram's sum, is below DBL_EPSILON)."""
+
+def parzen_entropy_difference(fractions: Float64) -> float:
+    """``sum x log x - sum r log r`` over a square array's entries x and row sums r, each
+    over the entries above DBL_EPSILON."""
+
+def parzen_sample_weights(
+    ratio: Float64, fixed_bin: Int64, first_bin: Int64, derivatives: Float64
+) -> Float64:
+    """``s[i] = sum_k ratio[fixed_bin[i], first_bin[i] + k] * derivatives[i, k]`` (n,); a
+    bin outside ``ratio`` raises ``ValueError``."""

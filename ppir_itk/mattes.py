@@ -45,7 +45,6 @@ from ppir_itk.metric_kinds import (
 )
 from ppir_itk.moving_party import MovingPartySession
 from ppir_itk.parzen import (
-    CLOSE_TO_ZERO,
     IntensityBins,
     check_histogram_bins,
     gradient_factor,
@@ -145,13 +144,13 @@ class PrivateMattesMutualInformationImageToImageMetric(PrivateImageToImageMetric
 
     def evaluate(self) -> Evaluation:
         """Value (minus the mutual information) and its gradient; no Hessian."""
-        values, gradient, valid, _ = self._overlap()
+        values, gradient, valid, n_warped = self._overlap()
         bins = self._moving_bins
         assert bins is not None, "initialize_level() sets the moving bins"
         # ITK skips a moving value outside the level image's range (linear interpolation
-        # stays inside it, up to rounding).
-        inside = valid.astype(bool) & bins.contains(values)
-        n_valid = int(np.count_nonzero(inside))
+        # stays inside it, up to rounding): the windows count only the values inside.
+        window = moving_parzen(values, valid, bins)
+        n_valid = window.count
         points = self._require_level().points.size
         if not has_enough_overlap(n_valid, points):
             raise InputError(
@@ -159,26 +158,20 @@ class PrivateMattesMutualInformationImageToImageMetric(PrivateImageToImageMetric
                 "under the current transform; Mattes needs a sixteenth of them, as ITK (try "
                 "the 'geometry' or 'moments' initialiser)"
             )
+        if n_valid < n_warped:  # the warp zeroed the gradient where W(x) is not valid only
+            gradient = np.where(window.inside[:, None], gradient, 0.0)
         jacobian = self._jacobian()
-        window = moving_parzen(np.where(inside, values, bins.minimum), bins)
-        weights = np.where(inside[:, None], window.weights, 0.0)
-        derivatives = np.where(inside[:, None], window.derivatives, 0.0)
         term = self.moving_party.histogram_term(
             ParzenFields(
                 window.first_bin,
-                weights,
-                derivatives,
-                inside.astype(np.uint8),
-                jacobian.parameter_gradient(np.where(inside[:, None], gradient, 0.0)),
+                window.weights,
+                window.derivatives,
+                window.inside,
+                jacobian.parameter_gradient(gradient),
             )
         )
-        # The moving marginal is the moving party's own: its windows' column sums.
-        cells = (window.first_bin[:, None] + np.arange(4)).ravel()
-        marginal = np.bincount(cells, weights.ravel(), minlength=bins.count) / n_valid
-        used = marginal > CLOSE_TO_ZERO
-        information = points / n_valid * term.entropy_difference - float(
-            np.sum(marginal[used] * np.log(marginal[used]))
-        )
+        # The moving marginal's entropy is the moving party's own (its windows').
+        information = points / n_valid * term.entropy_difference - window.negative_entropy
         derivative = gradient_factor(n_valid) * jacobian.from_moments(term.moments)
         value, derivative, _ = self._penalized(jacobian, -information, derivative, None)
         return Evaluation(

@@ -1,4 +1,5 @@
-"""ITK's Mattes mutual information, as vectorised NumPy functions of the samples.
+"""ITK's Mattes mutual information, as functions of the samples (C kernels:
+``src/ppir_parzen.c``, docs/kernels.md).
 
 This is the arithmetic of ``itk::MattesMutualInformationImageToImageMetricv4``
 (ITK 5.4: the metric's ``Initialize`` and ``ComputeResults``, its
@@ -32,7 +33,7 @@ Windows
     clip(floor(term), P, B - P - 1) - 1``, bin ``first + k`` with weight
     ``w_k = beta3(first + k - term)`` (they sum to 1; at the range's maximum the
     clip makes the first weight 0). A moving sample outside ``[min, max]``
-    is skipped by ITK and not counted (``IntensityBins.contains``); fixed
+    is skipped by ITK and not counted (``MovingParzen.inside``); fixed
     values are always inside their image's range.
 
 Value
@@ -80,9 +81,13 @@ Examples
 >>> moving_range = IntensityBins.from_values(moving, 8)
 >>> fixed_bins(fixed, fixed_range).tolist()
 [2, 3, 4, 5]
->>> windows = moving_parzen(moving, moving_range)
->>> histogram = joint_histogram(fixed_bins(fixed, fixed_range), windows, np.ones(4, bool), 8)
->>> round(mutual_information(histogram), 6)
+>>> windows = moving_parzen(moving, np.ones(4, np.uint8), moving_range)
+>>> windows.first_bin.tolist(), windows.count
+([4, 3, 1, 2], 4)
+>>> histogram = joint_histogram(
+...     fixed_bins(fixed, fixed_range), windows.first_bin, windows.weights, windows.inside, 8
+... )
+>>> round(entropy_difference(histogram / 4) - windows.negative_entropy, 6)  # MI (n = N = 4)
 0.952742
 """
 
@@ -94,12 +99,12 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from ppir_itk import _kernels
 from ppir_itk.errors import InputError
 
 MIN_BINS, MAX_BINS = 5, 256
 PADDING = 2  # bins on each side of the range (ITK's `padding`)
 CLOSE_TO_ZERO = float(np.finfo(np.float64).eps)  # ITK's `closeToZero`
-_OFFSETS = np.arange(4)  # the cubic window's 4 bins, from its first
 
 
 def check_histogram_bins(count: object) -> int:
@@ -147,97 +152,68 @@ class IntensityBins:
         """Each value's continuous window position: ``P`` at the minimum, ``B - P`` at the max."""
         return np.asarray(values, dtype=np.float64) / self.bin_size - self.normalized_minimum
 
-    def contains(self, values: npt.ArrayLike) -> np.ndarray:
-        """Which values lie in the range: ITK skips moving samples that do not."""
-        array = np.asarray(values, dtype=np.float64)
-        return (array >= self.minimum) & (array <= self.maximum)
-
-
-def _centre_bins(values: npt.ArrayLike, bins: IntensityBins) -> tuple[np.ndarray, np.ndarray]:
-    """(term, floor(term) clipped to [P, B - P - 1]): ITK's Parzen window index."""
-    term = bins.term(values)
-    centre = np.clip(np.floor(term), PADDING, bins.count - PADDING - 1)
-    return term, centre.astype(np.int64)
-
 
 def fixed_bins(values: npt.ArrayLike, bins: IntensityBins) -> np.ndarray:
-    """Each fixed value's bin (zero-order window), shape (n,) int64."""
-    return _centre_bins(values, bins)[1]
+    """Each fixed value's bin (zero-order window): ``clip(floor(term), P, B - P - 1)``,
+    shape (n,) int64."""
+    centre = np.clip(np.floor(bins.term(values)), PADDING, bins.count - PADDING - 1)
+    return centre.astype(np.int64)
 
 
 @dataclass(frozen=True)
 class MovingParzen:
-    """The cubic B-spline windows of n moving values.
+    """The cubic B-spline windows of n moving values, and which of them ITK counts.
 
-    ``first_bin`` (n,) int64: the first of the 4 bins each window touches;
-    ``weights`` (n, 4): ``beta3`` at those bins (each row sums to 1);
-    ``derivatives`` (n, 4): d weight / d moving value (``1 / bin_size`` included).
+    ``inside`` (n,) uint8: valid and in the range ``[minimum, maximum]``; ``count``: how
+    many; ``first_bin`` (n,) int64: the first of the 4 bins each window touches (``P - 1``,
+    the minimum's window, where not inside); ``weights`` (n, 4): ``beta3`` at those bins
+    (each inside row sums to 1; zeros where not inside); ``derivatives`` (n, 4): d weight /
+    d moving value (``1 / bin_size`` included; zeros where not inside);
+    ``negative_entropy``: ``sum_j p_m(j) log p_m(j)`` of the moving marginal ``p_m`` (the
+    inside weights' sum per bin over ``count``), over ``p_m(j) > eps``.
     """
 
     first_bin: np.ndarray
     weights: np.ndarray
     derivatives: np.ndarray
+    inside: np.ndarray
+    count: int
+    negative_entropy: float
 
 
-def _cubic_bspline(u: np.ndarray) -> np.ndarray:
-    """``beta3(u)``, as ITK's ``BSplineKernelFunction<3>``."""
-    a = np.abs(u)
-    a2 = a * a
-    inner = (4.0 - 6.0 * a2 + 3.0 * a2 * a) / 6.0
-    outer = (8.0 - 12.0 * a + 6.0 * a2 - a2 * a) / 6.0
-    return np.where(a < 1.0, inner, np.where(a < 2.0, outer, 0.0))
-
-
-def _cubic_bspline_derivative(u: np.ndarray) -> np.ndarray:
-    """``beta3'(u)``, as ITK's ``BSplineDerivativeKernelFunction<3>`` (odd in u)."""
-    a = np.abs(u)
-    inner = -2.0 * a + 1.5 * a * a
-    outer = -2.0 + 2.0 * a - 0.5 * a * a
-    return np.sign(u) * np.where(a < 1.0, inner, np.where(a < 2.0, outer, 0.0))
-
-
-def moving_parzen(values: npt.ArrayLike, bins: IntensityBins) -> MovingParzen:
-    """The cubic windows of moving values (out-of-range values: see ``contains``)."""
-    term, centre = _centre_bins(values, bins)
-    first = centre - 1
-    argument = (first - term)[:, None] + _OFFSETS  # ITK's movingImageParzenWindowArg
-    weights = _cubic_bspline(argument)
-    # w_k = beta3(first + k - term), term = v / bin_size - ...: dw_k/dv = -beta3' / bin_size.
-    derivatives = _cubic_bspline_derivative(argument) * (-1.0 / bins.bin_size)
-    return MovingParzen(first, weights, derivatives)
+def moving_parzen(values: np.ndarray, valid: np.ndarray, bins: IntensityBins) -> MovingParzen:
+    """The cubic windows of moving values (float64, n) where ``valid`` (uint8, n)."""
+    return MovingParzen(
+        *_kernels.parzen_windows(
+            values,
+            valid,
+            bins.count,
+            bins.minimum,
+            bins.maximum,
+            bins.bin_size,
+            bins.normalized_minimum,
+        )
+    )
 
 
 def joint_histogram(
-    fixed_bin: np.ndarray, parzen: MovingParzen, valid: np.ndarray, count: int
+    fixed_bin: np.ndarray,
+    first_bin: np.ndarray,
+    weights: np.ndarray,
+    valid: np.ndarray,
+    count: int,
 ) -> np.ndarray:
-    """(B, B) sums of the valid samples' weights: rows fixed bins, columns moving bins."""
-    keep = np.asarray(valid, dtype=bool)
-    cells = (np.asarray(fixed_bin)[keep] * count + parzen.first_bin[keep])[:, None] + _OFFSETS
-    flat = np.bincount(cells.ravel(), parzen.weights[keep].ravel(), minlength=count * count)
-    return flat.reshape(count, count)
+    """(B, B) sums of the valid samples' window weights: rows fixed bins, columns moving bins
+    (int64 bins, (n, 4) weights, uint8 ``valid``)."""
+    return _kernels.parzen_joint_histogram(fixed_bin, first_bin, weights, valid, count)
 
 
-def _probabilities(histogram: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(p, p_f, R) of an unnormalised joint histogram; R = ITK's PRatio, 0 where ITK skips."""
-    total = float(histogram.sum())
+def log_ratio(histogram: np.ndarray) -> np.ndarray:
+    """ITK's PRatio: ``log(p(i, j) / p_m(j))`` where both exceed eps, else 0; shape (B, B)."""
+    ratio, total = _kernels.parzen_log_ratio(histogram)
     if total < CLOSE_TO_ZERO:
         raise ValueError("the joint histogram is empty: no valid sample")
-    p = histogram / total
-    moving_marginal = p.sum(axis=0)
-    used = (p > CLOSE_TO_ZERO) & (moving_marginal > CLOSE_TO_ZERO)[None, :]
-    ratio = np.zeros_like(p)
-    ratio[used] = np.log((p / np.where(used, moving_marginal, 1.0))[used])
-    return p, p.sum(axis=1), ratio
-
-
-def mutual_information(histogram: np.ndarray) -> float:
-    """MI (>= 0) of an unnormalised joint histogram; ITK's metric value is ``-MI``."""
-    p, fixed_marginal, ratio = _probabilities(histogram)
-    # ITK adds p (R - log p_f) where p, p_m and p_f exceed eps; p_m >= p, so p > eps is
-    # ITK's test on p and p_m.
-    used = (p > CLOSE_TO_ZERO) & (fixed_marginal > CLOSE_TO_ZERO)[:, None]
-    log_fixed = np.log(np.where(fixed_marginal > CLOSE_TO_ZERO, fixed_marginal, 1.0))
-    return float(np.sum((p * (ratio - log_fixed[:, None]))[used]))
+    return ratio
 
 
 def entropy_difference(fractions: np.ndarray) -> float:
@@ -249,27 +225,17 @@ def entropy_difference(fractions: np.ndarray) -> float:
     ``MI = (n / N) entropy_difference(h / n) - sum_j p_m(j) log p_m(j)``, the last sum
     the moving party's own.
     """
-    rows = fractions.sum(axis=1)
-    used, used_rows = fractions > CLOSE_TO_ZERO, rows > CLOSE_TO_ZERO
-    return float(
-        np.sum(fractions[used] * np.log(fractions[used]))
-        - np.sum(rows[used_rows] * np.log(rows[used_rows]))
-    )
+    return float(_kernels.parzen_entropy_difference(fractions))
 
 
-def log_ratio(histogram: np.ndarray) -> np.ndarray:
-    """ITK's PRatio: ``log(p(i, j) / p_m(j))`` where both exceed eps, else 0; shape (B, B)."""
-    return _probabilities(histogram)[2]
-
-
-def sample_weights(ratio: np.ndarray, fixed_bin: np.ndarray, parzen: MovingParzen) -> np.ndarray:
+def sample_weights(
+    ratio: np.ndarray, fixed_bin: np.ndarray, first_bin: np.ndarray, derivatives: np.ndarray
+) -> np.ndarray:
     """``s_i = sum_k ratio[fixed_bin_i, first_bin_i + k] derivatives[i, k]``, shape (n,).
 
-    Invalid samples get a number too: leave them out of the sum (multiply by ``valid``).
+    A sample whose derivatives are zeros (not inside) gets 0.
     """
-    columns = parzen.first_bin[:, None] + _OFFSETS
-    rows = np.asarray(fixed_bin)[:, None]
-    return np.sum(ratio[rows, columns] * parzen.derivatives, axis=1)
+    return _kernels.parzen_sample_weights(ratio, fixed_bin, first_bin, derivatives)
 
 
 def gradient_factor(number_of_valid_points: int) -> float:

@@ -50,8 +50,9 @@ class PointSet:
     def size(self) -> int:
         return self.geometry.number_of_points if self.indices is None else int(self.indices.size)
 
-    @property
+    @functools.cached_property
     def reference(self) -> np.ndarray:
+        """The grid's centre (computed once: every evaluation's Jacobian and map take it)."""
         return self.geometry.center()
 
     @functools.cached_property

@@ -32,7 +32,6 @@ from ppir_itk.backends.base import (
 from ppir_itk.disclosure import Disclosure, Message, ProtocolTable
 from ppir_itk.metric_kinds import MATTES, MEAN_SQUARES_SETTINGS, MetricSettings
 from ppir_itk.parzen import (
-    MovingParzen,
     entropy_difference,
     joint_histogram,
     log_ratio,
@@ -187,9 +186,12 @@ class ClearHistogramBackend(_ClearHalf, HistogramBackend):
         fixed_bin = self._fixed_bins
         assert fixed_bin is not None, "histogram_term() runs only after on_points()"
         points = self.level_points
-        window = MovingParzen(fields.first_bin, fields.weights, fields.derivatives)
-        histogram = joint_histogram(fixed_bin, window, fields.valid, self.metric.histogram_bins)
-        weights = sample_weights(log_ratio(histogram), fixed_bin, window)
+        histogram = joint_histogram(
+            fixed_bin, fields.first_bin, fields.weights, fields.valid, self.metric.histogram_bins
+        )
+        weights = sample_weights(
+            log_ratio(histogram), fixed_bin, fields.first_bin, fields.derivatives
+        )
         return HistogramTerm(
             entropy_difference=entropy_difference(histogram / points.size),
             moments=points.linear_map.moments(fields.gradient, weights),
