@@ -28,6 +28,7 @@ kernels = Extension(
         "src/ppir_warp.c",
         "src/ppir_affine.c",
         "src/ppir_bspline.c",
+        "src/ppir_ring.c",
     ],
     depends=[
         "cython/_ppir_c.pxd",
@@ -39,6 +40,7 @@ kernels = Extension(
         "src/ppir_affine.h",
         "src/ppir_bspline.h",
         "src/ppir_points.inc",
+        "src/ppir_ring.h",
     ],
     include_dirs=["src", numpy.get_include()],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],

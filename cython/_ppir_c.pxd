@@ -92,3 +92,29 @@ cdef extern from "ppir_bspline.h" nogil:
                                      const double *point_to_control,
                                      const double *control_offset, const double *gradient,
                                      double *out)
+
+
+from libc.stdint cimport uint64_t
+
+cdef extern from "ppir_ring.h" nogil:
+    ppir_status ppir_ring_gram(ppir_index rows_a, ppir_index rows_b, ppir_index count,
+                               const uint64_t *a, const uint64_t *b, uint64_t *out)
+    ppir_status ppir_ring_left(ppir_index rows, ppir_index inner, ppir_index count,
+                               const uint64_t *left, const uint64_t *right, uint64_t *out)
+    ppir_status ppir_ring_window_gram(ppir_index rows, ppir_index bins, ppir_index count,
+                                      ppir_index width, const uint64_t *dense,
+                                      const ppir_index *first, const uint64_t *weights,
+                                      uint64_t *out)
+    ppir_status ppir_ring_window_left(ppir_index rows, ppir_index bins, ppir_index count,
+                                      ppir_index width, const uint64_t *left,
+                                      const ppir_index *first, const uint64_t *weights,
+                                      uint64_t *out)
+    ppir_status ppir_ring128_add(ppir_index n, const uint64_t *x, const uint64_t *y,
+                                 uint64_t *out)
+    ppir_status ppir_ring128_subtract(ppir_index n, const uint64_t *x, const uint64_t *y,
+                                      uint64_t *out)
+    ppir_status ppir_ring128_negate(ppir_index n, const uint64_t *x, uint64_t *out)
+    ppir_status ppir_ring128_multiply(ppir_index n, const uint64_t *x, const uint64_t *y,
+                                      uint64_t *out)
+    ppir_status ppir_ring128_shift_right(ppir_index n, int bits, const uint64_t *x,
+                                         uint64_t *out)

@@ -27,6 +27,7 @@ FloatImage = npt.NDArray[np.float32] | npt.NDArray[np.float64]
 Float64 = npt.NDArray[np.float64]
 Int64 = npt.NDArray[np.int64]
 UInt8 = npt.NDArray[np.uint8]
+UInt64 = npt.NDArray[np.uint64]
 
 Control = tuple[Int64, Float64, Float64]  # (control_size, point_to_control, control_offset)
 
@@ -38,6 +39,15 @@ __all__ = [
     "bspline_scatter",
     "central_gradient",
     "warp",
+    "ring128_add",
+    "ring128_multiply",
+    "ring128_negate",
+    "ring128_shift_right",
+    "ring128_subtract",
+    "ring_gram",
+    "ring_left",
+    "ring_window_gram",
+    "ring_window_left",
 ]
 
 def central_gradient(image: FloatImage, out: Float64) -> None:
@@ -172,3 +182,36 @@ def bspline_hessian(
     ``o = (o_0 + 3) + 7 (o_1 + 3) + 49 (o_2 + 3)``. Only offsets with
     ``o_0 + 4 o_1 + 16 o_2 >= 0`` are filled: the others are those blocks transposed.
     """
+
+# Z_2^64 matrix products (uint64, wrapping) and Z_2^128 words ((..., 2) uint64, low word
+# first): src/ppir_ring.c. Outputs are overwritten and may not overlap an input.
+
+def ring_gram(a: UInt64, b: UInt64, out: UInt64) -> None:
+    """``out (rows_a x rows_b) = a b^T`` over Z_2^64; a and b have the same columns."""
+
+def ring_left(left: UInt64, right: UInt64, out: UInt64) -> None:
+    """``out (rows x count) = left right`` over Z_2^64."""
+
+def ring_window_gram(dense: UInt64, bins: int, first: Int64, weights: UInt64, out: UInt64) -> None:
+    """``out (rows x bins) = dense W^T`` over Z_2^64 for the window matrix W (bins x count),
+    ``W[first[p] + k, p] = weights[p, k]`` and zero elsewhere (``0 <= first[p] <= bins -
+    width``, weights count x width): width products per entry of ``dense``."""
+
+def ring_window_left(left: UInt64, first: Int64, weights: UInt64, out: UInt64) -> None:
+    """``out (rows x count) = left W`` over Z_2^64 for the window matrix W (bins x count,
+    bins = left's columns): ``out[i, p] = sum_k left[i, first[p] + k] weights[p, k]``."""
+
+def ring128_add(x: UInt64, y: UInt64, out: UInt64) -> None:
+    """``out = x + y`` over Z_2^128 (x, y, out of one shape (..., 2))."""
+
+def ring128_subtract(x: UInt64, y: UInt64, out: UInt64) -> None:
+    """``out = x - y`` over Z_2^128."""
+
+def ring128_multiply(x: UInt64, y: UInt64, out: UInt64) -> None:
+    """``out = x y`` over Z_2^128."""
+
+def ring128_negate(x: UInt64, out: UInt64) -> None:
+    """``out = -x`` over Z_2^128."""
+
+def ring128_shift_right(x: UInt64, bits: int, out: UInt64) -> None:
+    """``out = floor(x / 2^bits)``, x read in ``[0, 2^128)``, ``0 <= bits < 128``."""

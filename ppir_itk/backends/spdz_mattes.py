@@ -82,11 +82,12 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ppir_itk import ring128
+from ppir_itk import _kernels, ring128
 from ppir_itk.backends.base import (
     FixedSide,
     HistogramBackend,
@@ -98,6 +99,7 @@ from ppir_itk.backends.spdz import TFP_REFUSED, dealer_figures, provider_of, ses
 from ppir_itk.dealer_client import (
     LEVEL_MASK,
     DealerClient,
+    apply_product,
     mask_item,
     product_item,
     triples_item,
@@ -218,6 +220,36 @@ def batch_items(bins: int, count: int, dimension: int) -> list[pb.DealerItem]:
         mask_item(FIXED, dimension, count),  # 15 b' (m1)
         product_item("elementwise", 14, 15),  # 16 a' b'
     ]
+
+
+@dataclass(frozen=True)
+class _Window:
+    """The moving party's B x n matrices W and D as Parzen windows: column p is zero outside
+    rows ``first[p] .. first[p] + 3``, where it holds ``weights[p]`` (W) or ``slopes[p]``
+    (D), each (n, 4). Its products cost 4 B n multiply-adds, not the dense B^2 n."""
+
+    first: np.ndarray
+    weights: np.ndarray
+    slopes: np.ndarray
+
+    def dense(self, values: np.ndarray, bins: int) -> np.ndarray:
+        out = np.zeros((bins, len(self.first)), dtype=np.int64)
+        columns = np.arange(len(self.first))
+        for k in range(WINDOW):
+            out[self.first + k, columns] = values[:, k]
+        return out
+
+    def gram(self, dense: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """``dense M^T`` over Z64 for M the window matrix of ``values``."""
+        out = np.empty((dense.shape[0], dense.shape[0]), dtype=np.uint64)
+        _kernels.ring_window_gram(dense, dense.shape[0], self.first, _u64(values), out)
+        return out
+
+    def left(self, left: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """``left M`` over Z64 for M the window matrix of ``values``."""
+        out = np.empty((left.shape[0], len(self.first)), dtype=np.uint64)
+        _kernels.ring_window_left(left, self.first, _u64(values), out)
+        return out
 
 
 def _u64(values: np.ndarray) -> np.ndarray:
@@ -388,20 +420,22 @@ class SPDZMattesBackend(HistogramBackend):
             float(np.abs(fields.derivatives[valid]).max(initial=0.0)), bits.derivative_bits
         )
         e_g = exponent(float(np.abs(fields.gradient).max(initial=0.0)), bits.g_bits)
-        weights = np.zeros((bins, count), dtype=np.int64)
-        derivatives = np.zeros((bins, count), dtype=np.int64)
-        columns = np.flatnonzero(valid)
-        for k in range(WINDOW):
-            rows = first[columns] + k
-            weights[rows, columns] = encode(fields.weights[columns, k], bits.weight_fraction)
-            derivatives[rows, columns] = encode(fields.derivatives[columns, k], e_d)
+        # W and D as windows (zero at rows 0 .. 3 where invalid), and dense
+        window = _Window(
+            np.where(valid, first, 0),
+            np.zeros((count, WINDOW), dtype=np.int64),
+            np.zeros((count, WINDOW), dtype=np.int64),
+        )
+        window.weights[valid] = encode(fields.weights[valid], bits.weight_fraction)
+        window.slopes[valid] = encode(fields.derivatives[valid], e_d)
+        weights, derivatives = window.dense(window.weights, bins), window.dense(window.slopes, bins)
         gradient = np.ascontiguousarray(encode(fields.gradient.T, e_g))
         totals = weights.sum(axis=1)  # C_j, exact
         correction = np.zeros(bins)
         filled = totals > 0
         correction[filled] = np.log(totals[filled] / (count * 2.0**bits.weight_fraction))
         values = self._dealer.take(self._level, self._items, (bins, count))
-        steps = self._moving_steps(weights, derivatives, gradient, correction, values)
+        steps = self._moving_steps(window, weights, derivatives, gradient, correction, values)
         entropy, mapped = self._run(steps)
         moments = ring128.signed(mapped)
         basis = points.linear_map
@@ -415,6 +449,7 @@ class SPDZMattesBackend(HistogramBackend):
 
     def _moving_steps(
         self,
+        window: _Window,
         weights: np.ndarray,
         derivatives: np.ndarray,
         gradient: np.ndarray,
@@ -432,7 +467,7 @@ class SPDZMattesBackend(HistogramBackend):
         yield Send(_i64(_u64(weights) - _u64(v)))
         yield Send(_i64(_u64(derivatives) - _u64(v2)))
         yield Send(_i64(_u64(gradient) - _u64(v4)))
-        h = opened @ _u64(weights).T + _u64(c_histogram)
+        h = window.gram(opened, window.weights) + _u64(c_histogram)
         # R2
         top = h >> np.uint64(63)
         yield Send(_i64(top - _u64(a)))
@@ -447,7 +482,7 @@ class SPDZMattesBackend(HistogramBackend):
         entropy = ring128.add(entropy, ring128.from_words(fixed_entropy)[0])
         # R4
         masked_logs = yield from _receive((bins, bins))
-        t = (_u64(logs_ring) + _u64(masked_logs)) @ _u64(derivatives) + _u64(c_left)
+        t = window.left(_u64(logs_ring) + _u64(masked_logs), window.slopes) + _u64(c_left)
         # R5
         yield Send(_i64(t - _u64(v3)))
         s = (opened * t).sum(axis=0) + _u64(c_select)[0]
@@ -661,7 +696,7 @@ class SPDZMattesFixedSide(FixedSide):
         masked_weights = yield from _receive((bins, count))
         masked_derivatives = yield from _receive((bins, count))
         masked_gradient = yield from _receive((d, count))
-        h = u @ _u64(masked_weights).T + _u64(c_histogram)
+        h = apply_product("gram", _u64(masked_weights), u) + _u64(c_histogram)
         # R2
         top = h >> np.uint64(63)
         yield Send(_i64(top - _u64(b)))
@@ -674,7 +709,7 @@ class SPDZMattesFixedSide(FixedSide):
         yield Send(ring128.to_words(entropy[None]))
         # R4
         yield Send(_i64(_u64(logs_ring) - _u64(b_logs)))
-        t = _u64(b_logs) @ _u64(masked_derivatives) + _u64(c_left)
+        t = apply_product("left", _u64(masked_derivatives), _u64(b_logs)) + _u64(c_left)
         # R5
         masked_t = yield from _receive((bins, count))
         selected = t[self._bins, np.arange(count)]
