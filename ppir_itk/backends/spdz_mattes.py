@@ -526,9 +526,8 @@ class SPDZMattesBackend(HistogramBackend):
             answer = inbox.popleft()
 
     def _exchange(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        message = pb.BackendMessage(
-            spdz_mattes_step=pb.SpdzMattesStep(shares=[array_to_pb(a) for a in arrays])
-        )
+        message = pb.BackendMessage()
+        _add_shares(message.spdz_mattes_step.shares, arrays)
         reply = self.channel.exchange(message)
         self.round_trips += 1
         if reply.WhichOneof("body") != "spdz_mattes_answer":
@@ -559,6 +558,16 @@ def _max_elements(bins: int, points: PointSet) -> int:
     """The most elements one share array of a Mattes round holds: a (B, n) or (d, n)
     opening, or a log depth's openings (4 products of B^2 + B values, 2 words each)."""
     return max(bins, points.geometry.dimension) * points.size + 16 * (bins * bins + bins)
+
+
+def _add_shares(shares: Any, arrays: list[np.ndarray]) -> None:
+    """Append a round's share arrays (int64 words) to a message's repeated ``Array`` field,
+    built in place: each share's bytes are copied in once (a ``pb.Array`` made first is
+    copied again into each message that encloses it: some 5x the time for R1's 50 MB at
+    10^5 points). The same fields as :func:`~ppir_itk.protocol.messages.array_to_pb`."""
+    for array in arrays:
+        words = _i64(array)
+        shares.add(dtype=words.dtype.name, shape=words.shape, data=words.tobytes())
 
 
 def _arrays(arrays: Any, max_elements: int) -> list[np.ndarray]:
@@ -680,9 +689,9 @@ class SPDZMattesFixedSide(FixedSide):
             if not self._inbox:
                 break  # the generator waits at this Receive for the next request
             answer = self._inbox.popleft()
-        return pb.BackendMessage(
-            spdz_mattes_answer=pb.SpdzMattesAnswer(shares=[array_to_pb(a) for a in outbox])
-        )
+        reply = pb.BackendMessage()
+        _add_shares(reply.spdz_mattes_answer.shares, outbox)
+        return reply
 
     def _fixed_steps(self, values: list[Any]) -> Steps:
         """Party 1's R1-R6 on this evaluation's batch ``values`` (:func:`batch_items`)."""
