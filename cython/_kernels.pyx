@@ -482,18 +482,21 @@ from libc.stdint cimport uint64_t
 
 from _ppir_c cimport (
     ppir_ring128_add,
+    ppir_ring128_beaver,
     ppir_ring128_multiply,
     ppir_ring128_negate,
     ppir_ring128_shift_right,
     ppir_ring128_subtract,
+    ppir_ring128_truncate,
     ppir_ring_gram,
     ppir_ring_left,
     ppir_ring_window_gram,
     ppir_ring_window_left,
 )
 
-__all__ += ["ring128_add", "ring128_multiply", "ring128_negate", "ring128_shift_right",
-            "ring128_subtract", "ring_gram", "ring_left", "ring_window_gram", "ring_window_left"]
+__all__ += ["ring128_add", "ring128_beaver", "ring128_multiply", "ring128_negate",
+            "ring128_shift_right", "ring128_subtract", "ring128_truncate", "ring_gram",
+            "ring_left", "ring_window_gram", "ring_window_left"]
 
 _UINT64 = np.dtype(np.uint64)
 
@@ -671,3 +674,41 @@ def ring128_shift_right(x, int bits, out):
     with nogil:
         status = ppir_ring128_shift_right(n, bits, x_p, o_p)
     _raise_for_status(status, "ring128_shift_right")
+
+
+def ring128_truncate(x, int bits, int party, out):
+    """Overwrite ``out`` with SecureML's local truncation of the share x by ``bits`` (party
+    0: ``x >> bits``; party 1: ``-((-x) >> bits)``), 0 <= bits < 128."""
+    cdef ppir_index n = _ring128(x, "x", out)
+    if not 0 <= bits < 128:
+        raise ValueError(f"bits must be in [0, 128), got {bits}.")
+    if party not in (0, 1):
+        raise ValueError(f"party must be 0 or 1, got {party}.")
+    cdef const uint64_t *x_p = <const uint64_t *>_ptr(x)
+    cdef uint64_t *o_p = <uint64_t *>_ptr(out)
+    cdef ppir_status status
+    with nogil:
+        status = ppir_ring128_truncate(n, bits, party, x_p, o_p)
+    _raise_for_status(status, "ring128_truncate")
+
+
+def ring128_beaver(e, f, a, b, c, int party, out):
+    """Overwrite ``out`` with a party's share of Beaver's product over Z_2^128: ``c + e b +
+    f a``, plus ``e f`` for party 0 (e, f opened; a, b, c its triple shares)."""
+    cdef ppir_index n = _ring128(e, "e", out)
+    if party not in (0, 1):
+        raise ValueError(f"party must be 0 or 1, got {party}.")
+    for name, operand in (("f", f), ("a", a), ("b", b), ("c", c)):
+        _array(operand, name, (_UINT64,), e.shape)
+        if np.may_share_memory(out, operand):
+            raise ValueError(f"out must not overlap {name}.")
+    cdef const uint64_t *e_p = <const uint64_t *>_ptr(e)
+    cdef const uint64_t *f_p = <const uint64_t *>_ptr(f)
+    cdef const uint64_t *a_p = <const uint64_t *>_ptr(a)
+    cdef const uint64_t *b_p = <const uint64_t *>_ptr(b)
+    cdef const uint64_t *c_p = <const uint64_t *>_ptr(c)
+    cdef uint64_t *o_p = <uint64_t *>_ptr(out)
+    cdef ppir_status status
+    with nogil:
+        status = ppir_ring128_beaver(n, party, e_p, f_p, a_p, b_p, c_p, o_p)
+    _raise_for_status(status, "ring128_beaver")

@@ -118,3 +118,8 @@ cdef extern from "ppir_ring.h" nogil:
                                       uint64_t *out)
     ppir_status ppir_ring128_shift_right(ppir_index n, int bits, const uint64_t *x,
                                          uint64_t *out)
+    ppir_status ppir_ring128_truncate(ppir_index n, int bits, int party, const uint64_t *x,
+                                      uint64_t *out)
+    ppir_status ppir_ring128_beaver(ppir_index n, int party, const uint64_t *e,
+                                    const uint64_t *f, const uint64_t *a, const uint64_t *b,
+                                    const uint64_t *c, uint64_t *out)

@@ -40,10 +40,12 @@ __all__ = [
     "central_gradient",
     "warp",
     "ring128_add",
+    "ring128_beaver",
     "ring128_multiply",
     "ring128_negate",
     "ring128_shift_right",
     "ring128_subtract",
+    "ring128_truncate",
     "ring_gram",
     "ring_left",
     "ring_window_gram",
@@ -215,3 +217,13 @@ def ring128_negate(x: UInt64, out: UInt64) -> None:
 
 def ring128_shift_right(x: UInt64, bits: int, out: UInt64) -> None:
     """``out = floor(x / 2^bits)``, x read in ``[0, 2^128)``, ``0 <= bits < 128``."""
+
+def ring128_truncate(x: UInt64, bits: int, party: int, out: UInt64) -> None:
+    """SecureML's local truncation of a share by ``bits``: party 0 ``x >> bits``, party 1
+    ``-((-x) >> bits)``."""
+
+def ring128_beaver(
+    e: UInt64, f: UInt64, a: UInt64, b: UInt64, c: UInt64, party: int, out: UInt64
+) -> None:
+    """A party's share of Beaver's product: ``out = c + e b + f a`` (``+ e f`` for party 0),
+    e and f opened, a, b, c its shares of the triple."""

@@ -214,19 +214,27 @@ def decode(values: np.ndarray, bits: int = FRACTION_BITS) -> np.ndarray:
 
 def truncate(share: np.ndarray, bits: int, party: int) -> np.ndarray:
     """SecureML's local truncation of a share by ``bits`` (module docstring)."""
-    if party == 0:
-        return shift_right(share, bits)
-    return negate(shift_right(negate(share), bits))
+    out = np.empty(share.shape, dtype=U64)
+    _kernels.ring128_truncate(_operand(share, share.shape), bits, party, out)
+    return out
 
 
-def add_public(share: np.ndarray, value: np.ndarray | float, party: int) -> np.ndarray:
+@functools.lru_cache(maxsize=64)
+def _constant(value: float) -> np.ndarray:
+    """A public real's encoding (the log's constants, encoded once; read-only)."""
+    encoded = encode(value)
+    encoded.flags.writeable = False
+    return encoded
+
+
+def add_public(share: np.ndarray, value: float, party: int) -> np.ndarray:
     """The share of ``v + value`` (party 0 adds the public value's encoding)."""
-    return add(share, encode(value)) if party == 0 else share
+    return add(share, _constant(value)) if party == 0 else share
 
 
 def scale(share: np.ndarray, factor: float, party: int) -> np.ndarray:
     """The share of ``v * factor`` for a public real ``factor`` (one truncation)."""
-    return truncate(multiply_values(share, encode(factor)), FRACTION_BITS, party)
+    return truncate(multiply_values(share, _constant(factor)), FRACTION_BITS, party)
 
 
 class Triples:
@@ -260,10 +268,8 @@ def multiply(
             f"an opening of shape {np.shape(received)} arrived for {len(own)} values"
         )
     opened = add(own, from_words(received))
-    e, f = opened[: len(x)], opened[len(x) :]
-    product = add(add(c, multiply_values(e, b)), multiply_values(f, a))
-    if party == 0:
-        product = add(product, multiply_values(e, f))
+    product = np.empty_like(x)
+    _kernels.ring128_beaver(opened[: len(x)], opened[len(x) :], a, b, c, party, product)
     if not exact:
         product = truncate(product, FRACTION_BITS, party)
     out, start = [], 0
@@ -283,7 +289,7 @@ def square(
 
 def _weighted(terms: list[tuple[np.ndarray, float]], party: int) -> np.ndarray:
     """The share of ``sum w_k v_k`` for public reals ``w_k`` (one truncation)."""
-    weighted = [multiply_values(value, encode(weight)) for value, weight in terms]
+    weighted = [multiply_values(value, _constant(weight)) for value, weight in terms]
     return truncate(functools.reduce(add, weighted), FRACTION_BITS, party)
 
 

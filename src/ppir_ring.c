@@ -263,10 +263,28 @@ ppir_status ppir_ring128_negate(ppir_index n, const uint64_t *x, uint64_t *out)
         return status;
     }
     for (ppir_index i = 0; i < 2 * n; i += 2) {
-        out[i] = 0u - x[i];
-        out[i + 1] = 0u - x[i + 1] - (x[i] != 0);
+        const uint64_t low = x[i], high = x[i + 1];
+        out[i] = 0u - low;
+        out[i + 1] = 0u - high - (low != 0);
     }
     return PPIR_OK;
+}
+
+/* x y mod 2^128 of the element at x and y (two words each), into out. */
+static void ppir_product_(const uint64_t *x, const uint64_t *y, uint64_t *out)
+{
+    uint64_t low, high;
+    ppir_wide_(x[0], y[0], &low, &high);
+    out[0] = low;
+    out[1] = high + x[0] * y[1] + x[1] * y[0];
+}
+
+/* out += x (one element). */
+static void ppir_accumulate_(uint64_t *out, const uint64_t *x)
+{
+    const uint64_t low = out[0] + x[0];
+    out[1] += x[1] + (low < x[0]);
+    out[0] = low;
 }
 
 ppir_status ppir_ring128_multiply(ppir_index n, const uint64_t *x, const uint64_t *y,
@@ -277,10 +295,34 @@ ppir_status ppir_ring128_multiply(ppir_index n, const uint64_t *x, const uint64_
         return status;
     }
     for (ppir_index i = 0; i < 2 * n; i += 2) {
-        uint64_t low, high;
-        ppir_wide_(x[i], y[i], &low, &high);
-        out[i] = low;
-        out[i + 1] = high + x[i] * y[i + 1] + x[i + 1] * y[i];
+        ppir_product_(x + i, y + i, out + i);
+    }
+    return PPIR_OK;
+}
+
+ppir_status ppir_ring128_beaver(ppir_index n, int party, const uint64_t *e, const uint64_t *f,
+                                const uint64_t *a, const uint64_t *b, const uint64_t *c,
+                                uint64_t *out)
+{
+    const ppir_status status = ppir_ring128_check_(n, e, f, out);
+    if (status != PPIR_OK) {
+        return status;
+    }
+    if (a == NULL || b == NULL || c == NULL) {
+        return PPIR_NULL_POINTER;
+    }
+    for (ppir_index i = 0; i < 2 * n; i += 2) {
+        uint64_t term[2];
+        out[i] = c[i];
+        out[i + 1] = c[i + 1];
+        ppir_product_(e + i, b + i, term);
+        ppir_accumulate_(out + i, term);
+        ppir_product_(f + i, a + i, term);
+        ppir_accumulate_(out + i, term);
+        if (party == 0) {
+            ppir_product_(e + i, f + i, term);
+            ppir_accumulate_(out + i, term);
+        }
     }
     return PPIR_OK;
 }
@@ -308,4 +350,22 @@ ppir_status ppir_ring128_shift_right(ppir_index n, int bits, const uint64_t *x, 
         }
     }
     return PPIR_OK;
+}
+
+ppir_status ppir_ring128_truncate(ppir_index n, int bits, int party, const uint64_t *x,
+                                  uint64_t *out)
+{
+    ppir_status status;
+    if (party == 0) {
+        return ppir_ring128_shift_right(n, bits, x, out);
+    }
+    /* -((-x) >> bits), in place in out: each step reads an element before writing it */
+    status = ppir_ring128_negate(n, x, out);
+    if (status == PPIR_OK) {
+        status = ppir_ring128_shift_right(n, bits, out, out);
+    }
+    if (status == PPIR_OK) {
+        status = ppir_ring128_negate(n, out, out);
+    }
+    return status;
 }

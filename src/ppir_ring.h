@@ -59,6 +59,15 @@ ppir_status ppir_ring128_multiply(ppir_index n, const uint64_t *x, const uint64_
                                   uint64_t *out);
 /* floor(x / 2^bits) of x read in [0, 2^128), 0 <= bits < 128 (else PPIR_BAD_SIZE). */
 ppir_status ppir_ring128_shift_right(ppir_index n, int bits, const uint64_t *x, uint64_t *out);
+/* SecureML's local truncation of a share by 0 <= bits < 128: party 0 shifts x right,
+ * party 1 (any other value of party) computes -((-x) >> bits). */
+ppir_status ppir_ring128_truncate(ppir_index n, int bits, int party, const uint64_t *x,
+                                  uint64_t *out);
+/* A party's share of Beaver's product from the opened e = x - a and f = y - b and its
+ * shares of the triple: out = c + e b + f a, plus e f for party 0. */
+ppir_status ppir_ring128_beaver(ppir_index n, int party, const uint64_t *e, const uint64_t *f,
+                                const uint64_t *a, const uint64_t *b, const uint64_t *c,
+                                uint64_t *out);
 
 #ifdef __cplusplus
 }

@@ -389,3 +389,14 @@ def ring128_shift_right(x, bits):
     return _ring128_words(
         (low >> np.uint64(bits)) | (high << np.uint64(64 - bits)), high >> np.uint64(bits)
     )
+
+
+def ring128_truncate(x, bits, party):
+    if party == 0:
+        return ring128_shift_right(x, bits)
+    return ring128_negate(ring128_shift_right(ring128_negate(x), bits))
+
+
+def ring128_beaver(e, f, a, b, c, party):
+    out = ring128_add(ring128_add(c, ring128_multiply(e, b)), ring128_multiply(f, a))
+    return ring128_add(out, ring128_multiply(e, f)) if party == 0 else out

@@ -70,6 +70,13 @@ def test_ring128_words_match_numpy(count):
     for bits in (0, 1, 28, 63, 64, 65, 127):
         K.ring128_shift_right(x, bits, out)
         assert np.array_equal(out, R.ring128_shift_right(x, bits)), bits
+        for party in (0, 1):
+            K.ring128_truncate(x, bits, party, out)
+            assert np.array_equal(out, R.ring128_truncate(x, bits, party)), (bits, party)
+    a, b, c = words(rng, count, 2), words(rng, count, 2), words(rng, count, 2)
+    for party in (0, 1):
+        K.ring128_beaver(x, y, a, b, c, party, out)
+        assert np.array_equal(out, R.ring128_beaver(x, y, a, b, c, party)), party
 
 
 def test_ring_kernels_refuse_bad_input():
@@ -96,3 +103,7 @@ def test_ring_kernels_refuse_bad_input():
         K.ring128_negate(x, x)
     with pytest.raises(ValueError, match="bits must be in"):
         K.ring128_shift_right(x, 128, np.empty_like(x))
+    with pytest.raises(ValueError, match="party must be 0 or 1"):
+        K.ring128_truncate(x, 3, 2, np.empty_like(x))
+    with pytest.raises(ValueError, match="c must have shape"):
+        K.ring128_beaver(x, x, x, x, words(rng, 4, 2), 0, np.empty_like(x))
