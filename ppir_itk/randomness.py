@@ -48,9 +48,10 @@ def expand(seed: bytes, count: int) -> np.ndarray:
     size = 8 * count
     # update_into wants room for a block beyond its input (unused in CTR mode)
     out = np.empty(size + 16, dtype=np.uint8)
+    buffer = out.data
     for start in range(0, size, len(_ZEROS)):
         stop = min(start + len(_ZEROS), size)
-        encryptor.update_into(_ZEROS[: stop - start], out[start : stop + 15])
+        encryptor.update_into(_ZEROS[: stop - start], buffer[start : stop + 15])
     return out[:size].view(np.int64)
 
 
