@@ -488,15 +488,18 @@ from _ppir_c cimport (
     ppir_ring128_shift_right,
     ppir_ring128_subtract,
     ppir_ring128_truncate,
+    ppir_ring_column_dots,
     ppir_ring_gram,
     ppir_ring_left,
     ppir_ring_window_gram,
     ppir_ring_window_left,
+    ppir_ring_window_subtract,
 )
 
 __all__ += ["ring128_add", "ring128_beaver", "ring128_multiply", "ring128_negate",
-            "ring128_shift_right", "ring128_subtract", "ring128_truncate", "ring_gram",
-            "ring_left", "ring_window_gram", "ring_window_left"]
+            "ring128_shift_right", "ring128_subtract", "ring128_truncate", "ring_column_dots",
+            "ring_gram", "ring_left", "ring_window_gram", "ring_window_left",
+            "ring_window_subtract"]
 
 _UINT64 = np.dtype(np.uint64)
 
@@ -593,6 +596,42 @@ def ring_window_left(left, first, weights, out):
     with nogil:
         status = ppir_ring_window_left(r, b, n, width, l_p, f_p, w_p, o_p)
     _raise_for_status(status, "ring_window_left")
+
+
+
+def ring_column_dots(x, y, out):
+    """Overwrite ``out`` (count) with the column sums of ``x . y`` (rows x count) over
+    Z_2^64: ``out[p] = sum_i x[i, p] y[i, p]``."""
+    rows, count = _matrix(x, "x")
+    _array(y, "y", (_UINT64,), (rows, count))
+    _array(out, "out", (_UINT64,), (count,), True)
+    _check_disjoint((("out", out),), (("x", x), ("y", y)))
+    cdef const uint64_t *x_p = <const uint64_t *>_ptr(x)
+    cdef const uint64_t *y_p = <const uint64_t *>_ptr(y)
+    cdef uint64_t *o_p = <uint64_t *>_ptr(out)
+    cdef ppir_index r = rows, n = count
+    cdef ppir_status status
+    with nogil:
+        status = ppir_ring_column_dots(r, n, x_p, y_p, o_p)
+    _raise_for_status(status, "ring_column_dots")
+
+
+def ring_window_subtract(first, weights, dense, out):
+    """Overwrite ``out`` (bins x count) with ``W - dense`` over Z_2^64, W the window matrix
+    ``W[first[p] + k, p] = weights[p, k]``, bins = dense's rows."""
+    bins, count = _matrix(dense, "dense")
+    _window(first, weights, bins, count)
+    _array(out, "out", (_UINT64,), (bins, count), True)
+    _check_disjoint((("out", out),), (("dense", dense), ("first", first), ("weights", weights)))
+    cdef const ppir_index *f_p = <const ppir_index *>_ptr(first)
+    cdef const uint64_t *w_p = <const uint64_t *>_ptr(weights)
+    cdef const uint64_t *d_p = <const uint64_t *>_ptr(dense)
+    cdef uint64_t *o_p = <uint64_t *>_ptr(out)
+    cdef ppir_index b = bins, n = count, width = weights.shape[1]
+    cdef ppir_status status
+    with nogil:
+        status = ppir_ring_window_subtract(b, n, width, f_p, w_p, d_p, o_p)
+    _raise_for_status(status, "ring_window_subtract")
 
 
 cdef Py_ssize_t _ring128(object x, str name, object out) except -1:

@@ -109,6 +109,11 @@ cdef extern from "ppir_ring.h" nogil:
                                       ppir_index width, const uint64_t *left,
                                       const ppir_index *first, const uint64_t *weights,
                                       uint64_t *out)
+    ppir_status ppir_ring_column_dots(ppir_index rows, ppir_index count, const uint64_t *x,
+                                      const uint64_t *y, uint64_t *out)
+    ppir_status ppir_ring_window_subtract(ppir_index bins, ppir_index count, ppir_index width,
+                                          const ppir_index *first, const uint64_t *weights,
+                                          const uint64_t *dense, uint64_t *out)
     ppir_status ppir_ring128_add(ppir_index n, const uint64_t *x, const uint64_t *y,
                                  uint64_t *out)
     ppir_status ppir_ring128_subtract(ppir_index n, const uint64_t *x, const uint64_t *y,

@@ -46,10 +46,12 @@ __all__ = [
     "ring128_shift_right",
     "ring128_subtract",
     "ring128_truncate",
+    "ring_column_dots",
     "ring_gram",
     "ring_left",
     "ring_window_gram",
     "ring_window_left",
+    "ring_window_subtract",
 ]
 
 def central_gradient(image: FloatImage, out: Float64) -> None:
@@ -202,6 +204,13 @@ def ring_window_gram(dense: UInt64, bins: int, first: Int64, weights: UInt64, ou
 def ring_window_left(left: UInt64, first: Int64, weights: UInt64, out: UInt64) -> None:
     """``out (rows x count) = left W`` over Z_2^64 for the window matrix W (bins x count,
     bins = left's columns): ``out[i, p] = sum_k left[i, first[p] + k] weights[p, k]``."""
+
+def ring_column_dots(x: UInt64, y: UInt64, out: UInt64) -> None:
+    """``out (count) = sum_i x[i, p] y[i, p]`` over Z_2^64, x and y (rows x count)."""
+
+def ring_window_subtract(first: Int64, weights: UInt64, dense: UInt64, out: UInt64) -> None:
+    """``out (bins x count) = W - dense`` over Z_2^64, W the window matrix (bins = dense's
+    rows)."""
 
 def ring128_add(x: UInt64, y: UInt64, out: UInt64) -> None:
     """``out = x + y`` over Z_2^128 (x, y, out of one shape (..., 2))."""

@@ -165,9 +165,10 @@ def product_shape(product: str, moving: tuple[int, ...], fixed: tuple[int, ...])
 
 
 def apply_product(product: str, moving: np.ndarray, fixed: np.ndarray) -> np.ndarray:
-    """``product(m, f)`` over Z_2^64 (uint64 operands: unsigned products wrap); the dense
-    matrix products in C (:func:`~ppir_itk._kernels.ring_gram`, ``ring_left``: NumPy's
-    integer matmul is several times slower)."""
+    """``product(m, f)`` over Z_2^64 (uint64 operands: unsigned products wrap); the matrix
+    products and column sums in C (:func:`~ppir_itk._kernels.ring_gram`, ``ring_left``,
+    ``ring_column_dots``: NumPy's integer matmul is several times slower, and its
+    ``(m * f).sum(axis=0)`` makes a temporary of the operands' size)."""
     if product == "elementwise":
         return moving * fixed
     if product == "gram":
@@ -178,7 +179,9 @@ def apply_product(product: str, moving: np.ndarray, fixed: np.ndarray) -> np.nda
         out = np.empty((fixed.shape[0], moving.shape[1]), dtype=np.uint64)
         _kernels.ring_left(np.ascontiguousarray(fixed), np.ascontiguousarray(moving), out)
         return out
-    return (moving * fixed).sum(axis=0, keepdims=True)
+    out = np.empty((1, moving.shape[1]), dtype=np.uint64)
+    _kernels.ring_column_dots(np.ascontiguousarray(moving), np.ascontiguousarray(fixed), out[0])
+    return out
 
 
 def item_shapes(items: Sequence[pb.DealerItem], level_shape: tuple[int, ...]) -> list[tuple]:

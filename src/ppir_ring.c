@@ -202,6 +202,47 @@ ppir_status ppir_ring_window_left(ppir_index rows, ppir_index bins, ppir_index c
     return PPIR_OK;
 }
 
+ppir_status ppir_ring_column_dots(ppir_index rows, ppir_index count, const uint64_t *x,
+                                  const uint64_t *y, uint64_t *out)
+{
+    if (x == NULL || y == NULL || out == NULL) {
+        return PPIR_NULL_POINTER;
+    }
+    if (rows < 1 || count < 1) {
+        return PPIR_BAD_SIZE;
+    }
+    for (ppir_index p = 0; p < count; ++p) {
+        out[p] = x[p] * y[p];
+    }
+    for (ppir_index i = 1; i < rows; ++i) {
+        const uint64_t *a = x + i * count, *b = y + i * count;
+        for (ppir_index p = 0; p < count; ++p) {
+            out[p] += a[p] * b[p];
+        }
+    }
+    return PPIR_OK;
+}
+
+ppir_status ppir_ring_window_subtract(ppir_index bins, ppir_index count, ppir_index width,
+                                      const ppir_index *first, const uint64_t *weights,
+                                      const uint64_t *dense, uint64_t *out)
+{
+    const ppir_status status =
+        ppir_window_check_(1, bins, count, width, dense, first, weights, out);
+    if (status != PPIR_OK) {
+        return status;
+    }
+    for (ppir_index k = 0; k < bins * count; ++k) {
+        out[k] = 0u - dense[k];
+    }
+    for (ppir_index p = 0; p < count; ++p) {
+        for (ppir_index k = 0; k < width; ++k) {
+            out[(first[p] + k) * count + p] += weights[p * width + k];
+        }
+    }
+    return PPIR_OK;
+}
+
 /* The 128-bit product of two words, as (low, high). */
 static void ppir_wide_(uint64_t x, uint64_t y, uint64_t *low, uint64_t *high)
 {

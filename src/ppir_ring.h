@@ -47,6 +47,15 @@ ppir_status ppir_ring_window_left(ppir_index rows, ppir_index bins, ppir_index c
                                   const ppir_index *first, const uint64_t *weights,
                                   uint64_t *out);
 
+/* out (count) = the column sums of x . y (rows x count each): out[p] = sum_i x[i, p] y[i, p]. */
+ppir_status ppir_ring_column_dots(ppir_index rows, ppir_index count, const uint64_t *x,
+                                  const uint64_t *y, uint64_t *out);
+
+/* out (bins x count) = W - dense for the window matrix W (bins x count). */
+ppir_status ppir_ring_window_subtract(ppir_index bins, ppir_index count, ppir_index width,
+                                      const ppir_index *first, const uint64_t *weights,
+                                      const uint64_t *dense, uint64_t *out);
+
 /*
  * Z_2^128, elementwise over n elements, each two words (low, high): arrays of 2 n
  * uint64, as ppir_itk.ring128 holds them.  out may not overlap the inputs.

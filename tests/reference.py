@@ -343,6 +343,14 @@ def ring_window_left(left, first, weights):
     return left @ window_matrix(left.shape[1], first, weights)
 
 
+def ring_window_subtract(first, weights, dense):
+    return window_matrix(dense.shape[0], first, weights) - dense
+
+
+def ring_column_dots(x, y):
+    return (x * y).sum(axis=0, dtype=np.uint64)
+
+
 _LOW32 = np.uint64(0xFFFFFFFF)
 
 

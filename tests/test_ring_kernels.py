@@ -32,6 +32,9 @@ def test_gram_and_left_match_numpy(rows_a, rows_b, count):
     out = np.empty((rows_a, count), dtype=np.uint64)
     K.ring_left(left, right, out)
     assert np.array_equal(out, R.ring_left(left, right))
+    out = np.empty(count, dtype=np.uint64)
+    K.ring_column_dots(a, a[::-1].copy(), out)
+    assert np.array_equal(out, R.ring_column_dots(a, a[::-1]))
 
 
 @pytest.mark.parametrize(
@@ -48,6 +51,10 @@ def test_window_products_match_the_dense_ones(rows, bins, count, width):
     out = np.empty((rows, count), dtype=np.uint64)
     K.ring_window_left(left, first, weights, out)
     assert np.array_equal(out, R.ring_window_left(left, first, weights))
+    mask = words(rng, bins, count)
+    out = np.empty((bins, count), dtype=np.uint64)
+    K.ring_window_subtract(first, weights, mask, out)
+    assert np.array_equal(out, R.ring_window_subtract(first, weights, mask))
 
 
 @pytest.mark.parametrize("count", [1, 2, 1001])

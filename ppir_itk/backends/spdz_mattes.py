@@ -228,21 +228,21 @@ class _Window:
     rows ``first[p] .. first[p] + 3``, where it holds ``weights[p]`` (W) or ``slopes[p]``
     (D), each (n, 4). Its products cost 4 B n multiply-adds, not the dense B^2 n."""
 
+    bins: int
     first: np.ndarray
     weights: np.ndarray
     slopes: np.ndarray
 
-    def dense(self, values: np.ndarray, bins: int) -> np.ndarray:
-        out = np.zeros((bins, len(self.first)), dtype=np.int64)
-        columns = np.arange(len(self.first))
-        for k in range(WINDOW):
-            out[self.first + k, columns] = values[:, k]
+    def subtract(self, values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """``M - mask`` over Z64 for M the window matrix of ``values``."""
+        out = np.empty((self.bins, len(self.first)), dtype=np.uint64)
+        _kernels.ring_window_subtract(self.first, _u64(values), _u64(mask), out)
         return out
 
     def gram(self, dense: np.ndarray, values: np.ndarray) -> np.ndarray:
         """``dense M^T`` over Z64 for M the window matrix of ``values``."""
-        out = np.empty((dense.shape[0], dense.shape[0]), dtype=np.uint64)
-        _kernels.ring_window_gram(dense, dense.shape[0], self.first, _u64(values), out)
+        out = np.empty((dense.shape[0], self.bins), dtype=np.uint64)
+        _kernels.ring_window_gram(dense, self.bins, self.first, _u64(values), out)
         return out
 
     def left(self, left: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -422,20 +422,22 @@ class SPDZMattesBackend(HistogramBackend):
         e_g = exponent(float(np.abs(fields.gradient).max(initial=0.0)), bits.g_bits)
         # W and D as windows (zero at rows 0 .. 3 where invalid), and dense
         window = _Window(
+            bins,
             np.where(valid, first, 0),
             np.zeros((count, WINDOW), dtype=np.int64),
             np.zeros((count, WINDOW), dtype=np.int64),
         )
         window.weights[valid] = encode(fields.weights[valid], bits.weight_fraction)
         window.slopes[valid] = encode(fields.derivatives[valid], e_d)
-        weights, derivatives = window.dense(window.weights, bins), window.dense(window.slopes, bins)
         gradient = np.ascontiguousarray(encode(fields.gradient.T, e_g))
-        totals = weights.sum(axis=1)  # C_j, exact
+        # C_j = sum_p W[j, p], exact (below 2^62): the window's product with a row of ones
+        totals = window.gram(np.ones((1, count), dtype=np.uint64), window.weights)[0]
+        totals = totals.view(np.int64)
         correction = np.zeros(bins)
         filled = totals > 0
         correction[filled] = np.log(totals[filled] / (count * 2.0**bits.weight_fraction))
         values = self._dealer.take(self._level, self._items, (bins, count))
-        steps = self._moving_steps(window, weights, derivatives, gradient, correction, values)
+        steps = self._moving_steps(window, gradient, correction, values)
         entropy, mapped = self._run(steps)
         moments = ring128.signed(mapped)
         basis = points.linear_map
@@ -450,8 +452,6 @@ class SPDZMattesBackend(HistogramBackend):
     def _moving_steps(
         self,
         window: _Window,
-        weights: np.ndarray,
-        derivatives: np.ndarray,
         gradient: np.ndarray,
         correction: np.ndarray,
         values: list[Any],
@@ -461,11 +461,11 @@ class SPDZMattesBackend(HistogramBackend):
             values[:14]
         )
         a_gradient, _, c_gradient_bit = values[14:]
-        bins, count = weights.shape
+        bins, count = window.bins, len(window.first)
         opened, bits = _u64(self._opened), self._bits
         # R1
-        yield Send(_i64(_u64(weights) - _u64(v)))
-        yield Send(_i64(_u64(derivatives) - _u64(v2)))
+        yield Send(_i64(window.subtract(window.weights, v)))
+        yield Send(_i64(window.subtract(window.slopes, v2)))
         yield Send(_i64(_u64(gradient) - _u64(v4)))
         h = window.gram(opened, window.weights) + _u64(c_histogram)
         # R2
@@ -485,7 +485,7 @@ class SPDZMattesBackend(HistogramBackend):
         t = window.left(_u64(logs_ring) + _u64(masked_logs), window.slopes) + _u64(c_left)
         # R5
         yield Send(_i64(t - _u64(v3)))
-        s = (opened * t).sum(axis=0) + _u64(c_select)[0]
+        s = apply_product("column_sums", t, opened)[0] + _u64(c_select)[0]
         # R6
         masked_s = yield from _receive((1, count))
         product = _u64(gradient) * (s + _u64(masked_s)[0]) + _u64(c_gradient) + PRODUCT_OFFSET
@@ -722,7 +722,7 @@ class SPDZMattesFixedSide(FixedSide):
         # R5
         masked_t = yield from _receive((bins, count))
         selected = t[self._bins, np.arange(count)]
-        s = selected + (u * _u64(masked_t)).sum(axis=0) + _u64(c_select)[0]
+        s = selected + apply_product("column_sums", _u64(masked_t), u)[0] + _u64(c_select)[0]
         # R6
         yield Send(_i64(s - _u64(b_s)[0])[None, :])
         product = _u64(masked_gradient) * _u64(b_s) + _u64(c_gradient)
