@@ -645,50 +645,38 @@ cdef Py_ssize_t _ring128(object x, str name, object out) except -1:
     return x.size // 2
 
 
-cdef int _ring128_other(object y, object x, object out) except -1:
+ctypedef ppir_status (*_Ring128Binary)(ppir_index n, const uint64_t *x, const uint64_t *y,
+                                       uint64_t *out) noexcept nogil
+
+
+cdef _ring128_binary(_Ring128Binary kernel, str name, x, y, out):
+    """Check x, y and out ((..., 2) uint64, one shape) and run ``kernel`` on them."""
+    cdef ppir_index n = _ring128(x, "x", out)
     _array(y, "y", (_UINT64,), x.shape)
     if np.may_share_memory(out, y):
         raise ValueError("out must not overlap y.")
-    return 0
+    cdef const uint64_t *x_p = <const uint64_t *>_ptr(x)
+    cdef const uint64_t *y_p = <const uint64_t *>_ptr(y)
+    cdef uint64_t *o_p = <uint64_t *>_ptr(out)
+    cdef ppir_status status
+    with nogil:
+        status = kernel(n, x_p, y_p, o_p)
+    _raise_for_status(status, name)
 
 
 def ring128_add(x, y, out):
     """Overwrite ``out`` with ``x + y`` over Z_2^128 ((..., 2) uint64 words, low first)."""
-    cdef ppir_index n = _ring128(x, "x", out)
-    _ring128_other(y, x, out)
-    cdef const uint64_t *x_p = <const uint64_t *>_ptr(x)
-    cdef const uint64_t *y_p = <const uint64_t *>_ptr(y)
-    cdef uint64_t *o_p = <uint64_t *>_ptr(out)
-    cdef ppir_status status
-    with nogil:
-        status = ppir_ring128_add(n, x_p, y_p, o_p)
-    _raise_for_status(status, "ring128_add")
+    _ring128_binary(ppir_ring128_add, "ring128_add", x, y, out)
 
 
 def ring128_subtract(x, y, out):
     """Overwrite ``out`` with ``x - y`` over Z_2^128."""
-    cdef ppir_index n = _ring128(x, "x", out)
-    _ring128_other(y, x, out)
-    cdef const uint64_t *x_p = <const uint64_t *>_ptr(x)
-    cdef const uint64_t *y_p = <const uint64_t *>_ptr(y)
-    cdef uint64_t *o_p = <uint64_t *>_ptr(out)
-    cdef ppir_status status
-    with nogil:
-        status = ppir_ring128_subtract(n, x_p, y_p, o_p)
-    _raise_for_status(status, "ring128_subtract")
+    _ring128_binary(ppir_ring128_subtract, "ring128_subtract", x, y, out)
 
 
 def ring128_multiply(x, y, out):
     """Overwrite ``out`` with ``x y`` over Z_2^128."""
-    cdef ppir_index n = _ring128(x, "x", out)
-    _ring128_other(y, x, out)
-    cdef const uint64_t *x_p = <const uint64_t *>_ptr(x)
-    cdef const uint64_t *y_p = <const uint64_t *>_ptr(y)
-    cdef uint64_t *o_p = <uint64_t *>_ptr(out)
-    cdef ppir_status status
-    with nogil:
-        status = ppir_ring128_multiply(n, x_p, y_p, o_p)
-    _raise_for_status(status, "ring128_multiply")
+    _ring128_binary(ppir_ring128_multiply, "ring128_multiply", x, y, out)
 
 
 def ring128_negate(x, out):
