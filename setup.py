@@ -29,6 +29,7 @@ kernels = Extension(
         "src/ppir_affine.c",
         "src/ppir_bspline.c",
         "src/ppir_parzen.c",
+        "src/ppir_ring.c",
     ],
     depends=[
         "cython/_ppir_c.pxd",
@@ -41,6 +42,7 @@ kernels = Extension(
         "src/ppir_bspline.h",
         "src/ppir_points.inc",
         "src/ppir_parzen.h",
+        "src/ppir_ring.h",
     ],
     include_dirs=["src", numpy.get_include()],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],

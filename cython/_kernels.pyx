@@ -645,3 +645,266 @@ def parzen_sample_weights(ratio, fixed_bin, first_bin, derivatives):
                                             s_p)
     _raise_for_bins(status, "parzen_sample_weights", count)
     return s
+# --- Z_2^64 matrix products (src/ppir_ring.c): the spdz Mattes shares and the dealer's ---
+
+from libc.stdint cimport uint64_t
+
+from _ppir_c cimport (
+    ppir_ring128_add,
+    ppir_ring128_beaver,
+    ppir_ring128_multiply,
+    ppir_ring128_negate,
+    ppir_ring128_shift_right,
+    ppir_ring128_subtract,
+    ppir_ring128_truncate,
+    ppir_ring_column_dots,
+    ppir_ring_gram,
+    ppir_ring_left,
+    ppir_ring_window_gram,
+    ppir_ring_window_left,
+    ppir_ring_window_subtract,
+)
+
+__all__ += ["ring128_add", "ring128_beaver", "ring128_multiply", "ring128_negate",
+            "ring128_shift_right", "ring128_subtract", "ring128_truncate", "ring_column_dots",
+            "ring_gram", "ring_left", "ring_window_gram", "ring_window_left",
+            "ring_window_subtract"]
+
+_UINT64 = np.dtype(np.uint64)
+
+
+cdef tuple _matrix(object a, str name):
+    """A checked 2-D uint64 matrix and its shape."""
+    _array(a, name, (_UINT64,), None)
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got {a.ndim}-D.")
+    return a.shape[0], a.shape[1]
+
+
+cdef int _window(object first, object weights, Py_ssize_t bins, Py_ssize_t count) except -1:
+    """Check the window matrix's first rows (count) and weights (count x width)."""
+    _array(first, "first", (_INT64,), (count,))
+    _array(weights, "weights", (_UINT64,), None)
+    if weights.ndim != 2 or weights.shape[0] != count or not 1 <= weights.shape[1] <= bins:
+        raise ValueError(f"weights must have shape ({count}, width), 1 <= width <= {bins}, "
+                         f"got {weights.shape}.")
+    if count and (first.min() < 0 or first.max() > bins - weights.shape[1]):
+        raise ValueError(f"every entry of first must lie in [0, {bins - weights.shape[1]}] "
+                         f"(bins - width).")
+    return 0
+
+
+def ring_gram(a, b, out):
+    """Overwrite ``out`` (rows_a x rows_b) with ``a b^T`` over Z_2^64 (uint64, wrapping)."""
+    rows_a, count = _matrix(a, "a")
+    rows_b, count_b = _matrix(b, "b")
+    if count_b != count:
+        raise ValueError(f"b must have {count} columns like a, got {count_b}.")
+    _array(out, "out", (_UINT64,), (rows_a, rows_b), True)
+    _check_disjoint((("out", out),), (("a", a), ("b", b)))
+    cdef const uint64_t *a_p = <const uint64_t *>_ptr(a)
+    cdef const uint64_t *b_p = <const uint64_t *>_ptr(b)
+    cdef uint64_t *o_p = <uint64_t *>_ptr(out)
+    cdef ppir_index ra = rows_a, rb = rows_b, n = count
+    cdef ppir_status status
+    with nogil:
+        status = ppir_ring_gram(ra, rb, n, a_p, b_p, o_p)
+    _raise_for_status(status, "ring_gram")
+
+
+def ring_left(left, right, out):
+    """Overwrite ``out`` (rows x count) with ``left right`` over Z_2^64 (uint64, wrapping)."""
+    rows, inner = _matrix(left, "left")
+    inner_r, count = _matrix(right, "right")
+    if inner_r != inner:
+        raise ValueError(f"right must have {inner} rows (left's columns), got {inner_r}.")
+    _array(out, "out", (_UINT64,), (rows, count), True)
+    _check_disjoint((("out", out),), (("left", left), ("right", right)))
+    cdef const uint64_t *l_p = <const uint64_t *>_ptr(left)
+    cdef const uint64_t *r_p = <const uint64_t *>_ptr(right)
+    cdef uint64_t *o_p = <uint64_t *>_ptr(out)
+    cdef ppir_index r = rows, k = inner, n = count
+    cdef ppir_status status
+    with nogil:
+        status = ppir_ring_left(r, k, n, l_p, r_p, o_p)
+    _raise_for_status(status, "ring_left")
+
+
+def ring_window_gram(dense, Py_ssize_t bins, first, weights, out):
+    """Overwrite ``out`` (rows x bins) with ``dense W^T`` over Z_2^64, W (bins x count) the
+    window matrix ``W[first[p] + k, p] = weights[p, k]`` (zero elsewhere)."""
+    rows, count = _matrix(dense, "dense")
+    _window(first, weights, bins, count)
+    _array(out, "out", (_UINT64,), (rows, bins), True)
+    _check_disjoint((("out", out),), (("dense", dense), ("first", first), ("weights", weights)))
+    cdef const uint64_t *d_p = <const uint64_t *>_ptr(dense)
+    cdef const ppir_index *f_p = <const ppir_index *>_ptr(first)
+    cdef const uint64_t *w_p = <const uint64_t *>_ptr(weights)
+    cdef uint64_t *o_p = <uint64_t *>_ptr(out)
+    cdef ppir_index r = rows, b = bins, n = count, width = weights.shape[1]
+    cdef ppir_status status
+    with nogil:
+        status = ppir_ring_window_gram(r, b, n, width, d_p, f_p, w_p, o_p)
+    _raise_for_status(status, "ring_window_gram")
+
+
+def ring_window_left(left, first, weights, out):
+    """Overwrite ``out`` (rows x count) with ``left W`` over Z_2^64, W (bins x count) the
+    window matrix ``W[first[p] + k, p] = weights[p, k]``, bins = left's columns."""
+    rows, bins = _matrix(left, "left")
+    count = first.shape[0] if isinstance(first, np.ndarray) and first.ndim == 1 else -1
+    _window(first, weights, bins, count)
+    _array(out, "out", (_UINT64,), (rows, count), True)
+    _check_disjoint((("out", out),), (("left", left), ("first", first), ("weights", weights)))
+    cdef const uint64_t *l_p = <const uint64_t *>_ptr(left)
+    cdef const ppir_index *f_p = <const ppir_index *>_ptr(first)
+    cdef const uint64_t *w_p = <const uint64_t *>_ptr(weights)
+    cdef uint64_t *o_p = <uint64_t *>_ptr(out)
+    cdef ppir_index r = rows, b = bins, n = count, width = weights.shape[1]
+    cdef ppir_status status
+    with nogil:
+        status = ppir_ring_window_left(r, b, n, width, l_p, f_p, w_p, o_p)
+    _raise_for_status(status, "ring_window_left")
+
+
+
+def ring_column_dots(x, y, out):
+    """Overwrite ``out`` (count) with the column sums of ``x . y`` (rows x count) over
+    Z_2^64: ``out[p] = sum_i x[i, p] y[i, p]``."""
+    rows, count = _matrix(x, "x")
+    _array(y, "y", (_UINT64,), (rows, count))
+    _array(out, "out", (_UINT64,), (count,), True)
+    _check_disjoint((("out", out),), (("x", x), ("y", y)))
+    cdef const uint64_t *x_p = <const uint64_t *>_ptr(x)
+    cdef const uint64_t *y_p = <const uint64_t *>_ptr(y)
+    cdef uint64_t *o_p = <uint64_t *>_ptr(out)
+    cdef ppir_index r = rows, n = count
+    cdef ppir_status status
+    with nogil:
+        status = ppir_ring_column_dots(r, n, x_p, y_p, o_p)
+    _raise_for_status(status, "ring_column_dots")
+
+
+def ring_window_subtract(first, weights, dense, out):
+    """Overwrite ``out`` (bins x count) with ``W - dense`` over Z_2^64, W the window matrix
+    ``W[first[p] + k, p] = weights[p, k]``, bins = dense's rows."""
+    bins, count = _matrix(dense, "dense")
+    _window(first, weights, bins, count)
+    _array(out, "out", (_UINT64,), (bins, count), True)
+    _check_disjoint((("out", out),), (("dense", dense), ("first", first), ("weights", weights)))
+    cdef const ppir_index *f_p = <const ppir_index *>_ptr(first)
+    cdef const uint64_t *w_p = <const uint64_t *>_ptr(weights)
+    cdef const uint64_t *d_p = <const uint64_t *>_ptr(dense)
+    cdef uint64_t *o_p = <uint64_t *>_ptr(out)
+    cdef ppir_index b = bins, n = count, width = weights.shape[1]
+    cdef ppir_status status
+    with nogil:
+        status = ppir_ring_window_subtract(b, n, width, f_p, w_p, d_p, o_p)
+    _raise_for_status(status, "ring_window_subtract")
+
+
+cdef Py_ssize_t _ring128(object x, str name, object out) except -1:
+    """The element count of a checked (..., 2) uint64 array x and of out (its shape)."""
+    _array(x, name, (_UINT64,), None)
+    if x.ndim == 0 or x.shape[x.ndim - 1] != 2:
+        raise ValueError(f"{name} must have shape (..., 2) (low and high words), got {x.shape}.")
+    _array(out, "out", (_UINT64,), x.shape, True)
+    if np.may_share_memory(out, x):
+        raise ValueError(f"out must not overlap {name}.")
+    return x.size // 2
+
+
+ctypedef ppir_status (*_Ring128Binary)(ppir_index n, const uint64_t *x, const uint64_t *y,
+                                       uint64_t *out) noexcept nogil
+
+
+cdef _ring128_binary(_Ring128Binary kernel, str name, x, y, out):
+    """Check x, y and out ((..., 2) uint64, one shape) and run ``kernel`` on them."""
+    cdef ppir_index n = _ring128(x, "x", out)
+    _array(y, "y", (_UINT64,), x.shape)
+    if np.may_share_memory(out, y):
+        raise ValueError("out must not overlap y.")
+    cdef const uint64_t *x_p = <const uint64_t *>_ptr(x)
+    cdef const uint64_t *y_p = <const uint64_t *>_ptr(y)
+    cdef uint64_t *o_p = <uint64_t *>_ptr(out)
+    cdef ppir_status status
+    with nogil:
+        status = kernel(n, x_p, y_p, o_p)
+    _raise_for_status(status, name)
+
+
+def ring128_add(x, y, out):
+    """Overwrite ``out`` with ``x + y`` over Z_2^128 ((..., 2) uint64 words, low first)."""
+    _ring128_binary(ppir_ring128_add, "ring128_add", x, y, out)
+
+
+def ring128_subtract(x, y, out):
+    """Overwrite ``out`` with ``x - y`` over Z_2^128."""
+    _ring128_binary(ppir_ring128_subtract, "ring128_subtract", x, y, out)
+
+
+def ring128_multiply(x, y, out):
+    """Overwrite ``out`` with ``x y`` over Z_2^128."""
+    _ring128_binary(ppir_ring128_multiply, "ring128_multiply", x, y, out)
+
+
+def ring128_negate(x, out):
+    """Overwrite ``out`` with ``-x`` over Z_2^128."""
+    cdef ppir_index n = _ring128(x, "x", out)
+    cdef const uint64_t *x_p = <const uint64_t *>_ptr(x)
+    cdef uint64_t *o_p = <uint64_t *>_ptr(out)
+    cdef ppir_status status
+    with nogil:
+        status = ppir_ring128_negate(n, x_p, o_p)
+    _raise_for_status(status, "ring128_negate")
+
+
+def ring128_shift_right(x, int bits, out):
+    """Overwrite ``out`` with ``floor(x / 2^bits)``, x read in [0, 2^128), 0 <= bits < 128."""
+    cdef ppir_index n = _ring128(x, "x", out)
+    if not 0 <= bits < 128:
+        raise ValueError(f"bits must be in [0, 128), got {bits}.")
+    cdef const uint64_t *x_p = <const uint64_t *>_ptr(x)
+    cdef uint64_t *o_p = <uint64_t *>_ptr(out)
+    cdef ppir_status status
+    with nogil:
+        status = ppir_ring128_shift_right(n, bits, x_p, o_p)
+    _raise_for_status(status, "ring128_shift_right")
+
+
+def ring128_truncate(x, int bits, int party, out):
+    """Overwrite ``out`` with SecureML's local truncation of the share x by ``bits`` (party
+    0: ``x >> bits``; party 1: ``-((-x) >> bits)``), 0 <= bits < 128."""
+    cdef ppir_index n = _ring128(x, "x", out)
+    if not 0 <= bits < 128:
+        raise ValueError(f"bits must be in [0, 128), got {bits}.")
+    if party not in (0, 1):
+        raise ValueError(f"party must be 0 or 1, got {party}.")
+    cdef const uint64_t *x_p = <const uint64_t *>_ptr(x)
+    cdef uint64_t *o_p = <uint64_t *>_ptr(out)
+    cdef ppir_status status
+    with nogil:
+        status = ppir_ring128_truncate(n, bits, party, x_p, o_p)
+    _raise_for_status(status, "ring128_truncate")
+
+
+def ring128_beaver(e, f, a, b, c, int party, out):
+    """Overwrite ``out`` with a party's share of Beaver's product over Z_2^128: ``c + e b +
+    f a``, plus ``e f`` for party 0 (e, f opened; a, b, c its triple shares)."""
+    cdef ppir_index n = _ring128(e, "e", out)
+    if party not in (0, 1):
+        raise ValueError(f"party must be 0 or 1, got {party}.")
+    for name, operand in (("f", f), ("a", a), ("b", b), ("c", c)):
+        _array(operand, name, (_UINT64,), e.shape)
+        if np.may_share_memory(out, operand):
+            raise ValueError(f"out must not overlap {name}.")
+    cdef const uint64_t *e_p = <const uint64_t *>_ptr(e)
+    cdef const uint64_t *f_p = <const uint64_t *>_ptr(f)
+    cdef const uint64_t *a_p = <const uint64_t *>_ptr(a)
+    cdef const uint64_t *b_p = <const uint64_t *>_ptr(b)
+    cdef const uint64_t *c_p = <const uint64_t *>_ptr(c)
+    cdef uint64_t *o_p = <uint64_t *>_ptr(out)
+    cdef ppir_status status
+    with nogil:
+        status = ppir_ring128_beaver(n, party, e_p, f_p, a_p, b_p, c_p, o_p)
+    _raise_for_status(status, "ring128_beaver")

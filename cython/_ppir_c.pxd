@@ -112,3 +112,37 @@ cdef extern from "ppir_parzen.h" nogil:
                                            const ppir_index *fixed_bin,
                                            const ppir_index *first_bin,
                                            const double *derivatives, double *s)
+from libc.stdint cimport uint64_t
+
+cdef extern from "ppir_ring.h" nogil:
+    ppir_status ppir_ring_gram(ppir_index rows_a, ppir_index rows_b, ppir_index count,
+                               const uint64_t *a, const uint64_t *b, uint64_t *out)
+    ppir_status ppir_ring_left(ppir_index rows, ppir_index inner, ppir_index count,
+                               const uint64_t *left, const uint64_t *right, uint64_t *out)
+    ppir_status ppir_ring_window_gram(ppir_index rows, ppir_index bins, ppir_index count,
+                                      ppir_index width, const uint64_t *dense,
+                                      const ppir_index *first, const uint64_t *weights,
+                                      uint64_t *out)
+    ppir_status ppir_ring_window_left(ppir_index rows, ppir_index bins, ppir_index count,
+                                      ppir_index width, const uint64_t *left,
+                                      const ppir_index *first, const uint64_t *weights,
+                                      uint64_t *out)
+    ppir_status ppir_ring_column_dots(ppir_index rows, ppir_index count, const uint64_t *x,
+                                      const uint64_t *y, uint64_t *out)
+    ppir_status ppir_ring_window_subtract(ppir_index bins, ppir_index count, ppir_index width,
+                                          const ppir_index *first, const uint64_t *weights,
+                                          const uint64_t *dense, uint64_t *out)
+    ppir_status ppir_ring128_add(ppir_index n, const uint64_t *x, const uint64_t *y,
+                                 uint64_t *out)
+    ppir_status ppir_ring128_subtract(ppir_index n, const uint64_t *x, const uint64_t *y,
+                                      uint64_t *out)
+    ppir_status ppir_ring128_negate(ppir_index n, const uint64_t *x, uint64_t *out)
+    ppir_status ppir_ring128_multiply(ppir_index n, const uint64_t *x, const uint64_t *y,
+                                      uint64_t *out)
+    ppir_status ppir_ring128_shift_right(ppir_index n, int bits, const uint64_t *x,
+                                         uint64_t *out)
+    ppir_status ppir_ring128_truncate(ppir_index n, int bits, int party, const uint64_t *x,
+                                      uint64_t *out)
+    ppir_status ppir_ring128_beaver(ppir_index n, int party, const uint64_t *e,
+                                    const uint64_t *f, const uint64_t *a, const uint64_t *b,
+                                    const uint64_t *c, uint64_t *out)

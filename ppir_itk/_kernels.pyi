@@ -27,6 +27,7 @@ FloatImage = npt.NDArray[np.float32] | npt.NDArray[np.float64]
 Float64 = npt.NDArray[np.float64]
 Int64 = npt.NDArray[np.int64]
 UInt8 = npt.NDArray[np.uint8]
+UInt64 = npt.NDArray[np.uint64]
 
 Control = tuple[Int64, Float64, Float64]  # (control_size, point_to_control, control_offset)
 
@@ -38,6 +39,19 @@ __all__ = [
     "bspline_scatter",
     "central_gradient",
     "warp",
+    "ring128_add",
+    "ring128_beaver",
+    "ring128_multiply",
+    "ring128_negate",
+    "ring128_shift_right",
+    "ring128_subtract",
+    "ring128_truncate",
+    "ring_column_dots",
+    "ring_gram",
+    "ring_left",
+    "ring_window_gram",
+    "ring_window_left",
+    "ring_window_subtract",
 ]
 
 def central_gradient(image: FloatImage, out: Float64) -> None:
@@ -226,3 +240,52 @@ def parzen_sample_weights(
 ) -> Float64:
     """``s[i] = sum_k ratio[fixed_bin[i], first_bin[i] + k] * derivatives[i, k]`` (n,); a
     bin outside ``ratio`` raises ``ValueError``."""
+# Z_2^64 matrix products (uint64, wrapping) and Z_2^128 words ((..., 2) uint64, low word
+# first): src/ppir_ring.c. Outputs are overwritten and may not overlap an input.
+
+def ring_gram(a: UInt64, b: UInt64, out: UInt64) -> None:
+    """``out (rows_a x rows_b) = a b^T`` over Z_2^64; a and b have the same columns."""
+
+def ring_left(left: UInt64, right: UInt64, out: UInt64) -> None:
+    """``out (rows x count) = left right`` over Z_2^64."""
+
+def ring_window_gram(dense: UInt64, bins: int, first: Int64, weights: UInt64, out: UInt64) -> None:
+    """``out (rows x bins) = dense W^T`` over Z_2^64 for the window matrix W (bins x count),
+    ``W[first[p] + k, p] = weights[p, k]`` and zero elsewhere (``0 <= first[p] <= bins -
+    width``, weights count x width): width products per entry of ``dense``."""
+
+def ring_window_left(left: UInt64, first: Int64, weights: UInt64, out: UInt64) -> None:
+    """``out (rows x count) = left W`` over Z_2^64 for the window matrix W (bins x count,
+    bins = left's columns): ``out[i, p] = sum_k left[i, first[p] + k] weights[p, k]``."""
+
+def ring_column_dots(x: UInt64, y: UInt64, out: UInt64) -> None:
+    """``out (count) = sum_i x[i, p] y[i, p]`` over Z_2^64, x and y (rows x count)."""
+
+def ring_window_subtract(first: Int64, weights: UInt64, dense: UInt64, out: UInt64) -> None:
+    """``out (bins x count) = W - dense`` over Z_2^64, W the window matrix (bins = dense's
+    rows)."""
+
+def ring128_add(x: UInt64, y: UInt64, out: UInt64) -> None:
+    """``out = x + y`` over Z_2^128 (x, y, out of one shape (..., 2))."""
+
+def ring128_subtract(x: UInt64, y: UInt64, out: UInt64) -> None:
+    """``out = x - y`` over Z_2^128."""
+
+def ring128_multiply(x: UInt64, y: UInt64, out: UInt64) -> None:
+    """``out = x y`` over Z_2^128."""
+
+def ring128_negate(x: UInt64, out: UInt64) -> None:
+    """``out = -x`` over Z_2^128."""
+
+def ring128_shift_right(x: UInt64, bits: int, out: UInt64) -> None:
+    """``out = floor(x / 2^bits)``, x read in ``[0, 2^128)``, ``0 <= bits < 128``."""
+
+def ring128_truncate(x: UInt64, bits: int, party: int, out: UInt64) -> None:
+    """SecureML's local truncation of a share by ``bits``: party 0 ``x >> bits``, party 1
+    ``-((-x) >> bits)``."""
+
+def ring128_beaver(
+    e: UInt64, f: UInt64, a: UInt64, b: UInt64, c: UInt64, party: int, out: UInt64
+) -> None:
+    """A party's share of Beaver's product: ``out = c + e b + f a`` (``+ e f`` for party 0),
+    e and f opened, a, b, c its shares of the triple."""

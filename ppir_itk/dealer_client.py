@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ppir_itk import _kernels
 from ppir_itk.disclosure import Message, ProtocolTable
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.channel import DEFAULT_DEADLINE
@@ -164,14 +165,23 @@ def product_shape(product: str, moving: tuple[int, ...], fixed: tuple[int, ...])
 
 
 def apply_product(product: str, moving: np.ndarray, fixed: np.ndarray) -> np.ndarray:
-    """``product(m, f)`` over Z_2^64 (uint64 operands: unsigned products wrap)."""
+    """``product(m, f)`` over Z_2^64 (uint64 operands: unsigned products wrap); the matrix
+    products and column sums in C (:func:`~ppir_itk._kernels.ring_gram`, ``ring_left``,
+    ``ring_column_dots``: NumPy's integer matmul is several times slower, and its
+    ``(m * f).sum(axis=0)`` makes a temporary of the operands' size)."""
     if product == "elementwise":
         return moving * fixed
     if product == "gram":
-        return fixed @ moving.T
+        out = np.empty((fixed.shape[0], moving.shape[0]), dtype=np.uint64)
+        _kernels.ring_gram(np.ascontiguousarray(fixed), np.ascontiguousarray(moving), out)
+        return out
     if product == "left":
-        return fixed @ moving
-    return (moving * fixed).sum(axis=0, keepdims=True)
+        out = np.empty((fixed.shape[0], moving.shape[1]), dtype=np.uint64)
+        _kernels.ring_left(np.ascontiguousarray(fixed), np.ascontiguousarray(moving), out)
+        return out
+    out = np.empty((1, moving.shape[1]), dtype=np.uint64)
+    _kernels.ring_column_dots(np.ascontiguousarray(moving), np.ascontiguousarray(fixed), out[0])
+    return out
 
 
 def item_shapes(items: Sequence[pb.DealerItem], level_shape: tuple[int, ...]) -> list[tuple]:

@@ -35,12 +35,24 @@ def secret_seed() -> bytes:
     return os.urandom(SEED_BYTES)
 
 
+# The keystream is the encryption of zeros, taken a cache-sized chunk at a time: one zero
+# buffer of the stream's size and the cipher's own output buffer cost more than the AES.
+_ZEROS = memoryview(bytes(1 << 18))
+
+
 def expand(seed: bytes, count: int) -> np.ndarray:
     """``count`` uniform int64 values (ring Z_2^64) from a 32-byte seed: AES-256-CTR keystream."""
     if len(seed) != SEED_BYTES:
         raise ProtocolError(f"a seed must be {SEED_BYTES} bytes")
     encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
-    return np.frombuffer(encryptor.update(bytes(8 * count)), dtype=np.int64)
+    size = 8 * count
+    # update_into wants room for a block beyond its input (unused in CTR mode)
+    out = np.empty(size + 16, dtype=np.uint8)
+    buffer = out.data
+    for start in range(0, size, len(_ZEROS)):
+        stop = min(start + len(_ZEROS), size)
+        encryptor.update_into(_ZEROS[: stop - start], buffer[start : stop + 15])
+    return out[:size].view(np.int64)
 
 
 def uniform_below(modulus: int, shape: int | tuple[int, ...]) -> np.ndarray:

@@ -2,8 +2,9 @@
 
 A value ``v`` is held as shares ``v_0 + v_1 = v mod 2^128`` (party 0, the moving party;
 party 1, the fixed party), each a NumPy uint64 array of shape ``(..., 2)``: the low and
-the high 64-bit words, added, multiplied (from 32-bit halves) and shifted with their
-carries by the functions below, vectorised; on the wire a share travels as the same words
+the high 64-bit words, added, multiplied and shifted with their carries by the functions
+below (C kernels, :mod:`ppir_itk._kernels` ``ring128_*``: NumPy's per-call overhead
+dominated arrays of B^2 + B values); on the wire a share travels as the same words
 viewed as int64 (:func:`to_words`, :func:`from_words`). Fixed point: ``q(v) = round(v 2^F)``,
 ``F = FRACTION_BITS``, signed (the upper half of the ring is negative).
 
@@ -32,12 +33,13 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ppir_itk import _kernels
 from ppir_itk.protocol.messages import ProtocolError
 
 BITS = 128
@@ -101,38 +103,41 @@ def scalar(value: int) -> np.ndarray:
     return np.array([value & WORD_MASK, value >> 64], dtype=U64)
 
 
-@_wrapping
+def _operand(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``x`` as a C-contiguous uint64 array of ``shape`` (a copy only where it must)."""
+    if x.shape == shape and x.dtype == U64 and x.flags.c_contiguous:
+        return x
+    return np.ascontiguousarray(np.broadcast_to(np.asarray(x, dtype=U64), shape))
+
+
+def _binary(kernel: Callable[..., None], x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """A C kernel of :mod:`ppir_itk._kernels` on ``x`` and ``y`` broadcast to one shape."""
+    shape = x.shape if x.shape == y.shape else np.broadcast_shapes(x.shape, y.shape)
+    out = np.empty(shape, dtype=U64)
+    kernel(_operand(x, shape), _operand(y, shape), out)
+    return out
+
+
 def add(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """``x + y`` mod 2^128 (broadcasting over the leading axes)."""
-    low = x[..., 0] + y[..., 0]
-    return _words(low, x[..., 1] + y[..., 1] + (low < x[..., 0]).astype(U64))
+    return _binary(_kernels.ring128_add, x, y)
 
 
-@_wrapping
 def negate(x: np.ndarray) -> np.ndarray:
-    """``-x`` mod 2^128: the two's complement, ``~x + 1``."""
-    low = ~x[..., 0] + U64(1)
-    return _words(low, ~x[..., 1] + (low == 0).astype(U64))
+    """``-x`` mod 2^128: the two's complement."""
+    out = np.empty(x.shape, dtype=U64)
+    _kernels.ring128_negate(_operand(x, x.shape), out)
+    return out
 
 
 def subtract(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    return add(x, negate(y))
+    """``x - y`` mod 2^128 (broadcasting over the leading axes)."""
+    return _binary(_kernels.ring128_subtract, x, y)
 
 
-def _wide(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The 128-bit product of 64-bit words, as (low, high) words, from 32-bit halves."""
-    x0, x1, y0, y1 = x & _LOW32, x >> U64(32), y & _LOW32, y >> U64(32)
-    low_low, low_high, high_low = x0 * y0, x0 * y1, x1 * y0
-    middle = (low_low >> U64(32)) + (low_high & _LOW32) + (high_low & _LOW32)
-    high = x1 * y1 + (low_high >> U64(32)) + (high_low >> U64(32)) + (middle >> U64(32))
-    return (middle << U64(32)) | (low_low & _LOW32), high
-
-
-@_wrapping
 def multiply_values(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """``x y`` mod 2^128, elementwise (broadcasting over the leading axes)."""
-    low, high = _wide(x[..., 0], y[..., 0])
-    return _words(low, high + x[..., 0] * y[..., 1] + x[..., 1] * y[..., 0])
+    return _binary(_kernels.ring128_multiply, x, y)
 
 
 def times(x: np.ndarray, value: int) -> np.ndarray:
@@ -142,12 +147,9 @@ def times(x: np.ndarray, value: int) -> np.ndarray:
 
 def shift_right(x: np.ndarray, bits: int) -> np.ndarray:
     """``floor(x / 2^bits)`` of ``x`` read in ``[0, 2^128)``."""
-    low, high = x[..., 0], x[..., 1]
-    if bits == 0:
-        return x.copy()
-    if bits >= 64:
-        return _words(high >> U64(bits - 64), np.zeros_like(high))
-    return _words((low >> U64(bits)) | (high << U64(64 - bits)), high >> U64(bits))
+    out = np.empty(x.shape, dtype=U64)
+    _kernels.ring128_shift_right(_operand(x, x.shape), bits, out)
+    return out
 
 
 def shift_left(x: np.ndarray, bits: int) -> np.ndarray:
@@ -212,19 +214,27 @@ def decode(values: np.ndarray, bits: int = FRACTION_BITS) -> np.ndarray:
 
 def truncate(share: np.ndarray, bits: int, party: int) -> np.ndarray:
     """SecureML's local truncation of a share by ``bits`` (module docstring)."""
-    if party == 0:
-        return shift_right(share, bits)
-    return negate(shift_right(negate(share), bits))
+    out = np.empty(share.shape, dtype=U64)
+    _kernels.ring128_truncate(_operand(share, share.shape), bits, party, out)
+    return out
 
 
-def add_public(share: np.ndarray, value: np.ndarray | float, party: int) -> np.ndarray:
+@functools.lru_cache(maxsize=64)
+def _constant(value: float) -> np.ndarray:
+    """A public real's encoding (the log's constants, encoded once; read-only)."""
+    encoded = encode(value)
+    encoded.flags.writeable = False
+    return encoded
+
+
+def add_public(share: np.ndarray, value: float, party: int) -> np.ndarray:
     """The share of ``v + value`` (party 0 adds the public value's encoding)."""
-    return add(share, encode(value)) if party == 0 else share
+    return add(share, _constant(value)) if party == 0 else share
 
 
 def scale(share: np.ndarray, factor: float, party: int) -> np.ndarray:
     """The share of ``v * factor`` for a public real ``factor`` (one truncation)."""
-    return truncate(multiply_values(share, encode(factor)), FRACTION_BITS, party)
+    return truncate(multiply_values(share, _constant(factor)), FRACTION_BITS, party)
 
 
 class Triples:
@@ -258,10 +268,8 @@ def multiply(
             f"an opening of shape {np.shape(received)} arrived for {len(own)} values"
         )
     opened = add(own, from_words(received))
-    e, f = opened[: len(x)], opened[len(x) :]
-    product = add(add(c, multiply_values(e, b)), multiply_values(f, a))
-    if party == 0:
-        product = add(product, multiply_values(e, f))
+    product = np.empty_like(x)
+    _kernels.ring128_beaver(opened[: len(x)], opened[len(x) :], a, b, c, party, product)
     if not exact:
         product = truncate(product, FRACTION_BITS, party)
     out, start = [], 0
@@ -281,7 +289,7 @@ def square(
 
 def _weighted(terms: list[tuple[np.ndarray, float]], party: int) -> np.ndarray:
     """The share of ``sum w_k v_k`` for public reals ``w_k`` (one truncation)."""
-    weighted = [multiply_values(value, encode(weight)) for value, weight in terms]
+    weighted = [multiply_values(value, _constant(weight)) for value, weight in terms]
     return truncate(functools.reduce(add, weighted), FRACTION_BITS, party)
 
 

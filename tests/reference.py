@@ -313,3 +313,98 @@ def mattes_mutual_information(
                 total += joint[f, m] * (ratio - math.log(fixed_marginal[f]))
             derivative += joint_derivative[f, m] * ratio
     return -total, derivative, n_valid
+
+
+# --- Z_2^64 matrix products and Z_2^128 words (src/ppir_ring.c): NumPy's uint64 wraps ---
+
+
+def window_matrix(bins, first, weights):
+    """The bins x count matrix with ``weights[p, k]`` at row ``first[p] + k`` of column p."""
+    count, width = weights.shape
+    out = np.zeros((bins, count), dtype=np.uint64)
+    for k in range(width):
+        out[first + k, np.arange(count)] = weights[:, k]
+    return out
+
+
+def ring_gram(a, b):
+    return a @ b.T
+
+
+def ring_left(left, right):
+    return left @ right
+
+
+def ring_window_gram(dense, bins, first, weights):
+    return dense @ window_matrix(bins, first, weights).T
+
+
+def ring_window_left(left, first, weights):
+    return left @ window_matrix(left.shape[1], first, weights)
+
+
+def ring_window_subtract(first, weights, dense):
+    return window_matrix(dense.shape[0], first, weights) - dense
+
+
+def ring_column_dots(x, y):
+    return (x * y).sum(axis=0, dtype=np.uint64)
+
+
+_LOW32 = np.uint64(0xFFFFFFFF)
+
+
+def _ring128_words(low, high):
+    out = np.empty((*np.shape(low), 2), dtype=np.uint64)
+    out[..., 0], out[..., 1] = low, high
+    return out
+
+
+def ring128_add(x, y):
+    with np.errstate(over="ignore"):
+        low = x[..., 0] + y[..., 0]
+        return _ring128_words(low, x[..., 1] + y[..., 1] + (low < x[..., 0]).astype(np.uint64))
+
+
+def ring128_negate(x):
+    with np.errstate(over="ignore"):
+        low = ~x[..., 0] + np.uint64(1)
+        return _ring128_words(low, ~x[..., 1] + (low == 0).astype(np.uint64))
+
+
+def ring128_subtract(x, y):
+    return ring128_add(x, ring128_negate(y))
+
+
+def ring128_multiply(x, y):
+    """From 32-bit halves: the 128-bit product of the low words, plus the cross terms."""
+    x0, y0 = x[..., 0], y[..., 0]
+    a0, a1, b0, b1 = x0 & _LOW32, x0 >> np.uint64(32), y0 & _LOW32, y0 >> np.uint64(32)
+    with np.errstate(over="ignore"):
+        low_low, low_high, high_low = a0 * b0, a0 * b1, a1 * b0
+        middle = (low_low >> np.uint64(32)) + (low_high & _LOW32) + (high_low & _LOW32)
+        high = a1 * b1 + (low_high >> np.uint64(32)) + (high_low >> np.uint64(32))
+        high = high + (middle >> np.uint64(32)) + x0 * y[..., 1] + x[..., 1] * y0
+    return _ring128_words((middle << np.uint64(32)) | (low_low & _LOW32), high)
+
+
+def ring128_shift_right(x, bits):
+    low, high = x[..., 0], x[..., 1]
+    if bits == 0:
+        return x.copy()
+    if bits >= 64:
+        return _ring128_words(high >> np.uint64(bits - 64), np.zeros_like(high))
+    return _ring128_words(
+        (low >> np.uint64(bits)) | (high << np.uint64(64 - bits)), high >> np.uint64(bits)
+    )
+
+
+def ring128_truncate(x, bits, party):
+    if party == 0:
+        return ring128_shift_right(x, bits)
+    return ring128_negate(ring128_shift_right(ring128_negate(x), bits))
+
+
+def ring128_beaver(e, f, a, b, c, party):
+    out = ring128_add(ring128_add(c, ring128_multiply(e, b)), ring128_multiply(f, a))
+    return ring128_add(out, ring128_multiply(e, f)) if party == 0 else out

@@ -7,6 +7,7 @@ import random
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from scipy import stats
 
 import ppir_itk
@@ -14,9 +15,20 @@ from ppir_itk.bspline import BSplineTransform
 from ppir_itk.phantoms import head_phantom
 from ppir_itk.policy import FixedPolicy
 from ppir_itk.pyramid import Level, LevelSchedule
-from ppir_itk.randomness import MODULUS_LIMIT, uniform_below
+from ppir_itk.randomness import MODULUS_LIMIT, expand, uniform_below
 
 BFV_T = 1152921504606830593  # the packed protocol's 60-bit batching prime for N = 8192
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, (1 << 15) - 1, 1 << 15, (1 << 15) + 1, 100_003])
+def test_expand_is_the_aes_ctr_keystream(count):
+    """The chunked expansion is the one AES-256-CTR keystream of the seed (chunks of 2^15
+    values), so both parties and the dealer derive the same values from a seed."""
+    seed = bytes(range(32))
+    encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
+    keystream = np.frombuffer(encryptor.update(bytes(8 * count)), dtype=np.int64)
+    values = expand(seed, count)
+    assert values.dtype == np.int64 and np.array_equal(values, keystream)
 
 
 @pytest.mark.parametrize("modulus", [1, 2, 7, (1 << 59) + 1, BFV_T, MODULUS_LIMIT - 1])
