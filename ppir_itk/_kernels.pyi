@@ -240,6 +240,7 @@ def parzen_sample_weights(
 ) -> Float64:
     """``s[i] = sum_k ratio[fixed_bin[i], first_bin[i] + k] * derivatives[i, k]`` (n,); a
     bin outside ``ratio`` raises ``ValueError``."""
+
 # Z_2^64 matrix products (uint64, wrapping) and Z_2^128 words ((..., 2) uint64, low word
 # first): src/ppir_ring.c. Outputs are overwritten and may not overlap an input.
 
