@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from conftest import ppir_serve
 
 import ppir_itk
 import ppir_itk.simpleitk as facade
+from ppir_itk.backends import InsecureBackendWarning
 from ppir_itk.errors import InputError
 from ppir_itk.optimizer import window_convergence_value
 from ppir_itk.phantoms import head_phantom, moved_copy
@@ -61,12 +63,14 @@ def run_both(
     SimpleITK's method and with the facade; each run's (method, transform, initial, output)."""
     facade_options.setdefault("backend", "clear")
     runs = []
-    for method in (
-        sitk.ImageRegistrationMethod(),
-        facade.ImageRegistrationMethod(**facade_options),
-    ):
-        initial = script(method)
-        runs.append((method, initial, method.Execute(*pair)))
+    with warnings.catch_warnings():  # module fixtures run outside conftest's filter
+        warnings.simplefilter("ignore", InsecureBackendWarning)
+        for method in (
+            sitk.ImageRegistrationMethod(),
+            facade.ImageRegistrationMethod(**facade_options),
+        ):
+            initial = script(method)
+            runs.append((method, initial, method.Execute(*pair)))
     return runs[0], runs[1]
 
 
