@@ -259,7 +259,7 @@ class MovingPartySession:
         return self.session.single_process
 
     def exchange(self, message: pb.BackendMessage) -> pb.BackendMessage:
-        return self.session.request(pb.Envelope(backend=message), "backend").backend
+        return self.session.request(message, "backend").backend  # sent as its envelope
 
     def connect_dealer(self, first_party: bool) -> Callable[[bytes], DealerClient]:
         connect = self.session.dealer

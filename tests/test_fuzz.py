@@ -1310,7 +1310,7 @@ def _chunks(data: bytes, total: int | None = None, size: int = FRAME_BYTES) -> l
 
 def _as_frames(step: pb.Envelope | bytes, garbled_inline: bool) -> list[bytes]:
     if isinstance(step, pb.Envelope):
-        return [frame.SerializeToString() for frame in to_frames(step)]
+        return list(to_frames(step))
     return [_envelope_frame(step)] if garbled_inline else _chunks(step)
 
 

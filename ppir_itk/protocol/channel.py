@@ -34,6 +34,7 @@ from typing import Any
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import (
     MessageTooLarge,
+    Outgoing,
     ProtocolError,
     Reassembler,
     body,
@@ -43,6 +44,7 @@ from ppir_itk.protocol.messages import (
 DEFAULT_DEADLINE = 60.0  # seconds a party waits for its peer's next message
 
 _END = object()
+_HEARTBEAT = pb.Frame(heartbeat=pb.Heartbeat()).SerializeToString()
 _ALIVE = object()  # the peer sent a heartbeat: it is alive, the wait starts again
 
 Tap = Callable[[str, str, bytes], None]
@@ -66,8 +68,8 @@ def tapped(tap: Tap) -> Iterator[Tap]:
         _taps.remove(tap)
 
 
-def _tap(direction: str, peer: str, frame: pb.Frame) -> None:
-    data = frame.SerializeToString()
+def _tap(direction: str, peer: str, frame: bytes | pb.Frame) -> None:
+    data = frame if isinstance(frame, bytes) else frame.SerializeToString()
     for tap in tuple(_taps):
         tap(direction, peer, data)
 
@@ -148,30 +150,31 @@ class Channel:
             if idle < interval:
                 self._closed.wait(interval - idle)
                 continue
-            frame = pb.Frame(heartbeat=pb.Heartbeat())
-            self.counters.payload_bytes_sent += frame.ByteSize()
+            self.counters.payload_bytes_sent += len(_HEARTBEAT)
             if _taps:
-                _tap("sent", self.peer, frame)
-            self._outgoing.put(frame)
+                _tap("sent", self.peer, _HEARTBEAT)
+            self._outgoing.put(_HEARTBEAT)
             self._last_sent = time.monotonic()
 
     # -- outgoing -----------------------------------------------------------
-    def outgoing(self) -> Iterator[pb.Frame]:
-        """The frames to hand to gRPC, until :meth:`close`."""
+    def outgoing(self) -> Iterator[bytes]:
+        """The serialised frames to hand to gRPC (which sends bytes as they are), until
+        :meth:`close`."""
         while True:
             frame = self._outgoing.get()
             if frame is _END:
                 return
             yield frame
             # gRPC asks for the next frame once it sent this one
-            if frame.WhichOneof("kind") != "heartbeat":
+            if frame is not _HEARTBEAT:
                 with self._sent:
                     self._unsent -= 1
                     self._sent.notify_all()
 
-    def send(self, envelope: pb.Envelope) -> None:
-        """Queue ``envelope`` for the peer, once the one before has gone: a peer that asks
-        and never reads the answers cannot make them pile up here."""
+    def send(self, envelope: Outgoing) -> None:
+        """Queue ``envelope`` (or a backend message, as its envelope) for the peer, once the
+        one before has gone: a peer that asks and never reads the answers cannot make them
+        pile up here."""
         with self._sent:
             gone = self._sent.wait_for(
                 lambda: not self._unsent or self._closed.is_set() or not self._reading.is_set(),
@@ -184,7 +187,7 @@ class Channel:
         if self._closed.is_set():
             raise PeerError(f"the session with the {self.peer} is already closed")
         for frame in to_frames(envelope):
-            self.counters.payload_bytes_sent += frame.ByteSize()
+            self.counters.payload_bytes_sent += len(frame)
             if _taps:
                 _tap("sent", self.peer, frame)
             with self._sent:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import TypeAlias
 
 import numpy as np
 
@@ -113,19 +114,72 @@ def body(envelope: pb.Envelope) -> str:
     return envelope.WhichOneof("body") or "nothing"
 
 
-def to_frames(envelope: pb.Envelope) -> Iterator[pb.Frame]:
-    """The frames that carry ``envelope``."""
-    size = envelope.ByteSize()
+#: What a party sends: an envelope, or a backend message that travels as ``Envelope(backend=)``.
+Outgoing: TypeAlias = pb.Envelope | pb.BackendMessage
+
+_LENGTH_DELIMITED = 2  # protobuf's wire type of bytes and embedded messages
+_VARINT = 0
+_FRAME_ENVELOPE = pb.Frame.DESCRIPTOR.fields_by_name["envelope"].number
+_FRAME_CHUNK = pb.Frame.DESCRIPTOR.fields_by_name["chunk"].number
+_ENVELOPE_BACKEND = pb.Envelope.DESCRIPTOR.fields_by_name["backend"].number
+_CHUNK_TOTAL_SIZE = pb.Chunk.DESCRIPTOR.fields_by_name["total_size"].number
+_CHUNK_DATA = pb.Chunk.DESCRIPTOR.fields_by_name["data"].number
+_CHUNK_LAST = pb.Chunk.DESCRIPTOR.fields_by_name["last"].number
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _key(number: int, wire_type: int) -> bytes:
+    return _varint(number << 3 | wire_type)
+
+
+def _delimited(number: int, length: int) -> bytes:
+    """The key and length that open field ``number`` of ``length`` bytes (a message or bytes)."""
+    return _key(number, _LENGTH_DELIMITED) + _varint(length)
+
+
+def to_frames(message: Outgoing) -> Iterator[bytes]:
+    """The serialised frames that carry ``message`` (a backend message: as the envelope
+    ``Envelope(backend=message)``), each as gRPC sends it.
+
+    The envelope is serialised once and its bytes are cut into frames: protobuf's wire
+    format of a message is its fields' keys, lengths and bytes one after the other, so a
+    frame is its field's key and length before the bytes it carries (what
+    ``Frame.SerializeToString`` writes; ``tests/test_messages.py`` checks it). A backend
+    message is never copied into an envelope first: megabytes of shares would be copied
+    twice more, and serialised twice (``ByteSize`` serialises too).
+    """
+    body = message.SerializeToString()
+    head = b""
+    if isinstance(message, pb.BackendMessage):
+        head = _delimited(_ENVELOPE_BACKEND, len(body))
+    size = len(head) + len(body)
     if size <= FRAME_BYTES:
-        yield pb.Frame(envelope=envelope)
+        yield b"".join((_delimited(_FRAME_ENVELOPE, size), head, body))
         return
-    data = envelope.SerializeToString()
+    view = memoryview(body)
     for start in range(0, size, FRAME_BYTES):
-        yield pb.Frame(
-            chunk=pb.Chunk(
-                total_size=size,
-                data=data[start : start + FRAME_BYTES],
-                last=start + FRAME_BYTES >= size,
+        stop = min(start + FRAME_BYTES, size)
+        data: list[bytes | memoryview] = [head[start:stop]] if start < len(head) else []
+        data.append(view[max(start - len(head), 0) : stop - len(head)])
+        total = _key(_CHUNK_TOTAL_SIZE, _VARINT) + _varint(size)
+        last = _key(_CHUNK_LAST, _VARINT) + b"\x01" if stop == size else b""
+        chunk_length = len(total) + len(_delimited(_CHUNK_DATA, stop - start)) + stop - start
+        chunk_length += len(last)
+        yield b"".join(
+            (
+                _delimited(_FRAME_CHUNK, chunk_length),
+                total,
+                _delimited(_CHUNK_DATA, stop - start),
+                *data,
+                last,
             )
         )
 

@@ -24,7 +24,7 @@ from typing import Any
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.channel import DEFAULT_DEADLINE, Channel, Counters, PeerError
 from ppir_itk.protocol.endpoint import Endpoint, Serving
-from ppir_itk.protocol.messages import DEFAULT_MAX_ENVELOPE, FIXED_PARTY_SERVICE, body
+from ppir_itk.protocol.messages import DEFAULT_MAX_ENVELOPE, FIXED_PARTY_SERVICE, Outgoing, body
 from ppir_itk.protocol.tls import TLS
 from ppir_itk.protocol.transport import open_client, wait_until_accepting
 
@@ -54,11 +54,12 @@ class Session(abc.ABC):
         self.welcome = self.request(pb.Envelope(hello=hello), "welcome").welcome
         return self.welcome
 
-    def request(self, envelope: pb.Envelope, expected: str) -> pb.Envelope:
-        """Send one request and wait for its answer (which must hold ``expected``)."""
+    def request(self, envelope: Outgoing, expected: str) -> pb.Envelope:
+        """Send one request (an envelope, or a backend message as its envelope) and wait for
+        its answer (which must hold ``expected``)."""
         return self.post(envelope)(expected)
 
-    def post(self, envelope: pb.Envelope) -> Callable[[str], pb.Envelope]:
+    def post(self, envelope: Outgoing) -> Callable[[str], pb.Envelope]:
         """Send one request now; the returned call waits for its answer.
 
         Lets the moving party do its own work while the fixed party works
@@ -99,7 +100,7 @@ class Session(abc.ABC):
         """The moving party's traffic so far."""
 
     @abc.abstractmethod
-    def _send(self, envelope: pb.Envelope) -> None: ...
+    def _send(self, envelope: Outgoing) -> None: ...
 
     @abc.abstractmethod
     def _receive(self, expected: str) -> pb.Envelope: ...
@@ -135,7 +136,9 @@ class LocalSession(Session):
     def counters(self) -> Counters:
         return Counters(**self._counters.as_dict())
 
-    def _send(self, envelope: pb.Envelope) -> None:
+    def _send(self, envelope: Outgoing) -> None:
+        if isinstance(envelope, pb.BackendMessage):  # no wire here: the endpoint takes envelopes
+            envelope = pb.Envelope(backend=envelope)
         self._counters.payload_bytes_sent += envelope.ByteSize()
         self._counters.messages_sent += 1
         self._reply = self._endpoint.answer(envelope)
@@ -183,7 +186,7 @@ class RemoteSession(Session):
         except PeerError as error:
             raise self._explained(error) from None
 
-    def _send(self, envelope: pb.Envelope) -> None:
+    def _send(self, envelope: Outgoing) -> None:
         try:
             self._channel.send(envelope)
         except PeerError as error:

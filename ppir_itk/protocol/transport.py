@@ -110,7 +110,7 @@ def open_client(
     )
     stream = grpc_channel.stream_stream(
         f"/{service}/Session",
-        request_serializer=pb.Frame.SerializeToString,
+        request_serializer=None,  # the channel's frames are serialised already
         response_deserializer=pb.Frame.FromString,
     )
     call = stream(channel.outgoing(), wait_for_ready=False)
@@ -189,7 +189,7 @@ class PartyServer(abc.ABC):
         handler = grpc.stream_stream_rpc_method_handler(
             self._session,
             request_deserializer=pb.Frame.FromString,
-            response_serializer=pb.Frame.SerializeToString,
+            response_serializer=None,  # the channel's frames are serialised already
         )
         self._server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(self.service, {"Session": handler}),)
