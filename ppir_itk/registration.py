@@ -27,6 +27,21 @@ or piece by piece, ITK style::
                                            shrink_factors=[2, 1], smoothing_sigmas=[1, 0])
     reg.AddObserver(itk.IterationEvent(), lambda: print(reg.GetMetricValue()))
     transform = reg.Execute()   # an itk transform
+
+or with ITK's own calls, as ITK's ``ImageRegistrationMethodv4`` takes them (an ITK
+example script with its metric, method and optimizer swapped)::
+
+    registration = ppir_itk.ImageRegistrationMethod()
+    optimizer = ppir_itk.RegularStepGradientDescentOptimizer()
+    registration.SetOptimizer(optimizer)
+    registration.SetMetric(ppir_itk.PrivateMeanSquaresImageToImageMetric("he", session))
+    registration.SetMovingImage(moving)
+    registration.SetInitialTransform(transform)   # an itk transform, updated in place
+    optimizer.SetLearningRate(4)
+    command = itk.PyCommand.New()
+    command.SetCommandCallable(lambda: print(optimizer.GetValue()))
+    optimizer.AddObserver(itk.IterationEvent(), command)
+    registration.Update()
 """
 
 from __future__ import annotations
@@ -210,10 +225,17 @@ def measurement_report(closed: pb.Closed) -> dict[str, Any]:
 class ImageRegistrationMethod(Observable):
     """Multi-resolution registration driven by the moving party.
 
+    It takes ITK's ``ImageRegistrationMethodv4`` calls as well (``SetMetric``,
+    ``SetOptimizer``, ``SetFixedImage``, ``SetMovingImage``, ``SetInitialTransform``,
+    ``SetNumberOfLevels``, ``SetShrinkFactorsPerLevel``, ``SetSmoothingSigmasPerLevel``,
+    ``SetMetricSampling...``, ``Update``, ``GetOutput().Get()``, ``GetTransform``); they
+    replace the constructor's settings as the run starts. ITK's calls it cannot honour
+    raise ``NotImplementedError`` naming the call and why.
+
     Parameters
     ----------
-    metric : PrivateImageToImageMetric (any of the private metrics)
-        The metric, with its moving image and backend set.
+    metric : PrivateImageToImageMetric (any of the private metrics), optional
+        The metric, with its backend set (or ``SetMetric`` before the run).
     optimizer : an optimizer of :mod:`ppir_itk.optimizer`, optional
         Defaults to the metric's (:func:`ppir_itk.metric_kinds.default_optimizer`):
         ``GaussNewtonOptimizer()``, which fits mean squares only, or
