@@ -44,33 +44,44 @@ from ppir_itk.transforms import CenteredRigid2DTransform, LinearTransform, Trans
 from ppir_itk.wrapping.images import as_image_grid, to_itk
 from ppir_itk.wrapping.transforms import from_itk
 
-# The calls of ITK's ImageRegistration3.py, in its order, written for this benchmark.
-MEAN_SQUARES_TRANSLATION = """\
+
+def _opening(transform_type: str, metric_type: str) -> str:
+    """Every example's types and objects, in ITK's order (method, metric, transform,
+    optimizer; then the optimizer and metric set on the method)."""
+    return f"""\
 import itk
 ImageType = itk.Image[itk.F, 2]
-TransformType = itk.TranslationTransform[itk.D, 2]
+TransformType = {transform_type}
 OptimizerType = itk.RegularStepGradientDescentOptimizerv4[itk.D]
 RegistrationType = itk.ImageRegistrationMethodv4[ImageType, ImageType]
-MetricType = itk.MeanSquaresImageToImageMetricv4[ImageType, ImageType]
+MetricType = {metric_type}[ImageType, ImageType]
 registration = RegistrationType.New()
 imageMetric = MetricType.New()
 transform = TransformType.New()
 optimizer = OptimizerType.New()
 registration.SetOptimizer(optimizer)
 registration.SetMetric(imageMetric)
+"""
+
+
+_IMAGES = """\
 registration.SetFixedImage(fixedImage)
 registration.SetMovingImage(movingImage)
-registration.SetInitialTransform(transform)
-optimizer.SetLearningRate(4)
-optimizer.SetMinimumStepLength(0.001)
-optimizer.SetRelaxationFactor(0.5)
-optimizer.SetNumberOfIterations(100)
+"""
+_ONE_LEVEL = """\
 registration.SetNumberOfLevels(1)
 registration.SetSmoothingSigmasPerLevel([0])
 registration.SetShrinkFactorsPerLevel([1])
+"""
+
+
+def _observed_run(position: str, shown: int) -> str:
+    """An ``itk.PyCommand`` on the optimizer's IterationEvent recording the value and the
+    first ``shown`` parameters of ``position``, then the run and its result."""
+    return f"""\
 def onIteration():
-    position = registration.GetOutput().Get().GetParameters()
-    trace.append((optimizer.GetValue(), position.GetElement(0), position.GetElement(1)))
+    position = {position}
+    trace.append((optimizer.GetValue(), *(position.GetElement(i) for i in range({shown}))))
 command = itk.PyCommand.New()
 command.SetCommandCallable(onIteration)
 optimizer.AddObserver(itk.IterationEvent(), command)
@@ -79,66 +90,59 @@ final = registration.GetOutput().Get().GetParameters()
 result = registration.GetTransform()
 """
 
+
+_LIVE_OUTPUT = "registration.GetOutput().Get().GetParameters()"
+_TRANSLATION = "itk.TranslationTransform[itk.D, 2]"
+
+# The calls of ITK's ImageRegistration3.py, in its order, written for this benchmark.
+MEAN_SQUARES_TRANSLATION = (
+    _opening(_TRANSLATION, "itk.MeanSquaresImageToImageMetricv4")
+    + _IMAGES
+    + """\
+registration.SetInitialTransform(transform)
+optimizer.SetLearningRate(4)
+optimizer.SetMinimumStepLength(0.001)
+optimizer.SetRelaxationFactor(0.5)
+optimizer.SetNumberOfIterations(100)
+"""
+    + _ONE_LEVEL
+    + _observed_run(_LIVE_OUTPUT, 2)
+)
+
 # The calls of ITK's ImageRegistration4.py, in its order.
-MATTES_TRANSLATION = """\
-import itk
-ImageType = itk.Image[itk.F, 2]
-TransformType = itk.TranslationTransform[itk.D, 2]
-OptimizerType = itk.RegularStepGradientDescentOptimizerv4[itk.D]
-RegistrationType = itk.ImageRegistrationMethodv4[ImageType, ImageType]
-MetricType = itk.MattesMutualInformationImageToImageMetricv4[ImageType, ImageType]
-registration = RegistrationType.New()
-imageMetric = MetricType.New()
-transform = TransformType.New()
-optimizer = OptimizerType.New()
-registration.SetOptimizer(optimizer)
-registration.SetMetric(imageMetric)
+MATTES_TRANSLATION = (
+    _opening(_TRANSLATION, "itk.MattesMutualInformationImageToImageMetricv4")
+    + """\
 bins = 24
 imageMetric.SetNumberOfHistogramBins(bins)
 imageMetric.SetUseMovingImageGradientFilter(False)
 imageMetric.SetUseFixedImageGradientFilter(False)
-registration.SetFixedImage(fixedImage)
-registration.SetMovingImage(movingImage)
+"""
+    + _IMAGES
+    + """\
 registration.SetInitialTransform(transform)
 optimizer.SetLearningRate(8.0)
 optimizer.SetMinimumStepLength(0.001)
 optimizer.SetNumberOfIterations(100)
 optimizer.ReturnBestParametersAndValueOn()
 optimizer.SetRelaxationFactor(0.8)
-registration.SetNumberOfLevels(1)
-registration.SetSmoothingSigmasPerLevel([0])
-registration.SetShrinkFactorsPerLevel([1])
+"""
+    + _ONE_LEVEL
+    + """\
 registration.SetMetricSamplingStrategy(
     itk.ImageRegistrationMethodv4Enums.MetricSamplingStrategy_RANDOM
 )
 registration.SetMetricSamplingPercentage(0.20)
-def onIteration():
-    position = registration.GetOutput().Get().GetParameters()
-    trace.append((optimizer.GetValue(), position.GetElement(0), position.GetElement(1)))
-command = itk.PyCommand.New()
-command.SetCommandCallable(onIteration)
-optimizer.AddObserver(itk.IterationEvent(), command)
-registration.Update()
-final = registration.GetOutput().Get().GetParameters()
-result = registration.GetTransform()
 """
+    + _observed_run(_LIVE_OUTPUT, 2)
+)
 
-# The calls of ITK's ImageRegistration5.py, in its order.
-MEAN_SQUARES_CENTERED_RIGID = """\
-import itk
-ImageType = itk.Image[itk.F, 2]
-TransformType = itk.CenteredRigid2DTransform[itk.D]
-OptimizerType = itk.RegularStepGradientDescentOptimizerv4[itk.D]
-RegistrationType = itk.ImageRegistrationMethodv4[ImageType, ImageType]
-MetricType = itk.MeanSquaresImageToImageMetricv4[ImageType, ImageType]
-registration = RegistrationType.New()
-imageMetric = MetricType.New()
-transform = TransformType.New()
-optimizer = OptimizerType.New()
-registration.SetOptimizer(optimizer)
-registration.SetMetric(imageMetric)
-registration.SetFixedImage(fixedImage)
-registration.SetMovingImage(movingImage)
+# The calls of ITK's ImageRegistration5.py, in its order; its observer reads the
+# transform itself, which ITK updates in place.
+MEAN_SQUARES_CENTERED_RIGID = (
+    _opening("itk.CenteredRigid2DTransform[itk.D]", "itk.MeanSquaresImageToImageMetricv4")
+    + _IMAGES
+    + """\
 transform.SetAngle(0.0)
 def imageCentre(image):
     origin, spacing = image.GetOrigin(), image.GetSpacing()
@@ -163,19 +167,10 @@ optimizer.SetRelaxationFactor(0.6)
 optimizer.SetLearningRate(0.1)
 optimizer.SetMinimumStepLength(0.001)
 optimizer.SetNumberOfIterations(200)
-registration.SetNumberOfLevels(1)
-registration.SetSmoothingSigmasPerLevel([0])
-registration.SetShrinkFactorsPerLevel([1])
-def onIteration():
-    position = transform.GetParameters()
-    trace.append((optimizer.GetValue(), *(position.GetElement(i) for i in range(5))))
-command = itk.PyCommand.New()
-command.SetCommandCallable(onIteration)
-optimizer.AddObserver(itk.IterationEvent(), command)
-registration.Update()
-final = registration.GetOutput().Get().GetParameters()
-result = registration.GetTransform()
 """
+    + _ONE_LEVEL
+    + _observed_run("transform.GetParameters()", 5)
+)
 
 # The swap: the private variant is the ITK variant with these lines replaced (a line
 # replaced by "" is removed; the first replaces ``import itk`` by two lines).
