@@ -183,3 +183,30 @@ def test_levels_that_disagree_are_named(pair):
     method.SetShrinkFactorsPerLevel([1])
     with pytest.raises(InputError, match="^SetShrinkFactorsPerLevel"):
         method.Update()
+
+
+def test_itk_sampling_and_level_calls_reach_the_run(pair):
+    fixed, moving = pair
+    method = ppir_itk.ImageRegistrationMethod()
+    method.SetMetric(
+        ppir_itk.PrivateMeanSquaresImageToImageMetric("clear", ppir_itk.in_process_session(fixed))
+    )
+    method.SetMovingImage(moving)
+    method.SetInitialTransform(itk.TranslationTransform[itk.D, 2].New())
+    method.SetNumberOfLevels(2)
+    method.SetShrinkFactorsPerLevel([2, 1])
+    method.SetSmoothingSigmasPerLevel([1.0, 0.0])
+    method.SetMetricSamplingStrategy(
+        itk.ImageRegistrationMethodv4Enums.MetricSamplingStrategy_RANDOM
+    )
+    method.SetMetricSamplingPercentage(0.5)
+    method.MetricSamplingReinitializeSeed(7)
+    method.Update()
+    result = method.GetResult()
+    assert [level.shrink_factor for level in result.levels] == [2, 1]
+    assert result.sampling == "URS (50.0% of the points, public seed 7)"
+
+
+def test_a_metric_that_is_not_private_is_named():
+    with pytest.raises(InputError, match="^SetMetric: object is not a private metric"):
+        ppir_itk.ImageRegistrationMethod().SetMetric(object())  # type: ignore[arg-type]
