@@ -10,6 +10,7 @@ raise ``NotImplementedError`` naming the call.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import itk
@@ -18,6 +19,7 @@ import pytest
 import SimpleITK as sitk
 
 import ppir_itk
+from ppir_itk.backends import InsecureBackendWarning
 from ppir_itk.compose import connect, spawn_fixed_party
 from ppir_itk.errors import InputError
 from ppir_itk.phantoms import head_phantom, moved_copy
@@ -76,7 +78,11 @@ def largest_displacement_px(first: Any, second: Any, image: Any) -> float:
 
 @pytest.fixture(scope="module")
 def our_run(pair):
-    with spawn_fixed_party(pair[0], backends=("clear",)) as party:
+    with (
+        warnings.catch_warnings(),  # module fixtures run outside conftest's filter
+        spawn_fixed_party(pair[0], backends=("clear",)) as party,
+    ):
+        warnings.simplefilter("ignore", InsecureBackendWarning)
         session = connect(party.address, party.client_tls, dealer=party.dealer_address)
         return example_script(
             ppir_itk.ImageRegistrationMethod(),
