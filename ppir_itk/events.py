@@ -1,8 +1,9 @@
 """Events and observers, ITK style.
 
 Observers are plain callables taking no argument, as in ITK's and
-SimpleITK's Python wrappers; inside a callback, read the live state from the
-object (``GetOptimizerIteration()``, ``GetMetricValue()``, ...). An event can
+SimpleITK's Python wrappers, or ITK's ``itk.PyCommand`` objects (their command
+callable is called, as ITK calls it); inside a callback, read the live state from
+the object (``GetOptimizerIteration()``, ``GetMetricValue()``, ...). An event can
 be named by this module's :class:`Event`, by ITK's event objects
 (``itk.IterationEvent()``), by SimpleITK's constants
 (``sitk.sitkIterationEvent``) or by name (``"IterationEvent"``).
@@ -61,6 +62,20 @@ def as_event(event: Any) -> Event:
     raise InputError(f"unknown event {event!r}: use ppir_itk.Event or an ITK/SimpleITK event")
 
 
+def as_observer(callback: Any) -> Callable[[], Any]:
+    """A callable of no argument for a callable or an ``itk.PyCommand``."""
+    if hasattr(callback, "GetCommandCallable"):
+        import itk
+
+        # Through Execute, as ITK calls it (so a callable set later is the one called):
+        # ITK 5.4's GetCommandCallable gives away a reference it keeps, one per call.
+        any_event = itk.AnyEvent()
+        return lambda: callback.Execute(callback, any_event)
+    if not callable(callback):
+        raise TypeError("an observer must be callable or an itk.PyCommand")
+    return callback
+
+
 class Observable:
     """Holds observers and invokes them, like ``itk::Object``."""
 
@@ -68,13 +83,12 @@ class Observable:
         self._observers: dict[int, tuple[Event, Callable[[], Any]]] = {}
         self._next_tag = 0
 
-    def AddObserver(self, event: Any, callback: Callable[[], Any]) -> int:  # noqa: N802
-        """Call ``callback()`` on every ``event``; returns a tag for :meth:`RemoveObserver`."""
-        if not callable(callback):
-            raise TypeError("an observer must be callable")
+    def AddObserver(self, event: Any, callback: Any) -> int:  # noqa: N802
+        """Call ``callback()`` (a callable or an ``itk.PyCommand``) on every ``event``;
+        returns a tag for :meth:`RemoveObserver`."""
         tag = self._next_tag
         self._next_tag += 1
-        self._observers[tag] = (as_event(event), callback)
+        self._observers[tag] = (as_event(event), as_observer(callback))
         return tag
 
     def RemoveObserver(self, tag: int) -> None:  # noqa: N802

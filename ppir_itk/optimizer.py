@@ -107,6 +107,19 @@ class _Optimizer(Observable):
     def StopOptimization(self) -> None:  # noqa: N802
         self._stop_requested = True
 
+    # -- ITK's setters (an ITK script's calls; each checked as the constructor checks it)
+    def SetNumberOfIterations(self, number: int) -> None:  # noqa: N802
+        self._set_checked("NumberOfIterations", number)
+
+    def GetNumberOfIterations(self) -> int:  # noqa: N802
+        return self.NumberOfIterations
+
+    def _set_checked(self, name: str, value: Any) -> None:
+        """Set the constructor argument ``name``, checked and converted by the constructor
+        given it alone (one check of each argument: the constructor's)."""
+        probe = type(self)(**{name: value})
+        setattr(self, name, getattr(probe, name))
+
     def _begin(self) -> Any:
         """Reset the run's state; the metric."""
         if self._metric is None:
@@ -352,6 +365,42 @@ class RegularStepGradientDescentOptimizer(_Optimizer):
         """The scales of the last :meth:`StartOptimization`."""
         return self._scales.copy()
 
+    # -- ITK's setters of RegularStepGradientDescentOptimizerv4
+    def SetLearningRate(self, rate: float) -> None:  # noqa: N802
+        self._set_checked("LearningRate", rate)
+        self._learning_rate = self.LearningRate
+
+    def SetMinimumStepLength(self, length: float) -> None:  # noqa: N802
+        self._set_checked("MinimumStepLength", length)
+
+    def GetMinimumStepLength(self) -> float:  # noqa: N802
+        return self.MinimumStepLength
+
+    def SetRelaxationFactor(self, factor: float) -> None:  # noqa: N802
+        self._set_checked("RelaxationFactor", factor)
+
+    def GetRelaxationFactor(self) -> float:  # noqa: N802
+        return self.RelaxationFactor
+
+    def SetGradientMagnitudeTolerance(self, tolerance: float) -> None:  # noqa: N802
+        self._set_checked("GradientMagnitudeTolerance", tolerance)
+
+    def GetGradientMagnitudeTolerance(self) -> float:  # noqa: N802
+        return self.GradientMagnitudeTolerance
+
+    def SetReturnBestParametersAndValue(self, flag: bool) -> None:  # noqa: N802
+        self.ReturnBestParametersAndValue = bool(flag)
+
+    def ReturnBestParametersAndValueOn(self) -> None:  # noqa: N802
+        self.ReturnBestParametersAndValue = True
+
+    def ReturnBestParametersAndValueOff(self) -> None:  # noqa: N802
+        self.ReturnBestParametersAndValue = False
+
+    def SetScales(self, scales: Sequence[float]) -> None:  # noqa: N802
+        """Fixed scales (a sequence or ``itk.OptimizerParameters``) instead of the estimate."""
+        self._set_checked("Scales", list(scales))
+
     def GetCurrentLearningRateRelaxation(self) -> float:  # noqa: N802
         return self._relaxation
 
@@ -556,6 +605,22 @@ class GradientDescentOptimizer(_Optimizer):
     def GetLearningRate(self) -> float:  # noqa: N802
         """The learning rate of the last step (estimated, or the line search's)."""
         return self._learning_rate
+
+    # -- ITK's setters of GradientDescentOptimizerv4
+    def SetLearningRate(self, rate: float) -> None:  # noqa: N802
+        self._set_checked("LearningRate", rate)
+        self._learning_rate = self.LearningRate
+
+    def SetMinimumConvergenceValue(self, value: float) -> None:  # noqa: N802
+        self._set_checked("MinimumConvergenceValue", value)
+
+    def SetConvergenceWindowSize(self, size: int) -> None:  # noqa: N802
+        self._set_checked("ConvergenceWindowSize", size)
+
+    def SetScales(self, scales: Sequence[float]) -> None:  # noqa: N802
+        """Fixed scales (a sequence or ``itk.OptimizerParameters``) instead of the estimate."""
+        # The regular step's estimator holds them, with its check.
+        self._estimator.SetScales(scales)
 
     def GetConvergenceValue(self) -> float:  # noqa: N802
         """The convergence monitor's last value (infinite until the window is full)."""

@@ -27,6 +27,21 @@ or piece by piece, ITK style::
                                            shrink_factors=[2, 1], smoothing_sigmas=[1, 0])
     reg.AddObserver(itk.IterationEvent(), lambda: print(reg.GetMetricValue()))
     transform = reg.Execute()   # an itk transform
+
+or with ITK's own calls, as ITK's ``ImageRegistrationMethodv4`` takes them (an ITK
+example script with its metric, method and optimizer swapped)::
+
+    registration = ppir_itk.ImageRegistrationMethod()
+    optimizer = ppir_itk.RegularStepGradientDescentOptimizer()
+    registration.SetOptimizer(optimizer)
+    registration.SetMetric(ppir_itk.PrivateMeanSquaresImageToImageMetric("he", session))
+    registration.SetMovingImage(moving)
+    registration.SetInitialTransform(transform)   # an itk transform, updated in place
+    optimizer.SetLearningRate(4)
+    command = itk.PyCommand.New()
+    command.SetCommandCallable(lambda: print(optimizer.GetValue()))
+    optimizer.AddObserver(itk.IterationEvent(), command)
+    registration.Update()
 """
 
 from __future__ import annotations
@@ -78,12 +93,14 @@ from ppir_itk.policy import FixedPolicy
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.channel import Counters
 from ppir_itk.pyramid import LevelSchedule
-from ppir_itk.sampling import NoSampling
+from ppir_itk.sampling import URS, NoSampling, Regular
 from ppir_itk.transform_kinds import transform_kind
 from ppir_itk.transforms import LinearTransform, make_transform
 from ppir_itk.wrapping import transforms as transform_io
 from ppir_itk.wrapping.images import as_image_grid
 from ppir_itk.wrapping.resample import resample
+
+Optimizer = GaussNewtonOptimizer | RegularStepGradientDescentOptimizer | GradientDescentOptimizer
 
 #: The parties a run reports figures for, in the order reports and tables show them
 #: (the dealer only with spdz).
@@ -208,10 +225,17 @@ def measurement_report(closed: pb.Closed) -> dict[str, Any]:
 class ImageRegistrationMethod(Observable):
     """Multi-resolution registration driven by the moving party.
 
+    It takes ITK's ``ImageRegistrationMethodv4`` calls as well (``SetMetric``,
+    ``SetOptimizer``, ``SetFixedImage``, ``SetMovingImage``, ``SetInitialTransform``,
+    ``SetNumberOfLevels``, ``SetShrinkFactorsPerLevel``, ``SetSmoothingSigmasPerLevel``,
+    ``SetMetricSampling...``, ``Update``, ``GetOutput().Get()``, ``GetTransform``); they
+    replace the constructor's settings as the run starts. ITK's calls it cannot honour
+    raise ``NotImplementedError`` naming the call and why.
+
     Parameters
     ----------
-    metric : PrivateImageToImageMetric (any of the private metrics)
-        The metric, with its moving image and backend set.
+    metric : PrivateImageToImageMetric (any of the private metrics), optional
+        The metric, with its backend set (or ``SetMetric`` before the run).
     optimizer : an optimizer of :mod:`ppir_itk.optimizer`, optional
         Defaults to the metric's (:func:`ppir_itk.metric_kinds.default_optimizer`):
         ``GaussNewtonOptimizer()``, which fits mean squares only, or
@@ -238,11 +262,8 @@ class ImageRegistrationMethod(Observable):
 
     def __init__(
         self,
-        metric: PrivateImageToImageMetric,
-        optimizer: GaussNewtonOptimizer
-        | RegularStepGradientDescentOptimizer
-        | GradientDescentOptimizer
-        | None = None,
+        metric: PrivateImageToImageMetric | None = None,
+        optimizer: Optimizer | None = None,
         initial_transform: Any = "affine",
         *,
         shrink_factors: Sequence[int] = (1,),
@@ -256,7 +277,7 @@ class ImageRegistrationMethod(Observable):
         iterations: int | Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        self.metric = metric
+        self._metric = metric
         self.schedule = LevelSchedule.from_lists(shrink_factors, smoothing_sigmas)
         self.iterations = (
             None if iterations is None else check_iterations(iterations, len(self.schedule.levels))
@@ -264,28 +285,206 @@ class ImageRegistrationMethod(Observable):
         self.sampling = sampling if sampling is not None else NoSampling()
         self.initializer = check_initializer(initializer)
         self.threads = check_threads(threads)
-        # None for a transform given as an object: it is its own kind.
-        self._kind = (
-            transform_kind(initial_transform) if isinstance(initial_transform, str) else None
-        )
+        self._set_initial_transform(initial_transform)
         check_bspline_grid(initial_transform, grid_spacing)
         self.grid_spacing = check_grid_spacing(grid_spacing)
         self.refine_grid = refine_grid
         self.bulk = bulk_transform
-        self._initial_transform = initial_transform
         self._level = -1
         self._stop_requested = False
         self._result: RegistrationResult | None = None
-        metric_name = metric.settings.name
-        if optimizer is None:
-            least_squares = default_optimizer(metric_name) == GAUSS_NEWTON
-            optimizer = (
-                GaussNewtonOptimizer() if least_squares else RegularStepGradientDescentOptimizer()
+        self._itk = _ItkCalls()
+        self._optimizer: Optimizer | None = None
+        self._forward_tag = -1
+        if optimizer is not None:
+            self.SetOptimizer(optimizer)
+        elif metric is not None:
+            self.SetOptimizer(_default_optimizer(metric))
+
+    @property
+    def metric(self) -> PrivateImageToImageMetric:
+        if self._metric is None:
+            raise RuntimeError("the registration method has no metric: call SetMetric first")
+        return self._metric
+
+    @property
+    def optimizer(self) -> Optimizer:
+        if self._optimizer is None:  # ITK's default is the metric's, as the constructor's
+            self.SetOptimizer(_default_optimizer(self.metric))
+        assert self._optimizer is not None, "set just above"
+        return self._optimizer
+
+    def _set_initial_transform(self, initial_transform: Any) -> None:
+        # None for a transform given as an object: it is its own kind.
+        self._kind = (
+            transform_kind(initial_transform) if isinstance(initial_transform, str) else None
+        )
+        self._initial_transform = initial_transform
+
+    # -- ITK's ImageRegistrationMethodv4 calls ----------------------------------
+    NONE, REGULAR, RANDOM = 0, 1, 2  # ITK's MetricSamplingStrategy values
+
+    def SetMetric(self, metric: PrivateImageToImageMetric) -> None:  # noqa: N802
+        """The private metric (ITK's own metric objects cannot see the fixed party)."""
+        if not isinstance(metric, PrivateImageToImageMetric):
+            raise InputError(
+                f"SetMetric: {type(metric).__name__} is not a private metric; use "
+                "ppir_itk.PrivateMeanSquaresImageToImageMetric, "
+                "PrivateCorrelationImageToImageMetric or "
+                "PrivateMattesMutualInformationImageToImageMetric"
             )
-        elif isinstance(optimizer, GaussNewtonOptimizer):
-            check_optimizer(GAUSS_NEWTON, metric_name)
-        self.optimizer = optimizer
-        self.optimizer.AddObserver(Event.ITERATION, lambda: self.InvokeEvent(Event.ITERATION))
+        self._metric = metric
+        if self._optimizer is not None:
+            self.SetOptimizer(self._optimizer)  # its check against the new metric
+
+    def GetMetric(self) -> PrivateImageToImageMetric:  # noqa: N802
+        return self.metric
+
+    def SetOptimizer(self, optimizer: Optimizer) -> None:  # noqa: N802
+        if self._metric is not None and isinstance(optimizer, GaussNewtonOptimizer):
+            check_optimizer(GAUSS_NEWTON, self._metric.settings.name)
+        if self._optimizer is not None:
+            self._optimizer.RemoveObserver(self._forward_tag)
+        self._optimizer = optimizer
+        # Added first, so the optimizer's own observers see the in-place transform updated.
+        self._forward_tag = optimizer.AddObserver(Event.ITERATION, self._on_iteration)
+
+    def GetOptimizer(self) -> Optimizer:  # noqa: N802
+        return self.optimizer
+
+    def SetFixedImage(self, fixed: Any) -> None:  # noqa: N802
+        """The fixed image, where a script holds it: its pixels stay here (the fixed party
+        holds its own copy); its geometry is checked against the fixed party's."""
+        self._itk.fixed_geometry = as_image_grid(fixed, name="fixed image").geometry
+
+    def SetMovingImage(self, moving: Any) -> None:  # noqa: N802
+        """The moving image, given to the metric as the run starts."""
+        self._itk.moving = as_image_grid(moving, name="moving image")
+
+    def SetInitialTransform(self, transform: Any) -> None:  # noqa: N802
+        """The transform to optimise; an ITK transform is updated in place (ITK's
+        ``InPlaceOn``, the default) at each iteration."""
+        self._set_initial_transform(transform)
+        self._itk.in_place_transform = transform if _is_itk(transform) else None
+
+    def SetInPlace(self, in_place: bool) -> None:  # noqa: N802
+        self._itk.in_place = bool(in_place)
+
+    def InPlaceOn(self) -> None:  # noqa: N802
+        self._itk.in_place = True
+
+    def InPlaceOff(self) -> None:  # noqa: N802
+        self._itk.in_place = False
+
+    def SetNumberOfLevels(self, levels: int) -> None:  # noqa: N802
+        if int(levels) < 1:
+            raise InputError(f"SetNumberOfLevels: {levels} levels; give at least 1")
+        self._itk.number_of_levels = int(levels)
+
+    def SetShrinkFactorsPerLevel(self, factors: Sequence[int]) -> None:  # noqa: N802
+        self._itk.shrink_factors = [int(factor) for factor in factors]
+
+    def SetSmoothingSigmasPerLevel(self, sigmas: Sequence[float]) -> None:  # noqa: N802
+        self._itk.smoothing_sigmas = [float(sigma) for sigma in sigmas]
+
+    def SetSmoothingSigmasAreSpecifiedInPhysicalUnits(self, physical: bool) -> None:  # noqa: N802
+        if not physical:
+            raise NotImplementedError(
+                "SetSmoothingSigmasAreSpecifiedInPhysicalUnits(False): the sigmas are "
+                "physical (ITK's default); sigmas in voxels are not converted here"
+            )
+
+    def SetMetricSamplingStrategy(self, strategy: Any) -> None:  # noqa: N802
+        """``NONE``, ``REGULAR`` or ``RANDOM``: this class's or ITK's own values."""
+        if int(strategy) not in (self.NONE, self.REGULAR, self.RANDOM):
+            raise InputError(
+                f"SetMetricSamplingStrategy: {strategy!r} is not NONE, REGULAR or RANDOM"
+            )
+        self._itk.sampling_strategy = int(strategy)
+
+    def SetMetricSamplingPercentage(self, fraction: float) -> None:  # noqa: N802
+        """The fraction of the fixed grid sampled, in (0, 1], at every level."""
+        self._itk.sampling_fraction = float(fraction)
+
+    def SetMetricSamplingPercentagePerLevel(self, fractions: Sequence[float]) -> None:  # noqa: N802
+        if len(set(fractions)) != 1:
+            raise NotImplementedError(
+                "SetMetricSamplingPercentagePerLevel: one sampling fraction serves every "
+                "level here; give the same value for each"
+            )
+        self.SetMetricSamplingPercentage(fractions[0])
+
+    def MetricSamplingReinitializeSeed(self, seed: int = 0) -> None:  # noqa: N802
+        """The random sampling's seed (public; 0 unless set, where ITK draws one)."""
+        self._itk.sampling_seed = int(seed)
+
+    def SetFixedInitialTransform(self, transform: Any) -> None:  # noqa: N802
+        raise NotImplementedError(
+            "SetFixedInitialTransform: the fixed points are the fixed party's grid; a "
+            "transform of them is not built"
+        )
+
+    def SetMovingInitialTransform(self, transform: Any) -> None:  # noqa: N802
+        raise NotImplementedError(
+            "SetMovingInitialTransform: a fixed transform composed with the optimised one "
+            "is built for a B-spline only (the constructor's bulk_transform)"
+        )
+
+    def SetVirtualDomainFromImage(self, image: Any) -> None:  # noqa: N802
+        raise NotImplementedError(
+            "SetVirtualDomainFromImage: the virtual domain is the fixed party's grid"
+        )
+
+    def SetOptimizerWeights(self, weights: Any) -> None:  # noqa: N802
+        raise NotImplementedError(
+            "SetOptimizerWeights: every parameter is optimised; use the optimizer's scales"
+        )
+
+    def Update(self) -> None:  # noqa: N802
+        """Run the registration (ITK's ``Update``); the result is :meth:`GetTransform`."""
+        self.run()
+
+    def GetTransform(self) -> Any:  # noqa: N802
+        """The transform as an ITK transform: the initial ITK transform itself when set
+        in place, live during the run, the result after it."""
+        if self._itk.writes_in_place():
+            return self._itk.in_place_transform
+        if self._result is not None:
+            return self._result.itk_transform()
+        return transform_io.to_itk(self.metric.GetTransform())
+
+    def GetModifiableTransform(self) -> Any:  # noqa: N802
+        return self.GetTransform()
+
+    def GetOutput(self) -> _TransformOutput:  # noqa: N802
+        """ITK's decorated output: ``GetOutput().Get()`` is :meth:`GetTransform`."""
+        return _TransformOutput(self)
+
+    def GetCurrentIteration(self) -> int:  # noqa: N802
+        return self.GetOptimizerIteration()
+
+    def _on_iteration(self) -> None:
+        if self._itk.writes_in_place():
+            self._write_in_place(self.metric.GetTransform())
+        self.InvokeEvent(Event.ITERATION)
+
+    def _write_in_place(self, transform: LinearTransform | BSplineTransform) -> None:
+        updated = transform_io.to_itk(transform)
+        target = self._itk.in_place_transform
+        target.SetFixedParameters(updated.GetFixedParameters())
+        target.SetParameters(updated.GetParameters())
+
+    def _apply_itk_calls(self) -> None:
+        """The ITK setters' schedule, sampling and moving image, as the run starts."""
+        calls = self._itk
+        if calls.moving is not None:
+            self.metric.SetMovingImage(calls.moving)
+        if calls.levels_set():
+            self.schedule = LevelSchedule.from_lists(*calls.level_lists())
+            if self.iterations is not None:
+                check_iterations(self.iterations, len(self.schedule.levels))
+        if calls.sampling_strategy is not None:
+            self.sampling = calls.sampling()
 
     # -- live measurements (valid inside observers) -----------------------------
     def GetCurrentLevel(self) -> int:  # noqa: N802
@@ -320,6 +519,7 @@ class ImageRegistrationMethod(Observable):
     def run(self) -> RegistrationResult:
         """Run every level; returns the full :class:`RegistrationResult`."""
         start = time.perf_counter()
+        self._apply_itk_calls()
         previous_threads = parallel.get_number_of_threads()
         previous_iterations = self.optimizer.NumberOfIterations  # each level sets its own
         parallel.set_number_of_threads(self.threads)
@@ -330,6 +530,8 @@ class ImageRegistrationMethod(Observable):
             self.optimizer.NumberOfIterations = previous_iterations
         result.seconds = time.perf_counter() - start
         self._result = result
+        if self._itk.writes_in_place():
+            self._write_in_place(result.transform)
         return result
 
     def _run(self) -> RegistrationResult:
@@ -351,6 +553,13 @@ class ImageRegistrationMethod(Observable):
             fixed_geometry = moving_party.start(
                 self.schedule, self.sampling, wants_center_of_mass=self.initializer == "moments"
             )
+            if self._itk.fixed_geometry is not None and not _same_geometry(
+                self._itk.fixed_geometry, fixed_geometry
+            ):
+                raise InputError(
+                    "SetFixedImage: the image's geometry is not the fixed party's "
+                    f"({self._itk.fixed_geometry} against {fixed_geometry})"
+                )
             check_large_enough(moving.geometry, name="moving image")
             check_large_enough(
                 fixed_geometry,
@@ -477,6 +686,83 @@ class ImageRegistrationMethod(Observable):
         transform.translation = moving_center - fixed_center
 
 
+@dataclass
+class _ItkCalls:
+    """What an ITK script's setters asked for, applied as the run starts."""
+
+    moving: ImageGrid | None = None
+    fixed_geometry: GridGeometry | None = None
+    in_place_transform: Any = None  # an ITK transform from SetInitialTransform
+    in_place: bool = True  # ITK's default
+    number_of_levels: int | None = None
+    shrink_factors: list[int] | None = None
+    smoothing_sigmas: list[float] | None = None
+    sampling_strategy: int | None = None
+    sampling_fraction: float = 1.0  # ITK's default
+    sampling_seed: int = 0
+
+    def writes_in_place(self) -> bool:
+        return self.in_place and self.in_place_transform is not None
+
+    def levels_set(self) -> bool:
+        return any(
+            value is not None
+            for value in (self.number_of_levels, self.shrink_factors, self.smoothing_sigmas)
+        )
+
+    def level_lists(self) -> tuple[list[int], list[float]]:
+        """Shrink factors and sigmas, one per level (ITK's 1 and 0 where not set)."""
+        given = self.shrink_factors or self.smoothing_sigmas or [1]
+        count = self.number_of_levels or len(given)
+        shrink_factors = self.shrink_factors or [1] * count
+        smoothing_sigmas = self.smoothing_sigmas or [0.0] * count
+        for call, values in (
+            ("SetShrinkFactorsPerLevel", shrink_factors),
+            ("SetSmoothingSigmasPerLevel", smoothing_sigmas),
+        ):
+            if len(values) != count:
+                raise InputError(f"{call}: {len(values)} values for {count} levels; give one each")
+        return shrink_factors, smoothing_sigmas
+
+    def sampling(self) -> NoSampling | Regular | URS:
+        if self.sampling_strategy == ImageRegistrationMethod.NONE:
+            return NoSampling()
+        if not 0 < self.sampling_fraction <= 1:
+            raise InputError(
+                f"SetMetricSamplingPercentage: {self.sampling_fraction} is not in (0, 1]"
+            )
+        if self.sampling_strategy == ImageRegistrationMethod.REGULAR:
+            return Regular(self.sampling_fraction)
+        return URS(self.sampling_fraction, self.sampling_seed)
+
+
+class _TransformOutput:
+    """ITK's ``DataObjectDecorator`` of the method's transform."""
+
+    def __init__(self, method: ImageRegistrationMethod) -> None:
+        self._method = method
+
+    def Get(self) -> Any:  # noqa: N802
+        return self._method.GetTransform()
+
+
+def _default_optimizer(metric: PrivateImageToImageMetric) -> Optimizer:
+    if default_optimizer(metric.settings.name) == GAUSS_NEWTON:
+        return GaussNewtonOptimizer()
+    return RegularStepGradientDescentOptimizer()
+
+
+def _is_itk(transform: Any) -> bool:
+    return type(transform).__module__.startswith("itk")
+
+
+def _same_geometry(first: GridGeometry, second: GridGeometry) -> bool:
+    return first.size == second.size and all(
+        np.allclose(getattr(first, name), getattr(second, name))
+        for name in ("spacing", "origin", "direction")
+    )
+
+
 def party_figures(counters: Counters, seconds: float) -> dict[str, float | int]:
     """One party's figures for a report (``RegistrationResult.parties``) from its counters.
 
@@ -508,10 +794,9 @@ def _as_transform(initial: Any, dimension: int) -> LinearTransform | BSplineTran
         return initial.copy()
     if isinstance(initial, str):
         return make_transform(initial, dimension)
-    module = type(initial).__module__
-    if module.startswith("SimpleITK"):
+    if type(initial).__module__.startswith("SimpleITK"):
         return transform_io.from_sitk(initial)
-    if module.startswith("itk"):
+    if _is_itk(initial):
         return transform_io.from_itk(initial)
     raise InputError(f"initial transform of type {type(initial).__name__} is not supported")
 
