@@ -399,6 +399,27 @@ class ImageRegistrationMethod:
         self._initial = transform
         self._in_place = bool(inPlace)
 
+    def SetInitialTransformAsBSpline(  # noqa: N802
+        self,
+        transform: Any,
+        inPlace: bool = True,  # noqa: N803
+        scaleFactors: Sequence[int] = (),  # noqa: N803
+    ) -> None:
+        """A B-spline to optimise at its own mesh size at every level: ``scaleFactors`` of 0
+        or 1 only (SimpleITK's "no adapter" and "the initial mesh")."""
+        if not isinstance(transform, sitk.BSplineTransform):
+            raise InputError(
+                f"SetInitialTransformAsBSpline: a {type(transform).__name__} is not a "
+                "SimpleITK.BSplineTransform"
+            )
+        if any(int(factor) not in (0, 1) for factor in scaleFactors):
+            _not_built(
+                "SetInitialTransformAsBSpline",
+                f"the B-spline's mesh is not refined between levels (scaleFactors "
+                f"{list(scaleFactors)}; 0 or 1 keep the initial mesh)",
+            )
+        self.SetInitialTransform(transform, inPlace)
+
     def GetInitialTransform(self) -> Any:  # noqa: N802
         return self._initial
 
@@ -521,6 +542,8 @@ class ImageRegistrationMethod:
     def __getattr__(self, name: str) -> Any:
         # Any other SimpleITK method: a sentence, not an AttributeError a script cannot read.
         if not name.startswith("_") and hasattr(sitk.ImageRegistrationMethod, name):
+            if name.startswith("SetOptimizerAs"):
+                _not_built(name, _NO_SUCH_OPTIMIZER)
             _not_built(name, "it is not built in ppir_itk.simpleitk yet")
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
@@ -737,6 +760,14 @@ class ImageRegistrationMethod:
 _NO_SUCH_METRIC = (
     "the private metrics are mean squares, correlation and Mattes mutual information "
     "(SetMetricAsMeanSquares, SetMetricAsCorrelation, SetMetricAsMattesMutualInformation)"
+)
+
+
+_NO_SUCH_OPTIMIZER = (
+    "the private optimizers are regular step gradient descent, gradient descent with or "
+    "without a line search, and Gauss-Newton (SetOptimizerAsRegularStepGradientDescent, "
+    "SetOptimizerAsGradientDescent, SetOptimizerAsGradientDescentLineSearch, "
+    "SetOptimizerAsGaussNewton)"
 )
 
 
