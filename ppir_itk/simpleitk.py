@@ -686,7 +686,7 @@ class ImageRegistrationMethod:
             # ITK estimates a learning rate only with a scales estimator.
             arguments["EstimateLearningRate"] = "never"
         if self._default_maximum_step() and arguments["EstimateLearningRate"] != "never":
-            # ITK's default: the fixed grid's smallest spacing, set as the first level opens.
+            # ITK's default: the first level's smallest spacing, set as that level opens.
             arguments["MaximumStepSizeInPhysicalUnits"] = 1.0
         return self._optimizer.kind(**arguments)
 
@@ -782,10 +782,14 @@ def _learning_rate_estimation(estimate: int) -> str:
 
 
 def _first_level_step(core: CoreMethod) -> None:
-    """ITK's default largest step of an estimated learning rate: the virtual domain's
-    smallest spacing, the full-resolution fixed grid's (a level shrinks only the points)."""
+    """ITK's default largest step of an estimated learning rate: the smallest spacing of
+    the first level's virtual domain, the fixed grid shrunk by that level's factor (ITK
+    sets it as the first level starts and keeps it for the others)."""
     if core.GetCurrentLevel() != 0:
         return
     optimizer = core.optimizer
     assert isinstance(optimizer, _GRADIENT_DESCENTS), "set with a gradient descent"
-    optimizer.MaximumStepSizeInPhysicalUnits = min(core.metric.fixed_geometry.spacing)
+    shrink_factor = core.schedule.levels[0].shrink_factor
+    optimizer.MaximumStepSizeInPhysicalUnits = shrink_factor * min(
+        core.metric.fixed_geometry.spacing
+    )

@@ -218,6 +218,26 @@ def test_gradient_descent_with_its_convergence_monitor(pair, line_search):
     assert method.GetOptimizerLearningRate() > 0
 
 
+def test_an_estimated_learning_rate_steps_the_first_levels_spacing(pair):
+    """ITK's default largest step is the smallest spacing of the first level's virtual
+    domain, the fixed grid shrunk by that level's factor: 4 px here, not 1."""
+
+    def script(R: Any) -> Any:
+        R.SetMetricAsMeanSquares()
+        R.SetOptimizerAsGradientDescent(1.0, 1, estimateLearningRate=R.Once)
+        R.SetOptimizerScalesFromPhysicalShift()
+        R.SetShrinkFactorsPerLevel([4])
+        R.SetSmoothingSigmasPerLevel([2.0])
+        initial = sitk.TranslationTransform(2)
+        R.SetInitialTransform(initial)
+        return initial
+
+    (_, _, reference), (_, _, ours) = run_both(script, pair)
+    steps = [float(np.linalg.norm(out.GetParameters())) for out in (reference, ours)]
+    assert steps[0] == pytest.approx(4.0, rel=1e-3)
+    assert steps[1] == pytest.approx(steps[0], rel=1e-3)
+
+
 def test_the_window_convergence_value_is_itks(pair):
     """The monitor on SimpleITK's own values gives SimpleITK's convergence values (ITK
     fits the window in single precision)."""
