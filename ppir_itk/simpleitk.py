@@ -399,6 +399,27 @@ class ImageRegistrationMethod:
         self._initial = transform
         self._in_place = bool(inPlace)
 
+    def SetInitialTransformAsBSpline(  # noqa: N802
+        self,
+        transform: Any,
+        inPlace: bool = True,  # noqa: N803
+        scaleFactors: Sequence[int] = (),  # noqa: N803
+    ) -> None:
+        """A B-spline to optimise at its own mesh size at every level: ``scaleFactors`` of 0
+        or 1 only (SimpleITK's "no adapter" and "the initial mesh")."""
+        if not isinstance(transform, sitk.BSplineTransform):
+            raise InputError(
+                f"SetInitialTransformAsBSpline: a {type(transform).__name__} is not a "
+                "SimpleITK.BSplineTransform"
+            )
+        if any(int(factor) not in (0, 1) for factor in scaleFactors):
+            _not_built(
+                "SetInitialTransformAsBSpline",
+                f"the B-spline's mesh is not refined between levels (scaleFactors "
+                f"{list(scaleFactors)}; 0 or 1 keep the initial mesh)",
+            )
+        self.SetInitialTransform(transform, inPlace)
+
     def GetInitialTransform(self) -> Any:  # noqa: N802
         return self._initial
 
@@ -521,6 +542,8 @@ class ImageRegistrationMethod:
     def __getattr__(self, name: str) -> Any:
         # Any other SimpleITK method: a sentence, not an AttributeError a script cannot read.
         if not name.startswith("_") and hasattr(sitk.ImageRegistrationMethod, name):
+            if name.startswith("SetOptimizerAs"):
+                _not_built(name, _NO_SUCH_OPTIMIZER)
             _not_built(name, "it is not built in ppir_itk.simpleitk yet")
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
@@ -663,7 +686,7 @@ class ImageRegistrationMethod:
             # ITK estimates a learning rate only with a scales estimator.
             arguments["EstimateLearningRate"] = "never"
         if self._default_maximum_step() and arguments["EstimateLearningRate"] != "never":
-            # ITK's default: the fixed grid's smallest spacing, set as the first level opens.
+            # ITK's default: the first level's smallest spacing, set as that level opens.
             arguments["MaximumStepSizeInPhysicalUnits"] = 1.0
         return self._optimizer.kind(**arguments)
 
@@ -740,6 +763,14 @@ _NO_SUCH_METRIC = (
 )
 
 
+_NO_SUCH_OPTIMIZER = (
+    "the private optimizers are regular step gradient descent, gradient descent with or "
+    "without a line search, and Gauss-Newton (SetOptimizerAsRegularStepGradientDescent, "
+    "SetOptimizerAsGradientDescent, SetOptimizerAsGradientDescentLineSearch, "
+    "SetOptimizerAsGaussNewton)"
+)
+
+
 def _not_built(call: str, why: str) -> NoReturn:
     raise NotImplementedError(f"{call}: {why}")
 
@@ -751,10 +782,14 @@ def _learning_rate_estimation(estimate: int) -> str:
 
 
 def _first_level_step(core: CoreMethod) -> None:
-    """ITK's default largest step of an estimated learning rate: the virtual domain's
-    smallest spacing, the full-resolution fixed grid's (a level shrinks only the points)."""
+    """ITK's default largest step of an estimated learning rate: the smallest spacing of
+    the first level's virtual domain, the fixed grid shrunk by that level's factor (ITK
+    sets it as the first level starts and keeps it for the others)."""
     if core.GetCurrentLevel() != 0:
         return
     optimizer = core.optimizer
     assert isinstance(optimizer, _GRADIENT_DESCENTS), "set with a gradient descent"
-    optimizer.MaximumStepSizeInPhysicalUnits = min(core.metric.fixed_geometry.spacing)
+    shrink_factor = core.schedule.levels[0].shrink_factor
+    optimizer.MaximumStepSizeInPhysicalUnits = shrink_factor * min(
+        core.metric.fixed_geometry.spacing
+    )

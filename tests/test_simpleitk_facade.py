@@ -222,6 +222,26 @@ def test_gradient_descent_with_its_convergence_monitor(pair, line_search):
     assert method.GetOptimizerLearningRate() > 0
 
 
+def test_an_estimated_learning_rate_steps_the_first_levels_spacing(pair):
+    """ITK's default largest step is the smallest spacing of the first level's virtual
+    domain, the fixed grid shrunk by that level's factor: 4 px here, not 1."""
+
+    def script(R: Any) -> Any:
+        R.SetMetricAsMeanSquares()
+        R.SetOptimizerAsGradientDescent(1.0, 1, estimateLearningRate=R.Once)
+        R.SetOptimizerScalesFromPhysicalShift()
+        R.SetShrinkFactorsPerLevel([4])
+        R.SetSmoothingSigmasPerLevel([2.0])
+        initial = sitk.TranslationTransform(2)
+        R.SetInitialTransform(initial)
+        return initial
+
+    (_, _, reference), (_, _, ours) = run_both(script, pair)
+    steps = [float(np.linalg.norm(out.GetParameters())) for out in (reference, ours)]
+    assert steps[0] == pytest.approx(4.0, rel=1e-3)
+    assert steps[1] == pytest.approx(steps[0], rel=1e-3)
+
+
 def test_the_window_convergence_value_is_itks(pair):
     """The monitor on SimpleITK's own values gives SimpleITK's convergence values (ITK
     fits the window in single precision)."""
@@ -427,6 +447,52 @@ def test_a_call_that_cannot_be_honoured_is_refused_naming_it(call, request):
     name = request.node.callspec.id
     with pytest.raises(NotImplementedError, match=rf"^{name}: \w"):
         call(facade.ImageRegistrationMethod(backend="clear"))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "SetOptimizerAsAmoeba",
+        "SetOptimizerAsConjugateGradientLineSearch",
+        "SetOptimizerAsExhaustive",
+        "SetOptimizerAsLBFGS2",
+        "SetOptimizerAsLBFGSB",
+        "SetOptimizerAsOnePlusOneEvolutionary",
+        "SetOptimizerAsPowell",
+    ],
+)
+def test_an_optimizer_the_library_lacks_is_refused_with_those_it_has(name):
+    with pytest.raises(NotImplementedError, match=rf"^{name}: the private optimizers are "):
+        getattr(facade.ImageRegistrationMethod(backend="clear"), name)
+
+
+def test_a_bspline_as_initial_transform_at_its_own_mesh_lands_where_simpleitk_does(pair):
+    """SetInitialTransformAsBSpline with scale factors 1 (SimpleITK: the initial mesh at
+    every level) is SetInitialTransform's run, and returns the B-spline in place."""
+
+    def script(R: Any) -> Any:
+        R.SetMetricAsMeanSquares()
+        R.SetOptimizerAsGradientDescentLineSearch(
+            5.0, 20, convergenceMinimumValue=1e-4, convergenceWindowSize=5
+        )
+        R.SetOptimizerScalesFromPhysicalShift()
+        initial = sitk.BSplineTransformInitializer(pair[0], [3, 3])
+        R.SetInitialTransformAsBSpline(initial, inPlace=True, scaleFactors=[1])
+        return initial
+
+    (_, _, reference), (_, initial, ours) = run_both(script, pair)
+    assert type(ours) is sitk.BSplineTransform
+    assert initial.GetParameters() == ours.GetParameters()
+    assert np.abs(ours.GetParameters()).max() > 1.0  # moved, not left at zero
+    assert largest_displacement_px(reference, ours, pair[0]) < TOLERANCE_PX
+
+
+def test_a_bspline_mesh_refined_between_levels_is_refused():
+    initial = sitk.BSplineTransformInitializer(sitk.Image(16, 16, sitk.sitkFloat32), [2, 2])
+    with pytest.raises(NotImplementedError, match=r"^SetInitialTransformAsBSpline: the B-spline"):
+        facade.ImageRegistrationMethod(backend="clear").SetInitialTransformAsBSpline(
+            initial, scaleFactors=[1, 2, 5]
+        )
 
 
 def test_masks_say_they_are_not_built_yet():
