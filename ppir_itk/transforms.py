@@ -226,6 +226,9 @@ class LinearTransform(abc.ABC):
     #: Where the centre sits in the parameter vector when it is optimised (ITK's
     #: CenteredRigid2DTransform); None: the centre is the fixed parameters.
     _center_parameters: ClassVar[slice | None] = None
+    #: Whether :meth:`jacobian_in_affine_basis` is the same at every parameter vector
+    #: (affine and translation: their matrix and translation are the parameters).
+    constant_jacobian: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -462,6 +465,7 @@ class TranslationTransform(LinearTransform):
     kind = "translation"
     itk_names: ClassVar[dict[int, str]] = {2: "TranslationTransform", 3: "TranslationTransform"}
     has_center = False
+    constant_jacobian = True
 
     @classmethod
     def _number_of_parameters(cls, dimension: int) -> int:
@@ -766,6 +770,7 @@ class AffineTransform(LinearTransform):
 
     kind = "affine"
     itk_names: ClassVar[dict[int, str]] = {2: "AffineTransform", 3: "AffineTransform"}
+    constant_jacobian = True
 
     @classmethod
     def _number_of_parameters(cls, dimension: int) -> int:

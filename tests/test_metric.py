@@ -138,3 +138,29 @@ def test_identical_images_give_zero_value_and_gradient():
     evaluation = metric.evaluate()
     assert evaluation.value == pytest.approx(0.0, abs=1e-9)
     np.testing.assert_allclose(evaluation.gradient, 0.0, atol=1e-9)
+
+
+def test_a_kept_jacobian_follows_the_centre_and_the_level():
+    """An affine's Jacobian is kept over a level (it does not depend on the parameters),
+    but not past a new centre or a new level's points."""
+    fixed, moving, transform = _scene(2)
+    metric = ppir_itk.PrivateMeanSquaresImageToImageMetric(
+        "clear", session=ppir_itk.in_process_session(fixed)
+    )
+    metric.SetMovingImage(moving)
+    metric.SetTransform(transform)
+    metric.moving_party.start(LevelSchedule.from_lists([2, 1], [0.0, 0.0]), ppir_itk.NoSampling())
+
+    def fresh():
+        reference = metric._require_level().points.reference
+        coefficients = transform.jacobian_in_affine_basis(reference)
+        return coefficients.reshape(coefficients.shape[0], -1)
+
+    metric.initialize_level(0, Level(2, 0.0), ppir_itk.NoSampling())
+    np.testing.assert_array_equal(metric._jacobian().coefficients, fresh())
+    transform.parameters = transform.parameters * 1.01  # kept: the same at any parameters
+    np.testing.assert_array_equal(metric._jacobian().coefficients, fresh())
+    transform.center = transform.center + 3.0
+    np.testing.assert_array_equal(metric._jacobian().coefficients, fresh())
+    metric.initialize_level(1, Level(1, 0.0), ppir_itk.NoSampling())
+    np.testing.assert_array_equal(metric._jacobian().coefficients, fresh())
