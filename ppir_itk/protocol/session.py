@@ -68,6 +68,8 @@ class Session(abc.ABC):
         if self._pending:
             raise RuntimeError("a request is already waiting for its answer")
         self._pending = True
+        if self.single_process and isinstance(envelope, pb.BackendMessage):
+            envelope = pb.Envelope(backend=envelope)  # no wire: the endpoint takes envelopes
         self._send(envelope)
 
         def answer(expected: str) -> pb.Envelope:
@@ -136,9 +138,7 @@ class LocalSession(Session):
     def counters(self) -> Counters:
         return Counters(**self._counters.as_dict())
 
-    def _send(self, envelope: Outgoing) -> None:
-        if isinstance(envelope, pb.BackendMessage):  # no wire here: the endpoint takes envelopes
-            envelope = pb.Envelope(backend=envelope)
+    def _send(self, envelope: pb.Envelope) -> None:
         self._counters.payload_bytes_sent += envelope.ByteSize()
         self._counters.messages_sent += 1
         self._reply = self._endpoint.answer(envelope)
