@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ppir_itk.compose import connect, spawn_fixed_party
+from ppir_itk.compose import spawn_fixed_party
 from ppir_itk.image import ImageGrid
 from ppir_itk.phantoms import moved_copy
 from ppir_itk.transforms import CenteredRigid2DTransform, LinearTransform, TranslationTransform
@@ -258,7 +258,7 @@ def fixed_party_sessions(backend: str) -> Iterator[Any]:
 
         def fixed_party_session(image: Any) -> Any:
             party = stack.enter_context(spawn_fixed_party(image, backends=(backend,)))
-            return connect(party.address, party.client_tls, dealer=party.dealer_address)
+            return party.connect()
 
         yield fixed_party_session
 

@@ -295,6 +295,10 @@ class FixedPartyProcess:
     log: ChildLog | None = None  # the fixed party's stderr after "listening on"
     dealer_log: ChildLog | None = None
 
+    def connect(self, deadline: float = DEFAULT_DEADLINE) -> RemoteSession:
+        """A moving party's session with this fixed party (and its dealer)."""
+        return connect(self.address, self.client_tls, deadline=deadline, dealer=self.dealer_address)
+
 
 class ChildLog:
     """A local child's stderr after start-up, line by line: handed on to the

@@ -59,7 +59,7 @@ import numpy as np
 
 from ppir_itk import parallel
 from ppir_itk.bspline import BSplineTransform
-from ppir_itk.compose import connect, in_process_session, spawn_fixed_party
+from ppir_itk.compose import in_process_session, spawn_fixed_party
 from ppir_itk.correlation import PrivateCorrelationImageToImageMetric
 from ppir_itk.errors import InputError
 from ppir_itk.events import Event, Observable
@@ -952,12 +952,8 @@ def register(
     with spawn_fixed_party(
         source, backends=(options.backend,), deadline=options.deadline
     ) as fixed_party:
-        remote = connect(
-            fixed_party.address,
-            fixed_party.client_tls,
-            deadline=options.deadline,
-            dealer=fixed_party.dealer_address,
+        result = _register_with(
+            fixed_party.connect(options.deadline), moving_grid, options, observers
         )
-        result = _register_with(remote, moving_grid, options, observers)
     result.fixed_startup_seconds = fixed_party.startup_seconds
     return result

@@ -577,13 +577,7 @@ class ImageRegistrationMethod:
             with spawn_fixed_party(
                 fixed_grid, backends=(self._backend,), deadline=self._deadline
             ) as fixed_party:
-                session = connect(
-                    fixed_party.address,
-                    fixed_party.client_tls,
-                    deadline=self._deadline,
-                    dealer=fixed_party.dealer_address,
-                )
-                core = self._run(session, moving_grid, initial, sigmas)
+                core = self._run(fixed_party.connect(self._deadline), moving_grid, initial, sigmas)
         result = transform_io.to_sitk(core.GetResult().transform)
         if not self._in_place:
             return sitk.CompositeTransform(result)

@@ -20,7 +20,7 @@ import SimpleITK as sitk
 
 import ppir_itk
 from ppir_itk.backends import InsecureBackendWarning
-from ppir_itk.compose import connect, spawn_fixed_party
+from ppir_itk.compose import spawn_fixed_party
 from ppir_itk.errors import InputError
 from ppir_itk.phantoms import head_phantom, moved_copy
 from ppir_itk.transforms import TranslationTransform
@@ -83,7 +83,7 @@ def our_run(pair):
         spawn_fixed_party(pair[0], backends=("clear",)) as party,
     ):
         warnings.simplefilter("ignore", InsecureBackendWarning)
-        session = connect(party.address, party.client_tls, dealer=party.dealer_address)
+        session = party.connect()
         return example_script(
             ppir_itk.ImageRegistrationMethod(),
             ppir_itk.PrivateMeanSquaresImageToImageMetric("clear", session),
