@@ -17,12 +17,15 @@ viewed as int64 (:func:`to_words`, :func:`from_words`). Fixed point: ``q(v) = ro
   probability at most ``2^(m + 1 - 128)`` per element: the protocol keeps every truncated
   value below ``2^84`` in absolute value (products of two values below ``2^28`` at 56
   fractional bits), so a truncation fails with probability below ``2^-43`` per element;
-  :func:`log` truncates 73 times per value;
+  :func:`log` truncates 96 times per value;
 - :func:`log`: the natural logarithm by CrypTen's Householder iteration (below), of
-  ``v`` given as shares of ``100 v``. Its largest error, measured on 1200 points from
-  ``1e-6`` to 1 (``tests/test_spdz_mattes.py``): 4e-5 over ``[1e-6, 1]``, 8e-6 over
-  ``[1e-5, 1]``, 1.4e-6 over ``[1e-4, 1]`` (the float iteration's own error and the
-  2^-28 fixed point of ``100 v``).
+  ``v`` given as shares of ``100 v``, in 31 product depths (:data:`LOG_DEPTH`; CrypTen's
+  three order-8 iterations with exp by a degree-4 Taylor and six squarings took 44): each
+  exp is a degree-8 or -16 Taylor polynomial, its terms ``u^k / k!`` doubled per depth
+  (:func:`_powers`), and one squaring. Its largest error, measured on 1200 points from
+  ``1e-6`` to 1 (``tests/test_spdz_mattes.py``): 8e-5 over ``[1e-6, 1]``, 2.1e-6 over
+  ``[1e-5, 1]``, 9e-7 over ``[1e-4, 1]`` (the float iteration's own error, 6e-5, 3e-7
+  and 1.2e-7, and the 2^-28 fixed point of ``100 v``).
 
 The protocol steps are generators: ``yield Send(array)`` hands this party's opening to
 the driver, ``received = yield RECEIVE`` takes the peer's next one; a driver runs two
@@ -49,15 +52,39 @@ WORD = 1 << 64
 WORD_MASK = WORD - 1
 FRACTION_BITS = 28
 LOG_SCALE = 100.0  # the log's input is scaled into CrypTen's range of convergence
-LOG_ITERATIONS = 3
-EXP_LIMIT_SQUARINGS = 8  # exp(z) ~ (1 + z / 2^8)^(2^8)
-TAYLOR_SQUARINGS = 6  # exp(z) ~ T4(z / 2^6)^(2^6)
-HOUSEHOLDER_ORDER = 8
-# Products per element of one log (the dealer's triples): the limit's squarings, then per
-# iteration u^2, u^3, u^4, the Taylor squarings, X exp(-y), and h^2 .. h^8.
-LOG_PRODUCTS = EXP_LIMIT_SQUARINGS + LOG_ITERATIONS * (3 + TAYLOR_SQUARINGS + 1 + 7)
-# Its product depths (one opening each way): u^2; u^3 and u^4; h^2; h^3 and h^4; h^5 .. h^8.
-LOG_DEPTH = EXP_LIMIT_SQUARINGS + LOG_ITERATIONS * (2 + TAYLOR_SQUARINGS + 1 + 3)
+LIMIT_SQUARINGS = 7  # the start's exp_lim(z) = (1 + z / 2^7)^(2^7)
+
+
+@dataclass(frozen=True)
+class LogIteration:
+    """One Householder iteration of :func:`log`: ``exp(-y) ~ T(-y / 2^squarings)^(2^squarings)``
+    with ``T`` the Taylor polynomial of ``degree``, and the series ``sum_{k<=order} h^k / k``
+    (``degree`` and ``order`` powers of two: their powers take log2 of them product depths)."""
+
+    degree: int
+    squarings: int
+    order: int
+
+    @property
+    def products(self) -> int:
+        return (self.degree - 1) + self.squarings + 1 + (self.order - 1)
+
+    @property
+    def depth(self) -> int:
+        return self.degree.bit_length() - 1 + self.squarings + 1 + self.order.bit_length() - 1
+
+
+# Only the last iteration's exp sets the log's accuracy (an earlier one's error moves y, which
+# the next h measures), so the earlier ones take a degree-8 exp; by the last, |h| < 0.05 for
+# v >= 1e-5 (float, 4000 points), where order 4 leaves h^5 / 5 < 1e-7.
+LOG_ITERATIONS = (LogIteration(8, 1, 8), LogIteration(8, 1, 8), LogIteration(16, 1, 4))
+# Products per element of one log (the dealer's triples) and their depths (one opening each
+# way per depth): the limit's squarings, then per iteration the Taylor terms, the squarings,
+# X exp(-y) and h^2 .. h^order.
+LOG_PRODUCTS = LIMIT_SQUARINGS + sum(iteration.products for iteration in LOG_ITERATIONS)
+LOG_DEPTH = LIMIT_SQUARINGS + sum(iteration.depth for iteration in LOG_ITERATIONS)
+# The most products one depth opens per element (the last doubling of the terms or powers).
+LOG_WIDTH = max(max(iteration.degree, iteration.order) // 2 for iteration in LOG_ITERATIONS)
 
 
 @dataclass(frozen=True)
@@ -293,38 +320,69 @@ def _weighted(terms: list[tuple[np.ndarray, float]], party: int) -> np.ndarray:
     return truncate(functools.reduce(add, weighted), FRACTION_BITS, party)
 
 
+def _powers(
+    x: np.ndarray, count: int, triples: Triples, party: int, weight: Callable[[int], float]
+) -> Generator[object, np.ndarray, list[np.ndarray]]:
+    """Shares of ``weight(k) x^k`` for ``k = 1 .. count`` (``count`` a power of two,
+    ``weight(1) = 1``) in log2(count) product depths: each depth doubles the terms known,
+    ``t_{s+j} = t_s t_j weight(s+j) / (weight(s) weight(j))`` (the ratio applied to t_j
+    first, one truncation, where it is not 1): with ``weight(k) = 1 / k!`` every term
+    stays below ``e^|x|``, where plain powers would pass the truncation bound."""
+    terms = [x]
+    while len(terms) < count:
+        known = len(terms)
+        top = terms[-1]
+        pairs = []
+        for j, term in enumerate(terms, start=1):
+            ratio = weight(known + j) / (weight(known) * weight(j))
+            pairs.append((top, term if ratio == 1 else scale(term, ratio, party)))
+        terms += yield from multiply(pairs, triples, party)
+    return terms
+
+
+def _unweighted(k: int) -> float:
+    return 1.0
+
+
+def _taylor(k: int) -> float:
+    return 1 / math.factorial(k)
+
+
+def _exp(
+    z: np.ndarray, iteration: LogIteration, triples: Triples, party: int
+) -> Generator[object, np.ndarray, np.ndarray]:
+    """Shares of ``exp(z) ~ T(z / 2^s)^(2^s)`` (``T`` of the iteration's degree)."""
+    reduced = truncate(z, iteration.squarings, party)
+    terms = yield from _powers(reduced, iteration.degree, triples, party, _taylor)
+    value = add_public(functools.reduce(add, terms), 1.0, party)
+    for _ in range(iteration.squarings):
+        value = yield from square(value, triples, party)
+    return value
+
+
 def log(
     scaled: np.ndarray, triples: Triples, party: int
 ) -> Generator[object, np.ndarray, np.ndarray]:
     """Shares of ``ln(v)`` from shares of ``X = LOG_SCALE v`` for ``v`` in ``[0, 1]`` (the
     caller scales: X keeps more of a small v's digits than v would), accuracy in the
-    module docstring: CrypTen's Householder iteration,
-    ``y_0 = X/120 - 20 exp_lim(-2X - 1) + 3``, then three times
-    ``h = 1 - X exp(-y); y -= sum_{k=1..8} h^k / k``; ``ln v = y - ln 100``. For ``v``
-    near 0, ``y`` stays above -13 (each iteration lowers it by at most
+    module docstring: CrypTen's Householder iteration from its start,
+    ``y_0 = X/120 - 20 exp_lim(-2X - 1) + 3``, then per :data:`LOG_ITERATIONS`
+    ``h = 1 - X exp(-y); y -= sum_{k=1..order} h^k / k``; ``ln v = y - ln 100``. For ``v``
+    near 0, ``y`` stays above -13 (``y_0 >= -4.4`` and each iteration lowers it by at most
     ``sum 1/k < 2.72``), so every value stays within the truncation bound."""
     big = scaled
-    # exp_lim(-2X - 1) = (1 + (-2X - 1) / 256)^256 = (255/256 - X/128)^256
-    limit = add_public(negate(truncate(big, 7, party)), 1 - 1 / 256, party)
-    for _ in range(EXP_LIMIT_SQUARINGS):
+    # exp_lim(-2X - 1) = (1 + (-2X - 1) / 128)^128 = (127/128 - X/64)^128
+    limit = add_public(
+        negate(truncate(big, LIMIT_SQUARINGS - 1, party)), 1 - 2**-LIMIT_SQUARINGS, party
+    )
+    for _ in range(LIMIT_SQUARINGS):
         limit = yield from square(limit, triples, party)
     y = add_public(subtract(scale(big, 1 / 120, party), times(limit, 20)), 3.0, party)
-    for _ in range(LOG_ITERATIONS):
-        u = negate(truncate(y, TAYLOR_SQUARINGS, party))  # -y / 64
-        u2 = yield from square(u, triples, party)
-        u3, u4 = yield from multiply([(u2, u), (u2, u2)], triples, party)
-        higher = _weighted([(u2, 1 / 2), (u3, 1 / 6), (u4, 1 / 24)], party)
-        taylor = add_public(add(u, higher), 1.0, party)
-        for _ in range(TAYLOR_SQUARINGS):
-            taylor = yield from square(taylor, triples, party)
-        (product,) = yield from multiply([(big, taylor)], triples, party)
+    for iteration in LOG_ITERATIONS:
+        exp = yield from _exp(negate(y), iteration, triples, party)
+        (product,) = yield from multiply([(big, exp)], triples, party)
         h = add_public(negate(product), 1.0, party)
-        h2 = yield from square(h, triples, party)
-        h3, h4 = yield from multiply([(h2, h), (h2, h2)], triples, party)
-        h5, h6, h7, h8 = yield from multiply(
-            [(h4, h), (h4, h2), (h4, h3), (h4, h4)], triples, party
-        )
-        powers = (h, h2, h3, h4, h5, h6, h7, h8)
+        powers = yield from _powers(h, iteration.order, triples, party, _unweighted)
         series = _weighted([(power, 1 / k) for k, power in enumerate(powers, start=1)], party)
         y = subtract(y, series)
     return add_public(y, -math.log(LOG_SCALE), party)

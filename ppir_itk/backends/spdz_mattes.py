@@ -36,7 +36,7 @@ R2. Lift to Z128: ``0 <= H < 2^62``, so the shares' sum wraps exactly when eithe
     per party.
 R3. Fixed point, ``F = 28`` fractional bits in Z128: ``X = 100 H / (n 2^e_W)`` (times the
     public ``round(100 2^52 / n)``, truncated by ``e_W + 24`` bits: below 2^83) and its
-    row sums (local). The secure log (:func:`ppir_itk.ring128.log`: 44 product depths,
+    row sums (local). The secure log (:func:`ppir_itk.ring128.log`: 31 product depths,
     each one opening each way, all B^2 + B values at once) of ``X + 2^-28`` gives
     ``l = log(x)``; one more exact product gives ``100 Q = sum X l(x) - sum R l(r)`` at
     2^-56, and the fixed party sends its share of it: the moving party opens this one
@@ -61,13 +61,13 @@ moving) carry a round's openings in protocol order. Both parties run their steps
 generator (``yield Send(array)``, ``received = yield RECEIVE``): the moving party sends
 what it has when a step must wait for the fixed party, the fixed party answers when a step
 must wait for the moving party or its evaluation is done. Symmetric openings pipeline, two
-product depths per round trip: 26 round trips per evaluation (:data:`ROUND_TRIPS`).
+product depths per round trip: 19 round trips per evaluation (:data:`ROUND_TRIPS`).
 
 Failure bound. Every Z64 sum is an exact signed integer (the budget), and every lift is
 exact. Each Z128 truncation is off by at most 1 ulp (2^-28) and fails (wrong by about
 2^100) with probability at most ``2^(m + 1 - 128)`` for an input below ``2^m``
 (:func:`ppir_itk.ring128.truncate`); every truncated input is below 2^84, so below 2^-43
-per element. An evaluation truncates 75 (B^2 + B) elements (the log's 73 per value, X,
+per element. An evaluation truncates 98 (B^2 + B) elements (the log's 96 per value, X,
 and L), so by the union bound it fails with probability below 2^-26 at B = 32 and 2^-20
 at B = 256 (most inputs are far below 2^84: the bound is loose).
 
@@ -556,8 +556,10 @@ class SPDZMattesBackend(HistogramBackend):
 
 def _max_elements(bins: int, points: PointSet) -> int:
     """The most elements one share array of a Mattes round holds: a (B, n) or (d, n)
-    opening, or a log depth's openings (4 products of B^2 + B values, 2 words each)."""
-    return max(bins, points.geometry.dimension) * points.size + 16 * (bins * bins + bins)
+    opening, or a log depth's openings (``LOG_WIDTH`` products of B^2 + B values, each
+    two openings of 2 words)."""
+    log_depth = 4 * ring128.LOG_WIDTH * (bins * bins + bins)
+    return max(bins, points.geometry.dimension) * points.size + log_depth
 
 
 def _add_shares(shares: Any, arrays: list[np.ndarray]) -> None:
