@@ -55,6 +55,7 @@ from ppir_itk.disclosure import SESSION, Received
 from ppir_itk.errors import InputError
 from ppir_itk.image import GridGeometry, ImageGrid, center_of_mass
 from ppir_itk.ledger import IN_MEMORY, Ledger, image_fingerprint
+from ppir_itk.masks import as_mask, inside
 from ppir_itk.metric_kinds import MATTES, METRICS, MetricSettings
 from ppir_itk.parzen import IntensityBins, check_histogram_bins, fixed_bins
 from ppir_itk.points import SAMPLING_KINDS, PointSet, draw_points
@@ -95,6 +96,11 @@ class FixedPartySession:
         The client's identity in the ledger: its certificate's SHA-256 fingerprint.
     image_id : str, optional
         The image's fingerprint in the ledger (computed when not given).
+    fixed_mask : itk/SimpleITK image, path or ImageGrid, optional
+        The fixed party's mask (:mod:`ppir_itk.masks`): the metric runs over the points
+        inside it only. It never leaves this object; the moving party learns that there is
+        one (``Welcome.fixed_masked``) and, through the joint term, how many points fall
+        inside.
     """
 
     image: Any
@@ -102,9 +108,14 @@ class FixedPartySession:
     ledger: Ledger | None = None
     client: str = ""
     image_id: str | None = None
+    fixed_mask: Any = None
 
     def __post_init__(self) -> None:
         self.image = as_image_grid(self.image, name="fixed image")
+        if self.fixed_mask is not None:
+            self.fixed_mask = as_mask(
+                self.fixed_mask, name="fixed mask", dimension=self.image.dimension
+            )
         self.hello: pb.Hello | None = None
         self.backend_side: FixedSide | None = None
         self.level_index = -1
@@ -224,12 +235,18 @@ class FixedPartySession:
         self.backend_side = make_fixed_side(
             hello.backend, dict(hello.backend_parameters), self.policy, self._metric(hello)
         )
+        if self.fixed_mask is not None and hello.metric not in self.backend_side.fixed_mask_metrics:
+            raise ProtocolError(
+                f"this fixed party restricts the metric to its mask, which backend "
+                f"'{hello.backend}' does not compute for metric '{hello.metric}'"
+            )
         self.hello = hello
         return pb.Envelope(
             welcome=pb.Welcome(
                 protocol_version=PROTOCOL_VERSION,
                 fixed_geometry=geometry_to_pb(self.geometry),
                 evaluation_budget=self.policy.evaluation_budget,
+                fixed_masked=self.fixed_mask is not None,
             )
         )
 
@@ -304,8 +321,16 @@ class FixedPartySession:
         if metric.name == MATTES:  # the fixed party's own window: its bins, over its level
             bins = IntensityBins.from_values(np.array(self.level_range), metric.histogram_bins)
             values = fixed_bins(values, bins)
-        self.backend_side.on_points(values, self.points)
+        self.backend_side.on_points(values, self.points, self._fixed_mask_at(self.points))
         return pb.Envelope(points_selected=pb.PointsSelected(count=self.points.size))
+
+    def _fixed_mask_at(self, points: PointSet) -> np.ndarray | None:
+        """The fixed mask at the level's points (1 inside), None without a mask."""
+        if self.fixed_mask is None:
+            return None
+        geometry = points.geometry
+        flat = np.arange(geometry.number_of_points) if points.indices is None else points.indices
+        return inside(self.fixed_mask, geometry.physical_points(geometry.flat_to_index(flat)))
 
     def _on_backend(self, message: pb.BackendMessage) -> pb.Envelope:
         assert self.hello is not None and self.backend_side is not None, _AFTER_HELLO
@@ -425,7 +450,8 @@ class FixedPartySession:
 class FixedPartyServer(PartyServer):
     """``ppir serve``: the fixed party's server (see :class:`PartyServer`).
 
-    ``fixed`` is loaded once and used by every session; ``policy`` says which
+    ``fixed`` (and ``fixed_mask``, :class:`FixedPartySession`'s) is loaded once and used by
+    every session; ``policy`` says which
     backends are offered, the evaluation budget, the measurement limits and the
     level limit; ``ledger`` counts each client's measurements across sessions
     (in memory unless given: ``ppir serve`` always gives a file).
@@ -443,9 +469,15 @@ class FixedPartyServer(PartyServer):
         *,
         policy: FixedPolicy | None = None,
         ledger: Ledger | None = None,
+        fixed_mask: Any = None,
         **options: Any,
     ) -> None:
         self.image = as_image_grid(fixed, name="fixed image")
+        self.fixed_mask = (
+            None
+            if fixed_mask is None
+            else as_mask(fixed_mask, name="fixed mask", dimension=self.image.dimension)
+        )
         self.image_id = image_fingerprint(self.image)
         self.policy = policy or FixedPolicy()
         self.ledger = ledger or Ledger(IN_MEMORY)
@@ -469,6 +501,7 @@ class FixedPartyServer(PartyServer):
             ledger=self.ledger,
             client=client_fingerprint,
             image_id=self.image_id,
+            fixed_mask=self.fixed_mask,
         )
 
     def _ended(self, session: FixedPartySession, clean: bool) -> None:

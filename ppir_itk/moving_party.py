@@ -150,6 +150,12 @@ class MovingPartySession:
             )
         )
         self.fixed_geometry = geometry_from_pb(welcome.fixed_geometry)
+        if welcome.fixed_masked and self.metric.name not in self.backend.fixed_mask_metrics:
+            raise InputError(
+                f"the fixed party restricts the metric to its mask, which backend "
+                f"'{self.backend.name}' does not compute for metric '{self.metric.name}'"
+            )
+        self.backend.fixed_masked = welcome.fixed_masked
         return self.fixed_geometry
 
     def fixed_center_of_mass(self) -> np.ndarray:

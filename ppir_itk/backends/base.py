@@ -78,6 +78,34 @@ class MovingFields:
 
 
 @dataclass(frozen=True)
+class MaskedSums:
+    """The sums a fixed mask ``M`` (the fixed party's, private to it: 1 inside, 0 outside,
+    :func:`ppir_itk.masks.inside` at each point) adds to a :class:`JointTerm`.
+
+    With a fixed mask, the joint term's own sums are of ``M J`` for ``J`` (and ``M J^2``
+    for ``J^2``); these are the moving party's sums that the mask restricts, so that every
+    sum of the metric runs over the points inside both (``m M``; ``m`` the valid mask):
+
+    - ``count = sum_x m(x) M(x)``: the points the mean runs over;
+    - ``warped_squared = sum_x I_w(x)^2 M(x)``;
+    - ``warped_moments[k, o]``: the public linear map's moments of ``g_k I_w M`` (as
+      ``JointTerm.moments`` are of ``g_k J``: (d, d + 1) in the affine basis, (d, K) on a
+      B-spline's control grid);
+    - correlation only (None otherwise): ``warped_sum = sum_x I_w(x) M(x)`` and
+      ``gradient_moments``, the map's moments of ``g_k m M``.
+
+    A private backend opens each one only to the moving party, counted and noised as the
+    joint term's sums (each is a linear measurement of ``M``).
+    """
+
+    count: float
+    warped_squared: float
+    warped_moments: np.ndarray
+    warped_sum: float | None = None
+    gradient_moments: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
 class JointTerm:
     """The joint quantities, known to the moving party (and, in the paper's protocols, more).
 
@@ -94,6 +122,8 @@ class JointTerm:
     # B-spline moments computed with fixed-point weights (bits per axis; 0: exact): the
     # moving party uses the same weights for its own S^T I_w, so the gradient stays exact.
     basis_weight_bits: int = 0
+    # With a fixed mask (Welcome.fixed_masked) the restricted sums; None without one.
+    masked: MaskedSums | None = None
 
 
 #: The metrics whose joint part is the sums linear in J (:class:`JointTermBackend`).
@@ -151,6 +181,9 @@ class MovingHalf(abc.ABC):
     bspline: ClassVar[bool] = False
     #: The metrics this half computes (:mod:`ppir_itk.metric_kinds`).
     metrics: ClassVar[tuple[str, ...]] = (MEAN_SQUARES,)
+    #: The metrics it computes restricted to a fixed mask (:class:`MaskedSums`,
+    #: :class:`MaskedHistogram`).
+    fixed_mask_metrics: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -163,6 +196,8 @@ class MovingHalf(abc.ABC):
         self.metric = metric
         self.points: PointSet | None = None
         self.received = Received(MOVING_PARTY, [self.table])
+        # Set from the fixed party's Welcome: the metric is restricted to its private mask.
+        self.fixed_masked = False
 
     def on_points(self, points: PointSet) -> None:
         """Per-level set-up once the point set is agreed (e.g. J encrypted once)."""
@@ -218,6 +253,23 @@ class ParzenFields:
 
 
 @dataclass(frozen=True)
+class MaskedHistogram:
+    """What a fixed mask ``M`` adds to a :class:`HistogramTerm`: the points outside it drop
+    out of the joint histogram as if their moving window were not valid, so the two sums the
+    moving party computes alone without a mask need ``M`` too:
+
+    - ``count``: the points with a valid moving window inside the mask (ITK's number of
+      valid points; the moving party learns it, as every mean over the points needs it);
+    - ``moving_negative_entropy``: the moving marginal's ``sum_c p_c log p_c`` (the
+      quantity :func:`ppir_itk.parzen.moving_parzen` returns as ``negative_entropy``),
+      over those points only.
+    """
+
+    count: int
+    moving_negative_entropy: float
+
+
+@dataclass(frozen=True)
 class HistogramTerm:
     """What one Mattes evaluation gives the moving party: the parts of MI's value and
     derivative that need both images, and nothing else.
@@ -236,6 +288,8 @@ class HistogramTerm:
     moments: np.ndarray
     # B-spline moments computed with fixed-point weights (as JointTerm's).
     basis_weight_bits: int = 0
+    # With a fixed mask (Welcome.fixed_masked): its count and moving marginal; None without.
+    masked: MaskedHistogram | None = None
 
 
 class HistogramBackend(MovingHalf):
@@ -312,6 +366,9 @@ class FixedSide(abc.ABC):
     bspline: ClassVar[bool] = False
     #: The metrics this side computes (:mod:`ppir_itk.metric_kinds`).
     metrics: ClassVar[tuple[str, ...]] = (MEAN_SQUARES,)
+    #: The metrics it computes restricted to the fixed party's mask (the fixed party refuses
+    #: a session whose backend and metric are not among them when it serves with a mask).
+    fixed_mask_metrics: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -326,9 +383,13 @@ class FixedSide(abc.ABC):
         self.received = Received(FIXED_PARTY, [self.table])
 
     @abc.abstractmethod
-    def on_points(self, values: np.ndarray, points: PointSet) -> None:
+    def on_points(
+        self, values: np.ndarray, points: PointSet, fixed_mask: np.ndarray | None = None
+    ) -> None:
         """The level's J on the agreed points (float64), once per level; for Mattes, their
-        fixed bins instead (int64, :func:`ppir_itk.parzen.fixed_bins`)."""
+        fixed bins instead (int64, :func:`ppir_itk.parzen.fixed_bins`). ``fixed_mask``: the
+        fixed party's mask at the points (uint8, 1 inside), None without a mask; given only
+        for a metric in :attr:`fixed_mask_metrics`."""
 
     @abc.abstractmethod
     def handle(self, message: pb.BackendMessage) -> pb.BackendMessage:

@@ -142,7 +142,9 @@ class ClearFixedSide(FixedSide):
     bspline = True
     metrics: ClassVar[tuple[str, ...]] = LINEAR_SUMS_METRICS
 
-    def on_points(self, values: np.ndarray, points: PointSet) -> None:
+    def on_points(
+        self, values: np.ndarray, points: PointSet, fixed_mask: np.ndarray | None = None
+    ) -> None:
         self._values = values
 
     def handle(self, message: pb.BackendMessage) -> pb.BackendMessage:

@@ -681,7 +681,9 @@ class HEPackedFixedSide(ExactSumsFixedSide):
         self._decryptor = seal.Decryptor(self.he.context, self._secret_key)
         self._sums = 0
 
-    def on_points(self, values: np.ndarray, points: PointSet) -> None:
+    def on_points(
+        self, values: np.ndarray, points: PointSet, fixed_mask: np.ndarray | None = None
+    ) -> None:
         d = points.geometry.dimension
         self._points = points
         basis = points.linear_map

@@ -321,7 +321,9 @@ class PaperV1FixedSide(FixedSide):
         self._context = _new_context()
         self._context.generate_galois_keys()  # DotProduct rotates
 
-    def on_points(self, values: np.ndarray, points: PointSet) -> None:
+    def on_points(
+        self, values: np.ndarray, points: PointSet, fixed_mask: np.ndarray | None = None
+    ) -> None:
         ts = _tenseal()
         length = POLY_MODULUS_DEGREE // 2
         self._level = [
@@ -482,7 +484,9 @@ class PaperV2FixedSide(FixedSide):
         self._context = _new_context()  # the fixed party's own keys
         self._moving_context: Any = None
 
-    def on_points(self, values: np.ndarray, points: PointSet) -> None:
+    def on_points(
+        self, values: np.ndarray, points: PointSet, fixed_mask: np.ndarray | None = None
+    ) -> None:
         first, second = _halves(values.size)
         self._values = values
         self._first, self._second = first, second

@@ -342,7 +342,9 @@ class SPDZFixedSide(ExactSumsFixedSide):
         self._products: Any = None
         self._level_index = -1
 
-    def on_points(self, values: np.ndarray, points: PointSet) -> None:
+    def on_points(
+        self, values: np.ndarray, points: PointSet, fixed_mask: np.ndarray | None = None
+    ) -> None:
         if self._products is None:
             from ppir_itk.backends.spdz_shares import SharedProducts
 

@@ -614,7 +614,9 @@ class SPDZMattesFixedSide(FixedSide):
         self._steps: Steps | None = None
         self._inbox: deque[np.ndarray] = deque()
 
-    def on_points(self, values: np.ndarray, points: PointSet) -> None:
+    def on_points(
+        self, values: np.ndarray, points: PointSet, fixed_mask: np.ndarray | None = None
+    ) -> None:
         bins = self.metric.histogram_bins
         values = np.asarray(values)
         if values.shape != (points.size,) or not np.all(

@@ -1,0 +1,59 @@
+"""Fixed and moving masks, as ITK's metrics read them (``ImageMaskSpatialObject``).
+
+A mask is an image of the same dimension as the image it restricts, on any grid: a
+physical point is inside when the mask's pixel nearest to it (ITK's
+``TransformPhysicalPointToIndex``, halves rounded up) lies on the mask's grid and is not
+zero. A point the metric would use counts only where it is inside: the fixed mask at the
+point ``x`` of the fixed grid, the moving mask at ``T(x)``.
+
+The fixed party's mask never leaves it (DESIGN.md §5: the moving party learns only how many
+points fall inside both, which a mean over them needs); the moving party's is its own.
+
+>>> import numpy as np
+>>> mask = as_mask(ImageGrid(np.array([[0, 1, 1], [0, 0, 1]])), name="fixed mask")
+>>> inside(mask, np.array([[1.0, 0.0], [0.4, 0.0], [2.0, 1.4], [3.0, 0.0]])).tolist()
+[1, 0, 1, 0]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ppir_itk.errors import InputError
+from ppir_itk.image import ImageGrid
+from ppir_itk.wrapping.images import as_image_grid
+
+
+def as_mask(mask: Any, *, name: str, dimension: int | None = None) -> ImageGrid:
+    """An image as a mask (nonzero: inside), refused in one sentence if it cannot be one:
+    not an image, another dimension than ``dimension``, or no pixel inside."""
+    grid = as_image_grid(mask, name=name)
+    if dimension is not None and grid.dimension != dimension:
+        raise InputError(
+            f"{name} is {grid.dimension}-D but the image it restricts is {dimension}-D"
+        )
+    inside_pixels = np.asarray(grid.array != 0, dtype=np.uint8)
+    if not inside_pixels.any():
+        raise InputError(f"{name} has no pixel inside (every pixel is zero)")
+    return ImageGrid(
+        inside_pixels,
+        grid.geometry.spacing,
+        grid.geometry.origin,
+        grid.geometry.direction_matrix,
+    )
+
+
+def inside(mask: ImageGrid, physical: np.ndarray) -> np.ndarray:
+    """1 where each physical point (shape (n, d)) is inside the mask, else 0 (uint8)."""
+    geometry = mask.geometry
+    continuous = (np.asarray(physical, dtype=np.float64) - geometry.origin_array) @ (
+        geometry.physical_to_index.T
+    )
+    index = np.floor(continuous + 0.5).astype(np.int64)  # ITK rounds halves up
+    on_grid = np.all((index >= 0) & (index < geometry.size_array), axis=1)
+    result = np.zeros(len(index), dtype=np.uint8)
+    kept = index[on_grid]
+    result[on_grid] = mask.array[tuple(kept[:, axis] for axis in range(geometry.dimension)[::-1])]
+    return result
