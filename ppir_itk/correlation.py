@@ -72,26 +72,38 @@ class PrivateCorrelationImageToImageMetric(PrivateImageToImageMetric):
             "a backend that computes correlation returns the moments and the sum of J"
         )
         bits = joint.basis_weight_bits
-        fixed_mean = joint.fixed_sum / n_valid
-        warped_sum = float(values.sum())
-        warped_mean = warped_sum / n_valid
-        # Not np.dot: BLAS would start threads that spin against the other party's process.
+        masked = joint.masked
+        # The map's moments of g m and g I_w: the moving party's own (computed only when the
+        # value is not flat), or with a fixed mask the backend's, of g m M and g I_w M.
+        steepest: np.ndarray | None = None
+        own: np.ndarray | None = None
+        if masked is None:
+            count = n_valid
+            # Not np.dot: BLAS would start threads that spin against the other party's process.
+            warped_sum, warped_squared = float(values.sum()), float(np.square(values).sum())
+        else:  # the points inside the fixed party's mask too: its sums of I_w M and g M
+            assert masked.warped_sum is not None and masked.gradient_moments is not None, (
+                "a backend that computes masked correlation returns its two extra sums"
+            )
+            count = self._masked_count(masked.count)
+            warped_sum, warped_squared = masked.warped_sum, masked.warped_squared
+            steepest, own = masked.gradient_moments, masked.warped_moments
+        fixed_mean = joint.fixed_sum / count
+        warped_mean = warped_sum / count
         fm = joint.warped_dot_fixed - warped_sum * fixed_mean
         f2 = joint.fixed_squared - joint.fixed_sum * fixed_mean
-        m2 = float(np.square(values).sum()) - warped_sum * warped_mean
+        m2 = warped_squared - warped_sum * warped_mean
         value, derivative = 0.0, np.zeros(self.GetNumberOfParameters())
         if f2 * m2 > EPSILON:
-            steepest_sum = jacobian.from_moments(
-                jacobian.moments(gradient, valid.astype(np.float64), bits)
-            )
+            if steepest is None or own is None:
+                steepest = jacobian.moments(gradient, valid.astype(np.float64), bits)
+                own = jacobian.moments(gradient, values, bits)
+            steepest_sum = jacobian.from_moments(steepest)
             fdm = jacobian.from_moments(joint.moments) - fixed_mean * steepest_sum
-            mdm = (
-                jacobian.from_moments(jacobian.moments(gradient, values, bits))
-                - warped_mean * steepest_sum
-            )
+            mdm = jacobian.from_moments(own) - warped_mean * steepest_sum
             value = -fm * fm / (f2 * m2)
             derivative = -2.0 * fm / (f2 * m2) * (fdm - fm / m2 * mdm)
         value, derivative, _ = self._penalized(jacobian, value, derivative, None)
         return Evaluation(
-            value=value, gradient=derivative, hessian=None, number_of_valid_points=n_valid
+            value=value, gradient=derivative, hessian=None, number_of_valid_points=count
         )

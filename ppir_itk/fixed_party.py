@@ -55,7 +55,7 @@ from ppir_itk.disclosure import SESSION, Received
 from ppir_itk.errors import InputError
 from ppir_itk.image import GridGeometry, ImageGrid, center_of_mass
 from ppir_itk.ledger import IN_MEMORY, Ledger, image_fingerprint
-from ppir_itk.masks import as_mask, inside
+from ppir_itk.masks import as_mask, inside, pixels_inside
 from ppir_itk.metric_kinds import MATTES, METRICS, MetricSettings
 from ppir_itk.parzen import IntensityBins, check_histogram_bins, fixed_bins
 from ppir_itk.points import SAMPLING_KINDS, PointSet, draw_points
@@ -283,8 +283,10 @@ class FixedPartySession:
         smoothed, self.level_image = fixed_level_images(
             self.image, Level(level.shrink_factor, level.smoothing_sigma)
         )
-        # Mattes's fixed bins span the smoothed full-resolution image, as ITK's method gives it.
-        self.level_range = (float(smoothed.array.min()), float(smoothed.array.max()))
+        # Mattes's fixed bins span the smoothed full-resolution image, as ITK's method gives it
+        # (its pixels inside the fixed mask, with one).
+        inside_mask = pixels_inside(smoothed, self.fixed_mask, name="fixed mask")
+        self.level_range = (float(inside_mask.min()), float(inside_mask.max()))
         self.points = None
         self.level_measurements = 0
         self.level_seconds.append(0.0)

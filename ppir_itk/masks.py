@@ -57,3 +57,17 @@ def inside(mask: ImageGrid, physical: np.ndarray) -> np.ndarray:
     kept = index[on_grid]
     result[on_grid] = mask.array[tuple(kept[:, axis] for axis in range(geometry.dimension)[::-1])]
     return result
+
+
+def pixels_inside(image: ImageGrid, mask: ImageGrid | None, *, name: str) -> np.ndarray:
+    """The image's pixel values whose centres are inside ``mask`` (all of them without one):
+    what ITK's Mattes metric takes an intensity range over. Refused in one sentence if the
+    mask covers none of the image's pixels."""
+    if mask is None:
+        return image.array.ravel()
+    geometry = image.geometry
+    centres = geometry.physical_points(geometry.flat_to_index(np.arange(geometry.number_of_points)))
+    values = image.array.ravel()[inside(mask, centres) == 1]
+    if values.size == 0:
+        raise InputError(f"{name} covers no pixel of the image it restricts")
+    return values

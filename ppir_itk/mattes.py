@@ -37,6 +37,7 @@ import numpy as np
 from ppir_itk.backends import ParzenFields
 from ppir_itk.errors import InputError
 from ppir_itk.image import ImageGrid
+from ppir_itk.masks import pixels_inside
 from ppir_itk.metric import Evaluation, PrivateImageToImageMetric
 from ppir_itk.metric_kinds import (
     DEFAULT_HISTOGRAM_BINS,
@@ -136,9 +137,11 @@ class PrivateMattesMutualInformationImageToImageMetric(PrivateImageToImageMetric
 
     def initialize_level(self, level_index: int, level: Level, sampling: Any) -> PointSet:
         points = super().initialize_level(level_index, level, sampling)
-        # ITK's moving range: the moving image the metric is given at this level.
+        # ITK's moving range: the moving image the metric is given at this level (its pixels
+        # inside the moving mask, with one).
         self._moving_bins = IntensityBins.from_values(
-            self._require_level().moving.array, self._settings.histogram_bins
+            pixels_inside(self._require_level().moving, self._moving_mask, name="moving mask"),
+            self._settings.histogram_bins,
         )
         return points
 
@@ -152,12 +155,7 @@ class PrivateMattesMutualInformationImageToImageMetric(PrivateImageToImageMetric
         window = moving_parzen(values, valid, bins)
         n_valid = window.count
         points = self._require_level().points.size
-        if not has_enough_overlap(n_valid, points):
-            raise InputError(
-                f"only {n_valid} of the level's {points} points map inside the moving image "
-                "under the current transform; Mattes needs a sixteenth of them, as ITK (try "
-                "the 'geometry' or 'moments' initialiser)"
-            )
+        self._check_enough_overlap(n_valid, points)
         if n_valid < n_warped:  # the warp zeroed the gradient where W(x) is not valid only
             gradient = np.where(window.inside[:, None], gradient, 0.0)
         jacobian = self._jacobian()
@@ -170,10 +168,27 @@ class PrivateMattesMutualInformationImageToImageMetric(PrivateImageToImageMetric
                 jacobian.parameter_gradient(gradient),
             )
         )
-        # The moving marginal's entropy is the moving party's own (its windows').
-        information = points / n_valid * term.entropy_difference - window.negative_entropy
+        # The moving marginal's entropy is the moving party's own (its windows'), or, with
+        # the fixed party's mask, over the points inside it (the backend's).
+        negative_entropy = window.negative_entropy
+        if term.masked is not None:
+            n_valid = term.masked.count
+            self._check_enough_overlap(n_valid, points)
+            negative_entropy = term.masked.moving_negative_entropy
+        information = points / n_valid * term.entropy_difference - negative_entropy
         derivative = gradient_factor(n_valid) * jacobian.from_moments(term.moments)
         value, derivative, _ = self._penalized(jacobian, -information, derivative, None)
         return Evaluation(
             value=value, gradient=derivative, hessian=None, number_of_valid_points=n_valid
         )
+
+    def _check_enough_overlap(self, count: int, points: int) -> None:
+        if not has_enough_overlap(count, points):
+            where = (
+                "inside the masks " if self._moving_mask is not None or self.fixed_masked else ""
+            )
+            raise InputError(
+                f"only {count} of the level's {points} points {where}map inside the moving "
+                "image under the current transform; Mattes needs a sixteenth of them, as ITK "
+                "(try the 'geometry' or 'moments' initialiser)"
+            )

@@ -38,13 +38,15 @@ from ppir_itk import _kernels
 from ppir_itk.backends import MovingFields
 from ppir_itk.bspline import BSplineTransform
 from ppir_itk.errors import InputError
+from ppir_itk.fixed_party import FixedPartySession
 from ppir_itk.image import GridGeometry, ImageGrid
 from ppir_itk.linear_map import PublicLinearMap
+from ppir_itk.masks import as_mask, inside
 from ppir_itk.metric_kinds import MEAN_SQUARES_SETTINGS, MetricSettings
 from ppir_itk.moving_party import MovingPartySession
 from ppir_itk.parallel import for_chunks
 from ppir_itk.points import PointSet
-from ppir_itk.protocol.session import Session
+from ppir_itk.protocol.session import LocalSession, Session
 from ppir_itk.pyramid import Level, moving_level_image
 from ppir_itk.sampling import GMS, URS, NoSampling, Regular
 from ppir_itk.transforms import LinearTransform
@@ -111,6 +113,8 @@ class PrivateImageToImageMetric(abc.ABC):
             )
         self.moving_party = backend
         self._moving: ImageGrid | None = None
+        self._moving_mask: ImageGrid | None = None
+        self._mask_points: tuple[PointSet, np.ndarray] | None = None  # the level's x, kept
         self._transform: LinearTransform | BSplineTransform | None = None
         self._level: _LevelData | None = None
         self._kept_jacobian: tuple[tuple[type, bytes], PointSet, _Jacobian] | None = None
@@ -122,6 +126,37 @@ class PrivateImageToImageMetric(abc.ABC):
 
     def GetMovingImage(self) -> ImageGrid | None:  # noqa: N802
         return self._moving
+
+    def SetMovingImageMask(self, mask: Any) -> None:  # noqa: N802
+        """ITK's moving mask (an ``itk.ImageMaskSpatialObject``, an image or a path; None:
+        no mask): a point counts only where ``T(x)`` is inside it. It is the moving party's
+        own and stays here."""
+        self._moving_mask = None if mask is None else as_mask(mask, name="moving mask")
+
+    def GetMovingImageMask(self) -> ImageGrid | None:  # noqa: N802
+        return self._moving_mask
+
+    def SetFixedImageMask(self, mask: Any) -> None:  # noqa: N802
+        """ITK's fixed mask. It is the fixed party's, private to it: only a fixed party in
+        this process (:func:`ppir_itk.in_process_session`) can be given one here, before the
+        session starts; a remote one serves with its own (``ppir serve --fixed-mask``)."""
+        session = self.moving_party.session
+        serving = session.serving if isinstance(session, LocalSession) else None
+        if not isinstance(serving, FixedPartySession) or serving.hello is not None:
+            raise InputError(
+                "SetFixedImageMask: the fixed mask belongs to the fixed party: give it to "
+                "'ppir serve --fixed-mask' on the fixed party's machine"
+            )
+        serving.fixed_mask = (
+            None
+            if mask is None
+            else as_mask(mask, name="fixed mask", dimension=serving.image.dimension)
+        )
+
+    @property
+    def fixed_masked(self) -> bool:
+        """Whether the fixed party restricts the metric to its private mask (its Welcome)."""
+        return self.moving_party.backend.fixed_masked
 
     def SetTransform(self, transform: LinearTransform | BSplineTransform) -> None:  # noqa: N802
         self._transform = transform
@@ -235,12 +270,29 @@ class PrivateImageToImageMetric(abc.ABC):
             )
 
         n_valid = sum(for_chunks(warp, n))
-        if level.private_sample is not None:
-            valid &= level.private_sample
-            values *= level.private_sample
-            gradient *= level.private_sample[:, None]
+        kept = level.private_sample
+        if self._moving_mask is not None:  # ITK's: T(x) inside the moving mask too
+            physical = self._level_physical_points(points)
+            if displacement is not None:
+                physical = physical + displacement
+            moving_mask = inside(self._moving_mask, physical @ matrix.T + offset)
+            kept = moving_mask if kept is None else kept & moving_mask
+        if kept is not None:
+            valid &= kept
+            values *= kept
+            gradient *= kept[:, None]
             n_valid = int(np.count_nonzero(valid))
         return values, gradient, valid, n_valid
+
+    def _level_physical_points(self, points: PointSet) -> np.ndarray:
+        """The physical x of the point set's points (n, d), kept while the set is the same."""
+        if self._mask_points is None or self._mask_points[0] is not points:
+            geometry = points.geometry
+            flat = (
+                np.arange(geometry.number_of_points) if points.indices is None else points.indices
+            )
+            self._mask_points = (points, geometry.physical_points(geometry.flat_to_index(flat)))
+        return self._mask_points[1]
 
     @abc.abstractmethod
     def evaluate(self) -> Evaluation:
@@ -265,12 +317,26 @@ class PrivateImageToImageMetric(abc.ABC):
     def _overlap(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """:meth:`_warp`, refusing a transform under which the images do not overlap."""
         warped = self._warp()
-        if warped[3] == 0:
-            raise InputError(
-                "no fixed-grid point maps inside the moving image: the images do not overlap "
-                "under the current transform (try the 'geometry' or 'moments' initialiser)"
-            )
+        self._check_overlap(warped[3])
         return warped
+
+    def _check_overlap(self, count: int) -> None:
+        if count == 0:
+            masks = (
+                " inside the masks" if self._moving_mask is not None or self.fixed_masked else ""
+            )
+            raise InputError(
+                f"no fixed-grid point{masks} maps inside the moving image: the images do not "
+                "overlap under the current transform (try the 'geometry' or 'moments' "
+                "initialiser)"
+            )
+
+    def _masked_count(self, count: float) -> int:
+        """The points inside both masks (a joint term's ``masked.count``, rounded: a private
+        backend's may carry the policy's noise), refused as :meth:`_overlap` refuses none."""
+        points = max(round(count), 0)
+        self._check_overlap(points)
+        return points
 
     def _jacobian(self) -> _Jacobian:
         """dW/dtheta on the level's points, with the bending energy's weight; kept over a
@@ -344,18 +410,25 @@ class PrivateMeanSquaresImageToImageMetric(PrivateImageToImageMetric):
         if joint_r is None:
             assert joint.moments is not None, "a JointTerm holds its moments or its parameter term"
             joint_r = jacobian.from_moments(joint.moments)
-        # Not np.dot: BLAS would start threads that spin against the other party's process.
-        warped_squared = float(np.square(values).sum())
+        masked = joint.masked
+        if masked is None:
+            # Not np.dot: BLAS would start threads that spin against the other party's process.
+            warped_squared = float(np.square(values).sum())
+            own = jacobian.moments(gradient, values, joint.basis_weight_bits)
+            count = n_valid
+        else:  # the points inside the fixed party's mask too: its sums of I_w M
+            warped_squared, own = masked.warped_squared, masked.warped_moments
+            count = self._masked_count(masked.count)
         ssd = warped_squared - 2.0 * joint.warped_dot_fixed + joint.fixed_squared
-        scale = 2.0 / n_valid
-        value = max(ssd, 0.0) / n_valid
-        own = jacobian.moments(gradient, values, joint.basis_weight_bits)
-        derivative = scale * (jacobian.from_moments(own) - joint_r)
-        value, derivative, hessian = self._penalized(
-            jacobian, value, derivative, scale * jacobian.hessian(gradient)
-        )
+        value = max(ssd, 0.0) / count
+        derivative = 2.0 / count * (jacobian.from_moments(own) - joint_r)
+        # Gauss-Newton's matrix is the moving party's own, over its valid points: the fixed
+        # mask is private, and the value and gradient are exact, so the minimum is the
+        # masked one. 2 / n_valid keeps the step's scale that of the mean over those points.
+        hessian = 2.0 / n_valid * jacobian.hessian(gradient)
+        value, derivative, hessian = self._penalized(jacobian, value, derivative, hessian)
         return Evaluation(
-            value=value, gradient=derivative, hessian=hessian, number_of_valid_points=n_valid
+            value=value, gradient=derivative, hessian=hessian, number_of_valid_points=count
         )
 
 
