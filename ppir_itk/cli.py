@@ -98,6 +98,18 @@ def _parser() -> argparse.ArgumentParser:
     _add_tls_options(register, "moving-party")
     register.add_argument("--dealer", help="--peer only: HOST:PORT of 'ppir dealer' (spdz)")
     register.add_argument(
+        "--fixed-mask",
+        metavar="PATH",
+        help="local mode: the fixed image's mask (nonzero: inside), given to the fixed "
+        "party's process only; with --peer the fixed party serves its own (ppir serve "
+        "--fixed-mask)",
+    )
+    register.add_argument(
+        "--moving-mask",
+        metavar="PATH",
+        help="the moving image's mask (nonzero: inside): a point counts only where T(x) is in it",
+    )
+    register.add_argument(
         "--in-process",
         action="store_true",
         help="local mode only: keep the fixed party in this process",
@@ -115,6 +127,12 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve a fixed image to moving parties (mutual TLS)")
     serve.add_argument("--fixed", required=True, help="fixed image")
     serve.add_argument("--listen", required=True, help="HOST:PORT (port 0: any free port)")
+    serve.add_argument(
+        "--fixed-mask",
+        metavar="PATH",
+        help="the fixed image's mask (nonzero: inside), private to this party: the metric "
+        "runs over the points inside it; moving parties learn only how many",
+    )
     _add_tls_options(serve, "fixed-party")
     serve.add_argument(
         "--backends",
@@ -696,6 +714,11 @@ def _register(args: argparse.Namespace) -> int:
         )
     if args.dealer is not None and args.peer is None:
         raise InputError("--dealer goes with --peer; local mode starts its own dealer")
+    if args.fixed_mask is not None and args.peer is not None:
+        raise InputError(
+            "--fixed-mask goes with --fixed (local mode); a remote fixed party serves with "
+            "its own mask ('ppir serve --fixed-mask' on its machine)"
+        )
     if args.peer is not None:
         result, moving = _run_with_peer(args)
     else:
@@ -750,6 +773,14 @@ def _registration_options(
             deadline=args.deadline,
         )
     )
+    masks: dict[str, Any] = (
+        {}
+        if bench
+        else {
+            "fixed_mask": _mask_path("--fixed-mask", getattr(args, "fixed_mask", None)),
+            "moving_mask": _mask_path("--moving-mask", args.moving_mask),
+        }
+    )
     options = RegistrationOptions(
         transform=args.transform,
         metric=args.metric,
@@ -768,11 +799,21 @@ def _registration_options(
         iterations=args.iterations,
         threads=args.threads,
         **per_run,
+        **masks,
     )
     options.check_dimension(dimension)
     if not bench:
         _refuse_test_only_provider(options, in_process=getattr(args, "in_process", False))
     return options
+
+
+def _mask_path(flag: str, path: str | None) -> str | None:
+    """A mask's path, refused here if it is not a file (register() reads and checks it)."""
+    if path is not None and not Path(path).is_file():
+        raise InputError(
+            f"{flag} '{path}' " + ("is not a file" if Path(path).exists() else "does not exist")
+        )
+    return path
 
 
 def _backend_parameters(items: Sequence[str]) -> dict[str, str]:
@@ -860,6 +901,7 @@ def _serve(args: argparse.Namespace) -> int:
     from ppir_itk.backends import check_backend_name
     from ppir_itk.compose import ledger_path, serve
     from ppir_itk.image import check_large_enough
+    from ppir_itk.masks import as_mask
     from ppir_itk.wrapping.images import as_image_grid
 
     _address("--listen", args.listen)
@@ -894,6 +936,13 @@ def _serve(args: argparse.Namespace) -> int:
     fixed_name = f"fixed image '{args.fixed}'"
     fixed = as_image_grid(args.fixed, name=fixed_name, limits=limits)
     check_large_enough(fixed.geometry, name=fixed_name)
+    fixed_mask = None
+    if args.fixed_mask is not None:
+        fixed_mask = as_mask(
+            _mask_path("--fixed-mask", args.fixed_mask),
+            name=f"fixed mask '{args.fixed_mask}'",
+            dimension=fixed.dimension,
+        )
     serve(
         fixed,
         args.listen,
@@ -914,6 +963,7 @@ def _serve(args: argparse.Namespace) -> int:
         ready_file=_ready_file(args.ready_file),
         local_mode_folder=args.local_mode_folder,
         max_message_bytes=args.max_message_bytes,
+        fixed_mask=fixed_mask,
     )
     return 0
 
@@ -1036,6 +1086,14 @@ def _summary(result: Any, transform_path: str | None) -> None:
     for party, lines in result.learned.items():
         for line in lines or ["nothing"]:
             print(f"{party} party received in the clear: {line}")
+    if result.fixed_mask:
+        counts = " ".join(str(level.points_inside_fixed_mask) for level in result.levels)
+        print(
+            "fixed mask (the fixed party's): points inside it and valid at each level's last "
+            f"evaluation, which the moving party learned: {counts}"
+        )
+    if result.moving_mask:
+        print("moving mask: used at every level")
     print(
         f"{result.transform.itk_name}: {result.iterations} iterations over "
         f"{len(result.levels)} levels, final metric {result.final_metric:.6g}, "

@@ -91,13 +91,16 @@ def local_dealer(pool: TriplePool, party_name: str) -> Callable[[bytes], DealerC
     )
 
 
-def in_process_session(fixed: Any, policy: FixedPolicy | None = None) -> LocalSession:
+def in_process_session(
+    fixed: Any, policy: FixedPolicy | None = None, *, fixed_mask: Any = None
+) -> LocalSession:
     """A session with a fixed party living in this process (tests, benchmarks).
 
     Whoever runs it holds both images already, so by default every backend,
     ``clear`` included, is offered with no measurement limit
     (:meth:`FixedPolicy.holding_both_images`); SPDZ gets a dealer in this process
     too. A ``policy`` given is held across this session only (an in-memory ledger).
+    ``fixed_mask``: the fixed party's mask (:class:`FixedPartySession`'s).
     """
     policy = policy or FixedPolicy.holding_both_images(tuple(BACKENDS))
     policy.single_process = True
@@ -105,7 +108,9 @@ def in_process_session(fixed: Any, policy: FixedPolicy | None = None) -> LocalSe
     if policy.dealer is None:
         policy.dealer = local_dealer(pool, FIXED_PARTY)
     session = LocalSession(
-        FixedPartySession(fixed, policy, ledger=Ledger(IN_MEMORY), client="in-process")
+        FixedPartySession(
+            fixed, policy, ledger=Ledger(IN_MEMORY), client="in-process", fixed_mask=fixed_mask
+        )
     )
     session.dealer = local_dealer(pool, MOVING_PARTY)
 
@@ -141,8 +146,11 @@ def serve(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ready_file: str | os.PathLike | None = None,
     local_mode_folder: str | os.PathLike | None = None,
+    fixed_mask: Any = None,
 ) -> None:
     """Serve the fixed image until interrupted (``ppir serve``).
+
+    ``fixed_mask``: the fixed party's own mask (:class:`FixedPartySession`'s), never sent.
 
     ``metrics``: those served (:mod:`ppir_itk.metric_kinds`). The measurement limits are
     :class:`FixedPolicy`'s; ``ledger`` is the SQLite file
@@ -177,6 +185,7 @@ def serve(
             deadline=deadline,
             session_limit=session_limit,
             max_envelope=max_message_bytes,
+            fixed_mask=fixed_mask,
         ),
         ready_file,
         local_mode_folder,
@@ -365,6 +374,7 @@ def spawn_fixed_party(
     startup_timeout: float = STARTUP_TIMEOUT,
     extra_arguments: tuple[str, ...] = (),
     pki: str | os.PathLike | None = None,
+    fixed_mask: Any = None,
 ) -> Iterator[FixedPartyProcess]:
     """Start ``ppir serve`` for ``fixed`` on 127.0.0.1 with fresh certificates.
 
@@ -379,7 +389,9 @@ def spawn_fixed_party(
     ends however it ends (they watch a pipe from it), removing the folder if it is
     still there; they run in their own session, so a Ctrl-C reaches this process only.
     They run in that folder: a path ``fixed`` or ``pki`` is the caller's, resolved against
-    its working directory (:func:`caller_path`).
+    its working directory (:func:`caller_path`). ``fixed_mask`` (a path, or an image copied
+    to that folder as ``fixed``) goes to the fixed party's process only
+    (``ppir serve --fixed-mask``).
     """
     directory = Path(tempfile.mkdtemp(prefix="ppir-local-"))
     try:
@@ -398,6 +410,13 @@ def spawn_fixed_party(
                     *("--max-image-voxels", str(grid.array.size)),
                     *("--max-image-bytes", str(grid.array.nbytes)),
                 )
+            if fixed_mask is not None:
+                if isinstance(fixed_mask, (str, os.PathLike)):
+                    mask_path = Path(caller_path(fixed_mask))
+                else:
+                    mask_path = directory / "fixed-mask.nrrd"
+                    write_image(as_image_grid(fixed_mask, name="fixed mask"), mask_path)
+                extra_arguments = (*extra_arguments, "--fixed-mask", str(mask_path))
             common = [
                 "--listen",
                 "127.0.0.1:0",

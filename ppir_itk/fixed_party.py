@@ -283,10 +283,11 @@ class FixedPartySession:
         smoothed, self.level_image = fixed_level_images(
             self.image, Level(level.shrink_factor, level.smoothing_sigma)
         )
-        # Mattes's fixed bins span the smoothed full-resolution image, as ITK's method gives it
-        # (its pixels inside the fixed mask, with one).
-        inside_mask = pixels_inside(smoothed, self.fixed_mask, name="fixed mask")
-        self.level_range = (float(inside_mask.min()), float(inside_mask.max()))
+        if self.hello.metric == MATTES:
+            # Mattes's fixed bins span the smoothed full-resolution image, as ITK's method
+            # gives it (its pixels inside the fixed mask, with one).
+            inside_mask = pixels_inside(smoothed, self.fixed_mask, name="fixed mask")
+            self.level_range = (float(inside_mask.min()), float(inside_mask.max()))
         self.points = None
         self.level_measurements = 0
         self.level_seconds.append(0.0)

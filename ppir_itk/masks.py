@@ -27,9 +27,14 @@ from ppir_itk.wrapping.images import as_image_grid
 
 
 def as_mask(mask: Any, *, name: str, dimension: int | None = None) -> ImageGrid:
-    """An image as a mask (nonzero: inside), refused in one sentence if it cannot be one:
-    not an image, another dimension than ``dimension``, or no pixel inside."""
-    grid = as_image_grid(mask, name=name)
+    """An image (or an ``itk.ImageMaskSpatialObject``: its image) as a mask (nonzero:
+    inside), refused in one sentence if it cannot be one: not an image, another dimension
+    than ``dimension``, or no pixel inside."""
+    if type(mask).__name__.startswith("itkImageMaskSpatialObject"):
+        mask = mask.GetImage()
+    grid = as_image_grid(mask, name=name, check=False)  # one value everywhere is a mask too
+    if not np.all(np.isfinite(grid.array)):
+        raise InputError(f"{name} has NaN or infinite pixels")
     if dimension is not None and grid.dimension != dimension:
         raise InputError(
             f"{name} is {grid.dimension}-D but the image it restricts is {dimension}-D"

@@ -38,6 +38,8 @@ from ppir_itk.backends.base import (
     HistogramTerm,
     JointTerm,
     JointTermBackend,
+    MaskedHistogram,
+    MaskedSums,
     MovingFields,
     ParzenFields,
 )
@@ -51,6 +53,7 @@ from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.channel import Counters
 from ppir_itk.protocol.messages import (
     PROTOCOL_VERSION,
+    ProtocolError,
     array_to_pb,
     geometry_from_pb,
     geometry_to_pb,
@@ -103,6 +106,8 @@ class MovingPartySession:
         self._fraction_seed: tuple[float, int] = (1.0, 0)
         self._level_index = -1
         self.received = Received(MOVING_PARTY, [SESSION])
+        # With a fixed mask: level -> the points inside it (and valid) at its last evaluation.
+        self.fixed_mask_counts: dict[int, int] = {}
 
     # -- what the backend and the reports read ----------------------------------
     @property
@@ -217,13 +222,28 @@ class MovingPartySession:
         """One evaluation of the joint term on the level's points (mean squares, correlation)."""
         assert isinstance(self.backend, JointTermBackend), "a linear-sums metric's backend"
         self._evaluation()
-        return self.backend.joint_term(fields)
+        joint = self.backend.joint_term(fields)
+        self._inside_fixed_mask(joint.masked)
+        return joint
 
     def histogram_term(self, fields: ParzenFields) -> HistogramTerm:
         """One evaluation of the Mattes term on the level's points."""
         assert isinstance(self.backend, HistogramBackend), "a Mattes session's backend"
         self._evaluation()
-        return self.backend.histogram_term(fields)
+        term = self.backend.histogram_term(fields)
+        self._inside_fixed_mask(term.masked)
+        return term
+
+    def _inside_fixed_mask(self, masked: MaskedSums | MaskedHistogram | None) -> None:
+        """Keep the count of points inside the fixed mask the term gave (the moving party
+        learns it), the level's last one in :attr:`fixed_mask_counts`."""
+        if self.backend.fixed_masked:
+            if masked is None:
+                raise ProtocolError(
+                    f"backend '{self.backend.name}' returned no masked sums from a fixed "
+                    "party with a mask"
+                )
+            self.fixed_mask_counts[self._level_index] = round(masked.count)
 
     def _evaluation(self) -> None:
         if self.points is None:

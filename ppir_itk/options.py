@@ -195,6 +195,11 @@ class RegistrationOptions:
         B-spline only: control-point spacing (physical units; one value or one per
         axis), whether to start coarser and halve it per level, the bending-energy
         weight, and a linear transform the B-spline is composed with.
+    fixed_mask, moving_mask : image or path, optional
+        ITK's metric masks (:mod:`ppir_itk.masks`: nonzero is inside): a point counts only
+        where the fixed mask holds at x and the moving mask at T(x). The fixed mask is the
+        fixed party's (:func:`ppir_itk.register` hands it to the fixed party's process
+        only; a remote fixed party serves with its own, ``ppir serve --fixed-mask``).
     deadline : float
         Seconds to wait for a peer's next answer.
     """
@@ -222,6 +227,8 @@ class RegistrationOptions:
     refine_grid: bool = False
     bending_energy_weight: float = 0.0
     bulk_transform: Any = None
+    fixed_mask: Any = None
+    moving_mask: Any = None
     deadline: float = DEFAULT_DEADLINE
 
     def __post_init__(self) -> None:
@@ -251,6 +258,10 @@ class RegistrationOptions:
         parameters = MappingProxyType(dict(self.backend_parameters or {}))
         self._set("backend_parameters", parameters)
         self._set("backend", _check_backend(self.backend, parameters, self.metric))
+        if self.fixed_mask is not None:
+            from ppir_itk.backends import check_backend_fixed_mask
+
+            check_backend_fixed_mask(self.backend, dict(parameters), self.metric)
         schedule = LevelSchedule.from_lists(self.shrink_factors, self.smoothing_sigmas)
         self._set("shrink_factors", tuple(level.shrink_factor for level in schedule.levels))
         self._set("smoothing_sigmas", tuple(level.smoothing_sigma for level in schedule.levels))

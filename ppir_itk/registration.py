@@ -64,6 +64,7 @@ from ppir_itk.correlation import PrivateCorrelationImageToImageMetric
 from ppir_itk.errors import InputError
 from ppir_itk.events import Event, Observable
 from ppir_itk.image import GridGeometry, ImageGrid, center_of_mass, check_large_enough
+from ppir_itk.masks import as_mask
 from ppir_itk.mattes import PrivateMattesMutualInformationImageToImageMetric
 from ppir_itk.metric import PrivateImageToImageMetric, PrivateMeanSquaresImageToImageMetric
 from ppir_itk.metric_kinds import (
@@ -123,6 +124,9 @@ class LevelReport:
     setup_seconds: float
     stop_condition: str
     parties: dict[str, dict] = field(default_factory=dict)
+    # With a fixed mask: the points inside it (and valid) at the level's last evaluation,
+    # which the moving party learns; None without one.
+    points_inside_fixed_mask: int | None = None
 
 
 @dataclass
@@ -153,6 +157,9 @@ class RegistrationResult:
     fixed_startup_seconds: float | None = None
     seed: int | None = None
     threads: int = 1
+    # Which masks restricted the metric (the fixed one: the fixed party's, said in Welcome).
+    fixed_mask: bool = False
+    moving_mask: bool = False
 
     @property
     def iterations(self) -> int:
@@ -191,6 +198,7 @@ class RegistrationResult:
             "parameters": self.transform.parameters.tolist(),
             "fixed_parameters": self.transform.fixed_parameters.tolist(),
             "sampling": self.sampling,
+            "masks": {"fixed": self.fixed_mask, "moving": self.moving_mask},
             "seed": self.seed,
             "threads": self.threads,
             "iterations": self.iterations,
@@ -595,6 +603,8 @@ class ImageRegistrationMethod(Observable):
                 seed=getattr(self.sampling, "seed", None),
                 threads=parallel.get_number_of_threads(),
                 transport=moving_party.transport,
+                fixed_mask=metric.fixed_masked,
+                moving_mask=metric.GetMovingImageMask() is not None,
             )
             if isinstance(transform, LinearTransform):  # a B-spline starts at zero, after its bulk
                 self._initialize(transform, moving, fixed_geometry)
@@ -664,6 +674,7 @@ class ImageRegistrationMethod(Observable):
                     setup_seconds=setup_seconds,
                     stop_condition=self.optimizer.GetStopConditionDescription(),
                     parties={"moving": party_figures(moving_party.counters() - mark, seconds)},
+                    points_inside_fixed_mask=moving_party.fixed_mask_counts.get(level_index),
                 )
             )
             if self._stop_requested:
@@ -826,6 +837,11 @@ def register_with(
     :class:`ImageRegistrationMethod`.
     """
     options = _options(options, overrides)
+    if options.fixed_mask is not None:
+        raise InputError(
+            "the fixed mask belongs to the fixed party: give it to 'ppir serve --fixed-mask' "
+            "on the fixed party's machine"
+        )
     moving_grid = as_image_grid(moving, name="moving image")
     options.check_dimension(moving_grid.dimension)
     return _register_with(session, moving_grid, options, observers)
@@ -853,6 +869,7 @@ def _register_with(
             moving_party, bending_energy_weight=options.bending_energy_weight
         )
     metric.SetMovingImage(moving)
+    metric.SetMovingImageMask(options.moving_mask)
     optimizer: GaussNewtonOptimizer | RegularStepGradientDescentOptimizer
     minimum_step = options.minimum_step_length
     assert minimum_step is not None, "RegistrationOptions sets the optimizer's own"
@@ -921,7 +938,8 @@ def register(
         ``reveal_gms_indices``, ``shrink_factors``, ``smoothing_sigmas``,
         ``initializer`` (by default ``geometry`` over a transform built from a kind
         name, none over a transform handed in, which is the start as it is),
-        ``iterations`` (one count, or one per level), ``threads``,
+        ``iterations`` (one count, or one per level), ``threads``, ``fixed_mask`` and
+        ``moving_mask`` (images or paths: the fixed one goes to the fixed party only),
         ``deadline`` (seconds to wait
         for the fixed party's next answer) ...
 
@@ -941,16 +959,32 @@ def register(
             f"{moving_grid.dimension}-D; both must have the same dimension"
         )
     options.check_dimension(moving_grid.dimension)
+    dimension = fixed_grid.dimension
+    fixed_mask = (
+        None
+        if options.fixed_mask is None
+        else as_mask(options.fixed_mask, name="fixed mask", dimension=dimension)
+    )
+    if options.moving_mask is not None:  # read here too: a bad mask fails before any party
+        options = dataclasses.replace(
+            options,
+            moving_mask=as_mask(options.moving_mask, name="moving mask", dimension=dimension),
+        )
     if transport == "in-process":
         session = in_process_session(
-            fixed_grid, FixedPolicy.holding_both_images((options.backend,))
+            fixed_grid,
+            FixedPolicy.holding_both_images((options.backend,)),
+            fixed_mask=fixed_mask,
         )
         return _register_with(session, moving_grid, options, observers)
     if transport != "process":
         raise InputError(f"unknown transport '{transport}': choose process or in-process")
     source = fixed if isinstance(fixed, (str, os.PathLike)) else fixed_grid
+    mask_source = (
+        options.fixed_mask if isinstance(options.fixed_mask, (str, os.PathLike)) else fixed_mask
+    )
     with spawn_fixed_party(
-        source, backends=(options.backend,), deadline=options.deadline
+        source, backends=(options.backend,), deadline=options.deadline, fixed_mask=mask_source
     ) as fixed_party:
         result = _register_with(
             fixed_party.connect(options.deadline), moving_grid, options, observers

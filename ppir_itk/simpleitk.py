@@ -42,13 +42,14 @@ from typing import Any, NoReturn
 
 import SimpleITK as sitk
 
-from ppir_itk.backends import check_backend_metric, check_backend_name
+from ppir_itk.backends import check_backend_fixed_mask, check_backend_metric, check_backend_name
 from ppir_itk.bspline import BSplineTransform
 from ppir_itk.compose import connect, spawn_fixed_party
 from ppir_itk.correlation import PrivateCorrelationImageToImageMetric
 from ppir_itk.errors import InputError
 from ppir_itk.events import Event, as_event
 from ppir_itk.image import GridGeometry, ImageGrid
+from ppir_itk.masks import as_mask
 from ppir_itk.mattes import PrivateMattesMutualInformationImageToImageMetric
 from ppir_itk.metric import PrivateImageToImageMetric, PrivateMeanSquaresImageToImageMetric
 from ppir_itk.metric_kinds import CORRELATION, MATTES, MEAN_SQUARES
@@ -168,6 +169,8 @@ class ImageRegistrationMethod:
         self._commands: list[tuple[Event, Callable[[], Any]]] = []
         self._core: CoreMethod | None = None
         self._in_iteration = False
+        self._fixed_mask: ImageGrid | None = None
+        self._moving_mask: ImageGrid | None = None
 
     # -- metrics --------------------------------------------------------------------
     def SetMetricAsMeanSquares(self) -> None:  # noqa: N802
@@ -206,10 +209,14 @@ class ImageRegistrationMethod:
         self._moving_gradient_filter = bool(use)
 
     def SetMetricFixedMask(self, binaryMask: Any) -> None:  # noqa: N802, N803
-        _not_built("SetMetricFixedMask", "masks are not built yet")
+        """SimpleITK's fixed mask: handed to the local fixed party's process only. A remote
+        fixed party (:class:`RemoteFixedImage`) serves with its own (``ppir serve
+        --fixed-mask``), and ``Execute`` says so."""
+        self._fixed_mask = as_mask(binaryMask, name="fixed mask")
 
     def SetMetricMovingMask(self, binaryMask: Any) -> None:  # noqa: N802, N803
-        _not_built("SetMetricMovingMask", "masks are not built yet")
+        """SimpleITK's moving mask: a point counts only where ``T(x)`` is inside it."""
+        self._moving_mask = as_mask(binaryMask, name="moving mask")
 
     def _set_metric(self, metric: str) -> None:
         check_backend_metric(self._backend, self._backend_parameters, metric)
@@ -556,6 +563,13 @@ class ImageRegistrationMethod:
         initial = self._checked_initial_transform()
         self._index_factor = 1.0
         check_backend_metric(self._backend, self._backend_parameters, self._metric)
+        if self._fixed_mask is not None:
+            if isinstance(fixed, RemoteFixedImage):
+                raise InputError(
+                    "SetMetricFixedMask: the fixed mask belongs to the remote fixed party: "
+                    "give it to 'ppir serve --fixed-mask' on the fixed party's machine"
+                )
+            check_backend_fixed_mask(self._backend, self._backend_parameters, self._metric)
         if self._index_shift and (
             self._optimizer is None
             or self._optimizer.kind is not RegularStepGradientDescentOptimizer
@@ -574,8 +588,14 @@ class ImageRegistrationMethod:
         else:
             fixed_grid = as_image_grid(fixed, name="fixed image")  # the core checks dimensions
             sigmas = self._physical_sigmas(fixed_grid, moving_grid)
+            fixed_mask = self._fixed_mask
+            if fixed_mask is not None:
+                fixed_mask = as_mask(fixed_mask, name="fixed mask", dimension=fixed_grid.dimension)
             with spawn_fixed_party(
-                fixed_grid, backends=(self._backend,), deadline=self._deadline
+                fixed_grid,
+                backends=(self._backend,),
+                deadline=self._deadline,
+                fixed_mask=fixed_mask,
             ) as fixed_party:
                 core = self._run(fixed_party.connect(self._deadline), moving_grid, initial, sigmas)
         result = transform_io.to_sitk(core.GetResult().transform)
@@ -590,6 +610,10 @@ class ImageRegistrationMethod:
     ) -> CoreMethod:
         metric = self._make_metric(session)
         metric.SetMovingImage(moving)
+        if self._moving_mask is not None:
+            metric.SetMovingImageMask(
+                as_mask(self._moving_mask, name="moving mask", dimension=moving.dimension)
+            )
         optimizer = self._make_optimizer(initial)
         core = CoreMethod(
             metric,

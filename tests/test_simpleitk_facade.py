@@ -414,8 +414,6 @@ def test_the_readme_paragraph_runs_as_written(tmp_path, monkeypatch):
         lambda R: R.SetMetricAsANTSNeighborhoodCorrelation(2),
         lambda R: R.SetMetricAsJointHistogramMutualInformation(),
         lambda R: R.SetMetricAsDemons(),
-        lambda R: R.SetMetricFixedMask(sitk.Image(4, 4, sitk.sitkUInt8)),
-        lambda R: R.SetMetricMovingMask(sitk.Image(4, 4, sitk.sitkUInt8)),
         lambda R: R.SetOptimizerScalesFromJacobian(),
         lambda R: R.SetOptimizerScalesFromPhysicalShift(smallParameterVariation=0.1),
         lambda R: R.SetMovingInitialTransform(sitk.TranslationTransform(2)),
@@ -430,8 +428,6 @@ def test_the_readme_paragraph_runs_as_written(tmp_path, monkeypatch):
         "SetMetricAsANTSNeighborhoodCorrelation",
         "SetMetricAsJointHistogramMutualInformation",
         "SetMetricAsDemons",
-        "SetMetricFixedMask",
-        "SetMetricMovingMask",
         "SetOptimizerScalesFromJacobian",
         "SetOptimizerScalesFromPhysicalShift",
         "SetMovingInitialTransform",
@@ -493,11 +489,6 @@ def test_a_bspline_mesh_refined_between_levels_is_refused():
         facade.ImageRegistrationMethod(backend="clear").SetInitialTransformAsBSpline(
             initial, scaleFactors=[1, 2, 5]
         )
-
-
-def test_masks_say_they_are_not_built_yet():
-    with pytest.raises(NotImplementedError, match="masks are not built yet"):
-        facade.ImageRegistrationMethod().SetMetricFixedMask(sitk.Image(4, 4, sitk.sitkUInt8))
 
 
 def test_a_metric_the_backend_does_not_compute_is_refused_with_the_backends_that_do():

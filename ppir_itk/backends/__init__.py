@@ -126,6 +126,28 @@ def check_backend_metric(name: str, parameters: dict[str, str], metric: str) -> 
     _sides(name, parameters, metric)
 
 
+def check_backend_fixed_mask(name: str, parameters: dict[str, str], metric: str) -> None:
+    """Refuse, with one sentence naming the backends that do, a backend (a checked name,
+    computing ``metric``) that cannot restrict ``metric`` to the fixed party's mask."""
+
+    def masks(halves: tuple[type[MovingHalf], type[FixedSide]] | None) -> bool:
+        return halves is not None and all(metric in half.fixed_mask_metrics for half in halves)
+
+    if masks(_sides(name, parameters, metric)):
+        return
+    serving = []
+    for other in BACKENDS:
+        halves = _halves(other, check_protocol(other, None), metric)
+        if halves is not None and masks(halves):
+            serving.append(other if halves[0].private else f"{other}, which is NOT private")
+    protocol = parameters.get("protocol")
+    named = f"'{name}'" if protocol is None else f"'{name}' (protocol {protocol})"
+    raise InputError(
+        f"backend {named} does not compute metric '{metric}' with a fixed mask: register it "
+        "with backend " + " or ".join(serving)
+    )
+
+
 def make_backend(
     name: str,
     channel: MovingChannel,
@@ -167,6 +189,7 @@ __all__ = [
     "MovingHalf",
     "ParzenFields",
     "SPDZBackend",
+    "check_backend_fixed_mask",
     "check_backend_metric",
     "check_backend_name",
     "check_protocol",
