@@ -133,6 +133,7 @@ FILES: dict[str, Callable[[Path], None]] = {
     "nan.mha": _image(_noise_with({(3, 4): np.nan})),
     "inf.mha": _image(_noise_with({(3, 4): np.inf, (5, 6): -np.inf})),
     "constant.mha": _image(np.full((9, 9), 3.0)),
+    "zeros.mha": _image(np.zeros((9, 9))),
     "tiny.mha": _image(_noise(2, 2)),
     "two_series": _two_series,
     "nan_scaling.nii": _nan_scaling,
@@ -304,8 +305,18 @@ BENCH_DEMO = {
     "demo: --threads 0": [],
     "demo: --output-dir missing": [],
 }
+MASKS = {
+    "--fixed-mask missing": [],
+    "mask that is not an image (NOTES.txt is text)": ["notes.txt"],
+    "mask of another dimension than the images": ["volume.mha"],
+    "mask with no pixel inside (ZEROS.mha is all 0)": ["zeros.mha"],
+    "--fixed-mask with --peer": [],
+    "a backend that does not compute the metric with a fixed mask": [],
+    "serve: --fixed-mask of another dimension": ["volume.mha", "pki"],
+}
 CASES: dict[str, list[str]] = {
     **IMAGES,
+    **MASKS,
     **OUTPUTS,
     **MODES,
     **OPTIONS,

@@ -146,7 +146,7 @@ def test_the_command_line_register_and_bench_build_the_same_options(monkeypatch,
         seen.append(options)
         raise _Captured
 
-    monkeypatch.setattr(registration, "in_process_session", lambda *_: None)
+    monkeypatch.setattr(registration, "in_process_session", lambda *_, **__: None)
     monkeypatch.setattr(registration, "_register_with", capture)
     image = _image()
     with pytest.raises(_Captured):
