@@ -224,7 +224,8 @@ def test_a_fixed_mask_keeps_the_registration_off_a_distracting_structure(distrac
 
 
 # -- the facades ------------------------------------------------------------------------
-def test_the_simpleitk_facade_s_masks_register_as_simpleitk_does(distracted_pair):
+@pytest.mark.parametrize("which", ["SetMetricFixedMask", "SetMetricMovingMask"])
+def test_the_simpleitk_facade_s_masks_register_as_simpleitk_does(distracted_pair, which):
     fixed, moving = to_sitk(distracted_pair["fixed"]), to_sitk(distracted_pair["moving"])
     mask = to_sitk(distracted_pair["mask"])
 
@@ -232,8 +233,7 @@ def test_the_simpleitk_facade_s_masks_register_as_simpleitk_does(distracted_pair
         method.SetMetricAsMeanSquares()
         method.SetOptimizerAsRegularStepGradientDescent(1.0, 1e-4, 200)
         method.SetInitialTransform(sitk.TranslationTransform(2))
-        method.SetMetricFixedMask(mask)
-        method.SetMetricMovingMask(mask)
+        getattr(method, which)(mask)
         return method
 
     theirs = script(sitk.ImageRegistrationMethod())
