@@ -14,6 +14,7 @@ from conftest import known_pair, register_in_process
 import ppir_itk
 import ppir_itk.simpleitk as facade
 from ppir_itk.backends import BACKENDS, HISTOGRAM_BACKENDS
+from ppir_itk.bspline import BSplineTransform
 from ppir_itk.cli import main
 from ppir_itk.errors import InputError
 from ppir_itk.image import ImageGrid
@@ -153,6 +154,24 @@ def test_a_masked_clear_metric_has_simpleitk_s_value(masked_scene, metric, masks
     expected = _simpleitk_value(masked_scene, metric, fixed_mask, moving_mask)
     assert abs(expected - _simpleitk_value(masked_scene, metric, None, None)) > 1e-3 * abs(expected)
     np.testing.assert_allclose(ours.value, expected, rtol=1e-6)
+
+
+def test_a_moving_mask_is_read_at_a_bspline_s_own_map_of_the_points(masked_scene):
+    bulk = masked_scene["transform"]
+    bspline = BSplineTransform.over(masked_scene["fixed"].geometry, 12.0, bulk=bulk)
+    rng = np.random.default_rng(7)
+    bspline.parameters = rng.uniform(-2.5, 2.5, bspline.number_of_parameters)
+    scene = {**masked_scene, "transform": bspline}
+    ours = _evaluation(
+        scene["fixed"], scene["moving"], bspline, MEAN_SQUARES, moving_mask=scene["moving_mask"]
+    )
+    expected = _simpleitk_value(scene, MEAN_SQUARES, None, scene["moving_mask"])
+    np.testing.assert_allclose(ours.value, expected, rtol=1e-6)
+    # Read at the bulk's map alone, the mask would keep other points.
+    linear = _evaluation(
+        scene["fixed"], scene["moving"], bulk, MEAN_SQUARES, moving_mask=scene["moving_mask"]
+    )
+    assert linear.number_of_valid_points != ours.number_of_valid_points
 
 
 @pytest.mark.parametrize("metric", METRICS)
