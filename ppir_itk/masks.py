@@ -50,17 +50,34 @@ def as_mask(mask: Any, *, name: str, dimension: int | None = None) -> ImageGrid:
     )
 
 
-def inside(mask: ImageGrid, physical: np.ndarray) -> np.ndarray:
-    """1 where each physical point (shape (n, d)) is inside the mask, else 0 (uint8)."""
+def inside(
+    mask: ImageGrid,
+    physical: np.ndarray,
+    matrix: np.ndarray | None = None,
+    offset: np.ndarray | None = None,
+) -> np.ndarray:
+    """1 where each physical point (shape (n, d)) is inside the mask, else 0 (uint8); with
+    ``matrix`` and ``offset``, where its image ``matrix p + offset`` is (a transform's map,
+    composed with the mask's index map so that the n points are mapped once)."""
     geometry = mask.geometry
-    continuous = (np.asarray(physical, dtype=np.float64) - geometry.origin_array) @ (
-        geometry.physical_to_index.T
-    )
+    to_index = geometry.physical_to_index
+    shift = -geometry.origin_array
+    if matrix is not None and offset is not None:
+        shift = shift + offset
+        to_index = to_index @ matrix
+    # Not a BLAS product: it would start threads that spin against the other party's process.
+    continuous = np.einsum("nk,jk->nj", np.asarray(physical, dtype=np.float64), to_index)
+    continuous += geometry.physical_to_index @ shift
     index = np.floor(continuous + 0.5).astype(np.int64)  # ITK rounds halves up
-    on_grid = np.all((index >= 0) & (index < geometry.size_array), axis=1)
+    on_grid = np.ones(len(index), dtype=bool)
+    flat = np.zeros(len(index), dtype=np.int64)
+    stride = 1
+    for axis, size in enumerate(geometry.size):  # ITK's index order: axis 0 is the fastest
+        on_grid &= (index[:, axis] >= 0) & (index[:, axis] < size)
+        flat += index[:, axis] * stride
+        stride *= size
     result = np.zeros(len(index), dtype=np.uint8)
-    kept = index[on_grid]
-    result[on_grid] = mask.array[tuple(kept[:, axis] for axis in range(geometry.dimension)[::-1])]
+    result[on_grid] = mask.array.ravel()[flat[on_grid]]
     return result
 
 

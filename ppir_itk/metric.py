@@ -275,7 +275,7 @@ class PrivateImageToImageMetric(abc.ABC):
             physical = self._level_physical_points(points)
             if displacement is not None:
                 physical = physical + displacement
-            moving_mask = inside(self._moving_mask, physical @ matrix.T + offset)
+            moving_mask = inside(self._moving_mask, physical, matrix, offset)
             kept = moving_mask if kept is None else kept & moving_mask
         if kept is not None:
             valid &= kept
