@@ -112,6 +112,7 @@ class PrivateImageToImageMetric(abc.ABC):
         self.moving_party = backend
         self._moving: ImageGrid | None = None
         self._transform: LinearTransform | BSplineTransform | None = None
+        self._moving_initial: LinearTransform | None = None
         self._level: _LevelData | None = None
         self._kept_jacobian: tuple[tuple[type, bytes], PointSet, _Jacobian] | None = None
 
@@ -130,6 +131,19 @@ class PrivateImageToImageMetric(abc.ABC):
         if self._transform is None:
             raise RuntimeError("the metric has no transform: call SetTransform first")
         return self._transform
+
+    def SetMovingInitialTransform(self, transform: LinearTransform | None) -> None:  # noqa: N802
+        """A fixed linear transform applied after the optimised one (ITK's moving initial
+        transform: the moving image is read at ``initial(T(x))``; None: none). It is not
+        optimised and not part of the result, as in ITK."""
+        if transform is not None and not isinstance(transform, LinearTransform):
+            raise InputError(
+                f"the moving initial transform must be linear, not {type(transform).__name__}"
+            )
+        self._moving_initial = transform
+
+    def GetMovingInitialTransform(self) -> LinearTransform | None:  # noqa: N802
+        return self._moving_initial
 
     def GetNumberOfParameters(self) -> int:  # noqa: N802
         return self.GetTransform().number_of_parameters
@@ -206,6 +220,9 @@ class PrivateImageToImageMetric(abc.ABC):
         moving = level.moving
         transform = self.GetTransform()
         matrix, offset = transform.matrix_offset()
+        if self._moving_initial is not None:  # initial(A x + b): one affine map for the kernel
+            initial_matrix, initial_offset = self._moving_initial.matrix_offset()
+            matrix, offset = initial_matrix @ matrix, initial_matrix @ offset + initial_offset
         displacement = None
         if isinstance(transform, BSplineTransform):
             displacement = transform.displacement(fixed, points.indices)
@@ -235,6 +252,9 @@ class PrivateImageToImageMetric(abc.ABC):
             )
 
         n_valid = sum(for_chunks(warp, n))
+        if self._moving_initial is not None:
+            # The chain rule through the initial transform: dI(initial(y))/dy = A^T grad I.
+            gradient = gradient @ self._moving_initial.matrix_offset()[0]
         if level.private_sample is not None:
             valid &= level.private_sample
             values *= level.private_sample

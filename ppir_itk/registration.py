@@ -290,6 +290,7 @@ class ImageRegistrationMethod(Observable):
         self.grid_spacing = check_grid_spacing(grid_spacing)
         self.refine_grid = refine_grid
         self.bulk = bulk_transform
+        self._moving_initial: Any = None
         self._level = -1
         self._stop_requested = False
         self._result: RegistrationResult | None = None
@@ -425,10 +426,13 @@ class ImageRegistrationMethod(Observable):
         )
 
     def SetMovingInitialTransform(self, transform: Any) -> None:  # noqa: N802
-        raise NotImplementedError(
-            "SetMovingInitialTransform: a fixed transform composed with the optimised one "
-            "is built for a B-spline only (the constructor's bulk_transform)"
-        )
+        """A fixed linear transform after the optimised one: the moving image is read at
+        ``initial(T(x))`` (ITK's composite order); not optimised, not in the result (ITK's
+        output leaves it out too). For a B-spline it is the bulk transform."""
+        self._moving_initial = transform
+
+    def GetMovingInitialTransform(self) -> Any:  # noqa: N802
+        return self._moving_initial
 
     def SetVirtualDomainFromImage(self, image: Any) -> None:  # noqa: N802
         raise NotImplementedError(
@@ -570,7 +574,13 @@ class ImageRegistrationMethod(Observable):
                 spacing = np.asarray(self.grid_spacing, dtype=np.float64)
                 if self.refine_grid:  # doubled back to grid_spacing by the last level
                     spacing = spacing * 2.0 ** (len(self.schedule.levels) - 1)
-                bulk = None if self.bulk is None else _as_transform(self.bulk, moving.dimension)
+                if self.bulk is not None and self._moving_initial is not None:
+                    raise InputError(
+                        "a B-spline takes one transform after it: a bulk transform or a "
+                        "moving initial transform, not both"
+                    )
+                after = self._moving_initial if self.bulk is None else self.bulk
+                bulk = None if after is None else _as_transform(after, moving.dimension)
                 if isinstance(bulk, BSplineTransform):
                     raise InputError(
                         "the bulk transform is a B-spline; the B-spline is "
@@ -598,9 +608,20 @@ class ImageRegistrationMethod(Observable):
             )
             if isinstance(transform, LinearTransform):  # a B-spline starts at zero, after its bulk
                 self._initialize(transform, moving, fixed_geometry)
+                metric.SetMovingInitialTransform(self._linear_moving_initial(moving.dimension))
+            elif bspline_kind is None and self._moving_initial is not None:  # a B-spline given
+                if transform.bulk is not None:
+                    raise InputError(
+                        "SetMovingInitialTransform: the initial B-spline already has a "
+                        "transform after it (its bulk); give one of the two"
+                    )
+                transform.bulk = self._linear_moving_initial(moving.dimension)
             metric.SetTransform(transform)
             self.optimizer.SetMetric(metric)
             self._run_levels(result)
+            if self._moving_initial is not None and isinstance(result.transform, BSplineTransform):
+                result.transform = result.transform.copy()  # ITK's output leaves the initial out
+                result.transform.bulk = None
             closed = moving_party.close()
         except BaseException as error:
             moving_party.abort(f"the moving party stopped: {type(error).__name__}")
@@ -628,6 +649,17 @@ class ImageRegistrationMethod(Observable):
         result.measurements = measurement_report(closed)
         self.InvokeEvent(Event.END)
         return result
+
+    def _linear_moving_initial(self, dimension: int) -> LinearTransform | None:
+        if self._moving_initial is None:
+            return None
+        initial = _as_transform(self._moving_initial, dimension)
+        if not isinstance(initial, LinearTransform) or initial.dimension != dimension:
+            raise InputError(
+                f"SetMovingInitialTransform: a {dimension}-D linear transform is composed "
+                f"with a linear one; {initial!r} is not"
+            )
+        return initial
 
     def _run_levels(self, result: RegistrationResult) -> None:
         metric = self.metric

@@ -164,6 +164,7 @@ class ImageRegistrationMethod:
         self._smoothing_sigmas: tuple[float, ...] = (0.0,)
         self._sigmas_in_physical_units = True
         self._initial: Any = None
+        self._moving_initial: Any = None
         self._in_place = True
         self._commands: list[tuple[Event, Callable[[], Any]]] = []
         self._core: CoreMethod | None = None
@@ -427,10 +428,12 @@ class ImageRegistrationMethod:
         return self._in_place
 
     def SetMovingInitialTransform(self, transform: Any) -> None:  # noqa: N802
-        _not_built(
-            "SetMovingInitialTransform",
-            "the optimised transform is not composed with a moving initial transform yet",
-        )
+        """A fixed transform the optimised one is composed with (SimpleITK's semantics: the
+        moving image is read at ``initial(T(x))``; ``Execute`` returns T alone)."""
+        self._moving_initial = transform
+
+    def GetMovingInitialTransform(self) -> Any:  # noqa: N802
+        return self._moving_initial
 
     def SetFixedInitialTransform(self, transform: Any) -> None:  # noqa: N802
         _not_built(
@@ -601,6 +604,7 @@ class ImageRegistrationMethod:
             initializer="none",
             threads=self._threads,
         )
+        core.SetMovingInitialTransform(self._moving_initial)
         if isinstance(optimizer, RegularStepGradientDescentOptimizer) and self._index_shift:
             tolerance = optimizer.GradientMagnitudeTolerance
             core.AddObserver(
