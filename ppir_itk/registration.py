@@ -428,7 +428,7 @@ class ImageRegistrationMethod(Observable):
     def SetMovingInitialTransform(self, transform: Any) -> None:  # noqa: N802
         """A fixed linear transform after the optimised one: the moving image is read at
         ``initial(T(x))`` (ITK's composite order); not optimised, not in the result (ITK's
-        output leaves it out too). For a B-spline it is the bulk transform."""
+        output leaves it out too)."""
         self._moving_initial = transform
 
     def GetMovingInitialTransform(self) -> Any:  # noqa: N802
@@ -574,13 +574,7 @@ class ImageRegistrationMethod(Observable):
                 spacing = np.asarray(self.grid_spacing, dtype=np.float64)
                 if self.refine_grid:  # doubled back to grid_spacing by the last level
                     spacing = spacing * 2.0 ** (len(self.schedule.levels) - 1)
-                if self.bulk is not None and self._moving_initial is not None:
-                    raise InputError(
-                        "a B-spline takes one transform after it: a bulk transform or a "
-                        "moving initial transform, not both"
-                    )
-                after = self._moving_initial if self.bulk is None else self.bulk
-                bulk = None if after is None else _as_transform(after, moving.dimension)
+                bulk = None if self.bulk is None else _as_transform(self.bulk, moving.dimension)
                 if isinstance(bulk, BSplineTransform):
                     raise InputError(
                         "the bulk transform is a B-spline; the B-spline is "
@@ -608,20 +602,10 @@ class ImageRegistrationMethod(Observable):
             )
             if isinstance(transform, LinearTransform):  # a B-spline starts at zero, after its bulk
                 self._initialize(transform, moving, fixed_geometry)
-                metric.SetMovingInitialTransform(self._linear_moving_initial(moving.dimension))
-            elif bspline_kind is None and self._moving_initial is not None:  # a B-spline given
-                if transform.bulk is not None:
-                    raise InputError(
-                        "SetMovingInitialTransform: the initial B-spline already has a "
-                        "transform after it (its bulk); give one of the two"
-                    )
-                transform.bulk = self._linear_moving_initial(moving.dimension)
+            metric.SetMovingInitialTransform(self._linear_moving_initial(moving.dimension))
             metric.SetTransform(transform)
             self.optimizer.SetMetric(metric)
             self._run_levels(result)
-            if self._moving_initial is not None and isinstance(result.transform, BSplineTransform):
-                result.transform = result.transform.copy()  # ITK's output leaves the initial out
-                result.transform.bulk = None
             closed = moving_party.close()
         except BaseException as error:
             moving_party.abort(f"the moving party stopped: {type(error).__name__}")
@@ -656,8 +640,8 @@ class ImageRegistrationMethod(Observable):
         initial = _as_transform(self._moving_initial, dimension)
         if not isinstance(initial, LinearTransform) or initial.dimension != dimension:
             raise InputError(
-                f"SetMovingInitialTransform: a {dimension}-D linear transform is composed "
-                f"with a linear one; {initial!r} is not"
+                f"SetMovingInitialTransform: the moving initial transform must be a "
+                f"{dimension}-D linear transform; {initial!r} is not"
             )
         return initial
 

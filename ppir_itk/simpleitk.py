@@ -33,10 +33,11 @@ A SimpleITK script changes one line (and its import)::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -64,8 +65,10 @@ from ppir_itk.parzen import check_histogram_bins
 from ppir_itk.protocol.channel import DEFAULT_DEADLINE
 from ppir_itk.protocol.session import Session
 from ppir_itk.protocol.tls import TLS
+from ppir_itk.pyramid import Level, LevelSchedule
 from ppir_itk.registration import ImageRegistrationMethod as CoreMethod
 from ppir_itk.sampling import URS, NoSampling, Regular, Sampling
+from ppir_itk.transforms import LinearTransform
 from ppir_itk.wrapping import transforms as transform_io
 from ppir_itk.wrapping.images import as_image_grid
 
@@ -540,7 +543,44 @@ class ImageRegistrationMethod:
         return self._require_core("GetResult").GetResult()
 
     def MetricEvaluate(self, fixed: Any, moving: Any) -> float:  # noqa: N802
-        _not_built("MetricEvaluate", "one metric value needs a whole session with the fixed party")
+        """The metric's value at the initial transform (after the moving initial one), as
+        SimpleITK's: at full resolution, every point, no smoothing (the sampling, sigmas and
+        shrink factors are not used). One evaluation of a session with the fixed party, which
+        counts it as any other."""
+        moving_grid = as_image_grid(moving, name="moving image")
+        initial = self._checked_initial_transform()
+        check_backend_metric(self._backend, self._backend_parameters, self._metric)
+        remote = isinstance(fixed, RemoteFixedImage)
+        fixed_grid = None if remote else as_image_grid(fixed, name="fixed image")
+        with self._fixed_session(fixed, fixed_grid) as session:
+            metric = self._make_metric(session)
+            metric.SetMovingImage(moving_grid)
+            metric.SetTransform(transform_io.from_sitk(initial))
+            if self._moving_initial is not None:
+                metric.SetMovingInitialTransform(_linear(self._moving_initial))
+            moving_party = metric.moving_party
+            try:
+                moving_party.start(LevelSchedule.from_lists([1], [0.0]), NoSampling())
+                metric.initialize_level(0, Level(1, 0.0), NoSampling())
+                value = metric.GetValue()
+                moving_party.close()
+            except BaseException as error:
+                moving_party.abort(f"the moving party stopped: {type(error).__name__}")
+                raise
+        return value
+
+    @contextlib.contextmanager
+    def _fixed_session(self, fixed: Any, fixed_grid: ImageGrid | None) -> Iterator[Session]:
+        """A session with the fixed party: the remote one ``fixed`` names, or one in a
+        process of its own holding ``fixed_grid`` (local mode)."""
+        if isinstance(fixed, RemoteFixedImage):
+            yield connect(fixed.address, fixed.tls, deadline=self._deadline, dealer=fixed.dealer)
+            return
+        assert fixed_grid is not None, "a local fixed party gets the fixed image"
+        with spawn_fixed_party(
+            fixed_grid, backends=(self._backend,), deadline=self._deadline
+        ) as fixed_party:
+            yield fixed_party.connect(self._deadline)
 
     def __getattr__(self, name: str) -> Any:
         # Any other SimpleITK method: a sentence, not an AttributeError a script cannot read.
@@ -567,20 +607,13 @@ class ImageRegistrationMethod:
                 "SetOptimizerScalesFromIndexShift",
                 "index shifts are converted for the regular step optimizer only",
             )
-        if isinstance(fixed, RemoteFixedImage):
-            sigmas = self._physical_sigmas(None, moving_grid)
-            session = connect(
-                fixed.address, fixed.tls, deadline=self._deadline, dealer=fixed.dealer
-            )
+        remote = isinstance(fixed, RemoteFixedImage)
+        fixed_grid = None if remote else as_image_grid(fixed, name="fixed image")
+        sigmas = self._physical_sigmas(fixed_grid, moving_grid)
+        with self._fixed_session(fixed, fixed_grid) as session:
             core = self._run(session, moving_grid, initial, sigmas)
+        if isinstance(fixed, RemoteFixedImage):
             fixed.geometry = core.GetResult().fixed_geometry
-        else:
-            fixed_grid = as_image_grid(fixed, name="fixed image")  # the core checks dimensions
-            sigmas = self._physical_sigmas(fixed_grid, moving_grid)
-            with spawn_fixed_party(
-                fixed_grid, backends=(self._backend,), deadline=self._deadline
-            ) as fixed_party:
-                core = self._run(fixed_party.connect(self._deadline), moving_grid, initial, sigmas)
         result = transform_io.to_sitk(core.GetResult().transform)
         if not self._in_place:
             return sitk.CompositeTransform(result)
@@ -767,6 +800,14 @@ _NO_SUCH_OPTIMIZER = (
     "SetOptimizerAsGradientDescent, SetOptimizerAsGradientDescentLineSearch, "
     "SetOptimizerAsGaussNewton)"
 )
+
+
+def _linear(transform: Any) -> LinearTransform:
+    """A SimpleITK moving initial transform, which must be linear."""
+    converted = transform_io.from_sitk(transform)
+    if not isinstance(converted, LinearTransform):
+        _not_built("SetMovingInitialTransform", "the moving initial transform must be linear")
+    return converted
 
 
 def _not_built(call: str, why: str) -> NoReturn:
