@@ -329,7 +329,11 @@ def test_the_method_executes_to_the_type_handed_in(phantom_3d):
     start = itk.VersorRigid3DTransform[itk.D].New()
     start.SetCenter([float(v) for v in phantom_3d.geometry.center()])
     method = ppir_itk.ImageRegistrationMethod(
-        metric, ppir_itk.GaussNewtonOptimizer(NumberOfIterations=2), start, shrink_factors=[2]
+        metric,
+        ppir_itk.GaussNewtonOptimizer(NumberOfIterations=2),
+        start,
+        shrink_factors=[2],
+        smoothing_sigmas=[0.0],
     )
     assert method.Execute().GetNameOfClass() == "VersorRigid3DTransform"
 
