@@ -205,7 +205,12 @@ def test_registering_another_type_is_refused_before_it_starts(phantom_2d):
 
 # --------------------------------------------------------------------- Jacobians
 
-_NEW_TYPES = (CenteredRigid2DTransform, VersorRigid3DTransform, ScaleSkewVersor3DTransform)
+_NEW_TYPES = (
+    CenteredRigid2DTransform,
+    VersorRigid3DTransform,
+    Similarity3DTransform,
+    ScaleSkewVersor3DTransform,
+)
 _NEW = [t for t in TRANSFORMS if type(t) in _NEW_TYPES]
 _NEW_IDS = [t.itk_name for t in _NEW]
 
