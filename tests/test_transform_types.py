@@ -34,7 +34,14 @@ from ppir_itk.transforms import (
     TranslationTransform,
     VersorRigid3DTransform,
 )
-from ppir_itk.wrapping.transforms import from_itk, from_sitk, to_itk, to_sitk
+from ppir_itk.wrapping.transforms import (
+    from_itk,
+    from_sitk,
+    read_transform,
+    to_itk,
+    to_sitk,
+    write_transform,
+)
 
 _RNG = np.random.default_rng(17)
 _VERSOR = np.array([0.12, -0.2, 0.27])
@@ -180,6 +187,27 @@ def test_any_other_type_is_refused_in_a_sentence_never_made_an_affine(make, tool
     if toolkit == "SimpleITK":  # SimpleITK has no CenteredRigid2DTransform
         supported = supported.replace(" CenteredRigid2DTransform,", "")
     assert str(error.value) == f"{article} {toolkit} {name} cannot be registered: {supported}"
+
+
+@pytest.mark.parametrize("suffix", [".tfm", ".h5", ".mat"])
+def test_a_centred_rigid_2d_is_written_as_itself_and_read_back_by_itk_simpleitk_and_us(
+    tmp_path, suffix
+):
+    transform = CenteredRigid2DTransform(2, [0.4, 5.0, -6.0, 1.5, 2.5])
+    path = tmp_path / f"centred{suffix}"
+    write_transform(transform, path)
+    (theirs,) = itk.transformread(str(path))
+    assert theirs.GetNameOfClass() == "CenteredRigid2DTransform"
+    np.testing.assert_array_equal(list(theirs.GetParameters()), transform.parameters)
+    points = _points(2)
+    mapped = sitk.ReadTransform(str(path))  # an unnamed composite holding it, as it maps
+    np.testing.assert_allclose(
+        [mapped.TransformPoint(tuple(map(float, p))) for p in points],
+        transform.transform_points(points),
+        rtol=0,
+        atol=1e-12,
+    )
+    _assert_same(read_transform(path), transform)
 
 
 def test_an_unnamed_transform_simpleitk_read_is_refused(tmp_path):
