@@ -12,7 +12,7 @@ from conftest import known_pair, register_in_process
 
 import ppir_itk
 from ppir_itk import cli
-from ppir_itk.metric_kinds import CORRELATION, GAUSS_NEWTON, MEAN_SQUARES, REGULAR_STEP
+from ppir_itk.metric_kinds import CORRELATION, GAUSS_NEWTON, MATTES, MEAN_SQUARES, REGULAR_STEP
 from ppir_itk.options import MINIMUM_STEP_LENGTHS, RegistrationOptions
 from ppir_itk.phantoms import head_phantom
 
@@ -120,13 +120,14 @@ def _fresh_method(fixed, moving, metric: str) -> ppir_itk.ImageRegistrationMetho
     metrics = {
         MEAN_SQUARES: ppir_itk.PrivateMeanSquaresImageToImageMetric,
         CORRELATION: ppir_itk.PrivateCorrelationImageToImageMetric,
+        MATTES: ppir_itk.PrivateMattesMutualInformationImageToImageMetric,
     }
     private_metric = metrics[metric]("clear", session=ppir_itk.in_process_session(fixed))
     private_metric.SetMovingImage(moving)
     return ppir_itk.ImageRegistrationMethod(private_metric)
 
 
-@pytest.mark.parametrize("metric", [MEAN_SQUARES, CORRELATION])
+@pytest.mark.parametrize("metric", [MEAN_SQUARES, CORRELATION, MATTES])
 def test_a_fresh_registration_method_runs_as_register_does(metric):
     """Same defaults, same run: every level, iteration and parameter of a method built with
     none of them equals register()'s (levels, initializer, optimizer and its stops)."""
@@ -136,7 +137,8 @@ def test_a_fresh_registration_method_runs_as_register_does(metric):
     assert method.initializer_to_run() == EXPECTED["initializer"]
     ours = method.run()
     theirs = register_in_process(fixed, moving, metric=metric)
-    assert ours.optimizer == theirs.optimizer
+    assert (ours.optimizer, ours.sampling) == (theirs.optimizer, theirs.sampling)
+    assert ours.histogram_bins == theirs.histogram_bins
     assert [level.shrink_factor for level in ours.levels] == list(DEFAULTS.shrink_factors)
     assert [level.smoothing_sigma for level in ours.levels] == list(DEFAULTS.smoothing_sigmas)
     assert [level.maximum_iterations for level in ours.levels] == [DEFAULTS.iterations] * 3
