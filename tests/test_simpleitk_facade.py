@@ -141,9 +141,7 @@ def test_events_come_in_simpleitks_order_with_iterations_from_zero(mean_squares_
             assert numbers == list(range(len(numbers))) and numbers
     # After the run, as SimpleITK: the last level's count, the step that stopped it included.
     last = [event[2] for event in events if event[0] == "iteration" and event[1] == 1][-1]
-    assert (
-        "step smaller than the minimum step length" in method.GetOptimizerStopConditionDescription()
-    )
+    assert "converged: step length" in method.GetOptimizerStopConditionDescription()
     assert method.GetOptimizerIteration() == last + 2
     sitk_last = [event[2] for event in sitk_events if event[0] == "iteration" and event[1] == 1][-1]
     assert sitk_method.GetOptimizerIteration() == sitk_last + 2
@@ -215,7 +213,9 @@ def test_gradient_descent_with_its_convergence_monitor(pair, line_search):
     (sitk_method, _, reference), (method, _, ours) = run_both(script, pair)
     assert largest_displacement_px(reference, ours, pair[0]) < TOLERANCE_PX
     assert "Convergence checker passed" in sitk_method.GetOptimizerStopConditionDescription()
-    assert "windowed convergence value" in method.GetOptimizerStopConditionDescription()
+    assert method.GetOptimizerStopConditionDescription().startswith(
+        "converged: windowed convergence value"
+    )
     # The monitor stops it where it stops SimpleITK's, give or take the paths' differences.
     assert abs(method.GetOptimizerIteration() - sitk_method.GetOptimizerIteration()) <= 3
     assert method.GetOptimizerConvergenceValue() <= 1e-6
