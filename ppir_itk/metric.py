@@ -337,6 +337,34 @@ class PrivateImageToImageMetric(abc.ABC):
         moved = trial.transform_points(corners) - transform.transform_points(corners)
         return float(np.max(np.linalg.norm(moved, axis=1)))
 
+    def squared_jacobian_norms(self) -> np.ndarray:
+        """``sum_k (dT_k / dtheta_p)^2`` per parameter, averaged over the level grid's corners
+        (ITK's ``RegistrationParameterScalesFromJacobian`` for a linear transform, which
+        samples the corners); the moving party's own, from the public grid."""
+        jacobians = self._corner_jacobians()
+        return np.mean(np.sum(np.square(jacobians), axis=2), axis=0)
+
+    def mean_jacobian_step(self, delta: np.ndarray) -> float:
+        """The mean over the level grid's corners of ``|dT/dtheta delta|`` (mm): the Jacobian
+        estimator's step scale (ITK's ``EstimateStepScale``)."""
+        moves = np.einsum("cpk,p->ck", self._corner_jacobians(), np.asarray(delta))
+        return float(np.mean(np.linalg.norm(moves, axis=1)))
+
+    def _corner_jacobians(self) -> np.ndarray:
+        """dT/dtheta at the level grid's corners, shape (corners, |theta|, d)."""
+        transform = self.GetTransform()
+        if not isinstance(transform, LinearTransform):
+            raise InputError(
+                "scales from the transform's Jacobian are estimated for a linear transform "
+                "only (ITK's estimate of a B-spline's samples the central region, where most "
+                "coefficients have none); use scales from physical shift"
+            )
+        d = transform.dimension
+        corners = self._require_level().points.geometry.corners()
+        coefficients = transform.jacobian_in_affine_basis(np.zeros(d))  # (p, d, d + 1)
+        phi = np.concatenate([corners, np.ones((len(corners), 1))], axis=1)
+        return np.einsum("pkj,cj->cpk", coefficients, phi)
+
     def _require_level(self) -> _LevelData:
         if self._level is None:
             raise RuntimeError("no level is open: call initialize_level first")

@@ -51,6 +51,10 @@ SPARSE_ITERATIONS = 1000
 # shift of this change of it alone (then squared and divided by its square).
 SMALL_PARAMETER_VARIATION = 0.01
 LEARNING_RATE_ESTIMATIONS = ("never", "once", "each_iteration")
+# The scales estimators (ITK's RegistrationParameterScalesFrom...): the largest corner shift
+# of a small change of each parameter, or the transform Jacobian's squared norm at the corners.
+PHYSICAL_SHIFT, JACOBIAN = "physical_shift", "jacobian"
+SCALES_ESTIMATORS = (PHYSICAL_SHIFT, JACOBIAN)
 
 
 class StopCondition(enum.Enum):
@@ -324,6 +328,8 @@ class _GradientOptimizer(_Optimizer):
         self.EstimateLearningRate = EstimateLearningRate
         self.MaximumStepSizeInPhysicalUnits = float(MaximumStepSizeInPhysicalUnits)
         self.LearningRate = float(LearningRate)
+        # How scales not given are estimated (ITK's scales estimator objects, by name).
+        self.ScalesEstimator = PHYSICAL_SHIFT
         self._scales = np.ones(0)
         self._learning_rate = self.LearningRate
 
@@ -358,7 +364,9 @@ class _GradientOptimizer(_Optimizer):
 
     def _estimated_learning_rate(self, metric: Any, scaled: np.ndarray, magnitude: float) -> float:
         epsilon = np.finfo(np.float64).eps
-        if isinstance(metric.GetTransform(), BSplineTransform):
+        if self.ScalesEstimator == JACOBIAN:  # ITK's: |dT/dtheta step| at the corners, mean
+            step_scale = metric.mean_jacobian_step(-scaled)
+        elif isinstance(metric.GetTransform(), BSplineTransform):
             step_scale = float(metric.maximum_physical_shift(-scaled))
         else:
             # The shift of a small step, scaled back: a linear estimate for a transform
@@ -378,7 +386,16 @@ class _GradientOptimizer(_Optimizer):
                     f"has {count} parameters"
                 )
             return self.Scales.copy()
+        if self.ScalesEstimator not in SCALES_ESTIMATORS:
+            raise InputError(
+                f"the optimizer's ScalesEstimator '{self.ScalesEstimator}' is not one of "
+                f"{', '.join(SCALES_ESTIMATORS)}"
+            )
         epsilon = np.finfo(np.float64).eps
+        if self.ScalesEstimator == JACOBIAN:
+            norms = metric.squared_jacobian_norms()
+            # ITK keeps a zero (a parameter that moves no corner) and then divides by it.
+            return np.where(norms > epsilon, norms, 1.0)
 
         def shift(parameter: int) -> float:
             delta = np.zeros(count)

@@ -54,6 +54,8 @@ from ppir_itk.mattes import PrivateMattesMutualInformationImageToImageMetric
 from ppir_itk.metric import PrivateImageToImageMetric, PrivateMeanSquaresImageToImageMetric
 from ppir_itk.metric_kinds import CORRELATION, MATTES, MEAN_SQUARES
 from ppir_itk.optimizer import (
+    JACOBIAN,
+    PHYSICAL_SHIFT,
     SMALL_PARAMETER_VARIATION,
     GaussNewtonOptimizer,
     GradientDescentOptimizer,
@@ -160,6 +162,7 @@ class ImageRegistrationMethod:
         # spacing (the factor, set as each level opens).
         self._index_shift = False
         self._index_factor = 1.0
+        self._scales_estimator = PHYSICAL_SHIFT
         self._sampling_strategy = self.NONE
         self._sampling_percentages: tuple[float, ...] = (1.0,)
         self._sampling_seed = 0
@@ -335,6 +338,7 @@ class ImageRegistrationMethod:
             )
         self._scales = None
         self._index_shift = False
+        self._scales_estimator = PHYSICAL_SHIFT
 
     def SetOptimizerScalesFromIndexShift(  # noqa: N802
         self,
@@ -348,11 +352,12 @@ class ImageRegistrationMethod:
         self._index_shift = True
 
     def SetOptimizerScalesFromJacobian(self, centralRegionRadius: int = 5) -> None:  # noqa: N802, N803
-        _not_built(
-            "SetOptimizerScalesFromJacobian",
-            "the scales are estimated from physical shifts only; use "
-            "SetOptimizerScalesFromPhysicalShift",
-        )
+        """ITK's estimator, at each level: each parameter's squared Jacobian norm averaged
+        over the fixed grid's corners (ITK samples the corners of a linear transform, so the
+        radius does not enter); linear transforms only."""
+        self._scales = None
+        self._index_shift = False
+        self._scales_estimator = JACOBIAN
 
     # -- sampling and levels ----------------------------------------------------------
     def SetMetricSamplingStrategy(self, strategy: int) -> None:  # noqa: N802
@@ -719,7 +724,9 @@ class ImageRegistrationMethod:
         if self._default_maximum_step() and arguments["EstimateLearningRate"] != "never":
             # ITK's default: the first level's smallest spacing, set as that level opens.
             arguments["MaximumStepSizeInPhysicalUnits"] = 1.0
-        return self._optimizer.kind(**arguments)
+        optimizer = self._optimizer.kind(**arguments)
+        optimizer.ScalesEstimator = self._scales_estimator
+        return optimizer
 
     def _default_maximum_step(self) -> bool:
         assert self._optimizer is not None, "Execute checks that an optimizer is set"

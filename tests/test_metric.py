@@ -201,3 +201,32 @@ def test_a_moving_initial_transform_composes_value_and_derivative():
     assert evaluation.number_of_valid_points == whole.number_of_valid_points
     np.testing.assert_allclose(evaluation.value, whole.value, rtol=1e-10)
     np.testing.assert_allclose(evaluation.gradient, chain.T @ whole.gradient, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["rigid", "affine", "similarity"])
+def test_the_jacobian_scales_estimator_is_the_corners_squared_jacobian(kind):
+    """ITK's RegistrationParameterScalesFromJacobian on a linear transform: each parameter's
+    sum_k (dT_k / dtheta_p)^2 averaged over the grid's corners, and the step scale the mean
+    corner move of a step; here against difference quotients of the corners' images."""
+    fixed, moving, _ = _scene(2)
+    transform = make_transform(kind, 2)
+    transform.center = fixed.geometry.center() + 1.5
+    transform.parameters = transform.parameters + 0.02
+    metric = _metric(fixed, moving, transform)
+    corners = metric._require_level().points.geometry.corners()
+    size = 1e-6
+
+    def moved(delta):
+        trial = transform.copy()
+        trial.parameters = transform.parameters + delta
+        return trial.transform_points(corners)
+
+    base = transform.transform_points(corners)
+    columns = [
+        (moved(step) - base) / size for step in np.eye(transform.number_of_parameters) * size
+    ]
+    expected = [np.mean(np.sum(np.square(column), axis=1)) for column in columns]
+    np.testing.assert_allclose(metric.squared_jacobian_norms(), expected, rtol=1e-5)
+    step = np.linspace(-0.3, 0.4, transform.number_of_parameters)
+    moves = np.linalg.norm((moved(size * step) - base) / size, axis=1)
+    assert metric.mean_jacobian_step(step) == pytest.approx(float(np.mean(moves)), rel=1e-5)
