@@ -330,6 +330,9 @@ class _GradientOptimizer(_Optimizer):
         self.LearningRate = float(LearningRate)
         # How scales not given are estimated (ITK's scales estimator objects, by name).
         self.ScalesEstimator = PHYSICAL_SHIFT
+        # The physical-shift estimator's probe of each parameter (ITK's
+        # SmallParameterVariation).
+        self.SmallParameterVariation = SMALL_PARAMETER_VARIATION
         self._scales = np.ones(0)
         self._learning_rate = self.LearningRate
 
@@ -371,7 +374,7 @@ class _GradientOptimizer(_Optimizer):
         else:
             # The shift of a small step, scaled back: a linear estimate for a transform
             # that is not linear in its parameters (angles).
-            factor = SMALL_PARAMETER_VARIATION / float(np.abs(scaled).max())
+            factor = self.SmallParameterVariation / float(np.abs(scaled).max())
             step_scale = float(metric.maximum_physical_shift(-factor * scaled)) / factor
         if step_scale <= epsilon:
             return magnitude  # ITK's learning rate of 1, before the normalisation
@@ -399,7 +402,7 @@ class _GradientOptimizer(_Optimizer):
 
         def shift(parameter: int) -> float:
             delta = np.zeros(count)
-            delta[parameter] = SMALL_PARAMETER_VARIATION
+            delta[parameter] = self.SmallParameterVariation
             return float(metric.maximum_physical_shift(delta))
 
         if isinstance(metric.GetTransform(), BSplineTransform):
@@ -413,7 +416,7 @@ class _GradientOptimizer(_Optimizer):
             logger.warning("no parameter moves a corner of the fixed grid: scales of 1 are used")
             return np.ones(count)
         shifts = np.where(moving, shifts, shifts[moving].min())
-        return np.square(shifts / SMALL_PARAMETER_VARIATION)
+        return np.square(shifts / self.SmallParameterVariation)
 
 
 class RegularStepGradientDescentOptimizer(_GradientOptimizer):

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -163,6 +164,7 @@ class ImageRegistrationMethod:
         self._index_shift = False
         self._index_factor = 1.0
         self._scales_estimator = PHYSICAL_SHIFT
+        self._small_parameter_variation = SMALL_PARAMETER_VARIATION
         self._sampling_strategy = self.NONE
         self._sampling_percentages: tuple[float, ...] = (1.0,)
         self._sampling_seed = 0
@@ -330,12 +332,12 @@ class ImageRegistrationMethod:
         """ITK's estimator, at each level: a linear transform's shifts at the fixed grid's
         corners (as ITK, which samples the corners of a global transform, so the radius
         does not enter), a B-spline's of one coefficient."""
-        if smallParameterVariation != SMALL_PARAMETER_VARIATION:
-            _not_built(
-                "SetOptimizerScalesFromPhysicalShift",
-                f"the estimator probes a change of {SMALL_PARAMETER_VARIATION} only, not "
-                f"{smallParameterVariation}",
+        if not (math.isfinite(smallParameterVariation) and smallParameterVariation > 0):
+            raise InputError(
+                "SetOptimizerScalesFromPhysicalShift: smallParameterVariation must be a "
+                f"positive number, got {smallParameterVariation}"
             )
+        self._small_parameter_variation = float(smallParameterVariation)
         self._scales = None
         self._index_shift = False
         self._scales_estimator = PHYSICAL_SHIFT
@@ -726,6 +728,7 @@ class ImageRegistrationMethod:
             arguments["MaximumStepSizeInPhysicalUnits"] = 1.0
         optimizer = self._optimizer.kind(**arguments)
         optimizer.ScalesEstimator = self._scales_estimator
+        optimizer.SmallParameterVariation = self._small_parameter_variation
         return optimizer
 
     def _default_maximum_step(self) -> bool:
