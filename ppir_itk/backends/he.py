@@ -69,16 +69,18 @@ import os
 import struct
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from ppir_itk.backends.base import (
     EXACT_SUMS_DISCLOSURES,
+    LINEAR_SUMS_METRICS,
     ExactSumsBackend,
     ExactSumsFixedSide,
     JointTerm,
+    MaskedSums,
     MovingChannel,
     MovingFields,
     sums_per_evaluation,
@@ -86,13 +88,20 @@ from ppir_itk.backends.base import (
 )
 from ppir_itk.disclosure import Disclosure, Message, ProtocolTable
 from ppir_itk.errors import InputError
-from ppir_itk.fixed_point import PLAIN_BITS, PLAIN_MODULUS, decode, encode, exponent
+from ppir_itk.fixed_point import (
+    PLAIN_BITS,
+    PLAIN_MODULUS,
+    decode,
+    encode,
+    exponent,
+    mask_bits,
+)
 from ppir_itk.metric_kinds import MEAN_SQUARES_SETTINGS, MetricSettings
 from ppir_itk.points import PointSet
 from ppir_itk.policy import FixedPolicy
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import ProtocolError, array_from_pb, array_to_pb
-from ppir_itk.randomness import expand, secret_seed, uniform_below
+from ppir_itk.randomness import expand, gaussian_integers, secret_seed, uniform_below
 from ppir_itk.roles import FIXED_PARTY, MOVING_PARTY
 
 POLY_MODULUS_DEGREES = (8192, 16384, 32768)
@@ -105,6 +114,10 @@ FLOOD_SECURITY_BITS = 40
 UNFLOODED_MOD_SWITCHES = 2  # without flooding: switch down twice (smaller ciphertext)
 # SEAL samples fresh noise from a normal with standard deviation 3.2 clipped at 6 sigma.
 NOISE_MAX_DEVIATION = 19.2
+MASKED_BSPLINE_REFUSAL = (
+    "backend 'he' restricts the metric to a fixed mask for linear transforms only, "
+    "not a B-spline: register with a linear transform or another backend"
+)
 
 
 TABLE = ProtocolTable(
@@ -124,8 +137,9 @@ TABLE = ProtocolTable(
             FIXED_PARTY,
             "once per level",
             "BFV ciphertexts of q(phi_j) q(J), q(J) and q(J)^2 (a B-spline: q(J) and "
-            "q(J)^2, one point per slot), and the exponent e_J",
-            "e_J, the power of two bounding J; the ciphertexts hide J (IND-CPA)",
+            "q(J)^2, one point per slot), and the exponent e_J; with a fixed mask M, of "
+            "M q(J) for q(J), and of q(phi_j) M and M too",
+            "e_J, the power of two bounding J; the ciphertexts hide J and M (IND-CPA)",
         ),
         Message(
             "he_masked_products",
@@ -143,12 +157,23 @@ TABLE = ProtocolTable(
             FIXED_PARTY,
             "per evaluation",
             "the masked slot-range totals mod t (a B-spline: the public map mod t of the "
-            "masked products, and two totals; three for correlation)",
-            "the joint term, once the moving party removes its masks",
+            "masked products, and two totals; three for correlation); with a fixed mask, "
+            "the masked sums' totals too",
+            "the joint term (and the masked sums), once the moving party removes its masks",
         ),
     ),
     disclosures=(
         *EXACT_SUMS_DISCLOSURES,
+        Disclosure(
+            "fixed_mask_sums",
+            MOVING_PARTY,
+            "the sums the fixed party's mask M restricts (with a fixed mask only)",
+            "sums",
+            "evaluation",
+            note="linear measurements of M: the points inside it, sum I_w^2 M, the "
+            "affine-basis moments of g_k I_w M (correlation: sum I_w M and the moments of "
+            "g_k M too), with the fixed party's noise, if its policy sets one",
+        ),
         Disclosure(
             "masked_slots",
             FIXED_PARTY,
@@ -356,17 +381,32 @@ def slot_total(values: np.ndarray) -> int:
     return (high << 30) + low
 
 
-def sum_pairs(d: int, outputs: int, fixed_sum: bool = False) -> list[tuple[int, int]]:
+def sum_pairs(
+    d: int, outputs: int, fixed_sum: bool = False, fixed_masked: bool = False
+) -> list[tuple[int, int]]:
     """(moving vector, fixed vector) of each of the ``d outputs + 2`` sums (and, with
-    ``fixed_sum``, correlation's ``sum_valid J`` last).
+    ``fixed_sum``, correlation's ``sum_valid J`` last), then with ``fixed_masked`` the
+    :class:`~ppir_itk.backends.base.MaskedSums`: the moments of ``g_k I_w M``, the count,
+    ``sum I_w^2 M`` and (correlation) the moments of ``g_k M`` and ``sum I_w M``.
 
-    Moving vectors: ``q(g_1) .. q(g_d), q(I_w), valid``; fixed vectors: ``w_c q(J)``
-    for each of the map's ``outputs`` integer weights ``w_c`` (the affine basis:
-    ``q(phi_1) .. q(phi_d), 1``), then ``q(J)``, ``q(J)^2``.
+    Moving vectors: ``q(g_1) .. q(g_d), q(I_w), valid`` (and with a mask
+    ``q(I_w^2), q(g_1 I_w) .. q(g_d I_w)``); fixed vectors: ``w_c q(J)`` for each of the
+    map's ``outputs`` integer weights ``w_c`` (the affine basis: ``q(phi_1) .. q(phi_d),
+    1``), then ``q(J)``, ``q(J)^2`` (with a mask ``M q(J)`` for ``q(J)``, then ``w_c M``
+    and ``M``).
     """
     pairs = [(k, c) for k in range(d) for c in range(outputs)]
     pairs += [(d, outputs), (d + 1, outputs + 1)]
-    return pairs + [(d + 1, outputs)] if fixed_sum else pairs
+    if fixed_sum:
+        pairs.append((d + 1, outputs))
+    if fixed_masked:
+        mask = 2 * outputs + 2
+        pairs += [(d + 3 + k, outputs + 2 + c) for k in range(d) for c in range(outputs)]
+        pairs += [(d + 1, mask), (d + 2, mask)]
+        if fixed_sum:
+            pairs += [(k, outputs + 2 + c) for k in range(d) for c in range(outputs)]
+            pairs.append((d, mask))
+    return pairs
 
 
 def interleave(vectors: list[np.ndarray], slots: int) -> np.ndarray:
@@ -447,6 +487,7 @@ class HEPackedBackend(ExactSumsBackend):
     protocol = "packed"
     scheme = "BFV"
     table = TABLE
+    fixed_mask_metrics = LINEAR_SUMS_METRICS
 
     def __init__(
         self,
@@ -480,7 +521,10 @@ class HEPackedBackend(ExactSumsBackend):
         reply = self.channel.exchange(pb.BackendMessage(he_level_request=pb.HeLevelRequest()))
         basis = points.linear_map
         if basis.few_outputs:
-            rows = -(-points.size // (he.slots // sums_per_evaluation(points, self.metric)))
+            sums = sums_per_evaluation(points, self.metric, self.fixed_masked)
+            rows = -(-points.size // (he.slots // sums))
+        elif self.fixed_masked:
+            raise InputError(MASKED_BSPLINE_REFUSAL)
         else:  # one row of q(J) and one of q(J)^2 per slots points
             rows = 2 * -(-points.size // he.slots)
         if reply.WhichOneof("body") != "he_level" or len(reply.he_level.ciphertexts) != rows:
@@ -504,7 +548,15 @@ class HEPackedBackend(ExactSumsBackend):
         e_w = exponent(float(np.abs(fields.warped).max(initial=0.0)), bits.w_bits)
         vectors = [encode(fields.gradient[:, k], e_g) for k in range(d)]
         vectors += [encode(fields.warped, e_w), fields.valid.astype(np.int64)]
-        pairs = sum_pairs(d, basis.outputs, wants_fixed_sum(self.metric))
+        if self.fixed_masked:  # the products the mask restricts, each with its own exponent
+            mask_factor = mask_bits(PLAIN_MODULUS, self.level_points.size, basis.weight_bits)
+            squared = fields.warped**2
+            products = fields.gradient * fields.warped[:, None]
+            e_ww = exponent(float(squared.max(initial=0.0)), mask_factor)
+            e_gw = exponent(float(np.abs(products).max(initial=0.0)), mask_factor)
+            vectors += [encode(squared, e_ww)]
+            vectors += [encode(products[:, k], e_gw) for k in range(d)]
+        pairs = sum_pairs(d, basis.outputs, wants_fixed_sum(self.metric), self.fixed_masked)
         rows = interleave([vectors[v] for v, _ in pairs], he.slots)
         accumulator = None
         for row, ciphertext in zip(rows, level.ciphertexts, strict=True):
@@ -528,8 +580,33 @@ class HEPackedBackend(ExactSumsBackend):
         sums = [he.signed(int(total) - mask) for total, mask in zip(totals, masks, strict=True)]
         self._disclose_sums()
         count = d * basis.outputs
+        unmasked = sums_per_evaluation(self.level_points, self.metric)
         moments = np.array(sums[:count], dtype=np.int64).reshape(d, basis.outputs)
-        return self._decoded(moments, sums[count:], e_g, e_w)
+        term = self._decoded(moments, sums[count:unmasked], e_g, e_w)
+        if not self.fixed_masked:
+            return term
+        self.received.add("fixed_mask_sums", len(sums) - unmasked)
+        return replace(term, masked=self._masked_sums(sums[unmasked:], e_g, e_w, e_ww, e_gw))
+
+    def _masked_sums(self, sums: list[int], e_g: int, e_w: int, e_ww: int, e_gw: int) -> MaskedSums:
+        """The :class:`MaskedSums` from their exact integer sums, in :func:`sum_pairs`'s
+        order."""
+        basis = self.level_points.linear_map
+        d, outputs = basis.dimension, basis.outputs
+        count = d * outputs
+
+        def moments(values: list[int], scale: int) -> np.ndarray:
+            integers = np.array(values, dtype=np.int64).reshape(d, outputs)
+            return decode(integers, scale + basis.column_bits)
+
+        correlation = wants_fixed_sum(self.metric)
+        return MaskedSums(
+            count=float(sums[count]),
+            warped_squared=decode(sums[count + 1], e_ww),
+            warped_moments=moments(sums[:count], e_gw),
+            warped_sum=decode(sums[-1], e_w) if correlation else None,
+            gradient_moments=moments(sums[count + 2 : -1], e_g) if correlation else None,
+        )
 
     def _decoded(
         self, moments: np.ndarray, totals: list[int], e_g: int, e_w: int, weight_bits: int = 0
@@ -662,6 +739,7 @@ class HEPackedFixedSide(ExactSumsFixedSide):
     table = TABLE
     bspline = True
     modulus = PLAIN_MODULUS
+    fixed_mask_metrics = LINEAR_SUMS_METRICS
 
     def __init__(
         self,
@@ -691,15 +769,24 @@ class HEPackedFixedSide(ExactSumsFixedSide):
             j_bits = basis.budget(PLAIN_MODULUS).j_bits
         except InputError as error:
             raise ProtocolError(str(error)) from None
+        assert (fixed_mask is not None) == self.fixed_masked, "the mask comes as Welcome says"
         self._noise_for_level(points)
         self._exponent_j = exponent(float(np.abs(values).max(initial=0.0)), j_bits)
         fixed = encode(values, self._exponent_j)
         slots = self.he.slots
+        if fixed_mask is not None and not basis.few_outputs:
+            raise ProtocolError(MASKED_BSPLINE_REFUSAL)
+        self._mask_noise_deviations = self._mask_noise_for_level(points, fixed_mask)
         if basis.few_outputs:
             weights = basis.dense_weights()
+            if fixed_mask is not None:  # M J for J; M itself pairs with the masked products
+                mask = fixed_mask.astype(np.int64)
+                fixed = fixed * mask
             vectors = [weights[:, c] * fixed for c in range(basis.outputs)]
             vectors += [fixed, fixed * fixed]
-            pairs = sum_pairs(d, basis.outputs, wants_fixed_sum(self.metric))
+            if fixed_mask is not None:
+                vectors += [weights[:, c] * mask for c in range(basis.outputs)] + [mask]
+            pairs = sum_pairs(d, basis.outputs, wants_fixed_sum(self.metric), self.fixed_masked)
             self._sums = len(pairs)
             rows = list(interleave([vectors[c] for _, c in pairs], slots))
         else:  # per point: q(J) rows, then q(J)^2 rows
@@ -732,13 +819,36 @@ class HEPackedFixedSide(ExactSumsFixedSide):
         slots = self._decrypt(ciphertexts[0])
         totals = [total % self.he.t for total in range_totals(slots, self._sums)]
         noise = self._noise()
-        if noise is not None:  # the moments, then the totals, as the slots are laid out
+        if noise is not None:  # the moments, the totals, the masked sums, as laid out
             extra = [*noise.moments, *noise.totals]
+            if self._mask_noise_deviations is not None:
+                extra += gaussian_integers(self._mask_noise_deviations)
             totals = [(total + e) % self.he.t for total, e in zip(totals, extra, strict=True)]
         self.received.add("masked_slots", len(totals))
         return pb.BackendMessage(
             he_masked_totals=pb.HeMaskedTotals(totals=array_to_pb(np.array(totals, dtype=np.int64)))
         )
+
+    def _mask_noise_for_level(
+        self, points: PointSet, fixed_mask: np.ndarray | None
+    ) -> list[float] | None:
+        """The deviations of the policy's noise on the masked sums, in :func:`sum_pairs`'s
+        order: ``beta`` times the most one voxel of ``M`` adds to each (None: no mask or
+        no noise). They fit the room :meth:`_noise_for_level` checked
+        (:mod:`ppir_itk.fixed_point`)."""
+        beta = self.policy.joint_term_noise
+        if fixed_mask is None or beta == 0:
+            return None
+        basis = points.linear_map
+        bits = basis.budget(PLAIN_MODULUS)
+        mask_factor = mask_bits(PLAIN_MODULUS, points.size, basis.weight_bits)
+        weights = np.tile(basis.column_weight_bounds, points.geometry.dimension)
+        deviations = [*(beta * weights * 2.0 ** (mask_factor - 1)), beta]
+        deviations.append(beta * 2.0 ** (mask_factor - 1))
+        if wants_fixed_sum(self.metric):
+            deviations += [*(beta * weights * 2.0 ** (bits.g_bits - 1))]
+            deviations.append(beta * 2.0 ** (bits.w_bits - 1))
+        return deviations
 
     def close(self) -> None:
         self.he.close()
