@@ -11,6 +11,7 @@ from audit import Secret, audit, recording
 import ppir_itk
 from ppir_itk.backends.base import MovingFields
 from ppir_itk.backends.he_paper import PaperV1FixedSide
+from ppir_itk.bspline import BSplineTransform
 from ppir_itk.errors import InputError
 from ppir_itk.fixed_party import FixedPartyServer, FixedPartySession
 from ppir_itk.image import ImageGrid
@@ -49,10 +50,17 @@ def _masked_session(fixed: ImageGrid, policy: FixedPolicy | None = None) -> Fixe
     return FixedPartySession(fixed, policy, fixed_mask=_mask(fixed))
 
 
-def _masked_level(fixed: ImageGrid, metric: str, policy: FixedPolicy | None = None):
-    """A masked session's party and its one full-resolution level's points."""
+def _masked_level(
+    fixed: ImageGrid, metric: str, policy: FixedPolicy | None = None, spacing: float | None = None
+):
+    """A masked session's party and its one full-resolution level's points (on a control
+    grid of ``spacing`` pixels, if given)."""
     party = _party(LocalSession(_masked_session(fixed, policy)), metric)
-    return party, party.select_points(party.begin_level(0)())
+    level = party.begin_level(0)()
+    control = None
+    if spacing is not None:
+        control = BSplineTransform.over(level, spacing * np.asarray(level.spacing)).control_grid
+    return party, party.select_points(level, control_grid=control)
 
 
 def _fields(points, seed: int = 3) -> MovingFields:
@@ -68,27 +76,34 @@ def _fields(points, seed: int = 3) -> MovingFields:
     )
 
 
-def _reference(fixed: ImageGrid, points, fields: MovingFields, metric: str) -> dict:
-    """base.py's definitions, in floats: J's sums over M J, and the MaskedSums."""
+def _reference(
+    fixed: ImageGrid, points, fields: MovingFields, metric: str, weight_bits: int = 0
+) -> dict:
+    """base.py's definitions, in floats: J's sums over M J, and the MaskedSums (a
+    B-spline's moments with the fixed-point weights the backend used)."""
     geometry = points.geometry
     physical = geometry.physical_points(geometry.flat_to_index(np.arange(points.size)))
     mask = inside(_mask(fixed), physical).astype(np.float64)
     J = fixed.array.ravel().astype(np.float64) * mask  # the level is the image (one level)
-    g, w, basis = fields.gradient, fields.warped, points.linear_map
+    g, w = fields.gradient, fields.warped
+
+    def moments(weights: np.ndarray) -> np.ndarray:
+        return points.linear_map.moments(g, weights, weight_bits)
+
     m = fields.valid.astype(np.float64)
     sums = {
-        "moments": basis.moments(g, J),
+        "moments": moments(J),
         "warped_dot_fixed": w @ J,
         "fixed_squared": m @ (J * J),
         "count": m @ mask,
         "warped_squared": (w * w) @ mask,
-        "warped_moments": basis.moments(g, w * mask),
+        "warped_moments": moments(w * mask),
     }
     if metric == CORRELATION:
         sums |= {
             "fixed_sum": m @ J,
             "warped_sum": w @ mask,
-            "gradient_moments": basis.moments(g, m * mask),
+            "gradient_moments": moments(m * mask),
         }
     return sums
 
@@ -113,17 +128,23 @@ def _computed(term, metric: str) -> dict:
 
 
 @pytest.mark.parametrize(
-    ("shape", "metric"),
-    [((20, 18), MEAN_SQUARES), ((20, 18), CORRELATION), ((10, 9, 8), MEAN_SQUARES)],
-    ids=["2-D meansquares", "2-D correlation", "3-D meansquares"],
+    ("shape", "metric", "spacing"),
+    [
+        ((20, 18), MEAN_SQUARES, None),
+        ((20, 18), CORRELATION, None),
+        ((10, 9, 8), MEAN_SQUARES, None),
+        ((20, 18), CORRELATION, 6.0),
+    ],
+    ids=["2-D meansquares", "2-D correlation", "3-D meansquares", "2-D B-spline correlation"],
 )
-def test_the_masked_joint_term_matches_its_definitions(shape, metric):
+def test_the_masked_joint_term_matches_its_definitions(shape, metric, spacing):
     fixed = head_phantom(shape)
-    party, points = _masked_level(fixed, metric)
+    party, points = _masked_level(fixed, metric, spacing=spacing)
     assert party.backend.fixed_masked
+    assert points.linear_map.few_outputs == (spacing is None)  # both layouts
     fields = _fields(points)
     term = party.backend.joint_term(fields)
-    expected = _reference(fixed, points, fields, metric)
+    expected = _reference(fixed, points, fields, metric, term.basis_weight_bits)
     computed = _computed(term, metric)
     assert computed.keys() == expected.keys()
     assert term.masked.count == expected["count"]  # an exact integer
@@ -138,14 +159,15 @@ def test_the_masked_joint_term_matches_its_definitions(shape, metric):
     party.close()
 
 
-def test_the_masked_sums_are_noised_counted_and_reported():
+@pytest.mark.parametrize("spacing", [None, 6.0], ids=["affine basis", "B-spline basis"])
+def test_the_masked_sums_are_noised_counted_and_reported(spacing):
     """With the fixed party's noise each masked sum changes from one evaluation of the same
     fields to the next (the count's noise, of deviation 16 points, repeats one value five
     times with probability below 10^-6); every sum is charged to the policy and named in
     the report."""
     fixed = head_phantom((20, 18))
     policy = FixedPolicy.holding_both_images(("he",), joint_term_noise=16.0)
-    party, points = _masked_level(fixed, CORRELATION, policy)
+    party, points = _masked_level(fixed, CORRELATION, policy, spacing)
     fields = _fields(points)
     evaluations = 5
     terms = [party.backend.joint_term(fields).masked for _ in range(evaluations)]
@@ -153,7 +175,7 @@ def test_the_masked_sums_are_noised_counted_and_reported():
         assert len({getattr(term, name) for term in terms}) > 1, name
     for name in ("warped_moments", "gradient_moments"):
         assert np.all(getattr(terms[0], name) != getattr(terms[1], name)), name
-    d, outputs = 2, 3
+    d, outputs = 2, points.linear_map.outputs
     unmasked, masked = d * outputs + 3, (d * outputs + 2) + (d * outputs + 1)
     assert party.session.serving.backend_side.sums_per_evaluation(points) == unmasked + masked
     closed = party.close()
