@@ -14,6 +14,7 @@ from ppir_itk.backends.he_paper import PaperV1FixedSide
 from ppir_itk.bspline import BSplineTransform
 from ppir_itk.errors import InputError
 from ppir_itk.fixed_party import FixedPartyServer, FixedPartySession
+from ppir_itk.fixed_point import PLAIN_MODULUS, SUM_BITS, mask_bits
 from ppir_itk.image import ImageGrid
 from ppir_itk.masks import inside
 from ppir_itk.metric_kinds import CORRELATION, MEAN_SQUARES, MetricSettings
@@ -258,3 +259,23 @@ def test_the_moving_party_refuses_a_mask_its_protocol_cannot_compute(monkeypatch
         "paper-v1) does not compute metric 'meansquares' within a fixed mask: register with "
         "backend he"
     )
+
+
+@pytest.mark.parametrize(
+    ("points", "weight_bits", "support"),
+    [(3, 12, None), (4096, 12, None), (2147483648, 12, None), (8448, 20, 289), (64000, 21, 4913)],
+)
+def test_the_masked_sums_are_exact_at_the_budgets_extremes(points, weight_bits, support):
+    """Every factor at its largest: a masked moment over one output's points and a total
+    over all n stay below 2^(SUM_BITS - 1) (room for the noise below t / 2)."""
+    factor = mask_bits(PLAIN_MODULUS, points, weight_bits, support)
+    largest = 1 << (factor - 1)  # |q| <= 2^(b_M - 1), M <= 1
+    outputs = points if support is None else support
+    assert outputs * ((1 << weight_bits) - 1) * largest < 1 << (SUM_BITS - 1)
+    assert points * largest < 1 << (SUM_BITS - 1)
+    assert factor >= 8
+
+
+def test_too_many_points_for_exact_masked_sums_are_refused():
+    with pytest.raises(InputError, match="too many for exact masked sums"):
+        mask_bits(PLAIN_MODULUS, 1 << 40, 12)
