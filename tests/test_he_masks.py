@@ -263,7 +263,14 @@ def test_the_moving_party_refuses_a_mask_its_protocol_cannot_compute(monkeypatch
 
 @pytest.mark.parametrize(
     ("points", "weight_bits", "support"),
-    [(3, 12, None), (4096, 12, None), (2147483648, 12, None), (8448, 20, 289), (64000, 21, 4913)],
+    [
+        (3, 12, None),
+        (4096, 12, None),
+        (2147483648, 12, None),
+        (8448, 20, 289),
+        (64000, 21, 4913),
+        (1 << 36, 8, 64),  # the totals over all n bind
+    ],
 )
 def test_the_masked_sums_are_exact_at_the_budgets_extremes(points, weight_bits, support):
     """Every factor at its largest: a masked moment over one output's points and a total
