@@ -127,15 +127,15 @@ def fixed_mask_refusal(name: str, protocol: str | None, metric: str) -> str:
     named = f"'{name}'" if protocol in (None, default) else f"'{name}' (protocol {protocol})"
     serving = []
     for other, protocols in BACKENDS.items():
+        other_default = next(iter(protocols))
         for other_protocol in protocols:
             halves = _halves(other, other_protocol, metric)
-            if halves is not None and metric in halves[0].fixed_mask_metrics:
-                label = (
-                    other
-                    if other_protocol == next(iter(protocols))
-                    else (f"{other} (protocol {other_protocol})")
-                )
-                serving.append(label if halves[0].private else f"{label}, which is NOT private")
+            if halves is None or metric not in halves[0].fixed_mask_metrics:
+                continue
+            label = other
+            if other_protocol != other_default:
+                label += f" (protocol {other_protocol})"
+            serving.append(label if halves[0].private else f"{label}, which is NOT private")
     serving.sort(key=lambda label: label.endswith("NOT private"))
     advice = f": register with backend {' or '.join(serving)}" if serving else ""
     return f"backend {named} does not compute metric '{metric}' within a fixed mask{advice}"
