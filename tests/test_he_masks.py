@@ -286,3 +286,12 @@ def test_the_masked_sums_are_exact_at_the_budgets_extremes(points, weight_bits, 
 def test_too_many_points_for_exact_masked_sums_are_refused():
     with pytest.raises(InputError, match="too many for exact masked sums"):
         mask_bits(PLAIN_MODULUS, 1 << 40, 12)
+
+
+def test_the_policy_counts_the_masked_sums_before_any_product():
+    """A per-evaluation cap that 8 sums fit and 16 do not (2-D affine mean squares, its
+    masked sums included): the masked session is refused when the points are agreed."""
+    fixed = head_phantom((20, 18))
+    policy = FixedPolicy.holding_both_images(("he",), max_measurements_per_evaluation=12 / 360)
+    with pytest.raises(PeerError, match="one evaluation would reveal 16 linear measurements"):
+        _masked_level(fixed, MEAN_SQUARES, policy)
