@@ -120,6 +120,27 @@ def _sides(
     return sides
 
 
+def fixed_mask_refusal(name: str, protocol: str | None, metric: str) -> str:
+    """Why backend ``name``'s ``protocol`` (None or the default: the backend's name alone)
+    cannot serve a fixed party with a mask for ``metric``, naming the backends that can."""
+    default = next(iter(BACKENDS[name]))
+    named = f"'{name}'" if protocol in (None, default) else f"'{name}' (protocol {protocol})"
+    serving = []
+    for other, protocols in BACKENDS.items():
+        other_default = next(iter(protocols))
+        for other_protocol in protocols:
+            halves = _halves(other, other_protocol, metric)
+            if halves is None or metric not in halves[0].fixed_mask_metrics:
+                continue
+            label = other
+            if other_protocol != other_default:
+                label += f" (protocol {other_protocol})"
+            serving.append(label if halves[0].private else f"{label}, which is NOT private")
+    serving.sort(key=lambda label: label.endswith("NOT private"))
+    advice = f": register with backend {' or '.join(serving)}" if serving else ""
+    return f"backend {named} does not compute metric '{metric}' within a fixed mask{advice}"
+
+
 def check_backend_metric(name: str, parameters: dict[str, str], metric: str) -> None:
     """Refuse, with one sentence naming the backends that do, a backend (a checked name)
     that does not compute ``metric``."""
@@ -170,6 +191,7 @@ __all__ = [
     "check_backend_metric",
     "check_backend_name",
     "check_protocol",
+    "fixed_mask_refusal",
     "make_backend",
     "make_fixed_side",
     "protocol_tables",
