@@ -482,16 +482,25 @@ def _add_registration_options(parser: argparse.ArgumentParser, bench: bool = Fal
             action="store_true",
             help="GMS only: send the sample indices to the fixed party (leaks them)",
         )
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="sampling seed (public)")
     parser.add_argument(
-        "--shrink-factors", type=int, nargs="+", default=list(defaults.shrink_factors)
+        "--seed",
+        type=int,
+        default=defaults.seed,
+        help=f"sampling seed (public; default: {defaults.seed})",
+    )
+    parser.add_argument(
+        "--shrink-factors",
+        type=int,
+        nargs="+",
+        default=list(defaults.shrink_factors),
+        help=f"per level, coarsest first (default: {_shown(defaults.shrink_factors)})",
     )
     parser.add_argument(
         "--smoothing-sigmas",
         type=float,
         nargs="+",
         default=list(defaults.smoothing_sigmas),
-        help="per level, in physical units",
+        help=f"per level, in physical units (default: {_shown(defaults.smoothing_sigmas)})",
     )
     parser.add_argument(
         "--initializer",
@@ -510,15 +519,21 @@ def _add_registration_options(parser: argparse.ArgumentParser, bench: bool = Fal
         "--threads",
         type=int,
         default=defaults.threads,
-        help="kernel threads (results are identical for any value)",
+        help="kernel threads (results are identical for any value; default: every core)",
     )
     if not bench:
         parser.add_argument(
             "--deadline",
             type=float,
             default=defaults.deadline,
-            help="seconds to wait for the fixed party's next answer",
+            help="seconds to wait for the fixed party's next answer "
+            f"(default: {defaults.deadline:g})",
         )
+
+
+def _shown(values: Sequence[float]) -> str:
+    """A default list as the command line takes it: ``4 2 1``."""
+    return " ".join(f"{value:g}" for value in values)
 
 
 def _add_session_limit(parser: argparse.ArgumentParser) -> None:

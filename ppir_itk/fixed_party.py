@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from ppir_itk.backends import check_protocol, make_fixed_side
+from ppir_itk.backends import check_protocol, fixed_mask_refusal, make_fixed_side
 from ppir_itk.backends.base import FixedSide
 from ppir_itk.disclosure import SESSION, Received
 from ppir_itk.errors import InputError
@@ -236,10 +236,11 @@ class FixedPartySession:
             hello.backend, dict(hello.backend_parameters), self.policy, self._metric(hello)
         )
         if self.fixed_mask is not None and hello.metric not in self.backend_side.fixed_mask_metrics:
-            raise ProtocolError(
-                f"this fixed party restricts the metric to its mask, which backend "
-                f"'{hello.backend}' does not compute for metric '{hello.metric}'"
+            refusal = fixed_mask_refusal(
+                hello.backend, hello.backend_parameters.get("protocol"), hello.metric
             )
+            raise ProtocolError(f"this fixed party restricts the metric to its mask, and {refusal}")
+        self.backend_side.fixed_masked = self.fixed_mask is not None
         self.hello = hello
         return pb.Envelope(
             welcome=pb.Welcome(

@@ -33,6 +33,12 @@ modulus's ``B = bits``:
   ``|sum q(I_w) q(J)| <= 2^(warped_bits - 2)``;
 - correlation's ``sum_x m q(J)``: ``|.| <= 2^(L(n) + b_J - 1)``, below the bound of
   ``sum q(J)^2`` by ``b_J - 1`` bits, so it is exact wherever that sum is.
+- a fixed mask ``M`` (0 or 1, :class:`ppir_itk.backends.base.MaskedSums`) replaces
+  ``q(J)`` by ``M q(J)``, which keeps every bound above; the sums of ``M`` with the
+  moving party's own products (``q(g_k I_w)``, ``q(I_w^2)``) take one factor of
+  ``b_M`` bits (:func:`mask_bits`): ``L(s) + W + b_M = B - 1`` bounds a moment by
+  ``2^(B - 2)``, and ``L(n) + b_M <= squared_bits - 1`` a total; the sums of ``M``
+  with ``q(g_k)``, ``q(I_w)`` and ``m`` are below those of ``q(J)`` with them.
 
 The moduli: :data:`PLAIN_MODULUS` (``he``: ``t`` is a 60-bit prime, so every
 ``|sum| < 2^58 = 2^SUM_BITS`` is below ``t / 2``, and ``B = 59`` keeps the moments
@@ -49,7 +55,9 @@ one voxel of J can add to that sum (:func:`voxel_bits`). The bounds above leave
 each sum below ``2^(limit - 2)``, half of what its modulus holds; a noise below
 ``2^(limit - 2)`` keeps the noisy sum exact too (:func:`noise_room`). Correlation's
 ``sum m q(J)``, of which one voxel adds at most ``2^(b_J - 1)``, takes the same
-``beta`` with room to spare: ``sum q(J)^2``'s noise bounds its noise.
+``beta`` with room to spare: ``sum q(J)^2``'s noise bounds its noise. So do the masked
+sums: one voxel adds at most ``2^(W + b_M - 1) <= 2^(B - 2 - L(s))`` to a masked moment,
+what it adds to a moment, and less to the others.
 """
 
 from __future__ import annotations
@@ -139,6 +147,20 @@ def budget(modulus: Modulus, points: int, weight_bits: int, support: int | None 
         fits = "are too many" if support is None else "and this control grid leave too few bits"
         raise InputError(
             f"{points} points {fits} for exact sums {modulus.where}: sample them (URS) or use fewer"
+        )
+    return bits
+
+
+def mask_bits(modulus: Modulus, points: int, weight_bits: int, support: int | None = None) -> int:
+    """The bits of a moving factor whose sums with a fixed mask ``M`` (``|M| <= 1``) stay
+    exact: a moment over one output's points and a total over all n (module docstring)."""
+    log_n = log2_ceiling(points)
+    outputs = log_n if support is None else log2_ceiling(support)
+    bits = min(modulus.bits - 1 - outputs - weight_bits, modulus.squared_bits - 1 - log_n)
+    if bits < MINIMUM_BITS:
+        raise InputError(
+            f"{points} points are too many for exact masked sums {modulus.where}: "
+            "sample them (URS) or use fewer"
         )
     return bits
 

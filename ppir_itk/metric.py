@@ -116,6 +116,7 @@ class PrivateImageToImageMetric(abc.ABC):
         self._moving_mask: ImageGrid | None = None
         self._mask_points: tuple[PointSet, np.ndarray] | None = None  # the level's x, kept
         self._transform: LinearTransform | BSplineTransform | None = None
+        self._moving_initial: LinearTransform | None = None
         self._level: _LevelData | None = None
         self._kept_jacobian: tuple[tuple[type, bytes], PointSet, _Jacobian] | None = None
 
@@ -165,6 +166,19 @@ class PrivateImageToImageMetric(abc.ABC):
         if self._transform is None:
             raise RuntimeError("the metric has no transform: call SetTransform first")
         return self._transform
+
+    def SetMovingInitialTransform(self, transform: LinearTransform | None) -> None:  # noqa: N802
+        """A fixed linear transform applied after the optimised one (ITK's moving initial
+        transform: the moving image is read at ``initial(T(x))``; None: none). It is not
+        optimised and not part of the result, as in ITK."""
+        if transform is not None and not isinstance(transform, LinearTransform):
+            raise InputError(
+                f"the moving initial transform must be linear, not {type(transform).__name__}"
+            )
+        self._moving_initial = transform
+
+    def GetMovingInitialTransform(self) -> LinearTransform | None:  # noqa: N802
+        return self._moving_initial
 
     def GetNumberOfParameters(self) -> int:  # noqa: N802
         return self.GetTransform().number_of_parameters
@@ -241,6 +255,9 @@ class PrivateImageToImageMetric(abc.ABC):
         moving = level.moving
         transform = self.GetTransform()
         matrix, offset = transform.matrix_offset()
+        if self._moving_initial is not None:  # initial(A x + b): one affine map for the kernel
+            initial_matrix, initial_offset = self._moving_initial.matrix_offset()
+            matrix, offset = initial_matrix @ matrix, initial_matrix @ offset + initial_offset
         displacement = None
         if isinstance(transform, BSplineTransform):
             displacement = transform.displacement(fixed, points.indices)
@@ -270,8 +287,11 @@ class PrivateImageToImageMetric(abc.ABC):
             )
 
         n_valid = sum(for_chunks(warp, n))
+        if self._moving_initial is not None:
+            # The chain rule through the initial transform: dI(initial(y))/dy = A^T grad I.
+            gradient = gradient @ self._moving_initial.matrix_offset()[0]
         kept = level.private_sample
-        if self._moving_mask is not None:  # ITK's: T(x) inside the moving mask too
+        if self._moving_mask is not None:  # ITK's: the moving point inside the moving mask too
             physical = self._level_physical_points(points)
             if displacement is not None:
                 physical = physical + displacement
@@ -382,6 +402,34 @@ class PrivateImageToImageMetric(abc.ABC):
         corners = self._require_level().points.geometry.corners()
         moved = trial.transform_points(corners) - transform.transform_points(corners)
         return float(np.max(np.linalg.norm(moved, axis=1)))
+
+    def squared_jacobian_norms(self) -> np.ndarray:
+        """``sum_k (dT_k / dtheta_p)^2`` per parameter, averaged over the level grid's corners
+        (ITK's ``RegistrationParameterScalesFromJacobian`` for a linear transform, which
+        samples the corners); the moving party's own, from the public grid."""
+        jacobians = self._corner_jacobians()
+        return np.mean(np.sum(np.square(jacobians), axis=2), axis=0)
+
+    def mean_jacobian_step(self, delta: np.ndarray) -> float:
+        """The mean over the level grid's corners of ``|dT/dtheta delta|`` (mm): the Jacobian
+        estimator's step scale (ITK's ``EstimateStepScale``)."""
+        moves = np.einsum("cpk,p->ck", self._corner_jacobians(), np.asarray(delta))
+        return float(np.mean(np.linalg.norm(moves, axis=1)))
+
+    def _corner_jacobians(self) -> np.ndarray:
+        """dT/dtheta at the level grid's corners, shape (corners, |theta|, d)."""
+        transform = self.GetTransform()
+        if not isinstance(transform, LinearTransform):
+            raise InputError(
+                "scales from the transform's Jacobian are estimated for a linear transform "
+                "only (ITK's estimate of a B-spline's samples the central region, where most "
+                "coefficients have none); use scales from physical shift"
+            )
+        d = transform.dimension
+        corners = self._require_level().points.geometry.corners()
+        coefficients = transform.jacobian_in_affine_basis(np.zeros(d))  # (p, d, d + 1)
+        phi = np.concatenate([corners, np.ones((len(corners), 1))], axis=1)
+        return np.einsum("pkj,cj->cpk", coefficients, phi)
 
     def _require_level(self) -> _LevelData:
         if self._level is None:

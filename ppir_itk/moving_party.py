@@ -32,7 +32,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ppir_itk.backends import check_backend_name, make_backend
+from ppir_itk.backends import check_backend_name, fixed_mask_refusal, make_backend
 from ppir_itk.backends.base import (
     HistogramBackend,
     HistogramTerm,
@@ -156,10 +156,8 @@ class MovingPartySession:
         )
         self.fixed_geometry = geometry_from_pb(welcome.fixed_geometry)
         if welcome.fixed_masked and self.metric.name not in self.backend.fixed_mask_metrics:
-            raise InputError(
-                f"the fixed party restricts the metric to its mask, which backend "
-                f"'{self.backend.name}' does not compute for metric '{self.metric.name}'"
-            )
+            refusal = fixed_mask_refusal(self.backend.name, self.backend.protocol, self.metric.name)
+            raise InputError(f"the fixed party restricts the metric to its mask, and {refusal}")
         self.backend.fixed_masked = welcome.fixed_masked
         return self.fixed_geometry
 

@@ -14,8 +14,10 @@ ITK's v4 framework.
 Stop conditions (:class:`StopCondition`): the maximum number of iterations,
 a step (accepted or not) that moves no fixed-grid corner by more than
 ``MinimumStepLength`` (physical units), a relative value change below ``RelativeValueTolerance``,
-``MaximumBadSteps`` rejected steps in a row, or an observer calling
-:meth:`StopOptimization`.
+``MaximumBadSteps`` rejected steps in a row (no lower value nearby: converged), or an
+observer calling :meth:`StopOptimization`. ``GetStopConditionDescription()`` says which,
+with its numbers (``STOP_SENTENCES``): "converged: relative change in value 3.1e-07
+below 1e-06 after 12 iterations", "maximum number of iterations (100) reached".
 
 ``RegularStepGradientDescentOptimizer`` is ITK's ``RegularStepGradientDescentOptimizerv4``
 with ``SetOptimizerScalesFromPhysicalShift()``, for metrics that are not least squares
@@ -49,19 +51,43 @@ SPARSE_ITERATIONS = 1000
 # shift of this change of it alone (then squared and divided by its square).
 SMALL_PARAMETER_VARIATION = 0.01
 LEARNING_RATE_ESTIMATIONS = ("never", "once", "each_iteration")
+# The scales estimators (ITK's RegistrationParameterScalesFrom...): the largest corner shift
+# of a small change of each parameter, or the transform Jacobian's squared norm at the corners.
+PHYSICAL_SHIFT, JACOBIAN = "physical_shift", "jacobian"
+SCALES_ESTIMATORS = (PHYSICAL_SHIFT, JACOBIAN)
 
 
 class StopCondition(enum.Enum):
+    """Why an optimizer stopped (the API); :meth:`_Optimizer.GetStopConditionDescription`
+    says it with its numbers."""
+
     MAXIMUM_NUMBER_OF_ITERATIONS = "maximum number of iterations reached"
-    STEP_TOO_SMALL = "step smaller than the minimum step length"
+    STEP_TOO_SMALL = "step below the minimum step length"
     CONVERGENCE = "relative change of the value below the tolerance"
-    TOO_MANY_BAD_STEPS = "too many rejected steps in a row"
+    TOO_MANY_BAD_STEPS = "no lower value in the most damped steps in a row"
     GRADIENT_MAGNITUDE_TOLERANCE = "scaled gradient magnitude below the tolerance"
     USER_STOP = "stopped by an observer"
 
 
+# What happened, as a sentence with its numbers (``value``: the quantity that stopped the
+# run, ``limit``: the setting it met), ITK style; each optimizer may say its own.
+STOP_SENTENCES = {
+    StopCondition.MAXIMUM_NUMBER_OF_ITERATIONS: "maximum number of iterations ({limit}) reached",
+    StopCondition.STEP_TOO_SMALL: (
+        "converged: step length {value:.3g} below the minimum {limit:.3g}"
+    ),
+    StopCondition.CONVERGENCE: "converged: relative change in value {value:.3g} below {limit:.3g}",
+    StopCondition.GRADIENT_MAGNITUDE_TOLERANCE: (
+        "converged: scaled gradient magnitude {value:.3g} below {limit:.3g}"
+    ),
+    StopCondition.USER_STOP: "stopped by an observer",
+}
+
+
 class _Optimizer(Observable):
     """What every optimizer shows the registration method and its observers."""
+
+    _stop_sentences = STOP_SENTENCES
 
     def __init__(self, NumberOfIterations: int) -> None:  # noqa: N803
         super().__init__()
@@ -74,7 +100,8 @@ class _Optimizer(Observable):
         self._iteration = 0
         self._value = float("nan")
         self._stop: StopCondition | None = None
-        self._stop_detail = ""
+        self._stop_value: float | None = None
+        self._stop_limit: float | None = None
         self._stop_requested = False
         self.values: list[float] = []
 
@@ -97,12 +124,29 @@ class _Optimizer(Observable):
         return self._stop
 
     def GetStopConditionDescription(self) -> str:  # noqa: N802
+        """What happened, with its numbers: "converged: ... after 12 iterations"."""
         if self._stop is None:
             return "not started"
-        return (
-            f"{type(self).__name__}: {self._stop.value} after {self._iteration} iterations"
-            f"{self._stop_detail}"
+        sentence = self._stop_sentences[self._stop].format(
+            value=self._stop_value, limit=self._stop_limit
         )
+        if self._stop is StopCondition.MAXIMUM_NUMBER_OF_ITERATIONS:
+            return sentence
+        return f"{sentence} after {self._iteration} iterations"
+
+    def _stop_with(
+        self, condition: StopCondition, value: float | None = None, limit: float | None = None
+    ) -> None:
+        """Stop for ``condition``: ``value`` met the setting ``limit``."""
+        self._stop, self._stop_value, self._stop_limit = condition, value, limit
+
+    def _stop_at_the_most_iterations(self) -> bool:
+        """Stop if every iteration of the level has run."""
+        if self._iteration >= self.NumberOfIterations:
+            self._stop_with(
+                StopCondition.MAXIMUM_NUMBER_OF_ITERATIONS, limit=self.NumberOfIterations
+            )
+        return self._stop is not None
 
     def StopOptimization(self) -> None:  # noqa: N802
         self._stop_requested = True
@@ -125,8 +169,7 @@ class _Optimizer(Observable):
         if self._metric is None:
             raise RuntimeError("the optimizer has no metric: call SetMetric first")
         self._iteration = 0
-        self._stop = None
-        self._stop_detail = ""
+        self._stop = self._stop_value = self._stop_limit = None
         self._stop_requested = False
         self.values = []
         return self._metric
@@ -148,6 +191,17 @@ class GaussNewtonOptimizer(_Optimizer):
     InitialDamping : float
         Initial Levenberg-Marquardt lambda (relative to diag(H)).
     """
+
+    _stop_sentences = {
+        **STOP_SENTENCES,
+        StopCondition.STEP_TOO_SMALL: (
+            "converged: step moved the fixed grid at most {value:.3g} mm, "
+            "below the minimum {limit:.3g}"
+        ),
+        StopCondition.TOO_MANY_BAD_STEPS: (
+            "converged: no lower value in {limit} damped steps in a row"
+        ),
+    }
 
     def __init__(
         self,
@@ -172,8 +226,7 @@ class GaussNewtonOptimizer(_Optimizer):
         self._value = current.value
         bad_steps = 0
         while self._stop is None:
-            if self._iteration >= self.NumberOfIterations:
-                self._stop = StopCondition.MAXIMUM_NUMBER_OF_ITERATIONS
+            if self._stop_at_the_most_iterations():
                 break
             delta = self._solve(current.hessian, current.gradient)
             position = metric.GetParameters()
@@ -195,13 +248,13 @@ class GaussNewtonOptimizer(_Optimizer):
             self.values.append(self._value)
             self.InvokeEvent(Event.ITERATION)
             if self._stop_requested:
-                self._stop = StopCondition.USER_STOP
+                self._stop_with(StopCondition.USER_STOP)
             elif accepted and change < self.RelativeValueTolerance:
-                self._stop = StopCondition.CONVERGENCE
+                self._stop_with(StopCondition.CONVERGENCE, change, self.RelativeValueTolerance)
             elif shift < self.MinimumStepLength:
-                self._stop = StopCondition.STEP_TOO_SMALL
+                self._stop_with(StopCondition.STEP_TOO_SMALL, shift, self.MinimumStepLength)
             elif bad_steps >= self.MaximumBadSteps:
-                self._stop = StopCondition.TOO_MANY_BAD_STEPS
+                self._stop_with(StopCondition.TOO_MANY_BAD_STEPS, limit=self.MaximumBadSteps)
         self.InvokeEvent(Event.END)
 
     def _solve(self, hessian: Any, gradient: np.ndarray) -> np.ndarray:
@@ -236,7 +289,137 @@ class GaussNewtonOptimizer(_Optimizer):
         return step
 
 
-class RegularStepGradientDescentOptimizer(_Optimizer):
+class _GradientOptimizer(_Optimizer):
+    """What the gradient descents share, as ITK's optimizers with a scales estimator: the
+    learning rate, the scales (given, or estimated from physical shifts at each
+    :meth:`StartOptimization`, each level) and the learning rate's estimate from
+    ``MaximumStepSizeInPhysicalUnits`` (see :class:`RegularStepGradientDescentOptimizer`)."""
+
+    def __init__(
+        self,
+        NumberOfIterations: int,  # noqa: N803
+        LearningRate: float,  # noqa: N803
+        Scales: Sequence[float] | None,  # noqa: N803
+        EstimateLearningRate: str,  # noqa: N803
+        MaximumStepSizeInPhysicalUnits: float,  # noqa: N803
+    ) -> None:
+        super().__init__(NumberOfIterations)
+        if not (math.isfinite(LearningRate) and LearningRate > 0):
+            raise InputError(
+                f"the optimizer's LearningRate {LearningRate} must be a positive number"
+            )
+        self.Scales: np.ndarray | None = None
+        if Scales is not None:
+            self.Scales = np.asarray(Scales, dtype=np.float64)
+            if self.Scales.ndim != 1 or not np.all(np.isfinite(self.Scales) & (self.Scales > 0)):
+                raise InputError("the optimizer's Scales must be a list of positive numbers")
+        if EstimateLearningRate not in LEARNING_RATE_ESTIMATIONS:
+            raise InputError(
+                f"the optimizer's EstimateLearningRate '{EstimateLearningRate}' is not one of "
+                f"{', '.join(LEARNING_RATE_ESTIMATIONS)}"
+            )
+        if EstimateLearningRate != "never" and not (
+            math.isfinite(MaximumStepSizeInPhysicalUnits) and MaximumStepSizeInPhysicalUnits > 0
+        ):
+            raise InputError(
+                f"the optimizer's EstimateLearningRate '{EstimateLearningRate}' needs a "
+                f"MaximumStepSizeInPhysicalUnits > 0, got {MaximumStepSizeInPhysicalUnits}"
+            )
+        self.EstimateLearningRate = EstimateLearningRate
+        self.MaximumStepSizeInPhysicalUnits = float(MaximumStepSizeInPhysicalUnits)
+        self.LearningRate = float(LearningRate)
+        # How scales not given are estimated (ITK's scales estimator objects, by name).
+        self.ScalesEstimator = PHYSICAL_SHIFT
+        # The physical-shift estimator's probe of each parameter (ITK's
+        # SmallParameterVariation).
+        self.SmallParameterVariation = SMALL_PARAMETER_VARIATION
+        self._scales = np.ones(0)
+        self._learning_rate = self.LearningRate
+
+    def GetScales(self) -> np.ndarray:  # noqa: N802
+        """The scales of the last :meth:`StartOptimization`."""
+        return self._scales.copy()
+
+    def SetScales(self, scales: Sequence[float]) -> None:  # noqa: N802
+        """Fixed scales (a sequence or ``itk.OptimizerParameters``) instead of the estimate."""
+        self._set_checked("Scales", list(scales))
+
+    def SetLearningRate(self, rate: float) -> None:  # noqa: N802
+        self._set_checked("LearningRate", rate)
+        self._learning_rate = self.LearningRate
+
+    def GetLearningRate(self) -> float:  # noqa: N802
+        """The learning rate of the last step: ``LearningRate``, estimated, or the line
+        search's."""
+        return self._learning_rate
+
+    def _begin(self) -> Any:
+        """Reset the run's state, with this level's scales; the metric."""
+        metric = super()._begin()
+        self._scales = self._estimate_scales(metric)
+        self._learning_rate = self.LearningRate
+        return metric
+
+    def _estimates_learning_rate_now(self) -> bool:
+        return self.EstimateLearningRate == "each_iteration" or (
+            self.EstimateLearningRate == "once" and self._iteration == 0
+        )
+
+    def _estimated_learning_rate(self, metric: Any, scaled: np.ndarray, magnitude: float) -> float:
+        epsilon = np.finfo(np.float64).eps
+        if self.ScalesEstimator == JACOBIAN:  # ITK's: |dT/dtheta step| at the corners, mean
+            step_scale = metric.mean_jacobian_step(-scaled)
+        elif isinstance(metric.GetTransform(), BSplineTransform):
+            step_scale = float(metric.maximum_physical_shift(-scaled))
+        else:
+            # The shift of a small step, scaled back: a linear estimate for a transform
+            # that is not linear in its parameters (angles).
+            factor = self.SmallParameterVariation / float(np.abs(scaled).max())
+            step_scale = float(metric.maximum_physical_shift(-factor * scaled)) / factor
+        if step_scale <= epsilon:
+            return magnitude  # ITK's learning rate of 1, before the normalisation
+        return self.MaximumStepSizeInPhysicalUnits / step_scale * magnitude
+
+    def _estimate_scales(self, metric: Any) -> np.ndarray:
+        count = metric.GetNumberOfParameters()
+        if self.Scales is not None:
+            if len(self.Scales) != count:
+                raise InputError(
+                    f"the optimizer's Scales has {len(self.Scales)} values but the transform "
+                    f"has {count} parameters"
+                )
+            return self.Scales.copy()
+        if self.ScalesEstimator not in SCALES_ESTIMATORS:
+            raise InputError(
+                f"the optimizer's ScalesEstimator '{self.ScalesEstimator}' is not one of "
+                f"{', '.join(SCALES_ESTIMATORS)}"
+            )
+        epsilon = np.finfo(np.float64).eps
+        if self.ScalesEstimator == JACOBIAN:
+            norms = metric.squared_jacobian_norms()
+            # ITK keeps a zero (a parameter that moves no corner) and then divides by it.
+            return np.where(norms > epsilon, norms, 1.0)
+
+        def shift(parameter: int) -> float:
+            delta = np.zeros(count)
+            delta[parameter] = self.SmallParameterVariation
+            return float(metric.maximum_physical_shift(delta))
+
+        if isinstance(metric.GetTransform(), BSplineTransform):
+            # Each coefficient moves its own control point by the same amount: one probe
+            # instead of one per coefficient (thousands, each over every coefficient).
+            local = shift(0)
+            return np.full(count, local if local > epsilon else 1.0)
+        shifts = np.array([shift(parameter) for parameter in range(count)])
+        moving = shifts > epsilon
+        if not moving.any():
+            logger.warning("no parameter moves a corner of the fixed grid: scales of 1 are used")
+            return np.ones(count)
+        shifts = np.where(moving, shifts, shifts[moving].min())
+        return np.square(shifts / self.SmallParameterVariation)
+
+
+class RegularStepGradientDescentOptimizer(_GradientOptimizer):
     """ITK's ``RegularStepGradientDescentOptimizerv4``, with scales from physical shift.
 
     Each iteration evaluates the metric once and steps along the negative scaled
@@ -315,11 +498,13 @@ class RegularStepGradientDescentOptimizer(_Optimizer):
         EstimateLearningRate: str = "never",  # noqa: N803
         MaximumStepSizeInPhysicalUnits: float = 0.0,  # noqa: N803
     ) -> None:
-        super().__init__(NumberOfIterations)
-        if not (math.isfinite(LearningRate) and LearningRate > 0):
-            raise InputError(
-                f"the optimizer's LearningRate {LearningRate} must be a positive number"
-            )
+        super().__init__(
+            NumberOfIterations,
+            LearningRate,
+            Scales,
+            EstimateLearningRate,
+            MaximumStepSizeInPhysicalUnits,
+        )
         if not (math.isfinite(MinimumStepLength) and MinimumStepLength >= 0):
             raise InputError(
                 f"the optimizer's MinimumStepLength {MinimumStepLength} must be a number >= 0"
@@ -333,43 +518,13 @@ class RegularStepGradientDescentOptimizer(_Optimizer):
                 f"the optimizer's GradientMagnitudeTolerance {GradientMagnitudeTolerance} "
                 "must be a number >= 0"
             )
-        self.Scales: np.ndarray | None = None
-        if Scales is not None:
-            self.Scales = np.asarray(Scales, dtype=np.float64)
-            if self.Scales.ndim != 1 or not np.all(np.isfinite(self.Scales) & (self.Scales > 0)):
-                raise InputError("the optimizer's Scales must be a list of positive numbers")
-        if EstimateLearningRate not in LEARNING_RATE_ESTIMATIONS:
-            raise InputError(
-                f"the optimizer's EstimateLearningRate '{EstimateLearningRate}' is not one of "
-                f"{', '.join(LEARNING_RATE_ESTIMATIONS)}"
-            )
-        if EstimateLearningRate != "never" and not (
-            math.isfinite(MaximumStepSizeInPhysicalUnits) and MaximumStepSizeInPhysicalUnits > 0
-        ):
-            raise InputError(
-                f"the optimizer's EstimateLearningRate '{EstimateLearningRate}' needs a "
-                f"MaximumStepSizeInPhysicalUnits > 0, got {MaximumStepSizeInPhysicalUnits}"
-            )
-        self.EstimateLearningRate = EstimateLearningRate
-        self.MaximumStepSizeInPhysicalUnits = float(MaximumStepSizeInPhysicalUnits)
-        self.LearningRate = float(LearningRate)
         self.MinimumStepLength = float(MinimumStepLength)
         self.RelaxationFactor = float(RelaxationFactor)
         self.GradientMagnitudeTolerance = float(GradientMagnitudeTolerance)
         self.ReturnBestParametersAndValue = bool(ReturnBestParametersAndValue)
-        self._scales = np.ones(0)
         self._relaxation = 1.0
-        self._learning_rate = self.LearningRate
-
-    def GetScales(self) -> np.ndarray:  # noqa: N802
-        """The scales of the last :meth:`StartOptimization`."""
-        return self._scales.copy()
 
     # -- ITK's setters of RegularStepGradientDescentOptimizerv4
-    def SetLearningRate(self, rate: float) -> None:  # noqa: N802
-        self._set_checked("LearningRate", rate)
-        self._learning_rate = self.LearningRate
-
     def SetMinimumStepLength(self, length: float) -> None:  # noqa: N802
         self._set_checked("MinimumStepLength", length)
 
@@ -397,31 +552,20 @@ class RegularStepGradientDescentOptimizer(_Optimizer):
     def ReturnBestParametersAndValueOff(self) -> None:  # noqa: N802
         self.ReturnBestParametersAndValue = False
 
-    def SetScales(self, scales: Sequence[float]) -> None:  # noqa: N802
-        """Fixed scales (a sequence or ``itk.OptimizerParameters``) instead of the estimate."""
-        self._set_checked("Scales", list(scales))
-
     def GetCurrentLearningRateRelaxation(self) -> float:  # noqa: N802
         return self._relaxation
-
-    def GetLearningRate(self) -> float:  # noqa: N802
-        """The learning rate in use: ``LearningRate``, or the last estimated one."""
-        return self._learning_rate
 
     def GetCurrentStepLength(self) -> float:  # noqa: N802
         return self._relaxation * self._learning_rate
 
     def StartOptimization(self) -> None:  # noqa: N802
         metric = self._begin()
-        self._scales = self._estimate_scales(metric)
         self._relaxation = 1.0
-        self._learning_rate = self.LearningRate
         best_value, best_position = math.inf, metric.GetParameters()
         previous = np.zeros_like(self._scales)  # the last scaled gradient; none yet
         self.InvokeEvent(Event.START)
         while self._stop is None:
-            if self._iteration >= self.NumberOfIterations:
-                self._stop = StopCondition.MAXIMUM_NUMBER_OF_ITERATIONS
+            if self._stop_at_the_most_iterations():
                 break
             evaluation = metric.evaluate()
             self._value = evaluation.value
@@ -432,19 +576,19 @@ class RegularStepGradientDescentOptimizer(_Optimizer):
             magnitude = math.sqrt(float(np.square(scaled).sum()))
             # A zero gradient has no direction, whatever the tolerance (ITK would divide by 0).
             if magnitude < self.GradientMagnitudeTolerance or magnitude == 0.0:
-                self._stop = StopCondition.GRADIENT_MAGNITUDE_TOLERANCE
-                self._stop_detail = f" ({magnitude:.6g} < {self.GradientMagnitudeTolerance:.6g})"
+                self._stop_with(
+                    StopCondition.GRADIENT_MAGNITUDE_TOLERANCE,
+                    magnitude,
+                    self.GradientMagnitudeTolerance,
+                )
                 break
             if float((scaled * previous / self._scales).sum()) < 0:
                 self._relaxation *= self.RelaxationFactor
             step_length = self.GetCurrentStepLength()
             if step_length < self.MinimumStepLength:
-                self._stop = StopCondition.STEP_TOO_SMALL
-                self._stop_detail = f" ({step_length:.6g} < {self.MinimumStepLength:.6g})"
+                self._stop_with(StopCondition.STEP_TOO_SMALL, step_length, self.MinimumStepLength)
                 break
-            if self.EstimateLearningRate == "each_iteration" or (
-                self.EstimateLearningRate == "once" and self._iteration == 0
-            ):
+            if self._estimates_learning_rate_now():
                 self._learning_rate = self._estimated_learning_rate(metric, scaled, magnitude)
                 step_length = self.GetCurrentStepLength()
             metric.UpdateTransformParameters(-(step_length / magnitude) * scaled)
@@ -453,53 +597,11 @@ class RegularStepGradientDescentOptimizer(_Optimizer):
             self.values.append(self._value)
             self.InvokeEvent(Event.ITERATION)
             if self._stop_requested:
-                self._stop = StopCondition.USER_STOP
+                self._stop_with(StopCondition.USER_STOP)
         if self.ReturnBestParametersAndValue and math.isfinite(best_value):
             metric.SetParameters(best_position)
             self._value = best_value
         self.InvokeEvent(Event.END)
-
-    def _estimated_learning_rate(self, metric: Any, scaled: np.ndarray, magnitude: float) -> float:
-        epsilon = np.finfo(np.float64).eps
-        if isinstance(metric.GetTransform(), BSplineTransform):
-            step_scale = float(metric.maximum_physical_shift(-scaled))
-        else:
-            # The shift of a small step, scaled back: a linear estimate for a transform
-            # that is not linear in its parameters (angles).
-            factor = SMALL_PARAMETER_VARIATION / float(np.abs(scaled).max())
-            step_scale = float(metric.maximum_physical_shift(-factor * scaled)) / factor
-        if step_scale <= epsilon:
-            return magnitude  # ITK's learning rate of 1, before the normalisation
-        return self.MaximumStepSizeInPhysicalUnits / step_scale * magnitude
-
-    def _estimate_scales(self, metric: Any) -> np.ndarray:
-        count = metric.GetNumberOfParameters()
-        if self.Scales is not None:
-            if len(self.Scales) != count:
-                raise InputError(
-                    f"the optimizer's Scales has {len(self.Scales)} values but the transform "
-                    f"has {count} parameters"
-                )
-            return self.Scales.copy()
-        epsilon = np.finfo(np.float64).eps
-
-        def shift(parameter: int) -> float:
-            delta = np.zeros(count)
-            delta[parameter] = SMALL_PARAMETER_VARIATION
-            return float(metric.maximum_physical_shift(delta))
-
-        if isinstance(metric.GetTransform(), BSplineTransform):
-            # Each coefficient moves its own control point by the same amount: one probe
-            # instead of one per coefficient (thousands, each over every coefficient).
-            local = shift(0)
-            return np.full(count, local if local > epsilon else 1.0)
-        shifts = np.array([shift(parameter) for parameter in range(count)])
-        moving = shifts > epsilon
-        if not moving.any():
-            logger.warning("no parameter moves a corner of the fixed grid: scales of 1 are used")
-            return np.ones(count)
-        shifts = np.where(moving, shifts, shifts[moving].min())
-        return np.square(shifts / SMALL_PARAMETER_VARIATION)
 
 
 def window_convergence_value(window: Sequence[float], total_energy: float) -> float:
@@ -527,7 +629,7 @@ BSPLINE_EPSILON = 1e-4
 GOLDEN_SECTION = 2.0 - (1.0 + math.sqrt(5.0)) / 2.0
 
 
-class GradientDescentOptimizer(_Optimizer):
+class GradientDescentOptimizer(_GradientOptimizer):
     """ITK's ``GradientDescentOptimizerv4``, and with ``LineSearch`` its
     ``GradientDescentLineSearchOptimizerv4``.
 
@@ -540,14 +642,21 @@ class GradientDescentOptimizer(_Optimizer):
     the level's smallest spacing, is not the optimizer's to see) sets the learning rate
     so that the step moves no fixed-grid corner more than
     ``MaximumStepSizeInPhysicalUnits``, and the scales are the physical-shift estimate
-    unless given, both as :class:`RegularStepGradientDescentOptimizer` estimates them (one
-    estimator, the regular step's). With ``LineSearch``, the learning rate of each step is
+    unless given, both by the estimators the regular step uses (one each, in
+    :class:`_GradientOptimizer`). With ``LineSearch``, the learning rate of each step is
     then ITK's golden-section search between ``LowerLimit`` and ``UpperLimit`` times it,
     to a relative ``Epsilon`` or ``MaximumLineSearchIterations`` (each trial one more metric
     evaluation, counted by the fixed party as any). Stop conditions: ``NumberOfIterations``,
     the convergence monitor, or an observer calling :meth:`StopOptimization`.
     :meth:`GetValue` is the value where the last step started, as ITK's.
     """
+
+    _stop_sentences = {
+        **STOP_SENTENCES,
+        StopCondition.CONVERGENCE: (
+            "converged: windowed convergence value {value:.3g} at most {limit:.3g}"
+        ),
+    }
 
     def __init__(
         self,
@@ -564,11 +673,13 @@ class GradientDescentOptimizer(_Optimizer):
         Epsilon: float = 0.01,  # noqa: N803
         MaximumLineSearchIterations: int = 20,  # noqa: N803
     ) -> None:
-        super().__init__(NumberOfIterations)
-        if not (math.isfinite(LearningRate) and LearningRate > 0):
-            raise InputError(
-                f"the optimizer's LearningRate {LearningRate} must be a positive number"
-            )
+        super().__init__(
+            NumberOfIterations,
+            LearningRate,
+            Scales,
+            EstimateLearningRate,
+            MaximumStepSizeInPhysicalUnits,
+        )
         if ConvergenceWindowSize < 2:
             raise InputError(
                 f"the optimizer's ConvergenceWindowSize {ConvergenceWindowSize} must be at least 2"
@@ -578,49 +689,21 @@ class GradientDescentOptimizer(_Optimizer):
                 f"the line search's limits {LowerLimit} and {UpperLimit} must satisfy "
                 "0 <= lower < upper"
             )
-        # The regular step's estimator, with its checks of the same arguments.
-        self._estimator = RegularStepGradientDescentOptimizer(
-            Scales=Scales,
-            EstimateLearningRate=EstimateLearningRate,
-            MaximumStepSizeInPhysicalUnits=MaximumStepSizeInPhysicalUnits,
-        )
-        self.LearningRate = float(LearningRate)
         self.MinimumConvergenceValue = float(MinimumConvergenceValue)
         self.ConvergenceWindowSize = int(ConvergenceWindowSize)
-        self.EstimateLearningRate = EstimateLearningRate
-        self.MaximumStepSizeInPhysicalUnits = float(MaximumStepSizeInPhysicalUnits)
         self.LineSearch = bool(LineSearch)
         self.LowerLimit = float(LowerLimit)
         self.UpperLimit = float(UpperLimit)
         self.Epsilon = float(Epsilon)
         self.MaximumLineSearchIterations = int(MaximumLineSearchIterations)
-        self._scales = np.ones(0)
-        self._learning_rate = self.LearningRate
         self._convergence_value = math.inf
 
-    def GetScales(self) -> np.ndarray:  # noqa: N802
-        """The scales of the last :meth:`StartOptimization`."""
-        return self._scales.copy()
-
-    def GetLearningRate(self) -> float:  # noqa: N802
-        """The learning rate of the last step (estimated, or the line search's)."""
-        return self._learning_rate
-
     # -- ITK's setters of GradientDescentOptimizerv4
-    def SetLearningRate(self, rate: float) -> None:  # noqa: N802
-        self._set_checked("LearningRate", rate)
-        self._learning_rate = self.LearningRate
-
     def SetMinimumConvergenceValue(self, value: float) -> None:  # noqa: N802
         self._set_checked("MinimumConvergenceValue", value)
 
     def SetConvergenceWindowSize(self, size: int) -> None:  # noqa: N802
         self._set_checked("ConvergenceWindowSize", size)
-
-    def SetScales(self, scales: Sequence[float]) -> None:  # noqa: N802
-        """Fixed scales (a sequence or ``itk.OptimizerParameters``) instead of the estimate."""
-        # The regular step's estimator holds them, with its check.
-        self._estimator.SetScales(scales)
 
     def GetConvergenceValue(self) -> float:  # noqa: N802
         """The convergence monitor's last value (infinite until the window is full)."""
@@ -628,17 +711,12 @@ class GradientDescentOptimizer(_Optimizer):
 
     def StartOptimization(self) -> None:  # noqa: N802
         metric = self._begin()
-        # Read at each start: the registration method sets the largest step per level.
-        self._estimator.MaximumStepSizeInPhysicalUnits = self.MaximumStepSizeInPhysicalUnits
-        self._scales = self._estimator._estimate_scales(metric)
-        self._learning_rate = self.LearningRate
         self._convergence_value = math.inf
         window: list[float] = []
         total_energy = 0.0
         self.InvokeEvent(Event.START)
         while self._stop is None:
-            if self._iteration >= self.NumberOfIterations:
-                self._stop = StopCondition.MAXIMUM_NUMBER_OF_ITERATIONS
+            if self._stop_at_the_most_iterations():
                 break
             evaluation = metric.evaluate()
             self._value = evaluation.value
@@ -647,19 +725,17 @@ class GradientDescentOptimizer(_Optimizer):
             if len(window) == self.ConvergenceWindowSize:
                 self._convergence_value = window_convergence_value(window, total_energy)
                 if self._convergence_value <= self.MinimumConvergenceValue:
-                    self._stop = StopCondition.CONVERGENCE
-                    self._stop_detail = (
-                        f" (windowed convergence value {self._convergence_value:.6g} <= "
-                        f"{self.MinimumConvergenceValue:.6g})"
+                    self._stop_with(
+                        StopCondition.CONVERGENCE,
+                        self._convergence_value,
+                        self.MinimumConvergenceValue,
                     )
                     break
             scaled = evaluation.gradient / self._scales
-            if self.EstimateLearningRate == "each_iteration" or (
-                self.EstimateLearningRate == "once" and self._iteration == 0
-            ):
-                # The regular step's estimate with a unit gradient norm: ITK's
-                # maximum step over the step's shift (1 when it moves nothing).
-                self._learning_rate = self._estimator._estimated_learning_rate(metric, scaled, 1.0)
+            if self._estimates_learning_rate_now():
+                # The estimate with a unit gradient norm: ITK's maximum step over the
+                # step's shift (1 when it moves nothing).
+                self._learning_rate = self._estimated_learning_rate(metric, scaled, 1.0)
             if self.LineSearch:
                 self._learning_rate = self._golden_section(
                     metric,
@@ -673,7 +749,7 @@ class GradientDescentOptimizer(_Optimizer):
             self.values.append(self._value)
             self.InvokeEvent(Event.ITERATION)
             if self._stop_requested:
-                self._stop = StopCondition.USER_STOP
+                self._stop_with(StopCondition.USER_STOP)
         self.InvokeEvent(Event.END)
 
     def _golden_section(

@@ -6,7 +6,8 @@ arguments and what :func:`~ppir_itk.registration.register`,
 value is refused when the options are made, in one sentence naming it
 (:class:`~ppir_itk.errors.InputError`), before any party starts. The checks
 are also functions, so that :class:`~ppir_itk.registration.ImageRegistrationMethod`,
-which keeps ITK's own defaults, refuses the same values with the same sentences.
+whose defaults are these fields' (as the command line's are), refuses the same values
+with the same sentences.
 
 Examples
 --------

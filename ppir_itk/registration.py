@@ -83,12 +83,14 @@ from ppir_itk.optimizer import (
     RegularStepGradientDescentOptimizer,
 )
 from ppir_itk.options import (
+    MINIMUM_STEP_LENGTHS,
     RegistrationOptions,
     check_bspline_grid,
     check_grid_spacing,
     check_initializer,
     check_iterations,
     check_threads,
+    initializer_for,
 )
 from ppir_itk.policy import FixedPolicy
 from ppir_itk.protocol import ppir_pb2 as pb
@@ -245,21 +247,24 @@ class ImageRegistrationMethod(Observable):
     metric : PrivateImageToImageMetric (any of the private metrics), optional
         The metric, with its backend set (or ``SetMetric`` before the run).
     optimizer : an optimizer of :mod:`ppir_itk.optimizer`, optional
-        Defaults to the metric's (:func:`ppir_itk.metric_kinds.default_optimizer`):
-        ``GaussNewtonOptimizer()``, which fits mean squares only, or
-        ``RegularStepGradientDescentOptimizer()``.
+        Defaults to the metric's (:func:`ppir_itk.metric_kinds.default_optimizer`) with
+        :class:`~ppir_itk.options.RegistrationOptions`' settings, as :func:`register`
+        builds it: a ``GaussNewtonOptimizer``, which fits mean squares only, or a
+        ``RegularStepGradientDescentOptimizer``.
     initial_transform : str, LinearTransform, itk or SimpleITK transform
         The transform to optimise (its type is the output type), or a kind of
         :data:`ppir_itk.transform_kinds.TRANSFORMS` (``bspline`` needs ``grid_spacing``).
     shrink_factors, smoothing_sigmas : sequence
-        One value per level, coarsest first; sigmas in physical units.
+        One value per level, coarsest first; sigmas in physical units. Every default here
+        is :class:`~ppir_itk.options.RegistrationOptions`' (three levels).
     sampling : NoSampling, URS or GMS
         Which fixed-grid points each level uses.
-    initializer : {"none", "geometry", "moments"}
+    initializer : {"none", "geometry", "moments"}, optional
         Centre the transform on the fixed image and align the image centres
         (``geometry``) or centres of mass (``moments``: the fixed party
-        discloses its centre of mass, and the report says so). The default runs
-        none: the initial transform is the start as it is.
+        discloses its centre of mass, and the report says so). None (the default):
+        ``geometry`` over a transform built from a kind name, none over a transform
+        handed in, which is the start as it is (:func:`~ppir_itk.options.initializer_for`).
     threads : int, optional
         Kernel threads; results are bit-identical for any value.
     iterations : int or sequence of int, optional
@@ -272,12 +277,12 @@ class ImageRegistrationMethod(Observable):
         self,
         metric: PrivateImageToImageMetric | None = None,
         optimizer: Optimizer | None = None,
-        initial_transform: Any = "affine",
+        initial_transform: Any = RegistrationOptions.transform,
         *,
-        shrink_factors: Sequence[int] = (1,),
-        smoothing_sigmas: Sequence[float] = (0.0,),
+        shrink_factors: Sequence[int] = RegistrationOptions.shrink_factors,
+        smoothing_sigmas: Sequence[float] = RegistrationOptions.smoothing_sigmas,
         sampling: Any = None,
-        initializer: str = "none",
+        initializer: str | None = RegistrationOptions.initializer,
         threads: int | None = None,
         grid_spacing: float | Sequence[float] | None = None,
         refine_grid: bool = False,
@@ -291,13 +296,14 @@ class ImageRegistrationMethod(Observable):
             None if iterations is None else check_iterations(iterations, len(self.schedule.levels))
         )
         self.sampling = sampling if sampling is not None else NoSampling()
-        self.initializer = check_initializer(initializer)
+        self.initializer = None if initializer is None else check_initializer(initializer)
         self.threads = check_threads(threads)
         self._set_initial_transform(initial_transform)
         check_bspline_grid(initial_transform, grid_spacing)
         self.grid_spacing = check_grid_spacing(grid_spacing)
         self.refine_grid = refine_grid
         self.bulk = bulk_transform
+        self._moving_initial: Any = None
         self._level = -1
         self._stop_requested = False
         self._result: RegistrationResult | None = None
@@ -433,10 +439,13 @@ class ImageRegistrationMethod(Observable):
         )
 
     def SetMovingInitialTransform(self, transform: Any) -> None:  # noqa: N802
-        raise NotImplementedError(
-            "SetMovingInitialTransform: a fixed transform composed with the optimised one "
-            "is built for a B-spline only (the constructor's bulk_transform)"
-        )
+        """A fixed linear transform after the optimised one: the moving image is read at
+        ``initial(T(x))`` (ITK's composite order); not optimised, not in the result (ITK's
+        output leaves it out too)."""
+        self._moving_initial = transform
+
+    def GetMovingInitialTransform(self) -> Any:  # noqa: N802
+        return self._moving_initial
 
     def SetVirtualDomainFromImage(self, image: Any) -> None:  # noqa: N802
         raise NotImplementedError(
@@ -559,7 +568,9 @@ class ImageRegistrationMethod(Observable):
             )
         try:
             fixed_geometry = moving_party.start(
-                self.schedule, self.sampling, wants_center_of_mass=self.initializer == "moments"
+                self.schedule,
+                self.sampling,
+                wants_center_of_mass=self.initializer_to_run() == "moments",
             )
             if self._itk.fixed_geometry is not None and not _same_geometry(
                 self._itk.fixed_geometry, fixed_geometry
@@ -608,6 +619,7 @@ class ImageRegistrationMethod(Observable):
             )
             if isinstance(transform, LinearTransform):  # a B-spline starts at zero, after its bulk
                 self._initialize(transform, moving, fixed_geometry)
+            metric.SetMovingInitialTransform(self._linear_moving_initial(moving.dimension))
             metric.SetTransform(transform)
             self.optimizer.SetMetric(metric)
             self._run_levels(result)
@@ -638,6 +650,17 @@ class ImageRegistrationMethod(Observable):
         result.measurements = measurement_report(closed)
         self.InvokeEvent(Event.END)
         return result
+
+    def _linear_moving_initial(self, dimension: int) -> LinearTransform | None:
+        if self._moving_initial is None:
+            return None
+        initial = _as_transform(self._moving_initial, dimension)
+        if not isinstance(initial, LinearTransform) or initial.dimension != dimension:
+            raise InputError(
+                f"SetMovingInitialTransform: the moving initial transform must be a "
+                f"{dimension}-D linear transform; {initial!r} is not"
+            )
+        return initial
 
     def _run_levels(self, result: RegistrationResult) -> None:
         metric = self.metric
@@ -680,13 +703,18 @@ class ImageRegistrationMethod(Observable):
             if self._stop_requested:
                 break
 
+    def initializer_to_run(self) -> str:
+        """The initializer the run applies (:func:`~ppir_itk.options.initializer_for`)."""
+        return initializer_for(self.initializer, self._initial_transform)
+
     def _initialize(
         self, transform: LinearTransform, moving: ImageGrid, fixed_geometry: GridGeometry
     ) -> None:
-        if self.initializer == "none":
+        initializer = self.initializer_to_run()
+        if initializer == "none":
             return
         moving_party = self.metric.moving_party
-        if self.initializer == "geometry":
+        if initializer == "geometry":
             fixed_center = fixed_geometry.center()
             moving_center = moving.geometry.center()
         else:
@@ -758,9 +786,42 @@ class _TransformOutput:
 
 
 def _default_optimizer(metric: PrivateImageToImageMetric) -> Optimizer:
-    if default_optimizer(metric.settings.name) == GAUSS_NEWTON:
-        return GaussNewtonOptimizer()
-    return RegularStepGradientDescentOptimizer()
+    """The metric's optimizer with RegistrationOptions' settings, as :func:`register`'s."""
+    name = default_optimizer(metric.settings.name)
+    return _make_optimizer(
+        name,
+        iterations=RegistrationOptions.iterations,
+        learning_rate=RegistrationOptions.learning_rate,
+        minimum_step_length=MINIMUM_STEP_LENGTHS[name],
+        gradient_magnitude_tolerance=RegistrationOptions.gradient_magnitude_tolerance,
+        relative_value_tolerance=RegistrationOptions.relative_value_tolerance,
+    )
+
+
+def _make_optimizer(
+    name: str,
+    *,
+    iterations: int | Sequence[int],
+    learning_rate: float,
+    minimum_step_length: float,
+    gradient_magnitude_tolerance: float,
+    relative_value_tolerance: float,
+) -> GaussNewtonOptimizer | RegularStepGradientDescentOptimizer:
+    """The optimizer ``name`` (:mod:`ppir_itk.metric_kinds`) with the options' settings; its
+    ``NumberOfIterations`` the first level's (the method sets each level's)."""
+    first_level = iterations if isinstance(iterations, int) else iterations[0]
+    if name == REGULAR_STEP:
+        return RegularStepGradientDescentOptimizer(
+            LearningRate=learning_rate,
+            MinimumStepLength=minimum_step_length,
+            NumberOfIterations=first_level,
+            GradientMagnitudeTolerance=gradient_magnitude_tolerance,
+        )
+    return GaussNewtonOptimizer(
+        NumberOfIterations=first_level,
+        MinimumStepLength=minimum_step_length,
+        RelativeValueTolerance=relative_value_tolerance,
+    )
 
 
 def _is_itk(transform: Any) -> bool:
@@ -870,20 +931,16 @@ def _register_with(
         )
     metric.SetMovingImage(moving)
     metric.SetMovingImageMask(options.moving_mask)
-    optimizer: GaussNewtonOptimizer | RegularStepGradientDescentOptimizer
     minimum_step = options.minimum_step_length
     assert minimum_step is not None, "RegistrationOptions sets the optimizer's own"
-    if options.optimizer == REGULAR_STEP:
-        optimizer = RegularStepGradientDescentOptimizer(
-            LearningRate=options.learning_rate,
-            MinimumStepLength=minimum_step,
-            GradientMagnitudeTolerance=options.gradient_magnitude_tolerance,
-        )
-    else:
-        optimizer = GaussNewtonOptimizer(
-            MinimumStepLength=minimum_step,
-            RelativeValueTolerance=options.relative_value_tolerance,
-        )
+    optimizer = _make_optimizer(
+        str(options.optimizer),
+        iterations=options.iterations,
+        learning_rate=options.learning_rate,
+        minimum_step_length=minimum_step,
+        gradient_magnitude_tolerance=options.gradient_magnitude_tolerance,
+        relative_value_tolerance=options.relative_value_tolerance,
+    )
     method = ImageRegistrationMethod(
         metric,
         optimizer,

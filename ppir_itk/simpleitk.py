@@ -33,10 +33,12 @@ A SimpleITK script changes one line (and its import)::
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -54,6 +56,8 @@ from ppir_itk.mattes import PrivateMattesMutualInformationImageToImageMetric
 from ppir_itk.metric import PrivateImageToImageMetric, PrivateMeanSquaresImageToImageMetric
 from ppir_itk.metric_kinds import CORRELATION, MATTES, MEAN_SQUARES
 from ppir_itk.optimizer import (
+    JACOBIAN,
+    PHYSICAL_SHIFT,
     SMALL_PARAMETER_VARIATION,
     GaussNewtonOptimizer,
     GradientDescentOptimizer,
@@ -65,8 +69,10 @@ from ppir_itk.parzen import check_histogram_bins
 from ppir_itk.protocol.channel import DEFAULT_DEADLINE
 from ppir_itk.protocol.session import Session
 from ppir_itk.protocol.tls import TLS
+from ppir_itk.pyramid import Level, LevelSchedule
 from ppir_itk.registration import ImageRegistrationMethod as CoreMethod
 from ppir_itk.sampling import URS, NoSampling, Regular, Sampling
+from ppir_itk.transforms import LinearTransform
 from ppir_itk.wrapping import transforms as transform_io
 from ppir_itk.wrapping.images import as_image_grid
 
@@ -158,6 +164,8 @@ class ImageRegistrationMethod:
         # spacing (the factor, set as each level opens).
         self._index_shift = False
         self._index_factor = 1.0
+        self._scales_estimator = PHYSICAL_SHIFT
+        self._small_parameter_variation = SMALL_PARAMETER_VARIATION
         self._sampling_strategy = self.NONE
         self._sampling_percentages: tuple[float, ...] = (1.0,)
         self._sampling_seed = 0
@@ -165,6 +173,7 @@ class ImageRegistrationMethod:
         self._smoothing_sigmas: tuple[float, ...] = (0.0,)
         self._sigmas_in_physical_units = True
         self._initial: Any = None
+        self._moving_initial: Any = None
         self._in_place = True
         self._commands: list[tuple[Event, Callable[[], Any]]] = []
         self._core: CoreMethod | None = None
@@ -330,14 +339,15 @@ class ImageRegistrationMethod:
         """ITK's estimator, at each level: a linear transform's shifts at the fixed grid's
         corners (as ITK, which samples the corners of a global transform, so the radius
         does not enter), a B-spline's of one coefficient."""
-        if smallParameterVariation != SMALL_PARAMETER_VARIATION:
-            _not_built(
-                "SetOptimizerScalesFromPhysicalShift",
-                f"the estimator probes a change of {SMALL_PARAMETER_VARIATION} only, not "
-                f"{smallParameterVariation}",
+        if not (math.isfinite(smallParameterVariation) and smallParameterVariation > 0):
+            raise InputError(
+                "SetOptimizerScalesFromPhysicalShift: smallParameterVariation must be a "
+                f"positive number, got {smallParameterVariation}"
             )
+        self._small_parameter_variation = float(smallParameterVariation)
         self._scales = None
         self._index_shift = False
+        self._scales_estimator = PHYSICAL_SHIFT
 
     def SetOptimizerScalesFromIndexShift(  # noqa: N802
         self,
@@ -351,11 +361,12 @@ class ImageRegistrationMethod:
         self._index_shift = True
 
     def SetOptimizerScalesFromJacobian(self, centralRegionRadius: int = 5) -> None:  # noqa: N802, N803
-        _not_built(
-            "SetOptimizerScalesFromJacobian",
-            "the scales are estimated from physical shifts only; use "
-            "SetOptimizerScalesFromPhysicalShift",
-        )
+        """ITK's estimator, at each level: each parameter's squared Jacobian norm averaged
+        over the fixed grid's corners (ITK samples the corners of a linear transform, so the
+        radius does not enter); linear transforms only."""
+        self._scales = None
+        self._index_shift = False
+        self._scales_estimator = JACOBIAN
 
     # -- sampling and levels ----------------------------------------------------------
     def SetMetricSamplingStrategy(self, strategy: int) -> None:  # noqa: N802
@@ -434,10 +445,12 @@ class ImageRegistrationMethod:
         return self._in_place
 
     def SetMovingInitialTransform(self, transform: Any) -> None:  # noqa: N802
-        _not_built(
-            "SetMovingInitialTransform",
-            "the optimised transform is not composed with a moving initial transform yet",
-        )
+        """A fixed transform the optimised one is composed with (SimpleITK's semantics: the
+        moving image is read at ``initial(T(x))``; ``Execute`` returns T alone)."""
+        self._moving_initial = transform
+
+    def GetMovingInitialTransform(self) -> Any:  # noqa: N802
+        return self._moving_initial
 
     def SetFixedInitialTransform(self, transform: Any) -> None:  # noqa: N802
         _not_built(
@@ -544,7 +557,61 @@ class ImageRegistrationMethod:
         return self._require_core("GetResult").GetResult()
 
     def MetricEvaluate(self, fixed: Any, moving: Any) -> float:  # noqa: N802
-        _not_built("MetricEvaluate", "one metric value needs a whole session with the fixed party")
+        """The metric's value at the initial transform (after the moving initial one), as
+        SimpleITK's: at full resolution, every point, no smoothing (the sampling, sigmas and
+        shrink factors are not used). One evaluation of a session with the fixed party, which
+        counts it as any other."""
+        moving_grid = as_image_grid(moving, name="moving image")
+        initial = self._checked_initial_transform()
+        check_backend_metric(self._backend, self._backend_parameters, self._metric)
+        self._check_masks(fixed, moving_grid)
+        remote = isinstance(fixed, RemoteFixedImage)
+        fixed_grid = None if remote else as_image_grid(fixed, name="fixed image")
+        with self._fixed_session(fixed, fixed_grid) as session:
+            metric = self._make_metric(session)
+            metric.SetMovingImage(moving_grid)
+            metric.SetTransform(transform_io.from_sitk(initial))
+            if self._moving_initial is not None:
+                metric.SetMovingInitialTransform(_linear(self._moving_initial))
+            moving_party = metric.moving_party
+            try:
+                moving_party.start(LevelSchedule.from_lists([1], [0.0]), NoSampling())
+                metric.initialize_level(0, Level(1, 0.0), NoSampling())
+                value = metric.GetValue()
+                moving_party.close()
+            except BaseException as error:
+                moving_party.abort(f"the moving party stopped: {type(error).__name__}")
+                raise
+        return value
+
+    def _check_masks(self, fixed: Any, moving: ImageGrid) -> None:
+        """The masks against the images, and the fixed mask against where the fixed party is
+        (a remote one serves with its own)."""
+        if self._moving_mask is not None:
+            as_mask(self._moving_mask, name="moving mask", dimension=moving.dimension)
+        if self._fixed_mask is not None:
+            if isinstance(fixed, RemoteFixedImage):
+                raise InputError(
+                    "SetMetricFixedMask: the fixed mask belongs to the remote fixed party: "
+                    "give it to 'ppir serve --fixed-mask' on the fixed party's machine"
+                )
+            check_backend_fixed_mask(self._backend, self._backend_parameters, self._metric)
+
+    @contextlib.contextmanager
+    def _fixed_session(self, fixed: Any, fixed_grid: ImageGrid | None) -> Iterator[Session]:
+        """A session with the fixed party: the remote one ``fixed`` names, or one in a
+        process of its own holding ``fixed_grid`` (local mode)."""
+        if isinstance(fixed, RemoteFixedImage):
+            yield connect(fixed.address, fixed.tls, deadline=self._deadline, dealer=fixed.dealer)
+            return
+        assert fixed_grid is not None, "a local fixed party gets the fixed image"
+        fixed_mask = self._fixed_mask
+        if fixed_mask is not None:  # its dimension: the fixed image's
+            fixed_mask = as_mask(fixed_mask, name="fixed mask", dimension=fixed_grid.dimension)
+        with spawn_fixed_party(
+            fixed_grid, backends=(self._backend,), deadline=self._deadline, fixed_mask=fixed_mask
+        ) as fixed_party:
+            yield fixed_party.connect(self._deadline)
 
     def __getattr__(self, name: str) -> Any:
         # Any other SimpleITK method: a sentence, not an AttributeError a script cannot read.
@@ -563,13 +630,7 @@ class ImageRegistrationMethod:
         initial = self._checked_initial_transform()
         self._index_factor = 1.0
         check_backend_metric(self._backend, self._backend_parameters, self._metric)
-        if self._fixed_mask is not None:
-            if isinstance(fixed, RemoteFixedImage):
-                raise InputError(
-                    "SetMetricFixedMask: the fixed mask belongs to the remote fixed party: "
-                    "give it to 'ppir serve --fixed-mask' on the fixed party's machine"
-                )
-            check_backend_fixed_mask(self._backend, self._backend_parameters, self._metric)
+        self._check_masks(fixed, moving_grid)
         if self._index_shift and (
             self._optimizer is None
             or self._optimizer.kind is not RegularStepGradientDescentOptimizer
@@ -578,26 +639,13 @@ class ImageRegistrationMethod:
                 "SetOptimizerScalesFromIndexShift",
                 "index shifts are converted for the regular step optimizer only",
             )
-        if isinstance(fixed, RemoteFixedImage):
-            sigmas = self._physical_sigmas(None, moving_grid)
-            session = connect(
-                fixed.address, fixed.tls, deadline=self._deadline, dealer=fixed.dealer
-            )
+        remote = isinstance(fixed, RemoteFixedImage)
+        fixed_grid = None if remote else as_image_grid(fixed, name="fixed image")
+        sigmas = self._physical_sigmas(fixed_grid, moving_grid)
+        with self._fixed_session(fixed, fixed_grid) as session:
             core = self._run(session, moving_grid, initial, sigmas)
+        if isinstance(fixed, RemoteFixedImage):
             fixed.geometry = core.GetResult().fixed_geometry
-        else:
-            fixed_grid = as_image_grid(fixed, name="fixed image")  # the core checks dimensions
-            sigmas = self._physical_sigmas(fixed_grid, moving_grid)
-            fixed_mask = self._fixed_mask
-            if fixed_mask is not None:
-                fixed_mask = as_mask(fixed_mask, name="fixed mask", dimension=fixed_grid.dimension)
-            with spawn_fixed_party(
-                fixed_grid,
-                backends=(self._backend,),
-                deadline=self._deadline,
-                fixed_mask=fixed_mask,
-            ) as fixed_party:
-                core = self._run(fixed_party.connect(self._deadline), moving_grid, initial, sigmas)
         result = transform_io.to_sitk(core.GetResult().transform)
         if not self._in_place:
             return sitk.CompositeTransform(result)
@@ -610,10 +658,6 @@ class ImageRegistrationMethod:
     ) -> CoreMethod:
         metric = self._make_metric(session)
         metric.SetMovingImage(moving)
-        if self._moving_mask is not None:
-            metric.SetMovingImageMask(
-                as_mask(self._moving_mask, name="moving mask", dimension=moving.dimension)
-            )
         optimizer = self._make_optimizer(initial)
         core = CoreMethod(
             metric,
@@ -625,6 +669,7 @@ class ImageRegistrationMethod:
             initializer="none",
             threads=self._threads,
         )
+        core.SetMovingInitialTransform(self._moving_initial)
         if isinstance(optimizer, RegularStepGradientDescentOptimizer) and self._index_shift:
             tolerance = optimizer.GradientMagnitudeTolerance
             core.AddObserver(
@@ -670,19 +715,25 @@ class ImageRegistrationMethod:
 
     def _make_metric(self, session: Session) -> PrivateImageToImageMetric:
         backend, parameters = self._backend, self._backend_parameters
+        metric: PrivateImageToImageMetric
         if self._metric == MATTES:
-            return PrivateMattesMutualInformationImageToImageMetric(
+            metric = PrivateMattesMutualInformationImageToImageMetric(
                 backend,
                 session,
                 backend_parameters=parameters,
                 number_of_histogram_bins=self._histogram_bins,
                 use_moving_image_gradient_filter=self._moving_gradient_filter,
             )
-        if self._metric == CORRELATION:
-            return PrivateCorrelationImageToImageMetric(
+        elif self._metric == CORRELATION:
+            metric = PrivateCorrelationImageToImageMetric(
                 backend, session, backend_parameters=parameters
             )
-        return PrivateMeanSquaresImageToImageMetric(backend, session, backend_parameters=parameters)
+        else:
+            metric = PrivateMeanSquaresImageToImageMetric(
+                backend, session, backend_parameters=parameters
+            )
+        metric.SetMovingImageMask(self._moving_mask)
+        return metric
 
     def _make_optimizer(self, initial: Any) -> Optimizer:
         if self._optimizer is None:
@@ -706,7 +757,10 @@ class ImageRegistrationMethod:
         if self._default_maximum_step() and arguments["EstimateLearningRate"] != "never":
             # ITK's default: the first level's smallest spacing, set as that level opens.
             arguments["MaximumStepSizeInPhysicalUnits"] = 1.0
-        return self._optimizer.kind(**arguments)
+        optimizer = self._optimizer.kind(**arguments)
+        optimizer.ScalesEstimator = self._scales_estimator
+        optimizer.SmallParameterVariation = self._small_parameter_variation
+        return optimizer
 
     def _default_maximum_step(self) -> bool:
         assert self._optimizer is not None, "Execute checks that an optimizer is set"
@@ -787,6 +841,14 @@ _NO_SUCH_OPTIMIZER = (
     "SetOptimizerAsGradientDescent, SetOptimizerAsGradientDescentLineSearch, "
     "SetOptimizerAsGaussNewton)"
 )
+
+
+def _linear(transform: Any) -> LinearTransform:
+    """A SimpleITK moving initial transform, which must be linear."""
+    converted = transform_io.from_sitk(transform)
+    if not isinstance(converted, LinearTransform):
+        _not_built("SetMovingInitialTransform", "the moving initial transform must be linear")
+    return converted
 
 
 def _not_built(call: str, why: str) -> NoReturn:

@@ -30,7 +30,7 @@ class                           parameters (ITK order); fixed parameters
 
 For every centred transform ``W(x) = M (x - c) + c + t``, i.e.
 ``offset = t + c - M c``. The versor transforms take ITK's steps: their rotation is
-composed with the step's (:meth:`VersorRigid3DTransform.update`). This module does not
+composed with the step's (:meth:`_VersorTransform.update`). This module does not
 import ``itk`` or ``SimpleITK``.
 
 Examples
@@ -422,10 +422,9 @@ class LinearTransform(abc.ABC):
     def update(self, delta: ArrayLike) -> None:
         """Add a step to the parameters in place: ``theta <- theta + delta``.
 
-        The update is additive in ITK's parameters, including the versor vector
-        part of :class:`Similarity3DTransform` (ITK's own update composes its
-        rotations, as :class:`VersorRigid3DTransform` does here). The step is
-        validated like ``parameters``; on failure the transform is unchanged.
+        The update is additive in ITK's parameters; the versor transforms compose
+        their rotation with the step's instead, as ITK does (:class:`_VersorTransform`).
+        The step is validated like ``parameters``; on failure the transform is unchanged.
 
         Parameters
         ----------
@@ -434,9 +433,7 @@ class LinearTransform(abc.ABC):
         Raises
         ------
         InputError
-            If ``delta`` has the wrong length or the result is not finite, or if
-            the new versor vector of a :class:`Similarity3DTransform` would have
-            norm >= 1.
+            If ``delta`` has the wrong length or the result is not finite.
         """
         step = _as_finite_vector(delta, self.number_of_parameters, "parameter update")
         self.parameters = self._parameters + step
@@ -636,7 +633,26 @@ class _VersorTransform(LinearTransform):
 
     The versor vector must have norm below ``1 - 1e-10``, where ITK would silently
     rescale it.
+
+    :meth:`update` takes ITK's step (``VersorRigid3DTransform::UpdateTransformParameters``,
+    which ``Similarity3DTransform`` inherits), not a sum: the rotation by ``|delta[:3]|``
+    radians about the axis ``delta[:3]`` is applied before the current rotation, and every
+    later parameter (translation, scale, ...) is added.
     """
+
+    def update(self, delta: ArrayLike) -> None:
+        """Take ITK's step ``delta`` in place: the versor composed with the rotation of
+        ``delta[:3]``, the other parameters added; on failure the transform is unchanged.
+
+        Raises
+        ------
+        InputError
+            If ``delta`` has the wrong length or the result is not finite.
+        """
+        step = _as_finite_vector(delta, self.number_of_parameters, "parameter update")
+        parameters = self._parameters + step
+        parameters[:3] = _versor_step(self._parameters[:3], step[:3])
+        self.parameters = parameters
 
     def _validate_parameters(self, parameters: np.ndarray) -> None:
         norm = float(np.linalg.norm(parameters[:3]))
@@ -683,10 +699,8 @@ class VersorRigid3DTransform(_VersorTransform):
     """3-D rigid transform; parameters ``(vx, vy, vz, tx, ty, tz)``, ``M = R(v)`` about
     the centre (ITK ``VersorRigid3DTransform``).
 
-    :meth:`update` takes ITK's step (``UpdateTransformParameters``), not a sum: the
-    rotation by ``|delta[:3]|`` radians about the axis ``delta[:3]`` is applied before
-    the current rotation, and the translation (and, for a subclass, every later
-    parameter) is added. The Jacobian is ITK's, with respect to ``v`` itself.
+    :meth:`update` takes ITK's composed step (:class:`_VersorTransform`). The Jacobian is
+    ITK's, with respect to ``v`` itself.
     """
 
     kind = "rigid"
@@ -707,20 +721,6 @@ class VersorRigid3DTransform(_VersorTransform):
 
     def _translation_slice(self) -> slice:
         return slice(3, 6)
-
-    def update(self, delta: ArrayLike) -> None:
-        """Take ITK's step ``delta`` in place: the versor composed with the rotation of
-        ``delta[:3]``, the other parameters added; on failure the transform is unchanged.
-
-        Raises
-        ------
-        InputError
-            If ``delta`` has the wrong length or the result is not finite.
-        """
-        step = _as_finite_vector(delta, self.number_of_parameters, "parameter update")
-        parameters = self._parameters + step
-        parameters[:3] = _versor_step(self._parameters[:3], step[:3])
-        self.parameters = parameters
 
 
 class ScaleSkewVersor3DTransform(VersorRigid3DTransform):

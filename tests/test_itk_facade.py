@@ -151,7 +151,6 @@ def test_optimizer_setters_are_checked_as_the_constructor_checks():
     "call, arguments",
     [
         ("SetFixedInitialTransform", (None,)),
-        ("SetMovingInitialTransform", (None,)),
         ("SetVirtualDomainFromImage", (None,)),
         ("SetOptimizerWeights", (None,)),
         ("SetMetricSamplingPercentagePerLevel", ([0.1, 0.2],)),

@@ -22,6 +22,9 @@ def _method(fixed, moving, **options):
     )
     metric.SetMovingImage(moving)
     optimizer = ppir_itk.GaussNewtonOptimizer(NumberOfIterations=options.pop("iterations", 50))
+    # One level unless a test asks for more (the method's default has three).
+    options.setdefault("shrink_factors", [1])
+    options.setdefault("smoothing_sigmas", [0.0])
     return ppir_itk.ImageRegistrationMethod(
         metric, optimizer, options.pop("transform", "affine"), **options
     )

@@ -164,3 +164,69 @@ def test_a_kept_jacobian_follows_the_centre_and_the_level():
     np.testing.assert_array_equal(metric._jacobian().coefficients, fresh())
     metric.initialize_level(1, Level(1, 0.0), ppir_itk.NoSampling())
     np.testing.assert_array_equal(metric._jacobian().coefficients, fresh())
+
+
+def test_a_moving_initial_transform_composes_value_and_derivative():
+    """With ITK's moving initial transform R, the metric reads I(R(T(x))): its value and
+    derivative are those of the one affine R o T, the derivative through the chain rule
+    d(R o T)/d theta (linear in theta, so its difference quotients are exact)."""
+    fixed, moving, transform = _scene(2)
+    initial = make_transform("affine", 2)
+    initial.center = fixed.geometry.center()
+    initial.parameters = [0.98, -0.12, 0.1, 1.03, 1.5, -0.8]
+    with_initial = _metric(fixed, moving, transform)
+    with_initial.SetMovingInitialTransform(initial)
+    evaluation = with_initial.evaluate()
+
+    def composed(theta: np.ndarray):
+        inner = transform.copy()
+        inner.parameters = theta
+        matrix, offset = inner.matrix_offset()
+        outer_matrix, outer_offset = initial.matrix_offset()
+        whole = make_transform("affine", 2)  # centre 0: its parameters are matrix and offset
+        whole.parameters = np.concatenate(
+            [(outer_matrix @ matrix).ravel(), outer_matrix @ offset + outer_offset]
+        )
+        return whole
+
+    theta = transform.parameters
+    whole = _metric(fixed, moving, composed(theta)).evaluate()
+    chain = np.stack(
+        [
+            (composed(theta + step).parameters - composed(theta - step).parameters) / 2e-3
+            for step in np.eye(theta.size) * 1e-3
+        ],
+        axis=1,
+    )  # d(whole's parameters) / d theta
+    assert evaluation.number_of_valid_points == whole.number_of_valid_points
+    np.testing.assert_allclose(evaluation.value, whole.value, rtol=1e-10)
+    np.testing.assert_allclose(evaluation.gradient, chain.T @ whole.gradient, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["rigid", "affine", "similarity"])
+def test_the_jacobian_scales_estimator_is_the_corners_squared_jacobian(kind):
+    """ITK's RegistrationParameterScalesFromJacobian on a linear transform: each parameter's
+    sum_k (dT_k / dtheta_p)^2 averaged over the grid's corners, and the step scale the mean
+    corner move of a step; here against difference quotients of the corners' images."""
+    fixed, moving, _ = _scene(2)
+    transform = make_transform(kind, 2)
+    transform.center = fixed.geometry.center() + 1.5
+    transform.parameters = transform.parameters + 0.02
+    metric = _metric(fixed, moving, transform)
+    corners = metric._require_level().points.geometry.corners()
+    size = 1e-6
+
+    def moved(delta):
+        trial = transform.copy()
+        trial.parameters = transform.parameters + delta
+        return trial.transform_points(corners)
+
+    base = transform.transform_points(corners)
+    columns = [
+        (moved(step) - base) / size for step in np.eye(transform.number_of_parameters) * size
+    ]
+    expected = [np.mean(np.sum(np.square(column), axis=1)) for column in columns]
+    np.testing.assert_allclose(metric.squared_jacobian_norms(), expected, rtol=1e-5)
+    step = np.linspace(-0.3, 0.4, transform.number_of_parameters)
+    moves = np.linalg.norm((moved(size * step) - base) / size, axis=1)
+    assert metric.mean_jacobian_step(step) == pytest.approx(float(np.mean(moves)), rel=1e-5)

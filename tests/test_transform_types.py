@@ -34,7 +34,14 @@ from ppir_itk.transforms import (
     TranslationTransform,
     VersorRigid3DTransform,
 )
-from ppir_itk.wrapping.transforms import from_itk, from_sitk, to_itk, to_sitk
+from ppir_itk.wrapping.transforms import (
+    from_itk,
+    from_sitk,
+    read_transform,
+    to_itk,
+    to_sitk,
+    write_transform,
+)
 
 _RNG = np.random.default_rng(17)
 _VERSOR = np.array([0.12, -0.2, 0.27])
@@ -182,6 +189,27 @@ def test_any_other_type_is_refused_in_a_sentence_never_made_an_affine(make, tool
     assert str(error.value) == f"{article} {toolkit} {name} cannot be registered: {supported}"
 
 
+@pytest.mark.parametrize("suffix", [".tfm", ".h5", ".mat"])
+def test_a_centred_rigid_2d_is_written_as_itself_and_read_back_by_itk_simpleitk_and_us(
+    tmp_path, suffix
+):
+    transform = CenteredRigid2DTransform(2, [0.4, 5.0, -6.0, 1.5, 2.5])
+    path = tmp_path / f"centred{suffix}"
+    write_transform(transform, path)
+    (theirs,) = itk.transformread(str(path))
+    assert theirs.GetNameOfClass() == "CenteredRigid2DTransform"
+    np.testing.assert_array_equal(list(theirs.GetParameters()), transform.parameters)
+    points = _points(2)
+    mapped = sitk.ReadTransform(str(path))  # an unnamed composite holding it, as it maps
+    np.testing.assert_allclose(
+        [mapped.TransformPoint(tuple(map(float, p))) for p in points],
+        transform.transform_points(points),
+        rtol=0,
+        atol=1e-12,
+    )
+    _assert_same(read_transform(path), transform)
+
+
 def test_an_unnamed_transform_simpleitk_read_is_refused(tmp_path):
     """SimpleITK reads a type it has no class for as a composite holding itself."""
     path = tmp_path / "centred.tfm"
@@ -205,7 +233,12 @@ def test_registering_another_type_is_refused_before_it_starts(phantom_2d):
 
 # --------------------------------------------------------------------- Jacobians
 
-_NEW_TYPES = (CenteredRigid2DTransform, VersorRigid3DTransform, ScaleSkewVersor3DTransform)
+_NEW_TYPES = (
+    CenteredRigid2DTransform,
+    VersorRigid3DTransform,
+    Similarity3DTransform,
+    ScaleSkewVersor3DTransform,
+)
 _NEW = [t for t in TRANSFORMS if type(t) in _NEW_TYPES]
 _NEW_IDS = [t.itk_name for t in _NEW]
 
@@ -329,7 +362,11 @@ def test_the_method_executes_to_the_type_handed_in(phantom_3d):
     start = itk.VersorRigid3DTransform[itk.D].New()
     start.SetCenter([float(v) for v in phantom_3d.geometry.center()])
     method = ppir_itk.ImageRegistrationMethod(
-        metric, ppir_itk.GaussNewtonOptimizer(NumberOfIterations=2), start, shrink_factors=[2]
+        metric,
+        ppir_itk.GaussNewtonOptimizer(NumberOfIterations=2),
+        start,
+        shrink_factors=[2],
+        smoothing_sigmas=[0.0],
     )
     assert method.Execute().GetNameOfClass() == "VersorRigid3DTransform"
 

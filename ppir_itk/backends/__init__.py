@@ -120,6 +120,27 @@ def _sides(
     return sides
 
 
+def fixed_mask_refusal(name: str, protocol: str | None, metric: str) -> str:
+    """Why backend ``name``'s ``protocol`` (None or the default: the backend's name alone)
+    cannot serve a fixed party with a mask for ``metric``, naming the backends that can."""
+    default = next(iter(BACKENDS[name]))
+    named = f"'{name}'" if protocol in (None, default) else f"'{name}' (protocol {protocol})"
+    serving = []
+    for other, protocols in BACKENDS.items():
+        other_default = next(iter(protocols))
+        for other_protocol in protocols:
+            halves = _halves(other, other_protocol, metric)
+            if halves is None or metric not in halves[0].fixed_mask_metrics:
+                continue
+            label = other
+            if other_protocol != other_default:
+                label += f" (protocol {other_protocol})"
+            serving.append(label if halves[0].private else f"{label}, which is NOT private")
+    serving.sort(key=lambda label: label.endswith("NOT private"))
+    advice = f": register with backend {' or '.join(serving)}" if serving else ""
+    return f"backend {named} does not compute metric '{metric}' within a fixed mask{advice}"
+
+
 def check_backend_metric(name: str, parameters: dict[str, str], metric: str) -> None:
     """Refuse, with one sentence naming the backends that do, a backend (a checked name)
     that does not compute ``metric``."""
@@ -127,25 +148,10 @@ def check_backend_metric(name: str, parameters: dict[str, str], metric: str) -> 
 
 
 def check_backend_fixed_mask(name: str, parameters: dict[str, str], metric: str) -> None:
-    """Refuse, with one sentence naming the backends that do, a backend (a checked name,
-    computing ``metric``) that cannot restrict ``metric`` to the fixed party's mask."""
-
-    def masks(halves: tuple[type[MovingHalf], type[FixedSide]] | None) -> bool:
-        return halves is not None and all(metric in half.fixed_mask_metrics for half in halves)
-
-    if masks(_sides(name, parameters, metric)):
-        return
-    serving = []
-    for other in BACKENDS:
-        halves = _halves(other, check_protocol(other, None), metric)
-        if halves is not None and masks(halves):
-            serving.append(other if halves[0].private else f"{other}, which is NOT private")
-    protocol = parameters.get("protocol")
-    named = f"'{name}'" if protocol is None else f"'{name}' (protocol {protocol})"
-    raise InputError(
-        f"backend {named} does not compute metric '{metric}' with a fixed mask: register it "
-        "with backend " + " or ".join(serving)
-    )
+    """Refuse (:func:`fixed_mask_refusal`'s sentence) a backend (a checked name, computing
+    ``metric``) that cannot restrict ``metric`` to the fixed party's mask."""
+    if not all(metric in half.fixed_mask_metrics for half in _sides(name, parameters, metric)):
+        raise InputError(fixed_mask_refusal(name, parameters.get("protocol"), metric))
 
 
 def make_backend(
@@ -193,6 +199,7 @@ __all__ = [
     "check_backend_metric",
     "check_backend_name",
     "check_protocol",
+    "fixed_mask_refusal",
     "make_backend",
     "make_fixed_side",
     "protocol_tables",

@@ -136,10 +136,17 @@ def wants_fixed_sum(metric: MetricSettings) -> bool:
     return metric.name == CORRELATION
 
 
-def sums_per_evaluation(points: PointSet, metric: MetricSettings) -> int:
+def sums_per_evaluation(
+    points: PointSet, metric: MetricSettings, fixed_masked: bool = False
+) -> int:
     """The sums one joint-term evaluation gives the moving party: the public map's
-    (d outputs + 2) and, for correlation, ``sum_valid J``."""
-    return points.linear_map.sums_per_evaluation + (1 if wants_fixed_sum(metric) else 0)
+    (d outputs + 2) and, for correlation, ``sum_valid J``; with a fixed mask, the
+    :class:`MaskedSums` too (d outputs + 2, and correlation's d outputs + 1)."""
+    sums = points.linear_map.sums_per_evaluation + (1 if wants_fixed_sum(metric) else 0)
+    if fixed_masked:
+        moments = points.linear_map.sums_per_evaluation - 2
+        sums += moments + 2 + (moments + 1 if wants_fixed_sum(metric) else 0)
+    return sums
 
 
 class MovingChannel(Protocol):
@@ -381,6 +388,8 @@ class FixedSide(abc.ABC):
         self.metric = metric
         self.evaluations = 0
         self.received = Received(FIXED_PARTY, [self.table])
+        # Set by the fixed party before the first level when it serves with a mask.
+        self.fixed_masked = False
 
     @abc.abstractmethod
     def on_points(
@@ -397,8 +406,8 @@ class FixedSide(abc.ABC):
 
     def sums_per_evaluation(self, points: PointSet) -> int:
         """The sums one evaluation asks of J (the fixed party checks them before any
-        product): the public map's and, for correlation, ``sum_valid J``."""
-        return sums_per_evaluation(points, self.metric)
+        product): the public map's, for correlation ``sum_valid J``, and the masked sums."""
+        return sums_per_evaluation(points, self.metric, self.fixed_masked)
 
     def measurements_per_evaluation(self, points: PointSet) -> int:
         """The linear measurements of J one evaluation's answer gives the moving party (the

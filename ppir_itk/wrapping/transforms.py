@@ -111,7 +111,8 @@ def _composite_parts(parts: list[Any], convert: Any, bspline_name: str) -> Any:
         raise InputError(
             "a CompositeTransform inside a CompositeTransform cannot be converted (SimpleITK "
             "also holds so, unnamed, a transform it has no class for, e.g. a "
-            "CenteredRigid2DTransform read from a file: read that with itk.transformread)"
+            "CenteredRigid2DTransform read from a file: "
+            "ppir_itk.wrapping.transforms.read_transform or itk.transformread reads that)"
         )
     if len(parts) == 1:
         return convert(parts[0])
@@ -387,7 +388,9 @@ def check_transform_path(path: str | os.PathLike[str], *, composite: bool, name:
 def write_transform(
     transform: LinearTransform | BSplineTransform, path: str | os.PathLike[str]
 ) -> None:
-    """Write a transform with ``SimpleITK.WriteTransform``, atomically.
+    """Write a transform with ``SimpleITK.WriteTransform`` (a ``CenteredRigid2DTransform``
+    with ITK's ``transformwrite``, as ITK's own ``CenteredRigid2DTransform_double_2_2``),
+    atomically.
 
     Through :func:`ppir_itk.wrapping.images.write_atomically`: on failure nothing
     is left behind and an existing ``path`` is untouched.
@@ -414,25 +417,35 @@ def write_transform(
     target = os.fspath(path)
     composite = isinstance(transform, BSplineTransform) and transform.bulk is not None
     check_transform_path(target, composite=composite, name=f"transform file '{target}'")
-    obj = to_sitk(transform)
+    # SimpleITK has no CenteredRigid2DTransform (it would write the Euler2D of the same
+    # map): ITK writes its own, which ITK and SimpleITK both read back.
+    by_itk = isinstance(transform, CenteredRigid2DTransform)
+    obj = to_itk(transform) if by_itk else to_sitk(transform)
 
     def write(temporary: str) -> None:
         try:
-            sitk.WriteTransform(obj, temporary)
+            if by_itk:
+                import itk
+
+                itk.transformwrite([obj], temporary)
+            else:
+                sitk.WriteTransform(obj, temporary)
         except RuntimeError as exc:
-            raise OSError(f"SimpleITK could not write the transform to {target!r}: {exc}") from exc
+            toolkit = "ITK" if by_itk else "SimpleITK"
+            raise OSError(f"{toolkit} could not write the transform to {target!r}: {exc}") from exc
 
     write_atomically(write, target)
 
 
 def read_transform(path: str | os.PathLike[str]) -> LinearTransform | BSplineTransform:
-    """Read a transform file with ``SimpleITK.ReadTransform``.
+    """Read a transform file with ``SimpleITK.ReadTransform`` (with ITK's
+    ``transformread`` for a type SimpleITK has no class for: ``CenteredRigid2DTransform``).
 
     Parameters
     ----------
     path : str or os.PathLike
         Any transform file SimpleITK reads, holding one linear transform (see
-        :func:`from_sitk`).
+        :func:`from_sitk`), or a B-spline with its bulk transform.
 
     Raises
     ------
@@ -452,4 +465,24 @@ def read_transform(path: str | os.PathLike[str]) -> LinearTransform | BSplineTra
         raise InputError(
             f"SimpleITK could not read a transform from {source!r}: {itk_reason(str(exc))}"
         ) from exc
+    if _holds_an_unnamed_transform(obj):
+        # A type SimpleITK has no class for (a CenteredRigid2DTransform): ITK reads it by name.
+        import itk
+
+        transforms = itk.transformread(source)
+        if len(transforms) == 1:
+            return from_itk(transforms[0])
     return from_sitk(obj)
+
+
+def _holds_an_unnamed_transform(obj: Any) -> bool:
+    """Whether SimpleITK read a type it has no class for: a composite holding a composite."""
+    import SimpleITK as sitk
+
+    if obj.GetName() != "CompositeTransform":
+        return False
+    composite = sitk.CompositeTransform(obj)
+    return any(
+        composite.GetNthTransform(index).GetName() == "CompositeTransform"
+        for index in range(composite.GetNumberOfTransforms())
+    )
