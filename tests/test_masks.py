@@ -300,6 +300,35 @@ def test_the_simpleitk_facade_s_masks_register_as_simpleitk_does(distracted_pair
     np.testing.assert_allclose(ours.GetParameters(), [2.5, -2.0], atol=0.5)
 
 
+@pytest.mark.parametrize("metric", METRICS)
+def test_the_facade_s_metric_evaluate_with_masks_and_a_moving_initial_transform_is_simpleitk_s(
+    masked_scene, metric
+):
+    """The moving mask is read where the moving image is: at ``initial(T(x))``."""
+    images = [sitk.Cast(to_sitk(masked_scene[k]), sitk.sitkFloat32) for k in ("fixed", "moving")]
+    initial = sitk.TranslationTransform(2, (1.5, -2.0))
+
+    def script(method):
+        if metric == MEAN_SQUARES:
+            method.SetMetricAsMeanSquares()
+        elif metric == CORRELATION:
+            method.SetMetricAsCorrelation()
+        else:
+            method.SetMetricAsMattesMutualInformation(BINS)
+        method.SetInitialTransform(transform_to_sitk(masked_scene["transform"]))
+        method.SetMovingInitialTransform(initial)
+        method.SetMetricFixedMask(to_sitk(masked_scene["fixed_mask"]))
+        method.SetMetricMovingMask(to_sitk(masked_scene["moving_mask"]))
+        return method
+
+    theirs = script(sitk.ImageRegistrationMethod())
+    theirs.SetInterpolator(sitk.sitkLinear)
+    expected = theirs.MetricEvaluate(*images)
+    ours = script(facade.ImageRegistrationMethod(backend="clear")).MetricEvaluate(*images)
+    np.testing.assert_allclose(ours, expected, rtol=1e-6)
+    assert abs(expected - _simpleitk_value(masked_scene, metric, None, None)) > 1e-3 * abs(expected)
+
+
 def test_a_fixed_mask_for_a_remote_fixed_party_is_refused_in_a_sentence(distracted_pair):
     method = facade.ImageRegistrationMethod(backend="clear")
     method.SetMetricAsMeanSquares()
