@@ -240,6 +240,7 @@ class FixedPartySession:
                 f"this fixed party restricts the metric to its mask, which backend "
                 f"'{hello.backend}' does not compute for metric '{hello.metric}'"
             )
+        self.backend_side.fixed_masked = self.fixed_mask is not None
         self.hello = hello
         return pb.Envelope(
             welcome=pb.Welcome(

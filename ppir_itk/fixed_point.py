@@ -43,13 +43,28 @@ power of two, exactly. ``b_J`` takes half of what the moments leave (less if a
 total binds), ``b_g`` the rest; fewer than :data:`MINIMUM_BITS` for any factor is
 refused. Both parties derive the bits from public figures (``n``, the map).
 
+A fixed mask ``M`` (``M(x)`` in {0, 1}, the fixed party's) replaces ``J`` by ``M J`` and adds
+sums whose fixed-party factor is ``M`` itself (:class:`~ppir_itk.backends.base.MaskedSums`):
+``q(M J) = M q(J)`` keeps every bound above, and a moving-party row ``r`` against ``M`` has
+one factor of at most 1 where ``q(J)`` had ``2^(b_J - 1)``. :func:`masked_budget` gives the
+rows of its own (requantised) products their bits: ``q(g_k I_w)`` through the map with
+``b_p = B - 1 - L(s) - W``, so ``|sum w M q(g_k I_w)| <= 2^(B - 2)`` as the moments;
+``q(I_w^2)`` over the n points with ``b_s = limit - 1 - L(n)`` (``limit`` = B for the
+affine basis, ``squared_bits`` for a local map), so ``|sum M q(I_w^2)| <= 2^(limit - 2)``.
+Correlation's ``sum M q(I_w)`` and the map of ``M q(g_k)`` take the joint term's own
+``q(I_w)`` and ``q(g)``: their bounds are those of ``sum q(I_w) q(J)`` and the moments
+without the factor ``|q(J)|``. ``sum m M`` is at most n.
+
 Noise (``FixedPolicy.joint_term_noise``): the fixed party may add an integer noise
 to each sum before the moving party sees it, of deviation ``beta`` times the most
 one voxel of J can add to that sum (:func:`voxel_bits`). The bounds above leave
 each sum below ``2^(limit - 2)``, half of what its modulus holds; a noise below
 ``2^(limit - 2)`` keeps the noisy sum exact too (:func:`noise_room`). Correlation's
 ``sum m q(J)``, of which one voxel adds at most ``2^(b_J - 1)``, takes the same
-``beta`` with room to spare: ``sum q(J)^2``'s noise bounds its noise.
+``beta`` with room to spare: ``sum q(J)^2``'s noise bounds its noise. The masked sums'
+rooms are at least the moments' (``2^L(s) / 9``): one voxel of ``M`` adds at most
+``2^(B - 2 - L(s))`` to a moment of ``M q(g_k I_w)`` and ``2^(limit - 2 - L(n))`` to
+``sum M q(I_w^2)``, so :func:`noise_room` bounds them too.
 """
 
 from __future__ import annotations
@@ -139,6 +154,33 @@ def budget(modulus: Modulus, points: int, weight_bits: int, support: int | None 
         fits = "are too many" if support is None else "and this control grid leave too few bits"
         raise InputError(
             f"{points} points {fits} for exact sums {modulus.where}: sample them (URS) or use fewer"
+        )
+    return bits
+
+
+@dataclass(frozen=True)
+class MaskedBits:
+    """Bits (sign included) of the moving party's requantised rows against a fixed mask."""
+
+    product_bits: int  # q(g_k I_w), through the public map
+    squared_bits: int  # q(I_w^2), summed over the points
+
+
+def masked_budget(
+    modulus: Modulus, points: int, weight_bits: int, support: int | None = None
+) -> MaskedBits:
+    """The bits of ``q(g_k I_w)`` and ``q(I_w^2)`` whose sums against a fixed mask stay exact
+    (module docstring; arguments as :func:`budget`'s)."""
+    log_n = log2_ceiling(points)
+    limit = modulus.bits if support is None else modulus.squared_bits
+    bits = MaskedBits(
+        modulus.bits - 1 - log2_ceiling(points if support is None else support) - weight_bits,
+        limit - 1 - log_n,
+    )
+    if min(bits.product_bits, bits.squared_bits) < MINIMUM_BITS:
+        raise InputError(
+            f"{points} points are too many for exact masked sums {modulus.where}: "
+            "sample them (URS) or use fewer"
         )
     return bits
 
