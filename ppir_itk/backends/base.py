@@ -271,6 +271,11 @@ class MaskedHistogram:
     - ``moving_negative_entropy``: the moving marginal's ``sum_c p_c log p_c`` (the
       quantity :func:`ppir_itk.parzen.moving_parzen` returns as ``negative_entropy``),
       over those points only.
+
+    The metric's value uses them only as ``(n / count) entropy_difference -
+    moving_negative_entropy``: a backend may fold the marginal's term into
+    ``entropy_difference`` and report ``moving_negative_entropy = 0`` (spdz does, so that it
+    opens one number fewer).
     """
 
     count: int
