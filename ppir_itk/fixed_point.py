@@ -33,12 +33,7 @@ modulus's ``B = bits``:
   ``|sum q(I_w) q(J)| <= 2^(warped_bits - 2)``;
 - correlation's ``sum_x m q(J)``: ``|.| <= 2^(L(n) + b_J - 1)``, below the bound of
   ``sum q(J)^2`` by ``b_J - 1`` bits, so it is exact wherever that sum is.
-- a fixed mask ``M`` (0 or 1, :class:`ppir_itk.backends.base.MaskedSums`) replaces
-  ``q(J)`` by ``M q(J)``, which keeps every bound above; the sums of ``M`` with the
-  moving party's own products (``q(g_k I_w)``, ``q(I_w^2)``) take one factor of
-  ``b_M`` bits (:func:`mask_bits`): ``L(s) + W + b_M = B - 1`` bounds a moment by
-  ``2^(B - 2)``, and ``L(n) + b_M <= squared_bits - 1`` a total; the sums of ``M``
-  with ``q(g_k)``, ``q(I_w)`` and ``m`` are below those of ``q(J)`` with them.
+- a fixed mask ``M``: below.
 
 The moduli: :data:`PLAIN_MODULUS` (``he``: ``t`` is a 60-bit prime, so every
 ``|sum| < 2^58 = 2^SUM_BITS`` is below ``t / 2``, and ``B = 59`` keeps the moments
@@ -49,15 +44,28 @@ power of two, exactly. ``b_J`` takes half of what the moments leave (less if a
 total binds), ``b_g`` the rest; fewer than :data:`MINIMUM_BITS` for any factor is
 refused. Both parties derive the bits from public figures (``n``, the map).
 
+A fixed mask ``M`` (``M(x)`` in {0, 1}, the fixed party's) replaces ``J`` by ``M J`` and adds
+sums whose fixed-party factor is ``M`` itself (:class:`~ppir_itk.backends.base.MaskedSums`):
+``q(M J) = M q(J)`` keeps every bound above, and a moving-party row ``r`` against ``M`` has
+one factor of at most 1 where ``q(J)`` had ``2^(b_J - 1)``. :func:`masked_budget` gives the
+rows of its own (requantised) products their bits: ``q(g_k I_w)`` through the map with
+``b_p = B - 1 - L(s) - W``, so ``|sum w M q(g_k I_w)| <= 2^(B - 2)`` as the moments;
+``q(I_w^2)`` over the n points with ``b_s = squared_bits - 1 - L(n)``, so
+``|sum M q(I_w^2)| <= 2^(squared_bits - 2)``, as the joint term's totals.
+Correlation's ``sum M q(I_w)`` and the map of ``M q(g_k)`` take the joint term's own
+``q(I_w)`` and ``q(g)``: their bounds are those of ``sum q(I_w) q(J)`` and the moments
+without the factor ``|q(J)|``. ``sum m M`` is at most n.
+
 Noise (``FixedPolicy.joint_term_noise``): the fixed party may add an integer noise
 to each sum before the moving party sees it, of deviation ``beta`` times the most
 one voxel of J can add to that sum (:func:`voxel_bits`). The bounds above leave
 each sum below ``2^(limit - 2)``, half of what its modulus holds; a noise below
 ``2^(limit - 2)`` keeps the noisy sum exact too (:func:`noise_room`). Correlation's
 ``sum m q(J)``, of which one voxel adds at most ``2^(b_J - 1)``, takes the same
-``beta`` with room to spare: ``sum q(J)^2``'s noise bounds its noise. So do the masked
-sums: one voxel adds at most ``2^(W + b_M - 1) <= 2^(B - 2 - L(s))`` to a masked moment,
-what it adds to a moment, and less to the others.
+``beta`` with room to spare: ``sum q(J)^2``'s noise bounds its noise. The masked sums'
+rooms are at least the moments' (``2^L(s) / 9``): one voxel of ``M`` adds at most
+``2^(B - 2 - L(s))`` to a moment of ``M q(g_k I_w)`` and ``2^(limit - 2 - L(n))`` to
+``sum M q(I_w^2)``, so :func:`noise_room` bounds them too.
 """
 
 from __future__ import annotations
@@ -151,13 +159,26 @@ def budget(modulus: Modulus, points: int, weight_bits: int, support: int | None 
     return bits
 
 
-def mask_bits(modulus: Modulus, points: int, weight_bits: int, support: int | None = None) -> int:
-    """The bits of a moving factor whose sums with a fixed mask ``M`` (``|M| <= 1``) stay
-    exact: a moment over one output's points and a total over all n (module docstring)."""
+@dataclass(frozen=True)
+class MaskedBits:
+    """Bits (sign included) of the moving party's requantised rows against a fixed mask."""
+
+    product_bits: int  # q(g_k I_w), through the public map
+    squared_bits: int  # q(I_w^2), summed over the points
+
+
+def masked_budget(
+    modulus: Modulus, points: int, weight_bits: int, support: int | None = None
+) -> MaskedBits:
+    """The bits of ``q(g_k I_w)`` and ``q(I_w^2)`` whose sums against a fixed mask ``M``
+    (``|M| <= 1``) stay exact: a moment over one output's points, and a total over all n
+    within the totals' bits (module docstring; arguments as :func:`budget`'s)."""
     log_n = log2_ceiling(points)
-    outputs = log_n if support is None else log2_ceiling(support)
-    bits = min(modulus.bits - 1 - outputs - weight_bits, modulus.squared_bits - 1 - log_n)
-    if bits < MINIMUM_BITS:
+    bits = MaskedBits(
+        modulus.bits - 1 - log2_ceiling(points if support is None else support) - weight_bits,
+        modulus.squared_bits - 1 - log_n,
+    )
+    if min(bits.product_bits, bits.squared_bits) < MINIMUM_BITS:
         raise InputError(
             f"{points} points are too many for exact masked sums {modulus.where}: "
             "sample them (URS) or use fewer"

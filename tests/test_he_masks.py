@@ -14,7 +14,7 @@ from ppir_itk.backends.he_paper import PaperV1FixedSide
 from ppir_itk.bspline import BSplineTransform
 from ppir_itk.errors import InputError
 from ppir_itk.fixed_party import FixedPartyServer, FixedPartySession
-from ppir_itk.fixed_point import PLAIN_MODULUS, SUM_BITS, mask_bits
+from ppir_itk.fixed_point import PLAIN_MODULUS, SUM_BITS, masked_budget
 from ppir_itk.image import ImageGrid
 from ppir_itk.masks import inside
 from ppir_itk.metric_kinds import CORRELATION, MEAN_SQUARES, MetricSettings
@@ -181,7 +181,7 @@ def test_the_masked_sums_are_noised_counted_and_reported(spacing):
     assert party.session.serving.backend_side.sums_per_evaluation(points) == unmasked + masked
     closed = party.close()
     assert closed.measurements == evaluations * (unmasked + masked)
-    (line,) = [line for line in party.backend.learned() if "mask M restricts" in line]
+    (line,) = [line for line in party.backend.learned() if "the sums a fixed mask adds" in line]
     assert str(evaluations * masked) in line
 
 
@@ -275,17 +275,17 @@ def test_the_moving_party_refuses_a_mask_its_protocol_cannot_compute(monkeypatch
 def test_the_masked_sums_are_exact_at_the_budgets_extremes(points, weight_bits, support):
     """Every factor at its largest: a masked moment over one output's points and a total
     over all n stay below 2^(SUM_BITS - 1) (room for the noise below t / 2)."""
-    factor = mask_bits(PLAIN_MODULUS, points, weight_bits, support)
-    largest = 1 << (factor - 1)  # |q| <= 2^(b_M - 1), M <= 1
+    bits = masked_budget(PLAIN_MODULUS, points, weight_bits, support)
     outputs = points if support is None else support
-    assert outputs * ((1 << weight_bits) - 1) * largest < 1 << (SUM_BITS - 1)
-    assert points * largest < 1 << (SUM_BITS - 1)
-    assert factor >= 8
+    # |q| <= 2^(b - 1), M <= 1
+    assert outputs * ((1 << weight_bits) - 1) * (1 << (bits.product_bits - 1)) < 1 << (SUM_BITS - 1)
+    assert points * (1 << (bits.squared_bits - 1)) < 1 << (SUM_BITS - 1)
+    assert min(bits.product_bits, bits.squared_bits) >= 8
 
 
 def test_too_many_points_for_exact_masked_sums_are_refused():
     with pytest.raises(InputError, match="too many for exact masked sums"):
-        mask_bits(PLAIN_MODULUS, 1 << 40, 12)
+        masked_budget(PLAIN_MODULUS, 1 << 40, 12)
 
 
 def test_the_policy_counts_the_masked_sums_before_any_product():

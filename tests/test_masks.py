@@ -232,10 +232,12 @@ def test_a_private_backend_s_masked_metric_is_clear_s(masked_scene, backend, met
     clear = _evaluation(*scene, metric, **masks)
     private = _evaluation(*scene, metric, **masks, backend=backend)
     assert private.number_of_valid_points == clear.number_of_valid_points
-    # Fixed point: J to 13 bits or more (tests/test_correlation.py's tolerances).
+    # Fixed point: J to 13 bits or more (tests/test_correlation.py's tolerances); Mattes on
+    # shares: the secure log's error, 3e-4 of the largest moment (tests/test_spdz_mattes.py).
+    share = 3e-4 if metric == MATTES else 1e-4
     np.testing.assert_allclose(private.value, clear.value, rtol=1e-5)
     np.testing.assert_allclose(
-        private.gradient, clear.gradient, rtol=0, atol=1e-4 * np.abs(clear.gradient).max()
+        private.gradient, clear.gradient, rtol=0, atol=share * np.abs(clear.gradient).max()
     )
 
 

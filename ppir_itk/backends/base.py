@@ -31,14 +31,14 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
 import numpy as np
 
 from ppir_itk.dealer_client import DealerClient
 from ppir_itk.disclosure import Disclosure, ProtocolTable, Received
-from ppir_itk.fixed_point import Modulus, noise_room, voxel_bits
+from ppir_itk.fixed_point import Modulus, masked_budget, noise_room, voxel_bits
 from ppir_itk.linear_map import AffineBasis
 from ppir_itk.metric_kinds import (
     CORRELATION,
@@ -143,10 +143,15 @@ def sums_per_evaluation(
     (d outputs + 2) and, for correlation, ``sum_valid J``; with a fixed mask, the
     :class:`MaskedSums` too (d outputs + 2, and correlation's d outputs + 1)."""
     sums = points.linear_map.sums_per_evaluation + (1 if wants_fixed_sum(metric) else 0)
-    if fixed_masked:
-        moments = points.linear_map.sums_per_evaluation - 2
-        sums += moments + 2 + (moments + 1 if wants_fixed_sum(metric) else 0)
-    return sums
+    return sums + (masked_sums_per_evaluation(points, metric) if fixed_masked else 0)
+
+
+def masked_sums_per_evaluation(points: PointSet, metric: MetricSettings) -> int:
+    """The sums a fixed mask adds to each evaluation (:class:`MaskedSums`): the map's
+    moments of ``g_k I_w M``, the count and ``sum I_w^2 M`` and, for correlation, ``sum I_w M``
+    and the map's moments of ``g_k m M``."""
+    moments = points.linear_map.sums_per_evaluation - 2
+    return moments + 2 + (moments + 1 if wants_fixed_sum(metric) else 0)
 
 
 class MovingChannel(Protocol):
@@ -270,6 +275,11 @@ class MaskedHistogram:
     - ``moving_negative_entropy``: the moving marginal's ``sum_c p_c log p_c`` (the
       quantity :func:`ppir_itk.parzen.moving_parzen` returns as ``negative_entropy``),
       over those points only.
+
+    The metric's value uses them only as ``(n / count) entropy_difference -
+    moving_negative_entropy``: a backend may fold the marginal's term into
+    ``entropy_difference`` and report ``moving_negative_entropy = 0`` (spdz does, so that it
+    opens one number fewer).
     """
 
     count: int
@@ -345,6 +355,20 @@ EXACT_SUMS_DISCLOSURES = (
 )
 
 
+#: What a fixed mask adds to the moving party's sums (a backend's table names it when the
+#: backend computes with a fixed mask: its ``fixed_mask_metrics``).
+MASKED_SUMS_DISCLOSURE = Disclosure(
+    "masked_sums",
+    MOVING_PARTY,
+    "the sums a fixed mask adds",
+    "sums",
+    "evaluation",
+    note="the count of points inside the mask, sum I_w^2 M and the map's moments of g_k I_w M "
+    "(correlation: sum I_w M and the moments of g_k M too): linear measurements of the "
+    "fixed party's mask M (with its noise, if its policy sets one)",
+)
+
+
 class ExactSumsBackend(JointTermBackend):
     """A private backend whose moving party learns the joint term's exact fixed-point sums
     and, per level, the power of two bounding J (the fixed-point exponent)."""
@@ -359,6 +383,10 @@ class ExactSumsBackend(JointTermBackend):
         self.received.add("joint_term", basis.sums_per_evaluation, detail=f"{basis.name} moments")
         if wants_fixed_sum(self.metric):
             self.received.add("fixed_sum", 1)
+        if self.fixed_masked:
+            self.received.add(
+                "masked_sums", masked_sums_per_evaluation(self.level_points, self.metric)
+            )
 
     def _disclose_bound(self, bound: int) -> None:
         self.received.add("fixed_point_bound", 1, detail=f"2^{bound}")
@@ -388,7 +416,8 @@ class FixedSide(abc.ABC):
         self.metric = metric
         self.evaluations = 0
         self.received = Received(FIXED_PARTY, [self.table])
-        # Set by the fixed party before the first level when it serves with a mask.
+        # Set by the fixed party at Hello when it serves with a mask (before any level, so
+        # that the policy's checks count the masked sums); on_points then gets the mask.
         self.fixed_masked = False
 
     @abc.abstractmethod
@@ -435,6 +464,10 @@ class SumNoise:
     warped_dot: int
     squared: int
     fixed_sum: int | None = None  # correlation's sum of J (None: not computed)
+    # With a fixed mask (MaskedSums): the map's moments of g_k I_w M (then, for correlation,
+    # of g_k M), row-major as the moments; the count, sum I_w^2 M (and sum I_w M).
+    masked_moments: list[int] = field(default_factory=list)
+    masked_totals: list[int] = field(default_factory=list)
 
     @property
     def totals(self) -> list[int]:
@@ -481,14 +514,43 @@ class ExactSumsFixedSide(FixedSide):
         totals = [beta * 2.0**warped_bits, beta * 2.0**squared_bits]
         if wants_fixed_sum(self.metric):  # one voxel adds at most |q(J)| <= 2^(b_J - 1)
             totals.append(beta * 2.0 ** (bits.j_bits - 1))
-        self._noise_deviations = [*(beta * moments).tolist(), *totals]
-        self._noise_totals = len(totals)
+        masked_moments, masked_totals = (
+            self._masked_deviations(points) if self.fixed_masked else ([], [])
+        )
+        groups = [
+            (beta * moments).tolist(),
+            totals,
+            [beta * deviation for deviation in masked_moments],
+            [beta * deviation for deviation in masked_totals],
+        ]
+        self._noise_deviations = [deviation for group in groups for deviation in group]
+        self._noise_sizes = [len(group) for group in groups]
+
+    def _masked_deviations(self, points: PointSet) -> tuple[list[float], list[float]]:
+        """One voxel of the mask's most in each masked sum (:class:`MaskedSums`, in the
+        order of :class:`SumNoise`): a moment of ``M q(g_k I_w)`` (of ``M q(g_k)``), the
+        count (1), ``sum M q(I_w^2)`` (``sum M q(I_w)``)."""
+        basis = points.linear_map
+        bits = basis.budget(self.modulus)
+        masked = masked_budget(self.modulus, points.size, basis.weight_bits, basis.support)
+        d = points.geometry.dimension
+        moments = np.tile(basis.column_weight_bounds * 2.0 ** (masked.product_bits - 1), d)
+        totals = [1.0, 2.0 ** (masked.squared_bits - 1)]
+        if wants_fixed_sum(self.metric):
+            gradient = np.tile(basis.column_weight_bounds * 2.0 ** (bits.g_bits - 1), d)
+            moments = np.concatenate([moments, gradient])
+            totals.append(2.0 ** (bits.w_bits - 1))
+        return moments.tolist(), totals
 
     def _noise(self) -> SumNoise | None:
-        """Fresh noise for one evaluation's moments, (d, outputs) row-major, and its totals
-        (two; three for correlation) (None: none)."""
+        """Fresh noise for one evaluation's moments, (d, outputs) row-major, its totals
+        (two; three for correlation) and the masked sums (None: none)."""
         if self._noise_deviations is None:
             return None
         values = gaussian_integers(self._noise_deviations)
-        moments, totals = values[: -self._noise_totals], values[-self._noise_totals :]
-        return SumNoise(moments, *totals)
+        ends = np.cumsum(self._noise_sizes).tolist()
+        moments, totals, masked_moments, masked_totals = (
+            values[start:end] for start, end in zip([0, *ends[:-1]], ends, strict=True)
+        )
+        fixed_sum = totals[2] if len(totals) > 2 else None
+        return SumNoise(moments, totals[0], totals[1], fixed_sum, masked_moments, masked_totals)

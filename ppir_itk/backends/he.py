@@ -53,7 +53,7 @@ A fixed mask ``M`` (the fixed party's, 0 or 1 at each point; ``Welcome.fixed_mas
 says there is one): the fixed party encrypts ``M q(J)`` for ``q(J)`` (so ``M q(J)^2`` for
 ``q(J)^2``) and, as more fixed vectors, ``w_c M`` and ``M``; the moving party pairs them
 with ``q(g_k I_w)`` and ``q(I_w^2)`` (its own products, each with its own exponent of
-:func:`~ppir_itk.fixed_point.mask_bits` bits), its valid mask, and (correlation)
+:func:`~ppir_itk.fixed_point.masked_budget` bits), its valid mask, and (correlation)
 ``q(g_k)`` and ``q(I_w)``: the :class:`~ppir_itk.backends.base.MaskedSums` are
 ``d outputs + 2`` more slot ranges (correlation: ``2 d outputs + 3``) of the same
 accumulator (:func:`sum_pairs`). Still one ciphertext and one round trip per iteration
@@ -96,6 +96,7 @@ import numpy as np
 from ppir_itk.backends.base import (
     EXACT_SUMS_DISCLOSURES,
     LINEAR_SUMS_METRICS,
+    MASKED_SUMS_DISCLOSURE,
     ExactSumsBackend,
     ExactSumsFixedSide,
     JointTerm,
@@ -113,7 +114,7 @@ from ppir_itk.fixed_point import (
     decode,
     encode,
     exponent,
-    mask_bits,
+    masked_budget,
 )
 from ppir_itk.metric_kinds import MEAN_SQUARES_SETTINGS, MetricSettings
 from ppir_itk.points import PointSet
@@ -180,16 +181,7 @@ TABLE = ProtocolTable(
     ),
     disclosures=(
         *EXACT_SUMS_DISCLOSURES,
-        Disclosure(
-            "fixed_mask_sums",
-            MOVING_PARTY,
-            "the sums the fixed party's mask M restricts (with a fixed mask only)",
-            "sums",
-            "evaluation",
-            note="linear measurements of M: the points inside it, sum I_w^2 M, the "
-            "affine-basis moments of g_k I_w M (correlation: sum I_w M and the moments of "
-            "g_k M too), with the fixed party's noise, if its policy sets one",
-        ),
+        MASKED_SUMS_DISCLOSURE,
         Disclosure(
             "masked_slots",
             FIXED_PARTY,
@@ -594,19 +586,18 @@ class HEPackedBackend(ExactSumsBackend):
         term = self._decoded(moments, sums[count:unmasked], e_g, e_w)
         if not self.fixed_masked:
             return term
-        self.received.add("fixed_mask_sums", len(sums) - unmasked)
         return replace(term, masked=self._masked_sums(sums[unmasked:], e_g, e_w, e_ww, e_gw))
 
     def _masked_products(self, fields: MovingFields) -> tuple[int, int, np.ndarray, np.ndarray]:
         """The moving products a fixed mask restricts, each with its own exponent
-        (:func:`~ppir_itk.fixed_point.mask_bits`): ``e_ww``, ``e_gw``, ``q(I_w^2)`` (n,)
+        (:func:`~ppir_itk.fixed_point.masked_budget`): ``e_ww``, ``e_gw``, ``q(I_w^2)`` (n,)
         and ``q(g_k I_w)`` (n, d)."""
         basis = self.level_points.linear_map
-        factor = mask_bits(PLAIN_MODULUS, basis.points.size, basis.weight_bits, basis.support)
+        bits = masked_budget(PLAIN_MODULUS, basis.points.size, basis.weight_bits, basis.support)
         squared = fields.warped**2
         products = fields.gradient * fields.warped[:, None]
-        e_ww = exponent(float(squared.max(initial=0.0)), factor)
-        e_gw = exponent(float(np.abs(products).max(initial=0.0)), factor)
+        e_ww = exponent(float(squared.max(initial=0.0)), bits.squared_bits)
+        e_gw = exponent(float(np.abs(products).max(initial=0.0)), bits.product_bits)
         return e_ww, e_gw, encode(squared, e_ww), encode(products, e_gw)
 
     def _masked_sums(self, sums: list[int], e_g: int, e_w: int, e_ww: int, e_gw: int) -> MaskedSums:
@@ -775,7 +766,6 @@ class HEPackedBackend(ExactSumsBackend):
         flat = [*moments[d : 2 * d].ravel().tolist(), *rest[:2]]
         if correlation:
             flat += [*moments[2 * d :].ravel().tolist(), rest[2]]
-        self.received.add("fixed_mask_sums", len(flat))
         return replace(term, masked=self._masked_sums(flat, e_g, e_w, e_ww, e_gw))
 
 
@@ -885,10 +875,10 @@ class HEPackedFixedSide(ExactSumsFixedSide):
             return None
         basis = points.linear_map
         bits = basis.budget(PLAIN_MODULUS)
-        mask_factor = mask_bits(PLAIN_MODULUS, points.size, basis.weight_bits, basis.support)
+        masked = masked_budget(PLAIN_MODULUS, points.size, basis.weight_bits, basis.support)
         weights = np.tile(basis.column_weight_bounds, points.geometry.dimension)
-        deviations = [*(beta * weights * 2.0 ** (mask_factor - 1)), beta]
-        deviations.append(beta * 2.0 ** (mask_factor - 1))
+        deviations = [*(beta * weights * 2.0 ** (masked.product_bits - 1)), beta]
+        deviations.append(beta * 2.0 ** (masked.squared_bits - 1))
         if wants_fixed_sum(self.metric):
             deviations += [*(beta * weights * 2.0 ** (bits.g_bits - 1))]
             deviations.append(beta * 2.0 ** (bits.w_bits - 1))

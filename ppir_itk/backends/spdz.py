@@ -35,6 +35,18 @@ with ``q(J)^2``; a correlation session adds row d + 2, ``m`` again, paired with
    sends its shares of these values, which the moving party adds to its own:
    only it learns them.
 
+With a fixed mask ``M`` (the fixed party's, ``Welcome.fixed_masked``; base.py's
+``MaskedSums``), ``Y = (q(M J), q(M J)^2, M)`` (3 x n: ``M q(J)``, so the joint
+term's sums are of ``M J``) and X grows by the rows that meet ``M`` (:func:`pairing`):
+``q(g_k I_w)`` (d rows, requantised to their own exponent,
+:func:`~ppir_itk.fixed_point.masked_budget`) through the map (``warped_moments``),
+``m`` (``count``) and ``q(I_w^2)`` (``warped_squared``); for correlation also
+``q(I_w)`` (``warped_sum``) and ``q(g_k)`` through the map (``gradient_moments``).
+The same steps, the same single round trip: the fixed party opens ``3n`` ring
+elements per level, the moving party sends ``(2d + 4) n`` per iteration (correlation
+``(3d + 6) n``) and receives the joint term's sums and the masked ones
+(:func:`~ppir_itk.backends.base.masked_sums_per_evaluation`).
+
 One round trip per iteration: the moving party sends (d + 2) n ring elements
 and receives d (d + 1) + 2 (a B-spline: d M + 2), whatever the transform
 (rigid and affine cost the same). The secure work is d + 2 element-wise
@@ -60,12 +72,14 @@ its own, and nothing received is unpickled.
 the masks and triples itself, so it could open J) exists for single-process
 tests and is refused anywhere else, by both halves.
 
-What each party learns: the moving party, the joint term and the power of
-two bounding J per level; the fixed party, nothing (uniform openings).
+What each party learns: the moving party, the joint term (with a fixed mask, its
+masked sums too) and the power of two bounding J (``M J``) per level; the fixed party,
+nothing (uniform openings).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -74,9 +88,12 @@ import numpy as np
 
 from ppir_itk.backends.base import (
     EXACT_SUMS_DISCLOSURES,
+    LINEAR_SUMS_METRICS,
+    MASKED_SUMS_DISCLOSURE,
     ExactSumsBackend,
     ExactSumsFixedSide,
     JointTerm,
+    MaskedSums,
     MovingChannel,
     MovingFields,
     wants_fixed_sum,
@@ -84,7 +101,7 @@ from ppir_itk.backends.base import (
 from ppir_itk.dealer_client import DealerClient
 from ppir_itk.disclosure import Disclosure, Message, ProtocolTable
 from ppir_itk.errors import InputError
-from ppir_itk.fixed_point import RING, decode, encode, exponent
+from ppir_itk.fixed_point import RING, decode, encode, exponent, masked_budget
 from ppir_itk.linear_map import PublicLinearMap
 from ppir_itk.metric_kinds import MEAN_SQUARES_SETTINGS, MetricSettings
 from ppir_itk.points import PointSet
@@ -112,31 +129,35 @@ TABLE = ProtocolTable(
             "spdz_level_opened",
             FIXED_PARTY,
             "once per level",
-            "F = (q(J), q(J)^2) - b with the dealer's uniform b, and the exponent e_J",
+            "F = (q(J), q(J)^2) - b with the dealer's uniform b (with a fixed mask "
+            "(q(M J), q(M J)^2, M) - b), and the exponent e_J",
             "e_J; F is uniform to the moving party, which never sees b",
         ),
         Message(
             "spdz_iteration",
             MOVING_PARTY,
             "per evaluation",
-            "E = X - a: the moving party's d + 2 fixed-point rows (d + 3 for correlation) "
-            "minus a fresh uniform a",
+            "E = X - a: the moving party's d + 2 fixed-point rows (d + 3 for correlation; "
+            "with a fixed mask 2d + 4, or 3d + 6) minus a fresh uniform a",
             "nothing: E is uniform to the fixed party, which never sees a",
         ),
         Message(
             "spdz_sums",
             FIXED_PARTY,
             "per evaluation",
-            "the fixed party's shares of the moments and the two sums (three for correlation)",
+            "the fixed party's shares of the moments and the two sums (three for correlation) "
+            "and, with a fixed mask, of the masked sums",
             "the joint term, once added to the moving party's own shares",
         ),
     ),
     disclosures=(
         *EXACT_SUMS_DISCLOSURES,
+        MASKED_SUMS_DISCLOSURE,
         Disclosure(
             "opened_level",
             MOVING_PARTY,
-            "F = (q(J), q(J)^2) - b, hidden by the dealer's uniform b",
+            "F = (q(J), q(J)^2) - b (with a fixed mask (q(M J), q(M J)^2, M) - b), hidden by "
+            "the dealer's uniform b",
             "ring elements",
             "level",
             masked=True,
@@ -151,6 +172,34 @@ TABLE = ProtocolTable(
         ),
     ),
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class Pairing:
+    """How X's rows meet Y's (steps 3-5): ``rows[i]`` is the row of Y that X's row i
+    multiplies; the first ``mapped`` products go through the map, the others are summed."""
+
+    rows: tuple[int, ...]
+    mapped: int
+    fixed_rows: int  # Y's rows: (q(J), q(J)^2), and M with a fixed mask
+
+
+def pairing(dimension: int, fixed_sum: bool, masked: bool) -> Pairing:
+    """X's layout, both halves': mapped ``q(g_k)`` (against q(J)), with a mask ``q(g_k I_w)``
+    (against M), for correlation ``q(g_k)`` again (against M); then summed ``q(I_w)``, ``m``
+    (against q(J)^2), for correlation ``m``, with a mask ``m`` and ``q(I_w^2)`` (against M),
+    for correlation ``q(I_w)`` (against M). Without a mask, the protocol's first layout."""
+    fixed, squared, mask = 0, 1, 2
+    gradient = [fixed] * dimension
+    masked_gradient = [mask] * dimension
+    mapped = gradient + (masked_gradient if masked else [])
+    summed = [fixed, squared] + ([fixed] if fixed_sum else [])
+    if masked:
+        summed += [mask, mask]
+        if fixed_sum:
+            mapped += masked_gradient
+            summed += [mask]
+    return Pairing(tuple(mapped + summed), len(mapped), 3 if masked else 2)
 
 
 def ring_map(basis: PublicLinearMap) -> Callable[[Any], Any]:
@@ -193,6 +242,7 @@ class SPDZBackend(ExactSumsBackend):
     protocol = "spdz"
     scheme = "additive secret sharing over Z_2^64, trusted dealer, no MACs"
     table = TABLE
+    fixed_mask_metrics = LINEAR_SUMS_METRICS
 
     def __init__(
         self,
@@ -249,32 +299,64 @@ class SPDZBackend(ExactSumsBackend):
             points.size,
             points.geometry.dimension,
             wants_fixed_sum(self.metric),
+            self.fixed_masked,
         )
         self._exponent_j = self._answer.fixed_exponent
-        self._bits = points.linear_map.budget(RING)
-        self._map = ring_map(points.linear_map)
+        basis = points.linear_map
+        self._bits = basis.budget(RING)
+        self._masked_bits = masked_budget(RING, points.size, basis.weight_bits, basis.support)
+        self._map = ring_map(basis)
         self._disclose_bound(self._bits.j_bits - 1 - self._exponent_j)
-        self.received.add("opened_level", 2 * points.size)
+        self.received.add("opened_level", (3 if self.fixed_masked else 2) * points.size)
 
     def _joint_term(self, fields: MovingFields) -> JointTerm:
         d = fields.gradient.shape[1]
         basis, bits = self.level_points.linear_map, self._bits
         e_g = exponent(float(np.abs(fields.gradient).max(initial=0.0)), bits.g_bits)
         e_w = exponent(float(np.abs(fields.warped).max(initial=0.0)), bits.w_bits)
-        fixed_sum = wants_fixed_sum(self.metric)
-        rows = np.empty((d + (3 if fixed_sum else 2), self.level_points.size), dtype=np.int64)
-        rows[:d] = encode(fields.gradient.T, e_g)
-        rows[d] = encode(fields.warped, e_w)
-        rows[d + 1 :] = fields.valid
+        fixed_sum, masked = wants_fixed_sum(self.metric), self.fixed_masked
+        gradient, warped = encode(fields.gradient.T, e_g), encode(fields.warped, e_w)
+        valid = fields.valid.astype(np.int64)
+        # X in the order of pairing(): the mapped rows, then the summed ones
+        mapped, summed = [gradient], [warped[None], valid[None]]
+        if fixed_sum:
+            summed.append(valid[None])
+        if masked:
+            products = fields.gradient.T * fields.warped
+            e_p = exponent(float(np.abs(products).max(initial=0.0)), self._masked_bits.product_bits)
+            squares = fields.warped * fields.warped
+            e_s = exponent(float(squares.max(initial=0.0)), self._masked_bits.squared_bits)
+            mapped.append(encode(products, e_p))
+            summed += [valid[None], encode(squares, e_s)[None]]
+            if fixed_sum:
+                mapped.append(gradient)
+                summed.append(warped[None])
+        rows = np.concatenate(mapped + summed)
         self._step = ITERATION
         moments, sums = (x.numpy() for x in self._products.sums(rows, self._map))
         self._disclose_sums()
-        return JointTerm(
-            moments=decode(moments, e_g + self._exponent_j + basis.column_bits),
-            warped_dot_fixed=decode(float(sums[0]), e_w + self._exponent_j),
-            fixed_squared=decode(float(sums[1]), 2 * self._exponent_j),
-            fixed_sum=decode(float(sums[2]), self._exponent_j) if fixed_sum else None,
+        totals = iter(sums.tolist())
+        term = JointTerm(
+            moments=decode(moments[:d], e_g + self._exponent_j + basis.column_bits),
+            warped_dot_fixed=decode(float(next(totals)), e_w + self._exponent_j),
+            fixed_squared=decode(float(next(totals)), 2 * self._exponent_j),
+            fixed_sum=decode(float(next(totals)), self._exponent_j) if fixed_sum else None,
             basis_weight_bits=basis.axis_weight_bits,
+        )
+        if not masked:
+            return term
+        count, warped_squared = float(next(totals)), decode(float(next(totals)), e_s)
+        return dataclasses.replace(
+            term,
+            masked=MaskedSums(
+                count=count,
+                warped_squared=warped_squared,
+                warped_moments=decode(moments[d : 2 * d], e_p + basis.column_bits),
+                warped_sum=decode(float(next(totals)), e_w) if fixed_sum else None,
+                gradient_moments=(
+                    decode(moments[2 * d :], e_g + basis.column_bits) if fixed_sum else None
+                ),
+            ),
         )
 
     def close(self) -> None:
@@ -321,6 +403,7 @@ class SPDZFixedSide(ExactSumsFixedSide):
     table = TABLE
     bspline = True
     modulus = RING
+    fixed_mask_metrics = LINEAR_SUMS_METRICS
 
     def __init__(
         self,
@@ -358,11 +441,20 @@ class SPDZFixedSide(ExactSumsFixedSide):
             j_bits = points.linear_map.budget(RING).j_bits
         except InputError as error:
             raise ProtocolError(str(error)) from None
+        assert (fixed_mask is not None) == self.fixed_masked, "the mask comes with fixed_masked"
         self._noise_for_level(points)
         self._map = ring_map(points.linear_map)
+        if fixed_mask is not None:  # M J: the points outside the mask add nothing
+            values = values * fixed_mask
         self._exponent_j = exponent(float(np.abs(values).max(initial=0.0)), j_bits)
         fixed = encode(values, self._exponent_j)
-        self._fixed_rows = np.stack([fixed, fixed * fixed])
+        rows = [fixed, fixed * fixed]
+        if fixed_mask is not None:
+            rows.append(fixed_mask.astype(np.int64))
+        self._fixed_rows = np.stack(rows)
+        self._pairing = pairing(
+            points.geometry.dimension, wants_fixed_sum(self.metric), self.fixed_masked
+        )
         self._level_pending = True
 
     def handle(self, message: pb.BackendMessage) -> pb.BackendMessage:
@@ -385,12 +477,12 @@ class SPDZFixedSide(ExactSumsFixedSide):
                     points.size,
                     points.geometry.dimension,
                     wants_fixed_sum(self.metric),
+                    self.fixed_masked,
                 )
             answer.fixed_exponent = self._exponent_j
         else:
             self.evaluations += 1
-            rows = points.geometry.dimension + (3 if wants_fixed_sum(self.metric) else 2)
-            self.received.add("opened_rows", rows * points.size)
+            self.received.add("opened_rows", len(self._pairing.rows) * points.size)
             noise = self._noise()
             with self._dealer_step():
                 self._products.sums(None, self._map, noise)

@@ -56,12 +56,39 @@ R6. ``z = s q(g)`` (d, n). The fixed party opens ``O = s_1 - b_s`` (uniform; b_s
     2^127; the fixed party sends its share and the moving party decodes
     (``2^-(f_L + e_D + e_g + the map's column bits)``).
 
+With a fixed mask ``M`` (the fixed party's, private to it; ``Welcome.fixed_masked``). L1: A's
+column is zero at a point outside M (bin "none"), so H drops those points; R5's fixed term
+``T_1[f_p, p]`` is taken only inside M. The moving marginal over the points inside M, ``c``
+(H's column sums), is then joint:
+
+R1 M. Moving also sends ``E_v = m - V5`` (its valid row, 1 x n; uniform); shares of
+    ``A m^T`` (B x 1): moving ``F m^T + c0``, fixed ``U E_v^T + c1`` (``c0 + c1 = U V5^T``);
+    each sums its share over the bins: shares of ``N = sum_p M_p m_p`` (exact, in Z64).
+R3 M. The log takes the B column sums of X with the cells and the rows (B^2 + 2B values
+    in the same 31 depths: no round trip more), ``Q' = sum x log x - sum r log r -
+    sum c log c`` (one more exact product in the same batch) and ``L = l(x) - l(c_j)`` on
+    shares (no public correction). The fixed party sends its share of N with its share of
+    Q': the moving party opens ``Q'`` and ``N`` (``MaskedHistogram.count``), nothing else.
+
+Folding ``sum c log c`` into Q' opens one number fewer than opening the moving marginal's
+entropy apart: with ``S = N / n``, MI's value is ``(n / N) Q' + log S`` (the weights of a
+point sum to 1), so the moving party reports ``entropy_difference = Q' + S log S`` and
+``moving_negative_entropy = 0`` (base.py's ``MaskedHistogram``: the metric's
+``(n / N) entropy_difference - moving_negative_entropy`` is the same value), and learns
+no entropy of its own image restricted to M that the value does not already give.
+
 Messages: ``spdz_mattes_step`` (moving -> fixed) and ``spdz_mattes_answer`` (fixed ->
 moving) carry a round's openings in protocol order. Both parties run their steps as a
 generator (``yield Send(array)``, ``received = yield RECEIVE``): the moving party sends
 what it has when a step must wait for the fixed party, the fixed party answers when a step
 must wait for the moving party or its evaluation is done. Symmetric openings pipeline, two
-product depths per round trip: 19 round trips per evaluation (:data:`ROUND_TRIPS`).
+product depths per round trip: 19 round trips per evaluation (:data:`ROUND_TRIPS`), with or
+without a fixed mask. Payload bytes per evaluation, moving to fixed:
+``8 ((3B + 2d) n + B^2) + 32 (P + 1) V`` (R1, R2, R5 and R6's openings, then each party's
+two Z128 openings of each of the log's P = 59 products and Q's one, over V = B^2 + B values;
+message framing apart): 3.88 MB at B = 32, n = 2304, d = 2. A fixed mask adds ``8 n`` (E_v)
+and makes ``V = B^2 + 2B``; the fixed party's answers grow by the same ``32 (P + 1) B`` and
+8 bytes (N's share).
 
 Failure bound. Every Z64 sum is an exact signed integer (the budget), and every lift is
 exact. Each Z128 truncation is off by at most 1 ulp (2^-28) and fails (wrong by about
@@ -72,9 +99,9 @@ and L), so by the union bound it fails with probability below 2^-26 at B = 32 an
 at B = 256 (most inputs are far below 2^84: the bound is loose).
 
 Disclosure. The moving party: Q and the d x outputs moments per evaluation (the fixed
-party's policy counts ``d outputs + 1``). Every other value either party receives is
-uniform to it (masked by a dealer mask its receiver never sees); the dealer sees the
-sizes (B, n, d) and sequence numbers.
+party's policy counts ``d outputs + 1``; with a fixed mask Q' and N, ``d outputs + 2``).
+Every other value either party receives is uniform to it (masked by a dealer mask its
+receiver never sees); the dealer sees the sizes (B, n, d) and sequence numbers.
 """
 
 from __future__ import annotations
@@ -92,6 +119,7 @@ from ppir_itk.backends.base import (
     FixedSide,
     HistogramBackend,
     HistogramTerm,
+    MaskedHistogram,
     MovingChannel,
     ParzenFields,
 )
@@ -145,7 +173,8 @@ TABLE = ProtocolTable(
             "spdz_mattes_step",
             MOVING_PARTY,
             "per evaluation",
-            "E_W = W - V, E_D = D - V2, E_g = q(g) - V4, the two lifts' m0 - a, its share of "
+            "E_W = W - V, E_D = D - V2, E_g = q(g) - V4 (with a fixed mask E_v = m - V5), "
+            "the two lifts' m0 - a, its share of "
             "each product's x - a and y - b (the log, Q), E_T = T_0 - V3 (fresh masks)",
             "nothing: every value is uniform to the fixed party",
         ),
@@ -153,7 +182,8 @@ TABLE = ProtocolTable(
             "spdz_mattes_answer",
             FIXED_PARTY,
             "per evaluation",
-            "the two lifts' m1 - b, its share of each product's openings, its share of Q, "
+            "the two lifts' m1 - b, its share of each product's openings, its share of Q "
+            "(with a fixed mask, of Q' and N), "
             "G = L_1 - b_L, O = s_1 - b_s and its share of the moments",
             "Q and the moments, once added to the moving party's shares; the rest is uniform",
         ),
@@ -166,7 +196,10 @@ TABLE = ProtocolTable(
             "values",
             "evaluation",
             note="the entropy difference Q = sum x log x - sum r log r of the joint "
-            "histogram and the public map's d x outputs moments of s g_k",
+            "histogram and the public map's d x outputs moments of s g_k; with a fixed mask, "
+            "the histogram of the points inside it, Q' = Q - sum c log c (its moving "
+            "marginal's term folded in, so that no entropy is opened apart) and the count N "
+            "of points inside both masks",
         ),
         Disclosure(
             "opened_level",
@@ -198,9 +231,19 @@ TABLE = ProtocolTable(
 )
 
 
-def batch_items(bins: int, count: int, dimension: int) -> list[pb.DealerItem]:
+def log_values(bins: int, masked: bool) -> int:
+    """The values the secure log takes per evaluation: the B^2 cells and the B row sums
+    (with a fixed mask, the B column sums too)."""
+    return bins * bins + (2 if masked else 1) * bins
+
+
+def batch_items(bins: int, count: int, dimension: int, masked: bool = False) -> list[pb.DealerItem]:
     """One evaluation's dealer batch, in the order :func:`_moving_steps` uses it."""
-    values = bins * bins + bins
+    values = log_values(bins, masked)
+    masked_items = [
+        mask_item(MOVING, 1, count),  # 17 V5
+        product_item("gram", 17, LEVEL_MASK),  # 18 U V5^T
+    ]
     return [
         mask_item(MOVING, bins, count),  # 0 V
         mask_item(MOVING, bins, count),  # 1 V2
@@ -219,6 +262,7 @@ def batch_items(bins: int, count: int, dimension: int) -> list[pb.DealerItem]:
         mask_item(MOVING, dimension, count),  # 14 a' (the second lift's m0)
         mask_item(FIXED, dimension, count),  # 15 b' (m1)
         product_item("elementwise", 14, 15),  # 16 a' b'
+        *(masked_items if masked else []),
     ]
 
 
@@ -282,26 +326,49 @@ def _lifted(
 
 
 def _logs(
-    histogram: np.ndarray, count: int, bits: MattesBits, triples: Triples, party: int
+    histogram: np.ndarray,
+    count: int,
+    bits: MattesBits,
+    triples: Triples,
+    party: int,
+    masked: bool = False,
 ) -> Generator[object, np.ndarray, tuple[Any, np.ndarray]]:
     """R3 for both parties: shares of ``100 Q`` (at 2^-2F) and of ``l(x + delta)`` (B, B) at
     2^-F. The log takes ``X = 100 x`` (:func:`ppir_itk.ring128.log`), computed from H in
-    one product by a public integer (below 2^(24 + 7 + 28 + SCALE_BITS) = 2^83)."""
+    one product by a public integer (below 2^(24 + 7 + 28 + SCALE_BITS) = 2^83).
+
+    ``masked`` (a fixed mask: the column sums ``c`` of x, the moving marginal over the
+    points inside it, are joint): the log takes them with the cells and the rows, ``Q`` is
+    ``sum x log x - sum r log r - sum c log c`` and the cells' logs come back as
+    ``l(x) - l(c_j)``, i.e. L before its truncation (R3 M)."""
     bins = histogram.shape[0]
     factor = round(ring128.LOG_SCALE * 2.0 ** (FRACTION_BITS + SCALE_BITS) / count)
     scaled = ring128.truncate(
         ring128.times(histogram, factor), bits.weight_fraction + SCALE_BITS, party
     )
-    rows = ring128.total(scaled, axis=1)
+    marginals = [ring128.total(scaled, axis=1)]
+    if masked:
+        marginals.append(ring128.total(scaled, axis=0))
     cells_in = scaled.reshape(-1, 2)
-    inputs = ring128.add_public(np.concatenate([cells_in, rows]), DELTA, party)
+    inputs = ring128.add_public(np.concatenate([cells_in, *marginals]), DELTA, party)
     logs = yield from ring128.log(inputs, triples, party)
-    cells, marginal = logs[: bins * bins], logs[bins * bins :]
-    weighted, marginal_weighted = yield from ring128.multiply(
-        [(cells_in, cells), (rows, marginal)], triples, party, exact=True
+    cells = logs[: bins * bins]
+    marginal_logs = [
+        logs[bins * bins + bins * k : bins * bins + bins * (k + 1)] for k in range(len(marginals))
+    ]
+    weighted, *marginal_weighted = yield from ring128.multiply(
+        [(cells_in, cells), *zip(marginals, marginal_logs, strict=True)],
+        triples,
+        party,
+        exact=True,
     )
-    entropy = ring128.subtract(ring128.total(weighted), ring128.total(marginal_weighted))
-    return entropy, cells.reshape(bins, bins, 2)
+    entropy = ring128.total(weighted)
+    for product in marginal_weighted:
+        entropy = ring128.subtract(entropy, ring128.total(product))
+    cells = cells.reshape(bins, bins, 2)
+    if masked:
+        cells = ring128.subtract(cells, marginal_logs[1][None, :])
+    return entropy, cells
 
 
 def _mapped(points: PointSet, words: np.ndarray) -> np.ndarray:
@@ -362,6 +429,7 @@ class SPDZMattesBackend(HistogramBackend):
     private = True
     table = TABLE
     bspline = True
+    fixed_mask_metrics = (MATTES,)
 
     def __init__(
         self,
@@ -399,7 +467,7 @@ class SPDZMattesBackend(HistogramBackend):
             raise ProtocolError("the fixed party's opened bins do not fit the level")
         self._opened = opened
         self.received.add("opened_level", bins * count)
-        self._items = batch_items(bins, count, points.geometry.dimension)
+        self._items = batch_items(bins, count, points.geometry.dimension, self.fixed_masked)
         self._dealer.ask(self._level, self._items, (bins, count))
         # the map of the lift's offset (R6), taken off the moving party's share
         ones = np.ones((count, points.geometry.dimension), dtype=np.int64)
@@ -435,18 +503,28 @@ class SPDZMattesBackend(HistogramBackend):
         totals = totals.view(np.int64)
         correction = np.zeros(bins)
         filled = totals > 0
-        correction[filled] = np.log(totals[filled] / (count * 2.0**bits.weight_fraction))
+        if not self.fixed_masked:  # with a fixed mask the marginal is joint: R3 M
+            correction[filled] = np.log(totals[filled] / (count * 2.0**bits.weight_fraction))
         values = self._dealer.take(self._level, self._items, (bins, count))
-        steps = self._moving_steps(window, gradient, correction, values)
-        entropy, mapped = self._run(steps)
+        steps = self._moving_steps(window, gradient, correction, valid, values)
+        entropy, mapped, inside = self._run(steps)
         moments = ring128.signed(mapped)
         basis = points.linear_map
-        self.received.add("histogram_term", moments.size + 1, detail=f"{basis.name} moments")
+        opened = moments.size + 1 + (1 if self.fixed_masked else 0)
+        self.received.add("histogram_term", opened, detail=f"{basis.name} moments")
+        difference = float(ring128.decode(entropy, 2 * FRACTION_BITS)) / ring128.LOG_SCALE
+        masked = None
+        if inside is not None:
+            # Q folds the moving marginal's sum c log c in: (n / N) Q + log(N / n) is the MI's
+            # value, so with N / n folded in too the metric's (n / N) difference - 0 is it.
+            share = inside / count
+            difference += share * np.log(share) if inside else 0.0
+            masked = MaskedHistogram(count=inside, moving_negative_entropy=0.0)
         return HistogramTerm(
-            entropy_difference=float(ring128.decode(entropy, 2 * FRACTION_BITS))
-            / ring128.LOG_SCALE,
+            entropy_difference=difference,
             moments=decode(moments, bits.log_fraction + e_d + e_g + basis.column_bits),
             basis_weight_bits=basis.axis_weight_bits,
+            masked=masked,
         )
 
     def _moving_steps(
@@ -454,20 +532,27 @@ class SPDZMattesBackend(HistogramBackend):
         window: _Window,
         gradient: np.ndarray,
         correction: np.ndarray,
+        valid: np.ndarray,
         values: list[Any],
-    ) -> Generator[object, np.ndarray, tuple[Any, np.ndarray]]:
-        """Party 0's R1-R6 on this evaluation's batch ``values`` (:func:`batch_items`)."""
+    ) -> Generator[object, np.ndarray, tuple[Any, np.ndarray, int | None]]:
+        """Party 0's R1-R6 on this evaluation's batch ``values`` (:func:`batch_items`); with
+        a fixed mask, the count N too (else None)."""
         v, v2, v4, c_histogram, a, _, c_bit, triples, v3, c_select, _, c_left, _, c_gradient = (
             values[:14]
         )
-        a_gradient, _, c_gradient_bit = values[14:]
+        a_gradient, _, c_gradient_bit = values[14:17]
         bins, count = window.bins, len(window.first)
-        opened, bits = _u64(self._opened), self._bits
+        opened, bits, masked = _u64(self._opened), self._bits, self.fixed_masked
         # R1
         yield Send(_i64(window.subtract(window.weights, v)))
         yield Send(_i64(window.subtract(window.slopes, v2)))
         yield Send(_i64(_u64(gradient) - _u64(v4)))
         h = window.gram(opened, window.weights) + _u64(c_histogram)
+        if masked:  # R1 M: N = sum_p M_p valid_p, A's column sums times the valid row
+            v5, c_count = values[17:]
+            valid_row = valid.astype(np.uint64)[None, :]
+            yield Send(_i64(valid_row - _u64(v5)))
+            count_share = (apply_product("gram", valid_row, opened) + _u64(c_count)).sum()
         # R2
         top = h >> np.uint64(63)
         yield Send(_i64(top - _u64(a)))
@@ -475,11 +560,15 @@ class SPDZMattesBackend(HistogramBackend):
         histogram = ring128.from_words(_lifted(h, top, top, fixed_opening, c_bit))
         # R3
         shared = Triples(*(ring128.from_words(part) for part in triples))
-        entropy, logs = yield from _logs(histogram, count, self._bits, shared, MOVING)
+        entropy, logs = yield from _logs(histogram, count, self._bits, shared, MOVING, masked)
         logs = ring128.subtract(logs, ring128.encode(correction)[None, :])
         logs_ring = _lowered(logs, bits, MOVING)
         fixed_entropy = yield from _receive((1, 2))
         entropy = ring128.add(entropy, ring128.from_words(fixed_entropy)[0])
+        inside = None
+        if masked:
+            fixed_count = yield from _receive((1,))
+            inside = int(np.add(count_share, _u64(fixed_count)).view(np.int64)[0])
         # R4
         masked_logs = yield from _receive((bins, bins))
         t = window.left(_u64(logs_ring) + _u64(masked_logs), window.slopes) + _u64(c_left)
@@ -497,7 +586,7 @@ class SPDZMattesBackend(HistogramBackend):
             _mapped(self.level_points, lifted), ring128.times(self._offset_map, int(PRODUCT_OFFSET))
         )
         fixed_moments = yield from _receive(moments.shape)
-        return entropy, ring128.add(moments, ring128.from_words(fixed_moments))
+        return entropy, ring128.add(moments, ring128.from_words(fixed_moments)), inside
 
     def _run(self, steps: Steps) -> Any:
         """Drive the moving party's steps: send what is due when a step must wait."""
@@ -540,7 +629,7 @@ class SPDZMattesBackend(HistogramBackend):
 
     @property
     def _max_elements(self) -> int:
-        return _max_elements(self.metric.histogram_bins, self.level_points)
+        return _max_elements(self.metric.histogram_bins, self.level_points, self.fixed_masked)
 
     def close(self) -> None:
         if self._dealer is not None:
@@ -554,11 +643,11 @@ class SPDZMattesBackend(HistogramBackend):
         return dealer_figures(self._dealer.client, self.dealer_closed, closed)
 
 
-def _max_elements(bins: int, points: PointSet) -> int:
+def _max_elements(bins: int, points: PointSet, masked: bool = False) -> int:
     """The most elements one share array of a Mattes round holds: a (B, n) or (d, n)
     opening, or a log depth's openings (``LOG_WIDTH`` products of B^2 + B values, each
     two openings of 2 words)."""
-    log_depth = 4 * ring128.LOG_WIDTH * (bins * bins + bins)
+    log_depth = 4 * ring128.LOG_WIDTH * log_values(bins, masked)
     return max(bins, points.geometry.dimension) * points.size + log_depth
 
 
@@ -588,6 +677,7 @@ class SPDZMattesFixedSide(FixedSide):
     table = TABLE
     bspline = True
     metrics = (MATTES,)
+    fixed_mask_metrics = (MATTES,)
 
     def __init__(
         self,
@@ -632,15 +722,24 @@ class SPDZMattesFixedSide(FixedSide):
             )
         except InputError as error:
             raise ProtocolError(str(error)) from None
+        assert (fixed_mask is not None) == self.fixed_masked, "the mask comes with fixed_masked"
         self._points = points
         self._bins = values.astype(np.int64)
+        # the points outside the mask: bin "none", a zero column of A
+        self._inside = (
+            np.ones(points.size, dtype=np.uint64)
+            if fixed_mask is None
+            else np.asarray(fixed_mask, dtype=np.uint64)
+        )
         self._level += 1
         self._level_pending = True
         self._steps = None
 
     def sums_per_evaluation(self, points: PointSet) -> int:
-        """The moments and Q (checked before any product, and charged per evaluation)."""
-        return points.geometry.dimension * points.linear_map.outputs + 1
+        """The moments and Q, with a fixed mask the count N too (checked before any product,
+        and charged per evaluation)."""
+        masked = 1 if self.fixed_masked else 0
+        return points.geometry.dimension * points.linear_map.outputs + 1 + masked
 
     def handle(self, message: pb.BackendMessage) -> pb.BackendMessage:
         kind = message.WhichOneof("body")
@@ -654,15 +753,20 @@ class SPDZMattesFixedSide(FixedSide):
             with self._dealer_step():
                 self._dealer.drain()
                 self._mask = _u64(self._dealer.client.masks(self._level, bins, count).copy())
-                self._items = batch_items(bins, count, self._points.geometry.dimension)
+                self._items = batch_items(
+                    bins, count, self._points.geometry.dimension, self.fixed_masked
+                )
                 self._dealer.ask(self._level, self._items, (bins, count))
             one_hot = np.zeros((bins, count), dtype=np.uint64)
-            one_hot[self._bins, np.arange(count)] = 1
+            one_hot[self._bins, np.arange(count)] = self._inside
             opened = array_to_pb(_i64(one_hot - self._mask))
             return pb.BackendMessage(
                 spdz_mattes_level_opened=pb.SpdzMattesLevelOpened(opened=opened)
             )
-        received = _arrays(message.spdz_mattes_step.shares, _max_elements(bins, self._points))
+        received = _arrays(
+            message.spdz_mattes_step.shares,
+            _max_elements(bins, self._points, self.fixed_masked),
+        )
         self.received.add("opened_moving_shares", sum(a.size for a in received))
         self._inbox.extend(received)
         if self._steps is None:
@@ -702,14 +806,18 @@ class SPDZMattesFixedSide(FixedSide):
         _, _, _, c_histogram, _, b, c_bit, triples, _, c_select, b_logs, c_left, b_s, c_gradient = (
             values[:14]
         )
-        _, b_gradient, c_gradient_bit = values[14:]
-        points, bits, u = self._points, self._bits, self._mask
+        _, b_gradient, c_gradient_bit = values[14:17]
+        points, bits, u, masked = self._points, self._bits, self._mask, self.fixed_masked
         bins, count, d = self.metric.histogram_bins, points.size, points.geometry.dimension
         # R1
         masked_weights = yield from _receive((bins, count))
         masked_derivatives = yield from _receive((bins, count))
         masked_gradient = yield from _receive((d, count))
         h = apply_product("gram", _u64(masked_weights), u) + _u64(c_histogram)
+        if masked:  # R1 M
+            c_count = values[18]
+            masked_valid = yield from _receive((1, count))
+            count_share = (apply_product("gram", _u64(masked_valid), u) + _u64(c_count)).sum()
         # R2
         top = h >> np.uint64(63)
         yield Send(_i64(top - _u64(b)))
@@ -717,15 +825,17 @@ class SPDZMattesFixedSide(FixedSide):
         histogram = ring128.from_words(_lifted(h, top, moving_opening, b, c_bit))
         # R3
         shared = Triples(*(ring128.from_words(part) for part in triples))
-        entropy, logs = yield from _logs(histogram, count, bits, shared, FIXED)
+        entropy, logs = yield from _logs(histogram, count, bits, shared, FIXED, masked)
         logs_ring = _lowered(logs, bits, FIXED)
         yield Send(ring128.to_words(entropy[None]))
+        if masked:
+            yield Send(_i64(np.array([count_share], dtype=np.uint64)))
         # R4
         yield Send(_i64(_u64(logs_ring) - _u64(b_logs)))
         t = apply_product("left", _u64(masked_derivatives), _u64(b_logs)) + _u64(c_left)
         # R5
         masked_t = yield from _receive((bins, count))
-        selected = t[self._bins, np.arange(count)]
+        selected = t[self._bins, np.arange(count)] * self._inside
         s = selected + apply_product("column_sums", _u64(masked_t), u)[0] + _u64(c_select)[0]
         # R6
         yield Send(_i64(s - _u64(b_s)[0])[None, :])

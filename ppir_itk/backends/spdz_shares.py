@@ -132,7 +132,7 @@ class SharedProducts:
         self._sequence = 0
         self._next: Callable[[], tuple[np.ndarray | None, np.ndarray]] | None = None
         self._rows: Any = None
-        self._dimension = 0
+        self._mapped = 0  # X's first rows, whose products go through the map
 
     def _share(self, values: np.ndarray) -> Any:
         return self.shared.from_shares(torch.from_numpy(values), precision=0)
@@ -144,19 +144,23 @@ class SharedProducts:
         count: int,
         dimension: int,
         fixed_sum: bool = False,
+        masked: bool = False,
     ) -> None:
         """Steps 1-2; ``fixed_rows`` is the fixed party's ``Y`` (``None`` on the moving party).
-        ``fixed_sum`` (correlation): X has one more row, the valid mask again, which pairs
-        with ``q(J)`` for ``sum_valid J``."""
+        ``fixed_sum`` (correlation) and ``masked`` (a fixed mask: Y has the row M) lay out
+        X's rows and the Y row each meets (:func:`~ppir_itk.backends.spdz.pairing`)."""
+        from ppir_itk.backends.spdz import pairing
+
         self._drain()
         self._mask_sequence = level
-        self._dimension = dimension
-        self._rows = torch.tensor([0] * (dimension + 1) + [1] + ([0] if fixed_sum else []))
+        layout = pairing(dimension, fixed_sum, masked)
+        self._mapped = layout.mapped
+        self._rows = torch.tensor(list(layout.rows))
         if self.rank == FIXED:
-            self._mask = torch.from_numpy(self.dealer.masks(level, 2, count).copy())
+            self._mask = torch.from_numpy(self.dealer.masks(level, layout.fixed_rows, count).copy())
             own = fixed_rows - self._mask.numpy()
-        else:
-            own = np.zeros((2, count), dtype=np.int64)  # the moving party's share of Y - b
+        else:  # the moving party's share of Y - b
+            own = np.zeros((layout.fixed_rows, count), dtype=np.int64)
         with acting_as(self.communicator):
             self._opened = self._share(own).reveal(dst=MOVING)
         self._prefetch(count)
@@ -186,8 +190,8 @@ class SharedProducts:
         moments_map: Callable[[Any], Any],
         noise: SumNoise | None = None,
     ) -> Any:
-        """Steps 3-6: the moments and the totals (two; three for correlation) on the moving
-        party, ``None`` on the fixed party.
+        """Steps 3-6: the moments (of every mapped row) and the totals (of the others) on the
+        moving party, ``None`` on the fixed party.
 
         ``moments_map`` is the public linear map of step 6 on a share of ``Z[:d]``
         (:meth:`~ppir_itk.linear_map.PublicLinearMap.ring`). ``noise`` (the fixed party's)
@@ -198,7 +202,7 @@ class SharedProducts:
         a, c = self._next()
         count = c.shape[1]
         self._prefetch(count)
-        d = self._dimension
+        d = self._mapped
         with acting_as(self.communicator):
             if self.rank == MOVING:
                 assert moving_rows is not None and a is not None, "the moving party's X and a"
@@ -213,7 +217,8 @@ class SharedProducts:
             moments = moments_map(product.share[:d]).numpy()
             sums = product[d:].sum(dim=1).share.numpy()
             if noise is not None:  # ring elements: int64 wraps modulo 2^64 as the ring does
-                moments = moments + np.array(noise.moments, dtype=np.int64).reshape(moments.shape)
-                sums = sums + np.array(noise.totals, dtype=np.int64)
+                moment_noise = [*noise.moments, *noise.masked_moments]
+                moments = moments + np.array(moment_noise, dtype=np.int64).reshape(moments.shape)
+                sums = sums + np.array([*noise.totals, *noise.masked_totals], dtype=np.int64)
             moments, sums = self._share(moments), self._share(sums)
             return self.shared.reveal_batch([moments, sums], dst=MOVING)
