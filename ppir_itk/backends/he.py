@@ -121,7 +121,7 @@ from ppir_itk.points import PointSet
 from ppir_itk.policy import FixedPolicy
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import ProtocolError, array_from_pb, array_to_pb
-from ppir_itk.randomness import expand, gaussian_integers, secret_seed, uniform_below
+from ppir_itk.randomness import expand, secret_seed, uniform_below
 from ppir_itk.roles import FIXED_PARTY, MOVING_PARTY
 
 POLY_MODULUS_DEGREES = (8192, 16384, 32768)
@@ -811,7 +811,6 @@ class HEPackedFixedSide(ExactSumsFixedSide):
         self._exponent_j = exponent(float(np.abs(values).max(initial=0.0)), j_bits)
         fixed = encode(values, self._exponent_j)
         slots = self.he.slots
-        self._mask_noise_deviations = self._mask_noise_for_level(points, fixed_mask)
         if fixed_mask is not None:  # M J for J; M itself pairs with the masked products
             mask = fixed_mask.astype(np.int64)
             fixed = fixed * mask
@@ -854,35 +853,15 @@ class HEPackedFixedSide(ExactSumsFixedSide):
         totals = [total % self.he.t for total in range_totals(slots, self._sums)]
         noise = self._noise()
         if noise is not None:  # the moments, the totals, the masked sums, as laid out
-            extra = [*noise.moments, *noise.totals]
-            if self._mask_noise_deviations is not None:
-                extra += gaussian_integers(self._mask_noise_deviations)
+            count = len(noise.moments)
+            masked_moments, masked_totals = noise.masked_moments, noise.masked_totals
+            extra = [*noise.moments, *noise.totals, *masked_moments[:count], *masked_totals[:2]]
+            extra += [*masked_moments[count:], *masked_totals[2:]]  # correlation's (sum_pairs)
             totals = [(total + e) % self.he.t for total, e in zip(totals, extra, strict=True)]
         self.received.add("masked_slots", len(totals))
         return pb.BackendMessage(
             he_masked_totals=pb.HeMaskedTotals(totals=array_to_pb(np.array(totals, dtype=np.int64)))
         )
-
-    def _mask_noise_for_level(
-        self, points: PointSet, fixed_mask: np.ndarray | None
-    ) -> list[float] | None:
-        """The deviations of the policy's noise on the masked sums, in :func:`sum_pairs`'s
-        order: ``beta`` times the most one voxel of ``M`` adds to each (None: no mask or
-        no noise). They fit the room :meth:`_noise_for_level` checked
-        (:mod:`ppir_itk.fixed_point`)."""
-        beta = self.policy.joint_term_noise
-        if fixed_mask is None or beta == 0:
-            return None
-        basis = points.linear_map
-        bits = basis.budget(PLAIN_MODULUS)
-        masked = masked_budget(PLAIN_MODULUS, points.size, basis.weight_bits, basis.support)
-        weights = np.tile(basis.column_weight_bounds, points.geometry.dimension)
-        deviations = [*(beta * weights * 2.0 ** (masked.product_bits - 1)), beta]
-        deviations.append(beta * 2.0 ** (masked.squared_bits - 1))
-        if wants_fixed_sum(self.metric):
-            deviations += [*(beta * weights * 2.0 ** (bits.g_bits - 1))]
-            deviations.append(beta * 2.0 ** (bits.w_bits - 1))
-        return deviations
 
     def close(self) -> None:
         self.he.close()
@@ -934,15 +913,9 @@ class HEPackedFixedSide(ExactSumsFixedSide):
         ]
         noise = self._noise()
         if noise is not None:  # added mod t to the masked sums: the moving party unmasks it noisy
-            moments, extra = list(noise.moments), list(noise.totals)
-            if self._mask_noise_deviations is not None:  # sum_pairs's order, regrouped
-                masked = gaussian_integers(self._mask_noise_deviations)
-                count = d * outputs
-                moments += masked[:count]
-                extra += masked[count : count + 2]
-                if correlation:
-                    moments += masked[count + 2 : 2 * count + 2]
-                    extra.append(masked[-1])
+            # The masked groups' moments after J's, in the vectors' order; their totals after.
+            moments = [*noise.moments, *noise.masked_moments]
+            extra = [*noise.totals, *noise.masked_totals]
             grid = np.array(moments, dtype=object).reshape(vectors, outputs).T
             mapped = ((mapped.astype(object) + grid) % t).astype(np.int64)
             totals = [(total + e) % t for total, e in zip(totals, extra, strict=True)]
