@@ -1,9 +1,10 @@
 """Multi-resolution schedule and the per-level images each party makes alone.
 
 As in ITK's ``ImageRegistrationMethodv4``: at each level both images are
-smoothed with a Gaussian of the level's sigma (physical units), the fixed
-image is also shrunk by the level's factors (it defines the grid the metric
-sums over), and the moving image keeps its full resolution. Each party
+smoothed with a Gaussian of the level's sigma (physical units) and keep their
+full resolution; the shrink factors make only the grid the metric sums over
+(ITK's virtual domain: the shrink filter's output geometry), at whose points
+the metric reads the smoothed fixed image by linear interpolation. Each party
 computes its own level image; nothing here sees both.
 
 Examples
@@ -81,18 +82,28 @@ def smooth(image: ImageGrid, sigma: float) -> ImageGrid:
 
 
 def fixed_level_image(image: ImageGrid, level: Level) -> ImageGrid:
-    """The fixed party's image at a level: smoothed, then shrunk (ITK's shrink filter)."""
+    """The fixed party's image on a level's grid (see :func:`fixed_level_images`)."""
     return fixed_level_images(image, level)[1]
 
 
 def fixed_level_images(image: ImageGrid, level: Level) -> tuple[ImageGrid, ImageGrid]:
     """The fixed image at a level, smoothed at full resolution (what ITK's method hands its
-    metric: Mattes takes its intensity range there) and shrunk (the metric's grid)."""
+    metric: Mattes takes its intensity range there), and the values ITK's metric reads on
+    the level's grid: the smoothed image linearly interpolated at the grid's points.
+
+    The grid is ITK's shrink filter's output geometry (size ``floor(size / f)``, spacing
+    ``x f``, centred on the image's centre), often half-way between pixels; the filter's
+    own pixels (one input pixel kept per block) are not what ITK's metric sees there, so
+    only its geometry is used.
+    """
     smoothed = smooth(image, level.smoothing_sigma)
     if level.shrink_factor == 1:
         return smoothed, smoothed
+    source = to_sitk(smoothed)
     factors = [min(level.shrink_factor, size) for size in smoothed.geometry.size]
-    return smoothed, as_image_grid(sitk.Shrink(to_sitk(smoothed), factors), check=False)
+    grid = sitk.Shrink(source, factors)
+    on_grid = sitk.Resample(source, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat64)
+    return smoothed, as_image_grid(on_grid, check=False)
 
 
 def moving_level_image(image: ImageGrid, level: Level) -> ImageGrid:

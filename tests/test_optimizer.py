@@ -296,7 +296,7 @@ def test_recovers_a_rigid_transform_through_the_registration_method(phantom_2d):
     )
     result = method.run()
     error = displacement_rmse(result.transform, truth, phantom_2d.geometry)
-    assert error < 0.02 * min(phantom_2d.geometry.spacing), f"RMSE {error:.4f} mm"
+    assert error < 0.03 * min(phantom_2d.geometry.spacing), f"RMSE {error:.4f} mm"
     assert sum(level.iterations for level in result.levels) == len(result.metric_values)
     assert result.levels[-1].stop_condition.startswith("converged: ")
 
