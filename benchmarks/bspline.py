@@ -1,7 +1,7 @@
 """B-spline registration through every backend, against a known deformation.
 
     python benchmarks/bspline.py [--grids 4 16] [--backends clear he spdz]
-        [--volume 96] [--data ../shared/data/brain-affine-pair]
+        [--simpleitk] [--volume 96] [--data ../shared/data/brain-affine-pair]
 
 2-D: the brain pair's template (256 x 221 pixels) is the moving image; the
 fixed image is the template seen through a known smooth B-spline deformation
@@ -12,6 +12,10 @@ processes). Printed per run: RMS error against the truth over the brain
 (pixels), RMS distance to Clear's result, iterations, total time, the moving
 party's time per iteration (optimizer iterations of all levels) and its ratio
 to Clear's, and the bytes each party sends per iteration at full resolution.
+
+``--simpleitk``: after the backends, SimpleITK registers the same pair the same way
+(mean squares, every pixel, the same levels and mesh, LBFGSB for at most the same
+iterations per level, one thread as ours), timed in the same run.
 
 ``--volume N``: instead, an N^3 head phantom (3-D, 32 mm / 2 mm deformation,
 grid 8 voxels, URS 10 %, 30 iterations per level).
@@ -25,12 +29,13 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 
 import ppir_itk
 from ppir_itk.bspline import BSplineTransform
 from ppir_itk.phantoms import head_phantom
 from ppir_itk.registration import resample
-from ppir_itk.wrapping.images import as_image_grid
+from ppir_itk.wrapping.images import as_image_grid, to_sitk
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "brain-affine-pair"
 
@@ -59,7 +64,41 @@ def last_level_bytes(result, party: str) -> float:
     return level.parties[party]["bytes_sent"] / max(level.iterations + 1, 1)
 
 
-def run(fixed, moving, truth, grids, backends, options) -> None:
+class SimpleITKTransform:
+    """A SimpleITK transform with ``transform_points`` (for :func:`rms`)."""
+
+    def __init__(self, transform: sitk.Transform) -> None:
+        self.transform = transform
+
+    def transform_points(self, points: np.ndarray) -> np.ndarray:
+        return np.array([self.transform.TransformPoint(tuple(p)) for p in points])
+
+
+def simpleitk_bspline(fixed, moving, grid: float, options) -> tuple[SimpleITKTransform, int]:
+    """SimpleITK's B-spline registration of the pair with ``options``' levels and iterations
+    (mean squares, every pixel, LBFGSB, one thread): the transform and its iterations."""
+    fixed_image, moving_image = to_sitk(fixed), to_sitk(moving)
+    extent = np.asarray(fixed.geometry.size) * np.asarray(fixed.geometry.spacing)
+    mesh = np.maximum(np.ceil(extent / (grid * min(fixed.geometry.spacing)) - 1e-9), 1)
+    transform = sitk.BSplineTransformInitializer(fixed_image, [int(m) for m in mesh], 3)
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMeanSquares()
+    method.SetMetricSamplingStrategy(method.NONE)
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetOptimizerAsLBFGSB(numberOfIterations=options["iterations"])
+    method.SetShrinkFactorsPerLevel(options["shrink_factors"])
+    method.SetSmoothingSigmasPerLevel(options["smoothing_sigmas"])
+    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    method.SetInitialTransform(transform, inPlace=True)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(options["threads"])  # its pyramid too
+    method.SetNumberOfThreads(options["threads"])
+    iterations = [0]
+    method.AddCommand(sitk.sitkIterationEvent, lambda: iterations.__setitem__(0, iterations[0] + 1))
+    method.Execute(fixed_image, moving_image)
+    return SimpleITKTransform(transform), iterations[0]
+
+
+def run(fixed, moving, truth, grids, backends, options, simpleitk: bool = False) -> None:
     brain = np.flatnonzero(fixed.array.ravel() > 0.15 * fixed.array.max())
     spacing = min(fixed.geometry.spacing)
     for grid in grids:
@@ -102,6 +141,16 @@ def run(fixed, moving, truth, grids, backends, options) -> None:
                 f"resolution sent: {sent}",
                 flush=True,
             )
+        if simpleitk:
+            start = time.perf_counter()
+            transform, iterations = simpleitk_bspline(fixed, moving, grid, options)
+            seconds = time.perf_counter() - start
+            print(
+                f"grid {grid} px, SimpleITK (LBFGSB): error "
+                f"{rms(transform, truth, fixed.geometry, brain):.3f} px; {iterations} "
+                f"iterations, {seconds:.1f} s",
+                flush=True,
+            )
 
 
 def main() -> None:
@@ -109,6 +158,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--grids", type=float, nargs="+", default=[4.0, 16.0])
     parser.add_argument("--backends", nargs="+", default=["clear", "he", "spdz"])
+    parser.add_argument("--simpleitk", action="store_true", help="also SimpleITK's B-spline")
     parser.add_argument("--volume", type=int, help="also a 3-D phantom of this size")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
@@ -134,7 +184,7 @@ def main() -> None:
     moving = as_image_grid(args.data / "template.png", name="template")
     moving = ppir_itk.ImageGrid(moving.array.astype(np.float64), spacing=moving.geometry.spacing)
     fixed, truth = deformed(moving, 48.0, 3.0)
-    run(fixed, moving, truth, args.grids, args.backends, options)
+    run(fixed, moving, truth, args.grids, args.backends, options, args.simpleitk)
 
 
 if __name__ == "__main__":

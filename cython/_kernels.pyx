@@ -465,7 +465,8 @@ def bspline_scatter(fixed_size, indices, Py_ssize_t start, Py_ssize_t stop, cont
 
 def bspline_hessian(fixed_size, indices, Py_ssize_t start, Py_ssize_t stop, control, gradient,
                     out):
-    """Overwrite ``out`` (M, 7^d, d, d) with the blocks of S^T S, S[x, (c, k)] = g_k w_c.
+    """Overwrite ``out`` (M, 7^d, d (d + 1) / 2) with the blocks of S^T S,
+    S[x, (c, k)] = g_k w_c, each block's upper triangle (k <= l) row by row.
 
     Block ``[c, o]`` couples control point c with c + offset o, o in {-3..3}^d,
     ``o = (o_0 + 3) + 7 (o_1 + 3) + 49 (o_2 + 3)``; only offsets with
@@ -475,7 +476,7 @@ def bspline_hessian(fixed_size, indices, Py_ssize_t start, Py_ssize_t stop, cont
     size, idx, n, arrays = _bspline_inputs(d, fixed_size, indices, start, stop, control)
     cdef _Control c = _control_pointers(arrays)
     g = _array(gradient, "gradient", (_FLOAT64,), (n, d))
-    o = _array(out, "out", (_FLOAT64,), (c.count, 7 ** d, d, d), True)
+    o = _array(out, "out", (_FLOAT64,), (c.count, 7 ** d, d * (d + 1) // 2), True)
     _check_disjoint((("out", o),), (("gradient", g), ("indices", idx)))
     cdef _GridPointers grid = _grid_pointers(size, None, None, idx, n)
     cdef const double *g_p = <const double *>_ptr(g)

@@ -182,7 +182,8 @@ def bspline_hessian(
     out: Float64,
 ) -> None:
     """Blocks of ``S^T S``, ``S[x, (k, c)] = gradient_k(x) w_c(x)``: ``out`` has shape
-    (M, 7^d, d, d); block ``[c, o]`` couples c with c + offset, offset in {-3..3}^d,
+    (M, 7^d, d (d + 1) / 2), each block's upper triangle (k <= l) row by row (g g^T is
+    symmetric); block ``[c, o]`` couples c with c + offset, offset in {-3..3}^d,
     ``o = (o_0 + 3) + 7 (o_1 + 3) + 49 (o_2 + 3)``. Only offsets with
     ``o_0 + 4 o_1 + 16 o_2 >= 0`` are filled: the others are those blocks transposed.
     """

@@ -335,7 +335,7 @@ def gauss_newton_hessian(
             geometry.size_array, indices, start, stop, control, gradient, out
         ),
         gradient.shape[0],
-        (count, REACH**d, d, d),
+        (count, REACH**d, d * (d + 1) // 2),
     )
     return _assemble(blocks, tuple(int(s) for s in control_grid.size))
 
@@ -388,7 +388,7 @@ def _subdivide(c: np.ndarray) -> np.ndarray:
 
 
 def _assemble(blocks: np.ndarray, size: tuple[int, ...]) -> Any:
-    """Sparse d M x d M matrix from the kernel's (M, 7^d, d, d) neighbour blocks."""
+    """Sparse d M x d M matrix from the kernel's (M, 7^d, d (d + 1) / 2) neighbour blocks."""
     import scipy.sparse as sparse
 
     order, indices, indptr = _hessian_layout(size)
@@ -400,8 +400,13 @@ def _assemble(blocks: np.ndarray, size: tuple[int, ...]) -> Any:
 def _hessian_layout(size: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Where each entry of the blocks goes in a CSR matrix (the same for every iteration
     on one control grid): block entries in CSR order, column indices, row pointers. The
-    kernel fills half the offsets; each of those blocks also lands transposed."""
+    kernel fills half the offsets, and of each block its upper triangle (k <= j); each of
+    those blocks also lands transposed, and each entry also at (j, k)."""
     d = len(size)
+    pairs = d * (d + 1) // 2
+    packed = np.zeros((d, d), dtype=np.int64)  # (k, j) -> the kernel's upper-triangle entry
+    packed[np.triu_indices(d)] = np.arange(pairs)
+    packed = np.maximum(packed, packed.T)
     count = math.prod(size)
     grid = np.indices(size[::-1]).reshape(d, -1)[::-1].T  # control index per flat (ITK order)
     offsets = np.indices((REACH,) * d).reshape(d, -1)[::-1].T - ORDER  # offset per index
@@ -416,7 +421,7 @@ def _hessian_layout(size: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.n
         target = (neighbour[inside] * np.cumprod((1,) + size[:-1])).sum(axis=1)
         for k in range(d):
             for j in range(d):
-                position = ((source * REACH**d + o) * d + k) * d + j
+                position = (source * REACH**d + o) * pairs + packed[k, j]
                 rows.append(k * count + source)
                 cols.append(j * count + target)
                 positions.append(position)

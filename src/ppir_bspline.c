@@ -288,7 +288,7 @@ ppir_status ppir_bspline_hessian(int d, const ppir_index *fixed_size, const ppir
     const ppir_status status = ppir_bspline_prepare_(
         d, fixed_size, indices, n_indices, start, stop, control_size, point_to_control,
         control_offset, gradient, out, &walk, &M);
-    const int K = (d == 2) ? 16 : 64, dd = d * d;
+    const int K = (d == 2) ? 16 : 64, pairs = d * (d + 1) / 2;
     if (status != PPIR_OK) {
         return status;
     }
@@ -302,21 +302,22 @@ ppir_status ppir_bspline_hessian(int d, const ppir_index *fixed_size, const ppir
                                              ((bb >> 4) - (a >> 4) + 3) * (d == 3);
         }
     }
-    for (ppir_index i = 0; i < M * R * dd; ++i) {
+    for (ppir_index i = 0; i < M * R * pairs; ++i) {
         out[i] = 0.0;
     }
     for (ppir_index pos = start; pos < stop; ++pos) {
         const double *g = gradient + pos * d;
-        double G[PPIR_MAX_DIM * PPIR_MAX_DIM];
-        int any = 0;
+        double G[PPIR_MAX_DIM * (PPIR_MAX_DIM + 1) / 2];
+        int any = 0, e = 0;
         ppir_walk_next_(&walk, pos, &sp);
         if (sp.count == 0) {
             continue;
         }
+        /* g g^T is symmetric: its upper triangle, row by row (l >= k). */
         for (int k = 0; k < d; ++k) {
             any |= (g[k] != 0.0);
-            for (int l = 0; l < d; ++l) {
-                G[k * d + l] = g[k] * g[l];
+            for (int l = k; l < d; ++l) {
+                G[e++] = g[k] * g[l];
             }
         }
         if (!any) {
@@ -325,13 +326,13 @@ ppir_status ppir_bspline_hessian(int d, const ppir_index *fixed_size, const ppir
         /* S^T S is symmetric: each pair of support points once (bb >= a); the block of
          * the pair the other way round is the transpose, added when assembling. */
         for (int a = 0; a < K; ++a) {
-            double *row = out + sp.flat[a] * R * dd;
+            double *row = out + sp.flat[a] * R * pairs;
             const int *offsets = offset_index[a];
             for (int bb = a; bb < K; ++bb) {
                 const double w = sp.weight[a] * sp.weight[bb];
-                double *block = row + offsets[bb] * dd;
-                for (int e = 0; e < dd; ++e) {
-                    block[e] += w * G[e];
+                double *block = row + offsets[bb] * pairs;
+                for (int p = 0; p < pairs; ++p) {
+                    block[p] += w * G[p];
                 }
             }
         }

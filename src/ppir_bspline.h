@@ -71,9 +71,11 @@ ppir_status ppir_bspline_scatter_ring(int d, const ppir_index *fixed_size,
                                       const int64_t *values, int64_t *out);
 
 /*
- * out (M x R x d x d, R = 7^d) = sum over positions of w_c w_c' g g^T with
+ * out (M x R x d(d+1)/2, R = 7^d) = sum over positions of w_c w_c' g g^T with
  * c' = c + o, o in {-3..3}^d at offset index (o_0 + 3) + 7 (o_1 + 3) + 49 (o_2 + 3):
  * the blocks of S^T S for S[x, (c, k)] = g_k(x) w_c(x).  gradient is n x d.
+ * g g^T is symmetric, so each block holds its upper triangle (k <= l), row by
+ * row: (0,0) (0,1) (1,1) in 2-D, (0,0) (0,1) (0,2) (1,1) (1,2) (2,2) in 3-D.
  * S^T S is symmetric, so only offsets with o_0 + 4 o_1 + 16 o_2 >= 0 are
  * accumulated (the others are left 0): the block at (c + o, -o) is the
  * transpose of the block at (c, o).

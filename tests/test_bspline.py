@@ -83,7 +83,7 @@ def test_kernels_match_the_reference(d, sampled):
         )
 
     gradient = rng.normal(size=(n, d))
-    blocks = np.empty((transform.control_points, 7**d, d, d))
+    blocks = np.empty((transform.control_points, 7**d, d * (d + 1) // 2))
     _kernels.bspline_hessian(size, indices, start, stop, control, gradient, blocks)
     np.testing.assert_allclose(
         _assemble(blocks, transform.size).toarray(),
