@@ -70,7 +70,7 @@ from ppir_itk.protocol.messages import (
 )
 from ppir_itk.protocol.tls import TLS
 from ppir_itk.protocol.transport import READY_TIMEOUT, PartyServer
-from ppir_itk.pyramid import Level, fixed_level_images
+from ppir_itk.pyramid import Level, fixed_level_images, inside_buffer
 from ppir_itk.roles import FIXED_PARTY, MOVING_PARTY
 from ppir_itk.wrapping.images import as_image_grid
 
@@ -120,6 +120,7 @@ class FixedPartySession:
         self.backend_side: FixedSide | None = None
         self.level_index = -1
         self.level_image: ImageGrid | None = None
+        self.fixed_initial: tuple[np.ndarray, np.ndarray] | None = None  # Hello's
         self.level_range = (0.0, 0.0)  # the smoothed level image's least and greatest values
         self.points: PointSet | None = None
         self.seconds = 0.0
@@ -235,19 +236,24 @@ class FixedPartySession:
         self.backend_side = make_fixed_side(
             hello.backend, dict(hello.backend_parameters), self.policy, self._metric(hello)
         )
-        if self.fixed_mask is not None and hello.metric not in self.backend_side.fixed_mask_metrics:
+        self.fixed_initial = _fixed_initial(hello, self.image.dimension)
+        # A fixed initial transform maps some points off the image: the fixed party's own
+        # validity, as private as a mask, so it runs as one.
+        masked = self.fixed_mask is not None or self.fixed_initial is not None
+        if masked and hello.metric not in self.backend_side.fixed_mask_metrics:
             refusal = fixed_mask_refusal(
                 hello.backend, hello.backend_parameters.get("protocol"), hello.metric
             )
-            raise ProtocolError(f"this fixed party restricts the metric to its mask, and {refusal}")
-        self.backend_side.fixed_masked = self.fixed_mask is not None
+            reason = "to its mask" if self.fixed_mask is not None else "to its image's points"
+            raise ProtocolError(f"this fixed party restricts the metric {reason}, and {refusal}")
+        self.backend_side.fixed_masked = masked
         self.hello = hello
         return pb.Envelope(
             welcome=pb.Welcome(
                 protocol_version=PROTOCOL_VERSION,
                 fixed_geometry=geometry_to_pb(self.geometry),
                 evaluation_budget=self.policy.evaluation_budget,
-                fixed_masked=self.fixed_mask is not None,
+                fixed_masked=masked,
             )
         )
 
@@ -282,7 +288,7 @@ class FixedPartySession:
         level = self.hello.levels[request.level]
         self.level_index = request.level
         smoothed, self.level_image = fixed_level_images(
-            self.image, Level(level.shrink_factor, level.smoothing_sigma)
+            self.image, Level(level.shrink_factor, level.smoothing_sigma), self.fixed_initial
         )
         if self.hello.metric == MATTES:
             # Mattes's fixed bins span the smoothed full-resolution image, as ITK's method
@@ -329,12 +335,19 @@ class FixedPartySession:
         return pb.Envelope(points_selected=pb.PointsSelected(count=self.points.size))
 
     def _fixed_mask_at(self, points: PointSet) -> np.ndarray | None:
-        """The fixed mask at the level's points (1 inside), None without a mask."""
-        if self.fixed_mask is None:
+        """The fixed mask at the level's points (1 inside), None without a mask; with a fixed
+        initial transform, at the points it maps them to, and 0 where those leave the image."""
+        if self.fixed_mask is None and self.fixed_initial is None:
             return None
         geometry = points.geometry
         flat = np.arange(geometry.number_of_points) if points.indices is None else points.indices
-        return inside(self.fixed_mask, geometry.physical_points(geometry.flat_to_index(flat)))
+        physical = geometry.physical_points(geometry.flat_to_index(flat))
+        if self.fixed_initial is None:
+            return inside(self.fixed_mask, physical)
+        matrix, offset = self.fixed_initial
+        mapped = physical @ matrix.T + offset
+        valid = inside_buffer(self.image, mapped)
+        return valid if self.fixed_mask is None else valid & inside(self.fixed_mask, mapped)
 
     def _on_backend(self, message: pb.BackendMessage) -> pb.Envelope:
         assert self.hello is not None and self.backend_side is not None, _AFTER_HELLO
@@ -449,6 +462,19 @@ class FixedPartySession:
                 joint_term_noise=self.policy.joint_term_noise,
             )
         )
+
+
+def _fixed_initial(hello: pb.Hello, dimension: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Hello's fixed initial transform ``(A, b)``, checked; None without one."""
+    values = np.asarray(hello.fixed_initial_transform, dtype=np.float64)
+    if values.size == 0:
+        return None
+    if values.size != dimension * (dimension + 1) or not np.all(np.isfinite(values)):
+        raise ProtocolError("the fixed initial transform is not a finite affine map of this image")
+    matrix = values[: dimension * dimension].reshape(dimension, dimension)
+    if abs(np.linalg.det(matrix)) < 1e-12:
+        raise ProtocolError("the fixed initial transform is singular")
+    return matrix, values[dimension * dimension :]
 
 
 class FixedPartyServer(PartyServer):

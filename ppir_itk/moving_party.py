@@ -62,6 +62,7 @@ from ppir_itk.protocol.session import LocalSession, Session
 from ppir_itk.pyramid import LevelSchedule
 from ppir_itk.roles import MOVING_PARTY
 from ppir_itk.sampling import GMS, URS, Regular, Sampling
+from ppir_itk.transforms import LinearTransform
 
 
 def sampling_name(sampling: Sampling | None) -> str:
@@ -129,8 +130,11 @@ class MovingPartySession:
         sampling: Sampling | None,
         *,
         wants_center_of_mass: bool = False,
+        fixed_initial: LinearTransform | None = None,
     ) -> GridGeometry:
-        """The handshake: agree backend, levels and sampling; learn the fixed geometry."""
+        """The handshake: agree backend, levels and sampling; learn the fixed geometry.
+        ``fixed_initial``: ITK's fixed initial transform (the fixed image read at its map of
+        each point; public), None: none."""
         fraction = getattr(sampling, "fraction", 1.0)
         seed = getattr(sampling, "seed", 0)
         self._sampling = sampling_name(sampling)
@@ -151,6 +155,7 @@ class MovingPartySession:
                 sampling_seed=seed,
                 wants_center_of_mass=wants_center_of_mass,
                 metric=self.metric.name,
+                fixed_initial_transform=_matrix_offset(fixed_initial),
                 histogram_bins=self.metric.histogram_bins if self.metric.name == MATTES else 0,
             )
         )
@@ -299,3 +304,11 @@ class MovingPartySession:
                 "HOST:PORT, or connect(..., dealer=...))"
             )
         return connect
+
+
+def _matrix_offset(transform: LinearTransform | None) -> list[float]:
+    """A linear transform as Hello carries it: its matrix row-major, then its offset."""
+    if transform is None:
+        return []
+    matrix, offset = transform.matrix_offset()
+    return [*matrix.ravel().tolist(), *offset.tolist()]

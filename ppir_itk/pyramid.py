@@ -86,7 +86,9 @@ def fixed_level_image(image: ImageGrid, level: Level) -> ImageGrid:
     return fixed_level_images(image, level)[1]
 
 
-def fixed_level_images(image: ImageGrid, level: Level) -> tuple[ImageGrid, ImageGrid]:
+def fixed_level_images(
+    image: ImageGrid, level: Level, initial: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[ImageGrid, ImageGrid]:
     """The fixed image at a level, smoothed at full resolution (what ITK's method hands its
     metric: Mattes takes its intensity range there), and the values ITK's metric reads on
     the level's grid: the smoothed image linearly interpolated at the grid's points.
@@ -94,16 +96,34 @@ def fixed_level_images(image: ImageGrid, level: Level) -> tuple[ImageGrid, Image
     The grid is ITK's shrink filter's output geometry (size ``floor(size / f)``, spacing
     ``x f``, centred on the image's centre), often half-way between pixels; the filter's
     own pixels (one input pixel kept per block) are not what ITK's metric sees there, so
-    only its geometry is used.
+    only its geometry is used. ``initial``: ITK's fixed initial transform ``x -> A x + b``
+    as ``(A, b)``: the grid stays the fixed image's, its values are read at ``A x + b``
+    (0 outside the image; :func:`inside_buffer` says where).
     """
     smoothed = smooth(image, level.smoothing_sigma)
-    if level.shrink_factor == 1:
+    if level.shrink_factor == 1 and initial is None:
         return smoothed, smoothed
     source = to_sitk(smoothed)
     factors = [min(level.shrink_factor, size) for size in smoothed.geometry.size]
-    grid = sitk.Shrink(source, factors)
-    on_grid = sitk.Resample(source, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat64)
+    grid = sitk.Shrink(source, factors) if level.shrink_factor > 1 else source
+    transform = sitk.Transform()
+    if initial is not None:
+        transform = sitk.AffineTransform(
+            np.asarray(initial[0]).ravel().tolist(), np.asarray(initial[1]).tolist()
+        )
+    on_grid = sitk.Resample(source, grid, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat64)
     return smoothed, as_image_grid(on_grid, check=False)
+
+
+def inside_buffer(image: ImageGrid, physical: np.ndarray) -> np.ndarray:
+    """1 where each physical point (n, d) is where ITK's linear interpolator reads the image
+    (continuous index in ``[-0.5, size - 0.5)`` on every axis: its ``IsInsideBuffer``)."""
+    geometry = image.geometry
+    index = (np.asarray(physical, dtype=np.float64) - geometry.origin_array) @ (
+        geometry.physical_to_index.T
+    )
+    upper = geometry.size_array - 0.5
+    return np.all((index >= -0.5) & (index < upper), axis=1).astype(np.uint8)
 
 
 def moving_level_image(image: ImageGrid, level: Level) -> ImageGrid:

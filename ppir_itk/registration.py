@@ -304,6 +304,7 @@ class ImageRegistrationMethod(Observable):
         self.refine_grid = refine_grid
         self.bulk = bulk_transform
         self._moving_initial: Any = None
+        self._fixed_initial: Any = None
         self._level = -1
         self._stop_requested = False
         self._result: RegistrationResult | None = None
@@ -433,10 +434,14 @@ class ImageRegistrationMethod(Observable):
         self._itk.sampling_seed = int(seed)
 
     def SetFixedInitialTransform(self, transform: Any) -> None:  # noqa: N802
-        raise NotImplementedError(
-            "SetFixedInitialTransform: the fixed points are the fixed party's grid; a "
-            "transform of them is not built"
-        )
+        """A fixed linear transform of the fixed points (ITK's fixed initial transform): the
+        fixed party reads its image at ``initial(x)`` for each point x of its grid (the
+        virtual domain); the points it maps off the image count as outside a fixed mask,
+        so it needs a backend that computes the masked metric. Public: sent in Hello."""
+        self._fixed_initial = transform
+
+    def GetFixedInitialTransform(self) -> Any:  # noqa: N802
+        return self._fixed_initial
 
     def SetMovingInitialTransform(self, transform: Any) -> None:  # noqa: N802
         """A fixed linear transform after the optimised one: the moving image is read at
@@ -571,6 +576,9 @@ class ImageRegistrationMethod(Observable):
                 self.schedule,
                 self.sampling,
                 wants_center_of_mass=self.initializer_to_run() == "moments",
+                fixed_initial=self._linear(
+                    "SetFixedInitialTransform", self._fixed_initial, moving.dimension
+                ),
             )
             if self._itk.fixed_geometry is not None and not _same_geometry(
                 self._itk.fixed_geometry, fixed_geometry
@@ -619,7 +627,9 @@ class ImageRegistrationMethod(Observable):
             )
             if isinstance(transform, LinearTransform):  # a B-spline starts at zero, after its bulk
                 self._initialize(transform, moving, fixed_geometry)
-            metric.SetMovingInitialTransform(self._linear_moving_initial(moving.dimension))
+            metric.SetMovingInitialTransform(
+                self._linear("SetMovingInitialTransform", self._moving_initial, moving.dimension)
+            )
             metric.SetTransform(transform)
             self.optimizer.SetMetric(metric)
             self._run_levels(result)
@@ -651,14 +661,16 @@ class ImageRegistrationMethod(Observable):
         self.InvokeEvent(Event.END)
         return result
 
-    def _linear_moving_initial(self, dimension: int) -> LinearTransform | None:
-        if self._moving_initial is None:
+    @staticmethod
+    def _linear(call: str, transform: Any, dimension: int) -> LinearTransform | None:
+        """An initial transform given to ``call``, which must be a linear one of the images'
+        dimension (None: none)."""
+        if transform is None:
             return None
-        initial = _as_transform(self._moving_initial, dimension)
+        initial = _as_transform(transform, dimension)
         if not isinstance(initial, LinearTransform) or initial.dimension != dimension:
             raise InputError(
-                f"SetMovingInitialTransform: the moving initial transform must be a "
-                f"{dimension}-D linear transform; {initial!r} is not"
+                f"{call}: a {dimension}-D linear transform is needed; {initial!r} is not"
             )
         return initial
 

@@ -174,6 +174,7 @@ class ImageRegistrationMethod:
         self._sigmas_in_physical_units = True
         self._initial: Any = None
         self._moving_initial: Any = None
+        self._fixed_initial: Any = None
         self._in_place = True
         self._commands: list[tuple[Event, Callable[[], Any]]] = []
         self._core: CoreMethod | None = None
@@ -453,10 +454,13 @@ class ImageRegistrationMethod:
         return self._moving_initial
 
     def SetFixedInitialTransform(self, transform: Any) -> None:  # noqa: N802
-        _not_built(
-            "SetFixedInitialTransform",
-            "the optimised transform is not composed with a fixed initial transform yet",
-        )
+        """A fixed linear transform of the fixed points (SimpleITK's semantics: the fixed
+        image is read at ``initial(x)``); the fixed party runs it as a mask of the points it
+        maps off its image, so the backend must compute the masked metric."""
+        self._fixed_initial = transform
+
+    def GetFixedInitialTransform(self) -> Any:  # noqa: N802
+        return self._fixed_initial
 
     def SetInterpolator(self, Interpolator: int) -> None:  # noqa: N802, N803
         if Interpolator != sitk.sitkLinear:
@@ -572,10 +576,17 @@ class ImageRegistrationMethod:
             metric.SetMovingImage(moving_grid)
             metric.SetTransform(transform_io.from_sitk(initial))
             if self._moving_initial is not None:
-                metric.SetMovingInitialTransform(_linear(self._moving_initial))
+                metric.SetMovingInitialTransform(
+                    _linear("SetMovingInitialTransform", self._moving_initial)
+                )
+            fixed_initial = None
+            if self._fixed_initial is not None:
+                fixed_initial = _linear("SetFixedInitialTransform", self._fixed_initial)
             moving_party = metric.moving_party
             try:
-                moving_party.start(LevelSchedule.from_lists([1], [0.0]), NoSampling())
+                moving_party.start(
+                    LevelSchedule.from_lists([1], [0.0]), NoSampling(), fixed_initial=fixed_initial
+                )
                 metric.initialize_level(0, Level(1, 0.0), NoSampling())
                 value = metric.GetValue()
                 moving_party.close()
@@ -670,6 +681,7 @@ class ImageRegistrationMethod:
             threads=self._threads,
         )
         core.SetMovingInitialTransform(self._moving_initial)
+        core.SetFixedInitialTransform(self._fixed_initial)
         if isinstance(optimizer, RegularStepGradientDescentOptimizer) and self._index_shift:
             tolerance = optimizer.GradientMagnitudeTolerance
             core.AddObserver(
@@ -843,11 +855,11 @@ _NO_SUCH_OPTIMIZER = (
 )
 
 
-def _linear(transform: Any) -> LinearTransform:
-    """A SimpleITK moving initial transform, which must be linear."""
+def _linear(call: str, transform: Any) -> LinearTransform:
+    """A SimpleITK initial transform given to ``call``, which must be linear."""
     converted = transform_io.from_sitk(transform)
     if not isinstance(converted, LinearTransform):
-        _not_built("SetMovingInitialTransform", "the moving initial transform must be linear")
+        _not_built(call, "the initial transform must be linear")
     return converted
 
 

@@ -150,7 +150,6 @@ def test_optimizer_setters_are_checked_as_the_constructor_checks():
 @pytest.mark.parametrize(
     "call, arguments",
     [
-        ("SetFixedInitialTransform", (None,)),
         ("SetVirtualDomainFromImage", (None,)),
         ("SetOptimizerWeights", (None,)),
         ("SetMetricSamplingPercentagePerLevel", ([0.1, 0.2],)),
