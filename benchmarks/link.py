@@ -4,11 +4,12 @@
         [--rate-mbit 100] [--delay-ms 10 20] [--data ../shared/data/brain-affine-pair]
 
 Affine, mean squares, through the two-party runtime (``ppir serve``, and ``ppir dealer``
-for spdz, as child processes, mutual TLS end to end): the paper's 2-D brain pair (every
-pixel) and the MNI152 T1/GM volumes at 2 mm (98 x 116 x 94, 10 % URS; nilearn's wheel,
-see benchmarks/multimodal_pairs.py), first on loopback, then with a :class:`LinkEmulator`
-on every connection: moving -> fixed, moving -> dealer and fixed -> dealer (the dealer is
-a third site). Each emulated link has the same rate and one-way delay in both directions.
+for spdz, as child processes, mutual TLS end to end). Two pairs: the paper's 2-D brain
+pair (every pixel), and the MNI152 T1 volume at 2 mm (98 x 116 x 94) moved by a known
+affine, with 10 % URS (nilearn's wheel, see benchmarks/multimodal_pairs.py). Each runs
+first on loopback, then with a :class:`LinkEmulator` on every connection: moving ->
+fixed, moving -> dealer and fixed -> dealer (the dealer is a third site). Each emulated
+link has the same rate and one-way delay in both directions.
 
 Columns of the table:
 
@@ -28,7 +29,7 @@ Columns of the table:
   through one link at full rate (the three links are apart, so an upper bound);
 - ``trips s``: (trips + dealer) x round-trip time (2 x one-way delay).
 
-Loopback rows give the rate and delay columns as 0; the split of an emulated row is a
+Loopback rows give the transfer and trips columns as 0; the split of an emulated row is a
 model (the three columns need not add up to the wall time: transfers and trips overlap,
 and gRPC/TCP add their own slow-start and framing).
 """
@@ -42,8 +43,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,15 +164,14 @@ class Link:
         return f"{self.rate / 1e6:g} Mbit/s, {self.delay * 1e3:g} ms"
 
 
-@contextmanager
-def parties(fixed: Any, backend: str, link: Link, stack: ExitStack) -> Iterator[Any]:
+def open_session(fixed: Any, backend: str, link: Link, stack: ExitStack) -> Any:
     """A moving party's session with a fixed party (and a dealer, for spdz) in child
-    processes, every connection through ``link``."""
+    processes that live as long as ``stack``, every connection through ``link``."""
 
     def through(address: str) -> str:
         if not link.rate:
             return address
-        return stack.enter_context(_closing(LinkEmulator(address, link.rate, link.delay))).address
+        return stack.enter_context(closing(LinkEmulator(address, link.rate, link.delay))).address
 
     extra: tuple[str, ...] = ()
     dealer = None
@@ -180,7 +179,8 @@ def parties(fixed: Any, backend: str, link: Link, stack: ExitStack) -> Iterator[
     if backend == "spdz":
         # The dealer is spawned here (not by spawn_fixed_party) so that the fixed party can be
         # told an emulated address for it; the later --backends/--dealer override the defaults.
-        pki = init_pki(Path(stack.enter_context(_temporary_folder())) / "pki")
+        folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="ppir-link-"))
+        pki = init_pki(Path(folder) / "pki")
         _, dealer, _ = stack.enter_context(
             _child(
                 ["dealer", "--tls-dir", str(pki / DEALER), "--listen", "127.0.0.1:0"],
@@ -192,30 +192,17 @@ def parties(fixed: Any, backend: str, link: Link, stack: ExitStack) -> Iterator[
     fixed_party = stack.enter_context(
         spawn_fixed_party(fixed, backends=("clear", "he"), extra_arguments=extra, pki=pki)
     )
-    yield connect(
+    return connect(
         through(fixed_party.address),
         fixed_party.client_tls,
         dealer=through(dealer) if dealer else None,
     )
 
 
-@contextmanager
-def _closing(emulator: LinkEmulator) -> Iterator[LinkEmulator]:
-    try:
-        yield emulator
-    finally:
-        emulator.close()
-
-
-@contextmanager
-def _temporary_folder() -> Iterator[str]:
-    with tempfile.TemporaryDirectory(prefix="ppir-link-") as folder:
-        yield folder
-
-
 def run(fixed: Any, moving: Any, backend: str, link: Link, options: dict) -> dict[str, Any]:
     """One registration over ``link``; its row of the table."""
-    with ExitStack() as stack, parties(fixed, backend, link, stack) as session:
+    with ExitStack() as stack:
+        session = open_session(fixed, backend, link, stack)
         start, cpu_start = time.perf_counter(), time.process_time()
         result = register_with(session, moving, backend=backend, **options)
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
