@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import SimpleITK as sitk
 
 from ppir_itk import _kernels
 from ppir_itk.backends import MovingFields
@@ -50,7 +51,7 @@ from ppir_itk.protocol.session import LocalSession, Session
 from ppir_itk.pyramid import Level, moving_level_image
 from ppir_itk.sampling import GMS, URS, NoSampling, Regular
 from ppir_itk.transforms import LinearTransform
-from ppir_itk.wrapping.images import as_image_grid
+from ppir_itk.wrapping.images import as_image_grid, to_sitk
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,10 @@ class PrivateImageToImageMetric(abc.ABC):
         that ``w`` (mm^2, a smoothing length squared) does not depend on the
         intensity scale or the image size. 0 (the default) adds nothing; around
         the squared control-point spacing is a strong regulariser.
+    use_moving_image_gradient_filter : bool
+        ITK's ``UseMovingImageGradientFilter``: the moving gradient from ITK's recursive
+        Gaussian gradient image (ITK's and SimpleITK's default: the derivative is then
+        ITK's), or, by default here, central differences (:meth:`_moving_gradient`).
     """
 
     def __init__(
@@ -98,10 +103,12 @@ class PrivateImageToImageMetric(abc.ABC):
         *,
         backend_parameters: dict[str, str] | None = None,
         bending_energy_weight: float = 0.0,
+        use_moving_image_gradient_filter: bool = False,
     ) -> None:
         if not bending_energy_weight >= 0:
             raise InputError(f"the bending-energy weight must be >= 0, got {bending_energy_weight}")
         self.bending_energy_weight = float(bending_energy_weight)
+        self.use_moving_image_gradient_filter = bool(use_moving_image_gradient_filter)
         if isinstance(backend, str):
             if not isinstance(session, Session):
                 raise InputError(f"backend '{backend}' needs a session with the fixed party")
@@ -239,12 +246,34 @@ class PrivateImageToImageMetric(abc.ABC):
     def settings(self) -> MetricSettings:
         """The metric, as the session's Hello names it."""
 
+    def SetUseMovingImageGradientFilter(self, use: bool) -> None:  # noqa: N802
+        """ITK's switch of the moving gradient's source, read as each level opens."""
+        self.use_moving_image_gradient_filter = bool(use)
+
+    def GetUseMovingImageGradientFilter(self) -> bool:  # noqa: N802
+        return self.use_moving_image_gradient_filter
+
     def _moving_gradient(self, moving: ImageGrid) -> np.ndarray:
         """The level's moving gradient image, in index space (:func:`_kernels.warp`
-        interpolates it): central differences (docs/kernels.md)."""
-        gradient = np.empty(moving.array.shape + (moving.dimension,))
-        _kernels.central_gradient(moving.array, gradient)
-        return gradient
+        interpolates it): central differences (docs/kernels.md), or with
+        ``use_moving_image_gradient_filter`` ITK's metrics' default: the recursive Gaussian
+        gradient image, sigma the largest moving spacing, normalised across scale, in
+        physical directions, with which the derivative is ITK's GetDerivative
+        (``tests/test_mattes.py``)."""
+        if not self.use_moving_image_gradient_filter:
+            gradient = np.empty(moving.array.shape + (moving.dimension,))
+            _kernels.central_gradient(moving.array, gradient)
+            return gradient
+        image = sitk.Cast(to_sitk(moving), sitk.sitkFloat64)
+        sigma = float(max(moving.geometry.spacing))
+        physical = sitk.GetArrayFromImage(
+            sitk.GradientRecursiveGaussian(
+                image, sigma=sigma, normalizeAcrossScale=True, useImageDirection=True
+            )
+        )
+        # physical = P^T index (docs/kernels.md: warp), so index = physical P^-1 per row
+        to_index = moving.geometry.physical_to_index
+        return np.ascontiguousarray(physical.astype(np.float64) @ np.linalg.inv(to_index))
 
     # -- evaluation -----------------------------------------------------------
     def _warp(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:

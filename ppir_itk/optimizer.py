@@ -67,6 +67,7 @@ class StopCondition(enum.Enum):
     TOO_MANY_BAD_STEPS = "no lower value in the most damped steps in a row"
     GRADIENT_MAGNITUDE_TOLERANCE = "scaled gradient magnitude below the tolerance"
     USER_STOP = "stopped by an observer"
+    MAXIMUM_NUMBER_OF_FUNCTION_EVALUATIONS = "maximum number of function evaluations reached"
 
 
 # What happened, as a sentence with its numbers (``value``: the quantity that stopped the
@@ -81,6 +82,9 @@ STOP_SENTENCES = {
         "converged: scaled gradient magnitude {value:.3g} below {limit:.3g}"
     ),
     StopCondition.USER_STOP: "stopped by an observer",
+    StopCondition.MAXIMUM_NUMBER_OF_FUNCTION_EVALUATIONS: (
+        "maximum number of function evaluations ({limit}) reached"
+    ),
 }
 
 
@@ -785,3 +789,130 @@ class GradientDescentOptimizer(_GradientOptimizer):
             else:
                 low = trial
         return (high + low) / 2.0
+
+
+class LBFGSBOptimizer(_Optimizer):
+    """ITK's ``LBFGSBOptimizerv4``: limited-memory BFGS with bounds (the L-BFGS-B 3.0 code,
+    through SciPy; ITK runs the same code through vnl), for any metric's value and gradient.
+
+    As ITK's vnl adaptor, it works on the scaled parameters ``theta * Scales`` (ones unless
+    given; ITK's scales estimators are the gradient descents' here) and bounds them by
+    ``LowerBound`` / ``UpperBound`` (None: unbounded). Every function evaluation, line search
+    included, is one metric evaluation, which the fixed party counts as any; an ITERATION
+    event follows each iteration, at its accepted position. Stop conditions: the iterations
+    or the evaluations used up, the projected gradient below ``GradientConvergenceTolerance``
+    or the value's relative reduction below ``CostFunctionConvergenceFactor`` times the
+    machine epsilon (``CONVERGENCE``), or an observer's :meth:`StopOptimization`.
+    """
+
+    _stop_sentences = {
+        **STOP_SENTENCES,
+        StopCondition.CONVERGENCE: "converged: {value}",  # SciPy's words for which test
+        StopCondition.STEP_TOO_SMALL: "converged: no lower value along the search direction",
+    }
+
+    def __init__(
+        self,
+        NumberOfIterations: int = 500,  # noqa: N803
+        GradientConvergenceTolerance: float = 1e-5,  # noqa: N803
+        MaximumNumberOfCorrections: int = 5,  # noqa: N803
+        MaximumNumberOfFunctionEvaluations: int = 2000,  # noqa: N803
+        CostFunctionConvergenceFactor: float = 1e7,  # noqa: N803
+        Scales: Sequence[float] | None = None,  # noqa: N803
+        LowerBound: float | None = None,  # noqa: N803
+        UpperBound: float | None = None,  # noqa: N803
+    ) -> None:
+        super().__init__(NumberOfIterations)
+        positive = {
+            "GradientConvergenceTolerance": GradientConvergenceTolerance,
+            "CostFunctionConvergenceFactor": CostFunctionConvergenceFactor,
+        }
+        for name, value in positive.items():
+            if not (math.isfinite(value) and value > 0):
+                raise InputError(f"the optimizer's {name} {value} must be a positive number")
+        counts = {
+            "MaximumNumberOfCorrections": MaximumNumberOfCorrections,
+            "MaximumNumberOfFunctionEvaluations": MaximumNumberOfFunctionEvaluations,
+        }
+        for name, count in counts.items():
+            if int(count) < 1:
+                raise InputError(f"the optimizer's {name} {count} must be at least 1")
+        self.GradientConvergenceTolerance = float(GradientConvergenceTolerance)
+        self.MaximumNumberOfCorrections = int(MaximumNumberOfCorrections)
+        self.MaximumNumberOfFunctionEvaluations = int(MaximumNumberOfFunctionEvaluations)
+        self.CostFunctionConvergenceFactor = float(CostFunctionConvergenceFactor)
+        self.Scales = None if Scales is None else np.asarray(Scales, dtype=np.float64)
+        if self.Scales is not None and not np.all(np.isfinite(self.Scales) & (self.Scales > 0)):
+            raise InputError("the optimizer's Scales must be a list of positive numbers")
+        if LowerBound is not None and UpperBound is not None and not LowerBound < UpperBound:
+            raise InputError(
+                f"the optimizer's LowerBound {LowerBound} must be below its UpperBound {UpperBound}"
+            )
+        self.LowerBound, self.UpperBound = LowerBound, UpperBound
+        self.evaluations = 0
+
+    def StartOptimization(self) -> None:  # noqa: N802
+        from scipy.optimize import minimize
+
+        metric = self._begin()
+        count = metric.GetNumberOfParameters()
+        scales = np.ones(count) if self.Scales is None else self.Scales
+        if len(scales) != count:
+            raise InputError(
+                f"the optimizer's Scales has {len(scales)} values but the transform has "
+                f"{count} parameters"
+            )
+        self.evaluations = 0
+        last: dict[str, Any] = {}
+
+        def value_and_gradient(scaled: np.ndarray) -> tuple[float, np.ndarray]:
+            metric.SetParameters(scaled / scales)
+            evaluation = metric.evaluate()
+            self.evaluations += 1
+            last.update(position=scaled.copy(), value=float(evaluation.value))
+            return float(evaluation.value), evaluation.gradient / scales
+
+        def iteration(scaled: np.ndarray) -> None:
+            metric.SetParameters(scaled / scales)
+            self._iteration += 1
+            if "position" in last and np.array_equal(last["position"], scaled):
+                self._value = last["value"]
+            self.values.append(self._value)
+            self.InvokeEvent(Event.ITERATION)
+            if self._stop_requested:
+                self._stop_with(StopCondition.USER_STOP)
+                raise StopIteration
+
+        self.InvokeEvent(Event.START)
+        result = minimize(
+            value_and_gradient,
+            metric.GetParameters() * scales,
+            jac=True,
+            method="L-BFGS-B",
+            bounds=[(self.LowerBound, self.UpperBound)] * count,
+            callback=iteration,
+            options={
+                "maxcor": self.MaximumNumberOfCorrections,
+                "ftol": self.CostFunctionConvergenceFactor * np.finfo(np.float64).eps,
+                "gtol": self.GradientConvergenceTolerance,
+                "maxiter": self.NumberOfIterations,
+                "maxfun": self.MaximumNumberOfFunctionEvaluations,
+            },
+        )
+        metric.SetParameters(result.x / scales)
+        self._value = float(result.fun)
+        if self._stop is None:
+            self._stop_with(*self._condition(result))
+        self.InvokeEvent(Event.END)
+
+    def _condition(self, result: Any) -> tuple[StopCondition, Any, Any]:
+        """The stop condition of SciPy's L-BFGS-B result, with its own words."""
+        message = str(result.message).lower()
+        if result.nit >= self.NumberOfIterations:
+            return StopCondition.MAXIMUM_NUMBER_OF_ITERATIONS, None, self.NumberOfIterations
+        if self.evaluations >= self.MaximumNumberOfFunctionEvaluations:
+            limit = self.MaximumNumberOfFunctionEvaluations
+            return StopCondition.MAXIMUM_NUMBER_OF_FUNCTION_EVALUATIONS, None, limit
+        if "convergence" in message:  # the relative reduction, or the projected gradient
+            return StopCondition.CONVERGENCE, message.replace("convergence: ", ""), None
+        return StopCondition.STEP_TOO_SMALL, None, None  # the line search found no decrease

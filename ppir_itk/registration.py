@@ -80,6 +80,7 @@ from ppir_itk.moving_party import MovingPartySession
 from ppir_itk.optimizer import (
     GaussNewtonOptimizer,
     GradientDescentOptimizer,
+    LBFGSBOptimizer,
     RegularStepGradientDescentOptimizer,
 )
 from ppir_itk.options import (
@@ -103,7 +104,12 @@ from ppir_itk.wrapping import transforms as transform_io
 from ppir_itk.wrapping.images import as_image_grid
 from ppir_itk.wrapping.resample import resample
 
-Optimizer = GaussNewtonOptimizer | RegularStepGradientDescentOptimizer | GradientDescentOptimizer
+Optimizer = (
+    GaussNewtonOptimizer
+    | RegularStepGradientDescentOptimizer
+    | GradientDescentOptimizer
+    | LBFGSBOptimizer
+)
 
 #: The parties a run reports figures for, in the order reports and tables show them
 #: (the dealer only with spdz).

@@ -61,6 +61,7 @@ from ppir_itk.optimizer import (
     SMALL_PARAMETER_VARIATION,
     GaussNewtonOptimizer,
     GradientDescentOptimizer,
+    LBFGSBOptimizer,
     RegularStepGradientDescentOptimizer,
     StopCondition,
 )
@@ -88,7 +89,12 @@ _LEARNING_RATE_ESTIMATIONS = {
 }
 # The optimizers with a learning rate, scales and their estimators.
 _GRADIENT_DESCENTS = (RegularStepGradientDescentOptimizer, GradientDescentOptimizer)
-Optimizer = GaussNewtonOptimizer | RegularStepGradientDescentOptimizer | GradientDescentOptimizer
+Optimizer = (
+    GaussNewtonOptimizer
+    | RegularStepGradientDescentOptimizer
+    | GradientDescentOptimizer
+    | LBFGSBOptimizer
+)
 # RegularStep stops ITK takes inside a step, after which ITK still counts the iteration.
 _STOPS_INSIDE_A_STEP = (StopCondition.STEP_TOO_SMALL, StopCondition.GRADIENT_MAGNITUDE_TOLERANCE)
 
@@ -213,9 +219,8 @@ class ImageRegistrationMethod:
         self.SetMetricUseMovingImageGradientFilter(False)
 
     def SetMetricUseMovingImageGradientFilter(self, use: bool) -> None:  # noqa: N802
-        """Mattes only: ITK's recursive Gaussian gradient (on, SimpleITK's default) or
-        central differences; mean squares and correlation always take central
-        differences (docs/kernels.md)."""
+        """ITK's recursive Gaussian gradient (on, SimpleITK's default) or central
+        differences (docs/kernels.md), for every metric."""
         self._moving_gradient_filter = bool(use)
 
     def SetMetricFixedMask(self, binaryMask: Any) -> None:  # noqa: N802, N803
@@ -272,6 +277,32 @@ class ImageRegistrationMethod:
                 "MinimumStepLength": minimumStepLength,
                 "RelativeValueTolerance": relativeValueTolerance,
                 "MaximumBadSteps": maximumBadSteps,
+            },
+        )
+
+    def SetOptimizerAsLBFGSB(  # noqa: N802
+        self,
+        gradientConvergenceTolerance: float = 1e-5,  # noqa: N803
+        numberOfIterations: int = 500,  # noqa: N803
+        maximumNumberOfCorrections: int = 5,  # noqa: N803
+        maximumNumberOfFunctionEvaluations: int = 2000,  # noqa: N803
+        costFunctionConvergenceFactor: float = 1e7,  # noqa: N803
+        lowerBound: float = sys.float_info.min,  # noqa: N803
+        upperBound: float = sys.float_info.max,  # noqa: N803
+        trace: bool = False,
+    ) -> None:
+        """ITK's L-BFGS-B (:class:`~ppir_itk.optimizer.LBFGSBOptimizer`); SimpleITK's
+        default bounds (the smallest positive and the largest double) mean unbounded."""
+        self._optimizer = _OptimizerSettings(
+            LBFGSBOptimizer,
+            {
+                "GradientConvergenceTolerance": gradientConvergenceTolerance,
+                "NumberOfIterations": numberOfIterations,
+                "MaximumNumberOfCorrections": maximumNumberOfCorrections,
+                "MaximumNumberOfFunctionEvaluations": maximumNumberOfFunctionEvaluations,
+                "CostFunctionConvergenceFactor": costFunctionConvergenceFactor,
+                "LowerBound": None if lowerBound == sys.float_info.min else lowerBound,
+                "UpperBound": None if upperBound == sys.float_info.max else upperBound,
             },
         )
 
@@ -516,9 +547,9 @@ class ImageRegistrationMethod:
 
     def GetOptimizerLearningRate(self) -> float:  # noqa: N802
         optimizer = self._require_core("GetOptimizerLearningRate").optimizer
-        if isinstance(optimizer, GaussNewtonOptimizer):
+        if not isinstance(optimizer, _GRADIENT_DESCENTS):
             _not_built(
-                "GetOptimizerLearningRate", "the Gauss-Newton optimizer has no learning rate"
+                "GetOptimizerLearningRate", f"the {type(optimizer).__name__} has no learning rate"
             )
         return optimizer.GetLearningRate()
 
@@ -738,11 +769,17 @@ class ImageRegistrationMethod:
             )
         elif self._metric == CORRELATION:
             metric = PrivateCorrelationImageToImageMetric(
-                backend, session, backend_parameters=parameters
+                backend,
+                session,
+                backend_parameters=parameters,
+                use_moving_image_gradient_filter=self._moving_gradient_filter,
             )
         else:
             metric = PrivateMeanSquaresImageToImageMetric(
-                backend, session, backend_parameters=parameters
+                backend,
+                session,
+                backend_parameters=parameters,
+                use_moving_image_gradient_filter=self._moving_gradient_filter,
             )
         metric.SetMovingImageMask(self._moving_mask)
         return metric
@@ -753,11 +790,21 @@ class ImageRegistrationMethod:
                 "Execute",
                 "SimpleITK's implicit optimizer is not built: call one of "
                 "SetOptimizerAsRegularStepGradientDescent, SetOptimizerAsGradientDescent, "
-                "SetOptimizerAsGradientDescentLineSearch or SetOptimizerAsGaussNewton first",
+                "SetOptimizerAsGradientDescentLineSearch, SetOptimizerAsLBFGSB or "
+                "SetOptimizerAsGaussNewton first",
             )
         arguments = dict(self._optimizer.arguments)
         if self._optimizer.kind is GaussNewtonOptimizer:
             return GaussNewtonOptimizer(**arguments)
+        if self._optimizer.kind is LBFGSBOptimizer:
+            if self._scales is None:
+                _not_built(
+                    "SetOptimizerAsLBFGSB",
+                    "its scales are given or ones; the scales estimators serve the gradient "
+                    "descents",
+                )
+            count = len(initial.GetParameters())
+            return LBFGSBOptimizer(**arguments, Scales=self._scales or (1.0,) * count)
         if self._scales is None:
             arguments["Scales"] = None  # the core estimates them at each level
         else:
@@ -849,9 +896,9 @@ _NO_SUCH_METRIC = (
 
 _NO_SUCH_OPTIMIZER = (
     "the private optimizers are regular step gradient descent, gradient descent with or "
-    "without a line search, and Gauss-Newton (SetOptimizerAsRegularStepGradientDescent, "
-    "SetOptimizerAsGradientDescent, SetOptimizerAsGradientDescentLineSearch, "
-    "SetOptimizerAsGaussNewton)"
+    "without a line search, L-BFGS-B and Gauss-Newton "
+    "(SetOptimizerAsRegularStepGradientDescent, SetOptimizerAsGradientDescent, "
+    "SetOptimizerAsGradientDescentLineSearch, SetOptimizerAsLBFGSB, SetOptimizerAsGaussNewton)"
 )
 
 
