@@ -383,7 +383,7 @@ EXAMPLES = (
     Example("ImageRegistrationMethod4", "Mattes MI, 10 % random", "translation", method_4,
             lambda fixed: translation(6.0, -4.5), inverted, "spdz"),
     Example("ImageRegistrationMethodBSpline1", "correlation", "B-spline, mesh 8", bspline_1,
-            affine, scaled, None),
+            affine, scaled, "spdz"),
     Example("ImageRegistrationMethodBSpline2", "Mattes MI", "B-spline, mesh 10", bspline_2,
             affine, inverted, "spdz"),
     Example("ImageRegistrationMethodBSpline3", "joint histogram MI", "B-spline, mesh 2 refined",
