@@ -160,11 +160,18 @@ class ImageGrid:
 
 
 def center_of_mass(image: ImageGrid) -> np.ndarray:
-    """Physical centre of the intensities above the image minimum (ITK's moments centre)."""
-    weights = image.array.astype(np.float64) - float(image.array.min())
+    """Physical centre of gravity of the intensities, as ITK's ``ImageMomentsCalculator``
+    (the ``MOMENTS`` initializer's centre): ``sum I(x) x / sum I(x)``."""
+    weights = image.array.astype(np.float64).ravel()
     flat = np.flatnonzero(weights)
+    total = float(weights[flat].sum())
+    if not total or not np.isfinite(total):
+        raise InputError(
+            "the image's intensities sum to zero, so it has no centre of mass: use the "
+            "'geometry' initialiser"
+        )
     index = image.geometry.flat_to_index(flat)
-    mean_index = (weights.ravel()[flat, None] * index).sum(0) / weights.ravel()[flat].sum()
+    mean_index = (weights[flat, None] * index).sum(0) / total
     return image.geometry.physical_points(mean_index)
 
 

@@ -38,6 +38,7 @@ import functools
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -50,11 +51,12 @@ from ppir_itk.compose import connect, spawn_fixed_party
 from ppir_itk.correlation import PrivateCorrelationImageToImageMetric
 from ppir_itk.errors import InputError
 from ppir_itk.events import Event, as_event
-from ppir_itk.image import GridGeometry, ImageGrid
+from ppir_itk.image import GridGeometry, ImageGrid, center_of_mass
 from ppir_itk.masks import as_mask
 from ppir_itk.mattes import PrivateMattesMutualInformationImageToImageMetric
 from ppir_itk.metric import PrivateImageToImageMetric, PrivateMeanSquaresImageToImageMetric
-from ppir_itk.metric_kinds import CORRELATION, MATTES, MEAN_SQUARES
+from ppir_itk.metric_kinds import CORRELATION, MATTES, MEAN_SQUARES, MEAN_SQUARES_SETTINGS
+from ppir_itk.moving_party import MovingPartySession
 from ppir_itk.optimizer import (
     JACOBIAN,
     PHYSICAL_SHIFT,
@@ -112,6 +114,62 @@ class RemoteFixedImage:
     tls: TLS
     dealer: str | None = None
     geometry: GridGeometry | None = None
+
+
+GEOMETRY = sitk.CenteredTransformInitializerFilter.GEOMETRY
+MOMENTS = sitk.CenteredTransformInitializerFilter.MOMENTS
+
+
+def CenteredTransformInitializer(  # noqa: N802
+    fixedImage: Any,  # noqa: N803
+    movingImage: Any,  # noqa: N803
+    transform: Any,
+    operationMode: int = MOMENTS,  # noqa: N803
+    *,
+    backend: str = DEFAULT_BACKEND,
+) -> Any:
+    """SimpleITK's ``CenteredTransformInitializer``, where the fixed image may be a
+    :class:`RemoteFixedImage`: the transform's centre at the fixed image's centre and its
+    translation to the moving image's. ``GEOMETRY`` takes the fixed party's public geometry;
+    ``MOMENTS`` (SimpleITK's default) its centre of mass, which the fixed party discloses
+    (d numbers, if its operator allows it) and a warning reports. A short session with
+    ``backend`` (one the fixed party offers) carries either. A SimpleITK image is both
+    images on this machine: SimpleITK's own call."""
+    if not isinstance(fixedImage, RemoteFixedImage):
+        return sitk.CenteredTransformInitializer(fixedImage, movingImage, transform, operationMode)
+    if operationMode not in (GEOMETRY, MOMENTS):
+        _not_built("CenteredTransformInitializer", "the modes are GEOMETRY and MOMENTS")
+    moving = as_image_grid(movingImage, name="moving image")
+    moments = operationMode == MOMENTS
+    session = connect(fixedImage.address, fixedImage.tls, dealer=fixedImage.dealer)
+    party = MovingPartySession(session, check_backend_name(backend), None, MEAN_SQUARES_SETTINGS)
+    try:
+        fixedImage.geometry = party.start(
+            LevelSchedule.from_lists([1], [0.0]), NoSampling(), wants_center_of_mass=moments
+        )
+        if moments:
+            fixed_center = party.fixed_center_of_mass()
+            moving_center = center_of_mass(moving)
+            warnings.warn(
+                "CenteredTransformInitializer (MOMENTS): the fixed party disclosed its centre "
+                f"of mass ({fixed_center.size} numbers); GEOMETRY discloses nothing",
+                stacklevel=2,
+            )
+        else:
+            fixed_center = fixedImage.geometry.center()
+            moving_center = moving.geometry.center()
+        party.close()
+    except BaseException as error:
+        party.abort(f"the moving party stopped: {type(error).__name__}")
+        raise
+    centred = transform.Downcast() if hasattr(transform, "Downcast") else transform
+    centred = type(centred)(centred)
+    if hasattr(centred, "SetCenter"):
+        centred.SetCenter(fixed_center.tolist())
+        centred.SetTranslation((moving_center - fixed_center).tolist())
+    else:  # a translation: its offset
+        centred.SetOffset((moving_center - fixed_center).tolist())
+    return centred
 
 
 @dataclass(frozen=True)

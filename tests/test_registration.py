@@ -6,10 +6,12 @@ import os
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 from conftest import known_pair, register_in_process
 
 import ppir_itk
 from ppir_itk import parallel
+from ppir_itk.errors import InputError
 from ppir_itk.evaluation import displacement_rmse, sitk_reference_registration
 from ppir_itk.phantoms import head_phantom
 from ppir_itk.transforms import make_transform
@@ -143,6 +145,23 @@ def test_moments_initializer_is_reported_as_a_disclosure(phantom_2d):
     )
     assert any("centre of mass" in line for line in result.learned["moving"])
     assert displacement_rmse(result.transform, truth, phantom_2d.geometry) < 0.1
+
+
+def test_the_centre_of_mass_is_itks_and_a_massless_image_is_refused():
+    """ITK's ImageMomentsCalculator (SimpleITK's MOMENTS centre), negative pixels too."""
+    from ppir_itk.image import ImageGrid, center_of_mass
+    from ppir_itk.wrapping.images import to_sitk
+
+    image = ImageGrid(np.array([[-1.0, 2.0, 0.0], [4.0, 0.0, 1.0]]), spacing=(0.5, 2.0))
+    reference = sitk.CenteredTransformInitializer(
+        sitk.Cast(to_sitk(image), sitk.sitkFloat64),
+        sitk.Cast(to_sitk(image), sitk.sitkFloat64),
+        sitk.Euler2DTransform(),
+        sitk.CenteredTransformInitializerFilter.MOMENTS,
+    )
+    np.testing.assert_allclose(center_of_mass(image), reference.GetCenter(), atol=1e-12)
+    with pytest.raises(InputError, match="no centre of mass: use the 'geometry' initialiser"):
+        center_of_mass(ImageGrid(np.array([[1.0, -1.0], [0.0, 0.0]])))
 
 
 def test_report_holds_the_required_fields(phantom_2d):

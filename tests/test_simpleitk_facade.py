@@ -425,6 +425,34 @@ def test_remote_fixed_image_carries_the_public_geometry_only(pair, tmp_path):
     assert local.Execute(*pair).GetParameters() == remote_result.GetParameters()
 
 
+def test_the_centred_initializer_of_a_remote_fixed_image_is_simpleitks(pair, tmp_path):
+    """GEOMETRY from the public geometry, MOMENTS from the centre of mass the fixed party
+    discloses (a warning says so): both SimpleITK's own result on the local image."""
+    pki = ppir_itk.init_pki(tmp_path / "pki")
+    image = tmp_path / "fixed.nrrd"
+    sitk.WriteImage(pair[0], str(image))
+    modes = {"GEOMETRY": facade.GEOMETRY, "MOMENTS": facade.MOMENTS}
+    with ppir_serve(pki, image, tmp_path / "serve.log", "--backends", "clear") as address:
+        for name, mode in modes.items():
+            fixed = facade.RemoteFixedImage(address, ppir_itk.TLS.for_role(pki, "moving-party"))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                ours = facade.CenteredTransformInitializer(
+                    fixed, pair[1], sitk.Euler2DTransform(), mode, backend="clear"
+                )
+            disclosed = [w for w in caught if "disclosed its centre of mass" in str(w.message)]
+            assert len(disclosed) == (name == "MOMENTS"), name
+            reference = sitk.CenteredTransformInitializer(
+                pair[0], pair[1], sitk.Euler2DTransform(), mode
+            )
+            assert type(ours) is type(reference)
+            np.testing.assert_allclose(ours.GetCenter(), reference.GetCenter(), atol=1e-9)
+            np.testing.assert_allclose(
+                ours.GetParameters(), reference.GetParameters(), atol=1e-9, err_msg=name
+            )
+            assert fixed.geometry is not None
+
+
 def test_the_readme_paragraph_runs_as_written(tmp_path, monkeypatch):
     """README.md's "From a SimpleITK script" block, from a working directory of its own."""
     blocks = re.findall(r"^```python\n(.*?)^```$", README.read_text(encoding="utf-8"), re.M | re.S)

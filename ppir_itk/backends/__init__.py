@@ -137,7 +137,12 @@ def fixed_mask_refusal(name: str, protocol: str | None, metric: str) -> str:
                 label += f" (protocol {other_protocol})"
             serving.append(label if halves[0].private else f"{label}, which is NOT private")
     serving.sort(key=lambda label: label.endswith("NOT private"))
-    advice = f": register with backend {' or '.join(serving)}" if serving else ""
+    listed = (
+        ", ".join(serving[:-1]) + (" or " if len(serving) > 1 else "") + serving[-1]
+        if serving
+        else ""
+    )
+    advice = f": register with backend {listed}" if serving else ""
     return f"backend {named} does not compute metric '{metric}' within a fixed mask{advice}"
 
 
