@@ -430,38 +430,35 @@ def test_a_mask_with_no_point_inside_at_a_level_is_refused_with_the_metric_s_sen
 
 
 # -- the backends that cannot restrict a metric to a fixed mask --------------------------
-def _unmasked_backends() -> list[tuple[str, str]]:
-    """(backend, metric) pairs a backend computes but not with a fixed mask (today: he and
-    spdz, until their masked sums land)."""
-    pairs = []
+def _unmasked_backends() -> list[tuple[str, str, str]]:
+    """(backend, protocol, metric) triples a backend's protocol computes, but not with a
+    fixed mask (today: the he backend's paper protocols)."""
+    triples = []
     for metric in METRICS:
         for name, protocols in BACKENDS.items():
-            halves = (
-                HISTOGRAM_BACKENDS.get(name) if metric == MATTES else next(iter(protocols.values()))
-            )
-            if halves is None or metric not in halves[0].metrics:
-                continue
-            if not all(metric in half.fixed_mask_metrics for half in halves):
-                pairs.append((name, metric))
-    return pairs
+            for protocol, halves in protocols.items():
+                if metric == MATTES:
+                    halves = HISTOGRAM_BACKENDS.get(name) if protocol == name else None
+                if halves is None or metric not in halves[0].metrics:
+                    continue
+                if not all(metric in half.fixed_mask_metrics for half in halves):
+                    triples.append((name, protocol, metric))
+    return triples
 
 
-@pytest.mark.parametrize(("backend", "metric"), _unmasked_backends() or [("none", "none")])
-def test_a_backend_without_a_masked_metric_is_refused_naming_both(distracted_pair, backend, metric):
-    if backend == "none":
-        pytest.skip("every backend computes every metric with a fixed mask")
+@pytest.mark.parametrize(("backend", "protocol", "metric"), _unmasked_backends())
+def test_a_backend_without_a_masked_metric_is_refused_naming_both(
+    distracted_pair, backend, protocol, metric
+):
     fixed, moving, mask = (distracted_pair[k] for k in ("fixed", "moving", "mask"))
+    options = dict(backend=backend, metric=metric, backend_parameters={"protocol": protocol})
+    named = rf"backend '{backend}' \(protocol {protocol}\) does not compute metric '{metric}'"
     with pytest.raises(
         InputError,
-        match=rf"backend '{backend}' does not compute metric '{metric}' within a fixed mask: "
-        r"register with backend .*clear, which is NOT private",
+        match=rf"{named} within a fixed mask: register with backend .*clear, which is NOT private",
     ):
-        ppir_itk.register(fixed, moving, backend=backend, metric=metric, fixed_mask=mask)
+        ppir_itk.register(fixed, moving, fixed_mask=mask, **options)
     # A fixed party that serves with a mask ends such a session itself.
     session = ppir_itk.in_process_session(fixed, fixed_mask=mask)
-    with pytest.raises(
-        PeerError,
-        match=rf"restricts the metric to its mask, and backend '{backend}' does not compute "
-        rf"metric '{metric}' within a fixed mask",
-    ):
-        ppir_itk.register_with(session, moving, backend=backend, metric=metric, iterations=1)
+    with pytest.raises(PeerError, match=rf"restricts the metric to its mask, and {named}"):
+        ppir_itk.register_with(session, moving, iterations=1, **options)
