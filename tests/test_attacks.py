@@ -105,8 +105,13 @@ def test_defence_off_an_honest_bspline_view_beats_its_own_image_prior():
     party = RecordingMovingParty(in_process_session(fixed), "spdz")
     metric = PrivateMeanSquaresImageToImageMetric(party, bending_energy_weight=100.0)
     metric.SetMovingImage(moving)
-    method = ImageRegistrationMethod(
-        metric, GaussNewtonOptimizer(NumberOfIterations=10), "bspline", grid_spacing=8.0
+    method = ImageRegistrationMethod(  # one full-size level: the view the attack reads
+        metric,
+        GaussNewtonOptimizer(NumberOfIterations=10),
+        "bspline",
+        grid_spacing=8.0,
+        shrink_factors=[1],
+        smoothing_sigmas=[0.0],
     )
     prior = method.run().resample(moving).array
     j = fixed.array.astype(np.float64)
