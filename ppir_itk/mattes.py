@@ -153,11 +153,8 @@ class PrivateMattesMutualInformationImageToImageMetric(PrivateImageToImageMetric
 
     def _check_enough_overlap(self, count: int, points: int) -> None:
         if not has_enough_overlap(count, points):
-            where = (
-                "inside the masks " if self._moving_mask is not None or self.fixed_masked else ""
-            )
             raise InputError(
-                f"only {count} of the level's {points} points {where}map inside the moving "
-                "image under the current transform; Mattes needs a sixteenth of them, as ITK "
-                "(try the 'geometry' or 'moments' initialiser)"
+                f"only {count} of the level's {points} points {self._within_masks}map inside "
+                "the moving image under the current transform; Mattes needs a sixteenth of "
+                "them, as ITK (try the 'geometry' or 'moments' initialiser)"
             )

@@ -369,15 +369,17 @@ class PrivateImageToImageMetric(abc.ABC):
         self._check_overlap(warped[3])
         return warped
 
+    @property
+    def _within_masks(self) -> str:
+        """How a refusal names the points it counts: those inside the masks, with one."""
+        return "inside the masks " if self._moving_mask is not None or self.fixed_masked else ""
+
     def _check_overlap(self, count: int) -> None:
         if count == 0:
-            masks = (
-                " inside the masks" if self._moving_mask is not None or self.fixed_masked else ""
-            )
             raise InputError(
-                f"no fixed-grid point{masks} maps inside the moving image: the images do not "
-                "overlap under the current transform (try the 'geometry' or 'moments' "
-                "initialiser)"
+                f"no fixed-grid point {self._within_masks}maps inside the moving image: the "
+                "images do not overlap under the current transform (try the 'geometry' or "
+                "'moments' initialiser)"
             )
 
     def _masked_count(self, count: float) -> int:
