@@ -18,7 +18,8 @@ modulus; 16384 slots, all filled). In a 2-D affine iteration every point
 fills d (d + 1) + 2 = 8 slots, so 10^6 points are 8 x 10^6 slot values.
 
 - encode + encrypt: the fixed party's work per ciphertext of its level upload
-  (``HEPackedFixedSide.on_points``, public-key encryption, serialisation apart);
+  (``HEPackedFixedSide.on_points`` encrypts under the secret key, seeded; here public-key
+  encryption, serialisation apart);
 - save (serialise): ``HEContext.to_bytes`` on a fresh ciphertext; MB is the
   level upload's size per 10^6 slot values;
 - load + to NTT: the moving party's per-level work on each received

@@ -294,3 +294,24 @@ def test_paper_v2_sums_columns_longer_than_one_ciphertext():
     )
     assert paper.iterations == clear.iterations == 2
     assert displacement_rmse(paper.transform, clear.transform, fixed.geometry) < 1e-3
+
+
+def test_the_level_upload_is_seeded_half_a_public_key_ciphertext():
+    """The fixed party encrypts its level under its secret key: each ciphertext travels
+    seeded (SEAL keeps the uniform half as its PRNG seed), under 0.6 of the bytes of the
+    public-key ciphertext of the same plaintext, and the moving party's load of it decrypts."""
+    from ppir_itk.backends.he import HEPackedFixedSide
+    from ppir_itk.points import PointSet
+    from ppir_itk.policy import FixedPolicy
+
+    fixed = head_phantom((20, 18))
+    side = HEPackedFixedSide({}, FixedPolicy.holding_both_images(("he",)))
+    side.on_points(fixed.array.ravel().astype(np.float64), PointSet(fixed.geometry, None))
+    he, seal = side.he, side.he.seal
+    public = seal.Ciphertext()
+    seal.Encryptor(he.context, side._public_key).encrypt(he.encode(np.ones(4)), public)
+    full = len(he.to_bytes(public))
+    assert side._level_blobs and all(len(blob) < 0.6 * full for blob in side._level_blobs)
+    plain = seal.Plaintext()
+    side._decryptor.decrypt(he.from_bytes("Ciphertext", side._level_blobs[0]), plain)
+    assert np.any(np.array(he.encoder.decode_uint64(plain)) != 0)

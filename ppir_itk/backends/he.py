@@ -6,7 +6,8 @@ Protocol ``packed`` (the default), per level and per iteration:
    parameters. Once per level it encrypts and sends its fixed-point vectors
    ``q(phi_j) q(J)`` (j < d), ``q(J)`` and ``q(J)^2`` on the agreed points,
    interleaved so that each of the ``d (d + 1) + 2`` sums the joint term needs
-   has its own range of slots in every ciphertext (:func:`interleave`).
+   has its own range of slots in every ciphertext (:func:`interleave`), under its
+   secret key: a fresh symmetric BFV ciphertext travels seeded (half its bytes).
    ``q`` is fixed-point: ``q(J) = round(J 2^e_J)`` with a power-of-two exponent
    ``e_J`` the fixed party publishes, ``q(phi) = round(phi 2^e_phi)`` with an
    exponent both parties derive from the public grid.
@@ -792,7 +793,10 @@ class HEPackedFixedSide(ExactSumsFixedSide):
         self._secret_key = keys.secret_key()
         self._public_key = seal.PublicKey()
         keys.create_public_key(self._public_key)
-        self._encryptor = seal.Encryptor(self.he.context, self._public_key)
+        # Its own uploads under its secret key: a fresh symmetric ciphertext travels seeded
+        # (the uniform half as SEAL's PRNG seed), half the bytes of a public-key one; the
+        # moving party loads it as any ciphertext (RLWE, IND-CPA as the public-key form).
+        self._encryptor = seal.Encryptor(self.he.context, self._secret_key)
         self._decryptor = seal.Decryptor(self.he.context, self._secret_key)
         self._sums = 0
 
@@ -829,9 +833,8 @@ class HEPackedFixedSide(ExactSumsFixedSide):
             rows = [chunk(vector, r, slots) for vector in per_point for r in range(count)]
         self._level_blobs: list[bytes] = []
         for row in rows:
-            ciphertext = self.he.seal.Ciphertext()
-            self._encryptor.encrypt(self.he.encode(row), ciphertext)
-            self._level_blobs.append(self.he.to_bytes(ciphertext))
+            seeded = self._encryptor.encrypt_symmetric(self.he.encode(row))
+            self._level_blobs.append(self.he.to_bytes(seeded))
 
     def handle(self, message: pb.BackendMessage) -> pb.BackendMessage:
         kind = message.WhichOneof("body")
