@@ -325,7 +325,7 @@ class _Pair:
 def spdz_rows(repeats: int) -> tuple[str, list[Row]]:
     """The SPDZ backend's share arithmetic, dealer and openings."""
     from ppir_itk.backends.crypten_compat import acting_as, load_crypten
-    from ppir_itk.backends.spdz import ring_map
+    from ppir_itk.backends.spdz import pairing, ring_map
     from ppir_itk.compose import local_dealer
     from ppir_itk.dealer import TriplePool
     from ppir_itk.fixed_point import RING
@@ -402,10 +402,12 @@ def spdz_rows(repeats: int) -> tuple[str, list[Row]]:
     apply = ring_map(basis)
     values = rng.integers(0, 1 << basis.budget(RING).j_bits, points)
     step = _Pair(geometry.number_of_points)
+    layout = pairing(d, False, False)
+    shape = (layout.rows, layout.mapped, layout.fixed_rows)
     step.fixed_step = lambda: step.fixed.open_fixed_operand(
-        0, np.stack([values, values**2]), geometry.number_of_points, d
+        0, np.stack([values, values**2]), geometry.number_of_points, *shape
     )
-    step.moving.open_fixed_operand(0, None, geometry.number_of_points, d)
+    step.moving.open_fixed_operand(0, None, geometry.number_of_points, *shape)
     step.fixed_step = lambda: step.fixed.sums(None, apply)
     moving_rows = rng.integers(-(1 << 20), 1 << 20, (SPDZ_ROWS, geometry.number_of_points))
     mark = step.bytes + step.dealer_bytes()

@@ -293,13 +293,9 @@ class SPDZBackend(ExactSumsBackend):
             )
         self._step = LEVEL
         self._level_index += 1  # levels come in order: the fixed party counts them the same way
+        layout = pairing(points.geometry.dimension, wants_fixed_sum(self.metric), self.fixed_masked)
         self._products.open_fixed_operand(
-            self._level_index,
-            None,
-            points.size,
-            points.geometry.dimension,
-            wants_fixed_sum(self.metric),
-            self.fixed_masked,
+            self._level_index, None, points.size, layout.rows, layout.mapped, layout.fixed_rows
         )
         self._exponent_j = self._answer.fixed_exponent
         basis = points.linear_map
@@ -471,13 +467,14 @@ class SPDZFixedSide(ExactSumsFixedSide):
         if step is LEVEL:
             self._level_pending = False
             with self._dealer_step():
+                layout = self._pairing
                 self._products.open_fixed_operand(
                     self._level_index,
                     self._fixed_rows,
                     points.size,
-                    points.geometry.dimension,
-                    wants_fixed_sum(self.metric),
-                    self.fixed_masked,
+                    layout.rows,
+                    layout.mapped,
+                    layout.fixed_rows,
                 )
             answer.fixed_exponent = self._exponent_j
         else:

@@ -9,7 +9,7 @@ side of the protocol's steps. Importing this module imports CrypTen
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -142,25 +142,23 @@ class SharedProducts:
         level: int,
         fixed_rows: np.ndarray | None,
         count: int,
-        dimension: int,
-        fixed_sum: bool = False,
-        masked: bool = False,
+        rows: Sequence[int],
+        mapped: int,
+        fixed_row_count: int,
     ) -> None:
         """Steps 1-2; ``fixed_rows`` is the fixed party's ``Y`` (``None`` on the moving party).
-        ``fixed_sum`` (correlation) and ``masked`` (a fixed mask: Y has the row M) lay out
-        X's rows and the Y row each meets (:func:`~ppir_itk.backends.spdz.pairing`)."""
-        from ppir_itk.backends.spdz import pairing
-
+        The layout is :func:`~ppir_itk.backends.spdz.pairing`'s: ``rows[i]`` the row of Y
+        that X's row i meets, the first ``mapped`` through the map, Y of
+        ``fixed_row_count`` rows."""
         self._drain()
         self._mask_sequence = level
-        layout = pairing(dimension, fixed_sum, masked)
-        self._mapped = layout.mapped
-        self._rows = torch.tensor(list(layout.rows))
+        self._mapped = mapped
+        self._rows = torch.tensor(list(rows))
         if self.rank == FIXED:
-            self._mask = torch.from_numpy(self.dealer.masks(level, layout.fixed_rows, count).copy())
+            self._mask = torch.from_numpy(self.dealer.masks(level, fixed_row_count, count).copy())
             own = fixed_rows - self._mask.numpy()
         else:  # the moving party's share of Y - b
-            own = np.zeros((layout.fixed_rows, count), dtype=np.int64)
+            own = np.zeros((fixed_row_count, count), dtype=np.int64)
         with acting_as(self.communicator):
             self._opened = self._share(own).reveal(dst=MOVING)
         self._prefetch(count)
