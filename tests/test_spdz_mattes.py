@@ -172,10 +172,11 @@ def test_the_secure_log_matches_numpy_over_its_range():
     t0, t1 = _triples(x.size * ring128.LOG_PRODUCTS)
     out = ring128.run_pair(ring128.log(share0, t0, 0), ring128.log(share1, t1, 1))
     error = np.abs(ring128.decode(_opened(out)) - np.log(x))
-    # the bounds of ring128's docstring
+    # the bounds of ring128's docstring; above 1e-4 the truncations' random ulps set the
+    # error (at most 1.28e-6 in 300 draws), so the bound leaves them room
     assert error.max() < 8e-5
     assert error[x >= 1e-5].max() < 2.5e-6
-    assert error[x >= 1e-4].max() < 1e-6
+    assert error[x >= 1e-4].max() < 1.6e-6
 
 
 def test_below_its_range_the_secure_log_saturates_within_the_truncation_bound():
