@@ -134,12 +134,15 @@ class Secret:
     def of(cls, name: str, stored: np.ndarray, derived: dict[str, np.ndarray]) -> Secret:
         """``stored``: the pixels as the party holds them; ``derived``: the images it computes
         from them (level images, warped copies), by name. Raw windows come from the stored
-        pixels (as stored, float32 and float64) and from the derived images as float64."""
+        pixels (as stored, float32, float64 and, for whole values in 0..255, uint8, as masks and
+        8-bit images travel) and from the derived images as float64."""
         buffers = [
             stored.tobytes(),
             stored.astype(np.float32).tobytes(),
             stored.astype(np.float64).tobytes(),
         ]
+        if np.array_equal(stored, np.clip(np.round(stored), 0, 255)):  # a mask, 8-bit pixels
+            buffers.append(stored.astype(np.uint8).tobytes())
         buffers += [np.asarray(image, np.float64).tobytes() for image in derived.values()]
         images = {name: stored.ravel().astype(np.float64)}
         for label, image in derived.items():

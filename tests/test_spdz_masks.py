@@ -187,13 +187,27 @@ def test_a_masked_fixed_party_receives_only_uniform_openings(phantom_2d):
     mask = _mask_dropping_a_third(phantom_2d)
     session = _masked_session(phantom_2d, mask)
     party, points = _level(session, MetricSettings("correlation"))
+    side = session.serving.backend_side
+    communicator = side._communicator
+    fill = communicator.fill_inbox
+    received: list[np.ndarray] = []
+
+    def recorded(arrays, max_elements):  # what the fixed party takes off the wire
+        fill(arrays, max_elements)
+        received.extend(communicator.inbox)
+
+    communicator.fill_inbox = recorded
     for seed in (1, 2):
         party.joint_term(_fields(points, seed))
     closed = party.close()
-    side = session.serving.backend_side
     assert side.fixed_masked and not list(closed.learned)
     rows = 3 * points.geometry.dimension + 6  # correlation's rows with a mask
     assert side.received.total("opened_rows") == 2 * rows * points.size
+    # The openings E = X - a themselves: uniform on Z_2^64, where the rows X are fixed point
+    # of about 20 bits. Below 2^56 in absolute value: 1/128 of uniform values, all of X.
+    openings = np.concatenate([array.ravel() for array in received])
+    assert openings.size == 2 * rows * points.size
+    assert np.mean(np.abs(openings.astype(np.float64)) < 2.0**56) < 0.02
 
 
 def test_the_policy_s_noise_reaches_the_masked_sums(phantom_2d):
