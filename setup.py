@@ -30,6 +30,7 @@ kernels = Extension(
         "src/ppir_bspline.c",
         "src/ppir_parzen.c",
         "src/ppir_ring.c",
+        "src/ppir_bfv.c",
     ],
     depends=[
         "cython/_ppir_c.pxd",
@@ -43,6 +44,7 @@ kernels = Extension(
         "src/ppir_points.inc",
         "src/ppir_parzen.h",
         "src/ppir_ring.h",
+        "src/ppir_bfv.h",
     ],
     include_dirs=["src", numpy.get_include()],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],

@@ -909,3 +909,43 @@ def ring128_beaver(e, f, a, b, c, int party, out):
     with nogil:
         status = ppir_ring128_beaver(n, party, e_p, f_p, a_p, b_p, c_p, o_p)
     _raise_for_status(status, "ring128_beaver")
+
+
+# -- BFV ---------------------------------------------------------------------------------
+
+from _ppir_c cimport ppir_bfv_add_scaled
+
+__all__ += ["bfv_add_scaled"]
+
+_BFV_LIMIT = 1 << 62
+
+
+def bfv_add_scaled(plain, uint64_t t, uint64_t q_mod_t, primes, delta, c0):
+    """Add ``round(q plain / t)`` to ``c0`` (count x n, uint64) in place, row j modulo
+    ``primes[j]``: ``q`` the primes' product, given as ``q_mod_t`` and ``delta[j] =
+    floor(q / t) mod primes[j]``; plain (n) holds a plaintext's coefficients below t."""
+    _array(plain, "plain", (_UINT64,), None)
+    if plain.ndim != 1:
+        raise ValueError(f"plain must be 1-D, got {plain.ndim}-D.")
+    cdef ppir_index n = plain.shape[0]
+    _array(primes, "primes", (_UINT64,), None)
+    if primes.ndim != 1:
+        raise ValueError(f"primes must be 1-D, got {primes.ndim}-D.")
+    cdef ppir_index count = primes.shape[0]
+    _array(delta, "delta", (_UINT64,), (count,))
+    _array(c0, "c0", (_UINT64,), (count, n), True)
+    _check_disjoint((("c0", c0),), (("plain", plain), ("primes", primes), ("delta", delta)))
+    if not 2 <= t < _BFV_LIMIT or q_mod_t >= t:
+        raise ValueError(f"t must be in [2, 2^62) and q_mod_t below it, got {t} and {q_mod_t}.")
+    if count and (primes.max() >= _BFV_LIMIT or (delta >= primes).any()):
+        raise ValueError("primes must be below 2^62 and delta below its prime.")
+    if n and (plain.max() >= t or (c0 >= primes[:, None]).any()):
+        raise ValueError("plain must be below t and c0 below its row's prime.")
+    cdef const uint64_t *plain_p = <const uint64_t *>_ptr(plain)
+    cdef const uint64_t *primes_p = <const uint64_t *>_ptr(primes)
+    cdef const uint64_t *delta_p = <const uint64_t *>_ptr(delta)
+    cdef uint64_t *c0_p = <uint64_t *>_ptr(c0)
+    cdef ppir_status status
+    with nogil:
+        status = ppir_bfv_add_scaled(n, count, plain_p, t, q_mod_t, primes_p, delta_p, c0_p)
+    _raise_for_status(status, "bfv_add_scaled")

@@ -146,3 +146,8 @@ cdef extern from "ppir_ring.h" nogil:
     ppir_status ppir_ring128_beaver(ppir_index n, int party, const uint64_t *e,
                                     const uint64_t *f, const uint64_t *a, const uint64_t *b,
                                     const uint64_t *c, uint64_t *out)
+
+cdef extern from "ppir_bfv.h" nogil:
+    ppir_status ppir_bfv_add_scaled(ppir_index n, ppir_index count, const uint64_t *plain,
+                                    uint64_t t, uint64_t q_mod_t, const uint64_t *primes,
+                                    const uint64_t *delta, uint64_t *c0)

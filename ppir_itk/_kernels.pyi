@@ -291,3 +291,13 @@ def ring128_beaver(
 ) -> None:
     """A party's share of Beaver's product: ``out = c + e b + f a`` (``+ e f`` for party 0),
     e and f opened, a, b, c its shares of the triple."""
+
+# -- BFV's plaintext scaling (src/ppir_bfv.c)
+
+__all__ += ["bfv_add_scaled"]
+
+def bfv_add_scaled(
+    plain: UInt64, t: int, q_mod_t: int, primes: UInt64, delta: UInt64, c0: UInt64
+) -> None:
+    """In place, ``c0[j, k] += round(q plain[k] / t) mod primes[j]`` (ties up), ``q`` the
+    primes' product given as ``q mod t`` and ``delta[j] = floor(q / t) mod primes[j]``."""

@@ -241,18 +241,18 @@ def test_register_logs_progress_lines_at_most_the_interval_apart_when_not_on_a_t
         "1",
         "0",
         "--iterations",
-        "6",
-        "4",
+        "12",
+        "8",
         "--progress-interval",
         str(interval),
-        shape=(128, 128),
+        shape=(192, 192),  # long enough for four intervals however fast he gets
     )
     gaps = _progress_gaps(completed.stderr, interval)
     print(f"progress gaps (s): {', '.join(f'{gap:.2f}' for gap in gaps)}")
     assert len(gaps) >= 4, completed.stderr
     assert max(gaps) <= interval + 0.25, (gaps, completed.stderr)
-    assert "level 1/2 started, at most 6 iterations" in completed.stderr
-    assert "level 2/2 started, at most 4 iterations" in completed.stderr
+    assert "level 1/2 started, at most 12 iterations" in completed.stderr
+    assert "level 2/2 started, at most 8 iterations" in completed.stderr
 
 
 @pytest.mark.slow

@@ -7,7 +7,10 @@ Protocol ``packed`` (the default), per level and per iteration:
    ``q(phi_j) q(J)`` (j < d), ``q(J)`` and ``q(J)^2`` on the agreed points,
    interleaved so that each of the ``d (d + 1) + 2`` sums the joint term needs
    has its own range of slots in every ciphertext (:func:`interleave`), under its
-   secret key: a fresh symmetric BFV ciphertext travels seeded (half its bytes).
+   secret key: a fresh symmetric BFV ciphertext travels seeded (half its bytes), at
+   the lowest level of the modulus chain that leaves the moving party room for its
+   flood (:func:`upload_level`: 5 of the 8 primes at N = 16384, 5/8 of the bytes
+   again; 567 kB a ciphertext against 1.83 MB unseeded at the top level).
    ``q`` is fixed-point: ``q(J) = round(J 2^e_J)`` with a power-of-two exponent
    ``e_J`` the fixed party publishes, ``q(phi) = round(phi 2^e_phi)`` with an
    exponent both parties derive from the public grid.
@@ -93,7 +96,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import zstandard
 
+from ppir_itk import _kernels
 from ppir_itk.backends.base import (
     EXACT_SUMS_DISCLOSURES,
     LINEAR_SUMS_METRICS,
@@ -133,6 +138,8 @@ SECURITY_LEVELS = {128: "TC128", 192: "TC192", 256: "TC256"}
 FLOOD_NOISE = True  # the defence; tests switch it off to show the attack it stops
 FLOOD_SECURITY_BITS = 40
 UNFLOODED_MOD_SWITCHES = 2  # without flooding: switch down twice (smaller ciphertext)
+# SEAL's serialisation header: how the members behind it are compressed.
+NO_COMPRESSION, ZSTD_COMPRESSION = 0, 2
 # SEAL samples fresh noise from a normal with standard deviation 3.2 clipped at 6 sigma.
 NOISE_MAX_DEVIATION = 19.2
 
@@ -312,12 +319,72 @@ class HEContext:
         )
         return self.from_bytes("Ciphertext", self._header(len(body)) + body)
 
-    def _header(self, payload: int) -> bytes:
-        """SEAL's serialisation header (magic, its size, version, no compression, total
+    def _header(self, payload: int, compression: int = NO_COMPRESSION) -> bytes:
+        """SEAL's serialisation header (magic, its size, version, compression, total
         size) for ``payload`` bytes."""
         return (
-            struct.pack("<HB", 0xA15E, 16) + self._version + struct.pack("<BHQ", 0, 0, 16 + payload)
+            struct.pack("<HB", 0xA15E, 16)
+            + self._version
+            + struct.pack("<BHQ", compression, 0, 16 + payload)
         )
+
+    def _members(self, blob: bytes) -> bytes:
+        """What SEAL's ``save`` wrote behind its header, uncompressed."""
+        magic, _, _, compression, _, size = struct.unpack_from("<HB2sBHQ", blob)
+        assert magic == 0xA15E and size == len(blob), "SEAL's own serialisation"
+        body = blob[16:]
+        if compression == ZSTD_COMPRESSION:
+            return zstandard.ZstdDecompressor().decompress(body)
+        assert compression == NO_COMPRESSION, "SEAL compresses with zstd (or not at all)"
+        return body
+
+    def levels(self) -> list[Any]:
+        """The ``parms_id`` of every level of the modulus chain, the top one first."""
+        ids = []
+        data = self.context.first_context_data()
+        while data is not None:
+            ids.append(data.parms_id())
+            data = data.next_context_data()
+        return ids
+
+    def encrypt_seeded(self, encryptor: Any, values: np.ndarray, parms_id: Any) -> bytes:
+        """A fresh symmetric encryption of the batched ``values`` at the level ``parms_id``,
+        serialised seeded (``c1`` as SEAL's PRNG seed) and zstd-compressed.
+
+        SEAL encrypts symmetrically at the top level only, and a ciphertext switched down
+        loses its seed; so ``encryptor`` (under the secret key) encrypts zero seeded at the
+        level, and the plaintext's scaled copy, ``round(q m / t)``, is added to that zero's
+        ``c0`` as SEAL's encryption adds it (:func:`~ppir_itk._kernels.bfv_add_scaled`).
+        SEAL's loader expands the seed as for any seeded ciphertext.
+        """
+        zero = self._members(self.to_bytes(encryptor.encrypt_zero_symmetric(parms_id)))
+        primes = np.array(self.moduli(parms_id), dtype=np.uint64)
+        # Ciphertext members: parms_id, NTT flag, size, degree, primes, scale, correction
+        # factor (73 bytes), then a seeded c0 as a DynArray (SEAL header, its length, the
+        # words), then the seed.
+        size, degree, count = struct.unpack_from("<3Q", zero, 33)
+        (words,) = struct.unpack_from("<Q", zero, 73 + 16)
+        assert (size, degree, count, words) == (2, self.degree, primes.size, primes.size * degree)
+        start = 73 + 24
+        c0 = np.frombuffer(zero, dtype="<u8", count=words, offset=start).reshape(count, degree)
+        c0 = c0.astype(np.uint64)  # a writeable copy
+        q = math.prod(int(p) for p in primes)
+        delta = np.array([(q // self.t) % int(p) for p in primes], dtype=np.uint64)
+        _kernels.bfv_add_scaled(
+            self._plain_coefficients(values), self.t, q % self.t, primes, delta, c0
+        )
+        members = zero[:start] + c0.astype("<u8").tobytes() + zero[start + 8 * words :]
+        body = zstandard.ZstdCompressor().compress(members)
+        return self._header(len(body), ZSTD_COMPRESSION) + body
+
+    def _plain_coefficients(self, values: np.ndarray) -> np.ndarray:
+        """The batched plaintext of ``values``: its N coefficients mod t."""
+        members = self._members(self.to_bytes(self.encode(values)))
+        # Plaintext members: parms_id (zero: BFV), coefficient count, scale (48 bytes), then
+        # the coefficients as a DynArray (SEAL header, its length, the words).
+        (count,) = struct.unpack_from("<Q", members, 48 + 16)
+        assert count == self.degree, "a batched plaintext has N coefficients"
+        return np.frombuffer(members, dtype="<u8", count=count, offset=48 + 24).astype(np.uint64)
 
     def moduli(self, parms_id: Any) -> list[int]:
         """The primes of the level ``parms_id``."""
@@ -381,6 +448,22 @@ def flooding(degree: int, t: int, primes: Sequence[int], products: int) -> Flood
         f"poly_modulus_degree={degree} leaves no room to flood the decryption "
         f"noise by 2^{FLOOD_SECURITY_BITS}: use 16384 or 32768"
     )
+
+
+def upload_level(he: HEContext, products: int) -> Any:
+    """The level the fixed party encrypts its level vectors at: the lowest whose primes
+    leave the moving party room to flood a sum of ``products`` products (:func:`flooding`;
+    5 of the 8 primes at N = 16384), so they travel in fewer bytes and the moving party's
+    products cost less. Without the flood, the top level (the unflooded attack's setting)."""
+    levels = he.levels()
+    chosen = levels[0]
+    for parms_id in levels[1:] if FLOOD_NOISE else []:
+        try:
+            flooding(he.degree, he.t, he.moduli(parms_id), products)
+        except InputError:
+            break
+        chosen = parms_id
+    return chosen
 
 
 def slot_total(values: np.ndarray) -> int:
@@ -537,10 +620,19 @@ class HEPackedBackend(ExactSumsBackend):
         if reply.WhichOneof("body") != "he_level" or len(reply.he_level.ciphertexts) != rows:
             raise ProtocolError("the fixed party's level ciphertexts are malformed")
         ciphertexts = [he.from_bytes("Ciphertext", data) for data in reply.he_level.ciphertexts]
+        if len({tuple(ciphertext.parms_id()) for ciphertext in ciphertexts}) != 1:
+            raise ProtocolError("the fixed party's level ciphertexts are not at one level")
         for ciphertext in ciphertexts:
             he.evaluator.transform_to_ntt_inplace(ciphertext)
         level_exponent = reply.he_level.fixed_exponent
         self._level = _Level(ciphertexts=ciphertexts, exponent_j=level_exponent)
+        if FLOOD_NOISE:
+            try:
+                self.flooding()
+            except InputError:
+                raise ProtocolError(
+                    "the fixed party's level ciphertexts leave no room to flood the noise"
+                ) from None
         self._disclose_bound(basis.budget(PLAIN_MODULUS).j_bits - 1 - level_exponent)
 
     def _joint_term(self, fields: MovingFields) -> JointTerm:
@@ -794,7 +886,8 @@ class HEPackedFixedSide(ExactSumsFixedSide):
         self._public_key = seal.PublicKey()
         keys.create_public_key(self._public_key)
         # Its own uploads under its secret key: a fresh symmetric ciphertext travels seeded
-        # (the uniform half as SEAL's PRNG seed), half the bytes of a public-key one; the
+        # (the uniform half as SEAL's PRNG seed), half the bytes of a public-key one, at the
+        # lowest level with room for the moving party's flood (HEContext.encrypt_seeded); the
         # moving party loads it as any ciphertext (RLWE, IND-CPA as the public-key form).
         self._encryptor = seal.Encryptor(self.he.context, self._secret_key)
         self._decryptor = seal.Decryptor(self.he.context, self._secret_key)
@@ -831,10 +924,8 @@ class HEPackedFixedSide(ExactSumsFixedSide):
             count = -(-points.size // slots)
             per_point = [fixed, fixed * fixed] + ([] if fixed_mask is None else [mask])
             rows = [chunk(vector, r, slots) for vector in per_point for r in range(count)]
-        self._level_blobs: list[bytes] = []
-        for row in rows:
-            seeded = self._encryptor.encrypt_symmetric(self.he.encode(row))
-            self._level_blobs.append(self.he.to_bytes(seeded))
+        level = upload_level(self.he, len(rows))
+        self._level_blobs = [self.he.encrypt_seeded(self._encryptor, row, level) for row in rows]
 
     def handle(self, message: pb.BackendMessage) -> pb.BackendMessage:
         kind = message.WhichOneof("body")
