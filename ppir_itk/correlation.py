@@ -96,8 +96,9 @@ class PrivateCorrelationImageToImageMetric(PrivateImageToImageMetric):
         value, derivative = 0.0, np.zeros(self.GetNumberOfParameters())
         if f2 * m2 > EPSILON:
             if steepest is None or own is None:
-                steepest = jacobian.moments(gradient, valid.astype(np.float64), bits)
-                own = jacobian.moments(gradient, values, bits)
+                rounded = joint.own_gradient(gradient)
+                steepest = jacobian.moments(rounded, valid.astype(np.float64), bits)
+                own = jacobian.moments(rounded, values, bits)
             steepest_sum = jacobian.from_moments(steepest)
             fdm = jacobian.from_moments(joint.moments) - fixed_mean * steepest_sum
             mdm = jacobian.from_moments(own) - warped_mean * steepest_sum

@@ -493,7 +493,7 @@ class PrivateMeanSquaresImageToImageMetric(PrivateImageToImageMetric):
         if masked is None:
             # Not np.dot: BLAS would start threads that spin against the other party's process.
             warped_squared = float(np.square(values).sum())
-            own = jacobian.moments(gradient, values, joint.basis_weight_bits)
+            own = jacobian.moments(joint.own_gradient(gradient), values, joint.basis_weight_bits)
             count = n_valid
         else:  # the points inside the fixed party's mask too: its sums of I_w M
             warped_squared, own = masked.warped_squared, masked.warped_moments

@@ -17,6 +17,7 @@ from ppir_itk import _kernels
 from ppir_itk.bspline import BSplineTransform, _assemble, control_map, scatter_ring
 from ppir_itk.image import GridGeometry
 from ppir_itk.phantoms import head_phantom
+from ppir_itk.pyramid import Level, LevelSchedule
 from ppir_itk.registration import resample
 from ppir_itk.transforms import make_transform
 from ppir_itk.wrapping.images import as_image_grid
@@ -258,6 +259,33 @@ def test_private_backends_follow_clear(deformed_slice, clear_result, backend):
     private = register_in_process(fixed, moving, backend=backend, **BSPLINE)
     assert _rms(private.transform, clear_result.transform, fixed.geometry, brain) < 0.05
     assert "B-spline-basis moments" in private.learned["moving"][0]
+
+
+@pytest.mark.parametrize("metric_class", ["MeanSquares", "Correlation"])
+@pytest.mark.parametrize("backend", ["spdz", "he"])
+def test_a_private_gradient_rounds_g_alike_in_both_its_moments(phantom_2d, backend, metric_class):
+    """Where the image terms cancel (the fixed image is the moving one, theta 0) the data
+    gradient 2/n (S^T I_w - S^T J) is 0. With integer intensities q(J) is J, so a private
+    one is 0 too if the moving party's own S^T I_w takes the q(g) the backend's S^T J took;
+    with the exact g it would be g's rounding times the whole image. Correlation's
+    derivative, from the same two moments (and S^T m), cancels the same way."""
+    integers = np.round(100.0 * phantom_2d.array / phantom_2d.array.max())
+    image = ppir_itk.ImageGrid(integers.astype(np.float64), spacing=(1.1, 0.9))
+    metric = getattr(ppir_itk, f"Private{metric_class}ImageToImageMetric")(
+        backend, session=ppir_itk.in_process_session(image)
+    )
+    metric.SetMovingImage(image)
+    metric.SetTransform(BSplineTransform.over(image.geometry, 8.0))
+    metric.moving_party.start(LevelSchedule.from_lists([1], [0.0]), ppir_itk.NoSampling())
+    points = metric.initialize_level(0, Level(1, 0.0), None)
+    seen = []
+    joint_term = metric.moving_party.joint_term
+    metric.moving_party.joint_term = lambda fields: seen.append(fields) or joint_term(fields)
+    gradient = metric.evaluate().gradient
+    (fields,) = seen
+    # The scale of either moment: what the two cancel down from.
+    own = 2.0 / points.size * points.linear_map.moments(fields.gradient, fields.warped)
+    assert np.abs(gradient).max() <= 1e-12 * np.abs(own).max()  # 0 here
 
 
 def test_refined_grid_and_bending_energy_and_an_affine_bulk(deformed_slice):

@@ -38,7 +38,7 @@ import numpy as np
 
 from ppir_itk.dealer_client import DealerClient
 from ppir_itk.disclosure import Disclosure, ProtocolTable, Received
-from ppir_itk.fixed_point import Modulus, masked_budget, noise_room, voxel_bits
+from ppir_itk.fixed_point import Modulus, decode, encode, masked_budget, noise_room, voxel_bits
 from ppir_itk.linear_map import AffineBasis
 from ppir_itk.metric_kinds import (
     CORRELATION,
@@ -122,8 +122,20 @@ class JointTerm:
     # B-spline moments computed with fixed-point weights (bits per axis; 0: exact): the
     # moving party uses the same weights for its own S^T I_w, so the gradient stays exact.
     basis_weight_bits: int = 0
+    # The exponent e_g of the q(g) = round(g 2^e_g) the moments were computed from (None:
+    # the exact g). The moving party rounds its own g the same way (own_gradient), so that
+    # S^T I_w and S^T J share one S: otherwise g's rounding enters S^T J only, and near a
+    # minimum, where the two nearly cancel, it is a large part of their difference.
+    gradient_exponent: int | None = None
     # With a fixed mask (Welcome.fixed_masked) the restricted sums; None without one.
     masked: MaskedSums | None = None
+
+    def own_gradient(self, gradient: np.ndarray) -> np.ndarray:
+        """The gradient the backend's moments used: ``gradient`` rounded to
+        ``2^-gradient_exponent``, or as it is."""
+        if self.gradient_exponent is None:
+            return gradient
+        return decode(encode(gradient, self.gradient_exponent), self.gradient_exponent)
 
 
 #: The metrics whose joint part is the sums linear in J (:class:`JointTermBackend`).

@@ -725,6 +725,7 @@ class HEPackedBackend(ExactSumsBackend):
             fixed_squared=decode(totals[1], 2 * exponent_j),
             fixed_sum=decode(totals[2], exponent_j) if len(totals) > 2 else None,
             basis_weight_bits=weight_bits,
+            gradient_exponent=e_g,
         )
 
     def _product(self, ciphertext: Any, row: np.ndarray) -> Any:

@@ -338,6 +338,7 @@ class SPDZBackend(ExactSumsBackend):
             fixed_squared=decode(float(next(totals)), 2 * self._exponent_j),
             fixed_sum=decode(float(next(totals)), self._exponent_j) if fixed_sum else None,
             basis_weight_bits=basis.axis_weight_bits,
+            gradient_exponent=e_g,
         )
         if not masked:
             return term
