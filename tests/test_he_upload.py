@@ -8,7 +8,7 @@ import pytest
 
 from ppir_itk import _kernels
 from ppir_itk.backends import he as he_backend
-from ppir_itk.backends.he import HEContext, flooding, upload_level
+from ppir_itk.backends.he import HEContext, flooding, one_point_per_slot, upload_level
 from ppir_itk.errors import InputError
 from ppir_itk.protocol.messages import ProtocolError
 
@@ -137,3 +137,58 @@ def test_the_moving_party_refuses_an_upload_that_leaves_no_room_for_its_flood(
 ):
     with pytest.raises(ProtocolError, match="leave no room to flood the noise"):
         _session_level(monkeypatch, phantom_2d, lambda he, products: he.levels()[-1])
+
+
+def _terms_in_both_layouts(monkeypatch, metric: str, masked: bool):
+    """One evaluation on a 96 x 96 level (9216 points: 5 interleaved rows or 3 rows one
+    point per slot), laid out each way."""
+    import test_he_masks as masks
+
+    from ppir_itk.fixed_party import FixedPartySession
+    from ppir_itk.phantoms import head_phantom
+    from ppir_itk.policy import FixedPolicy
+    from ppir_itk.protocol.session import LocalSession
+
+    fixed = head_phantom((96, 96))
+    terms, uploads = {}, {}
+    for layout, evaluations in (("interleaved", 20), ("one point per slot", 0)):
+        monkeypatch.setattr(he_backend, "REPLY_EVALUATIONS", evaluations)
+        policy = FixedPolicy.holding_both_images(("he",))
+        session = (
+            masks._masked_session(fixed, policy) if masked else FixedPartySession(fixed, policy)
+        )
+        party = masks._party(LocalSession(session), metric)
+        points = party.select_points(party.begin_level(0)())
+        assert party.backend._interleaved == (evaluations != 0)
+        assert session.backend_side._interleaved == (evaluations != 0)
+        terms[layout] = party.joint_term(masks._fields(points))
+        uploads[layout] = len(session.backend_side._level_blobs)
+        party.close()
+    return terms, uploads
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["no mask", "fixed mask"])
+@pytest.mark.parametrize("metric", ["meansquares", "correlation"])
+def test_one_point_per_slot_gives_the_interleaved_sums_exactly(monkeypatch, metric, masked):
+    terms, uploads = _terms_in_both_layouts(monkeypatch, metric, masked)
+    interleaved, per_point = terms["interleaved"], terms["one point per slot"]
+    np.testing.assert_array_equal(per_point.moments, interleaved.moments)
+    assert per_point.warped_dot_fixed == interleaved.warped_dot_fixed
+    assert per_point.fixed_squared == interleaved.fixed_squared
+    assert per_point.fixed_sum == interleaved.fixed_sum
+    assert (per_point.masked is not None) == masked == (interleaved.masked is not None)
+    if masked:
+        for name in ("count", "warped_squared", "warped_moments", "warped_sum", "gradient_moments"):
+            expected = getattr(interleaved.masked, name)
+            np.testing.assert_array_equal(getattr(per_point.masked, name), expected)
+    assert uploads["one point per slot"] == (3 if masked else 2)
+    assert uploads["interleaved"] > uploads["one point per slot"]
+
+
+def test_the_layout_is_one_point_per_slot_where_it_saves_bytes_over_an_evaluation_budget():
+    slots = 16384
+    # The brain pair's full resolution (56,576 points, 8 sums): 28 rows interleaved against
+    # 12 at most one point per slot, too few for 20 evaluations' 7 more replies each.
+    assert not one_point_per_slot(56_576, 8, slots)
+    # The MNI volume at 2 mm (1,068,592 points, 14 sums): 914 rows against 198.
+    assert one_point_per_slot(1_068_592, 14, slots)

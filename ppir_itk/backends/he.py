@@ -35,6 +35,19 @@ Protocol ``packed`` (the default), per level and per iteration:
    exact integer sums and divides out the fixed-point exponents: the affine
    moments, ``I_w . J`` and ``sum_valid J^2``.
 
+Large levels, one point per slot (:func:`one_point_per_slot`, which both parties derive
+from the public n and number of sums): interleaving uploads every fixed vector, so the
+level costs ``ceil(n / floor(N / sums))`` ciphertexts; the fixed party then encrypts only
+``q(J)`` and ``q(J)^2`` (and ``M``) one point per slot (``2 ceil(n / N)``, or 3), and the
+moving party folds the public weights ``q(phi_j)`` into its own rows
+(:func:`point_factor`): one accumulator per sum, the same products, each masked,
+switched and flooded as above, and the fixed party returns each ciphertext's slot total
+mod t. The same exact sums; ``sums - 1`` more reply ciphertexts per evaluation, so
+this layout is taken where the level ciphertexts it saves outweigh
+:data:`REPLY_EVALUATIONS` evaluations' extra replies (the MNI volume at 2 mm, 1.07 M
+points, 14 sums: 198 ciphertexts at most against 914; the brain pair's 56,576 points
+stay interleaved).
+
 A correlation session also needs ``sum_valid J``: one more slot range, which
 pairs the moving party's valid mask with the ``q(J)`` the level already
 encrypts (:func:`sum_pairs`), so the fixed party encrypts nothing new; a
@@ -138,6 +151,10 @@ SECURITY_LEVELS = {128: "TC128", 192: "TC192", 256: "TC256"}
 FLOOD_NOISE = True  # the defence; tests switch it off to show the attack it stops
 FLOOD_SECURITY_BITS = 40
 UNFLOODED_MOD_SWITCHES = 2  # without flooding: switch down twice (smaller ciphertext)
+# one_point_per_slot: the evaluations per level its choice of layout is made for, and the
+# vectors a level laid out one point per slot uploads at most (q(J), q(J)^2, M).
+REPLY_EVALUATIONS = 20
+POINT_ROWS = 3
 # SEAL's serialisation header: how the members behind it are compressed.
 NO_COMPRESSION, ZSTD_COMPRESSION = 0, 2
 # SEAL samples fresh noise from a normal with standard deviation 3.2 clipped at 6 sigma.
@@ -160,17 +177,19 @@ TABLE = ProtocolTable(
             "he_level",
             FIXED_PARTY,
             "once per level",
-            "BFV ciphertexts of q(phi_j) q(J), q(J) and q(J)^2 (a B-spline: q(J) and "
-            "q(J)^2, one point per slot), and the exponent e_J; with a fixed mask M, of "
-            "M q(J) for q(J), and of q(phi_j) M and M too (a B-spline: of M)",
+            "BFV ciphertexts of q(phi_j) q(J), q(J) and q(J)^2 (a B-spline or a level laid "
+            "out one point per slot: q(J) and q(J)^2, one point per slot), and the exponent "
+            "e_J; with a fixed mask M, of M q(J) for q(J), and of q(phi_j) M and M too (one "
+            "point per slot: of M)",
             "e_J, the power of two bounding J; the ciphertexts hide J and M (IND-CPA)",
         ),
         Message(
             "he_masked_products",
             MOVING_PARTY,
             "per evaluation",
-            "one ciphertext (a B-spline: d ceil(n / N) + 2, or + 3 for correlation; with a "
-            "fixed mask 2 d ceil(n / N) + 4, or 3 d ceil(n / N) + 6) of the "
+            "one ciphertext (one point per slot: one per sum; a B-spline: d ceil(n / N) + 2, "
+            "or + 3 for correlation; with a fixed mask 2 d ceil(n / N) + 4, or "
+            "3 d ceil(n / N) + 6) of the "
             "products with the moving party's vectors, each slot masked uniformly mod t, "
             "switched down, "
             "re-randomised, its noise flooded",
@@ -181,7 +200,8 @@ TABLE = ProtocolTable(
             "he_masked_totals",
             FIXED_PARTY,
             "per evaluation",
-            "the masked slot-range totals mod t (a B-spline: the public map mod t of the "
+            "the masked slot-range totals mod t (one point per slot: each ciphertext's slot "
+            "total; a B-spline: the public map mod t of the "
             "masked products, and two totals; three for correlation); with a fixed mask, "
             "the masked sums' totals too",
             "the joint term (and the masked sums), once the moving party removes its masks",
@@ -532,6 +552,31 @@ def chunk(vector: np.ndarray, row: int, slots: int) -> np.ndarray:
     return out
 
 
+def one_point_per_slot(points: int, sums: int, slots: int) -> bool:
+    """Whether a level of a map with few outputs is laid out one point per slot (only
+    ``q(J)``, ``q(J)^2`` and ``M`` uploaded, one reply ciphertext per sum) rather than
+    interleaved (:func:`interleave`: every fixed vector uploaded, one reply ciphertext).
+    Both parties derive it from public figures: one point per slot when the level
+    ciphertexts it saves outweigh :data:`REPLY_EVALUATIONS` evaluations' extra replies, a
+    reply weighing 3/5 of a level ciphertext (3 of its 5 primes)."""
+    interleaved = -(-points // (slots // sums))
+    saved = interleaved - POINT_ROWS * -(-points // slots)
+    return 5 * saved > 3 * REPLY_EVALUATIONS * (sums - 1)
+
+
+def point_factor(fixed_vector: int, outputs: int) -> tuple[int, int | None]:
+    """Laid out one point per slot, a :func:`sum_pairs` fixed vector is a level vector
+    (0: ``q(J)``, 1: ``q(J)^2``, 2: ``M``) times the map's weight column, or None for no
+    weight; the moving party folds the public weight into its own vector."""
+    if fixed_vector < outputs:
+        return 0, fixed_vector
+    if fixed_vector < outputs + 2:
+        return fixed_vector - outputs, None
+    if fixed_vector < 2 * outputs + 2:
+        return 2, fixed_vector - outputs - 2
+    return 2, None
+
+
 @dataclass
 class _Level:
     ciphertexts: list[Any]  # one per row of the interleaved layout, NTT form
@@ -592,6 +637,7 @@ class HEPackedBackend(ExactSumsBackend):
         self._public_key: Any = None
         self._encryptor: Any = None
         self._level: _Level | None = None
+        self._interleaved = False  # the level's layout (one_point_per_slot)
 
     def close(self) -> None:
         self.he.close()
@@ -612,8 +658,11 @@ class HEPackedBackend(ExactSumsBackend):
             self._encryptor = seal.Encryptor(he.context, self._public_key)
         reply = self.channel.exchange(pb.BackendMessage(he_level_request=pb.HeLevelRequest()))
         basis = points.linear_map
-        if basis.few_outputs:
-            sums = sums_per_evaluation(points, self.metric, self.fixed_masked)
+        sums = sums_per_evaluation(points, self.metric, self.fixed_masked)
+        self._interleaved = basis.few_outputs and not one_point_per_slot(
+            points.size, sums, he.slots
+        )
+        if self._interleaved:
             rows = -(-points.size // (he.slots // sums))
         else:  # rows of q(J) and of q(J)^2 (and of M) of slots points each
             rows = (3 if self.fixed_masked else 2) * -(-points.size // he.slots)
@@ -651,20 +700,31 @@ class HEPackedBackend(ExactSumsBackend):
             e_ww, e_gw, squared_warped, products = self._masked_products(fields)
             vectors += [squared_warped, *products.T]
         pairs = sum_pairs(d, basis.outputs, wants_fixed_sum(self.metric), self.fixed_masked)
-        rows = interleave([vectors[v] for v, _ in pairs], he.slots)
-        accumulator = None
-        for row, ciphertext in zip(rows, level.ciphertexts, strict=True):
-            product = self._product(ciphertext, row)
-            if accumulator is None or product is None:
-                accumulator = accumulator or product
-            else:
-                he.evaluator.add_inplace(accumulator, product)
-        mask = uniform_below(he.t, he.slots)
-        masks = range_totals(mask, len(pairs))
+        if self._interleaved:  # one accumulator; each sum its own range of its slots
+            rows = interleave([vectors[v] for v, _ in pairs], he.slots)
+            mask = uniform_below(he.t, he.slots)
+            blobs = [
+                self.masked(
+                    self._accumulated(list(zip(level.ciphertexts, rows, strict=True))), mask
+                )
+            ]
+            masks = range_totals(mask, len(pairs))
+        else:  # one point per slot: an accumulator per sum, the public weight folded in
+            weights = basis.dense_weights()
+            count = -(-self.level_points.size // he.slots)
+            blobs, masks = [], []
+            for v, c in pairs:
+                base, column = point_factor(c, basis.outputs)
+                vector = vectors[v] if column is None else vectors[v] * weights[:, column]
+                terms = [
+                    (level.ciphertexts[base * count + r], chunk(vector, r, he.slots))
+                    for r in range(count)
+                ]
+                mask = uniform_below(he.t, he.slots)
+                blobs.append(self.masked(self._accumulated(terms), mask))
+                masks.append(slot_total(mask))
         reply = self.channel.exchange(
-            pb.BackendMessage(
-                he_masked_products=pb.HeMaskedProducts(ciphertexts=[self.masked(accumulator, mask)])
-            )
+            pb.BackendMessage(he_masked_products=pb.HeMaskedProducts(ciphertexts=blobs))
         )
         totals = None
         if reply.WhichOneof("body") == "he_masked_totals":
@@ -727,6 +787,17 @@ class HEPackedBackend(ExactSumsBackend):
             basis_weight_bits=weight_bits,
             gradient_exponent=e_g,
         )
+
+    def _accumulated(self, products: list[tuple[Any, np.ndarray]]) -> Any:
+        """The sum of the ``(ciphertext, row)`` products (None if every row is zero)."""
+        accumulator = None
+        for ciphertext, row in products:
+            product = self._product(ciphertext, row)
+            if accumulator is None or product is None:
+                accumulator = accumulator or product
+            else:
+                self.he.evaluator.add_inplace(accumulator, product)
+        return accumulator
 
     def _product(self, ciphertext: Any, row: np.ndarray) -> Any:
         """``ciphertext * row`` (both in NTT form), or None for an all-zero row (SEAL
@@ -893,6 +964,7 @@ class HEPackedFixedSide(ExactSumsFixedSide):
         self._encryptor = seal.Encryptor(self.he.context, self._secret_key)
         self._decryptor = seal.Decryptor(self.he.context, self._secret_key)
         self._sums = 0
+        self._interleaved = False  # the level's layout (one_point_per_slot)
 
     def on_points(
         self, values: np.ndarray, points: PointSet, fixed_mask: np.ndarray | None = None
@@ -912,14 +984,17 @@ class HEPackedFixedSide(ExactSumsFixedSide):
         if fixed_mask is not None:  # M J for J; M itself pairs with the masked products
             mask = fixed_mask.astype(np.int64)
             fixed = fixed * mask
+        self._interleaved = False
         if basis.few_outputs:
+            pairs = sum_pairs(d, basis.outputs, wants_fixed_sum(self.metric), self.fixed_masked)
+            self._sums = len(pairs)
+            self._interleaved = not one_point_per_slot(points.size, self._sums, slots)
+        if self._interleaved:
             weights = basis.dense_weights()
             vectors = [weights[:, c] * fixed for c in range(basis.outputs)]
             vectors += [fixed, fixed * fixed]
             if fixed_mask is not None:
                 vectors += [weights[:, c] * mask for c in range(basis.outputs)] + [mask]
-            pairs = sum_pairs(d, basis.outputs, wants_fixed_sum(self.metric), self.fixed_masked)
-            self._sums = len(pairs)
             rows = list(interleave([vectors[c] for _, c in pairs], slots))
         else:  # per point: q(J) rows, then q(J)^2 rows (then M rows)
             count = -(-points.size // slots)
@@ -942,10 +1017,15 @@ class HEPackedFixedSide(ExactSumsFixedSide):
         self.evaluations += 1
         if not self._points.linear_map.few_outputs:
             return self._mapped_sums(ciphertexts)
-        if len(ciphertexts) != 1:
-            raise ProtocolError("the masked products are not one ciphertext")
-        slots = self._decrypt(ciphertexts[0])
-        totals = [total % self.he.t for total in range_totals(slots, self._sums)]
+        if self._interleaved:
+            if len(ciphertexts) != 1:
+                raise ProtocolError("the masked products are not one ciphertext")
+            totals = range_totals(self._decrypt(ciphertexts[0]), self._sums)
+        else:  # one point per slot: a ciphertext per sum
+            if len(ciphertexts) != self._sums:
+                raise ProtocolError("the masked products are not one ciphertext per sum")
+            totals = [slot_total(self._decrypt(data)) for data in ciphertexts]
+        totals = [total % self.he.t for total in totals]
         noise = self._noise()
         if noise is not None:  # the moments, the totals, the masked sums, as laid out
             count = len(noise.moments)
