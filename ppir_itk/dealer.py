@@ -32,7 +32,7 @@ request (party -> dealer)       answer (dealer -> that party)
 ``DealerHello`` (token)         ``DealerWelcome`` (which party the dealer saw)
 ``MaskRequest`` (seq, rows, n)  fixed party only. ``Masks``: a seed for b
 ``TripleRequest`` (seq, n,      ``Triples``: moving party, a seed for a and
-mask, mask rows)                c0; fixed party, c1
+mask, mask rows, first column)  c0; fixed party, c1
 ``BatchRequest`` (seq, mask,    ``Batch``: each party a seed for its own masks
 items: masks, products,         and shares; the fixed party also its shares
 Z_2^128 triples)                c1 of the products and triples (spdz Mattes)
@@ -132,7 +132,8 @@ class TriplePool:
 
     def masks(self, token: bytes, party: int, request: pb.MaskRequest) -> pb.Masks:
         rows, count = int(request.rows), int(request.count)
-        self._check_size(rows, count, MAX_MASK_ROWS)
+        # a seed on the wire: only the room the dealer keeps it in bounds its size
+        self._check_shape(rows, count, MAX_MASK_ROWS)
         if party != FIXED:
             raise ProtocolError("masks go to the fixed party only")
         with self._lock:
@@ -149,9 +150,9 @@ class TriplePool:
         return pb.Masks(sequence=request.sequence, seed=seed)
 
     def triples(self, token: bytes, party: int, request: pb.TripleRequest) -> pb.Triples:
-        rows, count = len(request.mask_rows), int(request.count)
+        rows, count, start = len(request.mask_rows), int(request.count), int(request.mask_start)
         self._check_size(rows, count)
-        asked = (count, int(request.mask_sequence), tuple(request.mask_rows))
+        asked = (count, int(request.mask_sequence), tuple(request.mask_rows), start)
 
         key = (token, int(request.sequence))
         with self._lock:
@@ -159,13 +160,18 @@ class TriplePool:
             if batch is None:
                 self._check_pending(token, party)
                 mask = self._masks.get(token, {}).get(int(request.mask_sequence))
-                if mask is None or mask.shape[1] != count or max(request.mask_rows) >= len(mask):
+                if (
+                    mask is None
+                    or mask.shape[1] < start + count
+                    or max(request.mask_rows) >= len(mask)
+                ):
                     raise ProtocolError(
-                        f"triples asked for mask {request.mask_sequence}, which "
-                        "the dealer does not hold in that size"
+                        f"triples asked for columns {start} to {start + count} of mask "
+                        f"{request.mask_sequence}, which the dealer does not hold in that size"
                     )
                 self._check_room(rows * count * 8)
-                batch = _Batch(asked, secret_seed(), mask[list(request.mask_rows)])
+                columns = mask[:, start : start + count]
+                batch = _Batch(asked, secret_seed(), columns[list(request.mask_rows)])
                 self._batches[key] = batch
                 self.held_bytes += batch.mask.nbytes
                 self.values_dealt += rows * count
@@ -266,12 +272,18 @@ class TriplePool:
             for mask in self._masks.pop(token, {}).values():
                 self.held_bytes -= mask.nbytes
 
-    def _check_size(self, rows: int, count: int, max_rows: int = MAX_ROWS) -> None:
-        if not (0 < rows <= max_rows and 0 < count and rows * count <= self.max_request_values):
+    def _check_shape(self, rows: int, count: int, max_rows: int) -> None:
+        if not (0 < rows <= max_rows and 0 < count):
             raise ProtocolError(
-                f"{rows} x {count} values asked; one request may ask 1 to {max_rows} rows "
-                f"and at most {self.max_request_values} values (the dealer's "
-                "--max-request-values raises it)"
+                f"{rows} x {count} values asked; one request may ask 1 to {max_rows} rows"
+            )
+
+    def _check_size(self, rows: int, count: int, max_rows: int = MAX_ROWS) -> None:
+        self._check_shape(rows, count, max_rows)
+        if rows * count > self.max_request_values:
+            raise ProtocolError(
+                f"{rows} x {count} values asked; one request may ask at most "
+                f"{self.max_request_values} values (the dealer's --max-request-values raises it)"
             )
 
     def _check_room(self, size: int) -> None:

@@ -67,16 +67,16 @@ DEALER_TABLE = ProtocolTable(
             Message(
                 "triple_request",
                 party,
-                "per evaluation",
-                "sequence, count, mask rows (both parties ask the same)",
-                "the iteration's size (public)",
+                "per evaluation (per chunk)",
+                "sequence, count, mask rows, first column (both parties ask the same)",
+                "the iteration's size and chunks (public)",
             )
             for party in (MOVING_PARTY, FIXED_PARTY)
         ),
         Message(
             "triples",
             DEALER,
-            "per evaluation",
+            "per evaluation (per chunk)",
             "the moving party: a seed for a and c0; the fixed party: c1 = a b - c0",
             "each party's own shares, uniform on their own",
         ),
@@ -274,15 +274,25 @@ class DealerClient:
         return mask_values(reply.seed, rows, count)
 
     def post_triples(
-        self, sequence: int, count: int, mask_sequence: int, mask_rows: list[int]
+        self,
+        sequence: int,
+        count: int,
+        mask_sequence: int,
+        mask_rows: list[int],
+        mask_start: int = 0,
     ) -> Callable[[], tuple[np.ndarray | None, np.ndarray]]:
-        """Ask for triple batch ``sequence`` now; the returned call waits for this party's
-        part, each ``(len(mask_rows), count)``: ``(a, c0)`` for the moving party,
-        ``(None, c1)`` for the fixed party."""
+        """Ask for triple batch ``sequence`` now, on ``count`` columns of the mask from
+        ``mask_start``; the returned call waits for this party's part, each
+        ``(len(mask_rows), count)``: ``(a, c0)`` for the moving party, ``(None, c1)`` for
+        the fixed party."""
         answer = self.session.post(
             pb.Envelope(
                 triple_request=pb.TripleRequest(
-                    sequence=sequence, count=count, mask_sequence=mask_sequence, mask_rows=mask_rows
+                    sequence=sequence,
+                    count=count,
+                    mask_sequence=mask_sequence,
+                    mask_rows=mask_rows,
+                    mask_start=mask_start,
                 )
             )
         )

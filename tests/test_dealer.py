@@ -74,8 +74,37 @@ def test_pool_refuses_misuse():
         )
     with pytest.raises(ProtocolError, match="rows"):
         pool.masks(token, FIXED, pb.MaskRequest(sequence=1, rows=0, count=5))
-    with pytest.raises(ProtocolError, match="rows"):
+    # a mask is a seed on the wire: what the dealer can hold bounds it, not the request limit
+    with pytest.raises(ProtocolError, match="cannot keep"):
         pool.masks(token, FIXED, pb.MaskRequest(sequence=1, rows=2, count=1 << 30))
+    with pytest.raises(ProtocolError, match="at most 33554432 values"):
+        pool.triples(
+            token, MOVING, pb.TripleRequest(sequence=1, count=1 << 24, mask_rows=[0, 0, 1])
+        )
+    with pytest.raises(ProtocolError, match="columns 3 to 6 of mask 0"):
+        pool.triples(
+            token,
+            MOVING,
+            pb.TripleRequest(sequence=1, count=3, mask_sequence=0, mask_rows=[0], mask_start=3),
+        )
+
+
+def test_triples_on_column_chunks_of_a_mask_reconstruct():
+    # a level streams its triples in column chunks: each chunk's c is a b[rows, chunk]
+    pool, token, count = TriplePool(), os.urandom(16), 5000
+    masks = pool.masks(token, FIXED, pb.MaskRequest(sequence=0, rows=2, count=count))
+    mask = mask_values(masks.seed, 2, count)
+    for sequence, (start, stop) in enumerate([(0, 2048), (2048, 4096), (4096, 5000)]):
+        request = pb.TripleRequest(
+            sequence=sequence,
+            count=stop - start,
+            mask_sequence=0,
+            mask_rows=ROWS,
+            mask_start=start,
+        )
+        moving = moving_triples(pool.triples(token, MOVING, request).seed, len(ROWS), stop - start)
+        fixed_c = array_from_pb(pool.triples(token, FIXED, request).c)
+        _assert_triple(mask[:, start:stop], moving, fixed_c)
 
 
 @pytest.fixture

@@ -255,6 +255,7 @@ OPTIONS = {
     "unknown he protocol": [],
     "the paper's protocol with another option": [],
     "the paper's protocol with a B-spline": [],
+    "spdz chunk size out of range": [],
     "unknown spdz provider": [],
     "spdz's test-only provider": [],
 }

@@ -258,11 +258,11 @@ def test_the_dealer_driven_to_its_caps_holds_them_and_gives_the_memory_back(fold
 
         token = os.urandom(16)
         fixed, moving = party("fixed-party", token), party("moving-party", token)
-        # The largest mask one request may ask for, and one too large.
+        # The largest triple request, and one too large (a mask is a seed on the wire: what
+        # the dealer holds bounds it, below).
         with pytest.raises(ppir_itk.PeerError, match="--max-request-values raises it"):
-            party("fixed-party", os.urandom(16)).request(
-                pb.Envelope(mask_request=pb.MaskRequest(sequence=0, rows=2, count=REQUEST_VALUES)),
-                "masks",
+            party("moving-party", os.urandom(16)).request(
+                _triple_request(0, count=REQUEST_VALUES + 1), "triples"
             )
         for sequence in (0, 1):  # each 32 MiB, kept
             fixed.request(

@@ -191,6 +191,30 @@ def test_two_processes_and_a_dealer_match_clear_and_report_every_party(phantom_2
     assert "8 sums per evaluation" in report["learned_in_the_clear"]["moving"][0]
 
 
+# -- streaming: every level-sized transfer in bounded chunks -----------------------------
+def test_a_level_streamed_in_small_chunks_gives_the_same_transform(phantom_2d):
+    # 1024 ring elements per message and per triple request: the finest level (8448 points)
+    # opens F in 17 chunks and each iteration's E in 33, each its own exchange, on triples
+    # asked per chunk; the ring sums are exact, so the transform is the same to the bit.
+    moving, _ = known_pair(phantom_2d, "affine", AFFINE)
+    whole = ppir_itk.register(phantom_2d, moving, backend="spdz")
+    chunked = ppir_itk.register(
+        phantom_2d, moving, backend="spdz", backend_parameters={"chunk_values": "1024"}
+    )
+    np.testing.assert_array_equal(chunked.transform.parameters, whole.transform.parameters)
+    finest = [run.levels[-1].parties["moving"]["per_iteration"] for run in (whole, chunked)]
+    n = phantom_2d.array.size
+    assert finest[0]["messages_sent"] < 2 < 4 * n / 1024 <= finest[1]["messages_sent"]
+    assert 0.99 < finest[1]["bytes_sent"] / finest[0]["bytes_sent"] < 1.2
+
+
+def test_a_chunk_size_out_of_range_is_refused(phantom_2d):
+    with pytest.raises(ppir_itk.InputError, match="chunk_values '12' is not a whole number"):
+        ppir_itk.register(
+            phantom_2d, phantom_2d, backend="spdz", backend_parameters={"chunk_values": "12"}
+        )
+
+
 # -- the trusted-first-party provider: single process only -------------------------------
 def test_trusted_first_party_runs_in_one_process(phantom_2d):
     moving, _ = known_pair(phantom_2d, "affine", AFFINE)

@@ -47,6 +47,14 @@ elements per level, the moving party sends ``(2d + 4) n`` per iteration (correla
 ``(3d + 6) n``) and receives the joint term's sums and the masked ones
 (:func:`~ppir_itk.backends.base.masked_sums_per_evaluation`).
 
+Streaming: F and E travel in column chunks of at most ``chunk_values`` ring elements
+(a backend parameter, default and most 2^24: 128 MiB), one exchange each, and each
+chunk of E has its own triples from the dealer (``TripleRequest.mask_start``), so
+neither the messages nor the dealer's requests cap the image size. Up to 3.3 M points
+in 3-D (8.4 M in 2-D) an iteration is one chunk; the 11.85 M points of a 228^3 volume
+take four. Chunking changes no value: every chunk's products land in the same
+(rows x n) share, mapped and summed once.
+
 One round trip per iteration: the moving party sends (d + 2) n ring elements
 and receives d (d + 1) + 2 (a B-spline: d M + 2), whatever the transform
 (rigid and affine cost the same). The secure work is d + 2 element-wise
@@ -108,7 +116,7 @@ from ppir_itk.points import PointSet
 from ppir_itk.policy import FixedPolicy
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.channel import Counters, PeerError
-from ppir_itk.protocol.messages import ProtocolError
+from ppir_itk.protocol.messages import SPDZ_CHUNK_VALUES, ProtocolError
 from ppir_itk.randomness import secret_seed
 from ppir_itk.roles import FIXED, FIXED_PARTY, MOVING, MOVING_PARTY
 
@@ -121,14 +129,14 @@ TABLE = ProtocolTable(
         Message(
             "spdz_level",
             MOVING_PARTY,
-            "once per level",
+            "once per level (per chunk)",
             "the moving party's part of opening F (no share: it holds none of Y)",
             "nothing",
         ),
         Message(
             "spdz_level_opened",
             FIXED_PARTY,
-            "once per level",
+            "once per level (per chunk)",
             "F = (q(J), q(J)^2) - b with the dealer's uniform b (with a fixed mask "
             "(q(M J), q(M J)^2, M) - b), and the exponent e_J",
             "e_J; F is uniform to the moving party, which never sees b",
@@ -136,7 +144,7 @@ TABLE = ProtocolTable(
         Message(
             "spdz_iteration",
             MOVING_PARTY,
-            "per evaluation",
+            "per evaluation (per chunk)",
             "E = X - a: the moving party's d + 2 fixed-point rows (d + 3 for correlation; "
             "with a fixed mask 2d + 4, or 3d + 6) minus a fresh uniform a",
             "nothing: E is uniform to the fixed party, which never sees a",
@@ -144,9 +152,10 @@ TABLE = ProtocolTable(
         Message(
             "spdz_sums",
             FIXED_PARTY,
-            "per evaluation",
-            "the fixed party's shares of the moments and the two sums (three for correlation) "
-            "and, with a fixed mask, of the masked sums",
+            "per evaluation (per chunk)",
+            "after the last chunk, the fixed party's shares of the moments and the two sums "
+            "(three for correlation) and, with a fixed mask, of the masked sums; nothing "
+            "after the others",
             "the joint term, once added to the moving party's own shares",
         ),
     ),
@@ -209,6 +218,21 @@ def ring_map(basis: PublicLinearMap) -> Callable[[Any], Any]:
     return lambda share: torch.from_numpy(np.ascontiguousarray(basis.ring(share.numpy().T)))
 
 
+MIN_CHUNK_VALUES = 1 << 10
+
+
+def chunk_values_of(parameters: dict[str, str]) -> int:
+    """The session's ``chunk_values``: ring elements per message of a streamed opening and
+    per triple request (both halves read it from the moving party's parameters)."""
+    text = parameters.get("chunk_values", str(SPDZ_CHUNK_VALUES))
+    if not (text.isdigit() and MIN_CHUNK_VALUES <= int(text) <= SPDZ_CHUNK_VALUES):
+        raise InputError(
+            f"backend 'spdz' parameter chunk_values '{text[:20]}' is not a whole number "
+            f"from {MIN_CHUNK_VALUES} to {SPDZ_CHUNK_VALUES}"
+        )
+    return int(text)
+
+
 def provider_of(parameters: dict[str, str]) -> str:
     provider = parameters.get("provider", PROVIDERS[0])
     if provider not in PROVIDERS:
@@ -256,6 +280,7 @@ class SPDZBackend(ExactSumsBackend):
             raise InputError(TFP_REFUSED)
         connect = channel.connect_dealer(first_party=provider == "tfp")
         parameters["session_token"] = secret_seed().hex()
+        parameters["chunk_values"] = str(chunk_values_of(parameters))
         super().__init__(channel, parameters, metric)
         from ppir_itk.backends.spdz_shares import MailboxCommunicator  # imports CrypTen
 
@@ -290,12 +315,16 @@ class SPDZBackend(ExactSumsBackend):
                 MOVING,
                 self._connect_dealer(bytes.fromhex(self.parameters["session_token"])),
                 self._communicator,
+                int(self.parameters["chunk_values"]),
             )
         self._step = LEVEL
         self._level_index += 1  # levels come in order: the fixed party counts them the same way
         layout = pairing(points.geometry.dimension, wants_fixed_sum(self.metric), self.fixed_masked)
-        self._products.open_fixed_operand(
-            self._level_index, None, points.size, layout.rows, layout.mapped, layout.fixed_rows
+        products = self._products
+        products.run(
+            products.open_fixed_operand(
+                self._level_index, None, points.size, layout.rows, layout.mapped, layout.fixed_rows
+            )
         )
         self._exponent_j = self._answer.fixed_exponent
         basis = points.linear_map
@@ -329,7 +358,9 @@ class SPDZBackend(ExactSumsBackend):
                 summed.append(warped[None])
         rows = np.concatenate(mapped + summed)
         self._step = ITERATION
-        moments, sums = (x.numpy() for x in self._products.sums(rows, self._map))
+        moments, sums = (
+            x.numpy() for x in self._products.run(self._products.sums(rows, self._map))
+        )
         self._disclose_sums()
         totals = iter(sums.tolist())
         term = JointTerm(
@@ -415,11 +446,14 @@ class SPDZFixedSide(ExactSumsFixedSide):
         if policy.dealer is None:
             raise ProtocolError("this fixed party has no dealer configured for backend 'spdz'")
         self._token = session_token(parameters)
+        self._chunk_values = chunk_values_of(parameters)
         from ppir_itk.backends.spdz_shares import MailboxCommunicator  # imports CrypTen
 
         self._connect_dealer = policy.dealer
         self._communicator = MailboxCommunicator(FIXED)
         self._products: Any = None
+        self._progress: Any = None  # the step under way (SharedProducts' generators)
+        self._step = LEVEL
         self._level_index = -1
 
     def on_points(
@@ -430,7 +464,7 @@ class SPDZFixedSide(ExactSumsFixedSide):
 
             with self._dealer_step():
                 self._products = SharedProducts(
-                    FIXED, self._connect_dealer(self._token), self._communicator
+                    FIXED, self._connect_dealer(self._token), self._communicator, self._chunk_values
                 )
         self._points = points
         self._level_index += 1
@@ -453,39 +487,45 @@ class SPDZFixedSide(ExactSumsFixedSide):
             points.geometry.dimension, wants_fixed_sum(self.metric), self.fixed_masked
         )
         self._level_pending = True
+        self._progress = None
 
     def handle(self, message: pb.BackendMessage) -> pb.BackendMessage:
+        """Answers one chunk of the step under way, or starts the next step with its first."""
         communicator = self._communicator
-        points = self._points
+        points, products = self._points, self._products
         kind = message.WhichOneof("body")
-        step = LEVEL if self._level_pending else ITERATION
+        if self._progress is None:
+            self._step = LEVEL if self._level_pending else ITERATION
+        step = self._step
         if kind != step[0]:
             raise ProtocolError(f"'{kind}' does not fit this point of the SPDZ protocol")
         communicator.fill_inbox(getattr(message, kind).shares, max_elements=points.size * 16)
+        if self._progress is None and step is LEVEL:
+            self._level_pending = False
+            layout = self._pairing
+            self._progress = products.open_fixed_operand(
+                self._level_index,
+                self._fixed_rows,
+                points.size,
+                layout.rows,
+                layout.mapped,
+                layout.fixed_rows,
+            )
+        elif self._progress is None:
+            self.evaluations += 1
+            self.received.add("opened_rows", len(self._pairing.rows) * points.size)
+            self._progress = products.sums(None, self._map, self._noise())
+        with self._dealer_step():
+            last, _ = next(self._progress)
+        if last:
+            self._progress = None
+        if communicator.inbox:
+            raise ProtocolError("the moving party sent more shares than this step uses")
         reply = pb.BackendMessage()
         answer = getattr(reply, step[1])
         answer.SetInParent()
         if step is LEVEL:
-            self._level_pending = False
-            with self._dealer_step():
-                layout = self._pairing
-                self._products.open_fixed_operand(
-                    self._level_index,
-                    self._fixed_rows,
-                    points.size,
-                    layout.rows,
-                    layout.mapped,
-                    layout.fixed_rows,
-                )
             answer.fixed_exponent = self._exponent_j
-        else:
-            self.evaluations += 1
-            self.received.add("opened_rows", len(self._pairing.rows) * points.size)
-            noise = self._noise()
-            with self._dealer_step():
-                self._products.sums(None, self._map, noise)
-        if communicator.inbox:
-            raise ProtocolError("the moving party sent more shares than this step uses")
         answer.shares.extend(communicator.take_outbox())
         return reply
 

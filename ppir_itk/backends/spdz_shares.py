@@ -9,7 +9,7 @@ side of the protocol's steps. Importing this module imports CrypTen
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -75,6 +75,16 @@ class MailboxCommunicator(Communicator):
         tensor.numpy()[...] = received
         return tensor
 
+    def send_pending(self) -> None:
+        """The moving party sends what its outbox holds now, in an exchange whose answer
+        carries no share (a chunk of a streamed opening); nothing when it holds nothing."""
+        if self.outbox:
+            assert self._flush is not None, "the moving party's communicator flushes"
+            self._flush()
+            self.comm_rounds += 1
+            if self.inbox:
+                raise ProtocolError("the fixed party answered a chunk with shares")
+
     def all_reduce(self, tensor: Any, op: Any = None, batched: bool = False) -> Any:
         tensors = tensor if batched else [tensor]
         for own in tensors:
@@ -113,29 +123,61 @@ class MailboxCommunicator(Communicator):
             self.inbox.append(value)
 
 
+def column_chunks(count: int, rows: int, chunk_values: int) -> list[tuple[int, int]]:
+    """The column ranges ``[start, stop)`` that carry a ``rows x count`` transfer in messages
+    of at most ``chunk_values`` ring elements (both parties compute the same)."""
+    width = max(1, chunk_values // rows)
+    return [(start, min(start + width, count)) for start in range(0, count, width)]
+
+
+# A step's progress, after each chunk: (whether it was the last, the step's result then).
+Progress = Iterator[tuple[bool, Any]]
+
+
 class SharedProducts:
-    """One party's side of steps 1-6 (:mod:`ppir_itk.backends.spdz`); both parties call the
-    same methods in the same order.
+    """One party's side of steps 1-6 (:mod:`ppir_itk.backends.spdz`); both parties run the
+    same steps in the same order.
 
     ``dealer`` gives this party's masks and triples; ``communicator`` carries
-    the openings.
+    the openings. Each step streams its level-sized transfer in column chunks of at most
+    ``chunk_values`` ring elements (:func:`column_chunks`), one exchange each: a step is a
+    generator that yields after each chunk. The moving party runs it to its end with
+    :meth:`run`; the fixed party advances it by one chunk per message it answers.
     """
 
-    def __init__(self, rank: int, dealer: DealerClient, communicator: MailboxCommunicator) -> None:
+    def __init__(
+        self,
+        rank: int,
+        dealer: DealerClient,
+        communicator: MailboxCommunicator,
+        chunk_values: int,
+    ) -> None:
         self.shared = crypten.mpc.primitives.ArithmeticSharedTensor
         self.rank = rank
         self.dealer = dealer
         self.communicator = communicator
+        self.chunk_values = chunk_values
         self._mask: Any = None  # the fixed party's b
         self._opened: Any = None  # F = Y - b, public
         self._mask_sequence = -1
         self._sequence = 0
         self._next: Callable[[], tuple[np.ndarray | None, np.ndarray]] | None = None
+        self._chunks: list[tuple[int, int]] = []  # an iteration's, for X's rows
+        self._chunk = 0  # the chunk the asked-ahead triples are for
         self._rows: Any = None
         self._mapped = 0  # X's first rows, whose products go through the map
 
     def _share(self, values: np.ndarray) -> Any:
         return self.shared.from_shares(torch.from_numpy(values), precision=0)
+
+    def run(self, steps: Progress) -> Any:
+        """The moving party's side of a step, to its end: each chunk's opening leaves in an
+        exchange of its own (an opening to the moving party exchanges as it reads it)."""
+        for last, result in steps:
+            if last:
+                return result
+            self.communicator.send_pending()
+        raise AssertionError("a step ends with its last chunk")
 
     def open_fixed_operand(
         self,
@@ -145,7 +187,7 @@ class SharedProducts:
         rows: Sequence[int],
         mapped: int,
         fixed_row_count: int,
-    ) -> None:
+    ) -> Progress:
         """Steps 1-2; ``fixed_rows`` is the fixed party's ``Y`` (``None`` on the moving party).
         The layout is :func:`~ppir_itk.backends.spdz.pairing`'s: ``rows[i]`` the row of Y
         that X's row i meets, the first ``mapped`` through the map, Y of
@@ -154,19 +196,33 @@ class SharedProducts:
         self._mask_sequence = level
         self._mapped = mapped
         self._rows = torch.tensor(list(rows))
+        self._chunks = column_chunks(count, len(rows), self.chunk_values)
         if self.rank == FIXED:
             self._mask = torch.from_numpy(self.dealer.masks(level, fixed_row_count, count).copy())
-            own = fixed_rows - self._mask.numpy()
-        else:  # the moving party's share of Y - b
-            own = np.zeros((fixed_row_count, count), dtype=np.int64)
-        with acting_as(self.communicator):
-            self._opened = self._share(own).reveal(dst=MOVING)
-        self._prefetch(count)
+        else:
+            self._opened = torch.empty((fixed_row_count, count), dtype=torch.int64)
+        chunks = column_chunks(count, fixed_row_count, self.chunk_values)
+        for index, (start, stop) in enumerate(chunks):
+            if self.rank == FIXED:
+                assert fixed_rows is not None, "the fixed party's Y"
+                own = fixed_rows[:, start:stop] - self._mask[:, start:stop].numpy()
+            else:  # the moving party's share of Y - b
+                own = np.zeros((fixed_row_count, stop - start), dtype=np.int64)
+            with acting_as(self.communicator):
+                opened = self._share(own).reveal(dst=MOVING)
+            if self.rank == MOVING:
+                self._opened[:, start:stop] = opened
+            last = index == len(chunks) - 1
+            if last:
+                self._chunk = 0
+                self._prefetch()
+            yield last, None
 
-    def _prefetch(self, count: int) -> None:
-        """Ask the dealer for the next triples now, so they are here when needed."""
+    def _prefetch(self) -> None:
+        """Ask the dealer for the next chunk's triples now, so they are here when needed."""
+        start, stop = self._chunks[self._chunk]
         self._next = self.dealer.post_triples(
-            self._sequence, count, self._mask_sequence, self._rows.tolist()
+            self._sequence, stop - start, self._mask_sequence, self._rows.tolist(), start
         )
         self._sequence += 1
 
@@ -187,36 +243,41 @@ class SharedProducts:
         moving_rows: np.ndarray | None,
         moments_map: Callable[[Any], Any],
         noise: SumNoise | None = None,
-    ) -> Any:
-        """Steps 3-6: the moments (of every mapped row) and the totals (of the others) on the
-        moving party, ``None`` on the fixed party.
+    ) -> Progress:
+        """Steps 3-6: ends with the moments (of every mapped row) and the totals (of the
+        others) on the moving party, ``None`` on the fixed party.
 
         ``moments_map`` is the public linear map of step 6 on a share of ``Z[:d]``
         (:meth:`~ppir_itk.linear_map.PublicLinearMap.ring`). ``noise`` (the fixed party's)
         is added to its shares before they are opened, so the moving party opens the
         noisy sums only.
         """
-        assert self._next is not None, "open_fixed_operand() and each sums() ask ahead for it"
-        a, c = self._next()
-        count = c.shape[1]
-        self._prefetch(count)
+        product = np.empty((len(self._rows), self._chunks[-1][1]), dtype=np.int64)
+        for index, (start, stop) in enumerate(self._chunks):
+            assert self._next is not None, "open_fixed_operand() and each chunk ask ahead"
+            a, c = self._next()
+            self._chunk = (index + 1) % len(self._chunks)  # this iteration's, or the next's
+            self._prefetch()
+            with acting_as(self.communicator):
+                if self.rank == MOVING:
+                    assert moving_rows is not None and a is not None, "the moving party's X, a"
+                    x = np.ascontiguousarray(moving_rows[:, start:stop])
+                    self._share(x - a).reveal(dst=FIXED)  # sends E
+                    share = torch.from_numpy(x) * self._opened[:, start:stop][self._rows]
+                else:
+                    masked = self._share(np.zeros_like(c)).reveal(dst=FIXED)  # receives E
+                    share = masked * self._mask[:, start:stop][self._rows]  # c1 + E * b
+            np.add(share.numpy(), c, out=product[:, start:stop])  # c0 + X * F on the moving
+            if index < len(self._chunks) - 1:
+                yield False, None
         d = self._mapped
         with acting_as(self.communicator):
-            if self.rank == MOVING:
-                assert moving_rows is not None and a is not None, "the moving party's X and a"
-                x = torch.from_numpy(moving_rows)
-                masked = self._share(moving_rows - a).reveal(dst=FIXED)  # sends E
-                share = x * self._opened[self._rows]  # c0 + X * F
-            else:
-                masked = self._share(np.zeros_like(c)).reveal(dst=FIXED)  # receives E
-                share = masked * self._mask[self._rows]  # c1 + E * b
-            np.add(share.numpy(), c, out=share.numpy())
-            product = self._share(share.numpy())
-            moments = moments_map(product.share[:d]).numpy()
-            sums = product[d:].sum(dim=1).share.numpy()
+            shared = self._share(product)
+            moments = moments_map(shared.share[:d]).numpy()
+            sums = shared[d:].sum(dim=1).share.numpy()
             if noise is not None:  # ring elements: int64 wraps modulo 2^64 as the ring does
                 moment_noise = [*noise.moments, *noise.masked_moments]
                 moments = moments + np.array(moment_noise, dtype=np.int64).reshape(moments.shape)
                 sums = sums + np.array([*noise.totals, *noise.masked_totals], dtype=np.int64)
             moments, sums = self._share(moments), self._share(sums)
-            return self.shared.reveal_batch([moments, sums], dst=MOVING)
+            yield True, self.shared.reveal_batch([moments, sums], dst=MOVING)

@@ -41,10 +41,16 @@ DEFAULT_MAX_MESSAGE_BYTES = 256 << 20
 DEALER_MAX_MESSAGE_BYTES = FRAME_BYTES  # one frame: no chunked message is accepted
 # What the dealer holds (ppir dealer --max-request-values, --max-pending,
 # --max-pending-bytes). A 3-D level of 128^3 points asks 5 x 2^21 values per triple
-# request and 2 x 2^21 per mask: 80 and 32 MiB. A token holds two masks (a third while
-# the next level's is dealt) and about one batch (the parties ask in step): some 260 MiB,
-# so 1 GiB holds four such registrations at once (the dealer's 8 sessions).
-DEALER_MAX_REQUEST_VALUES = 1 << 25  # ring elements per mask or triple request
+# request and holds 2 x 2^21 per mask: 80 and 32 MiB. A token holds two masks (a third
+# while the next level's is dealt) and about one batch (the parties ask in step): some
+# 260 MiB, so 1 GiB holds four such registrations at once (the dealer's 8 sessions). A
+# mask is a seed on the wire, so only what the dealer holds bounds its size; a level of
+# 11.85 M points holds 190 MB of mask and asks triples in chunks (SPDZ_CHUNK_VALUES).
+DEALER_MAX_REQUEST_VALUES = 1 << 25  # ring elements per triple request
+# spdz streams a level in column chunks of at most this many ring elements per message
+# and per triple request (128 MiB): half the dealer's request limit and of what a fixed
+# party accepts by default, so that no image size meets either.
+SPDZ_CHUNK_VALUES = 1 << 24
 DEALER_MAX_PENDING = 8  # batches one party may be ahead of the other, per token
 DEALER_MAX_PENDING_BYTES = 1 << 30  # masks and batches held for all tokens together
 DTYPES = {"float64": np.float64, "float32": np.float32, "int64": np.int64, "uint8": np.uint8}
