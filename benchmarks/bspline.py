@@ -1,7 +1,7 @@
 """B-spline registration through every backend, against a known deformation.
 
     python benchmarks/bspline.py [--grids 4 16] [--backends clear he spdz]
-        [--simpleitk] [--volume 96] [--data ../shared/data/brain-affine-pair]
+        [--simpleitk] [--iterations 50] [--volume 96] [--data ../shared/data/brain-affine-pair]
 
 2-D: the brain pair's template (256 x 221 pixels) is the moving image; the
 fixed image is the template seen through a known smooth B-spline deformation
@@ -160,12 +160,13 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", default=["clear", "he", "spdz"])
     parser.add_argument("--simpleitk", action="store_true", help="also SimpleITK's B-spline")
     parser.add_argument("--volume", type=int, help="also a 3-D phantom of this size")
+    parser.add_argument("--iterations", type=int, default=50, help="at most, per level (2-D)")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     options = dict(
         shrink_factors=[4, 2, 1],
         smoothing_sigmas=[2.0, 1.0, 0.0],
-        iterations=50,
+        iterations=args.iterations,
         bending_energy_weight=100.0,
         threads=1,
     )

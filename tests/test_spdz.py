@@ -15,6 +15,7 @@ from ppir_itk.backends.spdz_shares import MailboxCommunicator
 from ppir_itk.evaluation import displacement_rmse
 from ppir_itk.fixed_party import FixedPartyServer
 from ppir_itk.fixed_point import RING
+from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.messages import ProtocolError
 from ppir_itk.roles import FIXED, MOVING
 
@@ -51,10 +52,13 @@ def _pair(fixed_step) -> tuple[MailboxCommunicator, MailboxCommunicator]:
     fixed = MailboxCommunicator(FIXED)
 
     def flush() -> None:
-        fixed.fill_inbox(moving.take_outbox(), max_elements=100)
+        request, answer = pb.SpdzIteration(), pb.SpdzSums()
+        moving.take_outbox(request.shares)
+        fixed.fill_inbox(request.shares, max_elements=100)
         with acting_as(fixed):
             fixed_step()
-        moving.fill_inbox(fixed.take_outbox(), max_elements=100)
+        fixed.take_outbox(answer.shares)
+        moving.fill_inbox(answer.shares, max_elements=100)
 
     moving = MailboxCommunicator(MOVING, flush)
     return moving, fixed
@@ -104,13 +108,15 @@ def test_crypten_shares_open_through_the_mailboxes():
 
 
 def test_a_share_of_the_wrong_shape_is_refused():
-    receiver = MailboxCommunicator(FIXED)
-    receiver.fill_inbox(MailboxCommunicator(MOVING).take_outbox() or [], max_elements=10)
+    receiver, empty, message = MailboxCommunicator(FIXED), pb.SpdzIteration(), pb.SpdzIteration()
+    MailboxCommunicator(MOVING).take_outbox(empty.shares)
+    receiver.fill_inbox(empty.shares, max_elements=10)
     with pytest.raises(ProtocolError, match="lacks a share"):
         receiver.recv(torch.empty(3, dtype=torch.int64))
     sender = MailboxCommunicator(MOVING)
     sender.send(torch.zeros(4, dtype=torch.int64), FIXED)
-    receiver.fill_inbox(sender.take_outbox(), max_elements=10)
+    sender.take_outbox(message.shares)
+    receiver.fill_inbox(message.shares, max_elements=10)
     with pytest.raises(ProtocolError, match="shape"):
         receiver.recv(torch.empty(3, dtype=torch.int64))
 

@@ -298,7 +298,7 @@ class SPDZBackend(ExactSumsBackend):
         message = pb.BackendMessage()
         body = getattr(message, request)
         body.SetInParent()  # the level step's request may carry no share
-        body.shares.extend(self._communicator.take_outbox())
+        self._communicator.take_outbox(body.shares)
         reply = self.channel.exchange(message)
         if reply.WhichOneof("body") != answer:
             raise ProtocolError(
@@ -526,7 +526,7 @@ class SPDZFixedSide(ExactSumsFixedSide):
         answer.SetInParent()
         if step is LEVEL:
             answer.fixed_exponent = self._exponent_j
-        answer.shares.extend(communicator.take_outbox())
+        communicator.take_outbox(answer.shares)
         return reply
 
     def close(self) -> pb.PartyStats | None:

@@ -140,7 +140,7 @@ from ppir_itk.points import PointSet
 from ppir_itk.policy import FixedPolicy
 from ppir_itk.protocol import ppir_pb2 as pb
 from ppir_itk.protocol.channel import Counters, PeerError
-from ppir_itk.protocol.messages import ProtocolError, array_from_pb, array_to_pb
+from ppir_itk.protocol.messages import ProtocolError, add_array, array_from_pb, array_to_pb
 from ppir_itk.randomness import secret_seed
 from ppir_itk.ring128 import FRACTION_BITS, RECEIVE, Send, Steps, Triples
 from ppir_itk.roles import FIXED, FIXED_PARTY, MOVING, MOVING_PARTY
@@ -653,12 +653,9 @@ def _max_elements(bins: int, points: PointSet, masked: bool = False) -> int:
 
 def _add_shares(shares: Any, arrays: list[np.ndarray]) -> None:
     """Append a round's share arrays (int64 words) to a message's repeated ``Array`` field,
-    built in place: each share's bytes are copied in once (a ``pb.Array`` made first is
-    copied again into each message that encloses it: some 5x the time for R1's 50 MB at
-    10^5 points). The same fields as :func:`~ppir_itk.protocol.messages.array_to_pb`."""
+    built in place (:func:`~ppir_itk.protocol.messages.add_array`)."""
     for array in arrays:
-        words = _i64(array)
-        shares.add(dtype=words.dtype.name, shape=words.shape, data=words.tobytes())
+        add_array(shares, _i64(array))
 
 
 def _arrays(arrays: Any, max_elements: int) -> list[np.ndarray]:

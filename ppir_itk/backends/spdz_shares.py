@@ -19,7 +19,7 @@ from ppir_itk.backends.base import SumNoise
 from ppir_itk.backends.crypten_compat import acting_as, load_crypten
 from ppir_itk.dealer_client import DealerClient
 from ppir_itk.protocol import ppir_pb2 as pb
-from ppir_itk.protocol.messages import ProtocolError, array_from_pb, array_to_pb
+from ppir_itk.protocol.messages import ProtocolError, add_array, array_from_pb
 from ppir_itk.roles import FIXED, MOVING
 
 crypten = load_crypten()
@@ -109,9 +109,11 @@ class MailboxCommunicator(Communicator):
     recv_obj = broadcast_obj = send_obj
 
     # -- the envelope side -------------------------------------------------------
-    def take_outbox(self) -> list[pb.Array]:
-        arrays, self.outbox = [array_to_pb(array) for array in self.outbox], []
-        return arrays
+    def take_outbox(self, shares: Any) -> None:
+        """Move the outbox into a message's repeated ``Array`` field ``shares``."""
+        for array in self.outbox:
+            add_array(shares, array)
+        self.outbox = []
 
     def fill_inbox(self, arrays: Any, max_elements: int) -> None:
         if self.inbox:
@@ -271,10 +273,11 @@ class SharedProducts:
             if index < len(self._chunks) - 1:
                 yield False, None
         d = self._mapped
+        # this party's share of the products, mapped and summed locally (int64 wraps
+        # modulo 2^64 as the ring does)
+        moments = moments_map(torch.from_numpy(product[:d])).numpy()
+        sums = product[d:].sum(axis=1)
         with acting_as(self.communicator):
-            shared = self._share(product)
-            moments = moments_map(shared.share[:d]).numpy()
-            sums = shared[d:].sum(dim=1).share.numpy()
             if noise is not None:  # ring elements: int64 wraps modulo 2^64 as the ring does
                 moment_noise = [*noise.moments, *noise.masked_moments]
                 moments = moments + np.array(moment_noise, dtype=np.int64).reshape(moments.shape)

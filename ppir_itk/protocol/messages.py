@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import numpy as np
 
@@ -60,12 +60,23 @@ class ProtocolError(Exception):
     """The peer sent something that does not fit the protocol (one sentence)."""
 
 
-def array_to_pb(array: np.ndarray) -> pb.Array:
+def _wire_fields(array: np.ndarray) -> dict[str, Any]:
     array = np.ascontiguousarray(array)
     name = array.dtype.name
     if name not in DTYPES:
         raise TypeError(f"arrays of dtype {name} are not sent on the wire")
-    return pb.Array(dtype=name, shape=list(array.shape), data=array.tobytes())
+    return {"dtype": name, "shape": list(array.shape), "data": array.tobytes()}
+
+
+def array_to_pb(array: np.ndarray) -> pb.Array:
+    return pb.Array(**_wire_fields(array))
+
+
+def add_array(arrays: Any, array: np.ndarray) -> None:
+    """Append ``array`` to a message's repeated ``Array`` field, built in place: its bytes
+    are copied in once, where a ``pb.Array`` made first (:func:`array_to_pb`) is copied
+    again into each message that encloses it (some 5x the time for 50 MB)."""
+    arrays.add(**_wire_fields(array))
 
 
 def array_from_pb(message: pb.Array, *, max_elements: int | None = None) -> np.ndarray:
