@@ -165,7 +165,6 @@ class SharedProducts:
         self._sequence = 0
         self._next: Callable[[], tuple[np.ndarray | None, np.ndarray]] | None = None
         self._chunks: list[tuple[int, int]] = []  # an iteration's, for X's rows
-        self._chunk = 0  # the chunk the asked-ahead triples are for
         self._rows: Any = None
         self._mapped = 0  # X's first rows, whose products go through the map
 
@@ -216,13 +215,13 @@ class SharedProducts:
                 self._opened[:, start:stop] = opened
             last = index == len(chunks) - 1
             if last:
-                self._chunk = 0
-                self._prefetch()
+                self._prefetch(0)
             yield last, None
 
-    def _prefetch(self) -> None:
-        """Ask the dealer for the next chunk's triples now, so they are here when needed."""
-        start, stop = self._chunks[self._chunk]
+    def _prefetch(self, chunk: int) -> None:
+        """Ask the dealer for the triples of an iteration's ``chunk`` now, so they are here
+        when needed."""
+        start, stop = self._chunks[chunk]
         self._next = self.dealer.post_triples(
             self._sequence, stop - start, self._mask_sequence, self._rows.tolist(), start
         )
@@ -258,8 +257,7 @@ class SharedProducts:
         for index, (start, stop) in enumerate(self._chunks):
             assert self._next is not None, "open_fixed_operand() and each chunk ask ahead"
             a, c = self._next()
-            self._chunk = (index + 1) % len(self._chunks)  # this iteration's, or the next's
-            self._prefetch()
+            self._prefetch((index + 1) % len(self._chunks))  # this iteration's, or the next's
             with acting_as(self.communicator):
                 if self.rank == MOVING:
                     assert moving_rows is not None and a is not None, "the moving party's X, a"
